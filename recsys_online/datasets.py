@@ -1,0 +1,833 @@
+"""Rating logs (MovieLens 100K / 1M / latest, plain CSV) replayed as time-ordered event streams.
+
+A :class:`Dataset` holds ratings, an item catalog and item deletions; :meth:`Dataset.events`
+merges them into the one stream the online learner consumes. :func:`load` reads the common
+public formats, :func:`save_csv` writes the plain CSV format that :func:`load` reads back.
+
+Item arrival
+------------
+An :class:`~recsys_online.events.ItemUpsert` whose ``timestamp`` is ``0.0`` (the record's
+default, :data:`UNKNOWN_ARRIVAL`) has no known arrival time: MovieLens movies are like this.
+Such an item is announced immediately before the first event that needs it (its first rating,
+or its deletion), stamped with that event's time, so items "arrive" when first rated and cold
+start can be measured. An item with a real arrival time is announced at that time. Items never
+needed are still announced: at their arrival time, or at the end of the stream.
+
+Plain CSV format
+----------------
+``ratings.csv``: a header naming ``user_id``, ``item_id``, ``rating`` and optionally
+``timestamp`` (aliases ``user``/``userId``, ``item``/``movieId``; without a timestamp column,
+file order is used). ``items.csv``: ``item_id`` plus optional ``title``, ``tags``
+(``|``-separated, each optionally ``tag:weight``; ``genres`` is accepted too), ``timestamp``
+(arrival; empty means unknown) and ``deleted_at`` (empty means never).
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from operator import itemgetter, methodcaller
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
+
+__all__ = ["FORMATS", "UNKNOWN_ARRIVAL", "Dataset", "DatasetError", "load", "save_csv"]
+
+FORMATS = ("auto", "csv", "movielens-100k", "movielens-1m", "movielens-latest")
+UNKNOWN_ARRIVAL = 0.0
+
+# Genre names of MovieLens 100K, used when ``u.genre`` is not beside ``u.item``.
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+# MovieLens genre values that mean "no genre" rather than a tag.
+NO_GENRE_100K = "unknown"
+NO_GENRE_LATEST = "(no genres listed)"
+# User-applied MovieLens tags weigh 1 + ln(count), capped here; genres weigh 1.0.
+USER_TAG_WEIGHT_CAP = 3.0
+
+_USER_COLUMNS = ("user_id", "user", "userid")
+_ITEM_COLUMNS = ("item_id", "item", "movieid", "movie_id", "itemid")
+_RATING_COLUMNS = ("rating",)
+_TIME_COLUMNS = ("timestamp", "time", "ts")
+
+
+class DatasetError(ValueError):
+    """A data file could not be read; the message names the file, the 1-based line and why."""
+
+
+@dataclass
+class Dataset:
+    """Ratings, an item catalog and deletions, replayable as one time-ordered event stream.
+
+    Parameters
+    ----------
+    ratings
+        Ratings in any order (file order breaks timestamp ties).
+    items
+        Catalog by item id; an upsert with timestamp ``0.0`` has no known arrival time.
+    deletes
+        Items leaving the catalog.
+    name
+        A label for reports.
+
+    Examples
+    --------
+    >>> ds = Dataset(
+    ...     ratings=[Rating("ann", "b", 4.0, 20.0), Rating("bob", "a", 3.0, 10.0),
+    ...              Rating("cy", "a", 5.0, 20.0)],
+    ...     items={"a": ItemUpsert("a", {"drama": 1.0}), "b": ItemUpsert("b"),
+    ...            "c": ItemUpsert("c")},
+    ... )
+    >>> for event in ds.events():
+    ...     print(type(event).__name__, event.item, event.timestamp)
+    ItemUpsert a 10.0
+    Rating a 10.0
+    ItemUpsert b 20.0
+    Rating b 20.0
+    Rating a 20.0
+    ItemUpsert c 20.0
+    >>> len(ds), ds.n_users, ds.n_items
+    (3, 3, 3)
+    >>> [r.user for r in ds.head(2).ratings], list(ds.head(2).items)
+    (['bob', 'ann'], ['a', 'b'])
+    """
+
+    ratings: list[Rating]
+    items: dict[str, ItemUpsert]
+    deletes: list[ItemDelete] = field(default_factory=list)
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    @property
+    def n_ratings(self) -> int:
+        """Number of ratings."""
+        return len(self.ratings)
+
+    @property
+    def n_users(self) -> int:
+        """Number of distinct users who rated something."""
+        return len({r.user for r in self.ratings})
+
+    @property
+    def n_items(self) -> int:
+        """Number of items in the catalog."""
+        return len(self.items)
+
+    def events(self) -> Iterator[Event]:
+        """Yield item upserts, ratings and deletes in timestamp order.
+
+        Ties keep a fixed order: arrivals, then ratings (in list order), then deletes. Each
+        upsert comes just before the first event that needs it (see the module docstring);
+        an upsert yielded early is stamped with the time it is yielded at.
+        """
+        ratings = self.ratings
+        items = self.items
+        # Scheduled events: (timestamp, rank at ties, sequence, event); ratings rank 1.
+        scheduled: list[tuple[float, int, int, Event]] = [
+            (up.timestamp, 0, seq, up)
+            for seq, up in enumerate(items.values())
+            if up.timestamp != UNKNOWN_ARRIVAL
+        ]
+        scheduled += [(d.timestamp, 2, seq, d) for seq, d in enumerate(self.deletes)]
+        scheduled.sort(key=lambda entry: entry[:3])
+        scheduled.append((math.inf, 3, 0, ItemDelete("")))  # sentinel, never released
+        announced: set[str] = set()  # items whose upsert no longer needs yielding
+        k = 0
+        now = UNKNOWN_ARRIVAL
+        for i in _time_order(ratings).tolist():
+            rating = ratings[i]
+            now = rating.timestamp
+            while scheduled[k][0] < now or (scheduled[k][0] == now and scheduled[k][1] == 0):
+                yield from _release(scheduled[k][3], items, announced)
+                k += 1
+            if rating.item not in announced:
+                announced.add(rating.item)
+                upsert = items.get(rating.item)
+                if upsert is not None:
+                    yield replace(upsert, timestamp=now)
+            yield rating
+        for entry in scheduled[k:-1]:
+            now = entry[0]
+            yield from _release(entry[3], items, announced)
+        for item, upsert in items.items():
+            if item not in announced:
+                yield replace(upsert, timestamp=now)
+
+    def head(self, n: int) -> Dataset:
+        """The first ``n`` ratings in time order, the items they use and those items' deletes
+        up to the last kept rating: a small sample that replays like the start of the full one.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        ratings = [self.ratings[i] for i in _time_order(self.ratings)[:n].tolist()]
+        used = {r.item for r in ratings}
+        cut = ratings[-1].timestamp if ratings else -math.inf
+        return Dataset(
+            ratings=ratings,
+            items={item: up for item, up in self.items.items() if item in used},
+            deletes=[d for d in self.deletes if d.item in used and d.timestamp <= cut],
+            name=f"{self.name}[:{n}]",
+        )
+
+
+def _time_order(ratings: list[Rating]) -> np.ndarray:
+    """Indices of ``ratings`` sorted by timestamp, stable for ties."""
+    stamps = np.fromiter((r.timestamp for r in ratings), dtype=np.float64, count=len(ratings))
+    return np.argsort(stamps, kind="stable")
+
+
+def _release(event: Event, items: dict[str, ItemUpsert], announced: set[str]) -> Iterator[Event]:
+    """Yield a scheduled arrival or delete, announcing a deleted item first if it must be."""
+    if event.item in announced:
+        if isinstance(event, ItemDelete):
+            yield event
+        return
+    announced.add(event.item)
+    if isinstance(event, ItemDelete):
+        upsert = items.get(event.item)
+        if upsert is not None:
+            yield replace(upsert, timestamp=event.timestamp)
+    yield event
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load(
+    path: str | os.PathLike[str],
+    items_path: str | os.PathLike[str] | None = None,
+    fmt: str = "auto",
+) -> Dataset:
+    """Read a rating log and its item catalog.
+
+    Parameters
+    ----------
+    path
+        The ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``, ...) or a directory
+        holding one of those.
+    items_path
+        The item file; by default the format's usual file beside ``path`` (``u.item``,
+        ``movies.dat``, ``movies.csv``, ``items.csv``) if it exists.
+    fmt
+        One of :data:`FORMATS`. ``"auto"`` decides by file name, then by the first line.
+
+    Returns
+    -------
+    Dataset
+        Every rated item is in ``items``: an item missing from the item file gets a bare upsert
+        (no tags, unknown arrival). Tags are lower-cased and stripped; MovieLens genres weigh
+        1.0; MovieLens 100K's ``unknown`` genre and ``(no genres listed)`` are not tags.
+        MovieLens-latest ``tags.csv`` beside the items adds user-applied tags weighing
+        ``min(1 + ln(count), 3)``, aggregated over the whole file (so known before the
+        item's first rating: a mild look-ahead).
+
+    Raises
+    ------
+    DatasetError
+        A row cannot be read, e.g. ``u.data line 17: rating 'x' is not a number``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = Path(tmp, "u.data").write_text("1\\t10\\t4\\t100\\n2\\t10\\t3\\t50\\n")
+    ...     ds = load(Path(tmp, "u.data"))
+    >>> [(r.user, r.item, r.rating) for r in ds.ratings], list(ds.items)
+    ([('1', '10', 4.0), ('2', '10', 3.0)], ['10'])
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    path = Path(path)
+    if path.is_dir():
+        path = _find_ratings_file(path)
+    items = Path(items_path) if items_path is not None else None
+    if fmt == "auto":
+        fmt = _detect_format(path, items)
+    with _gc_paused():  # millions of small objects: generational GC passes would dominate
+        ratings, catalog, deletes = _LOADERS[fmt](path, items)
+    for rating in ratings:
+        if rating.item not in catalog:
+            catalog[rating.item] = ItemUpsert(rating.item)
+    deletes.sort(key=lambda d: d.timestamp)
+    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return Dataset(ratings=ratings, items=catalog, deletes=deletes, name=name)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _find_ratings_file(directory: Path) -> Path:
+    for name in ("u.data", "ratings.dat", "ratings.csv"):
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"no u.data, ratings.dat or ratings.csv in {directory}")
+
+
+def _detect_format(path: Path, items: Path | None) -> str:
+    """Guess the format from file names, then from the ratings file's first line."""
+    name = path.name.lower()
+    items_name = items.name.lower() if items is not None else ""
+    if name == "u.data" or items_name == "u.item":
+        return "movielens-100k"
+    if name == "ratings.dat" or items_name == "movies.dat":
+        return "movielens-1m"
+    first = _first_line(path)
+    if "::" in first:
+        return "movielens-1m"
+    if "," in first:
+        header = [c.strip().lower() for c in next(csv.reader([first]))]
+        if header[:2] == ["userid", "movieid"]:
+            return "movielens-latest"
+        if _find_column(header, _USER_COLUMNS) is not None:
+            return "csv"
+    elif len(first.split()) == 4:
+        return "movielens-100k"
+    raise DatasetError(
+        f"{path.name} line 1: cannot tell the format from {first[:60]!r}; "
+        f"pass fmt= one of {', '.join(FORMATS[1:])}"
+    )
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="latin-1") as f:
+        for line in f:
+            if line.strip():
+                return line.strip()
+    return ""
+
+
+def _beside(path: Path, name: str) -> Path | None:
+    candidate = path.parent / name
+    return candidate if candidate.is_file() else None
+
+
+_Loaded = tuple[list[Rating], dict[str, ItemUpsert], list[ItemDelete]]
+
+
+def _load_ml100k(path: Path, items: Path | None) -> _Loaded:
+    ratings = _read_split_ratings(path, str.split, "whitespace-separated")
+    items = items or _beside(path, "u.item")
+    if items is None:
+        return ratings, {}, []
+    genre_file = _beside(items, "u.genre")
+    genres = _read_ml100k_genres(genre_file) if genre_file else list(ML100K_GENRES)
+    return ratings, _read_ml100k_items(items, genres), []
+
+
+def _load_ml1m(path: Path, items: Path | None) -> _Loaded:
+    ratings = _read_split_ratings(path, methodcaller("split", "::"), "'::'-separated")
+    items = items or _beside(path, "movies.dat")
+    return ratings, _read_ml1m_items(items) if items else {}, []
+
+
+def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
+    ratings = _read_csv_ratings(path)
+    items = items or _beside(path, "movies.csv")
+    if items is None:
+        return ratings, {}, []
+    catalog, deletes = _read_csv_items(items)
+    tags = _beside(items, "tags.csv")
+    if tags is not None:
+        _add_user_tags(catalog, tags)
+    return ratings, catalog, deletes
+
+
+def _load_csv(path: Path, items: Path | None) -> _Loaded:
+    ratings = _read_csv_ratings(path)
+    items = items or _beside(path, "items.csv")
+    if items is None:
+        return ratings, {}, []
+    catalog, deletes = _read_csv_items(items)
+    return ratings, catalog, deletes
+
+
+_LOADERS: dict[str, Callable[[Path, Path | None], _Loaded]] = {
+    "movielens-100k": _load_ml100k,
+    "movielens-1m": _load_ml1m,
+    "movielens-latest": _load_ml_latest,
+    "csv": _load_csv,
+}
+
+
+def _split_double_colon(line: str) -> list[str]:
+    line = line.rstrip("\r\n")
+    return line.split("::") if line.strip() else []
+
+
+_CHUNK_BYTES = 1 << 22  # about this many bytes of lines per batch in the fast readers
+_CHUNK_ROWS = 100_000
+
+
+class _NeedsSlowPath(Exception):
+    """The batch reader met something it does not explain; re-read row by row."""
+
+
+def _read_split_ratings(path: Path, split: Callable[[str], list[str]], layout: str) -> list[Rating]:
+    """Read ``user item rating timestamp`` lines split by ``split`` (blank lines skipped).
+
+    Parses in batches (C-level ``map``); any problem re-reads row by row for the error.
+    """
+    try:
+        with open(path, encoding="latin-1", newline="") as f:
+            batches = (list(map(split, lines)) for lines in _line_batches(f))
+            return _ratings_from_batches(batches, (0, 1, 2, 3), exact=True)
+    except _NeedsSlowPath:
+        return _read_split_ratings_slowly(path, split, layout)
+
+
+def _read_csv_ratings(path: Path) -> list[Rating]:
+    """Read a ratings CSV with a header (plain CSV or MovieLens-latest ``ratings.csv``)."""
+    try:
+        with _open_csv(path) as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = next(reader, None)
+            if header is None:
+                return []
+            columns = [c.strip().lower() for c in header]
+            picked = (
+                _require_column(columns, _USER_COLUMNS, path.name),
+                _require_column(columns, _ITEM_COLUMNS, path.name),
+                _require_column(columns, _RATING_COLUMNS, path.name),
+                _find_column(columns, _TIME_COLUMNS),
+            )
+            batches = iter(lambda: list(islice(reader, _CHUNK_ROWS)), [])
+            return _ratings_from_batches(batches, picked, exact=False)
+    except (_NeedsSlowPath, csv.Error):
+        return _read_csv_ratings_slowly(path)
+
+
+def _line_batches(f: TextIO) -> Iterator[list[str]]:
+    while lines := f.readlines(_CHUNK_BYTES):
+        yield lines
+
+
+def _ratings_from_batches(
+    batches: Iterable[list[list[str]]],
+    columns: tuple[int, int, int, int | None],
+    *,
+    exact: bool,
+) -> list[Rating]:
+    """Build ratings from batches of split rows, column by column.
+
+    Raises :class:`_NeedsSlowPath` on a short row, a bad number, a non-finite value or an
+    empty id; ``exact`` also rejects rows with more fields than the four columns.
+    """
+    iu, ii, ir, it = columns
+    width = max(iu, ii, ir, -1 if it is None else it) + 1
+    ratings: list[Rating] = []
+    for batch in batches:
+        rows = batch
+        if any(len(row) != width for row in batch):
+            if exact and any(len(row) > width for row in batch):
+                raise _NeedsSlowPath
+            if any(len(row) < width and "".join(row).strip() for row in batch):
+                raise _NeedsSlowPath
+            rows = [row for row in batch if len(row) >= width]
+        if not rows:
+            continue
+        users = list(map(sys.intern, map(itemgetter(iu), rows)))
+        items = list(map(sys.intern, map(itemgetter(ii), rows)))
+        try:
+            values = list(map(float, map(itemgetter(ir), rows)))
+            if it is None:
+                stamps = list(map(float, range(len(ratings), len(ratings) + len(rows))))
+            else:
+                stamps = list(map(float, map(itemgetter(it), rows)))
+        except ValueError:
+            raise _NeedsSlowPath from None
+        if "" in users or "" in items:
+            raise _NeedsSlowPath
+        if not (np.isfinite(values).all() and np.isfinite(stamps).all()):
+            raise _NeedsSlowPath
+        ratings += map(Rating, users, items, values, stamps)
+    return ratings
+
+
+def _read_split_ratings_slowly(
+    path: Path, split: Callable[[str], list[str]], layout: str
+) -> list[Rating]:
+    """Reference reader for :func:`_read_split_ratings`: row by row, naming the bad line."""
+    name = path.name
+    ratings: list[Rating] = []
+    append = ratings.append
+    intern = sys.intern
+    isfinite = math.isfinite
+    with open(path, encoding="latin-1", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = split(line)
+            if len(fields) != 4:
+                if not "".join(fields).strip():
+                    continue
+                raise DatasetError(
+                    f"{name} line {lineno}: expected 4 {layout} fields "
+                    f"(user item rating timestamp), got {len(fields)}"
+                )
+            user, item, rating_text, time_text = fields
+            try:
+                rating = float(rating_text)
+                timestamp = float(time_text)
+            except ValueError:
+                rating = _number(rating_text, "rating", name, lineno)
+                timestamp = _number(time_text, "timestamp", name, lineno)
+            if not (user and item and isfinite(rating) and isfinite(timestamp)):
+                _explain_row(name, lineno, user, item, rating_text, time_text)
+            append(Rating(intern(user), intern(item), rating, timestamp))
+    return ratings
+
+
+def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
+    """Reference reader for :func:`_read_csv_ratings`: row by row, naming the bad line."""
+    name = path.name
+    ratings: list[Rating] = []
+    append = ratings.append
+    intern = sys.intern
+    isfinite = math.isfinite
+    with _open_csv(path) as f:
+        reader = csv.reader(f, skipinitialspace=True)
+        header = next(reader, None)
+        if header is None:
+            return ratings
+        columns = [c.strip().lower() for c in header]
+        iu = _require_column(columns, _USER_COLUMNS, name)
+        ii = _require_column(columns, _ITEM_COLUMNS, name)
+        ir = _require_column(columns, _RATING_COLUMNS, name)
+        it = _find_column(columns, _TIME_COLUMNS)
+        width = max(iu, ii, ir, -1 if it is None else it) + 1
+        try:
+            for row in reader:
+                if len(row) < width:
+                    if not row or not any(cell.strip() for cell in row):
+                        continue
+                    raise DatasetError(
+                        f"{name} line {reader.line_num}: expected {len(columns)} "
+                        f"comma-separated fields, got {len(row)}"
+                    )
+                user, item, rating_text = row[iu], row[ii], row[ir]
+                time_text = str(len(ratings)) if it is None else row[it]
+                try:
+                    rating = float(rating_text)
+                    timestamp = float(time_text)
+                except ValueError:
+                    rating = _number(rating_text, "rating", name, reader.line_num)
+                    timestamp = _number(time_text, "timestamp", name, reader.line_num)
+                if not (user and item and isfinite(rating) and isfinite(timestamp)):
+                    _explain_row(name, reader.line_num, user, item, rating_text, time_text)
+                append(Rating(intern(user), intern(item), rating, timestamp))
+        except csv.Error as exc:
+            raise DatasetError(f"{name} line {reader.line_num}: {exc}") from None
+    return ratings
+
+
+def _read_ml100k_genres(path: Path) -> list[str]:
+    """Read ``u.genre``: ``name|index`` lines, indices 0..n-1."""
+    by_index: dict[int, str] = {}
+    with open(path, encoding="latin-1") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            genre, sep, index = line.strip().rpartition("|")
+            if not sep or not index.isdigit():
+                raise DatasetError(f"{path.name} line {lineno}: expected 'name|index'")
+            by_index[int(index)] = genre
+    if sorted(by_index) != list(range(len(by_index))):
+        raise DatasetError(f"{path.name}: genre indices are not 0..{len(by_index) - 1}")
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
+    """Read ``u.item``: ``id|title|...|flag*n`` with one 0/1 flag per genre."""
+    tag_names = [_tag_name(g) if _tag_name(g) != NO_GENRE_100K else "" for g in genres]
+    n = len(genres)
+    catalog: dict[str, ItemUpsert] = {}
+    with open(path, encoding="latin-1", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("|")
+            if len(fields) < n + 2:
+                raise DatasetError(
+                    f"{path.name} line {lineno}: expected at least {n + 2} '|'-separated "
+                    f"fields (id, title, ..., {n} genre flags), got {len(fields)}"
+                )
+            item = _item_id(fields[0], path.name, lineno)
+            tags: dict[str, float] = {}
+            for tag, genre, flag in zip(tag_names, genres, fields[-n:], strict=True):
+                if flag == "1":
+                    if tag:
+                        tags[tag] = 1.0
+                elif flag != "0":
+                    raise DatasetError(
+                        f"{path.name} line {lineno}: genre flag {flag!r} for {genre} is not 0 or 1"
+                    )
+            catalog[item] = ItemUpsert(item, tags, UNKNOWN_ARRIVAL, fields[1].strip())
+    return catalog
+
+
+def _read_ml1m_items(path: Path) -> dict[str, ItemUpsert]:
+    """Read ``movies.dat``: ``id::title::Genre1|Genre2`` (latin-1)."""
+    catalog: dict[str, ItemUpsert] = {}
+    with open(path, encoding="latin-1", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = _split_double_colon(line)
+            if not fields:
+                continue
+            if len(fields) < 3:
+                raise DatasetError(
+                    f"{path.name} line {lineno}: expected 3 '::'-separated fields "
+                    f"(id, title, genres), got {len(fields)}"
+                )
+            item = _item_id(fields[0], path.name, lineno)
+            title = "::".join(fields[1:-1]).strip()
+            catalog[item] = ItemUpsert(item, _parse_tags(fields[-1], path.name, lineno), 0.0, title)
+    return catalog
+
+
+def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]]:
+    """Read an items CSV: plain (``item_id,title,tags,timestamp[,deleted_at]``) or
+    MovieLens-latest ``movies.csv`` (``movieId,title,genres``)."""
+    name = path.name
+    catalog: dict[str, ItemUpsert] = {}
+    deletes: list[ItemDelete] = []
+    with _open_csv(path) as f:
+        reader = csv.reader(f, skipinitialspace=True)
+        header = next(reader, None)
+        if header is None:
+            return catalog, deletes
+        columns = [c.strip().lower() for c in header]
+        ii = _require_column(columns, _ITEM_COLUMNS, name)
+        i_title = _find_column(columns, ("title", "name"))
+        i_tags = _find_column(columns, ("tags", "genres"))
+        i_time = _find_column(columns, _TIME_COLUMNS)
+        i_deleted = _find_column(columns, ("deleted_at",))
+        try:
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                lineno = reader.line_num
+                cells = [c.strip() for c in row] + [""] * (len(columns) - len(row))
+                item = _item_id(cells[ii], name, lineno)
+                tags = _parse_tags(_cell(cells, i_tags), name, lineno)
+                arrival = _cell(cells, i_time)
+                timestamp = _number(arrival, "timestamp", name, lineno) if arrival else 0.0
+                catalog[item] = ItemUpsert(item, tags, timestamp, _cell(cells, i_title))
+                deleted = _cell(cells, i_deleted)
+                if deleted:
+                    deletes.append(ItemDelete(item, _number(deleted, "deleted_at", name, lineno)))
+        except csv.Error as exc:
+            raise DatasetError(f"{name} line {reader.line_num}: {exc}") from None
+    return catalog, deletes
+
+
+def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
+    """Fold MovieLens ``tags.csv`` (userId,movieId,tag,timestamp) into item tags."""
+    counts: Counter[tuple[str, str]] = Counter()
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        columns = [c.strip().lower() for c in next(reader, [])]
+        ii = _require_column(columns, _ITEM_COLUMNS, path.name)
+        it = _require_column(columns, ("tag",), path.name)
+        try:
+            for row in reader:
+                if len(row) <= max(ii, it):
+                    if any(cell.strip() for cell in row):
+                        raise DatasetError(
+                            f"{path.name} line {reader.line_num}: expected {len(columns)} "
+                            f"comma-separated fields, got {len(row)}"
+                        )
+                    continue
+                tag = row[it].strip().lower()
+                if tag:
+                    counts[row[ii].strip(), tag] += 1
+        except csv.Error as exc:
+            raise DatasetError(f"{path.name} line {reader.line_num}: {exc}") from None
+    extra: dict[str, dict[str, float]] = {}
+    for (item, tag), count in counts.items():
+        if item in catalog:
+            extra.setdefault(item, {})[tag] = min(1.0 + math.log(count), USER_TAG_WEIGHT_CAP)
+    for item, tags in extra.items():
+        upsert = catalog[item]
+        merged = dict(upsert.tags)
+        for tag, weight in tags.items():
+            merged[tag] = max(weight, merged.get(tag, 0.0))
+        catalog[item] = replace(upsert, tags=merged)
+
+
+def _open_csv(path: Path) -> TextIO:
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _cell(cells: list[str], index: int | None) -> str:
+    return "" if index is None else cells[index]
+
+
+def _find_column(columns: list[str], names: Iterable[str]) -> int | None:
+    for candidate in names:
+        if candidate in columns:
+            return columns.index(candidate)
+    return None
+
+
+def _require_column(columns: list[str], names: tuple[str, ...], file_name: str) -> int:
+    index = _find_column(columns, names)
+    if index is None:
+        raise DatasetError(
+            f"{file_name} line 1: no {names[0]} column in header {columns!r} "
+            f"(accepted names: {', '.join(names)})"
+        )
+    return index
+
+
+def _number(text: str, what: str, file_name: str, lineno: int) -> float:
+    """Parse a finite float or raise a :class:`DatasetError` saying which field is wrong."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DatasetError(f"{file_name} line {lineno}: {what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{file_name} line {lineno}: {what} {text!r} is not finite")
+    return value
+
+
+def _explain_row(
+    file_name: str, lineno: int, user: str, item: str, rating: str, timestamp: str
+) -> None:
+    """Raise the error for a rating row that failed the fast checks."""
+    if not user.strip():
+        raise DatasetError(f"{file_name} line {lineno}: user id is empty")
+    if not item.strip():
+        raise DatasetError(f"{file_name} line {lineno}: item id is empty")
+    _number(rating, "rating", file_name, lineno)
+    _number(timestamp, "timestamp", file_name, lineno)
+
+
+def _item_id(text: str, file_name: str, lineno: int) -> str:
+    item = text.strip()
+    if not item:
+        raise DatasetError(f"{file_name} line {lineno}: item id is empty")
+    return item
+
+
+def _tag_name(text: str) -> str:
+    """Normalise a tag; MovieLens' ``(no genres listed)`` becomes ``""`` (no tag)."""
+    tag = text.strip().lower()
+    return "" if tag == NO_GENRE_LATEST else tag
+
+
+def _parse_tags(text: str, file_name: str, lineno: int) -> dict[str, float]:
+    """Parse ``a|b:0.5|(no genres listed)`` into ``{"a": 1.0, "b": 0.5}``.
+
+    A ``:suffix`` that is not a number is part of the tag name.
+    """
+    tags: dict[str, float] = {}
+    for part in text.split("|"):
+        tag, weight = part, 1.0
+        head, sep, tail = part.rpartition(":")
+        if sep:
+            try:
+                weight = float(tail)
+            except ValueError:
+                weight = 1.0
+            else:
+                tag = head
+                if not head.strip():
+                    raise DatasetError(f"{file_name} line {lineno}: tag {part!r} has no name")
+                if not math.isfinite(weight):
+                    raise DatasetError(
+                        f"{file_name} line {lineno}: tag weight {tail!r} is not finite"
+                    )
+        tag = _tag_name(tag)
+        if tag:
+            tags[tag] = weight
+    return tags
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def save_csv(
+    dataset: Dataset,
+    ratings_path: str | os.PathLike[str],
+    items_path: str | os.PathLike[str],
+) -> None:
+    """Write ``dataset`` in the plain CSV format; :func:`load` reads it back unchanged.
+
+    Numbers are written exactly (integers without a fraction, other floats in shortest
+    round-trip form). Items get a ``deleted_at`` column when the dataset has deletes.
+
+    Raises
+    ------
+    ValueError
+        A tag contains ``|``, an item is deleted twice, or a delete names an unknown item.
+    """
+    deleted: dict[str, float] = {}
+    for d in dataset.deletes:
+        if d.item in deleted:
+            raise ValueError(f"item {d.item!r} is deleted twice; the CSV format holds one delete")
+        if d.item not in dataset.items:
+            raise ValueError(f"delete of item {d.item!r}, which is not in the catalog")
+        deleted[d.item] = d.timestamp
+    with open(ratings_path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["user_id", "item_id", "rating", "timestamp"])
+        writer.writerows(
+            (r.user, r.item, _format_number(r.rating), _format_number(r.timestamp))
+            for r in dataset.ratings
+        )
+    with open(items_path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        header = ["item_id", "title", "tags", "timestamp"]
+        writer.writerow([*header, "deleted_at"] if deleted else header)
+        for item, upsert in dataset.items.items():
+            arrival = upsert.timestamp
+            row = [
+                item,
+                upsert.title,
+                "|".join(_format_tag(tag, weight) for tag, weight in upsert.tags.items()),
+                "" if arrival == UNKNOWN_ARRIVAL else _format_number(arrival),
+            ]
+            if deleted:
+                row.append(_format_number(deleted[item]) if item in deleted else "")
+            writer.writerow(row)
+
+
+def _format_number(value: float) -> str:
+    """Shortest exact text for a float: ``4.0 -> '4'``, ``3.5 -> '3.5'``."""
+    value = float(value)
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def _format_tag(tag: str, weight: float) -> str:
+    if "|" in tag:
+        raise ValueError(f"tag {tag!r} contains '|', which the CSV format uses between tags")
+    if weight == 1.0 and ":" not in tag:
+        return tag
+    return f"{tag}:{_format_number(weight)}"

@@ -1,0 +1,430 @@
+"""Tests for recsys_online.datasets: every format, error lines, event order, CSV round trip."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys_online import datasets
+from recsys_online.datasets import Dataset, DatasetError, load, save_csv
+from recsys_online.events import ItemDelete, ItemUpsert, Rating
+
+GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+]  # fmt: skip
+
+
+def _flags(*names: str) -> str:
+    return "|".join("1" if g in names else "0" for g in GENRES)
+
+
+def write_ml100k(directory: Path, data: str | None = None, genre_file: bool = True) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "u.data").write_text(
+        data
+        if data is not None
+        else "196\t242\t3\t881250949\n186\t302\t3\t891717742\n"
+        "22\t377\t1\t878887116\n196\t377\t4.5\t881250949\n"
+    )
+    kids = _flags("Children's", "Animation")
+    items = [
+        f"242|Kolya (1996)|24-Jan-1997||http://x|{_flags('Comedy')}",
+        f"302|Café Crème (1997)|01-Jan-1997||http://y|{_flags('Crime', 'Film-Noir', 'Sci-Fi')}",
+        f"377|Heavyweights (1994)|01-Jan-1994||http://z|{_flags('unknown')}",
+        f"500|Never Rated (1995)|01-Jan-1995||http://w|{kids}",
+    ]
+    (directory / "u.item").write_bytes(("\n".join(items) + "\n").encode("latin-1"))
+    if genre_file:
+        lines = [f"{g}|{k}" for k, g in enumerate(GENRES)]
+        (directory / "u.genre").write_text("\n".join(lines) + "\n\n")
+    return directory / "u.data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def test_movielens_100k(tmp_path: Path) -> None:
+    ds = load(write_ml100k(tmp_path / "ml-100k"))
+    assert ds.ratings[0] == Rating("196", "242", 3.0, 881250949.0)
+    assert ds.ratings[3].rating == 4.5
+    assert len(ds) == ds.n_ratings == 4
+    assert ds.items["242"] == ItemUpsert("242", {"comedy": 1.0}, 0.0, "Kolya (1996)")
+    assert ds.items["302"].title == "Café Crème (1997)"  # latin-1 decoded
+    assert ds.items["302"].tags == {"crime": 1.0, "film-noir": 1.0, "sci-fi": 1.0}
+    assert ds.items["377"].tags == {}  # the "unknown" genre is not a tag
+    assert ds.items["500"].tags == {"animation": 1.0, "children's": 1.0}
+    assert ds.name == "ml-100k/u.data"
+
+
+def test_movielens_100k_detection(tmp_path: Path) -> None:
+    write_ml100k(tmp_path)
+    (tmp_path / "u1.base").write_text("1\t242\t5\t874965758\n")
+    assert load(tmp_path).n_ratings == 4  # a directory: u.data inside
+    split = load(tmp_path / "u1.base")  # any name: sniffed, u.item found beside it
+    assert split.ratings == [Rating("1", "242", 5.0, 874965758.0)]
+    assert split.items["242"].tags == {"comedy": 1.0}
+
+
+def test_movielens_100k_without_genre_file(tmp_path: Path) -> None:
+    ds = load(write_ml100k(tmp_path, genre_file=False))
+    assert ds.items["302"].tags == {"crime": 1.0, "film-noir": 1.0, "sci-fi": 1.0}
+
+
+def test_movielens_1m(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n\n")
+    movies = (
+        "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::Amélie (2001)::Comedy|Romance\n"
+    )
+    (tmp_path / "movies.dat").write_bytes(movies.encode("latin-1"))
+    ds = load(tmp_path / "ratings.dat")
+    assert ds.ratings == [
+        Rating("1", "1193", 5.0, 978300760.0),
+        Rating("1", "661", 3.0, 978302109.0),
+    ]
+    assert ds.items["661"] == ItemUpsert(
+        "661", {"comedy": 1.0, "romance": 1.0}, 0.0, "Amélie (2001)"
+    )
+    assert load(tmp_path / "ratings.dat", fmt="movielens-1m").ratings == ds.ratings
+
+
+def write_ml_latest(directory: Path, tags: bool = True) -> Path:
+    (directory / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n2,2,0.5,964982224\n"
+    )
+    (directory / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        "1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy\n"
+        '2,"American President, The (1995)",Comedy|Drama|Romance\n'
+        "3,Some Doc (2018),(no genres listed)\n"
+        '4,"Title with ""quotes"", and comma (2000)",IMAX\n',
+        encoding="utf-8",
+    )
+    if tags:
+        (directory / "tags.csv").write_text(
+            "userId,movieId,tag,timestamp\n"
+            "2,1,Pixar,1445714994\n3,1,pixar ,1445714995\n4,1,pixar,1445714996\n"
+            '2,2,"politics, satire",1445714997\n2,3,Comedy,1445714998\n2,99,orphan,1445714999\n',
+            encoding="utf-8",
+        )
+    return directory / "ratings.csv"
+
+
+def test_movielens_latest(tmp_path: Path) -> None:
+    ds = load(write_ml_latest(tmp_path))
+    assert ds.ratings[2] == Rating("2", "2", 0.5, 964982224.0)
+    president = ds.items["2"]
+    assert president.title == "American President, The (1995)"
+    assert president.tags == {"comedy": 1.0, "drama": 1.0, "romance": 1.0, "politics, satire": 1.0}
+    assert ds.items["4"].title == 'Title with "quotes", and comma (2000)'
+    # "(no genres listed)" is no tag; user tags are lower-cased and counted (1 + ln count).
+    assert ds.items["3"].tags == {"comedy": 1.0}
+    assert ds.items["1"].tags["pixar"] == pytest.approx(1.0 + math.log(3))
+    assert ds.items["1"].tags["animation"] == 1.0
+    assert "99" not in ds.items  # a tag on an unknown movie adds no item
+
+
+def test_movielens_latest_without_tags(tmp_path: Path) -> None:
+    ds = load(write_ml_latest(tmp_path, tags=False), fmt="movielens-latest")
+    assert "pixar" not in ds.items["1"].tags
+    assert ds.items["3"].tags == {}
+
+
+def test_plain_csv_with_items(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").write_text(
+        "user,item,rating,timestamp\nann,x,4,10\nbob,y,2.5,5\nann,z,1,7\n"
+    )
+    (tmp_path / "catalog.csv").write_text(
+        "item_id,title,tags,timestamp\n"
+        'x,"X, the movie",Space|Robots:0.5| AI :2,3\n'
+        "y,Y,,\n"
+        "w,Unrated,drama,100\n"
+        "q,Colon tag,sci-fi:classic,\n"
+    )
+    ds = load(tmp_path / "log.csv", tmp_path / "catalog.csv")
+    assert ds.ratings[1] == Rating("bob", "y", 2.5, 5.0)
+    assert ds.items["x"] == ItemUpsert(
+        "x", {"space": 1.0, "robots": 0.5, "ai": 2.0}, 3.0, "X, the movie"
+    )
+    assert ds.items["y"] == ItemUpsert("y", {}, 0.0, "Y")  # empty arrival: unknown
+    assert ds.items["q"].tags == {"sci-fi:classic": 1.0}  # a non-numeric suffix is the name
+    assert ds.items["z"] == ItemUpsert("z")  # rated but not in the item file: bare item
+    assert list(ds.items) == ["x", "y", "w", "q", "z"]
+
+
+def test_plain_csv_without_items_or_timestamps(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("user_id,item_id,rating\nu1,i1,5\nu2,i1,3\n")
+    ds = load(tmp_path / "r.csv")
+    assert [r.timestamp for r in ds.ratings] == [0.0, 1.0]  # file order
+    assert ds.items == {"i1": ItemUpsert("i1")}
+
+
+def test_items_csv_found_beside_ratings(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_text("user_id,item_id,rating,timestamp\nu,i,3,1\n")
+    (tmp_path / "items.csv").write_text("item_id,title,tags,timestamp,deleted_at\ni,I,a,,5\n")
+    ds = load(tmp_path / "ratings.csv")
+    assert ds.items["i"].tags == {"a": 1.0}
+    assert ds.deletes == [ItemDelete("i", 5.0)]
+
+
+def test_fast_and_row_by_row_readers_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [(f"u{k % 7}", f"i{k % 11}", f"{k % 5 + 0.5}", f"{1000 - k}") for k in range(300)]
+    blank = ["", "  "]  # blank lines are skipped by both readers
+    csv_lines = ["user_id,item_id,rating,timestamp,extra"]
+    tsv_lines = []
+    for k, row in enumerate(rows):
+        csv_lines += [",".join([*row, "x"]), *(blank if k % 50 == 0 else [])]
+        tsv_lines += ["\t".join(row), *(blank if k % 50 == 0 else [])]
+    (tmp_path / "r.csv").write_text("\n".join(csv_lines) + "\n")
+    (tmp_path / "u.data").write_text("\n".join(tsv_lines) + "\n")
+    slow = datasets._read_csv_ratings_slowly(tmp_path / "r.csv")
+    assert slow == datasets._read_split_ratings_slowly(tmp_path / "u.data", str.split, "")
+
+    def no_fallback(*args: object) -> None:
+        raise AssertionError("valid data should not need the row-by-row reader")
+
+    monkeypatch.setattr(datasets, "_read_csv_ratings_slowly", no_fallback)
+    monkeypatch.setattr(datasets, "_read_split_ratings_slowly", no_fallback)
+    assert datasets._read_csv_ratings(tmp_path / "r.csv") == slow
+    assert load(tmp_path / "u.data").ratings == slow
+    assert len(slow) == 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "u.data",
+            "1\t2\t3\t4\n1\t2\t3\t4\n1\t2\tx\t4\n",
+            "u.data line 3: rating 'x' is not a number",
+        ),
+        ("u.data", "1\t2\t3\t4\n\n1\t2\t3\n", "u.data line 3: expected 4 whitespace-separated"),
+        ("u.data", "1\t2\tnan\t4\n", "u.data line 1: rating 'nan' is not finite"),
+        (
+            "u.data",
+            "1\t2\t3\t4\n1\t2\t3\tsoon\n",
+            "u.data line 2: timestamp 'soon' is not a number",
+        ),
+        (
+            "ratings.dat",
+            "1::2::3::4\n1::2::inf::4\n",
+            "ratings.dat line 2: rating 'inf' is not finite",
+        ),
+        ("ratings.dat", "1::2::3::4\n::2::3::4\n", "ratings.dat line 2: user id is empty"),
+        ("ratings.dat", "1::2::3\n", "ratings.dat line 1: expected 4 '::'-separated"),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,2,3,4\n1,2,four,4\n",
+            "ratings.csv line 3: rating 'four' is not a number",
+        ),
+        (
+            "r.csv",
+            "user_id,item_id,rating,timestamp\n1,2,3,4\n1,,3,4\n",
+            "r.csv line 3: item id is empty",
+        ),
+        (
+            "r.csv",
+            "user_id,item_id,rating,timestamp\n1,2,3\n",
+            "r.csv line 2: expected 4 comma-separated",
+        ),
+        ("r.csv", "user_id,thing,rating\n1,2,3\n", "r.csv line 1: no item_id column"),
+    ],
+)
+def test_bad_rating_lines_name_file_and_line(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load(tmp_path / name)
+
+
+def test_bad_item_lines_name_file_and_line(tmp_path: Path) -> None:
+    write_ml100k(tmp_path)
+    with (tmp_path / "u.item").open("a", encoding="latin-1") as f:
+        f.write(f"9|Bad|x||y|{_flags('Drama')[:-1]}2\n")
+    with pytest.raises(DatasetError, match=re.escape("u.item line 5: genre flag '2' for Western")):
+        load(tmp_path / "u.data")
+
+    (tmp_path / "r.csv").write_text("user_id,item_id,rating,timestamp\nu,i,3,1\n")
+    (tmp_path / "i.csv").write_text(
+        'item_id,title,tags,timestamp\ni,"multi\nline title",a,1\nj,J,b,soon\n'
+    )
+    with pytest.raises(
+        DatasetError, match=re.escape("i.csv line 4: timestamp 'soon' is not a number")
+    ):
+        load(tmp_path / "r.csv", tmp_path / "i.csv")
+    (tmp_path / "i.csv").write_text("item_id,tags\ni,a:nan\n")
+    with pytest.raises(
+        DatasetError, match=re.escape("i.csv line 2: tag weight 'nan' is not finite")
+    ):
+        load(tmp_path / "r.csv", tmp_path / "i.csv")
+
+
+def test_format_errors(tmp_path: Path) -> None:
+    assert issubclass(DatasetError, ValueError)
+    (tmp_path / "mystery.txt").write_text("hello world\n")
+    with pytest.raises(DatasetError, match=re.escape("mystery.txt line 1: cannot tell the format")):
+        load(tmp_path / "mystery.txt")
+    with pytest.raises(ValueError, match=re.escape("unknown format")):
+        load(tmp_path / "mystery.txt", fmt="parquet")
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Event order
+
+
+_KIND = {Rating: "R", ItemUpsert: "U", ItemDelete: "D"}
+
+
+def _describe(ds: Dataset) -> list[tuple[str, str, float]]:
+    return [(_KIND[type(e)], getattr(e, "user", e.item), e.timestamp) for e in ds.events()]
+
+
+def test_events_order_ties_and_arrivals() -> None:
+    ds = Dataset(
+        ratings=[
+            Rating("u3", "b", 1.0, 30.0),
+            Rating("u1", "a", 4.0, 20.0),
+            Rating("u2", "a", 2.0, 20.0),  # tie with the one above: file order kept
+            Rating("u4", "c", 3.0, 20.0),  # tie, and c arrives at 20: c first
+            Rating("u5", "d", 3.0, 40.0),  # d has no catalog entry: no upsert
+        ],
+        items={
+            "a": ItemUpsert("a", {"x": 1.0}),  # unknown arrival: announced at first rating
+            "b": ItemUpsert("b"),  # unknown arrival, deleted at its rating's time
+            "c": ItemUpsert("c", timestamp=20.0),
+            "e": ItemUpsert("e", timestamp=25.0),  # never rated, known arrival
+            "f": ItemUpsert("f"),  # never rated, unknown arrival: at the end
+        },
+        deletes=[ItemDelete("b", 30.0), ItemDelete("a", 20.0)],
+    )
+    assert _describe(ds) == [
+        ("U", "c", 20.0),
+        ("U", "a", 20.0),
+        ("R", "u1", 20.0),
+        ("R", "u2", 20.0),
+        ("R", "u4", 20.0),
+        ("D", "a", 20.0),  # a delete comes after the ratings at its time
+        ("U", "e", 25.0),
+        ("U", "b", 30.0),
+        ("R", "u3", 30.0),
+        ("D", "b", 30.0),
+        ("R", "u5", 40.0),
+        ("U", "f", 40.0),
+    ]
+
+
+def test_events_announces_deleted_unrated_item_before_its_delete() -> None:
+    ds = Dataset(ratings=[], items={"a": ItemUpsert("a")}, deletes=[ItemDelete("a", 5.0)])
+    assert list(ds.events()) == [ItemUpsert("a", timestamp=5.0), ItemDelete("a", 5.0)]
+
+
+def test_head() -> None:
+    ds = Dataset(
+        ratings=[
+            Rating("u", "b", 1.0, 3.0),
+            Rating("u", "a", 1.0, 1.0),
+            Rating("v", "c", 1.0, 2.0),
+        ],
+        items={k: ItemUpsert(k) for k in "abc"},
+        deletes=[ItemDelete("a", 2.0), ItemDelete("b", 9.0), ItemDelete("c", 3.0)],
+        name="toy",
+    )
+    head = ds.head(2)
+    assert [r.item for r in head.ratings] == ["a", "c"]
+    assert list(head.items) == ["a", "c"]
+    assert head.deletes == [ItemDelete("a", 2.0)]
+    assert head.name == "toy[:2]"
+    assert len(ds.head(0)) == 0
+    with pytest.raises(ValueError):
+        ds.head(-1)
+
+
+_ids = st.sampled_from(["a", "b", "c", "d"])
+_times = st.integers(0, 6).map(float)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ratings=st.lists(st.tuples(_ids, _times), max_size=15),
+    arrivals=st.dictionaries(_ids, _times),
+    deletes=st.lists(st.tuples(_ids, _times), max_size=3),
+)
+def test_events_invariants(
+    ratings: list[tuple[str, float]],
+    arrivals: dict[str, float],
+    deletes: list[tuple[str, float]],
+) -> None:
+    """Time order, every record exactly once, stable ties, each upsert before its first use."""
+    ds = Dataset(
+        ratings=[Rating(f"u{k}", item, 3.0, t) for k, (item, t) in enumerate(ratings)],
+        items={item: ItemUpsert(item, timestamp=t) for item, t in arrivals.items()},
+        deletes=[ItemDelete(item, t) for item, t in deletes],
+    )
+    events = list(ds.events())
+    stamps = [e.timestamp for e in events]
+    assert stamps == sorted(stamps)
+    seen_ratings = [e for e in events if isinstance(e, Rating)]
+    assert sorted(seen_ratings, key=lambda r: r.timestamp) == seen_ratings
+    assert seen_ratings == sorted(ds.ratings, key=lambda r: r.timestamp)  # stable ties
+    assert [e for e in events if isinstance(e, ItemDelete)] == sorted(
+        ds.deletes, key=lambda d: d.timestamp
+    )
+    upserts = [e.item for e in events if isinstance(e, ItemUpsert)]
+    assert sorted(upserts) == sorted(ds.items)
+    for position, event in enumerate(events):
+        if event.item in ds.items and not isinstance(event, ItemUpsert):
+            announced = [e.item for e in events[:position] if isinstance(e, ItemUpsert)]
+            assert event.item in announced
+    for event in events:
+        if isinstance(event, ItemUpsert) and ds.items[event.item].timestamp != 0.0:
+            assert event.timestamp <= ds.items[event.item].timestamp
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def test_save_csv_round_trip(tmp_path: Path) -> None:
+    ds = Dataset(
+        ratings=[
+            Rating("u,1", "i1", 4.0, 1_700_000_000.0),
+            Rating('u"2', "i2", 3.5, 0.25),
+            Rating("u3", "i1", 0.1, 1e-7),
+        ],
+        items={
+            "i1": ItemUpsert("i1", {"space": 1.0, "ratio:3": 1.0, "w": 0.1}, 5.0, 'A, "b"\nc'),
+            "i2": ItemUpsert("i2", {}, 0.0, "Café"),
+            "i3": ItemUpsert("i3", {"x": 2.5}, 1_700_000_123.0, ""),
+        },
+        deletes=[ItemDelete("i3", 7.5), ItemDelete("i1", 9.0)],
+        name="rt",
+    )
+    save_csv(ds, tmp_path / "ratings.csv", tmp_path / "items.csv")
+    back = load(tmp_path / "ratings.csv")
+    assert back.ratings == ds.ratings
+    assert back.items == ds.items
+    assert back.deletes == sorted(ds.deletes, key=lambda d: d.timestamp)
+    assert (tmp_path / "ratings.csv").read_text().splitlines()[1] == '"u,1",i1,4,1700000000'
+
+
+def test_save_csv_rejects_what_it_cannot_write(tmp_path: Path) -> None:
+    bad_tag = Dataset(ratings=[], items={"i": ItemUpsert("i", {"a|b": 1.0})})
+    with pytest.raises(ValueError, match=re.escape("contains '|'")):
+        save_csv(bad_tag, tmp_path / "r.csv", tmp_path / "i.csv")
+    twice = Dataset(ratings=[], items={"i": ItemUpsert("i")}, deletes=[ItemDelete("i")] * 2)
+    with pytest.raises(ValueError, match=re.escape("deleted twice")):
+        save_csv(twice, tmp_path / "r.csv", tmp_path / "i.csv")
