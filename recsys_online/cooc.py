@@ -1,0 +1,147 @@
+"""Recency-weighted item-to-item co-occurrence, kept sparse as top-M neighbours per item."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys_online.ids import grown
+
+
+class CoOccurrence:
+    r"""Because you watched X: items that follow each other in users' recent histories.
+
+    Each user keeps a ring of their last ``window`` items. When a user rates item ``j``,
+    every item ``i`` in the ring gains weight :math:`\gamma^k` on the pair ``(i, j)`` in
+    both directions, ``k`` being how many items ago ``i`` was rated. Each item keeps only
+    its ``n_neighbours`` heaviest neighbours in dense ``(n_items, M)`` arrays, maintained
+    with the SpaceSaving rule (a newcomer replaces the lightest neighbour and inherits its
+    weight), so memory is bounded and heavy pairs are never lost.
+
+    A user's score for item ``j`` sums, over the items ``i`` of their ring,
+    :math:`\gamma^k \, w_{ij} / (n_i^{1/2} n_j^{\beta})` where :math:`n` counts each
+    item's ratings: a damped conditional probability that favours specific neighbours over
+    merely popular ones as ``beta`` grows.
+
+    Examples
+    --------
+    >>> co = CoOccurrence(window=3, n_neighbours=4)
+    >>> co.ensure(n_users=3, n_items=4)
+    >>> for u, i in [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]:
+    ...     co.learn(u, i)
+    >>> scores = co.item_scores(2)
+    >>> int(np.argmax(scores)), round(float(scores[1]), 3)
+    (1, 0.816)
+    >>> co.because_of(2, 1)
+    0
+    """
+
+    def __init__(
+        self, window: int = 10, n_neighbours: int = 50, decay: float = 0.8, beta: float = 0.5
+    ) -> None:
+        self.window = window
+        self.n_neighbours = n_neighbours
+        self.decay = decay
+        self.beta = beta
+        self.n_users = self.n_items = 0
+        self.recent = np.full((0, window), -1, np.int32)  # newest first
+        self.nbr = np.full((0, n_neighbours), -1, np.int32)
+        self.weight = np.zeros((0, n_neighbours), np.float32)
+        self.count = np.zeros(0, np.float32)
+        self._recency = (decay ** np.arange(window)).astype(np.float32)
+
+    def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
+        """Grow storage for rows below ``n_users`` / ``n_items``."""
+        if n_users > self.n_users:
+            self.recent = grown(self.recent, n_users, fill=-1)
+            self.n_users = n_users
+        if n_items > self.n_items:
+            self.nbr = grown(self.nbr, n_items, fill=-1)
+            self.weight = grown(self.weight, n_items)
+            self.count = grown(self.count, n_items)
+            self.n_items = n_items
+
+    def learn(self, user: int, item: int) -> None:
+        """Record that ``user`` just rated ``item``."""
+        ring = self.recent[user]
+        keep = (ring >= 0) & (ring != item)
+        prev, w = ring[keep], self._recency[keep]
+        if len(prev):
+            self._add_to_row(item, prev, w)
+            self._add_to_rows(prev, item, w)
+        self.count[item] += 1.0
+        # Push to the ring, newest first, without duplicates.
+        rest = ring[ring != item][: self.window - 1]
+        ring[0] = item
+        ring[1 : 1 + len(rest)] = rest
+        ring[1 + len(rest) :] = -1
+
+    def _add_to_row(self, row: int, others: np.ndarray, ws: np.ndarray) -> None:
+        """Pairs ``(row, others[k])`` gain ``ws[k]`` (``others`` holds distinct items)."""
+        nbr, weight = self.nbr[row], self.weight[row]
+        match = nbr[None, :] == others[:, None]  # (n_others, M)
+        found = match.any(axis=1)
+        weight[np.argmax(match[found], axis=1)] += ws[found]
+        if not found.all():
+            new, new_w = others[~found], ws[~found]
+            n_new = min(len(new), len(weight))
+            order = np.argsort(-new_w, kind="stable")[:n_new]  # heaviest newcomers first
+            slots = np.argsort(weight, kind="stable")[:n_new]  # into the lightest slots
+            nbr[slots] = new[order]
+            weight[slots] += new_w[order]  # SpaceSaving: inherit the evicted weight
+
+    def _add_to_rows(self, rows: np.ndarray, other: int, ws: np.ndarray) -> None:
+        """Pairs ``(rows[k], other)`` gain ``ws[k]`` (``rows`` holds distinct items)."""
+        match = self.nbr[rows] == other  # (n_rows, M)
+        found = match.any(axis=1)
+        slot = np.where(found, np.argmax(match, axis=1), np.argmin(self.weight[rows], axis=1))
+        self.nbr[rows, slot] = other
+        self.weight[rows, slot] += ws
+
+    def _norm_weights(self, rows: np.ndarray) -> np.ndarray:
+        nbr = self.nbr[rows]
+        cnt_i = np.maximum(self.count[rows], 1.0)[..., None]
+        cnt_j = np.maximum(self.count[np.maximum(nbr, 0)], 1.0)
+        w = self.weight[rows] / (np.sqrt(cnt_i) * cnt_j**self.beta)
+        return np.where(nbr >= 0, w, 0.0).astype(np.float32)
+
+    def item_scores(self, user: int, items: np.ndarray | None = None) -> np.ndarray:
+        """Co-occurrence score of ``items`` (all when None) for the user's recent items."""
+        ring = self.recent[user]
+        live = ring >= 0
+        scores = np.zeros(self.n_items, np.float32)
+        if live.any():
+            rows = ring[live]
+            w = self._norm_weights(rows) * self._recency[live][:, None]
+            nbr = self.nbr[rows]
+            np.add.at(scores, np.maximum(nbr, 0).ravel(), w.ravel())
+        return scores if items is None else scores[items]
+
+    def item_scores_many(self, users: np.ndarray) -> np.ndarray:
+        """Scores of many users over every item, shape ``(len(users), n_items)``."""
+        ring = self.recent[users]  # (B, L)
+        live = ring >= 0
+        rows = np.maximum(ring, 0)
+        w = self._norm_weights(rows) * (self._recency * live)[..., None]  # (B, L, M)
+        target = np.maximum(self.nbr[rows], 0)  # (B, L, M)
+        flat = np.arange(len(users))[:, None, None] * self.n_items + target
+        scores = np.bincount(flat.ravel(), weights=w.ravel(), minlength=len(users) * self.n_items)
+        return scores.reshape(len(users), self.n_items).astype(np.float32)
+
+    def because_of(self, user: int, item: int) -> int | None:
+        """The recent item of the user that contributes most to ``item``'s score."""
+        ring = self.recent[user]
+        rows = ring[ring >= 0]
+        if not len(rows):
+            return None
+        contrib = np.where(self.nbr[rows] == item, self._norm_weights(rows), 0.0).sum(axis=1)
+        contrib = contrib * self._recency[: len(rows)]
+        best = int(np.argmax(contrib))
+        return int(rows[best]) if contrib[best] > 0 else None
+
+    def forget_item(self, item: int) -> None:
+        """Remove an item from every neighbour list and ring (it left the catalog)."""
+        self.weight[: self.n_items][self.nbr[: self.n_items] == item] = 0.0
+        self.nbr[: self.n_items][self.nbr[: self.n_items] == item] = -1
+        if item < self.n_items:
+            self.nbr[item] = -1
+            self.weight[item] = 0.0

@@ -1,0 +1,258 @@
+"""Online biased matrix factorisation with LightFM-style tag embeddings, learned by SGD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys_online.ids import grown
+from recsys_online.tags import ItemTags
+
+
+@dataclass(frozen=True)
+class FactorParams:
+    """Hyperparameters of :class:`FactorModel` (stored under their own names).
+
+    ``adaptive`` switches plain SGD to AdaGrad per-parameter rates (the learning rates then
+    act as AdaGrad's step sizes).
+    """
+
+    n_factors: int = 32
+    lr_bias: float = 0.02
+    lr_factor: float = 0.02
+    l2_bias: float = 0.02
+    l2_factor: float = 0.05
+    init_std: float = 0.1
+    clip_error: float = 4.0
+    adaptive: bool = False
+    seed: int = 42
+
+
+class FactorModel:
+    r"""Biased MF whose item vectors include the embeddings of the item's tags.
+
+    .. math::
+
+        \hat r_{ui} = \mu + b_u + b_i + \sum_t s_{it} c_t
+                      + p_u \cdot \big(v_i + \sum_t s_{it} e_t\big)
+
+    where :math:`s_{it}` are the item's tag weights normalised to sum to one, :math:`c_t`
+    and :math:`e_t` are learned tag biases and embeddings, and :math:`\mu` is the running
+    mean rating. An item that arrives with tags and no ratings is scored from its tags at
+    once. Each rating takes one SGD step (or AdaGrad, with ``adaptive``) on every term.
+
+    The model works on dense rows; :class:`recsys_online.recommender.Recommender` maps ids
+    to rows. ``learn`` takes a micro-batch: every prediction in the batch uses the state
+    from before the batch and the gradients of rows met twice add up (batch of one is exact
+    sequential SGD).
+
+    The effective item vectors ``Q = V + S·E`` and biases are cached for ranking. Rows of
+    items touched by a batch are refreshed at once; the tag part of untouched items catches
+    up every ``refresh_every`` ratings (:meth:`refresh_items`).
+
+    Examples
+    --------
+    >>> m = FactorModel(FactorParams(n_factors=4, seed=1))
+    >>> m.ensure(n_users=2, n_items=2)
+    >>> for _ in range(200):
+    ...     _ = m.learn(np.array([0, 1]), np.array([0, 0]), np.array([5.0, 1.0]))
+    >>> [round(float(x), 1) for x in m.predict(np.array([0, 1]), np.array([0, 0]))]
+    [5.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        params: FactorParams | None = None,
+        tags: ItemTags | None = None,
+        scale: tuple[float, float] = (1.0, 5.0),
+        refresh_every: int = 2000,
+    ) -> None:
+        self.params = p = params or FactorParams()
+        self.tags = tags if tags is not None else ItemTags()
+        self.scale = scale
+        self.refresh_every = refresh_every
+        self.rng = np.random.default_rng(p.seed)
+        k = p.n_factors
+        self.mu = 0.0
+        self.n_ratings = 0
+        self.n_users = self.n_items = 0
+        f32 = np.float32
+        self.user_bias, self.item_bias, self.tag_bias = (np.zeros(0, f32) for _ in range(3))
+        self.P, self.V, self.E = (np.zeros((0, k), f32) for _ in range(3))
+        self.Q = np.zeros((0, k), f32)  # cached V + S·E
+        self.item_bias_eff = np.zeros(0, f32)  # cached b_i + S·c
+        self.Q_norm = np.zeros(0, f32)  # cached |Q_i|, for cosine item-to-item similarity
+        # AdaGrad accumulators (allocated lazily, same shapes as the parameters).
+        self._acc: dict[str, np.ndarray] = {}
+        self._since_refresh = 0
+
+    # ---------------------------------------------------------------- storage
+    def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
+        """Grow storage for rows below ``n_users`` / ``n_items``, initialising new rows."""
+        if n_users > self.n_users:
+            old = self.n_users
+            self.P = grown(self.P, n_users)
+            self.user_bias = grown(self.user_bias, n_users)
+            self.P[old:n_users] = self._init_rows(n_users - old)
+            self.n_users = n_users
+        self._ensure_tags()
+        if n_items > self.n_items:
+            old = self.n_items
+            self.V = grown(self.V, n_items)
+            self.Q = grown(self.Q, n_items)
+            self.item_bias = grown(self.item_bias, n_items)
+            self.item_bias_eff = grown(self.item_bias_eff, n_items)
+            self.Q_norm = grown(self.Q_norm, n_items)
+            self.V[old:n_items] = self._init_rows(n_items - old)
+            self.n_items = n_items
+            self.tags.ensure_items(n_items)
+            self.refresh_items(np.arange(old, n_items))
+
+    def _ensure_tags(self) -> None:
+        n_tags = max(1, self.tags.n_tags)  # row 0 also backs the padding slots
+        if n_tags > len(self.tag_bias) or n_tags > len(self.E):
+            old = len(self.E)
+            self.E = grown(self.E, n_tags)
+            self.tag_bias = grown(self.tag_bias, n_tags)
+            self.E[old:] = self._init_rows(len(self.E) - old)
+
+    def _init_rows(self, n: int) -> np.ndarray:
+        return (self.rng.standard_normal((n, self.params.n_factors)) * self.params.init_std).astype(
+            np.float32
+        )
+
+    def set_item_tags(self, item_row: int) -> None:
+        """Call after the item's tags changed: its cached vector follows its new tags."""
+        self.ensure(n_items=item_row + 1)
+        self._ensure_tags()
+        self.refresh_items(np.array([item_row]))
+
+    def refresh_items(self, rows: np.ndarray | None = None) -> None:
+        """Recompute the cached item vectors ``Q = V + S·E`` (all rows when ``rows`` is None)."""
+        if rows is None:
+            rows = np.arange(self.n_items)
+            self._since_refresh = 0
+        if len(rows) == 0:
+            return
+        t, s = self.tags.rows[rows], self.tags.shares[rows]
+        self.Q[rows] = self.V[rows] + np.einsum("ij,ijk->ik", s, self.E[t])
+        self.item_bias_eff[rows] = self.item_bias[rows] + (s * self.tag_bias[t]).sum(axis=1)
+        self.Q_norm[rows] = np.linalg.norm(self.Q[rows], axis=1)
+
+    # ---------------------------------------------------------------- predict
+    def raw(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Unclipped predictions for aligned arrays of user and item rows."""
+        dots = np.einsum("ij,ij->i", self.P[users], self.Q[items])
+        return self.mu + self.user_bias[users] + self.item_bias_eff[items] + dots
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings, clipped to the rating scale."""
+        return np.clip(self.raw(users, items), *self.scale)
+
+    def item_scores(self, user: int, items: np.ndarray | None = None) -> np.ndarray:
+        """Ranking score ``b_i + p_u·q_i`` of one user over ``items`` (all when None)."""
+        if items is None:
+            n = self.n_items
+            return self.Q[:n] @ self.P[user] + self.item_bias_eff[:n]
+        return self.Q[items] @ self.P[user] + self.item_bias_eff[items]
+
+    def item_scores_many(self, users: np.ndarray) -> np.ndarray:
+        """Ranking scores of many users over every item, shape ``(len(users), n_items)``."""
+        n = self.n_items
+        return self.P[users] @ self.Q[:n].T + self.item_bias_eff[:n]
+
+    def similarity_to(self, vectors: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+        """Cosine of item vectors (``items``, all when None) with each row of ``vectors``."""
+        q, norm = (
+            (self.Q[: self.n_items], self.Q_norm[: self.n_items])
+            if items is None
+            else (self.Q[items], self.Q_norm[items])
+        )
+        return (vectors @ q.T) / np.maximum(norm, 1e-9)
+
+    # ---------------------------------------------------------------- learn
+    def learn(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
+        """One SGD step on a micro-batch of ratings; returns the pre-update raw predictions."""
+        if len(users) == 1 and not self.params.adaptive:
+            return np.array([self._learn_one(int(users[0]), int(items[0]), float(ratings[0]))])
+        return self._learn_batch(users, items, ratings)
+
+    def _learn_batch(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
+        p = self.params
+        ratings = np.asarray(ratings, dtype=np.float32)
+        pred = self.raw(users, items)
+        # Running mean, then errors against the state from before the batch.
+        self.n_ratings += len(ratings)
+        self.mu += float((ratings - self.mu).sum()) / self.n_ratings
+        err = np.clip(ratings - pred, -p.clip_error, p.clip_error).astype(np.float32)
+        pu, qi = self.P[users], self.Q[items]
+        t, s = self.tags.rows[items], self.tags.shares[items]
+        has_tag = s > 0
+        es = err[:, None] * s  # error share of each tag, (B, T)
+        # Gradients (of the negative loss) with L2, biases first.
+        g_bu = err - p.l2_bias * self.user_bias[users]
+        g_bi = err - p.l2_bias * self.item_bias[items]
+        g_bt = (es - p.l2_bias * self.tag_bias[t])[has_tag]
+        g_p = err[:, None] * qi - p.l2_factor * pu
+        g_v = err[:, None] * pu - p.l2_factor * self.V[items]
+        g_e = es[:, :, None] * pu[:, None, :] - p.l2_factor * self.E[t]
+        g_e = g_e[has_tag]
+        tag_rows = t[has_tag]
+        # Step: add.at sums the gradients of rows met more than once in the batch.
+        self._step("user_bias", users, g_bu, p.lr_bias)
+        self._step("item_bias", items, g_bi, p.lr_bias)
+        self._step("tag_bias", tag_rows, g_bt, p.lr_bias)
+        self._step("P", users, g_p, p.lr_factor)
+        self._step("V", items, g_v, p.lr_factor)
+        self._step("E", tag_rows, g_e, p.lr_factor)
+        # Keep the cached item vectors of what was touched exact.
+        self._since_refresh += len(ratings)
+        if self._since_refresh >= self.refresh_every:
+            self.refresh_items()
+        else:
+            self.refresh_items(np.unique(items))
+        return pred
+
+    def _learn_one(self, u: int, i: int, r: float) -> float:
+        """The same SGD step as :meth:`learn` for one rating, on row views (no scatter)."""
+        p = self.params
+        pu, vi = self.P[u], self.V[i]
+        m = self.tags.shares[i] > 0
+        t, s = self.tags.rows[i][m], self.tags.shares[i][m]
+        bu, bi = float(self.user_bias[u]), float(self.item_bias[i])
+        pred = self.mu + bu + float(self.item_bias_eff[i]) + float(pu @ self.Q[i])
+        self.n_ratings += 1
+        self.mu += (r - self.mu) / self.n_ratings
+        e = min(max(r - pred, -p.clip_error), p.clip_error)
+        self.user_bias[u] = bu + p.lr_bias * (e - p.l2_bias * bu)
+        self.item_bias[i] = bi + p.lr_bias * (e - p.l2_bias * bi)
+        pu_old = pu.copy()
+        pu += p.lr_factor * (e * self.Q[i] - p.l2_factor * pu)
+        vi += p.lr_factor * (e * pu_old - p.l2_factor * vi)
+        if len(t):
+            self.tag_bias[t] += p.lr_bias * (e * s - p.l2_bias * self.tag_bias[t])
+            self.E[t] += p.lr_factor * (e * s[:, None] * pu_old - p.l2_factor * self.E[t])
+            self.Q[i] = vi + s @ self.E[t]
+            self.item_bias_eff[i] = self.item_bias[i] + s @ self.tag_bias[t]
+        else:
+            self.Q[i] = vi
+            self.item_bias_eff[i] = self.item_bias[i]
+        self.Q_norm[i] = np.sqrt(self.Q[i] @ self.Q[i])
+        self._since_refresh += 1
+        if self._since_refresh >= self.refresh_every:
+            self.refresh_items()
+        return pred
+
+    def _step(self, name: str, rows: np.ndarray, grad: np.ndarray, lr: float) -> None:
+        param = getattr(self, name)
+        if self.params.adaptive:
+            acc = self._acc.get(name)
+            if acc is None or len(acc) < len(param):
+                acc = self._acc[name] = grown(
+                    acc if acc is not None else np.zeros((0, *param.shape[1:]), np.float32),
+                    len(param),
+                )
+            np.add.at(acc, rows, grad * grad)
+            grad = grad / np.sqrt(acc[rows] + 1e-8)
+        np.add.at(param, rows, (lr * grad).astype(np.float32))

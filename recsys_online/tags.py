@@ -1,0 +1,98 @@
+"""Item tags as padded dense arrays, shared by the factor and content models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from recsys_online.ids import IdIndex, grown
+
+
+class ItemTags:
+    """Each item's tags as rows of ``(tag_row, weight)`` padded to the widest item.
+
+    ``rows[i, j]`` is the tag row of the item's j-th tag and ``weights[i, j]`` its raw
+    weight (0 marks padding); ``shares`` holds the weights normalised to sum to one, which
+    is how tag embeddings combine into an item vector. ``tag_df`` counts the live items
+    carrying each tag, for inverse document frequency.
+
+    Examples
+    --------
+    >>> tags = ItemTags()
+    >>> tags.set(0, {"drama": 1.0, "war": 3.0}).tolist()
+    [0, 1]
+    >>> _ = tags.set(2, {"comedy": 1.0})
+    >>> tags.rows[:3].tolist(), tags.shares[0].tolist(), tags.tag_df.tolist()
+    ([[0, 1], [0, 0], [2, 0]], [0.25, 0.75], [1, 1, 1])
+    >>> tags.clear(0)
+    >>> tags.names(0), tags.tag_df.tolist()
+    ([], [0, 0, 1])
+    """
+
+    def __init__(self) -> None:
+        self.index = IdIndex()
+        self.rows = np.zeros((0, 1), dtype=np.int32)
+        self.weights = np.zeros((0, 1), dtype=np.float32)
+        self.shares = np.zeros((0, 1), dtype=np.float32)
+        self._df = np.zeros(0, dtype=np.int64)
+        self.n_items = 0
+
+    @property
+    def tag_df(self) -> np.ndarray:
+        """Live items carrying each tag, indexed by tag row."""
+        return self._df[: self.n_tags]
+
+    @property
+    def n_tags(self) -> int:
+        """How many distinct tags were ever seen."""
+        return len(self.index)
+
+    def ensure_items(self, n_items: int) -> None:
+        """Make room for item rows below ``n_items``."""
+        self.rows = grown(self.rows, n_items)
+        self.weights = grown(self.weights, n_items)
+        self.shares = grown(self.shares, n_items)
+        self.n_items = max(self.n_items, n_items)
+
+    def set(self, item_row: int, tags: Mapping[str, float]) -> np.ndarray:
+        """Replace the tags of ``item_row``; return the rows of every tag touched."""
+        self.ensure_items(item_row + 1)
+        old = self.rows[item_row][self.weights[item_row] > 0]
+        self._df[old] -= 1
+        tag_rows = np.array([self.index.row(t) for t in tags], dtype=np.int32)
+        weights = np.array(list(tags.values()), dtype=np.float32)
+        self._df = grown(self._df, self.n_tags)
+        if len(tag_rows) > self.rows.shape[1]:
+            self.rows, self.weights, self.shares = (
+                _widened(a, len(tag_rows)) for a in (self.rows, self.weights, self.shares)
+            )
+        self.rows[item_row] = 0
+        self.weights[item_row] = 0.0
+        self.shares[item_row] = 0.0
+        n = len(tag_rows)
+        self.rows[item_row, :n] = tag_rows
+        self.weights[item_row, :n] = weights
+        if n:
+            self.shares[item_row, :n] = weights / weights.sum()
+        self._df[tag_rows] += 1
+        return np.union1d(old, tag_rows).astype(np.int32)
+
+    def clear(self, item_row: int) -> None:
+        """Drop an item's tags (it left the catalog)."""
+        if item_row < self.n_items:
+            self.set(item_row, {})
+
+    def names(self, item_row: int) -> list[str]:
+        """Tag names of an item, heaviest first."""
+        if item_row >= self.n_items:
+            return []
+        w = self.weights[item_row]
+        order = np.argsort(-w, kind="stable")
+        return [self.index.id_of(int(self.rows[item_row, j])) for j in order if w[j] > 0]
+
+
+def _widened(array: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((len(array), width), dtype=array.dtype)
+    out[:, : array.shape[1]] = array
+    return out
