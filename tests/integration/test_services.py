@@ -1,0 +1,124 @@
+"""Integration checks against the real Kafka broker and Redis server the project runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.protocol.admin import ApiVersionRequest
+
+from schemas import RatingEvent, parse_event
+
+pytestmark = pytest.mark.timeout(120)
+
+FETCH_API_KEY = 1
+# KIP-896 removed Fetch v0-v3 in Kafka 4.0: every 3.x broker advertises Fetch from v0, every
+# 4.x broker from v4. (Produce is no marker: 4.x still advertises v0 for librdkafka, KAFKA-18659.)
+KAFKA_4_FETCH_FLOOR = 4
+RECEIVE_TIMEOUT_SECONDS = 30
+
+
+@pytest.mark.kafka
+async def test_rating_event_round_trips_through_a_kafka_topic(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    event = RatingEvent(
+        user_id="196",
+        item_id="242",
+        rating=3.5,
+        timestamp=881250949,
+        event_id=f"evt-{uuid.uuid4().hex}",
+    )
+    key = event.user_id.encode()
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        created = await admin.create_topics([NewTopic(topic_name, 1, 1)])
+    finally:
+        await admin.close()
+    assert [(topic, code) for topic, code, *_ in created.topic_errors] == [(topic_name, 0)]
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topic_name, event.to_bytes(), key=key)
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(
+        topic_name,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(RECEIVE_TIMEOUT_SECONDS):
+            record = await consumer.getone()
+    finally:
+        await consumer.stop()
+
+    assert (record.topic, record.partition, record.offset) == (topic_name, 0, sent.offset)
+    assert record.key == key
+    assert parse_event(record.value, RatingEvent) == event
+
+
+@pytest.mark.kafka
+async def test_kafka_brokers_speak_the_kafka_4_protocol(kafka_bootstrap: str) -> None:
+    # Kafka reports no release number on the wire; the Fetch floor of ApiVersions tells 4.x.
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    assert cluster["brokers"], cluster
+
+    floors = {}
+    for broker in cluster["brokers"]:
+        conn = await create_conn(broker["host"], broker["port"], request_timeout_ms=10_000)
+        try:
+            response = await conn.send(ApiVersionRequest())
+        finally:
+            conn.close()
+        assert response.error_code == 0
+        versions = {api_key: low for api_key, low, _ in response.api_versions}
+        floors[broker["node_id"]] = versions[FETCH_API_KEY]
+
+    assert set(floors.values()) == {KAFKA_4_FETCH_FLOOR}, (
+        f"Fetch min version per broker {floors}: 0 means Kafka 3.x or older, "
+        f"{KAFKA_4_FETCH_FLOOR} means Kafka 4.x"
+    )
+
+
+@pytest.mark.redis
+async def test_redis_key_round_trips_with_a_ttl(redis_url: str, redis_key_prefix: str) -> None:
+    key = f"{redis_key_prefix}top-k:196"
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        assert await client.set(key, b"242,302,50", ex=60)
+        value = await client.get(key)
+        ttl = await client.ttl(key)
+    finally:
+        await client.aclose()
+
+    assert value == b"242,302,50"
+    assert 0 < ttl <= 60
+
+
+@pytest.mark.redis
+async def test_redis_server_is_version_7(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        server = await client.info("server")
+    finally:
+        await client.aclose()
+
+    assert str(server["redis_version"]).split(".")[0] == "7", server["redis_version"]
