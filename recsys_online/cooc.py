@@ -116,6 +116,16 @@ class CoOccurrence:
             np.add.at(scores, np.maximum(nbr, 0).ravel(), w.ravel())
         return scores if items is None else scores[items]
 
+    def item_scores_for(self, user: int, items: np.ndarray) -> np.ndarray:
+        """Scores of just ``items`` for one user, without touching the rest of the catalog."""
+        ring = self.recent[user]
+        rows = ring[ring >= 0]
+        if not len(rows):
+            return np.zeros(len(items), np.float32)
+        w = self._norm_weights(rows) * self._recency[: len(rows)][:, None]  # (L, M)
+        hit = self.nbr[rows][:, :, None] == np.asarray(items)[None, None, :]  # (L, M, n)
+        return np.einsum("lm,lmn->n", w, hit).astype(np.float32)
+
     def item_scores_many(self, users: np.ndarray) -> np.ndarray:
         """Scores of many users over every item, shape ``(len(users), n_items)``."""
         ring = self.recent[users]  # (B, L)

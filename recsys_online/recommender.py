@@ -62,6 +62,8 @@ class RecommenderConfig:
     blend_lr: float = 0.05
     blend_l2: float = 1e-4
     n_negatives: int = 4
+    hard_negatives: int = 2
+    hard_pool: int = 20
     history_limit: int = 2000
     seed: int = 42
 
@@ -258,25 +260,38 @@ class Recommender:
         return ((1.0 - a) * self.w_cold + a * self.w_warm) * self._use / self.signal_scale
 
     def _learn_blend(self, user: int, item: int) -> None:
-        live = np.flatnonzero(self.active[: self.n_items])
-        if len(live) < 2:
+        """One pairwise logistic (BPR) step on the blend weights for a relevant rating.
+
+        The positive is the rated item; negatives are ``hard_negatives`` items drawn from
+        the user's current top of the list (what the blend wrongly ranks high) plus
+        uniform draws from the live catalog, all scored with the state before learning.
+        """
+        cfg = self.config
+        live = self.active[: self.n_items].copy()
+        live[np.frombuffer(self.history[user], np.int32)] = False
+        live[item] = False
+        live_rows = np.flatnonzero(live)
+        if not len(live_rows):
             return
-        negs = live[self.rng.integers(0, len(live), self.config.n_negatives)]
-        negs = negs[negs != item]
-        if not len(negs):
-            return
-        x = self._features(user, np.concatenate(([item], negs)))  # (S, 1 + n)
-        # Running scale of each signal over sampled items, so weights compare across signals.
+        x = self._features(user, None)  # (S, n_items)
+        # Running scale of each signal over the live catalog, so weights compare.
         self._scale_n += 1
         rate = max(1.0 / (self._scale_n + 20), 0.001)  # starts from a unit prior
-        self._scale_sq += rate * (x.var(axis=1) - self._scale_sq)
+        self._scale_sq += rate * (x[:, live_rows].var(axis=1) - self._scale_sq)
         self.signal_scale = np.sqrt(np.maximum(self._scale_sq, 1e-8)).astype(np.float32)
-        d = (x[:, :1] - x[:, 1:]) / self.signal_scale[:, None]  # (S, n) pos - neg
         a = float(self._alpha(np.array([user]))[0])
         w = ((1.0 - a) * self.w_cold + a * self.w_warm) * self._use
+        n_hard = min(cfg.hard_negatives, len(live_rows))
+        negs = live_rows[self.rng.integers(0, len(live_rows), cfg.n_negatives - n_hard)]
+        if n_hard:
+            scores = np.where(live, (w / self.signal_scale) @ x, -np.inf)
+            pool = min(cfg.hard_pool, len(live_rows))
+            top = np.argpartition(-scores, pool - 1)[:pool]
+            negs = np.concatenate((negs, top[self.rng.integers(0, pool, n_hard)]))
+        d = (x[:, [item]] - x[:, negs]) / self.signal_scale[:, None]  # (S, n) pos - neg
         g = 1.0 / (1.0 + np.exp(w @ d))  # sigmoid(-margin) per negative
         step = (d * g).mean(axis=1) * self._use
-        lr, l2 = self.config.blend_lr, self.config.blend_l2
+        lr, l2 = cfg.blend_lr, cfg.blend_l2
         self.w_cold += lr * ((1.0 - a) * step - l2 * self.w_cold)
         self.w_warm += lr * (a * step - l2 * self.w_warm)
 
@@ -400,8 +415,11 @@ class Recommender:
         if "content" in use:
             out[1] = _unit_rows(content.profile[u]) @ c.T
         if "cooc" in use:
-            co = self.cooc.item_scores_many(u)
-            out[2] = co if items is None else co[:, items]
+            out[2] = (
+                self.cooc.item_scores_many(u)
+                if items is None
+                else np.stack([self.cooc.item_scores_for(r, items) for r in u.tolist()])
+            )
         if "pop" in use:
             out[3] = np.broadcast_to(self.popularity.item_scores(self.now, items), (len(u), n))
         if "recent_tags" in use or "recent_factors" in use:
