@@ -62,7 +62,7 @@ class RecommenderConfig:
     blend_lr: float = 0.05
     blend_l2: float = 1e-4
     n_negatives: int = 4
-    hard_negatives: int = 2
+    hard_negatives: int = 0
     hard_pool: int = 20
     history_limit: int = 2000
     seed: int = 42
