@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The README's test command: installs the project, starts the real Kafka and Redis
+# (scripts/services.sh), runs the whole test suite against them, and stops the services
+# it started. Extra arguments go to pytest, e.g. `bash scripts/test.sh -x -k schemas`.
+# Exits with pytest's status, and non-zero when pytest collects no tests.
+set -euo pipefail
+
+cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+PYTHON=${PYTHON:-python3}
+
+T0=$SECONDS
+step() { printf '\n== %s == (+%ds)\n' "$*" $((SECONDS - T0)) >&2; }
+
+STARTED=0
+cleanup() {
+  local rc=$?
+  if ((STARTED)); then
+    step "stop services"
+    scripts/services.sh down </dev/null || echo "warning: scripts/services.sh down failed" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "install: $PYTHON -m pip install -e '.[dev]'"
+"$PYTHON" -m pip install -q -e '.[dev]' </dev/null
+
+if [[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" && -n "${REDIS_URL:-}" ]]; then
+  step "services: using KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS REDIS_URL=$REDIS_URL"
+else
+  step "start services: scripts/services.sh up"
+  if ! scripts/services.sh status >/dev/null 2>&1; then
+    STARTED=1 # set first: a half-started `up` is stopped too
+  fi
+  # `eval "$(scripts/services.sh up)"` would hide a failing `up` (eval of nothing succeeds).
+  services_env=$(scripts/services.sh up </dev/null)
+  eval "$services_env"
+fi
+
+step "test: $PYTHON -m pytest $*"
+rc=0
+"$PYTHON" -m pytest "$@" </dev/null || rc=$?
+if ((rc == 5)); then
+  echo "ERROR: pytest collected no tests (exit code 5)" >&2
+  exit 1
+fi
+exit "$rc"
