@@ -98,9 +98,9 @@ class Recommender:
     >>> rec.learn_rating("bob", "heat", 4.0, timestamp=2.0)
     >>> top = rec.recommend("ann", k=2)
     >>> [r.item for r in top], top[0].source
-    (['solaris', 'heat'], 'collaborative')
+    (['solaris', 'heat'], 'content')
     >>> top[0].reason
-    'because you liked alien'
+    'matches your tags scifi'
     >>> rec.recommend("stranger", k=1)[0].reason
     'popular now'
     >>> rec.delete_item("solaris")
@@ -127,6 +127,7 @@ class Recommender:
         self.history_ratings: list[array] = []
         self.n_events = 0
         self.now = 0.0
+        self._sizes = (-1, -1)  # (users, items) storage was last grown for
         n = len(SIGNALS)
         self._use = np.array([s in cfg.signals for s in SIGNALS], np.float32)
         self.w_cold = self._use.copy()
@@ -146,6 +147,9 @@ class Recommender:
 
     def _ensure(self) -> None:
         nu, ni = self.n_users, self.n_items
+        if (nu, ni) == self._sizes:
+            return
+        self._sizes = (nu, ni)
         self.mf.ensure(nu, ni)
         self.content.ensure(nu, ni)
         self.cooc.ensure(nu, ni)
@@ -273,22 +277,27 @@ class Recommender:
         live_rows = np.flatnonzero(live)
         if not len(live_rows):
             return
-        x = self._features(user, None)  # (S, n_items)
-        # Running scale of each signal over the live catalog, so weights compare.
-        self._scale_n += 1
-        rate = max(1.0 / (self._scale_n + 20), 0.001)  # starts from a unit prior
-        self._scale_sq += rate * (x[:, live_rows].var(axis=1) - self._scale_sq)
-        self.signal_scale = np.sqrt(np.maximum(self._scale_sq, 1e-8)).astype(np.float32)
-        a = float(self._alpha(np.array([user]))[0])
-        w = ((1.0 - a) * self.w_cold + a * self.w_warm) * self._use
         n_hard = min(cfg.hard_negatives, len(live_rows))
         negs = live_rows[self.rng.integers(0, len(live_rows), cfg.n_negatives - n_hard)]
+        a = float(self._alpha(np.array([user]))[0])
+        w = ((1.0 - a) * self.w_cold + a * self.w_warm) * self._use
         if n_hard:
+            x = self._features(user, None)  # (S, n_items): the whole catalog is scored
             scores = np.where(live, (w / self.signal_scale) @ x, -np.inf)
             pool = min(cfg.hard_pool, len(live_rows))
             top = np.argpartition(-scores, pool - 1)[:pool]
             negs = np.concatenate((negs, top[self.rng.integers(0, pool, n_hard)]))
-        d = (x[:, [item]] - x[:, negs]) / self.signal_scale[:, None]  # (S, n) pos - neg
+            item_col, neg_cols, uniform = item, negs, x[:, live_rows]
+        else:
+            x = self._features(user, np.concatenate(([item], negs)))  # (S, 1 + n)
+            item_col, neg_cols, uniform = 0, np.arange(1, x.shape[1]), x[:, 1:]
+        # Running scale of each signal over uniform draws from the live catalog, so the
+        # weights of signals with different units compare.
+        self._scale_n += 1
+        rate = max(1.0 / (self._scale_n + 20), 0.001)  # starts from a unit prior
+        self._scale_sq += rate * (uniform.var(axis=1) - self._scale_sq)
+        self.signal_scale = np.sqrt(np.maximum(self._scale_sq, 1e-8)).astype(np.float32)
+        d = (x[:, [item_col]] - x[:, neg_cols]) / self.signal_scale[:, None]  # pos - neg
         g = 1.0 / (1.0 + np.exp(w @ d))  # sigmoid(-margin) per negative
         step = (d * g).mean(axis=1) * self._use
         lr, l2 = cfg.blend_lr, cfg.blend_l2
