@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from recsys_online.ids import grown
@@ -81,6 +83,20 @@ class ContentModel:
         np.add.at(out, (np.repeat(np.arange(len(rows)), t.shape[1]), col.ravel()), vals.ravel())
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return np.divide(out, norms, out=out, where=norms > 0)
+
+    def tag_vector(self, tags: Mapping[str, float]) -> np.ndarray:
+        """Unit TF-IDF vector of arbitrary weighted tags (e.g. a user's declared interests)."""
+        rows = np.array([self.tags.index.row(t) for t in tags], np.int64)
+        out = np.zeros(self.dim, np.float32)
+        if len(rows):
+            idf = self._idf()
+            known = rows < len(idf) - 1
+            w = np.array(list(tags.values()), np.float32)
+            w = w * np.where(known, idf[np.minimum(rows, len(idf) - 1)], idf.max())
+            col, sign = self._columns(rows)
+            np.add.at(out, col, w * sign)
+        norm = float(np.linalg.norm(out))
+        return out / norm if norm > 0 else out
 
     def set_item(self, item_row: int) -> None:
         """Recompute one item's vector after its tags changed (or it left the catalog)."""

@@ -103,6 +103,9 @@ class Recommender:
     'matches your tags scifi'
     >>> rec.recommend("stranger", k=1)[0].reason
     'popular now'
+    >>> rec.upsert_user("cat", {"crime": 1.0})
+    >>> [(r.item, r.reason) for r in rec.recommend("cat", k=1)]
+    [('heat', 'matches your tags crime')]
     >>> rec.delete_item("solaris")
     >>> [r.item for r in rec.recommend("ann", k=2)]
     ['heat']
@@ -128,6 +131,7 @@ class Recommender:
         self.n_events = 0
         self.now = 0.0
         self._sizes = (-1, -1)  # (users, items) storage was last grown for
+        self._declared: dict[int, np.ndarray] = {}  # user row -> declared tag vector
         n = len(SIGNALS)
         self._use = np.array([s in cfg.signals for s in SIGNALS], np.float32)
         self.w_cold = self._use.copy()
@@ -191,6 +195,27 @@ class Recommender:
         self.tags.clear(row)
         self.content.set_item(row)
         self.cooc.forget_item(row)
+
+    def upsert_user(self, user: str, tags: Mapping[str, float]) -> None:
+        """Declare a user's attributes or interests as weighted tags (user cold start).
+
+        They seed the user's content profile with the weight of one rating above the
+        user's mean, so a user with no ratings gets content-based lists ("matches your
+        tags ...") instead of plain popularity; later ratings outweigh them. Declaring
+        again replaces the previous declaration.
+        """
+        row = self.users.row(user)
+        self._ensure()
+        vec = self.content.tag_vector(dict(tags))
+        old = self._declared.get(row)
+        if old is not None:
+            self.content.profile[row] -= old
+        self.content.profile[row] += vec
+        self._declared[row] = vec
+
+    def _is_cold(self, row: int | None) -> bool:
+        """No ratings and no declared tags: only popularity can rank for this user."""
+        return row is None or (self.user_n[row] == 0 and row not in self._declared)
 
     def is_deleted(self, item: str) -> bool:
         """True when the item was deleted from the catalog."""
@@ -344,7 +369,7 @@ class Recommender:
         Unknown users and users with no ratings get decayed popularity.
         """
         row = self.users.get(user)
-        if row is None or self.user_n[row] == 0:
+        if self._is_cold(row):
             return self.popular(k)
         cands = self.candidates(row)
         x = self._features(row, cands)
@@ -362,12 +387,12 @@ class Recommender:
     def recommend_many(self, users: Sequence[str], k: int = 10) -> list[list[Recommendation]]:
         """Batched :meth:`recommend`: one matrix product per signal for all the users."""
         rows = [self.users.get(u) for u in users]
-        warm = [n for n, r in enumerate(rows) if r is not None and self.user_n[r] > 0]
+        warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
         out: list[list[Recommendation]] = [[] for _ in users]
         if len(warm) < len(users):
             popular = self.popular(k)
             for n, r in enumerate(rows):
-                if r is None or self.user_n[r] == 0:
+                if self._is_cold(r):
                     out[n] = popular
         if not warm:
             return out
@@ -390,12 +415,12 @@ class Recommender:
     def top_items(self, users: Sequence[str], k: int = 10) -> list[list[str]]:
         """Just the ids of each user's top-``k`` list (no explanations), batched."""
         rows = [self.users.get(u) for u in users]
-        warm = [n for n, r in enumerate(rows) if r is not None and self.user_n[r] > 0]
+        warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
         out: list[list[str]] = [[] for _ in users]
         if len(warm) < len(users):
             popular = [r.item for r in self.popular(k)]
             for n, r in enumerate(rows):
-                if r is None or self.user_n[r] == 0:
+                if self._is_cold(r):
                     out[n] = popular
         if warm:
             u = np.array([rows[n] for n in warm], np.int64)
