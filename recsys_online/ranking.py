@@ -18,13 +18,14 @@ def padded_width(n_items: int, k: int) -> tuple[int, int]:
 
 
 def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions and values of the ``k`` largest finite scores of each row, best first.
+    """Positions and values of the ``k`` largest scores of each row, best first.
 
     ``scores`` has shape ``(B, width)`` with ``width`` a multiple of ``block`` (pad with
     ``-inf``). The k-th largest block maximum bounds each row's k-th largest score from
     below, so only the few blocks at or above it are searched: the work is one pass of
-    block maxima plus a small sort, instead of a selection over every element. Missing
-    places (fewer than ``k`` finite scores) hold position -1 and value ``-inf``.
+    block maxima plus a small sort, instead of a selection over every element. Ties go to
+    the lower position. ``-inf`` marks an excluded item; NaN and ``+inf`` are invalid
+    scores. None of them is ever returned: missing places hold position -1 and ``-inf``.
 
     Examples
     --------
@@ -43,11 +44,17 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
     n_blocks = width // block
     blocks = scores.reshape(n_rows, n_blocks, block)
     block_max = blocks.max(axis=2)
-    kk = min(k, n_blocks)
-    tau = np.partition(block_max, n_blocks - kk, axis=1)[:, n_blocks - kk]
+    if not np.all(np.isfinite(block_max) | (block_max == -np.inf)):
+        # Rare: NaN or +inf somewhere. Treat them as excluded (on a copy) and start over.
+        blocks = np.where(np.isfinite(blocks), blocks, -np.inf)
+        block_max = blocks.max(axis=2)
+    if n_blocks >= k:
+        tau = np.partition(block_max, n_blocks - k, axis=1)[:, n_blocks - k]
+    else:  # fewer blocks than places: every block is searched
+        tau = np.full(n_rows, -np.inf, block_max.dtype)
     rb, bb = np.nonzero(block_max >= tau[:, None])
     cand = blocks[rb, bb]  # (m, block): the only blocks that can hold a top-k score
-    i, j = np.nonzero((cand >= tau[rb][:, None]) & np.isfinite(cand))
+    i, j = np.nonzero((cand >= tau[rb][:, None]) & (cand > -np.inf))  # -inf: excluded
     r, c, v = rb[i], bb[i] * block + j, cand[i, j]
     order = np.lexsort((c, -v, r))  # by row, then best score, ties by position
     r, c, v = r[order], c[order], v[order]

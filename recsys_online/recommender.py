@@ -215,7 +215,10 @@ class Recommender:
 
     def _is_cold(self, row: int | None) -> bool:
         """No ratings and no declared tags: only popularity can rank for this user."""
-        return row is None or (self.user_n[row] == 0 and row not in self._declared)
+        if row is None:
+            return True
+        declared = row in self._declared and "content" in self.config.signals
+        return self.user_n[row] == 0 and not declared
 
     def is_deleted(self, item: str) -> bool:
         """True when the item was deleted from the catalog."""
@@ -528,35 +531,39 @@ class Recommender:
         return scores
 
     def _explain(self, user: int, item: int, score: float, contrib: np.ndarray) -> Recommendation:
+        """Name the signal that lifted ``item`` most and say it in words.
+
+        The model's signals are tried from the largest contribution down; the first that
+        can give a truthful reason wins.
+        """
         item_id = self.items.id_of(item)
-        source = SIGNALS[int(np.argmax(contrib))] if contrib.max() > 0 else "pop"
-        if source == "recent_tags":
-            source = "content"
-        elif source == "recent_factors":
-            source = "mf"
-        if source == "cooc":
-            liked = self.cooc.because_of(user, item)
-            if liked is not None:
-                liked_id = self.items.id_of(liked)
-                return Recommendation(
-                    item_id, score, f"because you liked {liked_id}", "co-occurrence", liked_id
-                )
-            source = "mf"
-        if source == "content":
-            tags = self.content.top_tags(user, item)
-            if tags:
-                return Recommendation(
-                    item_id, score, "matches your tags " + ", ".join(tags), "content"
-                )
-            source = "mf"
-        if source == "mf":
-            liked = self._closest_liked(user, item)
-            if liked is not None:
-                liked_id = self.items.id_of(liked)
-                return Recommendation(
-                    item_id, score, f"because you liked {liked_id}", "collaborative", liked_id
-                )
-        return Recommendation(item_id, score, "popular now", "popular")
+        for j in np.argsort(-contrib, kind="stable").tolist():
+            if not self._use[j]:
+                continue
+            name = SIGNALS[j]
+            if name == "cooc":
+                liked = self.cooc.because_of(user, item)
+                if liked is not None:
+                    liked_id = self.items.id_of(liked)
+                    return Recommendation(
+                        item_id, score, f"because you liked {liked_id}", "co-occurrence", liked_id
+                    )
+            elif name in ("content", "recent_tags"):
+                tags = self.content.top_tags(user, item)
+                if tags:
+                    return Recommendation(
+                        item_id, score, "matches your tags " + ", ".join(tags), "content"
+                    )
+            elif name in ("mf", "recent_factors"):
+                liked = self._closest_liked(user, item)
+                if liked is not None:
+                    liked_id = self.items.id_of(liked)
+                    return Recommendation(
+                        item_id, score, f"because you liked {liked_id}", "collaborative", liked_id
+                    )
+            elif name == "pop":
+                return Recommendation(item_id, score, "popular now", "popular")
+        return Recommendation(item_id, score, "close to your tastes", "collaborative")
 
     def _closest_liked(self, user: int, item: int) -> int | None:
         """The item among the user's recent likes whose factors are closest to ``item``'s."""
@@ -577,10 +584,16 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest finite scores, best first (argpartition, then sort)."""
+    """Positions of the ``k`` largest scores of one row, best first, ties by position.
+
+    The same selection as the batched paths (:func:`top_k_rows`), so single and batched
+    lists agree exactly.
+    """
     n = len(scores)
     if k <= 0 or n == 0:
         return np.zeros(0, np.int64)
-    top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return top[np.isfinite(scores[top])]
+    block, width = padded_width(n, k)
+    padded = np.full((1, width), -np.inf, np.float32)
+    padded[0, :n] = scores
+    top = top_k_rows(padded, k, block)[0][0]
+    return top[top >= 0]
