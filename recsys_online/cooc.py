@@ -46,6 +46,7 @@ class CoOccurrence:
         self.recent = np.full((0, window), -1, np.int32)  # newest first
         self.nbr = np.full((0, n_neighbours), -1, np.int32)
         self.weight = np.zeros((0, n_neighbours), np.float32)
+        self.error = np.zeros((0, n_neighbours), np.float32)  # SpaceSaving overestimate
         self.count = np.zeros(0, np.float32)
         self._recency = (decay ** np.arange(window)).astype(np.float32)
 
@@ -57,6 +58,7 @@ class CoOccurrence:
         if n_items > self.n_items:
             self.nbr = grown(self.nbr, n_items, fill=-1)
             self.weight = grown(self.weight, n_items)
+            self.error = grown(self.error, n_items)
             self.count = grown(self.count, n_items)
             self.n_items = n_items
 
@@ -87,13 +89,16 @@ class CoOccurrence:
             order = np.argsort(-new_w, kind="stable")[:n_new]  # heaviest newcomers first
             slots = np.argsort(weight, kind="stable")[:n_new]  # into the lightest slots
             nbr[slots] = new[order]
-            weight[slots] += new_w[order]  # SpaceSaving: inherit the evicted weight
+            # SpaceSaving: inherit the evicted weight, and remember it as possible error.
+            self.error[row, slots] = weight[slots]
+            weight[slots] += new_w[order]
 
     def _add_to_rows(self, rows: np.ndarray, other: int, ws: np.ndarray) -> None:
         """Pairs ``(rows[k], other)`` gain ``ws[k]`` (``rows`` holds distinct items)."""
         match = self.nbr[rows] == other  # (n_rows, M)
         found = match.any(axis=1)
         slot = np.where(found, np.argmax(match, axis=1), np.argmin(self.weight[rows], axis=1))
+        self.error[rows, slot] = np.where(found, self.error[rows, slot], self.weight[rows, slot])
         self.nbr[rows, slot] = other
         self.weight[rows, slot] += ws
 
@@ -101,7 +106,9 @@ class CoOccurrence:
         nbr = self.nbr[rows]
         cnt_i = np.maximum(self.count[rows], 1.0)[..., None]
         cnt_j = np.maximum(self.count[np.maximum(nbr, 0)], 1.0)
-        w = self.weight[rows] / (np.sqrt(cnt_i) * cnt_j**self.beta)
+        # Score on the guaranteed part of the weight: SpaceSaving's inherited share is not
+        # evidence that the pair co-occurs.
+        w = (self.weight[rows] - self.error[rows]) / (np.sqrt(cnt_i) * cnt_j**self.beta)
         return np.where(nbr >= 0, w, 0.0).astype(np.float32)
 
     def item_scores(self, user: int, items: np.ndarray | None = None) -> np.ndarray:
@@ -150,8 +157,14 @@ class CoOccurrence:
 
     def forget_item(self, item: int) -> None:
         """Remove an item from every neighbour list and ring (it left the catalog)."""
-        self.weight[: self.n_items][self.nbr[: self.n_items] == item] = 0.0
-        self.nbr[: self.n_items][self.nbr[: self.n_items] == item] = -1
-        if item < self.n_items:
+        n = self.n_items
+        gone = self.nbr[:n] == item
+        self.weight[:n][gone] = 0.0
+        self.error[:n][gone] = 0.0
+        self.nbr[:n][gone] = -1
+        if item < n:
             self.nbr[item] = -1
             self.weight[item] = 0.0
+            self.error[item] = 0.0
+        rings = self.recent[: self.n_users]
+        rings[rings == item] = -1
