@@ -92,7 +92,7 @@ class Checkpoint:
     recall_at_k: float
     rolling_ndcg_at_k: float
     rolling_recall_at_k: float
-    coverage: float
+    coverage: float  # share of the live catalog that appeared in some served list
     elapsed_s: float
     events_per_s: float
     cold_users: dict[str, float | int] = field(default_factory=dict)
@@ -172,6 +172,7 @@ def prequential(
     def checkpoint() -> Checkpoint:
         elapsed = time.perf_counter() - started
         live = int(model.active[: model.n_items].sum())
+        served_live = sum(1 for item in served if not model.is_deleted(item))
         return Checkpoint(
             events=n_events,
             ratings=n_ratings,
@@ -179,7 +180,7 @@ def prequential(
             **errors.summary(),
             relevant=ranking.n,
             **{key: v for key, v in ranking.summary().items() if key != "n"},
-            coverage=len(served) / live if live else 0.0,
+            coverage=served_live / live if live else 0.0,
             elapsed_s=elapsed,
             events_per_s=n_events / elapsed if elapsed > 0 else 0.0,
             cold_users=cold_user_rank.summary(),
@@ -206,5 +207,6 @@ def prequential(
         if n_events % checkpoint_every == 0:
             flush()
             yield checkpoint()
-    flush()
-    yield checkpoint()
+    if n_events % checkpoint_every or n_events == 0:
+        flush()
+        yield checkpoint()
