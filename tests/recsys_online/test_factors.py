@@ -1,0 +1,199 @@
+"""Tests for recsys_online.factors: exact SGD steps, learning, tag cold start, growth."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from recsys_online.factors import FactorModel, FactorParams
+from recsys_online.recommender import Recommender, RecommenderConfig
+from recsys_online.tags import ItemTags
+
+STATE = ("user_bias", "item_bias", "tag_bias", "P", "V", "E", "Q", "item_bias_eff", "Q_norm")
+
+
+def _assert_same_state(a: FactorModel, b: FactorModel) -> None:
+    assert a.n_ratings == b.n_ratings
+    assert a.mu == pytest.approx(b.mu, rel=1e-6)
+    for name in STATE:
+        np.testing.assert_allclose(
+            getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6, err_msg=name
+        )
+    assert a._acc.keys() == b._acc.keys()
+    for name, acc in a._acc.items():  # AdaGrad's squared-gradient sums
+        n = min(len(acc), len(b._acc[name]))
+        np.testing.assert_allclose(acc[:n], b._acc[name][:n], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def _warm_model(adaptive: bool = False) -> FactorModel:
+    """A small model with tagged and untagged items that has already learned a little."""
+    tags = ItemTags()
+    tags.set(0, {"a": 1.0, "b": 3.0})
+    tags.set(1, {})
+    tags.set(2, {"b": 1.0})
+    tags.set(3, {"a": 2.0, "c": 1.0, "d": 1.0})
+    m = FactorModel(FactorParams(n_factors=4, seed=3, adaptive=adaptive), tags)
+    m.ensure(n_users=3, n_items=4)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        m.learn(rng.integers(0, 3, 4), rng.integers(0, 4, 4), rng.uniform(1, 5, 4))
+    return m
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize(("u", "i", "r"), [(1, 0, 5.0), (2, 1, 1.0), (0, 3, 4.5), (0, 2, 9.0)])
+def test_single_event_and_batch_paths_take_the_same_step(
+    u: int, i: int, r: float, adaptive: bool
+) -> None:
+    m = _warm_model(adaptive)
+    one, batch = copy.deepcopy(m), copy.deepcopy(m)
+    p_one = one._learn_one(u, i, r)
+    p_batch = batch._learn_batch(np.array([u]), np.array([i]), np.array([r]))
+    assert p_one == pytest.approx(float(p_batch[0]), rel=1e-6)
+    _assert_same_state(one, batch)
+    # The step did change the model (the comparison above is not of two untouched copies).
+    assert not np.allclose(one.P[u], m.P[u]) and one.n_ratings == m.n_ratings + 1
+    assert bool(one._acc) == adaptive  # AdaGrad state exists exactly when it is used
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_learn_of_one_event_equals_the_batch_step(adaptive: bool) -> None:
+    m = _warm_model(adaptive)
+    via_learn, via_batch = copy.deepcopy(m), copy.deepcopy(m)
+    via_learn.learn(np.array([1]), np.array([3]), np.array([2.0]))
+    via_batch._learn_batch(np.array([1]), np.array([3]), np.array([2.0]))
+    _assert_same_state(via_learn, via_batch)
+
+
+def _planted(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A rank-2 rating matrix (80 x 60) and a 80/20 split of its cells."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=(80, 2)), rng.normal(size=(60, 2))
+    ratings = np.clip(3.0 + 0.8 * (u @ v.T) / np.sqrt(2.0), 1.0, 5.0)
+    cells = rng.permutation(ratings.size)
+    return ratings, cells[ratings.size // 5 :], cells[: ratings.size // 5]
+
+
+def _fit(params: FactorParams, seed: int, epochs: int = 15) -> tuple[float, float]:
+    """Held-out RMSE of the model and of the global training mean on a planted matrix."""
+    ratings, train, test = _planted(seed)
+    n_items = ratings.shape[1]
+    flat = ratings.ravel()
+    m = FactorModel(params)
+    m.ensure(n_users=ratings.shape[0], n_items=n_items)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(train)
+        for start in range(0, len(order), 32):
+            cells = order[start : start + 32]
+            m.learn(cells // n_items, cells % n_items, flat[cells])
+    pred = m.predict(test // n_items, test % n_items)
+    rmse = float(np.sqrt(np.mean((pred - flat[test]) ** 2)))
+    baseline = float(np.sqrt(np.mean((flat[train].mean() - flat[test]) ** 2)))
+    return rmse, baseline
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_plain_sgd_learns_a_planted_low_rank_matrix(seed: int) -> None:
+    params = FactorParams(n_factors=8, seed=seed, adaptive=False, lr_bias=0.02, lr_factor=0.02)
+    rmse, baseline = _fit(params, seed)
+    assert baseline > 0.5  # the planted structure is far from the global mean
+    assert rmse < 0.3 * baseline
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_adagrad_learns_a_planted_low_rank_matrix(seed: int) -> None:
+    params = FactorParams(n_factors=8, seed=seed, adaptive=True, lr_bias=0.1, lr_factor=0.1)
+    rmse, baseline = _fit(params, seed)
+    assert rmse < 0.3 * baseline
+
+
+def test_default_params_learn_a_planted_low_rank_matrix() -> None:
+    rmse, baseline = _fit(FactorParams(n_factors=8, seed=2), seed=2)
+    assert rmse < 0.3 * baseline
+
+
+def _two_camps(model_tags: ItemTags, params: FactorParams) -> FactorModel:
+    """Users 0-19 love items tagged "a" (rows 0-9), users 20-39 those tagged "b" (10-19)."""
+    for j in range(10):
+        model_tags.set(j, {"a": 1.0})
+        model_tags.set(10 + j, {"b": 1.0})
+    m = FactorModel(params, model_tags)
+    m.ensure(n_users=40, n_items=20)
+    users, items = np.repeat(np.arange(40), 20), np.tile(np.arange(20), 40)
+    ratings = np.where((users < 20) == (items < 10), 5.0, 1.0)
+    rng = np.random.default_rng(params.seed)
+    for _ in range(10):
+        order = rng.permutation(len(users))
+        for start in range(0, len(order), 32):
+            b = order[start : start + 32]
+            m.learn(users[b], items[b], ratings[b])
+    return m
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_new_item_is_scored_from_its_tags(seed: int, adaptive: bool) -> None:
+    tags = ItemTags()
+    lr = 0.1 if adaptive else 0.02
+    params = FactorParams(n_factors=8, seed=seed, adaptive=adaptive, lr_bias=lr, lr_factor=lr)
+    m = _two_camps(tags, params)
+    n_before = m.n_ratings
+    new = 20
+    tags.set(new, {"a": 1.0})
+    m.set_item_tags(new)
+    camp_a = m.predict(np.arange(20), np.full(20, new))
+    camp_b = m.predict(np.arange(20, 40), np.full(20, new))
+    assert m.n_ratings == n_before  # scored with no rating of the new item
+    assert camp_a.min() > camp_b.max()
+    assert camp_a.mean() - camp_b.mean() > 1.0
+    # Control: a new item without tags gives neither camp a clear preference.
+    tags.set(new + 1, {})
+    m.set_item_tags(new + 1)
+    plain_a = m.predict(np.arange(20), np.full(20, new + 1)).mean()
+    plain_b = m.predict(np.arange(20, 40), np.full(20, new + 1)).mean()
+    assert abs(plain_a - plain_b) < 0.5
+
+
+def test_recommender_scores_a_new_item_from_its_tags() -> None:
+    config = RecommenderConfig(signals=("mf",), factors=FactorParams(n_factors=8, seed=0))
+    rec = Recommender(config)
+    for j in range(10):
+        rec.upsert_item(f"a{j}", {"a": 1.0})
+        rec.upsert_item(f"b{j}", {"b": 1.0})
+    rng = np.random.default_rng(0)
+    pairs = [(f"u{u}", f"{c}{j}") for u in range(40) for c in "ab" for j in range(10)]
+    t = 0.0
+    for _ in range(5):
+        for n in rng.permutation(len(pairs)).tolist():
+            user, item = pairs[n]
+            likes = (int(user[1:]) < 20) == item.startswith("a")
+            t += 1.0
+            rec.learn_rating(user, item, 5.0 if likes else 1.0, t)
+    rec.upsert_item("fresh", {"a": 1.0})
+    camp_a = rec.predict_many([f"u{u}" for u in range(20)], ["fresh"] * 20)
+    camp_b = rec.predict_many([f"u{u}" for u in range(20, 40)], ["fresh"] * 20)
+    assert camp_a.min() > camp_b.max()
+
+
+def test_growth_keeps_learned_rows_and_initialises_new_ones() -> None:
+    for adaptive in (False, True):
+        m = _warm_model(adaptive=adaptive)
+        before = {name: getattr(m, name)[: len(getattr(m, name))].copy() for name in STATE}
+        sizes = {"user_bias": 3, "P": 3, "item_bias": 4, "V": 4, "Q": 4}
+        sizes |= {"item_bias_eff": 4, "Q_norm": 4}
+        sizes |= {"tag_bias": m.tags.n_tags, "E": m.tags.n_tags}
+        m.tags.set(50, {"brand-new-tag": 1.0})
+        m.ensure(n_users=300, n_items=51)
+        m.set_item_tags(50)
+        for name, n in sizes.items():
+            np.testing.assert_array_equal(getattr(m, name)[:n], before[name][:n], err_msg=name)
+        assert m.n_users == 300 and m.n_items == 51
+        assert len(m.P) >= 300 and len(m.Q) >= 51 and len(m.E) >= m.tags.n_tags
+        new_p = m.P[3:300]
+        assert np.all(np.isfinite(new_p)) and 0.05 < new_p.std() < 0.2  # init_std = 0.1
+        # The grown model keeps learning, new rows included (AdaGrad state grows too).
+        m.learn(np.array([299, 0]), np.array([50, 1]), np.array([5.0, 1.0]))
+        assert np.all(np.isfinite(m.P[:300])) and np.all(np.isfinite(m.Q[:51]))

@@ -1,0 +1,117 @@
+"""Tests for recsys_online.ranking: block top-K against a plain sort-based reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from recsys_online.ranking import padded_width, top_k_rows
+
+
+def _reference(scores: np.ndarray, k: int) -> list[np.ndarray]:
+    """Each row's ``k`` largest finite values, best first, by sorting."""
+    out = []
+    for row in scores:
+        finite = row[np.isfinite(row)]
+        out.append(np.sort(finite)[::-1][:k])
+    return out
+
+
+def _check(scores: np.ndarray, k: int, block: int) -> None:
+    pos, val = top_k_rows(scores, k, block)
+    assert pos.shape == val.shape == (len(scores), k)
+    for r, (row, want) in enumerate(zip(scores, _reference(scores, k), strict=True)):
+        n = len(want)
+        # Values: exactly the reference's, best first (ties make positions ambiguous only).
+        np.testing.assert_array_equal(val[r, :n], want, err_msg=f"row {r}")
+        assert np.all(pos[r, n:] == -1) and np.all(val[r, n:] == -np.inf), f"row {r} padding"
+        found = pos[r, :n]
+        assert len(set(found.tolist())) == n, f"row {r}: a position repeats"
+        assert np.all((found >= 0) & (found < scores.shape[1]))
+        np.testing.assert_array_equal(row[found], val[r, :n], err_msg=f"row {r} positions")
+        if n:  # every score strictly above the cut is listed, whatever the tie order
+            above = np.flatnonzero(np.isfinite(row) & (row > want[-1]))
+            assert set(above.tolist()) <= set(found.tolist()), f"row {r}"
+
+
+def test_docstring_example_by_hand() -> None:
+    s = np.array([[0.1, 0.9, 0.5, 0.7], [3.0, -np.inf, 1.0, 2.0]], np.float32)
+    pos, val = top_k_rows(s, 2, block=2)
+    assert pos.tolist() == [[1, 3], [0, 3]]
+    np.testing.assert_array_equal(val, np.array([[0.9, 0.7], [3.0, 2.0]], np.float32))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 3, 10, 64])
+def test_random_matrices_with_ties_and_minus_inf(seed: int, k: int) -> None:
+    rng = np.random.default_rng(seed)
+    block, width = padded_width(50 + 37 * seed, k)
+    scores = rng.integers(0, 6, size=(7, width)).astype(np.float32)  # many ties
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[0] = -np.inf  # a row with nothing
+    scores[1, 3:] = -np.inf  # a row with fewer than k finite values
+    scores[2] = rng.standard_normal(width).astype(np.float32)  # a row without ties
+    _check(scores, k, block)
+
+
+def test_fewer_blocks_than_k() -> None:
+    """One block of two scores, k = 2: both scores come back."""
+    pos, val = top_k_rows(np.array([[-2.5, -1.0]], np.float32), 2, block=2)
+    assert pos.tolist() == [[1, 0]]
+    assert val.tolist() == [[-1.0, -2.5]]
+
+
+def test_all_blocks_share_the_maximum() -> None:
+    """Every block holds the same best value: the block bound prunes nothing."""
+    scores = np.tile(np.array([5.0, 1.0, 5.0, 2.0], np.float32), (3, 6))
+    for k in (1, 2, 5, 12, 13, 24, 30):
+        _check(scores, k, block=4)
+
+
+def test_empty_inputs_and_k_zero() -> None:
+    pos, val = top_k_rows(np.zeros((3, 8), np.float32), 0, 4)
+    assert pos.shape == val.shape == (3, 0)
+    pos, val = top_k_rows(np.zeros((0, 8), np.float32), 2, 4)
+    assert pos.shape == (0, 2)
+    pos, val = top_k_rows(np.zeros((2, 0), np.float32), 2, 1)
+    assert pos.tolist() == [[-1, -1], [-1, -1]] and np.all(val == -np.inf)
+
+
+def test_non_finite_scores_are_skipped() -> None:
+    """The k largest *finite* scores: +inf and NaN must not hide the finite ones."""
+    for bad in (np.inf, np.nan):
+        scores = np.array([[bad, 1.0, 2.0, 0.5]], np.float32)
+        for block in (1, 2, 4):
+            pos, val = top_k_rows(scores, 2, block)
+            assert pos.tolist() == [[2, 1]], (bad, block, pos, val)
+            assert val.tolist() == [[2.0, 1.0]], (bad, block)
+
+
+@pytest.mark.parametrize("n_items", [1, 7, 99, 1001, 10_000, 123_457])
+@pytest.mark.parametrize("k", [0, 1, 10, 500])
+def test_padded_width_fits_the_catalog(n_items: int, k: int) -> None:
+    block, width = padded_width(n_items, k)
+    assert 1 <= block <= 200
+    assert width % block == 0 and n_items <= width < n_items + block
+
+
+@st.composite
+def _problems(draw: st.DrawFn) -> tuple[np.ndarray, int, int]:
+    n_rows = draw(st.integers(1, 4))
+    block = draw(st.integers(1, 8))
+    n_blocks = draw(st.integers(1, 10))
+    values = st.sampled_from([-np.inf, -2.5, -1.0, 0.0, 0.0, 1.0, 1.5, 3.0, 7.0])
+    elements = values | st.floats(-9, 9, width=32)
+    scores = draw(hnp.arrays(np.float32, (n_rows, block * n_blocks), elements=elements))
+    k = draw(st.integers(0, block * n_blocks + 3))
+    return scores, k, block
+
+
+@settings(max_examples=300, deadline=None)
+@given(_problems())
+def test_matches_sort_reference_property(problem: tuple[np.ndarray, int, int]) -> None:
+    scores, k, block = problem
+    _check(scores, k, block)

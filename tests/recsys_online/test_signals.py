@@ -1,0 +1,225 @@
+"""Tests for the ranking signals: content cosine, co-occurrence and decayed popularity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recsys_online.content import ContentModel
+from recsys_online.cooc import CoOccurrence
+from recsys_online.popularity import Popularity
+from recsys_online.recommender import Recommender, RecommenderConfig
+from recsys_online.tags import ItemTags
+
+# ---------------------------------------------------------------------------- content
+
+CATALOG = [
+    {"space": 1.0, "war": 2.0},
+    {"space": 1.0},
+    {"romance": 1.0, "war": 0.5},
+    {"comedy": 3.0},
+    {"space": 2.0, "comedy": 1.0, "romance": 1.0},
+    {"noir": 1.0, "space": 0.5},
+]
+
+
+def _tfidf(catalog: list[dict[str, float]]) -> np.ndarray:
+    """Unit TF-IDF rows by hand: weight x (ln((1 + n) / (1 + df)) + 1)."""
+    names = sorted({t for tags in catalog for t in tags})
+    x = np.array([[tags.get(t, 0.0) for t in names] for tags in catalog])
+    df = (x > 0).sum(axis=0)
+    x = x * (np.log((1 + len(catalog)) / (1 + df)) + 1.0)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _content(catalog: list[dict[str, float]], dim: int = 8) -> ContentModel:
+    tags = ItemTags()
+    for row, item_tags in enumerate(catalog):
+        tags.set(row, item_tags)
+    cm = ContentModel(tags, dim=dim)
+    cm.ensure(n_users=2, n_items=len(catalog))
+    cm.refresh()
+    return cm
+
+
+def test_item_cosine_equals_tfidf_cosine_by_hand() -> None:
+    cm = _content(CATALOG)
+    x = _tfidf(CATALOG)
+    got = np.array([cm.similar_items(row) for row in range(len(CATALOG))])
+    np.testing.assert_allclose(got, x @ x.T, atol=1e-6)
+    assert got[0, 3] == 0.0  # no tag in common
+
+
+def test_user_cosine_equals_mean_centred_profile_by_hand() -> None:
+    cm = _content(CATALOG)
+    x = _tfidf(CATALOG)
+    items, ratings, means = np.array([0, 3, 4]), np.array([5.0, 2.0, 4.0]), np.full(3, 3.5)
+    cm.learn(np.zeros(3, np.int64), items, ratings, means)
+    profile = ((ratings - means)[:, None] * x[items]).sum(axis=0)
+    want = x @ profile / np.linalg.norm(profile)
+    np.testing.assert_allclose(cm.item_scores(0), want, atol=1e-6)
+    np.testing.assert_allclose(cm.item_scores_many(np.array([0, 1]))[0], want, atol=1e-6)
+    assert np.all(cm.item_scores(1) == 0.0)  # no ratings, no profile
+
+
+def test_tfidf_cosine_holds_for_a_catalog_with_exactly_dim_tags() -> None:
+    catalog = [{f"t{j}": 1.0 + j, f"t{(j + 1) % 8}": 1.0} for j in range(8)]
+    cm = _content(catalog, dim=8)
+    x = _tfidf(catalog)
+    got = np.array([cm.similar_items(row) for row in range(len(catalog))])
+    np.testing.assert_allclose(got, x @ x.T, atol=1e-6)
+
+
+def _flat_world() -> Recommender:
+    """Everyone rates 4.0 (so the global mean is exactly 4.0)."""
+    rec = Recommender(RecommenderConfig(signals=("content",)))
+    for row, tags in enumerate(CATALOG):
+        rec.upsert_item(f"i{row}", tags)
+    t = 0.0
+    for u in range(3):
+        for row in range(len(CATALOG)):
+            t += 1.0
+            rec.learn_rating(f"crowd{u}", f"i{row}", 4.0, t)
+    return rec
+
+
+def test_user_who_rates_everything_the_same_has_no_profile() -> None:
+    rec = _flat_world()
+    for row in (0, 1, 3):
+        rec.learn_rating("flat", f"i{row}", 4.0, 100.0 + row)
+    rec.learn_rating("picky", "i0", 5.0, 200.0)  # space + war: above the mean
+    rec.learn_rating("picky", "i3", 3.0, 201.0)  # comedy: below the mean
+    flat = rec.content.profile[rec.users.get("flat")]
+    picky = rec.content.profile[rec.users.get("picky")]
+    assert np.linalg.norm(flat) < 1e-6
+    assert np.linalg.norm(picky) > 0.5
+    assert np.all(rec.content.item_scores(rec.users.get("flat")) == 0.0)
+    # The picky profile points to space and war and away from comedy.
+    scores = rec.content.item_scores(rec.users.get("picky"))
+    assert int(np.argmax(scores)) == 0 and int(np.argmin(scores)) == 3
+    assert scores[1] > 0 and scores[2] > 0 and scores[5] > 0  # space / war / space
+    assert scores[4] < 0  # mostly comedy and romance
+
+
+# ---------------------------------------------------------------------------- co-occurrence
+
+
+def _overflowing(seed: int) -> CoOccurrence:
+    """Item 0 meets item 1 forty times and items 2-31 once each, in a shuffled order,
+    with room for only two neighbours per item."""
+    co = CoOccurrence(window=2, n_neighbours=2)
+    co.ensure(n_users=200, n_items=40)
+    partners = [1] * 40 + list(range(2, 32))
+    np.random.default_rng(seed).shuffle(partners)
+    for user, item in enumerate(partners):
+        co.learn(user, 0)
+        co.learn(user, item)
+    return co
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_heavy_pair_survives_when_neighbours_overflow(seed: int) -> None:
+    """SpaceSaving keeps a pair heavier than total / n_neighbours, whatever the order."""
+    co = _overflowing(seed)
+    assert 1 in co.nbr[0].tolist()
+    assert co.weight[0].sum() == pytest.approx(70.0)  # newcomers inherit evicted weight
+    assert co.weight[0][co.nbr[0] == 1][0] >= 40.0
+    assert 0 in co.nbr[1].tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_inherited_weight_does_not_outrank_a_heavy_pair(seed: int) -> None:
+    """With the true weights, the documented score ranks item 1 first for a user who just
+    rated item 0: 40 / (sqrt(71) * 40 ** 0.5) = 0.75 against at most
+    1 / (sqrt(71) * 1 ** 0.5) = 0.12 for a one-off partner. Scores use SpaceSaving's
+    guaranteed weight (weight minus inherited error), a lower bound of the true count, so
+    a one-off partner that took the lightest slot cannot score above that by inheriting
+    the evicted weight, and the heavy pair never scores above its true value."""
+    co = _overflowing(seed)
+    co.learn(199, 0)
+    scores = co.item_scores(199)
+    true_heavy = 40 / (math.sqrt(71) * math.sqrt(40))
+    assert 0.5 * true_heavy < scores[1] <= true_heavy * (1 + 1e-5)
+    one_off = 1 / math.sqrt(71)
+    assert np.all(np.delete(scores, 1) <= one_off * (1 + 1e-5)), scores[scores > 0]
+    assert int(np.argmax(scores)) == 1, scores[scores > 0]
+
+
+def test_scores_by_hand() -> None:
+    co = CoOccurrence(window=3, n_neighbours=4, decay=0.5, beta=1.0)
+    co.ensure(n_users=2, n_items=3)
+    co.learn(0, 0)
+    co.learn(0, 1)  # pair (0, 1) gains 1
+    co.learn(1, 2)
+    # User 1's ring holds item 2 only; item 2 has no neighbours yet.
+    assert np.all(co.item_scores(1) == 0.0)
+    co.learn(1, 0)  # pair (2, 0) gains 1; ring of user 1 is [0, 2]
+    # Score of item 1 for user 1: from ring item 0 (recency 1): w01 / (sqrt(n0) * n1)
+    #   = 1 / (sqrt(2) * 1); item 2 is rated by user 1 but still scores via item 0.
+    scores = co.item_scores(1)
+    assert scores[1] == pytest.approx(1.0 / math.sqrt(2.0), rel=1e-6)
+    # Item 2 from ring item 0: w02 / (sqrt(2) * n2 = 1) = 1 / sqrt(2).
+    assert scores[2] == pytest.approx(1.0 / math.sqrt(2.0), rel=1e-6)
+    # Item 0 from ring item 2 (recency 0.5): 0.5 * w20 / (sqrt(1) * n0 = 2) = 0.25.
+    assert scores[0] == pytest.approx(0.25, rel=1e-6)
+    np.testing.assert_allclose(co.item_scores_many(np.array([1]))[0], scores, rtol=1e-6)
+    assert co.because_of(1, 1) == 0
+
+
+def test_forget_item_removes_it_everywhere() -> None:
+    co = CoOccurrence(window=3, n_neighbours=3)
+    co.ensure(n_users=4, n_items=5)
+    for user, items in enumerate([[0, 1, 2], [1, 3], [2, 1], [4, 0]]):
+        for item in items:
+            co.learn(user, item)
+    assert (co.nbr == 1).any() and (co.recent == 1).any()
+    co.forget_item(1)
+    assert not (co.nbr[: co.n_items] == 1).any(), "still someone's neighbour"
+    assert np.all(co.nbr[1] == -1) and np.all(co.weight[1] == 0.0), "kept its own neighbours"
+    assert np.all(co.weight[co.nbr == -1] == 0.0)
+    for user in range(4):
+        assert co.item_scores(user)[1] == 0.0
+        assert co.because_of(user, 1) is None
+    assert not (co.recent[: co.n_users] == 1).any(), "still in a user's recent ring"
+
+
+# ---------------------------------------------------------------------------- popularity
+
+
+def _decayed_counts(pop: Popularity, now: float) -> np.ndarray:
+    return np.expm1(pop.item_scores(now=now).astype(np.float64))
+
+
+@pytest.mark.parametrize("half_life", [10.0, 7 * 86400.0])
+def test_one_half_life_ago_counts_half(half_life: float) -> None:
+    t0 = 1_700_000_000.0
+    pop = Popularity(half_life=half_life)
+    pop.ensure(3)
+    pop.learn(np.array([0, 1]), np.array([t0, t0 + half_life]))
+    counts = _decayed_counts(pop, now=t0 + half_life)
+    np.testing.assert_allclose(counts, [0.5, 1.0, 0.0], rtol=1e-5)
+    # Two ratings a half-life old weigh as much as one now; a rating two ago is a quarter.
+    pop.learn(np.array([0]), np.array([t0]))
+    counts = _decayed_counts(pop, now=t0 + 2 * half_life)
+    np.testing.assert_allclose(counts, [0.5, 0.5, 0.0], rtol=1e-5)
+
+
+def test_out_of_order_ratings_decay_by_their_own_time() -> None:
+    pop = Popularity(half_life=10.0)
+    pop.ensure(2)
+    pop.learn(np.array([1]), np.array([100.0]))
+    pop.learn(np.array([0]), np.array([90.0]))  # older than the first rating seen
+    np.testing.assert_allclose(_decayed_counts(pop, now=100.0), [0.5, 1.0], rtol=1e-5)
+
+
+def test_decay_is_exact_over_a_long_stream() -> None:
+    """A year of one-day half-lives: log space never overflows nor loses the count."""
+    day = 86400.0
+    pop = Popularity(half_life=day)
+    pop.ensure(2)
+    pop.learn(np.array([0]), np.array([0.0]))
+    pop.learn(np.array([1, 1]), np.array([365 * day, 364 * day]))
+    np.testing.assert_allclose(_decayed_counts(pop, now=365 * day)[1], 1.5, rtol=1e-5)
+    assert _decayed_counts(pop, now=365 * day)[0] == pytest.approx(0.0, abs=1e-12)
