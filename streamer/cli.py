@@ -32,8 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ratings", type=int, default=50_000)
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka/Redis running")
     demo.set_defaults(run=run_demo)
+    worker = sub.add_parser("worker", help="run a streaming worker (settings: RECSYS_* env)")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(run=run_worker)
     core_cli.add_commands(sub)
     return parser
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from recsys_online.runtime import limit_blas_threads
+    from streamer.app import run_worker as run
+    from streamer.settings import Settings
+
+    limit_blas_threads()
+    run(Settings.from_env(), loglevel=args.loglevel)
+    return 0
 
 
 def run_services(args: argparse.Namespace) -> int:

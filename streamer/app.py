@@ -1,0 +1,278 @@
+"""The Faust worker: topics, agents and timers wiring Kafka to the engine and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from recsys_online.events import Rating
+from schemas import EventError, ItemEvent, RatingEvent, UserEvent, parse_event
+from streamer.engine import StreamEngine
+from streamer.settings import Settings
+from streamer.sink import RedisSink
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the project's topics with their partition counts and configs (idempotent).
+
+    Ratings, items and users share ``partitions`` so they stay co-partitioned by key;
+    items is compacted (the latest event per item is kept, and every worker reads it all).
+    """
+    compacted = {"cleanup.policy": "compact"}
+    wanted = [
+        NewTopic(settings.ratings_topic, settings.partitions, 1),
+        NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=compacted),
+        NewTopic(settings.users_topic, settings.partitions, 1),
+        NewTopic(settings.deadletter_topic, 1, 1),
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+class CatalogFollower:
+    """Reads every partition of the items topic on every worker, outside the consumer group.
+
+    Ratings are split between workers by user, but every worker needs the whole catalog,
+    so each follows the items topic from the beginning (it is compacted: the latest event
+    per item). Validation failures are skipped here; the ``validate_items`` agent, which
+    sees each partition on exactly one worker, sends them to the dead-letter topic once.
+    """
+
+    def __init__(self, settings: Settings, engine: StreamEngine, sink: RedisSink) -> None:
+        self.settings, self.engine, self.sink = settings, engine, sink
+        self.consumer: AIOKafkaConsumer | None = None  # made in run(), inside the loop
+        self.partitions: list[TopicPartition] = []
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        s = self.settings
+        self.consumer = consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(s.items_topic)
+            while not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(s.items_topic)
+            self.partitions = [TopicPartition(s.items_topic, p) for p in sorted(parts)]
+            consumer.assign(self.partitions)
+            await consumer.seek_to_beginning(*self.partitions)
+            while True:
+                batches = await consumer.getmany(timeout_ms=50, max_records=2000)
+                lists: dict = {}
+                for records in batches.values():
+                    for record in records:
+                        lists.update(self._apply(record.value))
+                if lists:
+                    await self.sink.publish_lists(lists, self.engine.version)
+                if not self.ready.is_set() and await self._caught_up(None):
+                    self.ready.set()
+        finally:
+            await consumer.stop()
+
+    def _apply(self, raw: bytes) -> dict:
+        s = self.settings
+        try:
+            event = parse_event(raw, ItemEvent, max_bytes=s.max_payload_bytes)
+        except EventError:
+            return {}  # dead-lettered by validate_items
+        if event.op == "delete":
+            return self.engine.delete_item(event.item_id)
+        self.engine.upsert_item(event.item_id, dict(event.tags), event.timestamp)
+        return {}
+
+    async def _caught_up(self, end: dict | None) -> bool:
+        assert self.consumer is not None
+        if end is None:
+            end = await self.consumer.end_offsets(self.partitions)
+        for tp in self.partitions:
+            if await self.consumer.position(tp) < end[tp]:
+                return False
+        return True
+
+    async def catch_up(self, timeout: float = 2.0) -> None:
+        """Wait (bounded) until every item event produced so far has been applied, so a
+        rating produced after its item's event never finds the item unknown."""
+        if self.consumer is None or not self.partitions:
+            return
+        deadline = time.monotonic() + timeout
+        end = await self.consumer.end_offsets(self.partitions)
+        while time.monotonic() < deadline and not await self._caught_up(end):
+            await asyncio.sleep(0.005)
+
+
+class RecsysWorker:
+    """Builds the Faust app: one instance per worker process, no module-level state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = s = settings
+        self.app = faust.App(
+            s.app_id,
+            broker=s.kafka_url,
+            store="memory://",
+            topic_partitions=s.partitions,
+            processing_guarantee=s.processing_guarantee,
+            web_port=s.web_port,
+            web_enabled=False,
+            key_serializer="raw",
+            value_serializer="raw",
+            topic_allow_declare=False,
+            producer_linger_ms=1,
+        )
+        self.engine = StreamEngine(s)
+        self.sink = RedisSink(s)
+        self.catalog = CatalogFollower(s, self.engine, self.sink)
+        self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
+        raw = {"key_type": bytes, "value_type": bytes}
+        self.ratings = self.app.topic(s.ratings_topic, partitions=s.partitions, **raw)
+        self.items = self.app.topic(s.items_topic, partitions=s.partitions, **raw)
+        self.users = self.app.topic(s.users_topic, partitions=s.partitions, **raw)
+        self.deadletter = self.app.topic(s.deadletter_topic, partitions=1, **raw)
+        self.app.agent(self.ratings, name="learn_ratings")(self.learn_ratings)
+        self.app.agent(self.items, name="validate_items")(self.validate_items)
+        self.app.agent(self.users, name="learn_users")(self.learn_users)
+        self.app.task(self.follow_catalog)
+        self.app.timer(s.refresh_every_s)(self.refresh_lists)
+
+    # ------------------------------------------------------------------ agents
+    async def learn_ratings(self, stream: faust.StreamT) -> None:
+        """Validate, evaluate-then-learn in micro-batches, publish the touched users' lists."""
+        await self.catalog.ready.wait()
+        s = self.settings
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            for event in events:
+                self._next_offset[event.message.partition] = event.message.offset + 1
+            ratings, produced_ms = await self._valid_ratings(events)
+            lists = self.engine.learn_ratings(ratings)
+            published_at = await self.sink.publish_lists(lists, self.engine.version)
+            self.engine.record_freshness(produced_ms, published_at)
+
+    async def _valid_ratings(self, events: Sequence[faust.EventT]) -> tuple[list[Rating], list]:
+        s = self.settings
+        ratings: list[Rating] = []
+        produced_ms: list[float] = []
+        pending: list[tuple[faust.EventT, RatingEvent]] = []
+        for event in events:
+            try:
+                r = parse_event(
+                    event.message.value,
+                    RatingEvent,
+                    rating_scale=(s.rating_low, s.rating_high),
+                    max_bytes=s.max_payload_bytes,
+                )
+            except EventError as exc:
+                await self._dead_letter(event, str(exc))
+                continue
+            pending.append((event, r))
+        model = self.engine.model
+        if any(model.items.get(r.item_id) is None for _, r in pending):
+            await self.catalog.catch_up()
+        for event, r in pending:
+            if model.items.get(r.item_id) is None:
+                await self._dead_letter(event, f"item_id: unknown item {r.item_id!r}")
+            elif model.is_deleted(r.item_id):
+                await self._dead_letter(event, f"item_id: item {r.item_id!r} was deleted")
+            else:
+                ratings.append(Rating(r.user_id, r.item_id, r.rating, r.timestamp))
+                produced_ms.append(event.message.timestamp * 1000.0)
+        return ratings, produced_ms
+
+    async def validate_items(self, stream: faust.StreamT) -> None:
+        """Dead-letter bad catalog events (once: this agent sees each partition on one worker)
+        and keep item metadata in Redis; the model learns the catalog in CatalogFollower."""
+        async for event in stream.events():
+            try:
+                item = parse_event(
+                    event.message.value, ItemEvent, max_bytes=self.settings.max_payload_bytes
+                )
+            except EventError as exc:
+                await self._dead_letter(event, str(exc))
+                continue
+            if item.op == "delete":
+                await self.sink.delete_item(item.item_id)
+            else:
+                await self.sink.publish_item(item.item_id, item.title, item.tags)
+
+    async def learn_users(self, stream: faust.StreamT) -> None:
+        """Declared user tags seed the user's profile; their list is refreshed at once."""
+        async for event in stream.events():
+            try:
+                user = parse_event(
+                    event.message.value, UserEvent, max_bytes=self.settings.max_payload_bytes
+                )
+            except EventError as exc:
+                await self._dead_letter(event, str(exc))
+                continue
+            lists = self.engine.upsert_user(user.user_id, dict(user.tags))
+            await self.sink.publish_lists(lists, self.engine.version)
+
+    async def follow_catalog(self) -> None:
+        await self.catalog.run()
+
+    async def refresh_lists(self) -> None:
+        """Periodic batched refresh: new items reach active users; metrics are published."""
+        if not self.catalog.ready.is_set():
+            return
+        lists = self.engine.refresh()
+        await self.sink.publish_lists(lists, self.engine.version)
+        await self.sink.publish_state(
+            self.engine.popular(), self.engine.metrics(lag=self._lag()), self.engine.version
+        )
+
+    # ------------------------------------------------------------------ helpers
+    async def _dead_letter(self, event: faust.EventT, reason: str) -> None:
+        """The original bytes, unchanged, with the reason and source in headers."""
+        m = event.message
+        self.engine.deadletters += 1
+        log.info("dead letter from %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason)
+        await self.deadletter.send(
+            key=m.key,
+            value=m.value,
+            headers=[
+                ("recsys.reason", reason.encode()),
+                ("recsys.source.topic", m.topic.encode()),
+                ("recsys.source.partition", str(m.partition).encode()),
+                ("recsys.source.offset", str(m.offset).encode()),
+            ],
+        )
+
+    def _lag(self) -> int:
+        """Ratings not yet processed: high-water mark minus next offset, over our partitions."""
+        consumer = self.app.consumer
+        total = 0
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.ratings_topic or tp.partition not in self._next_offset:
+                continue
+            high = consumer.highwater(tp)
+            if high is not None:
+                total += max(0, high - self._next_offset[tp.partition])
+        return total
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Create the topics, then run one worker until it is stopped."""
+    asyncio.run(ensure_topics(settings))
+    worker = RecsysWorker(settings)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,97 @@
+"""One settings object for the worker, read from environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker can be told. Each field reads ``RECSYS_<FIELD>`` (upper case).
+
+    ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` are also honoured for the two addresses,
+    since the project's service script prints them. See docs/streamer.md for the table.
+    """
+
+    brokers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "recsys:"
+    app_id: str = "recsys-online"
+    ratings_topic: str = "recsys.ratings"
+    items_topic: str = "recsys.items"
+    users_topic: str = "recsys.users"
+    deadletter_topic: str = "recsys.deadletter"
+    partitions: int = 8
+    k: int = 10
+    batch_max: int = 1000
+    batch_within_s: float = 0.02
+    n_factors: int = 32
+    rating_low: float = 1.0
+    rating_high: float = 5.0
+    relevant: float = 4.0
+    max_payload_bytes: int = 65_536
+    recs_ttl_s: int = 7 * 86_400
+    refresh_every_s: float = 1.0
+    refresh_users: int = 5_000
+    metrics_window: int = 1_000
+    processing_guarantee: str = "at_least_once"
+    web_port: int = 6066
+    seed: int = 42
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``env`` (default ``os.environ``); bad values fail with the name.
+
+        >>> Settings.from_env({"RECSYS_K": "20", "KAFKA_BOOTSTRAP_SERVERS": "h:1"}).k
+        20
+        >>> Settings.from_env({"RECSYS_K": "many"})
+        Traceback (most recent call last):
+        ...
+        ValueError: RECSYS_K: 'many' is not a valid int
+        """
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            values["brokers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        if env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        for f in fields(cls):
+            name = f"RECSYS_{f.name.upper()}"
+            if name not in env:
+                continue
+            raw = env[name]
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject settings the worker cannot run with, naming the variable."""
+        if not self.rating_low < self.rating_high:
+            raise ValueError("RECSYS_RATING_LOW must be below RECSYS_RATING_HIGH")
+        for name in ("partitions", "k", "batch_max", "n_factors", "refresh_users"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RECSYS_{name.upper()} must be >= 1")
+        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
+            raise ValueError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
+
+    @property
+    def kafka_url(self) -> str:
+        """Broker list in Faust's form (``kafka://host:port;host:port``)."""
+        hosts = [h.strip().removeprefix("kafka://") for h in self.brokers.split(",")]
+        return ";".join(f"kafka://{h}" for h in hosts if h)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Broker list in aiokafka's form (``host:port,host:port``)."""
+        return ",".join(h.strip().removeprefix("kafka://") for h in self.brokers.split(","))
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under the prefix: ``key("recs", "u1") == "recsys:recs:u1"``."""
+        return self.key_prefix + ":".join(parts)

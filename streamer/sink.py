@@ -1,0 +1,93 @@
+"""Redis: where apps read recommendations and dashboards read metrics (layout in docs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+
+import redis.asyncio as aioredis
+
+from recsys_online.recommender import Recommendation
+from streamer.settings import Settings
+
+
+def list_document(
+    user: str | None, recs: Sequence[Recommendation], version: int, updated_at: float
+) -> str:
+    """The JSON document stored under ``recs:{user}`` (and ``popular``), stable for readers.
+
+    >>> import json
+    >>> from recsys_online.recommender import Recommendation
+    >>> doc = list_document("u1", [Recommendation("i9", 0.5, "popular now", "popular")], 3, 1.0)
+    >>> json.loads(doc)["items"][0]
+    {'item_id': 'i9', 'score': 0.5, 'reason': 'popular now', 'source': 'popular', 'because': None}
+    """
+    items = [
+        {
+            "item_id": r.item,
+            "score": round(r.score, 6),
+            "reason": r.reason,
+            "source": r.source,
+            "because": r.because,
+        }
+        for r in recs
+    ]
+    doc = {"user_id": user, "items": items, "model_version": version, "updated_at": updated_at}
+    return json.dumps(doc, separators=(",", ":"))
+
+
+class RedisSink:
+    """Writes lists, item metadata and metrics, each batch in one MULTI/EXEC transaction.
+
+    Every per-user list carries a TTL (``recs_ttl_s``), so lists of users who went away
+    expire instead of growing without bound.
+    """
+
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client or aioredis.Redis.from_url(settings.redis_url)
+
+    async def publish_lists(
+        self, lists: Mapping[str, Sequence[Recommendation]], version: int
+    ) -> float:
+        """Store each user's list; returns the time the transaction completed."""
+        if not lists:
+            return time.time()
+        now = time.time()
+        key, ttl = self.settings.key, self.settings.recs_ttl_s
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for user, recs in lists.items():
+                pipe.set(key("recs", user), list_document(user, recs, version, now), ex=ttl)
+            await pipe.execute()
+        return time.time()
+
+    async def publish_state(
+        self,
+        popular: Sequence[Recommendation],
+        metrics: Mapping[str, float | int],
+        version: int,
+    ) -> None:
+        """The popularity fallback list and the live metrics hash, together."""
+        key = self.settings.key
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key("popular"), list_document(None, popular, version, time.time()))
+            pipe.hset(key("metrics"), mapping={k: str(v) for k, v in metrics.items()})
+            await pipe.execute()
+
+    async def publish_item(self, item: str, title: str | None, tags: Mapping[str, float]) -> None:
+        """Item metadata for apps rendering lists (``item:{item_id}`` hash)."""
+        await self.redis.hset(
+            self.settings.key("item", item),
+            mapping={
+                "title": title or "",
+                "tags": json.dumps(dict(tags)),
+                "updated_at": time.time(),
+            },
+        )
+
+    async def delete_item(self, item: str) -> None:
+        await self.redis.delete(self.settings.key("item", item))
+
+    async def close(self) -> None:
+        await self.redis.aclose()

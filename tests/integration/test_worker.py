@@ -1,0 +1,289 @@
+"""End to end: a real worker process between the real Kafka and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas import ItemEvent, RatingEvent
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
+
+NOW = time.time()
+
+
+@dataclass
+class RunningWorker:
+    """Names one test worker uses, so runs never collide on topics or keys."""
+
+    env: dict[str, str]
+    prefix: str
+    ratings: str
+    items: str
+    deadletter: str
+    redis: redis.Redis
+    process: subprocess.Popen
+    log_path: Path
+
+    def recs(self, user: str) -> dict | None:
+        raw = self.redis.get(f"{self.prefix}recs:{user}")
+        return None if raw is None else json.loads(raw)
+
+    def items_for(self, user: str) -> list[str]:
+        doc = self.recs(user)
+        return [] if doc is None else [r["item_id"] for r in doc["items"]]
+
+    def metrics(self) -> dict[str, str]:
+        raw = self.redis.hgetall(f"{self.prefix}metrics")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def wait_for(check: Callable[[], object], what: str, worker: RunningWorker, timeout=30.0):
+    """Poll ``check`` until it returns something truthy; fail with the worker's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if worker.process.poll() is not None:
+            pytest.fail(
+                f"worker exited ({worker.process.returncode}) before {what}\n{worker.log()}"
+            )
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{worker.log()}")
+
+
+async def _produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for topic, key, value in messages:
+            await producer.send_and_wait(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+
+
+def produce(worker: RunningWorker, messages: list[tuple[str, bytes, bytes]]) -> None:
+    asyncio.run(_produce(worker.env["KAFKA_BOOTSTRAP_SERVERS"], messages))
+
+
+def item(worker: RunningWorker, item_id: str, *tags: str, op: str = "upsert"):
+    if op == "delete":
+        event = ItemEvent(op="delete", item_id=item_id, timestamp=NOW)
+    else:
+        event = ItemEvent(
+            op="upsert", item_id=item_id, title=item_id, tags=list(tags), timestamp=NOW
+        )
+    return (worker.items, item_id.encode(), event.to_bytes())
+
+
+def rating(worker: RunningWorker, user: str, item_id: str, value: float):
+    event = RatingEvent(user_id=user, item_id=item_id, rating=value, timestamp=NOW)
+    return (worker.ratings, user.encode(), event.to_bytes())
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[RunningWorker]:
+    run = uuid.uuid4().hex[:8]
+    names = {
+        "RECSYS_APP_ID": f"test-{run}",
+        "RECSYS_RATINGS_TOPIC": f"test-{run}.ratings",
+        "RECSYS_ITEMS_TOPIC": f"test-{run}.items",
+        "RECSYS_USERS_TOPIC": f"test-{run}.users",
+        "RECSYS_DEADLETTER_TOPIC": f"test-{run}.deadletter",
+        "RECSYS_KEY_PREFIX": f"test:{run}:",
+    }
+    env = {
+        **os.environ,
+        **names,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "RECSYS_PARTITIONS": "2",
+        "RECSYS_K": "5",
+        "RECSYS_REFRESH_EVERY_S": "0.3",
+        "RECSYS_WEB_PORT": str(20000 + int(run[:4], 16) % 10000),
+    }
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamer.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    client = redis.Redis.from_url(redis_url)
+    running = RunningWorker(
+        env,
+        names["RECSYS_KEY_PREFIX"],
+        names["RECSYS_RATINGS_TOPIC"],
+        names["RECSYS_ITEMS_TOPIC"],
+        names["RECSYS_DEADLETTER_TOPIC"],
+        client,
+        process,
+        log_path,
+    )
+    try:
+        # Ready once the first metrics tick lands (catalog read, partitions assigned).
+        wait_for(running.metrics, "the worker's first metrics", running, timeout=60)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for key in client.scan_iter(f"{running.prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+def test_ratings_become_lists_in_redis(worker: RunningWorker) -> None:
+    produce(
+        worker,
+        [item(worker, f"a{j}", "jazz" if j % 2 else "rock") for j in range(6)]
+        + [rating(worker, "alice", "a1", 5.0), rating(worker, "alice", "a2", 2.0)],
+    )
+    doc = wait_for(lambda: worker.recs("alice"), "alice's list", worker)
+    items = [r["item_id"] for r in doc["items"]]
+    assert 0 < len(items) <= 5
+    assert "a1" not in items and "a2" not in items  # already rated
+    assert all(r["reason"] and r["source"] for r in doc["items"])
+    assert doc["model_version"] >= 1 and doc["updated_at"] > NOW - 60
+    ttl = worker.redis.ttl(f"{worker.prefix}recs:alice")
+    assert 0 < ttl <= 7 * 86400
+    metrics = wait_for(
+        lambda: (m := worker.metrics()) and int(m["events"]) >= 2 and m, "metrics", worker
+    )
+    for key in (
+        "events",
+        "rmse",
+        "mae",
+        "ndcg_at_k",
+        "recall_at_k",
+        "events_per_s",
+        "deadletters",
+        "lag",
+        "freshness_ms_p50",
+        "freshness_ms_p99",
+    ):
+        assert key in metrics
+    assert float(metrics["freshness_ms_p99"]) >= float(metrics["freshness_ms_p50"]) > 0
+
+
+def test_new_tagged_item_reaches_a_matching_user_without_ratings(worker: RunningWorker) -> None:
+    produce(
+        worker,
+        [item(worker, "b-noir1", "noir"), item(worker, "b-noir2", "noir")]
+        + [item(worker, f"b-pop{j}", "pop") for j in range(8)]
+        + [rating(worker, f"fan{j}", f"b-pop{j}", 5.0) for j in range(8)]
+        + [rating(worker, "bob", "b-noir1", 5.0), rating(worker, "bob", "b-pop0", 1.0)],
+    )
+    wait_for(lambda: worker.recs("bob"), "bob's list", worker)
+    produce(worker, [item(worker, "b-noir-new", "noir")])  # no one has rated it
+    wait_for(
+        lambda: "b-noir-new" in worker.items_for("bob"), "the new noir item in bob's list", worker
+    )
+    doc = worker.recs("bob")
+    reason = next(r for r in doc["items"] if r["item_id"] == "b-noir-new")["reason"]
+    assert "noir" in reason or "b-noir1" in reason
+
+
+def test_deleted_item_leaves_every_list(worker: RunningWorker) -> None:
+    produce(
+        worker,
+        [item(worker, f"c{j}", "folk") for j in range(4)]
+        + [rating(worker, "carol", "c0", 5.0), rating(worker, "dave", "c1", 5.0)],
+    )
+    wait_for(lambda: "c2" in worker.items_for("carol"), "c2 in carol's list", worker)
+    wait_for(lambda: "c2" in worker.items_for("dave"), "c2 in dave's list", worker)
+    produce(worker, [item(worker, "c2", op="delete")])
+    wait_for(
+        lambda: "c2" not in worker.items_for("carol") and "c2" not in worker.items_for("dave"),
+        "c2 gone from every list",
+        worker,
+        timeout=10,
+    )
+    assert worker.redis.exists(f"{worker.prefix}item:c2") == 0
+    popular = json.loads(worker.redis.get(f"{worker.prefix}popular") or b'{"items": []}')
+    assert "c2" not in [r["item_id"] for r in popular["items"]]
+
+
+async def _dead_letters(bootstrap: str, topic: str, n: int) -> list:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: list = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(found) < n and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                found.extend(records)
+    finally:
+        await consumer.stop()
+    return found
+
+
+def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
+    worker: RunningWorker,
+) -> None:
+    bad = [
+        (worker.ratings, b"eve", b"{not json"),
+        (
+            worker.ratings,
+            b"eve",
+            b'{"user_id": "eve", "item_id": "a1", "rating": 9, "timestamp": 1700000000}',
+        ),
+        (
+            worker.ratings,
+            b"eve",
+            b'{"user_id": "eve", "item_id": "a1", "rating": NaN, "timestamp": 1700000000}',
+        ),
+        (
+            worker.ratings,
+            b"eve",
+            RatingEvent(
+                user_id="eve", item_id="never-listed", rating=4.0, timestamp=NOW
+            ).to_bytes(),
+        ),
+        (worker.ratings, b"eve", b"x" * 70_000),
+        (worker.items, b"zz", b'{"op": "upsert", "item_id": "", "timestamp": 1}'),
+    ]
+    produce(worker, [*bad, item(worker, "e1", "opera"), rating(worker, "eve", "e1", 4.0)])
+    records = asyncio.run(
+        _dead_letters(worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.deadletter, len(bad))
+    )
+    assert sorted(r.value for r in records) == sorted(v for _, _, v in bad)  # original bytes
+    for record in records:
+        headers = dict(record.headers)
+        assert headers["recsys.reason"]
+        assert headers["recsys.source.topic"].decode() in (worker.ratings, worker.items)
+        assert int(headers["recsys.source.offset"]) >= 0
+        assert int(headers["recsys.source.partition"]) >= 0
+    reasons = b" | ".join(dict(r.headers)["recsys.reason"] for r in records).decode()
+    for expected in ("malformed JSON", "rating", "unknown item", "too large", "item_id"):
+        assert expected in reasons, reasons
+    # The worker is still learning after the bad input, and counted it.
+    wait_for(lambda: worker.recs("eve"), "eve's list after the bad events", worker)
+    wait_for(
+        lambda: int(worker.metrics().get("deadletters", 0)) >= len(bad), "deadletter count", worker
+    )
+    assert worker.process.poll() is None
