@@ -52,6 +52,7 @@ class ContentModel:
         self.profile = np.zeros((0, dim), np.float32)
         self._changes_since_refresh = 0
         self._live_at_refresh = 0
+        self.full_refreshes = 0  # bumped whenever every item vector may change
 
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
         """Grow storage for rows below ``n_users`` / ``n_items``."""
@@ -110,6 +111,7 @@ class ContentModel:
         """Recompute every item vector with the current inverse document frequencies."""
         if self.n_items:
             self.C[: self.n_items] = self._vectors(np.arange(self.n_items))
+        self.full_refreshes += 1
         self._changes_since_refresh = 0
         self._live_at_refresh = int(np.count_nonzero(self.tags.weights[: self.n_items, 0] > 0))
 
@@ -141,8 +143,15 @@ class ContentModel:
 
     def top_tags(self, user: int, item_row: int, n: int = 2) -> list[str]:
         """The item's tags that agree most with the user's profile, for explanations."""
-        t, w = self.tags.rows[item_row], self.tags.weights[item_row]
+        return self.top_tags_many(user, np.array([item_row]), n)[0]
+
+    def top_tags_many(self, user: int, items: np.ndarray, n: int = 2) -> list[list[str]]:
+        """:meth:`top_tags` for several items at once."""
+        t, w = self.tags.rows[items], self.tags.weights[items]  # (m, T)
         col, sign = self._columns(t)
         contrib = np.where(w > 0, sign * self.profile[user, col], -np.inf)
-        order = np.argsort(-contrib, kind="stable")[:n]
-        return [self.tags.index.id_of(int(t[j])) for j in order if contrib[j] > 0]
+        order = np.argsort(-contrib, axis=1, kind="stable")[:, :n]
+        name = self.tags.index.id_of
+        return [
+            [name(int(t[r, j])) for j in order[r] if contrib[r, j] > 0] for r in range(len(items))
+        ]

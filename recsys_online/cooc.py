@@ -113,47 +113,50 @@ class CoOccurrence:
 
     def item_scores(self, user: int, items: np.ndarray | None = None) -> np.ndarray:
         """Co-occurrence score of ``items`` (all when None) for the user's recent items."""
-        ring = self.recent[user]
-        live = ring >= 0
-        scores = np.zeros(self.n_items, np.float32)
-        if live.any():
-            rows = ring[live]
-            w = self._norm_weights(rows) * self._recency[live][:, None]
-            nbr = self.nbr[rows]
-            np.add.at(scores, np.maximum(nbr, 0).ravel(), w.ravel())
+        scores = self.item_scores_many(np.array([user]))[0]
         return scores if items is None else scores[items]
 
-    def item_scores_for(self, user: int, items: np.ndarray) -> np.ndarray:
-        """Scores of just ``items`` for one user, without touching the rest of the catalog."""
-        ring = self.recent[user]
-        rows = ring[ring >= 0]
-        if not len(rows):
-            return np.zeros(len(items), np.float32)
-        w = self._norm_weights(rows) * self._recency[: len(rows)][:, None]  # (L, M)
-        hit = self.nbr[rows][:, :, None] == np.asarray(items)[None, None, :]  # (L, M, n)
-        return np.einsum("lm,lmn->n", w, hit).astype(np.float32)
+    def _ring_weights(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbour rows and their recency-weighted normalised weights: ``(B, L, M)`` each."""
+        ring = self.recent[users]  # (B, L)
+        rows = np.maximum(ring, 0)
+        w = self._norm_weights(rows) * (self._recency * (ring >= 0))[..., None]
+        return self.nbr[rows], w
+
+    def pair_scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of given items, ``items`` shaped ``(B, m)``, for users ``(B,)``."""
+        nbr, w = self._ring_weights(users)  # (B, L, M)
+        hit = nbr[:, :, :, None] == items[:, None, None, :]  # (B, L, M, m)
+        return np.einsum("blm,blmn->bn", w, hit).astype(np.float32)
+
+    def add_scores(self, scores: np.ndarray, users: np.ndarray, weights: np.ndarray) -> None:
+        """Add ``weights[b]`` times user b's scores into row b of ``scores``, in place."""
+        nbr, w = self._ring_weights(users)
+        live = (nbr >= 0) & (w != 0)
+        b = np.broadcast_to(np.arange(len(users))[:, None, None], nbr.shape)[live]
+        vals = (w * weights[:, None, None])[live]
+        np.add.at(scores, (b, nbr[live]), vals.astype(scores.dtype))
 
     def item_scores_many(self, users: np.ndarray) -> np.ndarray:
         """Scores of many users over every item, shape ``(len(users), n_items)``."""
-        ring = self.recent[users]  # (B, L)
-        live = ring >= 0
-        rows = np.maximum(ring, 0)
-        w = self._norm_weights(rows) * (self._recency * live)[..., None]  # (B, L, M)
-        target = np.maximum(self.nbr[rows], 0)  # (B, L, M)
-        flat = np.arange(len(users))[:, None, None] * self.n_items + target
-        scores = np.bincount(flat.ravel(), weights=w.ravel(), minlength=len(users) * self.n_items)
-        return scores.reshape(len(users), self.n_items).astype(np.float32)
+        scores = np.zeros((len(users), self.n_items), np.float32)
+        self.add_scores(scores, users, np.ones(len(users), np.float32))
+        return scores
 
     def because_of(self, user: int, item: int) -> int | None:
         """The recent item of the user that contributes most to ``item``'s score."""
+        best = int(self.because_of_many(user, np.array([item]))[0])
+        return None if best < 0 else best
+
+    def because_of_many(self, user: int, items: np.ndarray) -> np.ndarray:
+        """For each item, the user's recent item contributing most to it (-1: none)."""
+        nbr, w = self._ring_weights(np.array([user]))
+        hit = nbr[0][:, :, None] == np.asarray(items)[None, None, :]  # (L, M, m)
+        contrib = np.einsum("lm,lmn->ln", w[0], hit)  # (L, m)
+        best = np.argmax(contrib, axis=0)
         ring = self.recent[user]
-        rows = ring[ring >= 0]
-        if not len(rows):
-            return None
-        contrib = np.where(self.nbr[rows] == item, self._norm_weights(rows), 0.0).sum(axis=1)
-        contrib = contrib * self._recency[: len(rows)]
-        best = int(np.argmax(contrib))
-        return int(rows[best]) if contrib[best] > 0 else None
+        found = contrib[best, np.arange(len(best))] > 0
+        return np.where(found, ring[best], -1).astype(np.int64)
 
     def forget_item(self, item: int) -> None:
         """Remove an item from every neighbour list and ring (it left the catalog)."""

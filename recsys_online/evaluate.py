@@ -149,21 +149,24 @@ def prequential(
         users = [r.user for r in batch]
         items = [r.item for r in batch]
         preds = model.predict_many(users, items)
+        # Cold flags follow the stream order, event by event, even inside a batch.
+        cold_user, cold_item = [], []
+        for r, p in zip(batch, preds.tolist(), strict=True):
+            errors.update(r.rating, p)
+            cold_user.append(user_count.get(r.user, 0) < cold_ratings)
+            cold_item.append(item_count.get(r.item, 0) < cold_ratings)
+            user_count[r.user] = user_count.get(r.user, 0) + 1
+            item_count[r.item] = item_count.get(r.item, 0) + 1
         rel = [n for n, r in enumerate(batch) if r.rating >= relevant]
         lists = model.top_items([users[n] for n in rel], k) if rel else []
         for n, recs in zip(rel, lists, strict=True):
-            ids = recs
-            served.update(ids)
-            rank = ids.index(items[n]) if items[n] in ids else None
+            served.update(recs)
+            rank = recs.index(items[n]) if items[n] in recs else None
             ranking.update(rank)
-            if user_count.get(users[n], 0) < cold_ratings:
+            if cold_user[n]:
                 cold_user_rank.update(rank)
-            if item_count.get(items[n], 0) < cold_ratings:
+            if cold_item[n]:
                 cold_item_rank.update(rank)
-        for r, p in zip(batch, preds.tolist(), strict=True):
-            errors.update(r.rating, p)
-            user_count[r.user] = user_count.get(r.user, 0) + 1
-            item_count[r.item] = item_count.get(r.item, 0) + 1
         model.learn_many(users, items, [r.rating for r in batch], [r.timestamp for r in batch])
         n_ratings += len(batch)
         batch.clear()

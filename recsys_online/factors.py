@@ -87,6 +87,7 @@ class FactorModel:
         # AdaGrad accumulators (allocated lazily, same shapes as the parameters).
         self._acc: dict[str, np.ndarray] = {}
         self._since_refresh = 0
+        self.full_refreshes = 0  # bumped whenever every cached item vector may change
 
     # ---------------------------------------------------------------- storage
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
@@ -134,6 +135,7 @@ class FactorModel:
         if rows is None:
             rows = np.arange(self.n_items)
             self._since_refresh = 0
+            self.full_refreshes += 1
         if len(rows) == 0:
             return
         t, s = self.tags.rows[rows], self.tags.shares[rows]

@@ -62,8 +62,6 @@ class RecommenderConfig:
     blend_lr: float = 0.05
     blend_l2: float = 1e-4
     n_negatives: int = 4
-    hard_negatives: int = 0
-    hard_pool: int = 20
     history_limit: int = 2000
     seed: int = 42
 
@@ -132,11 +130,15 @@ class Recommender:
         self.now = 0.0
         self._sizes = (-1, -1)  # (users, items) storage was last grown for
         self._declared: dict[int, np.ndarray] = {}  # user row -> declared tag vector
+        self._side: np.ndarray | None = None  # stacked item vectors for ranking
+        self._side_key: tuple = ()
+        self._side_dirty: set[int] = set()  # item rows changed since the last ranking
         n = len(SIGNALS)
         self._use = np.array([s in cfg.signals for s in SIGNALS], np.float32)
         self.w_cold = self._use.copy()
         self.w_warm = self._use.copy()
         self.signal_scale = np.ones(n, np.float32)
+        self.signal_mean = np.zeros(n, np.float64)
         self._scale_sq = np.ones(n, np.float64)
         self._scale_n = 0
 
@@ -181,6 +183,7 @@ class Recommender:
         self.tags.set(row, dict(tags or {}))
         self.mf.set_item_tags(row)
         self.content.set_item(row)
+        self._side_dirty.add(row)
         if timestamp is not None:
             self.now = max(self.now, float(timestamp))
 
@@ -195,6 +198,7 @@ class Recommender:
         self.tags.clear(row)
         self.content.set_item(row)
         self.cooc.forget_item(row)
+        self._side_dirty.add(row)
 
     def upsert_user(self, user: str, tags: Mapping[str, float]) -> None:
         """Declare a user's attributes or interests as weighted tags (user cold start).
@@ -251,10 +255,11 @@ class Recommender:
         self.now = max(self.now, float(ts.max()))
         if self.config.learn_blend and len(self.config.signals) > 1:
             relevant = r >= self.config.relevant
-            for uu, ii in zip(u[relevant].tolist(), i[relevant].tolist(), strict=True):
-                self._learn_blend(uu, ii)
+            if relevant.any():
+                self._learn_blend(u[relevant], i[relevant])
         means = self._user_means(u)
         self.mf.learn(u, i, r)
+        self._side_dirty.update(i.tolist())
         if "content" in self.config.signals:
             self.content.learn(u, i, r, means)
         if {"cooc", "recent_tags", "recent_factors"} & set(self.config.signals):
@@ -280,57 +285,45 @@ class Recommender:
         n = self.user_n[users]
         return n / (n + self.config.cold_ratings)
 
-    def _features(self, user: int, items: np.ndarray | None) -> np.ndarray:
-        """Raw signal values, shape ``(len(SIGNALS), n)`` over ``items`` (all when None)."""
-        parts = self._signals_many(np.array([user]), items)
-        n = self.n_items if items is None else len(items)
-        return np.stack([np.zeros(n, np.float32) if f is None else f[0] for f in parts])
-
     def _weights(self, users: np.ndarray) -> np.ndarray:
         """Effective per-signal weights for each user, shape ``(len(users), len(SIGNALS))``."""
         a = self._alpha(users)[:, None]
         return ((1.0 - a) * self.w_cold + a * self.w_warm) * self._use / self.signal_scale
 
-    def _learn_blend(self, user: int, item: int) -> None:
-        """One pairwise logistic (BPR) step on the blend weights for a relevant rating.
+    def _learn_blend(self, users: np.ndarray, items: np.ndarray) -> None:
+        """A pairwise logistic (BPR) step on the blend weights for relevant ratings.
 
-        The positive is the rated item; negatives are ``hard_negatives`` items drawn from
-        the user's current top of the list (what the blend wrongly ranks high) plus
-        uniform draws from the live catalog, all scored with the state before learning.
+        Each rated item is a positive against ``n_negatives`` uniform draws from the live
+        catalog, all scored with the state from before the batch; the steps of the batch
+        add up as if taken one after another from the same weights.
         """
         cfg = self.config
-        live = self.active[: self.n_items].copy()
-        live[np.frombuffer(self.history[user], np.int32)] = False
-        live[item] = False
-        live_rows = np.flatnonzero(live)
-        if not len(live_rows):
+        live = np.flatnonzero(self.active[: self.n_items])
+        if len(live) < 2:
             return
-        n_hard = min(cfg.hard_negatives, len(live_rows))
-        negs = live_rows[self.rng.integers(0, len(live_rows), cfg.n_negatives - n_hard)]
-        a = float(self._alpha(np.array([user]))[0])
-        w = ((1.0 - a) * self.w_cold + a * self.w_warm) * self._use
-        if n_hard:
-            x = self._features(user, None)  # (S, n_items): the whole catalog is scored
-            scores = np.where(live, (w / self.signal_scale) @ x, -np.inf)
-            pool = min(cfg.hard_pool, len(live_rows))
-            top = np.argpartition(-scores, pool - 1)[:pool]
-            negs = np.concatenate((negs, top[self.rng.integers(0, pool, n_hard)]))
-            item_col, neg_cols, uniform = item, negs, x[:, live_rows]
-        else:
-            x = self._features(user, np.concatenate(([item], negs)))  # (S, 1 + n)
-            item_col, neg_cols, uniform = 0, np.arange(1, x.shape[1]), x[:, 1:]
-        # Running scale of each signal over uniform draws from the live catalog, so the
-        # weights of signals with different units compare.
-        self._scale_n += 1
-        rate = max(1.0 / (self._scale_n + 20), 0.001)  # starts from a unit prior
-        self._scale_sq += rate * (uniform.var(axis=1) - self._scale_sq)
-        self.signal_scale = np.sqrt(np.maximum(self._scale_sq, 1e-8)).astype(np.float32)
-        d = (x[:, [item_col]] - x[:, neg_cols]) / self.signal_scale[:, None]  # pos - neg
-        g = 1.0 / (1.0 + np.exp(w @ d))  # sigmoid(-margin) per negative
-        step = (d * g).mean(axis=1) * self._use
+        negs = live[self.rng.integers(0, len(live), (len(users), cfg.n_negatives))]
+        x = self._pair_features(users, np.concatenate((items[:, None], negs), axis=1))
+        keep = negs != items[:, None]  # (R, n): a draw of the positive itself is no negative
+        # Running mean and scale of each signal over uniform catalog draws, so the weights
+        # of signals in different units compare (and contributions have a baseline).
+        sample = x[:, :, 1:][:, keep]  # (S, draws)
+        if sample.shape[1]:
+            self._scale_n += 1
+            rate = max(1.0 / (self._scale_n + 20), 0.001)  # starts from a unit prior
+            self._scale_sq += rate * (sample.var(axis=1) - self._scale_sq)
+            self.signal_mean += rate * (sample.mean(axis=1) - self.signal_mean)
+            self.signal_scale = np.sqrt(np.maximum(self._scale_sq, 1e-8)).astype(np.float32)
+        d = (x[:, :, :1] - x[:, :, 1:]) / self.signal_scale[:, None, None]  # (S, R, n)
+        a = self._alpha(users)  # (R,)
+        w = ((1.0 - a)[:, None] * self.w_cold + a[:, None] * self.w_warm) * self._use  # (R, S)
+        g = keep / (1.0 + np.exp(np.einsum("rs,srn->rn", w, d)))  # sigmoid(-margin)
+        per_event = (d * g).sum(axis=2) / np.maximum(keep.sum(axis=1), 1)  # (S, R)
         lr, l2 = cfg.blend_lr, cfg.blend_l2
-        self.w_cold += lr * ((1.0 - a) * step - l2 * self.w_cold)
-        self.w_warm += lr * (a * step - l2 * self.w_warm)
+        step_cold = (per_event * (1.0 - a)).sum(axis=1) * self._use
+        step_warm = (per_event * a).sum(axis=1) * self._use
+        n = len(users)
+        self.w_cold += lr * (step_cold - n * l2 * self.w_cold)
+        self.w_warm += lr * (step_warm - n * l2 * self.w_warm)
 
     # ------------------------------------------------------------ prediction
     def predict_rating(self, user: str, item: str) -> float:
@@ -358,136 +351,161 @@ class Recommender:
         return np.clip(pred, *self.config.scale)
 
     # ------------------------------------------------------------ ranking
-    def candidates(self, user: int) -> np.ndarray | None:
-        """Candidate item rows for ``user``: ``None`` means the whole catalog.
-
-        The hook where an approximate-nearest-neighbour stage would narrow a very large
-        catalog before ranking.
-        """
-        return None
-
     def recommend(self, user: str, k: int = 10) -> list[Recommendation]:
         """Top-``k`` live items the user has not rated, best first, each with a reason.
 
         Unknown users and users with no ratings get decayed popularity.
         """
-        row = self.users.get(user)
-        if self._is_cold(row):
-            return self.popular(k)
-        cands = self.candidates(row)
-        x = self._features(row, cands)
-        w = self._weights(np.array([row]))[0]
-        scores = w @ x
-        cand_rows = np.arange(self.n_items) if cands is None else cands
-        scores = self._mask(scores, cand_rows, row)
-        top = _top_k(scores, k)
-        contrib = w[:, None] * (x[:, top] - x.mean(axis=1, keepdims=True))
-        return [
-            self._explain(row, int(cand_rows[j]), float(scores[j]), contrib[:, n])
-            for n, j in enumerate(top)
-        ]
+        return self.recommend_many([user], k)[0]
 
     def recommend_many(self, users: Sequence[str], k: int = 10) -> list[list[Recommendation]]:
-        """Batched :meth:`recommend`: one matrix product per signal for all the users."""
-        rows = [self.users.get(u) for u in users]
-        warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
-        out: list[list[Recommendation]] = [[] for _ in users]
-        if len(warm) < len(users):
-            popular = self.popular(k)
-            for n, r in enumerate(rows):
-                if self._is_cold(r):
-                    out[n] = popular
-        if not warm:
-            return out
-        u = np.array([rows[n] for n in warm], np.int64)
-        w = self._weights(u)
-        parts = self._signals_many(u)
-        top, top_scores = self._rank(u, w, parts, k)
-        for b, n in enumerate(warm):
-            picked = top[b]
-            contrib = np.zeros((len(SIGNALS), len(picked)), np.float32)
-            for j, f in enumerate(parts):
-                if f is not None:
-                    contrib[j] = w[b, j] * (f[b, picked] - f[b].mean())
-            out[n] = [
-                self._explain(int(u[b]), int(j), float(sc), contrib[:, c])
-                for c, (j, sc) in enumerate(zip(picked, top_scores[b], strict=True))
-            ]
+        """Batched :meth:`recommend`: one matrix product ranks the catalog for all users."""
+        ranked = self._rank_users(users, k)
+        if ranked is None:
+            return [self.popular(k) for _ in users]
+        warm, u, w, top, top_scores = ranked
+        out = [[] if n in warm else self.popular(k) for n in range(len(users))]
+        explained = self._explain_many(u, w, top, top_scores)
+        for n, recs in zip(warm, explained, strict=True):
+            out[n] = recs
         return out
 
     def top_items(self, users: Sequence[str], k: int = 10) -> list[list[str]]:
         """Just the ids of each user's top-``k`` list (no explanations), batched."""
-        rows = [self.users.get(u) for u in users]
-        warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
-        out: list[list[str]] = [[] for _ in users]
-        if len(warm) < len(users):
-            popular = [r.item for r in self.popular(k)]
-            for n, r in enumerate(rows):
-                if self._is_cold(r):
-                    out[n] = popular
-        if warm:
-            u = np.array([rows[n] for n in warm], np.int64)
-            top, _ = self._rank(u, self._weights(u), self._signals_many(u), k)
-            ids = self.items.ids
-            for b, n in enumerate(warm):
-                out[n] = [ids[j] for j in top[b].tolist()]
+        ranked = self._rank_users(users, k)
+        popular = [r.item for r in self.popular(k)]
+        if ranked is None:
+            return [popular for _ in users]
+        warm, _, _, top, _ = ranked
+        ids = self.items.ids
+        out = [popular] * len(users)
+        for b, n in enumerate(warm):
+            out[n] = [ids[j] for j in top[b].tolist()]
         return out
 
-    def _signals_many(
-        self, u: np.ndarray, items: np.ndarray | None = None
-    ) -> list[np.ndarray | None]:
-        """Each signal for users ``u`` over ``items`` (all when None), shape ``(B, n)``.
+    def _rank_users(self, users: Sequence[str], k: int):
+        """Rank the catalog for the users the model can rank for (others get popularity).
 
-        ``None`` stands for a signal the model does not use.
+        Returns ``None`` when no user is warm, else ``(positions of warm users, their rows,
+        their weights, top rows per user, top scores per user)``.
         """
-        use = self.config.signals
-        n = self.n_items if items is None else len(items)
+        rows = [self.users.get(x) for x in users]
+        warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
+        if not warm:
+            return None
+        u = np.array([rows[n] for n in warm], np.int64)
+        w = self._weights(u)
+        cands = self.candidates(u)
+        top, top_scores = self._rank(u, w, k, cands)
+        return warm, u, w, top, top_scores
+
+    def candidates(self, users: np.ndarray) -> np.ndarray | None:
+        """Candidate item rows for ``users``: ``None`` means the whole catalog.
+
+        The first of the two stages, where an approximate-nearest-neighbour index would
+        narrow a very large catalog before :meth:`_rank` scores what is left.
+        """
+        return None
+
+    # ------------------------------------------------------------ scoring
+    def _session_vectors(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Recency-weighted unit mean of the user's last items: by tags and by factors."""
+        ring = self.cooc.recent[u]  # (B, L) newest first, -1 empty
+        w = self.cooc._recency * (ring >= 0)
+        rows = np.maximum(ring, 0)
+        tags = _unit_rows(np.einsum("bl,bld->bd", w, self.content.C[rows]))
+        q_unit = self.mf.Q[rows] / np.maximum(self.mf.Q_norm[rows], 1e-9)[..., None]
+        factors = _unit_rows(np.einsum("bl,bld->bd", w, q_unit))
+        return tags, factors
+
+    def _pair_features(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Every signal for given (user, item) pairs: ``items`` is ``(B, m)``, out ``(S, B, m)``."""
         mf, content = self.mf, self.content
-        c = content.C[:n] if items is None else content.C[items]
-        out: list[np.ndarray | None] = [None] * len(SIGNALS)
+        out = np.zeros((len(SIGNALS), *items.shape), np.float32)
+        use = self.config.signals
         if "mf" in use:
-            q = mf.Q[:n] if items is None else mf.Q[items]
-            b = mf.item_bias_eff[:n] if items is None else mf.item_bias_eff[items]
-            out[0] = mf.P[u] @ q.T + b
+            out[0] = np.einsum("bk,bmk->bm", mf.P[u], mf.Q[items]) + mf.item_bias_eff[items]
         if "content" in use:
-            out[1] = _unit_rows(content.profile[u]) @ c.T
+            out[1] = np.einsum("bd,bmd->bm", _unit_rows(content.profile[u]), content.C[items])
         if "cooc" in use:
-            out[2] = (
-                self.cooc.item_scores_many(u)
-                if items is None
-                else np.stack([self.cooc.item_scores_for(r, items) for r in u.tolist()])
-            )
+            out[2] = self.cooc.pair_scores(u, items)
         if "pop" in use:
-            out[3] = np.broadcast_to(self.popularity.item_scores(self.now, items), (len(u), n))
+            out[3] = self.popularity.item_scores(self.now, items.ravel()).reshape(items.shape)
         if "recent_tags" in use or "recent_factors" in use:
-            ring = self.cooc.recent[u]  # (B, L) newest first, -1 empty
-            w = self.cooc._recency * (ring >= 0)
-            rows = np.maximum(ring, 0)
-            if "recent_tags" in use:
-                session = np.einsum("bl,bld->bd", w, content.C[rows])
-                out[4] = _unit_rows(session) @ c.T
-            if "recent_factors" in use:
-                q_unit = mf.Q[rows] / np.maximum(mf.Q_norm[rows], 1e-9)[..., None]
-                session = np.einsum("bl,bld->bd", w, q_unit)
-                out[5] = mf.similarity_to(_unit_rows(session), items)
-        return out
+            tags, factors = self._session_vectors(u)
+            out[4] = np.einsum("bd,bmd->bm", tags, content.C[items])
+            q = mf.Q[items] / np.maximum(mf.Q_norm[items], 1e-9)[..., None]
+            out[5] = np.einsum("bk,bmk->bm", factors, q)
+        return out * self._use[:, None, None]
+
+    def _blended_scores(self, u: np.ndarray, w: np.ndarray, width: int) -> np.ndarray:
+        """Blended scores of users ``u`` over the catalog, shape ``(B, width)``.
+
+        Every signal but co-occurrence is a dot product between a user-side and an
+        item-side vector, so the weighted blend is ONE matrix product of stacked
+        user vectors ``[w_mf p_u, w_rf s_u, w_c c_u + w_rt t_u, w_mf, w_pop]`` with
+        stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]``; co-occurrence adds a
+        sparse scatter. Columns past the catalog (padding) come out as 0.
+        """
+        mf, content = self.mf, self.content
+        tags, factors = self._session_vectors(u)
+        user_side = np.concatenate(
+            (
+                w[:, 0:1] * mf.P[u],
+                w[:, 5:6] * factors,
+                w[:, 1:2] * _unit_rows(content.profile[u]) + w[:, 4:5] * tags,
+                w[:, 0:1],
+                w[:, 3:4],
+            ),
+            axis=1,
+        ).astype(np.float32)
+        item_side = self._item_side(width)
+        item_side[: self.n_items, -1] = self.popularity.item_scores(self.now)
+        scores = user_side @ item_side.T
+        if w[:, 2].any():
+            self.cooc.add_scores(scores, u, w[:, 2])
+        return scores
+
+    def _item_side(self, width: int) -> np.ndarray:
+        """The stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]``, ``width`` rows.
+
+        Kept between calls: only rows touched since the last call are rewritten, unless a
+        full refresh of factors or content vectors (or a new width) asks for a rebuild.
+        """
+        mf, content, n = self.mf, self.content, self.n_items
+        k, d = mf.params.n_factors, content.dim
+        key = (width, mf.full_refreshes, content.full_refreshes)
+        if self._side is None or self._side_key != key:
+            self._side = np.zeros((width, 2 * k + d + 2), np.float32)
+            self._side_key = key
+            rows = np.arange(n)
+        else:
+            rows = np.fromiter(self._side_dirty, np.int64, len(self._side_dirty))
+        self._side_dirty.clear()
+        if len(rows):
+            side = self._side
+            side[rows, :k] = mf.Q[rows]
+            side[rows, k : 2 * k] = mf.Q[rows] / np.maximum(mf.Q_norm[rows], 1e-9)[:, None]
+            side[rows, 2 * k : 2 * k + d] = content.C[rows]
+            side[rows, -2] = mf.item_bias_eff[rows]
+        return self._side
 
     def _rank(
-        self, u: np.ndarray, w: np.ndarray, parts: list[np.ndarray | None], k: int
+        self, u: np.ndarray, w: np.ndarray, k: int, cands: np.ndarray | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Blend, mask and take the top-``k`` rows of each user, best first."""
         n = self.n_items
         block, width = padded_width(n, k)
-        padded = np.full((len(u), width), -np.inf, np.float32)
-        scores = padded[:, :n]
-        scores[:] = 0.0
-        for j, f in enumerate(parts):
-            if f is not None:
-                scores += w[:, j : j + 1] * f
-        scores[:, ~self.active[:n]] = -np.inf
+        scores = self._blended_scores(u, w, width)
+        scores[:, n:] = -np.inf
+        scores[:, :n][:, ~self.active[:n]] = -np.inf
         for b, r in enumerate(u.tolist()):
             scores[b, np.frombuffer(self.history[r], np.int32)] = -np.inf
-        top, top_scores = top_k_rows(padded, k, block)
+        if cands is not None:
+            keep = np.zeros(width, bool)
+            keep[cands] = True
+            scores[:, ~keep] = -np.inf
+        top, top_scores = top_k_rows(scores, k, block)
         finite = top >= 0
         return [t[f] for t, f in zip(top, finite, strict=True)], [
             t[f] for t, f in zip(top_scores, finite, strict=True)
@@ -520,61 +538,90 @@ class Recommender:
             for j in _top_k(scores, k)
         ]
 
-    def _mask(self, scores: np.ndarray, cand_rows: np.ndarray, user: int) -> np.ndarray:
-        scores = np.where(self.active[cand_rows], scores, -np.inf)
-        rated = np.frombuffer(self.history[user], np.int32)
-        if len(rated):
-            if len(cand_rows) == self.n_items:
-                scores[rated] = -np.inf
-            else:
-                scores[np.isin(cand_rows, rated)] = -np.inf
-        return scores
+    def _explain_many(
+        self,
+        u: np.ndarray,
+        w: np.ndarray,
+        top: list[np.ndarray],
+        top_scores: list[np.ndarray],
+    ) -> list[list[Recommendation]]:
+        """Recommendations with reasons for each user's top rows (vectorised per user).
 
-    def _explain(self, user: int, item: int, score: float, contrib: np.ndarray) -> Recommendation:
-        """Name the signal that lifted ``item`` most and say it in words.
-
-        The model's signals are tried from the largest contribution down; the first that
-        can give a truthful reason wins.
+        For each item, the model's signals are tried from the largest contribution
+        (weight times the signal's lift over its catalog mean) down; the first that can
+        give a truthful reason wins.
         """
-        item_id = self.items.id_of(item)
-        for j in np.argsort(-contrib, kind="stable").tolist():
+        width = max((len(t) for t in top), default=0)
+        if width == 0:
+            return [[] for _ in top]
+        padded = np.zeros((len(u), width), np.int64)
+        for b, t in enumerate(top):
+            padded[b, : len(t)] = t
+        x = self._pair_features(u, padded)  # (S, B, K)
+        contrib = w.T[:, :, None] * (x - self.signal_mean[:, None, None].astype(np.float32))
+        contrib[self._use == 0] = -np.inf
+        order = np.argsort(-contrib, axis=0, kind="stable")  # (S, B, K)
+        ids = self.items.ids
+        out = []
+        for b, t in enumerate(top):
+            user = int(u[b])
+            items = t.tolist()
+            because_co = self.cooc.because_of_many(user, t)
+            liked = self._closest_liked_many(user, t)
+            tags = self.content.top_tags_many(user, t)
+            recs = []
+            for c, item in enumerate(items):
+                score = float(top_scores[b][c])
+                recs.append(
+                    self._reason(ids[item], score, order[:, b, c], because_co[c], liked[c], tags[c])
+                )
+            out.append(recs)
+        return out
+
+    def _reason(
+        self,
+        item_id: str,
+        score: float,
+        order: np.ndarray,
+        because_co: int,
+        liked: int,
+        tags: list[str],
+    ) -> Recommendation:
+        ids = self.items.ids
+        for j in order.tolist():
             if not self._use[j]:
                 continue
             name = SIGNALS[j]
-            if name == "cooc":
-                liked = self.cooc.because_of(user, item)
-                if liked is not None:
-                    liked_id = self.items.id_of(liked)
-                    return Recommendation(
-                        item_id, score, f"because you liked {liked_id}", "co-occurrence", liked_id
-                    )
-            elif name in ("content", "recent_tags"):
-                tags = self.content.top_tags(user, item)
-                if tags:
-                    return Recommendation(
-                        item_id, score, "matches your tags " + ", ".join(tags), "content"
-                    )
-            elif name in ("mf", "recent_factors"):
-                liked = self._closest_liked(user, item)
-                if liked is not None:
-                    liked_id = self.items.id_of(liked)
-                    return Recommendation(
-                        item_id, score, f"because you liked {liked_id}", "collaborative", liked_id
-                    )
-            elif name == "pop":
+            if name == "cooc" and because_co >= 0:
+                return Recommendation(
+                    item_id,
+                    score,
+                    f"because you liked {ids[because_co]}",
+                    "co-occurrence",
+                    ids[because_co],
+                )
+            if name in ("content", "recent_tags") and tags:
+                return Recommendation(
+                    item_id, score, "matches your tags " + ", ".join(tags), "content"
+                )
+            if name in ("mf", "recent_factors") and liked >= 0:
+                return Recommendation(
+                    item_id, score, f"because you liked {ids[liked]}", "collaborative", ids[liked]
+                )
+            if name == "pop":
                 return Recommendation(item_id, score, "popular now", "popular")
         return Recommendation(item_id, score, "close to your tastes", "collaborative")
 
-    def _closest_liked(self, user: int, item: int) -> int | None:
-        """The item among the user's recent likes whose factors are closest to ``item``'s."""
+    def _closest_liked_many(self, user: int, items: np.ndarray) -> np.ndarray:
+        """For each item, the user's recent like with the closest factors (-1: none)."""
         hist = np.frombuffer(self.history[user], np.int32)[-50:]
         ratings = np.frombuffer(self.history_ratings[user], np.float32)[-50:]
         liked = hist[ratings >= self._user_means(np.array([user]))[0]]
-        if not len(liked):
-            return None
-        q = self.mf.Q[liked]
-        sims = q @ self.mf.Q[item] / (np.linalg.norm(q, axis=1) + 1e-9)
-        return int(liked[int(np.argmax(sims))])
+        if not len(liked) or not len(items):
+            return np.full(len(items), -1, np.int64)
+        q = self.mf.Q[liked] / np.maximum(self.mf.Q_norm[liked], 1e-9)[:, None]
+        sims = q @ self.mf.Q[items].T  # (H, K)
+        return liked[np.argmax(sims, axis=0)].astype(np.int64)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
