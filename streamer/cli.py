@@ -6,7 +6,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from recsys_online import cli as core_cli
@@ -27,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     svc.set_defaults(run=run_services)
     demo = sub.add_parser(
         "demo",
-        help="bring the services up, then replay a synthetic stream through the hybrid model",
+        help="services, a worker, a synthetic stream into Kafka, live metrics and lists",
     )
-    demo.add_argument("--ratings", type=int, default=50_000)
+    demo.add_argument("--ratings", type=int, default=30_000)
+    demo.add_argument("--rate", type=float, default=2_000.0, help="ratings per second")
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka/Redis running")
     demo.set_defaults(run=run_demo)
     worker = sub.add_parser("worker", help="run a streaming worker (settings: RECSYS_* env)")
@@ -54,30 +54,9 @@ def run_services(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    print("== 1/3 starting Kafka and Redis (first run fetches Kafka from Maven Central) ==")
-    rc = subprocess.call(["bash", str(SERVICES), "up"], stdout=subprocess.DEVNULL)
-    if rc != 0:
-        print("recsys-online demo: services failed to start; see the lines above", file=sys.stderr)
-        return rc
-    try:
-        subprocess.call(["bash", str(SERVICES), "status"])
-        print(f"\n== 2/3 generating a synthetic stream of {args.ratings:,} ratings ==")
-        with tempfile.TemporaryDirectory(prefix="recsys-demo-") as tmp:
-            out = Path(tmp)
-            parser = build_parser()
-            core_args = parser.parse_args(
-                ["synth", str(out), "--ratings", str(args.ratings), "--users", "2000"]
-            )
-            core_args.run(core_args)
-            print("\n== 3/3 prequential replay through the hybrid model (test, then train) ==")
-            core_args = parser.parse_args(
-                ["replay", str(out / "ratings.csv"), "--items", str(out / "items.csv")]
-            )
-            return core_args.run(core_args)
-    finally:
-        if not args.keep_services:
-            print("\n== stopping Kafka and Redis ==")
-            subprocess.call(["bash", str(SERVICES), "down"])
+    from streamer.demo import run_demo as demo
+
+    return demo(args.ratings, args.rate, args.keep_services)
 
 
 def main(argv: list[str] | None = None) -> int:
