@@ -64,43 +64,60 @@ class CoOccurrence:
 
     def learn(self, user: int, item: int) -> None:
         """Record that ``user`` just rated ``item``."""
-        ring = self.recent[user]
-        keep = (ring >= 0) & (ring != item)
-        prev, w = ring[keep], self._recency[keep]
-        if len(prev):
-            self._add_to_row(item, prev, w)
-            self._add_to_rows(prev, item, w)
-        self.count[item] += 1.0
-        # Push to the ring, newest first, without duplicates.
-        rest = ring[ring != item][: self.window - 1]
-        ring[0] = item
-        ring[1 : 1 + len(rest)] = rest
-        ring[1 + len(rest) :] = -1
+        self.learn_many([user], [item])
 
-    def _add_to_row(self, row: int, others: np.ndarray, ws: np.ndarray) -> None:
-        """Pairs ``(row, others[k])`` gain ``ws[k]`` (``others`` holds distinct items)."""
-        nbr, weight = self.nbr[row], self.weight[row]
-        match = nbr[None, :] == others[:, None]  # (n_others, M)
-        found = match.any(axis=1)
-        weight[np.argmax(match[found], axis=1)] += ws[found]
-        if not found.all():
-            new, new_w = others[~found], ws[~found]
-            n_new = min(len(new), len(weight))
-            order = np.argsort(-new_w, kind="stable")[:n_new]  # heaviest newcomers first
-            slots = np.argsort(weight, kind="stable")[:n_new]  # into the lightest slots
-            nbr[slots] = new[order]
-            # SpaceSaving: inherit the evicted weight, and remember it as possible error.
-            self.error[row, slots] = weight[slots]
-            weight[slots] += new_w[order]
+    def learn_many(self, users: list[int], items: list[int]) -> None:
+        """Record a batch of (user, item) ratings in order.
 
-    def _add_to_rows(self, rows: np.ndarray, other: int, ws: np.ndarray) -> None:
-        """Pairs ``(rows[k], other)`` gain ``ws[k]`` (``rows`` holds distinct items)."""
-        match = self.nbr[rows] == other  # (n_rows, M)
+        Rings advance event by event (a small loop over Python ints); the pair weights the
+        batch adds are then summed per pair and applied to the neighbour lists in one
+        vectorised SpaceSaving step.
+        """
+        recency = self._recency.tolist()
+        rings = self.recent
+        a_rows: list[int] = []
+        b_rows: list[int] = []
+        weights: list[float] = []
+        for user, item in zip(users, items, strict=True):
+            ring = rings[user].tolist()
+            for pos, prev in enumerate(ring):
+                if prev >= 0 and prev != item:
+                    a_rows += (item, prev)
+                    b_rows += (prev, item)
+                    weights += (recency[pos], recency[pos])
+            rest = [x for x in ring if x >= 0 and x != item][: self.window - 1]
+            rings[user] = [item, *rest, *([-1] * (self.window - 1 - len(rest)))]
+        np.add.at(self.count, np.asarray(items, np.int64), 1.0)
+        if a_rows:
+            self._add_pairs(np.array(a_rows), np.array(b_rows), np.array(weights, np.float32))
+
+    def _add_pairs(self, rows: np.ndarray, others: np.ndarray, ws: np.ndarray) -> None:
+        """Pairs ``(rows[p], others[p])`` gain ``ws[p]``; repeated pairs are summed first."""
+        keys, inverse = np.unique(rows * np.int64(self.n_items) + others, return_inverse=True)
+        ws = np.bincount(inverse, weights=ws).astype(np.float32)
+        rows, others = keys // self.n_items, keys % self.n_items  # sorted by row
+        match = self.nbr[rows] == others[:, None]  # (P, M)
         found = match.any(axis=1)
-        slot = np.where(found, np.argmax(match, axis=1), np.argmin(self.weight[rows], axis=1))
-        self.error[rows, slot] = np.where(found, self.error[rows, slot], self.weight[rows, slot])
-        self.nbr[rows, slot] = other
-        self.weight[rows, slot] += ws
+        slot = np.argmax(match, axis=1)
+        self.weight[rows[found], slot[found]] += ws[found]
+        new = ~found
+        if not new.any():
+            return
+        rows, others, ws = rows[new], others[new], ws[new]
+        # Heaviest newcomers of each row first, into that row's lightest slots.
+        order = np.lexsort((-ws, rows))
+        rows, others, ws = rows[order], others[order], ws[order]
+        uniq, start = np.unique(rows, return_index=True)
+        group = np.searchsorted(uniq, rows)
+        rank = np.arange(len(rows)) - start[group]
+        fits = rank < self.n_neighbours
+        rows, others, ws, group, rank = rows[fits], others[fits], ws[fits], group[fits], rank[fits]
+        lightest = np.argsort(self.weight[uniq], axis=1, kind="stable")  # (U, M)
+        slots = lightest[group, rank]
+        # SpaceSaving: inherit the evicted weight, and remember it as possible error.
+        self.error[rows, slots] = self.weight[rows, slots]
+        self.nbr[rows, slots] = others
+        self.weight[rows, slots] += ws
 
     def _norm_weights(self, rows: np.ndarray) -> np.ndarray:
         nbr = self.nbr[rows]
@@ -150,13 +167,17 @@ class CoOccurrence:
 
     def because_of_many(self, user: int, items: np.ndarray) -> np.ndarray:
         """For each item, the user's recent item contributing most to it (-1: none)."""
-        nbr, w = self._ring_weights(np.array([user]))
-        hit = nbr[0][:, :, None] == np.asarray(items)[None, None, :]  # (L, M, m)
-        contrib = np.einsum("lm,lmn->ln", w[0], hit)  # (L, m)
-        best = np.argmax(contrib, axis=0)
-        ring = self.recent[user]
-        found = contrib[best, np.arange(len(best))] > 0
-        return np.where(found, ring[best], -1).astype(np.int64)
+        return self.because_of_users(np.array([user]), np.asarray(items)[None, :])[0]
+
+    def because_of_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """:meth:`because_of_many` for users ``(B,)`` and their items ``(B, m)``."""
+        nbr, w = self._ring_weights(users)  # (B, L, M)
+        hit = nbr[:, :, :, None] == items[:, None, None, :]  # (B, L, M, m)
+        contrib = np.einsum("blm,blmn->bln", w, hit)  # (B, L, m)
+        best = np.argmax(contrib, axis=1)  # (B, m)
+        found = np.take_along_axis(contrib, best[:, None, :], axis=1)[:, 0, :] > 0
+        ring = self.recent[users]  # (B, L)
+        return np.where(found, np.take_along_axis(ring, best, axis=1), -1).astype(np.int64)
 
     def forget_item(self, item: int) -> None:
         """Remove an item from every neighbour list and ring (it left the catalog)."""

@@ -263,8 +263,7 @@ class Recommender:
         if "content" in self.config.signals:
             self.content.learn(u, i, r, means)
         if {"cooc", "recent_tags", "recent_factors"} & set(self.config.signals):
-            for uu, ii in zip(u.tolist(), i.tolist(), strict=True):
-                self.cooc.learn(uu, ii)
+            self.cooc.learn_many(u.tolist(), i.tolist())
         self.popularity.learn(i, ts)
         np.add.at(self.user_n, u, 1.0)
         np.add.at(self.user_sum, u, r)
@@ -545,72 +544,68 @@ class Recommender:
         top: list[np.ndarray],
         top_scores: list[np.ndarray],
     ) -> list[list[Recommendation]]:
-        """Recommendations with reasons for each user's top rows (vectorised per user).
+        """Recommendations with reasons for each user's top rows, vectorised over the batch.
 
         For each item, the model's signals are tried from the largest contribution
         (weight times the signal's lift over its catalog mean) down; the first that can
-        give a truthful reason wins.
+        give a truthful reason wins: co-occurrence names the recent item that led to it,
+        content the matching tags, factors the closest liked item, popularity says so.
         """
         width = max((len(t) for t in top), default=0)
         if width == 0:
             return [[] for _ in top]
-        padded = np.zeros((len(u), width), np.int64)
+        n_users = len(u)
+        padded = np.zeros((n_users, width), np.int64)
+        valid = np.zeros((n_users, width), bool)
         for b, t in enumerate(top):
             padded[b, : len(t)] = t
+            valid[b, : len(t)] = True
         x = self._pair_features(u, padded)  # (S, B, K)
         contrib = w.T[:, :, None] * (x - self.signal_mean[:, None, None].astype(np.float32))
-        contrib[self._use == 0] = -np.inf
         order = np.argsort(-contrib, axis=0, kind="stable")  # (S, B, K)
+        # What each signal could say for each item (B, K).
+        because = self.cooc.because_of_users(u, padded)
+        liked = np.stack([self._closest_liked_many(int(r), padded[b]) for b, r in enumerate(u)])
+        tags = [self.content.top_tags_many(int(r), padded[b]) for b, r in enumerate(u)]
+        has_tags = np.array([[bool(t) for t in row] for row in tags])
+        can = np.zeros((len(SIGNALS), n_users, width), bool)
+        can[0] = can[5] = liked >= 0
+        can[1] = can[4] = has_tags
+        can[2] = because >= 0
+        can[3] = True
+        can &= self._use.astype(bool)[:, None, None]
+        ranked_can = np.take_along_axis(can, order, axis=0)
+        first = np.argmax(ranked_can, axis=0)  # (B, K)
+        chosen = np.take_along_axis(order, first[None], axis=0)[0]
+        chosen[~ranked_can.any(axis=0)] = -1
         ids = self.items.ids
         out = []
-        for b, t in enumerate(top):
-            user = int(u[b])
-            items = t.tolist()
-            because_co = self.cooc.because_of_many(user, t)
-            liked = self._closest_liked_many(user, t)
-            tags = self.content.top_tags_many(user, t)
+        for b in range(n_users):
             recs = []
-            for c, item in enumerate(items):
-                score = float(top_scores[b][c])
-                recs.append(
-                    self._reason(ids[item], score, order[:, b, c], because_co[c], liked[c], tags[c])
-                )
+            for c, (item, score) in enumerate(
+                zip(top[b].tolist(), top_scores[b].tolist(), strict=True)
+            ):
+                j = int(chosen[b, c])
+                if j == 2:
+                    liked_id = ids[because[b, c]]
+                    rec = Recommendation(
+                        ids[item], score, f"because you liked {liked_id}", "co-occurrence", liked_id
+                    )
+                elif j in (1, 4):
+                    reason = "matches your tags " + ", ".join(tags[b][c])
+                    rec = Recommendation(ids[item], score, reason, "content")
+                elif j in (0, 5):
+                    liked_id = ids[liked[b, c]]
+                    rec = Recommendation(
+                        ids[item], score, f"because you liked {liked_id}", "collaborative", liked_id
+                    )
+                elif j == 3:
+                    rec = Recommendation(ids[item], score, "popular now", "popular")
+                else:
+                    rec = Recommendation(ids[item], score, "close to your tastes", "collaborative")
+                recs.append(rec)
             out.append(recs)
         return out
-
-    def _reason(
-        self,
-        item_id: str,
-        score: float,
-        order: np.ndarray,
-        because_co: int,
-        liked: int,
-        tags: list[str],
-    ) -> Recommendation:
-        ids = self.items.ids
-        for j in order.tolist():
-            if not self._use[j]:
-                continue
-            name = SIGNALS[j]
-            if name == "cooc" and because_co >= 0:
-                return Recommendation(
-                    item_id,
-                    score,
-                    f"because you liked {ids[because_co]}",
-                    "co-occurrence",
-                    ids[because_co],
-                )
-            if name in ("content", "recent_tags") and tags:
-                return Recommendation(
-                    item_id, score, "matches your tags " + ", ".join(tags), "content"
-                )
-            if name in ("mf", "recent_factors") and liked >= 0:
-                return Recommendation(
-                    item_id, score, f"because you liked {ids[liked]}", "collaborative", ids[liked]
-                )
-            if name == "pop":
-                return Recommendation(item_id, score, "popular now", "popular")
-        return Recommendation(item_id, score, "close to your tastes", "collaborative")
 
     def _closest_liked_many(self, user: int, items: np.ndarray) -> np.ndarray:
         """For each item, the user's recent like with the closest factors (-1: none)."""
