@@ -58,7 +58,7 @@ first pick is never one.
 
 ``related_share`` and ``n_related`` were calibrated on ``generate(n_users=1000, n_items=2000,
 n_ratings=50_000)`` replayed prequentially (``recsys_online.evaluate.prequential``, K=10)
-with the project's models as of commit 7f77a05: recency-weighted co-occurrence reaches
+with the project's models as of commit 39e5221: recency-weighted co-occurrence reaches
 2.2-2.3x the NDCG@10 of popularity (0.228 vs 0.105 for seed 0, 0.232 vs 0.102 for seed 1),
 as on MovieLens 100K (2.2x), and rating-only MF about 0.5x (0.053 and 0.049; 0.5x there too).
 Before relations were planted co-occurrence reached 0.84x. The ratio grows with ratings per
@@ -913,8 +913,9 @@ def _pick_related(
     """For events at ``position`` (>= 1) of their sessions, choose among the related items of
     the session's last ``_RELATED_WINDOW`` picks, in place; -1 where none is available.
 
-    The candidates are those picks' related items, each weighted ``_RELATED_RECENCY ** k``
-    for a pick ``k`` places before the newest, then chosen by taste as in :func:`_choose`.
+    The candidates are those picks' related items, each weighted by its popularity times
+    ``_RELATED_RECENCY ** k`` for a pick ``k`` places before the newest, then chosen by taste
+    as in :func:`_choose`.
     """
     back = min(_RELATED_WINDOW, position)
     n_related = world.item_related.shape[1]
