@@ -202,18 +202,17 @@ class RecsysWorker:
     async def validate_items(self, stream: faust.StreamT) -> None:
         """Dead-letter bad catalog events (once: this agent sees each partition on one worker)
         and keep item metadata in Redis; the model learns the catalog in CatalogFollower."""
-        async for event in stream.events():
-            try:
-                item = parse_event(
-                    event.message.value, ItemEvent, max_bytes=self.settings.max_payload_bytes
-                )
-            except EventError as exc:
-                await self._dead_letter(event, str(exc))
-                continue
-            if item.op == "delete":
-                await self.sink.delete_item(item.item_id)
-            else:
-                await self.sink.publish_item(item.item_id, item.title, item.tags)
+        s = self.settings
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            valid = []
+            for event in events:
+                try:
+                    valid.append(
+                        parse_event(event.message.value, ItemEvent, max_bytes=s.max_payload_bytes)
+                    )
+                except EventError as exc:
+                    await self._dead_letter(event, str(exc))
+            await self.sink.publish_items(valid)
 
     async def learn_users(self, stream: faust.StreamT) -> None:
         """Declared user tags seed the user's profile; their list is refreshed at once."""

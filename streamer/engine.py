@@ -50,6 +50,8 @@ class StreamEngine:
         self.max_tracked_users = max_tracked_users
         self.served: OrderedDict[str, list[str]] = OrderedDict()  # LRU of last lists
         self.version = 0
+        self.catalog_changes = 0  # item upserts seen; a refresh is due when it moves
+        self._refreshed_at_change = 0
         self.events = 0
         self.deadletters = 0
         self.freshness_ms: deque[float] = deque(maxlen=s.metrics_window)
@@ -82,6 +84,7 @@ class StreamEngine:
     def upsert_item(self, item: str, tags: dict[str, float], timestamp: float = 0.0) -> None:
         """A new or changed catalog item; matching users see it at the next refresh."""
         self.model.upsert_item(item, tags, timestamp)
+        self.catalog_changes += 1
 
     def delete_item(self, item: str) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it."""
@@ -95,7 +98,12 @@ class StreamEngine:
         return self._serve([user])
 
     def refresh(self) -> Lists:
-        """Recompute the lists of the most recently active users (new items reach them)."""
+        """Recompute the lists of the most recently served users if the catalog changed
+        since the last refresh (new items reach them); otherwise their lists are as fresh
+        as their last event made them, and nothing is done."""
+        if self.catalog_changes == self._refreshed_at_change:
+            return {}
+        self._refreshed_at_change = self.catalog_changes
         recent = list(self.served)[-self.settings.refresh_users :]
         return self._serve(recent)
 

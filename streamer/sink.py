@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import redis.asyncio as aioredis
 
 from recsys_online.recommender import Recommendation
+from schemas import ItemEvent
 from streamer.settings import Settings
 
 
@@ -20,8 +21,8 @@ def list_document(
     >>> import json
     >>> from recsys_online.recommender import Recommendation
     >>> doc = list_document("u1", [Recommendation("i9", 0.5, "popular now", "popular")], 3, 1.0)
-    >>> json.loads(doc)["items"][0]
-    {'item_id': 'i9', 'score': 0.5, 'reason': 'popular now', 'source': 'popular', 'because': None}
+    >>> sorted(json.loads(doc)["items"][0].items())[:3]
+    [('because', None), ('item_id', 'i9'), ('reason', 'popular now')]
     """
     items = [
         {
@@ -75,19 +76,27 @@ class RedisSink:
             pipe.hset(key("metrics"), mapping={k: str(v) for k, v in metrics.items()})
             await pipe.execute()
 
-    async def publish_item(self, item: str, title: str | None, tags: Mapping[str, float]) -> None:
-        """Item metadata for apps rendering lists (``item:{item_id}`` hash)."""
-        await self.redis.hset(
-            self.settings.key("item", item),
-            mapping={
-                "title": title or "",
-                "tags": json.dumps(dict(tags)),
-                "updated_at": time.time(),
-            },
-        )
-
-    async def delete_item(self, item: str) -> None:
-        await self.redis.delete(self.settings.key("item", item))
+    async def publish_items(self, events: Sequence[ItemEvent]) -> None:
+        """Item metadata for apps rendering lists (``item:{item_id}`` hashes), one
+        transaction per batch; a delete removes the item's hash."""
+        if not events:
+            return
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                key = self.settings.key("item", event.item_id)
+                if event.op == "delete":
+                    pipe.delete(key)
+                else:
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "title": event.title or "",
+                            "tags": json.dumps(dict(event.tags)),
+                            "updated_at": now,
+                        },
+                    )
+            await pipe.execute()
 
     async def close(self) -> None:
         await self.redis.aclose()
