@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 
@@ -61,6 +63,16 @@ class CatalogFollower:
         self.consumer: AIOKafkaConsumer | None = None  # made in run(), inside the loop
         self.partitions: list[TopicPartition] = []
         self.ready = asyncio.Event()
+        self._generation = 0  # bumped by restart(): work begun before it is void
+
+    def restart(self, engine: StreamEngine) -> None:
+        """Apply the whole catalog again, to a new engine (after a model reset)."""
+        self.engine = engine
+        self.ready.clear()
+        self._generation += 1
+        if self.consumer is not None:
+            for tp in self.partitions:
+                self.consumer.seek(tp, 0)
 
     async def run(self) -> None:
         s = self.settings
@@ -80,14 +92,21 @@ class CatalogFollower:
             consumer.assign(self.partitions)
             await consumer.seek_to_beginning(*self.partitions)
             while True:
+                generation = self._generation
                 batches = await consumer.getmany(timeout_ms=50, max_records=2000)
+                if generation != self._generation:
+                    continue  # fetched before a restart: read again from the beginning
                 lists: dict = {}
                 for records in batches.values():
                     for record in records:
                         lists.update(self._apply(record.value))
                 if lists:
                     await self.sink.publish_lists(lists, self.engine.version)
-                if not self.ready.is_set() and await self._caught_up(None):
+                if (
+                    not self.ready.is_set()
+                    and await self._caught_up(None)
+                    and generation == self._generation
+                ):
                     self.ready.set()
         finally:
             await consumer.stop()
@@ -140,11 +159,19 @@ class RecsysWorker:
             value_serializer="raw",
             topic_allow_declare=False,
             producer_linger_ms=1,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.session_timeout_s / 4),
         )
         self.engine = StreamEngine(s)
         self.sink = RedisSink(s)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = CatalogFollower(s, self.engine, self.sink)
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
+        # Ratings partitions whose whole history before the live position is in the model.
+        self._replayed: set[int] = set()
+        self._reset_pending = False
+        self._replay_locks: dict[int, asyncio.Lock] = {}
+        self.app.on_partitions_revoked.connect(self._on_revoked)
         raw = {"key_type": bytes, "value_type": bytes}
         self.ratings = self.app.topic(s.ratings_topic, partitions=s.partitions, **raw)
         self.items = self.app.topic(s.items_topic, partitions=s.partitions, **raw)
@@ -162,6 +189,14 @@ class RecsysWorker:
         await self.catalog.ready.wait()
         s = self.settings
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            if self._reset_pending:
+                self._reset_model()
+            await self.catalog.ready.wait()
+            first: dict[int, int] = {}
+            for event in events:
+                first.setdefault(event.message.partition, event.message.offset)
+            for partition, offset in first.items():
+                await self._ensure_replayed(partition, offset)
             for event in events:
                 self._next_offset[event.message.partition] = event.message.offset + 1
             ratings, produced_ms = await self._valid_ratings(events)
@@ -234,11 +269,128 @@ class RecsysWorker:
         """Periodic batched refresh: new items reach active users; metrics are published."""
         if not self.catalog.ready.is_set():
             return
+        if not self._reset_pending:
+            await self._replay_idle_partitions()
         lists = self.engine.refresh()
         await self.sink.publish_lists(lists, self.engine.version)
         await self.sink.publish_state(
-            self.engine.popular(), self.engine.metrics(lag=self._lag()), self.engine.version
+            self.engine.popular(),
+            self.engine.metrics(lag=self._lag()),
+            self.engine.version,
+            self.worker_id,
         )
+
+    # ------------------------------------------------------------------ state
+    async def _on_revoked(self, app: faust.App, revoked: set, **kwargs: object) -> None:
+        """Losing a partition whose users are in the model: rebuild the model from the
+        partitions we keep (at the next batch), so a partition that comes back is never
+        learned twice."""
+        lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
+        if lost & self._replayed:
+            self._reset_pending = True
+
+    def _reset_model(self) -> None:
+        log.info("rebalance: rebuilding the model from the assigned partitions")
+        self._reset_pending = False
+        self._replayed.clear()
+        deadletters = self.engine.deadletters
+        self.engine = StreamEngine(self.settings)
+        self.engine.deadletters = deadletters
+        self.catalog.restart(self.engine)
+
+    async def _ensure_replayed(self, partition: int, until: int) -> None:
+        """Replay a partition's history once (from the agent or the timer, whichever is
+        first): ``until`` is where live processing resumes."""
+        lock = self._replay_locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            if partition not in self._replayed:
+                await self._replay(partition, until)
+
+    async def _replay_idle_partitions(self) -> None:
+        """Partitions assigned to us that see no new ratings are replayed too, up to the
+        group's committed offset (where live processing would resume)."""
+        s = self.settings
+        assigned = {
+            tp.partition
+            for tp in self.app.consumer.assignment()
+            if tp.topic == s.ratings_topic and tp.partition not in self._replayed
+        }
+        if not assigned:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(s.app_id)
+        finally:
+            await admin.close()
+        for partition in sorted(assigned):
+            meta = committed.get(TopicPartition(s.ratings_topic, partition))
+            await self._ensure_replayed(partition, meta.offset if meta and meta.offset > 0 else 0)
+
+    async def _replay(self, partition: int, until: int) -> None:
+        """Learn a ratings partition's history, offsets ``[0, until)``, into the model.
+
+        The model lives in memory, so the log is its durable state: after a restart or a
+        rebalance, the first live offset of each partition marks where replay stops, and
+        every rating is learned exactly once. Replayed ratings are not evaluated (they
+        were, when they were live) and bad ones were dead-lettered then.
+        """
+        s = self.settings
+        tp = TopicPartition(s.ratings_topic, partition)
+        started = time.monotonic()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        learned = 0
+        users: set[str] = set()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            while await consumer.position(tp) < until:
+                records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
+                ratings = []
+                for record in records:
+                    if record.offset >= until:
+                        break
+                    rating = self._replayable(record.value)
+                    if rating is not None:
+                        ratings.append(rating)
+                if ratings:
+                    self.engine.relearn(ratings)
+                    users.update(r.user for r in ratings)
+                    learned += len(ratings)
+                await asyncio.sleep(0)  # let the catalog follower and timers run
+        finally:
+            await consumer.stop()
+        self._replayed.add(partition)
+        users_list = sorted(users)
+        for lo in range(0, len(users_list), 1000):
+            lists = self.engine.serve(users_list[lo : lo + 1000])
+            await self.sink.publish_lists(lists, self.engine.version)
+        log.info(
+            "replayed %d ratings of partition %d up to offset %d in %.1f s",
+            learned,
+            partition,
+            until,
+            time.monotonic() - started,
+        )
+
+    def _replayable(self, raw: bytes) -> Rating | None:
+        s = self.settings
+        try:
+            r = parse_event(
+                raw,
+                RatingEvent,
+                rating_scale=(s.rating_low, s.rating_high),
+                max_bytes=s.max_payload_bytes,
+            )
+        except EventError:
+            return None
+        model = self.engine.model
+        if model.items.get(r.item_id) is None or model.is_deleted(r.item_id):
+            return None
+        return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
 
     # ------------------------------------------------------------------ helpers
     async def _dead_letter(self, event: faust.EventT, reason: str) -> None:

@@ -81,6 +81,23 @@ class StreamEngine:
         touched = list(dict.fromkeys(users))
         return self._serve(touched)
 
+    def relearn(self, ratings: Sequence[Rating]) -> None:
+        """Learn ratings replayed from the log (already evaluated when they were live)."""
+        if not ratings:
+            return
+        self.model.learn_many(
+            [r.user for r in ratings],
+            [r.item for r in ratings],
+            [r.rating for r in ratings],
+            [r.timestamp for r in ratings],
+        )
+        self.events += len(ratings)
+        self.version += 1
+
+    def serve(self, users: Iterable[str]) -> Lists:
+        """Fresh lists for these users (and remember them as served)."""
+        return self._serve(users)
+
     def upsert_item(self, item: str, tags: dict[str, float], timestamp: float = 0.0) -> None:
         """A new or changed catalog item; matching users see it at the next refresh."""
         self.model.upsert_item(item, tags, timestamp)
@@ -158,5 +175,6 @@ class StreamEngine:
             "freshness_ms_p99": float(np.percentile(fresh, 99)) if len(fresh) else 0.0,
             "model_version": self.version,
             "users": self.model.n_users,
+            "mean_rating": self.model.mf.mu,
             "items": int(self.model.active[: self.model.n_items].sum()),
         }

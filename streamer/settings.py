@@ -38,6 +38,7 @@ class Settings:
     metrics_window: int = 1_000
     processing_guarantee: str = "at_least_once"
     web_port: int = 6066
+    session_timeout_s: float = 30.0
     seed: int = 42
 
     @classmethod

@@ -68,12 +68,18 @@ class RedisSink:
         popular: Sequence[Recommendation],
         metrics: Mapping[str, float | int],
         version: int,
+        worker_id: str,
     ) -> None:
-        """The popularity fallback list and the live metrics hash, together."""
+        """The popularity list and the metrics: the shared ``metrics`` hash (last writer)
+        and this worker's own ``metrics:worker:{id}`` (expiring if the worker dies)."""
         key = self.settings.key
+        mapping = {k: str(v) for k, v in metrics.items()} | {"worker": worker_id}
+        own = key("metrics", "worker", worker_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key("popular"), list_document(None, popular, version, time.time()))
-            pipe.hset(key("metrics"), mapping={k: str(v) for k, v in metrics.items()})
+            pipe.hset(key("metrics"), mapping=mapping)
+            pipe.hset(own, mapping=mapping)
+            pipe.expire(own, 30)
             await pipe.execute()
 
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:
