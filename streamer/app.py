@@ -28,11 +28,13 @@ async def ensure_topics(settings: Settings) -> None:
     """Create the project's topics with their partition counts and configs (idempotent).
 
     Ratings, items and users share ``partitions`` so they stay co-partitioned by key;
-    items is compacted (the latest event per item is kept, and every worker reads it all).
+    ratings are kept forever (workers rebuild their model from them); items is compacted
+    (the latest event per item is kept, and every worker reads it all).
     """
     compacted = {"cleanup.policy": "compact"}
+    forever = {"retention.ms": "-1"}  # the ratings log is the model's durable state
     wanted = [
-        NewTopic(settings.ratings_topic, settings.partitions, 1),
+        NewTopic(settings.ratings_topic, settings.partitions, 1, topic_configs=forever),
         NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=compacted),
         NewTopic(settings.users_topic, settings.partitions, 1),
         NewTopic(settings.deadletter_topic, 1, 1),
