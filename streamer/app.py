@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -153,6 +154,7 @@ class RecsysWorker:
             s.app_id,
             broker=s.kafka_url,
             store="memory://",
+            datadir=str(Path(s.data_dir).expanduser() / s.app_id),
             topic_partitions=s.partitions,
             processing_guarantee=s.processing_guarantee,
             web_port=s.web_port,

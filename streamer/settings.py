@@ -39,6 +39,7 @@ class Settings:
     processing_guarantee: str = "at_least_once"
     web_port: int = 6066
     session_timeout_s: float = 30.0
+    data_dir: str = "~/.cache/recsys-online/faust"
     seed: int = 42
 
     @classmethod
