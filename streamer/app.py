@@ -429,5 +429,6 @@ class RecsysWorker:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Create the topics, then run one worker until it is stopped."""
     asyncio.run(ensure_topics(settings))
+    Path(settings.data_dir).expanduser().mkdir(parents=True, exist_ok=True)
     worker = RecsysWorker(settings)
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
