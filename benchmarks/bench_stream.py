@@ -21,11 +21,8 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import redis
@@ -34,6 +31,7 @@ from recsys_online import synth
 from recsys_online.events import Rating
 from recsys_online.runtime import limit_blas_threads
 from streamer.engine import StreamEngine
+from streamer.process import isolated_env, start_worker, stop_worker
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -62,44 +60,18 @@ def broker_pid() -> int | None:
 
 
 def run_settings(batch_max: int) -> tuple[Settings, dict[str, str]]:
-    run = uuid.uuid4().hex[:6]
-    env = {
-        **os.environ,
-        "RECSYS_APP_ID": f"bench-{run}",
-        "RECSYS_RATINGS_TOPIC": f"bench-{run}.ratings",
-        "RECSYS_ITEMS_TOPIC": f"bench-{run}.items",
-        "RECSYS_USERS_TOPIC": f"bench-{run}.users",
-        "RECSYS_DEADLETTER_TOPIC": f"bench-{run}.deadletter",
-        "RECSYS_KEY_PREFIX": f"bench:{run}:",
-        "RECSYS_BATCH_MAX": str(batch_max),
-        "RECSYS_METRICS_WINDOW": "1000000",
-        "RECSYS_REFRESH_EVERY_S": "0.5",
-    }
+    env = isolated_env(
+        "bench",
+        RECSYS_BATCH_MAX=str(batch_max),
+        RECSYS_METRICS_WINDOW="1000000",
+        RECSYS_REFRESH_EVERY_S="0.5",
+    )
     return Settings.from_env(env), env
 
 
 def metric(client: redis.Redis, settings: Settings, name: str) -> float:
     raw = client.hget(settings.key("metrics"), name)
     return float(raw) if raw else 0.0
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "worker"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def wait_metric(client, settings, name, target, process, timeout, on_tick=None) -> float:
@@ -147,7 +119,7 @@ def throughput(ds, batch: int, log_dir: Path) -> dict:
         cpu_w = cpu_seconds(worker.pid) - cpu_w0
         cpu_b = (cpu_seconds(bpid) - cpu_b0) if bpid else 0.0
     finally:
-        stop(worker)
+        stop_worker(worker)
         for key in client.scan_iter(settings.key("*")):
             client.delete(key)
     wall = done - first
@@ -198,7 +170,7 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
             "producer_cpu_share": (cpu_seconds(os.getpid()) - cpu_p0) / wall,
         }
     finally:
-        stop(worker)
+        stop_worker(worker)
         for key in client.scan_iter(settings.key("*")):
             client.delete(key)
     return result
@@ -228,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     limit_blas_threads()
     log_dir = args.out.parent
     log_dir.mkdir(parents=True, exist_ok=True)
-    ds = synth.generate(
-        n_users=args.users, n_items=args.items, n_ratings=args.ratings, seed=11
-    )
+    ds = synth.generate(n_users=args.users, n_items=args.items, n_ratings=args.ratings, seed=11)
     print(f"stream: {ds.n_ratings:,} ratings, {ds.n_users:,} users, {ds.n_items:,} items")
     core = core_speed(ds, args.batch)
     print(f"core engine in-process: {core:,.0f} ratings/s (batches of {args.batch})")

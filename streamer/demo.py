@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import redis
 
 from recsys_online import synth
+from streamer.process import isolated_env, start_worker, stop_worker
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -38,27 +36,6 @@ def services_up() -> dict[str, str]:
             name, value = line.removeprefix("export ").split("=", 1)
             env[name] = value.strip("'\"")
     return env
-
-
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-
-def stop_worker(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def metrics_line(client: redis.Redis, settings: Settings) -> str:
@@ -95,17 +72,10 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool) -> int:
     started = time.monotonic()
     try:
         say("== 1/5 starting Kafka and Redis (the first run fetches Kafka from Maven Central) ==")
-        env = {**os.environ, **services_up()}
-        run = uuid.uuid4().hex[:6]
-        env.update(
-            {
-                "RECSYS_APP_ID": f"demo-{run}",
-                "RECSYS_RATINGS_TOPIC": f"demo-{run}.ratings",
-                "RECSYS_ITEMS_TOPIC": f"demo-{run}.items",
-                "RECSYS_USERS_TOPIC": f"demo-{run}.users",
-                "RECSYS_DEADLETTER_TOPIC": f"demo-{run}.deadletter",
-            }
-        )
+        # Fresh topics for each demo, but the default key prefix, so `redis-cli GET
+        # recsys:recs:<user>` works as the README says.
+        env = isolated_env("demo", {**os.environ, **services_up()}, RECSYS_KEY_PREFIX="recsys:")
+        run = env["RECSYS_APP_ID"]
         settings = Settings.from_env(env)
         client = redis.Redis.from_url(settings.redis_url)
         client.delete(settings.key("metrics"))
@@ -118,7 +88,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool) -> int:
             "with tags and no ratings), sessions, power-law popularity"
         )
 
-        log_path = Path(tempfile.gettempdir()) / f"recsys-demo-{run}-worker.log"
+        log_path = Path(tempfile.gettempdir()) / f"recsys-{run}-worker.log"
         say(f"\n== 3/5 starting a worker (log: {log_path}) ==")
         worker = start_worker(env, log_path)
         asyncio.run(_wait_ready(settings))

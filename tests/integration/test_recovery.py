@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from recsys_online import synth
 from recsys_online.events import Rating
 from schemas import ItemEvent, RatingEvent
 from streamer.app import ensure_topics
+from streamer.process import isolated_env, start_worker
 from streamer.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
@@ -29,25 +27,18 @@ class Run:
     """One isolated set of topics and keys, and the worker processes started on it."""
 
     def __init__(self, kafka: str, redis_url: str, log_dir: Path) -> None:
-        run = uuid.uuid4().hex[:8]
-        self.prefix = f"test:{run}:"
-        self.ratings_topic = f"test-{run}.ratings"
-        self.items_topic = f"test-{run}.items"
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka,
-            "REDIS_URL": redis_url,
-            "RECSYS_APP_ID": f"test-{run}",
-            "RECSYS_RATINGS_TOPIC": self.ratings_topic,
-            "RECSYS_ITEMS_TOPIC": self.items_topic,
-            "RECSYS_USERS_TOPIC": f"test-{run}.users",
-            "RECSYS_DEADLETTER_TOPIC": f"test-{run}.deadletter",
-            "RECSYS_KEY_PREFIX": self.prefix,
-            "RECSYS_PARTITIONS": "4",
-            "RECSYS_REFRESH_EVERY_S": "0.3",
-            "RECSYS_SESSION_TIMEOUT_S": "6",
-            "RECSYS_BATCH_MAX": "200",
-        }
+        self.env = isolated_env(
+            "test",
+            KAFKA_BOOTSTRAP_SERVERS=kafka,
+            REDIS_URL=redis_url,
+            RECSYS_PARTITIONS="4",
+            RECSYS_REFRESH_EVERY_S="0.3",
+            RECSYS_SESSION_TIMEOUT_S="6",
+            RECSYS_BATCH_MAX="200",
+        )
+        self.prefix = self.env["RECSYS_KEY_PREFIX"]
+        self.ratings_topic = self.env["RECSYS_RATINGS_TOPIC"]
+        self.items_topic = self.env["RECSYS_ITEMS_TOPIC"]
         self.redis = redis.Redis.from_url(redis_url)
         self.log_dir = log_dir
         # Topics first, with the stated partition counts (as `recsys-online worker` does).
@@ -55,14 +46,7 @@ class Run:
         self.workers: list[subprocess.Popen] = []
 
     def start_worker(self) -> subprocess.Popen:
-        log = (self.log_dir / f"worker-{len(self.workers)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "worker"],
-            env={**self.env, "RECSYS_WEB_PORT": str(21000 + len(self.workers))},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        process = start_worker(self.env, self.log_dir / f"worker-{len(self.workers)}.log")
         self.workers.append(process)
         return process
 

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +15,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import ItemEvent, RatingEvent
+from streamer.process import isolated_env, start_worker, stop_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -100,41 +97,23 @@ def rating(worker: RunningWorker, user: str, item_id: str, value: float):
 
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[RunningWorker]:
-    run = uuid.uuid4().hex[:8]
-    names = {
-        "RECSYS_APP_ID": f"test-{run}",
-        "RECSYS_RATINGS_TOPIC": f"test-{run}.ratings",
-        "RECSYS_ITEMS_TOPIC": f"test-{run}.items",
-        "RECSYS_USERS_TOPIC": f"test-{run}.users",
-        "RECSYS_DEADLETTER_TOPIC": f"test-{run}.deadletter",
-        "RECSYS_KEY_PREFIX": f"test:{run}:",
-    }
-    env = {
-        **os.environ,
-        **names,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "REDIS_URL": redis_url,
-        "RECSYS_PARTITIONS": "2",
-        "RECSYS_K": "5",
-        "RECSYS_REFRESH_EVERY_S": "0.3",
-        "RECSYS_WEB_PORT": str(20000 + int(run[:4], 16) % 10000),
-    }
+    env = isolated_env(
+        "test",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        REDIS_URL=redis_url,
+        RECSYS_PARTITIONS="2",
+        RECSYS_K="5",
+        RECSYS_REFRESH_EVERY_S="0.3",
+    )
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    process = start_worker(env, log_path)
     client = redis.Redis.from_url(redis_url)
     running = RunningWorker(
         env,
-        names["RECSYS_KEY_PREFIX"],
-        names["RECSYS_RATINGS_TOPIC"],
-        names["RECSYS_ITEMS_TOPIC"],
-        names["RECSYS_DEADLETTER_TOPIC"],
+        env["RECSYS_KEY_PREFIX"],
+        env["RECSYS_RATINGS_TOPIC"],
+        env["RECSYS_ITEMS_TOPIC"],
+        env["RECSYS_DEADLETTER_TOPIC"],
         client,
         process,
         log_path,
@@ -144,12 +123,7 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[R
         wait_for(running.metrics, "the worker's first metrics", running, timeout=60)
         yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_worker(process)
         for key in client.scan_iter(f"{running.prefix}*"):
             client.delete(key)
         client.close()

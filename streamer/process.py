@@ -1,0 +1,56 @@
+"""Worker processes for the demo, the benchmarks and the tests: isolated names, start, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+
+def isolated_env(kind: str, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a worker whose topics, consumer group and Redis keys are its own.
+
+    >>> env = isolated_env("demo", {})
+    >>> env["RECSYS_RATINGS_TOPIC"].startswith("demo-"), env["RECSYS_KEY_PREFIX"][-1]
+    (True, ':')
+    """
+    run = f"{kind}-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            "RECSYS_APP_ID": run,
+            "RECSYS_RATINGS_TOPIC": f"{run}.ratings",
+            "RECSYS_ITEMS_TOPIC": f"{run}.items",
+            "RECSYS_USERS_TOPIC": f"{run}.users",
+            "RECSYS_DEADLETTER_TOPIC": f"{run}.deadletter",
+            "RECSYS_KEY_PREFIX": f"{run.replace('-', ':', 1)}:",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``recsys-online worker`` as a child process, its output in ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamer.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (a clean Faust shutdown), then SIGKILL if it takes longer than ``timeout``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
