@@ -14,8 +14,10 @@ from recsys_online.tags import ItemTags
 class FactorParams:
     """Hyperparameters of :class:`FactorModel` (stored under their own names).
 
-    ``adaptive`` (the default) uses AdaGrad per-parameter rates, the learning rates acting
-    as AdaGrad's step sizes; without it, plain SGD. The defaults were chosen on the
+    ``adaptive`` (the default) uses row-wise AdaGrad: one accumulated squared gradient per
+    bias and per vector (the mean over its coordinates), the learning rates acting as
+    AdaGrad's step sizes, so the adaptive state costs 4 bytes per row instead of a second
+    copy of every vector; without it, plain SGD. The defaults were chosen on the
     synthetic stream (prequential RMSE 0.745 against 0.865 for plain SGD at 0.02).
     """
 
@@ -253,17 +255,17 @@ class FactorModel:
         param = getattr(self, name)
         if self.params.adaptive:
             acc = self._accumulator(name, param)
-            acc[rows] += grad * grad
-            grad = grad / np.sqrt(acc[rows] + 1e-8)
+            acc[rows] += _squared(grad, param)
+            grad = grad * _per_row(1.0 / np.sqrt(acc[rows] + 1e-8), param)
         param[rows] += lr * grad
 
     def _accumulator(self, name: str, param: np.ndarray) -> np.ndarray:
-        """AdaGrad's sum of squared gradients for ``param``, grown alongside it."""
+        """AdaGrad's sum of squared gradients for ``param``, one number per row (row-wise
+        AdaGrad: the mean square over a vector's coordinates), grown alongside it."""
         acc = self._acc.get(name)
         if acc is None or len(acc) < len(param):
             acc = self._acc[name] = grown(
-                acc if acc is not None else np.zeros((0, *param.shape[1:]), np.float32),
-                len(param),
+                acc if acc is not None else np.zeros(0, np.float32), len(param)
             )
         return acc
 
@@ -271,6 +273,18 @@ class FactorModel:
         param = getattr(self, name)
         if self.params.adaptive:
             acc = self._accumulator(name, param)
-            np.add.at(acc, rows, grad * grad)
-            grad = grad / np.sqrt(acc[rows] + 1e-8)
+            np.add.at(acc, rows, _squared(grad, param))
+            grad = grad * _per_row(1.0 / np.sqrt(acc[rows] + 1e-8), param)
         np.add.at(param, rows, (lr * grad).astype(np.float32))
+
+
+def _squared(grad: np.ndarray, param: np.ndarray) -> np.ndarray:
+    """Squared gradient, averaged over a vector's coordinates for 2-D parameters."""
+    sq = np.asarray(grad * grad)
+    return sq.mean(axis=-1) if param.ndim == 2 else sq
+
+
+def _per_row(scale: np.ndarray, param: np.ndarray) -> np.ndarray:
+    """A per-row factor shaped to multiply the gradient of ``param``'s rows."""
+    scale = np.asarray(scale, np.float32)
+    return scale[..., None] if param.ndim == 2 else scale
