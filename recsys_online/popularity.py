@@ -32,6 +32,7 @@ class Popularity:
         self.now = 0.0
         self.n_items = 0
         self.log_mass = np.zeros(0, np.float64)
+        self.version = 0  # bumped by every learn: cached scores are stale
 
     def ensure(self, n_items: int) -> None:
         """Grow storage for rows below ``n_items``."""
@@ -46,6 +47,7 @@ class Popularity:
             self.t0 = float(ts.min())
         self.now = max(self.now, float(ts.max()))
         np.logaddexp.at(self.log_mass, items, (ts - self.t0) * self._rate)
+        self.version += 1
 
     def item_scores(self, now: float | None = None, items: np.ndarray | None = None) -> np.ndarray:
         """``log(1 + decayed count)`` of ``items`` (all when None) at time ``now``."""

@@ -133,6 +133,7 @@ class Recommender:
         self._side: np.ndarray | None = None  # stacked item vectors for ranking
         self._side_key: tuple = ()
         self._side_dirty: set[int] = set()  # item rows changed since the last ranking
+        self._pop_key: tuple = ()
         n = len(SIGNALS)
         self._use = np.array([s in cfg.signals for s in SIGNALS], np.float32)
         self.w_cold = self._use.copy()
@@ -315,7 +316,8 @@ class Recommender:
         d = (x[:, :, :1] - x[:, :, 1:]) / self.signal_scale[:, None, None]  # (S, R, n)
         a = self._alpha(users)  # (R,)
         w = ((1.0 - a)[:, None] * self.w_cold + a[:, None] * self.w_warm) * self._use  # (R, S)
-        g = keep / (1.0 + np.exp(np.einsum("rs,srn->rn", w, d)))  # sigmoid(-margin)
+        margin = np.clip(np.einsum("rs,srn->rn", w, d), -30.0, 30.0)
+        g = keep / (1.0 + np.exp(margin))  # sigmoid(-margin)
         per_event = (d * g).sum(axis=2) / np.maximum(keep.sum(axis=1), 1)  # (S, R)
         lr, l2 = cfg.blend_lr, cfg.blend_l2
         step_cold = (per_event * (1.0 - a)).sum(axis=1) * self._use
@@ -459,7 +461,10 @@ class Recommender:
             axis=1,
         ).astype(np.float32)
         item_side = self._item_side(width)
-        item_side[: self.n_items, -1] = self.popularity.item_scores(self.now)
+        pop_key = (self.popularity.version, self.now, self.n_items, self._side_key)
+        if pop_key != self._pop_key:  # the popularity column moves only with time and counts
+            item_side[: self.n_items, -1] = self.popularity.item_scores(self.now)
+            self._pop_key = pop_key
         scores = user_side @ item_side.T
         if w[:, 2].any():
             self.cooc.add_scores(scores, u, w[:, 2])
