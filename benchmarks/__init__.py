@@ -1,0 +1,1 @@
+"""Benchmarks of recsys-online: run by hand (``python -m benchmarks.bench_core``), not by pytest."""
