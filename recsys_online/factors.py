@@ -155,27 +155,6 @@ class FactorModel:
         """Predicted ratings, clipped to the rating scale."""
         return np.clip(self.raw(users, items), *self.scale)
 
-    def item_scores(self, user: int, items: np.ndarray | None = None) -> np.ndarray:
-        """Ranking score ``b_i + p_u·q_i`` of one user over ``items`` (all when None)."""
-        if items is None:
-            n = self.n_items
-            return self.Q[:n] @ self.P[user] + self.item_bias_eff[:n]
-        return self.Q[items] @ self.P[user] + self.item_bias_eff[items]
-
-    def item_scores_many(self, users: np.ndarray) -> np.ndarray:
-        """Ranking scores of many users over every item, shape ``(len(users), n_items)``."""
-        n = self.n_items
-        return self.P[users] @ self.Q[:n].T + self.item_bias_eff[:n]
-
-    def similarity_to(self, vectors: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
-        """Cosine of item vectors (``items``, all when None) with each row of ``vectors``."""
-        q, norm = (
-            (self.Q[: self.n_items], self.Q_norm[: self.n_items])
-            if items is None
-            else (self.Q[items], self.Q_norm[items])
-        )
-        return (vectors @ q.T) / np.maximum(norm, 1e-9)
-
     # ---------------------------------------------------------------- learn
     def learn(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
         """One SGD step on a micro-batch of ratings; returns the pre-update raw predictions."""
