@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit_blas_threads()
     sizes = QUICK if args.quick else FULL
-    git = _git_state()  # the code this run imported: colleagues may edit the tree meanwhile
+    git = _git_state()  # the code this run imported, in case the tree changes meanwhile
     report = Report()
     started = time.perf_counter()
     load_before = os.getloadavg()
