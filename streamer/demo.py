@@ -104,8 +104,16 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool) -> int:
         say("\n   " + metrics_line(client, settings))
 
         say("\n== 5/5 live lists in Redis (what apps read) ==")
+        # Recently active users with a real history: their lists show every kind of reason.
+        counts: dict[str, int] = {}
+        for r in ds.ratings:
+            counts[r.user] = counts.get(r.user, 0) + 1
         recent_users = list(dict.fromkeys(r.user for r in reversed(ds.ratings)))
-        heavy = [u for u in recent_users if client.exists(settings.key("recs", u))][:3]
+        heavy = [
+            u
+            for u in recent_users
+            if counts[u] >= 20 and client.exists(settings.key("recs", u))
+        ][:3]
         show_lists(client, settings, heavy)
         say(
             f"\n   read one yourself: redis-cli GET {settings.key('recs', heavy[0])}"
