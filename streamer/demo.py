@@ -110,9 +110,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool) -> int:
             counts[r.user] = counts.get(r.user, 0) + 1
         recent_users = list(dict.fromkeys(r.user for r in reversed(ds.ratings)))
         heavy = [
-            u
-            for u in recent_users
-            if counts[u] >= 20 and client.exists(settings.key("recs", u))
+            u for u in recent_users if counts[u] >= 20 and client.exists(settings.key("recs", u))
         ][:3]
         show_lists(client, settings, heavy)
         say(
