@@ -209,18 +209,12 @@ class RecsysWorker:
             self.engine.record_freshness(produced_ms, published_at)
 
     async def _valid_ratings(self, events: Sequence[faust.EventT]) -> tuple[list[Rating], list]:
-        s = self.settings
         ratings: list[Rating] = []
         produced_ms: list[float] = []
         pending: list[tuple[faust.EventT, RatingEvent]] = []
         for event in events:
             try:
-                r = parse_event(
-                    event.message.value,
-                    RatingEvent,
-                    rating_scale=(s.rating_low, s.rating_high),
-                    max_bytes=s.max_payload_bytes,
-                )
+                r = self._parse_rating(event.message.value)
             except EventError as exc:
                 await self._dead_letter(event, str(exc))
                 continue
@@ -229,14 +223,32 @@ class RecsysWorker:
         if any(model.items.get(r.item_id) is None for _, r in pending):
             await self.catalog.catch_up()
         for event, r in pending:
-            if model.items.get(r.item_id) is None:
-                await self._dead_letter(event, f"item_id: unknown item {r.item_id!r}")
-            elif model.is_deleted(r.item_id):
-                await self._dead_letter(event, f"item_id: item {r.item_id!r} was deleted")
+            problem = self._item_problem(r.item_id)
+            if problem is not None:
+                await self._dead_letter(event, problem)
             else:
                 ratings.append(Rating(r.user_id, r.item_id, r.rating, r.timestamp))
                 produced_ms.append(event.message.timestamp * 1000.0)
         return ratings, produced_ms
+
+    def _parse_rating(self, raw: bytes) -> RatingEvent:
+        """A rating event from raw bytes, with this deployment's scale and size limit."""
+        s = self.settings
+        return parse_event(
+            raw,
+            RatingEvent,
+            rating_scale=(s.rating_low, s.rating_high),
+            max_bytes=s.max_payload_bytes,
+        )
+
+    def _item_problem(self, item_id: str) -> str | None:
+        """Why a rating of this item cannot be learned, or None when it can."""
+        model = self.engine.model
+        if model.items.get(item_id) is None:
+            return f"item_id: unknown item {item_id!r}"
+        if model.is_deleted(item_id):
+            return f"item_id: item {item_id!r} was deleted"
+        return None
 
     async def validate_items(self, stream: faust.StreamT) -> None:
         """Dead-letter bad catalog events (once: this agent sees each partition on one worker)
@@ -381,18 +393,12 @@ class RecsysWorker:
         )
 
     def _replayable(self, raw: bytes) -> Rating | None:
-        s = self.settings
+        """The rating a logged event held, or None where it was dead-lettered when live."""
         try:
-            r = parse_event(
-                raw,
-                RatingEvent,
-                rating_scale=(s.rating_low, s.rating_high),
-                max_bytes=s.max_payload_bytes,
-            )
+            r = self._parse_rating(raw)
         except EventError:
             return None
-        model = self.engine.model
-        if model.items.get(r.item_id) is None or model.is_deleted(r.item_id):
+        if self._item_problem(r.item_id) is not None:
             return None
         return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
 
