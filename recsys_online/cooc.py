@@ -133,22 +133,27 @@ class CoOccurrence:
         scores = self.item_scores_many(np.array([user]))[0]
         return scores if items is None else scores[items]
 
-    def _ring_weights(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def ring_weights(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Neighbour rows and their recency-weighted normalised weights: ``(B, L, M)`` each."""
         ring = self.recent[users]  # (B, L)
         rows = np.maximum(ring, 0)
         w = self._norm_weights(rows) * (self._recency * (ring >= 0))[..., None]
         return self.nbr[rows], w
 
-    def pair_scores(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Scores of given items, ``items`` shaped ``(B, m)``, for users ``(B,)``."""
-        nbr, w = self._ring_weights(users)  # (B, L, M)
+    def pair_scores(self, users: np.ndarray, items: np.ndarray, ring=None) -> np.ndarray:
+        """Scores of given items, ``items`` shaped ``(B, m)``, for users ``(B,)``.
+
+        ``ring`` may pass :meth:`ring_weights` of the same users, computed once per call.
+        """
+        nbr, w = ring or self.ring_weights(users)  # (B, L, M)
         hit = nbr[:, :, :, None] == items[:, None, None, :]  # (B, L, M, m)
         return np.einsum("blm,blmn->bn", w, hit).astype(np.float32)
 
-    def add_scores(self, scores: np.ndarray, users: np.ndarray, weights: np.ndarray) -> None:
+    def add_scores(
+        self, scores: np.ndarray, users: np.ndarray, weights: np.ndarray, ring=None
+    ) -> None:
         """Add ``weights[b]`` times user b's scores into row b of ``scores``, in place."""
-        nbr, w = self._ring_weights(users)
+        nbr, w = ring or self.ring_weights(users)
         live = (nbr >= 0) & (w != 0)
         b = np.broadcast_to(np.arange(len(users))[:, None, None], nbr.shape)[live]
         vals = (w * weights[:, None, None])[live]
@@ -169,9 +174,9 @@ class CoOccurrence:
         """For each item, the user's recent item contributing most to it (-1: none)."""
         return self.because_of_users(np.array([user]), np.asarray(items)[None, :])[0]
 
-    def because_of_users(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def because_of_users(self, users: np.ndarray, items: np.ndarray, ring=None) -> np.ndarray:
         """:meth:`because_of_many` for users ``(B,)`` and their items ``(B, m)``."""
-        nbr, w = self._ring_weights(users)  # (B, L, M)
+        nbr, w = ring or self.ring_weights(users)  # (B, L, M)
         hit = nbr[:, :, :, None] == items[:, None, None, :]  # (B, L, M, m)
         contrib = np.einsum("blm,blmn->bln", w, hit)  # (B, L, m)
         best = np.argmax(contrib, axis=1)  # (B, m)

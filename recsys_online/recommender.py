@@ -43,6 +43,15 @@ class Recommendation:
     because: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _UserContext:
+    """Per-call facts about the users being ranked, shared by scoring and explaining."""
+
+    tags: np.ndarray  # (B, D) unit mean content vector of each user's recent items
+    factors: np.ndarray  # (B, k) unit mean factor direction of each user's recent items
+    ring: tuple[np.ndarray, np.ndarray]  # co-occurrence neighbours and weights, (B, L, M)
+
+
 @dataclass
 class RecommenderConfig:
     """Settings of :class:`Recommender`; every field is a keyword of its own."""
@@ -364,9 +373,9 @@ class Recommender:
         ranked = self._rank_users(users, k)
         if ranked is None:
             return [self.popular(k) for _ in users]
-        warm, u, w, top, top_scores = ranked
+        warm, u, w, top, top_scores, ctx = ranked
         out = [[] if n in warm else self.popular(k) for n in range(len(users))]
-        explained = self._explain_many(u, w, top, top_scores)
+        explained = self._explain_many(u, w, top, top_scores, ctx)
         for n, recs in zip(warm, explained, strict=True):
             out[n] = recs
         return out
@@ -377,7 +386,7 @@ class Recommender:
         popular = [r.item for r in self.popular(k)]
         if ranked is None:
             return [popular for _ in users]
-        warm, _, _, top, _ = ranked
+        warm, _, _, top, _, _ = ranked
         ids = self.items.ids
         out = [popular] * len(users)
         for b, n in enumerate(warm):
@@ -388,7 +397,7 @@ class Recommender:
         """Rank the catalog for the users the model can rank for (others get popularity).
 
         Returns ``None`` when no user is warm, else ``(positions of warm users, their rows,
-        their weights, top rows per user, top scores per user)``.
+        their weights, top rows per user, top scores per user, their context)``.
         """
         rows = [self.users.get(x) for x in users]
         warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
@@ -397,8 +406,9 @@ class Recommender:
         u = np.array([rows[n] for n in warm], np.int64)
         w = self._weights(u)
         cands = self.candidates(u)
-        top, top_scores = self._rank(u, w, k, cands)
-        return warm, u, w, top, top_scores
+        ctx = self._context(u)
+        top, top_scores = self._rank(u, w, k, ctx, cands)
+        return warm, u, w, top, top_scores, ctx
 
     def candidates(self, users: np.ndarray) -> np.ndarray | None:
         """Candidate item rows for ``users``: ``None`` means the whole catalog.
@@ -409,6 +419,11 @@ class Recommender:
         return None
 
     # ------------------------------------------------------------ scoring
+    def _context(self, u: np.ndarray) -> _UserContext:
+        """What every step of one ranking call needs about users ``u``, computed once."""
+        tags, factors = self._session_vectors(u)
+        return _UserContext(tags, factors, self.cooc.ring_weights(u))
+
     def _session_vectors(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Recency-weighted unit mean of the user's last items: by tags and by factors."""
         ring = self.cooc.recent[u]  # (B, L) newest first, -1 empty
@@ -419,7 +434,9 @@ class Recommender:
         factors = _unit_rows(np.einsum("bl,bld->bd", w, q_unit))
         return tags, factors
 
-    def _pair_features(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def _pair_features(
+        self, u: np.ndarray, items: np.ndarray, ctx: _UserContext | None = None
+    ) -> np.ndarray:
         """Every signal for given (user, item) pairs: ``items`` is ``(B, m)``, out ``(S, B, m)``."""
         mf, content = self.mf, self.content
         out = np.zeros((len(SIGNALS), *items.shape), np.float32)
@@ -429,17 +446,19 @@ class Recommender:
         if "content" in use:
             out[1] = np.einsum("bd,bmd->bm", _unit_rows(content.profile[u]), content.C[items])
         if "cooc" in use:
-            out[2] = self.cooc.pair_scores(u, items)
+            out[2] = self.cooc.pair_scores(u, items, ctx.ring if ctx else None)
         if "pop" in use:
             out[3] = self.popularity.item_scores(self.now, items.ravel()).reshape(items.shape)
         if "recent_tags" in use or "recent_factors" in use:
-            tags, factors = self._session_vectors(u)
+            tags, factors = (ctx.tags, ctx.factors) if ctx else self._session_vectors(u)
             out[4] = np.einsum("bd,bmd->bm", tags, content.C[items])
             q = mf.Q[items] / np.maximum(mf.Q_norm[items], 1e-9)[..., None]
             out[5] = np.einsum("bk,bmk->bm", factors, q)
         return out * self._use[:, None, None]
 
-    def _blended_scores(self, u: np.ndarray, w: np.ndarray, width: int) -> np.ndarray:
+    def _blended_scores(
+        self, u: np.ndarray, w: np.ndarray, width: int, ctx: _UserContext
+    ) -> np.ndarray:
         """Blended scores of users ``u`` over the catalog, shape ``(B, width)``.
 
         Every signal but co-occurrence is a dot product between a user-side and an
@@ -449,7 +468,7 @@ class Recommender:
         sparse scatter. Columns past the catalog (padding) come out as 0.
         """
         mf, content = self.mf, self.content
-        tags, factors = self._session_vectors(u)
+        tags, factors = ctx.tags, ctx.factors
         user_side = np.concatenate(
             (
                 w[:, 0:1] * mf.P[u],
@@ -467,7 +486,7 @@ class Recommender:
             self._pop_key = pop_key
         scores = user_side @ item_side.T
         if w[:, 2].any():
-            self.cooc.add_scores(scores, u, w[:, 2])
+            self.cooc.add_scores(scores, u, w[:, 2], ctx.ring)
         return scores
 
     def _item_side(self, width: int) -> np.ndarray:
@@ -495,12 +514,17 @@ class Recommender:
         return self._side
 
     def _rank(
-        self, u: np.ndarray, w: np.ndarray, k: int, cands: np.ndarray | None = None
+        self,
+        u: np.ndarray,
+        w: np.ndarray,
+        k: int,
+        ctx: _UserContext,
+        cands: np.ndarray | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Blend, mask and take the top-``k`` rows of each user, best first."""
         n = self.n_items
         block, width = padded_width(n, k)
-        scores = self._blended_scores(u, w, width)
+        scores = self._blended_scores(u, w, width, ctx)
         scores[:, n:] = -np.inf
         scores[:, :n][:, ~self.active[:n]] = -np.inf
         for b, r in enumerate(u.tolist()):
@@ -548,6 +572,7 @@ class Recommender:
         w: np.ndarray,
         top: list[np.ndarray],
         top_scores: list[np.ndarray],
+        ctx: _UserContext,
     ) -> list[list[Recommendation]]:
         """Recommendations with reasons for each user's top rows, vectorised over the batch.
 
@@ -565,11 +590,11 @@ class Recommender:
         for b, t in enumerate(top):
             padded[b, : len(t)] = t
             valid[b, : len(t)] = True
-        x = self._pair_features(u, padded)  # (S, B, K)
+        x = self._pair_features(u, padded, ctx)  # (S, B, K)
         contrib = w.T[:, :, None] * (x - self.signal_mean[:, None, None].astype(np.float32))
         order = np.argsort(-contrib, axis=0, kind="stable")  # (S, B, K)
         # What each signal could say for each item (B, K).
-        because = self.cooc.because_of_users(u, padded)
+        because = self.cooc.because_of_users(u, padded, ctx.ring)
         liked = np.stack([self._closest_liked_many(int(r), padded[b]) for b, r in enumerate(u)])
         tags = [self.content.top_tags_many(int(r), padded[b]) for b, r in enumerate(u)]
         has_tags = np.array([[bool(t) for t in row] for row in tags])
