@@ -255,13 +255,18 @@ def _clean_text(value: object, max_length: int) -> str:
     """``value`` stripped, non-empty, at most ``max_length`` characters, no control character."""
     if not isinstance(value, str):
         raise _invalid(f"{_show(value)} is not a string")
-    text = str(value.strip())
+    return _bounded(value, str(value.strip()), max_length)
+
+
+def _bounded(raw: str, text: str, max_length: int, label: str = "") -> str:
+    """``text`` (normalised from ``raw``) if non-empty, short enough and free of control
+    characters; ``label`` starts each reason (e.g. ``"tag "``)."""
     if not text:
-        raise _invalid(f"{_show(value)} is empty")
+        raise _invalid(f"{label}{_show(raw)} is empty")
     if len(text) > max_length:
-        raise _invalid(f"{_show(text)} has {len(text)} characters, more than {max_length}")
+        raise _invalid(f"{label}{_show(text)} has {len(text)} characters, more than {max_length}")
     if _CONTROL_CHARACTER.search(text):
-        raise _invalid(f"{_show(text)} contains a control character")
+        raise _invalid(f"{label}{_show(text)} contains a control character")
     return text
 
 
@@ -316,14 +321,7 @@ def _normalise_tag(raw: object) -> str:
     """A tag lower-cased with its whitespace collapsed: ``" Sci  Fi"`` -> ``"sci fi"``."""
     if not isinstance(raw, str):
         raise _invalid(f"tag {_show(raw)} is not a string")
-    tag = " ".join(raw.split()).lower()
-    if not tag:
-        raise _invalid(f"tag {_show(raw)} is empty")
-    if len(tag) > MAX_TAG_LENGTH:
-        raise _invalid(f"tag {_show(tag)} has {len(tag)} characters, more than {MAX_TAG_LENGTH}")
-    if _CONTROL_CHARACTER.search(tag):
-        raise _invalid(f"tag {_show(tag)} contains a control character")
-    return tag
+    return _bounded(raw, " ".join(raw.split()).lower(), MAX_TAG_LENGTH, "tag ")
 
 
 def _check_tags(value: object) -> dict[str, float]:
