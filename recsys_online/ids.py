@@ -45,10 +45,12 @@ class IdIndex:
 
     def rows(self, keys: Iterable[str]) -> np.ndarray:
         """Rows of many ids (assigning new ones) as an int64 array."""
-        get, add = self._rows.get, self.row
-        return np.fromiter(
-            (r if (r := get(k)) is not None else add(k) for k in keys), dtype=np.int64
-        )
+        keys = keys if isinstance(keys, list | tuple) else list(keys)
+        rows = list(map(self._rows.get, keys))  # C-level lookups of known ids
+        if None in rows:  # unseen ids get rows in order of first appearance
+            row = self.row
+            rows = [r if r is not None else row(k) for r, k in zip(rows, keys, strict=True)]
+        return np.fromiter(rows, np.int64, len(rows))
 
     def get(self, key: str) -> int | None:
         """Row of ``key`` or ``None`` when the id was never seen."""

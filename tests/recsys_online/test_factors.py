@@ -67,6 +67,64 @@ def test_learn_of_one_event_equals_the_batch_step(adaptive: bool) -> None:
     _assert_same_state(via_learn, via_batch)
 
 
+def _reference_batch_step(m: FactorModel, users, items, ratings) -> None:
+    """The batch step written the plain way: one gradient per entry, scattered with
+    ``np.add.at`` (AdaGrad's row-wise scale read after all squares were added)."""
+    p = m.params
+    pred = m.raw(users, items)
+    m.n_ratings += len(ratings)
+    m.mu += float((ratings - m.mu).sum()) / m.n_ratings
+    err = np.clip(ratings - pred, -p.clip_error, p.clip_error).astype(np.float32)
+    pu, qi = m.P[users].copy(), m.Q[items]
+    t, s = m.tags.rows[items], m.tags.shares[items]
+    has = s > 0
+    es = (err[:, None] * s)[has]
+    tag_rows = t[has]
+    grads = [
+        ("user_bias", users, err - p.l2_bias * m.user_bias[users], p.lr_bias),
+        ("item_bias", items, err - p.l2_bias * m.item_bias[items], p.lr_bias),
+        ("tag_bias", tag_rows, es - p.l2_bias * m.tag_bias[tag_rows], p.lr_bias),
+        ("P", users, err[:, None] * qi - p.l2_factor * pu, p.lr_factor),
+        ("V", items, err[:, None] * pu - p.l2_factor * m.V[items], p.lr_factor),
+        (
+            "E",
+            tag_rows,
+            es[:, None] * pu[np.nonzero(has)[0]] - p.l2_factor * m.E[tag_rows],
+            p.lr_factor,
+        ),
+    ]
+    for name, rows, grad, lr in grads:
+        param = getattr(m, name)
+        if p.adaptive:
+            acc = m._accumulator(name, param)
+            sq = (grad * grad).mean(axis=-1) if param.ndim == 2 else grad * grad
+            np.add.at(acc, rows, sq)
+            scale = 1.0 / np.sqrt(acc[rows] + 1e-8)
+            grad = grad * (scale[:, None] if param.ndim == 2 else scale)
+        np.add.at(param, rows, (lr * grad).astype(np.float32))
+    m.refresh_items(np.unique(items))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("many_tags", [False, True])
+def test_batch_step_sums_the_gradients_of_repeated_rows(adaptive: bool, many_tags: bool) -> None:
+    # Users, items and tags repeat within the batch: the fast step (sorted sums, tag
+    # gradients by matrix product) must equal scattering every entry's gradient.
+    m = _warm_model(adaptive)
+    if many_tags:  # a tag vocabulary far larger than the batch: the sort-based path
+        for j in range(5000):
+            m.tags.index.row(f"extra{j}")
+        m.ensure(n_items=4)
+    rng = np.random.default_rng(5)
+    users, items = rng.integers(0, 3, 40), rng.integers(0, 4, 40)
+    ratings = rng.uniform(1, 5, 40).astype(np.float32)
+    fast, reference = copy.deepcopy(m), copy.deepcopy(m)
+    fast._learn_batch(users, items, ratings)
+    _reference_batch_step(reference, users, items, ratings)
+    _assert_same_state(fast, reference)
+    assert not np.allclose(fast.E, m.E[: len(fast.E)])
+
+
 def _planted(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A rank-2 rating matrix (80 x 60) and a 80/20 split of its cells."""
     rng = np.random.default_rng(seed)
