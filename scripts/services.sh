@@ -4,7 +4,7 @@
 #     listed in scripts/kafka/pom.xml;
 #   - Redis from Debian's redis-server package, without persistence.
 #
-# Usage: scripts/services.sh up | down [--purge] | status | logs [-f]
+# Usage: scripts/services.sh up | down [--purge] | status | logs [-f] | browser
 #
 #   up       fetch/install what is missing, start both, wait until they really answer,
 #            then print the env to export on stdout (progress goes to stderr), so
@@ -13,6 +13,8 @@
 #            --purge also deletes Kafka's data (topics, offsets, cluster id).
 #   status   real checks (a Kafka metadata request, redis PING); exit 0 only if both are up.
 #   logs     last lines of kafka.log and redis.log (-f: follow them).
+#   browser  install Debian's chromium when missing (the dashboard's headless browser
+#            test needs it) and print `export RECSYS_CHROMIUM=...`.
 #
 # Environment (defaults in brackets):
 #   RECSYS_CACHE_DIR [~/.cache/recsys-online]  jars in $RECSYS_CACHE_DIR/kafka-<version>/libs
@@ -587,6 +589,17 @@ cmd_logs() {
   done
 }
 
+cmd_browser() { # headless Chromium for the dashboard test; prints the env line to export
+  local path
+  path=$(command -v chromium || command -v chromium-browser || true)
+  if [[ -z $path ]]; then
+    apt_install chromium
+    path=$(command -v chromium) || die "chromium is not on PATH after apt-get install"
+  fi
+  log "browser: $("$path" --version 2>/dev/null | head -n 1)"
+  echo "export RECSYS_CHROMIUM=$path"
+}
+
 main() {
   [[ -n $KAFKA_VERSION ]] || die "could not read kafka.version from $POM"
   local cmd=${1:-}
@@ -596,6 +609,7 @@ main() {
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     logs) cmd_logs "$@" ;;
+    browser) cmd_browser "$@" ;;
     -h | --help | help) usage ;;
     *)
       usage

@@ -40,6 +40,10 @@ else
   eval "$services_env"
 fi
 
+step "browser for the dashboard test: scripts/services.sh browser"
+browser_env=$(scripts/services.sh browser </dev/null)
+eval "$browser_env"
+
 step "test: $PYTHON -m pytest $*"
 rc=0
 "$PYTHON" -m pytest "$@" </dev/null || rc=$?

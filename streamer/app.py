@@ -18,9 +18,11 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from recsys_online.events import Rating
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent, parse_event
-from streamer.engine import StreamEngine
+from streamer.engine import Lists, StreamEngine
+from streamer.metrics import exposition
 from streamer.settings import Settings
 from streamer.sink import RedisSink
+from streamer.web import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,15 @@ async def ensure_topics(settings: Settings) -> None:
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
+    """Write freshly ranked lists to Redis and time the whole refresh; returns when it landed."""
+    started = time.time()
+    done = await sink.publish_lists(lists, engine.version)
+    if lists:
+        engine.record_refresh(done - started)
+    return done
 
 
 class CatalogFollower:
@@ -104,7 +115,7 @@ class CatalogFollower:
                     for record in records:
                         lists.update(self._apply(record.value))
                 if lists:
-                    await self.sink.publish_lists(lists, self.engine.version)
+                    await publish(self.engine, self.sink, lists)
                 if (
                     not self.ready.is_set()
                     and await self._caught_up(None)
@@ -157,7 +168,6 @@ class RecsysWorker:
             datadir=str(Path(s.data_dir).expanduser() / s.app_id),
             topic_partitions=s.partitions,
             processing_guarantee=s.processing_guarantee,
-            web_port=s.web_port,
             web_enabled=False,
             key_serializer="raw",
             value_serializer="raw",
@@ -170,6 +180,7 @@ class RecsysWorker:
         self.sink = RedisSink(s)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = CatalogFollower(s, self.engine, self.sink)
+        self.metrics_server = MetricsServer(self.prometheus)
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
@@ -185,6 +196,7 @@ class RecsysWorker:
         self.app.agent(self.items, name="validate_items")(self.validate_items)
         self.app.agent(self.users, name="learn_users")(self.learn_users)
         self.app.task(self.follow_catalog)
+        self.app.task(self.serve_metrics)
         self.app.timer(s.refresh_every_s)(self.refresh_lists)
 
     # ------------------------------------------------------------------ agents
@@ -205,7 +217,7 @@ class RecsysWorker:
                 self._next_offset[event.message.partition] = event.message.offset + 1
             ratings, produced_ms = await self._valid_ratings(events)
             lists = self.engine.learn_ratings(ratings)
-            published_at = await self.sink.publish_lists(lists, self.engine.version)
+            published_at = await publish(self.engine, self.sink, lists)
             self.engine.record_freshness(produced_ms, published_at)
 
     async def _valid_ratings(self, events: Sequence[faust.EventT]) -> tuple[list[Rating], list]:
@@ -276,10 +288,25 @@ class RecsysWorker:
                 await self._dead_letter(event, str(exc))
                 continue
             lists = self.engine.upsert_user(user.user_id, dict(user.tags))
-            await self.sink.publish_lists(lists, self.engine.version)
+            await publish(self.engine, self.sink, lists)
 
     async def follow_catalog(self) -> None:
         await self.catalog.run()
+
+    async def serve_metrics(self) -> None:
+        """Prometheus' ``/metrics`` for this worker, until the worker stops."""
+        await self.metrics_server.start(self.settings.web_host, self.settings.web_port)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.metrics_server.stop()
+
+    def prometheus(self) -> str:
+        return exposition(
+            self.engine.metrics(lag=self._lag()),
+            self.engine.histograms(),
+            {"worker": self.worker_id},
+        )
 
     async def refresh_lists(self) -> None:
         """Periodic batched refresh: new items reach active users; metrics are published."""
@@ -288,12 +315,13 @@ class RecsysWorker:
         if not self._reset_pending:
             await self._replay_idle_partitions()
         lists = self.engine.refresh()
-        await self.sink.publish_lists(lists, self.engine.version)
+        await publish(self.engine, self.sink, lists)
         await self.sink.publish_state(
             self.engine.popular(),
             self.engine.metrics(lag=self._lag()),
             self.engine.version,
             self.worker_id,
+            self.metrics_server.url,
         )
 
     # ------------------------------------------------------------------ state
@@ -383,7 +411,7 @@ class RecsysWorker:
         users_list = sorted(users)
         for lo in range(0, len(users_list), 1000):
             lists = self.engine.serve(users_list[lo : lo + 1000])
-            await self.sink.publish_lists(lists, self.engine.version)
+            await publish(self.engine, self.sink, lists)
         log.info(
             "replayed %d ratings of partition %d up to offset %d in %.1f s",
             learned,

@@ -1,4 +1,5 @@
-"""The ``recsys-online`` command: services, demo, and the core's replay and synth."""
+"""The ``recsys-online`` command: services, demo, worker, the core's replay and synth, and
+the users' produce, stream, recs, metrics and dashboard (``streamer.commands``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from recsys_online import cli as core_cli
+from streamer import commands as user_commands
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "scripts" / "services.sh"
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(run=run_worker)
     core_cli.add_commands(sub)
+    user_commands.add_commands(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from recsys_online.evaluate import ErrorScore, RankingScore
 from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
+from streamer.metrics import FRESHNESS_BUCKETS, REFRESH_BUCKETS, Histogram
 from streamer.settings import Settings
 
 Lists = dict[str, list[Recommendation]]
@@ -55,7 +56,11 @@ class StreamEngine:
         self.events = 0
         self.deadletters = 0
         self.freshness_ms: deque[float] = deque(maxlen=s.metrics_window)
-        self._rate: deque[tuple[float, int]] = deque(maxlen=64)  # (time, events) samples
+        self.freshness_hist = Histogram(FRESHNESS_BUCKETS)  # seconds, since the start
+        self.refresh_hist = Histogram(REFRESH_BUCKETS)  # seconds to rank + publish a batch
+        self.last_rank_s = 0.0  # the last batched ranking call, for refresh_hist
+        # (time, events learned) after each batch, over the last RATE_WINDOW_S seconds
+        self._rate: deque[tuple[float, int]] = deque()
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
@@ -131,8 +136,11 @@ class StreamEngine:
     def _serve(self, users: Iterable[str]) -> Lists:
         users = list(users)
         if not users:
+            self.last_rank_s = 0.0
             return {}
+        started = time.perf_counter()
         lists = dict(zip(users, self.model.recommend_many(users, self.settings.k), strict=True))
+        self.last_rank_s = time.perf_counter() - started
         for user, recs in lists.items():
             self.served[user] = [r.item for r in recs]
             self.served.move_to_end(user)
@@ -144,14 +152,50 @@ class StreamEngine:
     def record_freshness(self, produced_ms: Iterable[float], published_at: float) -> None:
         """Milliseconds from each event's produce time to the list reaching Redis."""
         now_ms = published_at * 1000.0
-        self.freshness_ms.extend(max(0.0, now_ms - t) for t in produced_ms)
+        fresh = [max(0.0, now_ms - t) for t in produced_ms]
+        self.freshness_ms.extend(fresh)
+        self.freshness_hist.observe_many(ms / 1000.0 for ms in fresh)
 
-    def events_per_s(self) -> float:
-        """Learning throughput over the recent samples."""
-        if len(self._rate) < 2:
+    def record_refresh(self, publish_s: float) -> None:
+        """One list refresh took the last ranking call plus ``publish_s`` to reach Redis."""
+        self.refresh_hist.observe_many([self.last_rank_s + publish_s])
+
+    def histograms(self) -> dict[str, tuple[Histogram, str]]:
+        """The histograms the worker exposes to Prometheus, by metric name."""
+        return {
+            "recsys_freshness_seconds": (
+                self.freshness_hist,
+                "Seconds from a rating's produce time to its user's new list in Redis.",
+            ),
+            "recsys_refresh_seconds": (
+                self.refresh_hist,
+                "Seconds to rank a batch of users' lists and write them to Redis.",
+            ),
+        }
+
+    RATE_WINDOW_S = 10.0
+
+    def events_per_s(self, now: float | None = None) -> float:
+        """Ratings learned per second over the last ``RATE_WINDOW_S`` seconds, up to ``now``
+        (so the figure falls to zero when the stream stops).
+
+        >>> engine = StreamEngine(Settings())
+        >>> engine._rate.extend([(0.0, 0), (1.0, 100), (2.0, 300)])
+        >>> engine.events = 300
+        >>> engine.events_per_s(now=4.0), engine.events_per_s(now=20.0)
+        (75.0, 0.0)
+        """
+        now = time.monotonic() if now is None else now
+        samples = self._rate
+        base = None
+        while samples and samples[0][0] < now - self.RATE_WINDOW_S:
+            base = samples.popleft()
+        if base is not None:
+            samples.appendleft(base)  # the last sample before the window is its baseline
+        if not samples:
             return 0.0
-        (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        t0, n0 = samples[0]
+        return (self.events - n0) / (now - t0) if now > t0 else 0.0
 
     def metrics(self, lag: int = 0) -> dict[str, float | int]:
         """The live figures published to Redis and Prometheus."""

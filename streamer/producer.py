@@ -8,10 +8,15 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
 from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.settings import Settings
+
+
+class DeliveryError(RuntimeError):
+    """Kafka did not acknowledge an event (names the topic, the key and Kafka's error)."""
 
 
 class EventProducer:
@@ -19,19 +24,37 @@ class EventProducer:
 
     Ratings and user events are keyed by user id and items by item id, so one user's
     events stay in order on one partition. Sends are batched by the client (``linger_ms``);
-    :meth:`flush` waits until everything sent so far is acknowledged and raises the first
-    delivery error.
+    :meth:`flush` waits until everything sent so far is acknowledged and raises
+    :class:`DeliveryError` for the first event that was not.
+
+    Examples
+    --------
+    ::
+
+        async with event_producer(Settings.from_env()) as producer:
+            await producer.send_rating(RatingEvent(user_id="u1", item_id="i9", rating=4.5,
+                                                   timestamp=time.time()))
     """
 
-    def __init__(self, settings: Settings, linger_ms: int = 5) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings | None = None, linger_ms: int = 5) -> None:
+        self.settings = settings = settings or Settings.from_env()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, linger_ms=linger_ms, acks="all"
+            bootstrap_servers=settings.bootstrap_servers,
+            linger_ms=linger_ms,
+            acks="all",
+            request_timeout_ms=15_000,
         )
-        self._pending: list[asyncio.Future] = []
+        self._pending: list[tuple[str, str, asyncio.Future]] = []
+        self.sent = 0
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise DeliveryError(
+                f"cannot reach Kafka at {self.settings.bootstrap_servers}: {exc}"
+            ) from None
 
     async def stop(self) -> None:
         try:
@@ -75,15 +98,80 @@ class EventProducer:
             )
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
-        self._pending.append(await self._producer.send(topic, key=key.encode(), value=value))
+        try:
+            fut = await self._producer.send(topic, key=key.encode(), value=value)
+        except KafkaError as exc:
+            raise DeliveryError(f"cannot send to {topic} (key {key!r}): {exc}") from None
+        self._pending.append((topic, key, fut))
+        self.sent += 1
         if len(self._pending) >= 10_000:
             await self.flush()
 
     async def flush(self) -> None:
+        """Wait until every event sent so far is acknowledged; raise the first failure."""
         pending, self._pending = self._pending, []
         await self._producer.flush()
-        for fut in pending:
-            fut.result()  # raises the delivery error, if any
+        for topic, key, fut in pending:
+            exc = fut.exception()
+            if exc is not None:
+                raise DeliveryError(f"event to {topic} (key {key!r}) not delivered: {exc}")
+
+
+class SyncEventProducer:
+    """The same producer for code without an event loop (scripts, Django/Flask views).
+
+    Runs a private event loop; every ``send_*`` returns once the event is handed to the
+    client's batch, :meth:`flush` (and leaving the ``with`` block) waits for Kafka's
+    acknowledgements.
+
+    Examples
+    --------
+    ::
+
+        with SyncEventProducer() as producer:   # brokers from KAFKA_BOOTSTRAP_SERVERS
+            producer.send_rating(RatingEvent(user_id="u1", item_id="i9", rating=4.5,
+                                             timestamp=time.time()))
+    """
+
+    def __init__(self, settings: Settings | None = None, linger_ms: int = 5) -> None:
+        self._loop = asyncio.new_event_loop()
+
+        async def started() -> EventProducer:
+            producer = EventProducer(settings, linger_ms)  # aiokafka wants a running loop
+            await producer.start()
+            return producer
+
+        try:
+            self._producer = self._loop.run_until_complete(started())
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def send_rating(self, event: RatingEvent) -> None:
+        self._loop.run_until_complete(self._producer.send_rating(event))
+
+    def send_item(self, event: ItemEvent) -> None:
+        self._loop.run_until_complete(self._producer.send_item(event))
+
+    def send_user(self, event: UserEvent) -> None:
+        self._loop.run_until_complete(self._producer.send_user(event))
+
+    def flush(self) -> None:
+        self._loop.run_until_complete(self._producer.flush())
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.run_until_complete(self._producer.stop())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> SyncEventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @asynccontextmanager

@@ -37,7 +37,10 @@ class Settings:
     refresh_users: int = 5_000
     metrics_window: int = 1_000
     processing_guarantee: str = "at_least_once"
+    web_host: str = "0.0.0.0"
     web_port: int = 6066
+    metrics_history: int = 3_600
+    dashboard_port: int = 8080
     session_timeout_s: float = 30.0
     data_dir: str = "~/.cache/recsys-online/faust"
     seed: int = 42
@@ -77,9 +80,19 @@ class Settings:
         """Reject settings the worker cannot run with, naming the variable."""
         if not self.rating_low < self.rating_high:
             raise ValueError("RECSYS_RATING_LOW must be below RECSYS_RATING_HIGH")
-        for name in ("partitions", "k", "batch_max", "n_factors", "refresh_users"):
+        for name in (
+            "partitions",
+            "k",
+            "batch_max",
+            "n_factors",
+            "refresh_users",
+            "metrics_history",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"RECSYS_{name.upper()} must be >= 1")
+        for name in ("web_port", "dashboard_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"RECSYS_{name.upper()} must be a port, 0-65535 (0: any free)")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ValueError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -38,6 +39,11 @@ def list_document(
     return json.dumps(doc, separators=(",", ":"))
 
 
+def _finite(value: float | int) -> float | int | None:
+    """JSON has no NaN or infinity (browsers reject them): those become null."""
+    return value if math.isfinite(value) else None
+
+
 class RedisSink:
     """Writes lists, item metadata and metrics, each batch in one MULTI/EXEC transaction.
 
@@ -69,17 +75,32 @@ class RedisSink:
         metrics: Mapping[str, float | int],
         version: int,
         worker_id: str,
+        metrics_url: str = "",
     ) -> None:
-        """The popularity list and the metrics: the shared ``metrics`` hash (last writer)
-        and this worker's own ``metrics:worker:{id}`` (expiring if the worker dies)."""
+        """The popularity list and the metrics: the shared ``metrics`` hash (last writer),
+        this worker's own ``metrics:worker:{id}`` (expiring if the worker dies), and one
+        snapshot pushed on ``metrics:history`` (newest first, capped at
+        ``metrics_history`` entries) for the dashboard's charts."""
         key = self.settings.key
-        mapping = {k: str(v) for k, v in metrics.items()} | {"worker": worker_id}
+        now = time.time()
+        mapping = {k: str(v) for k, v in metrics.items()} | {
+            "worker": worker_id,
+            "updated_at": str(now),
+            "metrics_url": metrics_url,
+        }
+        snapshot = json.dumps(
+            {k: _finite(v) for k, v in metrics.items()} | {"worker": worker_id, "t": now},
+            separators=(",", ":"),
+        )
         own = key("metrics", "worker", worker_id)
+        history = key("metrics", "history")
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key("popular"), list_document(None, popular, version, time.time()))
+            pipe.set(key("popular"), list_document(None, popular, version, now))
             pipe.hset(key("metrics"), mapping=mapping)
             pipe.hset(own, mapping=mapping)
             pipe.expire(own, 30)
+            pipe.lpush(history, snapshot)
+            pipe.ltrim(history, 0, self.settings.metrics_history - 1)
             await pipe.execute()
 
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:

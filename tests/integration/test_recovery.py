@@ -54,7 +54,7 @@ class Run:
         for key in self.redis.scan_iter(f"{self.prefix}metrics:worker:*"):
             raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
             if raw.get("worker", "").endswith(f":{process.pid}"):
-                return {k: float(v) for k, v in raw.items() if k != "worker"}
+                return {k: float(v) for k, v in raw.items() if k not in ("worker", "metrics_url")}
         return {}
 
     def logs(self) -> str:

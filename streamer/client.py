@@ -1,0 +1,254 @@
+"""Reading live recommendations from Redis: what a service calls to show a user's list.
+
+Workers write ``{prefix}recs:{user_id}`` (one JSON document per user) and
+``{prefix}popular`` (the list for users with none); see docs/streamer.md for the layout.
+The client reads both in one round trip and falls back to the popular list, so an app
+always has something to show.
+
+>>> client = RecommendationClient("redis://127.0.0.1:1/0", timeout=0.2)
+>>> client.recommend("u1")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+streamer.client.RecommendationsUnavailable: cannot reach Redis at redis://127.0.0.1:1/0: ...
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+import redis.asyncio as aioredis
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "recsys:"
+
+
+class RecommendationsUnavailable(RuntimeError):
+    """Redis cannot be reached, or what it holds is not a recommendation list."""
+
+
+@dataclass(frozen=True)
+class Recommended:
+    """One item of a list: its id, blended score, why it is there, and optionally its title.
+
+    ``source`` names the signal behind the reason (``mf``, ``content``, ``cooc``, ``pop``,
+    ...) and ``because`` the item the user liked that led to it, when there is one.
+    """
+
+    item_id: str
+    score: float
+    reason: str
+    source: str | None = None
+    because: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """A user's current list as the workers last wrote it.
+
+    ``served_from`` is ``"user"`` for the user's own list, ``"popular"`` for the fallback
+    list (an unknown user, or one whose list expired), ``"none"`` when no worker has
+    written anything under this prefix yet.
+    """
+
+    user_id: str
+    items: list[Recommended]
+    model_version: int | None
+    updated_at: float | None
+    served_from: Literal["user", "popular", "none"]
+
+    @property
+    def fallback(self) -> bool:
+        """True when these are not the user's own recommendations."""
+        return self.served_from != "user"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def parse_list(
+    user_id: str, own: bytes | None, popular: bytes | None, k: int, key: str = ""
+) -> Recommendations:
+    """The list to serve from the two raw documents (user's, popular), cut to ``k``.
+
+    >>> doc = b'{"items":[{"item_id":"i1","score":0.5,"reason":"popular now"}],"model_version":3}'
+    >>> r = parse_list("u9", None, doc, 10)
+    >>> r.served_from, r.items[0].item_id, r.fallback
+    ('popular', 'i1', True)
+    >>> parse_list("u9", b"{oops", None, 10, key="recsys:recs:u9")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamer.client.RecommendationsUnavailable: recsys:recs:u9 is not a recommendation list: ...
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    raw, served_from = (own, "user") if own is not None else (popular, "popular")
+    if raw is None:
+        return Recommendations(user_id, [], None, None, "none")
+    try:
+        doc = json.loads(raw)
+        items = [
+            Recommended(
+                item_id=str(it["item_id"]),
+                score=float(it["score"]),
+                reason=str(it["reason"]),
+                source=it.get("source"),
+                because=it.get("because"),
+            )
+            for it in doc["items"][:k]
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        where = key or ("user list" if served_from == "user" else "popular list")
+        raise RecommendationsUnavailable(f"{where} is not a recommendation list: {exc}") from None
+    return Recommendations(
+        user_id, items, doc.get("model_version"), doc.get("updated_at"), served_from
+    )
+
+
+def with_titles(recs: Recommendations, titles: Sequence[bytes | None]) -> Recommendations:
+    items = [
+        Recommended(r.item_id, r.score, r.reason, r.source, r.because, t.decode() if t else None)
+        for r, t in zip(recs.items, titles, strict=True)
+    ]
+    return Recommendations(
+        recs.user_id, items, recs.model_version, recs.updated_at, recs.served_from
+    )
+
+
+def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class _Keys:
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
+        self.redis_url = redis_url
+        self.prefix = key_prefix
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def unavailable(self, exc: Exception) -> RecommendationsUnavailable:
+        return RecommendationsUnavailable(f"cannot reach Redis at {self.redis_url}: {exc}")
+
+
+class RecommendationClient(_Keys):
+    """Synchronous reader of live recommendations.
+
+    Parameters
+    ----------
+    redis_url
+        Where the workers write (``RECSYS_REDIS_URL`` / ``REDIS_URL`` of the workers).
+    key_prefix
+        The workers' ``RECSYS_KEY_PREFIX``.
+    timeout
+        Seconds to connect and to wait for an answer before
+        :class:`RecommendationsUnavailable` is raised.
+
+    Examples
+    --------
+    ::
+
+        with RecommendationClient("redis://127.0.0.1:6379/0") as client:
+            for rec in client.recommend("u42", k=5).items:
+                print(rec.item_id, rec.score, rec.reason)
+    """
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_REDIS_URL,
+        key_prefix: str = DEFAULT_PREFIX,
+        timeout: float = 2.0,
+    ) -> None:
+        super().__init__(redis_url, key_prefix)
+        self.redis = redis.Redis.from_url(
+            redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+
+    def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
+        """The user's current top-``k`` (or the popular list when they have none)."""
+        own_key = self.key("recs", user_id)
+        try:
+            own, popular = self.redis.mget(own_key, self.key("popular"))
+            recs = parse_list(user_id, own, popular, k, own_key)
+            if titles and recs.items:
+                names = self.redis.pipeline(transaction=False)
+                for r in recs.items:
+                    names.hget(self.key("item", r.item_id), "title")
+                recs = with_titles(recs, names.execute())
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+        return recs
+
+    def metrics(self) -> dict[str, str]:
+        """The shared metrics hash (the last worker to publish); empty before any worker."""
+        try:
+            return decode_hash(self.redis.hgetall(self.key("metrics")))
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+
+    def worker_metrics(self) -> dict[str, dict[str, str]]:
+        """Each live worker's own metrics hash, by worker id (they expire when it dies)."""
+        try:
+            found = {}
+            for key in self.redis.scan_iter(self.key("metrics", "worker", "*"), count=100):
+                found[key.decode().rsplit("worker:", 1)[1]] = decode_hash(self.redis.hgetall(key))
+            return found
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> RecommendationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRecommendationClient(_Keys):
+    """The same reads for asyncio services (``await client.recommend(user_id)``)."""
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_REDIS_URL,
+        key_prefix: str = DEFAULT_PREFIX,
+        timeout: float = 2.0,
+    ) -> None:
+        super().__init__(redis_url, key_prefix)
+        self.redis = aioredis.Redis.from_url(
+            redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+
+    async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
+        own_key = self.key("recs", user_id)
+        try:
+            own, popular = await self.redis.mget(own_key, self.key("popular"))
+            recs = parse_list(user_id, own, popular, k, own_key)
+            if titles and recs.items:
+                async with self.redis.pipeline(transaction=False) as names:
+                    for r in recs.items:
+                        names.hget(self.key("item", r.item_id), "title")
+                    recs = with_titles(recs, await names.execute())
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+        return recs
+
+    async def metrics(self) -> dict[str, str]:
+        try:
+            return decode_hash(await self.redis.hgetall(self.key("metrics")))
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncRecommendationClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

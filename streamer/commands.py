@@ -1,0 +1,427 @@
+"""The users' commands: ``produce``, ``stream``, ``recs``, ``metrics`` and ``dashboard``.
+
+Each reads the same ``RECSYS_*`` settings as the worker (``KAFKA_BOOTSTRAP_SERVERS`` and
+``REDIS_URL`` too), so whatever the worker is pointed at, these are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from recsys_online import datasets
+from schemas import EventError, ItemEvent, RatingEvent, UserEvent, parse_event
+from streamer.client import RecommendationClient, RecommendationsUnavailable
+from streamer.producer import DeliveryError, EventProducer, event_producer, stream_events
+from streamer.settings import Settings
+
+KINDS = {"rating": RatingEvent, "item": ItemEvent, "user": UserEvent}
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the users' commands on the ``recsys-online`` parser."""
+    produce = sub.add_parser(
+        "produce",
+        help="validate and send one event (or JSON lines) to Kafka",
+        description="Validate events with the schemas and send them to their topic, keyed "
+        "as the worker expects. Exit status 2 when an event is invalid (nothing is sent "
+        "from a file with an invalid line), 1 when Kafka does not acknowledge.",
+    )
+    kinds = produce.add_subparsers(dest="kind", required=True, metavar="KIND")
+    r = kinds.add_parser("rating", help="a user rated an item")
+    r.add_argument("user_id")
+    r.add_argument("item_id")
+    r.add_argument("rating", type=float)
+    r.add_argument("--timestamp", type=float, default=None, help="epoch seconds (default now)")
+    r.add_argument("--event-id", default=None, help="the producer's id for this event")
+    i = kinds.add_parser("item", help="add or change a catalog item, or delete it")
+    i.add_argument("item_id")
+    i.add_argument("--tag", action="append", default=[], metavar="NAME[=WEIGHT]")
+    i.add_argument("--title", default=None)
+    i.add_argument("--delete", action="store_true", help="remove the item everywhere")
+    i.add_argument("--timestamp", type=float, default=None)
+    u = kinds.add_parser("user", help="declare a user's tags (seeds their profile)")
+    u.add_argument("user_id")
+    u.add_argument("--tag", action="append", default=[], metavar="NAME[=WEIGHT]")
+    u.add_argument("--timestamp", type=float, default=None)
+    j = kinds.add_parser("jsonl", help="JSON lines of one kind, from a file or stdin (-)")
+    j.add_argument("event_kind", choices=sorted(KINDS))
+    j.add_argument("file", help="path, or - for stdin")
+    produce.set_defaults(run=run_produce)
+
+    stream = sub.add_parser(
+        "stream",
+        help="replay a ratings file and its catalog into Kafka at a steady rate",
+        description="Reads the same files and formats as `replay` and sends them in time "
+        "order, each item's catalog event before its first rating.",
+    )
+    stream.add_argument("ratings", type=Path, help="ratings file (or a MovieLens folder)")
+    stream.add_argument("--items", type=Path, default=None, help="item catalog file")
+    stream.add_argument("--format", default="auto", choices=datasets.FORMATS)
+    stream.add_argument("--rate", type=float, default=1_000.0, help="ratings per second")
+    stream.add_argument("--limit", type=int, default=None, help="only the first N ratings")
+    stream.add_argument("--quiet", action="store_true", help="no progress bar")
+    stream.set_defaults(run=run_stream)
+
+    recs = sub.add_parser("recs", help="print a user's current list from Redis")
+    recs.add_argument("user_id")
+    recs.add_argument("--k", type=int, default=10)
+    recs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recs.set_defaults(run=run_recs)
+
+    metrics = sub.add_parser("metrics", help="print the live metrics from Redis")
+    metrics.add_argument(
+        "--watch",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print again every SECONDS until Ctrl-C",
+    )
+    metrics.add_argument("--json", action="store_true")
+    metrics.set_defaults(run=run_metrics)
+
+    dash = sub.add_parser("dashboard", help="serve the live dashboard (reads Redis)")
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="default RECSYS_DASHBOARD_PORT (8080); 0 = any free port",
+    )
+    dash.set_defaults(run=run_dashboard)
+
+
+def fail(message: str, status: int = 1) -> int:
+    print(f"recsys-online: {message}", file=sys.stderr)
+    return status
+
+
+# ------------------------------------------------------------------ produce
+def parse_tags(specs: list[str]) -> dict[str, float]:
+    """``["scifi", "drama=0.5"]`` -> ``{"scifi": 1.0, "drama": 0.5}``.
+
+    >>> parse_tags(["scifi", "drama=0.5"])
+    {'scifi': 1.0, 'drama': 0.5}
+    >>> parse_tags(["x=much"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --tag x=much: the weight must be a number
+    """
+    tags: dict[str, float] = {}
+    for spec in specs:
+        name, _, weight = spec.partition("=")
+        try:
+            tags[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--tag {spec}: the weight must be a number") from None
+    return tags
+
+
+def event_from_args(args: argparse.Namespace) -> RatingEvent | ItemEvent | UserEvent:
+    """The event the flags describe, validated by the schemas (EventError names the field)."""
+    now = time.time() if args.timestamp is None else args.timestamp
+    if args.kind == "rating":
+        fields = {
+            "user_id": args.user_id,
+            "item_id": args.item_id,
+            "rating": args.rating,
+            "timestamp": now,
+        }
+        if args.event_id:
+            fields["event_id"] = args.event_id
+        return parse_event(json.dumps(fields).encode(), RatingEvent)
+    if args.kind == "item":
+        if args.delete:
+            fields = {"op": "delete", "item_id": args.item_id, "timestamp": now}
+        else:
+            fields = {
+                "op": "upsert",
+                "item_id": args.item_id,
+                "tags": parse_tags(args.tag),
+                "timestamp": now,
+            }
+            if args.title is not None:
+                fields["title"] = args.title
+        return parse_event(json.dumps(fields).encode(), ItemEvent)
+    fields = {"user_id": args.user_id, "tags": parse_tags(args.tag), "timestamp": now}
+    return parse_event(json.dumps(fields).encode(), UserEvent)
+
+
+def read_jsonl(kind: type, stream: TextIO, name: str) -> list:
+    """Every line validated first: a bad line stops everything, naming its number."""
+    events = []
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(parse_event(line.encode(), kind))
+        except EventError as exc:
+            raise EventError(f"{name}, line {lineno}: {exc}") from None
+    return events
+
+
+async def send_all(settings: Settings, events: list) -> int:
+    async with event_producer(settings) as producer:
+        for event in events:
+            await send_one(producer, event)
+    return len(events)
+
+
+async def send_one(producer: EventProducer, event) -> None:
+    if isinstance(event, RatingEvent):
+        await producer.send_rating(event)
+    elif isinstance(event, ItemEvent):
+        await producer.send_item(event)
+    else:
+        await producer.send_user(event)
+
+
+def run_produce(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        if args.kind == "jsonl":
+            kind = KINDS[args.event_kind]
+            if args.file == "-":
+                events = read_jsonl(kind, sys.stdin, "stdin")
+            else:
+                with open(args.file, encoding="utf-8") as f:
+                    events = read_jsonl(kind, f, args.file)
+        else:
+            events = [event_from_args(args)]
+    except (EventError, ValueError, OSError) as exc:
+        return fail(f"invalid event, nothing sent: {exc}", 2)
+    try:
+        sent = asyncio.run(send_all(settings, events))
+    except DeliveryError as exc:
+        return fail(str(exc))
+    topic = (
+        {
+            RatingEvent: settings.ratings_topic,
+            ItemEvent: settings.items_topic,
+            UserEvent: settings.users_topic,
+        }[type(events[0])]
+        if events
+        else "-"
+    )
+    print(f"sent {sent:,} event{'s' * (sent != 1)} to {topic} at {settings.bootstrap_servers}")
+    return 0
+
+
+# ------------------------------------------------------------------ stream
+def run_stream(args: argparse.Namespace) -> int:
+    if args.rate <= 0:
+        return fail("--rate must be > 0", 2)
+    settings = Settings.from_env()
+    try:
+        ds = datasets.load(args.ratings, args.items, fmt=args.format)
+    except (datasets.DatasetError, OSError) as exc:
+        return fail(str(exc), 2)
+    if args.limit is not None:
+        ds = ds.head(args.limit)
+    total = ds.n_ratings
+    print(
+        f"streaming {total:,} ratings ({ds.n_items:,} items, {ds.n_users:,} users) to "
+        f"{settings.ratings_topic} / {settings.items_topic} at {args.rate:,.0f}/s",
+        file=sys.stderr,
+    )
+    started = time.monotonic()
+    last = 0.0
+
+    async def progress(sent: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if args.quiet or now - last < 0.5:
+            return
+        last = now
+        share = sent / total if total else 1.0
+        print(
+            f"\r[{'#' * int(30 * share):<30}] {100 * share:5.1f}%  {sent:,}/{total:,}  "
+            f"{sent / max(now - started, 1e-9):,.0f}/s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def go() -> int:
+        async with event_producer(settings) as producer:
+            return await stream_events(producer, ds.events(), args.rate, progress)
+
+    try:
+        sent = asyncio.run(go())
+    except DeliveryError as exc:
+        print(file=sys.stderr)
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    elapsed = time.monotonic() - started
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"sent {sent:,} ratings in {elapsed:.1f} s ({sent / max(elapsed, 1e-9):,.0f}/s)")
+    return 0
+
+
+# ------------------------------------------------------------------ read
+def run_recs(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        with RecommendationClient(settings.redis_url, settings.key_prefix) as client:
+            recs = client.recommend(args.user_id, k=args.k, titles=True)
+    except RecommendationsUnavailable as exc:
+        return fail(str(exc))
+    except ValueError as exc:
+        return fail(str(exc), 2)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "user_id": recs.user_id,
+                    "served_from": recs.served_from,
+                    "model_version": recs.model_version,
+                    "updated_at": recs.updated_at,
+                    "items": [r.__dict__ for r in recs.items],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if recs.served_from == "none":
+        print(
+            f"no lists under {settings.key_prefix!r} in {settings.redis_url} yet: is a worker "
+            "running with the same RECSYS_KEY_PREFIX?"
+        )
+        return 1
+    head = (
+        f"{recs.user_id}: model version {recs.model_version}, updated "
+        f"{time.strftime('%H:%M:%S', time.localtime(recs.updated_at or 0))}"
+        if recs.served_from == "user"
+        else f"{recs.user_id}: no list of their own yet; the popular list"
+    )
+    print(head)
+    print(format_recs(recs.items))
+    return 0
+
+
+def format_recs(items) -> str:
+    """A plain-text table of a list (rank, item, title, score, reason)."""
+    rows = [("#", "item", "title", "score", "reason")]
+    rows += [
+        (str(n), r.item_id, (r.title or "")[:32], f"{r.score:.3f}", r.reason)
+        for n, r in enumerate(items, 1)
+    ]
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+    return "\n".join(
+        "  ".join(
+            [
+                row[0].rjust(widths[0]),
+                row[1].ljust(widths[1]),
+                row[2].ljust(widths[2]),
+                row[3].rjust(widths[3]),
+                row[4],
+            ]
+        ).rstrip()
+        for row in rows
+    )
+
+
+METRIC_ROWS = (
+    ("events", "ratings learned", "{:,.0f}"),
+    ("events_per_s", "events/s", "{:,.0f}"),
+    ("rmse", "RMSE (rolling)", "{:.4f}"),
+    ("mae", "MAE (rolling)", "{:.4f}"),
+    ("ndcg_at_k", "NDCG@K (rolling)", "{:.4f}"),
+    ("recall_at_k", "Recall@K (rolling)", "{:.4f}"),
+    ("rmse_total", "RMSE (since start)", "{:.4f}"),
+    ("ndcg_at_k_total", "NDCG@K (since start)", "{:.4f}"),
+    ("lag", "consumer lag", "{:,.0f}"),
+    ("freshness_ms_p50", "freshness p50 ms", "{:,.1f}"),
+    ("freshness_ms_p99", "freshness p99 ms", "{:,.1f}"),
+    ("deadletters", "dead letters", "{:,.0f}"),
+    ("items", "live items", "{:,.0f}"),
+    ("users", "users", "{:,.0f}"),
+    ("model_version", "model version", "{:,.0f}"),
+)
+
+
+def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -> str:
+    """The shared figures, then one column per live worker.
+
+    >>> print(format_metrics({"events": "12", "k": "10"}, {"h:1": {"events": "12"}}))
+    figure           h:1
+    ratings learned   12
+    """
+    names = sorted(workers) or ["(shared)"]
+    columns = [workers[n] for n in sorted(workers)] or [shared]
+    rows = [("figure", *names)]
+    for key, label, form in METRIC_ROWS:
+        if not any(key in c for c in columns):
+            continue
+        cells = []
+        for c in columns:
+            try:
+                cells.append(form.format(float(c[key])) if key in c else "-")
+            except ValueError:
+                cells.append(c[key])
+        rows.append((label.replace("K", shared.get("k", "K")), *cells))
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            [r[0].ljust(width[0]), *(c.rjust(w) for c, w in zip(r[1:], width[1:], strict=True))]
+        )
+        for r in rows
+    )
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        with RecommendationClient(settings.redis_url, settings.key_prefix) as client:
+            while True:
+                shared, workers = client.metrics(), client.worker_metrics()
+                if args.json:
+                    print(json.dumps({"metrics": shared, "workers": workers}, indent=2))
+                elif not shared:
+                    print(f"no metrics under {settings.key('metrics')} yet: is a worker running?")
+                else:
+                    print(time.strftime("%H:%M:%S"), f"{len(workers)} live worker(s)")
+                    print(format_metrics(shared, workers))
+                if args.watch <= 0:
+                    return 0 if shared else 1
+                time.sleep(args.watch)
+                print()
+    except RecommendationsUnavailable as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from streamer.dashboard import serve
+
+    settings = Settings.from_env()
+    port = settings.dashboard_port if args.port is None else args.port
+
+    async def main() -> None:
+        runner, url = await serve(settings, args.host, port)
+        print(
+            f"dashboard at {url} (reads {settings.redis_url}, prefix "
+            f"{settings.key_prefix!r}); Ctrl-C stops it",
+            flush=True,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        return fail(f"cannot serve the dashboard on {args.host}:{port}: {exc}")
+    return 0

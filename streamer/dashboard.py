@@ -1,0 +1,156 @@
+"""The live dashboard: one page charting the workers' metrics, and a user's current list.
+
+``recsys-online dashboard`` serves it (default port ``RECSYS_DASHBOARD_PORT``, 8080). It
+reads only Redis, so it works with any number of workers and can run anywhere Redis is
+reachable. The page polls a small JSON API once a second:
+
+=========================  ============================================================
+``GET /api/metrics``       the shared metrics hash and each live worker's own hash
+``GET /api/history``       the last snapshots (``?limit=N``, oldest first) for the charts
+``GET /api/recs/{user}``   that user's current list with reasons and titles (``?k=N``)
+``GET /api/users``         a few users that have a list, to pick from
+``GET /healthz``           ``{"ok": true}`` while Redis answers
+=========================  ============================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+
+import redis
+from aiohttp import web
+
+from streamer.client import AsyncRecommendationClient, RecommendationsUnavailable, decode_hash
+from streamer.settings import Settings
+from streamer.web import advertised_url, start_site
+
+CLIENT = web.AppKey("client", AsyncRecommendationClient)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def numbers(fields: dict[str, str]) -> dict[str, float | str | None]:
+    """Metric strings as JSON numbers where they are numbers (NaN and infinity: null).
+
+    >>> numbers({"rmse": "0.91", "lag": "3", "worker": "h:1", "ndcg_at_k": "nan"})
+    {'rmse': 0.91, 'lag': 3.0, 'worker': 'h:1', 'ndcg_at_k': None}
+    """
+    out: dict[str, float | str | None] = {}
+    for name, value in fields.items():
+        try:
+            x = float(value)
+        except ValueError:
+            out[name] = value
+            continue
+        out[name] = x if math.isfinite(x) else None
+    return out
+
+
+def _unavailable(exc: Exception) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=503)
+
+
+async def page(request: web.Request) -> web.Response:
+    html = resources.files("streamer").joinpath("static/dashboard.html").read_text("utf-8")
+    return web.Response(text=html, content_type="text/html")
+
+
+async def api_metrics(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    try:
+        shared = await client.metrics()
+        workers = {}
+        async for key in client.redis.scan_iter(client.key("metrics", "worker", "*"), count=100):
+            fields = decode_hash(await client.redis.hgetall(key))
+            if fields:
+                workers[key.decode().rsplit("worker:", 1)[1]] = numbers(fields)
+    except (redis.RedisError, RecommendationsUnavailable) as exc:
+        return _unavailable(exc)
+    return web.json_response({"metrics": numbers(shared), "workers": workers})
+
+
+async def api_history(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    try:
+        limit = max(1, min(int(request.query.get("limit", "600")), 10_000))
+    except ValueError:
+        return web.json_response({"error": "limit must be an integer"}, status=400)
+    try:
+        raw = await client.redis.lrange(client.key("metrics", "history"), 0, limit - 1)
+    except redis.RedisError as exc:
+        return _unavailable(exc)
+    points = [json.loads(r) for r in reversed(raw)]
+    return web.json_response({"points": points})
+
+
+async def api_recs(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    user = request.match_info["user"]
+    try:
+        k = int(request.query.get("k", str(request.app[SETTINGS].k)))
+        recs = await client.recommend(user, k=k, titles=True)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    except RecommendationsUnavailable as exc:
+        return _unavailable(exc)
+    return web.json_response(
+        {
+            "user_id": recs.user_id,
+            "served_from": recs.served_from,
+            "model_version": recs.model_version,
+            "updated_at": recs.updated_at,
+            "items": [r.__dict__ for r in recs.items],
+        }
+    )
+
+
+async def api_users(request: web.Request) -> web.Response:
+    """Up to ``n`` users with a list: a cheap, bounded SCAN, not a full key listing."""
+    client = request.app[CLIENT]
+    n = 12
+    prefix = client.key("recs", "")
+    users: list[str] = []
+    try:
+        cursor = 0
+        for _ in range(20):  # at most 20 SCAN calls of ~500 keys
+            cursor, keys = await client.redis.scan(cursor, match=prefix + "*", count=500)
+            users += [k.decode()[len(prefix) :] for k in keys]
+            if cursor == 0 or len(users) >= n:
+                break
+    except redis.RedisError as exc:
+        return _unavailable(exc)
+    return web.json_response({"users": sorted(users)[:n]})
+
+
+async def health(request: web.Request) -> web.Response:
+    client = request.app[CLIENT]
+    try:
+        await client.redis.ping()
+    except redis.RedisError as exc:
+        return _unavailable(exc)
+    return web.json_response({"ok": True})
+
+
+def application(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[CLIENT] = AsyncRecommendationClient(settings.redis_url, settings.key_prefix)
+
+    async def close(app: web.Application) -> None:
+        await app[CLIENT].aclose()
+
+    app.on_cleanup.append(close)
+    app.router.add_get("/", page)
+    app.router.add_get("/api/metrics", api_metrics)
+    app.router.add_get("/api/history", api_history)
+    app.router.add_get("/api/recs/{user}", api_recs)
+    app.router.add_get("/api/users", api_users)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+async def serve(settings: Settings, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Start the dashboard; returns its runner (``await runner.cleanup()`` stops it) and URL."""
+    runner, bound = await start_site(application(settings), host, port)
+    return runner, advertised_url("127.0.0.1" if host in ("0.0.0.0", "") else host, bound, "/")

@@ -1,0 +1,154 @@
+"""Live figures in Prometheus' text format: histograms and the exposition of a worker.
+
+The worker serves :func:`exposition` at ``/metrics`` (see ``streamer.web``); the same
+figures go to Redis for the dashboard and ``recsys-online metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+# Produce-to-Redis latency of a list, seconds (the freshness target is 20 ms p50, 100 ms p99).
+FRESHNESS_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Time to rank one micro-batch's users and write their lists, seconds.
+REFRESH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Histogram:
+    """A cumulative Prometheus histogram: counts per upper bound, a sum and a count.
+
+    >>> h = Histogram((0.1, 1.0))
+    >>> h.observe_many([0.05, 0.5, 3.0])
+    >>> h.cumulative(), h.count, round(h.sum, 2)
+    ([1, 2, 3], 3, 3.55)
+    """
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = np.asarray(sorted(bounds), dtype=np.float64)
+        self._counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last: above all bounds
+        self.sum = 0.0
+        self.count = 0
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        x = np.fromiter(values, dtype=np.float64)
+        if not len(x):
+            return
+        # side="left": a value equal to a bound counts in that bound's bucket (le).
+        self._counts += np.bincount(
+            np.searchsorted(self.bounds, x, side="left"), minlength=len(self._counts)
+        )
+        self.sum += float(x.sum())
+        self.count += len(x)
+
+    def cumulative(self) -> list[int]:
+        """Counts at or below each bound, then the total (the ``+Inf`` bucket)."""
+        return np.cumsum(self._counts).tolist()
+
+
+# name in Redis/engine metrics -> (Prometheus name, type, help)
+GAUGES: dict[str, tuple[str, str, str]] = {
+    "events": ("recsys_events_total", "counter", "Ratings learned by this worker."),
+    "deadletters": (
+        "recsys_deadletters_total",
+        "counter",
+        "Events sent to the dead-letter topic by this worker.",
+    ),
+    "lag": (
+        "recsys_consumer_lag",
+        "gauge",
+        "Ratings in this worker's partitions not processed yet (high-water mark - position).",
+    ),
+    "rmse": ("recsys_rmse", "gauge", "Prequential RMSE over the last ratings (rolling window)."),
+    "mae": ("recsys_mae", "gauge", "Prequential MAE over the last ratings (rolling window)."),
+    "ndcg_at_k": (
+        "recsys_ndcg_at_k",
+        "gauge",
+        "Prequential NDCG@K of relevant ratings in the list last served (rolling window).",
+    ),
+    "recall_at_k": (
+        "recsys_recall_at_k",
+        "gauge",
+        "Prequential Recall@K (hit rate) of relevant ratings (rolling window).",
+    ),
+    "events_per_s": (
+        "recsys_events_per_second",
+        "gauge",
+        "Ratings learned per second, recent throughput.",
+    ),
+    "model_version": ("recsys_model_version", "gauge", "Micro-batches learned by this worker."),
+    "users": ("recsys_users", "gauge", "Users known to this worker's model."),
+    "items": ("recsys_items", "gauge", "Live (not deleted) catalog items."),
+}
+
+
+def _number(value: float) -> str:
+    """Prometheus' float syntax (NaN, +Inf) for any number.
+
+    >>> _number(3), _number(float("nan")), _number(float("inf")), _number(0.25)
+    ('3', 'NaN', '+Inf', '0.25')
+    """
+    v = float(value)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    escaped = (
+        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in labels.items()
+    )
+    return "{" + ",".join(escaped) + "}"
+
+
+def exposition(
+    metrics: Mapping[str, float | int],
+    histograms: Mapping[str, tuple[Histogram, str]],
+    labels: Mapping[str, str],
+) -> str:
+    """The text a Prometheus server scrapes (text format 0.0.4).
+
+    >>> h = Histogram((0.1,)); h.observe_many([0.05])
+    >>> text = exposition({"events": 7, "rmse": 0.9, "k": 10}, {"recsys_freshness_seconds":
+    ...     (h, "Produce to Redis.")}, {"worker": "w1"})
+    >>> print(text)  # doctest: +NORMALIZE_WHITESPACE
+    # HELP recsys_events_total Ratings learned by this worker.
+    # TYPE recsys_events_total counter
+    recsys_events_total{worker="w1"} 7
+    # HELP recsys_rmse Prequential RMSE over the last ratings (rolling window).
+    # TYPE recsys_rmse gauge
+    recsys_rmse{worker="w1"} 0.9
+    # HELP recsys_freshness_seconds Produce to Redis.
+    # TYPE recsys_freshness_seconds histogram
+    recsys_freshness_seconds_bucket{worker="w1",le="0.1"} 1
+    recsys_freshness_seconds_bucket{worker="w1",le="+Inf"} 1
+    recsys_freshness_seconds_sum{worker="w1"} 0.05
+    recsys_freshness_seconds_count{worker="w1"} 1
+    """
+    lines: list[str] = []
+    base = dict(labels)
+    k = metrics.get("k")
+    for field, (name, kind, text) in GAUGES.items():
+        if field not in metrics:
+            continue
+        extra = {"k": str(int(k))} if field.endswith("_at_k") and k is not None else {}
+        lines += [
+            f"# HELP {name} {text}",
+            f"# TYPE {name} {kind}",
+            f"{name}{_labels(base | extra)} {_number(metrics[field])}",
+        ]
+    for name, (hist, text) in histograms.items():
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
+        bounds = [*(_number(b) for b in hist.bounds), "+Inf"]
+        for le, count in zip(bounds, hist.cumulative(), strict=True):
+            lines.append(f"{name}_bucket{_labels(base | {'le': le})} {count}")
+        lines.append(f"{name}_sum{_labels(base)} {_number(hist.sum)}")
+        lines.append(f"{name}_count{_labels(base)} {hist.count}")
+    return "\n".join(lines) + "\n"

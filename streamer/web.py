@@ -1,0 +1,85 @@
+"""Small HTTP servers on aiohttp (which Faust already brings): a worker's ``/metrics``.
+
+Each worker serves Prometheus' text format at ``http://<host>:<RECSYS_WEB_PORT>/metrics``
+and ``/healthz``. When the port is taken (two workers on one machine) the worker takes a
+free one instead, says so in its log, and publishes the address it got in Redis
+(``metrics_url`` in ``{prefix}metrics:worker:{id}``), where ``recsys-online metrics``
+and the dashboard find it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: any free port); returns the runner and the port.
+
+    A port already in use falls back to a free one rather than stopping the caller.
+    """
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            await runner.cleanup()
+            raise
+        log.warning("port %d is in use; serving on a free port instead", port)
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+    return runner, runner.addresses[-1][1]
+
+
+def advertised_url(host: str, port: int, path: str) -> str:
+    """The address others use: the machine's name when listening on every interface.
+
+    >>> advertised_url("127.0.0.1", 6066, "/metrics")
+    'http://127.0.0.1:6066/metrics'
+    """
+    name = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"http://{name}:{port}{path}"
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text) and ``/healthz`` for one worker process."""
+
+    def __init__(self, render: Callable[[], str]) -> None:
+        self.render = render
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def application(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def start(self, host: str, port: int) -> str:
+        self._runner, bound = await start_site(self.application(), host, port)
+        self.url = advertised_url(host, bound, "/metrics")
+        log.info("Prometheus metrics at %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.render().encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE}
+        )
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})

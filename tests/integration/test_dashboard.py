@@ -1,0 +1,222 @@
+"""Monitoring end to end: a real worker's Prometheus endpoint, and the dashboard page in
+headless Chromium against it (the screenshot is kept in artifacts/dashboard.png)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas import ItemEvent, RatingEvent
+from streamer.process import isolated_env, start_worker, stop_worker
+from streamer.producer import SyncEventProducer
+from streamer.settings import Settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("RECSYS_ARTIFACTS_DIR", REPO / "artifacts"))
+CHARTS = ("chart-error", "chart-ranking", "chart-throughput", "chart-lag", "chart-freshness")
+
+
+def chromium() -> str:
+    """Debian's chromium; the tests fail (never skip) without it."""
+    path = (
+        os.environ.get("RECSYS_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
+    if not path:
+        pytest.fail(
+            "headless Chromium is needed for the dashboard test: run `scripts/services.sh "
+            "browser` (installs Debian's chromium) or set RECSYS_CHROMIUM",
+            pytrace=False,
+        )
+    return path
+
+
+def browse(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            f"--user-data-dir={tmp}",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=6000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def wait_until(check, what: str, log: Path, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[dict]:
+    env = isolated_env(
+        "dash",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        REDIS_URL=redis_url,
+        RECSYS_PARTITIONS="2",
+        RECSYS_K="5",
+        RECSYS_REFRESH_EVERY_S="0.3",
+        RECSYS_WEB_PORT="0",
+    )
+    tmp = tmp_path_factory.mktemp("dash")
+    worker = start_worker(env, tmp / "worker.log")
+    settings = Settings.from_env(env)
+    client = redis.Redis.from_url(redis_url)
+    dashboard = None
+    try:
+        metrics = wait_until(
+            lambda: client.hgetall(settings.key("metrics")),
+            "the worker's first metrics",
+            tmp / "worker.log",
+        )
+        assert b"metrics_url" in metrics
+        with SyncEventProducer(settings) as producer:
+            for j in range(12):
+                producer.send_item(
+                    ItemEvent(
+                        op="upsert",
+                        item_id=f"m{j}",
+                        title=f"Movie {j}",
+                        tags=["jazz" if j % 2 else "rock"],
+                        timestamp=time.time(),
+                    )
+                )
+            producer.flush()
+            for n in range(200):
+                producer.send_rating(
+                    RatingEvent(
+                        user_id=f"u{n % 10}",
+                        item_id=f"m{n % 12}",
+                        rating=float(1 + (n * 7) % 5),
+                        timestamp=time.time(),
+                    )
+                )
+        wait_until(
+            lambda: int(client.hget(settings.key("metrics"), "events") or 0) >= 200,
+            "200 ratings learned",
+            tmp / "worker.log",
+        )
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "streamer.cli", "dashboard", "--port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        first = dashboard.stdout.readline()
+        match = re.search(r"(http://\S+/)", first)
+        assert match, f"the dashboard did not say where it serves: {first!r}"
+        wait_until(
+            lambda: client.llen(settings.key("metrics", "history")) >= 3,
+            "three metrics snapshots",
+            tmp / "worker.log",
+        )
+        yield {
+            "env": env,
+            "settings": settings,
+            "redis": client,
+            "tmp": tmp,
+            "dashboard_url": match.group(1),
+            "worker": worker,
+        }
+    finally:
+        if dashboard is not None:
+            dashboard.terminate()
+            dashboard.wait(timeout=10)
+        stop_worker(worker)
+        for key in client.scan_iter(f"{settings.key_prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+def test_worker_serves_prometheus_metrics(running: dict) -> None:
+    settings, client = running["settings"], running["redis"]
+    url = client.hget(settings.key("metrics"), "metrics_url").decode()
+    url = re.sub(r"//[^:/]+:", "//127.0.0.1:", url)  # advertised by host name
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["recsys_events"].samples[0].value >= 200
+    for name in (
+        "recsys_deadletters",
+        "recsys_consumer_lag",
+        "recsys_rmse",
+        "recsys_mae",
+        "recsys_ndcg_at_k",
+        "recsys_recall_at_k",
+    ):
+        assert name in fams, name
+    counts = {
+        s.name: s.value
+        for f in ("recsys_freshness_seconds", "recsys_refresh_seconds")
+        for s in fams[f].samples
+        if s.name.endswith("_count")
+    }
+    assert counts["recsys_freshness_seconds_count"] >= 200
+    assert counts["recsys_refresh_seconds_count"] >= 1
+
+
+def test_dashboard_api_serves_history_and_lists(running: dict) -> None:
+    base = running["dashboard_url"]
+    with urllib.request.urlopen(base + "api/history?limit=50", timeout=10) as r:
+        points = json.load(r)["points"]
+    assert len(points) >= 3 and points[-1]["t"] >= points[0]["t"]
+    assert points[-1]["events"] >= 200
+    with urllib.request.urlopen(base + "api/recs/u3", timeout=10) as r:
+        recs = json.load(r)
+    assert recs["served_from"] == "user" and recs["items"]
+    assert all(it["title"].startswith("Movie ") for it in recs["items"])
+
+
+def test_dashboard_page_in_headless_chromium(running: dict) -> None:
+    base, client, settings = running["dashboard_url"], running["redis"], running["settings"]
+    expected = [r["item_id"] for r in json.loads(client.get(settings.key("recs", "u3")))["items"]]
+    result = browse(base + "?user=u3", running["tmp"] / "profile", "--dump-dom")
+    dom = result.stdout
+    assert "<main" in dom, f"chromium returned no page: {result.stderr[-2000:]}"
+    for chart in CHARTS:
+        points = re.search(rf'id="{chart}"[^>]*data-points="(\d+)"', dom)
+        assert points and int(points.group(1)) >= 3, f"{chart} has no data"
+        assert re.search(rf'id="{chart}".*?<polyline', dom, re.S), f"{chart} drew no line"
+    rows = re.findall(r'<tr class="rec"><td>\d+</td><td>([^<]+)</td>', dom)
+    assert rows and rows[0] in expected, (rows, expected)
+    assert "1 live worker" in dom
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    browse(base + "?user=u3", running["tmp"] / "profile", f"--screenshot={shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -1,0 +1,116 @@
+"""RecommendationClient against the real Redis: own list, fallback, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from streamer.client import (
+    AsyncRecommendationClient,
+    RecommendationClient,
+    RecommendationsUnavailable,
+)
+
+
+def doc(items: list[tuple[str, float, str]], version: int = 3) -> str:
+    return json.dumps(
+        {
+            "user_id": None,
+            "items": [
+                {"item_id": i, "score": s, "reason": r, "source": "mf", "because": None}
+                for i, s, r in items
+            ],
+            "model_version": version,
+            "updated_at": 1.5,
+        }
+    )
+
+
+@pytest.fixture
+def stored(redis_url: str, redis_key_prefix: str):
+    r = redis.Redis.from_url(redis_url)
+    p = redis_key_prefix
+    r.set(
+        f"{p}recs:u1",
+        doc(
+            [
+                ("a", 0.9, "because you liked x"),
+                ("b", 0.5, "popular now"),
+                ("c", 0.1, "matches your tags jazz"),
+            ],
+            version=8,
+        ),
+    )
+    r.set(f"{p}popular", doc([("p1", 1.0, "popular now"), ("p2", 0.5, "popular now")]))
+    r.hset(f"{p}item:a", mapping={"title": "Solaris", "tags": "{}"})
+    yield r, p
+    r.close()
+
+
+def test_own_list_cut_to_k_with_titles(redis_url: str, stored) -> None:
+    _, prefix = stored
+    with RecommendationClient(redis_url, prefix) as client:
+        recs = client.recommend("u1", k=2, titles=True)
+    assert recs.served_from == "user" and not recs.fallback
+    assert [r.item_id for r in recs.items] == ["a", "b"]
+    assert recs.items[0].title == "Solaris" and recs.items[1].title is None
+    assert recs.items[0].reason == "because you liked x" and recs.model_version == 8
+
+
+def test_unknown_user_gets_the_popular_list(redis_url: str, stored) -> None:
+    _, prefix = stored
+    with RecommendationClient(redis_url, prefix) as client:
+        recs = client.recommend("stranger")
+    assert recs.fallback and recs.served_from == "popular"
+    assert [r.item_id for r in recs.items] == ["p1", "p2"]
+
+
+def test_nothing_published_yet(redis_url: str, redis_key_prefix: str) -> None:
+    with RecommendationClient(redis_url, redis_key_prefix) as client:
+        recs = client.recommend("u1")
+    assert recs.served_from == "none" and len(recs) == 0
+
+
+def test_corrupt_document_is_a_clear_error(redis_url: str, stored) -> None:
+    r, prefix = stored
+    r.set(f"{prefix}recs:u2", b'{"items": 5}')
+    with (
+        RecommendationClient(redis_url, prefix) as client,
+        pytest.raises(
+            RecommendationsUnavailable, match=f"{prefix}recs:u2 is not a recommendation list"
+        ),
+    ):
+        client.recommend("u2")
+
+
+def test_unreachable_redis_names_the_address() -> None:
+    with (
+        RecommendationClient("redis://127.0.0.1:9/0", timeout=0.5) as client,
+        pytest.raises(
+            RecommendationsUnavailable, match=r"cannot reach Redis at redis://127.0.0.1:9/0"
+        ),
+    ):
+        client.recommend("u1")
+
+
+def test_bad_k_is_rejected(redis_url: str, stored) -> None:
+    with RecommendationClient(redis_url, stored[1]) as client, pytest.raises(ValueError):
+        client.recommend("u1", k=0)
+
+
+async def test_async_client_reads_the_same(redis_url: str, stored) -> None:
+    _, prefix = stored
+    async with AsyncRecommendationClient(redis_url, prefix) as client:
+        recs = await client.recommend("u1", k=5, titles=True)
+        fallback = await client.recommend("nobody", k=1)
+    assert [r.item_id for r in recs.items] == ["a", "b", "c"]
+    assert recs.items[0].title == "Solaris"
+    assert [r.item_id for r in fallback.items] == ["p1"]
+
+
+async def test_async_client_unreachable() -> None:
+    async with AsyncRecommendationClient("redis://127.0.0.1:9/0", timeout=0.5) as client:
+        with pytest.raises(RecommendationsUnavailable, match="cannot reach Redis"):
+            await client.recommend("u1")

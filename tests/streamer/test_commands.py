@@ -1,0 +1,198 @@
+"""The users' commands: produce, stream, recs and metrics against the real Kafka and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer
+
+from schemas import ItemEvent, RatingEvent, UserEvent
+from streamer.cli import main
+from streamer.client import Recommended
+from streamer.commands import format_metrics, format_recs, parse_tags
+
+
+@pytest.fixture
+def topics(monkeypatch, kafka_bootstrap: str, redis_url: str, redis_key_prefix: str):
+    run = f"cmd-{uuid.uuid4().hex[:8]}"
+    names = {kind: f"{run}.{kind}" for kind in ("ratings", "items", "users")}
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("RECSYS_KEY_PREFIX", redis_key_prefix)
+    for kind, name in names.items():
+        monkeypatch.setenv(f"RECSYS_{kind.upper()}_TOPIC", name)
+    return names
+
+
+def consume(bootstrap: str, topic: str, n: int, timeout: float = 20.0) -> list:
+    async def go() -> list:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        got: list = []
+        try:
+            async with asyncio.timeout(timeout):
+                while len(got) < n:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    for messages in batch.values():
+                        got += messages
+        finally:
+            await consumer.stop()
+        return got
+
+    return asyncio.run(go())
+
+
+def test_parse_tags_and_tables() -> None:
+    assert parse_tags(["a", "b=2"]) == {"a": 1.0, "b": 2.0}
+    table = format_recs([Recommended("i1", 0.5, "popular now", title="Solaris")])
+    assert table.splitlines()[1].split() == ["1", "i1", "Solaris", "0.500", "popular", "now"]
+    text = format_metrics({"k": "10", "rmse": "0.9"}, {"w1": {"rmse": "0.9"}, "w2": {}})
+    assert "RMSE (rolling)" in text and text.splitlines()[0].split() == ["figure", "w1", "w2"]
+
+
+def test_invalid_events_are_refused_before_kafka(monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")  # never contacted
+    assert main(["produce", "rating", "u1", "i1", "9"]) == 2
+    assert "rating: 9.0 is outside the rating scale" in capsys.readouterr().err
+    assert main(["produce", "item", "i1", "--tag", "x=lots"]) == 2
+    lines = tmp_path / "r.jsonl"
+    lines.write_text('{"user_id":"u","item_id":"i","rating":4,"timestamp":1}\n{"oops"\n')
+    assert main(["produce", "jsonl", "rating", str(lines)]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_unreachable_kafka_is_a_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    assert main(["produce", "rating", "u1", "i1", "4"]) == 1
+    assert "cannot reach Kafka at 127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_produce_sends_validated_keyed_events(topics, kafka_bootstrap: str, tmp_path) -> None:
+    assert main(["produce", "rating", "u1", "i7", "4.5", "--event-id", "e1"]) == 0
+    assert (
+        main(
+            ["produce", "item", "i7", "--tag", "scifi", "--tag", "drama=0.5", "--title", "Solaris"]
+        )
+        == 0
+    )
+    assert main(["produce", "item", "i8", "--delete"]) == 0
+    assert main(["produce", "user", "u1", "--tag", "jazz"]) == 0
+    lines = tmp_path / "r.jsonl"
+    lines.write_text(
+        "".join(
+            json.dumps({"user_id": f"u{j}", "item_id": "i7", "rating": 3, "timestamp": 1}) + "\n"
+            for j in range(3)
+        )
+    )
+    assert main(["produce", "jsonl", "rating", str(lines)]) == 0
+
+    # Partitions interleave; each event is checked by its content and its key.
+    ratings = [
+        (m.key, RatingEvent.model_validate_json(m.value))
+        for m in consume(kafka_bootstrap, topics["ratings"], 4)
+    ]
+    assert sorted(key for key, _ in ratings) == [b"u0", b"u1", b"u1", b"u2"]
+    assert all(key == e.user_id.encode() for key, e in ratings)
+    (single,) = [e for _, e in ratings if e.event_id == "e1"]
+    assert (single.user_id, single.item_id, single.rating) == ("u1", "i7", 4.5)
+    items = {
+        m.key: ItemEvent.model_validate_json(m.value)
+        for m in consume(kafka_bootstrap, topics["items"], 2)
+    }
+    assert items[b"i7"].title == "Solaris" and items[b"i7"].op == "upsert"
+    assert dict(items[b"i7"].tags) == {"scifi": 1.0, "drama": 0.5}
+    assert items[b"i8"].op == "delete"
+    users = consume(kafka_bootstrap, topics["users"], 1)
+    assert UserEvent.model_validate_json(users[0].value).user_id == "u1"
+
+
+def test_stream_replays_a_file_with_its_catalog(topics, kafka_bootstrap, tmp_path, capsys):
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(f"u{j % 7},i{j % 5},{1 + j % 5},{1_600_000_000 + j}\n" for j in range(60))
+    )
+    items = tmp_path / "items.csv"
+    items.write_text(
+        "item_id,title,tags\n" + "".join(f"i{j},Item {j},t{j % 2}\n" for j in range(5))
+    )
+    assert (
+        main(
+            [
+                "stream",
+                str(ratings),
+                "--items",
+                str(items),
+                "--rate",
+                "2000",
+                "--limit",
+                "50",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "sent 50 ratings" in capsys.readouterr().out
+    got = consume(kafka_bootstrap, topics["ratings"], 50)
+    assert len(got) == 50
+    events = [(m.key, RatingEvent.model_validate_json(m.value)) for m in got]
+    assert all(key == e.user_id.encode() for key, e in events)  # keyed by user
+    for user in {e.user_id for _, e in events}:  # each user's ratings in time order
+        times = [e.timestamp for _, e in events if e.user_id == user]
+        assert times == sorted(times)
+    catalog = consume(kafka_bootstrap, topics["items"], 5)
+    assert {ItemEvent.model_validate_json(m.value).item_id for m in catalog} == {
+        f"i{j}" for j in range(5)
+    }
+
+
+def test_recs_and_metrics_print_what_redis_holds(topics, redis_url, redis_key_prefix, capsys):
+    r = redis.Redis.from_url(redis_url)
+    p = redis_key_prefix
+    r.set(
+        f"{p}recs:u1",
+        json.dumps(
+            {
+                "user_id": "u1",
+                "model_version": 4,
+                "updated_at": 1.0,
+                "items": [
+                    {
+                        "item_id": "i3",
+                        "score": 0.25,
+                        "reason": "because you liked i1",
+                        "source": "cooc",
+                        "because": "i1",
+                    }
+                ],
+            }
+        ),
+    )
+    r.hset(f"{p}item:i3", mapping={"title": "Stalker"})
+    r.hset(f"{p}metrics", mapping={"events": "120", "rmse": "0.93", "k": "10"})
+    r.hset(f"{p}metrics:worker:h:1", mapping={"events": "120", "rmse": "0.93"})
+    assert main(["recs", "u1"]) == 0
+    out = capsys.readouterr().out
+    assert "model version 4" in out and "Stalker" in out and "because you liked i1" in out
+    assert main(["recs", "u1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"][0]["title"] == "Stalker"
+    assert main(["metrics"]) == 0
+    out = capsys.readouterr().out
+    assert "1 live worker" in out and "0.9300" in out and "h:1" in out
+    r.close()
+
+
+def test_recs_without_redis_fails_clearly(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
+    assert main(["recs", "u1"]) == 1
+    assert "cannot reach Redis at redis://127.0.0.1:9/0" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""The Prometheus exposition: parsed back by the reference client library."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from recsys_online.events import Rating
+from streamer.engine import StreamEngine
+from streamer.metrics import FRESHNESS_BUCKETS, Histogram, exposition
+from streamer.settings import Settings
+
+
+def families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    h = Histogram((0.01, 0.1, 1.0))
+    h.observe_many([0.01, 0.05, 0.1, 0.5, 7.0])
+    assert h.cumulative() == [1, 3, 4, 5]  # a value equal to a bound is "le" that bound
+    assert h.count == 5
+    assert h.sum == pytest.approx(7.66)
+    h.observe_many([])
+    assert h.count == 5
+
+
+def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
+    engine = StreamEngine(Settings(k=3, n_factors=4))
+    for j in range(5):
+        engine.upsert_item(f"i{j}", {"t": 1.0})
+    engine.learn_ratings([Rating("u1", "i0", 5.0, 1.0), Rating("u2", "i1", 2.0, 1.0)])
+    engine.record_freshness([1000.0, 1030.0], published_at=1.05)  # 50 ms and 20 ms
+    engine.record_refresh(0.002)
+    text = exposition(engine.metrics(lag=7), engine.histograms(), {"worker": 'h"1'})
+    fams = families(text)
+    # prometheus_client drops the _total suffix from counter family names
+    for name in (
+        "recsys_events",
+        "recsys_deadletters",
+        "recsys_consumer_lag",
+        "recsys_rmse",
+        "recsys_mae",
+        "recsys_ndcg_at_k",
+        "recsys_recall_at_k",
+        "recsys_freshness_seconds",
+        "recsys_refresh_seconds",
+    ):
+        assert name in fams, name
+    events = fams["recsys_events"].samples[0]
+    assert events.value == 2 and events.labels == {"worker": 'h"1'}
+    assert fams["recsys_consumer_lag"].samples[0].value == 7
+    assert fams["recsys_ndcg_at_k"].samples[0].labels["k"] == "3"
+    fresh = {
+        s.labels.get("le"): s.value
+        for s in fams["recsys_freshness_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert fresh["0.02"] == 1 and fresh["0.05"] == 2 and fresh["+Inf"] == 2
+    assert len(fresh) == len(FRESHNESS_BUCKETS) + 1
+    refresh_count = next(
+        s for s in fams["recsys_refresh_seconds"].samples if s.name.endswith("_count")
+    )
+    assert refresh_count.value == 1
+
+
+def test_nan_figures_are_valid_exposition() -> None:
+    text = exposition({"rmse": math.nan, "events": 0}, {}, {})
+    sample = families(text)["recsys_rmse"].samples[0]
+    assert math.isnan(sample.value)
