@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ratings", type=int, default=30_000)
     demo.add_argument("--rate", type=float, default=2_000.0, help="ratings per second")
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka/Redis running")
+    demo.add_argument(
+        "--then",
+        choices=["wait", "exit"],
+        default=None,
+        help="after the stream: keep the worker and dashboard up until Ctrl-C (wait; the "
+        "default in a terminal) or stop everything (exit; the default otherwise)",
+    )
     demo.set_defaults(run=run_demo)
     worker = sub.add_parser("worker", help="run a streaming worker (settings: RECSYS_* env)")
     worker.add_argument("--loglevel", default="info")
@@ -59,7 +66,8 @@ def run_services(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from streamer.demo import run_demo as demo
 
-    return demo(args.ratings, args.rate, args.keep_services)
+    wait = args.then == "wait" if args.then else sys.stdin.isatty()
+    return demo(args.ratings, args.rate, args.keep_services, wait)
 
 
 def main(argv: list[str] | None = None) -> int:

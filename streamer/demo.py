@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 
 from recsys_online import synth
-from streamer.process import isolated_env, start_worker, stop_worker
+from streamer.process import isolated_env, start_dashboard, start_worker, stop_worker
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -23,6 +23,17 @@ SERVICES = REPO / "scripts" / "services.sh"
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def external_services() -> dict[str, str] | None:
+    """The services named by KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, when both are set: the
+    demo then uses them as they are and neither starts nor stops anything."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+            "REDIS_URL": os.environ["REDIS_URL"],
+        }
+    return None
 
 
 def services_up() -> dict[str, str]:
@@ -67,20 +78,35 @@ def show_lists(client: redis.Redis, settings: Settings, users: list[str]) -> Non
             say(f"    {n}. {rec['item_id']:<8} {rec['score']:7.3f}  {rec['reason']}")
 
 
-def run_demo(n_ratings: int, rate: float, keep_services: bool) -> int:
+def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = False) -> int:
+    """The whole path a newcomer should see; ``wait`` keeps the worker and dashboard up
+    after the stream until Ctrl-C."""
     worker: subprocess.Popen | None = None
+    dashboard: subprocess.Popen | None = None
     started = time.monotonic()
+    external = external_services()
+    stop_services = not keep_services and external is None
     try:
-        say("== 1/5 starting Kafka and Redis (the first run fetches Kafka from Maven Central) ==")
+        if external is None:
+            say("== 1/6 starting Kafka and Redis (a first run fetches Kafka from Maven Central) ==")
+            addresses = services_up()
+        else:
+            say(
+                f"== 1/6 using Kafka at {external['KAFKA_BOOTSTRAP_SERVERS']} and Redis at "
+                f"{external['REDIS_URL']} (from the environment) =="
+            )
+            addresses = external
         # Fresh topics for each demo, but the default key prefix, so `redis-cli GET
         # recsys:recs:<user>` works as the README says.
-        env = isolated_env("demo", {**os.environ, **services_up()}, RECSYS_KEY_PREFIX="recsys:")
+        env = isolated_env("demo", {**os.environ, **addresses}, RECSYS_KEY_PREFIX="recsys:")
         run = env["RECSYS_APP_ID"]
         settings = Settings.from_env(env)
         client = redis.Redis.from_url(settings.redis_url)
-        client.delete(settings.key("metrics"))
+        for stale in ("metrics", "popular"):
+            client.delete(settings.key(stale))
+        client.delete(settings.key("metrics", "history"))
 
-        say(f"\n== 2/5 generating a synthetic stream of {n_ratings:,} ratings ==")
+        say(f"\n== 2/6 generating a synthetic stream of {n_ratings:,} ratings ==")
         ds = synth.generate(n_users=2000, n_items=3000, n_ratings=n_ratings, seed=7)
         new_items = sum(1 for i in ds.items.values() if i.timestamp > ds.ratings[0].timestamp)
         say(
@@ -89,21 +115,27 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool) -> int:
         )
 
         log_path = Path(tempfile.gettempdir()) / f"recsys-{run}-worker.log"
-        say(f"\n== 3/5 starting a worker (log: {log_path}) ==")
+        say(f"\n== 3/6 starting a worker (log: {log_path}) ==")
         worker = start_worker(env, log_path)
-        asyncio.run(_wait_ready(settings))
+        say(f"   worker pid {worker.pid}")
+        asyncio.run(_wait_ready(settings, worker))
         say(f"   worker ready after {time.monotonic() - started:.0f} s")
 
-        say(f"\n== 4/5 streaming ratings into Kafka at {rate:,.0f}/s; the worker learns each ==")
+        say("\n== 4/6 starting the dashboard ==")
+        dashboard, url = start_dashboard(env, settings.dashboard_port)
+        say(f"   dashboard pid {dashboard.pid}")
+        say(f"   open {url}  (live charts; pick a user to see their list)")
+
+        say(f"\n== 5/6 streaming ratings into Kafka at {rate:,.0f}/s; the worker learns each ==")
         asyncio.run(_stream(settings, ds, rate, client, n_ratings))
         deadline = time.monotonic() + 120
         while learned(client, settings) < n_ratings and time.monotonic() < deadline:
             print(f"\r   catching up: {metrics_line(client, settings)}", end="", flush=True)
             time.sleep(0.5)
         time.sleep(1.2)  # one more metrics tick
-        say("\n   " + metrics_line(client, settings))
+        say("\n   final: " + metrics_line(client, settings))
 
-        say("\n== 5/5 live lists in Redis (what apps read) ==")
+        say("\n== 6/6 live lists in Redis (what apps read) ==")
         # Recently active users with a real history: their lists show every kind of reason.
         counts: dict[str, int] = {}
         for r in ds.ratings:
@@ -113,31 +145,40 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool) -> int:
             u for u in recent_users if counts[u] >= 20 and client.exists(settings.key("recs", u))
         ][:3]
         show_lists(client, settings, heavy)
-        say(
-            f"\n   read one yourself: redis-cli GET {settings.key('recs', heavy[0])}"
-            if heavy
-            else ""
-        )
-        say(f"   metrics: redis-cli HGETALL {settings.key('metrics')}")
+        if heavy:
+            say(f"\n   the same from the shell:  recsys-online recs {heavy[0]}")
+            say(f"                             redis-cli GET {settings.key('recs', heavy[0])}")
+            say(f"   on the dashboard:         {url}?user={heavy[0]}")
+        say(f"   metrics:                  recsys-online metrics   ({settings.key('metrics')})")
+        if wait:
+            say(f"\n   worker and dashboard stay up: {url}  —  Ctrl-C stops everything")
+            while worker.poll() is None:
+                time.sleep(0.5)
+            say("   the worker stopped")
         return 0
     except KeyboardInterrupt:
         say("\ninterrupted: stopping")
         return 130
     finally:
+        if dashboard is not None:
+            say("\n== stopping the dashboard ==")
+            stop_worker(dashboard, timeout=10)
         if worker is not None:
-            say("\n== stopping the worker ==")
+            say("== stopping the worker ==")
             stop_worker(worker)
-        if not keep_services:
+        if stop_services:
             say("== stopping Kafka and Redis ==")
             subprocess.call(["bash", str(SERVICES), "down"])
         say(f"== demo finished in {time.monotonic() - started:.0f} s ==")
 
 
-async def _wait_ready(settings: Settings, timeout: float = 90.0) -> None:
+async def _wait_ready(settings: Settings, worker: subprocess.Popen, timeout: float = 90.0) -> None:
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     deadline = time.monotonic() + timeout
     try:
         while not await client.exists(settings.key("metrics")):
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited ({worker.returncode}); see its log")
             if time.monotonic() > deadline:
                 raise RuntimeError("the worker did not become ready; see its log")
             await asyncio.sleep(0.2)
@@ -146,12 +187,23 @@ async def _wait_ready(settings: Settings, timeout: float = 90.0) -> None:
 
 
 async def _stream(settings: Settings, ds, rate: float, client: redis.Redis, total: int) -> None:
+    """Stream at ``rate``: a live progress line, and one kept line per fifth of the stream
+    so the scrollback shows the rolling metrics improving as the model learns."""
     last = 0.0
+    milestone = 1
 
     async def progress(sent: int) -> None:
-        nonlocal last
+        nonlocal last, milestone
         now = time.monotonic()
-        if now - last >= 1.0:
+        if sent >= milestone * total / 5:
+            milestone += 1
+            print(
+                f"\r   {100 * sent / total:3.0f}% sent  |  {metrics_line(client, settings)}"
+                + " " * 10,
+                flush=True,
+            )
+            last = now
+        elif now - last >= 1.0:
             last = now
             bar = "#" * int(20 * sent / total)
             print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,3 +55,21 @@ def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_dashboard(env: dict[str, str], port: int = 0) -> tuple[subprocess.Popen, str]:
+    """``recsys-online dashboard`` as a child process; returns it and the URL it serves."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "dashboard", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    first = process.stdout.readline() if process.stdout else ""
+    match = re.search(r"(http://\S+/)", first)
+    if not match:
+        stop_worker(process, timeout=5)
+        raise RuntimeError(f"the dashboard did not start: {first.strip() or 'no output'}")
+    return process, match.group(1)

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import isolated_env, start_worker, stop_worker
+from streamer.process import isolated_env, start_dashboard, start_worker, stop_worker
 from streamer.producer import SyncEventProducer
 from streamer.settings import Settings
 
@@ -127,16 +126,7 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
             "200 ratings learned",
             tmp / "worker.log",
         )
-        dashboard = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "dashboard", "--port", "0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        first = dashboard.stdout.readline()
-        match = re.search(r"(http://\S+/)", first)
-        assert match, f"the dashboard did not say where it serves: {first!r}"
+        dashboard, dashboard_url = start_dashboard(env)
         wait_until(
             lambda: client.llen(settings.key("metrics", "history")) >= 3,
             "three metrics snapshots",
@@ -147,13 +137,12 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
             "settings": settings,
             "redis": client,
             "tmp": tmp,
-            "dashboard_url": match.group(1),
+            "dashboard_url": dashboard_url,
             "worker": worker,
         }
     finally:
         if dashboard is not None:
-            dashboard.terminate()
-            dashboard.wait(timeout=10)
+            stop_worker(dashboard, timeout=10)
         stop_worker(worker)
         for key in client.scan_iter(f"{settings.key_prefix}*"):
             client.delete(key)

@@ -1,0 +1,86 @@
+"""The README's main command, end to end: the demo streams, shows metrics and lists, and
+leaves nothing running, whether it finishes or is stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
+
+
+def demo(kafka_bootstrap: str, redis_url: str, *args: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "RECSYS_DASHBOARD_PORT": "0",
+        "RECSYS_WEB_PORT": "0",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "demo", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone too (our child, reaped by its parent only).
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1].startswith("Z")
+
+
+def pids(output: str) -> list[int]:
+    return [int(p) for p in re.findall(r"(?:worker|dashboard) pid (\d+)", output)]
+
+
+def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap: str, redis_url: str):
+    process = demo(
+        kafka_bootstrap, redis_url, "--ratings", "4000", "--rate", "4000", "--then", "exit"
+    )
+    out, _ = process.communicate(timeout=200)
+    assert process.returncode == 0, out[-3000:]
+    assert "using Kafka at" in out  # the services from the environment, left running
+    assert re.search(r"open http://\S+/", out), out[-3000:]
+    final = re.search(r"final: learned\s+([\d,]+)\s+RMSE ([\d.]+)\s+NDCG@10 ([\d.]+)", out)
+    assert final, out[-3000:]
+    assert int(final.group(1).replace(",", "")) == 4000
+    assert 0 < float(final.group(2)) < 1.5
+    assert re.search(r"because you liked|matches your tags", out)
+    assert len(pids(out)) == 2
+    assert all(gone(pid) for pid in pids(out))
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(kafka_bootstrap: str, redis_url: str):
+    process = demo(
+        kafka_bootstrap, redis_url, "--ratings", "200000", "--rate", "1000", "--then", "wait"
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if "streaming ratings into Kafka" in line or not line:
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=90)
+    out = "".join(lines) + rest
+    assert process.returncode == 130, out[-3000:]
+    assert "interrupted: stopping" in out
+    assert len(pids(out)) == 2
+    assert all(gone(pid) for pid in pids(out))
