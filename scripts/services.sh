@@ -520,6 +520,7 @@ take_lock() {
 print_env() {
   printf 'export KAFKA_BOOTSTRAP_SERVERS=%s\n' "$KAFKA_BOOTSTRAP"
   printf 'export REDIS_URL=redis://%s:%s/0\n' "$HOST" "$REDIS_PORT"
+  printf 'export RECSYS_KAFKA_LIBS=%s\n' "$KAFKA_LIBS"
 }
 
 cmd_up() {

@@ -34,8 +34,9 @@ class RecommendationsUnavailable(RuntimeError):
 class Recommended:
     """One item of a list: its id, blended score, why it is there, and optionally its title.
 
-    ``source`` names the signal behind the reason (``mf``, ``content``, ``cooc``, ``pop``,
-    ...) and ``because`` the item the user liked that led to it, when there is one.
+    ``source`` names the signal behind the reason (``collaborative``, ``content``,
+    ``co-occurrence``, ``popular``) and ``because`` the item the user liked that led to
+    it, when there is one.
     """
 
     item_id: str
