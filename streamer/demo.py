@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -86,6 +87,9 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
     started = time.monotonic()
     external = external_services()
     stop_services = not keep_services and external is None
+    # `kill`, a closed terminal or Ctrl-C: each stops everything the demo started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         if external is None:
             say("== 1/6 starting Kafka and Redis (a first run fetches Kafka from Maven Central) ==")
@@ -170,6 +174,10 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
             say("== stopping Kafka and Redis ==")
             subprocess.call(["bash", str(SERVICES), "down"])
         say(f"== demo finished in {time.monotonic() - started:.0f} s ==")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 async def _wait_ready(settings: Settings, worker: subprocess.Popen, timeout: float = 90.0) -> None:

@@ -64,7 +64,8 @@ def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap: str, redis_u
     assert all(gone(pid) for pid in pids(out))
 
 
-def test_ctrl_c_stops_the_demo_and_everything_it_started(kafka_bootstrap: str, redis_url: str):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_a_stopped_demo_leaves_nothing_running(kafka_bootstrap: str, redis_url: str, sig):
     process = demo(
         kafka_bootstrap, redis_url, "--ratings", "200000", "--rate", "1000", "--then", "wait"
     )
@@ -77,7 +78,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(kafka_bootstrap: str, r
         if "streaming ratings into Kafka" in line or not line:
             break
     time.sleep(2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     rest, _ = process.communicate(timeout=90)
     out = "".join(lines) + rest
     assert process.returncode == 130, out[-3000:]
