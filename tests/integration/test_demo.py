@@ -64,7 +64,11 @@ def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap: str, redis_u
     assert all(gone(pid) for pid in pids(out))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+    ids=["ctrl-c", "kill", "terminal-closed"],
+)
 def test_a_stopped_demo_leaves_nothing_running(kafka_bootstrap: str, redis_url: str, sig):
     process = demo(
         kafka_bootstrap, redis_url, "--ratings", "200000", "--rate", "1000", "--then", "wait"
