@@ -147,11 +147,26 @@ class ContentModel:
 
     def top_tags_many(self, user: int, items: np.ndarray, n: int = 2) -> list[list[str]]:
         """:meth:`top_tags` for several items at once."""
-        t, w = self.tags.rows[items], self.tags.weights[items]  # (m, T)
-        col, sign = self._columns(t)
-        contrib = np.where(w > 0, sign * self.profile[user, col], -np.inf)
-        order = np.argsort(-contrib, axis=1, kind="stable")[:, :n]
+        rows, ok = self.top_tag_rows(np.array([user]), np.asarray(items)[None, :], n)
         name = self.tags.index.id_of
         return [
-            [name(int(t[r, j])) for j in order[r] if contrib[r, j] > 0] for r in range(len(items))
+            [name(int(t)) for t, good in zip(r, g, strict=True) if good]
+            for r, g in zip(rows[0].tolist(), ok[0].tolist(), strict=True)
         ]
+
+    def top_tag_rows(
+        self, users: np.ndarray, items: np.ndarray, n: int = 2
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For users ``(B,)`` and their items ``(B, m)``: the rows of each item's ``n``
+        tags that agree most with the user's profile, ``(B, m, n)``, best first, and
+        whether each agrees at all (positive contribution); names come from
+        ``tags.index.id_of``, only where an explanation needs them."""
+        t, w = self.tags.rows[items], self.tags.weights[items]  # (B, m, T)
+        col, sign = self._columns(t)
+        profile = self.profile[users]  # (B, D)
+        agree = sign * np.take_along_axis(profile, col.reshape(len(users), -1), axis=1).reshape(
+            t.shape
+        )
+        contrib = np.where(w > 0, agree, -np.inf)
+        order = np.argsort(-contrib, axis=-1, kind="stable")[..., :n]
+        return np.take_along_axis(t, order, -1), np.take_along_axis(contrib, order, -1) > 0

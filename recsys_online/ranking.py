@@ -54,9 +54,12 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
         tau = np.full(n_rows, -np.inf, block_max.dtype)
     rb, bb = np.nonzero(block_max >= tau[:, None])
     cand = blocks[rb, bb]  # (m, block): the only blocks that can hold a top-k score
-    i, j = np.nonzero((cand >= tau[rb][:, None]) & (cand > -np.inf))  # -inf: excluded
-    r, c, v = rb[i], bb[i] * block + j, cand[i, j]
-    order = np.lexsort((c, -v, r))  # by row, then best score, ties by position
+    i, j = np.nonzero(cand >= tau[rb][:, None])
+    r, c, v = rb[i], bb[i] * block + j, cand[i, j]  # by row, then by position
+    if tau.min() == -np.inf:  # -inf marks an excluded item: never returned
+        finite = v > -np.inf
+        r, c, v = r[finite], c[finite], v[finite]
+    order = np.lexsort((-v, r))  # by row, then best score; stable: ties by position
     r, c, v = r[order], c[order], v[order]
     rank = np.arange(len(r)) - np.searchsorted(r, r)
     keep = rank < k

@@ -383,14 +383,17 @@ class Recommender:
     def top_items(self, users: Sequence[str], k: int = 10) -> list[list[str]]:
         """Just the ids of each user's top-``k`` list (no explanations), batched."""
         ranked = self._rank_users(users, k)
-        popular = [r.item for r in self.popular(k)]
         if ranked is None:
+            popular = [r.item for r in self.popular(k)]
             return [popular for _ in users]
         warm, _, _, top, _, _ = ranked
         ids = self.items.ids
-        out = [popular] * len(users)
+        out: list[list[str] | None] = [None] * len(users)
         for b, n in enumerate(warm):
             out[n] = [ids[j] for j in top[b].tolist()]
+        if len(warm) < len(users):  # the fallback list, only when some user needs it
+            popular = [r.item for r in self.popular(k)]
+            out = [popular if x is None else x for x in out]
         return out
 
     def _rank_users(self, users: Sequence[str], k: int):
@@ -435,9 +438,16 @@ class Recommender:
         return tags, factors
 
     def _pair_features(
-        self, u: np.ndarray, items: np.ndarray, ctx: _UserContext | None = None
+        self,
+        u: np.ndarray,
+        items: np.ndarray,
+        ctx: _UserContext | None = None,
+        cooc: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Every signal for given (user, item) pairs: ``items`` is ``(B, m)``, out ``(S, B, m)``."""
+        """Every signal for given (user, item) pairs: ``items`` is ``(B, m)``, out ``(S, B, m)``.
+
+        ``cooc`` may pass the co-occurrence scores of the pairs, when already computed.
+        """
         mf, content = self.mf, self.content
         out = np.zeros((len(SIGNALS), *items.shape), np.float32)
         use = self.config.signals
@@ -446,7 +456,9 @@ class Recommender:
         if "content" in use:
             out[1] = np.einsum("bd,bmd->bm", _unit_rows(content.profile[u]), content.C[items])
         if "cooc" in use:
-            out[2] = self.cooc.pair_scores(u, items, ctx.ring if ctx else None)
+            if cooc is None:
+                cooc = self.cooc.pair_scores(u, items, ctx.ring if ctx else None)
+            out[2] = cooc
         if "pop" in use:
             out[3] = self.popularity.item_scores(self.now, items.ravel()).reshape(items.shape)
         if "recent_tags" in use or "recent_factors" in use:
@@ -455,6 +467,33 @@ class Recommender:
             q = mf.Q[items] / np.maximum(mf.Q_norm[items], 1e-9)[..., None]
             out[5] = np.einsum("bk,bmk->bm", factors, q)
         return out * self._use[:, None, None]
+
+    def _explain_features(
+        self, u: np.ndarray, items: np.ndarray, ctx: _UserContext, cooc: np.ndarray | None
+    ) -> np.ndarray:
+        """:meth:`_pair_features` of ranked items, read from the ranking's item vectors.
+
+        The same signals, as one gather of stacked item rows and one product with a
+        per-user matrix holding each signal's user-side vector in that signal's columns.
+        """
+        if self._side is None:  # nothing ranked yet: no stacked rows to read
+            return self._pair_features(u, items, ctx, cooc)
+        mf, content = self.mf, self.content
+        k, d = mf.params.n_factors, content.dim
+        side = self._item_side(len(self._side))  # the ranking's rows, brought up to date
+        user = np.zeros((len(u), len(SIGNALS), side.shape[1]), np.float32)
+        user[:, 0, :k] = mf.P[u]
+        user[:, 0, -2] = 1.0  # item bias
+        user[:, 1, 2 * k : 2 * k + d] = _unit_rows(content.profile[u])
+        user[:, 3, -1] = 1.0  # popularity
+        user[:, 4, 2 * k : 2 * k + d] = ctx.tags
+        user[:, 5, k : 2 * k] = ctx.factors
+        x = np.matmul(user, side[items].transpose(0, 2, 1)).transpose(1, 0, 2)  # (S, B, m)
+        if cooc is not None:
+            x[2] = cooc
+        elif "cooc" in self.config.signals:
+            x[2] = self.cooc.pair_scores(u, items, ctx.ring)
+        return x * self._use[:, None, None]
 
     def _blended_scores(
         self, u: np.ndarray, w: np.ndarray, width: int, ctx: _UserContext
@@ -479,18 +518,14 @@ class Recommender:
             ),
             axis=1,
         ).astype(np.float32)
-        item_side = self._item_side(width)
-        pop_key = (self.popularity.version, self.now, self.n_items, self._side_key)
-        if pop_key != self._pop_key:  # the popularity column moves only with time and counts
-            item_side[: self.n_items, -1] = self.popularity.item_scores(self.now)
-            self._pop_key = pop_key
-        scores = user_side @ item_side.T
+        scores = user_side @ self._item_side(width).T
         if w[:, 2].any():
             self.cooc.add_scores(scores, u, w[:, 2], ctx.ring)
         return scores
 
     def _item_side(self, width: int) -> np.ndarray:
-        """The stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]``, ``width`` rows.
+        """The stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]``, ``width`` rows,
+        up to date.
 
         Kept between calls: only rows touched since the last call are rewritten, unless a
         full refresh of factors or content vectors (or a new width) asks for a rebuild.
@@ -505,13 +540,17 @@ class Recommender:
         else:
             rows = np.fromiter(self._side_dirty, np.int64, len(self._side_dirty))
         self._side_dirty.clear()
+        side = self._side
         if len(rows):
-            side = self._side
             side[rows, :k] = mf.Q[rows]
             side[rows, k : 2 * k] = mf.Q[rows] / np.maximum(mf.Q_norm[rows], 1e-9)[:, None]
             side[rows, 2 * k : 2 * k + d] = content.C[rows]
             side[rows, -2] = mf.item_bias_eff[rows]
-        return self._side
+        pop_key = (self.popularity.version, self.now, n, self._side_key)
+        if pop_key != self._pop_key:  # the popularity column moves only with time and counts
+            side[:n, -1] = self.popularity.item_scores(self.now)
+            self._pop_key = pop_key
+        return side
 
     def _rank(
         self,
@@ -527,8 +566,11 @@ class Recommender:
         scores = self._blended_scores(u, w, width, ctx)
         scores[:, n:] = -np.inf
         scores[:, :n][:, ~self.active[:n]] = -np.inf
-        for b, r in enumerate(u.tolist()):
-            scores[b, np.frombuffer(self.history[r], np.int32)] = -np.inf
+        rated = [np.frombuffer(self.history[r], np.int32) for r in u.tolist()]
+        lengths = np.fromiter(map(len, rated), np.int64, len(rated))
+        if lengths.any():  # every user's rated items, as flat positions in ``scores``
+            flat = np.repeat(np.arange(len(u)) * width, lengths) + np.concatenate(rated)
+            scores.reshape(-1)[flat] = -np.inf
         if cands is not None:
             keep = np.zeros(width, bool)
             keep[cands] = True
@@ -585,68 +627,108 @@ class Recommender:
         if width == 0:
             return [[] for _ in top]
         n_users = len(u)
-        padded = np.zeros((n_users, width), np.int64)
-        valid = np.zeros((n_users, width), bool)
-        for b, t in enumerate(top):
-            padded[b, : len(t)] = t
-            valid[b, : len(t)] = True
-        x = self._pair_features(u, padded, ctx)  # (S, B, K)
+        lengths = np.fromiter(map(len, top), np.int64, n_users)
+        if (lengths == width).all():
+            padded = np.stack(top).astype(np.int64, copy=False)
+        else:
+            padded = np.zeros((n_users, width), np.int64)
+            padded[np.arange(width) < lengths[:, None]] = np.concatenate(top)
+        ring = None
+        if "cooc" in self.config.signals:  # by ring item: summed, a signal; argmax, a reason
+            ring = self.cooc.ring_contributions(u, padded, ctx.ring)  # (B, L, K)
+            x = self._explain_features(u, padded, ctx, ring.sum(axis=1).astype(np.float32))
+        else:
+            x = self._explain_features(u, padded, ctx, None)  # (S, B, K)
         contrib = w.T[:, :, None] * (x - self.signal_mean[:, None, None].astype(np.float32))
         order = np.argsort(-contrib, axis=0, kind="stable")  # (S, B, K)
-        # What each signal could say for each item (B, K).
-        because = self.cooc.because_of_users(u, padded, ctx.ring)
-        liked = np.stack([self._closest_liked_many(int(r), padded[b]) for b, r in enumerate(u)])
-        tags = [self.content.top_tags_many(int(r), padded[b]) for b, r in enumerate(u)]
-        has_tags = np.array([[bool(t) for t in row] for row in tags])
+        # What each signal could say for each item (B, K). Popularity always can, so a
+        # signal ranked below it for every item is never asked: its reasons are skipped.
+        use = self._use.astype(bool)
+        needed = use.copy()
+        if use[3]:
+            rank = np.argsort(order, axis=0)  # (S, B, K): each signal's place
+            needed &= (rank < rank[3]).any(axis=(1, 2))
         can = np.zeros((len(SIGNALS), n_users, width), bool)
-        can[0] = can[5] = liked >= 0
-        can[1] = can[4] = has_tags
-        can[2] = because >= 0
+        because = liked = np.full((n_users, width), -1, np.int64)
+        tag_rows = tag_ok = None
+        if needed[2]:
+            because = self.cooc.because_of_users(u, padded, ctx.ring, ring)
+            can[2] = because >= 0
+        if needed[0] or needed[5]:
+            liked = self._closest_liked_users(u, padded)
+            can[0] = can[5] = liked >= 0
+        if needed[1] or needed[4]:
+            tag_rows, tag_ok = self.content.top_tag_rows(u, padded)  # (B, K, 2)
+            can[1] = can[4] = tag_ok.any(axis=-1)
         can[3] = True
-        can &= self._use.astype(bool)[:, None, None]
+        can &= use[:, None, None]
         ranked_can = np.take_along_axis(can, order, axis=0)
         first = np.argmax(ranked_can, axis=0)  # (B, K)
         chosen = np.take_along_axis(order, first[None], axis=0)[0]
         chosen[~ranked_can.any(axis=0)] = -1
+        # The item each reason names: the recent item (co-occurrence) or the closest like.
+        named = np.where(chosen == 2, because, np.where((chosen == 0) | (chosen == 5), liked, 0))
+        # One flat pass over every listed item (the lists are cut apart at the end).
+        present = np.arange(width) < lengths[:, None]
         ids = self.items.ids
-        out = []
-        for b in range(n_users):
-            recs = []
-            for c, (item, score) in enumerate(
-                zip(top[b].tolist(), top_scores[b].tolist(), strict=True)
+        items = [ids[j] for j in padded[present].tolist()]
+        liked_ids = [ids[j] for j in named[present].tolist()]
+        sources = chosen[present].tolist()
+        scores = np.concatenate(top_scores).tolist()
+        tags: dict[int, str] = {}  # flat position -> "matches your tags a, b"
+        if tag_rows is not None and tag_ok is not None:
+            is_content = (chosen == 1) | (chosen == 4)
+            spots = np.flatnonzero(is_content[present])
+            name = self.tags.index.id_of
+            for p, rows, ok in zip(
+                spots.tolist(),
+                tag_rows[present][spots].tolist(),
+                tag_ok[present][spots].tolist(),
+                strict=True,
             ):
-                j = int(chosen[b, c])
-                if j == 2:
-                    liked_id = ids[because[b, c]]
-                    rec = Recommendation(
-                        ids[item], score, f"because you liked {liked_id}", "co-occurrence", liked_id
-                    )
-                elif j in (1, 4):
-                    reason = "matches your tags " + ", ".join(tags[b][c])
-                    rec = Recommendation(ids[item], score, reason, "content")
-                elif j in (0, 5):
-                    liked_id = ids[liked[b, c]]
-                    rec = Recommendation(
-                        ids[item], score, f"because you liked {liked_id}", "collaborative", liked_id
-                    )
-                elif j == 3:
-                    rec = Recommendation(ids[item], score, "popular now", "popular")
-                else:
-                    rec = Recommendation(ids[item], score, "close to your tastes", "collaborative")
-                recs.append(rec)
-            out.append(recs)
-        return out
+                shown = ", ".join([name(t) for t, g in zip(rows, ok, strict=True) if g])
+                tags[p] = "matches your tags " + shown
+        recs = [
+            Recommendation(item, score, "because you liked " + liked, "co-occurrence", liked)
+            if j == 2
+            else Recommendation(item, score, "because you liked " + liked, "collaborative", liked)
+            if j == 0 or j == 5
+            else Recommendation(item, score, "popular now", "popular")
+            if j == 3
+            else Recommendation(item, score, tags[p], "content")
+            if p in tags
+            else Recommendation(item, score, "close to your tastes", "collaborative")
+            for p, (item, score, j, liked) in enumerate(
+                zip(items, scores, sources, liked_ids, strict=True)
+            )
+        ]
+        ends = np.cumsum(lengths).tolist()
+        return [recs[end - n : end] for end, n in zip(ends, lengths.tolist(), strict=True)]
+
+    def _closest_liked_users(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """For users ``(B,)`` and items ``(B, K)``: the user's recent like (of the last 50
+        ratings, at or above the user's mean) with the closest factors (-1: none)."""
+        recent = [np.frombuffer(self.history[r], np.int32)[-50:] for r in u.tolist()]
+        rated = [np.frombuffer(self.history_ratings[r], np.float32)[-50:] for r in u.tolist()]
+        lengths = np.fromiter(map(len, recent), np.int64, len(u))
+        if not lengths.any() or not items.size:
+            return np.full(items.shape, -1, np.int64)
+        present = np.arange(lengths.max()) < lengths[:, None]  # (B, H), oldest first
+        hist = np.zeros(present.shape, np.int64)
+        hist[present] = np.concatenate(recent)
+        ratings = np.full(present.shape, -np.inf, np.float32)
+        ratings[present] = np.concatenate(rated)
+        liked = ratings >= self._user_means(u)[:, None]  # (B, H)
+        mf = self.mf
+        q = mf.Q[hist] / np.maximum(mf.Q_norm[hist], 1e-9)[..., None]  # (B, H, k)
+        sims = np.matmul(q, mf.Q[items].transpose(0, 2, 1))  # (B, H, K)
+        sims[~liked] = -np.inf
+        best = np.argmax(sims, axis=1)  # (B, K): the first of equals, as history order
+        return np.where(liked.any(axis=1)[:, None], np.take_along_axis(hist, best, 1), -1)
 
     def _closest_liked_many(self, user: int, items: np.ndarray) -> np.ndarray:
         """For each item, the user's recent like with the closest factors (-1: none)."""
-        hist = np.frombuffer(self.history[user], np.int32)[-50:]
-        ratings = np.frombuffer(self.history_ratings[user], np.float32)[-50:]
-        liked = hist[ratings >= self._user_means(np.array([user]))[0]]
-        if not len(liked) or not len(items):
-            return np.full(len(items), -1, np.int64)
-        q = self.mf.Q[liked] / np.maximum(self.mf.Q_norm[liked], 1e-9)[:, None]
-        sims = q @ self.mf.Q[items].T  # (H, K)
-        return liked[np.argmax(sims, axis=0)].astype(np.int64)
+        return self._closest_liked_users(np.array([user]), np.asarray(items)[None, :])[0]
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
