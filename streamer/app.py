@@ -337,9 +337,7 @@ class RecsysWorker:
         log.info("rebalance: rebuilding the model from the assigned partitions")
         self._reset_pending = False
         self._replayed.clear()
-        deadletters = self.engine.deadletters
-        self.engine = StreamEngine(self.settings)
-        self.engine.deadletters = deadletters
+        self.engine = self.engine.successor()
         self.catalog.restart(self.engine)
 
     async def _ensure_replayed(self, partition: int, until: int) -> None:

@@ -87,7 +87,9 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
     started = time.monotonic()
     external = external_services()
     stop_services = not keep_services and external is None
-    # `kill`, a closed terminal or Ctrl-C: each stops everything the demo started.
+    # `kill`, a closed terminal or Ctrl-C: each stops everything the demo started (also
+    # when started in the background, where a shell leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
@@ -177,7 +179,11 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM/SIGHUP take the Ctrl-C path: inside ``asyncio.run`` that cancels the main
+    task, so the producer flushes and closes before KeyboardInterrupt reaches
+    ``run_demo``; raising here instead would cancel the Kafka client's own tasks first and
+    leave the producer waiting for them."""
+    signal.raise_signal(signal.SIGINT)
 
 
 async def _wait_ready(settings: Settings, worker: subprocess.Popen, timeout: float = 90.0) -> None:

@@ -53,7 +53,8 @@ class StreamEngine:
         self.version = 0
         self.catalog_changes = 0  # item upserts seen; a refresh is due when it moves
         self._refreshed_at_change = 0
-        self.events = 0
+        self.events = 0  # ratings in the model: live and replayed from the log
+        self.evaluated = 0  # live ratings evaluated then learned (never counts replays)
         self.deadletters = 0
         self.freshness_ms: deque[float] = deque(maxlen=s.metrics_window)
         self.freshness_hist = Histogram(FRESHNESS_BUCKETS)  # seconds, since the start
@@ -81,6 +82,7 @@ class StreamEngine:
             self.ranking.update(shown.index(items[n]) if items[n] in shown else None)
         model.learn_many(users, items, values, [r.timestamp for r in ratings])
         self.events += len(ratings)
+        self.evaluated += len(ratings)
         self._rate.append((time.monotonic(), self.events))
         self.version += 1
         touched = list(dict.fromkeys(users))
@@ -98,6 +100,25 @@ class StreamEngine:
         )
         self.events += len(ratings)
         self.version += 1
+
+    LIVE_FIGURES = (
+        "evaluated",
+        "deadletters",
+        "errors",
+        "ranking",
+        "freshness_ms",
+        "freshness_hist",
+        "refresh_hist",
+    )
+
+    def successor(self) -> StreamEngine:
+        """An empty model for a rebuild (after a rebalance) that keeps this worker's live
+        figures: the evaluation windows, counters and histograms go on, so monitoring
+        sees no reset, while ``events`` counts the new model's ratings from zero."""
+        new = StreamEngine(self.settings, self.max_tracked_users)
+        for name in self.LIVE_FIGURES:
+            setattr(new, name, getattr(self, name))
+        return new
 
     def serve(self, users: Iterable[str]) -> Lists:
         """Fresh lists for these users (and remember them as served)."""
@@ -204,6 +225,7 @@ class StreamEngine:
         err = self.errors.summary()
         return {
             "events": self.events,
+            "evaluated": self.evaluated,
             "rmse": err["rolling_rmse"],
             "mae": err["rolling_mae"],
             "rmse_total": err["rmse"],

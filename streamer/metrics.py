@@ -50,7 +50,16 @@ class Histogram:
 
 # name in Redis/engine metrics -> (Prometheus name, type, help)
 GAUGES: dict[str, tuple[str, str, str]] = {
-    "events": ("recsys_events_total", "counter", "Ratings learned by this worker."),
+    "evaluated": (
+        "recsys_events_total",
+        "counter",
+        "Live ratings processed (evaluated, then learned) by this worker.",
+    ),
+    "events": (
+        "recsys_model_ratings",
+        "gauge",
+        "Ratings in this worker's model, live and replayed from the log.",
+    ),
     "deadletters": (
         "recsys_deadletters_total",
         "counter",
@@ -116,10 +125,10 @@ def exposition(
     """The text a Prometheus server scrapes (text format 0.0.4).
 
     >>> h = Histogram((0.1,)); h.observe_many([0.05])
-    >>> text = exposition({"events": 7, "rmse": 0.9, "k": 10}, {"recsys_freshness_seconds":
+    >>> text = exposition({"evaluated": 7, "rmse": 0.9, "k": 10}, {"recsys_freshness_seconds":
     ...     (h, "Produce to Redis.")}, {"worker": "w1"})
     >>> print(text)  # doctest: +NORMALIZE_WHITESPACE
-    # HELP recsys_events_total Ratings learned by this worker.
+    # HELP recsys_events_total Live ratings processed (evaluated, then learned) by this worker.
     # TYPE recsys_events_total counter
     recsys_events_total{worker="w1"} 7
     # HELP recsys_rmse Prequential RMSE over the last ratings (rolling window).
