@@ -53,6 +53,8 @@ class ContentModel:
         self._changes_since_refresh = 0
         self._live_at_refresh = 0
         self.full_refreshes = 0  # bumped whenever every item vector may change
+        self._column_of = np.zeros(0, np.int64)  # hashed column of each tag row
+        self._sign_of = np.zeros(0, np.float32)
 
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
         """Grow storage for rows below ``n_users`` / ``n_items``."""
@@ -65,10 +67,15 @@ class ContentModel:
 
     # ------------------------------------------------------------ item vectors
     def _columns(self, tag_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hashed column and sign of each tag row."""
-        h = (tag_rows.astype(np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
-        sign = np.where((h >> np.uint64(16)) & np.uint64(1), -1.0, 1.0).astype(np.float32)
-        return (tag_rows % self.dim).astype(np.int64), sign
+        """Hashed column and sign of each tag row (looked up: computed once per tag row)."""
+        if self.tags.n_tags >= len(self._column_of):
+            rows = np.arange(2 * self.tags.n_tags + 64, dtype=np.uint64)
+            h = (rows * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
+            self._sign_of = np.where((h >> np.uint64(16)) & np.uint64(1), -1.0, 1.0).astype(
+                np.float32
+            )
+            self._column_of = (rows % np.uint64(self.dim)).astype(np.int64)
+        return self._column_of[tag_rows], self._sign_of[tag_rows]
 
     def _idf(self) -> np.ndarray:
         df = self.tags.tag_df.astype(np.float32)
@@ -163,10 +170,9 @@ class ContentModel:
         ``tags.index.id_of``, only where an explanation needs them."""
         t, w = self.tags.rows[items], self.tags.weights[items]  # (B, m, T)
         col, sign = self._columns(t)
-        profile = self.profile[users]  # (B, D)
-        agree = sign * np.take_along_axis(profile, col.reshape(len(users), -1), axis=1).reshape(
-            t.shape
-        )
+        b = np.arange(t.shape[0])[:, None, None]
+        m = np.arange(t.shape[1])[None, :, None]
+        agree = sign * self.profile[np.asarray(users)[:, None, None], col]
         contrib = np.where(w > 0, agree, -np.inf)
         order = np.argsort(-contrib, axis=-1, kind="stable")[..., :n]
-        return np.take_along_axis(t, order, -1), np.take_along_axis(contrib, order, -1) > 0
+        return t[b, m, order], contrib[b, m, order] > 0

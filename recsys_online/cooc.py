@@ -198,9 +198,9 @@ class CoOccurrence:
         if contrib is None:
             contrib = self.ring_contributions(users, items, ring)  # (B, L, m)
         best = np.argmax(contrib, axis=1)  # (B, m)
-        found = np.take_along_axis(contrib, best[:, None, :], axis=1)[:, 0, :] > 0
+        found = contrib.max(axis=1) > 0
         ring = self.recent[users]  # (B, L)
-        return np.where(found, np.take_along_axis(ring, best, axis=1), -1).astype(np.int64)
+        return np.where(found, ring[np.arange(len(best))[:, None], best], -1).astype(np.int64)
 
     def forget_item(self, item: int) -> None:
         """Remove an item from every neighbour list and ring (it left the catalog)."""

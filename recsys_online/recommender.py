@@ -640,14 +640,10 @@ class Recommender:
         else:
             x = self._explain_features(u, padded, ctx, None)  # (S, B, K)
         contrib = w.T[:, :, None] * (x - self.signal_mean[:, None, None].astype(np.float32))
-        order = np.argsort(-contrib, axis=0, kind="stable")  # (S, B, K)
         # What each signal could say for each item (B, K). Popularity always can, so a
-        # signal ranked below it for every item is never asked: its reasons are skipped.
+        # signal never above it is never asked: its reasons are not computed.
         use = self._use.astype(bool)
-        needed = use.copy()
-        if use[3]:
-            rank = np.argsort(order, axis=0)  # (S, B, K): each signal's place
-            needed &= (rank < rank[3]).any(axis=(1, 2))
+        needed = use & (contrib >= contrib[3]).any(axis=(1, 2)) if use[3] else use
         can = np.zeros((len(SIGNALS), n_users, width), bool)
         because = liked = np.full((n_users, width), -1, np.int64)
         tag_rows = tag_ok = None
@@ -662,10 +658,9 @@ class Recommender:
             can[1] = can[4] = tag_ok.any(axis=-1)
         can[3] = True
         can &= use[:, None, None]
-        ranked_can = np.take_along_axis(can, order, axis=0)
-        first = np.argmax(ranked_can, axis=0)  # (B, K)
-        chosen = np.take_along_axis(order, first[None], axis=0)[0]
-        chosen[~ranked_can.any(axis=0)] = -1
+        # The able signal with the largest contribution (ties: the first signal) wins.
+        chosen = np.where(can, contrib, -np.inf).argmax(axis=0)  # (B, K)
+        chosen[~can.any(axis=0)] = -1
         # The item each reason names: the recent item (co-occurrence) or the closest like.
         named = np.where(chosen == 2, because, np.where((chosen == 0) | (chosen == 5), liked, 0))
         # One flat pass over every listed item (the lists are cut apart at the end).
@@ -710,21 +705,25 @@ class Recommender:
         ratings, at or above the user's mean) with the closest factors (-1: none)."""
         recent = [np.frombuffer(self.history[r], np.int32)[-50:] for r in u.tolist()]
         rated = [np.frombuffer(self.history_ratings[r], np.float32)[-50:] for r in u.tolist()]
-        lengths = np.fromiter(map(len, recent), np.int64, len(u))
-        if not lengths.any() or not items.size:
+        if len(u) == 1:  # one user (recommend): no padding
+            hist, ratings = recent[0][None, :], rated[0][None, :]
+        else:
+            lengths = np.fromiter(map(len, recent), np.int64, len(u))
+            present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (B, H)
+            hist = np.zeros(present.shape, np.int32)
+            hist[present] = np.concatenate(recent)
+            ratings = np.full(present.shape, -np.inf, np.float32)
+            ratings[present] = np.concatenate(rated)
+        if not hist.size or not items.size:
             return np.full(items.shape, -1, np.int64)
-        present = np.arange(lengths.max()) < lengths[:, None]  # (B, H), oldest first
-        hist = np.zeros(present.shape, np.int64)
-        hist[present] = np.concatenate(recent)
-        ratings = np.full(present.shape, -np.inf, np.float32)
-        ratings[present] = np.concatenate(rated)
-        liked = ratings >= self._user_means(u)[:, None]  # (B, H)
+        liked = ratings >= self._user_means(u)[:, None]  # (B, H), oldest first
         mf = self.mf
         q = mf.Q[hist] / np.maximum(mf.Q_norm[hist], 1e-9)[..., None]  # (B, H, k)
         sims = np.matmul(q, mf.Q[items].transpose(0, 2, 1))  # (B, H, K)
         sims[~liked] = -np.inf
         best = np.argmax(sims, axis=1)  # (B, K): the first of equals, as history order
-        return np.where(liked.any(axis=1)[:, None], np.take_along_axis(hist, best, 1), -1)
+        found = hist[np.arange(len(u))[:, None], best].astype(np.int64)
+        return np.where(liked.any(axis=1)[:, None], found, -1)
 
     def _closest_liked_many(self, user: int, items: np.ndarray) -> np.ndarray:
         """For each item, the user's recent like with the closest factors (-1: none)."""
@@ -733,7 +732,7 @@ class Recommender:
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    norms = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
