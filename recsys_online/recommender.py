@@ -718,8 +718,8 @@ class Recommender:
             return np.full(items.shape, -1, np.int64)
         liked = ratings >= self._user_means(u)[:, None]  # (B, H), oldest first
         mf = self.mf
-        q = mf.Q[hist] / np.maximum(mf.Q_norm[hist], 1e-9)[..., None]  # (B, H, k)
-        sims = np.matmul(q, mf.Q[items].transpose(0, 2, 1))  # (B, H, K)
+        sims = np.matmul(mf.Q[hist], mf.Q[items].transpose(0, 2, 1))  # (B, H, K)
+        sims /= np.maximum(mf.Q_norm[hist], 1e-9)[..., None]  # cosine order over the likes
         sims[~liked] = -np.inf
         best = np.argmax(sims, axis=1)  # (B, K): the first of equals, as history order
         found = hist[np.arange(len(u))[:, None], best].astype(np.int64)
