@@ -9,10 +9,15 @@ Measures, on one synthetic stream over a 10k-item catalog:
 2. **Freshness at a steady rate**: ratings produced at ``--rate`` per second while the
    worker runs; produce-to-Redis latency p50/p99 as the worker measures it.
 3. **CPU share** of broker, worker and producer over each phase (from /proc).
+4. **Scale-out**: the throughput phase again with 2..``--workers`` workers in one group
+   (each worker's CPU share; on 2 cores the workers, the broker and Redis compete).
+5. **Quality parity**: the worker's whole-run prequential RMSE/NDCG@10/Recall@10 against
+   ``recsys-online replay`` (its defaults) on the same events, for the full-speed run and
+   for the steady-rate run (target: within 2%).
 
 Needs the services: ``eval "$(scripts/services.sh up)"``. Usage::
 
-    python -m benchmarks.bench_stream [--ratings 100000] [--rate 5000] [--out FILE]
+    python -m benchmarks.bench_stream [--ratings 100000] [--rate 5000] [--workers 2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,7 +106,37 @@ def core_speed(ds, batch: int) -> float:
     return len(ratings) / (time.perf_counter() - started)
 
 
-def throughput(ds, batch: int, log_dir: Path) -> dict:
+def worker_figures(client: redis.Redis, settings: Settings) -> dict[str, dict[str, float]]:
+    """Each live worker's numeric figures, by worker id."""
+    found = {}
+    for key in client.scan_iter(settings.key("metrics", "worker", "*"), count=100):
+        raw = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+        found[key.decode()] = {
+            k: float(v) for k, v in raw.items() if k not in ("worker", "metrics_url")
+        }
+    return found
+
+
+def evaluated(client: redis.Redis, settings: Settings) -> float:
+    """Live ratings processed, summed over the workers (replays after a rebalance are
+    not counted, so the sum reaches the number produced exactly once)."""
+    return sum(f.get("evaluated", 0.0) for f in worker_figures(client, settings).values())
+
+
+def wait_evaluated(client, settings, target, workers, timeout) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if evaluated(client, settings) >= target:
+            return time.monotonic()
+        for w in workers:
+            if w.poll() is not None:
+                raise RuntimeError(f"worker exited with {w.returncode}")
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {target} ratings evaluated after {timeout} s")
+
+
+def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1) -> dict:
+    """Pre-load every event, then ``n_workers`` workers of one group learn them all."""
     settings, env = run_settings(batch)
     client = redis.Redis.from_url(settings.redis_url)
     n = ds.n_ratings
@@ -109,30 +145,70 @@ def throughput(ds, batch: int, log_dir: Path) -> dict:
     asyncio.run(_produce_all(settings, ds))
     produce_s = time.monotonic() - t0
     producer_cpu = cpu_seconds(os.getpid()) - producer_cpu0
-    worker = start_worker(env, log_dir / "throughput-worker.log")
+    workers = [
+        start_worker(env, log_dir / f"throughput-{n_workers}w-worker{j}.log")
+        for j in range(n_workers)
+    ]
     bpid = broker_pid()
     try:
-        wait_metric(client, settings, "events", 1, worker, 120)
+        wait_evaluated(client, settings, 1, workers, 180)
         first = time.monotonic()
-        cpu_w0, cpu_b0 = cpu_seconds(worker.pid), cpu_seconds(bpid) if bpid else 0.0
-        done = wait_metric(client, settings, "events", n, worker, 900)
-        cpu_w = cpu_seconds(worker.pid) - cpu_w0
+        cpu_w0 = [cpu_seconds(w.pid) for w in workers]
+        cpu_b0 = cpu_seconds(bpid) if bpid else 0.0
+        done = wait_evaluated(client, settings, n, workers, 900)
+        cpu_w = [cpu_seconds(w.pid) - c for w, c in zip(workers, cpu_w0, strict=True)]
         cpu_b = (cpu_seconds(bpid) - cpu_b0) if bpid else 0.0
+        time.sleep(1.5)  # the next metrics tick carries the final figures
+        figures = worker_figures(client, settings)
     finally:
-        stop_worker(worker)
+        for w in workers:
+            stop_worker(w)
         for key in client.scan_iter(settings.key("*")):
             client.delete(key)
     wall = done - first
     return {
+        "workers": n_workers,
         "ratings": n,
         "batch_max": batch,
         "produce_ratings_per_s": n / produce_s,
         "producer_cpu_s": producer_cpu,
         "stream_ratings_per_s": n / wall,
         "wall_s": wall,
-        "worker_cpu_share": cpu_w / wall,
+        "worker_cpu_share": sum(cpu_w) / wall,
+        "worker_cpu_shares": [c / wall for c in cpu_w],
         "broker_cpu_share": cpu_b / wall,
+        "per_worker": figures,
     }
+
+
+def stream_quality(figures: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Whole-run prequential figures of one worker (its metrics window covers the run)."""
+    (f,) = figures.values()
+    return {
+        "rmse": f["rmse_total"],
+        "ndcg_at_k": f["ndcg_at_k_total"],
+        "recall_at_k": f["recall_at_k_total"],
+        "evaluated": f["evaluated"],
+    }
+
+
+def replay_quality(ds, work_dir: Path) -> dict[str, float]:
+    """The replay CLI's figures on the same events (its defaults, as a user runs it)."""
+    from recsys_online import synth as synth_mod
+    from streamer.cli import main as cli_main
+
+    ratings_path, items_path = synth_mod.write(ds, work_dir)
+    out = work_dir / "replay.json"
+    cli_main(
+        ["replay", str(ratings_path), "--items", str(items_path), "--quiet", "--json", str(out)]
+    )
+    summary = json.loads(out.read_text())
+    return {k: summary[k] for k in ("rmse", "ndcg_at_k", "recall_at_k", "events")}
+
+
+def parity(stream: dict[str, float], replay: dict[str, float]) -> dict[str, float]:
+    """Relative difference of the stream's figures from the replay's (target: within 2%)."""
+    return {k: stream[k] / replay[k] - 1.0 for k in ("rmse", "ndcg_at_k", "recall_at_k")}
 
 
 async def _produce_all(settings: Settings, ds) -> None:
@@ -168,6 +244,7 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
             "worker_cpu_share": (cpu_seconds(worker.pid) - cpu_w0) / wall,
             "broker_cpu_share": ((cpu_seconds(bpid) - cpu_b0) / wall) if bpid else 0.0,
             "producer_cpu_share": (cpu_seconds(os.getpid()) - cpu_p0) / wall,
+            "per_worker": worker_figures(client, settings),
         }
     finally:
         stop_worker(worker)
@@ -195,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5_000.0)
     parser.add_argument("--fresh-ratings", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=2, help="also run 2..N workers")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stream.json"))
     args = parser.parse_args(argv)
     limit_blas_threads()
@@ -204,11 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stream: {ds.n_ratings:,} ratings, {ds.n_users:,} users, {ds.n_items:,} items")
     core = core_speed(ds, args.batch)
     print(f"core engine in-process: {core:,.0f} ratings/s (batches of {args.batch})")
-    tp = throughput(ds, args.batch, log_dir)
+    runs = []
+    for n_workers in range(1, args.workers + 1):
+        tp = throughput(ds, args.batch, log_dir, n_workers)
+        runs.append(tp)
+        print(
+            f"streaming, {n_workers} worker(s): {tp['stream_ratings_per_s']:,.0f} ratings/s "
+            f"(ratio to core {tp['stream_ratings_per_s'] / core:.2f}); CPU workers "
+            f"{' + '.join(f'{c:.0%}' for c in tp['worker_cpu_shares'])}, broker "
+            f"{tp['broker_cpu_share']:.0%} (of one core; 2 cores = 200%)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        replay = replay_quality(ds, Path(tmp))
+    stream = stream_quality(runs[0]["per_worker"])
+    full_speed_parity = parity(stream, replay)
     print(
-        f"streaming, one worker:  {tp['stream_ratings_per_s']:,.0f} ratings/s "
-        f"(ratio to core {tp['stream_ratings_per_s'] / core:.2f}); worker CPU "
-        f"{tp['worker_cpu_share']:.0%}, broker CPU {tp['broker_cpu_share']:.0%}"
+        f"quality, stream (1 worker, full speed) vs replay CLI: RMSE {stream['rmse']:.4f} vs "
+        f"{replay['rmse']:.4f} ({full_speed_parity['rmse']:+.1%}), NDCG@10 "
+        f"{stream['ndcg_at_k']:.4f} vs {replay['ndcg_at_k']:.4f} "
+        f"({full_speed_parity['ndcg_at_k']:+.1%})"
     )
     fresh_ds = synth.generate(
         n_users=args.users, n_items=args.items, n_ratings=args.fresh_ratings, seed=12
@@ -219,22 +311,64 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {fr['freshness_ms_p99']:.0f} ms; CPU worker {fr['worker_cpu_share']:.0%}, "
         f"broker {fr['broker_cpu_share']:.0%}, producer {fr['producer_cpu_share']:.0%}"
     )
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh_replay = replay_quality(fresh_ds, Path(tmp))
+    fresh_stream = stream_quality(fr["per_worker"])
+    steady_parity = parity(fresh_stream, fresh_replay)
+    print(
+        f"quality, stream (at {args.rate:,.0f}/s) vs replay CLI: RMSE "
+        f"{fresh_stream['rmse']:.4f} vs {fresh_replay['rmse']:.4f} "
+        f"({steady_parity['rmse']:+.1%}), NDCG@10 {fresh_stream['ndcg_at_k']:.4f} vs "
+        f"{fresh_replay['ndcg_at_k']:.4f} ({steady_parity['ndcg_at_k']:+.1%})"
+    )
+    one = runs[0]["stream_ratings_per_s"]
     targets = {
-        "throughput >= 20,000 ratings/s": tp["stream_ratings_per_s"] >= 20_000,
+        "throughput >= 20,000 ratings/s": one >= 20_000,
         "freshness p50 <= 20 ms": fr["freshness_ms_p50"] <= 20,
         "freshness p99 <= 100 ms": fr["freshness_ms_p99"] <= 100,
+        "stream RMSE within 2% of replay (full speed)": abs(full_speed_parity["rmse"]) <= 0.02,
+        "stream NDCG@10 within 2% of replay (full speed)": (
+            abs(full_speed_parity["ndcg_at_k"]) <= 0.02
+        ),
+        "stream RMSE within 2% of replay (steady rate)": abs(steady_parity["rmse"]) <= 0.02,
+        "stream NDCG@10 within 2% of replay (steady rate)": (
+            abs(steady_parity["ndcg_at_k"]) <= 0.02
+        ),
     }
     for name, ok in targets.items():
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    for tp in runs[1:]:
+        print(f"  {tp['workers']} workers vs 1: {tp['stream_ratings_per_s'] / one:.2f}x throughput")
     result = {
         "core_ratings_per_s": core,
-        "throughput": tp,
+        "throughput": runs[0],
+        "scale_out": runs,
         "freshness": fr,
+        "quality": {
+            "full_speed": {"stream": stream, "replay": replay, "relative": full_speed_parity},
+            "steady_rate": {
+                "stream": fresh_stream,
+                "replay": fresh_replay,
+                "relative": steady_parity,
+            },
+        },
         "targets": targets,
         "date": time.strftime("%Y-%m-%d"),
+        "git_head": _git_head(),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _git_head() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 if __name__ == "__main__":

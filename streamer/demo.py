@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -50,8 +51,9 @@ def services_up() -> dict[str, str]:
     return env
 
 
-def metrics_line(client: redis.Redis, settings: Settings) -> str:
-    m = {k.decode(): v.decode() for k, v in client.hgetall(settings.key("metrics")).items()}
+def metrics_line(client: redis.Redis, key: str) -> str:
+    """One line of the figures in the metrics hash ``key`` (the demo's own worker's)."""
+    m = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
     if not m:
         return "worker warming up"
     k = m["k"]
@@ -63,8 +65,8 @@ def metrics_line(client: redis.Redis, settings: Settings) -> str:
     )
 
 
-def learned(client: redis.Redis, settings: Settings) -> int:
-    raw = client.hget(settings.key("metrics"), "events")
+def learned(client: redis.Redis, key: str) -> int:
+    raw = client.hget(key, "events")
     return int(raw) if raw else 0
 
 
@@ -124,7 +126,10 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         say(f"\n== 3/6 starting a worker (log: {log_path}) ==")
         worker = start_worker(env, log_path)
         say(f"   worker pid {worker.pid}")
-        asyncio.run(_wait_ready(settings, worker))
+        # The demo's own worker's hash: another worker on the same prefix (another demo)
+        # must not mix its figures in.
+        own = settings.key("metrics", "worker", f"{socket.gethostname()}:{worker.pid}")
+        asyncio.run(_wait_ready(settings, own, worker))
         say(f"   worker ready after {time.monotonic() - started:.0f} s")
 
         say("\n== 4/6 starting the dashboard ==")
@@ -133,13 +138,13 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         say(f"   open {url}  (live charts; pick a user to see their list)")
 
         say(f"\n== 5/6 streaming ratings into Kafka at {rate:,.0f}/s; the worker learns each ==")
-        asyncio.run(_stream(settings, ds, rate, client, n_ratings))
+        asyncio.run(_stream(settings, ds, rate, client, n_ratings, own))
         deadline = time.monotonic() + 120
-        while learned(client, settings) < n_ratings and time.monotonic() < deadline:
-            print(f"\r   catching up: {metrics_line(client, settings)}", end="", flush=True)
+        while learned(client, own) < n_ratings and time.monotonic() < deadline:
+            print(f"\r   catching up: {metrics_line(client, own)}", end="", flush=True)
             time.sleep(0.5)
         time.sleep(1.2)  # one more metrics tick
-        say("\n   final: " + metrics_line(client, settings))
+        say("\n   final: " + metrics_line(client, own))
 
         say("\n== 6/6 live lists in Redis (what apps read) ==")
         # Recently active users with a real history: their lists show every kind of reason.
@@ -186,11 +191,13 @@ def _interrupt(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-async def _wait_ready(settings: Settings, worker: subprocess.Popen, timeout: float = 90.0) -> None:
+async def _wait_ready(
+    settings: Settings, key: str, worker: subprocess.Popen, timeout: float = 90.0
+) -> None:
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     deadline = time.monotonic() + timeout
     try:
-        while not await client.exists(settings.key("metrics")):
+        while not await client.exists(key):
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited ({worker.returncode}); see its log")
             if time.monotonic() > deadline:
@@ -200,7 +207,9 @@ async def _wait_ready(settings: Settings, worker: subprocess.Popen, timeout: flo
         await client.aclose()
 
 
-async def _stream(settings: Settings, ds, rate: float, client: redis.Redis, total: int) -> None:
+async def _stream(
+    settings: Settings, ds, rate: float, client: redis.Redis, total: int, own: str
+) -> None:
     """Stream at ``rate``: a live progress line, and one kept line per fifth of the stream
     so the scrollback shows the rolling metrics improving as the model learns."""
     last = 0.0
@@ -212,8 +221,7 @@ async def _stream(settings: Settings, ds, rate: float, client: redis.Redis, tota
         if sent >= milestone * total / 5:
             milestone += 1
             print(
-                f"\r   {100 * sent / total:3.0f}% sent  |  {metrics_line(client, settings)}"
-                + " " * 10,
+                f"\r   {100 * sent / total:3.0f}% sent  |  {metrics_line(client, own)}" + " " * 10,
                 flush=True,
             )
             last = now
@@ -221,7 +229,7 @@ async def _stream(settings: Settings, ds, rate: float, client: redis.Redis, tota
             last = now
             bar = "#" * int(20 * sent / total)
             print(
-                f"\r   [{bar:<20}] sent {sent:>7,}  |  {metrics_line(client, settings)}",
+                f"\r   [{bar:<20}] sent {sent:>7,}  |  {metrics_line(client, own)}",
                 end="",
                 flush=True,
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
@@ -17,6 +17,26 @@ from streamer.metrics import FRESHNESS_BUCKETS, REFRESH_BUCKETS, Histogram
 from streamer.settings import Settings
 
 Lists = dict[str, list[Recommendation]]
+
+
+def user_unique_runs(ratings: Sequence[Rating]) -> list[list[Rating]]:
+    """``ratings`` in rounds in which no user appears twice: round j holds each user's
+    j-th rating of the batch, so every user's ratings keep their order, and a batch takes
+    as many rounds as its most active user has ratings in it (usually a few).
+
+    >>> rs = [Rating(u, str(n), 4.0, 0.0) for n, u in enumerate("abacb")]
+    >>> [" ".join(r.user + r.item for r in run) for run in user_unique_runs(rs)]
+    ['a0 b1 c3', 'a2 b4']
+    """
+    rounds: list[list[Rating]] = []
+    seen: Counter[str] = Counter()
+    for r in ratings:
+        j = seen[r.user]
+        seen[r.user] += 1
+        if j == len(rounds):
+            rounds.append([])
+        rounds[j].append(r)
+    return rounds
 
 
 class StreamEngine:
@@ -65,13 +85,40 @@ class StreamEngine:
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
-        """Evaluate, learn and re-rank a micro-batch; returns the touched users' new lists."""
+        """Evaluate, learn and re-rank a micro-batch; returns the touched users' new lists.
+
+        The batch is taken in rounds in which no user appears twice (see
+        :func:`user_unique_runs`), as the replay evaluator takes its micro-batches: each
+        rating is predicted and ranked after its user's earlier ratings were learned, and
+        a user whose next rating is relevant is re-ranked first, so that rating is scored
+        against the list the user would have been shown. Learning a user's ratings one
+        round at a time is also what keeps heavy users from taking one oversized step.
+        """
         if not ratings:
             return {}
+        rounds = user_unique_runs(ratings)
+        for j, run in enumerate(rounds):
+            self._evaluate_and_learn(run)
+            # Users whose next rating in the batch is relevant are scored against the
+            # list they would see now: rank them (ids only; the published lists, with
+            # reasons, are computed once at the end).
+            if j + 1 < len(rounds):
+                relevant = self.settings.relevant
+                again = [r.user for r in rounds[j + 1] if r.rating >= relevant]
+                if again:
+                    lists = self.model.top_items(again, self.settings.k)
+                    self.served.update(zip(again, lists, strict=True))
+        self.events += len(ratings)
+        self.evaluated += len(ratings)
+        self._rate.append((time.monotonic(), self.events))
+        self.version += 1
+        return self._serve(dict.fromkeys(r.user for r in ratings))
+
+    def _evaluate_and_learn(self, run: Sequence[Rating]) -> None:
         model, k = self.model, self.settings.k
-        users = [r.user for r in ratings]
-        items = [r.item for r in ratings]
-        values = [r.rating for r in ratings]
+        users = [r.user for r in run]
+        items = [r.item for r in run]
+        values = [r.rating for r in run]
         for y, y_pred in zip(values, model.predict_many(users, items).tolist(), strict=True):
             self.errors.update(y, y_pred)
         relevant = [n for n, v in enumerate(values) if v >= self.settings.relevant]
@@ -80,24 +127,20 @@ class StreamEngine:
         for n in relevant:
             shown = self.served.get(users[n]) or before.get(users[n], [])
             self.ranking.update(shown.index(items[n]) if items[n] in shown else None)
-        model.learn_many(users, items, values, [r.timestamp for r in ratings])
-        self.events += len(ratings)
-        self.evaluated += len(ratings)
-        self._rate.append((time.monotonic(), self.events))
-        self.version += 1
-        touched = list(dict.fromkeys(users))
-        return self._serve(touched)
+        model.learn_many(users, items, values, [r.timestamp for r in run])
 
     def relearn(self, ratings: Sequence[Rating]) -> None:
-        """Learn ratings replayed from the log (already evaluated when they were live)."""
+        """Learn ratings replayed from the log (already evaluated when they were live), in
+        the same user-unique runs as live learning."""
         if not ratings:
             return
-        self.model.learn_many(
-            [r.user for r in ratings],
-            [r.item for r in ratings],
-            [r.rating for r in ratings],
-            [r.timestamp for r in ratings],
-        )
+        for run in user_unique_runs(ratings):
+            self.model.learn_many(
+                [r.user for r in run],
+                [r.item for r in run],
+                [r.rating for r in run],
+                [r.timestamp for r in run],
+            )
         self.events += len(ratings)
         self.version += 1
 

@@ -3,19 +3,33 @@ leaves nothing running, whether it finishes or is stopped with Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 
 
-def demo(kafka_bootstrap: str, redis_url: str, *args: str) -> subprocess.Popen:
+@pytest.fixture
+def demo_processes() -> Iterator[list[subprocess.Popen]]:
+    """Demos started by a test; a failing test still leaves nothing behind (each demo runs
+    in its own process group, killed whole at the end)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def demo(started: list, kafka_bootstrap: str, redis_url: str, *args: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -23,14 +37,17 @@ def demo(kafka_bootstrap: str, redis_url: str, *args: str) -> subprocess.Popen:
         "RECSYS_DASHBOARD_PORT": "0",
         "RECSYS_WEB_PORT": "0",
     }
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "streamer.cli", "demo", *args],
+        start_new_session=True,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    started.append(process)
+    return process
 
 
 def gone(pid: int) -> bool:
@@ -47,9 +64,17 @@ def pids(output: str) -> list[int]:
     return [int(p) for p in re.findall(r"(?:worker|dashboard) pid (\d+)", output)]
 
 
-def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap: str, redis_url: str):
+def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap, redis_url, demo_processes):
     process = demo(
-        kafka_bootstrap, redis_url, "--ratings", "4000", "--rate", "4000", "--then", "exit"
+        demo_processes,
+        kafka_bootstrap,
+        redis_url,
+        "--ratings",
+        "4000",
+        "--rate",
+        "4000",
+        "--then",
+        "exit",
     )
     out, _ = process.communicate(timeout=200)
     assert process.returncode == 0, out[-3000:]
@@ -69,9 +94,17 @@ def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap: str, redis_u
     [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
     ids=["ctrl-c", "kill", "terminal-closed"],
 )
-def test_a_stopped_demo_leaves_nothing_running(kafka_bootstrap: str, redis_url: str, sig):
+def test_a_stopped_demo_leaves_nothing_running(kafka_bootstrap, redis_url, sig, demo_processes):
     process = demo(
-        kafka_bootstrap, redis_url, "--ratings", "200000", "--rate", "1000", "--then", "wait"
+        demo_processes,
+        kafka_bootstrap,
+        redis_url,
+        "--ratings",
+        "200000",
+        "--rate",
+        "1000",
+        "--then",
+        "wait",
     )
     lines: list[str] = []
     deadline = time.monotonic() + 120
