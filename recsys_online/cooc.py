@@ -165,14 +165,16 @@ class CoOccurrence:
     ) -> None:
         """Add ``weights[b]`` times user b's scores into row b of ``scores``, in place."""
         nbr, w = ring or self.ring_weights(users)
-        live = (nbr >= 0) & (w != 0)
         # One flat index per entry: numpy's fast 1-D path of add.at (about 4x the 2-D one).
+        # Empty slots (-1) carry weight 0 and add it to the row's first column: no change,
+        # and no pass to mask them out.
         offset = np.arange(len(users)) * scores.shape[1]
         flat = scores.reshape(-1)
         if not np.shares_memory(flat, scores):
             raise ValueError("scores must be C-contiguous (it is updated in place)")
-        vals = (w * weights[:, None, None])[live]
-        np.add.at(flat, (nbr + offset[:, None, None])[live], vals.astype(scores.dtype))
+        index = np.maximum(nbr, 0) + offset[:, None, None]
+        vals = (w * weights[:, None, None]).astype(scores.dtype)
+        np.add.at(flat, index.ravel(), vals.ravel())
 
     def item_scores_many(self, users: np.ndarray) -> np.ndarray:
         """Scores of many users over every item, shape ``(len(users), n_items)``."""
