@@ -123,16 +123,6 @@ class CoOccurrence:
         self.nbr[rows, slots] = others
         self.weight[rows, slots] += ws
 
-    def _norm_weights(self, rows: np.ndarray) -> np.ndarray:
-        nbr = self.nbr[rows]
-        # 1 / (n_i^(1/2) n_j^beta), the power of n_j kept per item (``damping``).
-        scale = self.damping[np.maximum(nbr, 0)]
-        scale *= (1.0 / np.sqrt(np.maximum(self.count[rows], 1.0)))[..., None]
-        # Score on the guaranteed part of the weight: SpaceSaving's inherited share is not
-        # evidence that the pair co-occurs.
-        w = (self.weight[rows] - self.error[rows]) * scale
-        return np.where(nbr >= 0, w, np.float32(0.0))
-
     def item_scores(self, user: int, items: np.ndarray | None = None) -> np.ndarray:
         """Co-occurrence score of ``items`` (all when None) for the user's recent items."""
         scores = self.item_scores_many(np.array([user]))[0]
@@ -142,8 +132,16 @@ class CoOccurrence:
         """Neighbour rows and their recency-weighted normalised weights: ``(B, L, M)`` each."""
         ring = self.recent[users]  # (B, L)
         rows = np.maximum(ring, 0)
-        w = self._norm_weights(rows) * (self._recency * (ring >= 0))[..., None]
-        return self.nbr[rows], w
+        nbr = self.nbr[rows]
+        # gamma^k / (n_i^(1/2) n_j^beta): the ring item's part per (user, place), the power
+        # of n_j kept per item (``damping``); empty ring places weigh 0.
+        ring_part = self._recency * (ring >= 0) / np.sqrt(np.maximum(self.count[rows], 1.0))
+        scale = self.damping[np.maximum(nbr, 0)]
+        scale *= ring_part[..., None]
+        # Score on the guaranteed part of the weight: SpaceSaving's inherited share is not
+        # evidence that the pair co-occurs.
+        w = (self.weight[rows] - self.error[rows]) * scale
+        return nbr, np.where(nbr >= 0, w, np.float32(0.0))
 
     def pair_scores(self, users: np.ndarray, items: np.ndarray, ring=None) -> np.ndarray:
         """Scores of given items, ``items`` shaped ``(B, m)``, for users ``(B,)``.
