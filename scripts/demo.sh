@@ -9,5 +9,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 PYTHON=${PYTHON:-python3}
 
 echo "== installing recsys-online ($PYTHON -m pip install -e .) ==" >&2
-"$PYTHON" -m pip install -q -e . </dev/null
+# pip's own lines are the progress of this step (a fresh machine downloads the wheels).
+# With pipefail, a failing pip still stops the script; grep only filters its lines.
+"$PYTHON" -m pip install -e . </dev/null \
+  | { grep -E '^(Collecting|Installing|Successfully)' >&2 || true; }
 exec "$PYTHON" -m streamer.cli demo "$@"

@@ -195,14 +195,22 @@ async def _wait_ready(
     settings: Settings, key: str, worker: subprocess.Popen, timeout: float = 90.0
 ) -> None:
     client = redis.asyncio.Redis.from_url(settings.redis_url)
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     try:
         while not await client.exists(key):
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited ({worker.returncode}); see its log")
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if waited > timeout:
                 raise RuntimeError("the worker did not become ready; see its log")
-            await asyncio.sleep(0.2)
+            print(
+                f"\r   waiting for the worker to join its group and read the catalog: "
+                f"{waited:.0f} s",
+                end="",
+                flush=True,
+            )
+            await asyncio.sleep(0.25)
+        print(flush=True)
     finally:
         await client.aclose()
 
