@@ -140,6 +140,7 @@ class Recommender:
         self._sizes = (-1, -1)  # (users, items) storage was last grown for
         self._declared: dict[int, np.ndarray] = {}  # user row -> declared tag vector
         self._side: np.ndarray | None = None  # stacked item vectors for ranking
+        self._columns = _side_columns(cfg.signals, cfg.factors.n_factors, cfg.content_dim)
         self._side_key: tuple = ()
         self._side_dirty: set[int] = set()  # item rows changed since the last ranking
         self._pop_key: tuple = ()
@@ -478,16 +479,19 @@ class Recommender:
         """
         if self._side is None:  # nothing ranked yet: no stacked rows to read
             return self._pair_features(u, items, ctx, cooc)
-        mf, content = self.mf, self.content
-        k, d = mf.params.n_factors, content.dim
+        mf, content, col = self.mf, self.content, self._columns
         side = self._item_side(len(self._side))  # the ranking's rows, brought up to date
         user = np.zeros((len(u), len(SIGNALS), side.shape[1]), np.float32)
-        user[:, 0, :k] = mf.P[u]
-        user[:, 0, -2] = 1.0  # item bias
-        user[:, 1, 2 * k : 2 * k + d] = _unit_rows(content.profile[u])
-        user[:, 3, -1] = 1.0  # popularity
-        user[:, 4, 2 * k : 2 * k + d] = ctx.tags
-        user[:, 5, k : 2 * k] = ctx.factors
+        if "q" in col:  # mf: p.q + b
+            user[:, 0, col["q"]] = mf.P[u]
+            user[:, 0, col["b"]] = 1.0
+        if "x" in col:  # content and recent tags
+            user[:, 1, col["x"]] = _unit_rows(content.profile[u])
+            user[:, 4, col["x"]] = ctx.tags
+        if "pop" in col:
+            user[:, 3, col["pop"]] = 1.0
+        if "qn" in col:  # recent factors
+            user[:, 5, col["qn"]] = ctx.factors
         x = np.matmul(user, side[items].transpose(0, 2, 1)).transpose(1, 0, 2)  # (S, B, m)
         if cooc is not None:
             x[2] = cooc
@@ -506,18 +510,17 @@ class Recommender:
         stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]``; co-occurrence adds a
         sparse scatter. Columns past the catalog (padding) come out as 0.
         """
-        mf, content = self.mf, self.content
-        tags, factors = ctx.tags, ctx.factors
-        user_side = np.concatenate(
-            (
-                w[:, 0:1] * mf.P[u],
-                w[:, 5:6] * factors,
-                w[:, 1:2] * _unit_rows(content.profile[u]) + w[:, 4:5] * tags,
-                w[:, 0:1],
-                w[:, 3:4],
-            ),
-            axis=1,
-        ).astype(np.float32)
+        mf, content, col = self.mf, self.content, self._columns
+        parts = {  # in the order of ``_columns``; a model keeps only its signals' columns
+            "q": lambda: w[:, 0:1] * mf.P[u],
+            "qn": lambda: w[:, 5:6] * ctx.factors,
+            "x": lambda: w[:, 1:2] * _unit_rows(content.profile[u]) + w[:, 4:5] * ctx.tags,
+            "b": lambda: w[:, 0:1],
+            "pop": lambda: w[:, 3:4],
+        }
+        user_side = np.zeros((len(u), 0), np.float32)
+        if col:
+            user_side = np.concatenate([parts[g]() for g in col], axis=1).astype(np.float32)
         scores = user_side @ self._item_side(width).T
         if w[:, 2].any():
             self.cooc.add_scores(scores, u, w[:, 2], ctx.ring)
@@ -525,16 +528,16 @@ class Recommender:
 
     def _item_side(self, width: int) -> np.ndarray:
         """The stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]``, ``width`` rows,
-        up to date.
+        up to date; only the columns of the model's signals (:func:`_side_columns`).
 
         Kept between calls: only rows touched since the last call are rewritten, unless a
         full refresh of factors or content vectors (or a new width) asks for a rebuild.
         """
-        mf, content, n = self.mf, self.content, self.n_items
-        k, d = mf.params.n_factors, content.dim
+        mf, content, n, col = self.mf, self.content, self.n_items, self._columns
         key = (width, mf.full_refreshes, content.full_refreshes)
         if self._side is None or self._side_key != key:
-            self._side = np.zeros((width, 2 * k + d + 2), np.float32)
+            total = max((c.stop for c in col.values()), default=0)
+            self._side = np.zeros((width, total), np.float32)
             self._side_key = key
             rows = np.arange(n)
         else:
@@ -542,13 +545,17 @@ class Recommender:
         self._side_dirty.clear()
         side = self._side
         if len(rows):
-            side[rows, :k] = mf.Q[rows]
-            side[rows, k : 2 * k] = mf.Q[rows] / np.maximum(mf.Q_norm[rows], 1e-9)[:, None]
-            side[rows, 2 * k : 2 * k + d] = content.C[rows]
-            side[rows, -2] = mf.item_bias_eff[rows]
+            if "q" in col:
+                side[rows, col["q"]] = mf.Q[rows]
+                side[rows, col["b"]] = mf.item_bias_eff[rows][:, None]
+            if "qn" in col:
+                norms = np.maximum(mf.Q_norm[rows], 1e-9)[:, None]
+                side[rows, col["qn"]] = mf.Q[rows] / norms
+            if "x" in col:
+                side[rows, col["x"]] = content.C[rows]
         pop_key = (self.popularity.version, self.now, n, self._side_key)
-        if pop_key != self._pop_key:  # the popularity column moves only with time and counts
-            side[:n, -1] = self.popularity.item_scores(self.now)
+        if "pop" in col and pop_key != self._pop_key:  # moves only with time and counts
+            side[:n, col["pop"]] = self.popularity.item_scores(self.now)[:, None]
             self._pop_key = pop_key
         return side
 
@@ -728,6 +735,32 @@ class Recommender:
     def _closest_liked_many(self, user: int, items: np.ndarray) -> np.ndarray:
         """For each item, the user's recent like with the closest factors (-1: none)."""
         return self._closest_liked_users(np.array([user]), np.asarray(items)[None, :])[0]
+
+
+def _side_columns(signals: Sequence[str], k: int, d: int) -> dict[str, slice]:
+    """Columns of the stacked item vectors a model's signals need, in a fixed order:
+    ``q`` (k factors) and ``b`` (bias) for mf, ``qn`` (unit factors) for recent factors,
+    ``x`` (d content columns) for content and recent tags, ``pop`` for popularity.
+
+    A model without a signal neither stores nor multiplies its columns: popularity
+    alone ranks from one column instead of ``2k + d + 2``.
+
+    >>> _side_columns(("mf", "pop"), 4, 8)
+    {'q': slice(0, 4, None), 'b': slice(4, 5, None), 'pop': slice(5, 6, None)}
+    """
+    groups = (
+        ("q", k, {"mf"}),
+        ("qn", k, {"recent_factors"}),
+        ("x", d, {"content", "recent_tags"}),
+        ("b", 1, {"mf"}),
+        ("pop", 1, {"pop"}),
+    )
+    out, start = {}, 0
+    for name, width, needs in groups:
+        if needs & set(signals):
+            out[name] = slice(start, start + width)
+            start += width
+    return out
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
