@@ -31,15 +31,16 @@ async def ensure_topics(settings: Settings) -> None:
     """Create the project's topics with their partition counts and configs (idempotent).
 
     Ratings, items and users share ``partitions`` so they stay co-partitioned by key;
-    ratings are kept forever (workers rebuild their model from them); items is compacted
-    (the latest event per item is kept, and every worker reads it all).
+    ratings are kept forever (workers rebuild their model from them); items and users are
+    compacted (the latest event per key is kept: every worker reads all items, and the
+    users of its partitions when it rebuilds).
     """
     compacted = {"cleanup.policy": "compact"}
     forever = {"retention.ms": "-1"}  # the ratings log is the model's durable state
     wanted = [
         NewTopic(settings.ratings_topic, settings.partitions, 1, topic_configs=forever),
         NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=compacted),
-        NewTopic(settings.users_topic, settings.partitions, 1),
+        NewTopic(settings.users_topic, settings.partitions, 1, topic_configs=compacted),
         NewTopic(settings.deadletter_topic, 1, 1),
     ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
@@ -370,7 +371,8 @@ class RecsysWorker:
             await self._ensure_replayed(partition, meta.offset if meta and meta.offset > 0 else 0)
 
     async def _replay(self, partition: int, until: int) -> None:
-        """Learn a ratings partition's history, offsets ``[0, until)``, into the model.
+        """Learn a ratings partition's history, offsets ``[0, until)``, into the model,
+        after the users' declared tags of the same partition.
 
         The model lives in memory, so the log is its durable state: after a restart or a
         rebalance, the first live offset of each partition marks where replay stops, and
@@ -387,6 +389,7 @@ class RecsysWorker:
         learned = 0
         users: set[str] = set()
         try:
+            users.update(await self._replay_users(consumer, partition))
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             while await consumer.position(tp) < until:
@@ -417,6 +420,32 @@ class RecsysWorker:
             until,
             time.monotonic() - started,
         )
+
+    async def _replay_users(self, consumer: AIOKafkaConsumer, partition: int) -> set[str]:
+        """Declared user tags of a partition (the users topic is co-partitioned with the
+        ratings), applied before its ratings are replayed. Declaring tags is idempotent
+        (the latest declaration wins), so the whole partition is read up to its current
+        end; events the users agent has yet to process only get applied again."""
+        tp = TopicPartition(self.settings.users_topic, partition)
+        if partition not in (consumer.partitions_for_topic(tp.topic) or set()):
+            await consumer._client.force_metadata_update()
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        users: set[str] = set()
+        while await consumer.position(tp) < end:
+            records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
+            for record in records:
+                try:
+                    event = parse_event(
+                        record.value, UserEvent, max_bytes=self.settings.max_payload_bytes
+                    )
+                except EventError:
+                    continue  # dead-lettered when it was live
+                self.engine.model.upsert_user(event.user_id, dict(event.tags))
+                users.add(event.user_id)
+            await asyncio.sleep(0)
+        return users
 
     def _replayable(self, raw: bytes) -> Rating | None:
         """The rating a logged event held, or None where it was dead-lettered when live."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import time
@@ -15,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from recsys_online import synth
 from recsys_online.events import Rating
-from schemas import ItemEvent, RatingEvent
+from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.app import ensure_topics
 from streamer.process import isolated_env, start_worker
 from streamer.settings import Settings
@@ -236,3 +237,39 @@ def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, 
             and float(raw.rsplit(b'"updated_at":', 1)[1].rstrip(b"}")) > killed_at
         )
     assert fresh == len({r.user for r in tail})
+
+
+def test_declared_user_tags_survive_a_kill(make_run) -> None:
+    """A user known only by declared tags (no ratings) is served again after a SIGKILL:
+    the restarted worker reads the users topic of its partitions before their ratings."""
+    run = make_run()
+    catalog = [
+        (
+            run.items_topic,
+            f"t{j}".encode(),
+            ItemEvent(
+                op="upsert", item_id=f"t{j}", tags=["jazz" if j % 2 else "rock"], timestamp=1.7e9
+            ).to_bytes(),
+        )
+        for j in range(10)
+    ]
+    kafka = run.env["KAFKA_BOOTSTRAP_SERVERS"]
+    asyncio.run(_produce(kafka, catalog))
+    first = run.start_worker()
+    run.wait("the first worker's metrics", lambda: run.worker_metrics(first))
+    declared = UserEvent(user_id="fan", tags=["jazz"], timestamp=1.7e9).to_bytes()
+    asyncio.run(_produce(kafka, [(run.env["RECSYS_USERS_TOPIC"], b"fan", declared)]))
+    key = f"{run.prefix}recs:fan"
+
+    def jazz_list() -> list[str]:
+        raw = run.redis.get(key)
+        items = [] if raw is None else json.loads(raw)["items"]
+        return [r["item_id"] for r in items if "matches your tags jazz" in r["reason"]]
+
+    before = run.wait("fan's list from declared tags", jazz_list)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    run.redis.delete(key)
+    run.start_worker()
+    after = run.wait("fan's list again after the restart", jazz_list, timeout=90)
+    assert set(after) == set(before) and all(int(i[1:]) % 2 for i in after)
