@@ -125,9 +125,21 @@ def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 
 class _Keys:
-    def __init__(self, redis_url: str, key_prefix: str) -> None:
+    """What both clients share: the address, the key layout, the error for Redis down."""
+
+    _redis_class: type = redis.Redis
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_REDIS_URL,
+        key_prefix: str = DEFAULT_PREFIX,
+        timeout: float = 2.0,
+    ) -> None:
         self.redis_url = redis_url
         self.prefix = key_prefix
+        self.redis = self._redis_class.from_url(
+            redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -158,16 +170,7 @@ class RecommendationClient(_Keys):
                 print(rec.item_id, rec.score, rec.reason)
     """
 
-    def __init__(
-        self,
-        redis_url: str = DEFAULT_REDIS_URL,
-        key_prefix: str = DEFAULT_PREFIX,
-        timeout: float = 2.0,
-    ) -> None:
-        super().__init__(redis_url, key_prefix)
-        self.redis = redis.Redis.from_url(
-            redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
+    redis: redis.Redis
 
     def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         """The user's current top-``k`` (or the popular list when they have none)."""
@@ -214,16 +217,8 @@ class RecommendationClient(_Keys):
 class AsyncRecommendationClient(_Keys):
     """The same reads for asyncio services (``await client.recommend(user_id)``)."""
 
-    def __init__(
-        self,
-        redis_url: str = DEFAULT_REDIS_URL,
-        key_prefix: str = DEFAULT_PREFIX,
-        timeout: float = 2.0,
-    ) -> None:
-        super().__init__(redis_url, key_prefix)
-        self.redis = aioredis.Redis.from_url(
-            redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
+    _redis_class = aioredis.Redis
+    redis: aioredis.Redis
 
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         own_key = self.key("recs", user_id)
