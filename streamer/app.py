@@ -409,6 +409,9 @@ class RecsysWorker:
         finally:
             await consumer.stop()
         self._replayed.add(partition)
+        # Live processing resumes at ``until``: from now on the lag of an idle partition
+        # counts from there too.
+        self._next_offset.setdefault(partition, until)
         users_list = sorted(users)
         for lo in range(0, len(users_list), 1000):
             lists = self.engine.serve(users_list[lo : lo + 1000])

@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="services, a worker, a synthetic stream into Kafka, live metrics and lists",
     )
-    demo.add_argument("--ratings", type=int, default=30_000)
-    demo.add_argument("--rate", type=float, default=2_000.0, help="ratings per second")
+    demo.add_argument("--ratings", type=int, default=20_000)
+    demo.add_argument("--rate", type=float, default=1_000.0, help="ratings per second")
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka/Redis running")
     demo.add_argument(
         "--then",
