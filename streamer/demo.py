@@ -124,13 +124,14 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
 
         log_path = Path(tempfile.gettempdir()) / f"recsys-{run}-worker.log"
         say(f"\n== 3/6 starting a worker (log: {log_path}) ==")
+        worker_started = time.monotonic()
         worker = start_worker(env, log_path)
         say(f"   worker pid {worker.pid}")
         # The demo's own worker's hash: another worker on the same prefix (another demo)
         # must not mix its figures in.
         own = settings.key("metrics", "worker", f"{socket.gethostname()}:{worker.pid}")
         asyncio.run(_wait_ready(settings, own, worker))
-        say(f"   worker ready after {time.monotonic() - started:.0f} s")
+        say(f"   worker ready after {time.monotonic() - worker_started:.0f} s")
 
         say("\n== 4/6 starting the dashboard ==")
         dashboard, url = start_dashboard(env, settings.dashboard_port)
