@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import faust
@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from recsys_online.events import Rating
-from schemas import EventError, ItemEvent, RatingEvent, UserEvent, parse_event
+from schemas import EventError, ItemEvent, RatingEvent, UserEvent
 from streamer.engine import Lists, StreamEngine
 from streamer.metrics import exposition
 from streamer.settings import Settings
@@ -62,6 +62,19 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
     if lists:
         engine.record_refresh(done - started)
     return done
+
+
+async def read_partition(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, until: int
+) -> AsyncIterator[list[bytes]]:
+    """The values at offsets ``[0, until)`` of one partition, in chunks; between chunks the
+    event loop runs the catalog follower and the timers."""
+    consumer.assign([tp])
+    await consumer.seek_to_beginning(tp)
+    while await consumer.position(tp) < until:
+        records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
+        yield [r.value for r in records if r.offset < until]
+        await asyncio.sleep(0)
 
 
 class CatalogFollower:
@@ -127,9 +140,8 @@ class CatalogFollower:
             await consumer.stop()
 
     def _apply(self, raw: bytes) -> dict:
-        s = self.settings
         try:
-            event = parse_event(raw, ItemEvent, max_bytes=s.max_payload_bytes)
+            event = self.settings.parse(raw, ItemEvent)
         except EventError:
             return {}  # dead-lettered by validate_items
         if event.op == "delete":
@@ -227,7 +239,7 @@ class RecsysWorker:
         pending: list[tuple[faust.EventT, RatingEvent]] = []
         for event in events:
             try:
-                r = self._parse_rating(event.message.value)
+                r = self.settings.parse(event.message.value, RatingEvent)
             except EventError as exc:
                 await self._dead_letter(event, str(exc))
                 continue
@@ -243,16 +255,6 @@ class RecsysWorker:
                 ratings.append(Rating(r.user_id, r.item_id, r.rating, r.timestamp))
                 produced_ms.append(event.message.timestamp * 1000.0)
         return ratings, produced_ms
-
-    def _parse_rating(self, raw: bytes) -> RatingEvent:
-        """A rating event from raw bytes, with this deployment's scale and size limit."""
-        s = self.settings
-        return parse_event(
-            raw,
-            RatingEvent,
-            rating_scale=(s.rating_low, s.rating_high),
-            max_bytes=s.max_payload_bytes,
-        )
 
     def _item_problem(self, item_id: str) -> str | None:
         """Why a rating of this item cannot be learned, or None when it can."""
@@ -271,9 +273,7 @@ class RecsysWorker:
             valid = []
             for event in events:
                 try:
-                    valid.append(
-                        parse_event(event.message.value, ItemEvent, max_bytes=s.max_payload_bytes)
-                    )
+                    valid.append(s.parse(event.message.value, ItemEvent))
                 except EventError as exc:
                     await self._dead_letter(event, str(exc))
             await self.sink.publish_items(valid)
@@ -282,9 +282,7 @@ class RecsysWorker:
         """Declared user tags seed the user's profile; their list is refreshed at once."""
         async for event in stream.events():
             try:
-                user = parse_event(
-                    event.message.value, UserEvent, max_bytes=self.settings.max_payload_bytes
-                )
+                user = self.settings.parse(event.message.value, UserEvent)
             except EventError as exc:
                 await self._dead_letter(event, str(exc))
                 continue
@@ -390,22 +388,12 @@ class RecsysWorker:
         users: set[str] = set()
         try:
             users.update(await self._replay_users(consumer, partition))
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            while await consumer.position(tp) < until:
-                records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
-                ratings = []
-                for record in records:
-                    if record.offset >= until:
-                        break
-                    rating = self._replayable(record.value)
-                    if rating is not None:
-                        ratings.append(rating)
+            async for records in read_partition(consumer, tp, until):
+                ratings = [r for r in map(self._replayable, records) if r is not None]
                 if ratings:
                     self.engine.relearn(ratings)
                     users.update(r.user for r in ratings)
                     learned += len(ratings)
-                await asyncio.sleep(0)  # let the catalog follower and timers run
         finally:
             await consumer.stop()
         self._replayed.add(partition)
@@ -432,28 +420,22 @@ class RecsysWorker:
         tp = TopicPartition(self.settings.users_topic, partition)
         if partition not in (consumer.partitions_for_topic(tp.topic) or set()):
             await consumer._client.force_metadata_update()
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
         end = (await consumer.end_offsets([tp]))[tp]
         users: set[str] = set()
-        while await consumer.position(tp) < end:
-            records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
-            for record in records:
+        async for records in read_partition(consumer, tp, end):
+            for raw in records:
                 try:
-                    event = parse_event(
-                        record.value, UserEvent, max_bytes=self.settings.max_payload_bytes
-                    )
+                    event = self.settings.parse(raw, UserEvent)
                 except EventError:
                     continue  # dead-lettered when it was live
                 self.engine.model.upsert_user(event.user_id, dict(event.tags))
                 users.add(event.user_id)
-            await asyncio.sleep(0)
         return users
 
     def _replayable(self, raw: bytes) -> Rating | None:
         """The rating a logged event held, or None where it was dead-lettered when live."""
         try:
-            r = self._parse_rating(raw)
+            r = self.settings.parse(raw, RatingEvent)
         except EventError:
             return None
         if self._item_problem(r.item_id) is not None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TextIO
 
 from recsys_online import datasets
-from schemas import EventError, ItemEvent, RatingEvent, UserEvent, parse_event
+from schemas import EventError, ItemEvent, RatingEvent, UserEvent
 from streamer.client import RecommendationClient, RecommendationsUnavailable
-from streamer.producer import DeliveryError, EventProducer, event_producer, stream_events
+from streamer.producer import DeliveryError, event_producer, route, stream_events
 from streamer.settings import Settings
 
 KINDS = {"rating": RatingEvent, "item": ItemEvent, "user": UserEvent}
@@ -122,8 +122,11 @@ def parse_tags(specs: list[str]) -> dict[str, float]:
     return tags
 
 
-def event_from_args(args: argparse.Namespace) -> RatingEvent | ItemEvent | UserEvent:
-    """The event the flags describe, validated by the schemas (EventError names the field)."""
+def event_from_args(
+    args: argparse.Namespace, settings: Settings
+) -> RatingEvent | ItemEvent | UserEvent:
+    """The event the flags describe, validated as the worker will (EventError names the
+    field)."""
     now = time.time() if args.timestamp is None else args.timestamp
     if args.kind == "rating":
         fields = {
@@ -134,7 +137,7 @@ def event_from_args(args: argparse.Namespace) -> RatingEvent | ItemEvent | UserE
         }
         if args.event_id:
             fields["event_id"] = args.event_id
-        return parse_event(json.dumps(fields).encode(), RatingEvent)
+        return settings.parse(json.dumps(fields).encode(), RatingEvent)
     if args.kind == "item":
         if args.delete:
             fields = {"op": "delete", "item_id": args.item_id, "timestamp": now}
@@ -147,19 +150,19 @@ def event_from_args(args: argparse.Namespace) -> RatingEvent | ItemEvent | UserE
             }
             if args.title is not None:
                 fields["title"] = args.title
-        return parse_event(json.dumps(fields).encode(), ItemEvent)
+        return settings.parse(json.dumps(fields).encode(), ItemEvent)
     fields = {"user_id": args.user_id, "tags": parse_tags(args.tag), "timestamp": now}
-    return parse_event(json.dumps(fields).encode(), UserEvent)
+    return settings.parse(json.dumps(fields).encode(), UserEvent)
 
 
-def read_jsonl(kind: type, stream: TextIO, name: str) -> list:
+def read_jsonl(kind: type, stream: TextIO, name: str, settings: Settings) -> list:
     """Every line validated first: a bad line stops everything, naming its number."""
     events = []
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
-            events.append(parse_event(line.encode(), kind))
+            events.append(settings.parse(line.encode(), kind))
         except EventError as exc:
             raise EventError(f"{name}, line {lineno}: {exc}") from None
     return events
@@ -168,17 +171,8 @@ def read_jsonl(kind: type, stream: TextIO, name: str) -> list:
 async def send_all(settings: Settings, events: list) -> int:
     async with event_producer(settings) as producer:
         for event in events:
-            await send_one(producer, event)
+            await producer.send(event)
     return len(events)
-
-
-async def send_one(producer: EventProducer, event) -> None:
-    if isinstance(event, RatingEvent):
-        await producer.send_rating(event)
-    elif isinstance(event, ItemEvent):
-        await producer.send_item(event)
-    else:
-        await producer.send_user(event)
 
 
 def run_produce(args: argparse.Namespace) -> int:
@@ -187,27 +181,19 @@ def run_produce(args: argparse.Namespace) -> int:
         if args.kind == "jsonl":
             kind = KINDS[args.event_kind]
             if args.file == "-":
-                events = read_jsonl(kind, sys.stdin, "stdin")
+                events = read_jsonl(kind, sys.stdin, "stdin", settings)
             else:
                 with open(args.file, encoding="utf-8") as f:
-                    events = read_jsonl(kind, f, args.file)
+                    events = read_jsonl(kind, f, args.file, settings)
         else:
-            events = [event_from_args(args)]
+            events = [event_from_args(args, settings)]
     except (EventError, ValueError, OSError) as exc:
         return fail(f"invalid event, nothing sent: {exc}", 2)
     try:
         sent = asyncio.run(send_all(settings, events))
     except DeliveryError as exc:
         return fail(str(exc))
-    topic = (
-        {
-            RatingEvent: settings.ratings_topic,
-            ItemEvent: settings.items_topic,
-            UserEvent: settings.users_topic,
-        }[type(events[0])]
-        if events
-        else "-"
-    )
+    topic = route(settings, events[0])[0] if events else "-"
     print(f"sent {sent:,} event{'s' * (sent != 1)} to {topic} at {settings.bootstrap_servers}")
     return 0
 

@@ -14,6 +14,23 @@ from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
 from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.settings import Settings
 
+WireEvent = RatingEvent | ItemEvent | UserEvent
+
+
+def route(settings: Settings, event: WireEvent) -> tuple[str, str]:
+    """The topic and key of an event: ratings and user events by user, items by item.
+
+    >>> route(Settings(), UserEvent(user_id="u1", tags=["jazz"], timestamp=1.0))
+    ('recsys.users', 'u1')
+    """
+    if isinstance(event, RatingEvent):
+        return settings.ratings_topic, event.user_id
+    if isinstance(event, ItemEvent):
+        return settings.items_topic, event.item_id
+    if isinstance(event, UserEvent):
+        return settings.users_topic, event.user_id
+    raise TypeError(f"not a wire event: {event!r}")
+
 
 class DeliveryError(RuntimeError):
     """Kafka did not acknowledge an event (names the topic, the key and Kafka's error)."""
@@ -62,14 +79,19 @@ class EventProducer:
         finally:
             await self._producer.stop()
 
+    async def send(self, event: WireEvent) -> None:
+        """Any event, to its topic with its key (:func:`route`)."""
+        topic, key = route(self.settings, event)
+        await self._send(topic, key, event.to_bytes())
+
     async def send_rating(self, event: RatingEvent) -> None:
-        await self._send(self.settings.ratings_topic, event.user_id, event.to_bytes())
+        await self.send(event)
 
     async def send_item(self, event: ItemEvent) -> None:
-        await self._send(self.settings.items_topic, event.item_id, event.to_bytes())
+        await self.send(event)
 
     async def send_user(self, event: UserEvent) -> None:
-        await self._send(self.settings.users_topic, event.user_id, event.to_bytes())
+        await self.send(event)
 
     async def send_core_event(self, event: Event) -> None:
         """Send one of the core's records (as read from a data file)."""
@@ -147,14 +169,17 @@ class SyncEventProducer:
             self._loop.close()
             raise
 
+    def send(self, event: WireEvent) -> None:
+        self._loop.run_until_complete(self._producer.send(event))
+
     def send_rating(self, event: RatingEvent) -> None:
-        self._loop.run_until_complete(self._producer.send_rating(event))
+        self.send(event)
 
     def send_item(self, event: ItemEvent) -> None:
-        self._loop.run_until_complete(self._producer.send_item(event))
+        self.send(event)
 
     def send_user(self, event: UserEvent) -> None:
-        self._loop.run_until_complete(self._producer.send_user(event))
+        self.send(event)
 
     def flush(self) -> None:
         self._loop.run_until_complete(self._producer.flush())

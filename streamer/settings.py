@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
+
+from schemas import parse_event
+
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,22 @@ class Settings:
     def bootstrap_servers(self) -> str:
         """Broker list in aiokafka's form (``host:port,host:port``)."""
         return ",".join(h.strip().removeprefix("kafka://") for h in self.brokers.split(","))
+
+    def parse(self, raw: bytes, kind: type[E]) -> E:
+        """``raw`` validated as a ``kind`` event with this deployment's rating scale and
+        payload limit: what the worker accepts (``EventError`` names the field).
+
+        >>> from schemas import RatingEvent
+        >>> raw = b'{"user_id": "u", "item_id": "i", "rating": 8, "timestamp": 1}'
+        >>> Settings(rating_high=10.0).parse(raw, RatingEvent).rating
+        8.0
+        """
+        return parse_event(
+            raw,
+            kind,
+            rating_scale=(self.rating_low, self.rating_high),
+            max_bytes=self.max_payload_bytes,
+        )
 
     def key(self, *parts: str) -> str:
         """A Redis key under the prefix: ``key("recs", "u1") == "recsys:recs:u1"``."""
