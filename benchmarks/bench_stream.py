@@ -36,6 +36,7 @@ import redis
 from recsys_online import synth
 from recsys_online.events import Rating
 from recsys_online.runtime import limit_blas_threads
+from streamer.client import RecommendationClient
 from streamer.engine import StreamEngine
 from streamer.process import isolated_env, start_worker, stop_worker
 from streamer.producer import event_producer, stream_events
@@ -106,27 +107,24 @@ def core_speed(ds, batch: int) -> float:
     return len(ratings) / (time.perf_counter() - started)
 
 
-def worker_figures(client: redis.Redis, settings: Settings) -> dict[str, dict[str, float]]:
+def worker_figures(reader: RecommendationClient) -> dict[str, dict[str, float]]:
     """Each live worker's numeric figures, by worker id."""
-    found = {}
-    for key in client.scan_iter(settings.key("metrics", "worker", "*"), count=100):
-        raw = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
-        found[key.decode()] = {
-            k: float(v) for k, v in raw.items() if k not in ("worker", "metrics_url")
-        }
-    return found
+    return {
+        worker: {k: float(v) for k, v in fields.items() if k not in ("worker", "metrics_url")}
+        for worker, fields in reader.worker_metrics().items()
+    }
 
 
-def evaluated(client: redis.Redis, settings: Settings) -> float:
+def evaluated(reader: RecommendationClient) -> float:
     """Live ratings processed, summed over the workers (replays after a rebalance are
     not counted, so the sum reaches the number produced exactly once)."""
-    return sum(f.get("evaluated", 0.0) for f in worker_figures(client, settings).values())
+    return sum(f.get("evaluated", 0.0) for f in worker_figures(reader).values())
 
 
-def wait_evaluated(client, settings, target, workers, timeout) -> float:
+def wait_evaluated(reader, target, workers, timeout) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if evaluated(client, settings) >= target:
+        if evaluated(reader) >= target:
             return time.monotonic()
         for w in workers:
             if w.poll() is not None:
@@ -139,6 +137,7 @@ def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1) -> dict:
     """Pre-load every event, then ``n_workers`` workers of one group learn them all."""
     settings, env = run_settings(batch)
     client = redis.Redis.from_url(settings.redis_url)
+    reader = RecommendationClient(settings.redis_url, settings.key_prefix)
     n = ds.n_ratings
     t0 = time.monotonic()
     producer_cpu0 = cpu_seconds(os.getpid())
@@ -151,15 +150,15 @@ def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1) -> dict:
     ]
     bpid = broker_pid()
     try:
-        wait_evaluated(client, settings, 1, workers, 180)
+        wait_evaluated(reader, 1, workers, 180)
         first = time.monotonic()
         cpu_w0 = [cpu_seconds(w.pid) for w in workers]
         cpu_b0 = cpu_seconds(bpid) if bpid else 0.0
-        done = wait_evaluated(client, settings, n, workers, 900)
+        done = wait_evaluated(reader, n, workers, 900)
         cpu_w = [cpu_seconds(w.pid) - c for w, c in zip(workers, cpu_w0, strict=True)]
         cpu_b = (cpu_seconds(bpid) - cpu_b0) if bpid else 0.0
         time.sleep(1.5)  # the next metrics tick carries the final figures
-        figures = worker_figures(client, settings)
+        figures = worker_figures(reader)
     finally:
         for w in workers:
             stop_worker(w)
@@ -220,6 +219,7 @@ async def _produce_all(settings: Settings, ds) -> None:
 def freshness(ds, rate: float, log_dir: Path) -> dict:
     settings, env = run_settings(1000)
     client = redis.Redis.from_url(settings.redis_url)
+    reader = RecommendationClient(settings.redis_url, settings.key_prefix)
     worker = start_worker(env, log_dir / "freshness-worker.log")
     bpid = broker_pid()
     try:
@@ -244,7 +244,7 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
             "worker_cpu_share": (cpu_seconds(worker.pid) - cpu_w0) / wall,
             "broker_cpu_share": ((cpu_seconds(bpid) - cpu_b0) / wall) if bpid else 0.0,
             "producer_cpu_share": (cpu_seconds(os.getpid()) - cpu_p0) / wall,
-            "per_worker": worker_figures(client, settings),
+            "per_worker": worker_figures(reader),
         }
     finally:
         stop_worker(worker)

@@ -144,6 +144,14 @@ class _Keys:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    def worker_pattern(self) -> str:
+        """SCAN pattern of the per-worker metrics hashes."""
+        return self.key("metrics", "worker", "*")
+
+    def worker_id(self, key: bytes) -> str:
+        """The worker id (``host:pid``) of a per-worker metrics key."""
+        return key.decode()[len(self.key("metrics", "worker", "")) :]
+
     def unavailable(self, exc: Exception) -> RecommendationsUnavailable:
         return RecommendationsUnavailable(f"cannot reach Redis at {self.redis_url}: {exc}")
 
@@ -198,8 +206,10 @@ class RecommendationClient(_Keys):
         """Each live worker's own metrics hash, by worker id (they expire when it dies)."""
         try:
             found = {}
-            for key in self.redis.scan_iter(self.key("metrics", "worker", "*"), count=100):
-                found[key.decode().rsplit("worker:", 1)[1]] = decode_hash(self.redis.hgetall(key))
+            for key in self.redis.scan_iter(self.worker_pattern(), count=100):
+                fields = decode_hash(self.redis.hgetall(key))
+                if fields:  # not expired between SCAN and HGETALL
+                    found[self.worker_id(key)] = fields
             return found
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None
@@ -237,6 +247,18 @@ class AsyncRecommendationClient(_Keys):
     async def metrics(self) -> dict[str, str]:
         try:
             return decode_hash(await self.redis.hgetall(self.key("metrics")))
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+
+    async def worker_metrics(self) -> dict[str, dict[str, str]]:
+        """Each live worker's own metrics hash, by worker id."""
+        try:
+            found = {}
+            async for key in self.redis.scan_iter(self.worker_pattern(), count=100):
+                fields = decode_hash(await self.redis.hgetall(key))
+                if fields:  # not expired between SCAN and HGETALL
+                    found[self.worker_id(key)] = fields
+            return found
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None
 

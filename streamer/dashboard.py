@@ -22,7 +22,7 @@ from importlib import resources
 import redis
 from aiohttp import web
 
-from streamer.client import AsyncRecommendationClient, RecommendationsUnavailable, decode_hash
+from streamer.client import AsyncRecommendationClient, RecommendationsUnavailable
 from streamer.settings import Settings
 from streamer.web import advertised_url, start_site
 
@@ -60,14 +60,12 @@ async def api_metrics(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     try:
         shared = await client.metrics()
-        workers = {}
-        async for key in client.redis.scan_iter(client.key("metrics", "worker", "*"), count=100):
-            fields = decode_hash(await client.redis.hgetall(key))
-            if fields:
-                workers[key.decode().rsplit("worker:", 1)[1]] = numbers(fields)
-    except (redis.RedisError, RecommendationsUnavailable) as exc:
+        workers = await client.worker_metrics()
+    except RecommendationsUnavailable as exc:
         return _unavailable(exc)
-    return web.json_response({"metrics": numbers(shared), "workers": workers})
+    return web.json_response(
+        {"metrics": numbers(shared), "workers": {w: numbers(f) for w, f in workers.items()}}
+    )
 
 
 async def api_history(request: web.Request) -> web.Response:
