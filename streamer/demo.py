@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 import redis
 
 from recsys_online import synth
+from streamer.client import RecommendationClient
 from streamer.process import isolated_env, start_dashboard, start_worker, stop_worker
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
@@ -70,15 +70,16 @@ def learned(client: redis.Redis, key: str) -> int:
     return int(raw) if raw else 0
 
 
-def show_lists(client: redis.Redis, settings: Settings, users: list[str]) -> None:
-    for user in users:
-        raw = client.get(settings.key("recs", user))
-        if raw is None:
-            continue
-        doc = json.loads(raw)
-        say(f"\n  {settings.key('recs', user)}  (model version {doc['model_version']})")
-        for n, rec in enumerate(doc["items"][:5], 1):
-            say(f"    {n}. {rec['item_id']:<8} {rec['score']:7.3f}  {rec['reason']}")
+def show_lists(settings: Settings, users: list[str]) -> None:
+    """Each user's top 5 as an app reads it (``RecommendationClient``)."""
+    with RecommendationClient(settings.redis_url, settings.key_prefix) as reader:
+        for user in users:
+            recs = reader.recommend(user, k=5)
+            if recs.served_from != "user":
+                continue
+            say(f"\n  {settings.key('recs', user)}  (model version {recs.model_version})")
+            for n, rec in enumerate(recs.items, 1):
+                say(f"    {n}. {rec.item_id:<8} {rec.score:7.3f}  {rec.reason}")
 
 
 def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = False) -> int:
@@ -134,7 +135,8 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         say(f"   worker ready after {time.monotonic() - worker_started:.0f} s")
 
         say("\n== 4/6 starting the dashboard ==")
-        dashboard, url = start_dashboard(env, settings.dashboard_port)
+        dashboard_log = log_path.with_name(f"recsys-{run}-dashboard.log")
+        dashboard, url = start_dashboard(env, dashboard_log, settings.dashboard_port)
         say(f"   dashboard pid {dashboard.pid}")
         say(f"   open {url}  (live charts; pick a user to see their list)")
 
@@ -156,7 +158,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         heavy = [
             u for u in recent_users if counts[u] >= 20 and client.exists(settings.key("recs", u))
         ][:3]
-        show_lists(client, settings, heavy)
+        show_lists(settings, heavy)
         if heavy:
             say(f"\n   the same from the shell:  recsys-online recs {heavy[0]}")
             say(f"                             redis-cli GET {settings.key('recs', heavy[0])}")

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -57,19 +58,28 @@ def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> None:
             process.wait()
 
 
-def start_dashboard(env: dict[str, str], port: int = 0) -> tuple[subprocess.Popen, str]:
-    """``recsys-online dashboard`` as a child process; returns it and the URL it serves."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli", "dashboard", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    first = process.stdout.readline() if process.stdout else ""
-    match = re.search(r"(http://\S+/)", first)
-    if not match:
-        stop_worker(process, timeout=5)
-        raise RuntimeError(f"the dashboard did not start: {first.strip() or 'no output'}")
-    return process, match.group(1)
+def start_dashboard(
+    env: dict[str, str], log_path: Path, port: int = 0, timeout: float = 30.0
+) -> tuple[subprocess.Popen, str]:
+    """``recsys-online dashboard`` as a child process, its output in ``log_path`` (a file,
+    not a pipe nobody reads, which would block it once full); returns it and its URL."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamer.cli", "dashboard", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        match = re.search(r"dashboard at (http://\S+/)", text)
+        if match:
+            return process, match.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    stop_worker(process, timeout=5)
+    last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    raise RuntimeError(f"the dashboard did not start: {last[0]}")

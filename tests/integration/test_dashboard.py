@@ -126,7 +126,7 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
             "200 ratings learned",
             tmp / "worker.log",
         )
-        dashboard, dashboard_url = start_dashboard(env)
+        dashboard, dashboard_url = start_dashboard(env, tmp / "dashboard.log")
         wait_until(
             lambda: client.llen(settings.key("metrics", "history")) >= 3,
             "three metrics snapshots",
