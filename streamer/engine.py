@@ -42,10 +42,11 @@ def user_unique_runs(ratings: Sequence[Rating]) -> list[list[Rating]]:
 class StreamEngine:
     """A worker's model and live metrics; every method is synchronous and does no I/O.
 
-    ``learn_ratings`` is test-then-train for a micro-batch: each rating's prediction comes
-    from the state before the batch, and its rank is taken in the list that user was last
-    served (the list the app could show when the user acted); then the batch is learned
-    and the lists of the users it touched are recomputed in one batched ranking.
+    ``learn_ratings`` is test-then-train for a micro-batch, in user-unique rounds: each
+    rating's prediction comes from the state after its user's earlier ratings, and its
+    rank is taken in the list that user was last served (the list the app could show when
+    the user acted); the lists of the users the batch touched are then recomputed in one
+    batched ranking.
 
     Examples
     --------
@@ -251,11 +252,9 @@ class StreamEngine:
         """
         now = time.monotonic() if now is None else now
         samples = self._rate
-        base = None
-        while samples and samples[0][0] < now - self.RATE_WINDOW_S:
-            base = samples.popleft()
-        if base is not None:
-            samples.appendleft(base)  # the last sample before the window is its baseline
+        # Keep the last sample before the window: it is the window's baseline.
+        while len(samples) > 1 and samples[1][0] < now - self.RATE_WINDOW_S:
+            samples.popleft()
         if not samples:
             return 0.0
         t0, n0 = samples[0]
