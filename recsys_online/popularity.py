@@ -16,6 +16,11 @@ class Popularity:
     accumulator, so the decayed count at time ``now`` is
     :math:`\exp(\ell_i - (now - t_0)\ln 2 / h)` without touching other items.
 
+    Scores are taken at ``now`` rounded down to 1/1024 of the half-life (about ten
+    minutes for a week), so within that step the catalog's scores are kept and only the
+    items rated since are recomputed: a refresh after a few ratings costs a few
+    evaluations, not one per item. The rounding moves a score by at most 0.07%.
+
     Examples
     --------
     >>> pop = Popularity(half_life=10.0)
@@ -33,12 +38,16 @@ class Popularity:
         self.n_items = 0
         self.log_mass = np.zeros(0, np.float64)
         self.version = 0  # bumped by every learn: cached scores are stale
+        self._scores = np.zeros(0, np.float32)  # every item's score at ``_shift``
+        self._shift: float | None = None
+        self._dirty: list[np.ndarray] = []  # items learned since ``_scores`` was taken
 
     def ensure(self, n_items: int) -> None:
         """Grow storage for rows below ``n_items``."""
         if n_items > self.n_items:
             self.log_mass = grown(self.log_mass, n_items, fill=-np.inf)
             self.n_items = n_items
+            self._shift = None
 
     def learn(self, items: np.ndarray, timestamps: np.ndarray) -> None:
         """Count one rating of each item at its time."""
@@ -47,16 +56,39 @@ class Popularity:
             self.t0 = float(ts.min())
         self.now = max(self.now, float(ts.max()))
         np.logaddexp.at(self.log_mass, items, (ts - self.t0) * self._rate)
+        self._dirty.append(np.asarray(items))
+        if len(self._dirty) > 1024:  # nobody asks for all scores: start afresh when asked
+            self._dirty.clear()
+            self._shift = None
         self.version += 1
 
     def item_scores(self, now: float | None = None, items: np.ndarray | None = None) -> np.ndarray:
-        """``log(1 + decayed count)`` of ``items`` (all when None) at time ``now``."""
-        mass = self.log_mass[: self.n_items] if items is None else self.log_mass[items]
+        """``log(1 + decayed count)`` of ``items`` (all when None) at time ``now``.
+
+        The array of all items is shared between calls: read it, do not write to it.
+        """
         if self.t0 is None:
-            return np.zeros(len(mass), np.float32)
+            return np.zeros(self.n_items if items is None else len(items), np.float32)
         shift = ((self.now if now is None else now) - self.t0) * self._rate
-        scores = np.logaddexp(0.0, mass - shift)
-        # Long-forgotten items would land in float32's subnormal range, which slows every
-        # matrix product they enter by an order of magnitude: count them as zero.
-        scores[scores < 1e-30] = 0.0
-        return scores.astype(np.float32)
+        shift = math.floor(shift / _SHIFT_STEP + 1e-9) * _SHIFT_STEP  # exact steps stay
+        if items is not None:
+            return _scores(self.log_mass[items], shift)
+        if shift != self._shift:
+            self._scores = _scores(self.log_mass[: self.n_items], shift)
+            self._shift = shift
+        elif self._dirty:
+            rows = np.unique(np.concatenate(self._dirty))
+            self._scores[rows] = _scores(self.log_mass[rows], shift)
+        self._dirty.clear()
+        return self._scores
+
+
+_SHIFT_STEP = math.log(2.0) / 1024  # scores are taken every 1/1024 of a half-life
+
+
+def _scores(log_mass: np.ndarray, shift: float) -> np.ndarray:
+    scores = np.logaddexp(0.0, log_mass - shift)
+    # Long-forgotten items would land in float32's subnormal range, which slows every
+    # matrix product they enter by an order of magnitude: count them as zero.
+    scores[scores < 1e-30] = 0.0
+    return scores.astype(np.float32)

@@ -115,3 +115,29 @@ def _problems(draw: st.DrawFn) -> tuple[np.ndarray, int, int]:
 def test_matches_sort_reference_property(problem: tuple[np.ndarray, int, int]) -> None:
     scores, k, block = problem
     _check(scores, k, block)
+
+
+def test_score_items_gives_the_scores_recommend_ranks_by() -> None:
+    from recsys_online import synth
+    from recsys_online.recommender import Recommender
+
+    ds = synth.generate(n_users=60, n_items=200, n_ratings=3000, seed=5)
+    model = Recommender()
+    for item in ds.items.values():
+        model.upsert_item(item.item, item.tags, item.timestamp)
+    for r in ds.ratings:
+        model.learn_rating(r.user, r.item, r.rating, r.timestamp)
+    users = [*sorted({r.user for r in ds.ratings[-300:]})[:20], "nobody"]
+    lists = model.recommend_many(users, 10)
+    listed = sorted({rec.item for recs in lists[:-1] for rec in recs})
+    scores = model.score_items(users, [*listed, "unknown", listed[0]])
+    for b, recs in enumerate(lists[:-1]):
+        for rec in recs:
+            assert scores[b, listed.index(rec.item)] == pytest.approx(rec.score, rel=1e-5, abs=1e-5)
+    assert np.all(scores[-1] == -np.inf)  # a cold user is served popularity
+    assert np.all(scores[:, -2] == -np.inf)  # an unknown item
+    np.testing.assert_array_equal(scores[:, -1], scores[:, 0])  # asked twice, same scores
+    # A rated item is out of the user's reach.
+    row = model.users.get(users[0])
+    seen = model.items.id_of(int(model.history[row][0]))
+    assert model.score_items([users[0]], [seen])[0, 0] == -np.inf
