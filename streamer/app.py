@@ -190,6 +190,7 @@ class RecsysWorker:
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 4),
         )
         self.engine = StreamEngine(s)
+        self.engine.live = False  # until the timer finds this worker caught up
         self.sink = RedisSink(s)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = CatalogFollower(s, self.engine, self.sink)
@@ -244,8 +245,7 @@ class RecsysWorker:
                 await self._dead_letter(event, str(exc))
                 continue
             pending.append((event, r))
-        model = self.engine.model
-        if any(model.items.get(r.item_id) is None for _, r in pending):
+        if not all(self.engine.knows_item(r.item_id) for _, r in pending):
             await self.catalog.catch_up()
         for event, r in pending:
             problem = self._item_problem(r.item_id)
@@ -258,10 +258,9 @@ class RecsysWorker:
 
     def _item_problem(self, item_id: str) -> str | None:
         """Why a rating of this item cannot be learned, or None when it can."""
-        model = self.engine.model
-        if model.items.get(item_id) is None:
+        if not self.engine.knows_item(item_id):
             return f"item_id: unknown item {item_id!r}"
-        if model.is_deleted(item_id):
+        if self.engine.model.is_deleted(item_id):
             return f"item_id: item {item_id!r} was deleted"
         return None
 
@@ -313,6 +312,7 @@ class RecsysWorker:
             return
         if not self._reset_pending:
             await self._replay_idle_partitions()
+            self.engine.live = self._caught_up()
         lists = self.engine.refresh()
         await publish(self.engine, self.sink, lists)
         await self.sink.publish_state(
@@ -337,6 +337,7 @@ class RecsysWorker:
         self._reset_pending = False
         self._replayed.clear()
         self.engine = self.engine.successor()
+        self.engine.live = False
         self.catalog.restart(self.engine)
 
     async def _ensure_replayed(self, partition: int, until: int) -> None:
@@ -458,6 +459,24 @@ class RecsysWorker:
                 ("recsys.source.offset", str(m.offset).encode()),
             ],
         )
+
+    def _caught_up(self) -> bool:
+        """Every ratings partition assigned to this worker is processed up to its end.
+
+        Then catalog events apply as they come; before, an item dated after the ratings
+        being processed waits for them (see ``StreamEngine.upsert_item``). A worker that
+        has not joined the group yet, or has not heard a partition's end, is not.
+        """
+        consumer = self.app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic == self.settings.ratings_topic]
+        if not assigned:
+            return False
+        for tp in assigned:
+            high = consumer.highwater(tp)
+            position = self._next_offset.get(tp.partition)
+            if high is None or position is None or position < high:
+                return False
+        return True
 
     def _lag(self) -> int:
         """Ratings not yet processed: high-water mark minus next offset, over our partitions."""

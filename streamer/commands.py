@@ -322,6 +322,7 @@ METRIC_ROWS = (
     ("mae", "MAE (rolling)", "{:.4f}"),
     ("ndcg_at_k", "NDCG@K (rolling)", "{:.4f}"),
     ("recall_at_k", "Recall@K (rolling)", "{:.4f}"),
+    ("ndcg_at_k_fresh", "NDCG@K ranked at rating", "{:.4f}"),
     ("rmse_total", "RMSE (since start)", "{:.4f}"),
     ("ndcg_at_k_total", "NDCG@K (since start)", "{:.4f}"),
     ("lag", "consumer lag", "{:,.0f}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -19,15 +20,35 @@ from streamer.settings import Settings
 Lists = dict[str, list[Recommendation]]
 
 
-def user_unique_runs(ratings: Sequence[Rating]) -> list[list[Rating]]:
-    """``ratings`` in rounds in which no user appears twice: round j holds each user's
-    j-th rating of the batch, so every user's ratings keep their order, and a batch takes
-    as many rounds as its most active user has ratings in it (usually a few).
+def event_time_steps(ratings: Sequence[Rating], window_s: float) -> list[list[Rating]]:
+    """``ratings`` cut into learning steps in which no user appears twice and which
+    follow event time: the ratings (sorted by time, ties kept in order) are cut into
+    windows of ``window_s`` seconds of event time, and each window into rounds, round j
+    holding each user's j-th rating of the window.
 
-    >>> rs = [Rating(u, str(n), 4.0, 0.0) for n, u in enumerate("abacb")]
-    >>> [" ".join(r.user + r.item for r in run) for run in user_unique_runs(rs)]
-    ['a0 b1 c3', 'a2 b4']
+    So every user's ratings keep their order and no step mixes ratings further apart in
+    time than the window. A live micro-batch (a fraction of a second of event time) takes
+    as many steps as its most active user has ratings in it, usually one; a backlog,
+    where one batch can span days, takes at least one step per window.
+
+    >>> rs = [Rating(u, str(n), 4.0, t) for n, (u, t) in enumerate(
+    ...     [("a", 0), ("b", 1), ("a", 2), ("c", 3), ("d", 50), ("e", 9)])]
+    >>> [" ".join(r.user + r.item for r in step) for step in event_time_steps(rs, 10.0)]
+    ['a0 b1 c3 e5', 'a2', 'd4']
     """
+    steps: list[list[Rating]] = []
+    window: list[Rating] = []
+    begins = -math.inf
+    for r in sorted(ratings, key=lambda r: r.timestamp):
+        if r.timestamp > begins + window_s:
+            steps += _user_rounds(window)
+            window, begins = [], r.timestamp
+        window.append(r)
+    return steps + _user_rounds(window)
+
+
+def _user_rounds(ratings: list[Rating]) -> list[list[Rating]]:
+    """Round j holds each user's j-th rating, in the given order."""
     rounds: list[list[Rating]] = []
     seen: Counter[str] = Counter()
     for r in ratings:
@@ -68,12 +89,16 @@ class StreamEngine:
         config.factors = replace(FactorParams(), n_factors=s.n_factors, seed=s.seed)
         self.model = Recommender(config)
         self.errors = ErrorScore(s.metrics_window)
-        self.ranking = RankingScore(s.metrics_window)
+        self.ranking = RankingScore(s.metrics_window)  # in the list last served
+        self.ranking_now = RankingScore(s.metrics_window)  # in a list ranked at the rating
         self.max_tracked_users = max_tracked_users
         self.served: OrderedDict[str, list[str]] = OrderedDict()  # LRU of last lists
         self.version = 0
-        self.catalog_changes = 0  # item upserts seen; a refresh is due when it moves
-        self._refreshed_at_change = 0
+        # Per served user: the score of their list's last place, and the catalog version
+        # the list was ranked at.
+        self.floor: dict[str, tuple[float, int]] = {}
+        self.catalog_version = 0  # upserts applied so far
+        self.changed_items: dict[str, int] = {}  # since the last refresh: item -> version
         self.events = 0  # ratings in the model: live and replayed from the log
         self.evaluated = 0  # live ratings evaluated then learned (never counts replays)
         self.deadletters = 0
@@ -83,64 +108,72 @@ class StreamEngine:
         self.last_rank_s = 0.0  # the last batched ranking call, for refresh_hist
         # (time, events learned) after each batch, over the last RATE_WINDOW_S seconds
         self._rate: deque[tuple[float, int]] = deque()
+        # Event time: the latest rating learned. While ``live`` is False (a worker catching
+        # up on a backlog), catalog upserts dated after it wait in ``pending``.
+        self.watermark = -math.inf
+        self._live = True
+        self.pending: dict[str, tuple[dict[str, float], float]] = {}
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
         """Evaluate, learn and re-rank a micro-batch; returns the touched users' new lists.
 
-        The batch is taken in rounds in which no user appears twice (see
-        :func:`user_unique_runs`), as the replay evaluator takes its micro-batches: each
-        rating is predicted and ranked after its user's earlier ratings were learned, and
-        a user whose next rating is relevant is re-ranked first, so that rating is scored
-        against the list the user would have been shown. Learning a user's ratings one
-        round at a time is also what keeps heavy users from taking one oversized step.
+        The batch is learned in steps that follow event time and in which no user appears
+        twice (:func:`event_time_steps`, windows of ``settings.learn_window_s``). In each
+        step every rating is predicted, and every relevant one ranked, from the state
+        after all earlier steps (test-then-train), then the step is learned. The rank is
+        taken in the list the user was last served (``ranking``: what the app showed) and
+        in a list ranked at that moment (``ranking_now``: what the replay CLI measures);
+        they differ when a list went stale between the user's visits. Catalog items due
+        by a step's time enter before it. The lists of the users the batch touched are
+        computed, with reasons, once at the end.
         """
         if not ratings:
             return {}
-        rounds = user_unique_runs(ratings)
-        for j, run in enumerate(rounds):
-            self._evaluate_and_learn(run)
-            # Users whose next rating in the batch is relevant are scored against the
-            # list they would see now: rank them (ids only; the published lists, with
-            # reasons, are computed once at the end).
-            if j + 1 < len(rounds):
-                relevant = self.settings.relevant
-                again = [r.user for r in rounds[j + 1] if r.rating >= relevant]
-                if again:
-                    lists = self.model.top_items(again, self.settings.k)
-                    self.served.update(zip(again, lists, strict=True))
+        touched: set[str] = set()
+        for step in event_time_steps(ratings, self.settings.learn_window_s):
+            self._advance(step)
+            self._evaluate_and_learn(step, touched)
+            touched.update(r.user for r in step)
         self.events += len(ratings)
         self.evaluated += len(ratings)
         self._rate.append((time.monotonic(), self.events))
         self.version += 1
         return self._serve(dict.fromkeys(r.user for r in ratings))
 
-    def _evaluate_and_learn(self, run: Sequence[Rating]) -> None:
+    def _evaluate_and_learn(self, step: Sequence[Rating], touched: set[str]) -> None:
+        """Test, then train, one step: predict each rating and rank each relevant one in
+        the user's list, then learn them all."""
         model, k = self.model, self.settings.k
-        users = [r.user for r in run]
-        items = [r.item for r in run]
-        values = [r.rating for r in run]
+        users = [r.user for r in step]
+        items = [r.item for r in step]
+        values = [r.rating for r in step]
         for y, y_pred in zip(values, model.predict_many(users, items).tolist(), strict=True):
             self.errors.update(y, y_pred)
         relevant = [n for n, v in enumerate(values) if v >= self.settings.relevant]
-        unserved = sorted({users[n] for n in relevant if users[n] not in self.served})
-        before = dict(zip(unserved, model.top_items(unserved, k), strict=True))
+        ranked = sorted({users[n] for n in relevant})
+        now = dict(zip(ranked, model.top_items(ranked, k), strict=True))  # ids only
         for n in relevant:
-            shown = self.served.get(users[n]) or before.get(users[n], [])
-            self.ranking.update(shown.index(items[n]) if items[n] in shown else None)
-        model.learn_many(users, items, values, [r.timestamp for r in run])
+            user, item = users[n], items[n]
+            # As served: the list in Redis, unless the user's earlier rating in this batch
+            # changed it (that list would have been published by the time of this one).
+            shown = now[user] if user in touched else self.served.get(user, now[user])
+            self.ranking.update(shown.index(item) if item in shown else None)
+            self.ranking_now.update(now[user].index(item) if item in now[user] else None)
+        model.learn_many(users, items, values, [r.timestamp for r in step])
 
     def relearn(self, ratings: Sequence[Rating]) -> None:
         """Learn ratings replayed from the log (already evaluated when they were live), in
-        the same user-unique runs as live learning."""
+        the same steps as live learning."""
         if not ratings:
             return
-        for run in user_unique_runs(ratings):
+        for step in event_time_steps(ratings, self.settings.learn_window_s):
+            self._advance(step)
             self.model.learn_many(
-                [r.user for r in run],
-                [r.item for r in run],
-                [r.rating for r in run],
-                [r.timestamp for r in run],
+                [r.user for r in step],
+                [r.item for r in step],
+                [r.rating for r in step],
+                [r.timestamp for r in step],
             )
         self.events += len(ratings)
         self.version += 1
@@ -150,6 +183,7 @@ class StreamEngine:
         "deadletters",
         "errors",
         "ranking",
+        "ranking_now",
         "freshness_ms",
         "freshness_hist",
         "refresh_hist",
@@ -169,12 +203,74 @@ class StreamEngine:
         return self._serve(users)
 
     def upsert_item(self, item: str, tags: dict[str, float], timestamp: float = 0.0) -> None:
-        """A new or changed catalog item; matching users see it at the next refresh."""
+        """A new or changed catalog item; matching users see it at the next refresh.
+
+        While the engine is not :attr:`live` (catching up on a backlog), an upsert dated
+        after the latest rating learned waits until the ratings reach its time, so users
+        are never shown (and ranked against) items from their future; a rating of a
+        waiting item brings it in at once. Setting ``live`` applies whatever waits.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> engine.live = False
+        >>> engine.upsert_item("old", {"jazz": 1.0}, timestamp=5.0)
+        >>> engine.upsert_item("new", {"jazz": 1.0}, timestamp=50.0)
+        >>> sorted(engine.pending), engine.knows_item("new")
+        (['new', 'old'], True)
+        >>> _ = engine.learn_ratings([Rating("u1", "old", 5.0, 10.0)])
+        >>> sorted(engine.pending)
+        ['new']
+        >>> engine.live = True
+        >>> engine.pending, engine.metrics()["items"]
+        ({}, 2)
+        """
+        if self._live or timestamp <= self.watermark:
+            self.pending.pop(item, None)
+            self._apply_upsert(item, tags, timestamp)
+        else:
+            self.pending.pop(item, None)  # the latest upsert of an item wins
+            self.pending[item] = (tags, timestamp)
+
+    @property
+    def live(self) -> bool:
+        """True when the worker is caught up: catalog events apply as they come."""
+        return self._live
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        self._live = value
+        if value:
+            self._release(math.inf)
+
+    def knows_item(self, item: str) -> bool:
+        """The item is in the catalog (or waiting to enter it at its time)."""
+        return item in self.pending or self.model.items.get(item) is not None
+
+    def _advance(self, ratings: Sequence[Rating]) -> None:
+        """Move event time to the step's latest rating; bring in the upserts due by then
+        and those of items the step rates."""
+        self.watermark = max(self.watermark, max(r.timestamp for r in ratings))
+        self._release(self.watermark)
+        if self.pending:
+            for item in {r.item for r in ratings} & self.pending.keys():
+                tags, timestamp = self.pending.pop(item)
+                self._apply_upsert(item, tags, timestamp)
+
+    def _release(self, until: float) -> None:
+        due = [(ts, item) for item, (_, ts) in self.pending.items() if ts <= until]
+        for _, item in sorted(due):
+            tags, timestamp = self.pending.pop(item)
+            self._apply_upsert(item, tags, timestamp)
+
+    def _apply_upsert(self, item: str, tags: dict[str, float], timestamp: float) -> None:
         self.model.upsert_item(item, tags, timestamp)
-        self.catalog_changes += 1
+        self.catalog_version += 1
+        self.changed_items[item] = self.catalog_version
 
     def delete_item(self, item: str) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it."""
+        if item in self.pending:  # known, so its later ratings are refused as deleted
+            tags, timestamp = self.pending.pop(item)
+            self._apply_upsert(item, tags, timestamp)
         self.model.delete_item(item)
         shown = [u for u, items in self.served.items() if item in items]
         return self._serve(shown)
@@ -184,15 +280,33 @@ class StreamEngine:
         self.model.upsert_user(user, tags)
         return self._serve([user])
 
+    REFRESH_CHUNK = 256  # changed items scored per pass (bounds memory on bulk imports)
+
     def refresh(self) -> Lists:
-        """Recompute the lists of the most recently served users if the catalog changed
-        since the last refresh (new items reach them); otherwise their lists are as fresh
-        as their last event made them, and nothing is done."""
-        if self.catalog_changes == self._refreshed_at_change:
+        """New or changed catalog items reach the most recently served users' lists.
+
+        The items changed since each user's list was ranked are scored for them (users
+        times items, not the catalog); a user is re-ranked only when one of them scores
+        above the last place of that list. Returns the re-ranked users' lists ({} when the
+        catalog did not change or no list needs the new items).
+        """
+        if not self.changed_items:
             return {}
-        self._refreshed_at_change = self.catalog_changes
+        changed = list(self.changed_items.items())
+        self.changed_items.clear()
         recent = list(self.served)[-self.settings.refresh_users :]
-        return self._serve(recent)
+        if not recent:
+            return {}
+        floor, ranked_at = zip(*(self.floor.get(u, (-math.inf, 0)) for u in recent), strict=True)
+        ranked = np.array(ranked_at, np.int64)[:, None]
+        best = np.full(len(recent), -np.inf, np.float32)
+        for lo in range(0, len(changed), self.REFRESH_CHUNK):
+            items, versions = zip(*changed[lo : lo + self.REFRESH_CHUNK], strict=True)
+            scores = self.model.score_items(recent, items)
+            scores[np.array(versions, np.int64)[None, :] <= ranked] = -np.inf  # seen then
+            np.maximum(best, scores.max(axis=1), out=best)
+        due = best > np.array(floor, np.float32)
+        return self._serve([u for u, d in zip(recent, due.tolist(), strict=True) if d])
 
     def popular(self) -> list[Recommendation]:
         """The list for users the model does not know."""
@@ -206,11 +320,15 @@ class StreamEngine:
         started = time.perf_counter()
         lists = dict(zip(users, self.model.recommend_many(users, self.settings.k), strict=True))
         self.last_rank_s = time.perf_counter() - started
+        k = self.settings.k
         for user, recs in lists.items():
             self.served[user] = [r.item for r in recs]
             self.served.move_to_end(user)
+            last = recs[-1].score if len(recs) == k else -math.inf
+            self.floor[user] = (last, self.catalog_version)
         while len(self.served) > self.max_tracked_users:
-            self.served.popitem(last=False)
+            user, _ = self.served.popitem(last=False)
+            self.floor.pop(user, None)
         return lists
 
     # ------------------------------------------------------------------ metrics
@@ -264,6 +382,7 @@ class StreamEngine:
         """The live figures published to Redis and Prometheus."""
         fresh = np.asarray(self.freshness_ms, dtype=np.float64)
         rank = self.ranking.summary()
+        rank_now = self.ranking_now.summary()
         err = self.errors.summary()
         return {
             "events": self.events,
@@ -275,6 +394,10 @@ class StreamEngine:
             "recall_at_k": rank["rolling_recall_at_k"],
             "ndcg_at_k_total": rank["ndcg_at_k"],
             "recall_at_k_total": rank["recall_at_k"],
+            "ndcg_at_k_fresh": rank_now["rolling_ndcg_at_k"],
+            "recall_at_k_fresh": rank_now["rolling_recall_at_k"],
+            "ndcg_at_k_fresh_total": rank_now["ndcg_at_k"],
+            "recall_at_k_fresh_total": rank_now["recall_at_k"],
             "k": self.settings.k,
             "events_per_s": self.events_per_s(),
             "deadletters": self.deadletters,

@@ -82,6 +82,16 @@ GAUGES: dict[str, tuple[str, str, str]] = {
         "gauge",
         "Prequential Recall@K (hit rate) of relevant ratings (rolling window).",
     ),
+    "ndcg_at_k_fresh": (
+        "recsys_ndcg_at_k_fresh",
+        "gauge",
+        "Prequential NDCG@K of relevant ratings in a list ranked at the rating (rolling).",
+    ),
+    "recall_at_k_fresh": (
+        "recsys_recall_at_k_fresh",
+        "gauge",
+        "Prequential Recall@K in a list ranked at the rating (rolling window).",
+    ),
     "events_per_s": (
         "recsys_events_per_second",
         "gauge",

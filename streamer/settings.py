@@ -32,6 +32,7 @@ class Settings:
     k: int = 10
     batch_max: int = 1000
     batch_within_s: float = 0.02
+    learn_window_s: float = 3600.0
     n_factors: int = 32
     rating_low: float = 1.0
     rating_high: float = 5.0

@@ -84,7 +84,8 @@ def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap, redis_url, d
     assert final, out[-3000:]
     assert int(final.group(1).replace(",", "")) == 4000
     assert 0 < float(final.group(2)) < 1.5
-    assert re.search(r"because you liked|matches your tags", out)
+    lists = out[out.index("6/6") :]
+    assert re.search(r"because you liked|matches your tags", lists), lists
     assert len(pids(out)) == 2
     assert all(gone(pid) for pid in pids(out))
 

@@ -43,3 +43,62 @@ def test_a_rebuilt_model_keeps_the_live_figures() -> None:
     assert new.freshness_hist.count == 1
     new.learn_ratings([Rating("u1", "i3", 4.0, 3.0)])
     assert new.metrics()["evaluated"] == 3
+
+
+def catching_up() -> StreamEngine:
+    engine = StreamEngine(Settings(k=5, n_factors=4))
+    engine.live = False
+    for j, ts in enumerate((10.0, 20.0, 300.0, 400.0)):
+        engine.upsert_item(f"i{j}", {"jazz": 1.0}, timestamp=ts)
+    return engine
+
+
+def test_a_backlog_never_shows_items_from_the_future() -> None:
+    engine = catching_up()
+    lists = engine.learn_ratings([Rating("u1", "i0", 5.0, 25.0)])
+    assert [r.item for r in lists["u1"]] == ["i1"]  # i2 and i3 arrive after t=25
+    assert sorted(engine.pending) == ["i2", "i3"]
+    lists = engine.learn_ratings([Rating("u1", "i1", 5.0, 350.0)])
+    assert [r.item for r in lists["u1"]] == ["i2"]
+    assert list(engine.pending) == ["i3"]
+
+
+def test_a_rating_of_a_waiting_item_brings_it_in_before_learning() -> None:
+    engine = catching_up()
+    assert engine.knows_item("i3") and not engine.knows_item("nope")
+    engine.learn_ratings([Rating("u1", "i3", 5.0, 30.0)])
+    assert "i3" not in engine.pending
+    assert engine.model.items.get("i3") is not None and engine.model.n_events == 1
+    engine.relearn([Rating("u2", "i2", 4.0, 31.0)])
+    assert not engine.pending
+
+
+def test_going_live_applies_every_waiting_item_and_deletes_apply_to_waiting_items() -> None:
+    engine = catching_up()
+    engine.delete_item("i2")
+    assert engine.model.is_deleted("i2") and sorted(engine.pending) == ["i0", "i1", "i3"]
+    engine.live = True
+    assert not engine.pending and engine.metrics()["items"] == 3
+    engine.upsert_item("late", {"jazz": 1.0}, timestamp=10_000.0)  # live: applies at once
+    assert engine.model.items.get("late") is not None
+
+
+def test_refresh_reranks_only_the_users_a_new_item_belongs_to() -> None:
+    engine = StreamEngine(Settings(k=3, n_factors=4))
+    for j in range(8):  # five of each are rated: the fan has one jazz item left to see
+        if j < 6:
+            engine.upsert_item(f"jazz{j}", {"jazz": 1.0}, timestamp=1.0)
+        engine.upsert_item(f"rock{j}", {"rock": 1.0}, timestamp=1.0)
+    ratings = []  # each user's dislikes, then their likes (their latest session)
+    for n in range(5):
+        ratings += [Rating("fan", f"rock{n}", 1.0, 10.0 + n)]
+        ratings += [Rating("fan", f"jazz{n}", 5.0, 20.0 + n)]
+        ratings += [Rating("other", f"jazz{n}", 1.0, 10.0 + n)]
+        ratings += [Rating("other", f"rock{n}", 5.0, 20.0 + n)]
+    engine.learn_ratings(ratings)
+    assert engine.refresh() == {}  # nothing changed since the lists were served
+    engine.upsert_item("new-jazz", {"jazz": 1.0}, timestamp=50.0)
+    lists = engine.refresh()
+    assert set(lists) == {"fan"}  # "other" dislikes jazz: no re-rank for them
+    assert "new-jazz" in [r.item for r in lists["fan"]]
+    assert engine.refresh() == {}

@@ -45,6 +45,8 @@ def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
         "recsys_mae",
         "recsys_ndcg_at_k",
         "recsys_recall_at_k",
+        "recsys_ndcg_at_k_fresh",
+        "recsys_recall_at_k_fresh",
         "recsys_freshness_seconds",
         "recsys_refresh_seconds",
     ):
