@@ -20,6 +20,7 @@ from recsys_online.events import Rating
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent
 from streamer.engine import Lists, StreamEngine
 from streamer.metrics import exposition
+from streamer.ordering import EventTimeMerge
 from streamer.settings import Settings
 from streamer.sink import RedisSink
 from streamer.web import MetricsServer
@@ -186,6 +187,10 @@ class RecsysWorker:
             value_serializer="raw",
             topic_allow_declare=False,
             producer_linger_ms=1,
+            # Small fetches per partition, so a micro-batch of a backlog holds a little of
+            # every partition (and a short span of event time) rather than one
+            # partition's long run.
+            consumer_max_fetch_size=s.fetch_partition_bytes,
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 4),
         )
@@ -200,6 +205,11 @@ class RecsysWorker:
         self._replayed: set[int] = set()
         self._reset_pending = False
         self._replay_locks: dict[int, asyncio.Lock] = {}
+        # Ratings received, held until every partition has delivered up to their time.
+        self.ordering: EventTimeMerge[tuple[Rating, float]] = EventTimeMerge(
+            max_held=20 * s.batch_max
+        )
+        self._learning = asyncio.Lock()
         self.app.on_partitions_revoked.connect(self._on_revoked)
         raw = {"key_type": bytes, "value_type": bytes}
         self.ratings = self.app.topic(s.ratings_topic, partitions=s.partitions, **raw)
@@ -215,7 +225,8 @@ class RecsysWorker:
 
     # ------------------------------------------------------------------ agents
     async def learn_ratings(self, stream: faust.StreamT) -> None:
-        """Validate, evaluate-then-learn in micro-batches, publish the touched users' lists."""
+        """Validate micro-batches, put them in event-time order across partitions, then
+        evaluate-then-learn them and publish the touched users' lists."""
         await self.catalog.ready.wait()
         s = self.settings
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
@@ -229,14 +240,41 @@ class RecsysWorker:
                 await self._ensure_replayed(partition, offset)
             for event in events:
                 self._next_offset[event.message.partition] = event.message.offset + 1
-            ratings, produced_ms = await self._valid_ratings(events)
-            lists = self.engine.learn_ratings(ratings)
-            published_at = await publish(self.engine, self.sink, lists)
-            self.engine.record_freshness(produced_ms, published_at)
+            for partition, rating, produced_ms in await self._valid_ratings(events):
+                self.ordering.add(partition, rating.timestamp, (rating, produced_ms))
+            await self._learn_released()
 
-    async def _valid_ratings(self, events: Sequence[faust.EventT]) -> tuple[list[Rating], list]:
-        ratings: list[Rating] = []
-        produced_ms: list[float] = []
+    async def _learn_released(self) -> None:
+        """Learn what the event-time merge releases, in micro-batches of at most
+        ``batch_max`` (one at a time: the agent and the timer both call this)."""
+        async with self._learning:
+            released = self.ordering.release(self._waiting_partitions())
+            for lo in range(0, len(released), self.settings.batch_max):
+                chunk = released[lo : lo + self.settings.batch_max]
+                lists = self.engine.learn_ratings([rating for rating, _ in chunk])
+                published_at = await publish(self.engine, self.sink, lists)
+                self.engine.record_freshness([ms for _, ms in chunk], published_at)
+
+    def _waiting_partitions(self) -> set[int]:
+        """Ratings partitions of ours whose consumer has not received all they hold: the
+        merge waits for them (a partition whose end is not known yet does not count)."""
+        consumer = self.app.consumer
+        waiting = set()
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.ratings_topic:
+                continue
+            high = consumer.highwater(tp)
+            received = self._next_offset.get(tp.partition)
+            if high is not None and received is not None and received < high:
+                waiting.add(tp.partition)
+        return waiting
+
+    async def _valid_ratings(
+        self, events: Sequence[faust.EventT]
+    ) -> list[tuple[int, Rating, float]]:
+        """(partition, rating, produce time in ms) of each valid event; the others are
+        dead-lettered."""
+        valid: list[tuple[int, Rating, float]] = []
         pending: list[tuple[faust.EventT, RatingEvent]] = []
         for event in events:
             try:
@@ -252,9 +290,10 @@ class RecsysWorker:
             if problem is not None:
                 await self._dead_letter(event, problem)
             else:
-                ratings.append(Rating(r.user_id, r.item_id, r.rating, r.timestamp))
-                produced_ms.append(event.message.timestamp * 1000.0)
-        return ratings, produced_ms
+                m = event.message
+                rating = Rating(r.user_id, r.item_id, r.rating, r.timestamp)
+                valid.append((m.partition, rating, m.timestamp * 1000.0))
+        return valid
 
     def _item_problem(self, item_id: str) -> str | None:
         """Why a rating of this item cannot be learned, or None when it can."""
@@ -312,6 +351,8 @@ class RecsysWorker:
             return
         if not self._reset_pending:
             await self._replay_idle_partitions()
+            if len(self.ordering):  # held ratings whose partitions went quiet
+                await self._learn_released()
             self.engine.live = self._caught_up()
         lists = self.engine.refresh()
         await publish(self.engine, self.sink, lists)
@@ -338,6 +379,7 @@ class RecsysWorker:
         self._replayed.clear()
         self.engine = self.engine.successor()
         self.engine.live = False
+        self.ordering.clear()  # held ratings are in the log: the rebuild replays them
         self.catalog.restart(self.engine)
 
     async def _ensure_replayed(self, partition: int, until: int) -> None:
@@ -469,7 +511,7 @@ class RecsysWorker:
         """
         consumer = self.app.consumer
         assigned = [tp for tp in consumer.assignment() if tp.topic == self.settings.ratings_topic]
-        if not assigned:
+        if not assigned or len(self.ordering):
             return False
         for tp in assigned:
             high = consumer.highwater(tp)
@@ -479,9 +521,10 @@ class RecsysWorker:
         return True
 
     def _lag(self) -> int:
-        """Ratings not yet processed: high-water mark minus next offset, over our partitions."""
+        """Ratings not yet processed: high-water mark minus next offset, over our partitions,
+        plus those received and held for event-time order."""
         consumer = self.app.consumer
-        total = 0
+        total = len(self.ordering)
         for tp in consumer.assignment():
             if tp.topic != self.settings.ratings_topic or tp.partition not in self._next_offset:
                 continue

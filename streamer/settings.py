@@ -33,6 +33,7 @@ class Settings:
     batch_max: int = 1000
     batch_within_s: float = 0.02
     learn_window_s: float = 3600.0
+    fetch_partition_bytes: int = 16_384
     n_factors: int = 32
     rating_low: float = 1.0
     rating_high: float = 5.0
@@ -90,6 +91,7 @@ class Settings:
             "partitions",
             "k",
             "batch_max",
+            "fetch_partition_bytes",
             "n_factors",
             "refresh_users",
             "metrics_history",
