@@ -7,7 +7,8 @@ Measures, on one synthetic stream over a 10k-item catalog:
    ratings/s from the worker's first learned batch to its last, against the same engine
    fed the same ratings in-process in the same batch size (the streaming overhead).
 2. **Freshness at a steady rate**: ratings produced at ``--rate`` per second while the
-   worker runs; produce-to-Redis latency p50/p99 as the worker measures it.
+   worker runs, with the items that arrive mid-stream produced in their place;
+   produce-to-Redis latency p50/p99 as the worker measures it.
 3. **CPU share** of broker, worker and producer over each phase (from /proc).
 4. **Scale-out**: the throughput phase again with 2..``--workers`` workers in one group
    (each worker's CPU share; on 2 cores the workers, the broker and Redis compete).
@@ -66,12 +67,13 @@ def broker_pid() -> int | None:
         return None
 
 
-def run_settings(batch_max: int) -> tuple[Settings, dict[str, str]]:
+def run_settings(batch_max: int, **extra: str) -> tuple[Settings, dict[str, str]]:
     env = isolated_env(
         "bench",
         RECSYS_BATCH_MAX=str(batch_max),
         RECSYS_METRICS_WINDOW="1000000",
         RECSYS_REFRESH_EVERY_S="0.5",
+        **extra,
     )
     return Settings.from_env(env), env
 
@@ -95,9 +97,12 @@ def wait_metric(client, settings, name, target, process, timeout, on_tick=None) 
     raise TimeoutError(f"{name} stayed below {target} for {timeout} s")
 
 
-def core_speed(ds, batch: int) -> float:
-    """The same engine, in-process, fed the same ratings in the same batch size."""
-    engine = StreamEngine(Settings())
+def core_speed(ds, batch: int, learn_window_s: float = Settings.learn_window_s) -> float:
+    """The same engine, in-process, fed the same events in the same batch size: like a
+    worker catching up on a backlog, it holds each item back until the ratings reach the
+    item's arrival."""
+    engine = StreamEngine(Settings(learn_window_s=learn_window_s))
+    engine.live = False
     for item in ds.items.values():
         engine.upsert_item(item.item, item.tags, item.timestamp)
     ratings: list[Rating] = ds.ratings
@@ -133,9 +138,9 @@ def wait_evaluated(reader, target, workers, timeout) -> float:
     raise TimeoutError(f"fewer than {target} ratings evaluated after {timeout} s")
 
 
-def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1) -> dict:
+def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1, **extra: str) -> dict:
     """Pre-load every event, then ``n_workers`` workers of one group learn them all."""
-    settings, env = run_settings(batch)
+    settings, env = run_settings(batch, **extra)
     client = redis.Redis.from_url(settings.redis_url)
     reader = RecommendationClient(settings.redis_url, settings.key_prefix)
     n = ds.n_ratings
@@ -144,8 +149,9 @@ def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1) -> dict:
     asyncio.run(_produce_all(settings, ds))
     produce_s = time.monotonic() - t0
     producer_cpu = cpu_seconds(os.getpid()) - producer_cpu0
+    tag = "-".join(f"{k}={v}" for k, v in extra.items())
     workers = [
-        start_worker(env, log_dir / f"throughput-{n_workers}w-worker{j}.log")
+        start_worker(env, log_dir / f"throughput-{n_workers}w{tag}-worker{j}.log")
         for j in range(n_workers)
     ]
     bpid = broker_pid()
@@ -169,6 +175,7 @@ def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1) -> dict:
         "workers": n_workers,
         "ratings": n,
         "batch_max": batch,
+        "learn_window_s": settings.learn_window_s,
         "produce_ratings_per_s": n / produce_s,
         "producer_cpu_s": producer_cpu,
         "stream_ratings_per_s": n / wall,
@@ -185,8 +192,10 @@ def stream_quality(figures: dict[str, dict[str, float]]) -> dict[str, float]:
     (f,) = figures.values()
     return {
         "rmse": f["rmse_total"],
-        "ndcg_at_k": f["ndcg_at_k_total"],
+        "ndcg_at_k": f["ndcg_at_k_total"],  # in the list last served
         "recall_at_k": f["recall_at_k_total"],
+        "ndcg_at_k_fresh": f["ndcg_at_k_fresh_total"],  # in a list ranked at the rating
+        "recall_at_k_fresh": f["recall_at_k_fresh_total"],
         "evaluated": f["evaluated"],
     }
 
@@ -202,12 +211,14 @@ def replay_quality(ds, work_dir: Path) -> dict[str, float]:
         ["replay", str(ratings_path), "--items", str(items_path), "--quiet", "--json", str(out)]
     )
     summary = json.loads(out.read_text())
-    return {k: summary[k] for k in ("rmse", "ndcg_at_k", "recall_at_k", "events")}
+    return {k: summary[k] for k in ("rmse", "ndcg_at_k", "recall_at_k", "events", "events_per_s")}
 
 
 def parity(stream: dict[str, float], replay: dict[str, float]) -> dict[str, float]:
     """Relative difference of the stream's figures from the replay's (target: within 2%)."""
-    return {k: stream[k] / replay[k] - 1.0 for k in ("rmse", "ndcg_at_k", "recall_at_k")}
+    out = {k: stream[k] / replay[k] - 1.0 for k in ("rmse", "ndcg_at_k", "recall_at_k")}
+    out["ndcg_at_k_fresh"] = stream["ndcg_at_k_fresh"] / replay["ndcg_at_k"] - 1.0
+    return out
 
 
 async def _produce_all(settings: Settings, ds) -> None:
@@ -223,14 +234,18 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
     worker = start_worker(env, log_dir / "freshness-worker.log")
     bpid = broker_pid()
     try:
-        # Catalog first, then wait until the worker is up before the timed stream.
-        asyncio.run(_produce_catalog(settings, ds))
-        wait_metric(client, settings, "items", len(ds.items), worker, 120)
+        # The catalog at the stream's start first, and the worker up, before the timed
+        # stream; items that arrive later are produced in the stream, when they arrive,
+        # as an app would (the replay CLI learns of them at the same point).
+        events = list(ds.events())
+        start = next(n for n, e in enumerate(events) if isinstance(e, Rating))
+        asyncio.run(_produce_at(settings, events[:start], rate))
+        wait_metric(client, settings, "items", start, worker, 120)
         cpu_w0, cpu_b0 = cpu_seconds(worker.pid), cpu_seconds(bpid) if bpid else 0.0
         cpu_p0 = cpu_seconds(os.getpid())
         started = time.monotonic()
-        ratings = [e for e in ds.events() if isinstance(e, Rating)]
-        asyncio.run(_produce_at(settings, ratings, rate))
+        ratings = [e for e in events if isinstance(e, Rating)]
+        asyncio.run(_produce_at(settings, events[start:], rate))
         sent_s = time.monotonic() - started
         wait_metric(client, settings, "events", len(ratings), worker, 600)
         time.sleep(1.0)  # the next metrics tick carries the last freshness figures
@@ -253,15 +268,13 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
     return result
 
 
-async def _produce_catalog(settings: Settings, ds) -> None:
+async def _produce_at(settings: Settings, events: list, rate: float) -> None:
+    """Ratings at ``rate`` per second; catalog events in their place, not counted."""
     async with event_producer(settings) as producer:
-        for item in ds.items.values():
-            await producer.send_core_event(item)
+        await stream_events(producer, events, rate)
 
 
-async def _produce_at(settings: Settings, ratings: list[Rating], rate: float) -> None:
-    async with event_producer(settings) as producer:
-        await stream_events(producer, ratings, rate)
+WHOLE_BATCH = "1e9"  # RECSYS_LEARN_WINDOW_S for one window per micro-batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,29 +292,52 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.out.parent
     log_dir.mkdir(parents=True, exist_ok=True)
     ds = synth.generate(n_users=args.users, n_items=args.items, n_ratings=args.ratings, seed=11)
-    print(f"stream: {ds.n_ratings:,} ratings, {ds.n_users:,} users, {ds.n_items:,} items")
+    span_h = (ds.ratings[-1].timestamp - ds.ratings[0].timestamp) / 3600
+    print(
+        f"stream: {ds.n_ratings:,} ratings, {ds.n_users:,} users, {ds.n_items:,} items over "
+        f"{span_h / 24:,.0f} days of event time (a batch of {args.batch:,} spans about "
+        f"{span_h * args.batch / ds.n_ratings:,.0f} h)"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        replay = replay_quality(ds, Path(tmp))
+    print(f"replay CLI (the core, offline): {replay['events_per_s']:,.0f} ratings/s")
     core = core_speed(ds, args.batch)
-    print(f"core engine in-process: {core:,.0f} ratings/s (batches of {args.batch})")
+    core_whole = core_speed(ds, args.batch, float(WHOLE_BATCH))
+    print(
+        f"core engine in-process, batches of {args.batch}: {core:,.0f} ratings/s; "
+        f"one learning window per batch: {core_whole:,.0f} ratings/s"
+    )
     runs = []
     for n_workers in range(1, args.workers + 1):
         tp = throughput(ds, args.batch, log_dir, n_workers)
         runs.append(tp)
         print(
             f"streaming, {n_workers} worker(s): {tp['stream_ratings_per_s']:,.0f} ratings/s "
-            f"(ratio to core {tp['stream_ratings_per_s'] / core:.2f}); CPU workers "
+            f"(ratio to replay CLI {tp['stream_ratings_per_s'] / replay['events_per_s']:.2f}, "
+            f"to the engine in-process {tp['stream_ratings_per_s'] / core:.2f}); CPU workers "
             f"{' + '.join(f'{c:.0%}' for c in tp['worker_cpu_shares'])}, broker "
             f"{tp['broker_cpu_share']:.0%} (of one core; 2 cores = 200%)"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        replay = replay_quality(ds, Path(tmp))
+    whole = throughput(ds, args.batch, log_dir, 1, RECSYS_LEARN_WINDOW_S=WHOLE_BATCH)
+    print(
+        f"streaming, 1 worker, one learning window per batch: "
+        f"{whole['stream_ratings_per_s']:,.0f} ratings/s (ratio to the engine in-process "
+        f"{whole['stream_ratings_per_s'] / core_whole:.2f})"
+    )
     stream = stream_quality(runs[0]["per_worker"])
     full_speed_parity = parity(stream, replay)
-    print(
-        f"quality, stream (1 worker, full speed) vs replay CLI: RMSE {stream['rmse']:.4f} vs "
-        f"{replay['rmse']:.4f} ({full_speed_parity['rmse']:+.1%}), NDCG@10 "
-        f"{stream['ndcg_at_k']:.4f} vs {replay['ndcg_at_k']:.4f} "
-        f"({full_speed_parity['ndcg_at_k']:+.1%})"
-    )
+    whole_quality = stream_quality(whole["per_worker"])
+    whole_parity = parity(whole_quality, replay)
+    for name, q, rel in (
+        ("default window", stream, full_speed_parity),
+        ("one window per batch", whole_quality, whole_parity),
+    ):
+        print(
+            f"quality, stream (1 worker, full speed, {name}) vs replay CLI: RMSE "
+            f"{q['rmse']:.4f} vs {replay['rmse']:.4f} ({rel['rmse']:+.1%}), NDCG@10 as served "
+            f"{q['ndcg_at_k']:.4f} vs {replay['ndcg_at_k']:.4f} ({rel['ndcg_at_k']:+.1%}), "
+            f"ranked at the rating {q['ndcg_at_k_fresh']:.4f} ({rel['ndcg_at_k_fresh']:+.1%})"
+        )
     fresh_ds = synth.generate(
         n_users=args.users, n_items=args.items, n_ratings=args.fresh_ratings, seed=12
     )
@@ -340,12 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     for tp in runs[1:]:
         print(f"  {tp['workers']} workers vs 1: {tp['stream_ratings_per_s'] / one:.2f}x throughput")
     result = {
+        "replay_ratings_per_s": replay["events_per_s"],
         "core_ratings_per_s": core,
+        "core_ratings_per_s_one_window_per_batch": core_whole,
         "throughput": runs[0],
         "scale_out": runs,
+        "one_window_per_batch": whole,
         "freshness": fr,
         "quality": {
             "full_speed": {"stream": stream, "replay": replay, "relative": full_speed_parity},
+            "full_speed_one_window_per_batch": {
+                "stream": whole_quality,
+                "replay": replay,
+                "relative": whole_parity,
+            },
             "steady_rate": {
                 "stream": fresh_stream,
                 "replay": fresh_replay,
