@@ -246,9 +246,14 @@ class RecsysWorker:
 
     async def _learn_released(self) -> None:
         """Learn what the event-time merge releases, in micro-batches of at most
-        ``batch_max`` (one at a time: the agent and the timer both call this)."""
+        ``batch_max`` (one at a time: the agent and the timer both call this). While
+        partitions are behind, ratings are released a full batch at a time (or after
+        ``batch_within_s``): a backlog is learned in batches as large as the live ones."""
+        s = self.settings
         async with self._learning:
-            released = self.ordering.release(self._waiting_partitions())
+            released = self.ordering.release(
+                self._waiting_partitions(), min_batch=s.batch_max, max_wait_s=s.batch_within_s
+            )
             for lo in range(0, len(released), self.settings.batch_max):
                 chunk = released[lo : lo + self.settings.batch_max]
                 lists = self.engine.learn_ratings([rating for rating, _ in chunk])

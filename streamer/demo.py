@@ -15,7 +15,7 @@ import redis
 
 from recsys_online import synth
 from streamer.client import RecommendationClient
-from streamer.process import isolated_env, start_dashboard, start_worker, stop_worker
+from streamer.process import isolated_env, start_dashboard, start_worker, stop_process
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -176,10 +176,10 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
     finally:
         if dashboard is not None:
             say("\n== stopping the dashboard ==")
-            stop_worker(dashboard, timeout=10)
+            stop_process(dashboard, timeout=10)
         if worker is not None:
             say("== stopping the worker ==")
-            stop_worker(worker)
+            stop_process(worker)
         if stop_services:
             say("== stopping Kafka and Redis ==")
             subprocess.call(["bash", str(SERVICES), "down"])

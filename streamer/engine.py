@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import Counter, OrderedDict, deque
@@ -113,6 +114,7 @@ class StreamEngine:
         self.watermark = -math.inf
         self._live = True
         self.pending: dict[str, tuple[dict[str, float], float]] = {}
+        self._due: list[tuple[float, str]] = []  # heap of (timestamp, item) over ``pending``
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
@@ -229,6 +231,7 @@ class StreamEngine:
         else:
             self.pending.pop(item, None)  # the latest upsert of an item wins
             self.pending[item] = (tags, timestamp)
+            heapq.heappush(self._due, (timestamp, item))
 
     @property
     def live(self) -> bool:
@@ -256,10 +259,15 @@ class StreamEngine:
                 self._apply_upsert(item, tags, timestamp)
 
     def _release(self, until: float) -> None:
-        due = [(ts, item) for item, (_, ts) in self.pending.items() if ts <= until]
-        for _, item in sorted(due):
-            tags, timestamp = self.pending.pop(item)
-            self._apply_upsert(item, tags, timestamp)
+        due = self._due
+        while due and due[0][0] <= until:
+            ts, item = heapq.heappop(due)
+            entry = self.pending.get(item)
+            if entry is not None and entry[1] == ts:  # else applied or replaced since
+                del self.pending[item]
+                self._apply_upsert(item, *entry)
+        if not self.pending:
+            due.clear()
 
     def _apply_upsert(self, item: str, tags: dict[str, float], timestamp: float) -> None:
         self.model.upsert_item(item, tags, timestamp)

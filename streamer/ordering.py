@@ -24,9 +24,10 @@ class EventTimeMerge(Generic[T]):
     *waiting* partition (one whose consumer position is behind its end). A caught-up
     worker waits for nothing, so live events pass straight through.
 
-    Two bounds keep a slow or silent partition from holding the rest: at most
-    ``max_held`` events are held (the oldest go first), and once any event has waited
-    ``max_hold_s`` seconds of wall time, everything held is released.
+    Two bounds keep a silent partition from holding the rest: a waiting partition that
+    has delivered nothing for ``max_hold_s`` seconds of wall time stops counting, and at
+    most ``max_held`` events are held (the oldest go first). ``release`` can also wait
+    until ``min_batch`` events are due, so a backlog is learned in full micro-batches.
 
     Examples
     --------
@@ -46,34 +47,48 @@ class EventTimeMerge(Generic[T]):
         self._heap: list[tuple[float, int, float, T]] = []  # (timestamp, seq, held since, x)
         self._seq = itertools.count()
         self.frontier: dict[int, float] = {}  # partition -> latest timestamp seen
+        self._heard: dict[int, float] = {}  # partition -> wall time of its latest event
+        self._started: float | None = None  # wall time of the first event
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, partition: int, timestamp: float, event: T) -> None:
+    def add(self, partition: int, timestamp: float, event: T, now: float | None = None) -> None:
         """Hold one event (events of a partition are added in that partition's order)."""
-        heapq.heappush(self._heap, (timestamp, next(self._seq), time.monotonic(), event))
+        now = time.monotonic() if now is None else now
+        heapq.heappush(self._heap, (timestamp, next(self._seq), now, event))
         self.frontier[partition] = max(self.frontier.get(partition, -math.inf), timestamp)
+        self._heard[partition] = now
+        if self._started is None:
+            self._started = now
 
-    def release(self, waiting: Collection[int], now: float | None = None) -> list[T]:
-        """The held events that no waiting partition can still precede, oldest first,
-        plus any beyond the two bounds."""
-        bound = min((self.frontier.get(p, -math.inf) for p in waiting), default=math.inf)
-        if self.oldest_held_s(now) > self.max_hold_s:
-            bound = math.inf  # something waited too long: let everything go, in order
-        heap, out = self._heap, []
+    def release(
+        self,
+        waiting: Collection[int],
+        now: float | None = None,
+        min_batch: int = 1,
+        max_wait_s: float = 0.0,
+    ) -> list[T]:
+        """The held events that no waiting partition can still precede, oldest first
+        (plus the oldest beyond ``max_held``). While partitions are waiting, nothing is
+        released until ``min_batch`` events are due or one has waited ``max_wait_s``."""
+        now = time.monotonic() if now is None else now
+        started = self._started if self._started is not None else now
+        heard = [p for p in waiting if now - self._heard.get(p, started) <= self.max_hold_s]
+        bound = min((self.frontier.get(p, -math.inf) for p in heard), default=math.inf)
+        heap = self._heap
+        if bound < math.inf and len(heap) <= self.max_held:
+            due = [since for ts, _, since, _ in heap if ts <= bound]
+            if len(due) < min_batch and not (due and now - min(due) >= max_wait_s):
+                return []
+        out = []
         while heap and (heap[0][0] <= bound or len(heap) > self.max_held):
             out.append(heapq.heappop(heap)[3])
         return out
-
-    def oldest_held_s(self, now: float | None = None) -> float:
-        """Wall time the oldest held event has waited (0 when nothing is held)."""
-        if not self._heap:
-            return 0.0
-        now = time.monotonic() if now is None else now
-        return now - min(since for _, _, since, _ in self._heap)
 
     def clear(self) -> None:
         """Drop everything held (the model is being rebuilt from the log)."""
         self._heap.clear()
         self.frontier.clear()
+        self._heard.clear()
+        self._started = None

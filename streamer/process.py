@@ -47,8 +47,9 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         )
 
 
-def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM (a clean Faust shutdown), then SIGKILL if it takes longer than ``timeout``."""
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (a clean shutdown of a worker or the dashboard), then SIGKILL if it takes
+    longer than ``timeout``."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -80,6 +81,6 @@ def start_dashboard(
         if process.poll() is not None:
             break
         time.sleep(0.05)
-    stop_worker(process, timeout=5)
+    stop_process(process, timeout=5)
     last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
     raise RuntimeError(f"the dashboard did not start: {last[0]}")

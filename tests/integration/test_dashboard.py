@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import isolated_env, start_dashboard, start_worker, stop_worker
+from streamer.process import isolated_env, start_dashboard, start_worker, stop_process
 from streamer.producer import SyncEventProducer
 from streamer.settings import Settings
 
@@ -67,16 +68,6 @@ def browse(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def wait_until(check, what: str, log: Path, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[dict]:
     env = isolated_env(
@@ -90,6 +81,10 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
     )
     tmp = tmp_path_factory.mktemp("dash")
     worker = start_worker(env, tmp / "worker.log")
+
+    def worker_log() -> str:
+        return (tmp / "worker.log").read_text(errors="replace")[-3000:]
+
     settings = Settings.from_env(env)
     client = redis.Redis.from_url(redis_url)
     dashboard = None
@@ -97,7 +92,7 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
         metrics = wait_until(
             lambda: client.hgetall(settings.key("metrics")),
             "the worker's first metrics",
-            tmp / "worker.log",
+            worker_log,
         )
         assert b"metrics_url" in metrics
         with SyncEventProducer(settings) as producer:
@@ -124,13 +119,13 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
         wait_until(
             lambda: int(client.hget(settings.key("metrics"), "events") or 0) >= 200,
             "200 ratings learned",
-            tmp / "worker.log",
+            worker_log,
         )
         dashboard, dashboard_url = start_dashboard(env, tmp / "dashboard.log")
         wait_until(
             lambda: client.llen(settings.key("metrics", "history")) >= 3,
             "three metrics snapshots",
-            tmp / "worker.log",
+            worker_log,
         )
         yield {
             "env": env,
@@ -142,8 +137,8 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
         }
     finally:
         if dashboard is not None:
-            stop_worker(dashboard, timeout=10)
-        stop_worker(worker)
+            stop_process(dashboard, timeout=10)
+        stop_process(worker)
         for key in client.scan_iter(f"{settings.key_prefix}*"):
             client.delete(key)
         client.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from aiokafka import AIOKafkaProducer
+from polling import wait_until
 
 from recsys_online import synth
 from recsys_online.events import Rating
@@ -65,13 +66,7 @@ class Run:
         )
 
     def wait(self, what: str, check, timeout: float = 120.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
-        pytest.fail(f"timed out waiting for {what}\n{self.logs()}")
+        return wait_until(check, what, self.logs, timeout, interval=0.2)
 
     def close(self) -> None:
         for process in self.workers:

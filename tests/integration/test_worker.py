@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from polling import wait_until
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import isolated_env, start_worker, stop_worker
+from streamer.process import isolated_env, start_worker, stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -53,17 +54,7 @@ class RunningWorker:
 
 def wait_for(check: Callable[[], object], what: str, worker: RunningWorker, timeout=30.0):
     """Poll ``check`` until it returns something truthy; fail with the worker's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if worker.process.poll() is not None:
-            pytest.fail(
-                f"worker exited ({worker.process.returncode}) before {what}\n{worker.log()}"
-            )
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{worker.log()}")
+    return wait_until(check, what, worker.log, timeout, worker.process)
 
 
 async def _produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
@@ -123,7 +114,7 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[R
         wait_for(running.metrics, "the worker's first metrics", running, timeout=60)
         yield running
     finally:
-        stop_worker(process)
+        stop_process(process)
         for key in client.scan_iter(f"{running.prefix}*"):
             client.delete(key)
         client.close()

@@ -31,9 +31,21 @@ def test_runs_of_drifting_partitions_come_out_in_time_order() -> None:
 def test_nothing_is_held_beyond_the_bounds() -> None:
     merge: EventTimeMerge[int] = EventTimeMerge(max_held=3, max_hold_s=5.0)
     for n in range(5):
-        merge.add(0, float(n), n)
-    assert merge.release(waiting={1}) == [0, 1]  # partition 1 says nothing: only the cap
-    assert merge.release(waiting={1}, now=merge.oldest_held_s() + 1e9) == [2, 3, 4]
+        merge.add(0, float(n), n, now=0.0)
+    # Partition 1 has said nothing yet: it holds the rest back, but only up to the cap...
+    assert merge.release(waiting={1}, now=1.0) == [0, 1]
+    # ... and only until it has been silent for max_hold_s.
+    assert merge.release(waiting={1}, now=6.0) == [2, 3, 4]
     merge.add(2, 1.0, 9)
     merge.clear()
     assert len(merge) == 0 and merge.release(waiting={2}) == []
+
+
+def test_a_backlog_is_released_in_full_batches_unless_it_waited() -> None:
+    merge: EventTimeMerge[str] = EventTimeMerge()
+    merge.add(0, 1.0, "a", now=0.0)
+    merge.add(1, 2.0, "b", now=0.0)
+    merge.add(0, 3.0, "c", now=0.0)
+    assert merge.release({0, 1}, now=0.01, min_batch=3, max_wait_s=0.05) == []  # 2 due
+    assert merge.release({0, 1}, now=0.06, min_batch=3, max_wait_s=0.05) == ["a", "b"]
+    assert merge.release(set(), now=0.07, min_batch=3, max_wait_s=0.05) == ["c"]  # caught up
