@@ -39,7 +39,7 @@ from recsys_online.events import Rating
 from recsys_online.runtime import limit_blas_threads
 from streamer.client import RecommendationClient
 from streamer.engine import StreamEngine
-from streamer.process import isolated_env, start_worker, stop_worker
+from streamer.process import isolated_env, start_worker, stop_process
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -167,7 +167,7 @@ def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1, **extra: str) 
         figures = worker_figures(reader)
     finally:
         for w in workers:
-            stop_worker(w)
+            stop_process(w)
         for key in client.scan_iter(settings.key("*")):
             client.delete(key)
     wall = done - first
@@ -262,7 +262,7 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
             "per_worker": worker_figures(reader),
         }
     finally:
-        stop_worker(worker)
+        stop_process(worker)
         for key in client.scan_iter(settings.key("*")):
             client.delete(key)
     return result
