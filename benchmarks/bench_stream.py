@@ -126,10 +126,22 @@ def evaluated(reader: RecommendationClient) -> float:
     return sum(f.get("evaluated", 0.0) for f in worker_figures(reader).values())
 
 
+def all_learned(reader: RecommendationClient, target: float) -> bool:
+    """Every produced rating is in the workers' models and none is behind: the models'
+    ratings add up to ``target`` (each worker's model holds its own partitions) and
+    every lag is 0. Ratings a worker relearns from the log after a rebalance count here,
+    not in ``evaluated``."""
+    figures = worker_figures(reader).values()
+    return (
+        sum(f.get("events", 0.0) for f in figures) >= target
+        and all(f.get("lag", 1.0) == 0 for f in figures)
+    ) or evaluated(reader) >= target
+
+
 def wait_evaluated(reader, target, workers, timeout) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if evaluated(reader) >= target:
+        if all_learned(reader, target) if target > 1 else evaluated(reader) >= target:
             return time.monotonic()
         for w in workers:
             if w.poll() is not None:

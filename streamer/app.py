@@ -230,8 +230,7 @@ class RecsysWorker:
         await self.catalog.ready.wait()
         s = self.settings
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            if self._reset_pending:
-                self._reset_model()
+            await self._reset_if_pending()
             await self.catalog.ready.wait()
             first: dict[int, int] = {}
             for event in events:
@@ -354,11 +353,11 @@ class RecsysWorker:
         """Periodic batched refresh: new items reach active users; metrics are published."""
         if not self.catalog.ready.is_set():
             return
-        if not self._reset_pending:
-            await self._replay_idle_partitions()
-            if len(self.ordering):  # held ratings whose partitions went quiet
-                await self._learn_released()
-            self.engine.live = self._caught_up()
+        await self._reset_if_pending()  # (no new batch may come to do it)
+        await self._replay_idle_partitions()
+        if len(self.ordering):  # held ratings whose partitions went quiet
+            await self._learn_released()
+        self.engine.live = self._caught_up()
         lists = self.engine.refresh()
         await publish(self.engine, self.sink, lists)
         await self.sink.publish_state(
@@ -377,6 +376,13 @@ class RecsysWorker:
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
         if lost & self._replayed:
             self._reset_pending = True
+
+    async def _reset_if_pending(self) -> None:
+        """Rebuild the model after losing a partition, between two learning calls."""
+        if self._reset_pending:
+            async with self._learning:
+                if self._reset_pending:
+                    self._reset_model()
 
     def _reset_model(self) -> None:
         log.info("rebalance: rebuilding the model from the assigned partitions")
