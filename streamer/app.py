@@ -354,6 +354,8 @@ class RecsysWorker:
         if not self.catalog.ready.is_set():
             return
         await self._reset_if_pending()  # (no new batch may come to do it)
+        if not self.catalog.ready.is_set():
+            return  # a rebuild reads the catalog again before any replay
         await self._replay_idle_partitions()
         if len(self.ordering):  # held ratings whose partitions went quiet
             await self._learn_released()
@@ -432,6 +434,7 @@ class RecsysWorker:
         were, when they were live) and bad ones were dead-lettered then.
         """
         s = self.settings
+        await self.catalog.ready.wait()  # a rating of an item not read yet would be lost
         tp = TopicPartition(s.ratings_topic, partition)
         started = time.monotonic()
         consumer = AIOKafkaConsumer(
