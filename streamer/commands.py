@@ -65,6 +65,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     stream.add_argument("--format", default="auto", choices=datasets.FORMATS)
     stream.add_argument("--rate", type=float, default=1_000.0, help="ratings per second")
     stream.add_argument("--limit", type=int, default=None, help="only the first N ratings")
+    stream.add_argument(
+        "--stamp-now",
+        action="store_true",
+        help="send each event with the time it is sent, as a live app would",
+    )
     stream.add_argument("--quiet", action="store_true", help="no progress bar")
     stream.set_defaults(run=run_stream)
 
@@ -235,7 +240,9 @@ def run_stream(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with event_producer(settings) as producer:
-            return await stream_events(producer, ds.events(), args.rate, progress)
+            return await stream_events(
+                producer, ds.events(), args.rate, progress, stamp_now=args.stamp_now
+            )
 
     try:
         sent = asyncio.run(go())

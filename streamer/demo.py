@@ -246,5 +246,6 @@ async def _stream(
             )
 
     async with event_producer(settings) as producer:
-        await stream_events(producer, ds.events(), rate, progress)
+        # Sent as they happen: each event carries its send time (see stream_events).
+        await stream_events(producer, ds.events(), rate, progress, stamp_now=True)
     print(flush=True)

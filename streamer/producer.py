@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -210,12 +211,23 @@ async def event_producer(settings: Settings) -> AsyncIterator[EventProducer]:
 
 
 async def stream_events(
-    producer: EventProducer, events: Iterable[Event], rate: float, on_progress=None
+    producer: EventProducer,
+    events: Iterable[Event],
+    rate: float,
+    on_progress=None,
+    stamp_now: bool = False,
 ) -> int:
-    """Send events at a steady ``rate`` per second (catalog events do not count against it)."""
+    """Send events at a steady ``rate`` per second (catalog events do not count against it).
+
+    With ``stamp_now``, each event carries the time it is sent instead of its own, as an
+    app sending events as they happen would: a recorded stream replayed at a high rate
+    then keeps event time and wall time together.
+    """
     started = time.monotonic()
     sent = 0
     for event in events:
+        if stamp_now:
+            event = replace(event, timestamp=time.time())
         await producer.send_core_event(event)
         if not isinstance(event, Rating):
             continue

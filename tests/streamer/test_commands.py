@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -114,6 +115,20 @@ def test_produce_sends_validated_keyed_events(topics, kafka_bootstrap: str, tmp_
     assert items[b"i8"].op == "delete"
     users = consume(kafka_bootstrap, topics["users"], 1)
     assert UserEvent.model_validate_json(users[0].value).user_id == "u1"
+
+
+def test_stream_stamp_now_sends_the_send_time(topics, kafka_bootstrap, tmp_path, capsys):
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(f"u{j},i{j},4,{1_600_000_000 + j}\n" for j in range(10))
+    )
+    before = time.time()
+    argv = ["stream", str(ratings), "--rate", "1000", "--stamp-now", "--quiet"]
+    assert main(argv) == 0
+    got = consume(kafka_bootstrap, topics["ratings"], 10)
+    stamps = [RatingEvent.model_validate_json(m.value).timestamp for m in got]
+    assert len(stamps) == 10 and all(before <= t <= time.time() for t in stamps)
 
 
 def test_stream_replays_a_file_with_its_catalog(topics, kafka_bootstrap, tmp_path, capsys):
