@@ -212,17 +212,16 @@ def stream_quality(figures: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
-def replay_quality(ds, work_dir: Path) -> dict[str, float]:
+def replay_quality(ds) -> dict[str, float]:
     """The replay CLI's figures on the same events (its defaults, as a user runs it)."""
-    from recsys_online import synth as synth_mod
     from streamer.cli import main as cli_main
 
-    ratings_path, items_path = synth_mod.write(ds, work_dir)
-    out = work_dir / "replay.json"
-    cli_main(
-        ["replay", str(ratings_path), "--items", str(items_path), "--quiet", "--json", str(out)]
-    )
-    summary = json.loads(out.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        ratings_path, items_path = synth.write(ds, Path(tmp))
+        out = Path(tmp) / "replay.json"
+        argv = ["replay", str(ratings_path), "--items", str(items_path), "--quiet"]
+        cli_main([*argv, "--json", str(out)])
+        summary = json.loads(out.read_text())
     return {k: summary[k] for k in ("rmse", "ndcg_at_k", "recall_at_k", "events", "events_per_s")}
 
 
@@ -310,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{span_h / 24:,.0f} days of event time (a batch of {args.batch:,} spans about "
         f"{span_h * args.batch / ds.n_ratings:,.0f} h)"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        replay = replay_quality(ds, Path(tmp))
+    replay = replay_quality(ds)
     print(f"replay CLI (the core, offline): {replay['events_per_s']:,.0f} ratings/s")
     core = core_speed(ds, args.batch)
     core_whole = core_speed(ds, args.batch, float(WHOLE_BATCH))
@@ -359,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {fr['freshness_ms_p99']:.0f} ms; CPU worker {fr['worker_cpu_share']:.0%}, "
         f"broker {fr['broker_cpu_share']:.0%}, producer {fr['producer_cpu_share']:.0%}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh_replay = replay_quality(fresh_ds, Path(tmp))
+    fresh_replay = replay_quality(fresh_ds)
     fresh_stream = stream_quality(fr["per_worker"])
     steady_parity = parity(fresh_stream, fresh_replay)
     print(
