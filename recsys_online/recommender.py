@@ -558,17 +558,20 @@ class Recommender:
         if width < self.n_items:  # the catalog outgrew the stacked rows
             width = padded_width(self.n_items, 10)[1]
         scores = self._user_side(u, w, ctx) @ self._item_side(width)[:, i]  # (B, m)
+        column = np.full(self.n_items + 1, -1, np.int64)  # item row -> column; [-1]: none
+        column[i] = np.arange(len(i))
         if w[:, 2].any():  # co-occurrence: each ring neighbour that is one of ``i``
-            column = np.full(self.n_items + 1, -1, np.int64)  # [-1] serves empty slots
-            column[i] = np.arange(len(i))
             nbr, weight = ctx.ring  # (B, L, M)
             j = column[nbr]
             hit = j >= 0
             b = np.broadcast_to(np.arange(len(u))[:, None, None], nbr.shape)[hit]
             np.add.at(scores, (b, j[hit]), (weight * w[:, 2, None, None])[hit])
-        for b, r in enumerate(u.tolist()):
-            rated = np.isin(i, np.frombuffer(self.history[r], np.int32))
-            scores[b, rated] = -np.inf
+        rated = [np.frombuffer(self.history[r], np.int32) for r in u.tolist()]
+        lengths = np.fromiter(map(len, rated), np.int64, len(rated))
+        if lengths.any():  # each user's rated items, where they are among ``i``
+            j = column[np.concatenate(rated)]
+            b = np.repeat(np.arange(len(u)), lengths)
+            scores[b[j >= 0], j[j >= 0]] = -np.inf
         out[np.ix_(warm, cols)] = scores[:, back]  # an item asked for twice, twice
         return out
         if w[:, 2].any():

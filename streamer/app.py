@@ -253,8 +253,8 @@ class RecsysWorker:
             released = self.ordering.release(
                 self._waiting_partitions(), min_batch=s.batch_max, max_wait_s=s.batch_within_s
             )
-            for lo in range(0, len(released), self.settings.batch_max):
-                chunk = released[lo : lo + self.settings.batch_max]
+            for lo in range(0, len(released), s.batch_max):
+                chunk = released[lo : lo + s.batch_max]
                 lists = self.engine.learn_ratings([rating for rating, _ in chunk])
                 published_at = await publish(self.engine, self.sink, lists)
                 self.engine.record_freshness([ms for _, ms in chunk], published_at)
@@ -262,16 +262,21 @@ class RecsysWorker:
     def _waiting_partitions(self) -> set[int]:
         """Ratings partitions of ours whose consumer has not received all they hold: the
         merge waits for them (a partition whose end is not known yet does not count)."""
+        return {
+            partition
+            for partition, high, received in self._positions()
+            if high is not None and received is not None and received < high
+        }
+
+    def _positions(self) -> list[tuple[int, int | None, int | None]]:
+        """(partition, high-water mark, next offset to receive) of each ratings partition
+        assigned to this worker; None where not known yet."""
         consumer = self.app.consumer
-        waiting = set()
-        for tp in consumer.assignment():
-            if tp.topic != self.settings.ratings_topic:
-                continue
-            high = consumer.highwater(tp)
-            received = self._next_offset.get(tp.partition)
-            if high is not None and received is not None and received < high:
-                waiting.add(tp.partition)
-        return waiting
+        return [
+            (tp.partition, consumer.highwater(tp), self._next_offset.get(tp.partition))
+            for tp in consumer.assignment()
+            if tp.topic == self.settings.ratings_topic
+        ]
 
     async def _valid_ratings(
         self, events: Sequence[faust.EventT]
@@ -523,29 +528,20 @@ class RecsysWorker:
         being processed waits for them (see ``StreamEngine.upsert_item``). A worker that
         has not joined the group yet, or has not heard a partition's end, is not.
         """
-        consumer = self.app.consumer
-        assigned = [tp for tp in consumer.assignment() if tp.topic == self.settings.ratings_topic]
-        if not assigned or len(self.ordering):
-            return False
-        for tp in assigned:
-            high = consumer.highwater(tp)
-            position = self._next_offset.get(tp.partition)
-            if high is None or position is None or position < high:
-                return False
-        return True
+        positions = self._positions()
+        return bool(positions) and not len(self.ordering) and all(
+            high is not None and received is not None and received >= high
+            for _, high, received in positions
+        )
 
     def _lag(self) -> int:
         """Ratings not yet processed: high-water mark minus next offset, over our partitions,
         plus those received and held for event-time order."""
-        consumer = self.app.consumer
-        total = len(self.ordering)
-        for tp in consumer.assignment():
-            if tp.topic != self.settings.ratings_topic or tp.partition not in self._next_offset:
-                continue
-            high = consumer.highwater(tp)
-            if high is not None:
-                total += max(0, high - self._next_offset[tp.partition])
-        return total
+        return len(self.ordering) + sum(
+            max(0, high - received)
+            for _, high, received in self._positions()
+            if high is not None and received is not None
+        )
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

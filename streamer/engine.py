@@ -64,11 +64,12 @@ def _user_rounds(ratings: list[Rating]) -> list[list[Rating]]:
 class StreamEngine:
     """A worker's model and live metrics; every method is synchronous and does no I/O.
 
-    ``learn_ratings`` is test-then-train for a micro-batch, in user-unique rounds: each
-    rating's prediction comes from the state after its user's earlier ratings, and its
-    rank is taken in the list that user was last served (the list the app could show when
-    the user acted); the lists of the users the batch touched are then recomputed in one
-    batched ranking.
+    ``learn_ratings`` is test-then-train for a micro-batch, in steps that follow event
+    time with no user twice in a step (:func:`event_time_steps`): each rating's
+    prediction comes from the state after the earlier steps, and its rank is taken in the
+    list that user was last served (the list the app could show when the user acted) and
+    in a list ranked at that moment; the lists of the users the batch touched are then
+    recomputed in one batched ranking.
 
     Examples
     --------
@@ -225,11 +226,10 @@ class StreamEngine:
         >>> engine.pending, engine.metrics()["items"]
         ({}, 2)
         """
+        self.pending.pop(item, None)  # the latest upsert of an item wins
         if self._live or timestamp <= self.watermark:
-            self.pending.pop(item, None)
             self._apply_upsert(item, tags, timestamp)
         else:
-            self.pending.pop(item, None)  # the latest upsert of an item wins
             self.pending[item] = (tags, timestamp)
             heapq.heappush(self._due, (timestamp, item))
 
@@ -255,8 +255,7 @@ class StreamEngine:
         self._release(self.watermark)
         if self.pending:
             for item in {r.item for r in ratings} & self.pending.keys():
-                tags, timestamp = self.pending.pop(item)
-                self._apply_upsert(item, tags, timestamp)
+                self._bring_in(item)
 
     def _release(self, until: float) -> None:
         due = self._due
@@ -264,10 +263,14 @@ class StreamEngine:
             ts, item = heapq.heappop(due)
             entry = self.pending.get(item)
             if entry is not None and entry[1] == ts:  # else applied or replaced since
-                del self.pending[item]
-                self._apply_upsert(item, *entry)
+                self._bring_in(item)
         if not self.pending:
             due.clear()
+
+    def _bring_in(self, item: str) -> None:
+        """Apply a waiting item's upsert now."""
+        tags, timestamp = self.pending.pop(item)
+        self._apply_upsert(item, tags, timestamp)
 
     def _apply_upsert(self, item: str, tags: dict[str, float], timestamp: float) -> None:
         self.model.upsert_item(item, tags, timestamp)
@@ -277,8 +280,7 @@ class StreamEngine:
     def delete_item(self, item: str) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it."""
         if item in self.pending:  # known, so its later ratings are refused as deleted
-            tags, timestamp = self.pending.pop(item)
-            self._apply_upsert(item, tags, timestamp)
+            self._bring_in(item)
         self.model.delete_item(item)
         shown = [u for u, items in self.served.items() if item in items]
         return self._serve(shown)
