@@ -28,7 +28,7 @@ from streamer.web import MetricsServer
 log = logging.getLogger(__name__)
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create the project's topics with their partition counts and configs (idempotent).
 
     Ratings, items and users share ``partitions`` so they stay co-partitioned by key;
@@ -52,8 +52,40 @@ async def ensure_topics(settings: Settings) -> None:
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
                 await admin.create_topics(missing)
+        waiting = await _wait_for_leaders(
+            admin, {t.name: t.num_partitions for t in wanted}, timeout_s
+        )
+        if waiting:
+            raise RuntimeError(
+                f"Kafka at {settings.bootstrap_servers} accepted topics {waiting} but has no "
+                f"leader for them after {timeout_s:.0f} s"
+            )
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, partitions: dict[str, int], timeout_s: float
+) -> list[str]:
+    """Wait until the broker's metadata shows every topic with a leader for each of its
+    partitions; returns the topics still without one at the timeout (empty when ready).
+
+    A consumer that joins its group before then is assigned nothing, and does not look
+    again until its next metadata refresh, minutes later."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(list(partitions))
+        ready = {
+            t["topic"]
+            for t in described
+            if t["error_code"] == 0
+            and len(t["partitions"]) >= partitions[t["topic"]]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+        }
+        waiting = sorted(set(partitions) - ready)
+        if not waiting or time.monotonic() > deadline:
+            return waiting
+        await asyncio.sleep(0.1)
 
 
 async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
@@ -186,6 +218,9 @@ class RecsysWorker:
             key_serializer="raw",
             value_serializer="raw",
             topic_allow_declare=False,
+            # The leader topic serves Faust's tables, which this app does not use; with it
+            # off, a worker does not log its absence as an error at every start.
+            topic_disable_leader=True,
             producer_linger_ms=1,
             # Small fetches per partition, so a micro-batch of a backlog holds a little of
             # every partition (and a short span of event time) rather than one

@@ -122,3 +122,38 @@ async def test_redis_server_is_version_7(redis_url: str) -> None:
         await client.aclose()
 
     assert str(server["redis_version"]).split(".")[0] == "7", server["redis_version"]
+
+
+@pytest.mark.kafka
+async def test_ensure_topics_returns_once_every_partition_has_a_leader(
+    kafka_bootstrap: str,
+) -> None:
+    """A worker joins its consumer group right after ``ensure_topics``; a topic the broker
+    does not serve yet would leave it assigned nothing until a metadata refresh minutes
+    later. So on return, a brand-new client must already see every partition led."""
+    from streamer.app import ensure_topics
+    from streamer.process import isolated_env
+    from streamer.settings import Settings
+
+    settings = Settings.from_env(
+        isolated_env("topics", {}, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, RECSYS_PARTITIONS="3")
+    )
+    await ensure_topics(settings)
+    await ensure_topics(settings)  # idempotent: a second worker finds them made
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        described = {t["topic"]: t for t in await admin.describe_topics()}
+    finally:
+        await admin.close()
+    expected = {
+        settings.ratings_topic: 3,
+        settings.items_topic: 3,
+        settings.users_topic: 3,
+        settings.deadletter_topic: 1,
+    }
+    for topic, count in expected.items():
+        assert described[topic]["error_code"] == 0, topic
+        leaders = [p["leader"] for p in described[topic]["partitions"]]
+        assert len(leaders) == count and min(leaders) >= 0, (topic, leaders)
