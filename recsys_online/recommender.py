@@ -574,9 +574,6 @@ class Recommender:
             scores[b[j >= 0], j[j >= 0]] = -np.inf
         out[np.ix_(warm, cols)] = scores[:, back]  # an item asked for twice, twice
         return out
-        if w[:, 2].any():
-            self.cooc.add_scores(scores, u, w[:, 2], ctx.ring)
-        return scores
 
     def _item_side(self, width: int) -> np.ndarray:
         """The stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]`` as the columns of

@@ -222,9 +222,6 @@ class RecsysWorker:
             # off, a worker does not log its absence as an error at every start.
             topic_disable_leader=True,
             producer_linger_ms=1,
-            # Small fetches per partition, so a micro-batch of a backlog holds a little of
-            # every partition (and a short span of event time) rather than one
-            # partition's long run.
             consumer_max_fetch_size=s.fetch_partition_bytes,
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 4),

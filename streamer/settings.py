@@ -33,7 +33,7 @@ class Settings:
     batch_max: int = 1000
     batch_within_s: float = 0.02
     learn_window_s: float = 3600.0
-    fetch_partition_bytes: int = 16_384
+    fetch_partition_bytes: int = 1_048_576
     n_factors: int = 32
     rating_low: float = 1.0
     rating_high: float = 5.0
