@@ -200,6 +200,27 @@ class Recommender:
         if timestamp is not None:
             self.now = max(self.now, float(timestamp))
 
+    def has_item(self, item: str, tags: Mapping[str, float]) -> bool:
+        """True when the item is in the catalog (not deleted) with exactly these tags: an
+        upsert of it would change nothing.
+
+        >>> rec = Recommender()
+        >>> rec.upsert_item("a", {"jazz": 1.0, "live": 0.5})
+        >>> rec.has_item("a", {"live": 0.5, "jazz": 1.0}), rec.has_item("a", {"jazz": 1.0})
+        (True, False)
+        >>> rec.delete_item("a"); rec.has_item("a", {"live": 0.5, "jazz": 1.0})
+        False
+        """
+        row = self.items.get(item)
+        if row is None or self.deleted[row] or row >= len(self.tags.rows):
+            return False
+        weights = self.tags.weights[row]
+        kept = weights > 0
+        rows, values = self.tags.rows[row][kept].tolist(), weights[kept].tolist()
+        name = self.tags.index.id_of
+        current = {name(t): float(w) for t, w in zip(rows, values, strict=True)}
+        return current == {t: float(np.float32(w)) for t, w in tags.items() if w > 0}
+
     def delete_item(self, item: str) -> None:
         """Remove an item from every future recommendation (its learned state is dropped)."""
         row = self.items.get(item)

@@ -23,6 +23,7 @@ from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
 from streamer.settings import Settings
 from streamer.sink import RedisSink
+from streamer.snapshot import SnapshotStore
 from streamer.web import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -98,15 +99,19 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
 
 
 async def read_partition(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, until: int
+    consumer: AIOKafkaConsumer, tp: TopicPartition, until: int, start: int = 0
 ) -> AsyncIterator[list[bytes]]:
-    """The values at offsets ``[0, until)`` of one partition, in chunks; between chunks the
-    event loop runs the catalog follower and the timers."""
+    """The values at offsets ``[start, until)`` of one partition, in chunks; between chunks
+    the event loop runs the catalog follower and the timers."""
+    if start >= until:
+        return
     consumer.assign([tp])
-    await consumer.seek_to_beginning(tp)
+    await consumer.seek_to_beginning(tp)  # (waits until the new assignment is in effect)
+    if start:
+        consumer.seek(tp, start)
     while await consumer.position(tp) < until:
         records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
-        yield [r.value for r in records if r.offset < until]
+        yield [r.value for r in records if start <= r.offset < until]
         await asyncio.sleep(0)
 
 
@@ -238,9 +243,15 @@ class RecsysWorker:
         self._reset_pending = False
         self._replay_locks: dict[int, asyncio.Lock] = {}
         # Ratings received, held until every partition has delivered up to their time.
-        self.ordering: EventTimeMerge[tuple[Rating, float]] = EventTimeMerge(
+        # (rating, produce time in ms, partition, offset)
+        self.ordering: EventTimeMerge[tuple[Rating, float, int, int]] = EventTimeMerge(
             max_held=20 * s.batch_max
         )
+        self.snapshots = SnapshotStore(Path(s.data_dir) / s.app_id / "snapshots")
+        self._last_snapshot = time.monotonic()
+        self._snapshot_of: tuple = ()  # (model version, offsets) of the last snapshot
+        self._restore_tried = False
+        self._resume_from: dict[int, int] = {}  # partition -> offset a snapshot covers
         self._learning = asyncio.Lock()
         self.app.on_partitions_revoked.connect(self._on_revoked)
         raw = {"key_type": bytes, "value_type": bytes}
@@ -269,10 +280,14 @@ class RecsysWorker:
                 first.setdefault(event.message.partition, event.message.offset)
             for partition, offset in first.items():
                 await self._ensure_replayed(partition, offset)
+            for partition, offset, rating, produced_ms in await self._valid_ratings(events):
+                self.ordering.add(
+                    partition, rating.timestamp, (rating, produced_ms, partition, offset)
+                )
+            # Only now (a snapshot reads these as "learned or held below here"): validating
+            # may wait on dead letters or the catalog, and the timer may run meanwhile.
             for event in events:
                 self._next_offset[event.message.partition] = event.message.offset + 1
-            for partition, rating, produced_ms in await self._valid_ratings(events):
-                self.ordering.add(partition, rating.timestamp, (rating, produced_ms))
             await self._learn_released()
 
     async def _learn_released(self) -> None:
@@ -287,9 +302,9 @@ class RecsysWorker:
             )
             for lo in range(0, len(released), s.batch_max):
                 chunk = released[lo : lo + s.batch_max]
-                lists = self.engine.learn_ratings([rating for rating, _ in chunk])
+                lists = self.engine.learn_ratings([held[0] for held in chunk])
                 published_at = await publish(self.engine, self.sink, lists)
-                self.engine.record_freshness([ms for _, ms in chunk], published_at)
+                self.engine.record_freshness([held[1] for held in chunk], published_at)
 
     def _waiting_partitions(self) -> set[int]:
         """Ratings partitions of ours whose consumer has not received all they hold: the
@@ -312,10 +327,10 @@ class RecsysWorker:
 
     async def _valid_ratings(
         self, events: Sequence[faust.EventT]
-    ) -> list[tuple[int, Rating, float]]:
-        """(partition, rating, produce time in ms) of each valid event; the others are
-        dead-lettered."""
-        valid: list[tuple[int, Rating, float]] = []
+    ) -> list[tuple[int, int, Rating, float]]:
+        """(partition, offset, rating, produce time in ms) of each valid event; the others
+        are dead-lettered."""
+        valid: list[tuple[int, int, Rating, float]] = []
         pending: list[tuple[faust.EventT, RatingEvent]] = []
         for event in events:
             try:
@@ -333,7 +348,7 @@ class RecsysWorker:
             else:
                 m = event.message
                 rating = Rating(r.user_id, r.item_id, r.rating, r.timestamp)
-                valid.append((m.partition, rating, m.timestamp * 1000.0))
+                valid.append((m.partition, m.offset, rating, m.timestamp * 1000.0))
         return valid
 
     def _item_problem(self, item_id: str) -> str | None:
@@ -399,6 +414,7 @@ class RecsysWorker:
         self.engine.live = self._caught_up()
         lists = self.engine.refresh()
         await publish(self.engine, self.sink, lists)
+        await self._snapshot_if_due()
         await self.sink.publish_state(
             self.engine.popular(),
             self.engine.metrics(lag=self._lag()),
@@ -427,6 +443,7 @@ class RecsysWorker:
         log.info("rebalance: rebuilding the model from the assigned partitions")
         self._reset_pending = False
         self._replayed.clear()
+        self._resume_from.clear()  # the snapshot covered the partitions we had
         self.engine = self.engine.successor()
         self.engine.live = False
         self.ordering.clear()  # held ratings are in the log: the rebuild replays them
@@ -435,6 +452,7 @@ class RecsysWorker:
     async def _ensure_replayed(self, partition: int, until: int) -> None:
         """Replay a partition's history once (from the agent or the timer, whichever is
         first): ``until`` is where live processing resumes."""
+        await self._restore_once()
         lock = self._replay_locks.setdefault(partition, asyncio.Lock())
         async with lock:
             if partition not in self._replayed:
@@ -443,27 +461,111 @@ class RecsysWorker:
     async def _replay_idle_partitions(self) -> None:
         """Partitions assigned to us that see no new ratings are replayed too, up to the
         group's committed offset (where live processing would resume)."""
-        s = self.settings
-        assigned = {
-            tp.partition
-            for tp in self.app.consumer.assignment()
-            if tp.topic == s.ratings_topic and tp.partition not in self._replayed
-        }
+        assigned = self._assigned() - self._replayed
         if not assigned:
             return
+        committed = await self._committed()
+        for partition in sorted(assigned):
+            await self._ensure_replayed(partition, committed.get(partition, 0))
+
+    def _assigned(self) -> set[int]:
+        """The ratings partitions assigned to this worker."""
+        topic = self.settings.ratings_topic
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    async def _committed(self) -> dict[int, int]:
+        """The group's committed offset of each ratings partition (where live processing
+        resumes; partitions never committed are absent)."""
+        s = self.settings
         admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
         await admin.start()
         try:
             committed = await admin.list_consumer_group_offsets(s.app_id)
         finally:
             await admin.close()
-        for partition in sorted(assigned):
-            meta = committed.get(TopicPartition(s.ratings_topic, partition))
-            await self._ensure_replayed(partition, meta.offset if meta and meta.offset > 0 else 0)
+        return {
+            tp.partition: meta.offset
+            for tp, meta in committed.items()
+            if tp.topic == s.ratings_topic and meta is not None and meta.offset > 0
+        }
+
+    # ------------------------------------------------------------------ snapshots
+    async def _restore_once(self) -> None:
+        """Before the first replay of this worker's life, load the best usable snapshot
+        (see :mod:`streamer.snapshot`): the partitions it covers are then replayed from
+        its offsets instead of from the start."""
+        if self._restore_tried or self.settings.snapshot_every_s <= 0:
+            return
+        async with self._learning:
+            if self._restore_tried:
+                return
+            self._restore_tried = True
+            assigned = self._assigned()
+            if not assigned or self._replayed or self.engine.events:
+                return
+            committed = await self._committed()
+            fingerprint = self.settings.model_fingerprint()
+            snapshot = self.snapshots.best(fingerprint, assigned, committed)
+            if snapshot is None:
+                return
+            try:
+                engine = await asyncio.to_thread(self.snapshots.load, snapshot)
+            except Exception as exc:  # a damaged file: rebuild from the log instead
+                log.warning("snapshot %s unreadable (%s): replaying the log", snapshot.path, exc)
+                return
+            engine.settings = self.settings
+            engine.live = False
+            self.engine = engine
+            self.ordering.clear()
+            self.catalog.restart(engine)  # the catalog is read again into the loaded model
+            self._resume_from = dict(snapshot.offsets)
+            self._snapshot_of = (engine.version, dict(snapshot.offsets))  # (no copy of it)
+            log.info(
+                "restored snapshot %s: %d ratings, partitions %s from offsets %s",
+                snapshot.path.name,
+                engine.events,
+                sorted(snapshot.offsets),
+                snapshot.offsets,
+            )
+
+    async def _snapshot_if_due(self) -> None:
+        """Every ``snapshot_every_s``, once every assigned partition's history is in the
+        model, save it with the offset below which each partition is learned (a rating
+        still held for event-time order is not: its partition's offset stops before it)."""
+        s = self.settings
+        due = time.monotonic() - self._last_snapshot >= s.snapshot_every_s
+        if s.snapshot_every_s <= 0 or not due or self._reset_pending:
+            return
+        assigned = self._assigned()
+        if not assigned or not assigned <= self._replayed:
+            return
+        async with self._learning:
+            offsets = {p: self._next_offset[p] for p in assigned if p in self._next_offset}
+            if len(offsets) < len(assigned):
+                return
+            for _, _, partition, offset in self.ordering.held():
+                if partition in offsets:
+                    offsets[partition] = min(offsets[partition], offset)
+            if (self.engine.version, offsets) == self._snapshot_of:
+                self._last_snapshot = time.monotonic()
+                return  # nothing new since the last one
+            self._snapshot_of = (self.engine.version, offsets)
+            started = time.monotonic()
+            data = self.snapshots.dumps(self.engine, offsets, s.model_fingerprint())
+        path = await asyncio.to_thread(self.snapshots.write, data, offsets)
+        self._last_snapshot = time.monotonic()
+        log.info(
+            "snapshot %s: %d ratings, %.1f MB in %.2f s",
+            path.name,
+            self.engine.events,
+            len(data) / 1e6,
+            self._last_snapshot - started,
+        )
 
     async def _replay(self, partition: int, until: int) -> None:
         """Learn a ratings partition's history, offsets ``[0, until)``, into the model,
-        after the users' declared tags of the same partition.
+        after the users' declared tags of the same partition (from the offset a restored
+        snapshot covers, when there is one).
 
         The model lives in memory, so the log is its durable state: after a restart or a
         rebalance, the first live offset of each partition marks where replay stops, and
@@ -482,7 +584,8 @@ class RecsysWorker:
         users: set[str] = set()
         try:
             users.update(await self._replay_users(consumer, partition))
-            async for records in read_partition(consumer, tp, until):
+            start = self._resume_from.get(partition, 0)
+            async for records in read_partition(consumer, tp, until, start):
                 ratings = [r for r in map(self._replayable, records) if r is not None]
                 if ratings:
                     self.engine.relearn(ratings)

@@ -273,6 +273,8 @@ class StreamEngine:
         self._apply_upsert(item, tags, timestamp)
 
     def _apply_upsert(self, item: str, tags: dict[str, float], timestamp: float) -> None:
+        if self.model.has_item(item, tags):  # e.g. the catalog read again after a restore
+            return
         self.model.upsert_item(item, tags, timestamp)
         self.catalog_version += 1
         self.changed_items[item] = self.catalog_version

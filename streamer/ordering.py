@@ -86,6 +86,10 @@ class EventTimeMerge(Generic[T]):
             out.append(heapq.heappop(heap)[3])
         return out
 
+    def held(self) -> list[T]:
+        """The events held, in no particular order."""
+        return [x for _, _, _, x in self._heap]
+
     def clear(self) -> None:
         """Drop everything held (the model is being rebuilt from the log)."""
         self._heap.clear()

@@ -50,6 +50,7 @@ class Settings:
     dashboard_port: int = 8080
     session_timeout_s: float = 30.0
     data_dir: str = "~/.cache/recsys-online/faust"
+    snapshot_every_s: float = 60.0
     seed: int = 42
 
     @classmethod
@@ -82,6 +83,27 @@ class Settings:
         settings = cls(**values)
         settings.check()
         return settings
+
+    # The settings a learned model depends on: a snapshot made under others is not used.
+    MODEL_SETTINGS = (
+        "ratings_topic",
+        "partitions",
+        "k",
+        "learn_window_s",
+        "n_factors",
+        "rating_low",
+        "rating_high",
+        "relevant",
+        "seed",
+    )
+
+    def model_fingerprint(self) -> dict[str, object]:
+        """The values of :attr:`MODEL_SETTINGS`.
+
+        >>> Settings(n_factors=16).model_fingerprint()["n_factors"]
+        16
+        """
+        return {name: getattr(self, name) for name in self.MODEL_SETTINGS}
 
     def check(self) -> None:
         """Reject settings the worker cannot run with, naming the variable."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import time
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
 class Run:
     """One isolated set of topics and keys, and the worker processes started on it."""
 
-    def __init__(self, kafka: str, redis_url: str, log_dir: Path) -> None:
+    def __init__(self, kafka: str, redis_url: str, log_dir: Path, **extra: str) -> None:
         self.env = isolated_env(
             "test",
             KAFKA_BOOTSTRAP_SERVERS=kafka,
@@ -37,6 +38,8 @@ class Run:
             RECSYS_REFRESH_EVERY_S="0.3",
             RECSYS_SESSION_TIMEOUT_S="6",
             RECSYS_BATCH_MAX="200",
+            RECSYS_DATA_DIR=str(log_dir / "data"),
+            **extra,
         )
         self.prefix = self.env["RECSYS_KEY_PREFIX"]
         self.ratings_topic = self.env["RECSYS_RATINGS_TOPIC"]
@@ -82,8 +85,8 @@ class Run:
 def make_run(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator:
     runs: list[Run] = []
 
-    def make() -> Run:
-        run = Run(kafka_bootstrap, redis_url, tmp_path / f"run{len(runs)}")
+    def make(**extra: str) -> Run:
+        run = Run(kafka_bootstrap, redis_url, tmp_path / f"run{len(runs)}", **extra)
         run.log_dir.mkdir()
         runs.append(run)
         return run
@@ -189,6 +192,64 @@ def test_kill_9_loses_no_rating_and_applies_none_twice(make_run, stream) -> None
     early_users = {r.user for r in ratings[: half // 4]}
     served = [u for u in early_users if crash.redis.exists(f"{crash.prefix}recs:{u}")]
     assert len(served) == len(early_users)
+
+
+def replayed(log: Path) -> int:
+    """Ratings a worker relearned from the log, by its log lines."""
+    found = re.findall(r"replayed (\d+) ratings of partition", log.read_text(errors="replace"))
+    return sum(map(int, found))
+
+
+def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream) -> None:
+    """With snapshots, a worker killed with SIGKILL mid-stream and restarted relearns only
+    what came after its last usable snapshot, and still ends with every rating learned
+    exactly once."""
+    ratings = stream.ratings
+    half = len(ratings) // 2
+    run = make_run(RECSYS_SNAPSHOT_EVERY_S="1")
+    snapshots = Path(run.env["RECSYS_DATA_DIR"]) / run.env["RECSYS_APP_ID"] / "snapshots"
+    produce_catalog(run, stream)
+    first = run.start_worker()
+    produce_ratings(run, ratings[:half])
+    run.wait(
+        "the first worker to learn the first half",
+        lambda: run.worker_metrics(first).get("events", 0) == half
+        and run.worker_metrics(first).get("lag", 1) == 0,
+    )
+    made = time.monotonic()
+    run.wait("a snapshot of the whole first half", lambda: snapshot_covers(snapshots, half))
+    time.sleep(max(0.0, made + 4.0 - time.monotonic()))  # the group commits meanwhile
+    produce_ratings(run, ratings[half:])
+    run.wait(
+        "the first worker to learn part of the second half",
+        lambda: run.worker_metrics(first).get("events", 0) >= half + half // 2,
+    )
+    first.send_signal(signal.SIGKILL)  # mid-stream, maybe between a snapshot and a commit
+    first.wait()
+    second = run.start_worker()
+    run.wait(
+        "the restarted worker to account for every rating",
+        lambda: run.worker_metrics(second).get("events", 0) >= len(ratings),
+        timeout=180,
+    )
+    time.sleep(1.5)  # nothing more may arrive: a duplicate would show up now
+    state = run.worker_metrics(second)
+    log = run.log_dir / "worker-1.log"
+
+    # Without the snapshot, at least the first half (committed before the kill) would be
+    # relearned; with it, only what the group committed after the snapshot.
+    assert "restored snapshot" in log.read_text(errors="replace"), run.logs()
+    assert replayed(log) < half, run.logs()
+    assert state["events"] == len(ratings)
+    assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
+    assert state["users"] == stream.n_users
+
+
+def snapshot_covers(directory: Path, n: int) -> bool:
+    """Some snapshot in ``directory`` holds at least ``n`` ratings (by its offsets)."""
+    from streamer.snapshot import SnapshotStore
+
+    return any(sum(s.offsets.values()) >= n for s in SnapshotStore(directory).list())
 
 
 def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, stream) -> None:

@@ -1,0 +1,133 @@
+"""Model snapshots on local disk, so a restarted worker replays only the log's tail.
+
+A worker's model lives in memory and the ratings log is its durable state: without a
+snapshot, a restart relearns every rating of its partitions. A snapshot is the pickled
+:class:`~streamer.engine.StreamEngine` together with, for each ratings partition it
+covers, the offset below which every rating is in it. A worker restarting with the same
+partitions (or more) loads the newest usable one and replays each partition from that
+offset instead of from the start.
+
+A snapshot is usable when it was made with the same model settings, covers only
+partitions the worker now owns, and none of its offsets is past the group's committed
+offset (live processing resumes there: a snapshot ahead of it would learn the ratings in
+between twice). The two newest snapshots of each set of partitions are kept, so a crash
+between a snapshot and the next commit still finds an older one.
+
+The files are written by the worker itself (temporary file, then an atomic rename) and
+read only by workers of the same app: never point ``RECSYS_DATA_DIR`` at files from
+elsewhere, as loading a pickle runs code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+KEEP = 2  # snapshots kept per set of partitions
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot file's header: what it covers, without loading the model."""
+
+    path: Path
+    offsets: dict[int, int]  # ratings partition -> every rating below this offset is in
+    fingerprint: dict[str, Any]
+    created: float
+
+    def usable(self, fingerprint: Mapping[str, Any], assigned: set[int], committed) -> bool:
+        """Same model settings, only partitions we own, nothing past the committed offsets.
+
+        >>> s = Snapshot(Path("x"), {0: 10, 1: 5}, {"n_factors": 32}, 0.0)
+        >>> s.usable({"n_factors": 32}, {0, 1, 2}, {0: 12, 1: 5})
+        True
+        >>> s.usable({"n_factors": 32}, {0, 1}, {0: 9, 1: 5})  # ahead of a commit
+        False
+        >>> s.usable({"n_factors": 32}, {0}, {0: 12, 1: 5})  # partition 1 is not ours
+        False
+        >>> s.usable({"n_factors": 16}, {0, 1}, {0: 12, 1: 5})
+        False
+        """
+        return (
+            dict(fingerprint) == self.fingerprint
+            and set(self.offsets) <= assigned
+            and all(offset <= committed.get(p, 0) for p, offset in self.offsets.items())
+        )
+
+
+class SnapshotStore:
+    """Snapshot files of one app in one directory (``{data_dir}/{app_id}/snapshots``)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+
+    def save(self, engine: object, offsets: Mapping[int, int], fingerprint: Mapping) -> Path:
+        """Write a snapshot atomically and drop all but the newest of its partition set."""
+        return self.write(self.dumps(engine, offsets, fingerprint), offsets)
+
+    @staticmethod
+    def dumps(engine: object, offsets: Mapping[int, int], fingerprint: Mapping) -> bytes:
+        """The snapshot's bytes: taken at once, so the model and offsets agree (writing
+        them can then happen elsewhere, e.g. in a thread)."""
+        header = {
+            "format": FORMAT,
+            "offsets": dict(offsets),
+            "fingerprint": dict(fingerprint),
+            "created": time.time(),
+        }
+        # Two pickles, header first: listing snapshots reads headers only.
+        protocol = pickle.HIGHEST_PROTOCOL
+        return pickle.dumps(header, protocol) + pickle.dumps(engine, protocol)
+
+    def write(self, data: bytes, offsets: Mapping[int, int]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stem = f"snapshot-p{'-'.join(map(str, sorted(offsets)))}"
+        path = self.directory / f"{stem}-{time.time_ns()}.pkl"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for old in sorted(self.directory.glob(f"{stem}-*.pkl"))[:-KEEP]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def list(self) -> list[Snapshot]:
+        """Every readable snapshot, newest first (unreadable files are skipped)."""
+        out = []
+        for path in self.directory.glob("snapshot-*.pkl"):
+            try:
+                header = self._header(path)
+            except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
+                continue
+            out.append(Snapshot(path, header["offsets"], header["fingerprint"], header["created"]))
+        return sorted(out, key=lambda s: s.created, reverse=True)
+
+    def best(self, fingerprint: Mapping, assigned: set[int], committed) -> Snapshot | None:
+        """The usable snapshot covering the most partitions (the newest among those)."""
+        usable = [s for s in self.list() if s.usable(fingerprint, assigned, committed)]
+        return max(usable, key=lambda s: (len(s.offsets), s.created), default=None)
+
+    @staticmethod
+    def load(snapshot: Snapshot) -> Any:
+        """The engine a snapshot holds."""
+        with open(snapshot.path, "rb") as f:
+            header = pickle.load(f)
+            if header.get("format") != FORMAT:
+                raise ValueError(f"{snapshot.path}: snapshot format {header.get('format')}")
+            return pickle.load(f)
+
+    @staticmethod
+    def _header(path: Path) -> dict:
+        with open(path, "rb") as f:
+            header = pickle.load(f)
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError("unknown format")
+        return header

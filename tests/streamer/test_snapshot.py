@@ -1,0 +1,82 @@
+"""Snapshot files: what is kept, which one a restarting worker may use, and that a loaded
+model goes on exactly as the one that was saved."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from recsys_online import synth
+from streamer.engine import StreamEngine
+from streamer.settings import Settings
+from streamer.snapshot import KEEP, SnapshotStore
+
+
+def small_engine(n_ratings: int = 600) -> tuple[StreamEngine, list]:
+    ds = synth.generate(n_users=60, n_items=120, n_ratings=n_ratings + 200, seed=3)
+    engine = StreamEngine(Settings(n_factors=8))
+    for item in ds.items.values():
+        engine.upsert_item(item.item, item.tags, item.timestamp)
+    for lo in range(0, n_ratings, 100):
+        engine.learn_ratings(ds.ratings[lo : lo + 100])
+    return engine, ds.ratings[n_ratings:]
+
+
+def test_a_loaded_engine_learns_and_ranks_as_the_saved_one(tmp_path) -> None:
+    engine, rest = small_engine()
+    store = SnapshotStore(tmp_path)
+    fingerprint = engine.settings.model_fingerprint()
+    store.save(engine, {0: 300, 1: 300}, fingerprint)
+    [snapshot] = store.list()
+    assert snapshot.offsets == {0: 300, 1: 300} and snapshot.fingerprint == fingerprint
+    loaded = store.load(snapshot)
+    assert loaded.events == engine.events == 600
+    lists_a = engine.learn_ratings(rest)
+    lists_b = loaded.learn_ratings(rest)
+    assert {u: [r.item for r in recs] for u, recs in lists_a.items()} == {
+        u: [r.item for r in recs] for u, recs in lists_b.items()
+    }
+    assert loaded.metrics()["rmse"] == engine.metrics()["rmse"]
+
+
+def test_only_the_newest_snapshots_of_a_partition_set_are_kept(tmp_path) -> None:
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fingerprint = engine.settings.model_fingerprint()
+    for n in range(KEEP + 2):
+        store.save(engine, {0: n, 1: n}, fingerprint)
+        time.sleep(0.002)
+    store.save(engine, {2: 7}, fingerprint)  # another worker's partitions: kept apart
+    offsets = [s.offsets for s in store.list()]
+    assert offsets == [{2: 7}] + [{0: n, 1: n} for n in reversed(range(2, KEEP + 2))]
+
+
+def test_the_best_snapshot_is_usable_and_covers_the_most_partitions(tmp_path) -> None:
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    store.save(engine, {0: 50}, fp)
+    store.save(engine, {0: 40, 1: 40}, fp)
+    store.save(engine, {0: 90, 1: 90}, fp)  # newest, but past the committed offsets
+    committed = {0: 60, 1: 60}
+    assert store.best(fp, {0, 1}, committed).offsets == {0: 40, 1: 40}
+    assert store.best(fp, {0}, committed).offsets == {0: 50}  # partition 1 is not ours
+    other = Settings(n_factors=16).model_fingerprint()
+    assert store.best(other, {0, 1}, committed) is None  # made under other settings
+    assert store.best(fp, {0, 1}, {}) is None  # nothing committed yet
+
+
+def test_unreadable_files_are_skipped(tmp_path) -> None:
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    store.save(engine, {0: 5}, engine.settings.model_fingerprint())
+    (tmp_path / "snapshot-p0-1.pkl").write_bytes(b"not a pickle")
+    (tmp_path / "snapshot-p0-2.pkl").write_bytes(b"")
+    assert [s.offsets for s in store.list()] == [{0: 5}]
+
+
+def test_snapshot_interval_is_a_setting() -> None:
+    assert Settings.from_env({"RECSYS_SNAPSHOT_EVERY_S": "0"}).snapshot_every_s == 0.0
+    with pytest.raises(ValueError, match="RECSYS_SNAPSHOT_EVERY_S"):
+        Settings.from_env({"RECSYS_SNAPSHOT_EVERY_S": "often"})
