@@ -14,7 +14,7 @@ from pathlib import Path
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from recsys_online.events import Rating
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent
@@ -238,6 +238,7 @@ class RecsysWorker:
         self.catalog = CatalogFollower(s, self.engine, self.sink)
         self.metrics_server = MetricsServer(self.prometheus)
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
+        self._ends: dict[int, int] = {}  # ratings partition -> its end, at the last tick
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._reset_pending = False
@@ -317,13 +318,35 @@ class RecsysWorker:
 
     def _positions(self) -> list[tuple[int, int | None, int | None]]:
         """(partition, high-water mark, next offset to receive) of each ratings partition
-        assigned to this worker; None where not known yet."""
+        assigned to this worker; None where not known yet.
+
+        The high-water mark is the later of the group consumer's (as of its last fetch of
+        the partition) and the broker's answer at the last timer tick (``_ends``): a
+        worker that lags but has emptied its last large fetch would otherwise look
+        caught up, and let catalog items from its future in."""
         consumer = self.app.consumer
-        return [
-            (tp.partition, consumer.highwater(tp), self._next_offset.get(tp.partition))
-            for tp in consumer.assignment()
-            if tp.topic == self.settings.ratings_topic
-        ]
+        out = []
+        for tp in consumer.assignment():
+            if tp.topic == self.settings.ratings_topic:
+                marks = [m for m in (consumer.highwater(tp), self._ends.get(tp.partition)) if m]
+                high = max(marks) if marks else consumer.highwater(tp)
+                out.append((tp.partition, high, self._next_offset.get(tp.partition)))
+        return out
+
+    async def _refresh_ends(self) -> None:
+        """Ask the broker for the end of each ratings partition of ours (see
+        :meth:`_positions`); one request per timer tick."""
+        consumer = self.catalog.consumer
+        topic = self.settings.ratings_topic
+        tps = [TopicPartition(topic, p) for p in sorted(self._assigned())]
+        if consumer is None or not tps:
+            return
+        try:
+            ends = await consumer.end_offsets(tps)
+        except KafkaError as exc:  # the next tick asks again
+            log.warning("could not read the ratings partitions' ends: %s", exc)
+            return
+        self._ends = {tp.partition: offset for tp, offset in ends.items()}
 
     async def _valid_ratings(
         self, events: Sequence[faust.EventT]
@@ -411,6 +434,7 @@ class RecsysWorker:
         await self._replay_idle_partitions()
         if len(self.ordering):  # held ratings whose partitions went quiet
             await self._learn_released()
+        await self._refresh_ends()
         self.engine.live = self._caught_up()
         lists = self.engine.refresh()
         await publish(self.engine, self.sink, lists)
