@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import faust
@@ -99,20 +99,61 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
 
 
 async def read_partition(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, until: int, start: int = 0
+    consumer: AIOKafkaConsumer, tp: TopicPartition, until: int
 ) -> AsyncIterator[list[bytes]]:
-    """The values at offsets ``[start, until)`` of one partition, in chunks; between chunks
-    the event loop runs the catalog follower and the timers."""
-    if start >= until:
-        return
+    """The values at offsets ``[0, until)`` of one partition, in chunks; between chunks the
+    event loop runs the catalog follower and the timers."""
     consumer.assign([tp])
-    await consumer.seek_to_beginning(tp)  # (waits until the new assignment is in effect)
-    if start:
-        consumer.seek(tp, start)
+    await consumer.seek_to_beginning(tp)
     while await consumer.position(tp) < until:
         records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
-        yield [r.value for r in records if start <= r.offset < until]
+        yield [r.value for r in records if r.offset < until]
         await asyncio.sleep(0)
+
+
+async def read_merged(
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    start: dict[int, int],
+    until: dict[int, int],
+    parse: Callable[[bytes], Rating | None],
+    batch: int = 5_000,
+) -> AsyncIterator[list[tuple[int, Rating]]]:
+    """The ratings at offsets ``[start[p], until[p])`` of several partitions of ``topic``,
+    as ``(partition, rating)`` in event-time order across the partitions (each
+    partition's own order kept), in chunks of about ``batch``; values ``parse`` maps to
+    None are skipped."""
+    todo = {p for p in until if start.get(p, 0) < until[p]}
+    if not todo:
+        return
+    tps = {p: TopicPartition(topic, p) for p in todo}
+    consumer.assign(list(tps.values()))
+    await consumer.seek_to_beginning(*tps.values())  # (waits until the assignment is in effect)
+    for p, tp in tps.items():
+        if start.get(p, 0):
+            consumer.seek(tp, start[p])
+    merge: EventTimeMerge[tuple[int, Rating]] = EventTimeMerge(max_held=40 * batch)
+    waiting = set(todo)
+    while waiting:
+        fetched = await consumer.getmany(
+            *(tps[p] for p in waiting), timeout_ms=200, max_records=batch
+        )
+        for tp, records in fetched.items():
+            for record in records:
+                if start.get(tp.partition, 0) <= record.offset < until[tp.partition]:
+                    rating = parse(record.value)
+                    if rating is not None:
+                        merge.add(tp.partition, rating.timestamp, (tp.partition, rating))
+        for p in list(waiting):
+            if await consumer.position(tps[p]) >= until[p]:
+                waiting.discard(p)
+        released = merge.release(waiting, min_batch=batch, max_wait_s=0.5)
+        if released:
+            yield released
+        await asyncio.sleep(0)  # the catalog follower and the timers run between chunks
+    released = merge.release(set())
+    if released:
+        yield released
 
 
 class CatalogFollower:
@@ -242,7 +283,7 @@ class RecsysWorker:
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._reset_pending = False
-        self._replay_locks: dict[int, asyncio.Lock] = {}
+        self._replay_lock = asyncio.Lock()
         # Ratings received, held until every partition has delivered up to their time.
         # (rating, produce time in ms, partition, offset)
         self.ordering: EventTimeMerge[tuple[Rating, float, int, int]] = EventTimeMerge(
@@ -279,8 +320,8 @@ class RecsysWorker:
             first: dict[int, int] = {}
             for event in events:
                 first.setdefault(event.message.partition, event.message.offset)
-            for partition, offset in first.items():
-                await self._ensure_replayed(partition, offset)
+            if first.keys() - self._replayed:
+                await self._ensure_replayed(first)
             for partition, offset, rating, produced_ms in await self._valid_ratings(events):
                 self.ordering.add(
                     partition, rating.timestamp, (rating, produced_ms, partition, offset)
@@ -473,24 +514,25 @@ class RecsysWorker:
         self.ordering.clear()  # held ratings are in the log: the rebuild replays them
         self.catalog.restart(self.engine)
 
-    async def _ensure_replayed(self, partition: int, until: int) -> None:
-        """Replay a partition's history once (from the agent or the timer, whichever is
-        first): ``until`` is where live processing resumes."""
+    async def _ensure_replayed(self, first_live: dict[int, int]) -> None:
+        """Replay, once and together, the history of every assigned partition not yet in
+        the model (from the agent or the timer, whichever is first), each up to where
+        live processing resumes: the first live offset where the agent has one
+        (``first_live``), else the group's committed offset."""
         await self._restore_once()
-        lock = self._replay_locks.setdefault(partition, asyncio.Lock())
-        async with lock:
-            if partition not in self._replayed:
-                await self._replay(partition, until)
+        async with self._replay_lock:
+            todo = (self._assigned() | first_live.keys()) - self._replayed
+            if not todo:
+                return
+            committed = await self._committed()
+            until = {p: first_live.get(p, committed.get(p, 0)) for p in todo}
+            await self._replay(until)
 
     async def _replay_idle_partitions(self) -> None:
         """Partitions assigned to us that see no new ratings are replayed too, up to the
         group's committed offset (where live processing would resume)."""
-        assigned = self._assigned() - self._replayed
-        if not assigned:
-            return
-        committed = await self._committed()
-        for partition in sorted(assigned):
-            await self._ensure_replayed(partition, committed.get(partition, 0))
+        if self._assigned() - self._replayed:
+            await self._ensure_replayed({})
 
     def _assigned(self) -> set[int]:
         """The ratings partitions assigned to this worker."""
@@ -586,11 +628,14 @@ class RecsysWorker:
             self._last_snapshot - started,
         )
 
-    async def _replay(self, partition: int, until: int) -> None:
-        """Learn a ratings partition's history, offsets ``[0, until)``, into the model,
-        after the users' declared tags of the same partition (from the offset a restored
-        snapshot covers, when there is one).
+    async def _replay(self, until: dict[int, int]) -> None:
+        """Learn the history of ratings partitions, offsets ``[0, until[p])`` of each,
+        into the model, after the users' declared tags of the same partitions (from the
+        offset a restored snapshot covers, when there is one).
 
+        The partitions are read together and learned in event-time order
+        (:class:`EventTimeMerge`), as they were live: one partition's whole history
+        before the next would show each user's neighbours their future, then their past.
         The model lives in memory, so the log is its durable state: after a restart or a
         rebalance, the first live offset of each partition marks where replay stops, and
         every rating is learned exactly once. Replayed ratings are not evaluated (they
@@ -598,38 +643,46 @@ class RecsysWorker:
         """
         s = self.settings
         await self.catalog.ready.wait()  # a rating of an item not read yet would be lost
-        tp = TopicPartition(s.ratings_topic, partition)
         started = time.monotonic()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False
         )
         await consumer.start()
-        learned = 0
+        learned = dict.fromkeys(until, 0)
         users: set[str] = set()
         try:
-            users.update(await self._replay_users(consumer, partition))
-            start = self._resume_from.get(partition, 0)
-            async for records in read_partition(consumer, tp, until, start):
-                ratings = [r for r in map(self._replayable, records) if r is not None]
-                if ratings:
-                    self.engine.relearn(ratings)
-                    users.update(r.user for r in ratings)
-                    learned += len(ratings)
+            for partition in sorted(until):
+                users.update(await self._replay_users(consumer, partition))
+            start = {p: self._resume_from.get(p, 0) for p in until}
+            async for ratings in read_merged(
+                consumer, s.ratings_topic, start, until, self._replayable
+            ):
+                self.engine.relearn([r for _, r in ratings])
+                for partition, r in ratings:
+                    users.add(r.user)
+                    learned[partition] += 1
         finally:
             await consumer.stop()
-        self._replayed.add(partition)
-        # Live processing resumes at ``until``: from now on the lag of an idle partition
-        # counts from there too.
-        self._next_offset.setdefault(partition, until)
+        self._replayed.update(until)
+        for partition, offset in until.items():
+            # Live processing resumes at ``until``: from now on the lag of an idle
+            # partition counts from there too.
+            self._next_offset.setdefault(partition, offset)
         users_list = sorted(users)
         for lo in range(0, len(users_list), 1000):
             lists = self.engine.serve(users_list[lo : lo + 1000])
             await publish(self.engine, self.sink, lists)
+        for partition in sorted(until):
+            log.info(
+                "replayed %d ratings of partition %d up to offset %d",
+                learned[partition],
+                partition,
+                until[partition],
+            )
         log.info(
-            "replayed %d ratings of partition %d up to offset %d in %.1f s",
-            learned,
-            partition,
-            until,
+            "replayed %d ratings of %d partitions in event-time order in %.1f s",
+            sum(learned.values()),
+            len(until),
             time.monotonic() - started,
         )
 
@@ -688,9 +741,13 @@ class RecsysWorker:
         has not joined the group yet, or has not heard a partition's end, is not.
         """
         positions = self._positions()
-        return bool(positions) and not len(self.ordering) and all(
-            high is not None and received is not None and received >= high
-            for _, high, received in positions
+        return (
+            bool(positions)
+            and not len(self.ordering)
+            and all(
+                high is not None and received is not None and received >= high
+                for _, high, received in positions
+            )
         )
 
     def _lag(self) -> int:

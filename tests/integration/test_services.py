@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import ApiVersionRequest
 
+from recsys_online.events import Rating
 from schemas import RatingEvent, parse_event
 
 pytestmark = pytest.mark.timeout(120)
@@ -157,3 +158,58 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
         assert described[topic]["error_code"] == 0, topic
         leaders = [p["leader"] for p in described[topic]["partitions"]]
         assert len(leaders) == count and min(leaders) >= 0, (topic, leaders)
+
+
+@pytest.mark.kafka
+async def test_read_merged_gives_several_partitions_in_event_time_order(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    """A rebuild reads its partitions' histories through ``read_merged``: across partitions
+    the ratings come in event-time order, within each in log order, only from
+    ``[start, until)``, and what the parser rejects is skipped."""
+    from streamer.app import read_merged
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic_name, 3, 1)])
+    finally:
+        await admin.close()
+    # Partition p holds ratings at times p, p + 3, p + 6, ...: interleaved across partitions.
+    sent: dict[int, list[RatingEvent]] = {p: [] for p in range(3)}
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for t in range(300):
+            p = t % 3
+            event = RatingEvent(user_id=f"u{p}", item_id=f"i{t}", rating=3.0, timestamp=t)
+            sent[p].append(event)
+            await producer.send(topic_name, event.to_bytes(), partition=p)
+        await producer.send(topic_name, b"not json", partition=1)  # offset 100 of partition 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    def parse(raw: bytes) -> Rating | None:
+        try:
+            r = parse_event(raw, RatingEvent)
+        except Exception:
+            return None
+        return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
+
+    start = {0: 10, 1: 0, 2: 0}
+    until = {0: 100, 1: 101, 2: 50}
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    got: list[tuple[int, Rating]] = []
+    try:
+        async with asyncio.timeout(RECEIVE_TIMEOUT_SECONDS):
+            async for chunk in read_merged(consumer, topic_name, start, until, parse, batch=40):
+                got.extend(chunk)
+    finally:
+        await consumer.stop()
+    times = [r.timestamp for _, r in got]
+    assert times == sorted(times)
+    expected = {p: [e.item_id for e in sent[p][start[p] : until[p]]] for p in range(3)}
+    by_partition = {p: [r.item for q, r in got if q == p] for p in range(3)}
+    assert by_partition == expected
