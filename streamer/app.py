@@ -98,19 +98,6 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
     return done
 
 
-async def read_partition(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, until: int
-) -> AsyncIterator[list[bytes]]:
-    """The values at offsets ``[0, until)`` of one partition, in chunks; between chunks the
-    event loop runs the catalog follower and the timers."""
-    consumer.assign([tp])
-    await consumer.seek_to_beginning(tp)
-    while await consumer.position(tp) < until:
-        records = (await consumer.getmany(tp, timeout_ms=200, max_records=5000)).get(tp, [])
-        yield [r.value for r in records if r.offset < until]
-        await asyncio.sleep(0)
-
-
 async def read_merged(
     consumer: AIOKafkaConsumer,
     topic: str,
@@ -651,8 +638,7 @@ class RecsysWorker:
         learned = dict.fromkeys(until, 0)
         users: set[str] = set()
         try:
-            for partition in sorted(until):
-                users.update(await self._replay_users(consumer, partition))
+            users.update(await self._replay_users(consumer, sorted(until)))
             start = {p: self._resume_from.get(p, 0) for p in until}
             async for ratings in read_merged(
                 consumer, s.ratings_topic, start, until, self._replayable
@@ -686,24 +672,38 @@ class RecsysWorker:
             time.monotonic() - started,
         )
 
-    async def _replay_users(self, consumer: AIOKafkaConsumer, partition: int) -> set[str]:
-        """Declared user tags of a partition (the users topic is co-partitioned with the
-        ratings), applied before its ratings are replayed. Declaring tags is idempotent
-        (the latest declaration wins), so the whole partition is read up to its current
-        end; events the users agent has yet to process only get applied again."""
-        tp = TopicPartition(self.settings.users_topic, partition)
-        if partition not in (consumer.partitions_for_topic(tp.topic) or set()):
+    async def _replay_users(self, consumer: AIOKafkaConsumer, partitions) -> set[str]:
+        """Declared user tags of these partitions (the users topic is co-partitioned with
+        the ratings), applied before their ratings are replayed. Declaring tags is
+        idempotent (the latest declaration wins), so each partition is read up to its
+        current end; events the users agent has yet to process only get applied again.
+        The partitions are read together: one assignment, not one per partition."""
+        topic = self.settings.users_topic
+        if not set(partitions) <= (consumer.partitions_for_topic(topic) or set()):
             await consumer._client.force_metadata_update()
-        end = (await consumer.end_offsets([tp]))[tp]
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        todo = {tp: end for tp, end in ends.items() if end > 0}
         users: set[str] = set()
-        async for records in read_partition(consumer, tp, end):
-            for raw in records:
-                try:
-                    event = self.settings.parse(raw, UserEvent)
-                except EventError:
-                    continue  # dead-lettered when it was live
-                self.engine.model.upsert_user(event.user_id, dict(event.tags))
-                users.add(event.user_id)
+        if not todo:  # nobody declared tags here
+            return users
+        consumer.assign(list(todo))
+        await consumer.seek_to_beginning(*todo)
+        while todo:
+            fetched = await consumer.getmany(*todo, timeout_ms=200, max_records=5000)
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.offset >= todo.get(tp, 0):
+                        continue
+                    try:
+                        event = self.settings.parse(record.value, UserEvent)
+                    except EventError:
+                        continue  # dead-lettered when it was live
+                    self.engine.model.upsert_user(event.user_id, dict(event.tags))
+                    users.add(event.user_id)
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+            await asyncio.sleep(0)
         return users
 
     def _replayable(self, raw: bytes) -> Rating | None:

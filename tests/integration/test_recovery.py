@@ -55,6 +55,18 @@ class Run:
         self.workers.append(process)
         return process
 
+    def restart_and_settle(self, n: int) -> tuple[subprocess.Popen, dict[str, float]]:
+        """Start a worker, wait until it accounts for ``n`` ratings, then a little longer
+        (a rating learned twice would show by then); its process and final figures."""
+        process = self.start_worker()
+        self.wait(
+            "the restarted worker to account for every rating",
+            lambda: self.worker_metrics(process).get("events", 0) >= n,
+            timeout=180,
+        )
+        time.sleep(1.5)  # nothing more may arrive: a duplicate would show up now
+        return process, self.worker_metrics(process)
+
     def worker_metrics(self, process: subprocess.Popen) -> dict[str, float]:
         for key in self.redis.scan_iter(f"{self.prefix}metrics:worker:*"):
             raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
@@ -175,14 +187,7 @@ def test_kill_9_loses_no_rating_and_applies_none_twice(make_run, stream) -> None
     first.send_signal(signal.SIGKILL)
     first.wait()
     produce_ratings(crash, ratings[half:])
-    second = crash.start_worker()
-    crash.wait(
-        "the restarted worker to account for every rating",
-        lambda: crash.worker_metrics(second).get("events", 0) >= len(ratings),
-        timeout=180,
-    )
-    time.sleep(1.5)  # nothing more may arrive: a duplicate would show up now
-    state = crash.worker_metrics(second)
+    _, state = crash.restart_and_settle(len(ratings))
 
     assert state["events"] == len(ratings) == calm_state["events"]
     assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
@@ -226,14 +231,7 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     )
     first.send_signal(signal.SIGKILL)  # mid-stream, maybe between a snapshot and a commit
     first.wait()
-    second = run.start_worker()
-    run.wait(
-        "the restarted worker to account for every rating",
-        lambda: run.worker_metrics(second).get("events", 0) >= len(ratings),
-        timeout=180,
-    )
-    time.sleep(1.5)  # nothing more may arrive: a duplicate would show up now
-    state = run.worker_metrics(second)
+    _, state = run.restart_and_settle(len(ratings))
     log = run.log_dir / "worker-1.log"
 
     # Without the snapshot, at least the first half (committed before the kill) would be
