@@ -84,8 +84,12 @@ def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap, redis_url, d
     assert final, out[-3000:]
     assert int(final.group(1).replace(",", "")) == 4000
     assert 0 < float(final.group(2)) < 1.5
+    # The lists shown are personalised: some item is there for a reason of the user's own
+    # (a liked item, their tags, their tastes), not only because it is popular. Which
+    # personal reason wins varies between runs: asking for a liked item or tags only
+    # failed once in six runs.
     lists = out[out.index("6/6") :]
-    assert re.search(r"because you liked|matches your tags", lists), lists
+    assert re.search(r"because you liked|matches your tags|close to your tastes", lists), lists
     assert len(pids(out)) == 2
     assert all(gone(pid) for pid in pids(out))
 
