@@ -454,6 +454,7 @@ class RecsysWorker:
 
     async def refresh_lists(self) -> None:
         """Periodic batched refresh: new items reach active users; metrics are published."""
+        await self._restore_once()
         if not self.catalog.ready.is_set():
             return
         await self._reset_if_pending()  # (no new batch may come to do it)
@@ -544,11 +545,15 @@ class RecsysWorker:
 
     # ------------------------------------------------------------------ snapshots
     async def _restore_once(self) -> None:
-        """Before the first replay of this worker's life, load the best usable snapshot
-        (see :mod:`streamer.snapshot`): the partitions it covers are then replayed from
-        its offsets instead of from the start."""
+        """Once this worker has partitions, before their first replay, load the best
+        usable snapshot (see :mod:`streamer.snapshot`): the partitions it covers are then
+        replayed from its offsets instead of from the start. Called by the timer from
+        the first tick (so the catalog is read once, into the loaded model) and before
+        every replay."""
         if self._restore_tried or self.settings.snapshot_every_s <= 0:
             return
+        if not self._assigned():
+            return  # not in the group yet: the next tick asks again
         async with self._learning:
             if self._restore_tried:
                 return
