@@ -279,6 +279,7 @@ class RecsysWorker:
         self.snapshots = SnapshotStore(Path(s.data_dir) / s.app_id / "snapshots")
         self._last_snapshot = time.monotonic()
         self._snapshot_of: tuple = ()  # (model version, offsets) of the last snapshot
+        self._snapshot_info: tuple[float, int, int] | None = None  # (time, ratings, bytes)
         self._restore_tried = False
         self._resume_from: dict[int, int] = {}  # partition -> offset a snapshot covers
         self._learning = asyncio.Lock()
@@ -447,10 +448,20 @@ class RecsysWorker:
 
     def prometheus(self) -> str:
         return exposition(
-            self.engine.metrics(lag=self._lag()),
+            self._figures(),
             self.engine.histograms(),
             {"worker": self.worker_id},
         )
+
+    def _figures(self) -> dict[str, float | int]:
+        """The engine's live figures, the lag, and the last snapshot's age and size."""
+        figures = self.engine.metrics(lag=self._lag())
+        if self._snapshot_info is not None:
+            made, ratings, size = self._snapshot_info
+            figures["snapshot_age_s"] = max(0.0, time.time() - made)
+            figures["snapshot_ratings"] = ratings
+            figures["snapshot_bytes"] = size
+        return figures
 
     async def refresh_lists(self) -> None:
         """Periodic batched refresh: new items reach active users; metrics are published."""
@@ -470,7 +481,7 @@ class RecsysWorker:
         await self._snapshot_if_due()
         await self.sink.publish_state(
             self.engine.popular(),
-            self.engine.metrics(lag=self._lag()),
+            self._figures(),
             self.engine.version,
             self.worker_id,
             self.metrics_server.url,
@@ -578,6 +589,8 @@ class RecsysWorker:
             self.catalog.restart(engine)  # the catalog is read again into the loaded model
             self._resume_from = dict(snapshot.offsets)
             self._snapshot_of = (engine.version, dict(snapshot.offsets))  # (no copy of it)
+            size = snapshot.path.stat().st_size
+            self._snapshot_info = (snapshot.created, engine.events, size)
             log.info(
                 "restored snapshot %s: %d ratings, partitions %s from offsets %s",
                 snapshot.path.name,
@@ -610,8 +623,10 @@ class RecsysWorker:
             self._snapshot_of = (self.engine.version, offsets)
             started = time.monotonic()
             data = self.snapshots.dumps(self.engine, offsets, s.model_fingerprint())
+            ratings = self.engine.events
         path = await asyncio.to_thread(self.snapshots.write, data, offsets)
         self._last_snapshot = time.monotonic()
+        self._snapshot_info = (time.time(), ratings, len(data))
         log.info(
             "snapshot %s: %d ratings, %.1f MB in %.2f s",
             path.name,

@@ -100,6 +100,17 @@ GAUGES: dict[str, tuple[str, str, str]] = {
     "model_version": ("recsys_model_version", "gauge", "Micro-batches learned by this worker."),
     "users": ("recsys_users", "gauge", "Users known to this worker's model."),
     "items": ("recsys_items", "gauge", "Live (not deleted) catalog items."),
+    "snapshot_age_s": (
+        "recsys_snapshot_age_seconds",
+        "gauge",
+        "Seconds since this worker's last model snapshot was made (absent: none yet).",
+    ),
+    "snapshot_ratings": (
+        "recsys_snapshot_ratings",
+        "gauge",
+        "Ratings in this worker's last model snapshot: a restart replays the rest.",
+    ),
+    "snapshot_bytes": ("recsys_snapshot_bytes", "gauge", "Size of the last model snapshot."),
 }
 
 

@@ -223,6 +223,11 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     )
     made = time.monotonic()
     run.wait("a snapshot of the whole first half", lambda: snapshot_covers(snapshots, half))
+    run.wait(  # and the worker says so, for monitoring
+        "the worker to report its snapshot",
+        lambda: run.worker_metrics(first).get("snapshot_ratings", 0) >= half
+        and run.worker_metrics(first).get("snapshot_age_s", -1) >= 0,
+    )
     time.sleep(max(0.0, made + 4.0 - time.monotonic()))  # the group commits meanwhile
     produce_ratings(run, ratings[half:])
     run.wait(
@@ -238,6 +243,7 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     # relearned; with it, only what the group committed after the snapshot.
     assert "restored snapshot" in log.read_text(errors="replace"), run.logs()
     assert replayed(log) < half, run.logs()
+    assert state["snapshot_ratings"] >= half and state["snapshot_bytes"] > 0
     assert state["events"] == len(ratings)
     assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
     assert state["users"] == stream.n_users
