@@ -100,6 +100,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     dash.set_defaults(run=run_dashboard)
 
+    snaps = sub.add_parser(
+        "snapshots",
+        help="list the model snapshots a restarting worker may load",
+        description="Snapshots in RECSYS_DATA_DIR/RECSYS_APP_ID/snapshots, newest first: "
+        "the ratings partitions each covers, up to which offsets, and whether it was made "
+        "under the current model settings (a worker ignores those that were not).",
+    )
+    snaps.add_argument("--json", action="store_true")
+    snaps.set_defaults(run=run_snapshots)
+
 
 def fail(message: str, status: int = 1) -> int:
     print(f"recsys-online: {message}", file=sys.stderr)
@@ -392,6 +402,41 @@ def run_metrics(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         return 0
+
+
+def run_snapshots(args: argparse.Namespace) -> int:
+    from streamer.snapshot import SnapshotStore
+
+    settings = Settings.from_env()
+    store = SnapshotStore(Path(settings.data_dir) / settings.app_id / "snapshots")
+    fingerprint = settings.model_fingerprint()
+    rows = [
+        {
+            "file": str(snap.path),
+            "created": snap.created,
+            "age_s": round(time.time() - snap.created, 1),
+            "bytes": snap.path.stat().st_size,
+            "partitions": sorted(snap.offsets),
+            "offsets": {str(p): o for p, o in sorted(snap.offsets.items())},
+            "same_settings": snap.fingerprint == fingerprint,
+        }
+        for snap in store.list()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no snapshots in {store.directory}")
+        return 0
+    print(f"{len(rows)} snapshot(s) in {store.directory}, newest first:")
+    for row in rows:
+        settings_note = "" if row["same_settings"] else "  (other model settings: not used)"
+        print(
+            f"  {Path(row['file']).name}  {row['age_s']:,.0f} s old  "
+            f"{row['bytes'] / 1e6:,.1f} MB  partitions {row['partitions']}  "
+            f"{sum(row['offsets'].values()):,} offsets{settings_note}"
+        )
+    return 0
 
 
 def run_dashboard(args: argparse.Namespace) -> int:

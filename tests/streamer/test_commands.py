@@ -211,3 +211,26 @@ def test_recs_without_redis_fails_clearly(monkeypatch, capsys) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
     assert main(["recs", "u1"]) == 1
     assert "cannot reach Redis at redis://127.0.0.1:9/0" in capsys.readouterr().err
+
+
+def test_snapshots_lists_what_a_restart_may_load(monkeypatch, tmp_path, capsys) -> None:
+    from streamer.engine import StreamEngine
+    from streamer.settings import Settings
+    from streamer.snapshot import SnapshotStore
+
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RECSYS_APP_ID", "snaps")
+    assert main(["snapshots"]) == 0
+    assert "no snapshots in" in capsys.readouterr().out
+    store = SnapshotStore(tmp_path / "snaps" / "snapshots")
+    engine = StreamEngine(Settings())
+    store.save(engine, {0: 10, 1: 20}, Settings().model_fingerprint())
+    time.sleep(0.002)
+    store.save(engine, {2: 5}, Settings(n_factors=8).model_fingerprint())
+    assert main(["snapshots"]) == 0
+    out = capsys.readouterr().out
+    assert "2 snapshot(s)" in out and "partitions [0, 1]" in out and "30 offsets" in out
+    assert out.count("other model settings") == 1
+    assert main(["snapshots", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["partitions"], r["same_settings"]) for r in rows] == [([2], False), ([0, 1], True)]
