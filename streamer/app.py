@@ -624,7 +624,13 @@ class RecsysWorker:
             started = time.monotonic()
             data = self.snapshots.dumps(self.engine, offsets, s.model_fingerprint())
             ratings = self.engine.events
-        path = await asyncio.to_thread(self.snapshots.write, data, offsets)
+        try:
+            path = await asyncio.to_thread(self.snapshots.write, data, offsets)
+        except OSError as exc:  # e.g. a full disk: the worker goes on, and tries again
+            self._last_snapshot = time.monotonic()
+            self._snapshot_of = ()
+            log.warning("snapshot not written to %s: %s", self.snapshots.directory, exc)
+            return
         self._last_snapshot = time.monotonic()
         self._snapshot_info = (time.time(), ratings, len(data))
         log.info(

@@ -333,3 +333,29 @@ def test_declared_user_tags_survive_a_kill(make_run) -> None:
     run.start_worker()
     after = run.wait("fan's list again after the restart", jazz_list, timeout=90)
     assert set(after) == set(before) and all(int(i[1:]) % 2 for i in after)
+
+
+def test_a_snapshot_that_cannot_be_written_does_not_stop_the_worker(make_run, stream) -> None:
+    """Bad disk (here: the snapshot folder's path is taken by a file): the worker logs it
+    and goes on learning every rating."""
+    ratings = stream.ratings[:1000]
+    run = make_run(RECSYS_SNAPSHOT_EVERY_S="0.5")
+    blocked = Path(run.env["RECSYS_DATA_DIR"]) / run.env["RECSYS_APP_ID"] / "snapshots"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")
+    produce_catalog(run, stream)
+    worker = run.start_worker()
+    produce_ratings(run, ratings)
+    run.wait(
+        "the worker to learn every rating",
+        lambda: run.worker_metrics(worker).get("events", 0) == len(ratings),
+    )
+    log = run.log_dir / "worker-0.log"
+    run.wait("the failed snapshot to be logged", lambda: "snapshot not written" in log.read_text())
+    produce_ratings(run, stream.ratings[1000:1200])
+    run.wait(
+        "the worker to go on learning",
+        lambda: run.worker_metrics(worker).get("events", 0) == 1200,
+    )
+    assert worker.poll() is None
+    assert "snapshot_age_s" not in run.worker_metrics(worker)
