@@ -572,7 +572,12 @@ class RecsysWorker:
             assigned = self._assigned()
             if not assigned or self._replayed or self.engine.events:
                 return
-            committed = await self._committed()
+            try:
+                committed = await self._committed()
+            except KafkaError as exc:  # asked again at the next tick (or replay in full)
+                log.warning("no committed offsets to choose a snapshot by: %s", exc)
+                self._restore_tried = False
+                return
             fingerprint = self.settings.model_fingerprint()
             snapshot = self.snapshots.best(fingerprint, assigned, committed)
             if snapshot is None:
