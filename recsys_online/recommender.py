@@ -146,6 +146,8 @@ class Recommender:
         self._side_key: tuple = ()
         self._side_dirty: set[int] = set()  # item rows changed since the last ranking
         self._pop_key: tuple = ()
+        # Item rows learned since the last take_item_changes: their vector and bias then.
+        self._item_base: dict[int, tuple[np.ndarray, float]] | None = None
         n = len(SIGNALS)
         self._use = np.array([s in cfg.signals for s in SIGNALS], np.float32)
         self.w_cold = self._use.copy()
@@ -292,6 +294,10 @@ class Recommender:
             if relevant.any():
                 self._learn_blend(u[relevant], i[relevant])
         means = self._user_means(u)
+        if self._item_base is not None:
+            base, mf = self._item_base, self.mf
+            for row in set(i.tolist()) - base.keys():
+                base[row] = (mf.V[row].copy(), float(mf.item_bias[row]))
         self.mf.learn(u, i, r)
         self._side_dirty.update(i.tolist())
         if "content" in self.config.signals:
@@ -309,6 +315,61 @@ class Recommender:
             if len(hist) > limit:
                 del hist[0], hr[0]
         self.n_events += len(r)
+
+    # ------------------------------------------------------------ sharing
+    def track_item_changes(self, on: bool = True) -> None:
+        """Keep what learning changes in item vectors and biases, for
+        :meth:`take_item_changes` (several processes learning one catalog from different
+        users exchange these: asynchronous data-parallel SGD)."""
+        self._item_base = ({} if self._item_base is None else self._item_base) if on else None
+
+    def take_item_changes(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(item ids, vector changes (n, k), bias changes (n,))`` this model's own
+        learning made since the last call (changes applied from elsewhere excluded).
+
+        >>> a, b = Recommender(), Recommender()
+        >>> for m in (a, b):
+        ...     m.upsert_item("x", {"jazz": 1.0}); m.track_item_changes()
+        >>> a.learn_many(["u1"], ["x"], [5.0], [1.0])
+        >>> ids, dv, db = a.take_item_changes()
+        >>> ids, dv.shape, bool(db[0] > 0)
+        (['x'], (1, 32), True)
+        >>> b.apply_item_changes(ids, dv, db)
+        1
+        >>> bool(np.allclose(a.mf.V[0], b.mf.V[0])), b.take_item_changes()[0]
+        (True, [])
+        """
+        base = self._item_base or {}
+        k = self.mf.V.shape[1]
+        if not base:
+            return [], np.zeros((0, k), np.float32), np.zeros(0, np.float32)
+        rows = np.fromiter(base.keys(), np.int64, len(base))
+        dv = self.mf.V[rows] - np.stack([v for v, _ in base.values()])
+        db = self.mf.item_bias[rows] - np.fromiter((b for _, b in base.values()), np.float32)
+        base.clear()
+        return [self.items.id_of(r) for r in rows.tolist()], dv.astype(np.float32), db
+
+    def apply_item_changes(self, items: Sequence[str], dv: np.ndarray, db: np.ndarray) -> int:
+        """Add another process's :meth:`take_item_changes` to the item vectors and
+        biases (items this model does not know are skipped); returns how many applied."""
+        found = [(j, self.items.get(x)) for j, x in enumerate(items)]
+        found = [(j, r) for j, r in found if r is not None and r < self.mf.n_items]
+        if not found:
+            return 0
+        j = np.array([f[0] for f in found], np.int64)
+        rows = np.array([f[1] for f in found], np.int64)
+        dv, db = dv[j].astype(np.float32), db[j].astype(np.float32)
+        np.add.at(self.mf.V, rows, dv)
+        np.add.at(self.mf.item_bias, rows, db)
+        base = self._item_base
+        if base:  # own changes stay own: what arrived is added to the baseline too
+            for n, row in enumerate(rows.tolist()):
+                if row in base:
+                    v, b = base[row]
+                    base[row] = (v + dv[n], b + float(db[n]))
+        self.mf.refresh_items(np.unique(rows))
+        self._side_dirty.update(rows.tolist())
+        return len(rows)
 
     def _user_means(self, users: np.ndarray) -> np.ndarray:
         shrink = 2.0

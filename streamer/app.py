@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import faust
+import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -44,6 +46,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=compacted),
         NewTopic(settings.users_topic, settings.partitions, 1, topic_configs=compacted),
         NewTopic(settings.deadletter_topic, 1, 1),
+        # Item-side changes workers exchange (RECSYS_SHARE_ITEMS_EVERY_S): only for the
+        # workers running now, so kept an hour.
+        NewTopic(settings.item_changes_topic, 1, 1, topic_configs={"retention.ms": "3600000"}),
     ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
@@ -141,6 +146,39 @@ async def read_merged(
     released = merge.release(set())
     if released:
         yield released
+
+
+ITEM_CHANGES_PER_MESSAGE = 5_000
+
+
+def encode_item_changes(worker: str, items: list[str], dv, db) -> bytes:
+    """One message of item changes: a JSON line, then little-endian float32 rows.
+
+    >>> import numpy as np
+    >>> raw = encode_item_changes("w1", ["a", "b"], np.ones((2, 3)), np.zeros(2))
+    >>> worker, items, dv, db = decode_item_changes(raw)
+    >>> worker, items, dv.shape, db.tolist()
+    ('w1', ['a', 'b'], (2, 3), [0.0, 0.0])
+    """
+    dv = np.ascontiguousarray(dv, "<f4")
+    header = {"worker": worker, "items": list(items), "k": int(dv.shape[1]) if dv.ndim == 2 else 0}
+    return json.dumps(header).encode() + b"\n" + dv.tobytes() + np.asarray(db, "<f4").tobytes()
+
+
+def decode_item_changes(raw: bytes):
+    """``(worker, items, vector changes, bias changes)`` of one message; ValueError when
+    it is not one."""
+    head, sep, body = raw.partition(b"\n")
+    try:
+        header = json.loads(head)
+        worker, items, k = str(header["worker"]), list(header["items"]), int(header["k"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"bad header: {exc}") from None
+    n = len(items)
+    if not sep or len(body) != 4 * n * (k + 1):
+        raise ValueError(f"{len(body)} bytes for {n} items of {k} factors")
+    values = np.frombuffer(body, "<f4")
+    return worker, items, values[: n * k].reshape(n, k), values[n * k :]
 
 
 class CatalogFollower:
@@ -294,6 +332,11 @@ class RecsysWorker:
         self.app.agent(self.users, name="learn_users")(self.learn_users)
         self.app.task(self.follow_catalog)
         self.app.task(self.serve_metrics)
+        self.item_changes = self.app.topic(s.item_changes_topic, partitions=1, **raw)
+        self.items_shared = self.items_received = 0
+        if s.share_items_every_s > 0:
+            self.app.timer(s.share_items_every_s)(self.share_items)
+            self.app.task(self.follow_item_changes)
         self.app.timer(s.refresh_every_s)(self.refresh_lists)
 
     # ------------------------------------------------------------------ agents
@@ -435,6 +478,41 @@ class RecsysWorker:
             lists = self.engine.upsert_user(user.user_id, dict(user.tags))
             await publish(self.engine, self.sink, lists)
 
+    async def share_items(self) -> None:
+        """Send what this worker's own learning changed in item vectors and biases since
+        the last call, for the other workers to add in (``follow_item_changes``)."""
+        items, dv, db = self.engine.model.take_item_changes()
+        for lo in range(0, len(items), ITEM_CHANGES_PER_MESSAGE):
+            hi = lo + ITEM_CHANGES_PER_MESSAGE
+            value = encode_item_changes(self.worker_id, items[lo:hi], dv[lo:hi], db[lo:hi])
+            await self.item_changes.send(key=self.worker_id.encode(), value=value)
+        self.items_shared += len(items)
+
+    async def follow_item_changes(self) -> None:
+        """Add the other workers' item changes as they come (from the topic's end at
+        start: what came before is in their learning, not in ours to replay)."""
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(s.item_changes_topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            while True:
+                batches = await consumer.getmany(tp, timeout_ms=200, max_records=100)
+                for record in batches.get(tp, []):
+                    try:
+                        worker, items, dv, db = decode_item_changes(record.value)
+                    except ValueError as exc:
+                        log.warning("unreadable item changes at offset %d: %s", record.offset, exc)
+                        continue
+                    if worker != self.worker_id:
+                        self.items_received += self.engine.model.apply_item_changes(items, dv, db)
+        finally:
+            await consumer.stop()
+
     async def follow_catalog(self) -> None:
         await self.catalog.run()
 
@@ -456,6 +534,9 @@ class RecsysWorker:
     def _figures(self) -> dict[str, float | int]:
         """The engine's live figures, the lag, and the last snapshot's age and size."""
         figures = self.engine.metrics(lag=self._lag())
+        if self.settings.share_items_every_s > 0:
+            figures["items_shared"] = self.items_shared
+            figures["items_received"] = self.items_received
         if self._snapshot_info is not None:
             made, ratings, size = self._snapshot_info
             figures["snapshot_age_s"] = max(0.0, time.time() - made)
@@ -589,6 +670,7 @@ class RecsysWorker:
                 return
             engine.settings = self.settings
             engine.live = False
+            engine.model.track_item_changes(self.settings.share_items_every_s > 0)
             self.engine = engine
             self.ordering.clear()
             self.catalog.restart(engine)  # the catalog is read again into the loaded model
@@ -680,6 +762,8 @@ class RecsysWorker:
                     learned[partition] += 1
         finally:
             await consumer.stop()
+        # Relearned history was shared when it was live: it is not sent again.
+        self.engine.model.take_item_changes()
         self._replayed.update(until)
         for partition, offset in until.items():
             # Live processing resumes at ``until``: from now on the lag of an idle

@@ -90,6 +90,8 @@ class StreamEngine:
         )
         config.factors = replace(FactorParams(), n_factors=s.n_factors, seed=s.seed)
         self.model = Recommender(config)
+        if s.share_items_every_s > 0:  # other workers add in what this one learns
+            self.model.track_item_changes()
         self.errors = ErrorScore(s.metrics_window)
         self.ranking = RankingScore(s.metrics_window)  # in the list last served
         self.ranking_now = RankingScore(s.metrics_window)  # in a list ranked at the rating

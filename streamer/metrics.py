@@ -111,6 +111,16 @@ GAUGES: dict[str, tuple[str, str, str]] = {
         "Ratings in this worker's last model snapshot: a restart replays the rest.",
     ),
     "snapshot_bytes": ("recsys_snapshot_bytes", "gauge", "Size of the last model snapshot."),
+    "items_shared": (
+        "recsys_item_changes_sent_total",
+        "counter",
+        "Item vector changes this worker sent to the others (RECSYS_SHARE_ITEMS_EVERY_S).",
+    ),
+    "items_received": (
+        "recsys_item_changes_applied_total",
+        "counter",
+        "Item vector changes from other workers added into this worker's model.",
+    ),
 }
 
 

@@ -28,6 +28,7 @@ class Settings:
     items_topic: str = "recsys.items"
     users_topic: str = "recsys.users"
     deadletter_topic: str = "recsys.deadletter"
+    item_changes_topic: str = "recsys.item-changes"
     partitions: int = 8
     k: int = 10
     batch_max: int = 1000
@@ -51,6 +52,7 @@ class Settings:
     session_timeout_s: float = 30.0
     data_dir: str = "~/.cache/recsys-online/faust"
     snapshot_every_s: float = 60.0
+    share_items_every_s: float = 0.0
     seed: int = 42
 
     @classmethod

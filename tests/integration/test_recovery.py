@@ -359,3 +359,30 @@ def test_a_snapshot_that_cannot_be_written_does_not_stop_the_worker(make_run, st
     )
     assert worker.poll() is None
     assert "snapshot_age_s" not in run.worker_metrics(worker)
+
+
+def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
+    """With RECSYS_SHARE_ITEMS_EVERY_S, each worker sends what its learning changed in
+    item vectors and adds in what the other sent; the ratings are still learned once."""
+    head = stream.ratings[:3000]
+    run = make_run(RECSYS_SHARE_ITEMS_EVERY_S="0.5")
+    produce_catalog(run, stream)
+    a, b = run.start_worker(), run.start_worker()
+    produce_ratings(run, head)
+
+    def exchanged() -> bool:
+        ma, mb = run.worker_metrics(a), run.worker_metrics(b)
+        return (
+            bool(ma and mb)
+            and ma["events"] + mb["events"] == len(head)
+            and min(ma["events"], mb["events"]) > 0
+            and min(ma["items_received"], mb["items_received"]) > 0
+        )
+
+    run.wait("both workers to learn and exchange item changes", exchanged)
+    time.sleep(1.5)  # the last changes arrive
+    ma, mb = run.worker_metrics(a), run.worker_metrics(b)
+    assert ma["events"] + mb["events"] == len(head)
+    # Each applies at most what the other sent (items it does not know are skipped).
+    assert 0 < ma["items_received"] <= mb["items_shared"]
+    assert 0 < mb["items_received"] <= ma["items_shared"]
