@@ -103,6 +103,35 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
     return done
 
 
+async def read_ranges(
+    consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], batch: int = 5_000
+) -> AsyncIterator[tuple[list, set[TopicPartition]]]:
+    """The records at offsets ``[start, end)`` of each partition of ``ranges``, read
+    together (one assignment), in fetched chunks, each with the partitions still short of
+    their end; between chunks the event loop runs the catalog follower and the timers."""
+    todo = {tp: (start, end) for tp, (start, end) in ranges.items() if start < end}
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    await consumer.seek_to_beginning(*todo)  # (waits until the assignment is in effect)
+    for tp, (start, _) in todo.items():
+        if start:
+            consumer.seek(tp, start)
+    while todo:
+        fetched = await consumer.getmany(*todo, timeout_ms=200, max_records=batch)
+        records = [
+            record
+            for tp, got in fetched.items()
+            for record in got
+            if ranges[tp][0] <= record.offset < ranges[tp][1]
+        ]
+        for tp in list(todo):
+            if await consumer.position(tp) >= todo[tp][1]:
+                del todo[tp]
+        yield records, set(todo)
+        await asyncio.sleep(0)
+
+
 async def read_merged(
     consumer: AIOKafkaConsumer,
     topic: str,
@@ -115,34 +144,16 @@ async def read_merged(
     as ``(partition, rating)`` in event-time order across the partitions (each
     partition's own order kept), in chunks of about ``batch``; values ``parse`` maps to
     None are skipped."""
-    todo = {p for p in until if start.get(p, 0) < until[p]}
-    if not todo:
-        return
-    tps = {p: TopicPartition(topic, p) for p in todo}
-    consumer.assign(list(tps.values()))
-    await consumer.seek_to_beginning(*tps.values())  # (waits until the assignment is in effect)
-    for p, tp in tps.items():
-        if start.get(p, 0):
-            consumer.seek(tp, start[p])
+    ranges = {TopicPartition(topic, p): (start.get(p, 0), end) for p, end in until.items()}
     merge: EventTimeMerge[tuple[int, Rating]] = EventTimeMerge(max_held=40 * batch)
-    waiting = set(todo)
-    while waiting:
-        fetched = await consumer.getmany(
-            *(tps[p] for p in waiting), timeout_ms=200, max_records=batch
-        )
-        for tp, records in fetched.items():
-            for record in records:
-                if start.get(tp.partition, 0) <= record.offset < until[tp.partition]:
-                    rating = parse(record.value)
-                    if rating is not None:
-                        merge.add(tp.partition, rating.timestamp, (tp.partition, rating))
-        for p in list(waiting):
-            if await consumer.position(tps[p]) >= until[p]:
-                waiting.discard(p)
-        released = merge.release(waiting, min_batch=batch, max_wait_s=0.5)
+    async for records, reading in read_ranges(consumer, ranges, batch):
+        for record in records:
+            rating = parse(record.value)
+            if rating is not None:
+                merge.add(record.partition, rating.timestamp, (record.partition, rating))
+        released = merge.release({tp.partition for tp in reading}, min_batch=batch, max_wait_s=0.5)
         if released:
             yield released
-        await asyncio.sleep(0)  # the catalog follower and the timers run between chunks
     released = merge.release(set())
     if released:
         yield released
@@ -797,28 +808,15 @@ class RecsysWorker:
         if not set(partitions) <= (consumer.partitions_for_topic(topic) or set()):
             await consumer._client.force_metadata_update()
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-        todo = {tp: end for tp, end in ends.items() if end > 0}
         users: set[str] = set()
-        if not todo:  # nobody declared tags here
-            return users
-        consumer.assign(list(todo))
-        await consumer.seek_to_beginning(*todo)
-        while todo:
-            fetched = await consumer.getmany(*todo, timeout_ms=200, max_records=5000)
-            for tp, records in fetched.items():
-                for record in records:
-                    if record.offset >= todo.get(tp, 0):
-                        continue
-                    try:
-                        event = self.settings.parse(record.value, UserEvent)
-                    except EventError:
-                        continue  # dead-lettered when it was live
-                    self.engine.model.upsert_user(event.user_id, dict(event.tags))
-                    users.add(event.user_id)
-            for tp in list(todo):
-                if await consumer.position(tp) >= todo[tp]:
-                    del todo[tp]
-            await asyncio.sleep(0)
+        async for records, _ in read_ranges(consumer, {tp: (0, end) for tp, end in ends.items()}):
+            for record in records:
+                try:
+                    event = self.settings.parse(record.value, UserEvent)
+                except EventError:
+                    continue  # dead-lettered when it was live
+                self.engine.model.upsert_user(event.user_id, dict(event.tags))
+                users.add(event.user_id)
         return users
 
     def _replayable(self, raw: bytes) -> Rating | None:
