@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         client = redis.Redis.from_url(settings.redis_url)
         reader = RecommendationClient(settings.redis_url, settings.key_prefix)
-        store = SnapshotStore(Path(tmp) / "data" / settings.app_id / "snapshots")
+        store = SnapshotStore(settings.snapshot_dir)
         log_dir = args.out.parent
         try:
             asyncio.run(_produce_all(settings, ds))

@@ -103,6 +103,17 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
     return done
 
 
+def standalone_consumer(settings: Settings, **options: object) -> AIOKafkaConsumer:
+    """A consumer outside the group that commits nothing: the catalog follower, replays
+    and the item-changes follower assign their partitions themselves."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **options,
+    )
+
+
 async def read_ranges(
     consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], batch: int = 5_000
 ) -> AsyncIterator[tuple[list, set[TopicPartition]]]:
@@ -219,12 +230,7 @@ class CatalogFollower:
 
     async def run(self) -> None:
         s = self.settings
-        self.consumer = consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        self.consumer = consumer = standalone_consumer(s, auto_offset_reset="earliest")
         await consumer.start()
         try:
             parts = consumer.partitions_for_topic(s.items_topic)
@@ -325,7 +331,7 @@ class RecsysWorker:
         self.ordering: EventTimeMerge[tuple[Rating, float, int, int]] = EventTimeMerge(
             max_held=20 * s.batch_max
         )
-        self.snapshots = SnapshotStore(Path(s.data_dir) / s.app_id / "snapshots")
+        self.snapshots = SnapshotStore(s.snapshot_dir)
         self._last_snapshot = time.monotonic()
         self._snapshot_of: tuple = ()  # (model version, offsets) of the last snapshot
         self._snapshot_info: tuple[float, int, int] | None = None  # (time, ratings, bytes)
@@ -503,9 +509,7 @@ class RecsysWorker:
         """Add the other workers' item changes as they come (from the topic's end at
         start: what came before is in their learning, not in ours to replay)."""
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False
-        )
+        consumer = standalone_consumer(s)
         await consumer.start()
         try:
             tp = TopicPartition(s.item_changes_topic, 0)
@@ -734,7 +738,7 @@ class RecsysWorker:
         log.info(
             "snapshot %s: %d ratings, %.1f MB in %.2f s",
             path.name,
-            self.engine.events,
+            ratings,
             len(data) / 1e6,
             self._last_snapshot - started,
         )
@@ -755,9 +759,7 @@ class RecsysWorker:
         s = self.settings
         await self.catalog.ready.wait()  # a rating of an item not read yet would be lost
         started = time.monotonic()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False
-        )
+        consumer = standalone_consumer(s)
         await consumer.start()
         learned = dict.fromkeys(until, 0)
         users: set[str] = set()

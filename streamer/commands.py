@@ -408,7 +408,7 @@ def run_snapshots(args: argparse.Namespace) -> int:
     from streamer.snapshot import SnapshotStore
 
     settings = Settings.from_env()
-    store = SnapshotStore(Path(settings.data_dir) / settings.app_id / "snapshots")
+    store = SnapshotStore(settings.snapshot_dir)
     fingerprint = settings.model_fingerprint()
     rows = [
         {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TypeVar
 
 from schemas import parse_event
@@ -98,6 +99,15 @@ class Settings:
         "relevant",
         "seed",
     )
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """Where this app's workers keep their model snapshots.
+
+        >>> str(Settings(data_dir="/d", app_id="a").snapshot_dir)
+        '/d/a/snapshots'
+        """
+        return Path(self.data_dir).expanduser() / self.app_id / "snapshots"
 
     def model_fingerprint(self) -> dict[str, object]:
         """The values of :attr:`MODEL_SETTINGS`.
