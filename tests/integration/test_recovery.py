@@ -67,6 +67,14 @@ class Run:
         time.sleep(1.5)  # nothing more may arrive: a duplicate would show up now
         return process, self.worker_metrics(process)
 
+    def shared_between(self, a: subprocess.Popen, b: subprocess.Popen, n: int):
+        """Both workers' figures when together they hold ``n`` ratings and each holds
+        some (they share the partitions), else None."""
+        ma, mb = self.worker_metrics(a), self.worker_metrics(b)
+        if ma and mb and ma["events"] + mb["events"] == n and min(ma["events"], mb["events"]):
+            return ma, mb
+        return None
+
     def worker_metrics(self, process: subprocess.Popen) -> dict[str, float]:
         for key in self.redis.scan_iter(f"{self.prefix}metrics:worker:*"):
             raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
@@ -264,15 +272,10 @@ def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, 
     a, b = run.start_worker(), run.start_worker()
     produce_ratings(run, head)
 
-    def both_learned() -> bool:
-        ma, mb = run.worker_metrics(a), run.worker_metrics(b)
-        return (
-            bool(ma and mb)
-            and ma["events"] + mb["events"] == len(head)
-            and (ma["events"] > 0 and mb["events"] > 0)
-        )
-
-    run.wait("both workers to share the partitions and learn the head", both_learned)
+    run.wait(
+        "both workers to share the partitions and learn the head",
+        lambda: run.shared_between(a, b, len(head)),
+    )
     a.send_signal(signal.SIGKILL)
     a.wait()
     killed_at = time.time()
@@ -371,13 +374,8 @@ def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
     produce_ratings(run, head)
 
     def exchanged() -> bool:
-        ma, mb = run.worker_metrics(a), run.worker_metrics(b)
-        return (
-            bool(ma and mb)
-            and ma["events"] + mb["events"] == len(head)
-            and min(ma["events"], mb["events"]) > 0
-            and min(ma["items_received"], mb["items_received"]) > 0
-        )
+        both = run.shared_between(a, b, len(head))
+        return both is not None and min(m["items_received"] for m in both) > 0
 
     run.wait("both workers to learn and exchange item changes", exchanged)
     time.sleep(1.5)  # the last changes arrive
