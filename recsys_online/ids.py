@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 
 import numpy as np
+
+_EMPTY = 0  # table slots hold row + 1; 0 marks a free slot
 
 
 class IdIndex:
     """Map external string ids to dense row numbers, assigning rows on first touch.
 
     Rows are never reused, so arrays indexed by row stay valid while the index grows.
+
+    The map is an open-addressing hash table in flat arrays: each row's id hash (8 bytes)
+    and a table of row numbers (4 bytes a slot, at most half full), beside the list of the
+    ids themselves. A ``dict`` would hold two more Python objects per id (the row number
+    and its entry), about 45 bytes more per id; batched lookups (:meth:`rows`,
+    :meth:`get_many`) probe the table with array operations. Equal hashes are confirmed
+    by comparing the ids, so distinct ids never share a row.
 
     Examples
     --------
@@ -21,40 +31,89 @@ class IdIndex:
     (True, 2, 'u2')
     >>> ids.rows(["u2", "u3"]).tolist()
     [1, 2]
+    >>> ids.get_many(["u3", "nobody", "u1"]).tolist()
+    [2, -1, 0]
     """
 
-    __slots__ = ("_ids", "_rows")
+    __slots__ = ("_hashes", "_ids", "_mask", "_table")
 
-    def __init__(self) -> None:
-        self._rows: dict[str, int] = {}
+    def __init__(self, ids: Iterable[str] = ()) -> None:
         self._ids: list[str] = []
+        self._hashes = array("q")
+        self._table = array("i", bytes(4 * 8))
+        self._mask = 7
+        self.rows(list(ids))
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._rows
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __getstate__(self) -> tuple[list[str]]:
+        # Hashes of str differ between processes: rebuilt on load. (A tuple, never
+        # empty: pickle skips __setstate__ for a false state.)
+        return (self._ids,)
+
+    def __setstate__(self, state: tuple[list[str]]) -> None:
+        (ids,) = state
+        self._ids = ids
+        self._hashes = array("q", np.fromiter(map(hash, ids), np.int64, len(ids)).tobytes())
+        self._rebuild(_capacity(len(ids)))
 
     def row(self, key: str) -> int:
         """Row of ``key``, assigning the next row when the id is new."""
-        row = self._rows.get(key)
-        if row is None:
-            row = self._rows[key] = len(self._ids)
-            self._ids.append(key)
+        h = hash(key)
+        table, hashes, ids, mask = self._table, self._hashes, self._ids, self._mask
+        slot = h & mask
+        while (r := table[slot]) != _EMPTY:
+            if hashes[r - 1] == h and ids[r - 1] == key:
+                return r - 1
+            slot = (slot + 1) & mask
+        row = len(ids)
+        ids.append(key)
+        hashes.append(h)
+        table[slot] = row + 1
+        if 2 * len(ids) > len(table):
+            self._rebuild(2 * len(table))
         return row
-
-    def rows(self, keys: Iterable[str]) -> np.ndarray:
-        """Rows of many ids (assigning new ones) as an int64 array."""
-        keys = keys if isinstance(keys, list | tuple) else list(keys)
-        rows = list(map(self._rows.get, keys))  # C-level lookups of known ids
-        if None in rows:  # unseen ids get rows in order of first appearance
-            row = self.row
-            rows = [r if r is not None else row(k) for r, k in zip(rows, keys, strict=True)]
-        return np.fromiter(rows, np.int64, len(rows))
 
     def get(self, key: str) -> int | None:
         """Row of ``key`` or ``None`` when the id was never seen."""
-        return self._rows.get(key)
+        h = hash(key)
+        table, hashes, ids, mask = self._table, self._hashes, self._ids, self._mask
+        slot = h & mask
+        while (r := table[slot]) != _EMPTY:
+            if hashes[r - 1] == h and ids[r - 1] == key:
+                return r - 1
+            slot = (slot + 1) & mask
+        return None
+
+    def get_many(self, keys: Iterable[str]) -> np.ndarray:
+        """Rows of many ids as an int64 array, -1 where an id was never seen."""
+        keys = keys if isinstance(keys, list | tuple) else list(keys)
+        if len(keys) <= 8:  # a few ids: cheaper one by one than in arrays
+            get = self.get
+            return np.array([-1 if r is None else r for r in map(get, keys)], np.int64)
+        rows = self._probe(np.fromiter(map(hash, keys), np.int64, len(keys)))
+        found = np.flatnonzero(rows >= 0)
+        if len(found):  # confirm equal hashes by the ids themselves
+            ids = self._ids
+            at = rows[found].tolist()
+            wanted = [keys[j] for j in found.tolist()] if len(found) < len(keys) else keys
+            if [ids[r] for r in at] != list(wanted):  # a hash collision: look up one by one
+                return np.array([-1 if r is None else r for r in map(self.get, keys)], np.int64)
+        return rows
+
+    def rows(self, keys: Iterable[str]) -> np.ndarray:
+        """Rows of many ids (assigning new ones, in order of first appearance) as int64."""
+        keys = keys if isinstance(keys, list | tuple) else list(keys)
+        rows = self.get_many(keys)
+        new = np.flatnonzero(rows < 0)
+        if len(new):
+            row = self.row
+            rows[new] = [row(keys[j]) for j in new.tolist()]
+        return rows
 
     def id_of(self, row: int) -> str:
         """The external id stored at ``row``."""
@@ -64,6 +123,50 @@ class IdIndex:
     def ids(self) -> list[str]:
         """All ids in row order (do not mutate)."""
         return self._ids
+
+    # ---------------------------------------------------------------- the table
+    def _probe(self, hashes: np.ndarray) -> np.ndarray:
+        """Rows whose id hash equals each of ``hashes`` (-1: none), by linear probing."""
+        table = np.frombuffer(self._table, np.int32)
+        stored = np.frombuffer(self._hashes, np.int64)
+        rows = np.full(len(hashes), -1, np.int64)
+        slot = hashes & self._mask
+        todo = np.arange(len(hashes))
+        while len(todo):
+            r = table[slot].astype(np.int64) - 1
+            hit = r >= 0
+            same = np.zeros(len(todo), bool)
+            same[hit] = stored[r[hit]] == hashes[hit]
+            rows[todo[same]] = r[same]
+            go_on = hit & ~same  # an occupied slot of another id: try the next one
+            todo, hashes = todo[go_on], hashes[go_on]
+            slot = (slot[go_on] + 1) & self._mask
+        return rows
+
+    def _rebuild(self, size: int) -> None:
+        """A table of ``size`` slots (a power of two) holding every row."""
+        table = np.zeros(size, np.int32)
+        mask = size - 1
+        hashes = np.frombuffer(self._hashes, np.int64)
+        todo = np.arange(len(hashes))
+        slot = hashes & mask
+        while len(todo):
+            # Each free slot wanted takes the first row asking for it; the rest move on.
+            free = table[slot] == _EMPTY
+            taken, first = np.unique(slot[free], return_index=True)
+            placed = np.flatnonzero(free)[first]
+            table[taken] = todo[placed] + 1
+            go_on = np.ones(len(todo), bool)
+            go_on[placed] = False
+            todo, slot = todo[go_on], (slot[go_on] + 1) & mask
+        del hashes  # release the view before the arrays may grow again
+        self._table = array("i", table.tobytes())
+        self._mask = mask
+
+
+def _capacity(n: int) -> int:
+    """Table slots for ``n`` ids: a power of two, at least twice ``n`` (and 8)."""
+    return max(8, 1 << (2 * n).bit_length())
 
 
 def grown(array: np.ndarray, n_rows: int, fill: float = 0.0) -> np.ndarray:

@@ -267,12 +267,17 @@ class Recommender:
         self.content.profile[row] += vec
         self._declared[row] = vec
 
-    def _is_cold(self, row: int | None) -> bool:
-        """No ratings and no declared tags: only popularity can rank for this user."""
-        if row is None:
-            return True
-        declared = row in self._declared and "content" in self.config.signals
-        return self.user_n[row] == 0 and not declared
+    def _warm(self, users: Sequence[str]) -> tuple[list[int], np.ndarray]:
+        """Positions in ``users`` of those the model can rank for, and their rows: known
+        users with ratings or declared tags (the others get popularity)."""
+        rows = self.users.get_many(users)
+        known = rows[rows >= 0]
+        ok = np.zeros(len(rows), bool)
+        ok[rows >= 0] = self.user_n[known] > 0
+        if self._declared and "content" in self.config.signals:
+            ok[rows >= 0] |= np.isin(known, np.fromiter(self._declared, np.int64))
+        warm = np.flatnonzero(ok)
+        return warm.tolist(), rows[warm]
 
     def is_deleted(self, item: str) -> bool:
         """True when the item was deleted from the catalog."""
@@ -441,12 +446,9 @@ class Recommender:
 
     def predict_many(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
         """Predicted ratings for aligned lists of ids, without registering unseen ids."""
-        u = np.array([self.users.get(x) for x in users], dtype=object)
-        i = np.array([self.items.get(x) for x in items], dtype=object)
-        known_u = np.array([x is not None for x in u], bool)
-        known_i = np.array([x is not None for x in i], bool)
-        ur = np.where(known_u, u, 0).astype(np.int64)
-        ir = np.where(known_i, i, 0).astype(np.int64)
+        u, i = self.users.get_many(users), self.items.get_many(items)
+        known_u, known_i = u >= 0, i >= 0
+        ur, ir = np.maximum(u, 0), np.maximum(i, 0)
         mf = self.mf
         if mf.n_users == 0 or mf.n_items == 0:
             return np.full(len(u), mf.mu if mf.n_ratings else np.mean(self.config.scale))
@@ -504,11 +506,9 @@ class Recommender:
         Returns ``None`` when no user is warm, else ``(positions of warm users, their rows,
         their weights, top rows per user, top scores per user, their context)``.
         """
-        rows = [self.users.get(x) for x in users]
-        warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
+        warm, u = self._warm(users)
         if not warm or self.n_items == 0:  # (declared tags, no catalog yet: nothing)
             return None
-        u = np.array([rows[n] for n in warm], np.int64)
         w = self._weights(u)
         cands = self.candidates(u)
         ctx = self._context(u)
@@ -648,12 +648,10 @@ class Recommender:
         out = np.full((len(users), len(items)), -np.inf, np.float32)
         irows = [self.items.get(x) for x in items]
         cols = [j for j, r in enumerate(irows) if r is not None and self.active[r]]
-        rows = [self.users.get(x) for x in users]
-        warm = [n for n, r in enumerate(rows) if not self._is_cold(r)]
+        warm, u = self._warm(users)
         if not cols or not warm:
             return out
         i, back = np.unique(np.array([irows[j] for j in cols], np.int64), return_inverse=True)
-        u = np.array([rows[n] for n in warm], np.int64)
         w, ctx = self._weights(u), self._context(u)
         width = self._side.shape[1] if self._side is not None else 0
         if width < self.n_items:  # the catalog outgrew the stacked rows

@@ -1,0 +1,79 @@
+"""IdIndex: the hash table of ids agrees with a dict, survives pickling and collisions."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recsys_online.ids import IdIndex
+
+
+class Colliding(str):
+    """An id whose hash is the same as every other Colliding id's."""
+
+    def __hash__(self) -> int:
+        return 12345
+
+
+def _reference(batches: list[list[str]]) -> tuple[list[list[int]], dict[str, int]]:
+    rows: dict[str, int] = {}
+    out = []
+    for batch in batches:
+        out.append([rows.setdefault(k, len(rows)) for k in batch])
+    return out, rows
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rows_agree_with_a_dict_over_growth_and_repeats(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    universe = [f"id-{j}" for j in range(5000)]
+    batches = []
+    for _ in range(40):  # batches of 0-900 ids drawn from ever more of the universe
+        picked = rng.integers(0, int(rng.integers(10, 5000)), int(rng.integers(0, 900)))
+        batches.append([universe[j] for j in picked])
+    expected, final = _reference(batches)
+    index = IdIndex()
+    for batch, want in zip(batches, expected, strict=True):
+        assert index.rows(batch).tolist() == want
+    assert index.ids == list(final)
+    probe = [*universe[:50], "never-seen", ""]
+    assert index.get_many(probe).tolist() == [final.get(k, -1) for k in probe]
+    assert [index.get(k) for k in probe] == [final.get(k) for k in probe]
+    assert all(k in index for k in final) and "never-seen" not in index
+
+
+def test_single_and_batched_lookups_assign_the_same_rows() -> None:
+    a, b = IdIndex(), IdIndex()
+    keys = [f"k{j % 700}" for j in range(2000)]
+    assert [a.row(k) for k in keys] == b.rows(keys).tolist()
+
+
+def test_ids_with_equal_hashes_keep_their_own_rows() -> None:
+    index = IdIndex()
+    ids = [Colliding(f"c{j}") for j in range(30)]
+    assert index.rows(ids[:20]).tolist() == list(range(20))
+    assert index.rows(ids).tolist() == list(range(30))
+    assert [index.row(k) for k in reversed(ids)] == list(range(29, -1, -1))
+    assert index.get(Colliding("other")) is None
+    assert index.get_many([Colliding("other"), ids[7]] * 5).tolist() == [-1, 7] * 5
+
+
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_pickled_index_is_rebuilt_in_another_process(n: int, tmp_path) -> None:
+    """Hashes of str are salted per process: the table must be rebuilt on load."""
+    index = IdIndex(f"user-{j}" for j in range(n))
+    path = tmp_path / "index.pkl"
+    path.write_bytes(pickle.dumps(index))
+    code = (
+        "import pickle, sys; index = pickle.load(open(sys.argv[1], 'rb'));"
+        f"assert index.rows([f'user-{{j}}' for j in range({n})]).tolist() == list(range({n}));"
+        f"assert index.row('new') == {n}; assert index.get('user-x') is None"
+    )
+    env = {"PYTHONHASHSEED": "random"}
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env)
+    again = pickle.loads(pickle.dumps(index))
+    assert again.ids == index.ids and again.row("new") == n
