@@ -108,9 +108,15 @@ class ContentModel:
 
     def set_item(self, item_row: int) -> None:
         """Recompute one item's vector after its tags changed (or it left the catalog)."""
-        self.ensure(n_items=item_row + 1)
-        self.C[item_row] = self._vectors(np.array([item_row]))[0]
-        self._changes_since_refresh += 1
+        self.set_items(np.array([item_row]))
+
+    def set_items(self, item_rows: np.ndarray) -> None:
+        """:meth:`set_item` for many rows at once."""
+        if len(item_rows) == 0:
+            return
+        self.ensure(n_items=int(item_rows.max()) + 1)
+        self.C[item_rows] = self._vectors(item_rows)
+        self._changes_since_refresh += len(item_rows)
         if self._changes_since_refresh > self.refresh_share * max(self._live_at_refresh, 10):
             self.refresh()
 

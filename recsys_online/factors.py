@@ -128,9 +128,15 @@ class FactorModel:
 
     def set_item_tags(self, item_row: int) -> None:
         """Call after the item's tags changed: its cached vector follows its new tags."""
-        self.ensure(n_items=item_row + 1)
+        self.set_items_tags(np.array([item_row]))
+
+    def set_items_tags(self, item_rows: np.ndarray) -> None:
+        """:meth:`set_item_tags` for many rows at once."""
+        if len(item_rows) == 0:
+            return
+        self.ensure(n_items=int(item_rows.max()) + 1)
         self._ensure_tags()
-        self.refresh_items(np.array([item_row]))
+        self.refresh_items(np.unique(item_rows))
 
     def refresh_items(self, rows: np.ndarray | None = None) -> None:
         """Recompute the cached item vectors ``Q = V + S·E`` (all rows when ``rows`` is None)."""

@@ -205,16 +205,34 @@ class Recommender:
         self, item: str, tags: Mapping[str, float] | None = None, timestamp: float | None = None
     ) -> None:
         """Add an item, or replace its tags; a new item is rankable at once from its tags."""
-        row = self.items.row(item)
+        self.upsert_items([item], [tags], None if timestamp is None else [timestamp])
+
+    def upsert_items(
+        self,
+        items: Sequence[str],
+        tags: Sequence[Mapping[str, float] | None],
+        timestamps: Sequence[float] | None = None,
+    ) -> None:
+        """:meth:`upsert_item` for many items at once (in order: the last upsert of an
+        item wins). The item vectors are computed in one pass, several times faster per
+        item than one call each.
+
+        >>> rec = Recommender()
+        >>> rec.upsert_items(["a", "b", "a"], [{"jazz": 1.0}, {"rock": 1.0}, {"folk": 1.0}])
+        >>> rec.n_items, rec.tags.names(rec.items.get("a"))
+        (2, ['folk'])
+        """
+        rows = self.items.rows(items)
         self._ensure()
-        self.active[row] = True
-        self.deleted[row] = False
-        self.tags.set(row, dict(tags or {}))
-        self.mf.set_item_tags(row)
-        self.content.set_item(row)
-        self._side_dirty.add(row)
-        if timestamp is not None:
-            self.now = max(self.now, float(timestamp))
+        self.active[rows] = True
+        self.deleted[rows] = False
+        for row, item_tags in zip(rows.tolist(), tags, strict=True):
+            self.tags.set(row, dict(item_tags or {}))
+        self.mf.set_items_tags(rows)
+        self.content.set_items(rows)
+        self._side_dirty.update(rows.tolist())
+        if timestamps:
+            self.now = max(self.now, float(max(timestamps)))
 
     def has_item(self, item: str, tags: Mapping[str, float]) -> bool:
         """True when the item is in the catalog (not deleted) with exactly these tags: an

@@ -254,32 +254,40 @@ class StreamEngine:
         """Move event time to the step's latest rating; bring in the upserts due by then
         and those of items the step rates."""
         self.watermark = max(self.watermark, max(r.timestamp for r in ratings))
-        self._release(self.watermark)
-        if self.pending:
-            for item in {r.item for r in ratings} & self.pending.keys():
-                self._bring_in(item)
+        self._release(self.watermark, {r.item for r in ratings} & self.pending.keys())
 
-    def _release(self, until: float) -> None:
-        due = self._due
+    def _release(self, until: float, also: Iterable[str] = ()) -> None:
+        """Apply the waiting upserts dated up to ``until``, and those of ``also``, in one
+        batch (in time order)."""
+        due, ready = self._due, []
         while due and due[0][0] <= until:
             ts, item = heapq.heappop(due)
             entry = self.pending.get(item)
             if entry is not None and entry[1] == ts:  # else applied or replaced since
-                self._bring_in(item)
+                ready.append(item)
+        ready += [item for item in also if item in self.pending and item not in ready]
+        self._apply_upserts([(item, *self.pending.pop(item)) for item in ready])
         if not self.pending:
             due.clear()
 
     def _bring_in(self, item: str) -> None:
         """Apply a waiting item's upsert now."""
-        tags, timestamp = self.pending.pop(item)
-        self._apply_upsert(item, tags, timestamp)
+        self._release(-math.inf, [item])
 
     def _apply_upsert(self, item: str, tags: dict[str, float], timestamp: float) -> None:
-        if self.model.has_item(item, tags):  # e.g. the catalog read again after a restore
+        self._apply_upserts([(item, tags, timestamp)])
+
+    def _apply_upserts(self, upserts: Sequence[tuple[str, dict[str, float], float]]) -> None:
+        # An upsert that changes nothing (e.g. the catalog read again after a restore) is
+        # skipped.
+        todo = [u for u in upserts if not self.model.has_item(u[0], u[1])]
+        if not todo:
             return
-        self.model.upsert_item(item, tags, timestamp)
-        self.catalog_version += 1
-        self.changed_items[item] = self.catalog_version
+        items, tags, stamps = zip(*todo, strict=True)
+        self.model.upsert_items(items, tags, stamps)
+        for item in items:
+            self.catalog_version += 1
+            self.changed_items[item] = self.catalog_version
 
     def delete_item(self, item: str) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it."""
