@@ -152,7 +152,8 @@ class Recommender:
         # Stacked item vectors for ranking, one column per item (``(columns, width)``):
         # a few users times the catalog multiply 1.3-3.5x faster than with rows per item.
         self._side: np.ndarray | None = None
-        self._columns = _side_columns(cfg.signals, cfg.factors.n_factors, cfg.content_dim)
+        self._x_width = 0  # content columns in the stacked vectors (see _layout)
+        self._columns: dict[str, slice] = {}
         self._side_key: tuple = ()
         self._side_dirty: set[int] = set()  # item rows changed since the last ranking
         self._pop_key: tuple = ()
@@ -602,15 +603,17 @@ class Recommender:
         """
         if self._side is None:  # nothing ranked yet: no stacked rows to read
             return self._pair_features(u, items, ctx, cooc)
-        mf, content, col = self.mf, self.content, self._columns
+        mf, content = self.mf, self.content
         side = self._item_side(self._side.shape[1])  # the ranking's, brought up to date
+        col = self._columns
         user = np.zeros((len(u), len(SIGNALS), side.shape[0]), np.float32)
         if "q" in col:  # mf: p.q + b
             user[:, 0, col["q"]] = mf.P[u]
             user[:, 0, col["b"]] = 1.0
         if "x" in col:  # content and recent tags
-            user[:, 1, col["x"]] = _unit_rows(content.profile[u])
-            user[:, 4, col["x"]] = ctx.tags
+            d = col["x"].stop - col["x"].start
+            user[:, 1, col["x"]] = _unit_rows(content.profile[u])[:, :d]
+            user[:, 4, col["x"]] = ctx.tags[:, :d]
         if "pop" in col:
             user[:, 3, col["pop"]] = 1.0
         if "qn" in col:  # recent factors
@@ -646,7 +649,7 @@ class Recommender:
 
     def _user_side(self, u: np.ndarray, w: np.ndarray, ctx: _UserContext) -> np.ndarray:
         """The stacked user vectors of :meth:`_blended_scores`, shape ``(B, columns)``."""
-        mf, col = self.mf, self._columns
+        mf, col = self.mf, self._layout()
         w = w.astype(np.float32, copy=False)
         out = np.empty((len(u), max((c.stop for c in col.values()), default=0)), np.float32)
         if "q" in col:  # a model keeps only its signals' columns
@@ -656,8 +659,9 @@ class Recommender:
             np.multiply(w[:, 5:6], ctx.factors, out=out[:, col["qn"]])
         if "x" in col:
             x = out[:, col["x"]]
-            np.multiply(w[:, 1:2], _unit_rows(self.content.profile[u]), out=x)
-            x += w[:, 4:5] * ctx.tags
+            d = x.shape[1]
+            np.multiply(w[:, 1:2], _unit_rows(self.content.profile[u])[:, :d], out=x)
+            x += w[:, 4:5] * ctx.tags[:, :d]
         if "pop" in col:
             out[:, col["pop"]] = w[:, 3:4]
         return out
@@ -713,6 +717,21 @@ class Recommender:
             self._scores = buf if buf.size <= _OUT_LIMIT else None
         return buf[:n_rows]
 
+    def _layout(self) -> dict[str, slice]:
+        """The stacked vectors' columns (:func:`_side_columns`) for the catalog now.
+
+        Content vectors have ``content_dim`` columns, but tag row ``t`` lands in column
+        ``t mod content_dim``: while fewer tags than that exist, the columns past the
+        last tag are zero in every vector, and the ranking leaves them out (MovieLens's
+        19 genres: 85 columns to multiply instead of 130).
+        """
+        d = min(self.config.content_dim, max(1, self.tags.n_tags))
+        if d != self._x_width:
+            k = self.config.factors.n_factors
+            self._columns = _side_columns(self.config.signals, k, d)
+            self._x_width = d
+        return self._columns
+
     def _item_side(self, width: int) -> np.ndarray:
         """The stacked item vectors ``[q_i, q_i/|q_i|, x_i, b_i, pop_i]`` as the columns of
         a ``(signal columns, width)`` array, up to date; only the rows of the model's
@@ -721,8 +740,8 @@ class Recommender:
         Kept between calls: only items touched since the last call are rewritten, unless a
         full refresh of factors or content vectors (or a new width) asks for a rebuild.
         """
-        mf, content, n, col = self.mf, self.content, self.n_items, self._columns
-        key = (width, mf.full_refreshes, content.full_refreshes)
+        mf, content, n, col = self.mf, self.content, self.n_items, self._layout()
+        key = (width, mf.full_refreshes, content.full_refreshes, self._x_width)
         if self._side is None or self._side_key != key:
             total = max((c.stop for c in col.values()), default=0)
             self._side = np.zeros((total, width), np.float32)
@@ -740,7 +759,7 @@ class Recommender:
                 norms = np.maximum(mf.Q_norm[rows], 1e-9)
                 side[col["qn"], rows] = mf.Q[rows].T / norms
             if "x" in col:
-                side[col["x"], rows] = content.C[rows].T
+                side[col["x"], rows] = content.C[rows, : self._x_width].T
         pop_key = (self.popularity.version, self.now, n, self._side_key)
         if "pop" in col and pop_key != self._pop_key:  # moves only with time and counts
             side[col["pop"], :n] = self.popularity.item_scores(self.now)
