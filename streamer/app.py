@@ -727,7 +727,12 @@ class RecsysWorker:
             data = self.snapshots.dumps(self.engine, offsets, s.model_fingerprint())
             ratings = self.engine.events
         try:
-            path = await asyncio.to_thread(self.snapshots.write, data, offsets)
+            committed = await self._committed()
+        except KafkaError as exc:  # retention then keeps the newest few only
+            log.warning("no committed offsets for snapshot retention: %s", exc)
+            committed = None
+        try:
+            path = await asyncio.to_thread(self.snapshots.write, data, offsets, committed)
         except OSError as exc:  # e.g. a full disk: the worker goes on, and tries again
             self._last_snapshot = time.monotonic()
             self._snapshot_of = ()

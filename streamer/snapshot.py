@@ -85,7 +85,13 @@ class SnapshotStore:
         protocol = pickle.HIGHEST_PROTOCOL
         return pickle.dumps(header, protocol) + pickle.dumps(engine, protocol)
 
-    def write(self, data: bytes, offsets: Mapping[int, int]) -> Path:
+    def write(
+        self, data: bytes, offsets: Mapping[int, int], committed: Mapping[int, int] | None = None
+    ) -> Path:
+        """Write :meth:`dumps`'s bytes atomically; keep the ``KEEP`` newest snapshots of
+        the partition set and, given the group's ``committed`` offsets, also the newest
+        older one that is usable at those offsets: snapshots taken more often than the
+        group commits would otherwise all be ahead of the commits when a worker dies."""
         self.directory.mkdir(parents=True, exist_ok=True)
         stem = f"snapshot-p{'-'.join(map(str, sorted(offsets)))}"
         path = self.directory / f"{stem}-{time.time_ns()}.pkl"
@@ -95,9 +101,21 @@ class SnapshotStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        for old in sorted(self.directory.glob(f"{stem}-*.pkl"))[:-KEEP]:
+        files = sorted(self.directory.glob(f"{stem}-*.pkl"))  # names sort by time
+        newest, older = files[-KEEP:], files[:-KEEP]
+        if committed is not None and not any(self._within(p, committed) for p in newest):
+            usable = [p for p in older if self._within(p, committed)]
+            older = [p for p in older if p not in usable[-1:]]
+        for old in older:
             old.unlink(missing_ok=True)
         return path
+
+    def _within(self, path: Path, committed: Mapping[int, int]) -> bool:
+        try:
+            offsets = self._header(path)["offsets"]
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
+            return False
+        return all(offset <= committed.get(p, 0) for p, offset in offsets.items())
 
     def list(self) -> list[Snapshot]:
         """Every readable snapshot, newest first (unreadable files are skipped)."""

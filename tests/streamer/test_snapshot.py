@@ -52,6 +52,23 @@ def test_only_the_newest_snapshots_of_a_partition_set_are_kept(tmp_path) -> None
     assert offsets == [{2: 7}] + [{0: n, 1: n} for n in reversed(range(2, KEEP + 2))]
 
 
+def test_snapshots_made_faster_than_commits_keep_one_usable(tmp_path) -> None:
+    """Snapshots every second, commits every few: the newest ones are all ahead of the
+    commits, so the newest one within them is kept too (a worker killed now restores)."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    for n in range(6):
+        store.write(store.dumps(engine, {0: n * 10}, fp), {0: n * 10}, committed={0: 25})
+        time.sleep(0.002)
+    kept = [s.offsets[0] for s in store.list()]
+    assert kept == [50, 40, 20]
+    assert store.best(fp, {0}, {0: 25}).offsets == {0: 20}
+    # When one of the newest is usable, nothing older is kept.
+    store.write(store.dumps(engine, {0: 60}, fp), {0: 60}, committed={0: 55})
+    assert [s.offsets[0] for s in store.list()] == [60, 50]
+
+
 def test_the_best_snapshot_is_usable_and_covers_the_most_partitions(tmp_path) -> None:
     engine, _ = small_engine(100)
     store = SnapshotStore(tmp_path)
