@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 
 _EMPTY = 0  # table slots hold row + 1; 0 marks a free slot
+CACHE = 1 << 17  # ids whose rows a dict remembers (the ids in use): at most ~9 MB
 
 
 class IdIndex:
@@ -17,10 +18,12 @@ class IdIndex:
 
     The map is an open-addressing hash table in flat arrays: each row's id hash (8 bytes)
     and a table of row numbers (4 bytes a slot, at most half full), beside the list of the
-    ids themselves. A ``dict`` would hold two more Python objects per id (the row number
-    and its entry), about 45 bytes more per id; batched lookups (:meth:`rows`,
-    :meth:`get_many`) probe the table with array operations. Equal hashes are confirmed
-    by comparing the ids, so distinct ids never share a row.
+    ids themselves. A ``dict`` of every id would hold two more Python objects per id (the
+    row number and its entry), about 45 bytes more per id. A dict of the ids looked up
+    lately (up to ``CACHE``, emptied when full) answers first, at dict speed, so the ids
+    in use cost no probing; the others are probed in the table, with array operations for
+    a batch. Equal hashes are confirmed by comparing the ids, so distinct ids never share
+    a row.
 
     Examples
     --------
@@ -35,10 +38,11 @@ class IdIndex:
     [2, -1, 0]
     """
 
-    __slots__ = ("_hashes", "_ids", "_mask", "_table")
+    __slots__ = ("_cache", "_hashes", "_ids", "_mask", "_table")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self._ids: list[str] = []
+        self._cache: dict[str, int] = {}
         self._hashes = array("q")
         self._table = array("i", bytes(4 * 8))
         self._mask = 7
@@ -58,62 +62,72 @@ class IdIndex:
     def __setstate__(self, state: tuple[list[str]]) -> None:
         (ids,) = state
         self._ids = ids
+        self._cache = {}
         self._hashes = array("q", np.fromiter(map(hash, ids), np.int64, len(ids)).tobytes())
         self._rebuild(_capacity(len(ids)))
 
     def row(self, key: str) -> int:
         """Row of ``key``, assigning the next row when the id is new."""
-        h = hash(key)
-        table, hashes, ids, mask = self._table, self._hashes, self._ids, self._mask
-        slot = h & mask
-        while (r := table[slot]) != _EMPTY:
-            if hashes[r - 1] == h and ids[r - 1] == key:
-                return r - 1
-            slot = (slot + 1) & mask
-        row = len(ids)
-        ids.append(key)
-        hashes.append(h)
-        table[slot] = row + 1
-        if 2 * len(ids) > len(table):
-            self._rebuild(2 * len(table))
-        return row
+        row = self.get(key)
+        return self._add(key) if row is None else row
 
     def get(self, key: str) -> int | None:
         """Row of ``key`` or ``None`` when the id was never seen."""
+        row = self._cache.get(key)
+        return self._lookup(key) if row is None else row
+
+    def get_many(self, keys: Iterable[str]) -> np.ndarray:
+        """Rows of many ids as an int64 array, -1 where an id was never seen."""
+        return self._rows(keys, assign=False)
+
+    def rows(self, keys: Iterable[str]) -> np.ndarray:
+        """Rows of many ids (assigning new ones, in order of first appearance) as int64."""
+        return self._rows(keys, assign=True)
+
+    def _rows(self, keys: Iterable[str], assign: bool) -> np.ndarray:
+        keys = keys if isinstance(keys, list | tuple) else list(keys)
+        cache = self._cache
+        got = list(map(cache.get, keys))
+        if None in got:  # ids not looked up lately: from the table
+            missing = [j for j, r in enumerate(got) if r is None]
+            wanted = [keys[j] for j in missing]
+            found = self._find_many(wanted) if len(wanted) > 16 else map(self._lookup, wanted)
+            added: dict[str, int] = {}  # new ids of this batch (the cache may be emptied)
+            for j, key, r in zip(missing, wanted, found, strict=True):
+                if r is None:
+                    r = added.get(key)
+                    if r is None:
+                        r = added[key] = self._add(key) if assign else -1
+                got[j] = r
+        return np.fromiter(got, np.int64, len(got))
+
+    def _lookup(self, key: str) -> int | None:
+        """Row of ``key`` from the table (remembered when found), None when never seen."""
         h = hash(key)
         table, hashes, ids, mask = self._table, self._hashes, self._ids, self._mask
         slot = h & mask
         while (r := table[slot]) != _EMPTY:
             if hashes[r - 1] == h and ids[r - 1] == key:
+                self._remember(key, r - 1)
                 return r - 1
             slot = (slot + 1) & mask
         return None
 
-    def get_many(self, keys: Iterable[str]) -> np.ndarray:
-        """Rows of many ids as an int64 array, -1 where an id was never seen."""
-        keys = keys if isinstance(keys, list | tuple) else list(keys)
-        if len(keys) <= 8:  # a few ids: cheaper one by one than in arrays
-            get = self.get
-            return np.array([-1 if r is None else r for r in map(get, keys)], np.int64)
-        rows = self._probe(np.fromiter(map(hash, keys), np.int64, len(keys)))
-        found = np.flatnonzero(rows >= 0)
-        if len(found):  # confirm equal hashes by the ids themselves
-            ids = self._ids
-            at = rows[found].tolist()
-            wanted = [keys[j] for j in found.tolist()] if len(found) < len(keys) else keys
-            if [ids[r] for r in at] != list(wanted):  # a hash collision: look up one by one
-                return np.array([-1 if r is None else r for r in map(self.get, keys)], np.int64)
-        return rows
-
-    def rows(self, keys: Iterable[str]) -> np.ndarray:
-        """Rows of many ids (assigning new ones, in order of first appearance) as int64."""
-        keys = keys if isinstance(keys, list | tuple) else list(keys)
-        rows = self.get_many(keys)
-        new = np.flatnonzero(rows < 0)
-        if len(new):
-            row = self.row
-            rows[new] = [row(keys[j]) for j in new.tolist()]
-        return rows
+    def _add(self, key: str) -> int:
+        """Give ``key`` (not in the index) the next row."""
+        h = hash(key)
+        table, mask = self._table, self._mask
+        slot = h & mask
+        while table[slot] != _EMPTY:
+            slot = (slot + 1) & mask
+        row = len(self._ids)
+        self._ids.append(key)
+        self._hashes.append(h)
+        table[slot] = row + 1
+        self._remember(key, row)
+        if 2 * len(self._ids) > len(table):
+            self._rebuild(2 * len(table))
+        return row
 
     def id_of(self, row: int) -> str:
         """The external id stored at ``row``."""
@@ -125,8 +139,16 @@ class IdIndex:
         return self._ids
 
     # ---------------------------------------------------------------- the table
-    def _probe(self, hashes: np.ndarray) -> np.ndarray:
-        """Rows whose id hash equals each of ``hashes`` (-1: none), by linear probing."""
+    def _remember(self, key: str, row: int) -> None:
+        cache = self._cache
+        if len(cache) >= CACHE:  # start afresh: the ids in use come back at once
+            cache.clear()
+        cache[key] = row
+
+    def _find_many(self, keys: list[str]) -> list[int | None]:
+        """Rows of ``keys`` from the table (None: never seen), probed with arrays; each
+        hit is confirmed by comparing ids, and remembered."""
+        hashes = np.fromiter(map(hash, keys), np.int64, len(keys))
         table = np.frombuffer(self._table, np.int32)
         stored = np.frombuffer(self._hashes, np.int64)
         rows = np.full(len(hashes), -1, np.int64)
@@ -141,7 +163,17 @@ class IdIndex:
             go_on = hit & ~same  # an occupied slot of another id: try the next one
             todo, hashes = todo[go_on], hashes[go_on]
             slot = (slot[go_on] + 1) & self._mask
-        return rows
+        del table, stored  # release the views before the arrays may grow again
+        ids, out = self._ids, []
+        for key, r in zip(keys, rows.tolist(), strict=True):
+            if r < 0:
+                out.append(None)
+            elif ids[r] == key:
+                self._remember(key, r)
+                out.append(r)
+            else:  # equal hashes of different ids: look further along the table
+                out.append(self._lookup(key))
+        return out
 
     def _rebuild(self, size: int) -> None:
         """A table of ``size`` slots (a power of two) holding every row."""

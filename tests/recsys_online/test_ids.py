@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from recsys_online import ids as ids_module
 from recsys_online.ids import IdIndex
 
 
@@ -27,8 +28,11 @@ def _reference(batches: list[list[str]]) -> tuple[list[list[int]], dict[str, int
     return out, rows
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_rows_agree_with_a_dict_over_growth_and_repeats(seed: int) -> None:
+@pytest.mark.parametrize("cache", [ids_module.CACHE, 64, 1])
+@pytest.mark.parametrize("seed", range(3))
+def test_rows_agree_with_a_dict_over_growth_and_repeats(seed: int, cache: int, monkeypatch) -> None:
+    """Whether the dict of recent ids holds them all, some or none (emptied when full)."""
+    monkeypatch.setattr(ids_module, "CACHE", cache)
     rng = np.random.default_rng(seed)
     universe = [f"id-{j}" for j in range(5000)]
     batches = []
