@@ -259,13 +259,13 @@ class StreamEngine:
     def _release(self, until: float, also: Iterable[str] = ()) -> None:
         """Apply the waiting upserts dated up to ``until``, and those of ``also``, in one
         batch (in time order)."""
-        due, ready = self._due, []
+        due, ready = self._due, {}  # (a dict: an item is due once, in time order)
         while due and due[0][0] <= until:
             ts, item = heapq.heappop(due)
             entry = self.pending.get(item)
             if entry is not None and entry[1] == ts:  # else applied or replaced since
-                ready.append(item)
-        ready += [item for item in also if item in self.pending and item not in ready]
+                ready[item] = None  # (the same upsert twice leaves two heap entries)
+        ready.update((item, None) for item in also if item in self.pending)
         self._apply_upserts([(item, *self.pending.pop(item)) for item in ready])
         if not self.pending:
             due.clear()

@@ -73,6 +73,19 @@ def test_a_rating_of_a_waiting_item_brings_it_in_before_learning() -> None:
     assert not engine.pending
 
 
+def test_the_same_waiting_upsert_twice_enters_once_and_loses_no_item() -> None:
+    """An item event delivered twice (a producer's retry, the catalog read again) leaves
+    two equal entries in the queue of waiting upserts: the item enters once, and the
+    other items due with it still enter (they were lost when the second entry failed)."""
+    engine = catching_up()
+    engine.upsert_item("i2", {"jazz": 1.0}, timestamp=300.0)  # i2's upsert, again
+    engine.upsert_item("i2", {"jazz": 1.0}, timestamp=300.0)
+    engine.learn_ratings([Rating("u1", "i0", 5.0, 5_000.0)])  # past every item's time
+    assert not engine.pending
+    assert all(engine.model.items.get(i) is not None for i in ("i0", "i1", "i2", "i3"))
+    assert engine.metrics()["items"] == 4
+
+
 def test_going_live_applies_every_waiting_item_and_deletes_apply_to_waiting_items() -> None:
     engine = catching_up()
     engine.delete_item("i2")
