@@ -60,6 +60,7 @@ class _UserContext:
     tags: np.ndarray  # (B, D) unit mean content vector of each user's recent items
     factors: np.ndarray  # (B, k) unit mean factor direction of each user's recent items
     ring: tuple[np.ndarray, np.ndarray]  # co-occurrence neighbours and weights, (B, L, M)
+    profile: np.ndarray  # (B, D) unit content profile of each user
 
 
 @dataclass
@@ -292,6 +293,12 @@ class Recommender:
     def _warm(self, users: Sequence[str]) -> tuple[list[int], np.ndarray]:
         """Positions in ``users`` of those the model can rank for, and their rows: known
         users with ratings or declared tags (the others get popularity)."""
+        if len(users) == 1:  # one user (recommend): no arrays to build
+            row = self.users.get(users[0])
+            content = "content" in self.config.signals
+            if row is None or not (self.user_n[row] > 0 or (content and row in self._declared)):
+                return [], np.zeros(0, np.int64)
+            return [0], np.array([row], np.int64)
         rows = self.users.get_many(users)
         known = rows[rows >= 0]
         ok = np.zeros(len(rows), bool)
@@ -549,7 +556,8 @@ class Recommender:
     def _context(self, u: np.ndarray) -> _UserContext:
         """What every step of one ranking call needs about users ``u``, computed once."""
         tags, factors = self._session_vectors(u)
-        return _UserContext(tags, factors, self.cooc.ring_weights(u))
+        profile = _unit_rows(self.content.profile[u])
+        return _UserContext(tags, factors, self.cooc.ring_weights(u), profile)
 
     def _session_vectors(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Recency-weighted unit mean of the user's last items: by tags and by factors."""
@@ -603,7 +611,7 @@ class Recommender:
         """
         if self._side is None:  # nothing ranked yet: no stacked rows to read
             return self._pair_features(u, items, ctx, cooc)
-        mf, content = self.mf, self.content
+        mf = self.mf
         side = self._item_side(self._side.shape[1])  # the ranking's, brought up to date
         col = self._columns
         user = np.zeros((len(u), len(SIGNALS), side.shape[0]), np.float32)
@@ -612,7 +620,7 @@ class Recommender:
             user[:, 0, col["b"]] = 1.0
         if "x" in col:  # content and recent tags
             d = col["x"].stop - col["x"].start
-            user[:, 1, col["x"]] = _unit_rows(content.profile[u])[:, :d]
+            user[:, 1, col["x"]] = ctx.profile[:, :d]
             user[:, 4, col["x"]] = ctx.tags[:, :d]
         if "pop" in col:
             user[:, 3, col["pop"]] = 1.0
@@ -660,7 +668,7 @@ class Recommender:
         if "x" in col:
             x = out[:, col["x"]]
             d = x.shape[1]
-            np.multiply(w[:, 1:2], _unit_rows(self.content.profile[u])[:, :d], out=x)
+            np.multiply(w[:, 1:2], ctx.profile[:, :d], out=x)
             x += w[:, 4:5] * ctx.tags[:, :d]
         if "pop" in col:
             out[:, col["pop"]] = w[:, 3:4]
@@ -841,7 +849,9 @@ class Recommender:
             return [[] for _ in top]
         n_users = len(u)
         lengths = np.fromiter(map(len, top), np.int64, n_users)
-        if (lengths == width).all():
+        if n_users == 1 and lengths[0] == width:
+            padded = top[0].astype(np.int64, copy=False)[None, :]
+        elif (lengths == width).all():
             padded = np.stack(top).astype(np.int64, copy=False)
         else:
             padded = np.zeros((n_users, width), np.int64)
