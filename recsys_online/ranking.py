@@ -42,14 +42,14 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
     if k <= 0 or width == 0 or n_rows == 0:
         return pos_out, val_out
     n_blocks = width // block
-    if n_rows == 1 and np.isfinite(scores.max(initial=-np.inf)):
-        return _top_k_row(scores[0], k, block, pos_out, val_out)
     blocks = scores.reshape(n_rows, n_blocks, block)
     block_max = blocks.max(axis=2)
     if not block_max.max() < np.inf:  # NaN propagates through max and fails the test
         # Rare: NaN or +inf somewhere. Treat them as excluded (on a copy) and start over.
         blocks = np.where(np.isfinite(blocks), blocks, -np.inf)
         block_max = blocks.max(axis=2)
+    if n_rows == 1:  # one user's list: the same selection in a third of the calls
+        return _top_k_row(blocks.reshape(-1), block_max[0], k, pos_out, val_out)
     if n_blocks >= k:
         tau = np.partition(block_max, n_blocks - k, axis=1)[:, n_blocks - k]
     else:  # fewer blocks than places: every block is searched
@@ -71,12 +71,11 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
 
 
 def _top_k_row(
-    row: np.ndarray, k: int, block: int, pos_out: np.ndarray, val_out: np.ndarray
+    row: np.ndarray, block_max: np.ndarray, k: int, pos_out: np.ndarray, val_out: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k_rows` of one row with no NaN or ``+inf``: the same selection in a
-    third of the calls (one user's list is mostly call overhead)."""
-    n_blocks = len(row) // block
-    block_max = row.reshape(n_blocks, block).max(axis=1)
+    """:func:`top_k_rows` of one row (no NaN or ``+inf`` left), given its block maxima:
+    one user's list is mostly call overhead, so fewer, simpler calls."""
+    n_blocks = len(block_max)
     tau = np.partition(block_max, n_blocks - k)[n_blocks - k] if n_blocks >= k else -np.inf
     c = np.flatnonzero(row >= tau) if tau > -np.inf else np.flatnonzero(row > -np.inf)
     v = row[c]

@@ -10,8 +10,9 @@ offset instead of from the start.
 A snapshot is usable when it was made with the same model settings, covers only
 partitions the worker now owns, and none of its offsets is past the group's committed
 offset (live processing resumes there: a snapshot ahead of it would learn the ratings in
-between twice). The two newest snapshots of each set of partitions are kept, so a crash
-between a snapshot and the next commit still finds an older one.
+between twice). The two newest snapshots of each set of partitions are kept, and when
+neither is within the group's commits, also the newest older one that is, so a crash
+between a snapshot and the next commit still finds a usable one.
 
 The files are written by the worker itself (temporary file, then an atomic rename) and
 read only by workers of the same app: never point ``RECSYS_DATA_DIR`` at files from
@@ -57,8 +58,12 @@ class Snapshot:
         return (
             dict(fingerprint) == self.fingerprint
             and set(self.offsets) <= assigned
-            and all(offset <= committed.get(p, 0) for p, offset in self.offsets.items())
+            and self.within(committed)
         )
+
+    def within(self, committed: Mapping[int, int]) -> bool:
+        """No offset past the group's committed offset of its partition."""
+        return all(offset <= committed.get(p, 0) for p, offset in self.offsets.items())
 
 
 class SnapshotStore:
@@ -68,7 +73,7 @@ class SnapshotStore:
         self.directory = Path(directory).expanduser()
 
     def save(self, engine: object, offsets: Mapping[int, int], fingerprint: Mapping) -> Path:
-        """Write a snapshot atomically and drop all but the newest of its partition set."""
+        """Write a snapshot atomically (see :meth:`write` for what is kept)."""
         return self.write(self.dumps(engine, offsets, fingerprint), offsets)
 
     @staticmethod
@@ -103,30 +108,31 @@ class SnapshotStore:
         os.replace(tmp, path)
         files = sorted(self.directory.glob(f"{stem}-*.pkl"))  # names sort by time
         newest, older = files[-KEEP:], files[:-KEEP]
-        if committed is not None and not any(self._within(p, committed) for p in newest):
-            usable = [p for p in older if self._within(p, committed)]
-            older = [p for p in older if p not in usable[-1:]]
+        if committed is not None:
+
+            def within(p: Path) -> bool:
+                snapshot = self._read(p)
+                return snapshot is not None and snapshot.within(committed)
+
+            if not any(map(within, newest)):
+                usable = [p for p in older if within(p)]
+                older = [p for p in older if p not in usable[-1:]]
         for old in older:
             old.unlink(missing_ok=True)
         return path
 
-    def _within(self, path: Path, committed: Mapping[int, int]) -> bool:
-        try:
-            offsets = self._header(path)["offsets"]
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
-            return False
-        return all(offset <= committed.get(p, 0) for p, offset in offsets.items())
-
     def list(self) -> list[Snapshot]:
         """Every readable snapshot, newest first (unreadable files are skipped)."""
-        out = []
-        for path in self.directory.glob("snapshot-*.pkl"):
-            try:
-                header = self._header(path)
-            except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
-                continue
-            out.append(Snapshot(path, header["offsets"], header["fingerprint"], header["created"]))
-        return sorted(out, key=lambda s: s.created, reverse=True)
+        found = map(self._read, self.directory.glob("snapshot-*.pkl"))
+        return sorted(filter(None, found), key=lambda s: s.created, reverse=True)
+
+    def _read(self, path: Path) -> Snapshot | None:
+        """The snapshot's header, or None when the file cannot be read as one."""
+        try:
+            header = self._header(path)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
+            return None
+        return Snapshot(path, header["offsets"], header["fingerprint"], header["created"])
 
     def best(self, fingerprint: Mapping, assigned: set[int], committed) -> Snapshot | None:
         """The usable snapshot covering the most partitions (the newest among those)."""
