@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-from river import metrics, stats, utils
+import numpy as np
 
 from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
 from recsys_online.recommender import Recommender
@@ -24,53 +24,111 @@ def ndcg_at_rank(rank: int | None) -> float:
     return 0.0 if rank is None else 1.0 / math.log2(rank + 2)
 
 
+class Window:
+    """The last ``size`` values of a stream, appended in batches: a ring of float64.
+
+    River's ``utils.Rolling`` does the same one value at a time (about 3 us a value per
+    metric); a worker evaluates thousands of ratings per batch, so here a batch is one
+    slice assignment.
+
+    >>> w = Window(3)
+    >>> w.extend([1.0, 2.0]); w.extend([3.0, 4.0, 5.0, 6.0]); w.mean()
+    5.0
+    >>> Window(3).mean()
+    0.0
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"window size must be >= 1, got {size}")
+        self._ring = np.zeros(size, np.float64)
+        self._next = 0  # where the next value goes
+        self._full = False
+
+    def extend(self, values) -> None:
+        values = np.asarray(values, np.float64)[-len(self._ring) :]
+        n, size, at = len(values), len(self._ring), self._next
+        head = min(n, size - at)
+        self._ring[at : at + head] = values[:head]
+        self._ring[: n - head] = values[head:]
+        self._full = self._full or at + n >= size
+        self._next = (at + n) % size
+
+    def __len__(self) -> int:
+        return len(self._ring) if self._full else self._next
+
+    def mean(self) -> float:
+        n = len(self)
+        return float(self._ring[:n].mean()) if n else 0.0
+
+
 class RankingScore:
     """Cumulative and rolling NDCG@K and Recall@K (hit rate) over relevant events."""
 
     def __init__(self, window: int) -> None:
-        self.ndcg, self.recall = stats.Mean(), stats.Mean()
-        self.rolling_ndcg = utils.Rolling(stats.Mean, window_size=window)
-        self.rolling_recall = utils.Rolling(stats.Mean, window_size=window)
+        self.n = 0
+        self._ndcg = self._recall = 0.0
+        self.rolling_ndcg, self.rolling_recall = Window(window), Window(window)
 
     def update(self, rank: int | None) -> None:
-        gain, hit = ndcg_at_rank(rank), float(rank is not None)
-        self.ndcg.update(gain)
-        self.rolling_ndcg.update(gain)
-        self.recall.update(hit)
-        self.rolling_recall.update(hit)
+        self.update_many([rank])
 
-    @property
-    def n(self) -> int:
-        return int(self.ndcg.n)
+    def update_many(self, ranks: Sequence[int | None]) -> None:
+        """Score a batch of relevant events by the 0-based rank of each (``None``: not in
+        the list)."""
+        gains = [ndcg_at_rank(r) for r in ranks]
+        hits = [float(r is not None) for r in ranks]
+        self.n += len(gains)
+        self._ndcg += math.fsum(gains)
+        self._recall += math.fsum(hits)
+        self.rolling_ndcg.extend(gains)
+        self.rolling_recall.extend(hits)
 
     def summary(self) -> dict[str, float | int]:
+        n = self.n or 1
         return {
             "n": self.n,
-            "ndcg_at_k": self.ndcg.get(),
-            "recall_at_k": self.recall.get(),
-            "rolling_ndcg_at_k": self.rolling_ndcg.get(),
-            "rolling_recall_at_k": self.rolling_recall.get(),
+            "ndcg_at_k": self._ndcg / n,
+            "recall_at_k": self._recall / n,
+            "rolling_ndcg_at_k": self.rolling_ndcg.mean(),
+            "rolling_recall_at_k": self.rolling_recall.mean(),
         }
 
 
 class ErrorScore:
-    """Cumulative and rolling RMSE and MAE of rating predictions."""
+    """Cumulative and rolling RMSE and MAE of rating predictions.
+
+    >>> e = ErrorScore(window=2)
+    >>> e.update_many([4.0, 2.0, 5.0], [3.0, 2.0, 3.0])
+    >>> e.summary()
+    {'rmse': 1.2909944487358056, 'mae': 1.0, 'rolling_rmse': 1.4142135623730951, 'rolling_mae': 1.0}
+    """
 
     def __init__(self, window: int) -> None:
-        self.rmse, self.mae = metrics.RMSE(), metrics.MAE()
-        self.rolling_rmse = utils.Rolling(metrics.RMSE, window_size=window)
-        self.rolling_mae = utils.Rolling(metrics.MAE, window_size=window)
+        self.n = 0
+        self._squared = self._absolute = 0.0
+        self.rolling_squared, self.rolling_absolute = Window(window), Window(window)
 
     def update(self, y: float, y_pred: float) -> None:
-        for m in (self.rmse, self.mae, self.rolling_rmse, self.rolling_mae):
-            m.update(y, y_pred)
+        self.update_many([y], [y_pred])
+
+    def update_many(self, y, y_pred) -> None:
+        """Score a batch of predictions against the ratings."""
+        err = np.asarray(y, np.float64) - np.asarray(y_pred, np.float64)
+        squared, absolute = err * err, np.abs(err)
+        self.n += len(err)
+        self._squared += float(squared.sum())
+        self._absolute += float(absolute.sum())
+        self.rolling_squared.extend(squared)
+        self.rolling_absolute.extend(absolute)
 
     def summary(self) -> dict[str, float]:
+        n = self.n or 1
         return {
-            "rmse": self.rmse.get(),
-            "mae": self.mae.get(),
-            "rolling_rmse": self.rolling_rmse.get(),
-            "rolling_mae": self.rolling_mae.get(),
+            "rmse": math.sqrt(self._squared / n),
+            "mae": self._absolute / n,
+            "rolling_rmse": math.sqrt(self.rolling_squared.mean()),
+            "rolling_mae": self.rolling_absolute.mean(),
         }
 
 
@@ -151,8 +209,8 @@ def prequential(
         preds = model.predict_many(users, items)
         # Cold flags follow the stream order, event by event, even inside a batch.
         cold_user, cold_item = [], []
-        for r, p in zip(batch, preds.tolist(), strict=True):
-            errors.update(r.rating, p)
+        errors.update_many([r.rating for r in batch], preds)
+        for r in batch:
             cold_user.append(user_count.get(r.user, 0) < cold_ratings)
             cold_item.append(item_count.get(r.item, 0) < cold_ratings)
             user_count[r.user] = user_count.get(r.user, 0) + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+import zlib
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -94,7 +95,9 @@ class StreamEngine:
             self.model.track_item_changes()
         self.errors = ErrorScore(s.metrics_window)
         self.ranking = RankingScore(s.metrics_window)  # in the list last served
-        self.ranking_now = RankingScore(s.metrics_window)  # in a list ranked at the rating
+        # In a list ranked at the rating, for the share ``fresh_eval_share`` of users.
+        self.ranking_now = RankingScore(s.metrics_window)
+        self._sample_below = round(s.fresh_eval_share * 2**32)
         self.max_tracked_users = max_tracked_users
         self.served: OrderedDict[str, list[str]] = OrderedDict()  # LRU of last lists
         self.version = 0
@@ -149,23 +152,35 @@ class StreamEngine:
     def _evaluate_and_learn(self, step: Sequence[Rating], touched: set[str]) -> None:
         """Test, then train, one step: predict each rating and rank each relevant one in
         the user's list, then learn them all."""
-        model, k = self.model, self.settings.k
+        model = self.model
         users = [r.user for r in step]
         items = [r.item for r in step]
         values = [r.rating for r in step]
-        for y, y_pred in zip(values, model.predict_many(users, items).tolist(), strict=True):
-            self.errors.update(y, y_pred)
+        self.errors.update_many(values, model.predict_many(users, items))
         relevant = [n for n, v in enumerate(values) if v >= self.settings.relevant]
-        ranked = sorted({users[n] for n in relevant})
-        now = dict(zip(ranked, model.top_items(ranked, k), strict=True))  # ids only
+        # A list ranked now, for the users whose served list is not what the app shows
+        # (none yet, or changed by their earlier rating in this batch: it would have been
+        # published by the time of this one) and for the sampled users of ``ranking_now``.
+        served, raters = self.served, {users[n] for n in relevant}
+        stale = {u for u in raters if u in touched or u not in served}
+        sample = {u for u in raters if self._sampled(u)}
+        ranked = sorted(stale | sample)
+        now = dict(zip(ranked, model.top_items(ranked, self.settings.k), strict=True))
+        shown_ranks, now_ranks = [], []
         for n in relevant:
             user, item = users[n], items[n]
-            # As served: the list in Redis, unless the user's earlier rating in this batch
-            # changed it (that list would have been published by the time of this one).
-            shown = now[user] if user in touched else self.served.get(user, now[user])
-            self.ranking.update(shown.index(item) if item in shown else None)
-            self.ranking_now.update(now[user].index(item) if item in now[user] else None)
+            shown = now[user] if user in stale else served[user]
+            shown_ranks.append(shown.index(item) if item in shown else None)
+            if user in sample:
+                now_ranks.append(now[user].index(item) if item in now[user] else None)
+        self.ranking.update_many(shown_ranks)
+        self.ranking_now.update_many(now_ranks)
         model.learn_many(users, items, values, [r.timestamp for r in step])
+
+    def _sampled(self, user: str) -> bool:
+        """The user is in the ``fresh_eval_share`` sample that ``ranking_now`` covers
+        (by a hash of the id, so the same users in every process and run)."""
+        return zlib.crc32(user.encode()) < self._sample_below
 
     def relearn(self, ratings: Sequence[Rating]) -> None:
         """Learn ratings replayed from the log (already evaluated when they were live), in

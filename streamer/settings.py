@@ -45,6 +45,7 @@ class Settings:
     refresh_every_s: float = 1.0
     refresh_users: int = 5_000
     metrics_window: int = 1_000
+    fresh_eval_share: float = 0.1
     processing_guarantee: str = "at_least_once"
     web_host: str = "0.0.0.0"
     web_port: int = 6066
@@ -135,6 +136,8 @@ class Settings:
         for name in ("web_port", "dashboard_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"RECSYS_{name.upper()} must be a port, 0-65535 (0: any free)")
+        if not 0.0 <= self.fresh_eval_share <= 1.0:
+            raise ValueError("RECSYS_FRESH_EVAL_SHARE must be between 0 and 1")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ValueError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
 

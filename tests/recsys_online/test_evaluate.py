@@ -245,3 +245,36 @@ def test_ndcg_at_rank_by_hand() -> None:
     assert ndcg_at_rank(1) == pytest.approx(1 / math.log2(3))
     assert ndcg_at_rank(6) == pytest.approx(1 / 3)
     assert ndcg_at_rank(None) == 0.0
+
+
+@pytest.mark.parametrize("window", [1, 7, 50])
+def test_batched_rolling_figures_match_river_one_value_at_a_time(window: int) -> None:
+    """The ring windows give river's ``utils.Rolling`` figures, whatever the batch sizes
+    (including batches longer than the window)."""
+    from river import metrics, stats, utils
+
+    from recsys_online.evaluate import ErrorScore, RankingScore
+
+    rng = np.random.default_rng(window)
+    errors, ranking = ErrorScore(window), RankingScore(window)
+    rmse, rolling_rmse = metrics.RMSE(), utils.Rolling(metrics.RMSE, window_size=window)
+    rolling_mae = utils.Rolling(metrics.MAE, window_size=window)
+    rolling_ndcg = utils.Rolling(stats.Mean, window_size=window)
+    ndcg = stats.Mean()
+    for _ in range(40):
+        n = int(rng.integers(0, 3 * window + 2))
+        y, y_pred = rng.uniform(1, 5, n), rng.uniform(1, 5, n)
+        ranks = [None if r >= 10 else int(r) for r in rng.integers(0, 15, n)]
+        errors.update_many(y.tolist(), y_pred)
+        ranking.update_many(ranks)
+        for a, b, r in zip(y.tolist(), y_pred.tolist(), ranks, strict=True):
+            for m in (rmse, rolling_rmse, rolling_mae):
+                m.update(a, b)
+            for m in (ndcg, rolling_ndcg):
+                m.update(ndcg_at_rank(r))
+        e, s = errors.summary(), ranking.summary()
+        assert e["rmse"] == pytest.approx(rmse.get(), rel=1e-9)
+        assert e["rolling_rmse"] == pytest.approx(rolling_rmse.get(), rel=1e-9)
+        assert e["rolling_mae"] == pytest.approx(rolling_mae.get(), rel=1e-9)
+        assert s["ndcg_at_k"] == pytest.approx(ndcg.get(), rel=1e-9)
+        assert s["rolling_ndcg_at_k"] == pytest.approx(rolling_ndcg.get(), rel=1e-9, abs=1e-12)

@@ -115,3 +115,30 @@ def test_refresh_reranks_only_the_users_a_new_item_belongs_to() -> None:
     assert set(lists) == {"fan"}  # "other" dislikes jazz: no re-rank for them
     assert "new-jazz" in [r.item for r in lists["fan"]]
     assert engine.refresh() == {}
+
+
+def _run_with_share(share: float) -> StreamEngine:
+    from recsys_online import synth
+
+    ds = synth.generate(n_users=80, n_items=60, n_ratings=1500, seed=5)
+    engine = StreamEngine(Settings(k=5, n_factors=4, fresh_eval_share=share))
+    for item in ds.items.values():
+        engine.upsert_item(item.item, item.tags)
+    for lo in range(0, len(ds.ratings), 100):
+        engine.learn_ratings(ds.ratings[lo : lo + 100])
+    return engine
+
+
+def test_fresh_list_figures_cover_the_sampled_share_and_leave_the_served_ones_alone() -> None:
+    """``ranking_now`` covers every relevant rating at share 1, none at 0 and the
+    sampled users' ratings in between; the as-served figures and the model do not
+    depend on the share (ranking a list to sample it changes nothing)."""
+    every, none, some = (_run_with_share(s) for s in (1.0, 0.0, 0.5))
+    assert every.ranking_now.n == every.ranking.n > 0
+    assert none.ranking_now.n == 0
+    assert 0 < some.ranking_now.n < every.ranking.n
+    for engine in (none, some):
+        assert engine.ranking.summary() == every.ranking.summary()
+        assert engine.errors.summary() == every.errors.summary()
+        assert engine.served == every.served
+    assert {u for u in every.served if some._sampled(u)} < set(every.served)
