@@ -185,6 +185,43 @@ class Dataset:
             name=f"{self.name}[:{n}]",
         )
 
+    def live_paced(self, rate: float, start: float = 0.0) -> Dataset:
+        """The ratings as live traffic at ``rate`` ratings/s of event time: the shape a
+        worker meets when apps send events as they happen.
+
+        A recorded stream replayed fast compresses months into seconds, so a micro-batch
+        holds several ratings of each active user (a whole session, weeks of a heavy
+        user) that live traffic spreads over minutes. Here each user's ratings keep their
+        order but the j-th rating of every user comes in wave j (waves in time order),
+        so a user's consecutive ratings are a wave apart, and rating n is stamped
+        ``start + n / rate``. The whole catalog arrives at ``start``; deletes are dropped.
+
+        >>> ds = Dataset(
+        ...     ratings=[Rating("a", "x", 4.0, 1.0), Rating("a", "y", 3.0, 2.0),
+        ...              Rating("b", "y", 5.0, 3.0), Rating("c", "x", 2.0, 9.0)],
+        ...     items={"x": ItemUpsert("x"), "y": ItemUpsert("y", timestamp=2.0)},
+        ... )
+        >>> [(r.user, r.item, r.timestamp) for r in ds.live_paced(rate=2.0, start=10).ratings]
+        [('a', 'x', 10.0), ('b', 'y', 10.5), ('c', 'x', 11.0), ('a', 'y', 11.5)]
+        >>> sorted((i.item, i.timestamp) for i in ds.live_paced(2.0, 10).items.values())
+        [('x', 10.0), ('y', 10.0)]
+        """
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        start = float(start)
+        seen: Counter[str] = Counter()
+        waves = []
+        for n in _time_order(self.ratings).tolist():
+            r = self.ratings[n]
+            waves.append((seen[r.user], len(waves), r))
+            seen[r.user] += 1
+        waves.sort(key=itemgetter(0, 1))
+        return Dataset(
+            ratings=[replace(r, timestamp=start + n / rate) for n, (*_, r) in enumerate(waves)],
+            items={item: replace(up, timestamp=start) for item, up in self.items.items()},
+            name=f"{self.name} live at {rate:g}/s",
+        )
+
 
 def _time_order(ratings: list[Rating]) -> np.ndarray:
     """Indices of ``ratings`` sorted by timestamp, stable for ties."""
