@@ -17,6 +17,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faust.transport.drivers import aiokafka as faust_kafka
 
 from recsys_online.events import Rating
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent
@@ -290,12 +291,49 @@ class CatalogFollower:
             await asyncio.sleep(0.005)
 
 
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the broker asked to hold a fetch ``fetch_max_wait_ms``
+    at most instead of Faust's fixed 1.5 s.
+
+    aiokafka sends the next fetch to a broker only when the previous one has returned. A
+    worker's one consumer also reads the items and users topics, which are mostly idle,
+    so a fetch sent while the ratings partitions still had records buffered asks for
+    idle partitions only and the broker holds it the full wait: measured on a live-paced
+    stream at 2,000 ratings/s, lists reached Redis 1.4-1.5 s after the rating (p50)
+    with 1.5 s, 81-92 ms with 50 ms.
+    """
+
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        # Read by the consumer's fetcher when it starts (aiokafka has no setter).
+        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_kafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    """A Faust app whose consumer uses :class:`_ConsumerThread`."""
+
+    fetch_max_wait_ms = Settings.fetch_max_wait_ms
+
+    def _new_transport(self) -> _Transport:
+        return _Transport(self.conf.broker_consumer, self)
+
+
 class RecsysWorker:
     """Builds the Faust app: one instance per worker process, no module-level state."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
-        self.app = faust.App(
+        self.app = _App(
             s.app_id,
             broker=s.kafka_url,
             store="memory://",
@@ -314,6 +352,7 @@ class RecsysWorker:
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 4),
         )
+        self.app.fetch_max_wait_ms = s.fetch_max_wait_ms
         self.engine = StreamEngine(s)
         self.engine.live = False  # until the timer finds this worker caught up
         self.sink = RedisSink(s)

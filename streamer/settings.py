@@ -36,6 +36,7 @@ class Settings:
     batch_within_s: float = 0.02
     learn_window_s: float = 3600.0
     fetch_partition_bytes: int = 1_048_576
+    fetch_max_wait_ms: int = 50
     n_factors: int = 32
     rating_low: float = 1.0
     rating_high: float = 5.0
@@ -127,6 +128,7 @@ class Settings:
             "k",
             "batch_max",
             "fetch_partition_bytes",
+            "fetch_max_wait_ms",
             "n_factors",
             "refresh_users",
             "metrics_history",
