@@ -35,6 +35,7 @@ class Settings:
     batch_max: int = 1000
     batch_within_s: float = 0.02
     learn_window_s: float = 3600.0
+    learn_step_max: int = 64
     fetch_partition_bytes: int = 1_048_576
     fetch_max_wait_ms: int = 50
     n_factors: int = 32
@@ -95,6 +96,7 @@ class Settings:
         "partitions",
         "k",
         "learn_window_s",
+        "learn_step_max",
         "n_factors",
         "rating_low",
         "rating_high",
@@ -127,6 +129,7 @@ class Settings:
             "partitions",
             "k",
             "batch_max",
+            "learn_step_max",
             "fetch_partition_bytes",
             "fetch_max_wait_ms",
             "n_factors",

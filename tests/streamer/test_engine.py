@@ -142,3 +142,25 @@ def test_fresh_list_figures_cover_the_sampled_share_and_leave_the_served_ones_al
         assert engine.errors.summary() == every.errors.summary()
         assert engine.served == every.served
     assert {u for u in every.served if some._sampled(u)} < set(every.served)
+
+
+def test_a_large_step_is_learned_in_slices_in_order() -> None:
+    """Five ratings by five users are one step; with ``learn_step_max=2`` the model
+    learns them as three calls of at most two, in order (and replays the same way)."""
+    engine = StreamEngine(Settings(k=2, n_factors=4, learn_step_max=2))
+    for j in range(3):
+        engine.upsert_item(f"i{j}", {"t": 1.0})
+    calls: list[list[str]] = []
+    learn = engine.model.learn_many
+
+    def spy(users, items, values, stamps):
+        calls.append(list(users))
+        return learn(users, items, values, stamps)
+
+    engine.model.learn_many = spy
+    ratings = [Rating(f"u{n}", f"i{n % 3}", 4.0, float(n)) for n in range(5)]
+    engine.learn_ratings(ratings)
+    assert calls == [["u0", "u1"], ["u2", "u3"], ["u4"]]
+    calls.clear()
+    engine.relearn([Rating(f"v{n}", "i0", 3.0, 10.0 + n) for n in range(3)])
+    assert calls == [["v0", "v1"], ["v2"]]
