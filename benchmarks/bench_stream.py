@@ -238,6 +238,14 @@ def parity(stream: dict[str, float], replay: dict[str, float]) -> dict[str, floa
     return out
 
 
+def parity_text(stream: dict, replay: dict, relative: dict) -> str:
+    return (
+        f"RMSE {stream['rmse']:.4f} vs {replay['rmse']:.4f} ({relative['rmse']:+.1%}), "
+        f"NDCG@10 {stream['ndcg_at_k']:.4f} vs {replay['ndcg_at_k']:.4f} "
+        f"({relative['ndcg_at_k']:+.1%})"
+    )
+
+
 async def _produce_all(settings: Settings, ds) -> None:
     async with event_producer(settings) as producer:
         for event in ds.events():
@@ -292,6 +300,17 @@ async def _produce_at(settings: Settings, events: list, rate: float) -> None:
 
 
 LIVE_RATE = 20_000.0  # ratings/s of event time in the live-paced throughput run
+
+
+def uniform_users(args: argparse.Namespace, n_ratings: int, seed: int):
+    """The benchmark's synthetic stream with every user equally active."""
+    return synth.generate(
+        n_users=args.users,
+        n_items=args.items,
+        n_ratings=n_ratings,
+        seed=seed,
+        activity_exponent=0.0,
+    )
 
 
 def steps_per_batch(ds, batch: int) -> dict[str, float]:
@@ -380,21 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     fresh_stream = stream_quality(fr["per_worker"])
     steady_parity = parity(fresh_stream, fresh_replay)
     print(
-        f"quality, stream (at {args.rate:,.0f}/s) vs replay CLI: RMSE "
-        f"{fresh_stream['rmse']:.4f} vs {fresh_replay['rmse']:.4f} "
-        f"({steady_parity['rmse']:+.1%}), NDCG@10 {fresh_stream['ndcg_at_k']:.4f} vs "
-        f"{fresh_replay['ndcg_at_k']:.4f} ({steady_parity['ndcg_at_k']:+.1%})"
+        f"quality, stream (at {args.rate:,.0f}/s) vs replay CLI: "
+        + parity_text(fresh_stream, fresh_replay, steady_parity)
     )
     # The same, on live-paced streams (Dataset.live_paced): user activity uniform, since
     # with the default Zipf activity the heaviest user holds 4% of all ratings, which at
     # 20,000/s would be one person rating 780 items a second.
-    live_ds = synth.generate(
-        n_users=args.users,
-        n_items=args.items,
-        n_ratings=args.ratings,
-        seed=13,
-        activity_exponent=0.0,
-    ).live_paced(LIVE_RATE, start=ds.ratings[0].timestamp)
+    live_ds = uniform_users(args, args.ratings, 13).live_paced(
+        LIVE_RATE, start=ds.ratings[0].timestamp
+    )
     live_steps = steps_per_batch(live_ds, args.batch)
     live_replay = replay_quality(live_ds)
     live_core = core_speed(live_ds, args.batch)
@@ -406,21 +419,16 @@ def main(argv: list[str] | None = None) -> int:
         f"steps per batch: median {live_steps['median']:.0f}, max {live_steps['max']}): "
         f"1 worker {live['stream_ratings_per_s']:,.0f} ratings/s (engine in-process "
         f"{live_core:,.0f}, ratio {live['stream_ratings_per_s'] / live_core:.2f}); CPU worker "
-        f"{live['worker_cpu_share']:.0%}, broker {live['broker_cpu_share']:.0%}; RMSE "
-        f"{live_quality['rmse']:.4f} vs replay {live_replay['rmse']:.4f} "
-        f"({live_parity['rmse']:+.1%}), NDCG@10 {live_quality['ndcg_at_k']:.4f} vs "
-        f"{live_replay['ndcg_at_k']:.4f} ({live_parity['ndcg_at_k']:+.1%})"
+        f"{live['worker_cpu_share']:.0%}, broker {live['broker_cpu_share']:.0%}; vs replay "
+        f"CLI: {parity_text(live_quality, live_replay, live_parity)}, ranked at the rating "
+        f"{live_quality['ndcg_at_k_fresh']:.4f} ({live_parity['ndcg_at_k_fresh']:+.1%})"
     )
     # At the target rate, and at a rate one worker keeps up with (latency without a queue).
     live_fr_runs = []
     for rate in (args.rate, args.rate / 2.5):
-        live_fresh_ds = synth.generate(
-            n_users=args.users,
-            n_items=args.items,
-            n_ratings=args.fresh_ratings,
-            seed=14,
-            activity_exponent=0.0,
-        ).live_paced(rate, start=time.time())
+        live_fresh_ds = uniform_users(args, args.fresh_ratings, 14).live_paced(
+            rate, start=time.time()
+        )
         run = freshness(live_fresh_ds, rate, log_dir)
         live_fr_runs.append(run)
         print(

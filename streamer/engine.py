@@ -95,7 +95,7 @@ class StreamEngine:
             self.model.track_item_changes()
         self.errors = ErrorScore(s.metrics_window)
         self.ranking = RankingScore(s.metrics_window)  # in the list last served
-        # In a list ranked at the rating, for the share ``fresh_eval_share`` of users.
+        # In a list ranked at the rating, for the share ``fresh_eval_share`` of ratings.
         self.ranking_now = RankingScore(s.metrics_window)
         self._sample_below = round(s.fresh_eval_share * 2**32)
         self.max_tracked_users = max_tracked_users
@@ -160,19 +160,20 @@ class StreamEngine:
         relevant = [n for n, v in enumerate(values) if v >= self.settings.relevant]
         # A list ranked now, for the users whose served list is not what the app shows
         # (none yet, or changed by their earlier rating in this batch: it would have been
-        # published by the time of this one) and for the sampled users of ``ranking_now``.
+        # published by the time of this one) and for the sampled ratings of ``ranking_now``.
         served, raters = self.served, {users[n] for n in relevant}
         stale = {u for u in raters if u in touched or u not in served}
-        sample = {u for u in raters if self._sampled(u)}
-        ranked = sorted(stale | sample)
+        sample = [n for n in relevant if self._sampled(users[n], items[n])]
+        ranked = sorted(stale.union(users[n] for n in sample))
         now = dict(zip(ranked, model.top_items(ranked, self.settings.k), strict=True))
-        shown_ranks, now_ranks = [], []
+        shown_ranks = []
         for n in relevant:
             user, item = users[n], items[n]
             shown = now[user] if user in stale else served[user]
             shown_ranks.append(shown.index(item) if item in shown else None)
-            if user in sample:
-                now_ranks.append(now[user].index(item) if item in now[user] else None)
+        now_ranks = [
+            now[users[n]].index(items[n]) if items[n] in now[users[n]] else None for n in sample
+        ]
         self.ranking.update_many(shown_ranks)
         self.ranking_now.update_many(now_ranks)
         self._learn(step)
@@ -195,10 +196,12 @@ class StreamEngine:
                 [r.timestamp for r in part],
             )
 
-    def _sampled(self, user: str) -> bool:
-        """The user is in the ``fresh_eval_share`` sample that ``ranking_now`` covers
-        (by a hash of the id, so the same users in every process and run)."""
-        return zlib.crc32(user.encode()) < self._sample_below
+    def _sampled(self, user: str, item: str) -> bool:
+        """The rating is in the ``fresh_eval_share`` sample that ``ranking_now`` covers:
+        by a hash of the pair, so the same ratings in every process and run. A sample of
+        users instead swings with a few heavy ones: on bench_stream's synthetic year,
+        in-process, 0.2836 against 0.2607 for every rating; this sample, 0.2608."""
+        return zlib.crc32(f"{user}\x00{item}".encode()) < self._sample_below
 
     def relearn(self, ratings: Sequence[Rating]) -> None:
         """Learn ratings replayed from the log (already evaluated when they were live), in
