@@ -447,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         "freshness p50 <= 20 ms (live-paced)": live_fr["freshness_ms_p50"] <= 20,
         "freshness p99 <= 100 ms (live-paced)": live_fr["freshness_ms_p99"] <= 100,
         "stream NDCG@10 within 2% of replay (live-paced)": abs(live_parity["ndcg_at_k"]) <= 0.02,
+        "stream NDCG@10 ranked at the rating within 2% of replay (live-paced)": (
+            abs(live_parity["ndcg_at_k_fresh"]) <= 0.02
+        ),
+        "stream RMSE within 2% of replay (live-paced)": abs(live_parity["rmse"]) <= 0.02,
         "stream RMSE within 2% of replay (full speed)": abs(full_speed_parity["rmse"]) <= 0.02,
         "stream NDCG@10 within 2% of replay (full speed)": (
             abs(full_speed_parity["ndcg_at_k"]) <= 0.02
