@@ -42,7 +42,7 @@ import redis
 
 from recsys_online import synth
 from recsys_online.events import Rating
-from recsys_online.runtime import limit_blas_threads
+from recsys_online.runtime import limit_blas_threads, tune_gc
 from streamer.client import RecommendationClient
 from streamer.engine import StreamEngine, event_time_steps
 from streamer.process import isolated_env, start_worker, stop_process
@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stream.json"))
     args = parser.parse_args(argv)
     limit_blas_threads()
+    tune_gc()  # as in the worker, so the in-process figures compare like with like
     log_dir = args.out.parent
     log_dir.mkdir(parents=True, exist_ok=True)
     ds = synth.generate(n_users=args.users, n_items=args.items, n_ratings=args.ratings, seed=11)

@@ -50,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from recsys_online.runtime import limit_blas_threads
+    from recsys_online.runtime import limit_blas_threads, tune_gc
     from streamer.app import run_worker as run
     from streamer.settings import Settings
 
     limit_blas_threads()
-    run(Settings.from_env(), loglevel=args.loglevel)
+    settings = Settings.from_env()
+    tune_gc(settings.gc_young)
+    run(settings, loglevel=args.loglevel)
     return 0
 
 

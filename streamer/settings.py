@@ -58,6 +58,7 @@ class Settings:
     snapshot_every_s: float = 60.0
     share_items_every_s: float = 0.0
     seed: int = 42
+    gc_young: int = 50_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
