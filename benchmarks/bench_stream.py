@@ -425,6 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{live_quality['ndcg_at_k_fresh']:.4f} ({live_parity['ndcg_at_k_fresh']:+.1%})"
     )
     # At the target rate, and at a rate one worker keeps up with (latency without a queue).
+    live_scale = [live] + [
+        throughput(live_ds, args.batch, log_dir, n) for n in range(2, args.workers + 1)
+    ]
+    for tp in live_scale[1:]:
+        print(
+            f"live-paced, {tp['workers']} workers: {tp['stream_ratings_per_s']:,.0f} ratings/s "
+            f"({tp['stream_ratings_per_s'] / live['stream_ratings_per_s']:.2f}x one); CPU "
+            f"workers {' + '.join(f'{c:.0%}' for c in tp['worker_cpu_shares'])}, broker "
+            f"{tp['broker_cpu_share']:.0%}"
+        )
     live_fr_runs = []
     for rate in (args.rate, args.rate / 2.5):
         live_fresh_ds = uniform_users(args, args.fresh_ratings, 14).live_paced(
@@ -492,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps_per_batch": live_steps,
             "core_ratings_per_s": live_core,
             "throughput": live,
+            "scale_out": live_scale,
             "quality": {"stream": live_quality, "replay": live_replay, "relative": live_parity},
             "freshness": live_fr_runs,
         },
