@@ -24,6 +24,15 @@ def ndcg_at_rank(rank: int | None) -> float:
     return 0.0 if rank is None else 1.0 / math.log2(rank + 2)
 
 
+def rank_in(listed: Sequence[str], item: str) -> int | None:
+    """0-based position of ``item`` in a top-K list, ``None`` when it is not in it.
+
+    >>> rank_in(["a", "b"], "b"), rank_in(["a", "b"], "c")
+    (1, None)
+    """
+    return listed.index(item) if item in listed else None
+
+
 class Window:
     """The last ``size`` values of a stream, appended in batches: a ring of float64.
 
@@ -219,7 +228,7 @@ def prequential(
         lists = model.top_items([users[n] for n in rel], k) if rel else []
         for n, recs in zip(rel, lists, strict=True):
             served.update(recs)
-            rank = recs.index(items[n]) if items[n] in recs else None
+            rank = rank_in(recs, items[n])
             ranking.update(rank)
             if cold_user[n]:
                 cold_user_rank.update(rank)

@@ -322,7 +322,9 @@ class _Transport(faust_kafka.Transport):
 class _App(faust.App):
     """A Faust app whose consumer uses :class:`_ConsumerThread`."""
 
-    fetch_max_wait_ms = Settings.fetch_max_wait_ms
+    def __init__(self, *args: object, fetch_max_wait_ms: int, **kwargs: object) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms  # (the transport is made later, lazily)
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
@@ -351,8 +353,8 @@ class RecsysWorker:
             consumer_max_fetch_size=s.fetch_partition_bytes,
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 4),
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
         )
-        self.app.fetch_max_wait_ms = s.fetch_max_wait_ms
         self.engine = StreamEngine(s)
         self.engine.live = False  # until the timer finds this worker caught up
         self.sink = RedisSink(s)

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from recsys_online.evaluate import ErrorScore, RankingScore
+from recsys_online.evaluate import ErrorScore, RankingScore, rank_in
 from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
@@ -166,16 +166,9 @@ class StreamEngine:
         sample = [n for n in relevant if self._sampled(users[n], items[n])]
         ranked = sorted(stale.union(users[n] for n in sample))
         now = dict(zip(ranked, model.top_items(ranked, self.settings.k), strict=True))
-        shown_ranks = []
-        for n in relevant:
-            user, item = users[n], items[n]
-            shown = now[user] if user in stale else served[user]
-            shown_ranks.append(shown.index(item) if item in shown else None)
-        now_ranks = [
-            now[users[n]].index(items[n]) if items[n] in now[users[n]] else None for n in sample
-        ]
-        self.ranking.update_many(shown_ranks)
-        self.ranking_now.update_many(now_ranks)
+        shown = [(now if users[n] in stale else served)[users[n]] for n in relevant]  # as served
+        self.ranking.update_many(list(map(rank_in, shown, (items[n] for n in relevant))))
+        self.ranking_now.update_many([rank_in(now[users[n]], items[n]) for n in sample])
         self._learn(step)
 
     def _learn(self, step: Sequence[Rating]) -> None:
