@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from aiokafka import ConsumerRecord
+from faust.transport.drivers import aiokafka as faust_kafka
+from faust.types import TP
+
 from streamer.app import RecsysWorker
 from streamer.settings import Settings
 
@@ -15,3 +21,85 @@ async def test_the_worker_consumer_asks_the_broker_to_hold_fetches_briefly() -> 
         thread = consumer._new_consumer_thread()
         built = thread._create_worker_consumer(worker.app.transport)
         assert built._fetch_max_wait_ms == wait
+
+
+# ---------------------------------------------------------------- ratings taken in batches
+def _record(topic: str, partition: int, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(topic, partition, offset, 0, 0, b"k", b"v", None, 1, 1, [])
+
+
+def _batch_consumer(monkeypatch, fetched: dict, size: int = 3):
+    """The worker app's consumer (not started) with one fetch's records, the ratings
+    topic handled in batches of ``size`` by a handler that records what it got."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    app, consumer = worker.app, worker.app.consumer
+    got: list[list[tuple[int, int]]] = []
+
+    async def handler(records: list[ConsumerRecord]) -> None:
+        got.append([(r.partition, r.offset) for r in records])
+
+    app.batch_handlers = {"r": (handler, size)}
+    assigned = {TP(t, p) for t in "riu" for p in range(2)}
+    monkeypatch.setattr(consumer, "assignment", lambda: assigned)
+
+    async def fetch(self, timeout):
+        return fetched, None
+
+    monkeypatch.setattr(faust_kafka.Consumer, "_wait_next_records", fetch)
+    consumer.flow_active = True
+    return app, consumer, got
+
+
+async def test_ratings_reach_the_handler_in_batches_and_count_as_acknowledged(
+    monkeypatch,
+) -> None:
+    fetched = {
+        TP("r", 0): [_record("r", 0, o) for o in range(10, 15)],
+        TP("r", 1): [_record("r", 1, o) for o in range(3)],
+        TP("i", 0): [_record("i", 0, 7)],
+    }
+    _, consumer, got = _batch_consumer(monkeypatch, fetched, size=3)
+    consumer._read_offset[TP("r", 0)] = 12  # a seek back: 10 and 11 were taken before
+    rest, _ = await consumer._wait_next_records(1.0)
+    # Other topics go on to Faust's per-event path; ratings do not.
+    assert list(rest) == [TP("i", 0)]
+    assert got == [[(0, 12), (0, 13), (0, 14)], [(1, 0), (1, 1), (1, 2)]]
+    # Faust's commit finds both partitions and commits past what the handler returned.
+    assert consumer._filter_committable_offsets(consumer._acked) == {
+        TP("r", 0): 15,
+        TP("r", 1): 3,
+    }
+    assert consumer._read_offset[TP("r", 0)] == 15  # a fetch of them again is skipped
+
+    async def revoke(self, revoked) -> None:  # (Faust's own needs a running app)
+        pass
+
+    monkeypatch.setattr(faust_kafka.Consumer, "on_partitions_revoked", revoke)
+    await consumer.on_partitions_revoked({TP("r", 1)})
+    assert consumer._new_offset(TP("r", 1)) is None
+
+
+async def test_a_rebalance_stops_the_batches_of_a_fetch_and_commits_only_what_was_handled(
+    monkeypatch,
+) -> None:
+    fetched = {TP("r", 0): [_record("r", 0, o) for o in range(9)]}
+    app, consumer, got = _batch_consumer(monkeypatch, fetched, size=3)
+    handler, _ = app.batch_handlers["r"]
+
+    async def rebalance_during_the_first(records: list[ConsumerRecord]) -> None:
+        await handler(records)
+        # A rebalance begins while this batch is in progress: Faust's revocation waits
+        # for the batch before committing.
+        waiting = asyncio.ensure_future(consumer.wait_batch())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        consumer.flow_active = False
+        app.batch_handlers["r"] = (handler, 3)
+        rebalanced.append(waiting)
+
+    rebalanced: list[asyncio.Future] = []
+    app.batch_handlers["r"] = (rebalance_during_the_first, 3)
+    await consumer._wait_next_records(1.0)
+    await asyncio.wait_for(rebalanced[0], 1.0)  # released once the batch was in
+    assert got == [[(0, 0), (0, 1), (0, 2)]]  # the other two batches are left for the seek
+    assert consumer._new_offset(TP("r", 0)) == 3
