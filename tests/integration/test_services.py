@@ -213,3 +213,33 @@ async def test_read_merged_gives_several_partitions_in_event_time_order(
     expected = {p: [e.item_id for e in sent[p][start[p] : until[p]]] for p in range(3)}
     by_partition = {p: [r.item for q, r in got if q == p] for p in range(3)}
     assert by_partition == expected
+
+
+@pytest.mark.redis
+async def test_the_sink_writes_every_list_with_its_ttl_even_after_redis_forgets_scripts(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """Lists go in one script call; a Redis that lost its scripts (a restart, SCRIPT
+    FLUSH) gets it again instead of failing the worker's batch."""
+    import json
+
+    from recsys_online.recommender import Recommendation
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix, recs_ttl_s=90)
+    sink = RedisSink(settings)
+    recs = [Recommendation("i1", 0.5, "popular now", "popular")]
+    try:
+        for round_ in range(2):
+            lists = {f"u{j}": recs for j in range(round_ * 5, round_ * 5 + 250)}
+            await sink.publish_lists(lists, version=7)
+            for user in lists:
+                doc = json.loads(await sink.redis.get(settings.key("recs", user)))
+                assert doc["user_id"] == user and doc["items"][0]["item_id"] == "i1"
+                assert 0 < await sink.redis.ttl(settings.key("recs", user)) <= 90
+            await sink.redis.script_flush()
+    finally:
+        for key in await sink.redis.keys(f"{redis_key_prefix}*"):
+            await sink.redis.delete(key)
+        await sink.close()
