@@ -1,16 +1,18 @@
 """Intake benchmark: how fast events leave Kafka, before any work is done on them.
 
 One topic of ``--partitions`` partitions is pre-loaded with ``--events`` rating events,
-then read to the end twice on the same machine, in the same run:
+then read to the end three times on the same machine, in the same run:
 
-1. by a Faust agent like the worker's (``stream.take_events(1000, within=0.02)``, raw
-   bytes, the project's broker settings) that only counts what it gets, in its own
-   process (``benchmarks._intake_agent``);
-2. by a plain aiokafka consumer, ``getmany(max_records=1000)`` in a loop.
+1. by a Faust agent (``stream.take_events(1000, within=0.02)``, raw bytes, the project's
+   broker settings) that only counts what it gets, in its own process
+   (``benchmarks._intake_agent``): Faust's per-event path;
+2. by the worker's consumer handing the records over in batches, as the worker takes
+   ratings (``_App.batch_topic``), counting them, in its own process;
+3. by a plain aiokafka consumer, ``getmany(max_records=1000)`` in a loop.
 
-The first is the ceiling of a worker built on Faust's per-event stream API whatever its
-model costs; the second, of one that takes records from Kafka in batches. Needs the
-services: ``eval "$(scripts/services.sh up)"``. Usage::
+The first two are the ceilings of a worker built on each path whatever its model
+costs; the third, of any consumer in Python. Needs the services:
+``eval "$(scripts/services.sh up)"``. Usage::
 
     python -m benchmarks.bench_intake [--events 100000] [--partitions 8] [--out FILE]
 """
@@ -75,10 +77,14 @@ async def read_plain(servers: str, topic: str, n: int) -> float:
         await consumer.stop()
 
 
-def read_faust(servers: str, topic: str, partitions: int, n: int, log: Path) -> float:
-    """Events/s of the Faust agent (its own process), from its first batch to the n-th."""
+def read_faust(
+    servers: str, topic: str, partitions: int, n: int, log: Path, mode: str = "agent"
+) -> float:
+    """Events/s of the Faust app (its own process, ``mode`` agent or batch), from its
+    first batch to the n-th event."""
     env = dict(
         os.environ,
+        INTAKE_MODE=mode,
         INTAKE_TOPIC=topic,
         INTAKE_PARTITIONS=str(partitions),
         INTAKE_EVENTS=str(n),
@@ -114,15 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     faust_rate = read_faust(
         servers, topic, args.partitions, args.events, args.out.parent / "intake-agent.log"
     )
+    batch_rate = read_faust(
+        servers,
+        topic,
+        args.partitions,
+        args.events,
+        args.out.parent / "intake-batch.log",
+        mode="batch",
+    )
     plain_rate = asyncio.run(read_plain(servers, topic, args.events))
     print(f"{args.events:,} events, {args.partitions} partitions")
     print(f"Faust agent, take_events(1000), no work: {faust_rate:,.0f} events/s")
+    print(f"Faust consumer, batches (the worker's):  {batch_rate:,.0f} events/s")
     print(f"plain aiokafka getmany(1000):            {plain_rate:,.0f} events/s")
-    print(f"Faust / plain: {faust_rate / plain_rate:.3f}")
+    print(f"agent / plain: {faust_rate / plain_rate:.3f}; batches / plain: ", end="")
+    print(f"{batch_rate / plain_rate:.3f}")
     result = {
         "events": args.events,
         "partitions": args.partitions,
         "faust_agent_events_per_s": faust_rate,
+        "faust_batches_events_per_s": batch_rate,
         "plain_consumer_events_per_s": plain_rate,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "git": subprocess.run(
