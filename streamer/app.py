@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -346,7 +347,7 @@ class _Consumer(faust_kafka.Consumer):
         handlers = self.app.batch_handlers
         if not records or not handlers or not any(tp.topic in handlers for tp in records):
             return records, active
-        by_topic: dict[str, list] = {}
+        by_topic: dict[str, list[list[ConsumerRecord]]] = {}
         for tp, got in records.items():
             if tp.topic in handlers and (
                 active is None or tp in active or tp in self._buffered_partitions
@@ -354,9 +355,14 @@ class _Consumer(faust_kafka.Consumer):
                 start = self._read_offset[tp]  # (after a seek: the offset sought)
                 if start is not None and got and got[0].offset < start:
                     got = [record for record in got if record.offset >= start]
-                by_topic.setdefault(tp.topic, []).extend(got)
-        for topic, taken in by_topic.items():
+                by_topic.setdefault(tp.topic, []).append(got)
+        for topic, parts in by_topic.items():
             handler, size = handlers[topic]
+            # Round-robin over the partitions, as Faust's own getmany delivers: a fetch
+            # holds up to 1 MB of each, and a batch of one partition's records only would
+            # run ahead of the others in event time (the worker's merge then holds it,
+            # and past its bound learns it out of order: NDCG@10 -5% on a backlog).
+            taken = [r for turn in itertools.zip_longest(*parts) for r in turn if r is not None]
             for lo in range(0, len(taken), size):
                 if not self._may_take(generation):
                     break  # the rebalance seeks back to the committed offsets
