@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recsys_online.recommender import Recommendation
 from schemas import ItemEvent
 from streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def list_document(
@@ -66,12 +74,41 @@ class RedisSink:
 
     Every per-user list carries a TTL (``recs_ttl_s``), so lists of users who went away
     expire instead of growing without bound.
+
+    A write Redis cannot take (connection refused or lost, a timeout, Redis loading its
+    data) is tried again, waiting twice as long each time up to ``max_wait_s``, until it
+    lands: the worker stops taking events meanwhile (its lag grows, nothing is lost) and
+    goes on where it was when Redis is back.
     """
+
+    max_wait_s = 5.0
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.redis = client or aioredis.Redis.from_url(settings.redis_url)
         self._set_all = self.redis.register_script(_SET_ALL)  # (reloaded if Redis lost it)
+
+    async def _until_written(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()``, tried again while Redis is unreachable."""
+        wait, failures = 0.05, 0
+        while True:
+            try:
+                result = await write()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning(
+                        "Redis did not take %s (%s); trying again (%d tries so far)",
+                        what,
+                        exc,
+                        failures,
+                    )
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, self.max_wait_s)
+                continue
+            if failures:
+                log.warning("Redis took %s after %d failed tries", what, failures)
+            return result
 
     async def publish_lists(
         self, lists: Mapping[str, Sequence[Recommendation]], version: int
@@ -83,7 +120,8 @@ class RedisSink:
         key = self.settings.key
         keys = [key("recs", user) for user in lists]
         documents = [list_document(user, recs, version, now) for user, recs in lists.items()]
-        await self._set_all(keys=keys, args=[self.settings.recs_ttl_s, *documents])
+        args = [self.settings.recs_ttl_s, *documents]
+        await self._until_written("lists", lambda: self._set_all(keys=keys, args=args))
         return time.time()
 
     async def publish_state(
@@ -111,14 +149,18 @@ class RedisSink:
         )
         own = key("metrics", "worker", worker_id)
         history = key("metrics", "history")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key("popular"), list_document(None, popular, version, now))
-            pipe.hset(key("metrics"), mapping=mapping)
-            pipe.hset(own, mapping=mapping)
-            pipe.expire(own, 30)
-            pipe.lpush(history, snapshot)
-            pipe.ltrim(history, 0, self.settings.metrics_history - 1)
-            await pipe.execute()
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(key("popular"), list_document(None, popular, version, now))
+                pipe.hset(key("metrics"), mapping=mapping)
+                pipe.hset(own, mapping=mapping)
+                pipe.expire(own, 30)
+                pipe.lpush(history, snapshot)
+                pipe.ltrim(history, 0, self.settings.metrics_history - 1)
+                await pipe.execute()
+
+        await self._until_written("metrics", write)
 
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:
         """Item metadata for apps rendering lists (``item:{item_id}`` hashes), one
@@ -126,21 +168,25 @@ class RedisSink:
         if not events:
             return
         now = time.time()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for event in events:
-                key = self.settings.key("item", event.item_id)
-                if event.op == "delete":
-                    pipe.delete(key)
-                else:
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "title": event.title or "",
-                            "tags": json.dumps(dict(event.tags)),
-                            "updated_at": now,
-                        },
-                    )
-            await pipe.execute()
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for event in events:
+                    key = self.settings.key("item", event.item_id)
+                    if event.op == "delete":
+                        pipe.delete(key)
+                    else:
+                        pipe.hset(
+                            key,
+                            mapping={
+                                "title": event.title or "",
+                                "tags": json.dumps(dict(event.tags)),
+                                "updated_at": now,
+                            },
+                        )
+                await pipe.execute()
+
+        await self._until_written("item metadata", write)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -243,3 +243,44 @@ async def test_the_sink_writes_every_list_with_its_ttl_even_after_redis_forgets_
         for key in await sink.redis.keys(f"{redis_key_prefix}*"):
             await sink.redis.delete(key)
         await sink.close()
+
+
+@pytest.mark.redis
+async def test_the_sink_waits_for_redis_and_writes_once_it_is_back(tmp_path) -> None:
+    """A worker's write while Redis is unreachable is not lost, nor does it stop the
+    worker: the sink tries again until a Redis (here, a second server started late on a
+    port nobody listens on at first) takes it."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+
+    from recsys_online.recommender import Recommendation
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is installed by scripts/services.sh"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="late:")
+    sink = RedisSink(settings)
+    sink.max_wait_s = 0.2
+    recs = [Recommendation("i1", 0.5, "popular now", "popular")]
+    write = asyncio.ensure_future(sink.publish_lists({"u1": recs, "u2": recs}, version=3))
+    await asyncio.sleep(1.0)
+    assert not write.done()  # still trying: nothing listens yet
+    redis_server = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.wait_for(write, 20)
+        for user in ("u1", "u2"):
+            doc = json.loads(await sink.redis.get(settings.key("recs", user)))
+            assert doc["model_version"] == 3 and doc["items"][0]["item_id"] == "i1"
+    finally:
+        await sink.close()
+        redis_server.terminate()
+        redis_server.wait(10)
