@@ -324,11 +324,12 @@ class _Consumer(faust_kafka.Consumer):
     path (a ``Message``, an ``Event``, a queue hand-off and several awaits for each: a
     Faust agent doing nothing takes at most ~15,000 events/s here, ``bench_intake``) and
     reach the topic's handler in lists of what one fetch returned, each partition's
-    records in offset order. The group membership, rebalances, seeks and commits stay
-    Faust's: a list counts as acknowledged once its handler has returned, Faust's commit
-    timer commits it, and a rebalance waits for a list in progress before it commits
-    (as it waits for events in progress). Records fetched across a rebalance are not
-    handed over, as Faust drops its own: the rebalance seeks every partition back to its
+    records in offset order, the partitions in turn. The group membership, rebalances,
+    seeks and commits stay Faust's: a list counts as acknowledged once its handler has
+    returned and Faust's commit timer commits it; a revocation waits for a list in
+    progress, then commits what was taken from the revoked partitions (see
+    :meth:`on_partitions_revoked`). Records fetched across a rebalance are not handed
+    over, as Faust drops its own: the rebalance seeks every partition back to its
     committed offset.
     """
 
@@ -387,10 +388,13 @@ class _Consumer(faust_kafka.Consumer):
             for record in records:
                 ends[TP(record.topic, record.partition)] = record.offset + 1
             assigned = self.assignment()
+            now = time.monotonic()
             for tp, end in ends.items():
                 if tp in assigned:
                     self._read_offset[tp] = self._taken[tp] = end
                     self._acked[tp]  # (listed: Faust commits the partitions found here)
+                    # What Faust's stall detector reads for a partition's stream.
+                    self.app.monitor.stream_inbound_time[tp] = now
             self._n_acked += len(records)
         finally:
             self._handler_idle.set()
@@ -411,6 +415,24 @@ class _Consumer(faust_kafka.Consumer):
         return super()._new_offset(tp)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Commit what was taken from the revoked partitions, then let Faust revoke them.
+
+        Faust forgets a revoked partition's acknowledgements before its own commit at a
+        revocation, so with Kafka's eager rebalancing (every partition is revoked) that
+        commit covers none; it relies on its periodic commit, and up to one interval of
+        events comes again to the next owner. A batch in its handler finishes first, and
+        none starts after (a rebalance also stops the flow, a moment later)."""
+        self.stop_flow()
+        await self.wait_batch()
+        mine = {tp for tp in revoked if tp in self._taken}
+        for _ in range(3):  # (a commit already under way makes ``commit`` return at once)
+            if not any(self._should_commit(tp, self._taken[tp]) for tp in mine):
+                break
+            try:
+                await self.commit(mine)
+            except Exception as exc:  # the next owner starts from the last commit
+                log.warning("could not commit the revoked partitions' offsets: %s", exc)
+                break
         for tp in revoked:
             self._taken.pop(tp, None)
         await super().on_partitions_revoked(revoked)
@@ -514,6 +536,16 @@ class RecsysWorker:
         lists."""
         await self._reset_if_pending()
         await self.catalog.ready.wait()
+        # A partition already in the model never learns an offset again (a seek back to
+        # the committed offset may hand over records taken before).
+        done = self._next_offset
+        records = [
+            r
+            for r in records
+            if r.partition not in self._replayed or r.offset >= done.get(r.partition, 0)
+        ]
+        if not records:
+            return
         first: dict[int, int] = {}
         for record in records:
             first.setdefault(record.partition, record.offset)
@@ -735,7 +767,8 @@ class RecsysWorker:
         partitions we keep (at the next batch), so a partition that comes back is never
         learned twice."""
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
-        if lost & self._replayed:
+        # (A replay under way, from the timer, may be learning a lost partition now.)
+        if lost & self._replayed or (lost and self._replay_lock.locked()):
             self._reset_pending = True
 
     async def _reset_if_pending(self) -> None:
@@ -749,6 +782,7 @@ class RecsysWorker:
         log.info("rebalance: rebuilding the model from the assigned partitions")
         self._reset_pending = False
         self._replayed.clear()
+        self._next_offset.clear()  # set again by each partition's replay
         self._resume_from.clear()  # the snapshot covered the partitions we had
         self.engine = self.engine.successor()
         self.engine.live = False

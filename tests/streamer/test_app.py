@@ -72,12 +72,26 @@ async def test_ratings_reach_the_handler_in_batches_and_count_as_acknowledged(
     }
     assert consumer._read_offset[TP("r", 0)] == 15  # a fetch of them again is skipped
 
-    async def revoke(self, revoked) -> None:  # (Faust's own needs a running app)
-        pass
+    # At a revocation, what was taken is committed before Faust forgets the partitions
+    # (its own commit there comes after, and would find nothing of them).
+    events: list = []
 
+    async def commit(offsets) -> bool:
+        events.append(("commit", dict(offsets)))
+        return True
+
+    async def revoke(self, revoked) -> None:  # (Faust's own needs a running app)
+        events.append(("faust revokes", set(revoked)))
+
+    monkeypatch.setattr(consumer, "_commit", commit)
     monkeypatch.setattr(faust_kafka.Consumer, "on_partitions_revoked", revoke)
-    await consumer.on_partitions_revoked({TP("r", 1)})
+    await consumer.on_partitions_revoked({TP("r", 0), TP("r", 1)})
+    assert events == [
+        ("commit", {TP("r", 0): 15, TP("r", 1): 3}),
+        ("faust revokes", {TP("r", 0), TP("r", 1)}),
+    ]
     assert consumer._new_offset(TP("r", 1)) is None
+    assert not consumer.flow_active  # no batch starts while the rebalance goes on
 
 
 async def test_a_rebalance_stops_the_batches_of_a_fetch_and_commits_only_what_was_handled(
