@@ -50,21 +50,30 @@ class Window:
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"window size must be >= 1, got {size}")
-        self._ring = np.zeros(size, np.float64)
+        self.size = size
+        # Grown as values come, up to ``size``: a window of a million (a benchmark's
+        # whole-run figures) over a short stream holds what came, not 8 MB of zeros,
+        # in memory and in every model snapshot.
+        self._ring = np.zeros(min(size, 1024), np.float64)
         self._next = 0  # where the next value goes
         self._full = False
 
     def extend(self, values) -> None:
-        values = np.asarray(values, np.float64)[-len(self._ring) :]
-        n, size, at = len(values), len(self._ring), self._next
+        values = np.asarray(values, np.float64)[-self.size :]
+        n, at = len(values), self._next
+        if len(self._ring) < self.size and at + n >= len(self._ring):
+            grown = np.zeros(min(self.size, max(2 * len(self._ring), at + n + 1)), np.float64)
+            grown[:at] = self._ring[:at]  # (not wrapped yet: the ring is still filling)
+            self._ring = grown
+        size = len(self._ring)
         head = min(n, size - at)
         self._ring[at : at + head] = values[:head]
         self._ring[: n - head] = values[head:]
-        self._full = self._full or at + n >= size
+        self._full = self._full or at + n >= self.size
         self._next = (at + n) % size
 
     def __len__(self) -> int:
-        return len(self._ring) if self._full else self._next
+        return self.size if self._full else self._next
 
     def mean(self) -> float:
         n = len(self)

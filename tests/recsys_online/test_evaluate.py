@@ -247,7 +247,7 @@ def test_ndcg_at_rank_by_hand() -> None:
     assert ndcg_at_rank(None) == 0.0
 
 
-@pytest.mark.parametrize("window", [1, 7, 50])
+@pytest.mark.parametrize("window", [1, 7, 50, 3000])  # (3000: the ring grows as it fills)
 def test_batched_rolling_figures_match_river_one_value_at_a_time(window: int) -> None:
     """The ring windows give river's ``utils.Rolling`` figures, whatever the batch sizes
     (including batches longer than the window)."""
@@ -278,3 +278,18 @@ def test_batched_rolling_figures_match_river_one_value_at_a_time(window: int) ->
         assert e["rolling_mae"] == pytest.approx(rolling_mae.get(), rel=1e-9)
         assert s["ndcg_at_k"] == pytest.approx(ndcg.get(), rel=1e-9)
         assert s["rolling_ndcg_at_k"] == pytest.approx(rolling_ndcg.get(), rel=1e-9, abs=1e-12)
+
+
+def test_a_large_window_holds_what_came_not_its_size() -> None:
+    """A million-value window over a few thousand values keeps a few thousand (it is in
+    every model snapshot), and still drops the oldest once full."""
+    from recsys_online.evaluate import Window
+
+    big = Window(1_000_000)
+    big.extend(np.ones(5_000))
+    assert len(big) == 5_000 and big._ring.nbytes <= 16 * 5_000
+    small = Window(2_000)
+    for lo in range(0, 5_000, 700):
+        small.extend(np.arange(lo, min(lo + 700, 5_000), dtype=np.float64))
+    assert len(small) == 2_000 and small._ring.nbytes == 8 * 2_000
+    assert small.mean() == pytest.approx(np.arange(3_000, 5_000).mean())
