@@ -108,11 +108,17 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
 
 def standalone_consumer(settings: Settings, **options: object) -> AIOKafkaConsumer:
     """A consumer outside the group that commits nothing: the catalog follower, replays
-    and the item-changes follower assign their partitions themselves."""
+    and the item-changes follower assign their partitions themselves.
+
+    It reads what the group's consumer reads: with ``exactly_once``, Faust's consumer
+    skips events of aborted transactions (``read_committed``), so a replay must too, or
+    it would learn ratings that were never learned live."""
+    committed = settings.processing_guarantee == "exactly_once"
     return AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
+        isolation_level="read_committed" if committed else "read_uncommitted",
         **options,
     )
 

@@ -8,7 +8,7 @@ from aiokafka import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
-from streamer.app import RecsysWorker
+from streamer.app import RecsysWorker, standalone_consumer
 from streamer.settings import Settings
 
 
@@ -118,3 +118,21 @@ async def test_a_rebalance_stops_the_batches_of_a_fetch_and_commits_only_what_wa
     await asyncio.wait_for(rebalanced[0], 1.0)  # released once the batch was in
     assert got == [[(0, 0), (0, 1), (0, 2)]]  # the other two batches are left for the seek
     assert consumer._new_offset(TP("r", 0)) == 3
+
+
+async def test_replays_read_what_the_group_consumer_reads() -> None:
+    """With exactly_once the group's consumer skips aborted transactions' events; the
+    consumers that replay the log must skip the same ones."""
+    for guarantee, level in (("exactly_once", "read_committed"), ("at_least_once", None)):
+        worker = RecsysWorker(Settings(processing_guarantee=guarantee))
+        worker.app.in_worker = True  # (as under `recsys-online worker`: Faust's test for it)
+        thread = worker.app.consumer._new_consumer_thread()
+        group = thread._create_worker_consumer(worker.app.transport)
+        replay = standalone_consumer(worker.settings)
+        try:
+            assert replay._isolation_level == group._isolation_level
+            if level:
+                assert replay._isolation_level == level
+        finally:
+            await replay.stop()
+            await group.stop()
