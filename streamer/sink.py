@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -110,6 +111,17 @@ class RedisSink:
                 log.warning("Redis took %s after %d failed tries", what, failures)
             return result
 
+    async def _transaction(self, what: str, queue: Callable[[Pipeline], None]) -> None:
+        """The commands ``queue`` adds to a pipeline, run as one MULTI/EXEC transaction
+        (again, from the start, while Redis is unreachable)."""
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                queue(pipe)
+                await pipe.execute()
+
+        await self._until_written(what, write)
+
     async def publish_lists(
         self, lists: Mapping[str, Sequence[Recommendation]], version: int
     ) -> float:
@@ -150,17 +162,15 @@ class RedisSink:
         own = key("metrics", "worker", worker_id)
         history = key("metrics", "history")
 
-        async def write() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(key("popular"), list_document(None, popular, version, now))
-                pipe.hset(key("metrics"), mapping=mapping)
-                pipe.hset(own, mapping=mapping)
-                pipe.expire(own, 30)
-                pipe.lpush(history, snapshot)
-                pipe.ltrim(history, 0, self.settings.metrics_history - 1)
-                await pipe.execute()
+        def queue(pipe: Pipeline) -> None:
+            pipe.set(key("popular"), list_document(None, popular, version, now))
+            pipe.hset(key("metrics"), mapping=mapping)
+            pipe.hset(own, mapping=mapping)
+            pipe.expire(own, 30)
+            pipe.lpush(history, snapshot)
+            pipe.ltrim(history, 0, self.settings.metrics_history - 1)
 
-        await self._until_written("metrics", write)
+        await self._transaction("metrics", queue)
 
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:
         """Item metadata for apps rendering lists (``item:{item_id}`` hashes), one
@@ -169,24 +179,22 @@ class RedisSink:
             return
         now = time.time()
 
-        async def write() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for event in events:
-                    key = self.settings.key("item", event.item_id)
-                    if event.op == "delete":
-                        pipe.delete(key)
-                    else:
-                        pipe.hset(
-                            key,
-                            mapping={
-                                "title": event.title or "",
-                                "tags": json.dumps(dict(event.tags)),
-                                "updated_at": now,
-                            },
-                        )
-                await pipe.execute()
+        def queue(pipe: Pipeline) -> None:
+            for event in events:
+                key = self.settings.key("item", event.item_id)
+                if event.op == "delete":
+                    pipe.delete(key)
+                else:
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "title": event.title or "",
+                            "tags": json.dumps(dict(event.tags)),
+                            "updated_at": now,
+                        },
+                    )
 
-        await self._until_written("item metadata", write)
+        await self._transaction("item metadata", queue)
 
     async def close(self) -> None:
         await self.redis.aclose()
