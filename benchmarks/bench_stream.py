@@ -246,6 +246,14 @@ def parity_text(stream: dict, replay: dict, relative: dict) -> str:
     )
 
 
+def freshness_text(run: dict) -> str:
+    return (
+        f"{run['rate_achieved']:,.0f}/s: p50 {run['freshness_ms_p50']:.0f} ms, p99 "
+        f"{run['freshness_ms_p99']:.0f} ms; CPU worker {run['worker_cpu_share']:.0%}, broker "
+        f"{run['broker_cpu_share']:.0%}, producer {run['producer_cpu_share']:.0%}"
+    )
+
+
 async def _produce_all(settings: Settings, ds) -> None:
     async with event_producer(settings) as producer:
         for event in ds.events():
@@ -391,11 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         n_users=args.users, n_items=args.items, n_ratings=args.fresh_ratings, seed=12
     )
     fr = freshness(fresh_ds, args.rate, log_dir)
-    print(
-        f"freshness at {fr['rate_achieved']:,.0f}/s: p50 {fr['freshness_ms_p50']:.0f} ms, "
-        f"p99 {fr['freshness_ms_p99']:.0f} ms; CPU worker {fr['worker_cpu_share']:.0%}, "
-        f"broker {fr['broker_cpu_share']:.0%}, producer {fr['producer_cpu_share']:.0%}"
-    )
+    print(f"freshness at {freshness_text(fr)}")
     fresh_replay = replay_quality(fresh_ds)
     fresh_stream = stream_quality(fr["per_worker"])
     steady_parity = parity(fresh_stream, fresh_replay)
@@ -442,12 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         run = freshness(live_fresh_ds, rate, log_dir)
         live_fr_runs.append(run)
-        print(
-            f"freshness, live-paced at {run['rate_achieved']:,.0f}/s: p50 "
-            f"{run['freshness_ms_p50']:.0f} ms, p99 {run['freshness_ms_p99']:.0f} ms; CPU "
-            f"worker {run['worker_cpu_share']:.0%}, broker {run['broker_cpu_share']:.0%}, "
-            f"producer {run['producer_cpu_share']:.0%}"
-        )
+        print(f"freshness, live-paced at {freshness_text(run)}")
     live_fr = live_fr_runs[0]
     one = runs[0]["stream_ratings_per_s"]
     targets = {
