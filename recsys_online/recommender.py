@@ -19,9 +19,16 @@ from recsys_online.tags import ItemTags
 
 SIGNALS = ("mf", "content", "cooc", "pop", "recent_tags", "recent_factors")
 
+#: The signals ``hybrid`` blends by default. The two session signals (the user's last
+#: items by tags and by factors) are there to ask for: on three streams they moved
+#: NDCG@10 by -3% to +0.2% (co-occurrence already follows the session), and
+#: ``recent_factors`` costs 32 of the ranking product's 116 columns.
+HYBRID = ("mf", "content", "cooc", "pop")
+
 #: Ranking signals of each named model; ``hybrid`` blends them with learned weights.
 MODELS: dict[str, tuple[str, ...]] = {
-    "hybrid": SIGNALS,
+    "hybrid": HYBRID,
+    "session": SIGNALS,
     "mf": ("mf",),
     "content": ("content",),
     "cooc": ("cooc",),
@@ -67,7 +74,7 @@ class _UserContext:
 class RecommenderConfig:
     """Settings of :class:`Recommender`; every field is a keyword of its own."""
 
-    signals: tuple[str, ...] = SIGNALS
+    signals: tuple[str, ...] = HYBRID
     factors: FactorParams = field(default_factory=FactorParams)
     scale: tuple[float, float] = (1.0, 5.0)
     relevant: float = 4.0

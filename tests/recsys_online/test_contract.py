@@ -19,6 +19,7 @@ SOURCES = {"collaborative", "content", "co-occurrence", "popular"}
 #: What a single-signal model may name as the source: its own signal or a fallback.
 OWN_SOURCES = {
     "hybrid": SOURCES,
+    "session": SOURCES,
     "mf": {"collaborative", "popular"},
     "content": {"content", "collaborative", "popular"},
     "cooc": {"co-occurrence", "collaborative", "popular"},
