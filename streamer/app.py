@@ -322,6 +322,11 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[None]]
 
 
+class BatchAbandoned(Exception):
+    """A batch handler gave up on its records because a rebalance began: they are not
+    acknowledged, so whoever owns their partitions next reads them again."""
+
+
 class _Consumer(faust_kafka.Consumer):
     """Faust's consumer with two changes: its thread's fetch wait (:class:`_ConsumerThread`),
     and topics whose records are taken in batches.
@@ -336,11 +341,14 @@ class _Consumer(faust_kafka.Consumer):
     progress, then commits what was taken from the revoked partitions (see
     :meth:`on_partitions_revoked`). Records fetched across a rebalance are not handed
     over, as Faust drops its own: the rebalance seeks every partition back to its
-    committed offset.
+    committed offset. A handler that raises :class:`BatchAbandoned` (a long replay that
+    sees :attr:`revocations` move) leaves its records unacknowledged and ends the fetch's
+    batches, so a rebalance never waits for work that the rebalance undoes.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
+        self.revocations = 0  # rebalances begun: long work in a handler watches it
         self._taken: dict[TP, int] = {}  # batch-topic partition -> next offset to commit
         self._handler_idle = asyncio.Event()  # no batch handler is running
         self._handler_idle.set()
@@ -373,7 +381,11 @@ class _Consumer(faust_kafka.Consumer):
             for lo in range(0, len(taken), size):
                 if not self._may_take(generation):
                     break  # the rebalance seeks back to the committed offsets
-                await self._take(handler, taken[lo : lo + size])
+                try:
+                    await self._take(handler, taken[lo : lo + size])
+                except BatchAbandoned as exc:
+                    log.info("batch left to the partitions' next owner: %s", exc)
+                    break
         return {tp: got for tp, got in records.items() if tp.topic not in handlers}, active
 
     def _may_take(self, generation: int) -> bool:
@@ -428,6 +440,7 @@ class _Consumer(faust_kafka.Consumer):
         commit covers none; it relies on its periodic commit, and up to one interval of
         events comes again to the next owner. A batch in its handler finishes first, and
         none starts after (a rebalance also stops the flow, a moment later)."""
+        self.revocations += 1
         self.stop_flow()
         await self.wait_batch()
         mine = {tp for tp in revoked if tp in self._taken}
@@ -813,7 +826,10 @@ class RecsysWorker:
         """Partitions assigned to us that see no new ratings are replayed too, up to the
         group's committed offset (where live processing would resume)."""
         if self._assigned() - self._replayed:
-            await self._ensure_replayed({})
+            try:
+                await self._ensure_replayed({})
+            except BatchAbandoned as exc:
+                log.info("replay stopped: %s", exc)
 
     def _assigned(self) -> set[int]:
         """The ratings partitions assigned to this worker."""
@@ -954,12 +970,21 @@ class RecsysWorker:
         await consumer.start()
         learned = dict.fromkeys(until, 0)
         users: set[str] = set()
+        revocations = self.app.consumer.revocations
         try:
             users.update(await self._replay_users(consumer, sorted(until)))
             start = {p: self._resume_from.get(p, 0) for p in until}
             async for ratings in read_merged(
                 consumer, s.ratings_topic, start, until, self._replayable
             ):
+                if self.app.consumer.revocations != revocations:
+                    # A rebalance began: its revocation waits for the batch this replay
+                    # runs in, and the partitions may go elsewhere. The model holds part
+                    # of the replay, so it is rebuilt at the next batch.
+                    self._reset_pending = True
+                    raise BatchAbandoned(
+                        f"a rebalance began {time.monotonic() - started:.1f} s into a replay"
+                    )
                 self.engine.relearn([r for _, r in ratings])
                 for partition, r in ratings:
                     users.add(r.user)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiokafka import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
-from streamer.app import RecsysWorker, standalone_consumer
+from recsys_online.events import Rating
+from streamer import app as app_module
+from streamer.app import BatchAbandoned, RecsysWorker, standalone_consumer
 from streamer.settings import Settings
 
 
@@ -136,3 +139,69 @@ async def test_replays_read_what_the_group_consumer_reads() -> None:
         finally:
             await replay.stop()
             await group.stop()
+
+
+async def test_an_abandoned_batch_is_not_acknowledged_and_ends_the_fetch(monkeypatch) -> None:
+    """A handler that gives up (a rebalance began during its replay) leaves its records
+    to the partition's next owner: nothing of it is committed, no later batch starts,
+    and the worker goes on."""
+    fetched = {
+        TP("r", 0): [_record("r", 0, o) for o in range(9)],
+        TP("i", 0): [_record("i", 0, 4)],
+    }
+    app, consumer, got = _batch_consumer(monkeypatch, fetched, size=3)
+    handler, _ = app.batch_handlers["r"]
+    calls: list[int] = []
+
+    async def gives_up_on_the_second(records: list[ConsumerRecord]) -> None:
+        calls.append(records[0].offset)
+        if len(calls) == 2:
+            raise BatchAbandoned("a rebalance began")
+        await handler(records)
+
+    app.batch_handlers["r"] = (gives_up_on_the_second, 3)
+    rest, _ = await consumer._wait_next_records(1.0)
+    assert list(rest) == [TP("i", 0)]
+    assert calls == [0, 3]  # the third batch never started
+    assert got == [[(0, 0), (0, 1), (0, 2)]]
+    assert consumer._new_offset(TP("r", 0)) == 3
+    assert consumer._read_offset[TP("r", 0)] == 3  # offsets 3.. are read again
+    assert consumer._handler_idle.is_set()  # a revocation does not wait for it
+
+
+async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
+    monkeypatch,
+) -> None:
+    """A replay runs inside a ratings batch (or the timer); a revocation waits for that
+    batch, so a long replay would hold the whole group's rebalance. It stops at its next
+    chunk once a revocation begins, learns nothing more, and asks for a rebuild."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    consumer = worker.app.consumer
+    worker.catalog.ready.set()
+    for item in ("a", "b"):
+        worker.engine.upsert_item(item, {"t": 1.0})
+
+    class Idle:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    async def no_users(self, consumer, partitions) -> set[str]:
+        return set()
+
+    chunks = [[(0, Rating(f"u{n}", "a", 4.0, float(n)))] for n in range(4)]
+
+    async def merged(*args, **kwargs):
+        for n, chunk in enumerate(chunks):
+            if n == 2:  # Faust's revocation starts while the replay reads the log
+                consumer.revocations += 1
+            yield chunk
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings: Idle())
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    with pytest.raises(BatchAbandoned):
+        await worker._replay({0: 4})
+    assert worker.engine.events == 2  # the chunks read before the revocation began
+    assert worker._replayed == set()  # partition 0 is not counted as in the model
+    assert worker._reset_pending  # the partial replay is thrown away at the next batch
