@@ -302,16 +302,19 @@ def section_ranking(report: Report, runs: dict[str, dict[str, Checkpoint]]) -> N
                     h > c,
                 ),
             )
-        singles = {m: cp.ndcg_at_k for m, cp in cps.items() if m != "hybrid"}
+        singles = {m: cp.ndcg_at_k for m, cp in cps.items() if len(MODELS[m]) == 1}
         best = max(singles, key=singles.__getitem__)
         ratio = hybrid.ndcg_at_k / singles[best] if singles[best] else math.inf
+        session = cps["session"].ndcg_at_k / hybrid.ndcg_at_k - 1.0
         report.add(
             Figure(
                 section,
                 f"{name}: blend / best single ({best}) NDCG",
                 ratio,
                 f"{ratio:.2f}x",
-            )
+            ),
+            # What the two opt-in session signals add to the default blend.
+            Figure(section, f"{name}: session / hybrid NDCG", session, f"{session:+.1%}"),
         )
     report.details["ranking"] = {
         name: {model: cp.as_dict() for model, cp in cps.items()} for name, cps in runs.items()
