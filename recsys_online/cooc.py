@@ -71,10 +71,19 @@ class CoOccurrence:
     def learn_many(self, users: list[int], items: list[int]) -> None:
         """Record a batch of (user, item) ratings in order.
 
-        Rings advance event by event (a small loop over Python ints); the pair weights the
-        batch adds are then summed per pair and applied to the neighbour lists in one
-        vectorised SpaceSaving step.
+        Rings advance event by event; the pair weights the batch adds are then summed per
+        pair and applied to the neighbour lists in one vectorised SpaceSaving step. When no
+        user comes twice (every learning step of the evaluator and the worker), the rings
+        advance as arrays, in the same order: the same pairs, weights and rings.
         """
+        u = np.asarray(users, np.int64)
+        if len(u) > 1 and len(np.unique(u)) == len(u):
+            self._learn_distinct(u, np.asarray(items, np.int64))
+        else:
+            self._learn_in_order(users, items)
+
+    def _learn_in_order(self, users: list[int], items: list[int]) -> None:
+        """:meth:`learn_many` one rating after another (a user may come twice)."""
         recency = self._recency.tolist()
         rings = self.recent
         a_rows: list[int] = []
@@ -94,6 +103,28 @@ class CoOccurrence:
         self.damping[rated] = np.maximum(self.count[rated], 1.0) ** np.float32(-self.beta)
         if a_rows:
             self._add_pairs(np.array(a_rows), np.array(b_rows), np.array(weights, np.float32))
+
+    def _learn_distinct(self, users: np.ndarray, items: np.ndarray) -> None:
+        """:meth:`learn_many` for ratings of distinct users, as array operations."""
+        rings = self.recent[users]  # (B, L) newest first, -1 empty
+        other = (rings >= 0) & (rings != items[:, None])  # ring places that pair up
+        b, pos = np.nonzero(other)  # by rating, then by place: the loop's order
+        prev, item = rings[b, pos].astype(np.int64), items[b]
+        w = self._recency[pos]
+        # The rated item goes first; the others keep their order, the oldest falls off.
+        order = np.argsort(~other, axis=1, kind="stable")[:, : self.window - 1]
+        kept = np.take_along_axis(rings, order, axis=1)
+        kept[~np.take_along_axis(other, order, axis=1)] = -1
+        self.recent[users, 0] = items
+        self.recent[users, 1:] = kept
+        np.add.at(self.count, items, 1.0)
+        self.damping[items] = np.maximum(self.count[items], 1.0) ** np.float32(-self.beta)
+        if len(b):  # each pair both ways, interleaved as the loop adds them
+            self._add_pairs(
+                np.stack((item, prev), axis=1).ravel(),
+                np.stack((prev, item), axis=1).ravel(),
+                np.repeat(w, 2),
+            )
 
     def _add_pairs(self, rows: np.ndarray, others: np.ndarray, ws: np.ndarray) -> None:
         """Pairs ``(rows[p], others[p])`` gain ``ws[p]``; repeated pairs are summed first."""

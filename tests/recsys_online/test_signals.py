@@ -147,6 +147,25 @@ def test_inherited_weight_does_not_outrank_a_heavy_pair(seed: int) -> None:
     assert int(np.argmax(scores)) == 1, scores[scores > 0]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_batch_of_distinct_users_learns_what_the_ordered_loop_learns(seed: int) -> None:
+    """The array path (no user twice in a batch) adds the same pairs in the same order and
+    leaves the same rings as the loop, to the bit, on small rings and neighbour lists
+    that overflow (SpaceSaving evictions) and with re-rated items."""
+    rng = np.random.default_rng(seed)
+    fast, loop = CoOccurrence(window=4, n_neighbours=3), CoOccurrence(window=4, n_neighbours=3)
+    for co in (fast, loop):
+        co.ensure(n_users=30, n_items=25)
+    for _ in range(60):
+        users = rng.choice(30, size=int(rng.integers(2, 20)), replace=False).tolist()
+        items = rng.integers(0, 25, size=len(users)).tolist()
+        fast.learn_many(users, items)
+        loop._learn_in_order(users, items)
+    for name in ("recent", "nbr", "weight", "error", "count", "damping"):
+        assert np.array_equal(getattr(fast, name), getattr(loop, name)), name
+    assert (fast.nbr >= 0).sum() > 40  # (the lists filled up: evictions happened)
+
+
 def test_scores_by_hand() -> None:
     co = CoOccurrence(window=3, n_neighbours=4, decay=0.5, beta=1.0)
     co.ensure(n_users=2, n_items=3)
