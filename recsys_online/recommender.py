@@ -19,11 +19,10 @@ from recsys_online.tags import ItemTags
 
 SIGNALS = ("mf", "content", "cooc", "pop", "recent_tags", "recent_factors")
 
-#: The signals ``hybrid`` blends by default. The two session signals (the user's last
-#: items by tags and by factors) are there to ask for: on three streams they moved
-#: NDCG@10 by -3% to +0.2% (co-occurrence already follows the session), and
-#: ``recent_factors`` costs 32 of the ranking product's 116 columns.
-HYBRID = ("mf", "content", "cooc", "pop")
+#: The signals ``hybrid`` blends by default: all but ``recent_factors`` (the user's last
+#: items by factors), which moved NDCG@10 by -0.2% to +0.1% on four streams and cost 32
+#: of the ranking product's 116 columns per item. ``session`` has all six.
+HYBRID = ("mf", "content", "cooc", "pop", "recent_tags")
 
 #: Ranking signals of each named model; ``hybrid`` blends them with learned weights.
 MODELS: dict[str, tuple[str, ...]] = {
@@ -88,6 +87,7 @@ class RecommenderConfig:
     learn_blend: bool = True
     blend_lr: float = 0.05
     blend_l2: float = 1e-4
+    blend_share: float = 1.0
     n_negatives: int = 4
     history_limit: int = 2000
     seed: int = 42
@@ -346,6 +346,8 @@ class Recommender:
         self.now = max(self.now, float(ts.max()))
         if self.config.learn_blend and len(self.config.signals) > 1:
             relevant = r >= self.config.relevant
+            if self.config.blend_share < 1.0:
+                relevant &= self.rng.random(len(r)) < self.config.blend_share
             if relevant.any():
                 self._learn_blend(u[relevant], i[relevant])
         means = self._user_means(u)
@@ -572,6 +574,8 @@ class Recommender:
         w = (self.cooc._recency * (ring >= 0))[:, None, :]  # (B, 1, L)
         rows = np.maximum(ring, 0)
         tags = _unit_rows(np.matmul(w, self.content.C[rows])[:, 0])
+        if "recent_factors" not in self.config.signals:  # (no column and no weight)
+            return tags, np.zeros((len(u), self.mf.Q.shape[1]), np.float32)
         # Each item's unit vector q/|q|: the norms fold into the recency weights.
         w_q = w / np.maximum(self.mf.Q_norm[rows], 1e-9)[:, None, :]
         factors = _unit_rows(np.matmul(w_q, self.mf.Q[rows])[:, 0])
@@ -604,8 +608,9 @@ class Recommender:
         if "recent_tags" in use or "recent_factors" in use:
             tags, factors = (ctx.tags, ctx.factors) if ctx else self._session_vectors(u)
             out[4] = np.einsum("bd,bmd->bm", tags, content.C[items])
-            q = mf.Q[items] / np.maximum(mf.Q_norm[items], 1e-9)[..., None]
-            out[5] = np.einsum("bk,bmk->bm", factors, q)
+            if "recent_factors" in use:
+                q = mf.Q[items] / np.maximum(mf.Q_norm[items], 1e-9)[..., None]
+                out[5] = np.einsum("bk,bmk->bm", factors, q)
         return out * self._use[:, None, None]
 
     def _explain_features(
