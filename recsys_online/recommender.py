@@ -88,7 +88,6 @@ class RecommenderConfig:
     learn_blend: bool = True
     blend_lr: float = 0.05
     blend_l2: float = 1e-4
-    blend_share: float = 1.0
     n_negatives: int = 4
     history_limit: int = 2000
     seed: int = 42
@@ -347,8 +346,6 @@ class Recommender:
         self.now = max(self.now, float(ts.max()))
         if self.config.learn_blend and len(self.config.signals) > 1:
             relevant = r >= self.config.relevant
-            if self.config.blend_share < 1.0:
-                relevant &= self.rng.random(len(r)) < self.config.blend_share
             if relevant.any():
                 self._learn_blend(u[relevant], i[relevant])
         means = self._user_means(u)
