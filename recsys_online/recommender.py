@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -66,7 +66,7 @@ class _UserContext:
 
     tags: np.ndarray  # (B, D) unit mean content vector of each user's recent items
     factors: np.ndarray  # (B, k) unit mean factor direction of each user's recent items
-    ring: tuple[np.ndarray, np.ndarray]  # co-occurrence neighbours and weights, (B, L, M)
+    ring: tuple[np.ndarray, np.ndarray] | None  # co-occurrence neighbours, weights (B, L, M)
     profile: np.ndarray  # (B, D) unit content profile of each user
 
 
@@ -560,11 +560,13 @@ class Recommender:
         return None
 
     # ------------------------------------------------------------ scoring
-    def _context(self, u: np.ndarray) -> _UserContext:
-        """What every step of one ranking call needs about users ``u``, computed once."""
+    def _context(self, u: np.ndarray, ring: bool = True) -> _UserContext:
+        """What every step of one ranking call needs about users ``u``, computed once
+        (``ring=False``: without the co-occurrence rings, for callers that do without)."""
         tags, factors = self._session_vectors(u)
         profile = _unit_rows(self.content.profile[u])
-        return _UserContext(tags, factors, self.cooc.ring_weights(u), profile)
+        rings = self.cooc.ring_weights(u) if ring else None
+        return _UserContext(tags, factors, rings, profile)
 
     def _session_vectors(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Recency-weighted unit mean of the user's last items: by tags and by factors."""
@@ -693,33 +695,62 @@ class Recommender:
         whether a handful of new items belong in many users' lists costs far less than
         ranking the catalog for them.
         """
-        out = np.full((len(users), len(items)), -np.inf, np.float32)
-        irows = [self.items.get(x) for x in items]
-        cols = [j for j, r in enumerate(irows) if r is not None and self.active[r]]
+        return self.item_scorer(users)(items)
+
+    def item_scorer(self, users: Sequence[str]) -> Callable[[Sequence[str]], np.ndarray]:
+        """:meth:`score_items` for fixed ``users`` and items given in several calls: what
+        the users' side needs (weights, context, stacked vectors, rated items) is computed
+        once, and the co-occurrence rings only if an item asked for has co-occurred (a
+        new item has not: checking a catalog's new arrivals against thousands of users
+        skips that pass).
+
+        >>> rec = Recommender(RecommenderConfig(factors=FactorParams(n_factors=4)))
+        >>> for item in ("a", "b", "c"):
+        ...     rec.upsert_item(item, {"jazz": 1.0})
+        >>> rec.learn_rating("ann", "a", 5.0)
+        >>> score = rec.item_scorer(["ann", "nobody"])
+        >>> bool(np.isfinite(score(["b"])[0, 0])), score(["a", "b"])[1].tolist()
+        (True, [-inf, -inf])
+        """
         warm, u = self._warm(users)
-        if not cols or not warm:
-            return out
-        i, back = np.unique(np.array([irows[j] for j in cols], np.int64), return_inverse=True)
-        w, ctx = self._weights(u), self._context(u)
-        width = self._side.shape[1] if self._side is not None else 0
-        if width < self.n_items:  # the catalog outgrew the stacked rows
-            width = padded_width(self.n_items, 10)[1]
-        scores = self._user_side(u, w, ctx) @ self._item_side(width)[:, i]  # (B, m)
-        column = np.full(self.n_items + 1, -1, np.int64)  # item row -> column; [-1]: none
-        column[i] = np.arange(len(i))
-        if w[:, 2].any():  # co-occurrence: each ring neighbour that is one of ``i``
-            nbr, weight = ctx.ring  # (B, L, M)
-            j = column[nbr]
-            hit = j >= 0
-            b = np.broadcast_to(np.arange(len(u))[:, None, None], nbr.shape)[hit]
-            np.add.at(scores, (b, j[hit]), (weight * w[:, 2, None, None])[hit])
+        n_users = len(users)
+        if not warm or self.n_items == 0:  # (declared tags, no catalog yet: nothing)
+            return lambda items: np.full((n_users, len(items)), -np.inf, np.float32)
+        w, ctx = self._weights(u), self._context(u, ring=False)
+        user = self._user_side(u, w, ctx)
         rated, lengths = _joined(self.history, u, np.int32)
-        if lengths.any():  # each user's rated items, where they are among ``i``
-            j = column[rated]
-            b = np.repeat(np.arange(len(u)), lengths)
-            scores[b[j >= 0], j[j >= 0]] = -np.inf
-        out[np.ix_(warm, cols)] = scores[:, back]  # an item asked for twice, twice
-        return out
+        rated_by = np.repeat(np.arange(len(u)), lengths)
+        ring: list = []  # the rings' neighbours and weights, once some item needs them
+
+        def score(items: Sequence[str]) -> np.ndarray:
+            out = np.full((n_users, len(items)), -np.inf, np.float32)
+            irows = [self.items.get(x) for x in items]
+            cols = [j for j, r in enumerate(irows) if r is not None and self.active[r]]
+            if not cols:
+                return out
+            rows = np.array([irows[j] for j in cols], np.int64)
+            i, back = np.unique(rows, return_inverse=True)
+            width = self._side.shape[1] if self._side is not None else 0
+            if width < self.n_items:  # the catalog outgrew the stacked rows
+                width = padded_width(self.n_items, 10)[1]
+            scores = user @ self._item_side(width)[:, i]  # (B, m)
+            column = np.full(self.n_items + 1, -1, np.int64)  # item row -> column; [-1]: none
+            column[i] = np.arange(len(i))
+            if w[:, 2].any() and (self.cooc.count[i] > 0).any():
+                if not ring:  # each ring neighbour that is one of ``i``
+                    ring.append(self.cooc.ring_weights(u))
+                nbr, weight = ring[0]  # (B, L, M)
+                j = column[nbr]
+                hit = j >= 0
+                b = np.broadcast_to(np.arange(len(u))[:, None, None], nbr.shape)[hit]
+                np.add.at(scores, (b, j[hit]), (weight * w[:, 2, None, None])[hit])
+            if len(rated):  # each user's rated items, where they are among ``i``
+                j = column[rated]
+                scores[rated_by[j >= 0], j[j >= 0]] = -np.inf
+            out[np.ix_(warm, cols)] = scores[:, back]  # an item asked for twice, twice
+            return out
+
+        return score
 
     def _out(self, n_rows: int, width: int) -> np.ndarray:
         """A ``(n_rows, width)`` float32 array for scores, reused between calls.

@@ -336,23 +336,29 @@ class StreamEngine:
         above the last place of that list. Returns the re-ranked users' lists ({} when the
         catalog did not change or no list needs the new items).
         """
+        return self._serve(self.refresh_due())
+
+    def refresh_due(self) -> list[str]:
+        """The users :meth:`refresh` would re-rank (and the changed items are taken as
+        seen): a caller can then :meth:`serve` them a slice at a time."""
         if not self.changed_items:
-            return {}
+            return []
         changed = list(self.changed_items.items())
         self.changed_items.clear()
         recent = list(self.served)[-self.settings.refresh_users :]
         if not recent:
-            return {}
+            return []
         floor, ranked_at = zip(*(self.floor.get(u, (-math.inf, 0)) for u in recent), strict=True)
         ranked = np.array(ranked_at, np.int64)[:, None]
         best = np.full(len(recent), -np.inf, np.float32)
+        score = self.model.item_scorer(recent)  # the users' side once, for every chunk
         for lo in range(0, len(changed), self.REFRESH_CHUNK):
             items, versions = zip(*changed[lo : lo + self.REFRESH_CHUNK], strict=True)
-            scores = self.model.score_items(recent, items)
+            scores = score(items)
             scores[np.array(versions, np.int64)[None, :] <= ranked] = -np.inf  # seen then
             np.maximum(best, scores.max(axis=1), out=best)
         due = best > np.array(floor, np.float32)
-        return self._serve([u for u, d in zip(recent, due.tolist(), strict=True) if d])
+        return [u for u, d in zip(recent, due.tolist(), strict=True) if d]
 
     def popular(self) -> list[Recommendation]:
         """The list for users the model does not know."""

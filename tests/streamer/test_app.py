@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -205,3 +206,53 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
     assert worker.engine.events == 2  # the chunks read before the revocation began
     assert worker._replayed == set()  # partition 0 is not counted as in the model
     assert worker._reset_pending  # the partial replay is thrown away at the next batch
+
+
+async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
+    monkeypatch,
+) -> None:
+    """A burst of new items can put thousands of lists due at once; they are re-ranked
+    and published a slice at a time, with the event loop (and so the ratings' batches)
+    running in between, and a model rebuilt meanwhile stops the rest."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u", k=3))
+    engine = worker.engine
+    for n in range(6):
+        engine.upsert_item(f"old{n}", {"rock": 1.0})
+    users = [f"u{n}" for n in range(10)]
+    engine.learn_ratings([Rating(u, "old0", 5.0, 1.0) for u in users])
+    engine.upsert_item("new", {"rock": 1.0})  # belongs in every list
+    monkeypatch.setattr(RecsysWorker, "REFRESH_SLICE", 4)
+    published: list[list[str]] = []
+    ran_between: list[int] = []
+
+    class Sink:
+        async def publish_lists(self, lists, version) -> float:
+            published.append(sorted(lists))
+            assert all("new" in [r.item for r in recs] for recs in lists.values())
+            return time.time()
+
+    async def other_task() -> None:  # stands for a ratings batch
+        while len(published) < 3:
+            ran_between.append(len(published))
+            await asyncio.sleep(0)
+
+    worker.sink = Sink()
+    other = asyncio.ensure_future(other_task())
+    await worker._refresh_due_lists()
+    await other
+    assert [len(p) for p in published] == [4, 4, 2]
+    assert sorted(u for p in published for u in p) == users
+    assert {1, 2} <= set(ran_between)  # it ran between the slices
+
+    # A rebuild between two slices: the old model's remaining lists are not published.
+    engine.upsert_item("newer", {"rock": 1.0})
+    published.clear()
+
+    class RebuildingSink(Sink):
+        async def publish_lists(self, lists, version) -> float:
+            worker.engine = engine.successor()
+            return await super().publish_lists(lists, version)
+
+    worker.sink = RebuildingSink()
+    await worker._refresh_due_lists()
+    assert len(published) == 1
