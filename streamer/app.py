@@ -786,10 +786,16 @@ class RecsysWorker:
 
         A burst of new items can put thousands of lists due at once (3,300 in one tick of
         the live-paced benchmark at 5,000 ratings/s: 350 ms of ranking in one go, every
-        live rating waiting behind it); between slices, ratings batches run.
+        live rating waiting behind it); between slices, ratings batches run, and so they
+        do between the chunks of items checked to find the due lists.
         """
         engine = self.engine
-        due = engine.refresh_due()
+        due: list[str] = []
+        for step in engine.refresh_steps():  # the check itself, a chunk of items at a time
+            due = step
+            await asyncio.sleep(0)
+            if self.engine is not engine:
+                return
         for lo in range(0, len(due), self.REFRESH_SLICE):
             if self.engine is not engine:  # rebuilt meanwhile: its own lists follow
                 return

@@ -7,7 +7,7 @@ import math
 import time
 import zlib
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -341,14 +341,23 @@ class StreamEngine:
     def refresh_due(self) -> list[str]:
         """The users :meth:`refresh` would re-rank (and the changed items are taken as
         seen): a caller can then :meth:`serve` them a slice at a time."""
+        last = deque(self.refresh_steps(), maxlen=1)
+        return last[0] if last else []
+
+    def refresh_steps(self) -> Iterator[list[str]]:
+        """:meth:`refresh_due` a chunk of changed items at a time: yields the users due
+        so far after each chunk, the last yield being the answer, so a caller can let
+        other work run between chunks (a catalog loaded at start is thousands of items
+        to check against thousands of users)."""
         if not self.changed_items:
-            return []
+            return
         changed = list(self.changed_items.items())
         self.changed_items.clear()
         recent = list(self.served)[-self.settings.refresh_users :]
         if not recent:
-            return []
+            return
         floor, ranked_at = zip(*(self.floor.get(u, (-math.inf, 0)) for u in recent), strict=True)
+        floors = np.array(floor, np.float32)
         ranked = np.array(ranked_at, np.int64)[:, None]
         best = np.full(len(recent), -np.inf, np.float32)
         score = self.model.item_scorer(recent)  # the users' side once, for every chunk
@@ -357,8 +366,7 @@ class StreamEngine:
             scores = score(items)
             scores[np.array(versions, np.int64)[None, :] <= ranked] = -np.inf  # seen then
             np.maximum(best, scores.max(axis=1), out=best)
-        due = best > np.array(floor, np.float32)
-        return [u for u, d in zip(recent, due.tolist(), strict=True) if d]
+            yield [u for u, d in zip(recent, (best > floors).tolist(), strict=True) if d]
 
     def popular(self) -> list[Recommendation]:
         """The list for users the model does not know."""

@@ -13,6 +13,7 @@ from faust.types import TP
 from recsys_online.events import Rating
 from streamer import app as app_module
 from streamer.app import BatchAbandoned, RecsysWorker, standalone_consumer
+from streamer.engine import StreamEngine
 from streamer.settings import Settings
 
 
@@ -221,9 +222,20 @@ async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     users = [f"u{n}" for n in range(10)]
     engine.learn_ratings([Rating(u, "old0", 5.0, 1.0) for u in users])
     engine.upsert_item("new", {"rock": 1.0})  # belongs in every list
+    engine.upsert_item("new2", {"rock": 1.0})
     monkeypatch.setattr(RecsysWorker, "REFRESH_SLICE", 4)
+    monkeypatch.setattr(StreamEngine, "REFRESH_CHUNK", 1)  # the check in two steps too
     published: list[list[str]] = []
     ran_between: list[int] = []
+    checked: list[int] = []
+    steps = engine.refresh_steps
+
+    def counted_steps():
+        for due in steps():
+            checked.append(len(due))
+            yield due
+
+    monkeypatch.setattr(engine, "refresh_steps", counted_steps)
 
     class Sink:
         async def publish_lists(self, lists, version) -> float:
@@ -234,7 +246,10 @@ async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     async def other_task() -> None:  # stands for a ratings batch
         while len(published) < 3:
             ran_between.append(len(published))
+            checked_between.append(len(checked))
             await asyncio.sleep(0)
+
+    checked_between: list[int] = []
 
     worker.sink = Sink()
     other = asyncio.ensure_future(other_task())
@@ -243,6 +258,8 @@ async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     assert [len(p) for p in published] == [4, 4, 2]
     assert sorted(u for p in published for u in p) == users
     assert {1, 2} <= set(ran_between)  # it ran between the slices
+    # and between the check's steps (one per changed item: the 6 first ones and the 2 new)
+    assert len(checked) == 8 and {1, 2} <= set(checked_between)
 
     # A rebuild between two slices: the old model's remaining lists are not published.
     engine.upsert_item("newer", {"rock": 1.0})
