@@ -117,16 +117,22 @@ def test_matches_sort_reference_property(problem: tuple[np.ndarray, int, int]) -
     _check(scores, k, block)
 
 
-def test_score_items_gives_the_scores_recommend_ranks_by() -> None:
+def _trained(n_users: int, n_items: int, n_ratings: int, seed: int):
+    """A default hybrid that learned a synthetic stream, and the stream."""
     from recsys_online import synth
     from recsys_online.recommender import Recommender
 
-    ds = synth.generate(n_users=60, n_items=200, n_ratings=3000, seed=5)
+    ds = synth.generate(n_users=n_users, n_items=n_items, n_ratings=n_ratings, seed=seed)
     model = Recommender()
     for item in ds.items.values():
         model.upsert_item(item.item, item.tags, item.timestamp)
     for r in ds.ratings:
         model.learn_rating(r.user, r.item, r.rating, r.timestamp)
+    return model, ds
+
+
+def test_score_items_gives_the_scores_recommend_ranks_by() -> None:
+    model, ds = _trained(60, 200, 3000, seed=5)
     users = [*sorted({r.user for r in ds.ratings[-300:]})[:20], "nobody"]
     lists = model.recommend_many(users, 10)
     listed = sorted({rec.item for recs in lists[:-1] for rec in recs})
@@ -147,15 +153,7 @@ def test_scoring_a_few_items_matches_the_catalog_scores_with_co_occurrence() -> 
     """``item_scorer`` sums co-occurrence over the distinct items of the users' rings
     instead of every ring place's neighbours: the same scores the catalog ranking
     computes, on a stream where co-occurrence carries weight, asked in two calls."""
-    from recsys_online import synth
-    from recsys_online.recommender import Recommender
-
-    ds = synth.generate(n_users=100, n_items=300, n_ratings=8000, seed=7)
-    model = Recommender()
-    for item in ds.items.values():
-        model.upsert_item(item.item, item.tags, item.timestamp)
-    for r in ds.ratings:
-        model.learn_rating(r.user, r.item, r.rating, r.timestamp)
+    model, ds = _trained(100, 300, 8000, seed=7)
     users = sorted({r.user for r in ds.ratings})[:40]
     items = list(model.items.ids)
     score = model.item_scorer(users)
