@@ -166,13 +166,59 @@ class CoOccurrence:
         nbr = self.nbr[rows]
         # gamma^k / (n_i^(1/2) n_j^beta): the ring item's part per (user, place), the power
         # of n_j kept per item (``damping``); empty ring places weigh 0.
-        ring_part = self._recency * (ring >= 0) / np.sqrt(np.maximum(self.count[rows], 1.0))
+        ring_part = self._ring_part(np.arange(self.window), rows) * (ring >= 0)
         scale = self.damping[np.maximum(nbr, 0)]
         scale *= ring_part[..., None]
-        # Score on the guaranteed part of the weight: SpaceSaving's inherited share is not
-        # evidence that the pair co-occurs.
-        w = (self.weight[rows] - self.error[rows]) * scale
+        w = self._guaranteed(rows) * scale
         return nbr, np.where(nbr >= 0, w, np.float32(0.0))
+
+    def _ring_part(self, places: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """What item ``rows`` at ring ``places`` (0: newest) weigh: gamma^k / n_i^(1/2)."""
+        return self._recency[places] / np.sqrt(np.maximum(self.count[rows], 1.0))
+
+    def _guaranteed(self, rows: np.ndarray, slots=slice(None)) -> np.ndarray:
+        """Neighbour weights of ``rows`` (at ``slots``) that scores count on: SpaceSaving's
+        inherited share is not evidence that the pair co-occurs."""
+        return self.weight[rows, slots] - self.error[rows, slots]
+
+    def ring_items(
+        self, users: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The users' rings as the distinct items in them and, for each ring place, its
+        user, its item (as a position among the distinct ones) and what the place weighs
+        (:meth:`ring_weights`' ring part) times ``weights[user]``: what
+        :meth:`add_item_scores` needs, computed once for several calls."""
+        ring = self.recent[users]  # (B, L)
+        b, place = np.nonzero(ring >= 0)
+        items, at = np.unique(ring[b, place], return_inverse=True)
+        part = self._ring_part(place, items[at]) * weights[b]
+        return items, b, at, part.astype(np.float32)
+
+    def add_item_scores(
+        self,
+        scores: np.ndarray,
+        column: np.ndarray,
+        ring_items: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        """Add the scores of the items ``column`` maps (item row -> column of ``scores``,
+        -1 for others) for the users of :meth:`ring_items`, in place: the sum of
+        :meth:`add_scores`, over the neighbour lists of the distinct ring items only (a
+        catalog's worth at most, not users x ring places x neighbours)."""
+        items, b, at, part = ring_items
+        nbr = self.nbr[items]  # (U, M)
+        col = column[nbr]
+        hp, hm = np.nonzero(col >= 0)  # (ring item, slot) pairs that reach a column
+        if not len(hp):
+            return
+        hit_col = col[hp, hm]
+        hit_val = self._guaranteed(items[hp], hm) * self.damping[nbr[hp, hm]]
+        # Each ring place meets the hits of its item: hits are sorted by ring item.
+        start = np.searchsorted(hp, at, "left")
+        count = np.searchsorted(hp, at, "right") - start
+        place = np.repeat(np.arange(len(at)), count)
+        first = np.repeat(start - np.cumsum(count) + count, count)
+        hit = first + np.arange(len(place))
+        np.add.at(scores, (b[place], hit_col[hit]), part[place] * hit_val[hit])
 
     def pair_scores(self, users: np.ndarray, items: np.ndarray, ring=None) -> np.ndarray:
         """Scores of given items, ``items`` shaped ``(B, m)``, for users ``(B,)``.

@@ -720,7 +720,7 @@ class Recommender:
         user = self._user_side(u, w, ctx)
         rated, lengths = _joined(self.history, u, np.int32)
         rated_by = np.repeat(np.arange(len(u)), lengths)
-        rings: list = []  # :meth:`_ring_items`, once some item asked for needs them
+        rings: list = []  # ``CoOccurrence.ring_items``, once an item asked for needs them
 
         def score(items: Sequence[str]) -> np.ndarray:
             out = np.full((n_users, len(items)), -np.inf, np.float32)
@@ -738,8 +738,8 @@ class Recommender:
             column[i] = np.arange(len(i))
             if w[:, 2].any() and (self.cooc.count[i] > 0).any():
                 if not rings:
-                    rings.append(self._ring_items(u, w[:, 2]))
-                self._add_ring_scores(scores, column, *rings[0])
+                    rings.append(self.cooc.ring_items(u, w[:, 2]))
+                self.cooc.add_item_scores(scores, column, rings[0])
             if len(rated):  # each user's rated items, where they are among ``i``
                 j = column[rated]
                 scores[rated_by[j >= 0], j[j >= 0]] = -np.inf
@@ -747,46 +747,6 @@ class Recommender:
             return out
 
         return score
-
-    def _ring_items(self, u: np.ndarray, w_cooc: np.ndarray):
-        """The users' rings as the distinct items in them and, for each ring place, its
-        user, its item (as a position among the distinct ones) and what the place
-        weighs: ``w_cooc`` times :meth:`CoOccurrence.ring_weights`' ring part."""
-        co = self.cooc
-        ring = co.recent[u]  # (B, L)
-        b, place = np.nonzero(ring >= 0)
-        items, at = np.unique(ring[b, place], return_inverse=True)
-        part = co._recency[place] / np.sqrt(np.maximum(co.count[items[at]], 1.0)) * w_cooc[b]
-        return items, b, at, part.astype(np.float32)
-
-    def _add_ring_scores(
-        self,
-        scores: np.ndarray,
-        column: np.ndarray,
-        items: np.ndarray,
-        b: np.ndarray,
-        at: np.ndarray,
-        part: np.ndarray,
-    ) -> None:
-        """Add the co-occurrence scores of the items ``column`` maps (item row -> column
-        of ``scores``, -1 for others) for the users of :meth:`_ring_items`: the same sum
-        as :meth:`CoOccurrence.add_scores`, over the neighbour lists of the distinct
-        ring items only (a catalog's worth at most, not users x ring x neighbours)."""
-        co = self.cooc
-        nbr = co.nbr[items]  # (U, M)
-        col = column[nbr]
-        hp, hm = np.nonzero(col >= 0)  # (ring item, slot) pairs that reach a column
-        if not len(hp):
-            return
-        hit_col = col[hp, hm]
-        hit_val = (co.weight[items[hp], hm] - co.error[items[hp], hm]) * co.damping[nbr[hp, hm]]
-        # Each ring place meets the hits of its item: hits are sorted by ring item.
-        start = np.searchsorted(hp, at, "left")
-        count = np.searchsorted(hp, at, "right") - start
-        place = np.repeat(np.arange(len(at)), count)
-        first = np.repeat(start - np.cumsum(count) + count, count)
-        hit = first + np.arange(len(place))
-        np.add.at(scores, (b[place], hit_col[hit]), part[place] * hit_val[hit])
 
     def _out(self, n_rows: int, width: int) -> np.ndarray:
         """A ``(n_rows, width)`` float32 array for scores, reused between calls.
