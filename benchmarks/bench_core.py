@@ -313,7 +313,7 @@ def section_ranking(report: Report, runs: dict[str, dict[str, Checkpoint]]) -> N
                 ratio,
                 f"{ratio:.2f}x",
             ),
-            # What the two opt-in session signals add to the default blend.
+            # What the opt-in recent_factors signal (in "session", not "hybrid") adds.
             Figure(section, f"{name}: session / hybrid NDCG", session, f"{session:+.1%}"),
         )
     report.details["ranking"] = {
