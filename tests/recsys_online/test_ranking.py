@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from recsys_online.ranking import padded_width, top_k_rows
+from recsys_online.ranking import _by_row_then_score, padded_width, top_k_rows
 
 
 def _reference(scores: np.ndarray, k: int) -> list[np.ndarray]:
@@ -55,6 +55,28 @@ def test_random_matrices_with_ties_and_minus_inf(seed: int, k: int) -> None:
     scores[1, 3:] = -np.inf  # a row with fewer than k finite values
     scores[2] = rng.standard_normal(width).astype(np.float32)  # a row without ties
     _check(scores, k, block)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_candidate_order_is_lexsorts(seed: int) -> None:
+    """The 64-bit key sort orders candidates exactly as ``lexsort``: by row, then score
+    from the largest, ties (signed zeros included) by position."""
+    rng = np.random.default_rng(seed)
+    pool = np.float32([0.0, -0.0, 1.5, -1.5, 3e38, -3e38, 1e-45, -1e-45, 2.0, -2.0])
+    values = np.where(
+        rng.random(500) < 0.5, rng.choice(pool, 500), rng.standard_normal(500) * 10
+    ).astype(np.float32)
+    rows = np.sort(rng.integers(0, 20, 500))
+    want = np.lexsort((-values, rows))
+    np.testing.assert_array_equal(_by_row_then_score(rows, values), want)
+
+
+def test_ties_go_to_the_lower_position() -> None:
+    scores = np.zeros((3, 40), np.float32)
+    scores[1, ::3] = -0.0
+    scores[2, 7] = 1.0
+    pos, _ = top_k_rows(scores, 4, block=10)
+    assert pos.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [7, 0, 1, 2]]
 
 
 def test_fewer_blocks_than_k() -> None:
