@@ -976,10 +976,12 @@ class Recommender:
             return np.full(items.shape, -1, np.int64)
         liked = ratings >= self._user_means(u)[:, None]  # (B, H), oldest first
         mf = self.mf
-        sims = np.matmul(mf.Q[hist], mf.Q[items].transpose(0, 2, 1))  # (B, H, K)
-        sims /= np.maximum(mf.Q_norm[hist], 1e-9)[..., None]  # cosine order over the likes
-        sims[~liked] = -np.inf
-        best = np.argmax(sims, axis=1)  # (B, K): the first of equals, as history order
+        # (B, K, H), history last (contiguous for the argmax); cosine order over the likes:
+        # scaled by 1/|q| of the rated item, -inf added where it was not liked.
+        sims = np.matmul(mf.Q[items], mf.Q[hist].transpose(0, 2, 1))
+        sims *= (1.0 / np.maximum(mf.Q_norm[hist], 1e-9))[:, None, :]
+        sims += np.where(liked, np.float32(0.0), np.float32(-np.inf))[:, None, :]
+        best = np.argmax(sims, axis=2)  # (B, K): the first of equals, as history order
         found = hist[np.arange(len(u))[:, None], best].astype(np.int64)
         return np.where(liked.any(axis=1)[:, None], found, -1)
 

@@ -354,3 +354,31 @@ def test_ties_rank_the_same_in_every_path(name: str) -> None:
         single = _items(model.recommend("ann", k))
         assert single == _items(model.recommend_many(["ann"], k)[0]), k
         assert single == model.top_items(["ann"], k)[0], k
+
+
+def test_collaborative_reasons_name_the_closest_recent_like(name: str) -> None:
+    """"Because you liked X" names, of the user's last 50 ratings at or above their
+    mean, the one whose factors have the largest cosine with the item's (the earliest of
+    equals), checked by hand for every listed item."""
+    model = _trained(name)
+    users = _users()
+    mf = model.mf
+    checked = 0
+    for user, recs in zip(users, model.recommend_many(users, K), strict=True):
+        row = model.users.get(user)
+        hist = list(model.history[row])[-50:]
+        ratings = list(model.history_ratings[row])[-50:]
+        mean = model._user_means(np.array([row]))[0]
+        likes = [i for i, r in zip(hist, ratings, strict=True) if r >= mean]
+        for r in recs:
+            if r.source != "collaborative" or r.because is None:
+                continue
+            item = model.items.get(r.item)
+            cos = [float(mf.Q[i] @ mf.Q[item]) / max(float(mf.Q_norm[i]), 1e-9) for i in likes]
+            best = max(cos)
+            near = [i for i, c in zip(likes, cos, strict=True) if c >= best - 1e-5]
+            want = {model.items.id_of(i) for i in near}
+            assert r.because in want, (user, r)
+            checked += 1
+    if "mf" in MODELS[name]:
+        assert checked > 0
