@@ -563,9 +563,17 @@ class Recommender:
     def _context(self, u: np.ndarray, ring: bool = True) -> _UserContext:
         """What every step of one ranking call needs about users ``u``, computed once
         (``ring=False``: without the co-occurrence rings, for callers that do without)."""
-        tags, factors = self._session_vectors(u)
-        profile = _unit_rows(self.content.profile[u])
-        rings = self.cooc.ring_weights(u) if ring else None
+        use = self.config.signals  # (what no signal of the model reads is left out)
+        if "recent_tags" in use or "recent_factors" in use:
+            tags, factors = self._session_vectors(u)
+        else:
+            tags = np.zeros((len(u), self.content.C.shape[1]), np.float32)
+            factors = np.zeros((len(u), self.mf.Q.shape[1]), np.float32)
+        if "content" in use:
+            profile = _unit_rows(self.content.profile[u])
+        else:
+            profile = np.zeros((len(u), self.content.profile.shape[1]), np.float32)
+        rings = self.cooc.ring_weights(u) if ring and "cooc" in use else None
         return _UserContext(tags, factors, rings, profile)
 
     def _session_vectors(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -658,7 +666,9 @@ class Recommender:
         """
         user, side = self._user_side(u, w, ctx), self._item_side(width)
         scores = self._out(len(u), width)
-        if len(u) <= _GEMV_ROWS:  # BLAS multiplies a few rows faster one at a time
+        if len(side) == 1:  # one column (popularity): an outer product, 4x faster so
+            np.multiply(user, side, out=scores)  # than as a matrix product, same values
+        elif len(u) <= _GEMV_ROWS:  # BLAS multiplies a few rows faster one at a time
             for b in range(len(u)):
                 np.matmul(user[b], side, out=scores[b])
         else:
