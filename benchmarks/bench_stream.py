@@ -9,7 +9,9 @@ Measures, on one synthetic stream over a 10k-item catalog:
 2. **Freshness at a steady rate**: ratings produced at ``--rate`` per second while the
    worker runs, with the items that arrive mid-stream produced in their place;
    produce-to-Redis latency p50/p99 as the worker measures it.
-3. **CPU share** of broker, worker and producer over each phase (from /proc).
+3. **CPU share** of broker, worker and producer over each phase (from /proc), and the
+   freshness run's transport alone: the same ratings at the same rate read by a plain
+   consumer doing no work (the floor under the worker's freshness on this machine).
 4. **Scale-out**: the throughput phase again with 2..``--workers`` workers in one group
    (each worker's CPU share; on 2 cores the workers, the broker and Redis compete).
 5. **Quality parity**: the worker's whole-run prequential RMSE/NDCG@10/Recall@10 against
@@ -31,6 +33,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import multiprocessing
 import os
 import statistics
 import sys
@@ -38,11 +42,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import redis
+from aiokafka import AIOKafkaConsumer
 
 from recsys_online import synth
 from recsys_online.events import Rating
 from recsys_online.runtime import limit_blas_threads, tune_gc
+from streamer.app import ensure_topics
 from streamer.client import RecommendationClient
 from streamer.engine import StreamEngine, event_time_steps
 from streamer.process import isolated_env, start_worker, stop_process
@@ -301,6 +308,64 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
     return result
 
 
+def _receive_delays(brokers: str, topic: str, n: int, deadline_s: float, out) -> None:
+    """Read ``n`` records of ``topic`` with a plain aiokafka consumer doing nothing else,
+    and put each record's delay (receive time minus produce time, ms) on ``out``. Runs
+    in a process of its own, as a worker does."""
+
+    async def run() -> list[float]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=brokers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=Settings.fetch_max_wait_ms,
+        )
+        await consumer.start()
+        delays: list[float] = []
+        ends = time.monotonic() + deadline_s
+        try:
+            await consumer.getmany(timeout_ms=500)  # (assigned, at the start of the topic)
+            out.put("ready")
+            while len(delays) < n and time.monotonic() < ends:
+                got = await consumer.getmany(timeout_ms=1000)
+                now_ms = time.time() * 1000.0
+                for records in got.values():
+                    delays.extend(now_ms - r.timestamp for r in records)
+        finally:
+            await consumer.stop()
+        return delays
+
+    out.put(asyncio.run(run()))
+
+
+def kafka_alone(ds, rate: float) -> dict:
+    """The freshness run's transport without the worker: the same ratings produced at
+    ``rate`` by the project's producer, received by a plain consumer that does no work.
+    Its delays are the floor under the worker's freshness on this machine."""
+    settings, _ = run_settings(1000)
+    asyncio.run(ensure_topics(settings))
+    ratings = [e for e in ds.events() if isinstance(e, Rating)]
+    spawn = multiprocessing.get_context("spawn")
+    out = spawn.Queue()
+    reader = spawn.Process(
+        target=_receive_delays,
+        args=(settings.brokers, settings.ratings_topic, len(ratings), 600.0, out),
+    )
+    reader.start()
+    try:
+        if out.get(timeout=120) != "ready":
+            raise RuntimeError("the reader did not start")
+        asyncio.run(_produce_at(settings, ratings, rate))
+        delays = out.get(timeout=660)
+    finally:
+        reader.join(timeout=30)
+        if reader.is_alive():
+            reader.kill()
+    p50, p99 = np.percentile(delays, [50, 99]).tolist() if delays else [math.nan, math.nan]
+    return {"rate": rate, "ratings": len(delays), "delay_ms_p50": p50, "delay_ms_p99": p99}
+
+
 async def _produce_at(settings: Settings, events: list, rate: float) -> None:
     """Ratings at ``rate`` per second; catalog events in their place, not counted."""
     async with event_producer(settings) as producer:
@@ -448,6 +513,16 @@ def main(argv: list[str] | None = None) -> int:
         live_fr_runs.append(run)
         print(f"freshness, live-paced at {freshness_text(run)}")
     live_fr = live_fr_runs[0]
+    floor = kafka_alone(
+        uniform_users(args, args.fresh_ratings, 14).live_paced(args.rate, start=time.time()),
+        args.rate,
+    )
+    print(
+        f"Kafka alone at {args.rate:,.0f}/s (the project's producer, a plain consumer doing "
+        f"no work): produce-to-receive p50 {floor['delay_ms_p50']:.0f} ms, p99 "
+        f"{floor['delay_ms_p99']:.0f} ms; the worker's freshness above adds "
+        f"{live_fr['freshness_ms_p50'] - floor['delay_ms_p50']:.0f} ms at p50"
+    )
     one = runs[0]["stream_ratings_per_s"]
     targets = {
         "throughput >= 20,000 ratings/s": one >= 20_000,
@@ -504,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale_out": live_scale,
             "quality": {"stream": live_quality, "replay": live_replay, "relative": live_parity},
             "freshness": live_fr_runs,
+            "kafka_alone": floor,
         },
         "targets": targets,
         "date": time.strftime("%Y-%m-%d"),
