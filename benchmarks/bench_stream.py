@@ -366,6 +366,20 @@ def kafka_alone(ds, rate: float) -> dict:
     return {"rate": rate, "ratings": len(delays), "delay_ms_p50": p50, "delay_ms_p99": p99}
 
 
+def median_run(runs: list[dict], figures: tuple[str, ...]) -> dict[str, float]:
+    """The median of each of ``figures`` over ``runs``, with its range.
+
+    >>> median_run([{"a": 3.0}, {"a": 1.0}, {"a": 2.0}], ("a",))
+    {'a': 2.0, 'a_min': 1.0, 'a_max': 3.0}
+    """
+    out: dict[str, float] = {}
+    for name in figures:
+        values = [run[name] for run in runs]
+        out.update({name: statistics.median(values), f"{name}_min": min(values)})
+        out[f"{name}_max"] = max(values)
+    return out
+
+
 async def _produce_at(settings: Settings, events: list, rate: float) -> None:
     """Ratings at ``rate`` per second; catalog events in their place, not counted."""
     async with event_producer(settings) as producer:
@@ -406,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=5_000.0)
     parser.add_argument("--fresh-ratings", type=int, default=50_000)
+    parser.add_argument(
+        "--fresh-repeats", type=int, default=3, help="live-paced freshness runs at --rate"
+    )
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--workers", type=int, default=2, help="also run 2..N workers")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stream.json"))
@@ -504,25 +521,32 @@ def main(argv: list[str] | None = None) -> int:
             f"workers {' + '.join(f'{c:.0%}' for c in tp['worker_cpu_shares'])}, broker "
             f"{tp['broker_cpu_share']:.0%}"
         )
-    live_fr_runs = []
-    for rate in (args.rate, args.rate / 2.5):
-        live_fresh_ds = uniform_users(args, args.fresh_ratings, 14).live_paced(
-            rate, start=time.time()
-        )
-        run = freshness(live_fresh_ds, rate, log_dir)
+    # Freshness at the target rate varies by 2-3x between runs on a shared machine: the
+    # worker's runs alternate with runs of Kafka alone (the transport's floor), and the
+    # targets are judged on the medians.
+    def live_fresh(rate: float):
+        return uniform_users(args, args.fresh_ratings, 14).live_paced(rate, start=time.time())
+
+    live_fr_runs, floors = [], []
+    for _ in range(args.fresh_repeats):
+        run = freshness(live_fresh(args.rate), args.rate, log_dir)
         live_fr_runs.append(run)
         print(f"freshness, live-paced at {freshness_text(run)}")
-    live_fr = live_fr_runs[0]
-    floor = kafka_alone(
-        uniform_users(args, args.fresh_ratings, 14).live_paced(args.rate, start=time.time()),
-        args.rate,
-    )
+        floors.append(kafka_alone(live_fresh(args.rate), args.rate))
+        print(
+            f"Kafka alone at {args.rate:,.0f}/s (the project's producer, a plain consumer "
+            f"doing no work): produce-to-receive p50 {floors[-1]['delay_ms_p50']:.0f} ms, "
+            f"p99 {floors[-1]['delay_ms_p99']:.0f} ms"
+        )
+    live_fr = median_run(live_fr_runs, ("freshness_ms_p50", "freshness_ms_p99"))
+    floor = median_run(floors, ("delay_ms_p50", "delay_ms_p99"))
     print(
-        f"Kafka alone at {args.rate:,.0f}/s (the project's producer, a plain consumer doing "
-        f"no work): produce-to-receive p50 {floor['delay_ms_p50']:.0f} ms, p99 "
-        f"{floor['delay_ms_p99']:.0f} ms; the worker's freshness above adds "
-        f"{live_fr['freshness_ms_p50'] - floor['delay_ms_p50']:.0f} ms at p50"
+        f"freshness at {args.rate:,.0f}/s, medians of {args.fresh_repeats} runs: worker p50 "
+        f"{live_fr['freshness_ms_p50']:.0f} ms, p99 {live_fr['freshness_ms_p99']:.0f} ms; "
+        f"Kafka alone p50 {floor['delay_ms_p50']:.0f} ms, p99 {floor['delay_ms_p99']:.0f} ms"
     )
+    slow = freshness(live_fresh(args.rate / 2.5), args.rate / 2.5, log_dir)
+    print(f"freshness, live-paced at {freshness_text(slow)}")
     one = runs[0]["stream_ratings_per_s"]
     targets = {
         "throughput >= 20,000 ratings/s": one >= 20_000,
@@ -578,8 +602,10 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": live,
             "scale_out": live_scale,
             "quality": {"stream": live_quality, "replay": live_replay, "relative": live_parity},
-            "freshness": live_fr_runs,
-            "kafka_alone": floor,
+            "freshness": [*live_fr_runs, slow],
+            "freshness_median": live_fr,
+            "kafka_alone": floors,
+            "kafka_alone_median": floor,
         },
         "targets": targets,
         "date": time.strftime("%Y-%m-%d"),
