@@ -564,11 +564,7 @@ class Recommender:
         """What every step of one ranking call needs about users ``u``, computed once
         (``ring=False``: without the co-occurrence rings, for callers that do without)."""
         use = self.config.signals  # (what no signal of the model reads is left out)
-        if "recent_tags" in use or "recent_factors" in use:
-            tags, factors = self._session_vectors(u)
-        else:
-            tags = np.zeros((len(u), self.content.C.shape[1]), np.float32)
-            factors = np.zeros((len(u), self.mf.Q.shape[1]), np.float32)
+        tags, factors = self._session_vectors(u)
         if "content" in use:
             profile = _unit_rows(self.content.profile[u])
         else:
@@ -577,13 +573,18 @@ class Recommender:
         return _UserContext(tags, factors, rings, profile)
 
     def _session_vectors(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Recency-weighted unit mean of the user's last items: by tags and by factors."""
+        """Recency-weighted unit mean of the user's last items: by tags and by factors
+        (zeros where the model has no session signal that reads them)."""
+        use = self.config.signals
+        factors = np.zeros((len(u), self.mf.Q.shape[1]), np.float32)
+        if "recent_tags" not in use and "recent_factors" not in use:
+            return np.zeros((len(u), self.content.C.shape[1]), np.float32), factors
         ring = self.cooc.recent[u]  # (B, L) newest first, -1 empty
         w = (self.cooc._recency * (ring >= 0))[:, None, :]  # (B, 1, L)
         rows = np.maximum(ring, 0)
         tags = _unit_rows(np.matmul(w, self.content.C[rows])[:, 0])
-        if "recent_factors" not in self.config.signals:  # (no column and no weight)
-            return tags, np.zeros((len(u), self.mf.Q.shape[1]), np.float32)
+        if "recent_factors" not in use:  # (no column and no weight)
+            return tags, factors
         # Each item's unit vector q/|q|: the norms fold into the recency weights.
         w_q = w / np.maximum(self.mf.Q_norm[rows], 1e-9)[:, None, :]
         factors = _unit_rows(np.matmul(w_q, self.mf.Q[rows])[:, 0])
