@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -36,8 +37,17 @@ MODELS: dict[str, tuple[str, ...]] = {
 }
 
 
-#: Signals whose reason names an item the user liked: signal index -> source.
-_NAMED_SOURCE = {0: "collaborative", 2: "co-occurrence", 5: "collaborative"}
+#: The source of a reason by the signal that gave it, at the signal's index + 1 (first:
+#: no signal could, -1). Factors and co-occurrence name an item the user liked.
+_SOURCE_OF_SIGNAL = (
+    "collaborative",
+    "collaborative",
+    "content",
+    "co-occurrence",
+    "popular",
+    "content",
+    "collaborative",
+)
 #: Up to this many users, the catalog is scored one user at a time: OpenBLAS's
 #: matrix-vector product is 2x faster per user than its matrix product on 2-4 rows.
 _GEMV_ROWS = 4
@@ -934,17 +944,28 @@ class Recommender:
         chosen[~can.any(axis=0)] = -1
         # The item each reason names: the recent item (co-occurrence) or the closest like.
         named = np.where(chosen == 2, because, np.where((chosen == 0) | (chosen == 5), liked, 0))
-        # One flat pass over every listed item (the lists are cut apart at the end).
+        # One flat pass over every listed item (the lists are cut apart at the end): the
+        # reasons' columns first, the default where no rule below writes, then the tuples
+        # built by C-level calls (20% faster than one conditional expression per item).
         present = np.arange(width) < lengths[:, None]
+        flat = chosen[present]
+        n = len(flat)
         ids = self.items.ids
-        items = [ids[j] for j in padded[present].tolist()]
-        liked_ids = [ids[j] for j in named[present].tolist()]
-        sources = chosen[present].tolist()
-        scores = np.concatenate(top_scores).tolist()
-        tags: dict[int, str] = {}  # flat position -> "matches your tags a, b"
-        if tag_rows is not None and tag_ok is not None:
-            is_content = (chosen == 1) | (chosen == 4)
-            spots = np.flatnonzero(is_content[present])
+        items = list(map(ids.__getitem__, padded[present].tolist()))
+        sources = list(map(_SOURCE_OF_SIGNAL.__getitem__, (flat + 1).tolist()))
+        reasons, because = ["close to your tastes"] * n, [None] * n
+        is_named = (flat == 0) | (flat == 2) | (flat == 5)
+        for p, liked in zip(
+            np.flatnonzero(is_named).tolist(),
+            map(ids.__getitem__, named[present][is_named].tolist()),
+            strict=True,
+        ):
+            because[p] = liked
+            reasons[p] = "because you liked " + liked
+        for p in np.flatnonzero(flat == 3).tolist():
+            reasons[p] = "popular now"
+        if tag_rows is not None and tag_ok is not None:  # "matches your tags a, b"
+            spots = np.flatnonzero((flat == 1) | (flat == 4))
             name = self.tags.index.id_of
             for p, rows, ok in zip(
                 spots.tolist(),
@@ -953,20 +974,15 @@ class Recommender:
                 strict=True,
             ):
                 shown = ", ".join([name(t) for t, g in zip(rows, ok, strict=True) if g])
-                tags[p] = "matches your tags " + shown
-        make, named_source = Recommendation._make, _NAMED_SOURCE
-        recs = [
-            make((item, score, "because you liked " + liked, named_source[j], liked))
-            if j in named_source
-            else make((item, score, "popular now", "popular", None))
-            if j == 3
-            else make((item, score, tags[p], "content", None))
-            if p in tags
-            else make((item, score, "close to your tastes", "collaborative", None))
-            for p, (item, score, j, liked) in enumerate(
-                zip(items, scores, sources, liked_ids, strict=True)
+                reasons[p] = "matches your tags " + shown
+        scores = np.concatenate(top_scores).tolist()
+        recs = list(
+            map(
+                tuple.__new__,
+                repeat(Recommendation),
+                zip(items, scores, reasons, sources, because, strict=True),
             )
-        ]
+        )
         ends = np.cumsum(lengths).tolist()
         return [recs[end - n : end] for end, n in zip(ends, lengths.tolist(), strict=True)]
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from recsys_online import cooc as cooc_module
 from recsys_online.content import ContentModel
 from recsys_online.cooc import CoOccurrence
 from recsys_online.popularity import Popularity
@@ -185,6 +186,33 @@ def test_scores_by_hand() -> None:
     assert scores[0] == pytest.approx(0.25, rel=1e-6)
     np.testing.assert_allclose(co.item_scores_many(np.array([1]))[0], scores, rtol=1e-6)
     assert co.because_of(1, 1) == 0
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 30])
+def test_ring_contributions_by_hand(limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each ring place adds to each asked item, on both of its paths (one broadcast,
+    or one item place at a time for large batches), equals a loop over every user, place,
+    neighbour slot and item, including items asked twice and items no one neighbours."""
+    monkeypatch.setattr(cooc_module, "_BROADCAST_LIMIT", limit)
+    rng = np.random.default_rng(4)
+    co = CoOccurrence(window=4, n_neighbours=5)
+    co.ensure(n_users=12, n_items=30)
+    for _ in range(400):
+        co.learn(int(rng.integers(12)), int(rng.integers(30)))
+    users = np.arange(12)
+    items = rng.integers(0, 30, (12, 7))
+    items[:, 1] = items[:, 0]
+    got = co.ring_contributions(users, items)
+    nbr, w = co.ring_weights(users)
+    want = np.zeros(got.shape, np.float64)
+    for b in range(12):
+        for place in range(co.window):
+            for slot in range(co.n_neighbours):
+                for j in range(items.shape[1]):
+                    if nbr[b, place, slot] == items[b, j]:
+                        want[b, place, j] += w[b, place, slot]
+    assert (want > 0).sum() > 20  # (the rings and neighbour lists are well filled)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_forget_item_removes_it_everywhere() -> None:
