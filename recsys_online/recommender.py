@@ -537,10 +537,11 @@ class Recommender:
             popular = [r.item for r in self.popular(k)]
             return [popular for _ in users]
         warm, _, _, top, _, _ = ranked
-        ids = self.items.ids
         out: list[list[str] | None] = [None] * len(users)
-        for b, n in enumerate(warm):
-            out[n] = [ids[j] for j in top[b].tolist()]
+        present = top >= 0  # (lists are filled from the front)
+        items = list(map(self.items.ids.__getitem__, top[present].tolist()))
+        for n, listed in zip(warm, _split(items, present.sum(axis=1)), strict=True):
+            out[n] = listed
         if len(warm) < len(users):  # the fallback list, only when some user needs it
             popular = [r.item for r in self.popular(k)]
             out = [popular if x is None else x for x in out]
@@ -839,8 +840,9 @@ class Recommender:
         k: int,
         ctx: _UserContext,
         cands: np.ndarray | None = None,
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Blend, mask and take the top-``k`` rows of each user, best first."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Blend, mask and take the top-``k`` rows of each user, best first: ``(B, k)``
+        item rows and scores, -1 and ``-inf`` past the end of a shorter list."""
         n = self.n_items
         block, width = padded_width(n, k)
         scores = self._blended_scores(u, w, width, ctx)
@@ -854,11 +856,7 @@ class Recommender:
             keep = np.zeros(width, bool)
             keep[cands] = True
             scores[:, ~keep] = -np.inf
-        top, top_scores = top_k_rows(scores, k, block)
-        finite = top >= 0
-        return [t[f] for t, f in zip(top, finite, strict=True)], [
-            t[f] for t, f in zip(top_scores, finite, strict=True)
-        ]
+        return top_k_rows(scores, k, block)
 
     def popular(self, k: int = 10) -> list[Recommendation]:
         """The ``k`` most popular live items right now (the fallback for unknown users)."""
@@ -891,8 +889,8 @@ class Recommender:
         self,
         u: np.ndarray,
         w: np.ndarray,
-        top: list[np.ndarray],
-        top_scores: list[np.ndarray],
+        top: np.ndarray,
+        top_scores: np.ndarray,
         ctx: _UserContext,
     ) -> list[list[Recommendation]]:
         """Recommendations with reasons for each user's top rows, vectorised over the batch.
@@ -902,18 +900,13 @@ class Recommender:
         give a truthful reason wins: co-occurrence names the recent item that led to it,
         content the matching tags, factors the closest liked item, popularity says so.
         """
-        width = max((len(t) for t in top), default=0)
+        present = top >= 0  # (B, K): lists are filled from the front
+        lengths = present.sum(axis=1)
+        width = int(lengths.max(initial=0))
         if width == 0:
             return [[] for _ in top]
         n_users = len(u)
-        lengths = np.fromiter(map(len, top), np.int64, n_users)
-        if n_users == 1 and lengths[0] == width:
-            padded = top[0].astype(np.int64, copy=False)[None, :]
-        elif (lengths == width).all():
-            padded = np.stack(top).astype(np.int64, copy=False)
-        else:
-            padded = np.zeros((n_users, width), np.int64)
-            padded[np.arange(width) < lengths[:, None]] = np.concatenate(top)
+        padded, present = np.maximum(top[:, :width], 0), present[:, :width]
         ring = None
         if "cooc" in self.config.signals:  # by ring item: summed, a signal; argmax, a reason
             ring = self.cooc.ring_contributions(u, padded, ctx.ring)  # (B, L, K)
@@ -947,7 +940,6 @@ class Recommender:
         # One flat pass over every listed item (the lists are cut apart at the end): the
         # reasons' columns first, the default where no rule below writes, then the tuples
         # built by C-level calls (20% faster than one conditional expression per item).
-        present = np.arange(width) < lengths[:, None]
         flat = chosen[present]
         n = len(flat)
         ids = self.items.ids
@@ -975,7 +967,7 @@ class Recommender:
             ):
                 shown = ", ".join([name(t) for t, g in zip(rows, ok, strict=True) if g])
                 reasons[p] = "matches your tags " + shown
-        scores = np.concatenate(top_scores).tolist()
+        scores = top_scores[:, :width][present].tolist()
         recs = list(
             map(
                 tuple.__new__,
@@ -983,8 +975,7 @@ class Recommender:
                 zip(items, scores, reasons, sources, because, strict=True),
             )
         )
-        ends = np.cumsum(lengths).tolist()
-        return [recs[end - n : end] for end, n in zip(ends, lengths.tolist(), strict=True)]
+        return _split(recs, lengths)
 
     def _closest_liked_users(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
         """For users ``(B,)`` and items ``(B, K)``: the user's recent like (of the last 50
@@ -1058,6 +1049,16 @@ def _joined(
         parts = [p[-last:] for p in parts]
     lengths = np.fromiter(map(len, parts), np.int64, len(parts))
     return np.frombuffer(b"".join(parts), dtype), lengths
+
+
+def _split(values: list, lengths: np.ndarray) -> list[list]:
+    """``values`` cut into consecutive lists of the given lengths.
+
+    >>> _split(list("abcdef"), np.array([2, 0, 3]))
+    [['a', 'b'], [], ['c', 'd', 'e']]
+    """
+    ends = np.cumsum(lengths).tolist()
+    return [values[end - n : end] for end, n in zip(ends, lengths.tolist(), strict=True)]
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
