@@ -174,11 +174,24 @@ class ContentModel:
         tags that agree most with the user's profile, ``(B, m, n)``, best first, and
         whether each agrees at all (positive contribution); names come from
         ``tags.index.id_of``, only where an explanation needs them."""
+        return best_tags(*self.tag_agreement(users, items), n)
+
+    def tag_agreement(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For users ``(B,)`` and their items ``(B, m)``: each item's tag rows ``(B, m, T)``
+        and how much each agrees with the user's profile (``-inf`` in empty tag slots)."""
         t, w = self.tags.rows[items], self.tags.weights[items]  # (B, m, T)
         col, sign = self._columns(t)
-        b = np.arange(t.shape[0])[:, None, None]
-        m = np.arange(t.shape[1])[None, :, None]
         agree = sign * self.profile[np.asarray(users)[:, None, None], col]
-        contrib = np.where(w > 0, agree, -np.inf)
-        order = np.argsort(-contrib, axis=-1, kind="stable")[..., :n]
-        return t[b, m, order], contrib[b, m, order] > 0
+        return t, np.where(w > 0, agree, -np.inf)
+
+
+def best_tags(tags: np.ndarray, agree: np.ndarray, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` tag rows of each item (last axis) that agree most, best first (ties: the
+    first slot), and whether each agrees at all (a positive contribution).
+
+    >>> rows, ok = best_tags(np.array([[4, 7, 9]]), np.array([[0.1, 0.5, -0.2]]))
+    >>> rows.tolist(), ok.tolist()
+    ([[7, 4]], [[True, True]])
+    """
+    order = np.argsort(-agree, axis=-1, kind="stable")[..., :n]
+    return np.take_along_axis(tags, order, -1), np.take_along_axis(agree, order, -1) > 0

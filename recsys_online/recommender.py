@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from recsys_online.content import ContentModel
+from recsys_online.content import ContentModel, best_tags
 from recsys_online.cooc import CoOccurrence
 from recsys_online.factors import FactorModel, FactorParams
 from recsys_online.ids import IdIndex, grown
@@ -920,7 +920,7 @@ class Recommender:
         needed = use & (contrib >= contrib[3]).any(axis=(1, 2)) if use[3] else use
         can = np.zeros((len(SIGNALS), n_users, width), bool)
         because = liked = np.full((n_users, width), -1, np.int64)
-        tag_rows = tag_ok = None
+        item_tags = agree = None
         if needed[2]:
             because = self.cooc.because_of_users(u, padded, ctx.ring, ring)
             can[2] = because >= 0
@@ -928,8 +928,8 @@ class Recommender:
             liked = self._closest_liked_users(u, padded)
             can[0] = can[5] = liked >= 0
         if needed[1] or needed[4]:
-            tag_rows, tag_ok = self.content.top_tag_rows(u, padded)  # (B, K, 2)
-            can[1] = can[4] = tag_ok.any(axis=-1)
+            item_tags, agree = self.content.tag_agreement(u, padded)  # (B, K, T)
+            can[1] = can[4] = (agree > 0).any(axis=-1)
         can[3] = True
         can &= use[:, None, None]
         # The able signal with the largest contribution (ties: the first signal) wins.
@@ -956,15 +956,11 @@ class Recommender:
             reasons[p] = "because you liked " + liked
         for p in np.flatnonzero(flat == 3).tolist():
             reasons[p] = "popular now"
-        if tag_rows is not None and tag_ok is not None:  # "matches your tags a, b"
+        if item_tags is not None and agree is not None:  # "matches your tags a, b"
             spots = np.flatnonzero((flat == 1) | (flat == 4))
+            tag_rows, tag_ok = best_tags(item_tags[present][spots], agree[present][spots])
             name = self.tags.index.id_of
-            for p, rows, ok in zip(
-                spots.tolist(),
-                tag_rows[present][spots].tolist(),
-                tag_ok[present][spots].tolist(),
-                strict=True,
-            ):
+            for p, rows, ok in zip(spots.tolist(), tag_rows.tolist(), tag_ok.tolist(), strict=True):
                 shown = ", ".join([name(t) for t, g in zip(rows, ok, strict=True) if g])
                 reasons[p] = "matches your tags " + shown
         scores = top_scores[:, :width][present].tolist()
