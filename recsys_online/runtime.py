@@ -18,8 +18,13 @@ def limit_blas_threads(n_threads: int = 1) -> None:
     12 users x 2,000 items with a bias add took 6.0 ms with OpenBLAS on 2 threads against
     0.08 ms on one. Scale by running more worker processes instead. Entry points (CLI,
     worker, benchmarks) call this once at start.
+
+    numpy is imported first: a limit reaches only the BLAS libraries loaded when it is
+    set, and a process that called this before its first numpy import ran on every core.
     """
     global _limiter
+    import numpy  # noqa: F401  (loads numpy's BLAS, so that the limit covers it)
+
     _limiter = threadpool_limits(limits=n_threads, user_api="blas")
 
 

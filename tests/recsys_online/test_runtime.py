@@ -1,8 +1,12 @@
-"""Process-level settings: the garbage collector's tuning for long-lived workers."""
+"""Process-level settings: BLAS threads, and the garbage collector's tuning for long-lived
+workers."""
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 
 from recsys_online.runtime import tune_gc
 
@@ -19,3 +23,21 @@ def test_tune_gc_freezes_what_exists_and_collects_the_young_less_often() -> None
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_blas_limit_holds_when_set_before_numpy_is_imported() -> None:
+    """A fresh process that limits BLAS before importing numpy runs numpy's BLAS on one
+    thread (a limit reaches only the libraries loaded when it is set)."""
+    code = (
+        "from recsys_online.runtime import limit_blas_threads\n"
+        "limit_blas_threads()\n"
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'"
+        " and 'numpy' in i['filepath']}))\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "", "OMP_NUM_THREADS": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "[1]", out.stdout + out.stderr
