@@ -48,6 +48,16 @@ _SOURCE_OF_SIGNAL = (
     "content",
     "collaborative",
 )
+#: The reason of a signal that names nothing, at the same index; the others' are built.
+_FIXED_REASON = (
+    "close to your tastes",
+    "close to your tastes",
+    "matches your tags",
+    "because you liked",
+    "popular now",
+    "matches your tags",
+    "close to your tastes",
+)
 #: Up to this many users, the catalog is scored one user at a time: OpenBLAS's
 #: matrix-vector product is 2x faster per user than its matrix product on 2-4 rows.
 _GEMV_ROWS = 4
@@ -938,14 +948,17 @@ class Recommender:
         # The item each reason names: the recent item (co-occurrence) or the closest like.
         named = np.where(chosen == 2, because, np.where((chosen == 0) | (chosen == 5), liked, 0))
         # One flat pass over every listed item (the lists are cut apart at the end): the
-        # reasons' columns first, the default where no rule below writes, then the tuples
-        # built by C-level calls (20% faster than one conditional expression per item).
+        # reasons' columns first, each signal's fixed text where it names nothing, then
+        # the tuples built by C-level calls (20% faster than one conditional expression
+        # per item).
         flat = chosen[present]
         n = len(flat)
         ids = self.items.ids
         items = list(map(ids.__getitem__, padded[present].tolist()))
-        sources = list(map(_SOURCE_OF_SIGNAL.__getitem__, (flat + 1).tolist()))
-        reasons, because = ["close to your tastes"] * n, [None] * n
+        by_signal = (flat + 1).tolist()
+        sources = list(map(_SOURCE_OF_SIGNAL.__getitem__, by_signal))
+        reasons = list(map(_FIXED_REASON.__getitem__, by_signal))  # named, tags: below
+        because: list[str | None] = [None] * n
         is_named = (flat == 0) | (flat == 2) | (flat == 5)
         for p, liked in zip(
             np.flatnonzero(is_named).tolist(),
@@ -954,8 +967,6 @@ class Recommender:
         ):
             because[p] = liked
             reasons[p] = "because you liked " + liked
-        for p in np.flatnonzero(flat == 3).tolist():
-            reasons[p] = "popular now"
         if item_tags is not None and agree is not None:  # "matches your tags a, b"
             spots = np.flatnonzero((flat == 1) | (flat == 4))
             tag_rows, tag_ok = best_tags(item_tags[present][spots], agree[present][spots])
