@@ -54,6 +54,16 @@ async def preload(servers: str, topic: str, partitions: int, n: int) -> None:
         await producer.stop()
 
 
+async def drop(servers: str, topic: str) -> None:
+    """Delete the run's topic (a broker holding every run's partitions runs out of files)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
 async def read_plain(servers: str, topic: str, n: int) -> float:
     """Events/s of a plain consumer from its first batch to the n-th event."""
     consumer = AIOKafkaConsumer(
@@ -116,19 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     servers = Settings.from_env().bootstrap_servers
     topic = f"intake-{uuid.uuid4().hex[:8]}"
-    asyncio.run(preload(servers, topic, args.partitions, args.events))
-    faust_rate = read_faust(
-        servers, topic, args.partitions, args.events, args.out.parent / "intake-agent.log"
-    )
-    batch_rate = read_faust(
-        servers,
-        topic,
-        args.partitions,
-        args.events,
-        args.out.parent / "intake-batch.log",
-        mode="batch",
-    )
-    plain_rate = asyncio.run(read_plain(servers, topic, args.events))
+    try:
+        asyncio.run(preload(servers, topic, args.partitions, args.events))
+        faust_rate = read_faust(
+            servers, topic, args.partitions, args.events, args.out.parent / "intake-agent.log"
+        )
+        batch_rate = read_faust(
+            servers,
+            topic,
+            args.partitions,
+            args.events,
+            args.out.parent / "intake-batch.log",
+            mode="batch",
+        )
+        plain_rate = asyncio.run(read_plain(servers, topic, args.events))
+    finally:
+        asyncio.run(drop(servers, topic))
     print(f"{args.events:,} events, {args.partitions} partitions")
     print(f"Faust agent, take_events(1000), no work: {faust_rate:,.0f} events/s")
     print(f"Faust consumer, batches (the worker's):  {batch_rate:,.0f} events/s")

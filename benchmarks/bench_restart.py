@@ -34,7 +34,7 @@ from benchmarks.bench_stream import _produce_all, run_settings
 from recsys_online import synth
 from recsys_online.runtime import limit_blas_threads
 from streamer.client import RecommendationClient
-from streamer.process import start_worker
+from streamer.process import remove_topics, start_worker
 from streamer.snapshot import SnapshotStore
 
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for key in client.scan_iter(settings.key("*")):
                 client.delete(key)
+            remove_topics(env)
     result = {
         "ratings": n,
         "items": args.items,

@@ -52,7 +52,7 @@ from recsys_online.runtime import limit_blas_threads, tune_gc
 from streamer.app import ensure_topics
 from streamer.client import RecommendationClient
 from streamer.engine import StreamEngine, event_time_steps
-from streamer.process import isolated_env, start_worker, stop_process
+from streamer.process import isolated_env, remove_topics, start_worker, stop_process
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -195,6 +195,7 @@ def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1, **extra: str) 
             stop_process(w)
         for key in client.scan_iter(settings.key("*")):
             client.delete(key)
+        remove_topics(env)
     wall = done - first
     return {
         "workers": n_workers,
@@ -305,6 +306,7 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
         stop_process(worker)
         for key in client.scan_iter(settings.key("*")):
             client.delete(key)
+        remove_topics(env)
     return result
 
 
@@ -343,7 +345,7 @@ def kafka_alone(ds, rate: float) -> dict:
     """The freshness run's transport without the worker: the same ratings produced at
     ``rate`` by the project's producer, received by a plain consumer that does no work.
     Its delays are the floor under the worker's freshness on this machine."""
-    settings, _ = run_settings(1000)
+    settings, env = run_settings(1000)
     asyncio.run(ensure_topics(settings))
     ratings = [e for e in ds.events() if isinstance(e, Rating)]
     spawn = multiprocessing.get_context("spawn")
@@ -362,6 +364,7 @@ def kafka_alone(ds, rate: float) -> dict:
         reader.join(timeout=30)
         if reader.is_alive():
             reader.kill()
+        remove_topics(env)
     p50, p99 = np.percentile(delays, [50, 99]).tolist() if delays else [math.nan, math.nan]
     return {"rate": rate, "ratings": len(delays), "delay_ms_p50": p50, "delay_ms_p99": p99}
 

@@ -73,6 +73,38 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         await admin.close()
 
 
+def run_topics(settings: Settings) -> list[str]:
+    """The names of the topics :func:`ensure_topics` creates for these settings."""
+    s = settings
+    return [
+        s.ratings_topic,
+        s.items_topic,
+        s.users_topic,
+        s.deadletter_topic,
+        s.item_changes_topic,
+    ]
+
+
+_DELETED_OR_ABSENT = {0, 3}  # Kafka error codes: none, UNKNOWN_TOPIC_OR_PARTITION
+
+
+async def delete_topics(settings: Settings) -> list[str]:
+    """Delete the topics of these settings (the end of a run with its own topics: a
+    benchmark, a test, the demo); returns those the broker did not delete.
+
+    A broker keeps files open for every partition it holds: runs that never delete their
+    topics pile up partitions until it runs out of file descriptors (about 20,000 here)
+    and refuses new topics.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        response = await admin.delete_topics(run_topics(settings))
+    finally:
+        await admin.close()
+    return [name for name, code, *_ in response.topic_error_codes if code not in _DELETED_OR_ABSENT]
+
+
 async def _wait_for_leaders(
     admin: AIOKafkaAdminClient, partitions: dict[str, int], timeout_s: float
 ) -> list[str]:

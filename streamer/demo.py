@@ -15,7 +15,13 @@ import redis
 
 from recsys_online import synth
 from streamer.client import RecommendationClient
-from streamer.process import isolated_env, start_dashboard, start_worker, stop_process
+from streamer.process import (
+    isolated_env,
+    remove_topics,
+    start_dashboard,
+    start_worker,
+    stop_process,
+)
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -87,6 +93,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
     after the stream until Ctrl-C."""
     worker: subprocess.Popen | None = None
     dashboard: subprocess.Popen | None = None
+    env: dict[str, str] | None = None
     started = time.monotonic()
     external = external_services()
     stop_services = not keep_services and external is None
@@ -180,6 +187,8 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         if worker is not None:
             say("== stopping the worker ==")
             stop_process(worker)
+        if env is not None:  # this demo's topics (its lists stay in Redis, with their TTL)
+            remove_topics(env)
         if stop_services:
             say("== stopping Kafka and Redis ==")
             subprocess.call(["bash", str(SERVICES), "down"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -28,11 +31,42 @@ def isolated_env(kind: str, base: dict[str, str] | None = None, **extra: str) ->
             "RECSYS_ITEMS_TOPIC": f"{run}.items",
             "RECSYS_USERS_TOPIC": f"{run}.users",
             "RECSYS_DEADLETTER_TOPIC": f"{run}.deadletter",
+            "RECSYS_ITEM_CHANGES_TOPIC": f"{run}.item-changes",
             "RECSYS_KEY_PREFIX": f"{run.replace('-', ':', 1)}:",
         }
     )
     env.update(extra)
     return env
+
+
+def remove_topics(env: Mapping[str, str]) -> None:
+    """Delete the Kafka topics of a run that :func:`isolated_env` named, once it is over
+    (a broker that keeps every run's partitions runs out of file descriptors). Only
+    topics named after the run's ``RECSYS_APP_ID`` are deleted: any other name is a
+    ``ValueError``. A failure to delete is a warning: the run's own results stand.
+
+    >>> remove_topics({"RECSYS_APP_ID": "run1", "RECSYS_RATINGS_TOPIC": "run1.ratings"})
+    Traceback (most recent call last):
+    ...
+    ValueError: not the topics of one isolated run 'run1': ['recsys.items', 'recsys.users', \
+'recsys.deadletter', 'recsys.item-changes']
+    """
+    from streamer.app import delete_topics, run_topics  # (Faust: only when needed)
+    from streamer.settings import Settings
+
+    settings = Settings.from_env(env)
+    run = settings.app_id
+    others = [t for t in run_topics(settings) if not t.startswith(f"{run}.")]
+    if others:  # e.g. the default topics: another run's, or an app's
+        raise ValueError(f"not the topics of one isolated run {run!r}: {others}")
+    try:
+        left = asyncio.run(delete_topics(settings))
+    except Exception as exc:  # any client error: report it, do not fail the run
+        left, reason = ["all"], f"{type(exc).__name__}: {exc}"
+    else:
+        reason = "the broker refused"
+    if left:
+        warnings.warn(f"topics of {run} not deleted ({reason}): {left}", stacklevel=2)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:

@@ -19,7 +19,13 @@ from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import isolated_env, start_dashboard, start_worker, stop_process
+from streamer.process import (
+    isolated_env,
+    remove_topics,
+    start_dashboard,
+    start_worker,
+    stop_process,
+)
 from streamer.producer import SyncEventProducer
 from streamer.settings import Settings
 
@@ -142,6 +148,7 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
         for key in client.scan_iter(f"{settings.key_prefix}*"):
             client.delete(key)
         client.close()
+        remove_topics(env)
 
 
 def test_worker_serves_prometheus_metrics(running: dict) -> None:

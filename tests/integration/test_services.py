@@ -132,7 +132,7 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
     """A worker joins its consumer group right after ``ensure_topics``; a topic the broker
     does not serve yet would leave it assigned nothing until a metadata refresh minutes
     later. So on return, a brand-new client must already see every partition led."""
-    from streamer.app import ensure_topics
+    from streamer.app import delete_topics, ensure_topics, run_topics
     from streamer.process import isolated_env
     from streamer.settings import Settings
 
@@ -158,6 +158,21 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
         assert described[topic]["error_code"] == 0, topic
         leaders = [p["leader"] for p in described[topic]["partitions"]]
         assert len(leaders) == count and min(leaders) >= 0, (topic, leaders)
+    # The end of a run with its own topics deletes them (twice: the second finds none).
+    assert set(run_topics(settings)) >= set(expected)
+    assert await delete_topics(settings) == []
+    assert await delete_topics(settings) == []
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:  # (the broker deletes in the background: gone from its metadata soon after)
+        for _ in range(100):
+            left = set(await admin.list_topics()) & set(run_topics(settings))
+            if not left:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    assert not left, left
 
 
 @pytest.mark.kafka

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,23 @@ from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.cli import main
 from streamer.client import Recommended
 from streamer.commands import format_metrics, format_recs, parse_tags
+from streamer.process import isolated_env, remove_topics
 
 
 @pytest.fixture
 def topics(monkeypatch, kafka_bootstrap: str, redis_url: str, redis_key_prefix: str):
-    run = f"cmd-{uuid.uuid4().hex[:8]}"
-    names = {kind: f"{run}.{kind}" for kind in ("ratings", "items", "users")}
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
-    monkeypatch.setenv("REDIS_URL", redis_url)
-    monkeypatch.setenv("RECSYS_KEY_PREFIX", redis_key_prefix)
-    for kind, name in names.items():
-        monkeypatch.setenv(f"RECSYS_{kind.upper()}_TOPIC", name)
-    return names
+    """The run's own topics (deleted afterwards), named in the environment."""
+    env = isolated_env(
+        "cmd",
+        {},
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        REDIS_URL=redis_url,
+        RECSYS_KEY_PREFIX=redis_key_prefix,
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield {kind: env[f"RECSYS_{kind.upper()}_TOPIC"] for kind in ("ratings", "items", "users")}
+    remove_topics(env)
 
 
 def consume(bootstrap: str, topic: str, n: int, timeout: float = 20.0) -> list:
