@@ -1,0 +1,44 @@
+"""The list documents apps read from Redis: their JSON, built for a batch of users."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from recsys_online.recommender import Recommendation
+from streamer.sink import list_document, list_documents
+
+
+def test_a_batch_of_documents_is_each_list_with_scores_rounded_to_six_places() -> None:
+    """Each document of a batch holds its own list, in order, every field as the
+    recommendation has it and the score rounded as Python's ``round(score, 6)`` does,
+    for lists of different lengths (empty included) and the popular list's null user."""
+    rng = np.random.default_rng(3)
+    lists: dict[str | None, list[Recommendation]] = {}
+    for n, user in enumerate(["u1", "u2", None, "u3"]):
+        scale = 10.0 ** rng.integers(-7, 3, 3 * n)
+        scores = (rng.standard_normal(3 * n) * scale).astype(np.float32)
+        lists[user] = [
+            Recommendation(f"i{j}", float(s), f"why {j}", "content", None if j % 2 else f"b{j}")
+            for j, s in enumerate(scores.tolist())
+        ]
+    docs = list_documents(lists, 7, 123.5)
+    assert len(docs) == len(lists)
+    for (user, recs), raw in zip(lists.items(), docs, strict=True):
+        doc = json.loads(raw)
+        assert doc["user_id"] == user and doc["model_version"] == 7
+        assert doc["updated_at"] == 123.5
+        want = [
+            {
+                "item_id": r.item,
+                "score": round(r.score, 6),
+                "reason": r.reason,
+                "source": r.source,
+                "because": r.because,
+            }
+            for r in recs
+        ]
+        assert doc["items"] == want
+        assert raw == list_document(user, recs, 7, 123.5)
+    assert sum(len(json.loads(d)["items"]) for d in docs) == 18
