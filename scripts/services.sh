@@ -314,6 +314,18 @@ kafka_managed_pid() { # prints the pid of the broker this script started, if ali
   echo "$pid"
 }
 
+kafka_files_report() { # the broker's open files against its limit: one per partition segment
+  local pid=$1 open limit
+  open=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+  limit=$(awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null)
+  [[ $limit =~ ^[0-9]+$ ]] || return 0
+  echo "       $open of $limit open files, $(find "$KAFKA_DATA" -mindepth 1 -maxdepth 1 -type d -name '*-[0-9]*' ! -name '*-delete' 2>/dev/null | wc -l) partitions"
+  if ((open * 5 > limit * 4)); then
+    echo "       WARNING: the broker is near its open-file limit and will refuse new topics;" \
+      "delete old topics or start afresh with: $0 down --purge && $0 up"
+  fi
+}
+
 kafka_log_tail() {
   if [[ -f $KAFKA_LOG ]]; then
     log "last 40 lines of $KAFKA_LOG:"
@@ -554,6 +566,7 @@ cmd_status() {
   if kafka_check_once; then
     if pid=$(kafka_managed_pid); then
       echo "kafka: up    $KAFKA_BOOTSTRAP (Kafka $(cat "$KAFKA_FORMATTED_BY" 2>/dev/null || echo "$KAFKA_VERSION"), pid $pid, log $KAFKA_LOG)"
+      kafka_files_report "$pid"
     else
       echo "kafka: up    $KAFKA_BOOTSTRAP (not started by this script)"
     fi
