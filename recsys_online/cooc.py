@@ -11,6 +11,7 @@ from recsys_online.ids import grown
 #: 64 users by 10 items by a ring of 10 x 50 neighbours).
 _BROADCAST_LIMIT = 1 << 18
 
+
 class CoOccurrence:
     r"""Because you watched X: items that follow each other in users' recent histories.
 
