@@ -958,15 +958,15 @@ class Recommender:
         by_signal = (flat + 1).tolist()
         sources = list(map(_SOURCE_OF_SIGNAL.__getitem__, by_signal))
         reasons = list(map(_FIXED_REASON.__getitem__, by_signal))  # named, tags: below
-        because: list[str | None] = [None] * n
+        named_ids: list[str | None] = [None] * n  # the ``because`` of each recommendation
         is_named = (flat == 0) | (flat == 2) | (flat == 5)
-        for p, liked in zip(
+        for p, liked_id in zip(
             np.flatnonzero(is_named).tolist(),
             map(ids.__getitem__, named[present][is_named].tolist()),
             strict=True,
         ):
-            because[p] = liked
-            reasons[p] = "because you liked " + liked
+            named_ids[p] = liked_id
+            reasons[p] = "because you liked " + liked_id
         if item_tags is not None and agree is not None:  # "matches your tags a, b"
             spots = np.flatnonzero((flat == 1) | (flat == 4))
             tag_rows, tag_ok = best_tags(item_tags[present][spots], agree[present][spots])
@@ -979,7 +979,7 @@ class Recommender:
             map(
                 tuple.__new__,
                 repeat(Recommendation),
-                zip(items, scores, reasons, sources, because, strict=True),
+                zip(items, scores, reasons, sources, named_ids, strict=True),
             )
         )
         return _split(recs, lengths)
