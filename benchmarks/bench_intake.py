@@ -32,6 +32,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streamer.app import delete_topics
 from streamer.settings import Settings
 
 EVENT = b'{"user_id":"u1","item_id":"i2","rating":4.0,"timestamp":1700000000}'
@@ -52,16 +53,6 @@ async def preload(servers: str, topic: str, partitions: int, n: int) -> None:
         await producer.flush()
     finally:
         await producer.stop()
-
-
-async def drop(servers: str, topic: str) -> None:
-    """Delete the run's topic (a broker holding every run's partitions runs out of files)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
 
 
 async def read_plain(servers: str, topic: str, n: int) -> float:
@@ -141,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         plain_rate = asyncio.run(read_plain(servers, topic, args.events))
     finally:
-        asyncio.run(drop(servers, topic))
+        asyncio.run(delete_topics(servers, [topic]))  # (a broker keeping them runs out of files)
     print(f"{args.events:,} events, {args.partitions} partitions")
     print(f"Faust agent, take_events(1000), no work: {faust_rate:,.0f} events/s")
     print(f"Faust consumer, batches (the worker's):  {batch_rate:,.0f} events/s")

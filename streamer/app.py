@@ -42,17 +42,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     compacted (the latest event per key is kept: every worker reads all items, and the
     users of its partitions when it rebuilds).
     """
-    compacted = {"cleanup.policy": "compact"}
-    forever = {"retention.ms": "-1"}  # the ratings log is the model's durable state
-    wanted = [
-        NewTopic(settings.ratings_topic, settings.partitions, 1, topic_configs=forever),
-        NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=compacted),
-        NewTopic(settings.users_topic, settings.partitions, 1, topic_configs=compacted),
-        NewTopic(settings.deadletter_topic, 1, 1),
-        # Item-side changes workers exchange (RECSYS_SHARE_ITEMS_EVERY_S): only for the
-        # workers running now, so kept an hour.
-        NewTopic(settings.item_changes_topic, 1, 1, topic_configs={"retention.ms": "3600000"}),
-    ]
+    wanted = _topics(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
@@ -73,33 +63,44 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         await admin.close()
 
 
+def _topics(settings: Settings) -> list[NewTopic]:
+    """The topics of these settings, with their partition counts and configs."""
+    compacted = {"cleanup.policy": "compact"}
+    forever = {"retention.ms": "-1"}  # the ratings log is the model's durable state
+    return [
+        NewTopic(settings.ratings_topic, settings.partitions, 1, topic_configs=forever),
+        NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=compacted),
+        NewTopic(settings.users_topic, settings.partitions, 1, topic_configs=compacted),
+        NewTopic(settings.deadletter_topic, 1, 1),
+        # Item-side changes workers exchange (RECSYS_SHARE_ITEMS_EVERY_S): only for the
+        # workers running now, so kept an hour.
+        NewTopic(settings.item_changes_topic, 1, 1, topic_configs={"retention.ms": "3600000"}),
+    ]
+
+
 def run_topics(settings: Settings) -> list[str]:
     """The names of the topics :func:`ensure_topics` creates for these settings."""
-    s = settings
-    return [
-        s.ratings_topic,
-        s.items_topic,
-        s.users_topic,
-        s.deadletter_topic,
-        s.item_changes_topic,
-    ]
+    return [topic.name for topic in _topics(settings)]
 
 
 _DELETED_OR_ABSENT = {0, 3}  # Kafka error codes: none, UNKNOWN_TOPIC_OR_PARTITION
 
 
-async def delete_topics(settings: Settings) -> list[str]:
-    """Delete the topics of these settings (the end of a run with its own topics: a
-    benchmark, a test, the demo); returns those the broker did not delete.
+async def delete_topics(
+    bootstrap_servers: str, names: Sequence[str], timeout_ms: int = 10_000
+) -> list[str]:
+    """Delete topics ``names`` (the end of a run with topics of its own: a benchmark, a
+    test, the demo); returns those the broker did not delete (absent ones count as
+    deleted).
 
     A broker keeps files open for every partition it holds: runs that never delete their
     topics pile up partitions until it runs out of file descriptors (about 20,000 here)
     and refuses new topics.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
     await admin.start()
     try:
-        response = await admin.delete_topics(run_topics(settings))
+        response = await admin.delete_topics(list(names))
     finally:
         await admin.close()
     return [name for name, code, *_ in response.topic_error_codes if code not in _DELETED_OR_ABSENT]

@@ -60,7 +60,7 @@ def remove_topics(env: Mapping[str, str]) -> None:
     if others:  # e.g. the default topics: another run's, or an app's
         raise ValueError(f"not the topics of one isolated run {run!r}: {others}")
     try:
-        left = asyncio.run(delete_topics(settings))
+        left = asyncio.run(delete_topics(settings.bootstrap_servers, run_topics(settings)))
     except Exception as exc:  # any client error: report it, do not fail the run
         left, reason = ["all"], f"{type(exc).__name__}: {exc}"
     else:

@@ -160,8 +160,8 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
         assert len(leaders) == count and min(leaders) >= 0, (topic, leaders)
     # The end of a run with its own topics deletes them (twice: the second finds none).
     assert set(run_topics(settings)) >= set(expected)
-    assert await delete_topics(settings) == []
-    assert await delete_topics(settings) == []
+    assert await delete_topics(kafka_bootstrap, run_topics(settings)) == []
+    assert await delete_topics(kafka_bootstrap, run_topics(settings)) == []
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:  # (the broker deletes in the background: gone from its metadata soon after)
