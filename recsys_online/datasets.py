@@ -185,7 +185,7 @@ class Dataset:
             name=f"{self.name}[:{n}]",
         )
 
-    def live_paced(self, rate: float, start: float = 0.0) -> Dataset:
+    def live_paced(self, rate: float, start: float) -> Dataset:
         """The ratings as live traffic at ``rate`` ratings/s of event time: the shape a
         worker meets when apps send events as they happen.
 
@@ -195,6 +195,8 @@ class Dataset:
         order but the j-th rating of every user comes in wave j (waves in time order),
         so a user's consecutive ratings are a wave apart, and rating n is stamped
         ``start + n / rate``. The whole catalog arrives at ``start``; deletes are dropped.
+        ``start`` cannot be :data:`UNKNOWN_ARRIVAL` (0.0): items stamped with it would be
+        announced one by one, just before their first rating, instead of all at the start.
 
         >>> ds = Dataset(
         ...     ratings=[Rating("a", "x", 4.0, 1.0), Rating("a", "y", 3.0, 2.0),
@@ -209,6 +211,11 @@ class Dataset:
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         start = float(start)
+        if start == UNKNOWN_ARRIVAL:
+            raise ValueError(
+                f"start cannot be {UNKNOWN_ARRIVAL} (it marks an unknown arrival): "
+                "give the time the stream starts at"
+            )
         seen: Counter[str] = Counter()
         waves = []
         for n in _time_order(self.ratings).tolist():

@@ -353,6 +353,21 @@ def test_head() -> None:
         ds.head(-1)
 
 
+def test_live_paced_announces_the_whole_catalog_before_the_first_rating() -> None:
+    ds = Dataset(
+        ratings=[Rating("u", "b", 4.0, 5.0), Rating("v", "a", 3.0, 9.0)],
+        items={k: ItemUpsert(k, {"t": 1.0}, 7.0) for k in "abc"},
+        deletes=[ItemDelete("c", 8.0)],
+    )
+    events = list(ds.live_paced(rate=10.0, start=100.0).events())
+    assert [type(e).__name__ for e in events] == ["ItemUpsert"] * 3 + ["Rating"] * 2
+    assert {e.timestamp for e in events[:3]} == {100.0}
+    assert [e.timestamp for e in events[3:]] == [100.0, 100.1]
+    # A start of 0.0 would mark the catalog's arrival as unknown: refused.
+    with pytest.raises(ValueError, match="unknown arrival"):
+        ds.live_paced(rate=10.0, start=datasets.UNKNOWN_ARRIVAL)
+
+
 _ids = st.sampled_from(["a", "b", "c", "d"])
 _times = st.integers(0, 6).map(float)
 
