@@ -28,13 +28,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import redis
-
 from benchmarks.bench_stream import _produce_all, run_settings
 from recsys_online import synth
 from recsys_online.runtime import limit_blas_threads
 from streamer.client import RecommendationClient
-from streamer.process import remove_topics, start_worker
+from streamer.process import clear_run, start_worker
 from streamer.snapshot import SnapshotStore
 
 
@@ -110,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
             # A killed worker's partitions move once its session expires: keep that short.
             RECSYS_SESSION_TIMEOUT_S="6",
         )
-        client = redis.Redis.from_url(settings.redis_url)
         reader = RecommendationClient(settings.redis_url, settings.key_prefix)
         store = SnapshotStore(settings.snapshot_dir)
         log_dir = args.out.parent
@@ -137,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 n,
             )
         finally:
-            for key in client.scan_iter(settings.key("*")):
-                client.delete(key)
-            remove_topics(env)
+            clear_run(env)
     result = {
         "ratings": n,
         "items": args.items,

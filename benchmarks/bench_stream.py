@@ -52,7 +52,7 @@ from recsys_online.runtime import limit_blas_threads, tune_gc
 from streamer.app import ensure_topics
 from streamer.client import RecommendationClient
 from streamer.engine import StreamEngine, event_time_steps
-from streamer.process import isolated_env, remove_topics, start_worker, stop_process
+from streamer.process import clear_run, isolated_env, remove_topics, start_worker, stop_process
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
@@ -166,7 +166,6 @@ def wait_evaluated(reader, target, workers, timeout) -> float:
 def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1, **extra: str) -> dict:
     """Pre-load every event, then ``n_workers`` workers of one group learn them all."""
     settings, env = run_settings(batch, **extra)
-    client = redis.Redis.from_url(settings.redis_url)
     reader = RecommendationClient(settings.redis_url, settings.key_prefix)
     n = ds.n_ratings
     t0 = time.monotonic()
@@ -193,9 +192,7 @@ def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1, **extra: str) 
     finally:
         for w in workers:
             stop_process(w)
-        for key in client.scan_iter(settings.key("*")):
-            client.delete(key)
-        remove_topics(env)
+        clear_run(env)
     wall = done - first
     return {
         "workers": n_workers,
@@ -304,9 +301,7 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
         }
     finally:
         stop_process(worker)
-        for key in client.scan_iter(settings.key("*")):
-            client.delete(key)
-        remove_topics(env)
+        clear_run(env)
     return result
 
 

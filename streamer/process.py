@@ -69,6 +69,38 @@ def remove_topics(env: Mapping[str, str]) -> None:
         warnings.warn(f"topics of {run} not deleted ({reason}): {left}", stacklevel=2)
 
 
+def clear_run(env: Mapping[str, str]) -> None:
+    """Delete everything a run named by :func:`isolated_env` left behind: its Redis keys
+    (under its own key prefix) and its topics (:func:`remove_topics`). The default key
+    prefix (an app's lists) is a ``ValueError``; a failure to reach Redis is a warning.
+
+    >>> clear_run({"RECSYS_APP_ID": "run1"})
+    Traceback (most recent call last):
+    ...
+    ValueError: not the Redis keys of one isolated run 'run1': prefix 'recsys:'
+    """
+    import redis  # (only when needed)
+
+    from streamer.settings import Settings
+
+    settings = Settings.from_env(env)
+    prefix = settings.key_prefix
+    if not prefix or prefix == Settings().key_prefix:
+        raise ValueError(
+            f"not the Redis keys of one isolated run {settings.app_id!r}: prefix {prefix!r}"
+        )
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        for lo in range(0, len(keys), 1000):
+            client.delete(*keys[lo : lo + 1000])
+    except redis.RedisError as exc:
+        warnings.warn(f"Redis keys of {settings.app_id} not deleted: {exc}", stacklevel=2)
+    finally:
+        client.close()
+    remove_topics(env)
+
+
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """``recsys-online worker`` as a child process, its output in ``log_path``."""
     with log_path.open("wb") as log:

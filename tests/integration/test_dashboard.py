@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import ItemEvent, RatingEvent
 from streamer.process import (
+    clear_run,
     isolated_env,
-    remove_topics,
     start_dashboard,
     start_worker,
     stop_process,
@@ -145,10 +145,8 @@ def running(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[
         if dashboard is not None:
             stop_process(dashboard, timeout=10)
         stop_process(worker)
-        for key in client.scan_iter(f"{settings.key_prefix}*"):
-            client.delete(key)
         client.close()
-        remove_topics(env)
+        clear_run(env)
 
 
 def test_worker_serves_prometheus_metrics(running: dict) -> None:

@@ -20,7 +20,7 @@ from recsys_online import synth
 from recsys_online.events import Rating
 from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.app import ensure_topics
-from streamer.process import isolated_env, remove_topics, start_worker
+from streamer.process import clear_run, isolated_env, start_worker
 from streamer.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
@@ -96,10 +96,8 @@ class Run:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        for key in self.redis.scan_iter(f"{self.prefix}*"):
-            self.redis.delete(key)
         self.redis.close()
-        remove_topics(self.env)
+        clear_run(self.env)
 
 
 @pytest.fixture

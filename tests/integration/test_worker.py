@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from polling import wait_until
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import isolated_env, remove_topics, start_worker, stop_process
+from streamer.process import clear_run, isolated_env, start_worker, stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -115,10 +115,8 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[R
         yield running
     finally:
         stop_process(process)
-        for key in client.scan_iter(f"{running.prefix}*"):
-            client.delete(key)
         client.close()
-        remove_topics(env)
+        clear_run(env)
 
 
 def test_ratings_become_lists_in_redis(worker: RunningWorker) -> None:
