@@ -37,8 +37,9 @@ Timestamps
     milliseconds sent as seconds. The validation context may pin the clock:
     ``context={"now": 1_700_000_000.0}``.
 Tags
-    A list of strings (weight ``1.0`` each) or a mapping ``tag -> weight`` with finite
-    positive weights; ``null`` means no tags. At most :data:`MAX_TAGS` tags, each normalised
+    A list of strings (weight ``1.0`` each) or a mapping ``tag -> weight`` with positive
+    weights up to :data:`MAX_TAG_WEIGHT` (the model keeps float32: a weight near its limit
+    would overflow); ``null`` means no tags. At most :data:`MAX_TAGS` tags, each normalised
     (whitespace collapsed, lower-cased) to 1 to :data:`MAX_TAG_LENGTH` characters.
     Tags that normalise to the same string merge, keeping the largest weight, so listing a
     tag twice never doubles it. Stored as ``dict[str, float]``.
@@ -47,7 +48,9 @@ Deletes
     title or tags is rejected as a producer bug.
 Payloads
     At most :data:`MAX_PAYLOAD_BYTES` (64 KiB) of UTF-8 JSON, configurable per call; duplicate
-    keys are malformed JSON.
+    keys are malformed JSON, and so is a record with no value (a Kafka tombstone). Text
+    (ids, titles, tags, keys) must be valid Unicode: a JSON escape of a lone surrogate
+    (``"\\ud800"``) is rejected, since no UTF-8 store or client could hold it.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ MAX_ID_LENGTH = 128
 MAX_TITLE_LENGTH = 512
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 64
+MAX_TAG_WEIGHT = 1e9
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_CLOCK_SKEW_SECONDS = 86_400.0
 MIN_TIMESTAMP = 0.0
@@ -182,7 +186,12 @@ class EventError(ValueError):
         first = violations[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
-        return cls(f"{field or 'event'}: {_describe(first)}{more}", field=field)
+        # A field named by the producer (an unknown key) is shown quoted and cut short when
+        # it could break the reason's one line or length.
+        shown = field or "event"
+        if not (shown.isprintable() and len(shown) <= _SHOWN_CHARACTERS):
+            shown = _show(shown)
+        return cls(f"{shown}: {_describe(first)}{more}", field=field)
 
 
 def _show(value: Any) -> str:
@@ -267,7 +276,19 @@ def _bounded(raw: str, text: str, max_length: int, label: str = "") -> str:
         raise _invalid(f"{label}{_show(text)} has {len(text)} characters, more than {max_length}")
     if _CONTROL_CHARACTER.search(text):
         raise _invalid(f"{label}{_show(text)} contains a control character")
+    if not _is_unicode(text):
+        raise _invalid(f"{label}{_show(text)} is not valid Unicode (a lone surrogate)")
     return text
+
+
+def _is_unicode(text: str) -> bool:
+    """``text`` encodes as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates,
+    which do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_id(value: object) -> str:
@@ -342,6 +363,10 @@ def _check_tags(value: object) -> dict[str, float]:
         weight = _finite(raw_weight, f"weight {_show(raw_weight)} of tag {tag!r}")
         if weight <= 0.0:
             raise _invalid(f"weight {_show(raw_weight)} of tag {tag!r} is not positive")
+        if weight > MAX_TAG_WEIGHT:
+            raise _invalid(
+                f"weight {_show(raw_weight)} of tag {tag!r} is more than {MAX_TAG_WEIGHT:g}"
+            )
         tags[tag] = max(weight, tags.get(tag, 0.0))
     return tags
 
@@ -404,7 +429,11 @@ Tags = Annotated[
                 {
                     "type": "object",
                     "propertyNames": _TAG_SCHEMA,
-                    "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                    "additionalProperties": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": MAX_TAG_WEIGHT,
+                    },
                     "maxProperties": MAX_TAGS,
                 },
                 {"type": "null"},
@@ -600,7 +629,7 @@ EVENT_TYPES: tuple[type[WireEvent], ...] = (RatingEvent, ItemEvent, UserEvent)
 EventT = TypeVar("EventT", bound=WireEvent)
 
 
-class _DuplicateKeyError(ValueError):
+class _BadKeyError(ValueError):
     """A JSON object names the same key twice."""
 
 
@@ -608,7 +637,9 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     mapping: dict[str, Any] = {}
     for key, value in pairs:
         if key in mapping:
-            raise _DuplicateKeyError(f"duplicate key {_show(key)}")
+            raise _BadKeyError(f"duplicate key {_show(key)}")
+        if not _is_unicode(key):
+            raise _BadKeyError(f"key {_show(key)} is not valid Unicode (a lone surrogate)")
         mapping[key] = value
     return mapping
 
@@ -617,7 +648,7 @@ _JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number"
 
 
 def parse_event(
-    raw: bytes | bytearray | memoryview | str,
+    raw: bytes | bytearray | memoryview | str | None,
     kind: type[EventT],
     *,
     rating_scale: RatingScale | tuple[float, float] | None = None,
@@ -664,6 +695,8 @@ def parse_event(
     ...
     schemas.events.EventError: malformed JSON: Expecting ',' delimiter at line 1 column 18
     """
+    if raw is None:
+        raise EventError("no value: a tombstone (null record) is not an event", code="malformed")
     payload = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     if len(payload) > max_bytes:
         raise EventError(
@@ -681,7 +714,7 @@ def parse_event(
         raise EventError(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", code="malformed"
         ) from exc
-    except _DuplicateKeyError as exc:
+    except _BadKeyError as exc:
         raise EventError(f"malformed JSON: {exc}", code="malformed") from exc
     except RecursionError as exc:
         raise EventError("malformed JSON: nested too deeply", code="malformed") from exc
@@ -705,6 +738,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MAX_TAGS",
     "MAX_TAG_LENGTH",
+    "MAX_TAG_WEIGHT",
     "MAX_TITLE_LENGTH",
     "MIN_TIMESTAMP",
     "EventError",

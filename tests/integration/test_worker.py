@@ -57,7 +57,7 @@ def wait_for(check: Callable[[], object], what: str, worker: RunningWorker, time
     return wait_until(check, what, worker.log, timeout, worker.process)
 
 
-async def _produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+async def _produce(bootstrap: str, messages: list[tuple[str, bytes, bytes | None]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -67,7 +67,7 @@ async def _produce(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> 
         await producer.stop()
 
 
-def produce(worker: RunningWorker, messages: list[tuple[str, bytes, bytes]]) -> None:
+def produce(worker: RunningWorker, messages: list[tuple[str, bytes, bytes | None]]) -> None:
     asyncio.run(_produce(worker.env["KAFKA_BOOTSTRAP_SERVERS"], messages))
 
 
@@ -237,12 +237,28 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
         ),
         (worker.ratings, b"eve", b"x" * 70_000),
         (worker.items, b"zz", b'{"op": "upsert", "item_id": "", "timestamp": 1}'),
+        # Tombstones (no value) on a plain and on a compacted topic.
+        (worker.ratings, b"eve", None),
+        (worker.items, b"zz", None),
+        # A JSON escape of a lone surrogate: no UTF-8 store could hold the id.
+        (
+            worker.ratings,
+            b"eve",
+            b'{"user_id": "\\ud800", "item_id": "a1", "rating": 4, "timestamp": 1700000000}',
+        ),
+        # A tag weight that would overflow the model's float32 vectors.
+        (
+            worker.items,
+            b"zz",
+            b'{"op": "upsert", "item_id": "zz", "tags": {"a": 1e39}, "timestamp": 1}',
+        ),
     ]
     produce(worker, [*bad, item(worker, "e1", "opera"), rating(worker, "eve", "e1", 4.0)])
     records = asyncio.run(
         _dead_letters(worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.deadletter, len(bad))
     )
-    assert sorted(r.value for r in records) == sorted(v for _, _, v in bad)  # original bytes
+    original = sorted((v or b"" for _, _, v in bad))  # original bytes (b"": no value)
+    assert sorted(r.value or b"" for r in records) == original
     for record in records:
         headers = dict(record.headers)
         assert headers["recsys.reason"]
@@ -250,7 +266,16 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
         assert int(headers["recsys.source.offset"]) >= 0
         assert int(headers["recsys.source.partition"]) >= 0
     reasons = b" | ".join(dict(r.headers)["recsys.reason"] for r in records).decode()
-    for expected in ("malformed JSON", "rating", "unknown item", "too large", "item_id"):
+    for expected in (
+        "malformed JSON",
+        "rating",
+        "unknown item",
+        "too large",
+        "item_id",
+        "tombstone",
+        "not valid Unicode",
+        "more than 1e+09",
+    ):
         assert expected in reasons, reasons
     # The worker is still learning after the bad input, and counted it.
     wait_for(lambda: worker.recs("eve"), "eve's list after the bad events", worker)

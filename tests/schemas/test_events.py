@@ -204,6 +204,7 @@ def test_valid_id_is_stripped(kind: Any, make: Any, field: str, value: str, expe
         ("a\x00b", "'a\\x00b'", "contains a control character"),
         ("a\nb", "'a\\nb'", "contains a control character"),
         ("a\x85b", "'a\\x85b'", "contains a control character"),
+        ("\ud800x", "'\\ud800x'", "is not valid Unicode (a lone surrogate)"),
         ("x" * 129, "'xxxxxxxxx", "has 129 characters, more than 128"),
     ],
 )
@@ -407,6 +408,8 @@ def test_tags_default_to_none() -> None:
         ({"comedy": "1"}, "weight '1' of tag 'comedy' is not a number"),
         ({"comedy": True}, "weight True of tag 'comedy' is not a number"),
         ({"comedy": None}, "weight None of tag 'comedy' is not a number"),
+        ({"comedy": 1e39}, "weight 1e+39 of tag 'comedy' is more than 1e+09"),
+        (["\udfff"], "tag '\\udfff' is not valid Unicode (a lone surrogate)"),
     ],
 )
 def test_bad_tags_rejected(kind: Any, make: Any, tags: Any, reason: str) -> None:
@@ -420,7 +423,7 @@ def test_tag_weight_not_finite_rejected() -> None:
 
 
 @property_settings
-@given(tags=st.dictionaries(st.text(min_size=1, max_size=20), st.floats(1e-6, 1e6), max_size=64))
+@given(tags=st.dictionaries(st.text(min_size=1, max_size=20), st.floats(1e-6, 1e9), max_size=64))
 def test_property_tag_normalisation_is_idempotent(tags: dict[str, float]) -> None:
     try:
         once = UserEvent(user_id="196", tags=tags, timestamp=0).tags
@@ -437,6 +440,14 @@ def test_property_tag_normalisation_is_idempotent(tags: dict[str, float]) -> Non
 def test_unknown_field_rejected(kind: Any, make: Any) -> None:
     error = rejection(kind, make(source="ios-app"))
     assert (error.field, error.reason) == ("source", "source: unknown field, got 'ios-app'")
+
+
+@pytest.mark.parametrize("key", ["a\nb", "k" * 60_000])
+def test_unknown_field_reason_stays_one_short_line(key: str) -> None:
+    error = rejection(RatingEvent, rating(**{key: 1}))
+    assert error.field == key
+    assert "\n" not in error.reason and len(error.reason) < 100, error.reason
+    assert error.reason.endswith(": unknown field, got 1")
 
 
 def test_typo_reports_the_unknown_field_first() -> None:
@@ -504,6 +515,10 @@ def test_events_are_immutable() -> None:
         (b"\xff\xfe{}", "malformed JSON: invalid UTF-8 at byte 0"),
         (b'{"rating": 3, "rating": 5}', "malformed JSON: duplicate key 'rating'"),
         (b'{"tags": {"a": 1, "a": 2}}', "malformed JSON: duplicate key 'a'"),
+        (
+            b'{"\\ud800": 1}',
+            "malformed JSON: key '\\ud800' is not valid Unicode (a lone surrogate)",
+        ),
         (b"[" * 100_000 + b"]" * 100_000, "malformed JSON: nested too deeply"),
         (b'{"rating": 1' + b"0" * 5000 + b"}", "malformed JSON: number with too many digits"),
     ],
@@ -512,6 +527,16 @@ def test_malformed_json(raw: bytes, reason: str) -> None:
     error = rejection(RatingEvent, raw, max_bytes=len(raw))
     assert error.reason.startswith(reason), error.reason
     assert (error.code, error.field) == ("malformed", None)
+
+
+@pytest.mark.parametrize("kind", [RatingEvent, ItemEvent, UserEvent])
+def test_a_tombstone_is_no_event(kind: type[WireEvent]) -> None:
+    """A record with no value (a Kafka tombstone on a compacted topic) gets a clear reason,
+    which the worker dead-letters, instead of a TypeError that would stop it."""
+    with pytest.raises(EventError) as caught:
+        parse_event(None, kind)
+    assert caught.value.reason == "no value: a tombstone (null record) is not an event"
+    assert caught.value.code == "malformed"
 
 
 @pytest.mark.parametrize(
