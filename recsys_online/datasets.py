@@ -41,6 +41,7 @@ from typing import TextIO
 import numpy as np
 
 from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
+from recsys_online.tags import weight_problem
 
 __all__ = ["FORMATS", "UNKNOWN_ARRIVAL", "Dataset", "DatasetError", "load", "save_csv"]
 
@@ -358,10 +359,11 @@ def _detect_format(path: Path, items: Path | None) -> str:
 
 
 def _first_line(path: Path) -> str:
+    """The first non-blank line, without a UTF-8 byte-order mark (as Excel writes)."""
     with open(path, encoding="latin-1") as f:
         for line in f:
             if line.strip():
-                return line.strip()
+                return line.strip().removeprefix("\xef\xbb\xbf")
     return ""
 
 
@@ -494,8 +496,9 @@ def _ratings_from_batches(
             rows = [row for row in batch if len(row) >= width]
         if not rows:
             continue
-        users = list(map(sys.intern, map(itemgetter(iu), rows)))
-        items = list(map(sys.intern, map(itemgetter(ii), rows)))
+        # Ids are stripped, as the item readers strip theirs ("10 " is item "10").
+        users = list(map(sys.intern, map(str.strip, map(itemgetter(iu), rows))))
+        items = list(map(sys.intern, map(str.strip, map(itemgetter(ii), rows))))
         try:
             values = list(map(float, map(itemgetter(ir), rows)))
             if it is None:
@@ -532,6 +535,7 @@ def _read_split_ratings_slowly(
                     f"(user item rating timestamp), got {len(fields)}"
                 )
             user, item, rating_text, time_text = fields
+            user, item = user.strip(), item.strip()
             try:
                 rating = float(rating_text)
                 timestamp = float(time_text)
@@ -571,7 +575,7 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
                         f"{name} line {reader.line_num}: expected {len(columns)} "
                         f"comma-separated fields, got {len(row)}"
                     )
-                user, item, rating_text = row[iu], row[ii], row[ir]
+                user, item, rating_text = row[iu].strip(), row[ii].strip(), row[ir]
                 time_text = str(len(ratings)) if it is None else row[it]
                 try:
                     rating = float(rating_text)
@@ -801,9 +805,10 @@ def _parse_tags(text: str, file_name: str, lineno: int) -> dict[str, float]:
                 tag = head
                 if not head.strip():
                     raise DatasetError(f"{file_name} line {lineno}: tag {part!r} has no name")
-                if not math.isfinite(weight):
+                problem = weight_problem(weight)
+                if problem is not None:
                     raise DatasetError(
-                        f"{file_name} line {lineno}: tag weight {tail!r} is not finite"
+                        f"{file_name} line {lineno}: tag weight {tail!r} {problem}"
                     )
         tag = _tag_name(tag)
         if tag:

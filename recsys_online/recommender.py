@@ -16,7 +16,7 @@ from recsys_online.factors import FactorModel, FactorParams
 from recsys_online.ids import IdIndex, grown
 from recsys_online.popularity import Popularity
 from recsys_online.ranking import padded_width, top_k_rows
-from recsys_online.tags import ItemTags
+from recsys_online.tags import ItemTags, check_weights
 
 SIGNALS = ("mf", "content", "cooc", "pop", "recent_tags", "recent_factors")
 
@@ -253,7 +253,12 @@ class Recommender:
         >>> rec.upsert_items(["a", "b", "a"], [{"jazz": 1.0}, {"rock": 1.0}, {"folk": 1.0}])
         >>> rec.n_items, rec.tags.names(rec.items.get("a"))
         (2, ['folk'])
+
+        A weight that is not finite or not in ``(0, MAX_WEIGHT]`` is a ``ValueError``, raised
+        before anything changes.
         """
+        for item_tags in tags:
+            check_weights(item_tags or {})
         rows = self.items.rows(items)
         self._ensure()
         self.active[rows] = True
@@ -263,7 +268,7 @@ class Recommender:
         self.mf.set_items_tags(rows)
         self.content.set_items(rows)
         self._side_dirty.update(rows.tolist())
-        if timestamps:
+        if timestamps is not None and len(timestamps):
             self.now = max(self.now, float(max(timestamps)))
 
     def has_item(self, item: str, tags: Mapping[str, float]) -> bool:
@@ -306,8 +311,10 @@ class Recommender:
         They seed the user's content profile with the weight of one rating above the
         user's mean, so a user with no ratings gets content-based lists ("matches your
         tags ...") instead of plain popularity; later ratings outweigh them. Declaring
-        again replaces the previous declaration.
+        again replaces the previous declaration. Weights follow the items' rules
+        (:func:`recsys_online.tags.check_weights`).
         """
+        check_weights(tags)
         row = self.users.row(user)
         self._ensure()
         vec = self.content.tag_vector(dict(tags))
@@ -357,6 +364,8 @@ class Recommender:
         Items never announced by a catalog event join the catalog on their first rating;
         ratings of deleted items update the factors but never bring the item back.
         """
+        if len(ratings) == 0:
+            return
         u = self.users.rows(users)
         i = self.items.rows(items)
         self._ensure()
@@ -749,7 +758,7 @@ class Recommender:
         if not warm or self.n_items == 0:  # (declared tags, no catalog yet: nothing)
             return lambda items: np.full((n_users, len(items)), -np.inf, np.float32)
         w, ctx = self._weights(u), self._context(u, ring=False)
-        user = self._user_side(u, w, ctx)
+        sides = [(self._layout(), self._user_side(u, w, ctx))]  # (rebuilt if a tag arrives)
         rated, lengths = _joined(self.history, u, np.int32)
         rated_by = np.repeat(np.arange(len(u)), lengths)
         rings: list = []  # ``CoOccurrence.ring_items``, once an item asked for needs them
@@ -765,7 +774,9 @@ class Recommender:
             width = self._side.shape[1] if self._side is not None else 0
             if width < self.n_items:  # the catalog outgrew the stacked rows
                 width = padded_width(self.n_items, 10)[1]
-            scores = user @ self._item_side(width)[:, i]  # (B, m)
+            if sides[0][0] is not self._layout():  # new tags since: more content columns
+                sides[0] = (self._layout(), self._user_side(u, w, ctx))
+            scores = sides[0][1] @ self._item_side(width)[:, i]  # (B, m)
             column = np.full(self.n_items + 1, -1, np.int64)  # item row -> column; [-1]: none
             column[i] = np.arange(len(i))
             if w[:, 2].any() and (self.cooc.count[i] > 0).any():
@@ -878,9 +889,10 @@ class Recommender:
         ]
 
     def similar_items(self, item: str, k: int = 10) -> list[Recommendation]:
-        """More like this: live items closest to ``item`` by content and co-occurrence."""
+        """More like this: live items closest to ``item`` by content and co-occurrence
+        (only items that share a tag or co-occurred with it; none for a deleted item)."""
         row = self.items.get(item)
-        if row is None:
+        if row is None or self.deleted[row]:
             return []
         scores = self.content.similar_items(row).copy()
         nbr, w = self.cooc.nbr[row], self.cooc.weight[row]
@@ -893,6 +905,7 @@ class Recommender:
                 self.items.id_of(int(j)), float(scores[j]), f"similar to {item}", "content", item
             )
             for j in _top_k(scores, k)
+            if scores[j] > 0
         ]
 
     def _explain_many(

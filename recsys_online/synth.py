@@ -88,7 +88,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_online.datasets import Dataset, save_csv
+from recsys_online.datasets import UNKNOWN_ARRIVAL, Dataset, save_csv
 from recsys_online.events import ItemDelete, ItemUpsert, Rating
 from recsys_online.movielens_format import write_movielens_100k
 
@@ -170,6 +170,8 @@ class SynthConfig:
             raise ValueError(f"n_deletes must be in 0..n_items, got {self.n_deletes}")
         if self.n_related < 0:
             raise ValueError(f"n_related must be >= 0, got {self.n_related}")
+        if self.t0 == UNKNOWN_ARRIVAL:  # items arriving at t0 would be "arrival unknown"
+            raise ValueError(f"t0 cannot be {UNKNOWN_ARRIVAL} (it marks an unknown arrival)")
         for name in ("cold_item_share", "session_focus", "related_share", "tag_signal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
 from recsys_online.ids import IdIndex, grown
+
+MAX_WEIGHT = 1e9  # float32 vectors then hold any item's weights, squared and summed
+
+
+def check_weights(tags: Mapping[str, float]) -> None:
+    """Raise ``ValueError`` unless every weight is a finite number in ``(0, MAX_WEIGHT]``.
+
+    A weight of 0 (or weights summing to 0) would divide by zero in the shares and spread
+    NaN through learning to every user; one near float32's limit would overflow.
+
+    >>> check_weights({"jazz": 1.0, "live": 0.5})
+    >>> check_weights({"jazz": 0.0})
+    Traceback (most recent call last):
+    ...
+    ValueError: tag 'jazz': weight 0.0 is not positive
+    """
+    for tag, weight in tags.items():
+        problem = weight_problem(weight)
+        if problem is not None:
+            raise ValueError(f"tag {tag!r}: weight {weight!r} {problem}")
+
+
+def weight_problem(weight: float) -> str | None:
+    """Why ``weight`` cannot weigh a tag (e.g. ``"is not positive"``), None when it can."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float | np.floating | np.integer):
+        return "is not a number"
+    if not math.isfinite(weight):
+        return "is not finite"
+    if weight <= 0:
+        return "is not positive"
+    if weight > MAX_WEIGHT:
+        return f"is more than {MAX_WEIGHT:g}"
+    return None
 
 
 class ItemTags:
@@ -56,7 +90,12 @@ class ItemTags:
         self.n_items = max(self.n_items, n_items)
 
     def set(self, item_row: int, tags: Mapping[str, float]) -> np.ndarray:
-        """Replace the tags of ``item_row``; return the rows of every tag touched."""
+        """Replace the tags of ``item_row``; return the rows of every tag touched.
+
+        Weights must be finite and in ``(0, MAX_WEIGHT]`` (``ValueError`` otherwise, with
+        nothing changed).
+        """
+        check_weights(tags)
         self.ensure_items(item_row + 1)
         old = self.rows[item_row][self.weights[item_row] > 0]
         self._df[old] -= 1

@@ -258,6 +258,47 @@ def test_deleted_items_are_never_returned(name: str, model: Recommender) -> None
     assert _items(model.popular(n))  # something is still recommended
 
 
+def test_bad_tag_weights_are_refused_before_anything_changes(
+    name: str, model: Recommender
+) -> None:
+    """A weight of 0 would divide by a zero sum and spread NaN to every user; one above
+    float32's range would overflow. Both are a ValueError, and the model is unchanged."""
+    before = model.recommend(_users()[0], K)
+    for bad in ({"drama": 0.0}, {"drama": -1.0}, {"drama": math.nan}, {"drama": 1e39}):
+        with pytest.raises(ValueError, match="tag 'drama': weight"):
+            model.upsert_items(["fresh", "other"], [{"jazz": 1.0}, bad])
+        with pytest.raises(ValueError, match="tag 'drama': weight"):
+            model.upsert_user("declarer", bad)
+    assert model.items.get("fresh") is None and model.users.get("declarer") is None
+    assert model.recommend(_users()[0], K) == before
+
+
+def test_an_empty_batch_changes_nothing(name: str, model: Recommender) -> None:
+    before = (model.n_events, model.recommend(_users()[0], K))
+    model.learn_many([], [], [], [])
+    assert (model.n_events, model.recommend(_users()[0], K)) == before
+
+
+def test_an_item_scorer_outlives_new_tags(name: str, model: Recommender) -> None:
+    """A scorer made before a new tag widens the content columns keeps scoring."""
+    users = _users()[:3]
+    score = model.item_scorer(users)
+    first = score([model.items.id_of(0)])
+    model.upsert_item("brand-new", {f"never-seen-{n}": 1.0 for n in range(3)})
+    again = score([model.items.id_of(0), "brand-new"])
+    assert again.shape == (3, 2) and np.isfinite(again[:, 1]).all()
+    assert np.allclose(first[:, 0], again[:, 0], equal_nan=True)
+
+
+def test_similar_items_share_a_tag_or_cooccurred(name: str, model: Recommender) -> None:
+    model.upsert_item("loner", {"nothing-else-has-this": 1.0})
+    assert model.similar_items("loner", K) == []
+    some = model.items.id_of(0)
+    assert all(r.score > 0 for r in model.similar_items(some, K))
+    model.delete_item(some)
+    assert model.similar_items(some, K) == []
+
+
 # ---------------------------------------------------------------------------- consistency
 
 

@@ -159,6 +159,18 @@ def test_plain_csv_with_items(tmp_path: Path) -> None:
     assert list(ds.items) == ["x", "y", "w", "q", "z"]
 
 
+def test_csv_with_a_byte_order_mark_and_padded_ids(tmp_path: Path) -> None:
+    """A UTF-8 CSV as Excel writes it (byte-order mark first) is detected as CSV; ids are
+    stripped in ratings as in items, so ``"10 "`` is item ``10`` and keeps its tags."""
+    (tmp_path / "r.csv").write_bytes(
+        "\ufeffuser_id,item_id,rating,timestamp\n1 ,10 ,4,100\n2,10,5,101\n".encode()
+    )
+    (tmp_path / "i.csv").write_text("item_id,title,tags\n10 ,Ten,drama\n")
+    ds = load(tmp_path / "r.csv", tmp_path / "i.csv")
+    assert [(r.user, r.item) for r in ds.ratings] == [("1", "10"), ("2", "10")]
+    assert list(ds.items) == ["10"] and ds.items["10"].tags == {"drama": 1.0}
+
+
 def test_plain_csv_without_items_or_timestamps(tmp_path: Path) -> None:
     (tmp_path / "r.csv").write_text("user_id,item_id,rating\nu1,i1,5\nu2,i1,3\n")
     ds = load(tmp_path / "r.csv")
@@ -269,6 +281,13 @@ def test_bad_item_lines_name_file_and_line(tmp_path: Path) -> None:
         DatasetError, match=re.escape("i.csv line 2: tag weight 'nan' is not finite")
     ):
         load(tmp_path / "r.csv", tmp_path / "i.csv")
+    # A weight of 0 (or below) would divide by a zero sum and spread NaN through learning.
+    for weight, problem in (("0", "is not positive"), ("-1", "is not positive"), ("1e40", "1e+09")):
+        (tmp_path / "i.csv").write_text(f"item_id,tags\ni,b|a:{weight}\n")
+        with pytest.raises(DatasetError, match=re.escape(f"i.csv line 2: tag weight '{weight}'")):
+            load(tmp_path / "r.csv", tmp_path / "i.csv")
+        with pytest.raises(DatasetError, match=re.escape(problem)):
+            load(tmp_path / "r.csv", tmp_path / "i.csv")
 
 
 def test_format_errors(tmp_path: Path) -> None:
