@@ -173,6 +173,9 @@ class Recommender:
         self.user_sum = np.zeros(0, np.float32)
         self.history: list[array] = []  # item rows each user rated, oldest first
         self.history_ratings: list[array] = []
+        # Rated item rows that left a heavy user's history (past ``history_limit``): still
+        # never recommended to that user again. Distinct, so at most the catalog per user.
+        self._older: dict[int, array] = {}
         self.n_events = 0
         self.now = 0.0
         self._sizes = (-1, -1)  # (users, items) storage was last grown for
@@ -202,6 +205,10 @@ class Recommender:
         state = self.__dict__.copy()
         state.update(_scores=None, _side=None, _side_key=(), _side_dirty=set(), _pop_key=())
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_older", {})  # (pickled before it existed)
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------ sizes
     @property
@@ -397,8 +404,29 @@ class Recommender:
             hist.append(ii)
             hr.append(rr)
             if len(hist) > limit:
+                self._retire(uu, hist[0])
                 del hist[0], hr[0]
         self.n_events += len(r)
+
+    def _retire(self, user: int, item: int) -> None:
+        """``item`` leaves the user's history; it stays among the items never shown again."""
+        older = self._older.get(user)
+        if older is None:
+            older = self._older[user] = array("i")
+        older.append(item)
+        if len(older) % 1024 == 0:  # keep them distinct (a re-rated item comes back)
+            self._older[user] = array("i", np.unique(np.frombuffer(older, np.int32)).tobytes())
+
+    def _rated(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every item row each of users ``u`` rated, end to end, and each user's count."""
+        if not self._older:
+            return _joined(self.history, u, np.int32)
+        older, history = self._older, self.history
+        return _joined(
+            [older[r] + history[r] if r in older else history[r] for r in u.tolist()],
+            np.arange(len(u)),
+            np.int32,
+        )
 
     # ------------------------------------------------------------ sharing
     def track_item_changes(self, on: bool = True) -> None:
@@ -759,7 +787,7 @@ class Recommender:
             return lambda items: np.full((n_users, len(items)), -np.inf, np.float32)
         w, ctx = self._weights(u), self._context(u, ring=False)
         sides = [(self._layout(), self._user_side(u, w, ctx))]  # (rebuilt if a tag arrives)
-        rated, lengths = _joined(self.history, u, np.int32)
+        rated, lengths = self._rated(u)
         rated_by = np.repeat(np.arange(len(u)), lengths)
         rings: list = []  # ``CoOccurrence.ring_items``, once an item asked for needs them
 
@@ -869,7 +897,7 @@ class Recommender:
         scores = self._blended_scores(u, w, width, ctx)
         scores[:, n:] = -np.inf
         scores[:, :n][:, ~self.active[:n]] = -np.inf
-        rated, lengths = _joined(self.history, u, np.int32)
+        rated, lengths = self._rated(u)
         if lengths.any():  # every user's rated items, as flat positions in ``scores``
             flat = np.repeat(np.arange(len(u)) * width, lengths) + rated
             scores.reshape(-1)[flat] = -np.inf

@@ -273,6 +273,27 @@ def test_bad_tag_weights_are_refused_before_anything_changes(
     assert model.recommend(_users()[0], K) == before
 
 
+def test_items_rated_before_the_history_limit_stay_excluded(name: str) -> None:
+    """A heavy user's ratings past ``history_limit`` leave the recent history the signals
+    read, never the set of items their lists exclude (nor in a pickled copy)."""
+    import pickle
+
+    model = Recommender(RecommenderConfig(signals=MODELS[name], history_limit=3, seed=1))
+    items = [f"i{n}" for n in range(12)]
+    model.upsert_items(items, [{"jazz": 1.0}] * 12)
+    for n, item in enumerate(items[:8]):  # one heavy user rates 8; others make them popular
+        model.learn_many(["heavy", f"fan{n}", "fan"], [item, item, item], [5.0] * 3, [n] * 3)
+    assert len(model.history[model.users.get("heavy")]) == 3
+    for m in (model, pickle.loads(pickle.dumps(model))):
+        listed = {
+            *_items(m.recommend("heavy", 12)),
+            *_items(m.recommend_many(["heavy", "fan0"], 12)[0]),
+            *m.top_items(["heavy"], 12)[0],
+        }
+        assert listed and not listed & set(items[:8]), listed
+        assert np.isinf(m.score_items(["heavy"], items[:8])).all()
+
+
 def test_an_empty_batch_changes_nothing(name: str, model: Recommender) -> None:
     before = (model.n_events, model.recommend(_users()[0], K))
     model.learn_many([], [], [], [])
