@@ -173,10 +173,10 @@ class RedisSink:
         worker_id: str,
         metrics_url: str = "",
     ) -> None:
-        """The popularity list and the metrics: the shared ``metrics`` hash (last writer),
-        this worker's own ``metrics:worker:{id}`` (expiring if the worker dies), and one
-        snapshot pushed on ``metrics:history`` (newest first, capped at
-        ``metrics_history`` entries) for the dashboard's charts."""
+        """The popularity list and the metrics: the shared ``metrics`` hash (the last
+        writer's figures, replaced whole), this worker's own ``metrics:worker:{id}``
+        (expiring if the worker dies), and one snapshot pushed on ``metrics:history``
+        (newest first, capped at ``metrics_history`` entries) for the dashboard's charts."""
         key = self.settings.key
         now = time.time()
         mapping = {k: str(v) for k, v in metrics.items()} | {
@@ -193,6 +193,9 @@ class RedisSink:
 
         def queue(pipe: Pipeline) -> None:
             pipe.set(key("popular"), list_document(None, popular, version, now))
+            # Replaced whole, in the transaction: a field this worker does not publish
+            # (snapshots or sharing off) must not stay behind from another worker.
+            pipe.delete(key("metrics"), own)
             pipe.hset(key("metrics"), mapping=mapping)
             pipe.hset(own, mapping=mapping)
             pipe.expire(own, 30)

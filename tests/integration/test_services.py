@@ -261,6 +261,28 @@ async def test_the_sink_writes_every_list_with_its_ttl_even_after_redis_forgets_
 
 
 @pytest.mark.redis
+async def test_the_shared_metrics_hash_holds_only_the_last_writers_figures(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """A worker that publishes no snapshot figures leaves none of another's behind."""
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
+    sink = RedisSink(settings)
+    try:
+        await sink.publish_state([], {"events": 10, "snapshot_age_s": 3.0}, 1, "w1")
+        await sink.publish_state([], {"events": 20}, 2, "w2")
+        shared = await sink.redis.hgetall(settings.key("metrics"))
+        assert shared[b"worker"] == b"w2" and shared[b"events"] == b"20"
+        assert b"snapshot_age_s" not in shared
+        own = await sink.redis.hgetall(settings.key("metrics", "worker", "w1"))
+        assert own[b"snapshot_age_s"] == b"3.0"  # each worker's own hash keeps its own
+    finally:
+        await sink.close()
+
+
+@pytest.mark.redis
 async def test_the_sink_waits_for_redis_and_writes_once_it_is_back(tmp_path) -> None:
     """A worker's write while Redis is unreachable is not lost, nor does it stop the
     worker: the sink tries again until a Redis (here, a second server started late on a
