@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -57,6 +59,7 @@ class Settings:
     data_dir: str = "~/.cache/recsys-online/faust"
     snapshot_every_s: float = 60.0
     share_items_every_s: float = 0.0
+    dedupe_window: int = 100_000
     seed: int = 42
     gc_young: int = 50_000
 
@@ -87,6 +90,13 @@ class Settings:
                 values[f.name] = kind(raw)
             except ValueError:
                 raise ValueError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
+        unknown = sorted(
+            name
+            for name in env
+            if name.startswith("RECSYS_") and name not in _ENV_NAMES and name not in _OTHER_NAMES
+        )
+        if unknown:  # a misspelt setting would otherwise be ignored without a word
+            warnings.warn(f"unknown settings ignored: {', '.join(unknown)}", stacklevel=2)
         settings = cls(**values)
         settings.check()
         return settings
@@ -123,9 +133,24 @@ class Settings:
         return {name: getattr(self, name) for name in self.MODEL_SETTINGS}
 
     def check(self) -> None:
-        """Reject settings the worker cannot run with, naming the variable."""
+        """Reject settings the worker cannot run with, naming the variable.
+
+        >>> Settings(refresh_every_s=0).check()
+        Traceback (most recent call last):
+        ...
+        ValueError: RECSYS_REFRESH_EVERY_S must be > 0
+        """
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"RECSYS_{f.name.upper()} must be a finite number, got {value}")
         if not self.rating_low < self.rating_high:
             raise ValueError("RECSYS_RATING_LOW must be below RECSYS_RATING_HIGH")
+        if not self.rating_low <= self.relevant <= self.rating_high:
+            raise ValueError(
+                "RECSYS_RELEVANT must be within the rating scale "
+                f"[{self.rating_low}, {self.rating_high}], got {self.relevant}"
+            )
         for name in (
             "partitions",
             "k",
@@ -136,9 +161,39 @@ class Settings:
             "n_factors",
             "refresh_users",
             "metrics_history",
+            "metrics_window",
+            "max_payload_bytes",
+            "recs_ttl_s",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"RECSYS_{name.upper()} must be >= 1")
+        for name in ("refresh_every_s", "session_timeout_s", "learn_window_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RECSYS_{name.upper()} must be > 0")
+        for name in (
+            "batch_within_s",
+            "snapshot_every_s",
+            "share_items_every_s",
+            "dedupe_window",
+            "gc_young",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RECSYS_{name.upper()} must be >= 0 (0: off)")
+        topics = {
+            name: getattr(self, name)
+            for name in (
+                "ratings_topic",
+                "items_topic",
+                "users_topic",
+                "deadletter_topic",
+                "item_changes_topic",
+            )
+        }
+        for name, value in {**topics, "brokers": self.brokers, "app_id": self.app_id}.items():
+            if not value.strip():
+                raise ValueError(f"RECSYS_{name.upper()} must not be empty")
+        if len(set(topics.values())) < len(topics):
+            raise ValueError(f"the five topics must have distinct names, got {topics}")
         for name in ("web_port", "dashboard_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"RECSYS_{name.upper()} must be a port, 0-65535 (0: any free)")
@@ -177,3 +232,15 @@ class Settings:
     def key(self, *parts: str) -> str:
         """A Redis key under the prefix: ``key("recs", "u1") == "recsys:recs:u1"``."""
         return self.key_prefix + ":".join(parts)
+
+
+_ENV_NAMES = {f"RECSYS_{f.name.upper()}" for f in fields(Settings)}
+# Read by the project's scripts and tests, not by the worker.
+_OTHER_NAMES = {
+    "RECSYS_ARTIFACTS_DIR",
+    "RECSYS_CACHE_DIR",
+    "RECSYS_CHROMIUM",
+    "RECSYS_KAFKA_LIBS",
+    "RECSYS_MAVEN_REPO",
+    "RECSYS_STATE_DIR",
+}

@@ -1,0 +1,42 @@
+"""Settings from the environment: nonsense is refused at start, naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamer.settings import Settings
+
+
+def test_values_are_read_and_typed_by_name() -> None:
+    settings = Settings.from_env({"RECSYS_K": "20", "RECSYS_REFRESH_EVERY_S": "0.5"})
+    assert (settings.k, settings.refresh_every_s) == (20, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RECSYS_RATING_HIGH": "inf"}, "RECSYS_RATING_HIGH must be a finite number"),
+        ({"RECSYS_LEARN_WINDOW_S": "nan"}, "RECSYS_LEARN_WINDOW_S must be a finite number"),
+        ({"RECSYS_RELEVANT": "99"}, "RECSYS_RELEVANT must be within the rating scale"),
+        ({"RECSYS_METRICS_WINDOW": "0"}, "RECSYS_METRICS_WINDOW must be >= 1"),
+        ({"RECSYS_MAX_PAYLOAD_BYTES": "-1"}, "RECSYS_MAX_PAYLOAD_BYTES must be >= 1"),
+        ({"RECSYS_RECS_TTL_S": "0"}, "RECSYS_RECS_TTL_S must be >= 1"),
+        ({"RECSYS_REFRESH_EVERY_S": "0"}, "RECSYS_REFRESH_EVERY_S must be > 0"),
+        ({"RECSYS_SESSION_TIMEOUT_S": "-1"}, "RECSYS_SESSION_TIMEOUT_S must be > 0"),
+        ({"RECSYS_BATCH_WITHIN_S": "-1"}, "RECSYS_BATCH_WITHIN_S must be >= 0"),
+        ({"RECSYS_DEDUPE_WINDOW": "-5"}, "RECSYS_DEDUPE_WINDOW must be >= 0"),
+        ({"RECSYS_RATINGS_TOPIC": " "}, "RECSYS_RATINGS_TOPIC must not be empty"),
+        ({"RECSYS_BROKERS": ""}, "RECSYS_BROKERS must not be empty"),
+        ({"RECSYS_RATINGS_TOPIC": "recsys.items"}, "distinct names"),
+        ({"RECSYS_K": "many"}, "RECSYS_K: 'many' is not a valid int"),
+    ],
+)
+def test_nonsense_is_refused_at_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        Settings.from_env(env)
+
+
+def test_a_misspelt_setting_is_reported_not_silently_ignored() -> None:
+    with pytest.warns(UserWarning, match="unknown settings ignored: RECSYS_BATCHMAX"):
+        settings = Settings.from_env({"RECSYS_BATCHMAX": "5", "RECSYS_STATE_DIR": "/tmp"})
+    assert settings.batch_max == Settings().batch_max
