@@ -495,7 +495,9 @@ class RatingEvent(WireEvent):
     timestamp
         Epoch seconds or ISO-8601 date-time with UTC offset, stored as epoch seconds.
     event_id
-        Optional producer-chosen id, unique per rating, to drop redelivered duplicates.
+        Optional producer-chosen id, unique per rating: the worker dead-letters a rating
+        whose id came with one of its last ``RECSYS_DEDUPE_WINDOW`` ratings, so a
+        redelivered duplicate is not learned twice.
 
     Examples
     --------

@@ -685,13 +685,19 @@ class RecsysWorker:
         if not all(self.engine.knows_item(r.item_id) for _, r in pending):
             await self.catalog.catch_up()
         for record, r in pending:
-            problem = self._item_problem(r.item_id)
+            problem = self._item_problem(r.item_id) or self._repeat_problem(r)
             if problem is not None:
                 await self._dead_letter(record, problem)
             else:
                 rating = Rating(r.user_id, r.item_id, r.rating, r.timestamp)
                 valid.append((record.partition, record.offset, rating, float(record.timestamp)))
         return valid
+
+    def _repeat_problem(self, r: RatingEvent) -> str | None:
+        """Why a rating is a duplicate (its ``event_id`` came lately), or None."""
+        if self.engine.repeats(r.event_id):
+            return f"event_id: duplicate {r.event_id!r}, already learned"
+        return None
 
     def _item_problem(self, item_id: str) -> str | None:
         """Why a rating of this item cannot be learned, or None when it can."""
@@ -1094,12 +1100,19 @@ class RecsysWorker:
         return users
 
     def _replayable(self, raw: bytes) -> Rating | None:
-        """The rating a logged event held, or None where it was dead-lettered when live."""
+        """The rating a logged event held, or None where it cannot have been learned live.
+
+        Replay runs after the whole catalog was read, so it cannot see the catalog as it
+        was at each rating: a rating of an item deleted since is learned (it was, live,
+        before the delete), and only items the catalog never knew are refused. A rating
+        dead-lettered live because its item was not announced yet, or already deleted,
+        is learned here: the one way a rebuild can differ, and it only adds ratings.
+        """
         try:
             r = self.settings.parse(raw, RatingEvent)
         except EventError:
             return None
-        if self._item_problem(r.item_id) is not None:
+        if not self.engine.knows_item(r.item_id) or self.engine.repeats(r.event_id):
             return None
         return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
 

@@ -259,6 +259,9 @@ def run_stream(args: argparse.Namespace) -> int:
     except DeliveryError as exc:
         print(file=sys.stderr)
         return fail(str(exc))
+    except EventError as exc:  # a record the worker would refuse: nothing after it is sent
+        print(file=sys.stderr)
+        return fail(f"invalid record, stopped before it: {exc}", 2)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -109,6 +109,8 @@ class StreamEngine:
         self.events = 0  # ratings in the model: live and replayed from the log
         self.evaluated = 0  # live ratings evaluated then learned (never counts replays)
         self.deadletters = 0
+        # The event ids of the last ``settings.dedupe_window`` ratings that carried one.
+        self.event_ids: OrderedDict[str, None] = OrderedDict()
         self.freshness_ms: deque[float] = deque(maxlen=s.metrics_window)
         self.freshness_hist = Histogram(FRESHNESS_BUCKETS)  # seconds, since the start
         self.refresh_hist = Histogram(REFRESH_BUCKETS)  # seconds to rank + publish a batch
@@ -269,6 +271,29 @@ class StreamEngine:
         self._live = value
         if value:
             self._release(math.inf)
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("event_ids", OrderedDict())  # (pickled before it existed)
+        self.__dict__.update(state)
+
+    def repeats(self, event_id: str | None) -> bool:
+        """True when a rating with this ``event_id`` came within the last
+        ``settings.dedupe_window`` ids (a redelivered duplicate); else the id is
+        remembered. A rating without an id never repeats.
+
+        >>> engine = StreamEngine(Settings(dedupe_window=2))
+        >>> [engine.repeats(e) for e in ("a", "b", "a", None, None, "c", "a")]
+        [False, False, True, False, False, False, False]
+        """
+        if event_id is None or self.settings.dedupe_window == 0:
+            return False
+        ids = self.event_ids
+        if event_id in ids:
+            return True
+        ids[event_id] = None
+        if len(ids) > self.settings.dedupe_window:
+            ids.popitem(last=False)
+        return False
 
     def knows_item(self, item: str) -> bool:
         """The item is in the catalog (or waiting to enter it at its time)."""

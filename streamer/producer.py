@@ -10,9 +10,10 @@ from dataclasses import replace
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
-from schemas import ItemEvent, RatingEvent, UserEvent
+from schemas import EventError, ItemEvent, RatingEvent, UserEvent
 from streamer.settings import Settings
 
 WireEvent = RatingEvent | ItemEvent | UserEvent
@@ -95,30 +96,41 @@ class EventProducer:
         await self.send(event)
 
     async def send_core_event(self, event: Event) -> None:
-        """Send one of the core's records (as read from a data file)."""
+        """Send one of the core's records (as read from a data file), validated as the
+        worker will, on the settings' rating scale: ``EventError`` names the record and
+        the field when it breaks a rule (a tag of more than 64 characters, say)."""
+        s = self.settings
+        # On the deployment's scale (half stars, 0-10...), as the worker validates.
+        context = {"rating_scale": (s.rating_low, s.rating_high)}
         if isinstance(event, Rating):
-            await self.send_rating(
-                RatingEvent(
-                    user_id=event.user,
-                    item_id=event.item,
-                    rating=event.rating,
-                    timestamp=event.timestamp,
-                )
-            )
+            kind, fields = RatingEvent, {
+                "user_id": event.user,
+                "item_id": event.item,
+                "rating": event.rating,
+                "timestamp": event.timestamp,
+            }
         elif isinstance(event, ItemUpsert):
-            await self.send_item(
-                ItemEvent(
-                    op="upsert",
-                    item_id=event.item,
-                    title=event.title or None,
-                    tags=event.tags,
-                    timestamp=event.timestamp,
-                )
-            )
+            kind, fields = ItemEvent, {
+                "op": "upsert",
+                "item_id": event.item,
+                "title": event.title or None,
+                "tags": event.tags,
+                "timestamp": event.timestamp,
+            }
         elif isinstance(event, ItemDelete):
-            await self.send_item(
-                ItemEvent(op="delete", item_id=event.item, timestamp=event.timestamp)
-            )
+            kind, fields = ItemEvent, {
+                "op": "delete",
+                "item_id": event.item,
+                "timestamp": event.timestamp,
+            }
+        else:
+            raise TypeError(f"not an event: {event!r}")
+        try:
+            wire = kind.model_validate(fields, context=context)
+        except ValidationError as exc:
+            reason = EventError.from_validation_error(exc)
+            raise EventError(f"{event!r:.120}: {reason}", reason.field) from None
+        await self.send(wire)
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         try:

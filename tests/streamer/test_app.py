@@ -273,3 +273,42 @@ async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     worker.sink = RebuildingSink()
     await worker._refresh_due_lists()
     assert len(published) == 1
+
+
+def _rating_record(value: bytes | None, offset: int = 7) -> ConsumerRecord:
+    return ConsumerRecord("r", 0, offset, 0, 0, b"u", value, None, 0, len(value or b""), [])
+
+
+async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats() -> None:
+    """A producer's retry can send a rating twice; its ``event_id`` (when the app sets
+    one) keeps the second copy out of the model, as a dead letter naming the id, and a
+    replay of the log makes the same choice."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"jazz": 1.0})
+    dead: list[str] = []
+
+    async def dead_letter(record, reason: str) -> None:
+        dead.append(reason)
+
+    worker._dead_letter = dead_letter
+    raw = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100,"event_id":"e-1"}'
+    plain = b'{"user_id":"u","item_id":"a","rating":4,"timestamp":101}'
+    records = [_rating_record(raw, 1), _rating_record(raw, 2), _rating_record(plain, 3)]
+    valid = await worker._valid_ratings(records)
+    assert [offset for _, offset, _, _ in valid] == [1, 3]  # no id: never a duplicate
+    assert dead == ["event_id: duplicate 'e-1', already learned"]
+    rebuilt = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    rebuilt.engine.upsert_item("a", {"jazz": 1.0})
+    assert [rebuilt._replayable(v) is not None for v in (raw, raw, plain)] == [True, False, True]
+
+
+def test_a_replay_learns_ratings_of_items_deleted_since() -> None:
+    """Replay reads the log after the whole catalog: a rating learned live before its
+    item was deleted is learned again by a rebuild; an item never announced is not."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.engine.upsert_item("a", {"jazz": 1.0})
+    worker.engine.delete_item("a")
+    rating = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100}'
+    assert worker._replayable(rating) == Rating("u", "a", 5.0, 100.0)
+    assert worker._replayable(rating.replace(b'"a"', b'"never"')) is None

@@ -238,3 +238,24 @@ def test_snapshots_lists_what_a_restart_may_load(monkeypatch, tmp_path, capsys) 
     assert main(["snapshots", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["partitions"], r["same_settings"]) for r in rows] == [([2], False), ([0, 1], True)]
+
+
+async def test_core_records_are_sent_on_the_deployments_rating_scale() -> None:
+    """A half-star data set (MovieLens 10M and later) streams when the worker's scale
+    takes half stars: the producer validates on the same scale, not the default 1-5."""
+    from recsys_online.events import Rating
+    from schemas import EventError
+    from streamer.producer import EventProducer
+    from streamer.settings import Settings
+
+    producer = EventProducer(Settings(rating_low=0.5))  # built, never started
+    sent = []
+
+    async def send(event) -> None:
+        sent.append(event)
+
+    producer.send = send
+    await producer.send_core_event(Rating("u", "i", 0.5, 1.0))
+    assert [e.rating for e in sent] == [0.5]
+    with pytest.raises(EventError, match=r"rating: 0\.25 is outside the rating scale"):
+        await producer.send_core_event(Rating("u", "i", 0.25, 1.0))
