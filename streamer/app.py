@@ -190,18 +190,18 @@ async def read_merged(
     topic: str,
     start: dict[int, int],
     until: dict[int, int],
-    parse: Callable[[bytes], Rating | None],
+    parse: Callable[[ConsumerRecord], Rating | None],
     batch: int = 5_000,
 ) -> AsyncIterator[list[tuple[int, Rating]]]:
     """The ratings at offsets ``[start[p], until[p])`` of several partitions of ``topic``,
     as ``(partition, rating)`` in event-time order across the partitions (each
-    partition's own order kept), in chunks of about ``batch``; values ``parse`` maps to
+    partition's own order kept), in chunks of about ``batch``; records ``parse`` maps to
     None are skipped."""
     ranges = {TopicPartition(topic, p): (start.get(p, 0), end) for p, end in until.items()}
     merge: EventTimeMerge[tuple[int, Rating]] = EventTimeMerge(max_held=40 * batch)
     async for records, reading in read_ranges(consumer, ranges, batch):
         for record in records:
-            rating = parse(record.value)
+            rating = parse(record)
             if rating is not None:
                 merge.add(record.partition, rating.timestamp, (record.partition, rating))
         released = merge.release({tp.partition for tp in reading}, min_batch=batch, max_wait_s=0.5)
@@ -210,6 +210,21 @@ async def read_merged(
     released = merge.release(set())
     if released:
         yield released
+
+
+def _key_problem(key: bytes | None, r: RatingEvent) -> str | None:
+    """Why a rating's record key breaks the topic's keying (None when it does not): a
+    rating keyed by anything but its ``user_id`` may land on another partition than the
+    user's other ratings and declared tags, and so on another worker's model.
+
+    >>> r = RatingEvent(user_id="u1", item_id="i", rating=4, timestamp=1)
+    >>> _key_problem(b"u1", r) is None, _key_problem(None, r)
+    (True, "key: none, but ratings are keyed by their user_id 'u1'")
+    """
+    if key == r.user_id.encode():
+        return None
+    shown = "none" if key is None else repr(key)[:60]
+    return f"key: {shown}, but ratings are keyed by their user_id {r.user_id!r}"
 
 
 ITEM_CHANGES_PER_MESSAGE = 5_000
@@ -685,7 +700,11 @@ class RecsysWorker:
         if not all(self.engine.knows_item(r.item_id) for _, r in pending):
             await self.catalog.catch_up()
         for record, r in pending:
-            problem = self._item_problem(r.item_id) or self._repeat_problem(r)
+            problem = (
+                _key_problem(record.key, r)
+                or self._item_problem(r.item_id)
+                or self._repeat_problem(r)
+            )
             if problem is not None:
                 await self._dead_letter(record, problem)
             else:
@@ -1099,7 +1118,7 @@ class RecsysWorker:
                 users.add(event.user_id)
         return users
 
-    def _replayable(self, raw: bytes) -> Rating | None:
+    def _replayable(self, record: ConsumerRecord) -> Rating | None:
         """The rating a logged event held, or None where it cannot have been learned live.
 
         Replay runs after the whole catalog was read, so it cannot see the catalog as it
@@ -1109,10 +1128,12 @@ class RecsysWorker:
         is learned here: the one way a rebuild can differ, and it only adds ratings.
         """
         try:
-            r = self.settings.parse(raw, RatingEvent)
+            r = self.settings.parse(record.value, RatingEvent)
         except EventError:
             return None
-        if not self.engine.knows_item(r.item_id) or self.engine.repeats(r.event_id):
+        if _key_problem(record.key, r) is not None or not self.engine.knows_item(r.item_id):
+            return None
+        if self.engine.repeats(r.event_id):
             return None
         return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
 

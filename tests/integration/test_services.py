@@ -205,9 +205,9 @@ async def test_read_merged_gives_several_partitions_in_event_time_order(
     finally:
         await producer.stop()
 
-    def parse(raw: bytes) -> Rating | None:
+    def parse(record) -> Rating | None:
         try:
-            r = parse_event(raw, RatingEvent)
+            r = parse_event(record.value, RatingEvent)
         except Exception:
             return None
         return Rating(r.user_id, r.item_id, r.rating, r.timestamp)

@@ -300,7 +300,7 @@ async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats()
     assert dead == ["event_id: duplicate 'e-1', already learned"]
     rebuilt = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     rebuilt.engine.upsert_item("a", {"jazz": 1.0})
-    assert [rebuilt._replayable(v) is not None for v in (raw, raw, plain)] == [True, False, True]
+    assert [rebuilt._replayable(r) is not None for r in records] == [True, False, True]
 
 
 def test_a_replay_learns_ratings_of_items_deleted_since() -> None:
@@ -310,5 +310,32 @@ def test_a_replay_learns_ratings_of_items_deleted_since() -> None:
     worker.engine.upsert_item("a", {"jazz": 1.0})
     worker.engine.delete_item("a")
     rating = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100}'
-    assert worker._replayable(rating) == Rating("u", "a", 5.0, 100.0)
-    assert worker._replayable(rating.replace(b'"a"', b'"never"')) is None
+    assert worker._replayable(_rating_record(rating)) == Rating("u", "a", 5.0, 100.0)
+    assert worker._replayable(_rating_record(rating.replace(b'"a"', b'"never"'))) is None
+
+
+async def test_a_rating_keyed_by_anything_but_its_user_is_dead_lettered() -> None:
+    """Ratings are keyed by user_id so that a user's ratings and declared tags share a
+    partition, and so one worker's model; a record keyed otherwise (or not at all) would
+    split the user across workers. It is dead-lettered, and a replay skips it too."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"jazz": 1.0})
+    dead: list[str] = []
+
+    async def dead_letter(record, reason: str) -> None:
+        dead.append(reason)
+
+    worker._dead_letter = dead_letter
+    raw = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100}'
+    keyed = [
+        ConsumerRecord("r", 0, n, 0, 0, key, raw, None, 0, 0, [])
+        for n, key in enumerate((b"u", b"other", None))
+    ]
+    valid = await worker._valid_ratings(keyed)
+    assert [offset for _, offset, _, _ in valid] == [0]
+    assert dead == [
+        "key: b'other', but ratings are keyed by their user_id 'u'",
+        "key: none, but ratings are keyed by their user_id 'u'",
+    ]
+    assert [worker._replayable(r) is not None for r in keyed] == [True, False, False]
