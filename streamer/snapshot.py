@@ -12,7 +12,9 @@ partitions the worker now owns, and none of its offsets is past the group's comm
 offset (live processing resumes there: a snapshot ahead of it would learn the ratings in
 between twice). The two newest snapshots of each set of partitions are kept, and when
 neither is within the group's commits, also the newest older one that is, so a crash
-between a snapshot and the next commit still finds a usable one.
+between a snapshot and the next commit still finds a usable one. Snapshots of a set of
+partitions nobody has written for ``STALE_S`` (a set this worker, or another on the same
+machine, no longer owns) are deleted, and so are temporary files left by a failed write.
 
 The files are written by the worker itself (temporary file, then an atomic rename) and
 read only by workers of the same app: never point ``RECSYS_DATA_DIR`` at files from
@@ -31,6 +33,7 @@ from typing import Any
 
 FORMAT = 1
 KEEP = 2  # snapshots kept per set of partitions
+STALE_S = 86_400.0  # a set of partitions with no snapshot this recent is deleted
 
 
 @dataclass(frozen=True)
@@ -96,17 +99,28 @@ class SnapshotStore:
         """Write :meth:`dumps`'s bytes atomically; keep the ``KEEP`` newest snapshots of
         the partition set and, given the group's ``committed`` offsets, also the newest
         older one that is usable at those offsets: snapshots taken more often than the
-        group commits would otherwise all be ahead of the commits when a worker dies."""
+        group commits would otherwise all be ahead of the commits when a worker dies.
+        Other sets' snapshots go once stale (:data:`STALE_S`), as do leftover temporary
+        files; a failed write removes its own."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        stem = f"snapshot-p{'-'.join(map(str, sorted(offsets)))}"
-        path = self.directory / f"{stem}-{time.time_ns()}.pkl"
+        partitions = tuple(sorted(offsets))
+        path = self.directory / f"snapshot-p{'-'.join(map(str, partitions))}_{time.time_ns()}.pkl"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        files = sorted(self.directory.glob(f"{stem}-*.pkl"))  # names sort by time
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        by_set: dict[tuple[int, ...], list[tuple[int, Path]]] = {}
+        for file in self.directory.glob("snapshot-*.pkl"):
+            named = _named(file)
+            if named is not None:
+                by_set.setdefault(named[0], []).append((named[1], file))
+        files = [file for _, file in sorted(by_set.pop(partitions, []))]  # oldest first
         newest, older = files[-KEEP:], files[:-KEEP]
         if committed is not None:
 
@@ -117,6 +131,16 @@ class SnapshotStore:
             if not any(map(within, newest)):
                 usable = [p for p in older if within(p)]
                 older = [p for p in older if p not in usable[-1:]]
+        stale_ns = time.time_ns() - int(STALE_S * 1e9)
+        for other in by_set.values():
+            if max(ns for ns, _ in other) < stale_ns:
+                older += [file for _, file in other]
+        for leftover in self.directory.glob("snapshot-*.tmp"):  # another writer's is fresh
+            try:
+                if leftover.stat().st_mtime < time.time() - 3600:
+                    older.append(leftover)
+            except FileNotFoundError:  # renamed meanwhile
+                pass
         for old in older:
             old.unlink(missing_ok=True)
         return path
@@ -127,12 +151,16 @@ class SnapshotStore:
         return sorted(filter(None, found), key=lambda s: s.created, reverse=True)
 
     def _read(self, path: Path) -> Snapshot | None:
-        """The snapshot's header, or None when the file cannot be read as one."""
+        """The snapshot's header, or None when the file cannot be read as one (any
+        damage: a truncated or altered file must never stop a worker)."""
         try:
             header = self._header(path)
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
+            offsets = {int(p): int(o) for p, o in header["offsets"].items()}
+            fingerprint = dict(header["fingerprint"])
+            created = float(header["created"])
+        except Exception:  # unpickling damaged bytes can raise anything
             return None
-        return Snapshot(path, header["offsets"], header["fingerprint"], header["created"])
+        return Snapshot(path, offsets, fingerprint, created)
 
     def best(self, fingerprint: Mapping, assigned: set[int], committed) -> Snapshot | None:
         """The usable snapshot covering the most partitions (the newest among those)."""
@@ -155,3 +183,25 @@ class SnapshotStore:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ValueError("unknown format")
         return header
+
+
+def _named(path: Path) -> tuple[tuple[int, ...], int] | None:
+    """The partitions and the time (ns) in a snapshot file's name, None if not one.
+
+    >>> _named(Path("snapshot-p0-1_1795000000000000000.pkl"))
+    ((0, 1), 1795000000000000000)
+    >>> _named(Path("snapshot-p0-1-1795000000000000000.pkl"))  # as named before
+    ((0, 1), 1795000000000000000)
+    >>> _named(Path("notes.pkl")) is None
+    True
+    """
+    stem = path.stem.removeprefix("snapshot-p")
+    if stem == path.stem:
+        return None
+    parts, sep, ns = stem.rpartition("_")
+    if not sep:
+        parts, _, ns = stem.rpartition("-")
+    try:
+        return tuple(int(p) for p in parts.split("-")), int(ns)
+    except ValueError:
+        return None

@@ -8,9 +8,10 @@ import time
 import pytest
 
 from recsys_online import synth
+from streamer import snapshot as snapshot_module
 from streamer.engine import StreamEngine
 from streamer.settings import Settings
-from streamer.snapshot import KEEP, SnapshotStore
+from streamer.snapshot import KEEP, STALE_S, SnapshotStore
 
 
 def small_engine(n_ratings: int = 600) -> tuple[StreamEngine, list]:
@@ -91,6 +92,58 @@ def test_unreadable_files_are_skipped(tmp_path) -> None:
     (tmp_path / "snapshot-p0-1.pkl").write_bytes(b"not a pickle")
     (tmp_path / "snapshot-p0-2.pkl").write_bytes(b"")
     assert [s.offsets for s in store.list()] == [{0: 5}]
+
+
+def test_a_set_whose_name_extends_another_is_not_pruned_with_it(tmp_path) -> None:
+    """Partitions {1} and {1, 2}: writing one set's snapshots never deletes the other's
+    (nor the one just written)."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    store.save(engine, {1: 5, 2: 5}, fp)
+    for n in range(KEEP + 1):
+        written = store.save(engine, {1: 10 + n}, fp)
+        assert written.exists()
+        time.sleep(0.002)
+    assert store.best(fp, {1}, {1: 99}).offsets == {1: 10 + KEEP}
+    assert store.best(fp, {1, 2}, {1: 99, 2: 99}).offsets == {1: 5, 2: 5}
+
+
+def test_stale_sets_and_leftover_temporary_files_are_deleted(tmp_path, monkeypatch) -> None:
+    """A set of partitions no worker has written for STALE_S (owned before a
+    rebalance), and the temporary file of a failed write, do not stay on disk."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    store.save(engine, {6: 1}, fp)
+    store.save(engine, {7: 1}, fp)
+    now = time.time_ns()
+    monkeypatch.setattr(time, "time_ns", lambda: now + int(STALE_S * 1e9) + 1)
+    store.save(engine, {7: 2}, fp)  # {6} is stale now; {7} is this worker's
+    assert sorted(s.offsets[7] for s in store.list() if 7 in s.offsets) == [1, 2]
+    assert not [s for s in store.list() if 6 in s.offsets]
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapshot_module.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        store.save(engine, {7: 3}, fp)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_damaged_header_is_skipped_not_raised(tmp_path) -> None:
+    """Any damage to a file (here its header's keys and sizes altered) must never stop a
+    worker looking for a snapshot."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    good = store.save(engine, {0: 5}, fp)
+    data = good.read_bytes()
+    (tmp_path / "snapshot-p0_1.pkl").write_bytes(data.replace(b"offsets", b"offsetz", 1))
+    (tmp_path / "snapshot-p0_2.pkl").write_bytes(data[:2] + b"\xff\xff\xff\x7f" + data[6:])
+    assert [s.path for s in store.list()] == [good]
+    assert store.best(fp, {0}, {0: 9}).path == good
 
 
 def test_snapshot_interval_is_a_setting() -> None:
