@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -198,7 +199,12 @@ async def read_merged(
     partition's own order kept), in chunks of about ``batch``; records ``parse`` maps to
     None are skipped."""
     ranges = {TopicPartition(topic, p): (start.get(p, 0), end) for p, end in until.items()}
-    merge: EventTimeMerge[tuple[int, Rating]] = EventTimeMerge(max_held=40 * batch)
+    # A partition still short of its end has more to deliver, however long the caller
+    # takes to learn a chunk: no wall-clock bound (``max_hold_s``) here, which would let
+    # a slow replay learn one partition's later ratings before another's earlier ones.
+    merge: EventTimeMerge[tuple[int, Rating]] = EventTimeMerge(
+        max_held=40 * batch, max_hold_s=math.inf
+    )
     async for records, reading in read_ranges(consumer, ranges, batch):
         for record in records:
             rating = parse(record)

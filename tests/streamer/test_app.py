@@ -339,3 +339,32 @@ async def test_a_rating_keyed_by_anything_but_its_user_is_dead_lettered() -> Non
         "key: none, but ratings are keyed by their user_id 'u'",
     ]
     assert [worker._replayable(r) is not None for r in keyed] == [True, False, False]
+
+
+async def test_a_slow_replay_still_learns_in_event_time_order(monkeypatch) -> None:
+    """Partitions come in runs during a replay, and learning each chunk takes time; a
+    partition still short of its end holds the others back however long that takes."""
+    import types
+
+    from streamer import ordering
+
+    clock = [0.0]
+    monkeypatch.setattr(ordering, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def records(partition: int, times: range) -> list:
+        return [
+            types.SimpleNamespace(partition=partition, offset=t, timestamp=float(t)) for t in times
+        ]
+
+    async def runs(consumer, ranges, batch):  # partition 0's run, then partition 1's
+        t0, t1 = sorted(ranges)
+        yield records(0, range(0, 50)) + records(1, range(0, 10)), {t0, t1}
+        yield records(0, range(50, 100)), {t1}
+        yield records(1, range(10, 100)), set()
+
+    monkeypatch.setattr(app_module, "read_ranges", runs)
+    times: list[float] = []
+    async for chunk in app_module.read_merged(None, "r", {}, {0: 100, 1: 100}, lambda r: r, 20):
+        times += [r.timestamp for _, r in chunk]
+        clock[0] += 3.0  # learning the chunk takes 3 s of wall time
+    assert len(times) == 200 and times == sorted(times)
