@@ -458,7 +458,9 @@ redis_managed_pid() {
   pid=$(cat "$REDIS_PID")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q redis-server || return 1
+  # (redis-server titles itself "redis-server HOST:PORT": a stale pid file never names
+  # another Redis, which down would otherwise shut down)
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "redis-server $HOST:$REDIS_PORT" || return 1
   echo "$pid"
 }
 

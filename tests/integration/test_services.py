@@ -321,3 +321,57 @@ async def test_the_sink_waits_for_redis_and_writes_once_it_is_back(tmp_path) -> 
         await sink.close()
         redis_server.terminate()
         redis_server.wait(10)
+
+
+@pytest.mark.redis
+def test_services_down_never_stops_a_redis_it_did_not_start(tmp_path) -> None:
+    """A stale pid file (left by a crash or a reboot) naming another Redis is not taken
+    for the script's own: ``status`` says down and ``down`` leaves that Redis running."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is installed by scripts/services.sh"
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    other = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(ports[0]),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        (state / "redis.pid").write_text(f"{other.pid}\n")
+        env = {
+            **os.environ,
+            "RECSYS_STATE_DIR": str(state),
+            "REDIS_PORT": str(ports[1]),
+            "KAFKA_PORT": "1",
+            "KAFKA_CONTROLLER_PORT": "2",
+        }
+        script = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
+        status = subprocess.run(
+            ["bash", str(script), "status"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert f"redis: DOWN  127.0.0.1:{ports[1]}" in status.stdout + status.stderr
+        subprocess.run(["bash", str(script), "down"], env=env, capture_output=True, timeout=120)
+        assert other.poll() is None, "down stopped a Redis it did not start"
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
