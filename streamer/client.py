@@ -85,8 +85,8 @@ def parse_list(
     ...
     streamer.client.RecommendationsUnavailable: recsys:recs:u9 is not a recommendation list: ...
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
     raw, served_from = (own, "user") if own is not None else (popular, "popular")
     if raw is None:
         return Recommendations(user_id, [], None, None, "none")
@@ -112,7 +112,14 @@ def parse_list(
 
 def with_titles(recs: Recommendations, titles: Sequence[bytes | None]) -> Recommendations:
     items = [
-        Recommended(r.item_id, r.score, r.reason, r.source, r.because, t.decode() if t else None)
+        Recommended(
+            r.item_id,
+            r.score,
+            r.reason,
+            r.source,
+            r.because,
+            t.decode(errors="replace") if t else None,
+        )
         for r, t in zip(recs.items, titles, strict=True)
     ]
     return Recommendations(
@@ -121,7 +128,7 @@ def with_titles(recs: Recommendations, titles: Sequence[bytes | None]) -> Recomm
 
 
 def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
 
 class _Keys:

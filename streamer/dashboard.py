@@ -68,6 +68,20 @@ async def api_metrics(request: web.Request) -> web.Response:
     )
 
 
+def _point(raw: bytes) -> dict | None:
+    """One metrics snapshot of the history list; None for an entry that is not one (a
+    damaged entry must not take the charts down).
+
+    >>> _point(b'{"t": 1.5}'), _point(b"{broken"), _point(b"[1]"), _point(b"\\xff")
+    ({'t': 1.5}, None, None, None)
+    """
+    try:
+        point = json.loads(raw)
+    except ValueError:
+        return None
+    return point if isinstance(point, dict) else None
+
+
 async def api_history(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     try:
@@ -78,7 +92,7 @@ async def api_history(request: web.Request) -> web.Response:
         raw = await client.redis.lrange(client.key("metrics", "history"), 0, limit - 1)
     except redis.RedisError as exc:
         return _unavailable(exc)
-    points = [json.loads(r) for r in reversed(raw)]
+    points = list(filter(None, map(_point, reversed(raw))))
     return web.json_response({"points": points})
 
 

@@ -138,13 +138,18 @@ def _number(value: float) -> str:
     return str(int(v)) if v.is_integer() else repr(v)
 
 
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+
+
 def _labels(labels: Mapping[str, str]) -> str:
+    r"""Prometheus label text: backslash, double quote and line feed escaped.
+
+    >>> print(_labels({"worker": 'a"b\nc\\'}))
+    {worker="a\"b\nc\\"}
+    """
     if not labels:
         return ""
-    escaped = (
-        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in labels.items()
-    )
+    escaped = (f'{k}="{str(v).translate(_LABEL_ESCAPES)}"' for k, v in labels.items())
     return "{" + ",".join(escaped) + "}"
 
 
@@ -178,7 +183,8 @@ def exposition(
     for field, (name, kind, text) in GAUGES.items():
         if field not in metrics:
             continue
-        extra = {"k": str(int(k))} if field.endswith("_at_k") and k is not None else {}
+        # Every figure at K (``ndcg_at_k``, ``recall_at_k_fresh``...) carries K.
+        extra = {"k": str(int(k))} if "_at_k" in field and k is not None else {}
         lines += [
             f"# HELP {name} {text}",
             f"# TYPE {name} {kind}",

@@ -96,8 +96,19 @@ def test_unreachable_redis_names_the_address() -> None:
 
 
 def test_bad_k_is_rejected(redis_url: str, stored) -> None:
-    with RecommendationClient(redis_url, stored[1]) as client, pytest.raises(ValueError):
-        client.recommend("u1", k=0)
+    for k in (0, 2.5, True):
+        with RecommendationClient(redis_url, stored[1]) as client, pytest.raises(ValueError):
+            client.recommend("u1", k=k)
+
+
+def test_bytes_that_are_not_utf8_do_not_break_a_read(redis_url: str, stored) -> None:
+    """Redis holds whatever was written there: a title in another encoding reads with
+    replacement characters instead of raising UnicodeDecodeError."""
+    r, prefix = stored
+    r.hset(f"{prefix}item:a", "title", b"\xff Solaris")
+    with RecommendationClient(redis_url, prefix) as client:
+        recs = client.recommend("u1", k=1, titles=True)
+    assert recs.items[0].title == "\ufffd Solaris"
 
 
 async def test_async_client_reads_the_same(redis_url: str, stored) -> None:

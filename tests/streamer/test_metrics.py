@@ -54,7 +54,8 @@ def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
     events = fams["recsys_events"].samples[0]
     assert events.value == 2 and events.labels == {"worker": 'h"1'}
     assert fams["recsys_consumer_lag"].samples[0].value == 7
-    assert fams["recsys_ndcg_at_k"].samples[0].labels["k"] == "3"
+    for at_k in ("ndcg_at_k", "recall_at_k", "ndcg_at_k_fresh", "recall_at_k_fresh"):
+        assert fams[f"recsys_{at_k}"].samples[0].labels["k"] == "3", at_k
     fresh = {
         s.labels.get("le"): s.value
         for s in fams["recsys_freshness_seconds"].samples
@@ -66,6 +67,12 @@ def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
         s for s in fams["recsys_refresh_seconds"].samples if s.name.endswith("_count")
     )
     assert refresh_count.value == 1
+
+
+def test_a_label_with_a_line_feed_stays_valid_exposition() -> None:
+    text = exposition({"rmse": 0.5}, {}, {"worker": "bad\nhost\\"})
+    [sample] = families(text)["recsys_rmse"].samples
+    assert sample.labels == {"worker": "bad\nhost\\"}
 
 
 def test_nan_figures_are_valid_exposition() -> None:
