@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import replace
@@ -13,6 +15,37 @@ from recsys_online import datasets, synth
 from recsys_online.evaluate import Checkpoint, prequential
 from recsys_online.recommender import MODELS, Recommender, RecommenderConfig
 from recsys_online.runtime import limit_blas_threads
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a clear usage error otherwise)."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -27,11 +60,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--items", type=Path, default=None, help="item catalog file")
     p.add_argument("--format", default="auto", choices=datasets.FORMATS)
     p.add_argument("--model", default="hybrid", choices=sorted(MODELS))
-    p.add_argument("--k", type=int, default=10, help="list length for NDCG@K/Recall@K")
-    p.add_argument("--relevant", type=float, default=4.0, help="a rating >= this is relevant")
-    p.add_argument("--factors", type=int, default=32, help="latent factors")
-    p.add_argument("--batch-size", type=int, default=64, help="micro-batch (1 = sequential)")
-    p.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
+    p.add_argument("--k", type=positive_int, default=10, help="list length for NDCG@K/Recall@K")
+    p.add_argument(
+        "--relevant", type=finite_float, default=4.0, help="a rating >= this is relevant"
+    )
+    p.add_argument("--factors", type=positive_int, default=32, help="latent factors")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="micro-batch (1 = sequential)"
+    )
+    p.add_argument("--limit", type=count, default=None, help="replay only the first N ratings")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", type=Path, default=None, help="write the final figures here")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -45,30 +82,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "recsys_online.synth). Deterministic by --seed.",
     )
     s.add_argument("out_dir", type=Path)
-    s.add_argument("--users", type=int, default=1000)
-    s.add_argument("--items", type=int, default=2000)
-    s.add_argument("--ratings", type=int, default=100_000)
-    s.add_argument("--tags", type=int, default=50)
-    s.add_argument("--cold-item-share", type=float, default=0.3)
-    s.add_argument("--drift", type=float, default=0.0)
-    s.add_argument("--deletes", type=int, default=0)
+    s.add_argument("--users", type=positive_int, default=1000)
+    s.add_argument("--items", type=positive_int, default=2000)
+    s.add_argument("--ratings", type=positive_int, default=100_000)
+    s.add_argument("--tags", type=positive_int, default=50)
+    s.add_argument("--cold-item-share", type=finite_float, default=0.3)
+    s.add_argument("--drift", type=finite_float, default=0.0)
+    s.add_argument("--deletes", type=count, default=0)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run=run_synth)
 
 
 def run_synth(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    ds = synth.generate(
-        n_users=args.users,
-        n_items=args.items,
-        n_ratings=args.ratings,
-        n_tags=args.tags,
-        cold_item_share=args.cold_item_share,
-        drift=args.drift,
-        n_deletes=args.deletes,
-        seed=args.seed,
-    )
-    ratings_path, items_path = synth.write(ds, args.out_dir)
+    try:
+        ds = synth.generate(
+            n_users=args.users,
+            n_items=args.items,
+            n_ratings=args.ratings,
+            n_tags=args.tags,
+            cold_item_share=args.cold_item_share,
+            drift=args.drift,
+            n_deletes=args.deletes,
+            seed=args.seed,
+        )
+        ratings_path, items_path = synth.write(ds, args.out_dir)
+    except (ValueError, RuntimeError, OSError) as exc:  # a setting out of range, a bad path
+        print(f"recsys-online synth: {exc}", file=sys.stderr)
+        return 2
     print(
         f"wrote {ds.n_ratings:,} ratings by {ds.n_users:,} users of {ds.n_items:,} items "
         f"to {ratings_path} and {items_path} in {time.perf_counter() - started:.1f} s"
@@ -78,6 +119,10 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     limit_blas_threads()
+    problem = _unwritable(args.json) if args.json else None
+    if problem:  # found now, not after the whole replay
+        print(f"recsys-online replay: --json {args.json}: {problem}", file=sys.stderr)
+        return 2
     try:
         ds = datasets.load(args.ratings, args.items, fmt=args.format)
     except (datasets.DatasetError, OSError) as exc:
@@ -85,6 +130,9 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     if args.limit is not None:
         ds = ds.head(args.limit)
+    if not ds.ratings:
+        print(f"recsys-online replay: no ratings to replay in {args.ratings}", file=sys.stderr)
+        return 2
     config = RecommenderConfig(signals=MODELS[args.model], relevant=args.relevant, seed=args.seed)
     config.factors = replace(config.factors, n_factors=args.factors, seed=args.seed)
     model = Recommender(config)
@@ -110,6 +158,18 @@ def run_replay(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return 0
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot take the JSON figures (None when it can)."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        return f"cannot write in {parent}"
+    return None
 
 
 def summarise(cp: Checkpoint, model: str, data: str) -> dict:

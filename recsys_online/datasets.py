@@ -306,7 +306,14 @@ def load(
     if fmt == "auto":
         fmt = _detect_format(path, items)
     with _gc_paused():  # millions of small objects: generational GC passes would dominate
-        ratings, catalog, deletes = _LOADERS[fmt](path, items)
+        try:
+            ratings, catalog, deletes = _LOADERS[fmt](path, items)
+        except UnicodeDecodeError as exc:  # CSV formats are read as UTF-8
+            files = path.name if items is None else f"{path.name} or {items.name}"
+            raise DatasetError(
+                f"{files}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} "
+                f"at offset {exc.start} of a read block); save the file as UTF-8"
+            ) from None
     for rating in ratings:
         if rating.item not in catalog:
             catalog[rating.item] = ItemUpsert(rating.item)
@@ -354,7 +361,7 @@ def _detect_format(path: Path, items: Path | None) -> str:
         return "movielens-100k"
     raise DatasetError(
         f"{path.name} line 1: cannot tell the format from {first[:60]!r}; "
-        f"pass fmt= one of {', '.join(FORMATS[1:])}"
+        f"give the format (--format or fmt=): one of {', '.join(FORMATS[1:])}"
     )
 
 

@@ -157,8 +157,8 @@ class SynthConfig:
         for name in ("n_users", "n_items", "n_tags", "n_factors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_ratings < 0:
-            raise ValueError(f"n_ratings must be >= 0, got {self.n_ratings}")
+        if self.n_ratings < 1:
+            raise ValueError(f"n_ratings must be >= 1, got {self.n_ratings}")
         if self.n_ratings > 0.5 * self.n_users * self.n_items:
             raise ValueError(
                 f"n_ratings={self.n_ratings} is more than half of all "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from recsys_online import cli as core_cli
 from streamer import commands as user_commands
+from streamer.settings import SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "scripts" / "services.sh"
@@ -75,7 +76,11 @@ def run_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except SettingsError as exc:  # a RECSYS_* variable the command cannot run with
+        print(f"recsys-online {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

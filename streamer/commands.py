@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from recsys_online import datasets
+from recsys_online.cli import count, finite_float, positive_int
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent
 from streamer.client import RecommendationClient, RecommendationsUnavailable
 from streamer.producer import DeliveryError, event_producer, route, stream_events
@@ -63,8 +64,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     stream.add_argument("ratings", type=Path, help="ratings file (or a MovieLens folder)")
     stream.add_argument("--items", type=Path, default=None, help="item catalog file")
     stream.add_argument("--format", default="auto", choices=datasets.FORMATS)
-    stream.add_argument("--rate", type=float, default=1_000.0, help="ratings per second")
-    stream.add_argument("--limit", type=int, default=None, help="only the first N ratings")
+    stream.add_argument("--rate", type=finite_float, default=1_000.0, help="ratings per second")
+    stream.add_argument("--limit", type=count, default=None, help="only the first N ratings")
     stream.add_argument(
         "--stamp-now",
         action="store_true",
@@ -75,7 +76,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     recs = sub.add_parser("recs", help="print a user's current list from Redis")
     recs.add_argument("user_id")
-    recs.add_argument("--k", type=int, default=10)
+    recs.add_argument("--k", type=positive_int, default=10)
     recs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     recs.set_defaults(run=run_recs)
 

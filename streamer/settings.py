@@ -15,6 +15,10 @@ from schemas import parse_event
 E = TypeVar("E")
 
 
+class SettingsError(ValueError):
+    """A setting the worker cannot run with; the message names the variable."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker can be told. Each field reads ``RECSYS_<FIELD>`` (upper case).
@@ -72,7 +76,7 @@ class Settings:
         >>> Settings.from_env({"RECSYS_K": "many"})
         Traceback (most recent call last):
         ...
-        ValueError: RECSYS_K: 'many' is not a valid int
+        streamer.settings.SettingsError: RECSYS_K: 'many' is not a valid int
         """
         env = os.environ if env is None else env
         values: dict[str, object] = {}
@@ -89,7 +93,7 @@ class Settings:
             try:
                 values[f.name] = kind(raw)
             except ValueError:
-                raise ValueError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
+                raise SettingsError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
         unknown = sorted(
             name
             for name in env
@@ -138,16 +142,16 @@ class Settings:
         >>> Settings(refresh_every_s=0).check()
         Traceback (most recent call last):
         ...
-        ValueError: RECSYS_REFRESH_EVERY_S must be > 0
+        streamer.settings.SettingsError: RECSYS_REFRESH_EVERY_S must be > 0
         """
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"RECSYS_{f.name.upper()} must be a finite number, got {value}")
+                raise SettingsError(f"RECSYS_{f.name.upper()} must be a finite number, got {value}")
         if not self.rating_low < self.rating_high:
-            raise ValueError("RECSYS_RATING_LOW must be below RECSYS_RATING_HIGH")
+            raise SettingsError("RECSYS_RATING_LOW must be below RECSYS_RATING_HIGH")
         if not self.rating_low <= self.relevant <= self.rating_high:
-            raise ValueError(
+            raise SettingsError(
                 "RECSYS_RELEVANT must be within the rating scale "
                 f"[{self.rating_low}, {self.rating_high}], got {self.relevant}"
             )
@@ -166,10 +170,10 @@ class Settings:
             "recs_ttl_s",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"RECSYS_{name.upper()} must be >= 1")
+                raise SettingsError(f"RECSYS_{name.upper()} must be >= 1")
         for name in ("refresh_every_s", "session_timeout_s", "learn_window_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"RECSYS_{name.upper()} must be > 0")
+                raise SettingsError(f"RECSYS_{name.upper()} must be > 0")
         for name in (
             "batch_within_s",
             "snapshot_every_s",
@@ -178,7 +182,7 @@ class Settings:
             "gc_young",
         ):
             if getattr(self, name) < 0:
-                raise ValueError(f"RECSYS_{name.upper()} must be >= 0 (0: off)")
+                raise SettingsError(f"RECSYS_{name.upper()} must be >= 0 (0: off)")
         topics = {
             name: getattr(self, name)
             for name in (
@@ -191,16 +195,16 @@ class Settings:
         }
         for name, value in {**topics, "brokers": self.brokers, "app_id": self.app_id}.items():
             if not value.strip():
-                raise ValueError(f"RECSYS_{name.upper()} must not be empty")
+                raise SettingsError(f"RECSYS_{name.upper()} must not be empty")
         if len(set(topics.values())) < len(topics):
-            raise ValueError(f"the five topics must have distinct names, got {topics}")
+            raise SettingsError(f"the five topics must have distinct names, got {topics}")
         for name in ("web_port", "dashboard_port"):
             if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"RECSYS_{name.upper()} must be a port, 0-65535 (0: any free)")
+                raise SettingsError(f"RECSYS_{name.upper()} must be a port, 0-65535 (0: any free)")
         if not 0.0 <= self.fresh_eval_share <= 1.0:
-            raise ValueError("RECSYS_FRESH_EVAL_SHARE must be between 0 and 1")
+            raise SettingsError("RECSYS_FRESH_EVAL_SHARE must be between 0 and 1")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
-            raise ValueError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
+            raise SettingsError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
 
     @property
     def kafka_url(self) -> str:

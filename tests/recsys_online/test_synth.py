@@ -351,6 +351,8 @@ def test_config_validation() -> None:
         SynthConfig(related_share=1.2)
     with pytest.raises(ValueError, match="n_related"):
         SynthConfig(n_related=-1)
+    with pytest.raises(ValueError, match="n_ratings must be >= 1"):
+        SynthConfig(n_ratings=0)
     with pytest.raises(ValueError, match="unknown arrival"):  # 0.0 is UNKNOWN_ARRIVAL
         SynthConfig(t0=0)
     dense = simulate(SynthConfig(n_users=10, n_items=10, n_ratings=50, cold_item_share=0.0))

@@ -1,0 +1,103 @@
+"""The core's commands, ``replay`` and ``synth``: their output, and a one-line error with
+exit status 2 (never a traceback) for every input they cannot use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streamer.cli import main
+
+JSON_KEYS = {"events", "rmse", "mae", "k", "ndcg_at_k", "recall_at_k", "events_per_s"}
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", str(out), "--users", "40", "--items", "60", "--ratings", "400"]) == 0
+    return out
+
+
+def test_synth_then_replay_writes_the_documented_figures(stream: Path, tmp_path, capsys) -> None:
+    assert {p.name for p in stream.iterdir()} == {"ratings.csv", "items.csv"}
+    out = tmp_path / "deep" / "figures.json"
+    code = main(["replay", str(stream / "ratings.csv"), "--quiet", "--k", "5", "--json", str(out)])
+    assert code == 0
+    figures = json.loads(out.read_text())
+    assert figures.keys() >= JSON_KEYS and figures["k"] == 5 and figures["events"] > 400
+    assert 0 < figures["rmse"] < 4 and "NDCG@5" in capsys.readouterr().out
+
+
+def _error(capsys, code: int, command: str, expected: str) -> None:
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"recsys-online {command}") and expected in err[-1], err
+    assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--users", "0"], "--users: must be >= 1, got 0"),
+        (["--ratings", "-5"], "--ratings: must be >= 1, got -5"),
+        (["--cold-item-share", "1.5"], "cold_item_share must be in [0, 1]"),
+        (["--users", "5", "--items", "5", "--ratings", "100"], "more than half of all"),
+        (
+            ["--deletes", "90", "--items", "50", "--ratings", "500"],
+            "n_deletes must be in 0..n_items",
+        ),
+        (["--drift", "nan"], "--drift: must be a finite number"),
+    ],
+)
+def test_synth_refuses_settings_it_cannot_use(tmp_path, capsys, args, expected) -> None:
+    try:
+        code = main(["synth", str(tmp_path / "out"), *args])
+    except SystemExit as exc:  # argparse's own usage error
+        code = exc.code
+    _error(capsys, code, "synth", expected)
+
+
+def test_synth_into_a_file_is_a_clear_error(tmp_path, capsys) -> None:
+    (tmp_path / "a-file").write_text("x")
+    code = main(
+        ["synth", str(tmp_path / "a-file"), "--users", "20", "--items", "30", "--ratings", "50"]
+    )
+    _error(capsys, code, "synth", "a-file")
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "expected"),
+    [
+        (b"", [], "ratings.csv"),
+        (b"user_id,item_id,rating,timestamp\n", [], "no ratings to replay"),
+        (b"user_id,item_id,rating,timestamp\nu\xe91,i1,4,1\n", [], "not UTF-8 text"),
+        (b"user_id,item_id,rating,timestamp\nu1,i1,x,1\n", [], "rating 'x' is not a number"),
+        (b"1 10 4\n", [], "--format"),
+        (b"user_id,item_id,rating,timestamp\nu1,i1,4,1\n", ["--limit", "0"], "no ratings"),
+        (b"user_id,item_id,rating,timestamp\nu1,i1,4,1\n", ["--k", "0"], "--k: must be >= 1"),
+        (b"user_id,item_id,rating,timestamp\nu1,i1,4,1\n", ["--factors", "-2"], "--factors"),
+        (b"user_id,item_id,rating,timestamp\nu1,i1,4,1\n", ["--batch-size", "0"], "--batch-size"),
+        (b"user_id,item_id,rating,timestamp\nu1,i1,4,1\n", ["--format", "xml"], "--format"),
+    ],
+)
+def test_replay_refuses_input_it_cannot_use(tmp_path, capsys, content, args, expected) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(content)
+    try:
+        code = main(["replay", str(path), "--quiet", *args])
+    except SystemExit as exc:
+        code = exc.code
+    _error(capsys, code, "replay", expected)
+
+
+def test_replay_checks_its_json_path_before_the_replay(stream: Path, tmp_path, capsys) -> None:
+    code = main(["replay", str(stream / "ratings.csv"), "--quiet", "--json", str(tmp_path)])
+    _error(capsys, code, "replay", "is a directory")
+    assert "RMSE" not in capsys.readouterr().out  # nothing was replayed first
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RECSYS_K", "abc")
+    _error(capsys, main(["snapshots"]), "snapshots", "RECSYS_K: 'abc' is not a valid int")
