@@ -964,13 +964,13 @@ class RecsysWorker:
                 self._restore_tried = False
                 return
             fingerprint = self.settings.model_fingerprint()
-            snapshot = self.snapshots.best(fingerprint, assigned, committed)
-            if snapshot is None:
-                return
-            try:
-                engine = await asyncio.to_thread(self.snapshots.load, snapshot)
-            except Exception as exc:  # a damaged file: rebuild from the log instead
-                log.warning("snapshot %s unreadable (%s): replaying the log", snapshot.path, exc)
+            for snapshot in self.snapshots.candidates(fingerprint, assigned, committed):
+                try:
+                    engine = await asyncio.to_thread(self.snapshots.load, snapshot)
+                    break
+                except Exception as exc:  # a damaged file: the next one, else the log
+                    log.warning("snapshot %s unreadable (%s)", snapshot.path, exc)
+            else:
                 return
             engine.settings = self.settings
             engine.live = False

@@ -164,8 +164,13 @@ class SnapshotStore:
 
     def best(self, fingerprint: Mapping, assigned: set[int], committed) -> Snapshot | None:
         """The usable snapshot covering the most partitions (the newest among those)."""
+        return next(iter(self.candidates(fingerprint, assigned, committed)), None)
+
+    def candidates(self, fingerprint: Mapping, assigned: set[int], committed) -> list[Snapshot]:
+        """Every usable snapshot, best first (:meth:`best`'s order): when one fails to
+        load (its model part damaged), the next is tried."""
         usable = [s for s in self.list() if s.usable(fingerprint, assigned, committed)]
-        return max(usable, key=lambda s: (len(s.offsets), s.created), default=None)
+        return sorted(usable, key=lambda s: (len(s.offsets), s.created), reverse=True)
 
     @staticmethod
     def load(snapshot: Snapshot) -> Any:

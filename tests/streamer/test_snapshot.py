@@ -150,3 +150,20 @@ def test_snapshot_interval_is_a_setting() -> None:
     assert Settings.from_env({"RECSYS_SNAPSHOT_EVERY_S": "0"}).snapshot_every_s == 0.0
     with pytest.raises(ValueError, match="RECSYS_SNAPSHOT_EVERY_S"):
         Settings.from_env({"RECSYS_SNAPSHOT_EVERY_S": "often"})
+
+
+def test_a_snapshot_whose_model_is_damaged_leaves_the_next_one_to_try(tmp_path) -> None:
+    """A file whose header reads but whose model part is cut short is still listed (only
+    loading it tells); the worker then tries the next candidate, not the whole log."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    older = store.save(engine, {0: 4}, fp)
+    time.sleep(0.002)
+    newer = store.save(engine, {0: 5}, fp)
+    newer.write_bytes(newer.read_bytes()[:-1000])
+    first, second = store.candidates(fp, {0}, {0: 9})
+    assert (first.path, second.path) == (newer, older)
+    with pytest.raises(Exception):  # noqa: B017 (unpickling cut bytes raises what it may)
+        store.load(first)
+    assert store.load(second).events == engine.events
