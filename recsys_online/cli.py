@@ -64,6 +64,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--relevant", type=finite_float, default=4.0, help="a rating >= this is relevant"
     )
+    p.add_argument(
+        "--scale",
+        type=finite_float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="rating scale predictions are clipped to (default: the data's lowest and "
+        "highest rating, e.g. 0.5 5 for MovieLens' half stars)",
+    )
     p.add_argument("--factors", type=positive_int, default=32, help="latent factors")
     p.add_argument(
         "--batch-size", type=positive_int, default=64, help="micro-batch (1 = sequential)"
@@ -133,7 +142,21 @@ def run_replay(args: argparse.Namespace) -> int:
     if not ds.ratings:
         print(f"recsys-online replay: no ratings to replay in {args.ratings}", file=sys.stderr)
         return 2
-    config = RecommenderConfig(signals=MODELS[args.model], relevant=args.relevant, seed=args.seed)
+    values = [r.rating for r in ds.ratings]
+    scale = tuple(args.scale) if args.scale else (min(values), max(values))
+    if not scale[0] < scale[1]:
+        scale = (min(scale[0], 1.0), max(scale[1], 5.0))  # one value only: the usual 1-5
+    outside = sum(not scale[0] <= v <= scale[1] for v in values)
+    if outside:
+        print(
+            f"recsys-online replay: {outside:,} rating{'s' * (outside != 1)} outside the scale "
+            f"[{scale[0]:g}, {scale[1]:g}] (--scale)",
+            file=sys.stderr,
+        )
+        return 2
+    config = RecommenderConfig(
+        signals=MODELS[args.model], relevant=args.relevant, seed=args.seed, scale=scale
+    )
     config.factors = replace(config.factors, n_factors=args.factors, seed=args.seed)
     model = Recommender(config)
     total = len(ds.ratings) + len(ds.items) + len(ds.deletes)
@@ -152,7 +175,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(file=sys.stderr)
     assert last is not None
-    summary = summarise(last, args.model, ds.name or str(args.ratings))
+    summary = summarise(last, args.model, ds.name or str(args.ratings)) | {"scale": scale}
     print(format_table(summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

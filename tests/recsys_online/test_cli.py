@@ -101,3 +101,15 @@ def test_replay_checks_its_json_path_before_the_replay(stream: Path, tmp_path, c
 def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, capsys) -> None:
     monkeypatch.setenv("RECSYS_K", "abc")
     _error(capsys, main(["snapshots"]), "snapshots", "RECSYS_K: 'abc' is not a valid int")
+
+
+def test_replay_takes_the_scale_from_the_data_or_from_scale(tmp_path, capsys) -> None:
+    """Half stars (MovieLens 10M and later) replay on their own scale by default;
+    ratings outside a scale given with --scale are refused, not silently mis-scored."""
+    path = tmp_path / "half.csv"
+    path.write_text("user_id,item_id,rating,timestamp\nu1,i1,0.5,1\nu2,i1,5,2\nu1,i2,3,3\n")
+    out = tmp_path / "f.json"
+    assert main(["replay", str(path), "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["scale"] == [0.5, 5.0]
+    code = main(["replay", str(path), "--quiet", "--scale", "1", "5"])
+    _error(capsys, code, "replay", "1 rating outside the scale [1, 5]")
