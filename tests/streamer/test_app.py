@@ -279,10 +279,8 @@ def _rating_record(value: bytes | None, offset: int = 7) -> ConsumerRecord:
     return ConsumerRecord("r", 0, offset, 0, 0, b"u", value, None, 0, len(value or b""), [])
 
 
-async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats() -> None:
-    """A producer's retry can send a rating twice; its ``event_id`` (when the app sets
-    one) keeps the second copy out of the model, as a dead letter naming the id, and a
-    replay of the log makes the same choice."""
+def _worker_knowing_item_a() -> tuple[RecsysWorker, list[str]]:
+    """A worker whose catalog holds item ``a``, and the reasons it dead-letters."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     worker.catalog.ready.set()
     worker.engine.upsert_item("a", {"jazz": 1.0})
@@ -292,6 +290,14 @@ async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats()
         dead.append(reason)
 
     worker._dead_letter = dead_letter
+    return worker, dead
+
+
+async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats() -> None:
+    """A producer's retry can send a rating twice; its ``event_id`` (when the app sets
+    one) keeps the second copy out of the model, as a dead letter naming the id, and a
+    replay of the log makes the same choice."""
+    worker, dead = _worker_knowing_item_a()
     raw = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100,"event_id":"e-1"}'
     plain = b'{"user_id":"u","item_id":"a","rating":4,"timestamp":101}'
     records = [_rating_record(raw, 1), _rating_record(raw, 2), _rating_record(plain, 3)]
@@ -318,15 +324,7 @@ async def test_a_rating_keyed_by_anything_but_its_user_is_dead_lettered() -> Non
     """Ratings are keyed by user_id so that a user's ratings and declared tags share a
     partition, and so one worker's model; a record keyed otherwise (or not at all) would
     split the user across workers. It is dead-lettered, and a replay skips it too."""
-    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
-    worker.catalog.ready.set()
-    worker.engine.upsert_item("a", {"jazz": 1.0})
-    dead: list[str] = []
-
-    async def dead_letter(record, reason: str) -> None:
-        dead.append(reason)
-
-    worker._dead_letter = dead_letter
+    worker, dead = _worker_knowing_item_a()
     raw = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100}'
     keyed = [
         ConsumerRecord("r", 0, n, 0, 0, key, raw, None, 0, 0, [])
