@@ -163,7 +163,7 @@ class Checkpoint:
     mae: float
     rolling_rmse: float
     rolling_mae: float
-    relevant: int
+    relevant: int  # relevant ratings ranked (re-ratings of an item are not: see prequential)
     ndcg_at_k: float
     recall_at_k: float
     rolling_ndcg_at_k: float
@@ -173,6 +173,7 @@ class Checkpoint:
     events_per_s: float
     cold_users: dict[str, float | int] = field(default_factory=dict)
     cold_items: dict[str, float | int] = field(default_factory=dict)
+    refused: int = 0  # ratings of deleted items, neither scored nor learned
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +199,11 @@ def prequential(
     batch, as in a streaming worker that consumes in batches (``batch_size=1`` is strictly
     sequential). The last checkpoint covers the whole stream.
 
+    As in the streaming worker: a rating of an item the user rated before counts in the
+    error figures but is not ranked (lists exclude rated items, so it could only be a
+    miss), and a rating of a deleted item is refused (counted in ``refused``, neither
+    scored nor learned).
+
     Examples
     --------
     >>> from recsys_online.recommender import RecommenderConfig
@@ -213,7 +219,7 @@ def prequential(
     user_count: dict[str, int] = {}
     item_count: dict[str, int] = {}
     served: set[str] = set()
-    n_events = n_ratings = 0
+    n_events = n_ratings = refused = 0
     started = time.perf_counter()
     batch: list[Rating] = []
     batch_users: set[str] = set()
@@ -233,7 +239,10 @@ def prequential(
             cold_item.append(item_count.get(r.item, 0) < cold_ratings)
             user_count[r.user] = user_count.get(r.user, 0) + 1
             item_count[r.item] = item_count.get(r.item, 0) + 1
-        rel = [n for n, r in enumerate(batch) if r.rating >= relevant]
+        # A re-rating of an item the user rated before is not ranked: their lists
+        # exclude every item they rated, so it could only count as a miss.
+        again = model.has_rated(users, items)
+        rel = [n for n, r in enumerate(batch) if r.rating >= relevant and not again[n]]
         lists = model.top_items([users[n] for n in rel], k) if rel else []
         for n, recs in zip(rel, lists, strict=True):
             served.update(recs)
@@ -264,11 +273,15 @@ def prequential(
             events_per_s=n_events / elapsed if elapsed > 0 else 0.0,
             cold_users=cold_user_rank.summary(),
             cold_items=cold_item_rank.summary(),
+            refused=refused,
         )
 
     for event in events:
         n_events += 1
         if isinstance(event, Rating):
+            if model.is_deleted(event.item):  # as the worker: dead-lettered, not learned
+                refused += 1
+                continue
             if event.user in batch_users:
                 flush()
             batch.append(event)

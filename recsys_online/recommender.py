@@ -417,6 +417,25 @@ class Recommender:
         if len(older) % 1024 == 0:  # keep them distinct (a re-rated item comes back)
             self._older[user] = array("i", np.unique(np.frombuffer(older, np.int32)).tobytes())
 
+    def has_rated(self, users: Sequence[str], items: Sequence[str]) -> list[bool]:
+        """For each (user, item) pair: the user rated the item before, so it can never
+        be in their lists (evaluators leave such a re-rating out of the ranking figures).
+
+        >>> rec = Recommender()
+        >>> rec.learn_many(["ann"], ["a"], [4.0], [1.0])
+        >>> rec.has_rated(["ann", "ann", "bob"], ["a", "b", "a"])
+        [True, False, False]
+        """
+        u = self.users.get_many(users).tolist()
+        i = self.items.get_many(items).tolist()
+        history, older = self.history, self._older
+        return [
+            0 <= uu < len(history)
+            and ii >= 0
+            and (ii in history[uu] or (uu in older and ii in older[uu]))
+            for uu, ii in zip(u, i, strict=True)
+        ]
+
     def _rated(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every item row each of users ``u`` rated, end to end, and each user's count."""
         if not self._older:

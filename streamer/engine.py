@@ -159,7 +159,12 @@ class StreamEngine:
         items = [r.item for r in step]
         values = [r.rating for r in step]
         self.errors.update_many(values, model.predict_many(users, items))
-        relevant = [n for n, v in enumerate(values) if v >= self.settings.relevant]
+        # A re-rating of an item the user rated before is not ranked (as in the replay):
+        # lists exclude every rated item, so it could only count as a miss.
+        again = model.has_rated(users, items)
+        relevant = [
+            n for n, v in enumerate(values) if v >= self.settings.relevant and not again[n]
+        ]
         # A list ranked now, for the users whose served list is not what the app shows
         # (none yet, or changed by their earlier rating in this batch: it would have been
         # published by the time of this one) and for the sampled ratings of ``ranking_now``.
@@ -238,8 +243,10 @@ class StreamEngine:
 
         While the engine is not :attr:`live` (catching up on a backlog), an upsert dated
         after the latest rating learned waits until the ratings reach its time, so users
-        are never shown (and ranked against) items from their future; a rating of a
-        waiting item brings it in at once. Setting ``live`` applies whatever waits.
+        are not shown (and ranked against) items from their future, up to one learning
+        step: a step's items come in at its latest rating's time, and a step spans at most
+        ``settings.learn_window_s`` of event time. A rating of a waiting item brings it in
+        at once. Setting ``live`` applies whatever waits.
 
         >>> engine = StreamEngine(Settings(k=2, n_factors=4))
         >>> engine.live = False
@@ -445,22 +452,33 @@ class StreamEngine:
 
     def events_per_s(self, now: float | None = None) -> float:
         """Ratings learned per second over the last ``RATE_WINDOW_S`` seconds, up to ``now``
-        (so the figure falls to zero when the stream stops).
+        (so the figure falls to zero when the stream stops). The count at the window's
+        start is interpolated between the samples around it: after a pause, the ratings
+        learned before it do not spread over the whole gap.
 
         >>> engine = StreamEngine(Settings())
         >>> engine._rate.extend([(0.0, 0), (1.0, 100), (2.0, 300)])
         >>> engine.events = 300
         >>> engine.events_per_s(now=4.0), engine.events_per_s(now=20.0)
         (75.0, 0.0)
+        >>> engine._rate.extend([(3600.0, 1300), (3601.0, 2300)]); engine.events = 2300
+        >>> round(engine.events_per_s(now=3601.0))  # 1,000 in the last second, 1 before
+        100
         """
         now = time.monotonic() if now is None else now
+        start = now - self.RATE_WINDOW_S
         samples = self._rate
-        # Keep the last sample before the window: it is the window's baseline.
-        while len(samples) > 1 and samples[1][0] < now - self.RATE_WINDOW_S:
+        # Keep the last sample before the window: the window's baseline comes from it.
+        while len(samples) > 1 and samples[1][0] <= start:
             samples.popleft()
         if not samples:
             return 0.0
         t0, n0 = samples[0]
+        if t0 < start:
+            if len(samples) > 1:  # the count at the window's start, between two samples
+                t1, n1 = samples[1]
+                n0 += (n1 - n0) * (start - t0) / (t1 - t0)
+            t0 = start
         return (self.events - n0) / (now - t0) if now > t0 else 0.0
 
     def metrics(self, lag: int = 0) -> dict[str, float | int]:

@@ -293,3 +293,22 @@ def test_a_large_window_holds_what_came_not_its_size() -> None:
         small.extend(np.arange(lo, min(lo + 700, 5_000), dtype=np.float64))
     assert len(small) == 2_000 and small._ring.nbytes == 8 * 2_000
     assert small.mean() == pytest.approx(np.arange(3_000, 5_000).mean())
+
+
+def test_re_ratings_are_not_ranked_and_deleted_items_are_refused() -> None:
+    """A user's second rating of an item cannot find it in their list (lists exclude
+    rated items): it counts in RMSE, not in NDCG. A rating of a deleted item is refused,
+    as the worker dead-letters it: neither scored nor learned."""
+    catalog = [ItemUpsert(x, {"t": 1.0}, 0.5) for x in "abcd"]
+    stream = [
+        *catalog,
+        Rating("u", "a", 5.0, 1.0),
+        Rating("v", "b", 5.0, 2.0),
+        Rating("u", "a", 5.0, 3.0),  # again: not ranked
+        ItemDelete("c", 4.0),
+        Rating("v", "c", 5.0, 5.0),  # deleted: refused
+    ]
+    model = Recommender(RecommenderConfig(signals=("pop",)))
+    last = list(prequential(model, stream, k=2, batch_size=1))[-1]
+    assert (last.ratings, last.relevant, last.refused) == (3, 2, 1)
+    assert model.user_n[model.users.get("v")] == 1  # the refused rating was not learned

@@ -164,3 +164,13 @@ def test_a_large_step_is_learned_in_slices_in_order() -> None:
     calls.clear()
     engine.relearn([Rating(f"v{n}", "i0", 3.0, 10.0 + n) for n in range(3)])
     assert calls == [["v0", "v1"], ["v2"]]
+
+
+def test_a_re_rating_counts_in_the_error_not_in_the_ranking() -> None:
+    engine = StreamEngine(Settings(k=2, n_factors=4, fresh_eval_share=1.0))
+    for item in "abcd":
+        engine.upsert_item(item, {"t": 1.0})
+    engine.learn_ratings([Rating("u", "a", 5.0, 1.0)])
+    engine.learn_ratings([Rating("u", "a", 5.0, 2.0)])  # rated before: cannot be listed
+    assert engine.errors.n == 2
+    assert engine.ranking.n == 1 and engine.ranking_now.n == 1
