@@ -571,11 +571,12 @@ class RecsysWorker:
         self._replayed: set[int] = set()
         self._reset_pending = False
         self._replay_lock = asyncio.Lock()
-        # Ratings received, held until every partition has delivered up to their time.
-        # (rating, produce time in ms, partition, offset)
-        self.ordering: EventTimeMerge[tuple[Rating, float, int, int]] = EventTimeMerge(
-            max_held=20 * s.batch_max
-        )
+        # Ratings received, held until every partition has delivered up to their time:
+        # (rating, produce time in ms, partition, offset, event id).
+        self.ordering: EventTimeMerge[tuple[Rating, float, int, int, str | None]]
+        self.ordering = EventTimeMerge(max_held=20 * s.batch_max)
+        # Event ids of ratings validated and not learned yet (held, or in this batch).
+        self._held_ids: dict[str, None] = {}
         self.snapshots = SnapshotStore(s.snapshot_dir)
         self._last_snapshot = time.monotonic()
         self._snapshot_of: tuple = ()  # (model version, offsets) of the last snapshot
@@ -624,8 +625,9 @@ class RecsysWorker:
             first.setdefault(record.partition, record.offset)
         if first.keys() - self._replayed:
             await self._ensure_replayed(first)
-        for partition, offset, rating, produced_ms in await self._valid_ratings(records):
-            self.ordering.add(partition, rating.timestamp, (rating, produced_ms, partition, offset))
+        for partition, offset, rating, produced_ms, event_id in await self._valid_ratings(records):
+            held = (rating, produced_ms, partition, offset, event_id)
+            self.ordering.add(partition, rating.timestamp, held)
         # Only now (a snapshot reads these as "learned or held below here"): validating
         # may wait on dead letters or the catalog, and the timer may run meanwhile.
         for record in records:
@@ -645,6 +647,9 @@ class RecsysWorker:
             for lo in range(0, len(released), s.batch_max):
                 chunk = released[lo : lo + s.batch_max]
                 lists = self.engine.learn_ratings([held[0] for held in chunk])
+                self.engine.remember(held[4] for held in chunk)  # (in the model only now)
+                for held in chunk:
+                    self._held_ids.pop(held[4], None)
                 published_at = await publish(self.engine, self.sink, lists)
                 self.engine.record_freshness([held[1] for held in chunk], published_at)
 
@@ -691,10 +696,10 @@ class RecsysWorker:
 
     async def _valid_ratings(
         self, records: Sequence[ConsumerRecord]
-    ) -> list[tuple[int, int, Rating, float]]:
-        """(partition, offset, rating, produce time in ms) of each valid record; the others
-        are dead-lettered."""
-        valid: list[tuple[int, int, Rating, float]] = []
+    ) -> list[tuple[int, int, Rating, float, str | None]]:
+        """(partition, offset, rating, produce time in ms, event id) of each valid record;
+        the others are dead-lettered."""
+        valid: list[tuple[int, int, Rating, float, str | None]] = []
         pending: list[tuple[ConsumerRecord, RatingEvent]] = []
         for record in records:
             try:
@@ -715,13 +720,24 @@ class RecsysWorker:
                 await self._dead_letter(record, problem)
             else:
                 rating = Rating(r.user_id, r.item_id, r.rating, r.timestamp)
-                valid.append((record.partition, record.offset, rating, float(record.timestamp)))
+                produced = float(record.timestamp)
+                valid.append((record.partition, record.offset, rating, produced, r.event_id))
         return valid
 
     def _repeat_problem(self, r: RatingEvent) -> str | None:
-        """Why a rating is a duplicate (its ``event_id`` came lately), or None."""
-        if self.engine.repeats(r.event_id):
-            return f"event_id: duplicate {r.event_id!r}, already learned"
+        """Why a rating is a duplicate (its ``event_id`` came with a rating learned
+        lately, or with one validated and not learned yet), or None.
+
+        An id enters the engine (and so its snapshots) only once its rating is learned:
+        a snapshot taken while the rating is held for event-time order leaves it to the
+        replay, which must not then take it for a duplicate.
+        """
+        event_id = r.event_id
+        if event_id is None or self.settings.dedupe_window == 0:
+            return None
+        if self.engine.learned_id(event_id) or event_id in self._held_ids:
+            return f"event_id: duplicate {event_id!r}, already learned"
+        self._held_ids[event_id] = None
         return None
 
     def _item_problem(self, item_id: str) -> str | None:
@@ -893,6 +909,7 @@ class RecsysWorker:
         self.engine = self.engine.successor()
         self.engine.live = False
         self.ordering.clear()  # held ratings are in the log: the rebuild replays them
+        self._held_ids.clear()
         self.catalog.restart(self.engine)
 
     async def _ensure_replayed(self, first_live: dict[int, int]) -> None:
@@ -977,6 +994,7 @@ class RecsysWorker:
             engine.model.track_item_changes(self.settings.share_items_every_s > 0)
             self.engine = engine
             self.ordering.clear()
+            self._held_ids.clear()
             self.catalog.restart(engine)  # the catalog is read again into the loaded model
             self._resume_from = dict(snapshot.offsets)
             self._snapshot_of = (engine.version, dict(snapshot.offsets))  # (no copy of it)
@@ -1005,7 +1023,7 @@ class RecsysWorker:
             offsets = {p: self._next_offset[p] for p in assigned if p in self._next_offset}
             if len(offsets) < len(assigned):
                 return
-            for _, _, partition, offset in self.ordering.held():
+            for _, _, partition, offset, _ in self.ordering.held():
                 if partition in offsets:
                     offsets[partition] = min(offsets[partition], offset)
             if (self.engine.version, offsets) == self._snapshot_of:

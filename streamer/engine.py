@@ -284,23 +284,34 @@ class StreamEngine:
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
-        """True when a rating with this ``event_id`` came within the last
+        """True when a rating with this ``event_id`` was learned within the last
         ``settings.dedupe_window`` ids (a redelivered duplicate); else the id is
-        remembered. A rating without an id never repeats.
+        remembered (:meth:`remember`). A rating without an id never repeats.
 
         >>> engine = StreamEngine(Settings(dedupe_window=2))
         >>> [engine.repeats(e) for e in ("a", "b", "a", None, None, "c", "a")]
         [False, False, True, False, False, False, False]
         """
-        if event_id is None or self.settings.dedupe_window == 0:
-            return False
-        ids = self.event_ids
-        if event_id in ids:
+        if self.learned_id(event_id):
             return True
-        ids[event_id] = None
-        if len(ids) > self.settings.dedupe_window:
-            ids.popitem(last=False)
+        self.remember([event_id])
         return False
+
+    def learned_id(self, event_id: str | None) -> bool:
+        """A rating with this ``event_id`` is among the last ones learned."""
+        return event_id is not None and event_id in self.event_ids
+
+    def remember(self, event_ids: Iterable[str | None]) -> None:
+        """Note the ids of ratings just learned (the oldest beyond the window go)."""
+        window = self.settings.dedupe_window
+        if window == 0:
+            return
+        ids = self.event_ids
+        for event_id in event_ids:
+            if event_id is not None:
+                ids[event_id] = None
+        while len(ids) > window:
+            ids.popitem(last=False)
 
     def knows_item(self, item: str) -> bool:
         """The item is in the catalog (or waiting to enter it at its time)."""

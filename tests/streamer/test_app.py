@@ -302,7 +302,7 @@ async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats()
     plain = b'{"user_id":"u","item_id":"a","rating":4,"timestamp":101}'
     records = [_rating_record(raw, 1), _rating_record(raw, 2), _rating_record(plain, 3)]
     valid = await worker._valid_ratings(records)
-    assert [offset for _, offset, _, _ in valid] == [1, 3]  # no id: never a duplicate
+    assert [offset for _, offset, *_ in valid] == [1, 3]  # no id: never a duplicate
     assert dead == ["event_id: duplicate 'e-1', already learned"]
     rebuilt = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     rebuilt.engine.upsert_item("a", {"jazz": 1.0})
@@ -331,7 +331,7 @@ async def test_a_rating_keyed_by_anything_but_its_user_is_dead_lettered() -> Non
         for n, key in enumerate((b"u", b"other", None))
     ]
     valid = await worker._valid_ratings(keyed)
-    assert [offset for _, offset, _, _ in valid] == [0]
+    assert [offset for _, offset, *_ in valid] == [0]
     assert dead == [
         "key: b'other', but ratings are keyed by their user_id 'u'",
         "key: none, but ratings are keyed by their user_id 'u'",
@@ -366,3 +366,24 @@ async def test_a_slow_replay_still_learns_in_event_time_order(monkeypatch) -> No
         times += [r.timestamp for _, r in chunk]
         clock[0] += 3.0  # learning the chunk takes 3 s of wall time
     assert len(times) == 200 and times == sorted(times)
+
+
+async def test_an_event_id_enters_the_model_only_with_its_rating(monkeypatch) -> None:
+    """A snapshot pickles the engine, ids included, with offsets below the ratings still
+    held for event-time order; those are replayed after a restore, so their ids must not
+    be in the engine yet (else the replay would drop them as duplicates)."""
+    worker, dead = _worker_knowing_item_a()
+    raw = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100,"event_id":"e-9"}'
+    [(partition, offset, rating, produced, event_id)] = await worker._valid_ratings(
+        [_rating_record(raw, 4)]
+    )
+    assert event_id == "e-9" and not worker.engine.learned_id("e-9")  # held, not learned
+    worker.ordering.add(partition, rating.timestamp, (rating, produced, partition, offset, "e-9"))
+
+    async def published(engine, sink, lists) -> float:
+        return time.time()
+
+    monkeypatch.setattr(app_module, "publish", published)
+    monkeypatch.setattr(RecsysWorker, "_waiting_partitions", lambda self: set())
+    await worker._learn_released()
+    assert worker.engine.events == 1 and worker.engine.learned_id("e-9") and dead == []
