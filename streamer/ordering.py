@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Collection
 from typing import Generic, TypeVar
 
@@ -24,10 +24,15 @@ class EventTimeMerge(Generic[T]):
     *waiting* partition (one whose consumer position is behind its end). A caught-up
     worker waits for nothing, so live events pass straight through.
 
+    Each partition's own order is kept (a merge of per-partition queues by their heads'
+    times): what is held of a partition is always the tail of what it delivered, so "every
+    offset below the first one held is learned" stays true for snapshots, even when a
+    partition's timestamps are not in order (many producers share one).
+
     Two bounds keep a silent partition from holding the rest: a waiting partition that
     has delivered nothing for ``max_hold_s`` seconds of wall time stops counting, and at
-    most ``max_held`` events are held (the oldest go first). ``release`` can also wait
-    until ``min_batch`` events are due, so a backlog is learned in full micro-batches.
+    most ``max_held`` events are held (the oldest heads go first). ``release`` can also
+    wait until ``min_batch`` events are due, so a backlog is learned in full micro-batches.
 
     Examples
     --------
@@ -39,24 +44,32 @@ class EventTimeMerge(Generic[T]):
     ['a@30']
     >>> m.add(1, 5.0, "late"); m.release(waiting=set())
     ['late']
+    >>> m.add(2, 50.0, "c@50"); m.add(2, 40.0, "c@40"); m.add(3, 45.0, "d@45")
+    >>> m.release(waiting=set())  # c@40 came after c@50 in its partition: it stays after
+    ['d@45', 'c@50', 'c@40']
     """
 
     def __init__(self, max_held: int = 20_000, max_hold_s: float = 2.0) -> None:
         self.max_held = max_held
         self.max_hold_s = max_hold_s
-        self._heap: list[tuple[float, int, float, T]] = []  # (timestamp, seq, held since, x)
-        self._seq = itertools.count()
+        # partition -> its held events in delivery order: (timestamp, held since, event)
+        self._queues: dict[int, deque[tuple[float, float, T]]] = {}
+        self._n = 0
         self.frontier: dict[int, float] = {}  # partition -> latest timestamp seen
         self._heard: dict[int, float] = {}  # partition -> wall time of its latest event
         self._started: float | None = None  # wall time of the first event
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return self._n
 
     def add(self, partition: int, timestamp: float, event: T, now: float | None = None) -> None:
         """Hold one event (events of a partition are added in that partition's order)."""
         now = time.monotonic() if now is None else now
-        heapq.heappush(self._heap, (timestamp, next(self._seq), now, event))
+        queue = self._queues.get(partition)
+        if queue is None:
+            queue = self._queues[partition] = deque()
+        queue.append((timestamp, now, event))
+        self._n += 1
         self.frontier[partition] = max(self.frontier.get(partition, -math.inf), timestamp)
         self._heard[partition] = now
         if self._started is None:
@@ -69,30 +82,40 @@ class EventTimeMerge(Generic[T]):
         min_batch: int = 1,
         max_wait_s: float = 0.0,
     ) -> list[T]:
-        """The held events that no waiting partition can still precede, oldest first
-        (plus the oldest beyond ``max_held``). While partitions are waiting, nothing is
-        released until ``min_batch`` events are due or one has waited ``max_wait_s``."""
+        """The held events that no waiting partition can still precede, oldest head first
+        (plus the oldest heads beyond ``max_held``). While partitions are waiting, nothing
+        is released until ``min_batch`` events are due or one has waited ``max_wait_s``."""
         now = time.monotonic() if now is None else now
         started = self._started if self._started is not None else now
         heard = [p for p in waiting if now - self._heard.get(p, started) <= self.max_hold_s]
         bound = min((self.frontier.get(p, -math.inf) for p in heard), default=math.inf)
-        heap = self._heap
-        if bound < math.inf and len(heap) <= self.max_held:
-            due = [since for ts, _, since, _ in heap if ts <= bound]
-            if len(due) < min_batch and not (due and now - min(due) >= max_wait_s):
+        over = self._n > self.max_held
+        taken: list[tuple[int, tuple[float, float, T]]] = []
+        heads = [(q[0][0], p) for p, q in self._queues.items() if q]
+        heapq.heapify(heads)
+        while heads and (heads[0][0] <= bound or self._n - len(taken) > self.max_held):
+            _, p = heapq.heappop(heads)
+            queue = self._queues[p]
+            taken.append((p, queue.popleft()))
+            if queue:
+                heapq.heappush(heads, (queue[0][0], p))
+        if bound < math.inf and not over and len(taken) < min_batch:
+            waited = taken and now - min(since for _, (_, since, _) in taken) >= max_wait_s
+            if not waited:  # put them back, in their partitions' order
+                for p, entry in reversed(taken):
+                    self._queues[p].appendleft(entry)
                 return []
-        out = []
-        while heap and (heap[0][0] <= bound or len(heap) > self.max_held):
-            out.append(heapq.heappop(heap)[3])
-        return out
+        self._n -= len(taken)
+        return [event for _, (_, _, event) in taken]
 
     def held(self) -> list[T]:
         """The events held, in no particular order."""
-        return [x for _, _, _, x in self._heap]
+        return [event for queue in self._queues.values() for _, _, event in queue]
 
     def clear(self) -> None:
         """Drop everything held (the model is being rebuilt from the log)."""
-        self._heap.clear()
+        self._queues.clear()
+        self._n = 0
         self.frontier.clear()
         self._heard.clear()
         self._started = None

@@ -49,3 +49,23 @@ def test_a_backlog_is_released_in_full_batches_unless_it_waited() -> None:
     assert merge.release({0, 1}, now=0.01, min_batch=3, max_wait_s=0.05) == []  # 2 due
     assert merge.release({0, 1}, now=0.06, min_batch=3, max_wait_s=0.05) == ["a", "b"]
     assert merge.release(set(), now=0.07, min_batch=3, max_wait_s=0.05) == ["c"]  # caught up
+
+
+def test_what_is_held_of_a_partition_is_always_its_tail() -> None:
+    """Timestamps within a partition need not be in order (many producers share one);
+    the merge still releases each partition in its own order, so a snapshot's "every
+    offset below the first one held is learned" holds."""
+    rng = random.Random(5)
+    merge: EventTimeMerge[tuple[int, int]] = EventTimeMerge(max_held=50, max_hold_s=1e9)
+    sent = dict.fromkeys(range(3), 0)
+    released: dict[int, list[int]] = {p: [] for p in sent}
+    for _ in range(400):
+        p = rng.randrange(3)
+        merge.add(p, rng.uniform(0, 100) + sent[p] * 0.1, (p, sent[p]))  # drifting, unsorted
+        sent[p] += 1
+        for q, offset in merge.release(waiting=set(sent) - {rng.randrange(3)}):
+            released[q].append(offset)
+        for q in sent:
+            held = sorted(o for r, o in merge.held() if r == q)
+            assert released[q] == list(range(len(released[q])))  # in the partition's order
+            assert held == list(range(len(released[q]), sent[q]))  # the rest: its tail
