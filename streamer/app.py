@@ -233,7 +233,7 @@ def _key_problem(key: bytes | None, r: RatingEvent) -> str | None:
     return f"key: {shown}, but ratings are keyed by their user_id {r.user_id!r}"
 
 
-ITEM_CHANGES_PER_MESSAGE = 5_000
+ITEM_CHANGES_MESSAGE_BYTES = 600_000  # (ids up to 128 characters: JSON may double them)
 
 
 def encode_item_changes(worker: str, items: list[str], dv, db) -> bytes:
@@ -247,23 +247,45 @@ def encode_item_changes(worker: str, items: list[str], dv, db) -> bytes:
     """
     dv = np.ascontiguousarray(dv, "<f4")
     header = {"worker": worker, "items": list(items), "k": int(dv.shape[1]) if dv.ndim == 2 else 0}
-    return json.dumps(header).encode() + b"\n" + dv.tobytes() + np.asarray(db, "<f4").tobytes()
+    head = json.dumps(header, ensure_ascii=False).encode()  # ids as their UTF-8 bytes
+    return head + b"\n" + dv.tobytes() + np.asarray(db, "<f4").tobytes()
 
 
-def decode_item_changes(raw: bytes):
-    """``(worker, items, vector changes, bias changes)`` of one message; ValueError when
-    it is not one."""
-    head, sep, body = raw.partition(b"\n")
+def decode_item_changes(raw: bytes | None, k: int | None = None):
+    r"""``(worker, items, vector changes, bias changes)`` of one message; ValueError when
+    it is not one (anything another producer may have put on the topic), or when its
+    vectors are not ``k`` long or not finite.
+
+    >>> decode_item_changes(None)
+    Traceback (most recent call last):
+    ...
+    ValueError: no value
+    >>> decode_item_changes(b'{"worker": "w", "items": ["a"], "k": -1}\n')
+    Traceback (most recent call last):
+    ...
+    ValueError: bad header: k must be >= 0
+    """
+    if raw is None:
+        raise ValueError("no value")
+    head, sep, body = bytes(raw).partition(b"\n")
     try:
         header = json.loads(head)
-        worker, items, k = str(header["worker"]), list(header["items"]), int(header["k"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        worker, items, n_factors = str(header["worker"]), list(header["items"]), header["k"]
+        if not isinstance(n_factors, int) or n_factors < 0:
+            raise ValueError("k must be >= 0")
+        if not all(isinstance(item, str) for item in items):
+            raise ValueError("items must be strings")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"bad header: {exc}") from None
+    if k is not None and n_factors != k:
+        raise ValueError(f"vectors of {n_factors} factors, this model has {k}")
     n = len(items)
-    if not sep or len(body) != 4 * n * (k + 1):
-        raise ValueError(f"{len(body)} bytes for {n} items of {k} factors")
+    if not sep or len(body) != 4 * n * (n_factors + 1):
+        raise ValueError(f"{len(body)} bytes for {n} items of {n_factors} factors")
     values = np.frombuffer(body, "<f4")
-    return worker, items, values[: n * k].reshape(n, k), values[n * k :]
+    if not np.isfinite(values).all():
+        raise ValueError("values that are not finite")
+    return worker, items, values[: n * n_factors].reshape(n, n_factors), values[n * n_factors :]
 
 
 class CatalogFollower:
@@ -776,10 +798,15 @@ class RecsysWorker:
         """Send what this worker's own learning changed in item vectors and biases since
         the last call, for the other workers to add in (``follow_item_changes``)."""
         items, dv, db = self.engine.model.take_item_changes()
-        for lo in range(0, len(items), ITEM_CHANGES_PER_MESSAGE):
-            hi = lo + ITEM_CHANGES_PER_MESSAGE
+        lo = 0
+        while lo < len(items):  # messages under the producer's 1 MB, however long the ids
+            hi, size = lo, 0
+            while hi < len(items) and (hi == lo or size < ITEM_CHANGES_MESSAGE_BYTES):
+                size += len(items[hi].encode()) + 8 + 4 * (dv.shape[1] + 1)
+                hi += 1
             value = encode_item_changes(self.worker_id, items[lo:hi], dv[lo:hi], db[lo:hi])
             await self.item_changes.send(key=self.worker_id.encode(), value=value)
+            lo = hi
         self.items_shared += len(items)
 
     async def follow_item_changes(self) -> None:
@@ -794,10 +821,11 @@ class RecsysWorker:
             await consumer.seek_to_end(tp)
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=200, max_records=100)
+                k = self.settings.n_factors
                 for record in batches.get(tp, []):
                     try:
-                        worker, items, dv, db = decode_item_changes(record.value)
-                    except ValueError as exc:
+                        worker, items, dv, db = decode_item_changes(record.value, k)
+                    except ValueError as exc:  # never stops the worker: logged, skipped
                         log.warning("unreadable item changes at offset %d: %s", record.offset, exc)
                         continue
                     if worker != self.worker_id:
