@@ -19,6 +19,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faust.streams import current_event
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
 
@@ -233,6 +234,7 @@ def _key_problem(key: bytes | None, r: RatingEvent) -> str | None:
     return f"key: {shown}, but ratings are keyed by their user_id {r.user_id!r}"
 
 
+DEADLETTER_BYTES = 900_000  # most of a dead letter's original value kept (1 MB requests)
 ITEM_CHANGES_MESSAGE_BYTES = 600_000  # (ids up to 128 characters: JSON may double them)
 
 
@@ -1192,19 +1194,38 @@ class RecsysWorker:
     # ------------------------------------------------------------------ helpers
     async def _dead_letter(self, m: ConsumerRecord | Message, reason: str) -> None:
         """The original bytes of a record (aiokafka's, or a Faust event's ``message``),
-        unchanged, with the reason and source in headers."""
+        unchanged, with the reason and source in headers.
+
+        A value too large for the producer's 1 MB requests is cut to ``DEADLETTER_BYTES``
+        (header ``recsys.truncated.from``: its size), so it cannot be refused. Outside a
+        Faust event (the ratings' batches) the broker's acknowledgement is awaited before
+        the batch goes on, so no offset is committed past a dead letter not delivered; a
+        failed send is tried again, waiting longer each time up to 5 s (a broker outage
+        stalls the worker, it does not stop it).
+        """
         self.engine.deadletters += 1
         log.info("dead letter from %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason)
-        await self.deadletter.send(
-            key=m.key,
-            value=m.value,
-            headers=[
-                ("recsys.reason", reason.encode()),
-                ("recsys.source.topic", m.topic.encode()),
-                ("recsys.source.partition", str(m.partition).encode()),
-                ("recsys.source.offset", str(m.offset).encode()),
-            ],
-        )
+        headers = [
+            ("recsys.reason", reason.encode()),
+            ("recsys.source.topic", m.topic.encode()),
+            ("recsys.source.partition", str(m.partition).encode()),
+            ("recsys.source.offset", str(m.offset).encode()),
+        ]
+        value = m.value
+        if value is not None and len(value) > DEADLETTER_BYTES:
+            headers.append(("recsys.truncated.from", str(len(value)).encode()))
+            value = bytes(value[:DEADLETTER_BYTES])
+        wait = 0.1
+        while True:
+            try:
+                sent = await self.deadletter.send(key=m.key, value=value, headers=headers)
+                if current_event() is None:
+                    await sent
+                return
+            except Exception as exc:  # any delivery failure: the record is not lost
+                log.warning("dead letter not delivered (%s): again in %.1f s", exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, 5.0)
 
     def _caught_up(self) -> bool:
         """Every ratings partition assigned to this worker is processed up to its end.

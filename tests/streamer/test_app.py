@@ -433,3 +433,37 @@ async def test_shared_item_changes_stay_under_the_producers_message_limit() -> N
     await worker.share_items()
     assert worker.items_shared == 12_000 and len(sizes) > 1
     assert max(sizes) < 1_000_000
+
+
+async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
+    monkeypatch,
+) -> None:
+    """A value near the broker's limit plus headers would be refused (and the batch
+    with it): it is cut, its size noted. A send that fails is tried again, and the
+    batch goes on only once the broker acknowledged it."""
+    from streamer import app as module
+
+    monkeypatch.setattr(module.asyncio, "sleep", _no_sleep)
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    sent: list[tuple[bytes, dict]] = []
+    failures = [RuntimeError("broker away"), RuntimeError("still away")]
+
+    class DeadLetters:
+        async def send(self, key, value, headers):
+            async def acknowledged() -> None:
+                if failures:
+                    raise failures.pop(0)
+                sent.append((value, dict(headers)))
+
+            return acknowledged()
+
+    worker.deadletter = DeadLetters()
+    await worker._dead_letter(_rating_record(b"x" * 1_000_000), "payload too large")
+    [(value, headers)] = sent
+    assert len(value) == module.DEADLETTER_BYTES and not failures
+    assert headers["recsys.truncated.from"] == b"1000000"
+    assert headers["recsys.reason"] == b"payload too large"
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
