@@ -143,13 +143,26 @@ class EventProducer:
             await self.flush()
 
     async def flush(self) -> None:
-        """Wait until every event sent so far is acknowledged; raise the first failure."""
+        """Wait until every event sent so far is acknowledged; raise ``DeliveryError``
+        naming the first failure and how many failed. A flush that is interrupted (a
+        timeout, a cancellation) forgets nothing: the next one checks the same sends."""
         pending, self._pending = self._pending, []
-        await self._producer.flush()
-        for topic, key, fut in pending:
-            exc = fut.exception()
-            if exc is not None:
-                raise DeliveryError(f"event to {topic} (key {key!r}) not delivered: {exc}")
+        try:
+            await self._producer.flush()
+        except BaseException:
+            self._pending = pending + self._pending
+            raise
+        undone = [entry for entry in pending if not entry[2].done()]
+        self._pending = undone + self._pending
+        failed = [
+            (topic, key, fut.exception())
+            for topic, key, fut in pending
+            if fut.done() and not fut.cancelled() and fut.exception() is not None
+        ]
+        if failed:
+            topic, key, exc = failed[0]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise DeliveryError(f"event to {topic} (key {key!r}) not delivered: {exc}{more}")
 
 
 class SyncEventProducer:

@@ -259,3 +259,31 @@ async def test_core_records_are_sent_on_the_deployments_rating_scale() -> None:
     assert [e.rating for e in sent] == [0.5]
     with pytest.raises(EventError, match=r"rating: 0\.25 is outside the rating scale"):
         await producer.send_core_event(Rating("u", "i", 0.25, 1.0))
+
+
+async def test_a_flush_reports_every_failed_send_and_an_interrupted_one_forgets_none() -> None:
+    """flush() raises for failed sends (naming how many); a flush cut short (a timeout)
+    keeps its sends for the next one, which then reports them."""
+    from streamer.producer import DeliveryError, EventProducer
+    from streamer.settings import Settings
+
+    producer = EventProducer(Settings())  # built, never started
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(3)]
+    producer._pending = [("r", f"u{n}", f) for n, f in enumerate(futures)]
+    flushed = asyncio.Event()
+
+    class Client:
+        async def flush(self) -> None:
+            await flushed.wait()
+
+    producer._producer = Client()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(producer.flush(), 0.05)
+    futures[0].set_result(None)
+    for f in futures[1:]:
+        f.set_exception(RuntimeError("batch expired"))
+    flushed.set()
+    with pytest.raises(DeliveryError, match=r"key 'u1'.*batch expired \(and 1 more\)"):
+        await producer.flush()
+    await producer.flush()  # reported once: nothing left to report
