@@ -768,7 +768,9 @@ class RecsysWorker:
         """Why a rating of this item cannot be learned, or None when it can."""
         if not self.engine.knows_item(item_id):
             return f"item_id: unknown item {item_id!r}"
-        if self.engine.model.is_deleted(item_id):
+        # (an item listed again after a delete may wait for its time: it is no longer
+        # deleted for a rating, which brings it in)
+        if self.engine.model.is_deleted(item_id) and item_id not in self.engine.pending:
             return f"item_id: item {item_id!r} was deleted"
         return None
 
@@ -964,6 +966,8 @@ class RecsysWorker:
                 await self._ensure_replayed({})
             except BatchAbandoned as exc:
                 log.info("replay stopped: %s", exc)
+            except KafkaError as exc:  # (offsets or the log unreachable): the next tick
+                log.warning("replay of idle partitions put off: %s", exc)
 
     def _assigned(self) -> set[int]:
         """The ratings partitions assigned to this worker."""

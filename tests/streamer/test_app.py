@@ -276,8 +276,8 @@ async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     assert len(published) == 1
 
 
-def _rating_record(value: bytes | None, offset: int = 7) -> ConsumerRecord:
-    return ConsumerRecord("r", 0, offset, 0, 0, b"u", value, None, 0, len(value or b""), [])
+def _rating_record(value: bytes | None, offset: int = 7, key: bytes = b"u") -> ConsumerRecord:
+    return ConsumerRecord("r", 0, offset, 0, 0, key, value, None, 0, len(value or b""), [])
 
 
 def _worker_knowing_item_a() -> tuple[RecsysWorker, list[str]]:
@@ -467,3 +467,18 @@ async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
 
 async def _no_sleep(seconds: float) -> None:
     return None
+
+
+async def test_an_item_listed_again_after_a_delete_takes_ratings_while_catching_up() -> None:
+    """Deleted, then listed again with a time the backlog has not reached: a rating of
+    it (dated after the new listing) brings it in, it is not refused as deleted."""
+    worker, dead = _worker_knowing_item_a()
+    engine = worker.engine
+    engine.live = False  # catching up on a backlog
+    engine.upsert_item("b", {"jazz": 1.0}, 10.0)
+    engine.learn_ratings([Rating("u0", "b", 4.0, 20.0)])
+    worker.catalog._apply(b'{"op":"delete","item_id":"b","timestamp":30}')
+    worker.catalog._apply(b'{"op":"upsert","item_id":"b","tags":["rock"],"timestamp":100}')
+    raw = b'{"user_id":"u1","item_id":"b","rating":5,"timestamp":150}'
+    valid = await worker._valid_ratings([_rating_record(raw, key=b"u1")])
+    assert len(valid) == 1 and dead == []
