@@ -949,6 +949,7 @@ class RecsysWorker:
         the model (from the agent or the timer, whichever is first), each up to where
         live processing resumes: the first live offset where the agent has one
         (``first_live``), else the group's committed offset."""
+        revocations = self.app.consumer.revocations  # (a rebalance begun from here stops it)
         await self._restore_once()
         async with self._replay_lock:
             todo = (self._assigned() | first_live.keys()) - self._replayed
@@ -956,7 +957,7 @@ class RecsysWorker:
                 return
             committed = await self._committed()
             until = {p: first_live.get(p, committed.get(p, 0)) for p in todo}
-            await self._replay(until)
+            await self._replay(until, revocations)
 
     async def _replay_idle_partitions(self) -> None:
         """Partitions assigned to us that see no new ratings are replayed too, up to the
@@ -1089,7 +1090,7 @@ class RecsysWorker:
             self._last_snapshot - started,
         )
 
-    async def _replay(self, until: dict[int, int]) -> None:
+    async def _replay(self, until: dict[int, int], revocations: int | None = None) -> None:
         """Learn the history of ratings partitions, offsets ``[0, until[p])`` of each,
         into the model, after the users' declared tags of the same partitions (from the
         offset a restored snapshot covers, when there is one).
@@ -1100,16 +1101,19 @@ class RecsysWorker:
         The model lives in memory, so the log is its durable state: after a restart or a
         rebalance, the first live offset of each partition marks where replay stops, and
         every rating is learned exactly once. Replayed ratings are not evaluated (they
-        were, when they were live) and bad ones were dead-lettered then.
+        were, when they were live) and bad ones were dead-lettered then. ``revocations``
+        is the consumer's count of rebalances when the caller began (now if not given):
+        a rebalance begun since stops the replay.
         """
         s = self.settings
+        if revocations is None:
+            revocations = self.app.consumer.revocations
         await self.catalog.ready.wait()  # a rating of an item not read yet would be lost
         started = time.monotonic()
         consumer = standalone_consumer(s)
         await consumer.start()
         learned = dict.fromkeys(until, 0)
         users: set[str] = set()
-        revocations = self.app.consumer.revocations
         try:
             users.update(await self._replay_users(consumer, sorted(until)))
             start = {p: self._resume_from.get(p, 0) for p in until}

@@ -482,3 +482,39 @@ async def test_an_item_listed_again_after_a_delete_takes_ratings_while_catching_
     raw = b'{"user_id":"u1","item_id":"b","rating":5,"timestamp":150}'
     valid = await worker._valid_ratings([_rating_record(raw, key=b"u1")])
     assert len(valid) == 1 and dead == []
+
+
+async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -> None:
+    """A revocation that begins while the batch waits for the committed offsets (or for
+    another replay's lock) is seen too: the replay learns nothing and asks for a rebuild."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    consumer = worker.app.consumer
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"t": 1.0})
+
+    class Idle:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    async def committed(self) -> dict[int, int]:
+        consumer.revocations += 1  # the rebalance begins meanwhile
+        return {0: 2}
+
+    async def merged(*args, **kwargs):
+        yield [(0, Rating("u1", "a", 4.0, 1.0)), (0, Rating("u2", "a", 4.0, 2.0))]
+
+    async def nothing(self) -> None: ...
+
+    async def no_users(self, consumer, partitions) -> set[str]:
+        return set()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings: Idle())
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(RecsysWorker, "_committed", committed)
+    monkeypatch.setattr(RecsysWorker, "_restore_once", nothing)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    monkeypatch.setattr(RecsysWorker, "_assigned", lambda self: {0})
+    with pytest.raises(BatchAbandoned):
+        await worker._ensure_replayed({})
+    assert worker.engine.events == 0 and worker._reset_pending
