@@ -426,15 +426,18 @@ class Recommender:
         >>> rec.has_rated(["ann", "ann", "bob"], ["a", "b", "a"])
         [True, False, False]
         """
-        u = self.users.get_many(users).tolist()
-        i = self.items.get_many(items).tolist()
+        user_row, item_row = self.users.get, self.items.get  # (dict lookups: small batches)
         history, older = self.history, self._older
-        return [
-            0 <= uu < len(history)
-            and ii >= 0
-            and (ii in history[uu] or (uu in older and ii in older[uu]))
-            for uu, ii in zip(u, i, strict=True)
-        ]
+        out = []
+        for user, item in zip(users, items, strict=True):
+            uu, ii = user_row(user), item_row(item)
+            out.append(
+                uu is not None
+                and ii is not None
+                and uu < len(history)
+                and (ii in history[uu] or (uu in older and ii in older[uu]))
+            )
+        return out
 
     def _rated(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every item row each of users ``u`` rated, end to end, and each user's count."""
