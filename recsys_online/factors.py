@@ -165,6 +165,8 @@ class FactorModel:
     # ---------------------------------------------------------------- learn
     def learn(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
         """One SGD step on a micro-batch of ratings; returns the pre-update raw predictions."""
+        if len(users) == 0:
+            return np.zeros(0, np.float32)
         if len(users) == 1:
             return np.array([self._learn_one(int(users[0]), int(items[0]), float(ratings[0]))])
         return self._learn_batch(users, items, ratings)

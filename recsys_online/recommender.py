@@ -300,7 +300,9 @@ class Recommender:
         return current == {t: float(np.float32(w)) for t, w in tags.items() if w > 0}
 
     def delete_item(self, item: str) -> None:
-        """Remove an item from every future recommendation (its learned state is dropped)."""
+        """Remove an item from every future recommendation: its tags, its content vector
+        and its co-occurrence are dropped (its factors and bias stay, so an item listed
+        again resumes from them)."""
         row = self.items.get(item)
         if row is None:
             row = self.items.row(item)
@@ -308,6 +310,7 @@ class Recommender:
         self.active[row] = False
         self.deleted[row] = True
         self.tags.clear(row)
+        self.mf.set_items_tags(np.array([row]))  # its cached vector loses the tags' part
         self.content.set_item(row)
         self.cooc.forget_item(row)
         self._side_dirty.add(row)
@@ -394,7 +397,8 @@ class Recommender:
         if "content" in self.config.signals:
             self.content.learn(u, i, r, means)
         if {"cooc", "recent_tags", "recent_factors"} & set(self.config.signals):
-            self.cooc.learn_many(u.tolist(), i.tolist())
+            live = ~self.deleted[i]  # a deleted item stays out of rings and neighbours
+            self.cooc.learn_many(u[live].tolist(), i[live].tolist())
         self.popularity.learn(i, ts)
         np.add.at(self.user_n, u, 1.0)
         np.add.at(self.user_sum, u, r)

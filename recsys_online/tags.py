@@ -10,10 +10,12 @@ import numpy as np
 from recsys_online.ids import IdIndex, grown
 
 MAX_WEIGHT = 1e9  # float32 vectors then hold any item's weights, squared and summed
+MIN_WEIGHT = 1e-9  # (a smaller one is 0 as float32, or nearly: shares of 0 / 0)
 
 
 def check_weights(tags: Mapping[str, float]) -> None:
-    """Raise ``ValueError`` unless every weight is a finite number in ``(0, MAX_WEIGHT]``.
+    """Raise ``ValueError`` unless every weight is a finite number in
+    ``[MIN_WEIGHT, MAX_WEIGHT]``.
 
     A weight of 0 (or weights summing to 0) would divide by zero in the shares and spread
     NaN through learning to every user; one near float32's limit would overflow.
@@ -38,6 +40,8 @@ def weight_problem(weight: float) -> str | None:
         return "is not finite"
     if weight <= 0:
         return "is not positive"
+    if weight < MIN_WEIGHT:
+        return f"is less than {MIN_WEIGHT:g}"
     if weight > MAX_WEIGHT:
         return f"is more than {MAX_WEIGHT:g}"
     return None

@@ -37,10 +37,11 @@ Timestamps
     milliseconds sent as seconds. The validation context may pin the clock:
     ``context={"now": 1_700_000_000.0}``.
 Tags
-    A list of strings (weight ``1.0`` each) or a mapping ``tag -> weight`` with positive
-    weights up to :data:`MAX_TAG_WEIGHT` (the model keeps float32: a weight near its limit
-    would overflow); ``null`` means no tags. At most :data:`MAX_TAGS` tags, each normalised
-    (whitespace collapsed, lower-cased) to 1 to :data:`MAX_TAG_LENGTH` characters.
+    A list of strings (weight ``1.0`` each) or a mapping ``tag -> weight`` with weights
+    from :data:`MIN_TAG_WEIGHT` to :data:`MAX_TAG_WEIGHT` (the model keeps float32: a
+    weight near its limits would underflow to 0 or overflow); ``null`` means no tags. At
+    most :data:`MAX_TAGS` tags, each normalised (whitespace collapsed, lower-cased) to 1
+    to :data:`MAX_TAG_LENGTH` characters.
     Tags that normalise to the same string merge, keeping the largest weight, so listing a
     tag twice never doubles it. Stored as ``dict[str, float]``.
 Deletes
@@ -82,6 +83,7 @@ MAX_TITLE_LENGTH = 512
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 64
 MAX_TAG_WEIGHT = 1e9
+MIN_TAG_WEIGHT = 1e-9
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_CLOCK_SKEW_SECONDS = 86_400.0
 MIN_TIMESTAMP = 0.0
@@ -363,6 +365,10 @@ def _check_tags(value: object) -> dict[str, float]:
         weight = _finite(raw_weight, f"weight {_show(raw_weight)} of tag {tag!r}")
         if weight <= 0.0:
             raise _invalid(f"weight {_show(raw_weight)} of tag {tag!r} is not positive")
+        if weight < MIN_TAG_WEIGHT:
+            raise _invalid(
+                f"weight {_show(raw_weight)} of tag {tag!r} is less than {MIN_TAG_WEIGHT:g}"
+            )
         if weight > MAX_TAG_WEIGHT:
             raise _invalid(
                 f"weight {_show(raw_weight)} of tag {tag!r} is more than {MAX_TAG_WEIGHT:g}"
@@ -431,7 +437,7 @@ Tags = Annotated[
                     "propertyNames": _TAG_SCHEMA,
                     "additionalProperties": {
                         "type": "number",
-                        "exclusiveMinimum": 0,
+                        "minimum": MIN_TAG_WEIGHT,
                         "maximum": MAX_TAG_WEIGHT,
                     },
                     "maxProperties": MAX_TAGS,
@@ -742,6 +748,7 @@ __all__ = [
     "MAX_TAG_LENGTH",
     "MAX_TAG_WEIGHT",
     "MAX_TITLE_LENGTH",
+    "MIN_TAG_WEIGHT",
     "MIN_TIMESTAMP",
     "EventError",
     "EventErrorCode",

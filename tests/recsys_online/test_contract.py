@@ -258,13 +258,17 @@ def test_deleted_items_are_never_returned(name: str, model: Recommender) -> None
     assert _items(model.popular(n))  # something is still recommended
 
 
-def test_bad_tag_weights_are_refused_before_anything_changes(
-    name: str, model: Recommender
-) -> None:
+def test_bad_tag_weights_are_refused_before_anything_changes(name: str, model: Recommender) -> None:
     """A weight of 0 would divide by a zero sum and spread NaN to every user; one above
     float32's range would overflow. Both are a ValueError, and the model is unchanged."""
     before = model.recommend(_users()[0], K)
-    for bad in ({"drama": 0.0}, {"drama": -1.0}, {"drama": math.nan}, {"drama": 1e39}):
+    for bad in (
+        {"drama": 0.0},
+        {"drama": -1.0},
+        {"drama": math.nan},
+        {"drama": 1e39},
+        {"drama": 1e-300},
+    ):
         with pytest.raises(ValueError, match="tag 'drama': weight"):
             model.upsert_items(["fresh", "other"], [{"jazz": 1.0}, bad])
         with pytest.raises(ValueError, match="tag 'drama': weight"):
@@ -309,6 +313,23 @@ def test_an_item_scorer_outlives_new_tags(name: str, model: Recommender) -> None
     again = score([model.items.id_of(0), "brand-new"])
     assert again.shape == (3, 2) and np.isfinite(again[:, 1]).all()
     assert np.allclose(first[:, 0], again[:, 0], equal_nan=True)
+
+
+def test_a_deleted_item_leaves_no_trace_in_cached_vectors_or_cooccurrence(
+    name: str, model: Recommender
+) -> None:
+    """Deleting an item drops its tags' part of its cached vector at once (as a full
+    refresh would), and a late rating of it does not bring it back into the users'
+    recent items or the neighbour lists."""
+    item = model.items.id_of(0)
+    row = 0
+    model.delete_item(item)
+    cached = model.mf.Q[row].copy(), float(model.mf.item_bias_eff[row])
+    model.mf.refresh_items()
+    assert np.allclose(cached[0], model.mf.Q[row]) and cached[1] == model.mf.item_bias_eff[row]
+    model.learn_many(_users()[:2], [item, item], [5.0, 5.0], [model.now + 1] * 2)
+    assert not (model.cooc.recent == row).any()
+    assert not (model.cooc.nbr == row).any()
 
 
 def test_similar_items_share_a_tag_or_cooccurred(name: str, model: Recommender) -> None:
@@ -419,7 +440,7 @@ def test_ties_rank_the_same_in_every_path(name: str) -> None:
 
 
 def test_collaborative_reasons_name_the_closest_recent_like(name: str) -> None:
-    """"Because you liked X" names, of the user's last 50 ratings at or above their
+    """ "Because you liked X" names, of the user's last 50 ratings at or above their
     mean, the one whose factors have the largest cosine with the item's (the earliest of
     equals), checked by hand for every listed item."""
     model = _trained(name)

@@ -409,6 +409,7 @@ def test_tags_default_to_none() -> None:
         ({"comedy": True}, "weight True of tag 'comedy' is not a number"),
         ({"comedy": None}, "weight None of tag 'comedy' is not a number"),
         ({"comedy": 1e39}, "weight 1e+39 of tag 'comedy' is more than 1e+09"),
+        ({"comedy": 1e-300}, "weight 1e-300 of tag 'comedy' is less than 1e-09"),
         (["\udfff"], "tag '\\udfff' is not valid Unicode (a lone surrogate)"),
     ],
 )
