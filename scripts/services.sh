@@ -131,7 +131,8 @@ ensure_kafka_jars() {
   t0=$(now_us)
   mkdir -p "$CACHE_DIR"
   tmp=$(mktemp -d "$CACHE_DIR/.kafka-$KAFKA_VERSION.XXXXXX")
-  local -a mvn_args=(-B -q -f "$POM" -Dstyle.color=never "-Dkafka.version=$KAFKA_VERSION")
+  # -C: a jar whose checksum does not match Maven Central's fails the fetch
+  local -a mvn_args=(-B -q -C -f "$POM" -Dstyle.color=never "-Dkafka.version=$KAFKA_VERSION")
   [[ -n $MAVEN_REPO ]] && mvn_args+=("-Dmaven.repo.local=$MAVEN_REPO")
   if ! mvn "${mvn_args[@]}" dependency:copy-dependencies -DincludeScope=runtime \
     "-DoutputDirectory=$tmp/libs" >"$tmp/mvn.log" 2>&1; then
@@ -532,9 +533,10 @@ take_lock() {
 }
 
 print_env() {
-  printf 'export KAFKA_BOOTSTRAP_SERVERS=%s\n' "$KAFKA_BOOTSTRAP"
-  printf 'export REDIS_URL=redis://%s:%s/0\n' "$HOST" "$REDIS_PORT"
-  printf 'export RECSYS_KAFKA_LIBS=%s\n' "$KAFKA_LIBS"
+  # shell-quoted (%q): a path with spaces survives `eval`
+  printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "$KAFKA_BOOTSTRAP"
+  printf 'export REDIS_URL=%q\n' "redis://$HOST:$REDIS_PORT/0"
+  printf 'export RECSYS_KAFKA_LIBS=%q\n' "$KAFKA_LIBS"
 }
 
 cmd_up() {
@@ -613,7 +615,7 @@ cmd_browser() { # headless Chromium for the dashboard test; prints the env line 
     path=$(command -v chromium) || die "chromium is not on PATH after apt-get install"
   fi
   log "browser: $("$path" --version 2>/dev/null | head -n 1)"
-  echo "export RECSYS_CHROMIUM=$path"
+  printf 'export RECSYS_CHROMIUM=%q\n' "$path"
 }
 
 main() {

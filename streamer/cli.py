@@ -63,11 +63,28 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_services(args: argparse.Namespace) -> int:
+    if not _have_scripts("services"):
+        return 2
     return subprocess.call(["bash", str(SERVICES), args.action, *args.extra])
+
+
+def _have_scripts(command: str) -> bool:
+    """The project's scripts ship with a source checkout, not with the package."""
+    if SERVICES.is_file():
+        return True
+    print(
+        f"recsys-online {command}: needs a source checkout ({SERVICES} not found): clone "
+        "the project and install it with `pip install -e .` there",
+        file=sys.stderr,
+    )
+    return False
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from streamer.demo import run_demo as demo
+
+    if not _have_scripts("demo"):
+        return 2
 
     wait = args.then == "wait" if args.then else sys.stdin.isatty()
     return demo(args.ratings, args.rate, args.keep_services, wait)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -44,6 +45,14 @@ def external_services() -> dict[str, str] | None:
     return None
 
 
+def services_running() -> bool:
+    """Kafka and Redis are already up (``services.sh status`` succeeds)."""
+    status = subprocess.run(
+        ["bash", str(SERVICES), "status"], capture_output=True, stdin=subprocess.DEVNULL
+    )
+    return status.returncode == 0
+
+
 def services_up() -> dict[str, str]:
     """Start Kafka and Redis with the project's script; returns the addresses it prints."""
     out = subprocess.run(
@@ -53,7 +62,7 @@ def services_up() -> dict[str, str]:
     for line in out.splitlines():
         if line.startswith("export ") and "=" in line:
             name, value = line.removeprefix("export ").split("=", 1)
-            env[name] = value.strip("'\"")
+            env[name] = " ".join(shlex.split(value))  # (printed shell-quoted: %q)
     return env
 
 
@@ -96,7 +105,9 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
     env: dict[str, str] | None = None
     started = time.monotonic()
     external = external_services()
-    stop_services = not keep_services and external is None
+    # Only what this demo starts is stopped: services already up (another terminal, a
+    # test run) are left as they are.
+    stop_services = not keep_services and external is None and not services_running()
     # `kill`, a closed terminal or Ctrl-C: each stops everything the demo started (also
     # when started in the background, where a shell leaves SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)

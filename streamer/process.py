@@ -139,14 +139,18 @@ def start_dashboard(
             stdin=subprocess.DEVNULL,
         )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
-        match = re.search(r"dashboard at (http://\S+/)", text)
-        if match:
-            return process, match.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            match = re.search(r"dashboard at (http://\S+/)", text)
+            if match:
+                return process, match.group(1)
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+    except BaseException:  # interrupted (Ctrl-C, kill) while waiting: not left running
+        stop_process(process, timeout=5)
+        raise
     stop_process(process, timeout=5)
     last = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
     raise RuntimeError(f"the dashboard did not start: {last[0]}")

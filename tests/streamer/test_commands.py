@@ -287,3 +287,36 @@ async def test_a_flush_reports_every_failed_send_and_an_interrupted_one_forgets_
     with pytest.raises(DeliveryError, match=r"key 'u1'.*batch expired \(and 1 more\)"):
         await producer.flush()
     await producer.flush()  # reported once: nothing left to report
+
+
+def test_services_and_demo_need_a_source_checkout(monkeypatch, capsys, tmp_path) -> None:
+    """Installed from a wheel, the project's scripts are not there: a clear error."""
+    import streamer.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "SERVICES", tmp_path / "missing" / "services.sh")
+    assert main(["services", "status"]) == 2
+    assert "needs a source checkout" in capsys.readouterr().err
+
+
+def test_the_demo_reads_shell_quoted_addresses_and_leaves_running_services_up(
+    monkeypatch,
+) -> None:
+    """services.sh prints its exports shell-quoted (a path with spaces survives eval);
+    the demo reads them back, and treats services already up as not its own."""
+    import subprocess
+
+    from streamer import demo
+
+    calls: list[list[str]] = []
+
+    def run(args, **kwargs):
+        calls.append(args[2:])
+        out = "export RECSYS_KAFKA_LIBS=/home/a\\ b/libs\nexport REDIS_URL=redis://h:1/0\n"
+        return subprocess.CompletedProcess(args, 0, stdout=out)
+
+    monkeypatch.setattr(demo.subprocess, "run", run)
+    assert demo.services_up() == {
+        "RECSYS_KAFKA_LIBS": "/home/a b/libs",
+        "REDIS_URL": "redis://h:1/0",
+    }
+    assert demo.services_running() and calls == [["up"], ["status"]]
