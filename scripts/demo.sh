@@ -6,7 +6,8 @@ set -euo pipefail
 
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-PYTHON=${PYTHON:-python3}
+# shellcheck source=python.sh
+source scripts/python.sh # PYTHON: python3, or a .venv where the system's refuses pip
 
 echo "== installing recsys-online ($PYTHON -m pip install -e .) ==" >&2
 # pip's own lines are the progress of this step (a fresh machine downloads the wheels).

@@ -7,7 +7,8 @@ set -euo pipefail
 
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-PYTHON=${PYTHON:-python3}
+# shellcheck source=python.sh
+source scripts/python.sh # PYTHON: python3, or a .venv where the system's refuses pip
 
 T0=$SECONDS
 step() { printf '\n== %s == (+%ds)\n' "$*" $((SECONDS - T0)) >&2; }
