@@ -1113,9 +1113,9 @@ class RecsysWorker:
         consumer = standalone_consumer(s)
         await consumer.start()
         learned = dict.fromkeys(until, 0)
-        users: set[str] = set()
+        last_seen: dict[str, float] = {}  # user -> event time of their latest event
         try:
-            users.update(await self._replay_users(consumer, sorted(until)))
+            last_seen.update(await self._replay_users(consumer, sorted(until)))
             start = {p: self._resume_from.get(p, 0) for p in until}
             async for ratings in read_merged(
                 consumer, s.ratings_topic, start, until, self._replayable
@@ -1130,7 +1130,7 @@ class RecsysWorker:
                     )
                 self.engine.relearn([r for _, r in ratings])
                 for partition, r in ratings:
-                    users.add(r.user)
+                    last_seen[r.user] = max(last_seen.get(r.user, r.timestamp), r.timestamp)
                     learned[partition] += 1
         finally:
             await consumer.stop()
@@ -1141,7 +1141,11 @@ class RecsysWorker:
             # Live processing resumes at ``until``: from now on the lag of an idle
             # partition counts from there too.
             self._next_offset.setdefault(partition, offset)
-        users_list = sorted(users)
+        # Lists are republished for the users active within a list's TTL of the log's
+        # latest event: older ones have expired, and renewing them at every restart would
+        # keep a list in Redis for every user the log ever saw.
+        horizon = max(last_seen.values(), default=0.0) - s.recs_ttl_s
+        users_list = sorted(u for u, t in last_seen.items() if t >= horizon)
         for lo in range(0, len(users_list), 1000):
             lists = self.engine.serve(users_list[lo : lo + 1000])
             await publish(self.engine, self.sink, lists)
@@ -1159,17 +1163,18 @@ class RecsysWorker:
             time.monotonic() - started,
         )
 
-    async def _replay_users(self, consumer: AIOKafkaConsumer, partitions) -> set[str]:
+    async def _replay_users(self, consumer: AIOKafkaConsumer, partitions) -> dict[str, float]:
         """Declared user tags of these partitions (the users topic is co-partitioned with
         the ratings), applied before their ratings are replayed. Declaring tags is
         idempotent (the latest declaration wins), so each partition is read up to its
         current end; events the users agent has yet to process only get applied again.
-        The partitions are read together: one assignment, not one per partition."""
+        The partitions are read together: one assignment, not one per partition. Returns
+        each declaring user's latest declaration time."""
         topic = self.settings.users_topic
         if not set(partitions) <= (consumer.partitions_for_topic(topic) or set()):
             await consumer._client.force_metadata_update()
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-        users: set[str] = set()
+        users: dict[str, float] = {}
         async for records, _ in read_ranges(consumer, {tp: (0, end) for tp, end in ends.items()}):
             for record in records:
                 try:
@@ -1177,7 +1182,7 @@ class RecsysWorker:
                 except EventError:
                     continue  # dead-lettered when it was live
                 self.engine.model.upsert_user(event.user_id, dict(event.tags))
-                users.add(event.user_id)
+                users[event.user_id] = max(users.get(event.user_id, 0.0), event.timestamp)
         return users
 
     def _replayable(self, record: ConsumerRecord) -> Rating | None:

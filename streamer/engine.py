@@ -116,7 +116,7 @@ class StreamEngine:
         self.refresh_hist = Histogram(REFRESH_BUCKETS)  # seconds to rank + publish a batch
         self.last_rank_s = 0.0  # the last batched ranking call, for refresh_hist
         # (time, events learned) after each batch, over the last RATE_WINDOW_S seconds
-        self._rate: deque[tuple[float, int]] = deque()
+        self._rate: deque[tuple[float, int]] = deque(maxlen=10_000)  # trimmed when read, too
         # Event time: the latest rating learned. While ``live`` is False (a worker catching
         # up on a backlog), catalog upserts dated after it wait in ``pending``.
         self.watermark = -math.inf
@@ -267,6 +267,9 @@ class StreamEngine:
         else:
             self.pending[item] = (tags, timestamp)
             heapq.heappush(self._due, (timestamp, item))
+            if len(self._due) > 2 * len(self.pending) + 64:  # re-upserts leave stale entries
+                self._due = [(ts, x) for x, (_, ts) in self.pending.items()]
+                heapq.heapify(self._due)
 
     @property
     def live(self) -> bool:

@@ -189,8 +189,8 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
 
         async def stop(self) -> None: ...
 
-    async def no_users(self, consumer, partitions) -> set[str]:
-        return set()
+    async def no_users(self, consumer, partitions) -> dict[str, float]:
+        return {}
 
     chunks = [[(0, Rating(f"u{n}", "a", 4.0, float(n)))] for n in range(4)]
 
@@ -506,8 +506,8 @@ async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -
 
     async def nothing(self) -> None: ...
 
-    async def no_users(self, consumer, partitions) -> set[str]:
-        return set()
+    async def no_users(self, consumer, partitions) -> dict[str, float]:
+        return {}
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda settings: Idle())
     monkeypatch.setattr(app_module, "read_merged", merged)
@@ -518,3 +518,43 @@ async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -
     with pytest.raises(BatchAbandoned):
         await worker._ensure_replayed({})
     assert worker.engine.events == 0 and worker._reset_pending
+
+
+async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> None:
+    """After a replay, lists are written again for users active within a list's TTL of
+    the log's latest event: renewing every user's list at each restart would keep one in
+    Redis for every user the log ever saw."""
+    worker = RecsysWorker(
+        Settings(ratings_topic="r", items_topic="i", users_topic="u", recs_ttl_s=86_400)
+    )
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"t": 1.0})
+    worker.engine.upsert_item("b", {"t": 1.0})
+    day = 86_400.0
+
+    class Idle:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    async def merged(*args, **kwargs):
+        yield [(0, Rating("old", "a", 4.0, 0.0)), (0, Rating("recent", "a", 4.0, 9 * day))]
+        yield [(0, Rating("latest", "b", 4.0, 10 * day))]
+
+    async def declared(self, consumer, partitions) -> dict[str, float]:
+        worker.engine.model.upsert_user("fan", {"t": 1.0})
+        return {"fan": 9.5 * day, "long-ago": 1.0}
+
+    published: list[str] = []
+
+    async def publish(engine, sink, lists) -> float:
+        published.extend(lists)
+        return time.time()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings: Idle())
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(app_module, "publish", publish)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", declared)
+    await worker._replay({0: 3})
+    assert worker.engine.events == 3
+    assert sorted(published) == ["fan", "latest", "recent"]
