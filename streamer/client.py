@@ -18,6 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -102,12 +103,28 @@ def parse_list(
             )
             for it in doc["items"][:k]
         ]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         where = key or ("user list" if served_from == "user" else "popular list")
         raise RecommendationsUnavailable(f"{where} is not a recommendation list: {exc}") from None
     return Recommendations(
         user_id, items, doc.get("model_version"), doc.get("updated_at"), served_from
     )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for messages.
+
+    >>> redacted_url("redis://:s3cret@host:6379/0"), redacted_url("redis://u:p@h/1")
+    ('redis://:***@host:6379/0', 'redis://u:***@h/1')
+    >>> redacted_url("redis://127.0.0.1:6379/0")
+    'redis://127.0.0.1:6379/0'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def with_titles(recs: Recommendations, titles: Sequence[bytes | None]) -> Recommendations:
@@ -151,16 +168,14 @@ class _Keys:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def worker_pattern(self) -> str:
-        """SCAN pattern of the per-worker metrics hashes."""
-        return self.key("metrics", "worker", "*")
-
-    def worker_id(self, key: bytes) -> str:
-        """The worker id (``host:pid``) of a per-worker metrics key."""
-        return key.decode()[len(self.key("metrics", "worker", "")) :]
+    def registry(self) -> str:
+        """The sorted set of live workers' ids, scored by their last publish time."""
+        return self.key("metrics", "workers")
 
     def unavailable(self, exc: Exception) -> RecommendationsUnavailable:
-        return RecommendationsUnavailable(f"cannot reach Redis at {self.redis_url}: {exc}")
+        return RecommendationsUnavailable(
+            f"cannot reach Redis at {redacted_url(self.redis_url)}: {exc}"
+        )
 
 
 class RecommendationClient(_Keys):
@@ -213,10 +228,12 @@ class RecommendationClient(_Keys):
         """Each live worker's own metrics hash, by worker id (they expire when it dies)."""
         try:
             found = {}
-            for key in self.redis.scan_iter(self.worker_pattern(), count=100):
+            for worker in self.redis.zrange(self.registry(), 0, -1):
+                worker_id = worker.decode(errors="replace")
+                key = self.key("metrics", "worker", worker_id)
                 fields = decode_hash(self.redis.hgetall(key))
-                if fields:  # not expired between SCAN and HGETALL
-                    found[self.worker_id(key)] = fields
+                if fields:  # (its hash expires when it dies: gone, though still listed)
+                    found[worker_id] = fields
             return found
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None
@@ -261,10 +278,12 @@ class AsyncRecommendationClient(_Keys):
         """Each live worker's own metrics hash, by worker id."""
         try:
             found = {}
-            async for key in self.redis.scan_iter(self.worker_pattern(), count=100):
+            for worker in await self.redis.zrange(self.registry(), 0, -1):
+                worker_id = worker.decode(errors="replace")
+                key = self.key("metrics", "worker", worker_id)
                 fields = decode_hash(await self.redis.hgetall(key))
-                if fields:  # not expired between SCAN and HGETALL
-                    found[self.worker_id(key)] = fields
+                if fields:  # (its hash expires when it dies: gone, though still listed)
+                    found[worker_id] = fields
             return found
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None

@@ -17,7 +17,7 @@ from typing import TextIO
 from recsys_online import datasets
 from recsys_online.cli import count, finite_float, positive_int
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent
-from streamer.client import RecommendationClient, RecommendationsUnavailable
+from streamer.client import RecommendationClient, RecommendationsUnavailable, redacted_url
 from streamer.producer import DeliveryError, event_producer, route, stream_events
 from streamer.settings import Settings
 
@@ -452,7 +452,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     async def main() -> None:
         runner, url = await serve(settings, args.host, port)
         print(
-            f"dashboard at {url} (reads {settings.redis_url}, prefix "
+            f"dashboard at {url} (reads {redacted_url(settings.redis_url)}, prefix "
             f"{settings.key_prefix!r}); Ctrl-C stops it",
             flush=True,
         )

@@ -15,6 +15,7 @@ reachable. The page polls a small JSON API once a second:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from importlib import resources
@@ -48,7 +49,7 @@ def numbers(fields: dict[str, str]) -> dict[str, float | str | None]:
 
 
 def _unavailable(exc: Exception) -> web.Response:
-    return web.json_response({"error": str(exc)}, status=503)
+    return _json({"error": str(exc)}, status=503)
 
 
 async def page(request: web.Request) -> web.Response:
@@ -63,9 +64,32 @@ async def api_metrics(request: web.Request) -> web.Response:
         workers = await client.worker_metrics()
     except RecommendationsUnavailable as exc:
         return _unavailable(exc)
-    return web.json_response(
+    return _json(
         {"metrics": numbers(shared), "workers": {w: numbers(f) for w, f in workers.items()}}
     )
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    """A JSON response that browsers can parse: NaN and infinities (damaged or foreign
+    data in Redis; workers write null) become null."""
+    return web.json_response(
+        _finite(payload), status=status, dumps=functools.partial(json.dumps, allow_nan=False)
+    )
+
+
+def _finite(value: object) -> object:
+    """``value`` with every non-finite float replaced by None.
+
+    >>> _finite({"a": [1.0, float("nan")], "b": float("inf"), "c": "x"})
+    {'a': [1.0, None], 'b': None, 'c': 'x'}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _point(raw: bytes) -> dict | None:
@@ -74,10 +98,12 @@ def _point(raw: bytes) -> dict | None:
 
     >>> _point(b'{"t": 1.5}'), _point(b"{broken"), _point(b"[1]"), _point(b"\\xff")
     ({'t': 1.5}, None, None, None)
+    >>> _point(b"[" * 100_000) is None  # nested too deeply for json
+    True
     """
     try:
         point = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return point if isinstance(point, dict) else None
 
@@ -87,13 +113,13 @@ async def api_history(request: web.Request) -> web.Response:
     try:
         limit = max(1, min(int(request.query.get("limit", "600")), 10_000))
     except ValueError:
-        return web.json_response({"error": "limit must be an integer"}, status=400)
+        return _json({"error": "limit must be an integer"}, status=400)
     try:
         raw = await client.redis.lrange(client.key("metrics", "history"), 0, limit - 1)
     except redis.RedisError as exc:
         return _unavailable(exc)
     points = list(filter(None, map(_point, reversed(raw))))
-    return web.json_response({"points": points})
+    return _json({"points": points})
 
 
 async def api_recs(request: web.Request) -> web.Response:
@@ -103,10 +129,10 @@ async def api_recs(request: web.Request) -> web.Response:
         k = int(request.query.get("k", str(request.app[SETTINGS].k)))
         recs = await client.recommend(user, k=k, titles=True)
     except ValueError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
+        return _json({"error": str(exc)}, status=400)
     except RecommendationsUnavailable as exc:
         return _unavailable(exc)
-    return web.json_response(
+    return _json(
         {
             "user_id": recs.user_id,
             "served_from": recs.served_from,
@@ -127,12 +153,12 @@ async def api_users(request: web.Request) -> web.Response:
         cursor = 0
         for _ in range(20):  # at most 20 SCAN calls of ~500 keys
             cursor, keys = await client.redis.scan(cursor, match=prefix + "*", count=500)
-            users += [k.decode()[len(prefix) :] for k in keys]
+            users += [k.decode(errors="replace")[len(prefix) :] for k in keys]
             if cursor == 0 or len(users) >= n:
                 break
     except redis.RedisError as exc:
         return _unavailable(exc)
-    return web.json_response({"users": sorted(users)[:n]})
+    return _json({"users": sorted(users)[:n]})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -141,7 +167,7 @@ async def health(request: web.Request) -> web.Response:
         await client.redis.ping()
     except redis.RedisError as exc:
         return _unavailable(exc)
-    return web.json_response({"ok": True})
+    return _json({"ok": True})
 
 
 def application(settings: Settings) -> web.Application:

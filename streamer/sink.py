@@ -98,6 +98,9 @@ return #KEYS
 """
 
 
+
+WORKER_TTL_S = 30  # a worker's own metrics hash lives this long after its last write
+
 class RedisSink:
     """Writes lists, item metadata and metrics, each batch atomically (one script call or
     one MULTI/EXEC transaction).
@@ -190,6 +193,7 @@ class RedisSink:
         )
         own = key("metrics", "worker", worker_id)
         history = key("metrics", "history")
+        workers = key("metrics", "workers")  # worker id -> its last publish time
 
         def queue(pipe: Pipeline) -> None:
             pipe.set(key("popular"), list_document(None, popular, version, now))
@@ -198,7 +202,11 @@ class RedisSink:
             pipe.delete(key("metrics"), own)
             pipe.hset(key("metrics"), mapping=mapping)
             pipe.hset(own, mapping=mapping)
-            pipe.expire(own, 30)
+            pipe.expire(own, WORKER_TTL_S)
+            # Readers list live workers from this registry, not by scanning the keyspace;
+            # ids not heard from for a worker hash's lifetime leave it.
+            pipe.zadd(workers, {worker_id: now})
+            pipe.zremrangebyscore(workers, "-inf", now - WORKER_TTL_S)
             pipe.lpush(history, snapshot)
             pipe.ltrim(history, 0, self.settings.metrics_history - 1)
 

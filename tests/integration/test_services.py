@@ -278,6 +278,12 @@ async def test_the_shared_metrics_hash_holds_only_the_last_writers_figures(
         assert b"snapshot_age_s" not in shared
         own = await sink.redis.hgetall(settings.key("metrics", "worker", "w1"))
         assert own[b"snapshot_age_s"] == b"3.0"  # each worker's own hash keeps its own
+        # Readers find live workers in a registry, not by scanning the whole keyspace.
+        from streamer.client import AsyncRecommendationClient
+
+        async with AsyncRecommendationClient(redis_url, redis_key_prefix) as client:
+            workers = await client.worker_metrics()
+        assert sorted(workers) == ["w1", "w2"] and workers["w2"]["events"] == "20"
     finally:
         await sink.close()
 

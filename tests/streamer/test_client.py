@@ -125,3 +125,15 @@ async def test_async_client_unreachable() -> None:
     async with AsyncRecommendationClient("redis://127.0.0.1:9/0", timeout=0.5) as client:
         with pytest.raises(RecommendationsUnavailable, match="cannot reach Redis"):
             await client.recommend("u1")
+
+
+def test_a_list_nested_too_deeply_is_a_clear_error_and_no_password_is_shown() -> None:
+    from streamer.client import parse_list, redacted_url
+
+    with pytest.raises(RecommendationsUnavailable, match="is not a recommendation list"):
+        parse_list("u", b'{"items": ' + b"[" * 100_000, None, 10, key="recs:u")
+    client = RecommendationClient("redis://:s3cret@127.0.0.1:1/0", "x:", timeout=0.2)
+    with pytest.raises(RecommendationsUnavailable) as caught:
+        client.recommend("u")
+    assert "s3cret" not in str(caught.value) and ":***@127.0.0.1:1" in str(caught.value)
+    assert redacted_url("redis://h:1/0") == "redis://h:1/0"

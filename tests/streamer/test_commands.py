@@ -200,6 +200,7 @@ def test_recs_and_metrics_print_what_redis_holds(topics, redis_url, redis_key_pr
     r.hset(f"{p}item:i3", mapping={"title": "Stalker"})
     r.hset(f"{p}metrics", mapping={"events": "120", "rmse": "0.93", "k": "10"})
     r.hset(f"{p}metrics:worker:h:1", mapping={"events": "120", "rmse": "0.93"})
+    r.zadd(f"{p}metrics:workers", {"h:1": time.time()})  # the live workers' registry
     assert main(["recs", "u1"]) == 0
     out = capsys.readouterr().out
     assert "model version 4" in out and "Stalker" in out and "because you liked i1" in out
