@@ -152,6 +152,8 @@ class _Keys:
     """What both clients share: the address, the key layout, the error for Redis down."""
 
     _redis_class: type = redis.Redis
+    _pool_class: type = redis.BlockingConnectionPool
+    MAX_CONNECTIONS = 64
 
     def __init__(
         self,
@@ -161,9 +163,16 @@ class _Keys:
     ) -> None:
         self.redis_url = redis_url
         self.prefix = key_prefix
-        self.redis = self._redis_class.from_url(
-            redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        # A blocking pool: past MAX_CONNECTIONS concurrent reads, a read waits (up to
+        # ``timeout``) for a connection instead of failing as if Redis were down.
+        self._pool = self._pool_class.from_url(
+            redis_url,
+            max_connections=self.MAX_CONNECTIONS,
+            timeout=timeout,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
         )
+        self.redis = self._redis_class(connection_pool=self._pool)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -240,6 +249,7 @@ class RecommendationClient(_Keys):
 
     def close(self) -> None:
         self.redis.close()
+        self._pool.disconnect()
 
     def __enter__(self) -> RecommendationClient:
         return self
@@ -252,6 +262,7 @@ class AsyncRecommendationClient(_Keys):
     """The same reads for asyncio services (``await client.recommend(user_id)``)."""
 
     _redis_class = aioredis.Redis
+    _pool_class = aioredis.BlockingConnectionPool
     redis: aioredis.Redis
 
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
@@ -290,6 +301,7 @@ class AsyncRecommendationClient(_Keys):
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+        await self._pool.disconnect()
 
     async def __aenter__(self) -> AsyncRecommendationClient:
         return self

@@ -190,5 +190,5 @@ def application(settings: Settings) -> web.Application:
 
 async def serve(settings: Settings, host: str, port: int) -> tuple[web.AppRunner, str]:
     """Start the dashboard; returns its runner (``await runner.cleanup()`` stops it) and URL."""
-    runner, bound = await start_site(application(settings), host, port)
+    runner, bound = await start_site(application(settings), host, port, fallback=False)
     return runner, advertised_url("127.0.0.1" if host in ("0.0.0.0", "") else host, bound, "/")

@@ -21,10 +21,14 @@ log = logging.getLogger(__name__)
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_site(
+    app: web.Application, host: str, port: int, fallback: bool = True
+) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (0: any free port); returns the runner and the port.
 
-    A port already in use falls back to a free one rather than stopping the caller.
+    With ``fallback`` (a worker's metrics), a port already in use falls back to a free
+    one rather than stopping the caller; without (a port a person asked for), it is an
+    ``OSError``.
     """
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -32,7 +36,7 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
         site = web.TCPSite(runner, host, port)
         await site.start()
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE or port == 0:
+        if exc.errno != errno.EADDRINUSE or port == 0 or not fallback:
             await runner.cleanup()
             raise
         log.warning("port %d is in use; serving on a free port instead", port)
@@ -44,10 +48,12 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 def advertised_url(host: str, port: int, path: str) -> str:
     """The address others use: the machine's name when listening on every interface.
 
-    >>> advertised_url("127.0.0.1", 6066, "/metrics")
-    'http://127.0.0.1:6066/metrics'
+    >>> advertised_url("127.0.0.1", 6066, "/metrics"), advertised_url("::1", 8080, "/")
+    ('http://127.0.0.1:6066/metrics', 'http://[::1]:8080/')
     """
     name = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    if ":" in name:  # an IPv6 address goes in brackets
+        name = f"[{name}]"
     return f"http://{name}:{port}{path}"
 
 

@@ -137,3 +137,33 @@ def test_a_list_nested_too_deeply_is_a_clear_error_and_no_password_is_shown() ->
         client.recommend("u")
     assert "s3cret" not in str(caught.value) and ":***@127.0.0.1:1" in str(caught.value)
     assert redacted_url("redis://h:1/0") == "redis://h:1/0"
+
+
+async def test_many_concurrent_reads_wait_for_a_connection(redis_url: str, stored) -> None:
+    """More concurrent reads than the pool holds wait their turn; none is told that
+    Redis is unreachable while it is up."""
+    import asyncio
+
+    _, prefix = stored
+    async with AsyncRecommendationClient(redis_url, prefix) as client:
+        results = await asyncio.gather(
+            *(client.recommend("u1", k=1) for _ in range(3 * client.MAX_CONNECTIONS)),
+            return_exceptions=True,
+        )
+    assert all(not isinstance(r, Exception) and r.items[0].item_id == "a" for r in results)
+
+
+async def test_the_dashboard_never_moves_off_the_port_asked_for() -> None:
+    """A worker's metrics endpoint falls back to a free port; the dashboard, whose port
+    a person typed, fails instead of serving somewhere nobody looks."""
+    import socket
+
+    from streamer.dashboard import serve
+    from streamer.settings import Settings
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):
+            await serve(Settings(), "127.0.0.1", port)
