@@ -261,8 +261,8 @@ class Recommender:
         >>> rec.n_items, rec.tags.names(rec.items.get("a"))
         (2, ['folk'])
 
-        A weight that is not finite or not in ``(0, MAX_WEIGHT]`` is a ``ValueError``, raised
-        before anything changes.
+        A weight that is not finite or not in ``[MIN_WEIGHT, MAX_WEIGHT]`` is a ``ValueError``,
+        raised before anything changes (:func:`recsys_online.tags.check_weights`).
         """
         for item_tags in tags:
             check_weights(item_tags or {})
@@ -431,28 +431,25 @@ class Recommender:
         [True, False, False]
         """
         user_row, item_row = self.users.get, self.items.get  # (dict lookups: small batches)
-        history, older = self.history, self._older
+        n_users = len(self.history)
         out = []
         for user, item in zip(users, items, strict=True):
             uu, ii = user_row(user), item_row(item)
             out.append(
-                uu is not None
-                and ii is not None
-                and uu < len(history)
-                and (ii in history[uu] or (uu in older and ii in older[uu]))
+                uu is not None and ii is not None and uu < n_users and ii in self._rated_of(uu)
             )
         return out
+
+    def _rated_of(self, user: int) -> array:
+        """Every item row ``user`` rated: the recent history, after what left it."""
+        older = self._older.get(user)
+        return self.history[user] if older is None else older + self.history[user]
 
     def _rated(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every item row each of users ``u`` rated, end to end, and each user's count."""
         if not self._older:
             return _joined(self.history, u, np.int32)
-        older, history = self._older, self.history
-        return _joined(
-            [older[r] + history[r] if r in older else history[r] for r in u.tolist()],
-            np.arange(len(u)),
-            np.int32,
-        )
+        return _joined([self._rated_of(r) for r in u.tolist()], np.arange(len(u)), np.int32)
 
     # ------------------------------------------------------------ sharing
     def track_item_changes(self, on: bool = True) -> None:
