@@ -40,8 +40,7 @@ from typing import TextIO
 
 import numpy as np
 
-from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
-from recsys_online.tags import weight_problem
+from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating, weight_problem
 
 __all__ = ["FORMATS", "UNKNOWN_ARRIVAL", "Dataset", "DatasetError", "load", "save_csv"]
 

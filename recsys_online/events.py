@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Real
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,4 +37,33 @@ class ItemDelete:
 
 Event = Rating | ItemUpsert | ItemDelete
 
-__all__ = ["Event", "ItemDelete", "ItemUpsert", "Rating"]
+# The weights a tag may carry, here for every layer that checks them (the wire schema,
+# the loaders, the model).
+MAX_WEIGHT = 1e9  # float32 vectors then hold any item's weights, squared and summed
+MIN_WEIGHT = 1e-9  # (a smaller one is 0 as float32, or nearly: shares of 0 / 0)
+
+
+def weight_problem(weight: float) -> str | None:
+    """Why ``weight`` cannot weigh a tag (e.g. ``"is not positive"``), None when it can."""
+    if isinstance(weight, bool) or not isinstance(weight, Real):  # (numpy's numbers are)
+        return "is not a number"
+    if not math.isfinite(weight):
+        return "is not finite"
+    if weight <= 0:
+        return "is not positive"
+    if weight < MIN_WEIGHT:
+        return f"is less than {MIN_WEIGHT:g}"
+    if weight > MAX_WEIGHT:
+        return f"is more than {MAX_WEIGHT:g}"
+    return None
+
+
+__all__ = [
+    "MAX_WEIGHT",
+    "MIN_WEIGHT",
+    "Event",
+    "ItemDelete",
+    "ItemUpsert",
+    "Rating",
+    "weight_problem",
+]

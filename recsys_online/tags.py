@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
 
+from recsys_online.events import weight_problem
 from recsys_online.ids import IdIndex, grown
-
-MAX_WEIGHT = 1e9  # float32 vectors then hold any item's weights, squared and summed
-MIN_WEIGHT = 1e-9  # (a smaller one is 0 as float32, or nearly: shares of 0 / 0)
 
 
 def check_weights(tags: Mapping[str, float]) -> None:
     """Raise ``ValueError`` unless every weight is a finite number in
-    ``[MIN_WEIGHT, MAX_WEIGHT]``.
+    ``[MIN_WEIGHT, MAX_WEIGHT]`` (:func:`recsys_online.events.weight_problem`).
 
     A weight of 0 (or weights summing to 0) would divide by zero in the shares and spread
     NaN through learning to every user; one near float32's limit would overflow.
@@ -30,21 +27,6 @@ def check_weights(tags: Mapping[str, float]) -> None:
         problem = weight_problem(weight)
         if problem is not None:
             raise ValueError(f"tag {tag!r}: weight {weight!r} {problem}")
-
-
-def weight_problem(weight: float) -> str | None:
-    """Why ``weight`` cannot weigh a tag (e.g. ``"is not positive"``), None when it can."""
-    if isinstance(weight, bool) or not isinstance(weight, int | float | np.floating | np.integer):
-        return "is not a number"
-    if not math.isfinite(weight):
-        return "is not finite"
-    if weight <= 0:
-        return "is not positive"
-    if weight < MIN_WEIGHT:
-        return f"is less than {MIN_WEIGHT:g}"
-    if weight > MAX_WEIGHT:
-        return f"is more than {MAX_WEIGHT:g}"
-    return None
 
 
 class ItemTags:

@@ -78,12 +78,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from recsys_online.events import MAX_WEIGHT, MIN_WEIGHT, weight_problem
+
 MAX_ID_LENGTH = 128
 MAX_TITLE_LENGTH = 512
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 64
-MAX_TAG_WEIGHT = 1e9
-MIN_TAG_WEIGHT = 1e-9
+MAX_TAG_WEIGHT = MAX_WEIGHT  # the model's own bounds (float32 vectors)
+MIN_TAG_WEIGHT = MIN_WEIGHT
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_CLOCK_SKEW_SECONDS = 86_400.0
 MIN_TIMESTAMP = 0.0
@@ -363,16 +365,9 @@ def _check_tags(value: object) -> dict[str, float]:
     for raw, raw_weight in pairs:
         tag = _normalise_tag(raw)
         weight = _finite(raw_weight, f"weight {_show(raw_weight)} of tag {tag!r}")
-        if weight <= 0.0:
-            raise _invalid(f"weight {_show(raw_weight)} of tag {tag!r} is not positive")
-        if weight < MIN_TAG_WEIGHT:
-            raise _invalid(
-                f"weight {_show(raw_weight)} of tag {tag!r} is less than {MIN_TAG_WEIGHT:g}"
-            )
-        if weight > MAX_TAG_WEIGHT:
-            raise _invalid(
-                f"weight {_show(raw_weight)} of tag {tag!r} is more than {MAX_TAG_WEIGHT:g}"
-            )
+        problem = weight_problem(weight)  # (the rule the core applies too)
+        if problem is not None:
+            raise _invalid(f"weight {_show(raw_weight)} of tag {tag!r} {problem}")
         tags[tag] = max(weight, tags.get(tag, 0.0))
     return tags
 
