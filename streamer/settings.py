@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
@@ -155,34 +155,10 @@ class Settings:
                 "RECSYS_RELEVANT must be within the rating scale "
                 f"[{self.rating_low}, {self.rating_high}], got {self.relevant}"
             )
-        for name in (
-            "partitions",
-            "k",
-            "batch_max",
-            "learn_step_max",
-            "fetch_partition_bytes",
-            "fetch_max_wait_ms",
-            "n_factors",
-            "refresh_users",
-            "metrics_history",
-            "metrics_window",
-            "max_payload_bytes",
-            "recs_ttl_s",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"RECSYS_{name.upper()} must be >= 1")
-        for name in ("refresh_every_s", "session_timeout_s", "learn_window_s"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"RECSYS_{name.upper()} must be > 0")
-        for name in (
-            "batch_within_s",
-            "snapshot_every_s",
-            "share_items_every_s",
-            "dedupe_window",
-            "gc_young",
-        ):
-            if getattr(self, name) < 0:
-                raise SettingsError(f"RECSYS_{name.upper()} must be >= 0 (0: off)")
+        for names, allowed, rule in _BOUNDS:
+            for name in names:
+                if not allowed(getattr(self, name)):
+                    raise SettingsError(f"RECSYS_{name.upper()} {rule}")
         topics = {
             name: getattr(self, name)
             for name in (
@@ -238,6 +214,33 @@ class Settings:
         return self.key_prefix + ":".join(parts)
 
 
+# Numeric settings by the values they take: (names, allowed, the rule a refusal states).
+_BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
+    (
+        (
+            "partitions",
+            "k",
+            "batch_max",
+            "learn_step_max",
+            "fetch_partition_bytes",
+            "fetch_max_wait_ms",
+            "n_factors",
+            "refresh_users",
+            "metrics_history",
+            "metrics_window",
+            "max_payload_bytes",
+            "recs_ttl_s",
+        ),
+        lambda v: v >= 1,
+        "must be >= 1",
+    ),
+    (("refresh_every_s", "session_timeout_s", "learn_window_s"), lambda v: v > 0, "must be > 0"),
+    (
+        ("batch_within_s", "snapshot_every_s", "share_items_every_s", "dedupe_window", "gc_young"),
+        lambda v: v >= 0,
+        "must be >= 0 (0: off)",
+    ),
+)
 _ENV_NAMES = {f"RECSYS_{f.name.upper()}" for f in fields(Settings)}
 # Read by the project's scripts and tests, not by the worker.
 _OTHER_NAMES = {
