@@ -823,9 +823,9 @@ class RecsysWorker:
             tp = TopicPartition(s.item_changes_topic, 0)
             consumer.assign([tp])
             await consumer.seek_to_end(tp)
+            k = self.settings.n_factors
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=200, max_records=100)
-                k = self.settings.n_factors
                 for record in batches.get(tp, []):
                     try:
                         worker, items, dv, db = decode_item_changes(record.value, k)
