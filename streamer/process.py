@@ -89,16 +89,24 @@ def clear_run(env: Mapping[str, str]) -> None:
         raise ValueError(
             f"not the Redis keys of one isolated run {settings.app_id!r}: prefix {prefix!r}"
         )
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    try:
+        delete_keys(settings.redis_url, prefix)
+    except redis.RedisError as exc:
+        warnings.warn(f"Redis keys of {settings.app_id} not deleted: {exc}", stacklevel=2)
+    remove_topics(env)
+
+
+def delete_keys(redis_url: str, prefix: str, timeout_s: float = 10.0) -> None:
+    """Delete every Redis key under ``prefix`` (a run's or a test's own), in batches."""
+    import redis  # (only when needed)
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=500))
         for lo in range(0, len(keys), 1000):
             client.delete(*keys[lo : lo + 1000])
-    except redis.RedisError as exc:
-        warnings.warn(f"Redis keys of {settings.app_id} not deleted: {exc}", stacklevel=2)
     finally:
         client.close()
-    remove_topics(env)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:

@@ -15,6 +15,8 @@ import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streamer.process import delete_keys
+
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 REDIS_ENV = "REDIS_URL"
 CHECK_TIMEOUT_SECONDS = 15.0
@@ -226,13 +228,7 @@ def redis_key_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test uses, ``test:<uuid>:``; its keys are deleted afterwards."""
     prefix = f"test:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url, socket_timeout=CHECK_TIMEOUT_SECONDS)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_keys(redis_url, prefix, CHECK_TIMEOUT_SECONDS)
 
 
 @pytest.hookimpl(tryfirst=True)
