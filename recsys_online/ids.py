@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable
+from itertools import pairwise
 
 import numpy as np
 
 _EMPTY = 0  # table slots hold row + 1; 0 marks a free slot
-CACHE = 1 << 17  # ids whose rows a dict remembers (the ids in use): at most ~9 MB
+CACHE = 1 << 14  # ids a dict remembers each way (the ids in use): about 2 MB at most
+_CODEC = ("utf-8", "surrogatepass")  # any str round-trips, even a lone surrogate
 
 
 class IdIndex:
@@ -16,13 +18,15 @@ class IdIndex:
 
     Rows are never reused, so arrays indexed by row stay valid while the index grows.
 
-    The map is an open-addressing hash table in flat arrays: each row's id hash (8 bytes)
-    and a table of row numbers (4 bytes a slot, at most half full), beside the list of the
-    ids themselves. A ``dict`` of every id would hold two more Python objects per id (the
-    row number and its entry), about 45 bytes more per id. A dict of the ids looked up
-    lately (up to ``CACHE``, emptied when full) answers first, at dict speed, so the ids
-    in use cost no probing; the others are probed in the table, with array operations for
-    a batch. Equal hashes are confirmed by comparing the ids, so distinct ids never share
+    Everything is held in flat arrays, with no Python object per id: the ids' UTF-8 bytes
+    end to end with each one's end offset (8 bytes plus the id's length), each row's id
+    hash (8 bytes), and an open-addressing table of row numbers (4 bytes a slot, at most
+    half full). A list of the ids as ``str`` would cost about 55 bytes more per id, and a
+    ``dict`` of them 45 more again. Two small dicts serve the ids in use at dict speed:
+    the ids looked up lately (up to ``CACHE``, emptied when full) answer first, so they
+    cost no probing, and the ids of rows named lately (:meth:`ids_of`, the same bound)
+    cost no decoding. The others are probed in the table, with array operations for a
+    batch. Equal hashes are confirmed by comparing the ids, so distinct ids never share
     a row.
 
     Examples
@@ -32,39 +36,47 @@ class IdIndex:
     (0, 1, 0)
     >>> ids.get("nobody") is None, len(ids), ids.id_of(1)
     (True, 2, 'u2')
-    >>> ids.rows(["u2", "u3"]).tolist()
-    [1, 2]
+    >>> ids.rows(["u2", "u3"]).tolist(), ids.ids_of([2, 0])
+    ([1, 2], ['u3', 'u1'])
     >>> ids.get_many(["u3", "nobody", "u1"]).tolist()
     [2, -1, 0]
     """
 
-    __slots__ = ("_cache", "_hashes", "_ids", "_mask", "_table")
+    __slots__ = ("_blob", "_cache", "_ends", "_hashes", "_mask", "_names", "_table")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
-        self._ids: list[str] = []
+        self._blob = bytearray()  # every id's UTF-8 bytes, end to end, in row order
+        self._ends = array("q")  # where each row's id ends in the blob
         self._cache: dict[str, int] = {}
+        self._names: dict[int, str] = {}
         self._hashes = array("q")
         self._table = array("i", bytes(4 * 8))
         self._mask = 7
         self.rows(list(ids))
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._ends)
 
     def __contains__(self, key: object) -> bool:
         return self.get(key) is not None  # type: ignore[arg-type]
 
-    def __getstate__(self) -> tuple[list[str]]:
-        # Hashes of str differ between processes: rebuilt on load. (A tuple, never
-        # empty: pickle skips __setstate__ for a false state.)
-        return (self._ids,)
+    def __getstate__(self) -> tuple[bytes, bytes]:
+        # Hashes of str differ between processes: rebuilt on load.
+        return bytes(self._blob), self._ends.tobytes()
 
-    def __setstate__(self, state: tuple[list[str]]) -> None:
-        (ids,) = state
-        self._ids = ids
-        self._cache = {}
-        self._hashes = array("q", np.fromiter(map(hash, ids), np.int64, len(ids)).tobytes())
-        self._rebuild(_capacity(len(ids)))
+    def __setstate__(self, state: tuple) -> None:
+        if len(state) == 1:  # (pickled when the ids were a list of str)
+            (ids,) = state
+            self.__init__(())
+            for key in ids:
+                self._append(key)
+        else:
+            blob, ends = state
+            self._blob, self._ends = bytearray(blob), array("q", ends)
+            self._cache, self._names = {}, {}
+        n = len(self._ends)
+        self._hashes = array("q", np.fromiter(map(hash, self._decoded()), np.int64, n).tobytes())
+        self._rebuild(_capacity(n))
 
     def row(self, key: str) -> int:
         """Row of ``key``, assigning the next row when the id is new."""
@@ -104,39 +116,69 @@ class IdIndex:
     def _lookup(self, key: str) -> int | None:
         """Row of ``key`` from the table (remembered when found), None when never seen."""
         h = hash(key)
-        table, hashes, ids, mask = self._table, self._hashes, self._ids, self._mask
+        table, hashes, mask = self._table, self._hashes, self._mask
         slot = h & mask
         while (r := table[slot]) != _EMPTY:
-            if hashes[r - 1] == h and ids[r - 1] == key:
+            if hashes[r - 1] == h and self._is(r - 1, key):
                 self._remember(key, r - 1)
                 return r - 1
             slot = (slot + 1) & mask
         return None
 
+    def _is(self, row: int, key: str) -> bool:
+        """Whether ``row`` holds the id ``key``."""
+        ends = self._ends
+        return self._blob[ends[row - 1] if row else 0 : ends[row]] == key.encode(*_CODEC)
+
+    def _append(self, key: str) -> int:
+        """Store ``key`` as the next row (its hash and bytes; not yet in the table)."""
+        self._blob += key.encode(*_CODEC)
+        self._ends.append(len(self._blob))
+        self._hashes.append(hash(key))
+        return len(self._ends) - 1
+
     def _add(self, key: str) -> int:
         """Give ``key`` (not in the index) the next row."""
-        h = hash(key)
+        row = self._append(key)
         table, mask = self._table, self._mask
-        slot = h & mask
+        slot = self._hashes[row] & mask
         while table[slot] != _EMPTY:
             slot = (slot + 1) & mask
-        row = len(self._ids)
-        self._ids.append(key)
-        self._hashes.append(h)
         table[slot] = row + 1
         self._remember(key, row)
-        if 2 * len(self._ids) > len(table):
+        if 2 * len(self._ends) > len(table):
             self._rebuild(2 * len(table))
         return row
 
     def id_of(self, row: int) -> str:
         """The external id stored at ``row``."""
-        return self._ids[row]
+        name = self._names.get(row)
+        return self.ids_of([row])[0] if name is None else name
+
+    def ids_of(self, rows: Iterable[int]) -> list[str]:
+        """The external ids of many rows (a list of ints), in order."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        names = self._names
+        out = list(map(names.get, rows))
+        if None in out:  # rows not named lately: decoded from the blob, and remembered
+            blob, ends = self._blob, self._ends
+            for j, r in enumerate(rows):
+                if out[j] is None:
+                    if not 0 <= r < len(ends):
+                        raise IndexError(f"row {r} out of range ({len(ends)} ids)")
+                    if len(names) >= CACHE:
+                        names.clear()
+                    out[j] = names[r] = blob[ends[r - 1] if r else 0 : ends[r]].decode(*_CODEC)
+        return out  # type: ignore[return-value]
 
     @property
     def ids(self) -> list[str]:
-        """All ids in row order (do not mutate)."""
-        return self._ids
+        """All ids in row order (a new list: decodes every id)."""
+        return self._decoded()
+
+    def _decoded(self) -> list[str]:
+        blob = self._blob
+        return [blob[a:b].decode(*_CODEC) for a, b in pairwise([0, *self._ends])]
 
     # ---------------------------------------------------------------- the table
     def _remember(self, key: str, row: int) -> None:
@@ -164,11 +206,11 @@ class IdIndex:
             todo, hashes = todo[go_on], hashes[go_on]
             slot = (slot[go_on] + 1) & self._mask
         del table, stored  # release the views before the arrays may grow again
-        ids, out = self._ids, []
+        out = []
         for key, r in zip(keys, rows.tolist(), strict=True):
             if r < 0:
                 out.append(None)
-            elif ids[r] == key:
+            elif self._is(r, key):
                 self._remember(key, r)
                 out.append(r)
             else:  # equal hashes of different ids: look further along the table

@@ -482,7 +482,7 @@ class Recommender:
         dv = self.mf.V[rows] - np.stack([v for v, _ in base.values()])
         db = self.mf.item_bias[rows] - np.fromiter((b for _, b in base.values()), np.float32)
         base.clear()
-        return [self.items.id_of(r) for r in rows.tolist()], dv.astype(np.float32), db
+        return self.items.ids_of(rows.tolist()), dv.astype(np.float32), db
 
     def apply_item_changes(self, items: Sequence[str], dv: np.ndarray, db: np.ndarray) -> int:
         """Add another process's :meth:`take_item_changes` to the item vectors and
@@ -609,7 +609,7 @@ class Recommender:
         warm, _, _, top, _, _ = ranked
         out: list[list[str] | None] = [None] * len(users)
         present = top >= 0  # (lists are filled from the front)
-        items = list(map(self.items.ids.__getitem__, top[present].tolist()))
+        items = self.items.ids_of(top[present].tolist())
         for n, listed in zip(warm, _split(items, present.sum(axis=1)), strict=True):
             out[n] = listed
         if len(warm) < len(users):  # the fallback list, only when some user needs it
@@ -1017,8 +1017,8 @@ class Recommender:
         # per item).
         flat = chosen[present]
         n = len(flat)
-        ids = self.items.ids
-        items = list(map(ids.__getitem__, padded[present].tolist()))
+        ids_of = self.items.ids_of
+        items = ids_of(padded[present].tolist())
         by_signal = (flat + 1).tolist()
         sources = list(map(_SOURCE_OF_SIGNAL.__getitem__, by_signal))
         reasons = list(map(_FIXED_REASON.__getitem__, by_signal))  # named, tags: below
@@ -1026,7 +1026,7 @@ class Recommender:
         is_named = (flat == 0) | (flat == 2) | (flat == 5)
         for p, liked_id in zip(
             np.flatnonzero(is_named).tolist(),
-            map(ids.__getitem__, named[present][is_named].tolist()),
+            ids_of(named[present][is_named].tolist()),
             strict=True,
         ):
             named_ids[p] = liked_id
