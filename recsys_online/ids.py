@@ -243,18 +243,26 @@ def _capacity(n: int) -> int:
     return max(8, 1 << (2 * n).bit_length())
 
 
+GROWTH = 1.25  # capacity grows by a quarter (at least 8 rows) when an array must grow
+
+
 def grown(array: np.ndarray, n_rows: int, fill: float = 0.0) -> np.ndarray:
-    """Return ``array`` with at least ``n_rows`` rows, doubling capacity when it must grow.
+    """Return ``array`` with at least ``n_rows`` rows, growing capacity by ``GROWTH``.
+
+    A quarter, not doubling: the unused rows average an eighth of the array instead of a
+    third, and while it grows the old and new arrays take 2.25x its size instead of 3x;
+    each row is copied about four times over the array's life, not once, which is cheap
+    beside learning it.
 
     Examples
     --------
     >>> a = np.zeros((2, 3), dtype=np.float32)
-    >>> grown(a, 2) is a, grown(a, 3).shape, grown(a, 9).shape
-    (True, (4, 3), (9, 3))
+    >>> grown(a, 2) is a, grown(a, 3).shape, grown(a, 17).shape, grown(np.zeros(40), 41).shape
+    (True, (10, 3), (17, 3), (50,))
     """
     if n_rows <= len(array):
         return array
-    capacity = max(n_rows, 2 * len(array))
+    capacity = max(n_rows, int(GROWTH * len(array)), len(array) + 8)
     out = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
     out[: len(array)] = array
     return out
