@@ -50,9 +50,9 @@ class FactorModel:
     from before the batch and the gradients of rows met twice add up (batch of one is exact
     sequential SGD).
 
-    The effective item vectors ``Q = V + S·E`` and biases are cached for ranking. Rows of
-    items touched by a batch are refreshed at once; the tag part of untouched items catches
-    up every ``refresh_every`` ratings (:meth:`refresh_items`).
+    The model stores its parameters only: an item's vector ``q_i = v_i + S·E`` and bias
+    are computed when asked for (:meth:`items`), from its few tags. Ranking the catalog
+    wants them stacked: :class:`ItemVectors` keeps that copy, for those who rank.
 
     Examples
     --------
@@ -83,13 +83,17 @@ class FactorModel:
         f32 = np.float32
         self.user_bias, self.item_bias, self.tag_bias = (np.zeros(0, f32) for _ in range(3))
         self.P, self.V, self.E = (np.zeros((0, k), f32) for _ in range(3))
-        self.Q = np.zeros((0, k), f32)  # cached V + S·E
-        self.item_bias_eff = np.zeros(0, f32)  # cached b_i + S·c
-        self.Q_norm = np.zeros(0, f32)  # cached |Q_i|, for cosine item-to-item similarity
-        # AdaGrad accumulators (allocated lazily, same shapes as the parameters).
+        # AdaGrad accumulators (allocated lazily, one number per row of a parameter).
         self._acc: dict[str, np.ndarray] = {}
         self._since_refresh = 0
-        self.full_refreshes = 0  # bumped whenever every cached item vector may change
+        # Bumped every ``refresh_every`` ratings: the tag embeddings have moved every
+        # item's vector since, so stacked copies of them (ItemVectors) are rebuilt.
+        self.full_refreshes = 0
+
+    def __setstate__(self, state: dict) -> None:
+        for cached in ("Q", "item_bias_eff", "Q_norm"):  # (pickled when they were kept)
+            state.pop(cached, None)
+        self.__dict__.update(state)
 
     # ---------------------------------------------------------------- storage
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
@@ -104,14 +108,10 @@ class FactorModel:
         if n_items > self.n_items:
             old = self.n_items
             self.V = grown(self.V, n_items)
-            self.Q = grown(self.Q, n_items)
             self.item_bias = grown(self.item_bias, n_items)
-            self.item_bias_eff = grown(self.item_bias_eff, n_items)
-            self.Q_norm = grown(self.Q_norm, n_items)
             self.V[old:n_items] = self._init_rows(n_items - old)
             self.n_items = n_items
             self.tags.ensure_items(n_items)
-            self.refresh_items(np.arange(old, n_items))
 
     def _ensure_tags(self) -> None:
         n_tags = max(1, self.tags.n_tags)  # row 0 also backs the padding slots
@@ -127,36 +127,30 @@ class FactorModel:
         )
 
     def set_item_tags(self, item_row: int) -> None:
-        """Call after the item's tags changed: its cached vector follows its new tags."""
+        """Call after the item's tags changed (new tags get their embeddings)."""
         self.set_items_tags(np.array([item_row]))
 
     def set_items_tags(self, item_rows: np.ndarray) -> None:
         """:meth:`set_item_tags` for many rows at once."""
         if len(item_rows) == 0:
             return
-        self.ensure(n_items=int(item_rows.max()) + 1)
+        self.ensure(n_items=int(np.max(item_rows)) + 1)
         self._ensure_tags()
-        self.refresh_items(np.unique(item_rows))
 
-    def refresh_items(self, rows: np.ndarray | None = None) -> None:
-        """Recompute the cached item vectors ``Q = V + S·E`` (all rows when ``rows`` is None)."""
-        if rows is None:
-            rows = np.arange(self.n_items)
-            self._since_refresh = 0
-            self.full_refreshes += 1
-        if len(rows) == 0:
-            return
-        t, s = self.tags.rows[rows], self.tags.shares[rows]
-        q = self.V[rows] + np.matmul(s[:, None, :], self.E[t])[:, 0]
-        self.Q[rows] = q
-        self.item_bias_eff[rows] = self.item_bias[rows] + np.einsum("ij,ij->i", s, self.tag_bias[t])
-        self.Q_norm[rows] = np.sqrt(np.einsum("ij,ij->i", q, q))
+    def items(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The items' vectors ``v_i + S·E`` and biases ``b_i + S·c`` (``rows`` of any
+        shape: vectors of shape ``(*rows.shape, k)``)."""
+        t, s = self.tags.rows[rows], self.tags.shares_of(rows)
+        return (
+            self.V[rows] + _tag_sum(t, s, self.E),
+            self.item_bias[rows] + _tag_sum(t, s, self.tag_bias),
+        )
 
     # ---------------------------------------------------------------- predict
     def raw(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Unclipped predictions for aligned arrays of user and item rows."""
-        dots = np.einsum("ij,ij->i", self.P[users], self.Q[items])
-        return self.mu + self.user_bias[users] + self.item_bias_eff[items] + dots
+        q, b = self.items(items)
+        return self.mu + self.user_bias[users] + b + np.einsum("ij,ij->i", self.P[users], q)
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted ratings, clipped to the rating scale."""
@@ -174,14 +168,15 @@ class FactorModel:
     def _learn_batch(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
         p = self.params
         ratings = np.asarray(ratings, dtype=np.float32)
-        pu, qi = self.P[users], self.Q[items]
+        t, s = self.tags.rows[items], self.tags.shares_of(items)
+        pu, vi = self.P[users], self.V[items]
+        qi = vi + _tag_sum(t, s, self.E)
         bu, bi = self.user_bias[users], self.item_bias[items]
-        pred = self.mu + bu + self.item_bias_eff[items] + np.einsum("ij,ij->i", pu, qi)
+        pred = self.mu + bu + bi + _tag_sum(t, s, self.tag_bias) + np.einsum("ij,ij->i", pu, qi)
         # Running mean, then errors against the state from before the batch.
         self.n_ratings += len(ratings)
         self.mu += float((ratings - self.mu).sum()) / self.n_ratings
         err = np.clip(ratings - pred, -p.clip_error, p.clip_error).astype(np.float32)
-        t, s = self.tags.rows[items], self.tags.shares[items]
         has_tag = s > 0
         tag_rows = t[has_tag]  # one entry per (rating, tag) pair
         of_rating = np.nonzero(has_tag)[0]
@@ -190,50 +185,45 @@ class FactorModel:
         g_bu = err - p.l2_bias * bu
         g_bi = err - p.l2_bias * bi
         g_p = err[:, None] * qi - p.l2_factor * pu
-        g_v = err[:, None] * pu - p.l2_factor * self.V[items]
+        g_v = err[:, None] * pu - p.l2_factor * vi
         # Step: the gradients of rows met more than once in the batch add up.
-        by_item = _Groups(items)
         self._step(_Groups(users), "user_bias", g_bu, "P", g_p)
-        self._step(by_item, "item_bias", g_bi, "V", g_v)
+        self._step(_Groups(items), "item_bias", g_bi, "V", g_v)
         self._step_tags(tag_rows, of_rating, es, pu)
-        # Keep the cached item vectors of what was touched exact.
-        self._since_refresh += len(ratings)
-        if self._since_refresh >= self.refresh_every:
-            self.refresh_items()
-        else:
-            self.refresh_items(by_item.rows)
+        self._count(len(ratings))
         return pred
 
     def _learn_one(self, u: int, i: int, r: float) -> float:
         """The same step as :meth:`learn` for one rating, on single rows (no scatter)."""
         p = self.params
         pu, vi = self.P[u], self.V[i]
-        m = self.tags.shares[i] > 0
-        t, s = self.tags.rows[i][m], self.tags.shares[i][m]
+        w = self.tags.weights[i]
+        m = w > 0
+        t, s = self.tags.rows[i][m], w[m] / w[m].sum()
         bu, bi = float(self.user_bias[u]), float(self.item_bias[i])
-        pred = self.mu + bu + float(self.item_bias_eff[i]) + float(pu @ self.Q[i])
+        qi = vi + s @ self.E[t] if len(t) else vi.copy()
+        bi_eff = bi + float(s @ self.tag_bias[t]) if len(t) else bi
+        pred = self.mu + bu + bi_eff + float(pu @ qi)
         self.n_ratings += 1
         self.mu += (r - self.mu) / self.n_ratings
         e = min(max(r - pred, -p.clip_error), p.clip_error)
         pu_old = pu.copy()
         self._step_one("user_bias", u, e - p.l2_bias * bu, p.lr_bias)
         self._step_one("item_bias", i, e - p.l2_bias * bi, p.lr_bias)
-        self._step_one("P", u, e * self.Q[i] - p.l2_factor * pu, p.lr_factor)
+        self._step_one("P", u, e * qi - p.l2_factor * pu, p.lr_factor)
         self._step_one("V", i, e * pu_old - p.l2_factor * vi, p.lr_factor)
         if len(t):
             self._step_one("tag_bias", t, e * s - p.l2_bias * self.tag_bias[t], p.lr_bias)
             g_e = e * s[:, None] * pu_old - p.l2_factor * self.E[t]
             self._step_one("E", t, g_e, p.lr_factor)
-            self.Q[i] = vi + s @ self.E[t]
-            self.item_bias_eff[i] = self.item_bias[i] + s @ self.tag_bias[t]
-        else:
-            self.Q[i] = vi
-            self.item_bias_eff[i] = self.item_bias[i]
-        self.Q_norm[i] = np.sqrt(self.Q[i] @ self.Q[i])
-        self._since_refresh += 1
-        if self._since_refresh >= self.refresh_every:
-            self.refresh_items()
+        self._count(1)
         return pred
+
+    def _count(self, n: int) -> None:
+        self._since_refresh += n
+        if self._since_refresh >= self.refresh_every:
+            self._since_refresh = 0
+            self.full_refreshes += 1
 
     def _step_one(self, name: str, rows: int | np.ndarray, grad, lr: float) -> None:
         """Step distinct ``rows`` of a parameter (plain indexing, no scatter)."""
@@ -334,6 +324,76 @@ class FactorModel:
             lr_v = (lr_v / np.sqrt(sum_v + np.float32(1e-8)))[:, None]
         getattr(self, bias)[rows] += lr_b * g_bias
         getattr(self, vectors)[rows] += lr_v * g_vec
+
+
+class ItemVectors:
+    """Every item's vector, bias and vector norm from a :class:`FactorModel`, stacked:
+    what ranking the catalog reads (``Q``, ``bias``, ``norm``, indexed by item row).
+
+    :meth:`update` rewrites the rows given (the items a batch learned, or whose tags
+    changed); the rest follow their tags' embeddings at the model's next full refresh
+    (every ``refresh_every`` ratings), when every row is rewritten.
+
+    >>> m = FactorModel(FactorParams(n_factors=2, seed=0)); m.ensure(n_users=1, n_items=3)
+    >>> vectors = ItemVectors(m); vectors.update(np.array([0, 1, 2]))
+    >>> bool(np.allclose(vectors.Q[:3], m.items(np.arange(3))[0])), vectors.Q.shape[1]
+    (True, 2)
+    """
+
+    def __init__(self, model: FactorModel) -> None:
+        self.model = model
+        k = model.params.n_factors
+        self.Q = np.zeros((0, k), np.float32)
+        self.bias = np.zeros(0, np.float32)
+        self.norm = np.zeros(0, np.float32)
+        self._seen = -1  # the model's full refreshes these rows follow
+        self._n = 0  # rows written
+
+    def behind(self) -> bool:
+        """Whether some row is not written yet, or the model had a full refresh since."""
+        return self._n != self.model.n_items or self._seen != self.model.full_refreshes
+
+    def update(self, rows: np.ndarray) -> None:
+        """Rewrite ``rows`` (and every row, after a full refresh of the model; new rows
+        always)."""
+        m = self.model
+        n = m.n_items
+        if len(self.Q) < n:
+            self.Q, self.bias, self.norm = (grown(a, n) for a in (self.Q, self.bias, self.norm))
+        if self._seen != m.full_refreshes:
+            self._seen = m.full_refreshes
+            rows = np.arange(n)
+        elif self._n < n:
+            rows = np.union1d(np.asarray(rows, np.int64), np.arange(self._n, n))
+        self._n = n
+        if len(rows) == 0:
+            return
+        q, b = m.items(rows)
+        self.Q[rows], self.bias[rows] = q, b
+        self.norm[rows] = np.sqrt(np.einsum("ij,ij->i", q, q))
+
+
+def _tag_sum(t: np.ndarray, s: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``sum_j s[..., j] * table[t[..., j]]`` for items' tag rows ``t`` and shares ``s``
+    (both ``(..., width)``): one gather and product for a few items, a column at a time
+    for many (without a ``(..., width, k)`` gather of the whole catalog).
+
+    >>> _tag_sum(np.array([[0, 1]]), np.array([[0.25, 0.75]], np.float32), np.eye(2)).tolist()
+    [[0.25, 0.75]]
+    """
+    if table.ndim == 1:
+        return np.einsum("...j,...j->...", s, table[t])
+    if t.size <= _GATHER_MAX:
+        return np.matmul(s[..., None, :], table[t])[..., 0, :]
+    out = np.zeros((*t.shape[:-1], table.shape[1]), np.float32)
+    for j in range(t.shape[-1]):
+        sj = s[..., j]
+        if sj.any():
+            out += sj[..., None] * table[t[..., j]]
+    return out
+
+
+_GATHER_MAX = 4096  # (item, tag) pairs up to which tag vectors are gathered at once
 
 
 def _distinct(index: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from recsys_online.content import ContentModel, best_tags
 from recsys_online.cooc import CoOccurrence
-from recsys_online.factors import FactorModel, FactorParams
+from recsys_online.factors import FactorModel, FactorParams, ItemVectors
 from recsys_online.ids import IdIndex, grown
 from recsys_online.popularity import Popularity
 from recsys_online.ranking import padded_width, top_k_rows
@@ -161,6 +161,7 @@ class Recommender:
         self.users, self.items = IdIndex(), IdIndex()
         self.tags = ItemTags()
         self.mf = FactorModel(cfg.factors, self.tags, scale=cfg.scale)
+        self.vectors = ItemVectors(self.mf)  # the item vectors, stacked for ranking
         self.content = ContentModel(self.tags, dim=cfg.content_dim)
         self.cooc = CoOccurrence(
             cfg.cooc_window, cfg.cooc_neighbours, cfg.cooc_decay, cfg.cooc_beta
@@ -208,7 +209,17 @@ class Recommender:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_older", {})  # (pickled before it existed)
+        if "vectors" not in state:  # (pickled when the model kept them)
+            state["vectors"] = ItemVectors(state["mf"])
         self.__dict__.update(state)
+
+    def _vectors(self) -> ItemVectors:
+        """The stacked item vectors, with every row written (after a load, new rows or a
+        full refresh of the model)."""
+        vectors = self.vectors
+        if vectors.behind():
+            vectors.update(np.zeros(0, np.int64))
+        return vectors
 
     # ------------------------------------------------------------ sizes
     @property
@@ -273,6 +284,7 @@ class Recommender:
         for row, item_tags in zip(rows.tolist(), tags, strict=True):
             self.tags.set(row, dict(item_tags or {}))
         self.mf.set_items_tags(rows)
+        self.vectors.update(np.unique(rows))
         self.content.set_items(rows)
         self._side_dirty.update(rows.tolist())
         if timestamps is not None and len(timestamps):
@@ -310,7 +322,8 @@ class Recommender:
         self.active[row] = False
         self.deleted[row] = True
         self.tags.clear(row)
-        self.mf.set_items_tags(np.array([row]))  # its cached vector loses the tags' part
+        self.mf.set_items_tags(np.array([row]))
+        self.vectors.update(np.array([row]))  # its vector loses the tags' part
         self.content.set_item(row)
         self.cooc.forget_item(row)
         self._side_dirty.add(row)
@@ -393,6 +406,7 @@ class Recommender:
             for row in set(i.tolist()) - base.keys():
                 base[row] = (mf.V[row].copy(), float(mf.item_bias[row]))
         self.mf.learn(u, i, r)
+        self.vectors.update(np.unique(i))
         self._side_dirty.update(i.tolist())
         if "content" in self.config.signals:
             self.content.learn(u, i, r, means)
@@ -496,13 +510,13 @@ class Recommender:
         dv, db = dv[j].astype(np.float32), db[j].astype(np.float32)
         np.add.at(self.mf.V, rows, dv)
         np.add.at(self.mf.item_bias, rows, db)
+        self.vectors.update(np.unique(rows))
         base = self._item_base
         if base:  # own changes stay own: what arrived is added to the baseline too
             for n, row in enumerate(rows.tolist()):
                 if row in base:
                     v, b = base[row]
                     base[row] = (v + dv[n], b + float(db[n]))
-        self.mf.refresh_items(np.unique(rows))
         self._side_dirty.update(rows.tolist())
         return len(rows)
 
@@ -568,11 +582,12 @@ class Recommender:
         mf = self.mf
         if mf.n_users == 0 or mf.n_items == 0:
             return np.full(len(u), mf.mu if mf.n_ratings else np.mean(self.config.scale))
-        dots = np.einsum("ij,ij->i", mf.P[ur], mf.Q[ir]) * known_u
+        q, b = mf.items(ir)
+        dots = np.einsum("ij,ij->i", mf.P[ur], q) * known_u
         pred = (
             mf.mu
             + np.where(known_u, mf.user_bias[ur], 0.0)
-            + np.where(known_i, mf.item_bias_eff[ir], 0.0)
+            + np.where(known_i, b, 0.0)
             + np.where(known_i, dots, 0.0)
         )
         return np.clip(pred, *self.config.scale)
@@ -657,7 +672,7 @@ class Recommender:
         """Recency-weighted unit mean of the user's last items: by tags and by factors
         (zeros where the model has no session signal that reads them)."""
         use = self.config.signals
-        factors = np.zeros((len(u), self.mf.Q.shape[1]), np.float32)
+        factors = np.zeros((len(u), self.mf.params.n_factors), np.float32)
         if "recent_tags" not in use and "recent_factors" not in use:
             return np.zeros((len(u), self.content.C.shape[1]), np.float32), factors
         ring = self.cooc.recent[u]  # (B, L) newest first, -1 empty
@@ -667,8 +682,9 @@ class Recommender:
         if "recent_factors" not in use:  # (no column and no weight)
             return tags, factors
         # Each item's unit vector q/|q|: the norms fold into the recency weights.
-        w_q = w / np.maximum(self.mf.Q_norm[rows], 1e-9)[:, None, :]
-        factors = _unit_rows(np.matmul(w_q, self.mf.Q[rows])[:, 0])
+        vectors = self._vectors()
+        w_q = w / np.maximum(vectors.norm[rows], 1e-9)[:, None, :]
+        factors = _unit_rows(np.matmul(w_q, vectors.Q[rows])[:, 0])
         return tags, factors
 
     def _pair_features(
@@ -682,11 +698,11 @@ class Recommender:
 
         ``cooc`` may pass the co-occurrence scores of the pairs, when already computed.
         """
-        mf, content = self.mf, self.content
+        mf, content, vectors = self.mf, self.content, self._vectors()
         out = np.zeros((len(SIGNALS), *items.shape), np.float32)
         use = self.config.signals
         if "mf" in use:
-            out[0] = np.einsum("bk,bmk->bm", mf.P[u], mf.Q[items]) + mf.item_bias_eff[items]
+            out[0] = np.einsum("bk,bmk->bm", mf.P[u], vectors.Q[items]) + vectors.bias[items]
         if "content" in use:
             out[1] = np.einsum("bd,bmd->bm", _unit_rows(content.profile[u]), content.C[items])
         if "cooc" in use:
@@ -699,7 +715,7 @@ class Recommender:
             tags, factors = (ctx.tags, ctx.factors) if ctx else self._session_vectors(u)
             out[4] = np.einsum("bd,bmd->bm", tags, content.C[items])
             if "recent_factors" in use:
-                q = mf.Q[items] / np.maximum(mf.Q_norm[items], 1e-9)[..., None]
+                q = vectors.Q[items] / np.maximum(vectors.norm[items], 1e-9)[..., None]
                 out[5] = np.einsum("bk,bmk->bm", factors, q)
         return out * self._use[:, None, None]
 
@@ -880,6 +896,7 @@ class Recommender:
         full refresh of factors or content vectors (or a new width) asks for a rebuild.
         """
         mf, content, n, col = self.mf, self.content, self.n_items, self._layout()
+        vectors = self._vectors()
         key = (width, mf.full_refreshes, content.full_refreshes, self._x_width)
         if self._side is None or self._side_key != key:
             total = max((c.stop for c in col.values()), default=0)
@@ -892,11 +909,11 @@ class Recommender:
         side = self._side
         if len(rows):
             if "q" in col:
-                side[col["q"], rows] = mf.Q[rows].T
-                side[col["b"], rows] = mf.item_bias_eff[rows]
+                side[col["q"], rows] = vectors.Q[rows].T
+                side[col["b"], rows] = vectors.bias[rows]
             if "qn" in col:
-                norms = np.maximum(mf.Q_norm[rows], 1e-9)
-                side[col["qn"], rows] = mf.Q[rows].T / norms
+                norms = np.maximum(vectors.norm[rows], 1e-9)
+                side[col["qn"], rows] = vectors.Q[rows].T / norms
             if "x" in col:
                 side[col["x"], rows] = content.C[rows, : self._x_width].T
         pop_key = (self.popularity.version, self.now, n, self._side_key)
@@ -1064,11 +1081,11 @@ class Recommender:
         if not hist.size or not items.size:
             return np.full(items.shape, -1, np.int64)
         liked = ratings >= self._user_means(u)[:, None]  # (B, H), oldest first
-        mf = self.mf
+        vectors = self._vectors()
         # (B, K, H), history last (contiguous for the argmax); cosine order over the likes:
         # scaled by 1/|q| of the rated item, -inf added where it was not liked.
-        sims = np.matmul(mf.Q[items], mf.Q[hist].transpose(0, 2, 1))
-        sims *= (1.0 / np.maximum(mf.Q_norm[hist], 1e-9))[:, None, :]
+        sims = np.matmul(vectors.Q[items], vectors.Q[hist].transpose(0, 2, 1))
+        sims *= (1.0 / np.maximum(vectors.norm[hist], 1e-9))[:, None, :]
         sims += np.where(liked, np.float32(0.0), np.float32(-np.inf))[:, None, :]
         best = np.argmax(sims, axis=2)  # (B, K): the first of equals, as history order
         found = hist[np.arange(len(u))[:, None], best].astype(np.int64)

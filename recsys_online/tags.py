@@ -33,8 +33,8 @@ class ItemTags:
     """Each item's tags as rows of ``(tag_row, weight)`` padded to the widest item.
 
     ``rows[i, j]`` is the tag row of the item's j-th tag and ``weights[i, j]`` its raw
-    weight (0 marks padding); ``shares`` holds the weights normalised to sum to one, which
-    is how tag embeddings combine into an item vector. ``tag_df`` counts the live items
+    weight (0 marks padding); :meth:`shares_of` normalises an item's weights to sum to
+    one, which is how tag embeddings combine into an item vector. ``tag_df`` counts the live items
     carrying each tag, for inverse document frequency.
 
     Examples
@@ -43,7 +43,7 @@ class ItemTags:
     >>> tags.set(0, {"drama": 1.0, "war": 3.0}).tolist()
     [0, 1]
     >>> _ = tags.set(2, {"comedy": 1.0})
-    >>> tags.rows[:3].tolist(), tags.shares[0].tolist(), tags.tag_df.tolist()
+    >>> tags.rows[:3].tolist(), tags.shares_of(0).tolist(), tags.tag_df.tolist()
     ([[0, 1], [0, 0], [2, 0]], [0.25, 0.75], [1, 1, 1])
     >>> tags.clear(0)
     >>> tags.names(0), tags.tag_df.tolist()
@@ -54,9 +54,19 @@ class ItemTags:
         self.index = IdIndex()
         self.rows = np.zeros((0, 1), dtype=np.int32)
         self.weights = np.zeros((0, 1), dtype=np.float32)
-        self.shares = np.zeros((0, 1), dtype=np.float32)
         self._df = np.zeros(0, dtype=np.int64)
         self.n_items = 0
+
+    def __setstate__(self, state: dict) -> None:
+        state.pop("shares", None)  # (pickled when shares were stored: now computed)
+        self.__dict__.update(state)
+
+    def shares_of(self, item_rows: np.ndarray | int) -> np.ndarray:
+        """The items' tag weights normalised to sum to one (zeros for no tags); rows of
+        any shape, shares of shape ``(*rows.shape, width)``."""
+        w = self.weights[item_rows]
+        # (No tags: weights of 0, divided by a tiny number instead of 0.)
+        return w / np.maximum(w.sum(axis=-1, keepdims=True), np.float32(1e-30))
 
     @property
     def tag_df(self) -> np.ndarray:
@@ -72,7 +82,6 @@ class ItemTags:
         """Make room for item rows below ``n_items``."""
         self.rows = grown(self.rows, n_items)
         self.weights = grown(self.weights, n_items)
-        self.shares = grown(self.shares, n_items)
         self.n_items = max(self.n_items, n_items)
 
     def set(self, item_row: int, tags: Mapping[str, float]) -> np.ndarray:
@@ -89,17 +98,13 @@ class ItemTags:
         weights = np.array(list(tags.values()), dtype=np.float32)
         self._df = grown(self._df, self.n_tags)
         if len(tag_rows) > self.rows.shape[1]:
-            self.rows, self.weights, self.shares = (
-                _widened(a, len(tag_rows)) for a in (self.rows, self.weights, self.shares)
-            )
+            width = len(tag_rows)
+            self.rows, self.weights = (_widened(a, width) for a in (self.rows, self.weights))
         self.rows[item_row] = 0
         self.weights[item_row] = 0.0
-        self.shares[item_row] = 0.0
         n = len(tag_rows)
         self.rows[item_row, :n] = tag_rows
         self.weights[item_row, :n] = weights
-        if n:
-            self.shares[item_row, :n] = weights / weights.sum()
         self._df[tag_rows] += 1
         return np.union1d(old, tag_rows).astype(np.int32)
 

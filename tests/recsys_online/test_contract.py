@@ -324,9 +324,12 @@ def test_a_deleted_item_leaves_no_trace_in_cached_vectors_or_cooccurrence(
     item = model.items.id_of(0)
     row = 0
     model.delete_item(item)
-    cached = model.mf.Q[row].copy(), float(model.mf.item_bias_eff[row])
-    model.mf.refresh_items()
-    assert np.allclose(cached[0], model.mf.Q[row]) and cached[1] == model.mf.item_bias_eff[row]
+    vectors = model.vectors
+    cached = vectors.Q[row].copy(), float(vectors.bias[row])
+    model.mf.full_refreshes += 1  # as when the model's refresh is due: every row rewritten
+    model._vectors()
+    assert np.allclose(cached[0], vectors.Q[row]) and cached[1] == vectors.bias[row]
+    assert model.tags.names(row) == []
     model.learn_many(_users()[:2], [item, item], [5.0, 5.0], [model.now + 1] * 2)
     assert not (model.cooc.recent == row).any()
     assert not (model.cooc.nbr == row).any()
@@ -445,7 +448,7 @@ def test_collaborative_reasons_name_the_closest_recent_like(name: str) -> None:
     equals), checked by hand for every listed item."""
     model = _trained(name)
     users = _users()
-    mf = model.mf
+    q, norm = model._vectors().Q, model.vectors.norm
     checked = 0
     for user, recs in zip(users, model.recommend_many(users, K), strict=True):
         row = model.users.get(user)
@@ -457,7 +460,7 @@ def test_collaborative_reasons_name_the_closest_recent_like(name: str) -> None:
             if r.source != "collaborative" or r.because is None:
                 continue
             item = model.items.get(r.item)
-            cos = [float(mf.Q[i] @ mf.Q[item]) / max(float(mf.Q_norm[i]), 1e-9) for i in likes]
+            cos = [float(q[i] @ q[item]) / max(float(norm[i]), 1e-9) for i in likes]
             best = max(cos)
             near = [i for i, c in zip(likes, cos, strict=True) if c >= best - 1e-5]
             want = {model.items.id_of(i) for i in near}

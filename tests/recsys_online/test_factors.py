@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 
-from recsys_online.factors import FactorModel, FactorParams
+from recsys_online.factors import FactorModel, FactorParams, ItemVectors
 from recsys_online.recommender import Recommender, RecommenderConfig
 from recsys_online.tags import ItemTags
 
-STATE = ("user_bias", "item_bias", "tag_bias", "P", "V", "E", "Q", "item_bias_eff", "Q_norm")
+STATE = ("user_bias", "item_bias", "tag_bias", "P", "V", "E")
 
 
 def _assert_same_state(a: FactorModel, b: FactorModel) -> None:
@@ -75,8 +75,8 @@ def _reference_batch_step(m: FactorModel, users, items, ratings) -> None:
     m.n_ratings += len(ratings)
     m.mu += float((ratings - m.mu).sum()) / m.n_ratings
     err = np.clip(ratings - pred, -p.clip_error, p.clip_error).astype(np.float32)
-    pu, qi = m.P[users].copy(), m.Q[items]
-    t, s = m.tags.rows[items], m.tags.shares[items]
+    pu, qi = m.P[users].copy(), m.items(items)[0]
+    t, s = m.tags.rows[items], m.tags.shares_of(items)
     has = s > 0
     es = (err[:, None] * s)[has]
     tag_rows = t[has]
@@ -102,7 +102,7 @@ def _reference_batch_step(m: FactorModel, users, items, ratings) -> None:
             scale = 1.0 / np.sqrt(acc[rows] + 1e-8)
             grad = grad * (scale[:, None] if param.ndim == 2 else scale)
         np.add.at(param, rows, (lr * grad).astype(np.float32))
-    m.refresh_items(np.unique(items))
+    m._count(len(ratings))
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -240,8 +240,7 @@ def test_growth_keeps_learned_rows_and_initialises_new_ones() -> None:
     for adaptive in (False, True):
         m = _warm_model(adaptive=adaptive)
         before = {name: getattr(m, name)[: len(getattr(m, name))].copy() for name in STATE}
-        sizes = {"user_bias": 3, "P": 3, "item_bias": 4, "V": 4, "Q": 4}
-        sizes |= {"item_bias_eff": 4, "Q_norm": 4}
+        sizes = {"user_bias": 3, "P": 3, "item_bias": 4, "V": 4}
         sizes |= {"tag_bias": m.tags.n_tags, "E": m.tags.n_tags}
         m.tags.set(50, {"brand-new-tag": 1.0})
         m.ensure(n_users=300, n_items=51)
@@ -249,9 +248,84 @@ def test_growth_keeps_learned_rows_and_initialises_new_ones() -> None:
         for name, n in sizes.items():
             np.testing.assert_array_equal(getattr(m, name)[:n], before[name][:n], err_msg=name)
         assert m.n_users == 300 and m.n_items == 51
-        assert len(m.P) >= 300 and len(m.Q) >= 51 and len(m.E) >= m.tags.n_tags
+        assert len(m.P) >= 300 and len(m.V) >= 51 and len(m.E) >= m.tags.n_tags
         new_p = m.P[3:300]
         assert np.all(np.isfinite(new_p)) and 0.05 < new_p.std() < 0.2  # init_std = 0.1
         # The grown model keeps learning, new rows included (AdaGrad state grows too).
         m.learn(np.array([299, 0]), np.array([50, 1]), np.array([5.0, 1.0]))
-        assert np.all(np.isfinite(m.P[:300])) and np.all(np.isfinite(m.Q[:51]))
+        assert np.all(np.isfinite(m.P[:300])) and np.all(np.isfinite(m.items(np.arange(51))[0]))
+
+
+def test_item_vectors_are_computed_from_the_parameters_at_once() -> None:
+    """The model keeps no copy of the item vectors: what a tag learned from one item's
+    rating moves the prediction of every item with that tag at once."""
+    m = _warm_model(adaptive=True)
+    q, b = m.items(np.arange(4))
+    shares, t = m.tags.shares_of(np.arange(4)), m.tags.rows[:4]
+    np.testing.assert_allclose(q, m.V[:4] + np.einsum("nw,nwk->nk", shares, m.E[t]), atol=1e-6)
+    np.testing.assert_allclose(b, m.item_bias[:4] + np.einsum("nw,nw->n", shares, m.tag_bias[t]))
+    before = m.predict(np.array([0]), np.array([2]))  # item 2 carries tag "b", as item 0
+    m.learn(np.array([1, 2]), np.array([0, 0]), np.array([5.0, 5.0]))
+    assert m.predict(np.array([0]), np.array([2])) != before
+    assert not any(hasattr(m, name) for name in ("Q", "item_bias_eff", "Q_norm"))
+
+
+def test_stacked_item_vectors_follow_updates_and_full_refreshes() -> None:
+    m = _warm_model(adaptive=True)
+    m.refresh_every = 10**9
+    vectors = ItemVectors(m)
+    assert vectors.behind()
+    vectors.update(np.zeros(0, np.int64))  # first use: every row
+    assert not vectors.behind()
+    np.testing.assert_allclose(vectors.Q[:4], m.items(np.arange(4))[0], atol=1e-6)
+    m.learn(np.array([1, 2]), np.array([0, 0]), np.array([5.0, 5.0]))
+    vectors.update(np.array([0]))  # the row learned is exact; item 2 waits for a refresh
+    np.testing.assert_allclose(vectors.Q[0], m.items(np.array([0]))[0][0], atol=1e-6)
+    assert not np.allclose(vectors.Q[2], m.items(np.array([2]))[0][0])
+    m.full_refreshes += 1
+    assert vectors.behind()
+    vectors.update(np.zeros(0, np.int64))
+    q = m.items(np.arange(4))[0]
+    np.testing.assert_allclose(vectors.Q[:4], q, atol=1e-6)
+    np.testing.assert_allclose(vectors.norm[:4], np.linalg.norm(q, axis=1), rtol=1e-5)
+    m.ensure(n_items=6)  # new rows: written at the next update, whatever rows it names
+    vectors.update(np.array([1]))
+    np.testing.assert_allclose(vectors.Q[4:6], m.items(np.arange(4, 6))[0], atol=1e-6)
+
+
+def test_a_model_pickled_with_its_cached_vectors_still_loads() -> None:
+    """Snapshots written when the model kept ``Q``, ``item_bias_eff``, ``Q_norm`` and
+    the tags their ``shares``."""
+    m = _warm_model(adaptive=True)
+    state = dict(m.__dict__)
+    tags_state = dict(m.tags.__dict__, shares=m.tags.shares_of(np.arange(len(m.tags.rows))))
+    state["Q"], state["item_bias_eff"], state["Q_norm"] = m.V.copy(), m.item_bias, m.item_bias
+    old = FactorModel.__new__(FactorModel)
+    old_tags = ItemTags.__new__(ItemTags)
+    old_tags.__setstate__(tags_state)
+    old.__setstate__({**state, "tags": old_tags})
+    assert not hasattr(old, "Q") and not hasattr(old_tags, "shares")
+    users, items = np.array([0, 1, 2]), np.array([0, 1, 3])
+    np.testing.assert_allclose(old.predict(users, items), m.predict(users, items))
+
+
+def test_a_recommender_pickled_without_stacked_vectors_rebuilds_them() -> None:
+    import pickle
+
+    rec = Recommender(RecommenderConfig(factors=FactorParams(n_factors=8, seed=0)))
+    for j in range(30):
+        rec.upsert_item(f"i{j}", {f"t{j % 4}": 1.0})
+    rng = np.random.default_rng(0)
+    for n in range(300):
+        rec.learn_rating(f"u{n % 20}", f"i{rng.integers(0, 30)}", float(rng.integers(1, 6)), n)
+    want = [[r.item for r in recs] for recs in rec.recommend_many(["u1", "u2"], 5)]
+    again = pickle.loads(pickle.dumps(rec))  # (stale rows and all: ranks the same)
+    assert [[r.item for r in recs] for recs in again.recommend_many(["u1", "u2"], 5)] == want
+    state = dict(again.__dict__)
+    del state["vectors"]  # as pickled when the model kept the vectors
+    older = Recommender.__new__(Recommender)
+    older.__setstate__(state)
+    assert older.vectors.behind()
+    lists = older.recommend_many(["u1", "u2"], 5)
+    assert not older.vectors.behind() and [len(x) for x in lists] == [5, 5]
+    np.testing.assert_allclose(older.vectors.Q[:30], older.mf.items(np.arange(30))[0], atol=1e-6)
