@@ -86,18 +86,26 @@ class FactorModel:
         # AdaGrad accumulators (allocated lazily, one number per row of a parameter).
         self._acc: dict[str, np.ndarray] = {}
         self._since_refresh = 0
+        self._changes = 0  # parameter writes, which forget the last items() answer
+        self._memo: tuple | None = None
         # Bumped every ``refresh_every`` ratings: the tag embeddings have moved every
         # item's vector since, so stacked copies of them (ItemVectors) are rebuilt.
         self.full_refreshes = 0
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_memo": None}
+
     def __setstate__(self, state: dict) -> None:
         for cached in ("Q", "item_bias_eff", "Q_norm"):  # (pickled when they were kept)
             state.pop(cached, None)
+        state.setdefault("_changes", 0)
+        state["_memo"] = None
         self.__dict__.update(state)
 
     # ---------------------------------------------------------------- storage
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
         """Grow storage for rows below ``n_users`` / ``n_items``, initialising new rows."""
+        self._changes += 1
         if n_users > self.n_users:
             old = self.n_users
             self.P = grown(self.P, n_users)
@@ -139,12 +147,31 @@ class FactorModel:
 
     def items(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The items' vectors ``v_i + S·E`` and biases ``b_i + S·c`` (``rows`` of any
-        shape: vectors of shape ``(*rows.shape, k)``)."""
+        shape: vectors of shape ``(*rows.shape, k)``; read-only arrays).
+
+        The last answer is remembered until the model or the tags change: a batch that
+        is predicted and then learned computes its items once.
+        """
+        rows = np.asarray(rows)
+        key = (self._changes, self.tags.changes)
+        memo = self._memo
+        if (
+            memo is not None
+            and memo[0] == key
+            and memo[1].shape == rows.shape
+            and np.array_equal(memo[1], rows)
+        ):
+            return memo[2], memo[3]
         t, s = self.tags.rows[rows], self.tags.shares_of(rows)
-        return (
-            self.V[rows] + _tag_sum(t, s, self.E),
-            self.item_bias[rows] + _tag_sum(t, s, self.tag_bias),
-        )
+        q = self.V[rows] + _tag_sum(t, s, self.E)
+        b = self.item_bias[rows] + _tag_sum(t, s, self.tag_bias)
+        q.flags.writeable = b.flags.writeable = False
+        self._memo = (key, rows.copy(), q, b)
+        return q, b
+
+    def changed(self) -> None:
+        """Call after writing to the parameters from outside (``V``, ``E``, biases)."""
+        self._changes += 1
 
     # ---------------------------------------------------------------- predict
     def raw(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -170,9 +197,10 @@ class FactorModel:
         ratings = np.asarray(ratings, dtype=np.float32)
         t, s = self.tags.rows[items], self.tags.shares_of(items)
         pu, vi = self.P[users], self.V[items]
-        qi = vi + _tag_sum(t, s, self.E)
+        qi, bi_eff = self.items(items)
         bu, bi = self.user_bias[users], self.item_bias[items]
-        pred = self.mu + bu + bi + _tag_sum(t, s, self.tag_bias) + np.einsum("ij,ij->i", pu, qi)
+        pred = self.mu + bu + bi_eff + np.einsum("ij,ij->i", pu, qi)
+        self._changes += 1
         # Running mean, then errors against the state from before the batch.
         self.n_ratings += len(ratings)
         self.mu += float((ratings - self.mu).sum()) / self.n_ratings
@@ -206,6 +234,7 @@ class FactorModel:
         pred = self.mu + bu + bi_eff + float(pu @ qi)
         self.n_ratings += 1
         self.mu += (r - self.mu) / self.n_ratings
+        self._changes += 1
         e = min(max(r - pred, -p.clip_error), p.clip_error)
         pu_old = pu.copy()
         self._step_one("user_bias", u, e - p.l2_bias * bu, p.lr_bias)

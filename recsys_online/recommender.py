@@ -510,6 +510,7 @@ class Recommender:
         dv, db = dv[j].astype(np.float32), db[j].astype(np.float32)
         np.add.at(self.mf.V, rows, dv)
         np.add.at(self.mf.item_bias, rows, db)
+        self.mf.changed()
         self.vectors.update(np.unique(rows))
         base = self._item_base
         if base:  # own changes stay own: what arrived is added to the baseline too

@@ -56,9 +56,11 @@ class ItemTags:
         self.weights = np.zeros((0, 1), dtype=np.float32)
         self._df = np.zeros(0, dtype=np.int64)
         self.n_items = 0
+        self.changes = 0  # calls of set: what was computed from the tags may be stale
 
     def __setstate__(self, state: dict) -> None:
         state.pop("shares", None)  # (pickled when shares were stored: now computed)
+        state.setdefault("changes", 0)
         self.__dict__.update(state)
 
     def shares_of(self, item_rows: np.ndarray | int) -> np.ndarray:
@@ -91,6 +93,7 @@ class ItemTags:
         nothing changed).
         """
         check_weights(tags)
+        self.changes += 1
         self.ensure_items(item_row + 1)
         old = self.rows[item_row][self.weights[item_row] > 0]
         self._df[old] -= 1

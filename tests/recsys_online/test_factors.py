@@ -329,3 +329,26 @@ def test_a_recommender_pickled_without_stacked_vectors_rebuilds_them() -> None:
     lists = older.recommend_many(["u1", "u2"], 5)
     assert not older.vectors.behind() and [len(x) for x in lists] == [5, 5]
     np.testing.assert_allclose(older.vectors.Q[:30], older.mf.items(np.arange(30))[0], atol=1e-6)
+
+
+def test_the_remembered_items_answer_is_forgotten_on_every_change() -> None:
+    """items() remembers its last answer for a predict-then-learn pair; any write to the
+    parameters or the tags must make it compute again."""
+    m = _warm_model(adaptive=True)
+    rows = np.array([0, 2, 3])
+
+    def fresh() -> np.ndarray:
+        t, s = m.tags.rows[rows], m.tags.shares_of(rows)
+        return m.V[rows] + np.einsum("nw,nwk->nk", s, m.E[t])
+
+    first = m.items(rows)[0]
+    assert m.items(rows.copy())[0] is first and not first.flags.writeable
+    m.learn(np.array([0, 1]), np.array([0, 3]), np.array([5.0, 1.0]))  # a step
+    np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
+    m.V[2] += 1.0  # a write from outside, announced
+    m.changed()
+    np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
+    m.tags.set(3, {"a": 1.0})  # new tags (an existing tag: no new embedding)
+    np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
+    m._learn_one(1, 2, 4.0)
+    np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
