@@ -149,8 +149,9 @@ class FactorModel:
         """The items' vectors ``v_i + S·E`` and biases ``b_i + S·c`` (``rows`` of any
         shape: vectors of shape ``(*rows.shape, k)``; read-only arrays).
 
-        The last answer is remembered until the model or the tags change: a batch that
-        is predicted and then learned computes its items once.
+        The last answer (for up to ``_GATHER_MAX`` rows) is remembered until the model or
+        the tags change: a batch that is predicted and then learned computes its items
+        once.
         """
         rows = np.asarray(rows)
         key = (self._changes, self.tags.changes)
@@ -166,7 +167,8 @@ class FactorModel:
         q = self.V[rows] + _tag_sum(t, s, self.E)
         b = self.item_bias[rows] + _tag_sum(t, s, self.tag_bias)
         q.flags.writeable = b.flags.writeable = False
-        self._memo = (key, rows.copy(), q, b)
+        if rows.size <= _GATHER_MAX:  # (a batch's, not a catalog's: kept small)
+            self._memo = (key, rows.copy(), q, b)
         return q, b
 
     def changed(self) -> None:

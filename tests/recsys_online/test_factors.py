@@ -352,3 +352,6 @@ def test_the_remembered_items_answer_is_forgotten_on_every_change() -> None:
     np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
     m._learn_one(1, 2, 4.0)
     np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
+    remembered = m._memo
+    m.items(np.zeros(5000, np.int64))  # a catalog-sized answer is not kept
+    assert m._memo is remembered
