@@ -165,7 +165,7 @@ class FactorModel:
             return memo[2], memo[3]
         t, s = self.tags.rows[rows], self.tags.shares_of(rows)
         q = self.V[rows] + _tag_sum(t, s, self.E)
-        b = self.item_bias[rows] + _tag_sum(t, s, self.tag_bias)
+        b = np.asarray(self.item_bias[rows] + _tag_sum(t, s, self.tag_bias))  # (one row: 0-d)
         q.flags.writeable = b.flags.writeable = False
         if rows.size <= _GATHER_MAX:  # (a batch's, not a catalog's: kept small)
             self._memo = (key, rows.copy(), q, b)

@@ -61,8 +61,9 @@ class IdIndex:
         return self.get(key) is not None  # type: ignore[arg-type]
 
     def __getstate__(self) -> tuple[bytes, bytes]:
-        # Hashes of str differ between processes: rebuilt on load.
-        return bytes(self._blob), self._ends.tobytes()
+        # Hashes of str differ between processes: rebuilt on load. Offsets little-endian,
+        # whatever the machine.
+        return bytes(self._blob), np.frombuffer(self._ends, np.int64).astype("<i8").tobytes()
 
     def __setstate__(self, state: tuple) -> None:
         if len(state) == 1:  # (pickled when the ids were a list of str)
@@ -72,7 +73,8 @@ class IdIndex:
                 self._append(key)
         else:
             blob, ends = state
-            self._blob, self._ends = bytearray(blob), array("q", ends)
+            native = np.frombuffer(ends, "<i8").astype(np.int64)
+            self._blob, self._ends = bytearray(blob), array("q", native.tobytes())
             self._cache, self._names = {}, {}
         n = len(self._ends)
         self._hashes = array("q", np.fromiter(map(hash, self._decoded()), np.int64, n).tobytes())
@@ -126,12 +128,16 @@ class IdIndex:
         return None
 
     def _is(self, row: int, key: str) -> bool:
-        """Whether ``row`` holds the id ``key``."""
+        """Whether ``row`` holds the id ``key`` (never, for a key that is not a ``str``)."""
+        if not isinstance(key, str):
+            return False
         ends = self._ends
         return self._blob[ends[row - 1] if row else 0 : ends[row]] == key.encode(*_CODEC)
 
     def _append(self, key: str) -> int:
         """Store ``key`` as the next row (its hash and bytes; not yet in the table)."""
+        if not isinstance(key, str):
+            raise TypeError(f"ids are str, not {type(key).__name__}: {key!r}")
         self._blob += key.encode(*_CODEC)
         self._ends.append(len(self._blob))
         self._hashes.append(hash(key))

@@ -355,3 +355,11 @@ def test_the_remembered_items_answer_is_forgotten_on_every_change() -> None:
     remembered = m._memo
     m.items(np.zeros(5000, np.int64))  # a catalog-sized answer is not kept
     assert m._memo is remembered
+
+
+def test_items_of_one_row_given_as_a_scalar() -> None:
+    m = _warm_model(adaptive=True)
+    for row in (3, np.int64(3), np.array(3)):
+        q, b = m.items(row)
+        assert q.shape == (4,) and b.shape == ()
+        np.testing.assert_allclose(q, m.items(np.array([3]))[0][0])

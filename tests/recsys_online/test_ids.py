@@ -121,3 +121,19 @@ def test_an_id_costs_its_bytes_not_a_python_object() -> None:
     tracemalloc.stop()
     assert len(index) == len(keys) and index.id_of(99_999) == "u099999"
     assert per_id < 64, per_id
+
+
+def test_an_id_that_is_not_a_str_is_refused_with_a_clear_error() -> None:
+    index = IdIndex(["a"])
+    with pytest.raises(TypeError, match="ids are str, not int: 196"):
+        index.row(196)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        index.rows(["b", 7])  # type: ignore[list-item]
+    assert index.get(196) is None and index.get_many([196]).tolist() == [-1]  # type: ignore[list-item]
+    assert index.ids_of([0]) == ["a"] and index.get("b") == 1  # "b" came before the 7
+
+
+def test_pickled_offsets_are_little_endian() -> None:
+    index = IdIndex(["ab", "c"])
+    blob, ends = index.__getstate__()
+    assert blob == b"abc" and np.frombuffer(ends, "<i8").tolist() == [2, 3]
