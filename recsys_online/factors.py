@@ -171,8 +171,11 @@ class FactorModel:
             self._memo = (key, rows.copy(), q, b)
         return q, b
 
-    def changed(self) -> None:
-        """Call after writing to the parameters from outside (``V``, ``E``, biases)."""
+    def add_to_items(self, rows: np.ndarray, dv: np.ndarray, db: np.ndarray) -> None:
+        """Add ``dv`` to the items' own vectors and ``db`` to their biases (rows may
+        repeat: their changes add up)."""
+        np.add.at(self.V, rows, dv)
+        np.add.at(self.item_bias, rows, db)
         self._changes += 1
 
     # ---------------------------------------------------------------- predict

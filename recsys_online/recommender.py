@@ -508,9 +508,7 @@ class Recommender:
         j = np.array([f[0] for f in found], np.int64)
         rows = np.array([f[1] for f in found], np.int64)
         dv, db = dv[j].astype(np.float32), db[j].astype(np.float32)
-        np.add.at(self.mf.V, rows, dv)
-        np.add.at(self.mf.item_bias, rows, db)
-        self.mf.changed()
+        self.mf.add_to_items(rows, dv, db)
         self.vectors.update(np.unique(rows))
         base = self._item_base
         if base:  # own changes stay own: what arrived is added to the baseline too

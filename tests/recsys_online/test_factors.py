@@ -345,8 +345,7 @@ def test_the_remembered_items_answer_is_forgotten_on_every_change() -> None:
     assert m.items(rows.copy())[0] is first and not first.flags.writeable
     m.learn(np.array([0, 1]), np.array([0, 3]), np.array([5.0, 1.0]))  # a step
     np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
-    m.V[2] += 1.0  # a write from outside, announced
-    m.changed()
+    m.add_to_items(np.array([2, 2]), np.ones((2, 4), np.float32), np.ones(2, np.float32))
     np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
     m.tags.set(3, {"a": 1.0})  # new tags (an existing tag: no new embedding)
     np.testing.assert_allclose(m.items(rows)[0], fresh(), atol=1e-6)
