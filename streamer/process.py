@@ -13,6 +13,10 @@ import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamer.settings import Settings
 
 
 def isolated_env(kind: str, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
@@ -51,22 +55,27 @@ def remove_topics(env: Mapping[str, str]) -> None:
     ValueError: not the topics of one isolated run 'run1': ['recsys.items', 'recsys.users', \
 'recsys.deadletter', 'recsys.item-changes']
     """
-    from streamer.app import delete_topics, run_topics  # (Faust: only when needed)
     from streamer.settings import Settings
 
-    settings = Settings.from_env(env)
-    run = settings.app_id
-    others = [t for t in run_topics(settings) if not t.startswith(f"{run}.")]
+    _remove_topics(Settings.from_env(env))
+
+
+def _remove_topics(settings: Settings) -> None:
+    """:func:`remove_topics` of parsed settings."""
+    from streamer.app import delete_topics, run_topics  # (Faust: only when needed)
+
+    run, topics = settings.app_id, run_topics(settings)
+    others = [t for t in topics if not t.startswith(f"{run}.")]
     if others:  # e.g. the default topics: another run's, or an app's
         raise ValueError(f"not the topics of one isolated run {run!r}: {others}")
     try:
-        left = asyncio.run(delete_topics(settings.bootstrap_servers, run_topics(settings)))
+        left = asyncio.run(delete_topics(settings.bootstrap_servers, topics))
     except Exception as exc:  # any client error: report it, do not fail the run
         left, reason = ["all"], f"{type(exc).__name__}: {exc}"
     else:
         reason = "the broker refused"
     if left:
-        warnings.warn(f"topics of {run} not deleted ({reason}): {left}", stacklevel=2)
+        warnings.warn(f"topics of {run} not deleted ({reason}): {left}", stacklevel=3)
 
 
 def clear_run(env: Mapping[str, str]) -> None:
@@ -93,7 +102,7 @@ def clear_run(env: Mapping[str, str]) -> None:
         delete_keys(settings.redis_url, prefix)
     except redis.RedisError as exc:
         warnings.warn(f"Redis keys of {settings.app_id} not deleted: {exc}", stacklevel=2)
-    remove_topics(env)
+    _remove_topics(settings)
 
 
 def delete_keys(redis_url: str, prefix: str, timeout_s: float = 10.0) -> None:
