@@ -174,11 +174,6 @@ class Settings:
                 raise SettingsError(f"RECSYS_{name.upper()} must not be empty")
         if len(set(topics.values())) < len(topics):
             raise SettingsError(f"the five topics must have distinct names, got {topics}")
-        for name in ("web_port", "dashboard_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise SettingsError(f"RECSYS_{name.upper()} must be a port, 0-65535 (0: any free)")
-        if not 0.0 <= self.fresh_eval_share <= 1.0:
-            raise SettingsError("RECSYS_FRESH_EVAL_SHARE must be between 0 and 1")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise SettingsError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
 
@@ -240,6 +235,12 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         lambda v: v >= 0,
         "must be >= 0 (0: off)",
     ),
+    (
+        ("web_port", "dashboard_port"),
+        lambda v: 0 <= v <= 65535,
+        "must be a port, 0-65535 (0: any free)",
+    ),
+    (("fresh_eval_share",), lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
 )
 _ENV_NAMES = {f"RECSYS_{f.name.upper()}" for f in fields(Settings)}
 # Read by the project's scripts and tests, not by the worker.

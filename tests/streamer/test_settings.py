@@ -29,6 +29,9 @@ def test_values_are_read_and_typed_by_name() -> None:
         ({"RECSYS_BROKERS": ""}, "RECSYS_BROKERS must not be empty"),
         ({"RECSYS_RATINGS_TOPIC": "recsys.items"}, "distinct names"),
         ({"RECSYS_K": "many"}, "RECSYS_K: 'many' is not a valid int"),
+        ({"RECSYS_WEB_PORT": "70000"}, "RECSYS_WEB_PORT must be a port, 0-65535"),
+        ({"RECSYS_DASHBOARD_PORT": "-1"}, "RECSYS_DASHBOARD_PORT must be a port, 0-65535"),
+        ({"RECSYS_FRESH_EVAL_SHARE": "1.5"}, "RECSYS_FRESH_EVAL_SHARE must be between 0 and 1"),
     ],
 )
 def test_nonsense_is_refused_at_start(env: dict[str, str], message: str) -> None:
