@@ -22,6 +22,7 @@ from schemas.events import (
     UserEvent,
     WireEvent,
     parse_event,
+    validate_event,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "UserEvent",
     "WireEvent",
     "parse_event",
+    "validate_event",
 ]

@@ -726,6 +726,23 @@ def parse_event(
     if not isinstance(data, dict):
         json_type = _JSON_TYPE_NAMES.get(type(data), "null")
         raise EventError(f"not a JSON object: got {json_type}", code="not_object")
+    return validate_event(data, kind, rating_scale=rating_scale, now=now)
+
+
+def validate_event(
+    data: Mapping[str, Any],
+    kind: type[EventT],
+    *,
+    rating_scale: RatingScale | tuple[float, float] | None = None,
+    now: float | None = None,
+) -> EventT:
+    """The fields of one event, already decoded, validated as ``kind``: the rules of
+    :func:`parse_event` after the JSON (``EventError`` names the field).
+
+    >>> validate_event({"user_id": "u", "item_id": "i", "rating": 4, "timestamp": 1},
+    ...                RatingEvent).rating
+    4.0
+    """
     context = {"rating_scale": rating_scale or DEFAULT_RATING_SCALE, "now": now}
     try:
         return kind.model_validate(data, context=context)
@@ -753,4 +770,5 @@ __all__ = [
     "UserEvent",
     "WireEvent",
     "parse_event",
+    "validate_event",
 ]

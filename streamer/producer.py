@@ -10,10 +10,9 @@ from dataclasses import replace
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating
-from schemas import EventError, ItemEvent, RatingEvent, UserEvent
+from schemas import EventError, ItemEvent, RatingEvent, UserEvent, validate_event
 from streamer.settings import Settings
 
 WireEvent = RatingEvent | ItemEvent | UserEvent
@@ -100,8 +99,6 @@ class EventProducer:
         worker will, on the settings' rating scale: ``EventError`` names the record and
         the field when it breaks a rule (a tag of more than 64 characters, say)."""
         s = self.settings
-        # On the deployment's scale (half stars, 0-10...), as the worker validates.
-        context = {"rating_scale": (s.rating_low, s.rating_high)}
         if isinstance(event, Rating):
             kind, fields = RatingEvent, {
                 "user_id": event.user,
@@ -125,10 +122,9 @@ class EventProducer:
             }
         else:
             raise TypeError(f"not an event: {event!r}")
-        try:
-            wire = kind.model_validate(fields, context=context)
-        except ValidationError as exc:
-            reason = EventError.from_validation_error(exc)
+        try:  # on the deployment's scale (half stars, 0-10...), as the worker validates
+            wire = validate_event(fields, kind, rating_scale=(s.rating_low, s.rating_high))
+        except EventError as reason:
             raise EventError(f"{event!r:.120}: {reason}", reason.field) from None
         await self.send(wire)
 
