@@ -725,27 +725,32 @@ class RecsysWorker:
         the others are dead-lettered."""
         valid: list[tuple[int, int, Rating, float, str | None]] = []
         pending: list[tuple[ConsumerRecord, RatingEvent]] = []
-        for record in records:
-            try:
-                r = self.settings.parse(record.value, RatingEvent)
-            except EventError as exc:
-                await self._dead_letter(record, str(exc))
-                continue
-            pending.append((record, r))
-        if not all(self.engine.knows_item(r.item_id) for _, r in pending):
-            await self.catalog.catch_up()
-        for record, r in pending:
-            problem = (
-                _key_problem(record.key, r)
-                or self._item_problem(r.item_id)
-                or self._repeat_problem(r)
-            )
-            if problem is not None:
-                await self._dead_letter(record, problem)
-            else:
-                rating = Rating(r.user_id, r.item_id, r.rating, r.timestamp)
-                produced = float(record.timestamp)
-                valid.append((record.partition, record.offset, rating, produced, r.event_id))
+        acks: list[Awaitable[None]] = []  # the batch's dead letters, sent, not yet confirmed
+        try:
+            for record in records:
+                try:
+                    r = self.settings.parse(record.value, RatingEvent)
+                except EventError as exc:
+                    await self._dead_letter(record, str(exc), acks)
+                    continue
+                pending.append((record, r))
+            if not all(self.engine.knows_item(r.item_id) for _, r in pending):
+                await self.catalog.catch_up()
+            for record, r in pending:
+                problem = (
+                    _key_problem(record.key, r)
+                    or self._item_problem(r.item_id)
+                    or self._repeat_problem(r)
+                )
+                if problem is not None:
+                    await self._dead_letter(record, problem, acks)
+                else:
+                    rating = Rating(r.user_id, r.item_id, r.rating, r.timestamp)
+                    produced = float(record.timestamp)
+                    valid.append((record.partition, record.offset, rating, produced, r.event_id))
+        finally:
+            for ack in acks:
+                await ack
         return valid
 
     def _repeat_problem(self, r: RatingEvent) -> str | None:
@@ -1205,16 +1210,20 @@ class RecsysWorker:
         return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
 
     # ------------------------------------------------------------------ helpers
-    async def _dead_letter(self, m: ConsumerRecord | Message, reason: str) -> None:
+    async def _dead_letter(
+        self, m: ConsumerRecord | Message, reason: str, acks: list[Awaitable[None]] | None = None
+    ) -> None:
         """The original bytes of a record (aiokafka's, or a Faust event's ``message``),
         unchanged, with the reason and source in headers.
 
         A value too large for the producer's 1 MB requests is cut to ``DEADLETTER_BYTES``
         (header ``recsys.truncated.from``: its size), so it cannot be refused. Outside a
         Faust event (the ratings' batches) the broker's acknowledgement is awaited before
-        the batch goes on, so no offset is committed past a dead letter not delivered; a
-        failed send is tried again, waiting longer each time up to 5 s (a broker outage
-        stalls the worker, it does not stop it).
+        the batch goes on, so no offset is committed past a dead letter not delivered:
+        given ``acks``, the letter is sent at once and its acknowledgement added there,
+        for the batch to await all of its letters together. A failed send is tried
+        again, waiting longer each time up to 5 s (a broker outage stalls the worker, it
+        does not stop it).
         """
         self.engine.deadletters += 1
         log.info("dead letter from %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason)
@@ -1228,10 +1237,32 @@ class RecsysWorker:
         if value is not None and len(value) > DEADLETTER_BYTES:
             headers.append(("recsys.truncated.from", str(len(value)).encode()))
             value = bytes(value[:DEADLETTER_BYTES])
+        if acks is None or current_event() is not None:
+            await self._deliver(m.key, value, headers)
+            return
+        try:
+            sent = await self.deadletter.send(key=m.key, value=value, headers=headers)
+        except Exception:  # (tried again, waiting, when the batch awaits it)
+            sent = None
+        acks.append(self._confirmed(sent, m.key, value, headers))
+
+    async def _confirmed(self, sent, key, value, headers) -> None:
+        """Await a dead letter's acknowledgement; when it failed, deliver it again."""
+        if sent is not None:
+            try:
+                await sent
+                return
+            except Exception as exc:
+                log.warning("dead letter not delivered (%s): sending it again", exc)
+        await self._deliver(key, value, headers)
+
+    async def _deliver(self, key, value, headers) -> None:
+        """Send a dead letter (and, outside a Faust event, await the acknowledgement),
+        again and again until it goes through."""
         wait = 0.1
         while True:
             try:
-                sent = await self.deadletter.send(key=m.key, value=value, headers=headers)
+                sent = await self.deadletter.send(key=key, value=value, headers=headers)
                 if current_event() is None:
                     await sent
                 return

@@ -287,7 +287,7 @@ def _worker_knowing_item_a() -> tuple[RecsysWorker, list[str]]:
     worker.engine.upsert_item("a", {"jazz": 1.0})
     dead: list[str] = []
 
-    async def dead_letter(record, reason: str) -> None:
+    async def dead_letter(record, reason: str, acks=None) -> None:
         dead.append(reason)
 
     worker._dead_letter = dead_letter
@@ -467,6 +467,37 @@ async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
 
 async def _no_sleep(seconds: float) -> None:
     return None
+
+
+async def test_a_batch_sends_its_dead_letters_before_it_awaits_them(monkeypatch) -> None:
+    """Bad records of a ratings batch are sent one after another without waiting for
+    each acknowledgement (a flood of bad data must not cost a round trip per record);
+    the batch returns only once every letter is acknowledged, a failed one resent."""
+    from streamer import app as module
+
+    monkeypatch.setattr(module.asyncio, "sleep", _no_sleep)
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.catalog.ready.set()
+    log: list[str] = []
+    failures = [RuntimeError("lost")]
+
+    class DeadLetters:
+        async def send(self, key, value, headers):
+            log.append(f"send {value.decode()}")
+
+            async def acknowledged() -> None:
+                if value == b"bad1" and failures:
+                    raise failures.pop(0)
+                log.append(f"ack {value.decode()}")
+
+            return acknowledged()
+
+    worker.deadletter = DeadLetters()
+    records = [_rating_record(f"bad{j}".encode(), offset=j) for j in range(3)]
+    assert await worker._valid_ratings(records) == []
+    assert log[:3] == ["send bad0", "send bad1", "send bad2"]
+    assert sorted(x for x in log if x.startswith("ack")) == ["ack bad0", "ack bad1", "ack bad2"]
+    assert log.count("send bad1") == 2 and not failures and worker.engine.deadletters == 3
 
 
 async def test_an_item_listed_again_after_a_delete_takes_ratings_while_catching_up() -> None:
