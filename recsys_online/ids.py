@@ -70,15 +70,16 @@ class IdIndex:
             (ids,) = state
             self.__init__(())
             for key in ids:
-                self._append(key)
+                self._append(key)  # (its hash too)
         else:
             blob, ends = state
             native = np.frombuffer(ends, "<i8").astype(np.int64)
             self._blob, self._ends = bytearray(blob), array("q", native.tobytes())
             self._cache, self._names = {}, {}
-        n = len(self._ends)
-        self._hashes = array("q", np.fromiter(map(hash, self._decoded()), np.int64, n).tobytes())
-        self._rebuild(_capacity(n))
+            n = len(self._ends)
+            hashes = np.fromiter(map(hash, self._decoded()), np.int64, n)
+            self._hashes = array("q", hashes.tobytes())
+        self._rebuild(_capacity(len(self._ends)))
 
     def row(self, key: str) -> int:
         """Row of ``key``, assigning the next row when the id is new."""
