@@ -105,7 +105,6 @@ class FactorModel:
     # ---------------------------------------------------------------- storage
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
         """Grow storage for rows below ``n_users`` / ``n_items``, initialising new rows."""
-        self._changes += 1
         if n_users > self.n_users:
             old = self.n_users
             self.P = grown(self.P, n_users)
@@ -114,6 +113,7 @@ class FactorModel:
             self.n_users = n_users
         self._ensure_tags()
         if n_items > self.n_items:
+            self._changes += 1  # (rows past the last item may have been read: now set)
             old = self.n_items
             self.V = grown(self.V, n_items)
             self.item_bias = grown(self.item_bias, n_items)

@@ -322,7 +322,6 @@ class Recommender:
         self.active[row] = False
         self.deleted[row] = True
         self.tags.clear(row)
-        self.mf.set_items_tags(np.array([row]))
         self.vectors.update(np.array([row]))  # its vector loses the tags' part
         self.content.set_item(row)
         self.cooc.forget_item(row)

@@ -354,6 +354,13 @@ def test_the_remembered_items_answer_is_forgotten_on_every_change() -> None:
     remembered = m._memo
     m.items(np.zeros(5000, np.int64))  # a catalog-sized answer is not kept
     assert m._memo is remembered
+    m.ensure(n_users=m.n_users + 5)  # new users: the item vectors stand
+    assert m.items(rows)[0] is remembered[2]
+    spare = np.array([m.n_items])  # a row of spare capacity, read before its item exists
+    assert m.n_items < len(m.V)
+    m.items(spare)
+    m.ensure(n_items=m.n_items + 1)  # ... then initialised: read again
+    np.testing.assert_allclose(m.items(spare)[0], m.V[spare], atol=1e-6)
 
 
 def test_items_of_one_row_given_as_a_scalar() -> None:
