@@ -132,6 +132,13 @@ def run_replay(args: argparse.Namespace) -> int:
     if problem:  # found now, not after the whole replay
         print(f"recsys-online replay: --json {args.json}: {problem}", file=sys.stderr)
         return 2
+    if args.scale and not args.scale[0] < args.scale[1]:
+        low, high = args.scale
+        print(
+            f"recsys-online replay: --scale {low:g} {high:g}: LOW must be below HIGH",
+            file=sys.stderr,
+        )
+        return 2
     try:
         ds = datasets.load(args.ratings, args.items, fmt=args.format)
     except (datasets.DatasetError, OSError) as exc:
@@ -144,8 +151,8 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     values = [r.rating for r in ds.ratings]
     scale = tuple(args.scale) if args.scale else (min(values), max(values))
-    if not scale[0] < scale[1]:
-        scale = (min(scale[0], 1.0), max(scale[1], 5.0))  # one value only: the usual 1-5
+    if not scale[0] < scale[1]:  # every rating the same: the usual 1-5 around it
+        scale = (min(scale[0], 1.0), max(scale[1], 5.0))
     outside = sum(not scale[0] <= v <= scale[1] for v in values)
     if outside:
         print(

@@ -113,3 +113,12 @@ def test_replay_takes_the_scale_from_the_data_or_from_scale(tmp_path, capsys) ->
     assert json.loads(out.read_text())["scale"] == [0.5, 5.0]
     code = main(["replay", str(path), "--quiet", "--scale", "1", "5"])
     _error(capsys, code, "replay", "1 rating outside the scale [1, 5]")
+
+
+@pytest.mark.parametrize("scale", [("5", "1"), ("3", "3")])
+def test_replay_refuses_a_reversed_or_empty_scale(tmp_path, capsys, scale) -> None:
+    """``--scale 5 1`` is a typo, not a request for 1-5: it is refused before loading."""
+    path = tmp_path / "r.csv"
+    path.write_text("user_id,item_id,rating,timestamp\nu1,i1,4,1\n")
+    code = main(["replay", str(path), "--quiet", "--scale", *scale])
+    _error(capsys, code, "replay", f"--scale {scale[0]} {scale[1]}: LOW must be below HIGH")
