@@ -11,7 +11,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import faust
@@ -19,6 +19,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faust.exceptions import ConsumerNotStarted
 from faust.streams import current_event
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
@@ -430,17 +431,24 @@ class _Consumer(faust_kafka.Consumer):
         self._taken: dict[TP, int] = {}  # batch-topic partition -> next offset to commit
         self._handler_idle = asyncio.Event()  # no batch handler is running
         self._handler_idle.set()
+        # Batch-topic partition -> (offset after the last record the latest fetch handed
+        # over, or None; the consumer's position then): see :meth:`received`.
+        self._drained: dict[TP, tuple[int | None, int]] = {}
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _wait_next_records(self, timeout: float):
         records, active = await super()._wait_next_records(timeout)
+        records = records or {}
+        passed = self._note_positions(records)
         generation = self.app.consumer_generation_id  # (as Faust's getmany reads it)
         handlers = self.app.batch_handlers
-        if not records or not handlers or not any(tp.topic in handlers for tp in records):
+        if not handlers or not (passed or any(tp.topic in handlers for tp in records)):
             return records, active
-        by_topic: dict[str, list[list[ConsumerRecord]]] = {}
+        # A topic whose partitions only stepped over transaction markers gets an empty
+        # batch: the handler may now release what it held back for them.
+        by_topic: dict[str, list[list[ConsumerRecord]]] = {topic: [] for topic in passed}
         for tp, got in records.items():
             if tp.topic in handlers and (
                 active is None or tp in active or tp in self._buffered_partitions
@@ -456,7 +464,7 @@ class _Consumer(faust_kafka.Consumer):
             # run ahead of the others in event time (the worker's merge then holds it,
             # and past its bound learns it out of order: NDCG@10 -5% on a backlog).
             taken = [r for turn in itertools.zip_longest(*parts) for r in turn if r is not None]
-            for lo in range(0, len(taken), size):
+            for lo in range(0, max(1, len(taken)), size):
                 if not self._may_take(generation):
                     break  # the rebalance seeks back to the committed offsets
                 try:
@@ -465,6 +473,47 @@ class _Consumer(faust_kafka.Consumer):
                     log.info("batch left to the partitions' next owner: %s", exc)
                     break
         return {tp: got for tp, got in records.items() if tp.topic not in handlers}, active
+
+    def _note_positions(self, records: Mapping[TP, list[ConsumerRecord]]) -> set[str]:
+        """Remember, for each batch-topic partition, where the consumer's position stood
+        once a fetch's records were drained (read where the fetch left it: the consumer
+        thread moves a position only when records are drained or on a seek). Returns the
+        batch topics with a partition whose position moved with no record to hand over
+        (past transaction markers, or records of aborted transactions)."""
+        try:
+            tps = [tp for tp in self.assignment() if tp.topic in self.app.batch_handlers]
+            assignment = self._thread._ensure_consumer()._subscription.subscription.assignment
+        except (AttributeError, ConsumerNotStarted):  # not joined yet
+            return set()
+        passed = set()
+        for tp in tps:
+            state = assignment.state_value(tp) if assignment is not None else None
+            if state is None or not state.has_valid_position:
+                continue
+            got = records.get(tp)
+            before = self._drained.get(tp)
+            self._drained[tp] = (got[-1].offset + 1 if got else None, state.position)
+            if not got and before is not None and state.position > before[1]:
+                passed.add(tp.topic)
+        return passed
+
+    def received(self, tp: TP, handled: int | None) -> int | None:
+        """The next offset of ``tp`` still to be received, given that its records below
+        ``handled`` are handled: past the transaction markers that follow them.
+
+        A transactional producer ends every transaction with a commit marker, which takes
+        an offset and is never handed over as a record: counted from the records alone,
+        a partition would stay one marker short of its end, forever behind. The consumer's
+        position steps over markers as it drains a fetch, so once the records of the
+        latest fetch are handled, the partition is received up to that position.
+        """
+        drained = self._drained.get(tp)
+        if drained is None:
+            return handled
+        end, position = drained
+        if end is None or (handled is not None and handled >= end):
+            return position if handled is None else max(handled, position)
+        return handled
 
     def _may_take(self, generation: int) -> bool:
         """Records fetched in this generation may still be handled: no rebalance has
@@ -532,6 +581,7 @@ class _Consumer(faust_kafka.Consumer):
                 break
         for tp in revoked:
             self._taken.pop(tp, None)
+            self._drained.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
 
@@ -642,7 +692,9 @@ class RecsysWorker:
             for r in records
             if r.partition not in self._replayed or r.offset >= done.get(r.partition, 0)
         ]
-        if not records:
+        if not records:  # (or a partition passed transaction markers: see _Consumer)
+            if len(self.ordering):
+                await self._learn_released()
             return
         first: dict[int, int] = {}
         for record in records:
@@ -700,7 +752,8 @@ class RecsysWorker:
             if tp.topic == self.settings.ratings_topic:
                 marks = [m for m in (consumer.highwater(tp), self._ends.get(tp.partition)) if m]
                 high = max(marks) if marks else consumer.highwater(tp)
-                out.append((tp.partition, high, self._next_offset.get(tp.partition)))
+                received = consumer.received(tp, self._next_offset.get(tp.partition))
+                out.append((tp.partition, high, received))
         return out
 
     async def _refresh_ends(self) -> None:

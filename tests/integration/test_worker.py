@@ -283,3 +283,32 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
         lambda: int(worker.metrics().get("deadletters", 0)) >= len(bad), "deadletter count", worker
     )
     assert worker.process.poll() is None
+
+
+async def _produce_in_transactions(bootstrap: str, messages, transactional_id: str) -> None:
+    """Each message in a transaction of its own (an exactly-once producer's pattern): every
+    record is followed by a commit marker, which takes an offset of its own."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
+    await producer.start()
+    try:
+        for topic, key, value in messages:
+            async with producer.transaction():
+                await producer.send(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+
+
+def test_a_transactional_producer_leaves_no_lag(worker: RunningWorker) -> None:
+    """Commit markers are not ratings: once the ratings before them are learned, the
+    worker is caught up (lag 0), not one marker short of each partition's end forever."""
+    produce(worker, [item(worker, f"t{j}", "ska") for j in range(4)])
+    before = int(worker.metrics().get("events", 0))
+    users = [f"tx{j}" for j in range(6)]  # (keys on both partitions)
+    ratings = [rating(worker, user, f"t{j % 4}", 4.0) for j, user in enumerate(users)]
+    bootstrap = worker.env["KAFKA_BOOTSTRAP_SERVERS"]
+    asyncio.run(_produce_in_transactions(bootstrap, ratings, f"{worker.prefix}tx"))
+    wait_for(lambda: all(worker.recs(u) for u in users), "the producer's users' lists", worker)
+    # (the figures of a tick after the six ratings were learned)
+    counted = before + len(users)
+    wait_for(lambda: int(worker.metrics()["events"]) >= counted, "the ratings counted", worker)
+    wait_for(lambda: worker.metrics().get("lag") == "0", "lag 0 after the markers", worker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 
 import numpy as np
 import pytest
@@ -589,3 +590,19 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
     await worker._replay({0: 3})
     assert worker.engine.events == 3
     assert sorted(published) == ["fan", "latest", "recent"]
+
+
+@pytest.mark.parametrize(
+    ("drained", "handled", "received"),
+    [
+        (None, 7, 7),  # no fetch drained yet: the records handled say it all
+        ((7, 9), 7, 9),  # the fetch's records are handled: past the two markers after them
+        ((7, 9), 5, 5),  # its records are still being handled: not past them yet
+        ((None, 9), 7, 9),  # a fetch of markers only
+        ((None, 9), None, 9),  # markers only, before any rating of this worker's
+    ],
+)
+def test_a_partition_is_received_past_the_transaction_markers(drained, handled, received):
+    tp = TP("ratings", 0)
+    consumer = types.SimpleNamespace(_drained={} if drained is None else {tp: drained})
+    assert app_module._Consumer.received(consumer, tp, handled) == received
