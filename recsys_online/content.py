@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from recsys_online.ids import grown
+from recsys_online.ids import grown, kept_rows
 from recsys_online.tags import ItemTags
 
 
@@ -64,6 +64,11 @@ class ContentModel:
         if n_items > self.n_items:
             self.C = grown(self.C, n_items)
             self.n_items = n_items
+
+    def keep_items(self, keep: np.ndarray) -> None:
+        """Keep item rows ``keep`` only (ascending), renumbered ``0, 1, ...``."""
+        self.C = kept_rows(self.C, keep)
+        self.n_items = len(keep)
 
     # ------------------------------------------------------------ item vectors
     def _columns(self, tag_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys_online.ids import grown
+from recsys_online.ids import grown, kept_rows
 
 #: Up to this many (user, ring place, neighbour, item) comparisons, ``ring_contributions``
 #: makes them in one broadcast; beyond it, one item place at a time (faster from about
@@ -68,6 +68,21 @@ class CoOccurrence:
             self.count = grown(self.count, n_items)
             self.damping = grown(self.damping, n_items, fill=1.0)
             self.n_items = n_items
+
+    def keep_items(self, keep: np.ndarray) -> None:
+        """Keep item rows ``keep`` only (ascending), renumbered ``0, 1, ...``; neighbours
+        and ring entries naming a row dropped become empty (-1)."""
+        new_row = np.full(self.n_items + 1, -1, np.int32)  # (index -1: the last, -1)
+        new_row[keep] = np.arange(len(keep), dtype=np.int32)
+        nbr = kept_rows(self.nbr, keep, fill=-1)
+        self.nbr = new_row[nbr]
+        gone = (nbr >= 0) & (self.nbr < 0)
+        self.weight, self.error = kept_rows(self.weight, keep), kept_rows(self.error, keep)
+        self.weight[gone] = self.error[gone] = 0.0
+        self.count = kept_rows(self.count, keep)
+        self.damping = kept_rows(self.damping, keep, fill=1.0)
+        self.recent[: self.n_users] = new_row[self.recent[: self.n_users]]
+        self.n_items = len(keep)
 
     def learn(self, user: int, item: int) -> None:
         """Record that ``user`` just rated ``item``."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys_online.ids import grown
+from recsys_online.ids import grown, kept_rows
 from recsys_online.tags import ItemTags
 
 
@@ -120,6 +120,17 @@ class FactorModel:
             self.V[old:n_items] = self._init_rows(n_items - old)
             self.n_items = n_items
             self.tags.ensure_items(n_items)
+
+    def keep_items(self, keep: np.ndarray) -> None:
+        """Keep item rows ``keep`` only (ascending), renumbered ``0, 1, ...``; the tags'
+        rows too (:meth:`Recommender.compact`)."""
+        self.V, self.item_bias = kept_rows(self.V, keep), kept_rows(self.item_bias, keep)
+        for name in ("V", "item_bias"):
+            if name in self._acc:
+                self._acc[name] = kept_rows(self._acc[name], keep)
+        self.n_items = len(keep)
+        self.tags.keep_items(keep)
+        self._changes += 1
 
     def _ensure_tags(self) -> None:
         n_tags = max(1, self.tags.n_tags)  # row 0 also backs the padding slots
@@ -386,6 +397,14 @@ class ItemVectors:
     def behind(self) -> bool:
         """Whether some row is not written yet, or the model had a full refresh since."""
         return self._n != self.model.n_items or self._seen != self.model.full_refreshes
+
+    def keep_items(self, keep: np.ndarray) -> None:
+        """Keep rows ``keep`` only (ascending), renumbered ``0, 1, ...``, as they are
+        (after :meth:`FactorModel.keep_items`)."""
+        if len(keep) and keep[-1] >= self._n:  # a row kept was never written: all anew
+            self._seen = -1
+        self.Q, self.bias, self.norm = (kept_rows(a, keep) for a in (self.Q, self.bias, self.norm))
+        self._n = len(keep)
 
     def update(self, rows: np.ndarray) -> None:
         """Rewrite ``rows`` (and every row, after a full refresh of the model; new rows

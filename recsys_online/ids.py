@@ -187,6 +187,29 @@ class IdIndex:
         blob = self._blob
         return [blob[a:b].decode(*_CODEC) for a, b in pairwise([0, *self._ends])]
 
+    def subset(self, rows: np.ndarray) -> IdIndex:
+        """A new index of the ids at ``rows`` (ascending), renumbered ``0, 1, ...``: what
+        is left when the other rows are dropped (:meth:`Recommender.compact`).
+
+        >>> IdIndex(["a", "b", "c", "d"]).subset(np.array([1, 3])).ids
+        ['b', 'd']
+        """
+        rows = np.asarray(rows, np.int64)
+        ends = np.frombuffer(self._ends, np.int64)
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        lengths = ends[rows] - starts[rows]
+        new_ends = np.cumsum(lengths)
+        # Byte j of the new blob: its id's start in the old blob plus its place in the id.
+        shift = np.repeat(starts[rows] - (new_ends - lengths), lengths)
+        blob = np.frombuffer(bytes(self._blob), np.uint8)
+        out = IdIndex()
+        out._blob = bytearray(blob[shift + np.arange(len(shift))].tobytes())
+        out._ends = array("q", new_ends.astype(np.int64).tobytes())
+        out._hashes = array("q", np.frombuffer(self._hashes, np.int64)[rows].tobytes())
+        del ends  # release the view of this index's offsets
+        out._rebuild(_capacity(len(rows)))
+        return out
+
     # ---------------------------------------------------------------- the table
     def _remember(self, key: str, row: int) -> None:
         cache = self._cache
@@ -243,6 +266,19 @@ class IdIndex:
         del hashes  # release the view before the arrays may grow again
         self._table = array("i", table.tobytes())
         self._mask = mask
+
+
+def kept_rows(a: np.ndarray, keep: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """Rows ``keep`` of ``a`` as a new array (``fill`` for rows past its end: arrays
+    that grow lazily may be shorter than the rows in use).
+
+    >>> kept_rows(np.array([5, 6, 7]), np.array([0, 2, 4]), fill=-1).tolist()
+    [5, 7, -1]
+    """
+    out = np.full((len(keep), *a.shape[1:]), fill, a.dtype)
+    inside = keep < len(a)
+    out[inside] = a[keep[inside]]
+    return out
 
 
 def _capacity(n: int) -> int:

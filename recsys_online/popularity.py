@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from recsys_online.ids import grown
+from recsys_online.ids import grown, kept_rows
 
 
 class Popularity:
@@ -48,6 +48,14 @@ class Popularity:
             self.log_mass = grown(self.log_mass, n_items, fill=-np.inf)
             self.n_items = n_items
             self._shift = None
+
+    def keep_items(self, keep: np.ndarray) -> None:
+        """Keep item rows ``keep`` only (ascending), renumbered ``0, 1, ...``."""
+        self.log_mass = kept_rows(self.log_mass, keep, fill=-np.inf)
+        self.n_items = len(keep)
+        self._dirty.clear()
+        self._shift = None
+        self.version += 1
 
     def learn(self, items: np.ndarray, timestamps: np.ndarray) -> None:
         """Count one rating of each item at its time."""

@@ -327,6 +327,77 @@ class Recommender:
         self.cooc.forget_item(row)
         self._side_dirty.add(row)
 
+    @property
+    def n_deleted(self) -> int:
+        """Item rows held for deleted items (what :meth:`compact` would free)."""
+        return int(np.count_nonzero(self.deleted[: self.n_items]))
+
+    def compact(self) -> int:
+        """Forget every deleted item, freeing its row in every array; returns how many.
+
+        A deleted item keeps its row (and its factors: listed again, it resumes from
+        them), so a catalog that turns over grows without bound, and ranking still
+        multiplies every row ever listed. Compacting renumbers the live rows ``0, 1,
+        ...`` in their order, and forgets the deleted items: a later rating of one
+        brings it in as a new item (as any unknown item), a later upsert lists it
+        afresh. Lists and scores are unchanged. The cost is one pass over every item
+        array and every user's history: call it when deleted rows are a good share of
+        the catalog (the worker compacts when they exceed a quarter of the rows).
+
+        >>> rec = Recommender()
+        >>> rec.upsert_items(["a", "b", "c"], [{"x": 1.0}, {"y": 1.0}, {"x": 1.0}])
+        >>> rec.learn_rating("ann", "c", 5.0)
+        >>> rec.delete_item("a"); rec.compact(), rec.n_items, rec.items.ids
+        (1, 2, ['b', 'c'])
+        >>> rec.has_rated(["ann"], ["c"]), rec.is_deleted("a"), "a" in rec.items
+        ([True], False, False)
+        """
+        n = self.n_items
+        gone = self.deleted[:n]
+        dropped = int(np.count_nonzero(gone))
+        if not dropped:
+            return 0
+        keep = np.flatnonzero(~gone)
+        new_row = np.full(n + 1, -1, np.int32)  # (index -1, the last: -1 stays -1)
+        new_row[keep] = np.arange(len(keep), dtype=np.int32)
+        self.items = self.items.subset(keep)
+        self.mf.keep_items(keep)
+        self.vectors.keep_items(keep)
+        self.content.keep_items(keep)
+        self.cooc.keep_items(keep)
+        self.popularity.keep_items(keep)
+        self.active, self.deleted = self.active[keep], self.deleted[keep]
+        self._renumber_histories(new_row)
+        if self._item_base is not None:
+            self._item_base = {
+                int(new_row[r]): base for r, base in self._item_base.items() if new_row[r] >= 0
+            }
+        self._sizes = (-1, -1)
+        self._side, self._side_key, self._pop_key = None, (), ()
+        self._side_dirty.clear()
+        return dropped
+
+    def _renumber_histories(self, new_row: np.ndarray) -> None:
+        """Every user's rated item rows through ``new_row`` (old row -> new row, -1:
+        dropped), entries of dropped rows removed; one pass over all histories."""
+        users = np.arange(len(self.history))
+        flat, lengths = _joined(self.history, users, np.int32)
+        ratings, _ = _joined(self.history_ratings, users, np.float32)
+        mapped = new_row[flat]
+        ok = mapped >= 0
+        owner = np.repeat(users, lengths)
+        kept = np.bincount(owner[ok], minlength=len(users))
+        changed = np.flatnonzero(np.bincount(owner, minlength=len(users)) > 0)
+        mapped, ratings = mapped[ok].astype(np.int32), ratings[ok]
+        ends = np.cumsum(kept)
+        for user in changed.tolist():
+            a, b = int(ends[user] - kept[user]), int(ends[user])
+            self.history[user] = array("i", mapped[a:b].tobytes())
+            self.history_ratings[user] = array("f", ratings[a:b].tobytes())
+        for user, older in list(self._older.items()):
+            rows = new_row[np.frombuffer(older, np.int32)]
+            self._older[user] = array("i", rows[rows >= 0].astype(np.int32).tobytes())
+
     def upsert_user(self, user: str, tags: Mapping[str, float]) -> None:
         """Declare a user's attributes or interests as weighted tags (user cold start).
 
@@ -1065,7 +1136,8 @@ class Recommender:
 
     def _closest_liked_users(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
         """For users ``(B,)`` and items ``(B, K)``: the user's recent like (of the last 50
-        ratings, at or above the user's mean) with the closest factors (-1: none)."""
+        ratings, at or above the user's mean, of an item still listed) with the closest
+        factors (-1: none)."""
         recent, lengths = _joined(self.history, u, np.int32, last=50)
         rated, _ = _joined(self.history_ratings, u, np.float32, last=50)
         if len(u) == 1:  # one user (recommend): no padding
@@ -1079,6 +1151,7 @@ class Recommender:
         if not hist.size or not items.size:
             return np.full(items.shape, -1, np.int64)
         liked = ratings >= self._user_means(u)[:, None]  # (B, H), oldest first
+        liked &= ~self.deleted[hist]  # (a reason names what the app can show)
         vectors = self._vectors()
         # (B, K, H), history last (contiguous for the argmax); cosine order over the likes:
         # scaled by 1/|q| of the rated item, -inf added where it was not liked.

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from recsys_online.events import weight_problem
-from recsys_online.ids import IdIndex, grown
+from recsys_online.ids import IdIndex, grown, kept_rows
 
 
 def check_weights(tags: Mapping[str, float]) -> None:
@@ -85,6 +85,13 @@ class ItemTags:
         self.rows = grown(self.rows, n_items)
         self.weights = grown(self.weights, n_items)
         self.n_items = max(self.n_items, n_items)
+
+    def keep_items(self, keep: np.ndarray) -> None:
+        """Keep item rows ``keep`` only (ascending), renumbered ``0, 1, ...``. The rows
+        dropped must hold no tags (deleted items: :meth:`clear`), so counts stand."""
+        self.rows, self.weights = kept_rows(self.rows, keep), kept_rows(self.weights, keep)
+        self.n_items = len(keep)
+        self.changes += 1
 
     def set(self, item_row: int, tags: Mapping[str, float]) -> np.ndarray:
         """Replace the tags of ``item_row``; return the rows of every tag touched.
