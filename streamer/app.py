@@ -488,12 +488,14 @@ class _Consumer(faust_kafka.Consumer):
         passed = set()
         for tp in tps:
             state = assignment.state_value(tp) if assignment is not None else None
-            if state is None or not state.has_valid_position:
+            # (read once: the consumer thread may reset it to None meanwhile)
+            position = getattr(state, "_position", None)
+            if position is None:
                 continue
             got = records.get(tp)
             before = self._drained.get(tp)
-            self._drained[tp] = (got[-1].offset + 1 if got else None, state.position)
-            if not got and before is not None and state.position > before[1]:
+            self._drained[tp] = (got[-1].offset + 1 if got else None, position)
+            if not got and before is not None and position > before[1]:
                 passed.add(tp.topic)
         return passed
 
@@ -505,15 +507,15 @@ class _Consumer(faust_kafka.Consumer):
         an offset and is never handed over as a record: counted from the records alone,
         a partition would stay one marker short of its end, forever behind. The consumer's
         position steps over markers as it drains a fetch, so once the records of the
-        latest fetch are handled, the partition is received up to that position.
+        latest fetch are handled, the partition is received up to that position. A
+        partition with nothing handled yet (``handled`` None: its history is not in the
+        model) stays unknown, whatever the consumer fetched.
         """
         drained = self._drained.get(tp)
-        if drained is None:
+        if drained is None or handled is None:  # (None: not in the model yet)
             return handled
         end, position = drained
-        if end is None or (handled is not None and handled >= end):
-            return position if handled is None else max(handled, position)
-        return handled
+        return max(handled, position) if end is None or handled >= end else handled
 
     def _may_take(self, generation: int) -> bool:
         """Records fetched in this generation may still be handled: no rebalance has
@@ -681,7 +683,15 @@ class RecsysWorker:
         """Up to ``batch_max`` ratings as one fetch returned them (taken in batches, not as
         Faust events: see :class:`_Consumer`): validate them, put them in event-time order
         across partitions, then evaluate-then-learn them and publish the touched users'
-        lists."""
+        lists.
+
+        An empty list means a partition stepped over transaction markers only (see
+        :class:`_Consumer`): the ratings held for it may go, if the model is ready for
+        them; nothing else is done (no rebuild or catalog wait holds up the consumer)."""
+        if not records:
+            if len(self.ordering) and not self._reset_pending and self.catalog.ready.is_set():
+                await self._learn_released()
+            return
         await self._reset_if_pending()
         await self.catalog.ready.wait()
         # A partition already in the model never learns an offset again (a seek back to
@@ -692,9 +702,7 @@ class RecsysWorker:
             for r in records
             if r.partition not in self._replayed or r.offset >= done.get(r.partition, 0)
         ]
-        if not records:  # (or a partition passed transaction markers: see _Consumer)
-            if len(self.ordering):
-                await self._learn_released()
+        if not records:
             return
         first: dict[int, int] = {}
         for record in records:
