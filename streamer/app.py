@@ -947,6 +947,7 @@ class RecsysWorker:
             await self._learn_released()
         await self._refresh_ends()
         self.engine.live = self._caught_up()
+        await self._compact_if_due()
         await self._refresh_due_lists()
         await self._snapshot_if_due()
         await self.sink.publish_state(
@@ -956,6 +957,20 @@ class RecsysWorker:
             self.worker_id,
             self.metrics_server.url,
         )
+
+    async def _compact_if_due(self) -> None:
+        """Free deleted items' rows (:meth:`StreamEngine.compact_if_due`) between two
+        refreshes: a refresh in progress holds item rows across its slices."""
+        async with self._learning:
+            started = time.monotonic()
+            freed = self.engine.compact_if_due()
+        if freed:
+            log.info(
+                "compacted: %d deleted items' rows freed, %d rows left, in %.3f s",
+                freed,
+                self.engine.model.n_items,
+                time.monotonic() - started,
+            )
 
     REFRESH_SLICE = 256  # users re-ranked between two chances for the ratings to run
 

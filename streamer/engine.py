@@ -367,6 +367,27 @@ class StreamEngine:
         shown = [u for u, items in self.served.items() if item in items]
         return self._serve(shown)
 
+    def compact_if_due(self) -> int:
+        """Free the rows of deleted items (:meth:`Recommender.compact`) once they exceed
+        ``settings.compact_share`` of the item rows, while :attr:`live` (a replay is
+        learning ratings of items deleted since, as they were learned live); returns
+        how many were freed. The cost is one pass over the item arrays and the users'
+        histories, so a share of the rows keeps it a constant cost per delete.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4, compact_share=0.5))
+        >>> for item in "abc":
+        ...     engine.upsert_item(item, {"jazz": 1.0})
+        >>> _ = engine.delete_item("a"); engine.compact_if_due()
+        0
+        >>> _ = engine.delete_item("b"); engine.compact_if_due(), engine.model.n_items
+        (2, 1)
+        """
+        share = self.settings.compact_share
+        model = self.model
+        if not self._live or share <= 0 or model.n_deleted < max(1.0, share * model.n_items):
+            return 0
+        return model.compact()
+
     def upsert_user(self, user: str, tags: dict[str, float]) -> Lists:
         """Declared user tags: the user's list is recomputed from them at once."""
         self.model.upsert_user(user, tags)
@@ -525,4 +546,5 @@ class StreamEngine:
             "users": self.model.n_users,
             "mean_rating": self.model.mf.mu,
             "items": int(self.model.active[: self.model.n_items].sum()),
+            "items_deleted": self.model.n_deleted,
         }

@@ -100,6 +100,11 @@ GAUGES: dict[str, tuple[str, str, str]] = {
     "model_version": ("recsys_model_version", "gauge", "Micro-batches learned by this worker."),
     "users": ("recsys_users", "gauge", "Users known to this worker's model."),
     "items": ("recsys_items", "gauge", "Live (not deleted) catalog items."),
+    "items_deleted": (
+        "recsys_items_deleted",
+        "gauge",
+        "Deleted items whose rows are not freed yet (RECSYS_COMPACT_SHARE).",
+    ),
     "snapshot_age_s": (
         "recsys_snapshot_age_seconds",
         "gauge",

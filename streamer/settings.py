@@ -64,6 +64,7 @@ class Settings:
     snapshot_every_s: float = 60.0
     share_items_every_s: float = 0.0
     dedupe_window: int = 100_000
+    compact_share: float = 0.25
     seed: int = 42
     gc_young: int = 50_000
 
@@ -240,7 +241,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         lambda v: 0 <= v <= 65535,
         "must be a port, 0-65535 (0: any free)",
     ),
-    (("fresh_eval_share",), lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
+    (("fresh_eval_share", "compact_share"), lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
 )
 _ENV_NAMES = {f"RECSYS_{f.name.upper()}" for f in fields(Settings)}
 # Read by the project's scripts and tests, not by the worker.

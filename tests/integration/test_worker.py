@@ -312,3 +312,42 @@ def test_a_transactional_producer_leaves_no_lag(worker: RunningWorker) -> None:
     counted = before + len(users)
     wait_for(lambda: int(worker.metrics()["events"]) >= counted, "the ratings counted", worker)
     wait_for(lambda: worker.metrics().get("lag") == "0", "lag 0 after the markers", worker)
+
+
+def test_deleted_items_rows_are_freed_and_lists_still_served(worker: RunningWorker) -> None:
+    """Once deleted items hold more than RECSYS_COMPACT_SHARE (0.25) of the item rows,
+    the worker frees them: ``items_deleted`` returns to 0, the live items stay, lists are
+    still served and updated, and a rating of a freed item is refused as unknown."""
+    figures = wait_for(lambda: "items" in (m := worker.metrics()) and m, "the figures", worker)
+    live = int(figures["items"])
+    churn = [f"x{j}" for j in range(live + 8)]
+    produce(
+        worker,
+        [item(worker, x, "swing") for x in churn]
+        + [item(worker, f"keep{j}", "polka") for j in (1, 2, 3)]
+        + [rating(worker, "xavier", "keep1", 5.0)],
+    )
+    wait_for(lambda: worker.recs("xavier"), "xavier's list", worker)
+    produce(worker, [item(worker, x, op="delete") for x in churn])
+    wait_for(
+        lambda: (m := worker.metrics())["items_deleted"] == "0" and m["items"] == str(live + 3),
+        "the deleted items' rows freed",
+        worker,
+    )
+    assert "compacted:" in worker.log()
+    refused = int(worker.metrics()["deadletters"])
+    before = worker.recs("xavier")["updated_at"]
+    produce(worker, [rating(worker, "xavier", "keep2", 4.0), rating(worker, "yves", "x0", 5.0)])
+    doc = wait_for(
+        lambda: (d := worker.recs("xavier"))["updated_at"] > before and d,
+        "xavier's list after a rating",
+        worker,
+    )
+    listed = [r["item_id"] for r in doc["items"]]
+    assert "keep3" in listed and not set(listed) & {*churn, "keep1", "keep2"}
+    wait_for(lambda: int(worker.metrics()["deadletters"]) > refused, "x0's rating refused", worker)
+    records = asyncio.run(
+        _dead_letters(worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.deadletter, refused + 1)
+    )
+    reasons = [dict(r.headers)["recsys.reason"].decode() for r in records]
+    assert "item_id: unknown item 'x0'" in reasons, reasons
