@@ -340,7 +340,9 @@ class Recommender:
         multiplies every row ever listed. Compacting renumbers the live rows ``0, 1,
         ...`` in their order, and forgets the deleted items: a later rating of one
         brings it in as a new item (as any unknown item), a later upsert lists it
-        afresh. Lists and scores are unchanged. The cost is one pass over every item
+        afresh. Lists and scores are unchanged (which liked item a collaborative reason
+        names may change: it is sought among the user's latest ratings, which no longer
+        include the deleted items'). The cost is one pass over every item
         array and every user's history: call it when deleted rows are a good share of
         the catalog (the worker compacts when they exceed a quarter of the rows).
 
@@ -649,8 +651,11 @@ class Recommender:
         known_u, known_i = u >= 0, i >= 0
         ur, ir = np.maximum(u, 0), np.maximum(i, 0)
         mf = self.mf
-        if mf.n_users == 0 or mf.n_items == 0:
-            return np.full(len(u), mf.mu if mf.n_ratings else np.mean(self.config.scale))
+        if mf.n_ratings == 0:
+            return np.full(len(u), np.mean(self.config.scale))
+        if mf.n_items == 0:  # (every item compacted away: unknown items, as below)
+            bias = np.where(known_u, mf.user_bias[ur], 0.0) if mf.n_users else 0.0
+            return np.clip(mf.mu + bias + np.zeros(len(u)), *self.config.scale)
         q, b = mf.items(ir)
         dots = np.einsum("ij,ij->i", mf.P[ur], q) * known_u
         pred = (

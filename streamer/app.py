@@ -546,6 +546,10 @@ class _Consumer(faust_kafka.Consumer):
         finally:
             self._handler_idle.set()
 
+    def batch_idle(self) -> bool:
+        """No batch is in its handler."""
+        return self._handler_idle.is_set()
+
     async def wait_batch(self) -> None:
         """Return once no batch is in its handler."""
         await self._handler_idle.wait()
@@ -660,6 +664,7 @@ class RecsysWorker:
         self._restore_tried = False
         self._resume_from: dict[int, int] = {}  # partition -> offset a snapshot covers
         self._learning = asyncio.Lock()
+        self._refreshing = False  # the timer is re-ranking lists, a slice at a time
         self.app.on_partitions_revoked.connect(self._on_revoked)
         raw = {"key_type": bytes, "value_type": bytes}
         self.ratings = self.app.topic(s.ratings_topic, partitions=s.partitions, **raw)
@@ -694,6 +699,7 @@ class RecsysWorker:
             return
         await self._reset_if_pending()
         await self.catalog.ready.wait()
+        await self._compact_if_due(in_agent=True)
         # A partition already in the model never learns an offset again (a seek back to
         # the committed offset may hand over records taken before).
         done = self._next_offset
@@ -832,6 +838,8 @@ class RecsysWorker:
 
     def _item_problem(self, item_id: str) -> str | None:
         """Why a rating of this item cannot be learned, or None when it can."""
+        if self.engine.was_freed(item_id):
+            return f"item_id: item {item_id!r} was deleted"
         if not self.engine.knows_item(item_id):
             return f"item_id: unknown item {item_id!r}"
         # (an item listed again after a delete may wait for its time: it is no longer
@@ -948,7 +956,11 @@ class RecsysWorker:
         await self._refresh_ends()
         self.engine.live = self._caught_up()
         await self._compact_if_due()
-        await self._refresh_due_lists()
+        self._refreshing = True  # (a refresh in progress holds item rows: no compaction)
+        try:
+            await self._refresh_due_lists()
+        finally:
+            self._refreshing = False
         await self._snapshot_if_due()
         await self.sink.publish_state(
             self.engine.popular(),
@@ -958,10 +970,20 @@ class RecsysWorker:
             self.metrics_server.url,
         )
 
-    async def _compact_if_due(self) -> None:
-        """Free deleted items' rows (:meth:`StreamEngine.compact_if_due`) between two
-        refreshes: a refresh in progress holds item rows across its slices."""
+    async def _compact_if_due(self, in_agent: bool = False) -> None:
+        """Free deleted items' rows (:meth:`StreamEngine.compact_if_due`) where nothing
+        holds item rows or ratings of items still to be checked: from the ratings agent
+        before it validates a batch (``in_agent``), or from the timer while no batch is
+        in the agent (no rating validated and not learned); under the learning lock (no
+        release in progress), with nothing held for event-time order, caught up (a
+        replay learns ratings of items deleted since), and outside a refresh (which
+        holds item rows across its slices)."""
+        if self._refreshing or not self.engine.compact_due():
+            return
         async with self._learning:
+            busy = not in_agent and not self.app.consumer.batch_idle()
+            if busy or self._refreshing or self._reset_pending or not self._caught_up():
+                return
             started = time.monotonic()
             freed = self.engine.compact_if_due()
         if freed:
@@ -1273,13 +1295,18 @@ class RecsysWorker:
         was at each rating: a rating of an item deleted since is learned (it was, live,
         before the delete), and only items the catalog never knew are refused. A rating
         dead-lettered live because its item was not announced yet, or already deleted,
-        is learned here: the one way a rebuild can differ, and it only adds ratings.
+        is learned here: the one way a rebuild can differ, and it only adds ratings. An
+        item deleted and freed since (:meth:`StreamEngine.compact_if_due`) gets a row
+        again, as deleted, for its ratings.
         """
         try:
             r = self.settings.parse(record.value, RatingEvent)
         except EventError:
             return None
-        if _key_problem(record.key, r) is not None or not self.engine.knows_item(r.item_id):
+        if _key_problem(record.key, r) is not None:
+            return None
+        self.engine.bring_back_deleted(r.item_id)
+        if not self.engine.knows_item(r.item_id):
             return None
         if self.engine.repeats(r.event_id):
             return None

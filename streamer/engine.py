@@ -15,6 +15,7 @@ import numpy as np
 from recsys_online.evaluate import ErrorScore, RankingScore, rank_in
 from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
+from recsys_online.ids import IdIndex
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
 from streamer.metrics import FRESHNESS_BUCKETS, REFRESH_BUCKETS, Histogram
 from streamer.settings import Settings
@@ -123,6 +124,9 @@ class StreamEngine:
         self._live = True
         self.pending: dict[str, tuple[dict[str, float], float]] = {}
         self._due: list[tuple[float, str]] = []  # heap of (timestamp, item) over ``pending``
+        # Ids of deleted items whose rows were freed (compact_if_due): a few bytes each
+        # instead of a row in every item array, so the worker still knows them as deleted.
+        self.freed = IdIndex()
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
@@ -284,6 +288,7 @@ class StreamEngine:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("event_ids", OrderedDict())  # (pickled before it existed)
+        state.setdefault("freed", IdIndex())
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -360,7 +365,11 @@ class StreamEngine:
             self.changed_items[item] = self.catalog_version
 
     def delete_item(self, item: str) -> Lists:
-        """Remove an item; returns fresh lists for every tracked user who was shown it."""
+        """Remove an item; returns fresh lists for every tracked user who was shown it.
+        (Deleting an item already deleted and freed again, as when the catalog is read
+        again, changes nothing.)"""
+        if self.was_freed(item):
+            return {}
         if item in self.pending:  # known, so its later ratings are refused as deleted
             self._bring_in(item)
         self.model.delete_item(item)
@@ -382,11 +391,36 @@ class StreamEngine:
         >>> _ = engine.delete_item("b"); engine.compact_if_due(), engine.model.n_items
         (2, 1)
         """
-        share = self.settings.compact_share
-        model = self.model
-        if not self._live or share <= 0 or model.n_deleted < max(1.0, share * model.n_items):
+        if not self._live or not self.compact_due():
             return 0
+        model = self.model
+        deleted = np.flatnonzero(model.deleted[: model.n_items])
+        self.freed.rows(model.items.ids_of(deleted.tolist()))
         return model.compact()
+
+    def compact_due(self) -> bool:
+        """Deleted items hold more than ``settings.compact_share`` of the item rows."""
+        share, model = self.settings.compact_share, self.model
+        return share > 0 and model.n_deleted >= max(1.0, share * model.n_items)
+
+    def was_freed(self, item: str) -> bool:
+        """True for an item deleted, then freed by :meth:`compact_if_due`, and not listed
+        again since.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4, compact_share=0.5))
+        >>> engine.upsert_item("a", {"jazz": 1.0}); _ = engine.delete_item("a")
+        >>> engine.compact_if_due(), engine.was_freed("a"), engine.knows_item("a")
+        (1, True, False)
+        >>> engine.upsert_item("a", {"jazz": 1.0}); engine.was_freed("a")
+        False
+        """
+        return item in self.freed and not self.knows_item(item)
+
+    def bring_back_deleted(self, item: str) -> None:
+        """Give a freed item a row again, as deleted: a replayed rating of it is then
+        learned as it was live (it updates the factors, never lists the item)."""
+        if self.was_freed(item):
+            self.model.delete_item(item)
 
     def upsert_user(self, user: str, tags: dict[str, float]) -> Lists:
         """Declared user tags: the user's list is recomputed from them at once."""

@@ -317,7 +317,7 @@ def test_a_transactional_producer_leaves_no_lag(worker: RunningWorker) -> None:
 def test_deleted_items_rows_are_freed_and_lists_still_served(worker: RunningWorker) -> None:
     """Once deleted items hold more than RECSYS_COMPACT_SHARE (0.25) of the item rows,
     the worker frees them: ``items_deleted`` returns to 0, the live items stay, lists are
-    still served and updated, and a rating of a freed item is refused as unknown."""
+    still served and updated, and a rating of a freed item is still refused as deleted."""
     figures = wait_for(lambda: "items" in (m := worker.metrics()) and m, "the figures", worker)
     live = int(figures["items"])
     churn = [f"x{j}" for j in range(live + 8)]
@@ -350,4 +350,4 @@ def test_deleted_items_rows_are_freed_and_lists_still_served(worker: RunningWork
         _dead_letters(worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.deadletter, refused + 1)
     )
     reasons = [dict(r.headers)["recsys.reason"].decode() for r in records]
-    assert "item_id: unknown item 'x0'" in reasons, reasons
+    assert "item_id: item 'x0' was deleted" in reasons, reasons

@@ -476,13 +476,14 @@ def test_collaborative_reasons_name_the_closest_recent_like(name: str) -> None:
 
 
 def _outputs(model: Recommender) -> tuple[list, list[float]]:
-    """Every user's list (items, sources, reasons) and the scores and the predictions of
-    every pair rated. (Not which liked item a collaborative reason names: it is sought
-    among the user's 50 latest ratings, and compacting removes the deleted items'.)"""
+    """Every user's list (items, and reasons other than collaborative ones) and the
+    scores and the predictions of every pair rated. (Not collaborative reasons: the liked
+    item they name is sought among the user's 50 latest ratings, and compacting removes
+    the deleted items'; where those were the only likes, popularity spoke instead.)"""
     users = _users()
     ranked = model.recommend_many(users)
     lists = [
-        [(r.item, r.source, r.reason if r.source != "collaborative" else "") for r in recs]
+        [(r.item, r.reason if r.source not in ("collaborative", "popular") else "") for r in recs]
         for recs in ranked
     ]
     scores = [r.score for recs in ranked for r in recs]
@@ -511,3 +512,14 @@ def test_compacting_changes_no_list_score_or_prediction(name: str) -> None:
         assert lists_a == lists_b
         np.testing.assert_allclose(numbers_a, numbers_b, rtol=1e-5, atol=1e-6)
     assert compacted.compact() == 0  # nothing deleted since
+
+
+def test_compacting_every_item_keeps_the_predictions_of_unknown_items(name: str) -> None:
+    model = _build(name, 1, 300)
+    users = _users()[:5]
+    before = model.predict_many(users, [GHOST_ITEM] * len(users))
+    for item in list(model.items.ids):
+        model.delete_item(item)
+    assert model.compact() > 0 and model.n_items == 0
+    np.testing.assert_allclose(model.predict_many(users, [GHOST_ITEM] * len(users)), before)
+    assert model.recommend_many(users) == [[] for _ in users]

@@ -174,3 +174,48 @@ def test_a_re_rating_counts_in_the_error_not_in_the_ranking() -> None:
     engine.learn_ratings([Rating("u", "a", 5.0, 2.0)])  # rated before: cannot be listed
     assert engine.errors.n == 2
     assert engine.ranking.n == 1 and engine.ranking_now.n == 1
+
+
+def _compacted_engine() -> StreamEngine:
+    """Items a-d listed and rated, then a and b deleted and their rows freed."""
+    engine = StreamEngine(Settings(k=3, n_factors=4, compact_share=0.5))
+    for item in "abcd":
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.learn_ratings([Rating("u1", "a", 5.0, 1.0), Rating("u2", "c", 4.0, 2.0)])
+    engine.delete_item("a")
+    engine.delete_item("b")
+    assert engine.compact_if_due() == 2 and engine.model.n_items == 2
+    return engine
+
+
+def test_compaction_waits_for_a_live_engine_and_its_share() -> None:
+    engine = StreamEngine(Settings(k=3, n_factors=4, compact_share=0.5))
+    for item in "abcd":
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.delete_item("a")
+    assert not engine.compact_due() and engine.compact_if_due() == 0  # 1 of 4 rows
+    engine.delete_item("b")
+    engine.live = False  # (catching up: a replay learns ratings of items deleted since)
+    assert engine.compact_due() and engine.compact_if_due() == 0
+    engine.live = True
+    assert engine.compact_if_due() == 2
+
+
+def test_a_freed_item_stays_known_as_deleted() -> None:
+    engine = _compacted_engine()
+    assert engine.was_freed("a") and not engine.knows_item("a")
+    engine.delete_item("a")  # the catalog read again: no row comes back for it
+    assert engine.model.n_items == 2
+    engine.upsert_item("a", {"jazz": 1.0})  # listed again: an item like any other
+    assert not engine.was_freed("a") and engine.model.n_items == 3
+
+
+def test_a_replayed_rating_of_a_freed_item_is_learned_without_listing_it() -> None:
+    engine = _compacted_engine()
+    events = engine.events
+    engine.bring_back_deleted("b")  # what the replay does before a rating of b
+    assert engine.knows_item("b") and engine.model.is_deleted("b")
+    engine.learn_ratings([Rating("u3", "b", 5.0, 3.0)])
+    assert engine.events == events + 1
+    lists = engine.serve(["u2", "u3"])
+    assert lists["u3"] and all(r.item != "b" for recs in lists.values() for r in recs)
