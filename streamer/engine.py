@@ -110,6 +110,9 @@ class StreamEngine:
         self.events = 0  # ratings in the model: live and replayed from the log
         self.evaluated = 0  # live ratings evaluated then learned (never counts replays)
         self.deadletters = 0
+        # Ratings whose produce time was later than their list's write to Redis: the
+        # producer's clock is ahead of the worker's (their freshness counts as 0).
+        self.freshness_clock_ahead = 0
         # The event ids of the last ``settings.dedupe_window`` ratings that carried one.
         self.event_ids: OrderedDict[str, None] = OrderedDict()
         self.freshness_ms: deque[float] = deque(maxlen=s.metrics_window)
@@ -226,6 +229,7 @@ class StreamEngine:
         "ranking_now",
         "freshness_ms",
         "freshness_hist",
+        "freshness_clock_ahead",
         "refresh_hist",
     )
 
@@ -289,6 +293,7 @@ class StreamEngine:
     def __setstate__(self, state: dict) -> None:
         state.setdefault("event_ids", OrderedDict())  # (pickled before it existed)
         state.setdefault("freed", IdIndex())
+        state.setdefault("freshness_clock_ahead", 0)
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -494,9 +499,23 @@ class StreamEngine:
 
     # ------------------------------------------------------------------ metrics
     def record_freshness(self, produced_ms: Iterable[float], published_at: float) -> None:
-        """Milliseconds from each event's produce time to the list reaching Redis."""
+        """Milliseconds from each event's produce time to the list reaching Redis.
+
+        Produce times come from the producer's clock: one later than the write (a clock
+        ahead of the worker's) counts as 0 ms, and in ``freshness_clock_ahead``, so a
+        skew shows instead of flattering the figures.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> engine.record_freshness([1000.0, 1020.0], published_at=1.01)
+        >>> list(engine.freshness_ms), engine.metrics()["freshness_clock_ahead"]
+        ([10.0, 0.0], 1)
+        """
         now_ms = published_at * 1000.0
-        fresh = [max(0.0, now_ms - t) for t in produced_ms]
+        fresh = [now_ms - t for t in produced_ms]
+        ahead = sum(ms < 0 for ms in fresh)
+        if ahead:
+            self.freshness_clock_ahead += ahead
+            fresh = [max(0.0, ms) for ms in fresh]
         self.freshness_ms.extend(fresh)
         self.freshness_hist.observe_many(ms / 1000.0 for ms in fresh)
 
@@ -576,6 +595,7 @@ class StreamEngine:
             "lag": lag,
             "freshness_ms_p50": float(np.percentile(fresh, 50)) if len(fresh) else 0.0,
             "freshness_ms_p99": float(np.percentile(fresh, 99)) if len(fresh) else 0.0,
+            "freshness_clock_ahead": self.freshness_clock_ahead,
             "model_version": self.version,
             "users": self.model.n_users,
             "mean_rating": self.model.mf.mu,

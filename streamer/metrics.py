@@ -99,6 +99,12 @@ GAUGES: dict[str, tuple[str, str, str]] = {
     ),
     "model_version": ("recsys_model_version", "gauge", "Micro-batches learned by this worker."),
     "users": ("recsys_users", "gauge", "Users known to this worker's model."),
+    "freshness_clock_ahead": (
+        "recsys_freshness_clock_ahead_total",
+        "counter",
+        "Ratings produced at a time later than their list reached Redis: a producer's "
+        "clock ahead of the worker's (their freshness counts as 0).",
+    ),
     "items": ("recsys_items", "gauge", "Live (not deleted) catalog items."),
     "items_deleted": (
         "recsys_items_deleted",
