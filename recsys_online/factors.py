@@ -165,21 +165,32 @@ class FactorModel:
         once.
         """
         rows = np.asarray(rows)
-        key = (self._changes, self.tags.changes)
+        known = self._remembered(rows)
+        if known is not None:
+            return known
+        return self._computed(rows, self.tags.rows[rows], self.tags.shares_of(rows))
+
+    def _remembered(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`items` of ``rows`` when it is the answer remembered, else None."""
         memo = self._memo
         if (
             memo is not None
-            and memo[0] == key
+            and memo[0] == (self._changes, self.tags.changes)
             and memo[1].shape == rows.shape
             and np.array_equal(memo[1], rows)
         ):
             return memo[2], memo[3]
-        t, s = self.tags.rows[rows], self.tags.shares_of(rows)
+        return None
+
+    def _computed(
+        self, rows: np.ndarray, t: np.ndarray, s: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`items` of ``rows`` from their tag rows ``t`` and shares ``s``."""
         q = self.V[rows] + _tag_sum(t, s, self.E)
         b = np.asarray(self.item_bias[rows] + _tag_sum(t, s, self.tag_bias))  # (one row: 0-d)
         q.flags.writeable = b.flags.writeable = False
         if rows.size <= _GATHER_MAX:  # (a batch's, not a catalog's: kept small)
-            self._memo = (key, rows.copy(), q, b)
+            self._memo = ((self._changes, self.tags.changes), rows.copy(), q, b)
         return q, b
 
     def add_to_items(self, rows: np.ndarray, dv: np.ndarray, db: np.ndarray) -> None:
@@ -213,7 +224,8 @@ class FactorModel:
         ratings = np.asarray(ratings, dtype=np.float32)
         t, s = self.tags.rows[items], self.tags.shares_of(items)
         pu, vi = self.P[users], self.V[items]
-        qi, bi_eff = self.items(items)
+        rows = np.asarray(items)  # (their items() answer: remembered after a prediction)
+        qi, bi_eff = self._remembered(rows) or self._computed(rows, t, s)
         bu, bi = self.user_bias[users], self.item_bias[items]
         pred = self.mu + bu + bi_eff + np.einsum("ij,ij->i", pu, qi)
         self._changes += 1
