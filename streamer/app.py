@@ -838,9 +838,9 @@ class RecsysWorker:
 
     def _item_problem(self, item_id: str) -> str | None:
         """Why a rating of this item cannot be learned, or None when it can."""
-        if self.engine.was_freed(item_id):
-            return f"item_id: item {item_id!r} was deleted"
         if not self.engine.knows_item(item_id):
+            if self.engine.was_freed(item_id):
+                return f"item_id: item {item_id!r} was deleted"
             return f"item_id: unknown item {item_id!r}"
         # (an item listed again after a delete may wait for its time: it is no longer
         # deleted for a rating, which brings it in)
@@ -1305,9 +1305,10 @@ class RecsysWorker:
             return None
         if _key_problem(record.key, r) is not None:
             return None
-        self.engine.bring_back_deleted(r.item_id)
         if not self.engine.knows_item(r.item_id):
-            return None
+            self.engine.bring_back_deleted(r.item_id)
+            if not self.engine.knows_item(r.item_id):
+                return None
         if self.engine.repeats(r.event_id):
             return None
         return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
