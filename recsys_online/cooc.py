@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys_online.ids import grown, kept_rows
+from recsys_online.ids import grown, kept_rows, row_map
 
 #: Up to this many (user, ring place, neighbour, item) comparisons, ``ring_contributions``
 #: makes them in one broadcast; beyond it, one item place at a time (faster from about
@@ -72,8 +72,7 @@ class CoOccurrence:
     def keep_items(self, keep: np.ndarray) -> None:
         """Keep item rows ``keep`` only (ascending), renumbered ``0, 1, ...``; neighbours
         and ring entries naming a row dropped become empty (-1)."""
-        new_row = np.full(self.n_items + 1, -1, np.int32)  # (index -1: the last, -1)
-        new_row[keep] = np.arange(len(keep), dtype=np.int32)
+        new_row = row_map(keep, self.n_items)
         nbr = kept_rows(self.nbr, keep, fill=-1)
         self.nbr = new_row[nbr]
         gone = (nbr >= 0) & (self.nbr < 0)

@@ -281,6 +281,19 @@ def kept_rows(a: np.ndarray, keep: np.ndarray, fill: float = 0.0) -> np.ndarray:
     return out
 
 
+def row_map(keep: np.ndarray, n: int) -> np.ndarray:
+    """Old row -> new row when rows ``keep`` (ascending) of ``n`` stay, renumbered ``0,
+    1, ...``: -1 for a row dropped, and for index -1 (the extra last entry), so an empty
+    slot marked -1 stays -1 through the map.
+
+    >>> row_map(np.array([1, 3]), 4)[np.array([0, 1, 2, 3, -1])].tolist()
+    [-1, 0, -1, 1, -1]
+    """
+    out = np.full(n + 1, -1, np.int32)
+    out[keep] = np.arange(len(keep), dtype=np.int32)
+    return out
+
+
 def _capacity(n: int) -> int:
     """Table slots for ``n`` ids: a power of two, at least twice ``n`` (and 8)."""
     return max(8, 1 << (2 * n).bit_length())

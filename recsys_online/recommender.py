@@ -13,7 +13,7 @@ import numpy as np
 from recsys_online.content import ContentModel, best_tags
 from recsys_online.cooc import CoOccurrence
 from recsys_online.factors import FactorModel, FactorParams, ItemVectors
-from recsys_online.ids import IdIndex, grown
+from recsys_online.ids import IdIndex, grown, row_map
 from recsys_online.popularity import Popularity
 from recsys_online.ranking import padded_width, top_k_rows
 from recsys_online.tags import ItemTags, check_weights
@@ -360,8 +360,7 @@ class Recommender:
         if not dropped:
             return 0
         keep = np.flatnonzero(~gone)
-        new_row = np.full(n + 1, -1, np.int32)  # (index -1, the last: -1 stays -1)
-        new_row[keep] = np.arange(len(keep), dtype=np.int32)
+        new_row = row_map(keep, n)
         self.items = self.items.subset(keep)
         self.mf.keep_items(keep)
         self.vectors.keep_items(keep)
