@@ -11,6 +11,10 @@ from recsys_online.ids import grown, kept_rows, row_map
 #: 64 users by 10 items by a ring of 10 x 50 neighbours).
 _BROADCAST_LIMIT = 1 << 18
 
+#: Co-occurrence pairs as ``(rows, others, weights)``: ``rows[p]`` gains ``weights[p]``
+#: on its neighbour ``others[p]``.
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
 
 class CoOccurrence:
     r"""Because you watched X: items that follow each other in users' recent histories.
@@ -87,8 +91,9 @@ class CoOccurrence:
         """Record that ``user`` just rated ``item``."""
         self.learn_many([user], [item])
 
-    def learn_many(self, users: list[int], items: list[int]) -> None:
-        """Record a batch of (user, item) ratings in order.
+    def learn_many(self, users: list[int], items: list[int]) -> Pairs | None:
+        """Record a batch of (user, item) ratings in order; returns the pairs it added
+        (:meth:`add_pairs`' arguments), or None.
 
         Rings advance event by event; the pair weights the batch adds are then summed per
         pair and applied to the neighbour lists in one vectorised SpaceSaving step. When no
@@ -97,11 +102,10 @@ class CoOccurrence:
         """
         u = np.asarray(users, np.int64)
         if len(u) > 1 and len(np.unique(u)) == len(u):
-            self._learn_distinct(u, np.asarray(items, np.int64))
-        else:
-            self._learn_in_order(users, items)
+            return self._learn_distinct(u, np.asarray(items, np.int64))
+        return self._learn_in_order(users, items)
 
-    def _learn_in_order(self, users: list[int], items: list[int]) -> None:
+    def _learn_in_order(self, users: list[int], items: list[int]) -> Pairs | None:
         """:meth:`learn_many` one rating after another (a user may come twice)."""
         recency = self._recency.tolist()
         rings = self.recent
@@ -117,13 +121,14 @@ class CoOccurrence:
                     weights += (recency[pos], recency[pos])
             rest = [x for x in ring if x >= 0 and x != item][: self.window - 1]
             rings[user] = [item, *rest, *([-1] * (self.window - 1 - len(rest)))]
-        rated = np.asarray(items, np.int64)
-        np.add.at(self.count, rated, 1.0)
-        self.damping[rated] = np.maximum(self.count[rated], 1.0) ** np.float32(-self.beta)
-        if a_rows:
-            self._add_pairs(np.array(a_rows), np.array(b_rows), np.array(weights, np.float32))
+        self.add_counts(np.asarray(items, np.int64), None)
+        if not a_rows:
+            return None
+        pairs = np.array(a_rows), np.array(b_rows), np.array(weights, np.float32)
+        self.add_pairs(*pairs)
+        return pairs
 
-    def _learn_distinct(self, users: np.ndarray, items: np.ndarray) -> None:
+    def _learn_distinct(self, users: np.ndarray, items: np.ndarray) -> Pairs | None:
         """:meth:`learn_many` for ratings of distinct users, as array operations."""
         rings = self.recent[users]  # (B, L) newest first, -1 empty
         other = (rings >= 0) & (rings != items[:, None])  # ring places that pair up
@@ -136,16 +141,26 @@ class CoOccurrence:
         kept[~np.take_along_axis(other, order, axis=1)] = -1
         self.recent[users, 0] = items
         self.recent[users, 1:] = kept
-        np.add.at(self.count, items, 1.0)
-        self.damping[items] = np.maximum(self.count[items], 1.0) ** np.float32(-self.beta)
-        if len(b):  # each pair both ways, interleaved as the loop adds them
-            self._add_pairs(
-                np.stack((item, prev), axis=1).ravel(),
-                np.stack((prev, item), axis=1).ravel(),
-                np.repeat(w, 2),
-            )
+        self.add_counts(items, None)
+        if not len(b):
+            return None
+        pairs = (  # each pair both ways, interleaved as the loop adds them
+            np.stack((item, prev), axis=1).ravel(),
+            np.stack((prev, item), axis=1).ravel(),
+            np.repeat(w, 2),
+        )
+        self.add_pairs(*pairs)
+        return pairs
 
-    def _add_pairs(self, rows: np.ndarray, others: np.ndarray, ws: np.ndarray) -> None:
+    def add_counts(self, items: np.ndarray, counts: np.ndarray | None) -> None:
+        """``items`` (rows, may repeat) gain ``counts`` ratings each (None: one each)."""
+        if counts is None:
+            np.add.at(self.count, items, 1.0)
+        else:
+            np.add.at(self.count, items, counts)
+        self.damping[items] = np.maximum(self.count[items], 1.0) ** np.float32(-self.beta)
+
+    def add_pairs(self, rows: np.ndarray, others: np.ndarray, ws: np.ndarray) -> None:
         """Pairs ``(rows[p], others[p])`` gain ``ws[p]``; repeated pairs are summed first."""
         keys, inverse = np.unique(rows * np.int64(self.n_items) + others, return_inverse=True)
         ws = np.bincount(inverse, weights=ws).astype(np.float32)
@@ -164,9 +179,18 @@ class CoOccurrence:
         uniq, start = np.unique(rows, return_index=True)
         group = np.searchsorted(uniq, rows)
         rank = np.arange(len(rows)) - start[group]
-        fits = rank < self.n_neighbours
-        rows, others, ws, group, rank = rows[fits], others[fits], ws[fits], group[fits], rank[fits]
         lightest = np.argsort(self.weight[uniq], axis=1, kind="stable")  # (U, M)
+        # One at a time, SpaceSaving puts each newcomer in the lightest slot, which then
+        # weighs more: many newcomers raise the lightest slots together, like water, and
+        # replace only those below the level their total weight reaches. Newcomers past
+        # that many (the lightest) would have replaced each other. Without this limit, a
+        # popular item's many newcomers in one call (a large batch, or another worker's
+        # changes) would replace its heaviest neighbours too.
+        level_of = np.take_along_axis(self.weight[uniq], lightest, axis=1)  # ascending
+        mass = np.bincount(group, weights=ws, minlength=len(uniq))
+        level = (mass[:, None] + np.cumsum(level_of, axis=1)) / np.arange(1, level_of.shape[1] + 1)
+        fits = rank < np.count_nonzero(level_of < level, axis=1)[group]
+        rows, others, ws, group, rank = rows[fits], others[fits], ws[fits], group[fits], rank[fits]
         slots = lightest[group, rank]
         # SpaceSaving: inherit the evicted weight, and remember it as possible error.
         self.error[rows, slots] = self.weight[rows, slots]

@@ -148,6 +148,29 @@ def test_inherited_weight_does_not_outrank_a_heavy_pair(seed: int) -> None:
     assert int(np.argmax(scores)) == 1, scores[scores > 0]
 
 
+@pytest.mark.parametrize("one_call", [True, False])
+def test_many_newcomers_at_once_keep_the_heaviest_neighbours(one_call: bool) -> None:
+    """Twenty light newcomers for a row of four neighbours, in one call (a large batch,
+    or another worker's changes) or one at a time: either way SpaceSaving keeps the heavy
+    pair, and newcomers replace only the light ones. (Filling the four lightest slots
+    with the four heaviest newcomers in one call replaced the heavy pair.)"""
+    co = CoOccurrence(window=2, n_neighbours=4)
+    co.ensure(n_users=1, n_items=30)
+    co.add_pairs(np.array([0, 0, 0, 0]), np.array([1, 2, 3, 4]), np.array([10, 0.1, 0.1, 0.1]))
+    rows, others = np.zeros(20, np.int64), np.arange(5, 25)
+    ws = np.linspace(0.04, 0.06, 20).astype(np.float32)
+    if one_call:
+        co.add_pairs(rows, others, ws)
+    else:
+        for n in range(20):
+            co.add_pairs(rows[n : n + 1], others[n : n + 1], ws[n : n + 1])
+    assert 1 in co.nbr[0].tolist()
+    heavy = co.nbr[0].tolist().index(1)
+    assert co.weight[0, heavy] - co.error[0, heavy] == pytest.approx(10.0)
+    assert (co.nbr[0] >= 5).any()  # newcomers did come in, in the light slots
+    assert co.weight[0].sum() <= 10.3 + ws.sum() + 1e-5
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_batch_of_distinct_users_learns_what_the_ordered_loop_learns(seed: int) -> None:
     """The array path (no user twice in a batch) adds the same pairs in the same order and
