@@ -200,6 +200,13 @@ class FactorModel:
         np.add.at(self.item_bias, rows, db)
         self._changes += 1
 
+    def add_to_tags(self, rows: np.ndarray, de: np.ndarray, dtb: np.ndarray) -> None:
+        """Add ``de`` to the tags' embeddings and ``dtb`` to their biases (rows may
+        repeat); stacked item vectors follow at the next full refresh, as when learning."""
+        np.add.at(self.E, rows, de)
+        np.add.at(self.tag_bias, rows, dtb)
+        self._changes += 1
+
     # ---------------------------------------------------------------- predict
     def raw(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Unclipped predictions for aligned arrays of user and item rows."""

@@ -64,11 +64,29 @@ class Popularity:
             self.t0 = float(ts.min())
         self.now = max(self.now, float(ts.max()))
         np.logaddexp.at(self.log_mass, items, (ts - self.t0) * self._rate)
+        self._changed(items)
+
+    def _changed(self, items: np.ndarray) -> None:
         self._dirty.append(np.asarray(items))
         if len(self._dirty) > 1024:  # nobody asks for all scores: start afresh when asked
             self._dirty.clear()
             self._shift = None
         self.version += 1
+
+    def add_mass(self, items: np.ndarray, mass: np.ndarray, now: float) -> None:
+        """Add ratings counted elsewhere: ``mass[n]`` is :math:`\\log \\sum 2^{t/h}` over
+        the ratings of ``items[n]`` at times ``t`` (:attr:`log_rate` times each time,
+        log-summed), ``now`` the latest of them."""
+        if self.t0 is None:
+            self.t0 = now
+        self.now = max(self.now, now)
+        np.logaddexp.at(self.log_mass, items, np.asarray(mass, np.float64) - self.t0 * self._rate)
+        self._changed(items)
+
+    @property
+    def log_rate(self) -> float:
+        """ln 2 / half-life: a rating at time ``t`` weighs :math:`e^{t \\cdot rate}`."""
+        return self._rate
 
     def item_scores(self, now: float | None = None, items: np.ndarray | None = None) -> np.ndarray:
         """``log(1 + decayed count)`` of ``items`` (all when None) at time ``now``.

@@ -16,6 +16,7 @@ from recsys_online.factors import FactorModel, FactorParams, ItemVectors
 from recsys_online.ids import IdIndex, grown, row_map
 from recsys_online.popularity import Popularity
 from recsys_online.ranking import padded_width, top_k_rows
+from recsys_online.sharing import ItemChanges, OwnChanges
 from recsys_online.tags import ItemTags, check_weights
 
 SIGNALS = ("mf", "content", "cooc", "pop", "recent_tags", "recent_factors")
@@ -190,8 +191,9 @@ class Recommender:
         self._side_dirty: set[int] = set()  # item rows changed since the last ranking
         self._pop_key: tuple = ()
         self._scores: np.ndarray | None = None  # see _out
-        # Item rows learned since the last take_item_changes: their vector and bias then.
-        self._item_base: dict[int, tuple[np.ndarray, float]] | None = None
+        # What this model's own learning changed on the item side since the last
+        # take_item_changes (None: not kept).
+        self._own: OwnChanges | None = None
         n = len(SIGNALS)
         self._use = np.array([s in cfg.signals for s in SIGNALS], np.float32)
         self.w_cold = self._use.copy()
@@ -209,6 +211,9 @@ class Recommender:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_older", {})  # (pickled before it existed)
+        if "_item_base" in state:  # (pickled when only item vectors were shared)
+            base = state.pop("_item_base")
+            state["_own"] = None if base is None else OwnChanges(base)
         if "vectors" not in state:  # (pickled when the model kept them)
             state["vectors"] = ItemVectors(state["mf"])
         self.__dict__.update(state)
@@ -369,10 +374,8 @@ class Recommender:
         self.popularity.keep_items(keep)
         self.active, self.deleted = self.active[keep], self.deleted[keep]
         self._renumber_histories(new_row)
-        if self._item_base is not None:
-            self._item_base = {
-                int(new_row[r]): base for r, base in self._item_base.items() if new_row[r] >= 0
-            }
+        if self._own is not None:
+            self._own.renumber(new_row)
         self._sizes = (-1, -1)
         self._side, self._side_key, self._pop_key = None, (), ()
         self._side_dirty.clear()
@@ -472,19 +475,22 @@ class Recommender:
             if relevant.any():
                 self._learn_blend(u[relevant], i[relevant])
         means = self._user_means(u)
-        if self._item_base is not None:
-            base, mf = self._item_base, self.mf
-            for row in set(i.tolist()) - base.keys():
-                base[row] = (mf.V[row].copy(), float(mf.item_bias[row]))
+        own = self._own
+        if own is not None:
+            self.mf.ensure()  # (tags new since the last learning get their rows)
+            own.before_learning(self.mf, i)
         self.mf.learn(u, i, r)
         self.vectors.update(np.unique(i))
         self._side_dirty.update(i.tolist())
         if "content" in self.config.signals:
             self.content.learn(u, i, r, means)
+        pairs = None
         if {"cooc", "recent_tags", "recent_factors"} & set(self.config.signals):
             live = ~self.deleted[i]  # a deleted item stays out of rings and neighbours
-            self.cooc.learn_many(u[live].tolist(), i[live].tolist())
+            pairs = self.cooc.learn_many(u[live].tolist(), i[live].tolist())
         self.popularity.learn(i, ts)
+        if own is not None:
+            own.learned(i, ts, pairs)
         np.add.at(self.user_n, u, 1.0)
         np.add.at(self.user_sum, u, r)
         limit = self.config.history_limit
@@ -538,57 +544,103 @@ class Recommender:
 
     # ------------------------------------------------------------ sharing
     def track_item_changes(self, on: bool = True) -> None:
-        """Keep what learning changes in item vectors and biases, for
-        :meth:`take_item_changes` (several processes learning one catalog from different
-        users exchange these: asynchronous data-parallel SGD)."""
-        self._item_base = ({} if self._item_base is None else self._item_base) if on else None
+        """Keep what learning changes on the item side, for :meth:`take_item_changes`
+        (several processes learning one catalog from different users exchange these:
+        asynchronous data-parallel learning; see :mod:`recsys_online.sharing`)."""
+        if on and self._own is None:
+            self._own = OwnChanges()
+            self._own.blend_changes(self.w_cold, self.w_warm)  # the baseline
+        elif not on:
+            self._own = None
 
-    def take_item_changes(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """``(item ids, vector changes (n, k), bias changes (n,))`` this model's own
-        learning made since the last call (changes applied from elsewhere excluded).
+    def take_item_changes(self) -> ItemChanges:
+        """What this model's own learning changed on the item side since the last call
+        (changes applied from elsewhere excluded): item vectors and biases, tag
+        embeddings, rating counts and popularity, co-occurrence pairs. Empty when changes
+        are not kept (:meth:`track_item_changes`).
 
         >>> a, b = Recommender(), Recommender()
         >>> for m in (a, b):
-        ...     m.upsert_item("x", {"jazz": 1.0}); m.track_item_changes()
-        >>> a.learn_many(["u1"], ["x"], [5.0], [1.0])
-        >>> ids, dv, db = a.take_item_changes()
-        >>> ids, dv.shape, bool(db[0] > 0)
-        (['x'], (1, 32), True)
-        >>> b.apply_item_changes(ids, dv, db)
-        1
-        >>> bool(np.allclose(a.mf.V[0], b.mf.V[0])), b.take_item_changes()[0]
-        (True, [])
+        ...     m.upsert_items(["x", "y"], [{"jazz": 1.0}, {"rock": 1.0}])
+        ...     m.track_item_changes()
+        >>> a.learn_many(["u1", "u1"], ["x", "y"], [5.0, 4.0], [1.0, 2.0])
+        >>> changes = a.take_item_changes()
+        >>> changes.items, changes.tags, changes.rated, changes.counts.tolist()
+        (['x', 'y'], ['jazz', 'rock'], ['x', 'y'], [1.0, 1.0])
+        >>> b.apply_item_changes(changes)
+        9
+        >>> bool(np.allclose(a.mf.V[:2], b.mf.V[:2])), [r.item for r in b.similar_items("x", 1)]
+        (True, ['y'])
+        >>> len(b.take_item_changes())
+        0
         """
-        base = self._item_base or {}
-        k = self.mf.V.shape[1]
-        if not base:
-            return [], np.zeros((0, k), np.float32), np.zeros(0, np.float32)
-        rows = np.fromiter(base.keys(), np.int64, len(base))
-        dv = self.mf.V[rows] - np.stack([v for v, _ in base.values()])
-        db = self.mf.item_bias[rows] - np.fromiter((b for _, b in base.values()), np.float32)
-        base.clear()
-        return self.items.ids_of(rows.tolist()), dv.astype(np.float32), db
+        own = self._own
+        if own is None:
+            k = self.mf.V.shape[1]
+            return ItemChanges(dv=np.zeros((0, k), np.float32), de=np.zeros((0, k), np.float32))
+        self.mf.ensure()
+        out = own.take(
+            self.mf, self.items.ids_of, self.tags.index.ids_of, self.popularity.log_rate
+        )
+        blend = own.blend_changes(self.w_cold, self.w_warm)
+        if blend is not None and (blend[0].any() or blend[1].any()):
+            out.signals = list(SIGNALS)
+            out.dw_cold, out.dw_warm = blend[0].astype(np.float32), blend[1].astype(np.float32)
+        return out
 
-    def apply_item_changes(self, items: Sequence[str], dv: np.ndarray, db: np.ndarray) -> int:
-        """Add another process's :meth:`take_item_changes` to the item vectors and
-        biases (items this model does not know are skipped); returns how many applied."""
-        found = [(j, self.items.get(x)) for j, x in enumerate(items)]
-        found = [(j, r) for j, r in found if r is not None and r < self.mf.n_items]
-        if not found:
-            return 0
-        j = np.array([f[0] for f in found], np.int64)
-        rows = np.array([f[1] for f in found], np.int64)
-        dv, db = dv[j].astype(np.float32), db[j].astype(np.float32)
-        self.mf.add_to_items(rows, dv, db)
-        self.vectors.update(np.unique(rows))
-        base = self._item_base
-        if base:  # own changes stay own: what arrived is added to the baseline too
-            for n, row in enumerate(rows.tolist()):
-                if row in base:
-                    v, b = base[row]
-                    base[row] = (v + dv[n], b + float(db[n]))
-        self._side_dirty.update(rows.tolist())
-        return len(rows)
+    def apply_item_changes(self, changes: ItemChanges) -> int:
+        """Add another process's :meth:`take_item_changes` (ids this model does not know,
+        and items it deleted, are skipped); returns how many entries were applied."""
+        self._ensure()
+        self.mf.ensure()
+        n_items, live = self.n_items, ~self.deleted[: self.n_items]
+        own = self._own
+        applied = 0
+        rows = self.items.get_many(changes.items)
+        ok = (rows >= 0) & (rows < n_items)
+        if ok.any():
+            rows, dv, db = rows[ok], changes.dv[ok], changes.db[ok]
+            dv, db = dv.astype(np.float32), db.astype(np.float32)
+            self.mf.add_to_items(rows, dv, db)
+            self.vectors.update(np.unique(rows))
+            self._side_dirty.update(rows.tolist())
+            if own is not None:
+                own.added(rows, dv, db, "items")
+            applied += len(rows)
+        rows = self.tags.index.get_many(changes.tags)
+        ok = (rows >= 0) & (rows < len(self.mf.E))
+        if ok.any():
+            rows, de, dtb = rows[ok], changes.de[ok], changes.dtb[ok]
+            de, dtb = de.astype(np.float32), dtb.astype(np.float32)
+            self.mf.add_to_tags(rows, de, dtb)
+            if own is not None:
+                own.added(rows, de, dtb, "tags")
+            applied += len(rows)
+        rows = self.items.get_many(changes.rated)
+        ok = (rows >= 0) & (rows < n_items)
+        if ok.any():
+            self.popularity.add_mass(rows[ok], changes.mass[ok], changes.now)
+            ok[ok] = live[rows[ok]]
+            self.cooc.add_counts(rows[ok], changes.counts[ok].astype(np.float32))
+            applied += int(np.count_nonzero(ok))
+        rows = self.items.get_many(changes.pair_items)
+        ok = (rows >= 0) & (rows < n_items)
+        ok[ok] = live[rows[ok]]
+        a, b = rows[changes.pair_a], rows[changes.pair_b]
+        pair_ok = ok[changes.pair_a] & ok[changes.pair_b] & (a != b)
+        if pair_ok.any():
+            self.cooc.add_pairs(a[pair_ok], b[pair_ok], changes.pair_w[pair_ok])
+            applied += int(np.count_nonzero(pair_ok))
+        known = [(n, SIGNALS.index(s)) for n, s in enumerate(changes.signals) if s in SIGNALS]
+        if known:
+            n, at = (np.array(x, np.int64) for x in zip(*known, strict=True))
+            d_cold, d_warm = changes.dw_cold[n] * self._use[at], changes.dw_warm[n] * self._use[at]
+            self.w_cold[at] += d_cold
+            self.w_warm[at] += d_warm
+            if own is not None:
+                own.blend_added(at, d_cold, d_warm)
+            applied += 1
+        return applied
 
     def _user_means(self, users: np.ndarray) -> np.ndarray:
         shrink = 2.0

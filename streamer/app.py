@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -15,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from pathlib import Path
 
 import faust
-import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -27,6 +25,7 @@ from faust.types import TP, Message
 from recsys_online.events import Rating
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent
 from streamer.engine import Lists, StreamEngine
+from streamer.item_changes import decode_item_changes, encode_item_changes
 from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
 from streamer.settings import Settings
@@ -236,59 +235,6 @@ def _key_problem(key: bytes | None, r: RatingEvent) -> str | None:
 
 
 DEADLETTER_BYTES = 900_000  # most of a dead letter's original value kept (1 MB requests)
-ITEM_CHANGES_MESSAGE_BYTES = 600_000  # (ids up to 128 characters: JSON may double them)
-
-
-def encode_item_changes(worker: str, items: list[str], dv, db) -> bytes:
-    """One message of item changes: a JSON line, then little-endian float32 rows.
-
-    >>> import numpy as np
-    >>> raw = encode_item_changes("w1", ["a", "b"], np.ones((2, 3)), np.zeros(2))
-    >>> worker, items, dv, db = decode_item_changes(raw)
-    >>> worker, items, dv.shape, db.tolist()
-    ('w1', ['a', 'b'], (2, 3), [0.0, 0.0])
-    """
-    dv = np.ascontiguousarray(dv, "<f4")
-    header = {"worker": worker, "items": list(items), "k": int(dv.shape[1]) if dv.ndim == 2 else 0}
-    head = json.dumps(header, ensure_ascii=False).encode()  # ids as their UTF-8 bytes
-    return head + b"\n" + dv.tobytes() + np.asarray(db, "<f4").tobytes()
-
-
-def decode_item_changes(raw: bytes | None, k: int | None = None):
-    r"""``(worker, items, vector changes, bias changes)`` of one message; ValueError when
-    it is not one (anything another producer may have put on the topic), or when its
-    vectors are not ``k`` long or not finite.
-
-    >>> decode_item_changes(None)
-    Traceback (most recent call last):
-    ...
-    ValueError: no value
-    >>> decode_item_changes(b'{"worker": "w", "items": ["a"], "k": -1}\n')
-    Traceback (most recent call last):
-    ...
-    ValueError: bad header: k must be >= 0
-    """
-    if raw is None:
-        raise ValueError("no value")
-    head, sep, body = bytes(raw).partition(b"\n")
-    try:
-        header = json.loads(head)
-        worker, items, n_factors = str(header["worker"]), list(header["items"]), header["k"]
-        if not isinstance(n_factors, int) or n_factors < 0:
-            raise ValueError("k must be >= 0")
-        if not all(isinstance(item, str) for item in items):
-            raise ValueError("items must be strings")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"bad header: {exc}") from None
-    if k is not None and n_factors != k:
-        raise ValueError(f"vectors of {n_factors} factors, this model has {k}")
-    n = len(items)
-    if not sep or len(body) != 4 * n * (n_factors + 1):
-        raise ValueError(f"{len(body)} bytes for {n} items of {n_factors} factors")
-    values = np.frombuffer(body, "<f4")
-    if not np.isfinite(values).all():
-        raise ValueError("values that are not finite")
-    return worker, items, values[: n * n_factors].reshape(n, n_factors), values[n * n_factors :]
 
 
 class CatalogFollower:
@@ -677,7 +623,7 @@ class RecsysWorker:
         self.app.task(self.follow_catalog)
         self.app.task(self.serve_metrics)
         self.item_changes = self.app.topic(s.item_changes_topic, partitions=1, **raw)
-        self.items_shared = self.items_received = 0
+        self.items_shared = self.items_received = self.items_skipped = 0
         if s.share_items_every_s > 0:
             self.app.timer(s.share_items_every_s)(self.share_items)
             self.app.task(self.follow_item_changes)
@@ -873,19 +819,16 @@ class RecsysWorker:
             await publish(self.engine, self.sink, lists)
 
     async def share_items(self) -> None:
-        """Send what this worker's own learning changed in item vectors and biases since
-        the last call, for the other workers to add in (``follow_item_changes``)."""
-        items, dv, db = self.engine.model.take_item_changes()
-        lo = 0
-        while lo < len(items):  # messages under the producer's 1 MB, however long the ids
-            hi, size = lo, 0
-            while hi < len(items) and (hi == lo or size < ITEM_CHANGES_MESSAGE_BYTES):
-                size += len(items[hi].encode()) + 8 + 4 * (dv.shape[1] + 1)
-                hi += 1
-            value = encode_item_changes(self.worker_id, items[lo:hi], dv[lo:hi], db[lo:hi])
+        """Send what this worker's own learning changed on the item side since the last
+        call (:meth:`Recommender.take_item_changes`), for the other workers to add in
+        (``follow_item_changes``)."""
+        changes = self.engine.model.take_item_changes()
+        # The partitions the model learned, lost ones included until it is rebuilt: the
+        # worker that gets them learns them itself, and skips these changes.
+        partitions = self._replayed | self._assigned()
+        for value in encode_item_changes(self.worker_id, partitions, changes):
             await self.item_changes.send(key=self.worker_id.encode(), value=value)
-            lo = hi
-        self.items_shared += len(items)
+        self.items_shared += len(changes)
 
     async def follow_item_changes(self) -> None:
         """Add the other workers' item changes as they come (from the topic's end at
@@ -897,19 +840,30 @@ class RecsysWorker:
             tp = TopicPartition(s.item_changes_topic, 0)
             consumer.assign([tp])
             await consumer.seek_to_end(tp)
-            k = self.settings.n_factors
             while True:
                 batches = await consumer.getmany(tp, timeout_ms=200, max_records=100)
                 for record in batches.get(tp, []):
-                    try:
-                        worker, items, dv, db = decode_item_changes(record.value, k)
-                    except ValueError as exc:  # never stops the worker: logged, skipped
-                        log.warning("unreadable item changes at offset %d: %s", record.offset, exc)
-                        continue
-                    if worker != self.worker_id:
-                        self.items_received += self.engine.model.apply_item_changes(items, dv, db)
+                    self._add_in_item_changes(record.value, record.offset)
         finally:
             await consumer.stop()
+
+    def _add_in_item_changes(self, raw: bytes | None, offset: int) -> None:
+        """Add in one message of another worker's item changes, unless it comes from
+        ratings partitions this worker learns itself."""
+        try:
+            worker, partitions, changes = decode_item_changes(raw, self.settings.n_factors)
+        except ValueError as exc:  # never stops the worker: logged, skipped
+            log.warning("unreadable item changes at offset %d: %s", offset, exc)
+            return
+        if worker == self.worker_id:
+            return
+        if partitions & (self._replayed | self._assigned()):
+            # Learned from ratings this worker learns itself (sent before a rebalance
+            # gave them to us): adding them in would count those ratings twice.
+            self.items_skipped += len(changes)
+            return
+        self.items_received += self.engine.model.apply_item_changes(changes)
+        self.engine.shared_from |= partitions
 
     async def follow_catalog(self) -> None:
         await self.catalog.run()
@@ -935,6 +889,7 @@ class RecsysWorker:
         if self.settings.share_items_every_s > 0:
             figures["items_shared"] = self.items_shared
             figures["items_received"] = self.items_received
+            figures["items_skipped"] = self.items_skipped
         if self._snapshot_info is not None:
             made, ratings, size = self._snapshot_info
             figures["snapshot_age_s"] = max(0.0, time.time() - made)
@@ -1029,7 +984,11 @@ class RecsysWorker:
             self._reset_pending = True
 
     async def _reset_if_pending(self) -> None:
-        """Rebuild the model after losing a partition, between two learning calls."""
+        """Rebuild the model after losing a partition, or before learning one whose
+        ratings already reached the model through another worker's shared changes (which
+        the replay would count twice), between two learning calls."""
+        if (self._assigned() - self._replayed) & self.engine.shared_from:
+            self._reset_pending = True
         if self._reset_pending:
             async with self._learning:
                 if self._reset_pending:
@@ -1076,7 +1035,11 @@ class RecsysWorker:
     def _assigned(self) -> set[int]:
         """The ratings partitions assigned to this worker."""
         topic = self.settings.ratings_topic
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+        try:
+            assignment = self.app.consumer.assignment()
+        except ConsumerNotStarted:  # (none yet)
+            return set()
+        return {tp.partition for tp in assignment if tp.topic == topic}
 
     async def _committed(self) -> dict[int, int]:
         """The group's committed offset of each ratings partition (where live processing

@@ -130,6 +130,10 @@ class StreamEngine:
         # Ids of deleted items whose rows were freed (compact_if_due): a few bytes each
         # instead of a row in every item array, so the worker still knows them as deleted.
         self.freed = IdIndex()
+        # Ratings partitions whose ratings reached the model through other workers'
+        # shared item changes (RECSYS_SHARE_ITEMS_EVERY_S): learning one of them here too
+        # would count its ratings twice, so the worker rebuilds first.
+        self.shared_from: set[int] = set()
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
@@ -294,6 +298,7 @@ class StreamEngine:
         state.setdefault("event_ids", OrderedDict())  # (pickled before it existed)
         state.setdefault("freed", IdIndex())
         state.setdefault("freshness_clock_ahead", 0)
+        state.setdefault("shared_from", set())
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:

@@ -125,12 +125,19 @@ GAUGES: dict[str, tuple[str, str, str]] = {
     "items_shared": (
         "recsys_item_changes_sent_total",
         "counter",
-        "Item vector changes this worker sent to the others (RECSYS_SHARE_ITEMS_EVERY_S).",
+        "Item-side changes this worker sent to the others (RECSYS_SHARE_ITEMS_EVERY_S): "
+        "item and tag vectors, rated items, co-occurrence pairs.",
     ),
     "items_received": (
         "recsys_item_changes_applied_total",
         "counter",
-        "Item vector changes from other workers added into this worker's model.",
+        "Item-side changes from other workers added into this worker's model.",
+    ),
+    "items_skipped": (
+        "recsys_item_changes_skipped_total",
+        "counter",
+        "Item-side changes from other workers left out: learned from ratings partitions "
+        "this worker learns itself (sent before a rebalance).",
     ),
 }
 

@@ -364,8 +364,9 @@ def test_a_snapshot_that_cannot_be_written_does_not_stop_the_worker(make_run, st
 
 
 def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
-    """With RECSYS_SHARE_ITEMS_EVERY_S, each worker sends what its learning changed in
-    item vectors and adds in what the other sent; the ratings are still learned once."""
+    """With RECSYS_SHARE_ITEMS_EVERY_S, each worker sends what its learning changed on
+    the item side (item and tag vectors, counts and popularity, co-occurrence pairs, the
+    blend) and adds in what the other sent; the ratings are still learned once."""
     head = stream.ratings[:3000]
     run = make_run(RECSYS_SHARE_ITEMS_EVERY_S="0.5")
     produce_catalog(run, stream)

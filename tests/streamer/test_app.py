@@ -6,7 +6,6 @@ import asyncio
 import time
 import types
 
-import numpy as np
 import pytest
 from aiokafka import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_kafka
@@ -389,51 +388,6 @@ async def test_an_event_id_enters_the_model_only_with_its_rating(monkeypatch) ->
     monkeypatch.setattr(RecsysWorker, "_waiting_partitions", lambda self: set())
     await worker._learn_released()
     assert worker.engine.events == 1 and worker.engine.learned_id("e-9") and dead == []
-
-
-def test_item_changes_from_anywhere_are_checked_before_they_touch_the_model() -> None:
-    """The item-changes topic can hold anything a foreign producer or a worker with
-    other settings put there: each such message is a ValueError (logged, skipped), never
-    an exception that stops the worker or NaN in the item vectors."""
-    from streamer.app import decode_item_changes, encode_item_changes
-
-    good = encode_item_changes("w", ["a", "é"], np.ones((2, 4)), np.zeros(2))
-    assert decode_item_changes(good, 4)[1] == ["a", "é"]
-    bad = [
-        None,
-        b"not json\n",
-        b'{"worker": "w", "items": [["a"]], "k": 4}\n',
-        b'{"worker": "w", "items": ["a"], "k": 1e400}\n',
-        good[:-1],
-        encode_item_changes("w", ["a"], np.full((1, 4), np.nan), np.zeros(1)),
-    ]
-    for raw in bad:
-        with pytest.raises(ValueError):
-            decode_item_changes(raw, 4)
-    with pytest.raises(ValueError, match="this model has 8"):
-        decode_item_changes(good, 8)
-
-
-async def test_shared_item_changes_stay_under_the_producers_message_limit() -> None:
-    """Long item ids (up to 128 characters) and more factors make bigger rows: messages
-    are cut by bytes, so none reaches Kafka's 1 MB limit."""
-    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
-    items = [f"{n:0128d}" for n in range(12_000)]
-    sizes: list[int] = []
-
-    class Topic:
-        async def send(self, key: bytes, value: bytes) -> None:
-            sizes.append(len(value))
-
-    worker.item_changes = Topic()
-    worker.engine.model.take_item_changes = lambda: (
-        items,
-        np.zeros((len(items), 64), np.float32),
-        np.zeros(len(items), np.float32),
-    )
-    await worker.share_items()
-    assert worker.items_shared == 12_000 and len(sizes) > 1
-    assert max(sizes) < 1_000_000
 
 
 async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(

@@ -1,0 +1,210 @@
+"""The item side that several processes learn together.
+
+Each process learns from its own users' ratings only (the ratings are split by user), but
+every process ranks the whole catalog. Whatever a rating teaches about an *item* is then
+seen by one process out of N. Processes exchange what their own learning changed on the
+item side since the last exchange, and each adds in the others' (asynchronous
+data-parallel learning). Every part is additive, so adding in the others' changes is the
+same arithmetic as learning their ratings:
+
+- item vectors and biases (the changes SGD made);
+- tag embeddings and tag biases (the same);
+- each item's rating count, and its recency-decayed popularity mass;
+- co-occurrence pair weights: what each rated item added to the items before it in its
+  user's recent history (each user's history stays in its own process);
+- the blend's weights (learned by SGD as well, from every process's relevant ratings).
+
+:class:`OwnChanges` keeps track of one model's own changes in its item rows;
+:class:`ItemChanges` is what is exchanged, by ids, so processes whose row numbers differ
+can apply it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Pending co-occurrence pairs are summed per pair past this many (a long replay between
+#: two exchanges stays bounded by the distinct pairs, not the ratings).
+_PAIRS_PENDING = 1 << 20
+
+
+def _f32(*shape: int) -> np.ndarray:
+    return np.zeros(shape, np.float32)
+
+
+@dataclass
+class ItemChanges:
+    """One process's own changes to the item side since its last exchange, by id.
+
+    ``items``/``dv``/``db``: item vector and bias changes. ``tags``/``de``/``dtb``: tag
+    embedding and tag bias changes. ``rated``/``counts``/``mass``: each rated item's number
+    of ratings and its popularity mass, :math:`\\log \\sum 2^{t/h}` over the ratings'
+    times ``t`` (epoch seconds) for the half-life ``h``; ``now``: the latest rating's
+    time. ``pair_items`` and ``pair_a``/``pair_b``/``pair_w``: co-occurrence weight
+    ``pair_w[p]`` added to the pair ``(pair_items[pair_a[p]], pair_items[pair_b[p]])``.
+    ``signals``/``dw_cold``/``dw_warm``: changes of the blend's weights for cold and warm
+    users, by signal name.
+    """
+
+    items: list[str] = field(default_factory=list)
+    dv: np.ndarray = field(default_factory=lambda: _f32(0, 0))
+    db: np.ndarray = field(default_factory=lambda: _f32(0))
+    tags: list[str] = field(default_factory=list)
+    de: np.ndarray = field(default_factory=lambda: _f32(0, 0))
+    dtb: np.ndarray = field(default_factory=lambda: _f32(0))
+    rated: list[str] = field(default_factory=list)
+    counts: np.ndarray = field(default_factory=lambda: _f32(0))
+    mass: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    now: float = 0.0
+    pair_items: list[str] = field(default_factory=list)
+    pair_a: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    pair_b: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    pair_w: np.ndarray = field(default_factory=lambda: _f32(0))
+    signals: list[str] = field(default_factory=list)
+    dw_cold: np.ndarray = field(default_factory=lambda: _f32(0))
+    dw_warm: np.ndarray = field(default_factory=lambda: _f32(0))
+
+    def __len__(self) -> int:
+        """Entries of every part: item rows, tag rows, rated items, pairs, and the blend
+        (one)."""
+        n = len(self.items) + len(self.tags) + len(self.rated) + len(self.pair_w)
+        return n + bool(self.signals)
+
+
+class OwnChanges:
+    """What a model's own learning changed on the item side, in its item rows.
+
+    The item and tag rows a rating touches keep their value from before the first such
+    rating (the change is taken as a difference, so changes received from elsewhere are
+    added to that baseline and stay out of it); the ratings' items and times and the
+    co-occurrence pairs they added are kept as they come.
+    """
+
+    def __init__(self, items: dict | None = None) -> None:
+        # The blend's weights (cold, warm) at the last take (None: not known yet).
+        self.blend: tuple[np.ndarray, np.ndarray] | None = None
+        self.items: dict[int, tuple[np.ndarray, float]] = {} if items is None else items
+        self.tags: dict[int, tuple[np.ndarray, float]] = {}
+        self.rated: list[np.ndarray] = []
+        self.times: list[np.ndarray] = []
+        self.pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._n_pairs = 0
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.__dict__.update(state)
+
+    def before_learning(self, mf, items: np.ndarray) -> None:
+        """Keep the vectors and biases of ``items`` and their tags as they are now, for
+        those not kept since the last take."""
+        base = self.items
+        for row in set(items.tolist()) - base.keys():
+            base[row] = (mf.V[row].copy(), float(mf.item_bias[row]))
+        tags = mf.tags
+        t = tags.rows[items][tags.weights[items] > 0]
+        tag_base = self.tags
+        for row in set(t.tolist()) - tag_base.keys():
+            tag_base[row] = (mf.E[row].copy(), float(mf.tag_bias[row]))
+
+    def learned(self, items: np.ndarray, times: np.ndarray, pairs) -> None:
+        """Ratings of ``items`` at ``times`` were learned, adding co-occurrence ``pairs``
+        (``(rows, others, weights)`` or None)."""
+        self.rated.append(np.asarray(items, np.int64))
+        self.times.append(np.asarray(times, np.float64))
+        if pairs is not None:
+            self.pairs.append(pairs)
+            self._n_pairs += len(pairs[2])
+            if self._n_pairs > _PAIRS_PENDING:
+                self.pairs = [_summed_pairs(self.pairs)]
+                self._n_pairs = len(self.pairs[0][2])
+
+    def blend_changes(self, w_cold: np.ndarray, w_warm: np.ndarray):
+        """``(cold, warm)`` changes of the blend's weights since the last call (None the
+        first time: the weights then are the baseline)."""
+        base, self.blend = self.blend, (w_cold.copy(), w_warm.copy())
+        return None if base is None else (w_cold - base[0], w_warm - base[1])
+
+    def blend_added(self, at: np.ndarray, d_cold: np.ndarray, d_warm: np.ndarray) -> None:
+        """Blend changes received from elsewhere (at signal positions ``at``), kept out
+        of this model's own."""
+        if self.blend is not None:
+            self.blend[0][at] += d_cold
+            self.blend[1][at] += d_warm
+
+    def added(self, rows: np.ndarray, dv: np.ndarray, db: np.ndarray, table: str) -> None:
+        """Changes received from elsewhere for item (``table="items"``) or tag rows: added
+        to the baselines of rows kept, so they do not count as own changes."""
+        base = self.items if table == "items" else self.tags
+        if base:
+            for n, row in enumerate(rows.tolist()):
+                if row in base:
+                    v, b = base[row]
+                    base[row] = (v + dv[n], b + float(db[n]))
+
+    def renumber(self, new_row: np.ndarray) -> None:
+        """Item rows renumbered through ``new_row`` (old -> new, -1: freed)."""
+        self.items = {int(new_row[r]): b for r, b in self.items.items() if new_row[r] >= 0}
+        rated = [new_row[r] for r in self.rated]
+        self.times = [t[r >= 0] for t, r in zip(self.times, rated, strict=True)]
+        self.rated = [r[r >= 0] for r in rated]
+        pairs = []
+        for a, b, w in self.pairs:
+            a, b = new_row[a], new_row[b]
+            ok = (a >= 0) & (b >= 0)
+            pairs.append((a[ok], b[ok], w[ok]))
+        self.pairs = pairs
+        self._n_pairs = sum(len(w) for _, _, w in pairs)
+
+    def take(self, mf, item_ids, tag_ids, log_rate: float) -> ItemChanges:
+        """Every change since the last take, by id (``item_ids``/``tag_ids``: row -> id,
+        ``log_rate``: the popularity's ln 2 / half-life); starts afresh."""
+        k = mf.V.shape[1]
+        out = ItemChanges(dv=_f32(0, k), de=_f32(0, k))
+        if self.items:
+            rows = np.fromiter(self.items.keys(), np.int64, len(self.items))
+            out.dv = (mf.V[rows] - np.stack([v for v, _ in self.items.values()])).astype(np.float32)
+            out.db = mf.item_bias[rows] - np.fromiter(
+                (b for _, b in self.items.values()), np.float32, len(rows)
+            )
+            out.items = item_ids(rows.tolist())
+        if self.tags:
+            rows = np.fromiter(self.tags.keys(), np.int64, len(self.tags))
+            out.de = (mf.E[rows] - np.stack([v for v, _ in self.tags.values()])).astype(np.float32)
+            out.dtb = mf.tag_bias[rows] - np.fromiter(
+                (b for _, b in self.tags.values()), np.float32, len(rows)
+            )
+            out.tags = tag_ids(rows.tolist())
+        if self.rated:
+            rated, times = np.concatenate(self.rated), np.concatenate(self.times)
+            if len(rated):
+                rows, at = np.unique(rated, return_inverse=True)
+                out.counts = np.bincount(at, minlength=len(rows)).astype(np.float32)
+                out.mass = np.full(len(rows), -np.inf)
+                np.logaddexp.at(out.mass, at, times * log_rate)
+                out.now = float(times.max())
+                out.rated = item_ids(rows.tolist())
+        if self.pairs:
+            a, b, w = _summed_pairs(self.pairs)
+            if len(w):
+                rows, at = np.unique(np.concatenate((a, b)), return_inverse=True)
+                out.pair_items = item_ids(rows.tolist())
+                out.pair_a, out.pair_b = at.reshape(2, -1).astype(np.int32)
+                out.pair_w = w
+        blend = self.blend
+        self.__init__()
+        self.blend = blend
+        return out
+
+
+def _summed_pairs(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, others, weights)`` parts concatenated, repeated pairs summed."""
+    a = np.concatenate([p[0] for p in pairs]).astype(np.int64)
+    b = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+    w = np.concatenate([p[2] for p in pairs])
+    if not len(w):
+        return a, b, w.astype(np.float32)
+    n = int(max(a.max(), b.max())) + 1
+    keys, at = np.unique(a * n + b, return_inverse=True)
+    return keys // n, keys % n, np.bincount(at, weights=w).astype(np.float32)
