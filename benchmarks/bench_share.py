@@ -13,7 +13,8 @@ shows what sharing does with the least lag. The workers need the services:
 ``eval "$(scripts/services.sh up)"``. Usage::
 
     python -m benchmarks.bench_share [--ratings 100000] [--every 1] [--out FILE]
-        [--repeats 3] [--in-process-ratings 30000] [--in-process-only]
+        [--repeats 3] [--streams year,live-paced] [--in-process-ratings 30000]
+        [--in-process-only]
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         "--in-process-only", action="store_true", help="skip the workers (no services needed)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="alternated two-worker runs")
+    parser.add_argument(
+        "--streams", default="year,live-paced", help="which streams (comma-separated)"
+    )
     args = parser.parse_args(argv)
     limit_blas_threads()
     tune_gc()
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ).live_paced(LIVE_RATE, start=year.ratings[0].timestamp)
     log_dir = args.out.parent
     result: dict = {"in_process": {}}
-    for stream, ds in (("year", year), ("live-paced", live)):
+    chosen = [(n, d) for n, d in (("year", year), ("live-paced", live)) if n in args.streams]
+    for stream, ds in chosen:
         for every in (1000, 100):
             figures = in_process(ds, args.in_process_ratings, every)
             result["in_process"][f"{stream}, every {every} ratings"] = figures
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, f in figures.items():
                 print(f"  {name}: RMSE {f['rmse']:.4f} NDCG@10 {f['ndcg_at_k']:.4f}")
             print(f"  sharing closes {gap_closed(figures):.0%} of two models' NDCG gap to one")
-    for stream, ds in (("year", year), ("live-paced", live)):
+    for stream, ds in chosen:
         if args.in_process_only:
             break
         # Two workers' figures swing from run to run with how their batches interleave:

@@ -163,18 +163,10 @@ class OwnChanges:
         k = mf.V.shape[1]
         out = ItemChanges(dv=_f32(0, k), de=_f32(0, k))
         if self.items:
-            rows = np.fromiter(self.items.keys(), np.int64, len(self.items))
-            out.dv = (mf.V[rows] - np.stack([v for v, _ in self.items.values()])).astype(np.float32)
-            out.db = mf.item_bias[rows] - np.fromiter(
-                (b for _, b in self.items.values()), np.float32, len(rows)
-            )
+            rows, out.dv, out.db = _moved(self.items, mf.V, mf.item_bias)
             out.items = item_ids(rows.tolist())
         if self.tags:
-            rows = np.fromiter(self.tags.keys(), np.int64, len(self.tags))
-            out.de = (mf.E[rows] - np.stack([v for v, _ in self.tags.values()])).astype(np.float32)
-            out.dtb = mf.tag_bias[rows] - np.fromiter(
-                (b for _, b in self.tags.values()), np.float32, len(rows)
-            )
+            rows, out.de, out.dtb = _moved(self.tags, mf.E, mf.tag_bias)
             out.tags = tag_ids(rows.tolist())
         if self.rated:
             rated, times = np.concatenate(self.rated), np.concatenate(self.times)
@@ -196,6 +188,15 @@ class OwnChanges:
         self.__init__()
         self.blend = blend
         return out
+
+
+def _moved(base: dict, vectors: np.ndarray, biases: np.ndarray):
+    """``(rows, vector changes, bias changes)`` of the rows in ``base`` (row -> their
+    vector and bias then) since then."""
+    rows = np.fromiter(base.keys(), np.int64, len(base))
+    dv = (vectors[rows] - np.stack([v for v, _ in base.values()])).astype(np.float32)
+    db = biases[rows] - np.fromiter((b for _, b in base.values()), np.float32, len(rows))
+    return rows, dv, db
 
 
 def _summed_pairs(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
