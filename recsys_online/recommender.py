@@ -547,11 +547,7 @@ class Recommender:
         """Keep what learning changes on the item side, for :meth:`take_item_changes`
         (several processes learning one catalog from different users exchange these:
         asynchronous data-parallel learning; see :mod:`recsys_online.sharing`)."""
-        if on and self._own is None:
-            self._own = OwnChanges()
-            self._own.blend_changes(self.w_cold, self.w_warm)  # the baseline
-        elif not on:
-            self._own = None
+        self._own = (self._own or OwnChanges()) if on else None
 
     def take_item_changes(self) -> ItemChanges:
         """What this model's own learning changed on the item side since the last call
@@ -568,7 +564,7 @@ class Recommender:
         >>> changes.items, changes.tags, changes.rated, changes.counts.tolist()
         (['x', 'y'], ['jazz', 'rock'], ['x', 'y'], [1.0, 1.0])
         >>> b.apply_item_changes(changes)
-        9
+        8
         >>> bool(np.allclose(a.mf.V[:2], b.mf.V[:2])), [r.item for r in b.similar_items("x", 1)]
         (True, ['y'])
         >>> len(b.take_item_changes())
@@ -579,14 +575,8 @@ class Recommender:
             k = self.mf.V.shape[1]
             return ItemChanges(dv=np.zeros((0, k), np.float32), de=np.zeros((0, k), np.float32))
         self.mf.ensure()
-        out = own.take(
-            self.mf, self.items.ids_of, self.tags.index.ids_of, self.popularity.log_rate
-        )
-        blend = own.blend_changes(self.w_cold, self.w_warm)
-        if blend is not None and (blend[0].any() or blend[1].any()):
-            out.signals = list(SIGNALS)
-            out.dw_cold, out.dw_warm = blend[0].astype(np.float32), blend[1].astype(np.float32)
-        return out
+        ids, tags = self.items.ids_of, self.tags.index.ids_of
+        return own.take(self.mf, ids, tags, self.popularity.log_rate)
 
     def apply_item_changes(self, changes: ItemChanges) -> int:
         """Add another process's :meth:`take_item_changes` (ids this model does not know,
@@ -631,15 +621,6 @@ class Recommender:
         if pair_ok.any():
             self.cooc.add_pairs(a[pair_ok], b[pair_ok], changes.pair_w[pair_ok])
             applied += int(np.count_nonzero(pair_ok))
-        known = [(n, SIGNALS.index(s)) for n, s in enumerate(changes.signals) if s in SIGNALS]
-        if known:
-            n, at = (np.array(x, np.int64) for x in zip(*known, strict=True))
-            d_cold, d_warm = changes.dw_cold[n] * self._use[at], changes.dw_warm[n] * self._use[at]
-            self.w_cold[at] += d_cold
-            self.w_warm[at] += d_warm
-            if own is not None:
-                own.blend_added(at, d_cold, d_warm)
-            applied += 1
         return applied
 
     def _user_means(self, users: np.ndarray) -> np.ndarray:

@@ -11,8 +11,11 @@ same arithmetic as learning their ratings:
 - tag embeddings and tag biases (the same);
 - each item's rating count, and its recency-decayed popularity mass;
 - co-occurrence pair weights: what each rated item added to the items before it in its
-  user's recent history (each user's history stays in its own process);
-- the blend's weights (learned by SGD as well, from every process's relevant ratings).
+  user's recent history (each user's history stays in its own process).
+
+The blend's weights are not exchanged: added in with a delay, the other processes' steps
+on these few weights made them overshoot and grow (measured between two workers sharing
+every 0.1 s: the popularity weight reached 18 against about 1), and lists got worse.
 
 :class:`OwnChanges` keeps track of one model's own changes in its item rows;
 :class:`ItemChanges` is what is exchanged, by ids, so processes whose row numbers differ
@@ -44,8 +47,6 @@ class ItemChanges:
     times ``t`` (epoch seconds) for the half-life ``h``; ``now``: the latest rating's
     time. ``pair_items`` and ``pair_a``/``pair_b``/``pair_w``: co-occurrence weight
     ``pair_w[p]`` added to the pair ``(pair_items[pair_a[p]], pair_items[pair_b[p]])``.
-    ``signals``/``dw_cold``/``dw_warm``: changes of the blend's weights for cold and warm
-    users, by signal name.
     """
 
     items: list[str] = field(default_factory=list)
@@ -62,15 +63,10 @@ class ItemChanges:
     pair_a: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     pair_b: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     pair_w: np.ndarray = field(default_factory=lambda: _f32(0))
-    signals: list[str] = field(default_factory=list)
-    dw_cold: np.ndarray = field(default_factory=lambda: _f32(0))
-    dw_warm: np.ndarray = field(default_factory=lambda: _f32(0))
 
     def __len__(self) -> int:
-        """Entries of every part: item rows, tag rows, rated items, pairs, and the blend
-        (one)."""
-        n = len(self.items) + len(self.tags) + len(self.rated) + len(self.pair_w)
-        return n + bool(self.signals)
+        """Entries of every part: item rows, tag rows, rated items and pairs."""
+        return len(self.items) + len(self.tags) + len(self.rated) + len(self.pair_w)
 
 
 class OwnChanges:
@@ -83,8 +79,6 @@ class OwnChanges:
     """
 
     def __init__(self, items: dict | None = None) -> None:
-        # The blend's weights (cold, warm) at the last take (None: not known yet).
-        self.blend: tuple[np.ndarray, np.ndarray] | None = None
         self.items: dict[int, tuple[np.ndarray, float]] = {} if items is None else items
         self.tags: dict[int, tuple[np.ndarray, float]] = {}
         self.rated: list[np.ndarray] = []
@@ -119,19 +113,6 @@ class OwnChanges:
             if self._n_pairs > _PAIRS_PENDING:
                 self.pairs = [_summed_pairs(self.pairs)]
                 self._n_pairs = len(self.pairs[0][2])
-
-    def blend_changes(self, w_cold: np.ndarray, w_warm: np.ndarray):
-        """``(cold, warm)`` changes of the blend's weights since the last call (None the
-        first time: the weights then are the baseline)."""
-        base, self.blend = self.blend, (w_cold.copy(), w_warm.copy())
-        return None if base is None else (w_cold - base[0], w_warm - base[1])
-
-    def blend_added(self, at: np.ndarray, d_cold: np.ndarray, d_warm: np.ndarray) -> None:
-        """Blend changes received from elsewhere (at signal positions ``at``), kept out
-        of this model's own."""
-        if self.blend is not None:
-            self.blend[0][at] += d_cold
-            self.blend[1][at] += d_warm
 
     def added(self, rows: np.ndarray, dv: np.ndarray, db: np.ndarray, table: str) -> None:
         """Changes received from elsewhere for item (``table="items"``) or tag rows: added
@@ -184,9 +165,7 @@ class OwnChanges:
                 out.pair_items = item_ids(rows.tolist())
                 out.pair_a, out.pair_b = at.reshape(2, -1).astype(np.int32)
                 out.pair_w = w
-        blend = self.blend
         self.__init__()
-        self.blend = blend
         return out
 
 

@@ -13,8 +13,6 @@ holding one part for some ids: a JSON line (the header), then little-endian arra
                                                         ``f8[n]``
 ``pairs``  ``ids`` (item ids), ``n`` (pairs)            ``i4[n]`` and ``i4[n]`` (positions
                                                         in ``ids``), weights ``f4[n]``
-``blend``  ``ids`` (signal names)                       changes of the weights for cold
-                                                        and for warm users, ``f4[n]`` each
 ========== ============================================ =================================
 
 Every header also names the ``worker`` that sent it and the ratings ``partitions`` its
@@ -35,7 +33,7 @@ from recsys_online.sharing import ItemChanges
 #: Most of a message's bytes (the producer's limit is 1 MB; JSON may double an id's bytes).
 MESSAGE_BYTES = 600_000
 
-PARTS = ("items", "tags", "counts", "pairs", "blend")
+PARTS = ("items", "tags", "counts", "pairs")
 
 
 def encode_item_changes(
@@ -65,11 +63,6 @@ def encode_item_changes(
             dtypes = ("<f4", "<f4") if part != "counts" else ("<f4", "<f8")
             arrays = (np.asarray(a[lo:hi], t) for a, t in zip(rows, dtypes, strict=True))
             out.append(_message(head, arrays))
-    if changes.signals:
-        head = {**sender, "part": "blend", "ids": list(changes.signals)}
-        out.append(
-            _message(head, (np.asarray(changes.dw_cold, "<f4"), np.asarray(changes.dw_warm, "<f4")))
-        )
     n_pairs = len(changes.pair_w)
     if n_pairs:
         names = changes.pair_items
@@ -176,10 +169,6 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
             out.items, out.dv, out.db = ids, vectors, biases
         else:
             out.tags, out.de, out.dtb = ids, vectors, biases
-    elif part == "blend":
-        m = len(ids)
-        values = _floats(body, "<f4", 2 * m)
-        out.signals, out.dw_cold, out.dw_warm = ids, values[:m], values[m:]
     elif part == "counts":
         m = len(ids)
         if len(body) != 12 * m:

@@ -77,14 +77,13 @@ def test_without_the_exchange_each_model_sees_only_its_own_users() -> None:
 
 
 def test_item_and_tag_vectors_move_by_the_other_models_learning() -> None:
-    """What one model's SGD changed in item vectors, item biases, tag embeddings, tag
-    biases and the blend's weights is added to the other's, and is not sent back as the
-    receiver's own."""
+    """What one model's SGD changed in item vectors, item biases, tag embeddings and tag
+    biases is added to the other's, and is not sent back as the receiver's own."""
     a, b = models(2)
     a.track_item_changes()
     b.track_item_changes()
-    before_v, before_e, before_w = b.mf.V[:40].copy(), b.mf.E.copy(), b.w_warm.copy()
-    a_v, a_e, a_w = a.mf.V[:40].copy(), a.mf.E.copy(), a.w_warm.copy()
+    before_v, before_e = b.mf.V[:40].copy(), b.mf.E.copy()
+    a_v, a_e = a.mf.V[:40].copy(), a.mf.E.copy()
     for user, item, rating, t in stream(200):
         a.learn_many([user], [item], [rating], [t])
     changes = a.take_item_changes()
@@ -92,8 +91,7 @@ def test_item_and_tag_vectors_move_by_the_other_models_learning() -> None:
     b.apply_item_changes(changes)
     np.testing.assert_allclose(b.mf.V[:40] - before_v, a.mf.V[:40] - a_v, atol=1e-6)
     np.testing.assert_allclose(b.mf.E - before_e, a.mf.E - a_e, atol=1e-6)
-    assert (a.w_warm != a_w).any()  # the blend learned, and b's moved as much
-    np.testing.assert_allclose(b.w_warm - before_w, a.w_warm - a_w, atol=1e-6)
+    np.testing.assert_array_equal(b.w_warm, models(1)[0].w_warm)  # the blend: not shared
     assert len(b.take_item_changes()) == 0  # nothing of its own
     assert len(a.take_item_changes()) == 0  # taken: starts afresh
 
