@@ -552,7 +552,7 @@ class Recommender:
     def take_item_changes(self) -> ItemChanges:
         """What this model's own learning changed on the item side since the last call
         (changes applied from elsewhere excluded): item vectors and biases, tag
-        embeddings, rating counts and popularity, co-occurrence pairs. Empty when changes
+        embeddings, popularity, co-occurrence pairs. Empty when changes
         are not kept (:meth:`track_item_changes`).
 
         >>> a, b = Recommender(), Recommender()
@@ -561,8 +561,8 @@ class Recommender:
         ...     m.track_item_changes()
         >>> a.learn_many(["u1", "u1"], ["x", "y"], [5.0, 4.0], [1.0, 2.0])
         >>> changes = a.take_item_changes()
-        >>> changes.items, changes.tags, changes.rated, changes.counts.tolist()
-        (['x', 'y'], ['jazz', 'rock'], ['x', 'y'], [1.0, 1.0])
+        >>> changes.items, changes.tags, changes.rated, len(changes.pair_w)
+        (['x', 'y'], ['jazz', 'rock'], ['x', 'y'], 2)
         >>> b.apply_item_changes(changes)
         8
         >>> bool(np.allclose(a.mf.V[:2], b.mf.V[:2])), [r.item for r in b.similar_items("x", 1)]
@@ -610,8 +610,6 @@ class Recommender:
         ok = (rows >= 0) & (rows < n_items)
         if ok.any():
             self.popularity.add_mass(rows[ok], changes.mass[ok], changes.now)
-            ok[ok] = live[rows[ok]]
-            self.cooc.add_counts(rows[ok], changes.counts[ok].astype(np.float32))
             applied += int(np.count_nonzero(ok))
         rows = self.items.get_many(changes.pair_items)
         ok = (rows >= 0) & (rows < n_items)

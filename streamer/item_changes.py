@@ -9,8 +9,7 @@ holding one part for some ids: a JSON line (the header), then little-endian arra
 ``items``  ``ids`` (item ids), ``k``                    vector changes ``f4[n, k]``, bias
                                                         changes ``f4[n]``
 ``tags``   ``ids`` (tag names), ``k``                   the same, for tag embeddings
-``counts`` ``ids`` (item ids), ``now``                  ratings ``f4[n]``, popularity mass
-                                                        ``f8[n]``
+``popular`` ``ids`` (item ids), ``now``                 popularity mass ``f8[n]``
 ``pairs``  ``ids`` (item ids), ``n`` (pairs)            ``i4[n]`` and ``i4[n]`` (positions
                                                         in ``ids``), weights ``f4[n]``
 ========== ============================================ =================================
@@ -33,7 +32,7 @@ from recsys_online.sharing import ItemChanges
 #: Most of a message's bytes (the producer's limit is 1 MB; JSON may double an id's bytes).
 MESSAGE_BYTES = 600_000
 
-PARTS = ("items", "tags", "counts", "pairs")
+PARTS = ("items", "tags", "popular", "pairs")
 
 
 def encode_item_changes(
@@ -55,12 +54,12 @@ def encode_item_changes(
     for part, ids, rows, extra in (
         ("items", changes.items, (changes.dv, changes.db), {"k": k}),
         ("tags", changes.tags, (changes.de, changes.dtb), {"k": k}),
-        ("counts", changes.rated, (changes.counts, changes.mass), {"now": changes.now}),
+        ("popular", changes.rated, (changes.mass,), {"now": changes.now}),
     ):
-        per_entry = 4 * (k + 1) if part != "counts" else 12
+        per_entry = 4 * (k + 1) if part != "popular" else 8
         for lo, hi in _cuts([len(x.encode()) + 8 + per_entry for x in ids], limit):
             head = {**sender, "part": part, "ids": list(ids[lo:hi]), **extra}
-            dtypes = ("<f4", "<f4") if part != "counts" else ("<f4", "<f8")
+            dtypes = ("<f4", "<f4") if part != "popular" else ("<f8",)
             arrays = (np.asarray(a[lo:hi], t) for a, t in zip(rows, dtypes, strict=True))
             out.append(_message(head, arrays))
     n_pairs = len(changes.pair_w)
@@ -146,7 +145,7 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
             n_factors = header["k"]
             if not isinstance(n_factors, int) or n_factors < 0:
                 raise ValueError("k must be >= 0")
-        elif part == "counts":
+        elif part == "popular":
             now = header["now"]
             if not isinstance(now, (int, float)) or not np.isfinite(now):
                 raise ValueError("now must be a finite number")
@@ -169,14 +168,8 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
             out.items, out.dv, out.db = ids, vectors, biases
         else:
             out.tags, out.de, out.dtb = ids, vectors, biases
-    elif part == "counts":
-        m = len(ids)
-        if len(body) != 12 * m:
-            raise ValueError(f"{len(body)} bytes for {m} counts")
-        counts = _floats(body[: 4 * m], "<f4", m)
-        if (counts < 0).any():
-            raise ValueError("negative counts")
-        out.rated, out.counts, out.mass = ids, counts, _floats(body[4 * m :], "<f8", m)
+    elif part == "popular":
+        out.rated, out.mass = ids, _floats(body, "<f8", len(ids))
         out.now = float(now)
     else:
         if len(body) != 12 * n:

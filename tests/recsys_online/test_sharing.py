@@ -40,9 +40,10 @@ def owner(user: str) -> int:
 
 
 def test_two_models_exchanging_after_each_rating_count_as_one() -> None:
-    """Co-occurrence and popularity are sums over ratings: two models that each learn
-    half the users and exchange after every rating hold exactly what one model learning
-    every rating holds (neighbours, weights, counts, popularity), and rank by it alike."""
+    """Co-occurrence weights and popularity are sums over ratings: two models that each
+    learn half the users and exchange after every rating hold exactly what one model
+    learning every rating holds (neighbours, weights, popularity). Item rating counts stay
+    each model's own."""
     one, a, b = models(3)
     a.track_item_changes()
     b.track_item_changes()
@@ -51,7 +52,7 @@ def test_two_models_exchanging_after_each_rating_count_as_one() -> None:
         (a, b)[owner(user)].learn_many([user], [item], [rating], [t])
         exchange(a, b)
     for m in (a, b):
-        np.testing.assert_array_equal(m.cooc.count, one.cooc.count)
+        assert m.cooc.count.sum() < one.cooc.count.sum()  # (its own users' ratings only)
         np.testing.assert_allclose(m.popularity.log_mass, one.popularity.log_mass, rtol=1e-12)
         for row in range(len(ITEMS)):
             theirs = dict(
@@ -60,9 +61,6 @@ def test_two_models_exchanging_after_each_rating_count_as_one() -> None:
             ours = dict(zip(m.cooc.nbr[row].tolist(), m.cooc.weight[row].tolist(), strict=True))
             assert ours.keys() == theirs.keys()
             assert ours == pytest.approx(theirs, rel=1e-5)
-        assert [r.item for r in m.similar_items("i3", 5)] == [
-            r.item for r in one.similar_items("i3", 5)
-        ]
         assert [r.item for r in m.popular(5)] == [r.item for r in one.popular(5)]
 
 
@@ -72,7 +70,7 @@ def test_without_the_exchange_each_model_sees_only_its_own_users() -> None:
     for user, item, rating, t in stream(600):
         one.learn_many([user], [item], [rating], [t])
         (a, b)[owner(user)].learn_many([user], [item], [rating], [t])
-    assert not np.array_equal(a.cooc.count, one.cooc.count)
+    assert not np.allclose(a.cooc.weight, one.cooc.weight)
     assert not np.allclose(a.popularity.log_mass, one.popularity.log_mass)
 
 
@@ -110,7 +108,7 @@ def test_own_changes_exclude_what_arrived_from_elsewhere() -> None:
     at = own.items.index("i0")
     expected = b.mf.V[0] - v_before - from_a.dv[from_a.items.index("i0")]
     np.testing.assert_allclose(own.dv[at], expected, atol=1e-6)
-    assert own.rated == ["i0"] and own.counts.tolist() == [1.0]
+    assert own.rated == ["i0"]
 
 
 def test_unknown_and_deleted_items_are_skipped() -> None:
@@ -123,11 +121,14 @@ def test_unknown_and_deleted_items_are_skipped() -> None:
     b.delete_item("i2")
     changes = a.take_item_changes()
     counts_before, weights_before = b.cooc.count.copy(), b.cooc.weight.copy()
+    mass_before = b.popularity.log_mass.copy()
     b.apply_item_changes(changes)
     row_i2 = b.items.get("i2")
     assert b.items.get("new") is None
     assert b.cooc.count[row_i2] == counts_before[row_i2]
-    assert b.cooc.count[b.items.get("i1")] == 3.0
+    np.testing.assert_array_equal(b.cooc.count, counts_before)  # counts: not shared
+    assert b.popularity.log_mass[b.items.get("i1")] > mass_before[b.items.get("i1")]
+    assert b.popularity.log_mass[row_i2] > mass_before[row_i2]  # (a deleted item: harmless)
     assert not (b.cooc.nbr == row_i2).any()
     # Of i1's pairs, only the one with i3 is known and live on b.
     assert b.cooc.nbr[b.items.get("i1")][b.cooc.weight[b.items.get("i1")] > 0].tolist() == [

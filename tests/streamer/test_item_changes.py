@@ -54,7 +54,6 @@ def test_changes_cut_into_messages_apply_as_the_changes_themselves(limit: int) -
     assert applied == len(changes)
     np.testing.assert_array_equal(wired.mf.V, direct.mf.V)
     np.testing.assert_array_equal(wired.mf.E, direct.mf.E)
-    np.testing.assert_array_equal(wired.cooc.count, direct.cooc.count)
     np.testing.assert_array_equal(wired.popularity.log_mass, direct.popularity.log_mass)
     for row in range(40):  # (40 items: no neighbour list overflows, so order is moot)
         ours = dict(zip(wired.cooc.nbr[row].tolist(), wired.cooc.weight[row].tolist(), strict=True))
@@ -73,7 +72,7 @@ def test_item_changes_from_anywhere_are_checked_before_they_touch_the_model() ->
         json.loads(raw.partition(b"\n")[0])["part"]: raw
         for raw in encode_item_changes("w", [0, 1], changes)
     }
-    assert sorted(good) == ["counts", "items", "pairs", "tags"]
+    assert sorted(good) == ["items", "pairs", "popular", "tags"]
 
     def with_header(raw: bytes, **change) -> bytes:
         head, _, body = raw.partition(b"\n")
@@ -99,9 +98,9 @@ def test_item_changes_from_anywhere_are_checked_before_they_touch_the_model() ->
         "a body cut short": good["tags"][:-1],
         "no body": good["items"].partition(b"\n")[0],
         "a NaN vector": with_value(good["items"], 0, "<f4", np.nan),
-        "an infinite mass": with_value(good["counts"], 4 * n_rated, "<f8", np.inf),
-        "a negative count": with_value(good["counts"], 0, "<f4", -1.0),
-        "now not finite": with_header(good["counts"], now="soon"),
+        "an infinite mass": with_value(good["popular"], 8 * (n_rated - 1), "<f8", np.inf),
+        "a mass cut short": good["popular"][:-8],
+        "now not finite": with_header(good["popular"], now="soon"),
         "a pair naming no id": with_value(good["pairs"], 0, "<i4", 10**6),
         "a negative pair index": with_value(good["pairs"], 4, "<i4", -1),
         "a negative weight": with_value(good["pairs"], 8 * n_pairs, "<f4", -0.5),
@@ -139,7 +138,6 @@ async def test_shared_item_changes_stay_under_the_producers_message_limit() -> N
         de=np.zeros((n, k), np.float32),
         dtb=np.zeros(n, np.float32),
         rated=items,
-        counts=np.ones(n, np.float32),
         mass=np.ones(n),
         now=1.0,
         pair_items=items,
@@ -160,7 +158,7 @@ async def test_changes_from_partitions_this_worker_learns_are_never_counted_twic
     """A worker skips another's changes learned from ratings partitions it learns
     itself (in flight across a rebalance), and rebuilds its model before replaying a
     partition whose ratings already reached it through shared changes (a snapshot keeps
-    which): either way, no rating's co-occurrence, counts or popularity are added twice."""
+    which): either way, no rating's co-occurrence or popularity is added twice."""
     settings = Settings(ratings_topic="r", items_topic="i", users_topic="u")
     worker = RecsysWorker(settings)
     worker.catalog.ready.set()
@@ -176,18 +174,18 @@ async def test_changes_from_partitions_this_worker_learns_are_never_counted_twic
     for raw in encode_item_changes("other", [2, 3], changes):
         worker._add_in_item_changes(raw, 1)
     assert worker.items_received == len(changes) and worker.engine.shared_from == {2, 3}
-    counts = worker.engine.model.cooc.count.copy()
-    assert counts.sum() > 0
+    pairs = worker.engine.model.cooc.weight.copy()
+    assert pairs.sum() > 0
     for raw in encode_item_changes(worker.worker_id, [5], changes):  # its own: ignored
         worker._add_in_item_changes(raw, 2)
-    np.testing.assert_array_equal(worker.engine.model.cooc.count, counts)
+    np.testing.assert_array_equal(worker.engine.model.cooc.weight, pairs)
 
     assigned.add(3)  # a rebalance gives us partition 3, whose changes are in the model
     worker.engine = pickle.loads(pickle.dumps(worker.engine))  # (as a snapshot keeps it)
     old = worker.engine
     await worker._reset_if_pending()
     assert worker.engine is not old and worker.engine.shared_from == set()
-    assert worker.engine.model.cooc.count.sum() == 0  # replays start from an empty model
+    assert worker.engine.model.cooc.weight.sum() == 0  # replays start from an empty model
 
     assigned.add(4)  # a partition never shared: replayed into the model as it is
     worker._replayed = {0, 1, 3}
