@@ -121,7 +121,7 @@ class CoOccurrence:
                     weights += (recency[pos], recency[pos])
             rest = [x for x in ring if x >= 0 and x != item][: self.window - 1]
             rings[user] = [item, *rest, *([-1] * (self.window - 1 - len(rest)))]
-        self.add_counts(np.asarray(items, np.int64), None)
+        self._count(np.asarray(items, np.int64))
         if not a_rows:
             return None
         pairs = np.array(a_rows), np.array(b_rows), np.array(weights, np.float32)
@@ -141,7 +141,7 @@ class CoOccurrence:
         kept[~np.take_along_axis(other, order, axis=1)] = -1
         self.recent[users, 0] = items
         self.recent[users, 1:] = kept
-        self.add_counts(items, None)
+        self._count(items)
         if not len(b):
             return None
         pairs = (  # each pair both ways, interleaved as the loop adds them
@@ -152,12 +152,9 @@ class CoOccurrence:
         self.add_pairs(*pairs)
         return pairs
 
-    def add_counts(self, items: np.ndarray, counts: np.ndarray | None) -> None:
-        """``items`` (rows, may repeat) gain ``counts`` ratings each (None: one each)."""
-        if counts is None:
-            np.add.at(self.count, items, 1.0)
-        else:
-            np.add.at(self.count, items, counts)
+    def _count(self, items: np.ndarray) -> None:
+        """``items`` (rows, may repeat) gain a rating each."""
+        np.add.at(self.count, items, 1.0)
         self.damping[items] = np.maximum(self.count[items], 1.0) ** np.float32(-self.beta)
 
     def add_pairs(self, rows: np.ndarray, others: np.ndarray, ws: np.ndarray) -> None:
@@ -179,14 +176,15 @@ class CoOccurrence:
         uniq, start = np.unique(rows, return_index=True)
         group = np.searchsorted(uniq, rows)
         rank = np.arange(len(rows)) - start[group]
-        lightest = np.argsort(self.weight[uniq], axis=1, kind="stable")  # (U, M)
+        slot_weight = self.weight[uniq]  # (U, M)
+        lightest = np.argsort(slot_weight, axis=1, kind="stable")
         # One at a time, SpaceSaving puts each newcomer in the lightest slot, which then
         # weighs more: many newcomers raise the lightest slots together, like water, and
         # replace only those below the level their total weight reaches. Newcomers past
         # that many (the lightest) would have replaced each other. Without this limit, a
         # popular item's many newcomers in one call (a large batch, or another worker's
         # changes) would replace its heaviest neighbours too.
-        level_of = np.take_along_axis(self.weight[uniq], lightest, axis=1)  # ascending
+        level_of = np.take_along_axis(slot_weight, lightest, axis=1)  # ascending
         mass = np.bincount(group, weights=ws, minlength=len(uniq))
         level = (mass[:, None] + np.cumsum(level_of, axis=1)) / np.arange(1, level_of.shape[1] + 1)
         fits = rank < np.count_nonzero(level_of < level, axis=1)[group]

@@ -574,7 +574,6 @@ class Recommender:
         if own is None:
             k = self.mf.V.shape[1]
             return ItemChanges(dv=np.zeros((0, k), np.float32), de=np.zeros((0, k), np.float32))
-        self.mf.ensure()
         ids, tags = self.items.ids_of, self.tags.index.ids_of
         return own.take(self.mf, ids, tags, self.popularity.log_rate)
 

@@ -987,7 +987,8 @@ class RecsysWorker:
         """Rebuild the model after losing a partition, or before learning one whose
         ratings already reached the model through another worker's shared changes (which
         the replay would count twice), between two learning calls."""
-        if (self._assigned() - self._replayed) & self.engine.shared_from:
+        shared = self.engine.shared_from  # (empty unless other workers' changes came in)
+        if shared and (self._assigned() - self._replayed) & shared:
             self._reset_pending = True
         if self._reset_pending:
             async with self._learning:

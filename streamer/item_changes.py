@@ -51,23 +51,24 @@ def encode_item_changes(
     sender = {"worker": worker, "partitions": sorted(partitions)}
     out: list[bytes] = []
     k = int(changes.dv.shape[1]) if changes.dv.ndim == 2 else 0
-    for part, ids, rows, extra in (
-        ("items", changes.items, (changes.dv, changes.db), {"k": k}),
-        ("tags", changes.tags, (changes.de, changes.dtb), {"k": k}),
-        ("popular", changes.rated, (changes.mass,), {"now": changes.now}),
+    for part, ids, rows, dtypes, extra in (
+        ("items", changes.items, (changes.dv, changes.db), ("<f4", "<f4"), {"k": k}),
+        ("tags", changes.tags, (changes.de, changes.dtb), ("<f4", "<f4"), {"k": k}),
+        ("popular", changes.rated, (changes.mass,), ("<f8",), {"now": changes.now}),
     ):
-        per_entry = 4 * (k + 1) if part != "popular" else 8
+        per_entry = sum(  # an entry's bytes in the arrays: a row of each
+            np.dtype(t).itemsize * (a.shape[1] if a.ndim == 2 else 1)
+            for a, t in zip(rows, dtypes, strict=True)
+        )
         for lo, hi in _cuts([len(x.encode()) + 8 + per_entry for x in ids], limit):
             head = {**sender, "part": part, "ids": list(ids[lo:hi]), **extra}
-            dtypes = ("<f4", "<f4") if part != "popular" else ("<f8",)
             arrays = (np.asarray(a[lo:hi], t) for a, t in zip(rows, dtypes, strict=True))
             out.append(_message(head, arrays))
     n_pairs = len(changes.pair_w)
     if n_pairs:
         names = changes.pair_items
-        sizes = [len(x.encode()) + 8 for x in names]
         # Each pair costs 12 bytes and at most two ids: cut so that the worst case fits.
-        per_pair = 12 + 2 * max(sizes)
+        per_pair = 12 + 2 * (max(len(x.encode()) for x in names) + 8)
         step = max(1, limit // per_pair)
         for lo in range(0, n_pairs, step):
             a = changes.pair_a[lo : lo + step]
