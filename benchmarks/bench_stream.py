@@ -253,8 +253,10 @@ def parity_text(stream: dict, replay: dict, relative: dict) -> str:
 
 def freshness_text(run: dict) -> str:
     return (
-        f"{run['rate_achieved']:,.0f}/s: p50 {run['freshness_ms_p50']:.0f} ms, p99 "
-        f"{run['freshness_ms_p99']:.0f} ms; CPU worker {run['worker_cpu_share']:.0%}, broker "
+        f"{run['rate_achieved']:,.0f}/s: p50 {run['freshness_ms_p50']:.1f} ms, p99 "
+        f"{run['freshness_ms_p99']:.0f} ms over the run (last 1,000 ratings: "
+        f"{run['freshness_ms_p50_last_1000']:.1f} / {run['freshness_ms_p99_last_1000']:.0f} ms)"
+        f"; CPU worker {run['worker_cpu_share']:.0%}, broker "
         f"{run['broker_cpu_share']:.0%}, producer {run['producer_cpu_share']:.0%}"
     )
 
@@ -292,8 +294,12 @@ def freshness(ds, rate: float, log_dir: Path) -> dict:
             "rate_target": rate,
             "rate_achieved": len(ratings) / sent_s,
             "ratings": len(ratings),
-            "freshness_ms_p50": metric(client, settings, "freshness_ms_p50"),
-            "freshness_ms_p99": metric(client, settings, "freshness_ms_p99"),
+            # Over every rating of the run; the hash's plain figures cover only the last
+            # RECSYS_METRICS_WINDOW (1,000) ratings, its last 0.2 s at 5,000/s.
+            "freshness_ms_p50": metric(client, settings, "freshness_ms_p50_total"),
+            "freshness_ms_p99": metric(client, settings, "freshness_ms_p99_total"),
+            "freshness_ms_p50_last_1000": metric(client, settings, "freshness_ms_p50"),
+            "freshness_ms_p99_last_1000": metric(client, settings, "freshness_ms_p99"),
             "worker_cpu_share": (cpu_seconds(worker.pid) - cpu_w0) / wall,
             "broker_cpu_share": ((cpu_seconds(bpid) - cpu_b0) / wall) if bpid else 0.0,
             "producer_cpu_share": (cpu_seconds(os.getpid()) - cpu_p0) / wall,

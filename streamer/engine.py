@@ -17,7 +17,7 @@ from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
 from recsys_online.ids import IdIndex
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
-from streamer.metrics import FRESHNESS_BUCKETS, REFRESH_BUCKETS, Histogram
+from streamer.metrics import FRESHNESS_BUCKETS, REFRESH_BUCKETS, Histogram, Quantiles
 from streamer.settings import Settings
 
 Lists = dict[str, list[Recommendation]]
@@ -117,6 +117,7 @@ class StreamEngine:
         self.event_ids: OrderedDict[str, None] = OrderedDict()
         self.freshness_ms: deque[float] = deque(maxlen=s.metrics_window)
         self.freshness_hist = Histogram(FRESHNESS_BUCKETS)  # seconds, since the start
+        self.freshness_all = Quantiles()  # ms, since the start: a whole run's p50 and p99
         self.refresh_hist = Histogram(REFRESH_BUCKETS)  # seconds to rank + publish a batch
         self.last_rank_s = 0.0  # the last batched ranking call, for refresh_hist
         # (time, events learned) after each batch, over the last RATE_WINDOW_S seconds
@@ -233,6 +234,7 @@ class StreamEngine:
         "ranking_now",
         "freshness_ms",
         "freshness_hist",
+        "freshness_all",
         "freshness_clock_ahead",
         "refresh_hist",
     )
@@ -299,6 +301,7 @@ class StreamEngine:
         state.setdefault("freed", IdIndex())
         state.setdefault("freshness_clock_ahead", 0)
         state.setdefault("shared_from", set())
+        state.setdefault("freshness_all", Quantiles())
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -522,6 +525,7 @@ class StreamEngine:
             self.freshness_clock_ahead += ahead
             fresh = [max(0.0, ms) for ms in fresh]
         self.freshness_ms.extend(fresh)
+        self.freshness_all.observe_many(fresh)
         self.freshness_hist.observe_many(ms / 1000.0 for ms in fresh)
 
     def record_refresh(self, publish_s: float) -> None:
@@ -600,6 +604,8 @@ class StreamEngine:
             "lag": lag,
             "freshness_ms_p50": float(np.percentile(fresh, 50)) if len(fresh) else 0.0,
             "freshness_ms_p99": float(np.percentile(fresh, 99)) if len(fresh) else 0.0,
+            "freshness_ms_p50_total": self.freshness_all.quantile(0.5),
+            "freshness_ms_p99_total": self.freshness_all.quantile(0.99),
             "freshness_clock_ahead": self.freshness_clock_ahead,
             "model_version": self.version,
             "users": self.model.n_users,

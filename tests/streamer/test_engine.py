@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from recsys_online.events import Rating
 from streamer.engine import StreamEngine
 from streamer.settings import Settings
@@ -38,9 +40,10 @@ def test_a_rebuilt_model_keeps_the_live_figures() -> None:
         "ndcg_at_k",
         "recall_at_k",
         "freshness_ms_p50",
+        "freshness_ms_p50_total",
     ):
         assert after[name] == before[name], name
-    assert new.freshness_hist.count == 1
+    assert new.freshness_hist.count == 1 and new.freshness_all.count == 1
     new.learn_ratings([Rating("u1", "i3", 4.0, 3.0)])
     assert new.metrics()["evaluated"] == 3
 
@@ -219,3 +222,24 @@ def test_a_replayed_rating_of_a_freed_item_is_learned_without_listing_it() -> No
     assert engine.events == events + 1
     lists = engine.serve(["u2", "u3"])
     assert lists["u3"] and all(r.item != "b" for recs in lists.values() for r in recs)
+
+
+def test_whole_run_freshness_covers_every_rating_the_rolling_one_the_last() -> None:
+    engine = StreamEngine(Settings(k=3, n_factors=4, metrics_window=100))
+    engine.record_freshness([1000.0] * 900, published_at=1.5)  # 900 ratings 500 ms late
+    engine.record_freshness([1000.0] * 100, published_at=1.01)  # then 100 at 10 ms
+    m = engine.metrics()
+    assert m["freshness_ms_p50"] == pytest.approx(10.0)  # the window: the last 100
+    assert m["freshness_ms_p50_total"] == pytest.approx(500.0, rel=0.01)  # all 1,000
+    assert m["freshness_ms_p99_total"] == pytest.approx(500.0, rel=0.01)
+
+
+def test_a_snapshot_from_before_whole_run_freshness_still_loads() -> None:
+    engine = engine_with_history()
+    state = engine.__dict__.copy()
+    del state["freshness_all"]
+    old = StreamEngine.__new__(StreamEngine)
+    old.__setstate__(state)
+    assert old.metrics()["freshness_ms_p50_total"] == 0.0
+    old.record_freshness([1000.0], published_at=1.02)
+    assert old.metrics()["freshness_ms_p50_total"] == pytest.approx(20.0, rel=0.01)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsys_online.events import Rating
 from streamer.engine import StreamEngine
-from streamer.metrics import FRESHNESS_BUCKETS, Histogram, exposition
+from streamer.metrics import FRESHNESS_BUCKETS, Histogram, Quantiles, exposition
 from streamer.settings import Settings
 
 
@@ -25,6 +26,25 @@ def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
     assert h.sum == pytest.approx(7.66)
     h.observe_many([])
     assert h.count == 5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_quantiles_agree_with_numpy_within_one_percent(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.lognormal(3.0, 1.0, 20_000)  # milliseconds, a long right tail
+    q = Quantiles(rel=0.01)
+    for part in np.array_split(x, 7):
+        q.observe_many(part.tolist())
+    assert q.count == len(x)
+    for p in (0.01, 0.5, 0.9, 0.99, 0.999):
+        exact = np.quantile(x, p, method="inverted_cdf")
+        assert abs(q.quantile(p) - exact) <= 0.01 * (1 + exact), p
+
+
+def test_quantiles_count_values_past_the_top_in_the_last_bucket() -> None:
+    q = Quantiles(rel=0.01, top=1000.0)
+    q.observe_many([-3.0, 1e9])  # a negative value counts as 0
+    assert q.quantile(0.0) < 0.05 and 990.0 <= q.quantile(1.0) <= 1030.0
 
 
 def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
