@@ -18,6 +18,7 @@ from polling import wait_until
 
 from recsys_online import synth
 from recsys_online.events import Rating
+from recsys_online.recommender import Recommender, RecommenderConfig
 from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.app import ensure_topics
 from streamer.process import clear_run, isolated_env, start_worker
@@ -384,3 +385,48 @@ def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
     # Each applies at most what the other sent (items it does not know are skipped).
     assert 0 < ma["items_received"] <= mb["items_shared"]
     assert 0 < mb["items_received"] <= ma["items_shared"]
+
+
+def test_a_sharing_worker_killed_leaves_a_survivor_that_counts_each_rating_once(
+    make_run, stream
+) -> None:
+    """The survivor added in the killed worker's item changes (its ratings' popularity,
+    among them) before the kill, then takes the killed worker's partitions over and
+    replays them: it must rebuild first, or those ratings count twice. Popularity sums
+    every rating, in any order, so the survivor's popular list must score like one model
+    that learned each rating once."""
+    ratings = stream.ratings
+    head, tail = ratings[:3000], ratings[3000:]
+    run = make_run(RECSYS_SHARE_ITEMS_EVERY_S="0.3")
+    produce_catalog(run, stream)
+    a, b = run.start_worker(), run.start_worker()
+    produce_ratings(run, head)
+
+    def exchanged() -> bool:
+        both = run.shared_between(a, b, len(head))
+        return both is not None and min(m["items_received"] for m in both) > 0
+
+    run.wait("both workers to learn the head and exchange item changes", exchanged)
+    time.sleep(1.0)  # more of the killed worker's changes reach the survivor
+    assert run.worker_metrics(b)["items_received"] > 0
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    produce_ratings(run, tail)
+    run.wait(
+        "the survivor to take every partition over",
+        lambda: run.worker_metrics(b).get("events", 0) >= len(ratings),
+        timeout=180,
+    )
+    time.sleep(1.5)  # a rating counted twice, or changes added in late, would show now
+    state = run.worker_metrics(b)
+    assert state["events"] == len(ratings)
+    assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
+
+    once = Recommender(RecommenderConfig(signals=("pop",)))
+    once.learn_many(*zip(*((r.user, r.item, r.rating, r.timestamp) for r in ratings), strict=True))
+    expected = {r.item: r.score for r in once.popular(10)}
+    served = json.loads(run.redis.get(f"{run.prefix}popular"))["items"]
+    assert sorted(x["score"] for x in served) == pytest.approx(
+        sorted(expected.values()), rel=1e-4
+    ), (served, expected)
+    assert {x["item_id"] for x in served} == set(expected)
