@@ -28,8 +28,10 @@ class CoOccurrence:
 
     A user's score for item ``j`` sums, over the items ``i`` of their ring,
     :math:`\gamma^k \, w_{ij} / (n_i^{1/2} n_j^{\beta})` where :math:`n` counts each
-    item's ratings: a damped conditional probability that favours specific neighbours over
-    merely popular ones as ``beta`` grows.
+    item's ratings, and is at least ``count_floor``: a damped conditional probability that
+    favours specific neighbours over merely popular ones as ``beta`` grows, without
+    taking an item rated once or twice, whose few pairs are thin evidence, for the most
+    specific of all.
 
     Examples
     --------
@@ -39,26 +41,40 @@ class CoOccurrence:
     ...     co.learn(u, i)
     >>> scores = co.item_scores(2)
     >>> int(np.argmax(scores)), round(float(scores[1]), 3)
-    (1, 0.816)
+    (1, 0.5)
     >>> co.because_of(2, 1)
     0
     """
 
     def __init__(
-        self, window: int = 10, n_neighbours: int = 50, decay: float = 0.8, beta: float = 0.5
+        self,
+        window: int = 10,
+        n_neighbours: int = 50,
+        decay: float = 0.8,
+        beta: float = 0.5,
+        count_floor: float = 4.0,
     ) -> None:
+        if count_floor <= 0:
+            raise ValueError(f"count_floor must be positive, got {count_floor}")
         self.window = window
         self.n_neighbours = n_neighbours
         self.decay = decay
         self.beta = beta
+        self.count_floor = count_floor
         self.n_users = self.n_items = 0
         self.recent = np.full((0, window), -1, np.int32)  # newest first
         self.nbr = np.full((0, n_neighbours), -1, np.int32)
         self.weight = np.zeros((0, n_neighbours), np.float32)
         self.error = np.zeros((0, n_neighbours), np.float32)  # SpaceSaving overestimate
         self.count = np.zeros(0, np.float32)
-        self.damping = np.ones(0, np.float32)  # max(count, 1) ** -beta, kept with count
+        self.damping = np.ones(0, np.float32)  # max(count, floor) ** -beta, kept with count
         self._recency = (decay ** np.arange(window)).astype(np.float32)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "count_floor" not in state:  # (pickled before the floor: damped from 1 up)
+            self.count_floor = 4.0
+            self.damping = self._floored(self.count) ** np.float32(-self.beta)
 
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
         """Grow storage for rows below ``n_users`` / ``n_items``."""
@@ -70,7 +86,7 @@ class CoOccurrence:
             self.weight = grown(self.weight, n_items)
             self.error = grown(self.error, n_items)
             self.count = grown(self.count, n_items)
-            self.damping = grown(self.damping, n_items, fill=1.0)
+            self.damping = grown(self.damping, n_items, fill=self._no_count_damping)
             self.n_items = n_items
 
     def keep_items(self, keep: np.ndarray) -> None:
@@ -83,7 +99,7 @@ class CoOccurrence:
         self.weight, self.error = kept_rows(self.weight, keep), kept_rows(self.error, keep)
         self.weight[gone] = self.error[gone] = 0.0
         self.count = kept_rows(self.count, keep)
-        self.damping = kept_rows(self.damping, keep, fill=1.0)
+        self.damping = kept_rows(self.damping, keep, fill=self._no_count_damping)
         self.recent[: self.n_users] = new_row[self.recent[: self.n_users]]
         self.n_items = len(keep)
 
@@ -155,7 +171,15 @@ class CoOccurrence:
     def _count(self, items: np.ndarray) -> None:
         """``items`` (rows, may repeat) gain a rating each."""
         np.add.at(self.count, items, 1.0)
-        self.damping[items] = np.maximum(self.count[items], 1.0) ** np.float32(-self.beta)
+        self.damping[items] = self._floored(self.count[items]) ** np.float32(-self.beta)
+
+    def _floored(self, count: np.ndarray) -> np.ndarray:
+        return np.maximum(count, np.float32(self.count_floor))
+
+    @property
+    def _no_count_damping(self) -> float:
+        """The damping of an item with no rating yet."""
+        return float(np.float32(self.count_floor) ** np.float32(-self.beta))
 
     def add_pairs(self, rows: np.ndarray, others: np.ndarray, ws: np.ndarray) -> None:
         """Pairs ``(rows[p], others[p])`` gain ``ws[p]``; repeated pairs are summed first."""
@@ -215,7 +239,7 @@ class CoOccurrence:
 
     def _ring_part(self, places: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """What item ``rows`` at ring ``places`` (0: newest) weigh: gamma^k / n_i^(1/2)."""
-        return self._recency[places] / np.sqrt(np.maximum(self.count[rows], 1.0))
+        return self._recency[places] / np.sqrt(self._floored(self.count[rows]))
 
     def _guaranteed(self, rows: np.ndarray, slots=slice(None)) -> np.ndarray:
         """Neighbour weights of ``rows`` (at ``slots``) that scores count on: SpaceSaving's

@@ -104,6 +104,7 @@ class RecommenderConfig:
     cooc_neighbours: int = 50
     cooc_decay: float = 0.8
     cooc_beta: float = 0.5
+    cooc_count_floor: float = 4.0
     popularity_half_life: float = 7 * 86400.0
     cold_ratings: float = 5.0
     learn_blend: bool = True
@@ -165,7 +166,11 @@ class Recommender:
         self.vectors = ItemVectors(self.mf)  # the item vectors, stacked for ranking
         self.content = ContentModel(self.tags, dim=cfg.content_dim)
         self.cooc = CoOccurrence(
-            cfg.cooc_window, cfg.cooc_neighbours, cfg.cooc_decay, cfg.cooc_beta
+            cfg.cooc_window,
+            cfg.cooc_neighbours,
+            cfg.cooc_decay,
+            cfg.cooc_beta,
+            cfg.cooc_count_floor,
         )
         self.popularity = Popularity(cfg.popularity_half_life)
         self.rng = np.random.default_rng(cfg.seed)
