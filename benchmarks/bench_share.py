@@ -9,12 +9,12 @@ backlog: the synthetic year, and the live-paced stream (every user equally activ
 20,000 ratings/s of event time). Two workers' figures are also given as their mean
 weighted by the ratings each evaluated. First, the same comparison in-process
 (:func:`in_process`: the workers' engines exchanging after every batch, no Kafka), which
-shows what sharing does with the least lag. The workers need the services:
-``eval "$(scripts/services.sh up)"``. Usage::
+shows what sharing does with the least lag, for two and for four engines. The workers
+need the services: ``eval "$(scripts/services.sh up)"``. Usage::
 
     python -m benchmarks.bench_share [--ratings 100000] [--every 1] [--out FILE]
         [--repeats 3] [--streams year,live-paced] [--in-process-ratings 30000]
-        [--in-process-only]
+        [--in-process-only] [--engines 2,4]
 """
 
 from __future__ import annotations
@@ -63,20 +63,20 @@ def median_of(runs: list[dict]) -> dict[str, float]:
     }
 
 
-def in_process(ds, n_ratings: int, every: int) -> dict[str, dict[str, float]]:
+def in_process(ds, n_ratings: int, every: int, n_engines: int = 2) -> dict[str, dict[str, float]]:
     """The same comparison without Kafka or timing: the workers' engines in this process,
-    the first ``n_ratings`` split between two by a hash of the user, fed in batches of
-    ``every`` ratings, exchanging their changes after every batch (the shortest lag a
-    worker could have: sharing's own effect). One engine learns every batch for the
-    comparison."""
+    the first ``n_ratings`` split between ``n_engines`` by a hash of the user, fed in
+    batches of ``every`` ratings, exchanging their changes after every batch (the
+    shortest lag a worker could have: sharing's own effect). One engine learns every
+    batch for the comparison."""
     out = {}
-    for name, n_engines, share in (
+    for name, n, share in (
         ("one engine", 1, False),
-        ("two engines, not sharing", 2, False),
-        ("two engines, sharing", 2, True),
+        (f"{n_engines} engines, not sharing", n_engines, False),
+        (f"{n_engines} engines, sharing", n_engines, True),
     ):
         settings = Settings(share_items_every_s=1.0 if share else 0.0)
-        engines = [StreamEngine(settings) for _ in range(n_engines)]
+        engines = [StreamEngine(settings) for _ in range(n)]
         for engine in engines:
             engine.live = False
             for item in ds.items.values():
@@ -85,15 +85,16 @@ def in_process(ds, n_ratings: int, every: int) -> dict[str, dict[str, float]]:
         for lo in range(0, len(ratings), every):
             parts = [[] for _ in engines]
             for r in ratings[lo : lo + every]:
-                parts[zlib.crc32(r.user.encode()) % n_engines].append(r)
+                parts[zlib.crc32(r.user.encode()) % n].append(r)
             for engine, part in zip(engines, parts, strict=True):
                 engine.learn_ratings(part)
-            if share:
-                a, b = (e.model for e in engines)
-                changes = a.take_item_changes(), b.take_item_changes()
-                b.apply_item_changes(changes[0])
-                a.apply_item_changes(changes[1])
-        run = {"per_worker": {str(n): e.metrics() for n, e in enumerate(engines)}}
+            if share:  # every engine adds in what each other engine learned
+                changes = [e.model.take_item_changes() for e in engines]
+                for to, engine in enumerate(engines):
+                    for sent, change in enumerate(changes):
+                        if sent != to:
+                            engine.model.apply_item_changes(change)
+        run = {"per_worker": {str(j): e.metrics() for j, e in enumerate(engines)}}
         out[name] = {
             "rmse": weighted(run, "rmse_total"),
             "ndcg_at_k": weighted(run, "ndcg_at_k_total"),
@@ -102,7 +103,7 @@ def in_process(ds, n_ratings: int, every: int) -> dict[str, dict[str, float]]:
 
 
 def gap_closed(figures: dict[str, dict[str, float]]) -> float:
-    """The share of two models' NDCG gap to one that sharing closes."""
+    """The share of several models' NDCG gap to one that sharing closes."""
     one, apart, shared = (f["ndcg_at_k"] for f in figures.values())
     return (shared - apart) / (one - apart) if one != apart else float("nan")
 
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="alternated two-worker runs")
     parser.add_argument(
+        "--engines", default="2,4", help="engines of the in-process runs (comma-separated)"
+    )
+    parser.add_argument(
         "--streams", default="year,live-paced", help="which streams (comma-separated)"
     )
     args = parser.parse_args(argv)
@@ -134,13 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"in_process": {}}
     chosen = [(n, d) for n, d in (("year", year), ("live-paced", live)) if n in args.streams]
     for stream, ds in chosen:
-        for every in (1000, 100):
-            figures = in_process(ds, args.in_process_ratings, every)
-            result["in_process"][f"{stream}, every {every} ratings"] = figures
-            print(f"in-process, {stream}, {args.in_process_ratings:,} ratings, every {every}:")
-            for name, f in figures.items():
-                print(f"  {name}: RMSE {f['rmse']:.4f} NDCG@10 {f['ndcg_at_k']:.4f}")
-            print(f"  sharing closes {gap_closed(figures):.0%} of two models' NDCG gap to one")
+        for n_engines in (int(n) for n in args.engines.split(",")):
+            for every in (1000, 100):
+                figures = in_process(ds, args.in_process_ratings, every, n_engines)
+                key = f"{stream}, every {every} ratings"
+                result["in_process"][key + ("" if n_engines == 2 else f", {n_engines}")] = figures
+                print(
+                    f"in-process, {stream}, {args.in_process_ratings:,} ratings, "
+                    f"{n_engines} engines, every {every}:"
+                )
+                for name, f in figures.items():
+                    print(f"  {name}: RMSE {f['rmse']:.4f} NDCG@10 {f['ndcg_at_k']:.4f}")
+                print(f"  sharing closes {gap_closed(figures):.0%} of their NDCG gap to one")
     for stream, ds in chosen:
         if args.in_process_only:
             break
