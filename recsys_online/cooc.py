@@ -15,6 +15,10 @@ _BROADCAST_LIMIT = 1 << 18
 #: on its neighbour ``others[p]``.
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
+# Items rated fewer times than this are damped as if rated this often (bench figures in
+# docs/benchmarks.md, "Co-occurrence damping").
+COUNT_FLOOR = 4.0
+
 
 class CoOccurrence:
     r"""Because you watched X: items that follow each other in users' recent histories.
@@ -52,7 +56,7 @@ class CoOccurrence:
         n_neighbours: int = 50,
         decay: float = 0.8,
         beta: float = 0.5,
-        count_floor: float = 4.0,
+        count_floor: float = COUNT_FLOOR,
     ) -> None:
         if count_floor <= 0:
             raise ValueError(f"count_floor must be positive, got {count_floor}")
@@ -73,7 +77,7 @@ class CoOccurrence:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if "count_floor" not in state:  # (pickled before the floor: damped from 1 up)
-            self.count_floor = 4.0
+            self.count_floor = COUNT_FLOOR
             self.damping = self._floored(self.count) ** np.float32(-self.beta)
 
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from recsys_online.content import ContentModel, best_tags
-from recsys_online.cooc import CoOccurrence
+from recsys_online.cooc import COUNT_FLOOR, CoOccurrence
 from recsys_online.factors import FactorModel, FactorParams, ItemVectors
 from recsys_online.ids import IdIndex, grown, row_map
 from recsys_online.popularity import Popularity
@@ -104,7 +104,7 @@ class RecommenderConfig:
     cooc_neighbours: int = 50
     cooc_decay: float = 0.8
     cooc_beta: float = 0.5
-    cooc_count_floor: float = 4.0
+    cooc_count_floor: float = COUNT_FLOOR
     popularity_half_life: float = 7 * 86400.0
     cold_ratings: float = 5.0
     learn_blend: bool = True
