@@ -17,7 +17,7 @@ Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 # Items rated fewer times than this are damped as if rated this often (bench figures in
 # docs/benchmarks.md, "Co-occurrence damping").
-COUNT_FLOOR = 4.0
+COUNT_FLOOR = 2.0
 
 
 class CoOccurrence:
@@ -45,7 +45,7 @@ class CoOccurrence:
     ...     co.learn(u, i)
     >>> scores = co.item_scores(2)
     >>> int(np.argmax(scores)), round(float(scores[1]), 3)
-    (1, 0.5)
+    (1, 0.816)
     >>> co.because_of(2, 1)
     0
     """

@@ -9,7 +9,7 @@ import pytest
 
 from recsys_online import cooc as cooc_module
 from recsys_online.content import ContentModel
-from recsys_online.cooc import CoOccurrence
+from recsys_online.cooc import COUNT_FLOOR, CoOccurrence
 from recsys_online.popularity import Popularity
 from recsys_online.recommender import Recommender, RecommenderConfig
 from recsys_online.tags import ItemTags
@@ -298,8 +298,7 @@ def test_decay_is_exact_over_a_long_stream() -> None:
 def test_counts_below_the_floor_damp_as_the_floor() -> None:
     """An item rated once or twice is damped as if rated ``count_floor`` times: its few
     pairs are thin evidence, and dividing by its own small count made it the most specific
-    neighbour of all (the floor of 4 ranks better on every stream of bench_core and
-    bench_stream, docs/benchmarks.md)."""
+    neighbour of all (docs/benchmarks.md, "Co-occurrence damping")."""
     co = CoOccurrence(window=3, n_neighbours=4, decay=0.5, beta=1.0, count_floor=4.0)
     co.ensure(n_users=8, n_items=3)
     co.learn(0, 0)
@@ -322,5 +321,5 @@ def test_a_model_pickled_before_the_floor_damps_from_the_floor_after_loading() -
     del state["count_floor"]
     old = CoOccurrence.__new__(CoOccurrence)
     old.__setstate__(state)
-    assert old.count_floor == 4.0
-    np.testing.assert_allclose(old.damping[:2], [0.5, 0.5])  # 4 ** -0.5, rated or not
+    assert old.count_floor == COUNT_FLOOR == 2.0
+    np.testing.assert_allclose(old.damping[:2], [2**-0.5, 2**-0.5])  # rated once or not
