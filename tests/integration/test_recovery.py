@@ -364,12 +364,11 @@ def test_a_snapshot_that_cannot_be_written_does_not_stop_the_worker(make_run, st
     assert "snapshot_age_s" not in run.worker_metrics(worker)
 
 
-def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
-    """With RECSYS_SHARE_ITEMS_EVERY_S, each worker sends what its learning changed on
-    the item side (item and tag vectors, counts and popularity, co-occurrence pairs, the
-    blend) and adds in what the other sent; the ratings are still learned once."""
-    head = stream.ratings[:3000]
-    run = make_run(RECSYS_SHARE_ITEMS_EVERY_S="0.5")
+def two_workers_sharing(make_run, stream, head: list[Rating], every_s: str):
+    """A run whose two workers exchange item changes every ``every_s`` seconds, once
+    both have learned ``head`` between them and each has added in the other's changes:
+    the run and the two processes."""
+    run = make_run(RECSYS_SHARE_ITEMS_EVERY_S=every_s)
     produce_catalog(run, stream)
     a, b = run.start_worker(), run.start_worker()
     produce_ratings(run, head)
@@ -379,6 +378,15 @@ def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
         return both is not None and min(m["items_received"] for m in both) > 0
 
     run.wait("both workers to learn and exchange item changes", exchanged)
+    return run, a, b
+
+
+def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
+    """With RECSYS_SHARE_ITEMS_EVERY_S, each worker sends what its learning changed on
+    the item side (item and tag vectors, counts and popularity, co-occurrence pairs, the
+    blend) and adds in what the other sent; the ratings are still learned once."""
+    head = stream.ratings[:3000]
+    run, a, b = two_workers_sharing(make_run, stream, head, every_s="0.5")
     time.sleep(1.5)  # the last changes arrive
     ma, mb = run.worker_metrics(a), run.worker_metrics(b)
     assert ma["events"] + mb["events"] == len(head)
@@ -397,16 +405,7 @@ def test_a_sharing_worker_killed_leaves_a_survivor_that_counts_each_rating_once(
     that learned each rating once."""
     ratings = stream.ratings
     head, tail = ratings[:3000], ratings[3000:]
-    run = make_run(RECSYS_SHARE_ITEMS_EVERY_S="0.3")
-    produce_catalog(run, stream)
-    a, b = run.start_worker(), run.start_worker()
-    produce_ratings(run, head)
-
-    def exchanged() -> bool:
-        both = run.shared_between(a, b, len(head))
-        return both is not None and min(m["items_received"] for m in both) > 0
-
-    run.wait("both workers to learn the head and exchange item changes", exchanged)
+    run, a, b = two_workers_sharing(make_run, stream, head, every_s="0.3")
     time.sleep(1.0)  # more of the killed worker's changes reach the survivor
     assert run.worker_metrics(b)["items_received"] > 0
     a.send_signal(signal.SIGKILL)
