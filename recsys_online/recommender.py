@@ -1123,14 +1123,23 @@ class Recommender:
         if needed[2]:
             because = self.cooc.because_of_users(u, padded, ctx.ring, ring)
             can[2] = because >= 0
-        if needed[0] or needed[5]:
-            liked = self._closest_liked_users(u, padded)
-            can[0] = can[5] = liked >= 0
         if needed[1] or needed[4]:
             item_tags, agree = self.content.tag_agreement(u, padded)  # (B, K, T)
             can[1] = can[4] = (agree > 0).any(axis=-1)
         can[3] = True
         can &= use[:, None, None]
+        if needed[0] or needed[5]:
+            # The closest liked item, only for the users with an item where a factor
+            # signal could beat every other able one (at most ties): its reason alone
+            # names it, and factors rarely lead a blended list.
+            best_other = np.where(can, contrib, -np.inf).max(axis=0)  # (0 and 5 not yet)
+            could = use[0] & (contrib[0] >= best_other) | use[5] & (contrib[5] >= best_other)
+            rows = np.flatnonzero(could.any(axis=1))
+            if len(rows):
+                liked = np.full((n_users, width), -1, np.int64)
+                liked[rows] = self._closest_liked_users(u[rows], padded[rows])
+                can[0] = can[5] = liked >= 0
+                can[[0, 5]] &= use[[0, 5], None, None]
         # The able signal with the largest contribution (ties: the first signal) wins.
         chosen = np.where(can, contrib, -np.inf).argmax(axis=0)  # (B, K)
         chosen[~can.any(axis=0)] = -1
