@@ -317,8 +317,9 @@ def test_a_transactional_producer_leaves_no_lag(worker: RunningWorker) -> None:
 
 def test_deleted_items_rows_are_freed_and_lists_still_served(worker: RunningWorker) -> None:
     """Once deleted items hold more than RECSYS_COMPACT_SHARE (0.25) of the item rows,
-    the worker frees them: ``items_deleted`` returns to 0, the live items stay, lists are
-    still served and updated, and a rating of a freed item is still refused as deleted."""
+    the worker frees them: the deleted rows left fall below that share, the live items
+    stay, lists are still served and updated, and a rating of a freed item is still
+    refused as deleted."""
     figures = wait_for(lambda: "items" in (m := worker.metrics()) and m, "the figures", worker)
     live = int(figures["items"])
     churn = [f"x{j}" for j in range(live + 8)]
@@ -329,15 +330,25 @@ def test_deleted_items_rows_are_freed_and_lists_still_served(worker: RunningWork
         + [rating(worker, "xavier", "keep1", 5.0)],
     )
     wait_for(lambda: worker.recs("xavier"), "xavier's list", worker)
+    log_before = len(worker.log_path.read_text(errors="replace"))
     produce(worker, [item(worker, x, op="delete") for x in churn])
-    # (Every churn row freed, counted from the worker's log: the ``items`` figure read
-    # above may lag the catalog of the tests before, so it cannot give the exact count.)
-    wait_for(
-        lambda: worker.metrics()["items_deleted"] == "0"
-        and sum(map(int, re.findall(r"compacted: (\d+) deleted", worker.log()))) >= len(churn),
-        "the deleted items' rows freed",
-        worker,
-    )
+    # Rows freed are counted from the worker's log (the ``items`` figure read above may
+    # lag the catalog of the tests before, so it cannot give the exact count). Deletes
+    # arrive over time: a compaction may free the first ones and leave the rest, below
+    # the share, deleted but not freed (by design, until the share is reached again).
+
+    def settled() -> bool:
+        m = worker.metrics()
+        log = worker.log_path.read_text(errors="replace")[log_before:]
+        freed = sum(map(int, re.findall(r"compacted: (\d+) deleted", log)))
+        left, live_now = int(m["items_deleted"]), int(m["items"])
+        return (
+            freed >= len(churn) // 2
+            and freed + left >= len(churn)
+            and left < max(1.0, 0.25 * (live_now + left))
+        )
+
+    wait_for(settled, "the deleted items' rows freed", worker)
     refused = int(worker.metrics()["deadletters"])
     before = worker.recs("xavier")["updated_at"]
     produce(worker, [rating(worker, "xavier", "keep2", 4.0), rating(worker, "yves", "x0", 5.0)])
