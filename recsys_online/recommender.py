@@ -1138,8 +1138,7 @@ class Recommender:
             if len(rows):
                 liked = np.full((n_users, width), -1, np.int64)
                 liked[rows] = self._closest_liked_users(u[rows], padded[rows])
-                can[0] = can[5] = liked >= 0
-                can[[0, 5]] &= use[[0, 5], None, None]
+                can[[0, 5]] = (liked >= 0) & use[[0, 5], None, None]
         # The able signal with the largest contribution (ties: the first signal) wins.
         chosen = np.where(can, contrib, -np.inf).argmax(axis=0)  # (B, K)
         chosen[~can.any(axis=0)] = -1
