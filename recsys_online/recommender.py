@@ -413,18 +413,31 @@ class Recommender:
         They seed the user's content profile with the weight of one rating above the
         user's mean, so a user with no ratings gets content-based lists ("matches your
         tags ...") instead of plain popularity; later ratings outweigh them. Declaring
-        again replaces the previous declaration. Weights follow the items' rules
-        (:func:`recsys_online.tags.check_weights`).
+        again replaces the previous declaration; declaring no tags withdraws it (a user
+        with no ratings is then served popularity again). Weights follow the items'
+        rules (:func:`recsys_online.tags.check_weights`).
+
+        >>> rec = Recommender(RecommenderConfig(factors=FactorParams(n_factors=4)))
+        >>> rec.upsert_item("a", {"jazz": 1.0})
+        >>> rec.upsert_user("ann", {"jazz": 1.0})
+        >>> rec.recommend("ann")[0].source
+        'content'
+        >>> rec.upsert_user("ann", {})
+        >>> rec.recommend("ann")[0].source
+        'popular'
         """
         check_weights(tags)
+        if not tags and self.users.get(user) is None:
+            return  # nothing declared, nothing to withdraw
         row = self.users.row(user)
         self._ensure()
-        vec = self.content.tag_vector(dict(tags))
-        old = self._declared.get(row)
+        old = self._declared.pop(row, None)
         if old is not None:
             self.content.profile[row] -= old
-        self.content.profile[row] += vec
-        self._declared[row] = vec
+        if tags:
+            vec = self.content.tag_vector(dict(tags))
+            self.content.profile[row] += vec
+            self._declared[row] = vec
 
     def _warm(self, users: Sequence[str]) -> tuple[list[int], np.ndarray]:
         """Positions in ``users`` of those the model can rank for, and their rows: known

@@ -23,11 +23,12 @@ from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
 
 from recsys_online.events import Rating
-from schemas import EventError, ItemEvent, RatingEvent, UserEvent
+from schemas import EventError, RatingEvent
 from streamer.engine import Lists, StreamEngine
 from streamer.item_changes import decode_item_changes, encode_item_changes
 from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
+from streamer.records import item_event, rating_event, user_event
 from streamer.settings import Settings
 from streamer.sink import RedisSink
 from streamer.snapshot import SnapshotStore
@@ -141,6 +142,11 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
     return done
 
 
+def _seconds(record: ConsumerRecord) -> float | None:
+    """A record's timestamp in epoch seconds (Kafka's are in milliseconds)."""
+    return None if record.timestamp is None else record.timestamp / 1000.0
+
+
 def standalone_consumer(settings: Settings, **options: object) -> AIOKafkaConsumer:
     """A consumer outside the group that commits nothing: the catalog follower, replays
     and the item-changes follower assign their partitions themselves.
@@ -219,21 +225,6 @@ async def read_merged(
         yield released
 
 
-def _key_problem(key: bytes | None, r: RatingEvent) -> str | None:
-    """Why a rating's record key breaks the topic's keying (None when it does not): a
-    rating keyed by anything but its ``user_id`` may land on another partition than the
-    user's other ratings and declared tags, and so on another worker's model.
-
-    >>> r = RatingEvent(user_id="u1", item_id="i", rating=4, timestamp=1)
-    >>> _key_problem(b"u1", r) is None, _key_problem(None, r)
-    (True, "key: none, but ratings are keyed by their user_id 'u1'")
-    """
-    if key == r.user_id.encode():
-        return None
-    shown = "none" if key is None else repr(key)[:60]
-    return f"key: {shown}, but ratings are keyed by their user_id {r.user_id!r}"
-
-
 DEADLETTER_BYTES = 900_000  # most of a dead letter's original value kept (1 MB requests)
 
 
@@ -283,7 +274,7 @@ class CatalogFollower:
                 lists: dict = {}
                 for records in batches.values():
                     for record in records:
-                        lists.update(self._apply(record.value))
+                        lists.update(self._apply(record))
                 if lists:
                     await publish(self.engine, self.sink, lists)
                 if (
@@ -295,9 +286,9 @@ class CatalogFollower:
         finally:
             await consumer.stop()
 
-    def _apply(self, raw: bytes) -> dict:
+    def _apply(self, record: ConsumerRecord) -> dict:
         try:
-            event = self.settings.parse(raw, ItemEvent)
+            event = item_event(self.settings, record.key, record.value, _seconds(record))
         except EventError:
             return {}  # dead-lettered by validate_items
         if event.op == "delete":
@@ -742,7 +733,7 @@ class RecsysWorker:
         try:
             for record in records:
                 try:
-                    r = self.settings.parse(record.value, RatingEvent)
+                    r = rating_event(self.settings, record.key, record.value)
                 except EventError as exc:
                     await self._dead_letter(record, str(exc), acks)
                     continue
@@ -750,11 +741,7 @@ class RecsysWorker:
             if not all(self.engine.knows_item(r.item_id) for _, r in pending):
                 await self.catalog.catch_up()
             for record, r in pending:
-                problem = (
-                    _key_problem(record.key, r)
-                    or self._item_problem(r.item_id)
-                    or self._repeat_problem(r)
-                )
+                problem = self._item_problem(r.item_id) or self._repeat_problem(r)
                 if problem is not None:
                     await self._dead_letter(record, problem, acks)
                 else:
@@ -802,7 +789,8 @@ class RecsysWorker:
             valid = []
             for event in events:
                 try:
-                    valid.append(s.parse(event.message.value, ItemEvent))
+                    message = event.message
+                    valid.append(item_event(s, message.key, message.value, message.timestamp))
                 except EventError as exc:
                     await self._dead_letter(event.message, str(exc))
             await self.sink.publish_items(valid)
@@ -811,7 +799,8 @@ class RecsysWorker:
         """Declared user tags seed the user's profile; their list is refreshed at once."""
         async for event in stream.events():
             try:
-                user = self.settings.parse(event.message.value, UserEvent)
+                message = event.message
+                user = user_event(self.settings, message.key, message.value, message.timestamp)
             except EventError as exc:
                 await self._dead_letter(event.message, str(exc))
                 continue
@@ -1245,7 +1234,7 @@ class RecsysWorker:
         async for records, _ in read_ranges(consumer, {tp: (0, end) for tp, end in ends.items()}):
             for record in records:
                 try:
-                    event = self.settings.parse(record.value, UserEvent)
+                    event = user_event(self.settings, record.key, record.value, _seconds(record))
                 except EventError:
                     continue  # dead-lettered when it was live
                 self.engine.model.upsert_user(event.user_id, dict(event.tags))
@@ -1264,10 +1253,8 @@ class RecsysWorker:
         again, as deleted, for its ratings.
         """
         try:
-            r = self.settings.parse(record.value, RatingEvent)
+            r = rating_event(self.settings, record.key, record.value)
         except EventError:
-            return None
-        if _key_problem(record.key, r) is not None:
             return None
         if not self.engine.knows_item(r.item_id):
             self.engine.bring_back_deleted(r.item_id)

@@ -171,17 +171,25 @@ def test_new_tagged_item_reaches_a_matching_user_without_ratings(worker: Running
     assert "noir" in reason or "b-noir1" in reason
 
 
-def test_deleted_item_leaves_every_list(worker: RunningWorker) -> None:
+@pytest.mark.parametrize("how", ["event", "tombstone"])
+def test_deleted_item_leaves_every_list(worker: RunningWorker, how: str) -> None:
+    """By a delete event, or by a tombstone (a record with the item's key and no value:
+    how a compacted topic forgets a key, and what change-data-capture connectors send)."""
+    c = [f"{how}-c{j}" for j in range(4)]
+    carol, dave = f"carol-{how}", f"dave-{how}"
     produce(
         worker,
-        [item(worker, f"c{j}", "folk") for j in range(4)]
-        + [rating(worker, "carol", "c0", 5.0), rating(worker, "dave", "c1", 5.0)],
+        [item(worker, name, "folk") for name in c]
+        + [rating(worker, carol, c[0], 5.0), rating(worker, dave, c[1], 5.0)],
     )
-    wait_for(lambda: "c2" in worker.items_for("carol"), "c2 in carol's list", worker)
-    wait_for(lambda: "c2" in worker.items_for("dave"), "c2 in dave's list", worker)
-    produce(worker, [item(worker, "c2", op="delete")])
+    wait_for(lambda: c[2] in worker.items_for(carol), "c2 in carol's list", worker)
+    wait_for(lambda: c[2] in worker.items_for(dave), "c2 in dave's list", worker)
+    if how == "event":
+        produce(worker, [item(worker, c[2], op="delete")])
+    else:
+        produce(worker, [(worker.items, c[2].encode(), None)])
     wait_for(
-        lambda: "c2" not in worker.items_for("carol") and "c2" not in worker.items_for("dave"),
+        lambda: c[2] not in worker.items_for(carol) and c[2] not in worker.items_for(dave),
         "c2 gone from every list",
         worker,
         timeout=10,
@@ -189,13 +197,13 @@ def test_deleted_item_leaves_every_list(worker: RunningWorker) -> None:
     # The metadata hash is removed by the items agent, which runs beside the catalog
     # follower that fixes the lists: within the same bounded time, not in the same instant.
     wait_for(
-        lambda: worker.redis.exists(f"{worker.prefix}item:c2") == 0,
+        lambda: worker.redis.exists(f"{worker.prefix}item:{c[2]}") == 0,
         "c2's metadata gone",
         worker,
         timeout=10,
     )
     popular = json.loads(worker.redis.get(f"{worker.prefix}popular") or b'{"items": []}')
-    assert "c2" not in [r["item_id"] for r in popular["items"]]
+    assert c[2] not in [r["item_id"] for r in popular["items"]]
 
 
 async def _dead_letters(bootstrap: str, topic: str, n: int) -> list:
@@ -238,9 +246,11 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
         ),
         (worker.ratings, b"eve", b"x" * 70_000),
         (worker.items, b"zz", b'{"op": "upsert", "item_id": "", "timestamp": 1}'),
-        # Tombstones (no value) on a plain and on a compacted topic.
+        # A tombstone (no value) on the ratings topic, where it holds no event; one on the
+        # items topic whose key names no item; an item event keyed by another item.
         (worker.ratings, b"eve", None),
-        (worker.items, b"zz", None),
+        (worker.items, b"\xffzz", None),
+        (worker.items, b"zz", b'{"op": "upsert", "item_id": "zz-other", "timestamp": 1}'),
         # A JSON escape of a lone surrogate: no UTF-8 store could hold the id.
         (
             worker.ratings,
@@ -274,6 +284,8 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
         "too large",
         "item_id",
         "tombstone",
+        "its key is not UTF-8",
+        "keyed by their item_id",
         "not valid Unicode",
         "more than 1e+09",
     ):
@@ -351,17 +363,27 @@ def test_deleted_items_rows_are_freed_and_lists_still_served(worker: RunningWork
     wait_for(settled, "the deleted items' rows freed", worker)
     refused = int(worker.metrics()["deadletters"])
     before = worker.recs("xavier")["updated_at"]
-    produce(worker, [rating(worker, "xavier", "keep2", 4.0), rating(worker, "yves", "x0", 5.0)])
+    produce(
+        worker,
+        [
+            rating(worker, "xavier", "keep2", 4.0),
+            rating(worker, "yves", "x0", 5.0),
+            rating(worker, "zoe", "keep3", 5.0),
+        ],
+    )
     doc = wait_for(
         lambda: (d := worker.recs("xavier"))["updated_at"] > before and d,
         "xavier's list after a rating",
         worker,
     )
     listed = [r["item_id"] for r in doc["items"]]
-    assert "keep3" in listed and not set(listed) & {*churn, "keep1", "keep2"}
+    assert listed and not set(listed) & {*churn, "keep1", "keep2"}, doc
+    # A live item kept its row: a rating of it is learned (the rater gets a list).
+    wait_for(lambda: worker.recs("zoe"), "zoe's list after rating keep3", worker)
     wait_for(lambda: int(worker.metrics()["deadletters"]) > refused, "x0's rating refused", worker)
     records = asyncio.run(
         _dead_letters(worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.deadletter, refused + 1)
     )
     reasons = [dict(r.headers)["recsys.reason"].decode() for r in records]
     assert "item_id: item 'x0' was deleted" in reasons, reasons
+    assert not any("keep3" in reason for reason in reasons), reasons

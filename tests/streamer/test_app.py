@@ -280,6 +280,11 @@ def _rating_record(value: bytes | None, offset: int = 7, key: bytes = b"u") -> C
     return ConsumerRecord("r", 0, offset, 0, 0, key, value, None, 0, len(value or b""), [])
 
 
+def _item_record(value: bytes | None, key: bytes | None, offset: int = 0) -> ConsumerRecord:
+    """An items-topic record produced at 1,700,000,000 s (Kafka's times are in ms)."""
+    return ConsumerRecord("i", 0, offset, 1_700_000_000_000, 0, key, value, None, 0, 0, [])
+
+
 def _worker_knowing_item_a() -> tuple[RecsysWorker, list[str]]:
     """A worker whose catalog holds item ``a``, and the reasons it dead-letters."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
@@ -463,8 +468,10 @@ async def test_an_item_listed_again_after_a_delete_takes_ratings_while_catching_
     engine.live = False  # catching up on a backlog
     engine.upsert_item("b", {"jazz": 1.0}, 10.0)
     engine.learn_ratings([Rating("u0", "b", 4.0, 20.0)])
-    worker.catalog._apply(b'{"op":"delete","item_id":"b","timestamp":30}')
-    worker.catalog._apply(b'{"op":"upsert","item_id":"b","tags":["rock"],"timestamp":100}')
+    worker.catalog._apply(_item_record(b'{"op":"delete","item_id":"b","timestamp":30}', b"b"))
+    worker.catalog._apply(
+        _item_record(b'{"op":"upsert","item_id":"b","tags":["rock"],"timestamp":100}', b"b")
+    )
     raw = b'{"user_id":"u1","item_id":"b","rating":5,"timestamp":150}'
     valid = await worker._valid_ratings([_rating_record(raw, key=b"u1")])
     assert len(valid) == 1 and dead == []
@@ -560,3 +567,92 @@ def test_a_partition_is_received_past_the_transaction_markers(drained, handled, 
     tp = TP("ratings", 0)
     consumer = types.SimpleNamespace(_drained={} if drained is None else {tp: drained})
     assert app_module._Consumer.received(consumer, tp, handled) == received
+
+
+def test_a_tombstone_on_the_items_topic_deletes_the_item_its_key_names() -> None:
+    """A compacted topic forgets a key by a record with no value, and change-data-capture
+    connectors send one after each deleted row: the catalog reads it as the delete of the
+    item its key names, and the item leaves the lists it was in."""
+    worker, _ = _worker_knowing_item_a()
+    engine = worker.engine
+    engine.live = True  # (caught up: lists are served)
+    engine.upsert_item("b", {"jazz": 1.0})
+    engine.upsert_item("d", {"jazz": 1.0})
+    engine.learn_ratings([Rating("u", "a", 5.0, 10.0)])
+    assert "b" in engine.served["u"]
+    lists = worker.catalog._apply(_item_record(None, b"b"))
+    assert engine.model.is_deleted("b") and [r.item for r in lists["u"]] == ["d"]
+    # An upsert under another item's key is refused: the catalog keeps its items as they were.
+    mis_keyed = b'{"op":"upsert","item_id":"c","tags":["jazz"],"timestamp":1}'
+    assert worker.catalog._apply(_item_record(mis_keyed, b"a")) == {}
+    assert not engine.knows_item("c")
+
+
+async def test_mis_keyed_catalog_events_and_unreadable_tombstones_are_dead_lettered() -> None:
+    """The items agent dead-letters what the catalog skips, with the reason; a tombstone
+    it can read is a delete, published to the item metadata like any other."""
+    worker, dead = _worker_knowing_item_a()
+    published: list = []
+
+    async def publish_items(events) -> None:
+        published.extend(events)
+
+    worker.sink = types.SimpleNamespace(publish_items=publish_items)
+    records = [
+        _item_record(b'{"op":"upsert","item_id":"c","timestamp":1}', b"a"),
+        _item_record(None, b"\xff"),
+        _item_record(None, b"a"),
+    ]
+    events = [types.SimpleNamespace(message=_message(r)) for r in records]
+    await worker.validate_items(_stream(events))
+    assert dead == [
+        "key: b'a', but item events are keyed by their item_id 'c'",
+        "tombstone: its key is not UTF-8 (byte 0)",
+    ]
+    assert [(e.op, e.item_id, e.timestamp) for e in published] == [("delete", "a", 1_700_000_000.0)]
+
+
+async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:
+    """A user's declared tags give content lists before any rating; the tombstone of the
+    user's key withdraws them, and the user is served popularity again."""
+    worker, dead = _worker_knowing_item_a()
+    worker.engine.live = True  # (caught up: lists are served)
+    served: list = []
+
+    async def publish(engine, sink, lists) -> None:
+        served.append(lists)
+
+    declared = b'{"user_id":"fan","tags":["jazz"],"timestamp":1}'
+    events = [
+        types.SimpleNamespace(message=_message(_item_record(value, b"fan", n)))
+        for n, value in enumerate((declared, None))
+    ]
+    original = app_module.publish
+    app_module.publish = publish
+    try:
+        await worker.learn_users(_stream(events))
+    finally:
+        app_module.publish = original
+    assert dead == []
+    assert [[r.source for r in lists["fan"]] for lists in served] == [["content"], ["popular"]]
+
+
+def _message(record: ConsumerRecord) -> types.SimpleNamespace:
+    """The parts of a Faust message the agents read (Faust's times are in seconds)."""
+    return types.SimpleNamespace(
+        key=record.key, value=record.value, timestamp=record.timestamp / 1000.0
+    )
+
+
+class _stream:
+    """A Faust stream that hands its events over in one batch."""
+
+    def __init__(self, events: list) -> None:
+        self._events = events
+
+    async def take_events(self, max_: int, within: float):
+        yield self._events
+
+    async def events(self):
+        for event in self._events:
+            yield event

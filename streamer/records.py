@@ -1,0 +1,128 @@
+"""Kafka records of the worker's topics read as events: the value validated, the record
+key checked against the id its topic is keyed by, and tombstones read as a compacted
+topic means them.
+
+Every topic is keyed by the id that places an entity's events on one partition, in order:
+ratings and user events by ``user_id``, catalog events by ``item_id``. A record keyed
+otherwise is refused (dead-lettered by the worker). On the compacted items and users
+topics a key mismatch would also defeat compaction, which keeps the latest record *per
+key*: an item's upsert and its later delete under two keys both survive it, on two
+partitions read in no fixed order, so a worker reading the catalog again could list the
+item again.
+
+A tombstone (a record with a key and no value) is how a compacted topic forgets a key,
+and what change-data-capture connectors (Debezium, the JDBC source) send after a row's
+delete. On the items topic it deletes the item its key names; on the users topic it
+withdraws the user's declared tags. On the ratings topic it is not an event and is
+refused.
+"""
+
+from __future__ import annotations
+
+import time
+
+from schemas import EventError, ItemEvent, RatingEvent, UserEvent, validate_event
+from streamer.settings import Settings
+
+_SHOWN_KEY = 60  # characters of a refused key shown in a reason
+
+
+def key_problem(key: bytes | None, expected: str, what: str, by: str) -> str | None:
+    """Why a record key breaks its topic's keying (None when it is ``expected``).
+
+    >>> key_problem(b"u1", "u1", "ratings", "user_id") is None
+    True
+    >>> key_problem(None, "u1", "ratings", "user_id")
+    "key: none, but ratings are keyed by their user_id 'u1'"
+    """
+    if key == expected.encode():
+        return None
+    shown = "none" if key is None else repr(key)[:_SHOWN_KEY]
+    return f"key: {shown}, but {what} are keyed by their {by} {expected!r}"
+
+
+def rating_event(settings: Settings, key: bytes | None, value: bytes | None) -> RatingEvent:
+    """The rating a ratings-topic record holds (``EventError`` says why not).
+
+    >>> raw = b'{"user_id": "u1", "item_id": "i", "rating": 4, "timestamp": 1}'
+    >>> rating_event(Settings(), b"u1", raw).rating
+    4.0
+    >>> rating_event(Settings(), b"u2", raw)
+    Traceback (most recent call last):
+    ...
+    schemas.events.EventError: key: b'u2', but ratings are keyed by their user_id 'u1'
+    """
+    event = settings.parse(value, RatingEvent)
+    _check_key(key, event.user_id, "ratings", "user_id")
+    return event
+
+
+def item_event(
+    settings: Settings, key: bytes | None, value: bytes | None, timestamp_s: float | None
+) -> ItemEvent:
+    """The catalog event an items-topic record holds; a tombstone is the delete of the
+    item its key names, at the record's time (``timestamp_s``, epoch seconds).
+
+    >>> item_event(Settings(), b"i7", None, 1_700_000_000.0)
+    ItemEvent(op='delete', item_id='i7', title=None, tags={}, timestamp=1700000000.0)
+    >>> item_event(Settings(), b"i8", b'{"op": "delete", "item_id": "i7", "timestamp": 1}', 1.0)
+    Traceback (most recent call last):
+    ...
+    schemas.events.EventError: key: b'i8', but item events are keyed by their item_id 'i7'
+    """
+    if value is None:
+        item = _tombstone_key(key, "an item")
+        return _from_tombstone({"op": "delete", "item_id": item}, ItemEvent, timestamp_s, "item_id")
+    event = settings.parse(value, ItemEvent)
+    _check_key(key, event.item_id, "item events", "item_id")
+    return event
+
+
+def user_event(
+    settings: Settings, key: bytes | None, value: bytes | None, timestamp_s: float | None
+) -> UserEvent:
+    """The declaration a users-topic record holds; a tombstone declares no tags for the
+    user its key names (the earlier declaration is withdrawn).
+
+    >>> user_event(Settings(), b"u1", None, 1_700_000_000.0).tags
+    {}
+    >>> user_event(Settings(), None, None, 1.0)
+    Traceback (most recent call last):
+    ...
+    schemas.events.EventError: no value and no key: a tombstone names a user by its key
+    """
+    if value is None:
+        user = _tombstone_key(key, "a user")
+        return _from_tombstone({"user_id": user}, UserEvent, timestamp_s, "user_id")
+    event = settings.parse(value, UserEvent)
+    _check_key(key, event.user_id, "user events", "user_id")
+    return event
+
+
+def _check_key(key: bytes | None, expected: str, what: str, by: str) -> None:
+    problem = key_problem(key, expected, what, by)
+    if problem is not None:
+        raise EventError(problem, "key")
+
+
+def _tombstone_key(key: bytes | None, names: str) -> str:
+    if key is None:
+        raise EventError(
+            f"no value and no key: a tombstone names {names} by its key", code="malformed"
+        )
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError(f"tombstone: its key is not UTF-8 (byte {exc.start})", "key") from exc
+
+
+def _from_tombstone(fields: dict, kind: type, timestamp_s: float | None, field: str):
+    """``kind`` from a tombstone's key and time. The record's time is the producer's (or
+    the broker's append time); a record without one, or stamped ahead of this clock (a
+    skewed producer clock), takes the time it is read."""
+    now = time.time()
+    when = now if timestamp_s is None or not 0 <= timestamp_s <= now else timestamp_s
+    try:
+        return validate_event({**fields, "timestamp": when}, kind)
+    except EventError as exc:
+        raise EventError(f"tombstone: its key is not a valid {field}: {exc}", "key") from exc
