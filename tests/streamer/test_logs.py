@@ -1,0 +1,39 @@
+"""The Kafka client's repeated complaints during a broker outage, summarised."""
+
+from __future__ import annotations
+
+import logging
+
+from streamer.logs import KAFKA_CLIENT_LOGGERS, RepeatFilter, quiet_kafka_client
+
+
+def _record(name: str, msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, "", 0, msg, (), None)
+
+
+def test_each_kind_of_message_passes_once_per_window_and_then_says_how_many_it_held() -> None:
+    now = [0.0]
+    f = RepeatFilter(window=10.0, clock=lambda: now[0])
+    kinds = [("aiokafka", "Unable connect"), ("aiokafka.consumer.fetcher", "Failed fetch")]
+    passed = []
+    for step in range(200):  # 20 s of a complaint of each kind every 100 ms
+        now[0] = step * 0.1
+        for name, msg in kinds:
+            record = _record(name, msg)
+            if f.filter(record):
+                passed.append((now[0], name, record.getMessage()))
+    assert [t for t, name, _ in passed if name == "aiokafka"] == [0.0, 10.0]
+    assert len(passed) == 4
+    assert passed[2][2] == "Unable connect (and 99 more like it in 10 s)"
+    # Another level of the same text is another kind: a warning never hides an error.
+    assert f.filter(_record("aiokafka", "Unable connect", logging.WARNING))
+
+
+def test_the_worker_quiets_every_kafka_client_logger() -> None:
+    repeat = quiet_kafka_client()
+    try:
+        for name in KAFKA_CLIENT_LOGGERS:
+            assert repeat in logging.getLogger(name).filters
+    finally:
+        for name in KAFKA_CLIENT_LOGGERS:
+            logging.getLogger(name).removeFilter(repeat)
