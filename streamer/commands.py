@@ -1,4 +1,5 @@
-"""The users' commands: ``produce``, ``stream``, ``recs``, ``metrics`` and ``dashboard``.
+"""The users' commands: ``produce``, ``stream``, ``recs``, ``metrics``, ``deadletters``,
+``snapshots`` and ``dashboard``.
 
 Each reads the same ``RECSYS_*`` settings as the worker (``KAFKA_BOOTSTRAP_SERVERS`` and
 ``REDIS_URL`` too), so whatever the worker is pointed at, these are.
@@ -100,6 +101,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="default RECSYS_DASHBOARD_PORT (8080); 0 = any free port",
     )
     dash.set_defaults(run=run_dashboard)
+
+    dead = sub.add_parser(
+        "deadletters",
+        help="list the dead letters, or send them back to their topic",
+        description="List the records of RECSYS_DEADLETTER_TOPIC (the last --last of each "
+        "partition, oldest first) with their reason and source; with --redrive, send every "
+        "dead letter that matches --reason and --topic back to the topic it came from, "
+        "each at most once over all runs (e.g. ratings of an item listed since). Exit "
+        "status 1 when a dead letter could not be sent back.",
+    )
+    dead.add_argument("--last", type=positive_int, default=20, help="how many to list")
+    dead.add_argument("--reason", default=None, metavar="TEXT", help="reason contains TEXT")
+    dead.add_argument(
+        "--topic", choices=("ratings", "items", "users"), default=None, help="source topic"
+    )
+    dead.add_argument("--redrive", action="store_true", help="send the matching ones back")
+    dead.add_argument("--dry-run", action="store_true", help="with --redrive: send nothing")
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(run=run_deadletters)
 
     snaps = sub.add_parser(
         "snapshots",
@@ -406,6 +426,66 @@ def run_metrics(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         return 0
+
+
+def run_deadletters(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+    from redis import RedisError
+
+    from streamer.deadletters import matching, read_dead_letters, redrive
+
+    settings = Settings.from_env()
+    topics = {
+        "ratings": settings.ratings_topic,
+        "items": settings.items_topic,
+        "users": settings.users_topic,
+    }
+    select = matching(args.reason, topics.get(args.topic))
+    try:
+        if args.redrive:
+            report = asyncio.run(redrive(settings, select, dry_run=args.dry_run))
+        else:
+            letters = asyncio.run(read_dead_letters(settings, last=args.last))
+    except (KafkaError, OSError) as exc:
+        return fail(
+            f"cannot read {settings.deadletter_topic} at {settings.bootstrap_servers}: {exc}"
+        )
+    except RedisError as exc:
+        return fail(f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}")
+    if args.redrive:
+        return print_redrive(report, settings, args)
+    rows = [d.row() for d in letters if select(d)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{len(rows)} dead letter(s) in {settings.deadletter_topic} (the last {args.last} "
+        "of each partition read)"
+    )
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["dead_lettered_at"]))
+        print(f"  {row['id']}  {when}Z  from {row['source']}  key {row['key']!r}")
+        print(f"      {row['reason']}")
+        if row["value"] is not None:
+            print(f"      {row['value'][:100]!r}")
+    return 0
+
+
+def print_redrive(report, settings: Settings, args: argparse.Namespace) -> int:
+    """The redrive's report, as text or JSON; exit status 1 if a send failed."""
+    if args.json:
+        print(json.dumps(vars(report), indent=2))
+    else:
+        verb = "would send back" if args.dry_run else "sent back"
+        print(
+            f"{verb} {len(report.sent)} dead letter(s) of {report.matched} matching "
+            f"({report.read} in {settings.deadletter_topic}); {len(report.already)} sent back "
+            "before"
+        )
+        for what, found in (("cannot be sent back", report.unsendable), ("failed", report.failed)):
+            for ident, why in found.items():
+                print(f"  {ident} {what}: {why}")
+    return 1 if report.failed else 0
 
 
 def run_snapshots(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -296,6 +297,40 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
         lambda: int(worker.metrics().get("deadletters", 0)) >= len(bad), "deadletter count", worker
     )
     assert worker.process.poll() is None
+
+
+def _cli(worker: RunningWorker, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", *args],
+        env=worker.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_dead_letter_sent_back_once_its_item_is_listed_is_learned(worker: RunningWorker):
+    """A rating of an item the catalog does not list yet is dead-lettered; once the item
+    is listed, ``recsys-online deadletters --redrive`` sends it back and the worker learns
+    it. A second run sends nothing."""
+    produce(worker, [rating(worker, "lena", "late-item", 5.0)])
+    reason = "item_id: unknown item 'late-item'"
+
+    def listed() -> list[dict]:
+        return json.loads(_cli(worker, "deadletters", "--reason", reason, "--json"))
+
+    (row,) = wait_for(listed, "the dead letter listed", worker)
+    assert row["key"] == "lena" and row["source"].startswith(f"{worker.ratings}[")
+    assert worker.recs("lena") is None
+    produce(worker, [item(worker, "late-item", "folk"), item(worker, "late-2", "folk")])
+    sent = json.loads(_cli(worker, "deadletters", "--redrive", "--reason", reason, "--json"))
+    assert sent["sent"] == [row["id"]], sent
+    doc = wait_for(lambda: worker.recs("lena"), "lena's list from the redriven rating", worker)
+    assert "late-item" not in [r["item_id"] for r in doc["items"]]  # rated: learned
+    again = json.loads(_cli(worker, "deadletters", "--redrive", "--reason", reason, "--json"))
+    assert again["sent"] == [] and again["already"] == [row["id"]]
 
 
 async def _produce_in_transactions(bootstrap: str, messages, transactional_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
@@ -210,6 +211,87 @@ def test_recs_and_metrics_print_what_redis_holds(topics, redis_url, redis_key_pr
     out = capsys.readouterr().out
     assert "1 live worker" in out and "0.9300" in out and "h:1" in out
     r.close()
+
+
+def _dead_letter_records(topics: dict[str, str]) -> list[tuple[bytes, bytes, list]]:
+    """Dead letters as a worker writes them: key, original bytes, reason and source."""
+
+    def headers(reason: str, topic: str, offset: int, *extra: tuple[str, bytes]) -> list:
+        return [
+            ("recsys.reason", reason.encode()),
+            ("recsys.source.topic", topic.encode()),
+            ("recsys.source.partition", b"0"),
+            ("recsys.source.offset", str(offset).encode()),
+            *extra,
+        ]
+
+    late = b'{"user_id": "u1", "item_id": "late", "rating": 5, "timestamp": 1700000000}'
+    return [
+        (b"u1", late, headers("item_id: unknown item 'late'", topics["ratings"], 7)),
+        (b"u2", b"{not json", headers("malformed JSON: oops", topics["ratings"], 8)),
+        (
+            b"u3",
+            late[:10],
+            headers(
+                "item_id: unknown item 'late'",
+                topics["ratings"],
+                9,
+                ("recsys.truncated.from", b"2000000"),
+            ),
+        ),
+        (b"u4", late, headers("item_id: unknown item 'late'", "someone.elses", 3)),
+    ]
+
+
+def test_deadletters_lists_and_sends_back_each_dead_letter_once(
+    topics, kafka_bootstrap, capsys
+) -> None:
+    """Listing shows reason, source and bytes; --redrive sends the matching ones back to
+    their topic unchanged (a header names the dead letter), never the same one twice,
+    and never one whose value was cut or that came from another deployment's topic."""
+    deadletter = os.environ["RECSYS_DEADLETTER_TOPIC"]  # (the run's own, from ``topics``)
+    letters = _dead_letter_records(topics)
+
+    async def write() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for key, value, headers in letters:
+                await producer.send_and_wait(deadletter, value, key=key, headers=headers)
+        finally:
+            await producer.stop()
+
+    from streamer.app import ensure_topics  # (as a worker creates them: one dead-letter partition)
+    from streamer.settings import Settings
+
+    asyncio.run(ensure_topics(Settings.from_env()))
+    asyncio.run(write())
+    assert main(["deadletters", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in rows] == ["u1", "u2", "u3", "u4"]
+    assert rows[0]["source"] == f"{topics['ratings']}[0]@7" and rows[2]["truncated_from"]
+    assert main(["deadletters", "--reason", "malformed"]) == 0
+    out = capsys.readouterr().out
+    assert "1 dead letter(s)" in out and "malformed JSON: oops" in out and "u1" not in out
+    unknown = ["--reason", "unknown item", "--json"]
+    assert main(["deadletters", "--redrive", "--dry-run", *unknown]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert dry["sent"] == ["0:0"] and set(dry["unsendable"]) == {"0:2", "0:3"}
+    assert main(["deadletters", "--redrive", *unknown]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sent"] == ["0:0"] and report["matched"] == 3
+    assert "value was cut" in report["unsendable"]["0:2"]
+    assert "not one of this deployment's topics" in report["unsendable"]["0:3"]
+    (back,) = consume(kafka_bootstrap, topics["ratings"], 1)
+    assert (back.key, back.value) == (letters[0][0], letters[0][1])
+    assert dict(back.headers)["recsys.redriven.from"] == f"{deadletter}[0:0]".encode()
+    # Again, with any filter: nothing is sent twice.
+    assert main(["deadletters", "--redrive", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["sent"] == ["0:1"] and again["already"] == ["0:0"]
+    assert len(consume(kafka_bootstrap, topics["ratings"], 2)) == 2
 
 
 def test_recs_without_redis_fails_clearly(monkeypatch, capsys) -> None:

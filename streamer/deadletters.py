@@ -1,0 +1,279 @@
+"""The dead-letter topic, read and sent back: what ``recsys-online deadletters`` does.
+
+A worker sends every event it refuses to ``RECSYS_DEADLETTER_TOPIC`` with its original key
+and bytes, the reason and where it came from (docs/streamer.md, "Dead letters"). Some
+reasons go away once their cause is fixed: a rating of an item the catalog did not list
+yet (``item_id: unknown item``) is good once the item is listed, and an event refused by
+a bug fixed since may pass now. :func:`redrive` sends such dead letters back to the topic
+they came from, unchanged but for a header naming the dead letter
+(``recsys.redriven.from``), where the worker takes them like any new event.
+
+Each dead letter is sent back at most once, whatever the runs and their filters: before
+sending one, :func:`redrive` claims it in a Redis set (``{prefix}redriven:{topic}``, one
+``partition:offset`` member per dead letter sent back; members below the topic's first
+offset, gone with retention, are dropped at each run). A claim whose send fails is
+released, so a later run tries it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from streamer.settings import Settings
+
+SHOWN_BYTES = 200  # of a dead letter's value shown when listing
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of the dead-letter topic, with its headers read."""
+
+    partition: int
+    offset: int
+    timestamp: float  # when it was dead-lettered, epoch seconds
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None
+    value: bytes | None
+    truncated_from: int | None = None  # the original size, when the value was cut
+
+    @classmethod
+    def from_record(cls, record: ConsumerRecord) -> DeadLetter:
+        """Read a dead-letter record (headers a worker did not write read as unknown).
+
+        >>> r = ConsumerRecord("dlq", 0, 5, 1_700_000_000_000, 0, b"u1", b"{", None, 0, 1,
+        ...                    [("recsys.reason", b"malformed JSON"),
+        ...                     ("recsys.source.topic", b"recsys.ratings"),
+        ...                     ("recsys.source.partition", b"3"),
+        ...                     ("recsys.source.offset", b"41")])
+        >>> d = DeadLetter.from_record(r)
+        >>> d.reason, d.source_topic, d.source_partition, d.source_offset, d.offset
+        ('malformed JSON', 'recsys.ratings', 3, 41, 5)
+        """
+        headers = {name: value for name, value in record.headers or ()}
+
+        def text(name: str, default: str = "") -> str:
+            raw = headers.get(name)
+            return default if raw is None else raw.decode("utf-8", "replace")
+
+        def number(name: str) -> int | None:
+            raw = text(name)
+            return int(raw) if raw.lstrip("-").isdigit() else None
+
+        return cls(
+            partition=record.partition,
+            offset=record.offset,
+            timestamp=(record.timestamp or 0) / 1000.0,
+            reason=text("recsys.reason", "(no reason header)"),
+            source_topic=text("recsys.source.topic"),
+            source_partition=_or(number("recsys.source.partition"), -1),
+            source_offset=_or(number("recsys.source.offset"), -1),
+            key=record.key,
+            value=record.value,
+            truncated_from=number("recsys.truncated.from"),
+        )
+
+    @property
+    def id(self) -> str:
+        """``partition:offset`` in the dead-letter topic."""
+        return f"{self.partition}:{self.offset}"
+
+    def row(self) -> dict:
+        """A JSON-friendly summary (key and value as text, the value cut to
+        ``SHOWN_BYTES``)."""
+        value = None if self.value is None else _shown(self.value[:SHOWN_BYTES])
+        return {
+            "id": self.id,
+            "dead_lettered_at": self.timestamp,
+            "reason": self.reason,
+            "source": f"{self.source_topic}[{self.source_partition}]@{self.source_offset}",
+            "key": None if self.key is None else _shown(self.key),
+            "value": value,
+            "bytes": None if self.value is None else len(self.value),
+            "truncated_from": self.truncated_from,
+        }
+
+
+def matching(reason: str | None = None, topic: str | None = None) -> Callable[[DeadLetter], bool]:
+    """A filter: the reason contains ``reason`` and the source topic is ``topic`` (each
+    when given).
+
+    >>> d = DeadLetter(0, 0, 0.0, "item_id: unknown item 'i9'", "recsys.ratings", 0, 0,
+    ...                b"u1", b"{}")
+    >>> matching("unknown item")(d), matching(topic="recsys.items")(d)
+    (True, False)
+    """
+    return lambda d: (
+        (reason is None or reason in d.reason) and (topic is None or d.source_topic == topic)
+    )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _shown(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _consumer(settings: Settings, **options: object) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        **options,
+    )
+
+
+async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> list[DeadLetter]:
+    """The topic's records, up to its end when called (the ``last`` of each partition
+    when given), by partition and offset."""
+    partitions = consumer.partitions_for_topic(topic)
+    if partitions is None:  # (not in the metadata yet)
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    if not tps:
+        return []
+    consumer.assign(tps)
+    first = await consumer.beginning_offsets(tps)
+    end = await consumer.end_offsets(tps)
+    todo = {}
+    for tp in tps:
+        start = first[tp] if last is None else max(first[tp], end[tp] - last)
+        if start < end[tp]:
+            consumer.seek(tp, start)
+            todo[tp] = end[tp]
+    out: list[DeadLetter] = []
+    while todo:
+        fetched = await consumer.getmany(*todo, timeout_ms=500, max_records=5_000)
+        for tp, records in fetched.items():
+            out.extend(DeadLetter.from_record(r) for r in records if r.offset < todo[tp])
+        for tp in list(todo):
+            if await consumer.position(tp) >= todo[tp]:
+                del todo[tp]
+    return out
+
+
+async def read_dead_letters(settings: Settings, last: int | None = None) -> list[DeadLetter]:
+    """Every dead letter of ``settings.deadletter_topic`` (or the ``last`` of each
+    partition), oldest first within a partition."""
+    consumer = _consumer(settings)
+    await consumer.start()
+    try:
+        return await _read(consumer, settings.deadletter_topic, last)
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class RedriveReport:
+    """What one :func:`redrive` run did, by dead letter (``partition:offset`` ids)."""
+
+    sent: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)  # sent back by an earlier run
+    unsendable: dict[str, str] = field(default_factory=dict)  # id -> why not
+    failed: dict[str, str] = field(default_factory=dict)  # id -> Kafka's error
+    matched: int = 0
+    read: int = 0
+
+
+def ledger_key(settings: Settings) -> str:
+    """The Redis set of dead letters already sent back."""
+    return settings.key("redriven", settings.deadletter_topic)
+
+
+def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
+    if d.truncated_from is not None:
+        return f"its value was cut ({d.truncated_from} bytes, more than a dead letter holds)"
+    topics = (settings.ratings_topic, settings.items_topic, settings.users_topic)
+    if d.source_topic not in topics:
+        return f"its source {d.source_topic!r} is not one of this deployment's topics"
+    return None
+
+
+async def redrive(
+    settings: Settings,
+    select: Callable[[DeadLetter], bool],
+    dry_run: bool = False,
+    letters: Sequence[DeadLetter] | None = None,
+) -> RedriveReport:
+    """Send the selected dead letters back to their source topics, each at most once
+    (module docstring); ``dry_run`` reports what would be sent and sends nothing.
+    ``letters`` (as :func:`read_dead_letters` returns them) saves reading the topic."""
+    if letters is None:
+        letters = await read_dead_letters(settings)
+    report = RedriveReport(read=len(letters))
+    chosen = [d for d in letters if select(d)]
+    report.matched = len(chosen)
+    store = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    key = ledger_key(settings)
+    producer = (
+        None
+        if dry_run
+        else AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", request_timeout_ms=15_000
+        )
+    )
+    try:
+        await _prune(settings, store, key)
+        if producer is not None:
+            await producer.start()
+        pending = []
+        for d in chosen:
+            why = _unsendable(settings, d)
+            if why is not None:
+                report.unsendable[d.id] = why
+            elif dry_run:
+                if await store.sismember(key, d.id):
+                    report.already.append(d.id)
+                else:
+                    report.sent.append(d.id)
+            elif not await store.sadd(key, d.id):  # claimed by an earlier (or this) run
+                report.already.append(d.id)
+            else:
+                headers = [
+                    ("recsys.redriven.from", f"{settings.deadletter_topic}[{d.id}]".encode()),
+                    ("recsys.redriven.at", f"{time.time():.3f}".encode()),
+                ]
+                sent = await producer.send(d.source_topic, d.value, key=d.key, headers=headers)
+                pending.append((d, sent))
+        for d, sent in pending:
+            try:
+                await sent
+                report.sent.append(d.id)
+            except Exception as exc:  # not delivered: released for a later run
+                await store.srem(key, d.id)
+                report.failed[d.id] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if producer is not None:
+            await producer.stop()
+        await store.aclose()
+    return report
+
+
+async def _prune(settings: Settings, store: aioredis.Redis, key: str) -> None:
+    """Drop the ledger's members below their partition's first offset (their dead
+    letters are gone with the topic's retention), so the set never outgrows the topic."""
+    members = [m.decode() for m in await store.smembers(key)]
+    if not members:
+        return
+    consumer = _consumer(settings)
+    await consumer.start()
+    try:
+        topic = settings.deadletter_topic
+        partitions = {int(m.split(":")[0]) for m in members}
+        first = await consumer.beginning_offsets([TopicPartition(topic, p) for p in partitions])
+    finally:
+        await consumer.stop()
+    starts = {tp.partition: offset for tp, offset in first.items()}
+    gone = [m for m in members if int(m.split(":")[1]) < starts.get(int(m.split(":")[0]), 0)]
+    if gone:
+        await store.srem(key, *gone)
