@@ -123,13 +123,17 @@ def _shown(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _consumer(settings: Settings, **options: object) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        group_id=None,
-        **options,
+async def _consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A started consumer outside any group (stopped again if it cannot start)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
     )
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
 
 
 async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> list[DeadLetter]:
@@ -165,8 +169,7 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> lis
 async def read_dead_letters(settings: Settings, last: int | None = None) -> list[DeadLetter]:
     """Every dead letter of ``settings.deadletter_topic`` (or the ``last`` of each
     partition), oldest first within a partition."""
-    consumer = _consumer(settings)
-    await consumer.start()
+    consumer = await _consumer(settings)
     try:
         return await _read(consumer, settings.deadletter_topic, last)
     finally:
@@ -265,8 +268,7 @@ async def _prune(settings: Settings, store: aioredis.Redis, key: str) -> None:
     members = [m.decode() for m in await store.smembers(key)]
     if not members:
         return
-    consumer = _consumer(settings)
-    await consumer.start()
+    consumer = await _consumer(settings)
     try:
         topic = settings.deadletter_topic
         partitions = {int(m.split(":")[0]) for m in members}

@@ -81,6 +81,8 @@ def test_unreachable_kafka_is_a_clear_error(monkeypatch, capsys) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
     assert main(["produce", "rating", "u1", "i1", "4"]) == 1
     assert "cannot reach Kafka at 127.0.0.1:9" in capsys.readouterr().err
+    assert main(["deadletters"]) == 1
+    assert "cannot read recsys.deadletter at 127.0.0.1:9" in capsys.readouterr().err
 
 
 def test_produce_sends_validated_keyed_events(topics, kafka_bootstrap: str, tmp_path) -> None:
