@@ -24,6 +24,11 @@
 #   KAFKA_VERSION [the kafka.version of scripts/kafka/pom.xml]
 #   KAFKA_NUM_PARTITIONS [8]  KAFKA_HEAP_OPTS [-Xms512m -Xmx512m]
 #   KAFKA_START_TIMEOUT [90]  KAFKA_STOP_TIMEOUT [30]  (seconds)
+#   KAFKA_SASL_SSL_PORT [unset]  also listen for SASL over TLS there (as managed Kafka
+#                       services do): a self-signed certificate made once in the state dir,
+#                       mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512; up prints
+#                       KAFKA_SASL_SSL_BOOTSTRAP and KAFKA_SSL_CAFILE too
+#   KAFKA_SASL_USERS [recsys:recsys-secret]  name:password,... the SASL listener accepts
 #   KAFKA_CHECK [auto]  how to ask Kafka for metadata: python (aiokafka admin client),
 #                       java (org.apache.kafka.tools.TopicCommand) or auto (python when
 #                       $PYTHON can import aiokafka, else java)
@@ -46,6 +51,8 @@ KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx512m}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 KAFKA_CHECK=${KAFKA_CHECK:-auto}
+KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-}
+KAFKA_SASL_USERS=${KAFKA_SASL_USERS:-recsys:recsys-secret}
 PYTHON=${PYTHON:-python3}
 
 POM_KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\(.*\)</kafka\.version>.*:\1:p' "$POM" | head -n 1)
@@ -66,6 +73,10 @@ REDIS_LOG="$STATE_DIR/redis.log"
 REDIS_PID="$STATE_DIR/redis.pid"
 
 KAFKA_BOOTSTRAP="$HOST:$KAFKA_PORT"
+TLS_DIR="$STATE_DIR/tls"
+TLS_KEYSTORE="$TLS_DIR/broker.p12"
+TLS_CAFILE="$TLS_DIR/ca.pem"
+TLS_PASSWORD=recsys-local-tls # (a self-signed loopback certificate: not a secret)
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -156,19 +167,65 @@ ensure_redis() {
 
 # ---------------------------------------------------------------- Kafka
 
+sasl_users_each() { # prints name<TAB>password per KAFKA_SASL_USERS entry
+  local entry entries
+  IFS=',' read -ra entries <<<"$KAFKA_SASL_USERS"
+  for entry in "${entries[@]}"; do
+    [[ $entry == *:* ]] || die "KAFKA_SASL_USERS: '$entry' is not name:password"
+    printf '%s\t%s\n' "${entry%%:*}" "${entry#*:}"
+  done
+}
+
+sasl_ssl_config() { # the SASL_SSL listener's lines of server.properties (none when off)
+  [[ -n $KAFKA_SASL_SSL_PORT ]] || return 0
+  local plain="org.apache.kafka.common.security.plain.PlainLoginModule required" name password
+  while IFS=$'\t' read -r name password; do
+    plain+=" user_$name=\"$password\""
+  done < <(sasl_users_each)
+  local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  printf '%s\n' \
+    "# SASL over TLS (KAFKA_SASL_SSL_PORT): PLAIN users here, SCRAM users added at format" \
+    "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512" \
+    "listener.name.sasl_ssl.plain.sasl.jaas.config=$plain;" \
+    "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram" \
+    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram" \
+    "ssl.keystore.type=PKCS12" \
+    "ssl.keystore.location=$TLS_KEYSTORE" \
+    "ssl.keystore.password=$TLS_PASSWORD" \
+    "ssl.key.password=$TLS_PASSWORD"
+}
+
+ensure_tls() { # a self-signed certificate for 127.0.0.1, made once per state dir
+  [[ -n $KAFKA_SASL_SSL_PORT ]] || return 0
+  [[ -f $TLS_KEYSTORE && -f $TLS_CAFILE ]] && return 0
+  mkdir -p "$TLS_DIR"
+  rm -f "$TLS_KEYSTORE" "$TLS_CAFILE"
+  keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
+    -dname "CN=localhost" -ext "SAN=ip:$HOST,dns:localhost" \
+    -keystore "$TLS_KEYSTORE" -storetype PKCS12 \
+    -storepass "$TLS_PASSWORD" -keypass "$TLS_PASSWORD" >/dev/null 2>&1 \
+    || die "keytool could not make the broker's TLS certificate"
+  keytool -exportcert -rfc -alias broker -keystore "$TLS_KEYSTORE" \
+    -storepass "$TLS_PASSWORD" -file "$TLS_CAFILE" >/dev/null 2>&1 \
+    || die "keytool could not export the broker's TLS certificate"
+  log "made a self-signed TLS certificate for $HOST: $TLS_CAFILE"
+}
+
 write_kafka_config() {
   mkdir -p "$STATE_DIR" "$KAFKA_DATA"
+  ensure_tls
   cat >"$KAFKA_PROPS" <<EOF
 # Written by scripts/services.sh on every 'up': edit the script, not this file.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT${KAFKA_SASL_SSL_PORT:+,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT}
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT${KAFKA_SASL_SSL_PORT:+,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 log.dirs=$KAFKA_DATA
+$(sasl_ssl_config)
 
 # topics
 num.partitions=$KAFKA_NUM_PARTITIONS
@@ -367,8 +424,15 @@ kafka_format_storage() {
   local cluster_id
   cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid) \
     || die "kafka.tools.StorageTool random-uuid failed"
+  local scram=() name password
+  if [[ -n $KAFKA_SASL_SSL_PORT ]]; then
+    while IFS=$'\t' read -r name password; do
+      scram+=(--add-scram "SCRAM-SHA-256=[name=$name,password=$password]"
+        --add-scram "SCRAM-SHA-512=[name=$name,password=$password]")
+    done < <(sasl_users_each)
+  fi
   if ! kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_PROPS" \
-    --ignore-formatted >"$STATE_DIR/kafka-format.log" 2>&1; then
+    --ignore-formatted "${scram[@]}" >"$STATE_DIR/kafka-format.log" 2>&1; then
     cat "$STATE_DIR/kafka-format.log" >&2
     die "kafka.tools.StorageTool format failed"
   fi
@@ -537,6 +601,10 @@ print_env() {
   printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "$KAFKA_BOOTSTRAP"
   printf 'export REDIS_URL=%q\n' "redis://$HOST:$REDIS_PORT/0"
   printf 'export RECSYS_KAFKA_LIBS=%q\n' "$KAFKA_LIBS"
+  if [[ -n $KAFKA_SASL_SSL_PORT ]]; then
+    printf 'export KAFKA_SASL_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SASL_SSL_PORT"
+    printf 'export KAFKA_SSL_CAFILE=%q\n' "$TLS_CAFILE"
+  fi
 }
 
 cmd_up() {

@@ -47,7 +47,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     users of its partitions when it rebuilds).
     """
     wanted = _topics(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security()
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -91,7 +93,10 @@ _DELETED_OR_ABSENT = {0, 3}  # Kafka error codes: none, UNKNOWN_TOPIC_OR_PARTITI
 
 
 async def delete_topics(
-    bootstrap_servers: str, names: Sequence[str], timeout_ms: int = 10_000
+    bootstrap_servers: str,
+    names: Sequence[str],
+    timeout_ms: int = 10_000,
+    security: Mapping[str, object] | None = None,
 ) -> list[str]:
     """Delete topics ``names`` (the end of a run with topics of its own: a benchmark, a
     test, the demo); returns those the broker did not delete (absent ones count as
@@ -101,7 +106,9 @@ async def delete_topics(
     topics pile up partitions until it runs out of file descriptors (about 20,000 here)
     and refuses new topics.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms, **(security or {})
+    )
     await admin.start()
     try:
         response = await admin.delete_topics(list(names))
@@ -158,6 +165,7 @@ def standalone_consumer(settings: Settings, **options: object) -> AIOKafkaConsum
     committed = settings.processing_guarantee == "exactly_once"
     return AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_security(),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed" if committed else "read_uncommitted",
@@ -533,6 +541,44 @@ class _Transport(faust_kafka.Transport):
     Consumer = _Consumer
 
 
+def kafka_unreachable(settings: Settings, exc: Exception) -> str:
+    """One line for a Kafka connection that failed: where, how (never the password), why.
+
+    >>> kafka_unreachable(Settings(brokers="h:9093", kafka_security_protocol="SASL_SSL",
+    ...     kafka_sasl_username="app", kafka_sasl_password="pw"), OSError("refused"))
+    'cannot reach Kafka at h:9093 over SASL_SSL as app (PLAIN): refused'
+    """
+    how = settings.kafka_security_protocol
+    if how.startswith("SASL_"):
+        how += f" as {settings.kafka_sasl_username} ({settings.kafka_sasl_mechanism})"
+    return f"cannot reach Kafka at {settings.bootstrap_servers} over {how}: {exc}"
+
+
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The Kafka connection of :meth:`Settings.kafka_security` as Faust takes it (for the
+    worker's group consumer and producer; None: a plain connection).
+
+    >>> faust_credentials(Settings()) is None
+    True
+    >>> faust_credentials(Settings(kafka_security_protocol="SASL_PLAINTEXT",
+    ...     kafka_sasl_username="app", kafka_sasl_password="pw",
+    ...     kafka_sasl_mechanism="SCRAM-SHA-512")).mechanism.value
+    'SCRAM-SHA-512'
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = settings.kafka_ssl_context() if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password,
+        ssl_context=context,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
 class _App(faust.App):
     """A Faust app whose consumer is :class:`_Consumer`."""
 
@@ -576,6 +622,7 @@ class RecsysWorker:
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=min(3.0, s.session_timeout_s / 4),
             fetch_max_wait_ms=s.fetch_max_wait_ms,
+            broker_credentials=faust_credentials(s),
         )
         self.engine = StreamEngine(s)
         self.engine.live = False  # until the timer finds this worker caught up
@@ -1036,7 +1083,7 @@ class RecsysWorker:
         """The group's committed offset of each ratings partition (where live processing
         resumes; partitions never committed are absent)."""
         s = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers, **s.kafka_security())
         await admin.start()
         try:
             committed = await admin.list_consumer_group_offsets(s.app_id)
@@ -1355,8 +1402,13 @@ class RecsysWorker:
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Create the topics, then run one worker until it is stopped."""
-    asyncio.run(ensure_topics(settings))
+    """Create the topics, then run one worker until it is stopped. A broker that cannot
+    be reached (or refuses the credentials) stops it at once, with one line saying how
+    it connected."""
+    try:
+        asyncio.run(ensure_topics(settings))
+    except KafkaError as exc:
+        raise SystemExit(f"recsys-online: {kafka_unreachable(settings, exc)}") from None
     Path(settings.data_dir).expanduser().mkdir(parents=True, exist_ok=True)
     worker = RecsysWorker(settings)
     quiet_kafka_client()  # a broker outage: a line per kind of complaint per 10 s

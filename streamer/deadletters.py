@@ -126,7 +126,10 @@ def _shown(raw: bytes) -> str:
 async def _consumer(settings: Settings) -> AIOKafkaConsumer:
     """A started consumer outside any group (stopped again if it cannot start)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_security(),
+        enable_auto_commit=False,
+        group_id=None,
     )
     try:
         await consumer.start()
@@ -222,7 +225,10 @@ async def redrive(
         None
         if dry_run
         else AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", request_timeout_ms=15_000
+            bootstrap_servers=settings.bootstrap_servers,
+            **settings.kafka_security(),
+            acks="all",
+            request_timeout_ms=15_000,
         )
     )
     try:

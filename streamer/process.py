@@ -69,7 +69,9 @@ def _remove_topics(settings: Settings) -> None:
     if others:  # e.g. the default topics: another run's, or an app's
         raise ValueError(f"not the topics of one isolated run {run!r}: {others}")
     try:
-        left = asyncio.run(delete_topics(settings.bootstrap_servers, topics))
+        left = asyncio.run(
+            delete_topics(settings.bootstrap_servers, topics, security=settings.kafka_security())
+        )
     except Exception as exc:  # any client error: report it, do not fail the run
         left, reason = ["all"], f"{type(exc).__name__}: {exc}"
     else:

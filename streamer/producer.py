@@ -58,6 +58,7 @@ class EventProducer:
         self.settings = settings = settings or Settings.from_env()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers,
+            **settings.kafka_security(),
             linger_ms=linger_ms,
             acks="all",
             request_timeout_ms=15_000,

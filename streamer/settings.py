@@ -6,7 +6,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,6 +67,15 @@ class Settings:
     compact_share: float = 0.25
     seed: int = 42
     gc_young: int = 50_000
+    # How every Kafka client of the project connects (docs/streamer.md, "Connecting to a
+    # secured Kafka"): the worker's, the producers', the commands'.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)  # (never printed)
+    kafka_ssl_cafile: str = ""  # PEM CA bundle; empty: the system's CAs
+    kafka_ssl_certfile: str = ""  # a client certificate (PEM), for mutual TLS
+    kafka_ssl_keyfile: str = ""  # its private key (PEM)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -177,6 +186,89 @@ class Settings:
             raise SettingsError(f"the five topics must have distinct names, got {topics}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise SettingsError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
+        self._check_kafka_security()
+
+    def _check_kafka_security(self) -> None:
+        """The Kafka connection settings hang together (names the variable when not).
+
+        >>> Settings(kafka_security_protocol="SASL_SSL").check()
+        Traceback (most recent call last):
+        ...
+        streamer.settings.SettingsError: RECSYS_KAFKA_SASL_USERNAME and RECSYS_KAFKA_SASL_PASSWORD \
+are needed with RECSYS_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+        """
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"RECSYS_KAFKA_SECURITY_PROTOCOL must be one of "
+                f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}, got {protocol!r}"
+            )
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(
+                f"RECSYS_KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}, "
+                f"got {mechanism!r}"
+            )
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise SettingsError(
+                "RECSYS_KAFKA_SASL_USERNAME and RECSYS_KAFKA_SASL_PASSWORD are needed with "
+                f"RECSYS_KAFKA_SECURITY_PROTOCOL={protocol}"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise SettingsError(
+                "RECSYS_KAFKA_SSL_CERTFILE and RECSYS_KAFKA_SSL_KEYFILE go together"
+            )
+        tls = protocol in ("SSL", "SASL_SSL")
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not tls:
+                raise SettingsError(
+                    f"RECSYS_{name.upper()} is set but RECSYS_KAFKA_SECURITY_PROTOCOL={protocol} "
+                    "does not use TLS (SSL or SASL_SSL)"
+                )
+            if path and not Path(path).expanduser().is_file():
+                raise SettingsError(f"RECSYS_{name.upper()}: no file {path!r}")
+
+    def kafka_security(self) -> dict[str, object]:
+        """Keyword arguments that make an aiokafka client (producer, consumer, admin)
+        connect as these settings say; ``{}`` for a plain connection.
+
+        >>> Settings().kafka_security()
+        {}
+        >>> opts = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="app",
+        ...                 kafka_sasl_password="pw", kafka_sasl_mechanism="SCRAM-SHA-256"
+        ...                 ).kafka_security()
+        >>> opts["security_protocol"], opts["sasl_mechanism"], opts["sasl_plain_username"]
+        ('SASL_PLAINTEXT', 'SCRAM-SHA-256', 'app')
+        """
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, object] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.kafka_ssl_context()
+        if protocol.startswith("SASL_"):
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        return options
+
+    def kafka_ssl_context(self):
+        """The TLS context of Kafka connections: the broker's certificate checked against
+        ``kafka_ssl_cafile`` (the system's CAs when empty) and its host name; the client
+        certificate when given."""
+        import ssl
+
+        def path(value: str) -> str | None:
+            return str(Path(value).expanduser()) if value else None
+
+        context = ssl.create_default_context(cafile=path(self.kafka_ssl_cafile))
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(path(self.kafka_ssl_certfile), path(self.kafka_ssl_keyfile))
+        return context
 
     @property
     def kafka_url(self) -> str:
@@ -209,6 +301,9 @@ class Settings:
         """A Redis key under the prefix: ``key("recs", "u1") == "recsys:recs:u1"``."""
         return self.key_prefix + ":".join(parts)
 
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 # Numeric settings by the values they take: (names, allowed, the rule a refusal states).
 _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (

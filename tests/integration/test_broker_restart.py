@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from own_services import own_services, services
 from polling import wait_until
 
 from schemas import ItemEvent, RatingEvent
@@ -26,50 +24,19 @@ from streamer.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
 
-SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
 N_BEFORE, N_AFTER = 40_000, 2_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _services(env: dict[str, str], command: str) -> str:
-    done = subprocess.run(
-        ["bash", str(SERVICES), command], env=env, capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, f"services.sh {command} failed:\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
 @pytest.fixture
-def own_services(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A broker and a Redis of this test's own: the environment that reaches them."""
-    env = dict(
-        os.environ,
-        RECSYS_STATE_DIR=str(tmp_path / "services"),
-        KAFKA_PORT=str(_free_port()),
-        KAFKA_CONTROLLER_PORT=str(_free_port()),
-        REDIS_PORT=str(_free_port()),
-        KAFKA_NUM_PARTITIONS="2",
-        PYTHON=sys.executable,
-    )
-    try:
-        out = _services(env, "up")
-        for line in out.splitlines():  # export NAME=value
-            name, _, value = line.removeprefix("export ").partition("=")
-            env[name] = value
+def own_broker(tmp_path: Path) -> Iterator[dict[str, str]]:
+    with own_services(tmp_path / "services") as env:
         yield env
-    finally:
-        _services(env, "down")
 
 
 def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
-    own_services: dict[str, str], tmp_path: Path
+    own_broker: dict[str, str], tmp_path: Path
 ) -> None:
-    env = isolated_env("restart", own_services, RECSYS_PARTITIONS="2", RECSYS_K="5")
+    env = isolated_env("restart", own_broker, RECSYS_PARTITIONS="2", RECSYS_K="5")
     settings = Settings.from_env(env)
     client = redis.Redis.from_url(env["REDIS_URL"])
     log_path = tmp_path / "worker.log"
@@ -109,7 +76,7 @@ def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
         produce(0, N_BEFORE)
         wait_until(lambda: learned() >= N_BEFORE // 4, "a quarter learned", log, 60, worker)
         # The broker stops (a clean shutdown, as in a rolling restart) with ratings left.
-        broker = int(Path(own_services["RECSYS_STATE_DIR"], "kafka.pid").read_text())
+        broker = int(Path(own_broker["RECSYS_STATE_DIR"], "kafka.pid").read_text())
         os.kill(broker, signal.SIGTERM)
         wait_until(lambda: not _alive(broker), "the broker stopped", log, 60)
         at_stop = learned()
@@ -120,7 +87,7 @@ def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
         # of complaint per 10 s, where aiokafka alone logs some 170 lines a second.
         outage = log_path.read_text(errors="replace").splitlines()[lines_before:]
         assert 0 < len(outage) < 60, "\n".join(outage[:80])
-        _services(own_services, "up")
+        services(own_broker, "up")
         produce(N_BEFORE, N_BEFORE + N_AFTER)
         total = N_BEFORE + N_AFTER
         wait_until(lambda: learned() >= total, "every rating learned", log, 120, worker)

@@ -1,0 +1,166 @@
+"""The worker, the producer and the commands against a broker that takes SASL over TLS
+only, as managed Kafka services do (a broker of its own from ``scripts/services.sh``
+with ``KAFKA_SASL_SSL_PORT``: a self-signed certificate; PLAIN, SCRAM-SHA-256 and
+SCRAM-SHA-512 users)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from aiokafka import AIOKafkaProducer
+from own_services import free_port, own_services
+from polling import wait_until
+
+from schemas import ItemEvent, RatingEvent
+from streamer.process import isolated_env, start_worker, stop_process
+from streamer.producer import SyncEventProducer
+from streamer.settings import Settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
+
+PASSWORD = "recsys-secret"  # scripts/services.sh's default KAFKA_SASL_USERS
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory) -> Iterator[dict[str, str]]:
+    state = tmp_path_factory.mktemp("secured") / "services"
+    with own_services(state, KAFKA_SASL_SSL_PORT=str(free_port())) as env:
+        yield env
+
+
+def secured_env(services: dict[str, str], mechanism: str, password: str = PASSWORD) -> dict:
+    """A run's environment that reaches the broker by its SASL_SSL listener only."""
+    env = isolated_env("sasl", services, RECSYS_PARTITIONS="2", RECSYS_K="5")
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=services["KAFKA_SASL_SSL_BOOTSTRAP"],
+        RECSYS_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        RECSYS_KAFKA_SASL_MECHANISM=mechanism,
+        RECSYS_KAFKA_SASL_USERNAME="recsys",
+        RECSYS_KAFKA_SASL_PASSWORD=password,
+        RECSYS_KAFKA_SSL_CAFILE=services["KAFKA_SSL_CAFILE"],
+    )
+    return env
+
+
+def test_a_worker_on_sasl_over_tls_learns_serves_and_dead_letters(secured, tmp_path) -> None:
+    """Each client its own mechanism: the worker SCRAM-SHA-256, the producer PLAIN, the
+    dead-letter command SCRAM-SHA-512. The password is never logged."""
+    env = secured_env(secured, "SCRAM-SHA-256")
+    settings = Settings.from_env(env)
+    producing = Settings.from_env({**env, "RECSYS_KAFKA_SASL_MECHANISM": "PLAIN"})
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(env, log_path)
+
+    def log() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    def metrics() -> dict[str, str]:
+        raw = client.hgetall(f"{settings.key_prefix}metrics")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    try:
+        wait_until(metrics, "the worker's first metrics", log, 90, worker)
+        now = time.time()
+        with SyncEventProducer(producing) as producer:
+            for j in range(20):
+                tags = ["jazz" if j % 2 else "rock"]
+                producer.send_item(
+                    ItemEvent(op="upsert", item_id=f"i{j}", tags=tags, timestamp=now)
+                )
+            for j in range(200):
+                producer.send_rating(
+                    RatingEvent(
+                        user_id=f"u{j % 20}", item_id=f"i{j % 20}", rating=1 + j % 5, timestamp=now
+                    )
+                )
+
+        async def send_bad() -> None:
+            raw = AIOKafkaProducer(
+                bootstrap_servers=producing.bootstrap_servers, **producing.kafka_security()
+            )
+            await raw.start()
+            try:
+                await raw.send_and_wait(settings.ratings_topic, b"{not json", key=b"u1")
+            finally:
+                await raw.stop()
+
+        asyncio.run(send_bad())
+        wait_until(
+            lambda: int(metrics().get("events", 0)) >= 200, "the ratings learned", log, 60, worker
+        )
+        doc = json.loads(client.get(f"{settings.key_prefix}recs:u3") or b"null")
+        assert doc and doc["items"], doc
+        listing = {**env, "RECSYS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+
+        def dead_letters() -> list:
+            done = subprocess.run(
+                [sys.executable, "-m", "streamer.cli", "deadletters", "--json"],
+                env=listing,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        (row,) = wait_until(dead_letters, "the dead letter listed", log, 30)
+        assert row["reason"].startswith("malformed JSON") and row["key"] == "u1"
+        assert worker.poll() is None, log()
+    finally:
+        stop_process(worker)
+        client.close()
+    assert PASSWORD not in log_path.read_text(errors="replace")
+
+
+def test_a_refused_password_stops_the_worker_with_one_clear_line(secured, tmp_path) -> None:
+    env = secured_env(secured, "SCRAM-SHA-512", password="not-the-password")
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("recsys-online: cannot reach Kafka at 127.0.0.1:"), done.stderr
+    assert "over SASL_SSL as recsys (SCRAM-SHA-512)" in last
+    assert "not-the-password" not in done.stderr + done.stdout
+
+
+def test_the_broker_refuses_a_client_that_does_not_check_its_certificate(secured) -> None:
+    """TLS is not decoration: without the broker's CA the connection fails (the system's
+    CAs do not know a self-signed certificate)."""
+    env = secured_env(secured, "PLAIN")
+    del env["RECSYS_KAFKA_SSL_CAFILE"]
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "deadletters"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "cannot read" in done.stderr and PASSWORD not in done.stderr
+
+
+def test_secured_settings_that_cannot_work_are_refused_at_start(tmp_path: Path) -> None:
+    env = {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RECSYS_KAFKA_SASL_USERNAME": "a"}
+    with pytest.raises(Exception, match="RECSYS_KAFKA_SASL_PASSWORD are needed"):
+        Settings.from_env(env)
+    env = {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SSL", "RECSYS_KAFKA_SSL_CAFILE": str(tmp_path)}
+    with pytest.raises(Exception, match="RECSYS_KAFKA_SSL_CAFILE: no file"):
+        Settings.from_env(env)
+    with pytest.raises(Exception, match="must be one of PLAIN, SCRAM-SHA-256"):
+        Settings.from_env({"RECSYS_KAFKA_SASL_MECHANISM": "GSSAPI"})
+    with pytest.raises(Exception, match="does not use TLS"):
+        Settings.from_env({"RECSYS_KAFKA_SSL_CAFILE": __file__})
