@@ -29,6 +29,9 @@
 #                       mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512; up prints
 #                       KAFKA_SASL_SSL_BOOTSTRAP and KAFKA_SSL_CAFILE too
 #   KAFKA_SASL_USERS [recsys:recsys-secret]  name:password,... the SASL listener accepts
+#   KAFKA_SSL_PORT [unset]  also listen for mutual TLS there (a client certificate
+#                       required): up makes one with openssl and prints KAFKA_SSL_BOOTSTRAP,
+#                       KAFKA_SSL_CAFILE, KAFKA_SSL_CLIENT_CERT and KAFKA_SSL_CLIENT_KEY
 #   KAFKA_CHECK [auto]  how to ask Kafka for metadata: python (aiokafka admin client),
 #                       java (org.apache.kafka.tools.TopicCommand) or auto (python when
 #                       $PYTHON can import aiokafka, else java)
@@ -53,6 +56,7 @@ KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 KAFKA_CHECK=${KAFKA_CHECK:-auto}
 KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-}
 KAFKA_SASL_USERS=${KAFKA_SASL_USERS:-recsys:recsys-secret}
+KAFKA_SSL_PORT=${KAFKA_SSL_PORT:-}
 PYTHON=${PYTHON:-python3}
 
 POM_KAFKA_VERSION=$(sed -n 's:.*<kafka\.version>\(.*\)</kafka\.version>.*:\1:p' "$POM" | head -n 1)
@@ -77,6 +81,9 @@ TLS_DIR="$STATE_DIR/tls"
 TLS_KEYSTORE="$TLS_DIR/broker.p12"
 TLS_CAFILE="$TLS_DIR/ca.pem"
 TLS_PASSWORD=recsys-local-tls # (a self-signed loopback certificate: not a secret)
+TLS_TRUSTSTORE="$TLS_DIR/clients.p12"
+TLS_CLIENT_CERT="$TLS_DIR/client.pem"
+TLS_CLIENT_KEY="$TLS_DIR/client.key"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -176,7 +183,33 @@ sasl_users_each() { # prints name<TAB>password per KAFKA_SASL_USERS entry
   done
 }
 
-sasl_ssl_config() { # the SASL_SSL listener's lines of server.properties (none when off)
+tls_on() { [[ -n $KAFKA_SASL_SSL_PORT || -n $KAFKA_SSL_PORT ]]; }
+
+tls_listeners() { # ",SASL_SSL://..." and ",SSL://..." for the listeners asked for
+  [[ -z $KAFKA_SASL_SSL_PORT ]] || printf ',SASL_SSL://%s:%s' "$HOST" "$KAFKA_SASL_SSL_PORT"
+  [[ -z $KAFKA_SSL_PORT ]] || printf ',SSL://%s:%s' "$HOST" "$KAFKA_SSL_PORT"
+}
+
+tls_config() { # the TLS listeners' lines of server.properties (none when off)
+  tls_on || return 0
+  printf '%s\n' \
+    "# TLS listeners (KAFKA_SASL_SSL_PORT, KAFKA_SSL_PORT): the broker's certificate" \
+    "ssl.keystore.type=PKCS12" \
+    "ssl.keystore.location=$TLS_KEYSTORE" \
+    "ssl.keystore.password=$TLS_PASSWORD" \
+    "ssl.key.password=$TLS_PASSWORD"
+  if [[ -n $KAFKA_SSL_PORT ]]; then
+    printf '%s\n' \
+      "# mutual TLS on the SSL listener: clients show a certificate the truststore holds" \
+      "listener.name.ssl.ssl.client.auth=required" \
+      "ssl.truststore.type=PKCS12" \
+      "ssl.truststore.location=$TLS_TRUSTSTORE" \
+      "ssl.truststore.password=$TLS_PASSWORD"
+  fi
+  sasl_ssl_config
+}
+
+sasl_ssl_config() { # the SASL_SSL listener's SASL lines (none when off)
   [[ -n $KAFKA_SASL_SSL_PORT ]] || return 0
   local plain="org.apache.kafka.common.security.plain.PlainLoginModule required" name password
   while IFS=$'\t' read -r name password; do
@@ -188,18 +221,14 @@ sasl_ssl_config() { # the SASL_SSL listener's lines of server.properties (none w
     "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512" \
     "listener.name.sasl_ssl.plain.sasl.jaas.config=$plain;" \
     "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram" \
-    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram" \
-    "ssl.keystore.type=PKCS12" \
-    "ssl.keystore.location=$TLS_KEYSTORE" \
-    "ssl.keystore.password=$TLS_PASSWORD" \
-    "ssl.key.password=$TLS_PASSWORD"
+    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram"
 }
 
-ensure_tls() { # a self-signed certificate for 127.0.0.1, made once per state dir
-  [[ -n $KAFKA_SASL_SSL_PORT ]] || return 0
-  [[ -f $TLS_KEYSTORE && -f $TLS_CAFILE ]] && return 0
+ensure_tls() { # self-signed certificates (broker, and a client's), made once per state dir
+  tls_on || return 0
+  [[ -f $TLS_KEYSTORE && -f $TLS_CAFILE && -f $TLS_TRUSTSTORE ]] && return 0
   mkdir -p "$TLS_DIR"
-  rm -f "$TLS_KEYSTORE" "$TLS_CAFILE"
+  rm -f "$TLS_KEYSTORE" "$TLS_CAFILE" "$TLS_TRUSTSTORE" "$TLS_CLIENT_CERT" "$TLS_CLIENT_KEY"
   keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
     -dname "CN=localhost" -ext "SAN=ip:$HOST,dns:localhost" \
     -keystore "$TLS_KEYSTORE" -storetype PKCS12 \
@@ -208,7 +237,14 @@ ensure_tls() { # a self-signed certificate for 127.0.0.1, made once per state di
   keytool -exportcert -rfc -alias broker -keystore "$TLS_KEYSTORE" \
     -storepass "$TLS_PASSWORD" -file "$TLS_CAFILE" >/dev/null 2>&1 \
     || die "keytool could not export the broker's TLS certificate"
-  log "made a self-signed TLS certificate for $HOST: $TLS_CAFILE"
+  command -v openssl >/dev/null || apt_install openssl
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=recsys-client" \
+    -keyout "$TLS_CLIENT_KEY" -out "$TLS_CLIENT_CERT" >/dev/null 2>&1 \
+    || die "openssl could not make a client certificate"
+  keytool -importcert -noprompt -alias client -file "$TLS_CLIENT_CERT" \
+    -keystore "$TLS_TRUSTSTORE" -storetype PKCS12 -storepass "$TLS_PASSWORD" >/dev/null 2>&1 \
+    || die "keytool could not make the broker's truststore"
+  log "made self-signed TLS certificates for $HOST ($TLS_CAFILE) and a client ($TLS_CLIENT_CERT)"
 }
 
 write_kafka_config() {
@@ -219,13 +255,13 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT${KAFKA_SASL_SSL_PORT:+,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT}
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT${KAFKA_SASL_SSL_PORT:+,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT}
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT$(tls_listeners)
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT$(tls_listeners)
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 log.dirs=$KAFKA_DATA
-$(sasl_ssl_config)
+$(tls_config)
 
 # topics
 num.partitions=$KAFKA_NUM_PARTITIONS
@@ -601,10 +637,13 @@ print_env() {
   printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "$KAFKA_BOOTSTRAP"
   printf 'export REDIS_URL=%q\n' "redis://$HOST:$REDIS_PORT/0"
   printf 'export RECSYS_KAFKA_LIBS=%q\n' "$KAFKA_LIBS"
-  if [[ -n $KAFKA_SASL_SSL_PORT ]]; then
-    printf 'export KAFKA_SASL_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SASL_SSL_PORT"
-    printf 'export KAFKA_SSL_CAFILE=%q\n' "$TLS_CAFILE"
+  [[ -z $KAFKA_SASL_SSL_PORT ]] || printf 'export KAFKA_SASL_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SASL_SSL_PORT"
+  if [[ -n $KAFKA_SSL_PORT ]]; then
+    printf 'export KAFKA_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SSL_PORT"
+    printf 'export KAFKA_SSL_CLIENT_CERT=%q\n' "$TLS_CLIENT_CERT"
+    printf 'export KAFKA_SSL_CLIENT_KEY=%q\n' "$TLS_CLIENT_KEY"
   fi
+  if tls_on; then printf 'export KAFKA_SSL_CAFILE=%q\n' "$TLS_CAFILE"; fi
 }
 
 cmd_up() {

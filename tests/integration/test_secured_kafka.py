@@ -1,7 +1,7 @@
-"""The worker, the producer and the commands against a broker that takes SASL over TLS
-only, as managed Kafka services do (a broker of its own from ``scripts/services.sh``
-with ``KAFKA_SASL_SSL_PORT``: a self-signed certificate; PLAIN, SCRAM-SHA-256 and
-SCRAM-SHA-512 users)."""
+"""The worker, the producer and the commands against a broker's secured listeners, as
+managed Kafka services have them (a broker of its own from ``scripts/services.sh`` with
+``KAFKA_SASL_SSL_PORT`` and ``KAFKA_SSL_PORT``: SASL over TLS with PLAIN, SCRAM-SHA-256
+and SCRAM-SHA-512 users, and mutual TLS; self-signed certificates)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ PASSWORD = "recsys-secret"  # scripts/services.sh's default KAFKA_SASL_USERS
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[dict[str, str]]:
     state = tmp_path_factory.mktemp("secured") / "services"
-    with own_services(state, KAFKA_SASL_SSL_PORT=str(free_port())) as env:
+    ports = {"KAFKA_SASL_SSL_PORT": str(free_port()), "KAFKA_SSL_PORT": str(free_port())}
+    with own_services(state, **ports) as env:
         yield env
 
 
@@ -119,6 +120,61 @@ def test_a_worker_on_sasl_over_tls_learns_serves_and_dead_letters(secured, tmp_p
         stop_process(worker)
         client.close()
     assert PASSWORD not in log_path.read_text(errors="replace")
+
+
+def mutual_tls_env(services: dict[str, str], certificate: bool = True) -> dict:
+    """A run's environment that reaches the broker by its mutual-TLS listener only."""
+    env = isolated_env("mtls", services, RECSYS_PARTITIONS="2", RECSYS_K="5")
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=services["KAFKA_SSL_BOOTSTRAP"],
+        RECSYS_KAFKA_SECURITY_PROTOCOL="SSL",
+        RECSYS_KAFKA_SSL_CAFILE=services["KAFKA_SSL_CAFILE"],
+    )
+    if certificate:
+        env.update(
+            RECSYS_KAFKA_SSL_CERTFILE=services["KAFKA_SSL_CLIENT_CERT"],
+            RECSYS_KAFKA_SSL_KEYFILE=services["KAFKA_SSL_CLIENT_KEY"],
+        )
+    return env
+
+
+def test_a_worker_on_mutual_tls_learns_and_serves(secured, tmp_path) -> None:
+    env = mutual_tls_env(secured)
+    settings = Settings.from_env(env)
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(env, log_path)
+
+    def log() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    def learned() -> int:
+        return int(client.hget(f"{settings.key_prefix}metrics", "events") or 0)
+
+    try:
+        wait_until(
+            lambda: client.exists(f"{settings.key_prefix}metrics"), "metrics", log, 90, worker
+        )
+        now = time.time()
+        with SyncEventProducer(settings) as producer:
+            producer.send_item(ItemEvent(op="upsert", item_id="a", tags=["jazz"], timestamp=now))
+            producer.send_item(ItemEvent(op="upsert", item_id="b", tags=["jazz"], timestamp=now))
+            producer.send_rating(RatingEvent(user_id="ann", item_id="a", rating=5, timestamp=now))
+        wait_until(lambda: learned() >= 1, "the rating learned", log, 60, worker)
+        doc = json.loads(client.get(f"{settings.key_prefix}recs:ann") or b"null")
+        assert doc and [r["item_id"] for r in doc["items"]] == ["b"], doc
+    finally:
+        stop_process(worker)
+        client.close()
+    # Without its certificate, the same client is refused.
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", "deadletters"],
+        env=mutual_tls_env(secured, certificate=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "cannot read" in done.stderr, done.stderr
 
 
 def test_a_refused_password_stops_the_worker_with_one_clear_line(secured, tmp_path) -> None:
