@@ -31,7 +31,7 @@ from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
 from streamer.records import item_event, rating_event, user_event
 from streamer.settings import Settings
-from streamer.sink import RedisSink
+from streamer.sink import RedisSink, redis_refusal
 from streamer.snapshot import SnapshotStore
 from streamer.web import MetricsServer
 
@@ -1409,6 +1409,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         asyncio.run(ensure_topics(settings))
     except KafkaError as exc:
         raise SystemExit(f"recsys-online: {kafka_unreachable(settings, exc)}") from None
+    refused = redis_refusal(settings.redis_url)
+    if refused is not None:
+        raise SystemExit(f"recsys-online: {refused}")
     Path(settings.data_dir).expanduser().mkdir(parents=True, exist_ok=True)
     worker = RecsysWorker(settings)
     quiet_kafka_client()  # a broker outage: a line per kind of complaint per 10 s

@@ -101,6 +101,40 @@ return #KEYS
 
 WORKER_TTL_S = 30  # a worker's own metrics hash lives this long after its last write
 
+
+def redis_refusal(redis_url: str, timeout_s: float = 5.0) -> str | None:
+    """Why the worker could never write to Redis at ``redis_url`` (the credentials
+    refused, the server's TLS certificate not trusted), or None: when Redis answers,
+    and when it does not answer yet (the sink waits for a Redis that is down, so a
+    worker may start first). One line, without the password.
+
+    >>> redis_refusal("redis://127.0.0.1:1/0", timeout_s=0.2) is None  # not up: waited for
+    True
+    """
+    import ssl
+
+    import redis
+
+    from streamer.client import redacted_url
+
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    where = redacted_url(redis_url)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        return f"Redis at {where} refused the credentials: {exc}"
+    except redis.ConnectionError as exc:
+        if isinstance(exc.__context__, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+            return f"Redis at {where}: TLS failed: {exc}"
+        return None
+    except redis.ResponseError as exc:  # e.g. NOAUTH from a server that wants a password
+        return f"Redis at {where} refused the connection: {exc}"
+    finally:
+        client.close()
+    return None
+
 class RedisSink:
     """Writes lists, item metadata and metrics, each batch atomically (one script call or
     one MULTI/EXEC transaction).
