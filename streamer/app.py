@@ -69,13 +69,21 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         await admin.close()
 
 
+TOMBSTONE_RETENTION_MS = 100 * 365 * 86_400_000
+
+
 def _topics(settings: Settings) -> list[NewTopic]:
     """The topics of these settings, with their partition counts and configs."""
     compacted = {"cleanup.policy": "compact"}
     forever = {"retention.ms": "-1"}  # the ratings log is the model's durable state
+    # An item's tombstone is kept as long as a delete event is: a worker rebuilding from
+    # the ratings log learns the ratings of items it knows, deleted since or not, so an
+    # item whose tombstone compaction dropped would lose its ratings' part of the model.
+    # (100 years: Kafka adds this to the cleaning time, so its largest value would wrap.)
+    items = compacted | {"delete.retention.ms": str(TOMBSTONE_RETENTION_MS)}
     return [
         NewTopic(settings.ratings_topic, settings.partitions, 1, topic_configs=forever),
-        NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=compacted),
+        NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=items),
         NewTopic(settings.users_topic, settings.partitions, 1, topic_configs=compacted),
         NewTopic(settings.deadletter_topic, 1, 1),
         # Item-side changes workers exchange (RECSYS_SHARE_ITEMS_EVERY_S): only for the
@@ -1286,7 +1294,9 @@ class RecsysWorker:
                 except EventError:
                     continue  # dead-lettered when it was live
                 self.engine.model.upsert_user(event.user_id, dict(event.tags))
-                users[event.user_id] = max(users.get(event.user_id, 0.0), event.timestamp)
+                if record.value is not None:  # (a tombstone's time is the record's, not
+                    # event time: it would move the horizon of the lists republished)
+                    users[event.user_id] = max(users.get(event.user_id, 0.0), event.timestamp)
         return users
 
     def _replayable(self, record: ConsumerRecord) -> Rating | None:
@@ -1336,18 +1346,24 @@ class RecsysWorker:
             ("recsys.source.partition", str(m.partition).encode()),
             ("recsys.source.offset", str(m.offset).encode()),
         ]
-        value = m.value
+        # An event `recsys-online deadletters --redrive` sent back, refused again: said
+        # so, so that it is not sent back a second time.
+        headers += [(n, v) for n, v in m.headers or () if n == "recsys.redriven.from"]
+        key, value = m.key, m.value
+        if key is None and value is None:  # (Kafka takes no record without either)
+            key = b""
+            headers.append(("recsys.source.key", b"none"))
         if value is not None and len(value) > DEADLETTER_BYTES:
             headers.append(("recsys.truncated.from", str(len(value)).encode()))
             value = bytes(value[:DEADLETTER_BYTES])
         if acks is None or current_event() is not None:
-            await self._deliver(m.key, value, headers)
+            await self._deliver(key, value, headers)
             return
         try:
-            sent = await self.deadletter.send(key=m.key, value=value, headers=headers)
+            sent = await self.deadletter.send(key=key, value=value, headers=headers)
         except Exception:  # (tried again, waiting, when the batch awaits it)
             sent = None
-        acks.append(self._confirmed(sent, m.key, value, headers))
+        acks.append(self._confirmed(sent, key, value, headers))
 
     async def _confirmed(self, sent, key, value, headers) -> None:
         """Await a dead letter's acknowledgement; when it failed, deliver it again."""

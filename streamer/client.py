@@ -118,10 +118,18 @@ def redacted_url(url: str) -> str:
     ('redis://:***@host:6379/0', 'redis://u:***@h/1')
     >>> redacted_url("redis://127.0.0.1:6379/0")
     'redis://127.0.0.1:6379/0'
+    >>> redacted_url("rediss://h:6380/0?password=s3cret&ssl_ca_certs=/ca.pem")
+    'rediss://h:6380/0?password=***&ssl_ca_certs=/ca.pem'
     """
     parts = urlsplit(url)
+    if parts.query:  # redis-py also takes the password as a query parameter
+        query = [
+            f"{name}=***" if name == "password" else f"{name}{sep}{value}"
+            for name, sep, value in (p.partition("=") for p in parts.query.split("&"))
+        ]
+        parts = parts._replace(query="&".join(query))
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

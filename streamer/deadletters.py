@@ -8,11 +8,14 @@ a bug fixed since may pass now. :func:`redrive` sends such dead letters back to 
 they came from, unchanged but for a header naming the dead letter
 (``recsys.redriven.from``), where the worker takes them like any new event.
 
-Each dead letter is sent back at most once, whatever the runs and their filters: before
-sending one, :func:`redrive` claims it in a Redis set (``{prefix}redriven:{topic}``, one
-``partition:offset`` member per dead letter sent back; members below the topic's first
-offset, gone with retention, are dropped at each run). A claim whose send fails is
-released, so a later run tries it again.
+Each refused event is sent back at most once, whatever the runs and their filters:
+before sending one, :func:`redrive` claims its source record in a Redis set
+(``{prefix}redriven:{topic}``, one ``topic:partition:offset`` member per event sent
+back, so two dead letters of one record, as a worker reprocessing after a crash may
+write, count once). A claim whose send fails is released, so a later run tries it
+again; members whose dead letters left the topic (retention) are dropped at each run.
+An event that comes back refused again carries ``recsys.redriven.from`` into its new
+dead letter (the worker copies it) and is not sent back a second time.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     truncated_from: int | None = None  # the original size, when the value was cut
+    redriven_from: str | None = None  # the event was sent back once already: from where
 
     @classmethod
     def from_record(cls, record: ConsumerRecord) -> DeadLetter:
@@ -78,12 +82,18 @@ class DeadLetter:
             key=record.key,
             value=record.value,
             truncated_from=number("recsys.truncated.from"),
+            redriven_from=text("recsys.redriven.from") or None,
         )
 
     @property
     def id(self) -> str:
         """``partition:offset`` in the dead-letter topic."""
         return f"{self.partition}:{self.offset}"
+
+    @property
+    def source(self) -> str:
+        """``topic:partition:offset`` of the refused record: what the ledger keeps."""
+        return f"{self.source_topic}:{self.source_partition}:{self.source_offset}"
 
     def row(self) -> dict:
         """A JSON-friendly summary (key and value as text, the value cut to
@@ -98,6 +108,7 @@ class DeadLetter:
             "value": value,
             "bytes": None if self.value is None else len(self.value),
             "truncated_from": self.truncated_from,
+            "redriven_from": self.redriven_from,
         }
 
 
@@ -130,6 +141,9 @@ async def _consumer(settings: Settings) -> AIOKafkaConsumer:
         **settings.kafka_security(),
         enable_auto_commit=False,
         group_id=None,
+        # With exactly_once a worker's dead letters go out in its transactions: an
+        # aborted one's letters are not dead letters.
+        isolation_level="read_committed",
     )
     try:
         await consumer.start()
@@ -197,6 +211,10 @@ def ledger_key(settings: Settings) -> str:
 
 
 def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
+    if d.redriven_from is not None:
+        return f"it was sent back once already ({d.redriven_from}) and refused again"
+    if d.key is None and d.value is None:
+        return "it holds neither a key nor a value"
     if d.truncated_from is not None:
         return f"its value was cut ({d.truncated_from} bytes, more than a dead letter holds)"
     topics = (settings.ratings_topic, settings.items_topic, settings.users_topic)
@@ -209,13 +227,11 @@ async def redrive(
     settings: Settings,
     select: Callable[[DeadLetter], bool],
     dry_run: bool = False,
-    letters: Sequence[DeadLetter] | None = None,
 ) -> RedriveReport:
-    """Send the selected dead letters back to their source topics, each at most once
-    (module docstring); ``dry_run`` reports what would be sent and sends nothing.
-    ``letters`` (as :func:`read_dead_letters` returns them) saves reading the topic."""
-    if letters is None:
-        letters = await read_dead_letters(settings)
+    """Send the selected dead letters back to their source topics, each refused event at
+    most once (module docstring); ``dry_run`` reports what would be sent and sends
+    nothing."""
+    letters = await read_dead_letters(settings)
     report = RedriveReport(read=len(letters))
     chosen = [d for d in letters if select(d)]
     report.matched = len(chosen)
@@ -232,34 +248,40 @@ async def redrive(
         )
     )
     try:
-        await _prune(settings, store, key)
+        await _prune(store, key, letters)
         if producer is not None:
             await producer.start()
-        pending = []
+        pending, planned = [], set()
         for d in chosen:
             why = _unsendable(settings, d)
             if why is not None:
                 report.unsendable[d.id] = why
             elif dry_run:
-                if await store.sismember(key, d.id):
+                if d.source in planned or await store.sismember(key, d.source):
                     report.already.append(d.id)
                 else:
+                    planned.add(d.source)
                     report.sent.append(d.id)
-            elif not await store.sadd(key, d.id):  # claimed by an earlier (or this) run
+            elif not await store.sadd(key, d.source):  # claimed by an earlier (or this) run
                 report.already.append(d.id)
             else:
                 headers = [
                     ("recsys.redriven.from", f"{settings.deadletter_topic}[{d.id}]".encode()),
                     ("recsys.redriven.at", f"{time.time():.3f}".encode()),
                 ]
-                sent = await producer.send(d.source_topic, d.value, key=d.key, headers=headers)
+                try:
+                    sent = await producer.send(d.source_topic, d.value, key=d.key, headers=headers)
+                except Exception as exc:  # refused before it left: released for a later run
+                    await store.srem(key, d.source)
+                    report.failed[d.id] = f"{type(exc).__name__}: {exc}"
+                    continue
                 pending.append((d, sent))
         for d, sent in pending:
             try:
                 await sent
                 report.sent.append(d.id)
             except Exception as exc:  # not delivered: released for a later run
-                await store.srem(key, d.id)
+                await store.srem(key, d.source)
                 report.failed[d.id] = f"{type(exc).__name__}: {exc}"
     finally:
         if producer is not None:
@@ -268,20 +290,10 @@ async def redrive(
     return report
 
 
-async def _prune(settings: Settings, store: aioredis.Redis, key: str) -> None:
-    """Drop the ledger's members below their partition's first offset (their dead
-    letters are gone with the topic's retention), so the set never outgrows the topic."""
-    members = [m.decode() for m in await store.smembers(key)]
-    if not members:
-        return
-    consumer = await _consumer(settings)
-    try:
-        topic = settings.deadletter_topic
-        partitions = {int(m.split(":")[0]) for m in members}
-        first = await consumer.beginning_offsets([TopicPartition(topic, p) for p in partitions])
-    finally:
-        await consumer.stop()
-    starts = {tp.partition: offset for tp, offset in first.items()}
-    gone = [m for m in members if int(m.split(":")[1]) < starts.get(int(m.split(":")[0]), 0)]
+async def _prune(store: aioredis.Redis, key: str, letters: Sequence[DeadLetter]) -> None:
+    """Drop the ledger's members whose dead letters are no longer in the topic (gone with
+    its retention), so the set never holds more than the topic."""
+    members = {m.decode() for m in await store.smembers(key)}
+    gone = members - {d.source for d in letters}
     if gone:
         await store.srem(key, *gone)

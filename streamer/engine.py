@@ -436,7 +436,16 @@ class StreamEngine:
             self.model.delete_item(item)
 
     def upsert_user(self, user: str, tags: dict[str, float]) -> Lists:
-        """Declared user tags: the user's list is recomputed from them at once."""
+        """Declared user tags: the user's list is recomputed from them at once. Declaring
+        none for a user the model does not know (a users-topic tombstone for someone
+        never seen) changes nothing and serves no list.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> engine.upsert_user("ghost", {}), engine.model.users.get("ghost") is None
+        ({}, True)
+        """
+        if not tags and self.model.users.get(user) is None:
+            return {}
         self.model.upsert_user(user, tags)
         return self._serve([user])
 

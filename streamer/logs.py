@@ -4,8 +4,8 @@ While a broker is down, aiokafka logs every failed attempt of every connection (
 connect, to fetch, to update metadata, to find the group coordinator) about every 50 ms:
 measured on a worker during a 15-second broker restart, some 2,500 ERROR lines, 170 a
 second. :class:`RepeatFilter` lets the first message of each kind through, then one per
-``window`` seconds saying how many like it it stood for; nothing is hidden for longer
-than ``window``.
+``window`` seconds saying how many like it it stood for. The count held back after the
+last one to pass (at the end of an outage) is not reported.
 """
 
 from __future__ import annotations
@@ -22,14 +22,18 @@ KAFKA_CLIENT_LOGGERS = (
     "aiokafka.consumer.consumer",
     "aiokafka.consumer.fetcher",
     "aiokafka.consumer.group_coordinator",
+    "aiokafka.consumer.subscription_state",
+    "aiokafka.admin.client",
     "aiokafka.producer.producer",
     "aiokafka.producer.sender",
 )
 
 
 class RepeatFilter(logging.Filter):
-    """Pass a message of a kind (its logger, level and format string) at most once per
-    ``window`` seconds; the next one to pass says how many were held back meanwhile.
+    """Pass a message of a kind (its logger, level, format string and the types of its
+    arguments: a refused connection and a failed authentication share a format string
+    but not the error's type) at most once per ``window`` seconds; the next one to pass
+    says how many were held back meanwhile.
 
     >>> clock = iter([0.0, 1.0, 2.0, 11.0]).__next__
     >>> f = RepeatFilter(window=10.0, clock=clock)
@@ -45,10 +49,11 @@ class RepeatFilter(logging.Filter):
         super().__init__()
         self.window = window
         self.clock = clock
-        self._kinds: dict[tuple[str, int, str], tuple[float, int]] = {}  # -> (passed at, held)
+        self._kinds: dict[tuple, tuple[float, int]] = {}  # kind -> (passed at, held back)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        kind = (record.name, record.levelno, str(record.msg))
+        args = record.args if isinstance(record.args, tuple) else ()
+        kind = (record.name, record.levelno, str(record.msg), *(type(a).__name__ for a in args))
         now = self.clock()
         seen = self._kinds.get(kind)
         if seen is not None and now - seen[0] < self.window:

@@ -229,6 +229,16 @@ are needed with RECSYS_KAFKA_SECURITY_PROTOCOL=SASL_SSL
                 )
             if path and not Path(path).expanduser().is_file():
                 raise SettingsError(f"RECSYS_{name.upper()}: no file {path!r}")
+        if tls:  # files that are not PEM, a key that does not match: said now, in one line
+            import ssl
+
+            try:
+                self.kafka_ssl_context()
+            except (ssl.SSLError, OSError) as exc:
+                raise SettingsError(
+                    "RECSYS_KAFKA_SSL_CAFILE / _CERTFILE / _KEYFILE cannot be used (a "
+                    f"PEM CA bundle, certificate and unencrypted key are): {exc}"
+                ) from None
 
     def kafka_security(self) -> dict[str, object]:
         """Keyword arguments that make an aiokafka client (producer, consumer, admin)

@@ -24,7 +24,7 @@ from streamer.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
 
-N_BEFORE, N_AFTER = 40_000, 2_000
+N_BEFORE, N_AFTER = 60_000, 2_000
 
 
 @pytest.fixture
@@ -74,19 +74,16 @@ def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
                     ItemEvent(op="upsert", item_id=f"i{j}", tags=[f"t{j % 7}"], timestamp=now)
                 )
         produce(0, N_BEFORE)
-        wait_until(lambda: learned() >= N_BEFORE // 4, "a quarter learned", log, 60, worker)
+        # (Early: the broker takes a second or two to stop, the worker ~10,000 ratings/s.)
+        wait_until(lambda: learned() >= 2_000, "the first ratings learned", log, 60, worker)
         # The broker stops (a clean shutdown, as in a rolling restart) with ratings left.
         broker = int(Path(own_broker["RECSYS_STATE_DIR"], "kafka.pid").read_text())
+        lines_before = len(log_path.read_text(errors="replace").splitlines())
         os.kill(broker, signal.SIGTERM)
         wait_until(lambda: not _alive(broker), "the broker stopped", log, 60)
         at_stop = learned()
-        lines_before = len(log_path.read_text(errors="replace").splitlines())
-        time.sleep(5)
+        time.sleep(8)
         assert worker.poll() is None, log()
-        # The Kafka client's complaints are summarised (streamer.logs): a line per kind
-        # of complaint per 10 s, where aiokafka alone logs some 170 lines a second.
-        outage = log_path.read_text(errors="replace").splitlines()[lines_before:]
-        assert 0 < len(outage) < 60, "\n".join(outage[:80])
         services(own_broker, "up")
         produce(N_BEFORE, N_BEFORE + N_AFTER)
         total = N_BEFORE + N_AFTER
@@ -94,6 +91,12 @@ def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
         wait_until(lambda: metrics().get("lag") == "0", "lag 0", log, 60, worker)
         time.sleep(2)  # (a rating learned twice would show by now)
         figures = metrics()
+        # The Kafka client's complaints over the outage (some 10-15 s) were summarised
+        # (streamer.logs): a line per kind of complaint per 10 s, saying how many it stood
+        # for, where aiokafka alone logs some 170 lines a second.
+        outage = log_path.read_text(errors="replace").splitlines()[lines_before:]
+        assert len(outage) < 100, "\n".join(outage[:120])
+        assert any("more like it in" in line for line in outage), "\n".join(outage)
         assert at_stop < N_BEFORE, "the broker stopped only after every rating was learned"
         assert int(figures["events"]) == int(figures["evaluated"]) == total, figures
         assert figures["deadletters"] == "0", figures

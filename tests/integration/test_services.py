@@ -146,8 +146,18 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
     await admin.start()
     try:
         described = {t["topic"]: t for t in await admin.describe_topics()}
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        (items,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, settings.items_topic)]
+        )
     finally:
         await admin.close()
+    # Compacted, and an item's tombstone kept as long as a delete event (a rebuild needs
+    # to know the item to learn its old ratings).
+    configs = {c[0]: c[1] for c in items.resources[0][4]}
+    assert configs["cleanup.policy"] == "compact"
+    assert int(configs["delete.retention.ms"]) >= 50 * 365 * 86_400_000
     expected = {
         settings.ratings_topic: 3,
         settings.items_topic: 3,

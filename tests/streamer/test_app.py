@@ -425,6 +425,71 @@ async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
     assert headers["recsys.reason"] == b"payload too large"
 
 
+async def test_a_record_with_neither_key_nor_value_and_a_redriven_one_are_dead_lettered() -> None:
+    """Kafka takes no record without a key or a value, so a ratings tombstone with no key
+    is dead-lettered with an empty key, said so in a header (it would otherwise be tried
+    again forever, the worker stalled). An event sent back by ``deadletters --redrive``
+    and refused again carries that header into its new dead letter."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    sent: list[tuple[bytes | None, bytes | None, dict]] = []
+
+    class DeadLetters:
+        async def send(self, key, value, headers):
+            assert key is not None or value is not None, "aiokafka refuses this record"
+
+            async def acknowledged() -> None:
+                sent.append((key, value, dict(headers)))
+
+            return acknowledged()
+
+    worker.deadletter = DeadLetters()
+    bare = ConsumerRecord("r", 0, 3, 0, 0, None, None, None, 0, 0, [])
+    await worker._dead_letter(bare, "no value: a tombstone (null record) is not an event")
+    redriven = ConsumerRecord(
+        "r", 0, 4, 0, 0, b"u", b"{", None, 0, 1, [("recsys.redriven.from", b"dlq[0:7]")]
+    )
+    await worker._dead_letter(redriven, "malformed JSON")
+    (k1, v1, h1), (k2, v2, h2) = sent
+    assert (k1, v1, h1["recsys.source.key"]) == (b"", None, b"none")
+    assert (k2, v2, h2["recsys.redriven.from"]) == (b"u", b"{", b"dlq[0:7]")
+    assert "recsys.redriven.from" not in h1 and "recsys.source.key" not in h2
+
+
+async def test_a_rebuild_reads_users_tombstones_as_withdrawals_outside_event_time(
+    monkeypatch,
+) -> None:
+    """A rebuild applies the users topic before the ratings: a tombstone withdraws the
+    declaration, and its time (the record's, a wall clock) is not taken for a
+    declaration time, which sets which users' lists are republished."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.engine.model.upsert_item("a", {"jazz": 1.0})
+    declared = b'{"user_id": "fan", "tags": ["jazz"], "timestamp": 1000}'
+    records = [
+        ConsumerRecord("u", 0, 0, 5_000, 0, b"fan", declared, None, 0, 0, []),
+        ConsumerRecord("u", 0, 1, 1_700_000_000_000, 0, b"fan", None, None, 0, 0, []),
+        ConsumerRecord(
+            "u", 0, 2, 2_000, 0, b"kept", declared.replace(b"fan", b"kept"), None, 0, 0, []
+        ),
+    ]
+
+    async def read_ranges(consumer, ranges):
+        yield records, set()
+
+    class Consumer:
+        def partitions_for_topic(self, topic):
+            return {0}
+
+        async def end_offsets(self, tps):
+            return {tp: 3 for tp in tps}
+
+    monkeypatch.setattr(app_module, "read_ranges", read_ranges)
+    seen = await worker._replay_users(Consumer(), [0])
+    assert seen == {"fan": 1000.0, "kept": 1000.0}
+    model = worker.engine.model
+    assert "content" not in {r.source for r in model.recommend("fan")}  # withdrawn
+    assert model.recommend("kept")[0].source == "content"
+
+
 async def _no_sleep(seconds: float) -> None:
     return None
 

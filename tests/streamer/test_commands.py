@@ -242,11 +242,19 @@ def _dead_letter_records(topics: dict[str, str]) -> list[tuple[bytes, bytes, lis
             ),
         ),
         (b"u4", late, headers("item_id: unknown item 'late'", "someone.elses", 3)),
+        # The first letter again (a worker reprocessing after a crash), and an event that
+        # was sent back once already and refused again.
+        (b"u1", late, headers("item_id: unknown item 'late'", topics["ratings"], 7)),
+        (
+            b"u5",
+            b"{",
+            headers("malformed JSON: x", topics["ratings"], 11, ("recsys.redriven.from", b"d")),
+        ),
     ]
 
 
 def test_deadletters_lists_and_sends_back_each_dead_letter_once(
-    topics, kafka_bootstrap, capsys
+    topics, kafka_bootstrap, redis_key_prefix, capsys
 ) -> None:
     """Listing shows reason, source and bytes; --redrive sends the matching ones back to
     their topic unchanged (a header names the dead letter), never the same one twice,
@@ -272,28 +280,38 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     asyncio.run(write())
     assert main(["deadletters", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["key"] for r in rows] == ["u1", "u2", "u3", "u4"]
+    assert [r["key"] for r in rows] == ["u1", "u2", "u3", "u4", "u1", "u5"]
     assert rows[0]["source"] == f"{topics['ratings']}[0]@7" and rows[2]["truncated_from"]
-    assert main(["deadletters", "--reason", "malformed"]) == 0
+    assert main(["deadletters", "--reason", "malformed JSON: oops"]) == 0
     out = capsys.readouterr().out
     assert "1 dead letter(s)" in out and "malformed JSON: oops" in out and "u1" not in out
     unknown = ["--reason", "unknown item", "--json"]
     assert main(["deadletters", "--redrive", "--dry-run", *unknown]) == 0
     dry = json.loads(capsys.readouterr().out)
-    assert dry["sent"] == ["0:0"] and set(dry["unsendable"]) == {"0:2", "0:3"}
+    assert dry["sent"] == ["0:0"] and dry["already"] == ["0:4"]
+    assert set(dry["unsendable"]) == {"0:2", "0:3"}
     assert main(["deadletters", "--redrive", *unknown]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["sent"] == ["0:0"] and report["matched"] == 3
+    assert report["sent"] == ["0:0"] and report["already"] == ["0:4"] and report["matched"] == 4
     assert "value was cut" in report["unsendable"]["0:2"]
     assert "not one of this deployment's topics" in report["unsendable"]["0:3"]
     (back,) = consume(kafka_bootstrap, topics["ratings"], 1)
     assert (back.key, back.value) == (letters[0][0], letters[0][1])
     assert dict(back.headers)["recsys.redriven.from"] == f"{deadletter}[0:0]".encode()
-    # Again, with any filter: nothing is sent twice.
+    # Again, with any filter: nothing is sent twice, nor what came back refused again.
+    # (A member whose dead letter left the topic, with retention, is dropped.)
+    r = redis.Redis.from_url(os.environ["REDIS_URL"])
+    ledger_key = f"{redis_key_prefix}redriven:{deadletter}"
+    r.sadd(ledger_key, f"{topics['ratings']}:1:99")
     assert main(["deadletters", "--redrive", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["sent"] == ["0:1"] and again["already"] == ["0:0"]
+    assert again["sent"] == ["0:1"] and again["already"] == ["0:0", "0:4"]
+    assert "sent back once already" in again["unsendable"]["0:5"]
     assert len(consume(kafka_bootstrap, topics["ratings"], 2)) == 2
+    # The ledger holds a member per source record sent back, and no other.
+    ledger = {m.decode() for m in r.smembers(ledger_key)}
+    r.close()
+    assert ledger == {f"{topics['ratings']}:0:7", f"{topics['ratings']}:0:8"}
 
 
 def test_recs_without_redis_fails_clearly(monkeypatch, capsys) -> None:

@@ -27,6 +27,10 @@ def test_each_kind_of_message_passes_once_per_window_and_then_says_how_many_it_h
     assert passed[2][2] == "Unable connect (and 99 more like it in 10 s)"
     # Another level of the same text is another kind: a warning never hides an error.
     assert f.filter(_record("aiokafka", "Unable connect", logging.WARNING))
+    # So are other types of arguments: a failed login does not hide behind a refusal.
+    refused = logging.LogRecord("aiokafka", logging.ERROR, "", 0, "failed: %s", (OSError(),), None)
+    denied = logging.LogRecord("aiokafka", logging.ERROR, "", 0, "failed: %s", (KeyError(),), None)
+    assert f.filter(refused) and f.filter(denied) and not f.filter(refused)
 
 
 def test_the_worker_quiets_every_kafka_client_logger() -> None:

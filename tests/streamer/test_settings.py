@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.settings import Settings
+from streamer.settings import Settings, SettingsError
 
 
 def test_values_are_read_and_typed_by_name() -> None:
@@ -43,3 +43,34 @@ def test_a_misspelt_setting_is_reported_not_silently_ignored() -> None:
     with pytest.warns(UserWarning, match="unknown settings ignored: RECSYS_BATCHMAX"):
         settings = Settings.from_env({"RECSYS_BATCHMAX": "5", "RECSYS_STATE_DIR": "/tmp"})
     assert settings.batch_max == Settings().batch_max
+
+
+def test_secured_kafka_settings_that_cannot_work_are_refused_at_start(tmp_path) -> None:
+    env = {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RECSYS_KAFKA_SASL_USERNAME": "a"}
+    with pytest.raises(SettingsError, match="RECSYS_KAFKA_SASL_PASSWORD are needed"):
+        Settings.from_env(env)
+    env = {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SSL", "RECSYS_KAFKA_SSL_CAFILE": str(tmp_path)}
+    with pytest.raises(SettingsError, match="RECSYS_KAFKA_SSL_CAFILE: no file"):
+        Settings.from_env(env)
+    with pytest.raises(SettingsError, match="must be one of PLAIN, SCRAM-SHA-256"):
+        Settings.from_env({"RECSYS_KAFKA_SASL_MECHANISM": "GSSAPI"})
+    with pytest.raises(SettingsError, match="does not use TLS"):
+        Settings.from_env({"RECSYS_KAFKA_SSL_CAFILE": __file__})
+    with pytest.raises(SettingsError, match="go together"):
+        Settings.from_env(
+            {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SSL", "RECSYS_KAFKA_SSL_CERTFILE": __file__}
+        )
+    # A file that is no PEM bundle is said at start, in one line, not at the first client.
+    env = {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SSL", "RECSYS_KAFKA_SSL_CAFILE": __file__}
+    with pytest.raises(SettingsError, match="cannot be used"):
+        Settings.from_env(env)
+
+
+def test_the_sasl_password_is_never_in_a_settings_repr() -> None:
+    settings = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username="app",
+        kafka_sasl_password="s3cret-pw",
+    )
+    assert "s3cret-pw" not in repr(settings) and "app" in repr(settings)
+    assert settings.kafka_security()["sasl_plain_password"] == "s3cret-pw"
