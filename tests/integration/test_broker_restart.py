@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from own_services import own_services, services
 from polling import wait_until
+from worker_process import running_worker
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import isolated_env, start_worker, stop_process
+from streamer.process import isolated_env
 from streamer.producer import SyncEventProducer
 from streamer.settings import Settings
 
@@ -37,24 +37,9 @@ def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
     own_broker: dict[str, str], tmp_path: Path
 ) -> None:
     env = isolated_env("restart", own_broker, RECSYS_PARTITIONS="2", RECSYS_K="5")
-    settings = Settings.from_env(env)
-    client = redis.Redis.from_url(env["REDIS_URL"])
-    log_path = tmp_path / "worker.log"
-    worker = start_worker(env, log_path)
-
-    def log() -> str:
-        return log_path.read_text(errors="replace")[-4000:]
-
-    def metrics() -> dict[str, str]:
-        raw = client.hgetall(f"{settings.key_prefix}metrics")
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
-    def learned() -> int:
-        return int(metrics().get("events", 0))
-
     now = time.time()
 
-    def produce(lo: int, hi: int) -> None:
+    def produce(settings: Settings, lo: int, hi: int) -> None:
         with SyncEventProducer(settings) as producer:
             for j in range(lo, hi):
                 producer.send_rating(
@@ -66,46 +51,44 @@ def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
                     )
                 )
 
-    try:
-        wait_until(metrics, "the worker's first metrics", log, 60, worker)
+    with running_worker(env, tmp_path / "worker.log") as run:
+        settings, log, learned = run.settings, run.log, run.learned
+        wait_until(run.metrics, "the worker's first metrics", log, 60, run.process)
         with SyncEventProducer(settings) as producer:
             for j in range(50):
                 producer.send_item(
                     ItemEvent(op="upsert", item_id=f"i{j}", tags=[f"t{j % 7}"], timestamp=now)
                 )
-        produce(0, N_BEFORE)
+        produce(settings, 0, N_BEFORE)
         # (Early: the broker takes a second or two to stop, the worker ~10,000 ratings/s.)
-        wait_until(lambda: learned() >= 2_000, "the first ratings learned", log, 60, worker)
+        wait_until(lambda: learned() >= 2_000, "the first ratings learned", log, 60, run.process)
         # The broker stops (a clean shutdown, as in a rolling restart) with ratings left.
         broker = int(Path(own_broker["RECSYS_STATE_DIR"], "kafka.pid").read_text())
-        lines_before = len(log_path.read_text(errors="replace").splitlines())
+        lines_before = len(run.log_path.read_text(errors="replace").splitlines())
         os.kill(broker, signal.SIGTERM)
         wait_until(lambda: not _alive(broker), "the broker stopped", log, 60)
         at_stop = learned()
         time.sleep(8)
-        assert worker.poll() is None, log()
+        assert run.process.poll() is None, log()
         services(own_broker, "up")
-        produce(N_BEFORE, N_BEFORE + N_AFTER)
+        produce(settings, N_BEFORE, N_BEFORE + N_AFTER)
         total = N_BEFORE + N_AFTER
-        wait_until(lambda: learned() >= total, "every rating learned", log, 120, worker)
-        wait_until(lambda: metrics().get("lag") == "0", "lag 0", log, 60, worker)
+        wait_until(lambda: learned() >= total, "every rating learned", log, 120, run.process)
+        wait_until(lambda: run.metrics().get("lag") == "0", "lag 0", log, 60, run.process)
         time.sleep(2)  # (a rating learned twice would show by now)
-        figures = metrics()
+        figures = run.metrics()
         # The Kafka client's complaints over the outage (some 10-15 s) were summarised
         # (streamer.logs): a line per kind of complaint per 10 s, saying how many it stood
         # for, where aiokafka alone logs some 170 lines a second.
-        outage = log_path.read_text(errors="replace").splitlines()[lines_before:]
+        outage = run.log_path.read_text(errors="replace").splitlines()[lines_before:]
         assert len(outage) < 100, "\n".join(outage[:120])
         assert any("more like it in" in line for line in outage), "\n".join(outage)
         assert at_stop < N_BEFORE, "the broker stopped only after every rating was learned"
         assert int(figures["events"]) == int(figures["evaluated"]) == total, figures
         assert figures["deadletters"] == "0", figures
-        doc = json.loads(client.get(f"{settings.key_prefix}recs:u499") or b"null")
+        doc = json.loads(run.redis.get(f"{settings.key_prefix}recs:u499") or b"null")
         assert doc and doc["items"], doc
-        assert worker.poll() is None, log()
-    finally:
-        stop_process(worker)
-        client.close()
+        assert run.process.poll() is None, log()
 
 
 def _alive(pid: int) -> bool:

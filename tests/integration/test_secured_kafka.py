@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 from aiokafka import AIOKafkaProducer
 from own_services import free_port, own_services
 from polling import wait_until
+from worker_process import cli, running_worker
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import isolated_env, start_worker, stop_process
+from streamer.process import isolated_env
 from streamer.producer import SyncEventProducer
 from streamer.settings import Settings
 
@@ -54,21 +52,10 @@ def test_a_worker_on_sasl_over_tls_learns_serves_and_dead_letters(secured, tmp_p
     """Each client its own mechanism: the worker SCRAM-SHA-256, the producer PLAIN, the
     dead-letter command SCRAM-SHA-512. The password is never logged."""
     env = secured_env(secured, "SCRAM-SHA-256")
-    settings = Settings.from_env(env)
     producing = Settings.from_env({**env, "RECSYS_KAFKA_SASL_MECHANISM": "PLAIN"})
-    client = redis.Redis.from_url(env["REDIS_URL"])
-    log_path = tmp_path / "worker.log"
-    worker = start_worker(env, log_path)
-
-    def log() -> str:
-        return log_path.read_text(errors="replace")[-4000:]
-
-    def metrics() -> dict[str, str]:
-        raw = client.hgetall(f"{settings.key_prefix}metrics")
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
-    try:
-        wait_until(metrics, "the worker's first metrics", log, 90, worker)
+    with running_worker(env, tmp_path / "worker.log") as run:
+        settings, log = run.settings, run.log
+        wait_until(run.metrics, "the worker's first metrics", log, 90, run.process)
         now = time.time()
         with SyncEventProducer(producing) as producer:
             for j in range(20):
@@ -94,31 +81,20 @@ def test_a_worker_on_sasl_over_tls_learns_serves_and_dead_letters(secured, tmp_p
                 await raw.stop()
 
         asyncio.run(send_bad())
-        wait_until(
-            lambda: int(metrics().get("events", 0)) >= 200, "the ratings learned", log, 60, worker
-        )
-        doc = json.loads(client.get(f"{settings.key_prefix}recs:u3") or b"null")
+        wait_until(lambda: run.learned() >= 200, "the ratings learned", log, 60, run.process)
+        doc = json.loads(run.redis.get(f"{settings.key_prefix}recs:u3") or b"null")
         assert doc and doc["items"], doc
         listing = {**env, "RECSYS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
 
         def dead_letters() -> list:
-            done = subprocess.run(
-                [sys.executable, "-m", "streamer.cli", "deadletters", "--json"],
-                env=listing,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            done = cli(listing, "deadletters", "--json")
             assert done.returncode == 0, done.stderr
             return json.loads(done.stdout)
 
         (row,) = wait_until(dead_letters, "the dead letter listed", log, 30)
         assert row["reason"].startswith("malformed JSON") and row["key"] == "u1"
-        assert worker.poll() is None, log()
-    finally:
-        stop_process(worker)
-        client.close()
-    assert PASSWORD not in log_path.read_text(errors="replace")
+        assert run.process.poll() is None, log()
+    assert PASSWORD not in run.log_path.read_text(errors="replace")
 
 
 def mutual_tls_env(services: dict[str, str], certificate: bool = True) -> dict:
@@ -138,53 +114,24 @@ def mutual_tls_env(services: dict[str, str], certificate: bool = True) -> dict:
 
 
 def test_a_worker_on_mutual_tls_learns_and_serves(secured, tmp_path) -> None:
-    env = mutual_tls_env(secured)
-    settings = Settings.from_env(env)
-    client = redis.Redis.from_url(env["REDIS_URL"])
-    log_path = tmp_path / "worker.log"
-    worker = start_worker(env, log_path)
-
-    def log() -> str:
-        return log_path.read_text(errors="replace")[-4000:]
-
-    def learned() -> int:
-        return int(client.hget(f"{settings.key_prefix}metrics", "events") or 0)
-
-    try:
-        wait_until(
-            lambda: client.exists(f"{settings.key_prefix}metrics"), "metrics", log, 90, worker
-        )
+    with running_worker(mutual_tls_env(secured), tmp_path / "worker.log") as run:
+        settings, log = run.settings, run.log
+        wait_until(run.metrics, "the worker's first metrics", log, 90, run.process)
         now = time.time()
         with SyncEventProducer(settings) as producer:
             producer.send_item(ItemEvent(op="upsert", item_id="a", tags=["jazz"], timestamp=now))
             producer.send_item(ItemEvent(op="upsert", item_id="b", tags=["jazz"], timestamp=now))
             producer.send_rating(RatingEvent(user_id="ann", item_id="a", rating=5, timestamp=now))
-        wait_until(lambda: learned() >= 1, "the rating learned", log, 60, worker)
-        doc = json.loads(client.get(f"{settings.key_prefix}recs:ann") or b"null")
+        wait_until(lambda: run.learned() >= 1, "the rating learned", log, 60, run.process)
+        doc = json.loads(run.redis.get(f"{settings.key_prefix}recs:ann") or b"null")
         assert doc and [r["item_id"] for r in doc["items"]] == ["b"], doc
-    finally:
-        stop_process(worker)
-        client.close()
     # Without its certificate, the same client is refused.
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "deadletters"],
-        env=mutual_tls_env(secured, certificate=False),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli(mutual_tls_env(secured, certificate=False), "deadletters")
     assert done.returncode == 1 and "cannot read" in done.stderr, done.stderr
 
 
 def test_a_refused_password_stops_the_worker_with_one_clear_line(secured, tmp_path) -> None:
-    env = secured_env(secured, "SCRAM-SHA-512", password="not-the-password")
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli(secured_env(secured, "SCRAM-SHA-512", password="not-the-password"), "worker")
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("recsys-online: cannot reach Kafka at 127.0.0.1:"), done.stderr
@@ -197,12 +144,6 @@ def test_the_broker_refuses_a_client_that_does_not_check_its_certificate(secured
     CAs do not know a self-signed certificate)."""
     env = secured_env(secured, "PLAIN")
     del env["RECSYS_KAFKA_SSL_CAFILE"]
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "deadletters"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli(env, "deadletters")
     assert done.returncode == 1
     assert "cannot read" in done.stderr and PASSWORD not in done.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,11 @@ import pytest
 import redis
 from own_services import free_port
 from polling import wait_until
+from worker_process import cli, running_worker
 
 from schemas import ItemEvent, RatingEvent
-from streamer.process import clear_run, isolated_env, start_worker, stop_process
+from streamer.process import clear_run, isolated_env
 from streamer.producer import SyncEventProducer
-from streamer.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 
@@ -82,42 +81,26 @@ def test_a_worker_writes_lists_and_metrics_to_a_tls_redis_with_a_password(
         RECSYS_PARTITIONS="2",
         RECSYS_K="5",
     )
-    settings = Settings.from_env(env)
-    client = redis.Redis.from_url(secured_redis["url"])
-    log_path = tmp_path / "worker.log"
-    worker = start_worker(env, log_path)
-
-    def log() -> str:
-        return log_path.read_text(errors="replace")[-4000:]
-
     try:
-        key = f"{settings.key_prefix}metrics"
-        wait_until(lambda: client.exists(key), "the worker's first metrics", log, 60, worker)
-        now = time.time()
-        with SyncEventProducer(settings) as producer:
-            for item in ("a", "b"):
-                producer.send_item(
-                    ItemEvent(op="upsert", item_id=item, tags=["jazz"], timestamp=now)
-                )
-            producer.send_rating(RatingEvent(user_id="ann", item_id="a", rating=5, timestamp=now))
-        wait_until(
-            lambda: client.get(f"{settings.key_prefix}recs:ann"), "ann's list", log, 60, worker
-        )
-        shown = subprocess.run(
-            [sys.executable, "-m", "streamer.cli", "recs", "ann", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert shown.returncode == 0, shown.stderr
-        assert [r["item_id"] for r in json.loads(shown.stdout)["items"]] == ["b"]
-        assert worker.poll() is None, log()
+        with running_worker(env, tmp_path / "worker.log") as run:
+            settings, log = run.settings, run.log
+            wait_until(run.metrics, "the worker's first metrics", log, 60, run.process)
+            now = time.time()
+            with SyncEventProducer(settings) as producer:
+                for item in ("a", "b"):
+                    event = ItemEvent(op="upsert", item_id=item, tags=["jazz"], timestamp=now)
+                    producer.send_item(event)
+                rating = RatingEvent(user_id="ann", item_id="a", rating=5, timestamp=now)
+                producer.send_rating(rating)
+            listed = f"{settings.key_prefix}recs:ann"
+            wait_until(lambda: run.redis.get(listed), "ann's list", log, 60, run.process)
+            shown = cli(env, "recs", "ann", "--json")
+            assert shown.returncode == 0, shown.stderr
+            assert [r["item_id"] for r in json.loads(shown.stdout)["items"]] == ["b"]
+            assert run.process.poll() is None, log()
     finally:
-        stop_process(worker)
-        client.close()
         clear_run(env)
-    assert PASSWORD not in log_path.read_text(errors="replace")
+    assert PASSWORD not in run.log_path.read_text(errors="replace")
 
 
 @pytest.mark.parametrize(
@@ -144,13 +127,7 @@ def test_a_redis_that_refuses_the_worker_stops_it_with_one_line(
         RECSYS_PARTITIONS="2",
     )
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "streamer.cli", "worker"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = cli(env, "worker")
     finally:
         clear_run({**env, "REDIS_URL": secured_redis["url"]})
     assert done.returncode != 0

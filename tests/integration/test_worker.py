@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from polling import wait_until
+from worker_process import cli
 
 from schemas import ItemEvent, RatingEvent
 from streamer.process import clear_run, isolated_env, start_worker, stop_process
@@ -300,13 +300,7 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
 
 
 def _cli(worker: RunningWorker, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", *args],
-        env=worker.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = cli(worker.env, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
