@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from polling import wait_until
 from worker_process import cli
 
-from schemas import ItemEvent, RatingEvent
+from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.process import clear_run, isolated_env, start_worker, stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
@@ -170,6 +170,26 @@ def test_new_tagged_item_reaches_a_matching_user_without_ratings(worker: Running
     doc = worker.recs("bob")
     reason = next(r for r in doc["items"] if r["item_id"] == "b-noir-new")["reason"]
     assert "noir" in reason or "b-noir1" in reason
+
+
+def test_declared_tags_serve_a_new_user_until_a_tombstone_withdraws_them(
+    worker: RunningWorker,
+) -> None:
+    """A user event (the users topic is compacted, keyed by user) seeds a user with no
+    ratings; its tombstone withdraws the declaration and the user gets popularity."""
+    users = worker.env["RECSYS_USERS_TOPIC"]
+    declared = UserEvent(user_id="una", tags=["harp"], timestamp=NOW).to_bytes()
+    produce(worker, [item(worker, f"harp{j}", "harp") for j in range(3)])
+    produce(worker, [(users, b"una", declared)])
+
+    def sources() -> set[str]:
+        doc = worker.recs("una")
+        return set() if doc is None else {r["source"] for r in doc["items"]}
+
+    wait_for(lambda: "content" in sources(), "una's list from her declared tags", worker)
+    assert {"harp0", "harp1", "harp2"} & set(worker.items_for("una"))
+    produce(worker, [(users, b"una", None)])
+    wait_for(lambda: sources() == {"popular"}, "una's list without her tags", worker)
 
 
 @pytest.mark.parametrize("how", ["event", "tombstone"])
