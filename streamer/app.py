@@ -1338,7 +1338,7 @@ class RecsysWorker:
         again, waiting longer each time up to 5 s (a broker outage stalls the worker, it
         does not stop it).
         """
-        self.engine.deadletters += 1
+        self.engine.count_deadletter(reason)
         log.info("dead letter from %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason)
         headers = [
             ("recsys.reason", reason.encode()),

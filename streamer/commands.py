@@ -382,11 +382,21 @@ def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -
     >>> print(format_metrics({"events": "12", "k": "10"}, {"h:1": {"events": "12"}}))
     figure           h:1
     ratings learned   12
+    >>> print(format_metrics({}, {"h:1": {"deadletters": "3", "deadletters_malformed": "2"}}))
+    figure               h:1
+    dead letters           3
+      of them malformed    2
     """
     names = sorted(workers) or ["(shared)"]
     columns = [workers[n] for n in sorted(workers)] or [shared]
     rows = [("figure", *names)]
-    for key, label, form in METRIC_ROWS:
+    kinds = sorted({k for c in columns for k in c if k.startswith("deadletters_")})
+    specs: list[tuple[str, str, str]] = []
+    for spec in METRIC_ROWS:  # (the dead letters' kinds under their count)
+        specs.append(spec)
+        if spec[0] == "deadletters":
+            specs += [(k, f"  of them {k.removeprefix('deadletters_')}", "{:,.0f}") for k in kinds]
+    for key, label, form in specs:
         if not any(key in c for c in columns):
             continue
         cells = []

@@ -17,7 +17,14 @@ from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
 from recsys_online.ids import IdIndex
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
-from streamer.metrics import FRESHNESS_BUCKETS, REFRESH_BUCKETS, Histogram, Quantiles
+from streamer.metrics import (
+    DEADLETTER_FIELD,
+    FRESHNESS_BUCKETS,
+    REFRESH_BUCKETS,
+    Histogram,
+    Quantiles,
+    deadletter_kind,
+)
 from streamer.settings import Settings
 
 Lists = dict[str, list[Recommendation]]
@@ -110,6 +117,7 @@ class StreamEngine:
         self.events = 0  # ratings in the model: live and replayed from the log
         self.evaluated = 0  # live ratings evaluated then learned (never counts replays)
         self.deadletters = 0
+        self.deadletter_kinds: dict[str, int] = {}  # kind of reason -> dead letters
         # Ratings whose produce time was later than their list's write to Redis: the
         # producer's clock is ahead of the worker's (their freshness counts as 0).
         self.freshness_clock_ahead = 0
@@ -229,6 +237,7 @@ class StreamEngine:
     LIVE_FIGURES = (
         "evaluated",
         "deadletters",
+        "deadletter_kinds",
         "errors",
         "ranking",
         "ranking_now",
@@ -302,6 +311,7 @@ class StreamEngine:
         state.setdefault("freshness_clock_ahead", 0)
         state.setdefault("shared_from", set())
         state.setdefault("freshness_all", Quantiles())
+        state.setdefault("deadletter_kinds", {})
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -621,4 +631,17 @@ class StreamEngine:
             "mean_rating": self.model.mf.mu,
             "items": int(self.model.active[: self.model.n_items].sum()),
             "items_deleted": self.model.n_deleted,
-        }
+        } | {DEADLETTER_FIELD + kind: n for kind, n in sorted(self.deadletter_kinds.items())}
+
+    def count_deadletter(self, reason: str) -> None:
+        """One more dead letter, counted in all and by the kind of its reason.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> engine.count_deadletter("item_id: unknown item 'x'")
+        >>> engine.count_deadletter("malformed JSON: oops")
+        >>> m = engine.metrics(); m["deadletters"], m["deadletters_unknown_item"]
+        (2, 1)
+        """
+        self.deadletters += 1
+        kind = deadletter_kind(reason)
+        self.deadletter_kinds[kind] = self.deadletter_kinds.get(kind, 0) + 1

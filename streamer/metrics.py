@@ -181,6 +181,39 @@ GAUGES: dict[str, tuple[str, str, str]] = {
 }
 
 
+DEADLETTER_FIELD = "deadletters_"  # + kind: a figure counting one kind of dead letter
+
+#: What a dead letter's reason says, as one word: by the start of the reason the worker
+#: wrote (the first that matches); any other reason is a schema violation.
+DEADLETTER_KINDS: tuple[tuple[str, str], ...] = (
+    ("payload too large", "oversized"),
+    ("malformed JSON", "malformed"),
+    ("no value", "malformed"),
+    ("not a JSON object", "not_object"),
+    ("key:", "wrong_key"),
+    ("tombstone:", "bad_tombstone"),
+    ("item_id: unknown item", "unknown_item"),
+    ("item_id: item ", "deleted_item"),
+    ("event_id: duplicate", "duplicate"),
+)
+
+
+def deadletter_kind(reason: str) -> str:
+    """The kind of a dead letter's reason, for counting them apart.
+
+    >>> deadletter_kind("item_id: unknown item 'i9'")
+    'unknown_item'
+    >>> deadletter_kind("item_id: item 'i9' was deleted")
+    'deleted_item'
+    >>> deadletter_kind("rating: 9.0 is outside the rating scale [1.0, 5.0]")
+    'invalid'
+    """
+    for start, kind in DEADLETTER_KINDS:
+        if reason.startswith(start):
+            return kind
+    return "invalid"
+
+
 def _number(value: float) -> str:
     """Prometheus' float syntax (NaN, +Inf) for any number.
 
@@ -247,6 +280,16 @@ def exposition(
             f"# TYPE {name} {kind}",
             f"{name}{_labels(base | extra)} {_number(metrics[field])}",
         ]
+    kinds = sorted(f for f in metrics if f.startswith(DEADLETTER_FIELD))
+    if kinds:  # one labelled series per kind of reason seen
+        name = "recsys_deadletters_by_reason_total"
+        lines += [
+            f"# HELP {name} Events sent to the dead-letter topic, by the kind of reason.",
+            f"# TYPE {name} counter",
+        ]
+        for field in kinds:
+            reason = {"reason": field.removeprefix(DEADLETTER_FIELD)}
+            lines.append(f"{name}{_labels(base | reason)} {_number(metrics[field])}")
     for name, (hist, text) in histograms.items():
         lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
         bounds = [*(_number(b) for b in hist.bounds), "+Inf"]

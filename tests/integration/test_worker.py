@@ -316,6 +316,17 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
     wait_for(
         lambda: int(worker.metrics().get("deadletters", 0)) >= len(bad), "deadletter count", worker
     )
+    # Counted by kind too (streamer.metrics.deadletter_kind), for alerts on one cause.
+    figures = worker.metrics()
+    for kind, at_least in (
+        ("malformed", 2),
+        ("oversized", 1),
+        ("unknown_item", 1),
+        ("bad_tombstone", 1),
+        ("wrong_key", 1),
+        ("invalid", 5),
+    ):
+        assert int(figures.get(f"deadletters_{kind}", 0)) >= at_least, (kind, figures)
     assert worker.process.poll() is None
 
 

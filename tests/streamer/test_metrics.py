@@ -89,6 +89,40 @@ def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
     assert refresh_count.value == 1
 
 
+def test_dead_letters_are_counted_by_the_kind_of_their_reason() -> None:
+    """Alerts want to tell a producer sending ratings before their items (unknown_item)
+    from a broken payload (malformed): the reasons the worker writes map to kinds, and
+    each kind seen is a labelled series (and a ``deadletters_{kind}`` figure in Redis)."""
+    reasons = {
+        "malformed JSON: Expecting value at line 1 column 1": "malformed",
+        "no value: a tombstone (null record) is not an event": "malformed",
+        "not a JSON object: got list": "not_object",
+        "payload too large: 70000 bytes, more than 65536": "oversized",
+        "key: b'zz', but item events are keyed by their item_id 'zz-other'": "wrong_key",
+        "tombstone: its key is not UTF-8 (byte 0)": "bad_tombstone",
+        "item_id: unknown item 'never'": "unknown_item",
+        "item_id: item 'x0' was deleted": "deleted_item",
+        "event_id: duplicate 'e-1', already learned": "duplicate",
+        "rating: 9.0 is outside the rating scale [1.0, 5.0]": "invalid",
+        "item_id: '' is empty": "invalid",
+    }
+    engine = StreamEngine(Settings(k=3, n_factors=4))
+    for reason in reasons:
+        engine.count_deadletter(reason)
+    text = exposition(engine.metrics(), {}, {"worker": "w1"})
+    by_reason = {
+        s.labels["reason"]: s.value
+        for s in families(text)["recsys_deadletters_by_reason"].samples
+        if s.name.endswith("_total")
+    }
+    expected: dict[str, float] = {}
+    for kind in reasons.values():
+        expected[kind] = expected.get(kind, 0) + 1
+    assert by_reason == expected
+    assert families(text)["recsys_deadletters"].samples[0].value == len(reasons)
+    assert engine.metrics()["deadletters_malformed"] == 2
+
+
 def test_a_label_with_a_line_feed_stays_valid_exposition() -> None:
     text = exposition({"rmse": 0.5}, {}, {"worker": "bad\nhost\\"})
     [sample] = families(text)["recsys_rmse"].samples
