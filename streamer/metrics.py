@@ -182,6 +182,7 @@ GAUGES: dict[str, tuple[str, str, str]] = {
 
 
 DEADLETTER_FIELD = "deadletters_"  # + kind: a figure counting one kind of dead letter
+DEADLETTERS_BY_REASON = "recsys_deadletters_by_reason_total"  # its Prometheus family
 
 #: What a dead letter's reason says, as one word: by the start of the reason the worker
 #: wrote (the first that matches); any other reason is a schema violation.
@@ -282,7 +283,7 @@ def exposition(
         ]
     kinds = sorted(f for f in metrics if f.startswith(DEADLETTER_FIELD))
     if kinds:  # one labelled series per kind of reason seen
-        name = "recsys_deadletters_by_reason_total"
+        name = DEADLETTERS_BY_REASON
         lines += [
             f"# HELP {name} Events sent to the dead-letter topic, by the kind of reason.",
             f"# TYPE {name} counter",

@@ -11,10 +11,12 @@ import json
 import re
 from pathlib import Path
 
+import promql_parser
+import pytest
 import yaml
 
 from streamer.engine import StreamEngine
-from streamer.metrics import GAUGES
+from streamer.metrics import DEADLETTER_KINDS, DEADLETTERS_BY_REASON, GAUGES
 from streamer.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +24,7 @@ DEPLOY = REPO / "deploy"
 
 
 def exported_names() -> set[str]:
-    names = {name for name, _, _ in GAUGES.values()}
+    names = {name for name, _, _ in GAUGES.values()} | {DEADLETTERS_BY_REASON}
     for hist in StreamEngine(Settings(n_factors=2)).histograms():
         names |= {f"{hist}_bucket", f"{hist}_sum", f"{hist}_count"}
     return names
@@ -69,3 +71,38 @@ def test_every_grafana_query_names_an_exported_metric() -> None:
         (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )["datasources"][0]
     assert all(p["datasource"]["uid"] == datasource["uid"] for p in dashboard["panels"])
+
+
+def _alert_rules() -> list[dict]:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_prometheus_loads_the_alert_rules_compose_mounts_beside_its_config() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+def test_every_alert_parses_and_watches_what_a_worker_exports(rule: dict) -> None:
+    """No promtool here: each expression is parsed as PromQL, names only metrics a worker
+    exports (or Prometheus's own ``up``), and only kinds of dead letters that exist."""
+    promql_parser.parse(rule["expr"])
+    used = set(re.findall(r"\brecsys_[a-z_]+", rule["expr"]))
+    assert used <= exported_names(), used - exported_names()
+    assert used or "up{" in rule["expr"]
+    kinds = {kind for _, kind in DEADLETTER_KINDS} | {"invalid"}
+    for value in re.findall(r'reason=~?"([^"]+)"', rule["expr"]):
+        assert set(value.split("|")) <= kinds, value
+    assert rule["labels"]["severity"] in ("critical", "warning")
+    assert rule["annotations"]["summary"]
+
+
+def test_every_grafana_query_parses() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "recsys-online.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            promql_parser.parse(target["expr"])
