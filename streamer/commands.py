@@ -117,6 +117,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--topic", choices=("ratings", "items", "users"), default=None, help="source topic"
     )
     dead.add_argument("--redrive", action="store_true", help="send the matching ones back")
+    dead.add_argument(
+        "--all", action="store_true", help="with --redrive and no filter: every dead letter"
+    )
     dead.add_argument("--dry-run", action="store_true", help="with --redrive: send nothing")
     dead.add_argument("--json", action="store_true")
     dead.set_defaults(run=run_deadletters)
@@ -451,6 +454,12 @@ def run_deadletters(args: argparse.Namespace) -> int:
         "users": settings.users_topic,
     }
     select = matching(args.reason, topics.get(args.topic))
+    if args.redrive and not (args.reason or args.topic or args.all):
+        return fail(
+            "--redrive sends events back to the worker: say which, with --reason TEXT "
+            "and/or --topic, or --all for every dead letter",
+            status=2,
+        )
     try:
         if args.redrive:
             report = asyncio.run(redrive(settings, select, dry_run=args.dry_run))

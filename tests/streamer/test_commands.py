@@ -303,7 +303,9 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     r = redis.Redis.from_url(os.environ["REDIS_URL"])
     ledger_key = f"{redis_key_prefix}redriven:{deadletter}"
     r.sadd(ledger_key, f"{topics['ratings']}:1:99")
-    assert main(["deadletters", "--redrive", "--json"]) == 0
+    assert main(["deadletters", "--redrive", "--json"]) == 2  # (which? said, or --all)
+    assert "--all for every dead letter" in capsys.readouterr().err
+    assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["sent"] == ["0:1"] and again["already"] == ["0:0", "0:4"]
     assert "sent back once already" in again["unsendable"]["0:5"]
