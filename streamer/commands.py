@@ -445,7 +445,7 @@ def run_deadletters(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
     from redis import RedisError
 
-    from streamer.deadletters import matching, read_dead_letters, redrive
+    from streamer.deadletters import TopicNotReadToEnd, matching, read_dead_letters, redrive
 
     settings = Settings.from_env()
     topics = {
@@ -465,6 +465,8 @@ def run_deadletters(args: argparse.Namespace) -> int:
             report = asyncio.run(redrive(settings, select, dry_run=args.dry_run))
         else:
             letters = asyncio.run(read_dead_letters(settings, last=args.last))
+    except TopicNotReadToEnd as exc:
+        return fail(str(exc))
     except (KafkaError, OSError) as exc:
         return fail(
             f"cannot read {settings.deadletter_topic} at {settings.bootstrap_servers}: {exc}"

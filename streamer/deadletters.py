@@ -79,7 +79,8 @@ class DeadLetter:
             source_topic=text("recsys.source.topic"),
             source_partition=_or(number("recsys.source.partition"), -1),
             source_offset=_or(number("recsys.source.offset"), -1),
-            key=record.key,
+            # (A record with neither key nor value was dead-lettered with an empty key.)
+            key=None if text("recsys.source.key") == "none" else record.key,
             value=record.value,
             truncated_from=number("recsys.truncated.from"),
             redriven_from=text("recsys.redriven.from") or None,
@@ -153,9 +154,18 @@ async def _consumer(settings: Settings) -> AIOKafkaConsumer:
     return consumer
 
 
+READ_TIMEOUT_S = 60.0  # reading the topic to its end takes no longer, or it is left
+
+
+class TopicNotReadToEnd(RuntimeError):
+    """The dead-letter topic could not be read to its end in time (a transaction left
+    open holds ``read_committed`` readers back)."""
+
+
 async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> list[DeadLetter]:
     """The topic's records, up to its end when called (the ``last`` of each partition
-    when given), by partition and offset."""
+    when given), by partition and offset; :class:`TopicNotReadToEnd` past
+    ``READ_TIMEOUT_S`` (a redrive must see the whole topic to know what it sent)."""
     partitions = consumer.partitions_for_topic(topic)
     if partitions is None:  # (not in the metadata yet)
         await consumer._client.force_metadata_update()
@@ -173,7 +183,13 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> lis
             consumer.seek(tp, start)
             todo[tp] = end[tp]
     out: list[DeadLetter] = []
+    deadline = time.monotonic() + READ_TIMEOUT_S
     while todo:
+        if time.monotonic() > deadline:
+            raise TopicNotReadToEnd(
+                f"{topic} could not be read to its end in {READ_TIMEOUT_S:.0f} s (a "
+                "transaction left open?): try again"
+            )
         fetched = await consumer.getmany(*todo, timeout_ms=500, max_records=5_000)
         for tp, records in fetched.items():
             out.extend(DeadLetter.from_record(r) for r in records if r.offset < todo[tp])

@@ -250,11 +250,17 @@ def _dead_letter_records(topics: dict[str, str]) -> list[tuple[bytes, bytes, lis
             b"{",
             headers("malformed JSON: x", topics["ratings"], 11, ("recsys.redriven.from", b"d")),
         ),
+        # A record with neither key nor value (dead-lettered with an empty key).
+        (
+            b"",
+            None,
+            headers("no value: a tombstone", topics["ratings"], 12, ("recsys.source.key", b"none")),
+        ),
     ]
 
 
 def test_deadletters_lists_and_sends_back_each_dead_letter_once(
-    topics, kafka_bootstrap, redis_key_prefix, capsys
+    topics, kafka_bootstrap, redis_key_prefix, capsys, monkeypatch
 ) -> None:
     """Listing shows reason, source and bytes; --redrive sends the matching ones back to
     their topic unchanged (a header names the dead letter), never the same one twice,
@@ -280,7 +286,7 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     asyncio.run(write())
     assert main(["deadletters", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["key"] for r in rows] == ["u1", "u2", "u3", "u4", "u1", "u5"]
+    assert [r["key"] for r in rows] == ["u1", "u2", "u3", "u4", "u1", "u5", None]
     assert rows[0]["source"] == f"{topics['ratings']}[0]@7" and rows[2]["truncated_from"]
     assert main(["deadletters", "--reason", "malformed JSON: oops"]) == 0
     out = capsys.readouterr().out
@@ -309,11 +315,19 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     again = json.loads(capsys.readouterr().out)
     assert again["sent"] == ["0:1"] and again["already"] == ["0:0", "0:4"]
     assert "sent back once already" in again["unsendable"]["0:5"]
+    assert "neither a key nor a value" in again["unsendable"]["0:6"]
     assert len(consume(kafka_bootstrap, topics["ratings"], 2)) == 2
     # The ledger holds a member per source record sent back, and no other.
     ledger = {m.decode() for m in r.smembers(ledger_key)}
     r.close()
     assert ledger == {f"{topics['ratings']}:0:7", f"{topics['ratings']}:0:8"}
+    # A topic that cannot be read to its end in time (a transaction left open) is said
+    # so, and nothing is sent (a redrive must see the whole topic).
+    from streamer import deadletters
+
+    monkeypatch.setattr(deadletters, "READ_TIMEOUT_S", -1.0)
+    assert main(["deadletters", "--redrive", "--all"]) == 1
+    assert "could not be read to its end" in capsys.readouterr().err
 
 
 def test_recs_without_redis_fails_clearly(monkeypatch, capsys) -> None:
