@@ -84,7 +84,14 @@ def test_a_worker_on_sasl_over_tls_learns_serves_and_dead_letters(secured, tmp_p
         wait_until(lambda: run.learned() >= 200, "the ratings learned", log, 60, run.process)
         doc = json.loads(run.redis.get(f"{settings.key_prefix}recs:u3") or b"null")
         assert doc and doc["items"], doc
+        # The shell producer connects the same way (SCRAM-SHA-512 here).
         listing = {**env, "RECSYS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+        sent = cli(listing, "produce", "rating", "newcomer", "i5", "4.5")
+        assert sent.returncode == 0, sent.stderr
+        listed = f"{settings.key_prefix}recs:newcomer"
+        wait_until(
+            lambda: run.redis.get(listed), "the produced rating's list", log, 60, run.process
+        )
 
         def dead_letters() -> list:
             done = cli(listing, "deadletters", "--json")
