@@ -29,6 +29,7 @@ from streamer.item_changes import decode_item_changes, encode_item_changes
 from streamer.logs import quiet_kafka_client
 from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
+from streamer.partitions import read_ranges, standalone_consumer
 from streamer.records import item_event, rating_event, user_event
 from streamer.settings import Settings
 from streamer.sink import RedisSink, redis_refusal
@@ -161,53 +162,6 @@ async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
 def _seconds(record: ConsumerRecord) -> float | None:
     """A record's timestamp in epoch seconds (Kafka's are in milliseconds)."""
     return None if record.timestamp is None else record.timestamp / 1000.0
-
-
-def standalone_consumer(settings: Settings, **options: object) -> AIOKafkaConsumer:
-    """A consumer outside the group that commits nothing: the catalog follower, replays
-    and the item-changes follower assign their partitions themselves.
-
-    It reads what the group's consumer reads: with ``exactly_once``, Faust's consumer
-    skips events of aborted transactions (``read_committed``), so a replay must too, or
-    it would learn ratings that were never learned live."""
-    committed = settings.processing_guarantee == "exactly_once"
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        **settings.kafka_security(),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed" if committed else "read_uncommitted",
-        **options,
-    )
-
-
-async def read_ranges(
-    consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], batch: int = 5_000
-) -> AsyncIterator[tuple[list, set[TopicPartition]]]:
-    """The records at offsets ``[start, end)`` of each partition of ``ranges``, read
-    together (one assignment), in fetched chunks, each with the partitions still short of
-    their end; between chunks the event loop runs the catalog follower and the timers."""
-    todo = {tp: (start, end) for tp, (start, end) in ranges.items() if start < end}
-    if not todo:
-        return
-    consumer.assign(list(todo))
-    await consumer.seek_to_beginning(*todo)  # (waits until the assignment is in effect)
-    for tp, (start, _) in todo.items():
-        if start:
-            consumer.seek(tp, start)
-    while todo:
-        fetched = await consumer.getmany(*todo, timeout_ms=200, max_records=batch)
-        records = [
-            record
-            for tp, got in fetched.items()
-            for record in got
-            if ranges[tp][0] <= record.offset < ranges[tp][1]
-        ]
-        for tp in list(todo):
-            if await consumer.position(tp) >= todo[tp][1]:
-                del todo[tp]
-        yield records, set(todo)
-        await asyncio.sleep(0)
 
 
 async def read_merged(

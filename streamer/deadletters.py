@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from streamer.partitions import read_ranges, standalone_consumer
 from streamer.settings import Settings
 
 SHOWN_BYTES = 200  # of a dead letter's value shown when listing
@@ -137,15 +138,9 @@ def _shown(raw: bytes) -> str:
 
 async def _consumer(settings: Settings) -> AIOKafkaConsumer:
     """A started consumer outside any group (stopped again if it cannot start)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        **settings.kafka_security(),
-        enable_auto_commit=False,
-        group_id=None,
-        # With exactly_once a worker's dead letters go out in its transactions: an
-        # aborted one's letters are not dead letters.
-        isolation_level="read_committed",
-    )
+    # With exactly_once a worker's dead letters go out in its transactions: an aborted
+    # one's letters are not dead letters, whatever these settings' guarantee.
+    consumer = standalone_consumer(settings, isolation_level="read_committed")
     try:
         await consumer.start()
     except BaseException:
@@ -173,29 +168,26 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> lis
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     if not tps:
         return []
-    consumer.assign(tps)
     first = await consumer.beginning_offsets(tps)
     end = await consumer.end_offsets(tps)
-    todo = {}
-    for tp in tps:
-        start = first[tp] if last is None else max(first[tp], end[tp] - last)
-        if start < end[tp]:
-            consumer.seek(tp, start)
-            todo[tp] = end[tp]
+    ranges = {
+        tp: (first[tp] if last is None else max(first[tp], end[tp] - last), end[tp]) for tp in tps
+    }
     out: list[DeadLetter] = []
+    left = {tp for tp, (start, stop) in ranges.items() if start < stop}
     deadline = time.monotonic() + READ_TIMEOUT_S
-    while todo:
-        if time.monotonic() > deadline:
-            raise TopicNotReadToEnd(
-                f"{topic} could not be read to its end in {READ_TIMEOUT_S:.0f} s (a "
-                "transaction left open?): try again"
-            )
-        fetched = await consumer.getmany(*todo, timeout_ms=500, max_records=5_000)
-        for tp, records in fetched.items():
-            out.extend(DeadLetter.from_record(r) for r in records if r.offset < todo[tp])
-        for tp in list(todo):
-            if await consumer.position(tp) >= todo[tp]:
-                del todo[tp]
+    chunks = read_ranges(consumer, ranges)
+    try:
+        while left:
+            if time.monotonic() > deadline:
+                raise TopicNotReadToEnd(
+                    f"{topic} could not be read to its end in {READ_TIMEOUT_S:.0f} s (a "
+                    "transaction left open?): try again"
+                )
+            records, left = await anext(chunks)
+            out.extend(map(DeadLetter.from_record, records))
+    finally:
+        await chunks.aclose()
     return out
 
 
