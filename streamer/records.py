@@ -52,9 +52,7 @@ def rating_event(settings: Settings, key: bytes | None, value: bytes | None) -> 
     ...
     schemas.events.EventError: key: b'u2', but ratings are keyed by their user_id 'u1'
     """
-    event = settings.parse(value, RatingEvent)
-    _check_key(key, event.user_id, "ratings", "user_id")
-    return event
+    return _keyed(settings, key, value, RatingEvent, "user_id", "ratings")
 
 
 def item_event(
@@ -71,11 +69,8 @@ def item_event(
     schemas.events.EventError: key: b'i8', but item events are keyed by their item_id 'i7'
     """
     if value is None:
-        item = _tombstone_key(key, "an item")
-        return _from_tombstone({"op": "delete", "item_id": item}, ItemEvent, timestamp_s, "item_id")
-    event = settings.parse(value, ItemEvent)
-    _check_key(key, event.item_id, "item events", "item_id")
-    return event
+        return _from_tombstone(key, timestamp_s, ItemEvent, "item_id", "an item", op="delete")
+    return _keyed(settings, key, value, ItemEvent, "item_id", "item events")
 
 
 def user_event(
@@ -92,17 +87,17 @@ def user_event(
     schemas.events.EventError: no value and no key: a tombstone names a user by its key
     """
     if value is None:
-        user = _tombstone_key(key, "a user")
-        return _from_tombstone({"user_id": user}, UserEvent, timestamp_s, "user_id")
-    event = settings.parse(value, UserEvent)
-    _check_key(key, event.user_id, "user events", "user_id")
-    return event
+        return _from_tombstone(key, timestamp_s, UserEvent, "user_id", "a user")
+    return _keyed(settings, key, value, UserEvent, "user_id", "user events")
 
 
-def _check_key(key: bytes | None, expected: str, what: str, by: str) -> None:
-    problem = key_problem(key, expected, what, by)
+def _keyed(settings: Settings, key: bytes | None, value: bytes | None, kind, by: str, what: str):
+    """``value`` parsed as ``kind``, its record ``key`` checked against its ``by`` field."""
+    event = settings.parse(value, kind)
+    problem = key_problem(key, getattr(event, by), what, by)
     if problem is not None:
         raise EventError(problem, "key")
+    return event
 
 
 def _tombstone_key(key: bytes | None, names: str) -> str:
@@ -116,13 +111,17 @@ def _tombstone_key(key: bytes | None, names: str) -> str:
         raise EventError(f"tombstone: its key is not UTF-8 (byte {exc.start})", "key") from exc
 
 
-def _from_tombstone(fields: dict, kind: type, timestamp_s: float | None, field: str):
-    """``kind`` from a tombstone's key and time. The record's time is the producer's (or
-    the broker's append time); a record without one, or stamped ahead of this clock (a
-    skewed producer clock), takes the time it is read."""
+def _from_tombstone(
+    key: bytes | None, timestamp_s: float | None, kind: type, field: str, names: str, **fields
+):
+    """``kind`` from a tombstone's key (its ``field``, naming ``names``), time and the
+    other ``fields``. The record's time is the producer's (or the broker's append time);
+    a record without one, or stamped ahead of this clock (a skewed producer clock), takes
+    the time it is read."""
+    ident = _tombstone_key(key, names)
     now = time.time()
     when = now if timestamp_s is None or not 0 <= timestamp_s <= now else timestamp_s
     try:
-        return validate_event({**fields, "timestamp": when}, kind)
+        return validate_event({**fields, field: ident, "timestamp": when}, kind)
     except EventError as exc:
         raise EventError(f"tombstone: its key is not a valid {field}: {exc}", "key") from exc
