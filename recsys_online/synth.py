@@ -771,7 +771,9 @@ def _simulate_sessions(
     # Session lengths (geometric, mean session_length), owners and start times.
     n_sessions = int(n_events / c.session_length * 1.1) + 8
     lengths = rng.geometric(1.0 / c.session_length, n_sessions)
-    n_sessions = int(np.searchsorted(np.cumsum(lengths), n_events)) + 1
+    # (The draw can fall short of n_events: then every session is kept, and the caller
+    # tops the ratings up with another batch.)
+    n_sessions = min(int(np.searchsorted(np.cumsum(lengths), n_events)) + 1, n_sessions)
     lengths = lengths[:n_sessions]
     owner = rng.choice(c.n_users, size=n_sessions, p=world.user_activity)
     window = world.user_leave[owner] - world.user_join[owner]

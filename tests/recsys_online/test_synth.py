@@ -67,6 +67,15 @@ def test_counts_ids_and_order(stream: SyntheticStream) -> None:
     assert np.mean([len(up.tags) >= 2 for up in ds.items.values()]) > 0.95
 
 
+@pytest.mark.parametrize(("seed", "n_ratings"), [(9, 1_000), (11, 300)])
+def test_a_few_ratings_over_many_users_come_out_exactly(seed: int, n_ratings: int) -> None:
+    # These seeds draw sessions whose lengths fall short of the ratings asked for in one
+    # batch: the short batch is kept whole and topped up by the next.
+    ds = generate(n_users=20_000, n_items=10_000, n_ratings=n_ratings, seed=seed)
+    assert len(ds.ratings) == n_ratings
+    assert len({(r.user, r.item) for r in ds.ratings}) == n_ratings
+
+
 def test_ratings_scale_mean_and_share_of_high(default_stream: SyntheticStream) -> None:
     r = default_stream.ratings
     assert set(np.unique(r)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
