@@ -1379,7 +1379,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         asyncio.run(ensure_topics(settings))
     except KafkaError as exc:
         raise SystemExit(f"recsys-online: {kafka_unreachable(settings, exc)}") from None
-    refused = redis_refusal(settings.redis_url)
+    refused = redis_refusal(settings.redis_url, cluster=settings.redis_cluster)
     if refused is not None:
         raise SystemExit(f"recsys-online: {refused}")
     Path(settings.data_dir).expanduser().mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "recsys:"
@@ -29,6 +30,29 @@ DEFAULT_PREFIX = "recsys:"
 
 class RecommendationsUnavailable(RuntimeError):
     """Redis cannot be reached, or what it holds is not a recommendation list."""
+
+
+# What reading or writing Redis can raise when it is away or refuses: a cluster client
+# that reaches no node raises RedisClusterException, which is not a RedisError.
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
+
+
+def redis_client(url: str, cluster: bool = False, asynchronous: bool = False, **options):
+    """A redis-py client of the Redis at ``url``, or of the Redis Cluster whose node it
+    names (``cluster``: the other nodes are found from it, and each key goes to the node
+    serving its slot). ``options`` go to ``from_url`` (timeouts, pool size).
+
+    A cluster client connects when it is made (an asynchronous one at its first command)
+    and raises ``redis.exceptions.RedisClusterException`` when no node answers.
+
+    >>> redis_client("redis://127.0.0.1:1/0", socket_timeout=0.2).__class__.__name__
+    'Redis'
+    """
+    if cluster:
+        kind = aioredis.RedisCluster if asynchronous else redis.RedisCluster
+    else:
+        kind = aioredis.Redis if asynchronous else redis.Redis
+    return kind.from_url(url, **options)
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,7 @@ class _Keys:
 
     _redis_class: type = redis.Redis
     _pool_class: type = redis.BlockingConnectionPool
+    _asynchronous = False
     MAX_CONNECTIONS = 64
 
     def __init__(
@@ -168,19 +193,50 @@ class _Keys:
         redis_url: str = DEFAULT_REDIS_URL,
         key_prefix: str = DEFAULT_PREFIX,
         timeout: float = 2.0,
+        cluster: bool = False,
     ) -> None:
         self.redis_url = redis_url
         self.prefix = key_prefix
-        # A blocking pool: past MAX_CONNECTIONS concurrent reads, a read waits (up to
-        # ``timeout``) for a connection instead of failing as if Redis were down.
-        self._pool = self._pool_class.from_url(
-            redis_url,
-            max_connections=self.MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-        )
-        self.redis = self._redis_class(connection_pool=self._pool)
+        self.cluster = cluster
+        self._timeout = timeout
+        self._pool = None
+        self._redis = None
+        if not cluster:
+            # A blocking pool: past MAX_CONNECTIONS concurrent reads, a read waits (up to
+            # ``timeout``) for a connection instead of failing as if Redis were down.
+            self._pool = self._pool_class.from_url(
+                redis_url,
+                max_connections=self.MAX_CONNECTIONS,
+                timeout=timeout,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+            )
+            self._redis = self._redis_class(connection_pool=self._pool)
+
+    @property
+    def redis(self):
+        """The redis-py client; of a cluster, made at the first read (it connects when
+        made), so that a client can be created while the cluster is down."""
+        if self._redis is None:
+            try:
+                self._redis = redis_client(
+                    self.redis_url,
+                    cluster=True,
+                    asynchronous=self._asynchronous,
+                    max_connections=self.MAX_CONNECTIONS,
+                    socket_connect_timeout=self._timeout,
+                    socket_timeout=self._timeout,
+                )
+            except RedisClusterException as exc:
+                raise self.unavailable(exc) from None
+        return self._redis
+
+    def _pair(self, first: str, second: str):
+        """GET of two keys in one round trip: MGET, or per node on a cluster (the two
+        keys may live on different nodes)."""
+        if self.cluster:
+            return self.redis.mget_nonatomic(first, second)
+        return self.redis.mget(first, second)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -207,6 +263,9 @@ class RecommendationClient(_Keys):
     timeout
         Seconds to connect and to wait for an answer before
         :class:`RecommendationsUnavailable` is raised.
+    cluster
+        ``redis_url`` names a node of a Redis Cluster (the workers'
+        ``RECSYS_REDIS_CLUSTER``): keys are read from the nodes that hold them.
 
     Examples
     --------
@@ -217,20 +276,18 @@ class RecommendationClient(_Keys):
                 print(rec.item_id, rec.score, rec.reason)
     """
 
-    redis: redis.Redis
-
     def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         """The user's current top-``k`` (or the popular list when they have none)."""
         own_key = self.key("recs", user_id)
         try:
-            own, popular = self.redis.mget(own_key, self.key("popular"))
+            own, popular = self._pair(own_key, self.key("popular"))
             recs = parse_list(user_id, own, popular, k, own_key)
             if titles and recs.items:
                 names = self.redis.pipeline(transaction=False)
                 for r in recs.items:
                     names.hget(self.key("item", r.item_id), "title")
                 recs = with_titles(recs, names.execute())
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         return recs
 
@@ -238,7 +295,7 @@ class RecommendationClient(_Keys):
         """The shared metrics hash (the last worker to publish); empty before any worker."""
         try:
             return decode_hash(self.redis.hgetall(self.key("metrics")))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
 
     def worker_metrics(self) -> dict[str, dict[str, str]]:
@@ -252,12 +309,14 @@ class RecommendationClient(_Keys):
                 if fields:  # (its hash expires when it dies: gone, though still listed)
                     found[worker_id] = fields
             return found
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
 
     def close(self) -> None:
-        self.redis.close()
-        self._pool.disconnect()
+        if self._redis is not None:
+            self._redis.close()
+        if self._pool is not None:
+            self._pool.disconnect()
 
     def __enter__(self) -> RecommendationClient:
         return self
@@ -271,26 +330,26 @@ class AsyncRecommendationClient(_Keys):
 
     _redis_class = aioredis.Redis
     _pool_class = aioredis.BlockingConnectionPool
-    redis: aioredis.Redis
+    _asynchronous = True
 
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         own_key = self.key("recs", user_id)
         try:
-            own, popular = await self.redis.mget(own_key, self.key("popular"))
+            own, popular = await self._pair(own_key, self.key("popular"))
             recs = parse_list(user_id, own, popular, k, own_key)
             if titles and recs.items:
                 async with self.redis.pipeline(transaction=False) as names:
                     for r in recs.items:
                         names.hget(self.key("item", r.item_id), "title")
                     recs = with_titles(recs, await names.execute())
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         return recs
 
     async def metrics(self) -> dict[str, str]:
         try:
             return decode_hash(await self.redis.hgetall(self.key("metrics")))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
 
     async def worker_metrics(self) -> dict[str, dict[str, str]]:
@@ -304,12 +363,14 @@ class AsyncRecommendationClient(_Keys):
                 if fields:  # (its hash expires when it dies: gone, though still listed)
                     found[worker_id] = fields
             return found
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
-        await self._pool.disconnect()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     async def __aenter__(self) -> AsyncRecommendationClient:
         return self

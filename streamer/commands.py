@@ -18,7 +18,12 @@ from typing import TextIO
 from recsys_online import datasets
 from recsys_online.cli import count, finite_float, positive_int
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent
-from streamer.client import RecommendationClient, RecommendationsUnavailable, redacted_url
+from streamer.client import (
+    REDIS_ERRORS,
+    RecommendationClient,
+    RecommendationsUnavailable,
+    redacted_url,
+)
 from streamer.producer import DeliveryError, event_producer, route, stream_events
 from streamer.settings import Settings
 
@@ -300,7 +305,9 @@ def run_stream(args: argparse.Namespace) -> int:
 def run_recs(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     try:
-        with RecommendationClient(settings.redis_url, settings.key_prefix) as client:
+        with RecommendationClient(
+            settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
+        ) as client:
             recs = client.recommend(args.user_id, k=args.k, titles=True)
     except RecommendationsUnavailable as exc:
         return fail(str(exc))
@@ -421,7 +428,9 @@ def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -
 def run_metrics(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     try:
-        with RecommendationClient(settings.redis_url, settings.key_prefix) as client:
+        with RecommendationClient(
+            settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
+        ) as client:
             while True:
                 shared, workers = client.metrics(), client.worker_metrics()
                 if args.json:
@@ -443,7 +452,6 @@ def run_metrics(args: argparse.Namespace) -> int:
 
 def run_deadletters(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
-    from redis import RedisError
 
     from streamer.deadletters import TopicNotReadToEnd, matching, read_dead_letters, redrive
 
@@ -471,7 +479,7 @@ def run_deadletters(args: argparse.Namespace) -> int:
         return fail(
             f"cannot read {settings.deadletter_topic} at {settings.bootstrap_servers}: {exc}"
         )
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         return fail(f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}")
     if args.redrive:
         return print_redrive(report, settings, args)

@@ -20,10 +20,9 @@ import json
 import math
 from importlib import resources
 
-import redis
 from aiohttp import web
 
-from streamer.client import AsyncRecommendationClient, RecommendationsUnavailable
+from streamer.client import REDIS_ERRORS, AsyncRecommendationClient, RecommendationsUnavailable
 from streamer.settings import Settings
 from streamer.web import advertised_url, start_site
 
@@ -116,7 +115,7 @@ async def api_history(request: web.Request) -> web.Response:
         return _json({"error": "limit must be an integer"}, status=400)
     try:
         raw = await client.redis.lrange(client.key("metrics", "history"), 0, limit - 1)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return _unavailable(exc)
     points = list(filter(None, map(_point, reversed(raw))))
     return _json({"points": points})
@@ -150,13 +149,19 @@ async def api_users(request: web.Request) -> web.Response:
     prefix = client.key("recs", "")
     users: list[str] = []
     try:
-        cursor = 0
-        for _ in range(20):  # at most 20 SCAN calls of ~500 keys
-            cursor, keys = await client.redis.scan(cursor, match=prefix + "*", count=500)
-            users += [k.decode(errors="replace")[len(prefix) :] for k in keys]
-            if cursor == 0 or len(users) >= n:
-                break
-    except redis.RedisError as exc:
+        if client.cluster:  # every node's keys, one node after the other, until n users
+            async for k in client.redis.scan_iter(match=prefix + "*", count=500):
+                users.append(k.decode(errors="replace")[len(prefix) :])
+                if len(users) >= n:
+                    break
+        else:
+            cursor = 0
+            for _ in range(20):  # at most 20 SCAN calls of ~500 keys
+                cursor, keys = await client.redis.scan(cursor, match=prefix + "*", count=500)
+                users += [k.decode(errors="replace")[len(prefix) :] for k in keys]
+                if cursor == 0 or len(users) >= n:
+                    break
+    except (*REDIS_ERRORS, RecommendationsUnavailable) as exc:
         return _unavailable(exc)
     return _json({"users": sorted(users)[:n]})
 
@@ -165,7 +170,7 @@ async def health(request: web.Request) -> web.Response:
     client = request.app[CLIENT]
     try:
         await client.redis.ping()
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return _unavailable(exc)
     return _json({"ok": True})
 
@@ -173,7 +178,9 @@ async def health(request: web.Request) -> web.Response:
 def application(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
-    app[CLIENT] = AsyncRecommendationClient(settings.redis_url, settings.key_prefix)
+    app[CLIENT] = AsyncRecommendationClient(
+        settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
+    )
 
     async def close(app: web.Application) -> None:
         await app[CLIENT].aclose()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from streamer.client import redis_client
 from streamer.partitions import read_ranges, standalone_consumer
 from streamer.settings import Settings
 
@@ -243,7 +244,9 @@ async def redrive(
     report = RedriveReport(read=len(letters))
     chosen = [d for d in letters if select(d)]
     report.matched = len(chosen)
-    store = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    store = redis_client(
+        settings.redis_url, cluster=settings.redis_cluster, asynchronous=True, socket_timeout=10
+    )
     key = ledger_key(settings)
     producer = (
         None

@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 
 from recsys_online import synth
-from streamer.client import RecommendationClient
+from streamer.client import RecommendationClient, redis_client
 from streamer.process import (
     isolated_env,
     remove_topics,
@@ -128,7 +128,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         env = isolated_env("demo", {**os.environ, **addresses}, RECSYS_KEY_PREFIX="recsys:")
         run = env["RECSYS_APP_ID"]
         settings = Settings.from_env(env)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url, cluster=settings.redis_cluster)
         for stale in ("metrics", "popular"):
             client.delete(settings.key(stale))
         client.delete(settings.key("metrics", "history"))
@@ -217,7 +217,7 @@ def _interrupt(signum: int, frame: object) -> None:
 async def _wait_ready(
     settings: Settings, key: str, worker: subprocess.Popen, timeout: float = 90.0
 ) -> None:
-    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster, asynchronous=True)
     started = time.monotonic()
     try:
         while not await client.exists(key):

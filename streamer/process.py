@@ -90,8 +90,7 @@ def clear_run(env: Mapping[str, str]) -> None:
     ...
     ValueError: not the Redis keys of one isolated run 'run1': prefix 'recsys:'
     """
-    import redis  # (only when needed)
-
+    from streamer.client import REDIS_ERRORS  # (only when needed)
     from streamer.settings import Settings
 
     settings = Settings.from_env(env)
@@ -101,17 +100,20 @@ def clear_run(env: Mapping[str, str]) -> None:
             f"not the Redis keys of one isolated run {settings.app_id!r}: prefix {prefix!r}"
         )
     try:
-        delete_keys(settings.redis_url, prefix)
-    except redis.RedisError as exc:
+        delete_keys(settings.redis_url, prefix, cluster=settings.redis_cluster)
+    except REDIS_ERRORS as exc:
         warnings.warn(f"Redis keys of {settings.app_id} not deleted: {exc}", stacklevel=2)
     _remove_topics(settings)
 
 
-def delete_keys(redis_url: str, prefix: str, timeout_s: float = 10.0) -> None:
-    """Delete every Redis key under ``prefix`` (a run's or a test's own), in batches."""
-    import redis  # (only when needed)
+def delete_keys(
+    redis_url: str, prefix: str, timeout_s: float = 10.0, cluster: bool = False
+) -> None:
+    """Delete every Redis key under ``prefix`` (a run's or a test's own), in batches
+    (on every node of a cluster)."""
+    from streamer.client import redis_client  # (only when needed)
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s)
+    client = redis_client(redis_url, cluster=cluster, socket_timeout=timeout_s)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=500))
         for lo in range(0, len(keys), 1000):

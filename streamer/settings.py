@@ -19,6 +19,20 @@ class SettingsError(ValueError):
     """A setting the worker cannot run with; the message names the variable."""
 
 
+def _parse_bool(raw: str) -> bool:
+    """``true``/``false`` and their usual spellings (``bool("false")`` would be True).
+
+    >>> [_parse_bool(v) for v in ("1", "true", "Yes", "on", "0", "false", "no", "off", "")]
+    [True, True, True, True, False, False, False, False, False]
+    """
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker can be told. Each field reads ``RECSYS_<FIELD>`` (upper case).
@@ -29,6 +43,8 @@ class Settings:
 
     brokers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # ``redis_url`` names a node of a Redis Cluster (docs/streamer.md, "Redis Cluster").
+    redis_cluster: bool = False
     key_prefix: str = "recsys:"
     app_id: str = "recsys-online"
     ratings_topic: str = "recsys.ratings"
@@ -101,7 +117,7 @@ class Settings:
             raw = env[name]
             kind = type(f.default)
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
                 raise SettingsError(f"{name}: {raw!r} is not a valid {kind.__name__}") from None
         unknown = sorted(

@@ -14,11 +14,13 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recsys_online.recommender import Recommendation
 from schemas import ItemEvent
+from streamer.client import redis_client
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,16 +99,29 @@ end
 return #KEYS
 """
 
+# Replace a hash whole (ARGV: a TTL in seconds, 0 for none, then field, value, ...): one
+# key, so atomic on a cluster too, where a transaction cannot span the metrics keys.
+_REPLACE_HASH = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+# What the sink waits out: Redis (or a cluster node, or the cluster's slot map) away.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, RedisClusterException)
 
 
 WORKER_TTL_S = 30  # a worker's own metrics hash lives this long after its last write
 
 
-def redis_refusal(redis_url: str, timeout_s: float = 5.0) -> str | None:
+def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False) -> str | None:
     """Why the worker could never write to Redis at ``redis_url`` (the credentials
-    refused, the server's TLS certificate not trusted), or None: when Redis answers,
-    and when it does not answer yet (the sink waits for a Redis that is down, so a
-    worker may start first). One line, without the password.
+    refused, the server's TLS certificate not trusted, a cluster node taken for a lone
+    Redis or the other way round, ``cluster`` saying which is expected), or None: when
+    Redis answers, and when it does not answer yet (the sink waits for a Redis that is
+    down, so a worker may start first). One line, without the password.
 
     >>> redis_refusal("redis://127.0.0.1:1/0", timeout_s=0.2) is None  # not up: waited for
     True
@@ -123,6 +138,7 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0) -> str | None:
     where = redacted_url(redis_url)
     try:
         client.ping()
+        return _cluster_mismatch(client, where, cluster)
     except redis.AuthenticationError as exc:
         return f"Redis at {where} refused the credentials: {exc}"
     except redis.ConnectionError as exc:
@@ -133,11 +149,32 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0) -> str | None:
         return f"Redis at {where} refused the connection: {exc}"
     finally:
         client.close()
+
+
+def _cluster_mismatch(client, where: str, cluster: bool) -> str | None:
+    """A worker told of a lone Redis writing to a cluster node would fail at its first
+    write of several keys (CROSSSLOT); told of a cluster, it would find no slot map."""
+    import redis
+
+    try:
+        enabled = bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except redis.ResponseError:  # (INFO renamed or refused: a managed Redis) not known
+        return None
+    if enabled and not cluster:
+        return f"Redis at {where} is a cluster node: set RECSYS_REDIS_CLUSTER=true"
+    if cluster and not enabled:
+        return f"RECSYS_REDIS_CLUSTER is set, but Redis at {where} is not a cluster node"
     return None
+
 
 class RedisSink:
     """Writes lists, item metadata and metrics, each batch atomically (one script call or
     one MULTI/EXEC transaction).
+
+    On a Redis Cluster (``settings.redis_cluster``) a batch's keys live on several
+    nodes, which no transaction spans: each batch is one pipeline (split by node) whose
+    every command writes one key whole (a list's SET, a hash replaced by a script), so
+    a reader still never sees a half-written list or hash.
 
     Every per-user list carries a TTL (``recs_ttl_s``), so lists of users who went away
     expire instead of growing without bound.
@@ -152,7 +189,10 @@ class RedisSink:
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self.cluster = settings.redis_cluster
+        self.redis = client or redis_client(
+            settings.redis_url, cluster=self.cluster, asynchronous=True
+        )
         self._set_all = self.redis.register_script(_SET_ALL)  # (reloaded if Redis lost it)
 
     async def _until_written(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
@@ -161,7 +201,7 @@ class RedisSink:
         while True:
             try:
                 result = await write()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except _UNREACHABLE as exc:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
@@ -179,10 +219,11 @@ class RedisSink:
 
     async def _transaction(self, what: str, queue: Callable[[Pipeline], None]) -> None:
         """The commands ``queue`` adds to a pipeline, run as one MULTI/EXEC transaction
-        (again, from the start, while Redis is unreachable)."""
+        (again, from the start, while Redis is unreachable); on a cluster, as one
+        pipeline of commands that each write one key."""
 
         async def write() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 queue(pipe)
                 await pipe.execute()
 
@@ -198,8 +239,17 @@ class RedisSink:
         key = self.settings.key
         keys = [key("recs", user) for user in lists]
         documents = list_documents(lists, version, now)
-        args = [self.settings.recs_ttl_s, *documents]
-        await self._until_written("lists", lambda: self._set_all(keys=keys, args=args))
+        ttl = self.settings.recs_ttl_s
+        if self.cluster:
+
+            def queue(pipe: Pipeline) -> None:
+                for k, document in zip(keys, documents, strict=True):
+                    pipe.set(k, document, ex=ttl)
+
+            await self._transaction("lists", queue)
+        else:
+            args = [ttl, *documents]
+            await self._until_written("lists", lambda: self._set_all(keys=keys, args=args))
         return time.time()
 
     async def publish_state(
@@ -229,14 +279,14 @@ class RedisSink:
         history = key("metrics", "history")
         workers = key("metrics", "workers")  # worker id -> its last publish time
 
+        fields = [part for pair in mapping.items() for part in pair]
+
         def queue(pipe: Pipeline) -> None:
             pipe.set(key("popular"), list_document(None, popular, version, now))
-            # Replaced whole, in the transaction: a field this worker does not publish
-            # (snapshots or sharing off) must not stay behind from another worker.
-            pipe.delete(key("metrics"), own)
-            pipe.hset(key("metrics"), mapping=mapping)
-            pipe.hset(own, mapping=mapping)
-            pipe.expire(own, WORKER_TTL_S)
+            # Replaced whole: a field this worker does not publish (snapshots or sharing
+            # off) must not stay behind from another worker.
+            pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *fields)
+            pipe.execute_command("EVAL", _REPLACE_HASH, 1, own, WORKER_TTL_S, *fields)
             # Readers list live workers from this registry, not by scanning the keyspace;
             # ids not heard from for a worker hash's lifetime leave it.
             pipe.zadd(workers, {worker_id: now})

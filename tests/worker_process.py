@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from streamer.client import redis_client
 from streamer.process import start_worker, stop_process
 from streamer.settings import Settings
 
@@ -39,7 +40,7 @@ class WorkerRun:
 def running_worker(env: dict[str, str], log_path: Path) -> Iterator[WorkerRun]:
     """``recsys-online worker`` in ``env``, stopped (and its Redis client closed) after."""
     settings = Settings.from_env(env)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     run = WorkerRun(env, settings, client, log_path, start_worker(env, log_path))
     try:
         yield run

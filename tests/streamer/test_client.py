@@ -85,9 +85,12 @@ def test_corrupt_document_is_a_clear_error(redis_url: str, stored) -> None:
         client.recommend("u2")
 
 
-def test_unreachable_redis_names_the_address() -> None:
+@pytest.mark.parametrize("cluster", [False, True], ids=["one Redis", "cluster"])
+def test_unreachable_redis_names_the_address(cluster: bool) -> None:
+    """A cluster client connects when made; made at the first read, so creating one
+    while the cluster is down is no error, and the read says what the others say."""
     with (
-        RecommendationClient("redis://127.0.0.1:9/0", timeout=0.5) as client,
+        RecommendationClient("redis://127.0.0.1:9/0", timeout=0.5, cluster=cluster) as client,
         pytest.raises(
             RecommendationsUnavailable, match=r"cannot reach Redis at redis://127.0.0.1:9/0"
         ),
@@ -121,8 +124,10 @@ async def test_async_client_reads_the_same(redis_url: str, stored) -> None:
     assert [r.item_id for r in fallback.items] == ["p1"]
 
 
-async def test_async_client_unreachable() -> None:
-    async with AsyncRecommendationClient("redis://127.0.0.1:9/0", timeout=0.5) as client:
+@pytest.mark.parametrize("cluster", [False, True], ids=["one Redis", "cluster"])
+async def test_async_client_unreachable(cluster: bool) -> None:
+    url = "redis://127.0.0.1:9/0"
+    async with AsyncRecommendationClient(url, timeout=0.5, cluster=cluster) as client:
         with pytest.raises(RecommendationsUnavailable, match="cannot reach Redis"):
             await client.recommend("u1")
 

@@ -13,6 +13,14 @@ def test_values_are_read_and_typed_by_name() -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "value"), [("true", True), ("1", True), ("YES", True), ("false", False), ("0", False)]
+)
+def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
+    """(``bool("false")`` is True: a switch is not read by its type's constructor.)"""
+    assert Settings.from_env({"RECSYS_REDIS_CLUSTER": raw}).redis_cluster is value
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"RECSYS_RATING_HIGH": "inf"}, "RECSYS_RATING_HIGH must be a finite number"),
@@ -29,6 +37,7 @@ def test_values_are_read_and_typed_by_name() -> None:
         ({"RECSYS_BROKERS": ""}, "RECSYS_BROKERS must not be empty"),
         ({"RECSYS_RATINGS_TOPIC": "recsys.items"}, "distinct names"),
         ({"RECSYS_K": "many"}, "RECSYS_K: 'many' is not a valid int"),
+        ({"RECSYS_REDIS_CLUSTER": "maybe"}, "RECSYS_REDIS_CLUSTER: 'maybe' is not a valid bool"),
         ({"RECSYS_WEB_PORT": "70000"}, "RECSYS_WEB_PORT must be a port, 0-65535"),
         ({"RECSYS_DASHBOARD_PORT": "-1"}, "RECSYS_DASHBOARD_PORT must be a port, 0-65535"),
         ({"RECSYS_FRESH_EVAL_SHARE": "1.5"}, "RECSYS_FRESH_EVAL_SHARE must be between 0 and 1"),
