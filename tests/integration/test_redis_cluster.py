@@ -217,6 +217,29 @@ def test_a_worker_serves_lists_from_a_cluster(
                 assert sorted(r["item_id"] for r in listed["items"]) == ["b", "c"]
             figures = cli(env, "metrics", "--json")
             assert figures.returncode == 0, figures.stderr
+            # A dead letter redriven once its item is listed: the ledger of what was sent
+            # back lives in the cluster too.
+            with SyncEventProducer(settings) as producer:
+                producer.send_rating(
+                    RatingEvent(user_id="late", item_id="d", rating=5, timestamp=time.time())
+                )
+            reason = ("--reason", "unknown item 'd'")
+            wait_until(
+                lambda: json.loads(cli(env, "deadletters", *reason, "--json").stdout),
+                "the dead letter",
+                log,
+                60,
+                run.process,
+            )
+            with SyncEventProducer(settings) as producer:
+                d = ItemEvent(op="upsert", item_id="d", tags=["jazz"], timestamp=time.time())
+                producer.send_item(d)
+            sent = cli(env, "deadletters", "--redrive", *reason, "--json")
+            assert sent.returncode == 0, sent.stderr
+            assert len(json.loads(sent.stdout)["sent"]) == 1
+            wait_until(lambda: run.redis.get(f"{prefix}recs:late"), "late's list", log, 60)
+            again = json.loads(cli(env, "deadletters", "--redrive", *reason, "--json").stdout)
+            assert again["sent"] == [] and len(again["already"]) == 1
             assert run.process.poll() is None, log()
     finally:
         clear_run(env)
