@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             RECSYS_SESSION_TIMEOUT_S="6",
         )
         reader = RecommendationClient(settings.redis_url, settings.key_prefix)
-        store = SnapshotStore(settings.snapshot_dir)
+        store = SnapshotStore(settings.snapshot_path)
         log_dir = args.out.parent
         try:
             asyncio.run(_produce_all(settings, ds))

@@ -604,7 +604,7 @@ class RecsysWorker:
         self.ordering = EventTimeMerge(max_held=20 * s.batch_max)
         # Event ids of ratings validated and not learned yet (held, or in this batch).
         self._held_ids: dict[str, None] = {}
-        self.snapshots = SnapshotStore(s.snapshot_dir)
+        self.snapshots = SnapshotStore(s.snapshot_path)
         self._last_snapshot = time.monotonic()
         self._snapshot_of: tuple = ()  # (model version, offsets) of the last snapshot
         self._snapshot_info: tuple[float, int, int] | None = None  # (time, ratings, bytes)

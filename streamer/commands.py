@@ -132,7 +132,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     snaps = sub.add_parser(
         "snapshots",
         help="list the model snapshots a restarting worker may load",
-        description="Snapshots in RECSYS_DATA_DIR/RECSYS_APP_ID/snapshots, newest first: "
+        description="Snapshots in RECSYS_DATA_DIR/RECSYS_APP_ID/snapshots (or "
+        "RECSYS_SNAPSHOT_DIR/RECSYS_APP_ID when set), newest first: "
         "the ratings partitions each covers, up to which offsets, and whether it was made "
         "under the current model settings (a worker ignores those that were not).",
     )
@@ -521,7 +522,7 @@ def run_snapshots(args: argparse.Namespace) -> int:
     from streamer.snapshot import SnapshotStore
 
     settings = Settings.from_env()
-    store = SnapshotStore(settings.snapshot_dir)
+    store = SnapshotStore(settings.snapshot_path)
     fingerprint = settings.model_fingerprint()
     rows = [
         {

@@ -77,6 +77,8 @@ class Settings:
     dashboard_port: int = 8080
     session_timeout_s: float = 30.0
     data_dir: str = "~/.cache/recsys-online/faust"
+    # Where snapshots go, when not under data_dir: a volume every worker's machine mounts.
+    snapshot_dir: str = ""
     snapshot_every_s: float = 60.0
     share_items_every_s: float = 0.0
     dedupe_window: int = 100_000
@@ -146,12 +148,18 @@ class Settings:
     )
 
     @property
-    def snapshot_dir(self) -> Path:
-        """Where this app's workers keep their model snapshots.
+    def snapshot_path(self) -> Path:
+        """Where this app's workers keep their model snapshots: under ``data_dir`` (this
+        machine's), or under ``snapshot_dir`` when set (shared by every machine that
+        mounts it, so a worker restored anywhere replays only the log's tail).
 
-        >>> str(Settings(data_dir="/d", app_id="a").snapshot_dir)
+        >>> str(Settings(data_dir="/d", app_id="a").snapshot_path)
         '/d/a/snapshots'
+        >>> str(Settings(data_dir="/d", app_id="a", snapshot_dir="/shared").snapshot_path)
+        '/shared/a'
         """
+        if self.snapshot_dir:
+            return Path(self.snapshot_dir).expanduser() / self.app_id
         return Path(self.data_dir).expanduser() / self.app_id / "snapshots"
 
     def model_fingerprint(self) -> dict[str, object]:

@@ -51,15 +51,18 @@ class Run:
         asyncio.run(ensure_topics(Settings.from_env(self.env)))
         self.workers: list[subprocess.Popen] = []
 
-    def start_worker(self) -> subprocess.Popen:
-        process = start_worker(self.env, self.log_dir / f"worker-{len(self.workers)}.log")
+    def start_worker(self, **env: str) -> subprocess.Popen:
+        """A worker of this run (``env``: settings of its own, e.g. another machine's
+        ``RECSYS_DATA_DIR``)."""
+        log = self.log_dir / f"worker-{len(self.workers)}.log"
+        process = start_worker({**self.env, **env}, log)
         self.workers.append(process)
         return process
 
-    def restart_and_settle(self, n: int) -> tuple[subprocess.Popen, dict[str, float]]:
+    def restart_and_settle(self, n: int, **env: str) -> tuple[subprocess.Popen, dict[str, float]]:
         """Start a worker, wait until it accounts for ``n`` ratings, then a little longer
         (a rating learned twice would show by then); its process and final figures."""
-        process = self.start_worker()
+        process = self.start_worker(**env)
         self.wait(
             "the restarted worker to account for every rating",
             lambda: self.worker_metrics(process).get("events", 0) >= n,
@@ -226,15 +229,19 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     produce_ratings(run, ratings[:half])
     run.wait(
         "the first worker to learn the first half",
-        lambda: run.worker_metrics(first).get("events", 0) == half
-        and run.worker_metrics(first).get("lag", 1) == 0,
+        lambda: (
+            run.worker_metrics(first).get("events", 0) == half
+            and run.worker_metrics(first).get("lag", 1) == 0
+        ),
     )
     made = time.monotonic()
     run.wait("a snapshot of the whole first half", lambda: snapshot_covers(snapshots, half))
     run.wait(  # and the worker says so, for monitoring
         "the worker to report its snapshot",
-        lambda: run.worker_metrics(first).get("snapshot_ratings", 0) >= half
-        and run.worker_metrics(first).get("snapshot_age_s", -1) >= 0,
+        lambda: (
+            run.worker_metrics(first).get("snapshot_ratings", 0) >= half
+            and run.worker_metrics(first).get("snapshot_age_s", -1) >= 0
+        ),
     )
     time.sleep(max(0.0, made + 4.0 - time.monotonic()))  # the group commits meanwhile
     produce_ratings(run, ratings[half:])
@@ -255,6 +262,48 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     assert state["events"] == len(ratings)
     assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
     assert state["users"] == stream.n_users
+
+
+def test_a_worker_on_another_machine_restores_from_a_shared_snapshot_dir(
+    make_run, stream, tmp_path: Path
+) -> None:
+    """With ``RECSYS_SNAPSHOT_DIR`` on a volume both machines mount, a worker started
+    where the killed one never ran (a ``RECSYS_DATA_DIR`` of its own, empty) loads the
+    killed worker's snapshot and replays only what came after it."""
+    ratings = stream.ratings
+    half = len(ratings) // 2
+    shared = tmp_path / "shared-volume"
+    run = make_run(RECSYS_SNAPSHOT_EVERY_S="1", RECSYS_SNAPSHOT_DIR=str(shared))
+    snapshots = shared / run.env["RECSYS_APP_ID"]
+    produce_catalog(run, stream)
+    first = run.start_worker()
+    produce_ratings(run, ratings[:half])
+    run.wait(
+        "the first worker to learn the first half",
+        lambda: (
+            run.worker_metrics(first).get("events", 0) == half
+            and run.worker_metrics(first).get("lag", 1) == 0
+        ),
+    )
+    made = time.monotonic()
+    run.wait(
+        "a snapshot of the first half on the shared volume",
+        lambda: snapshot_covers(snapshots, half),
+    )
+    time.sleep(max(0.0, made + 4.0 - time.monotonic()))  # the group commits meanwhile
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    produce_ratings(run, ratings[half:])
+    elsewhere = tmp_path / "other-machine"
+    _, state = run.restart_and_settle(len(ratings), RECSYS_DATA_DIR=str(elsewhere))
+    log = run.log_dir / "worker-1.log"
+    assert "restored snapshot" in log.read_text(errors="replace"), run.logs()
+    assert replayed(log) < half, run.logs()
+    assert state["events"] == len(ratings)
+    assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
+    # Neither machine kept a snapshot of its own.
+    local = [Path(run.env["RECSYS_DATA_DIR"]), elsewhere]
+    assert not [p for d in local for p in d.rglob("snapshot-*.pkl")]
 
 
 def snapshot_covers(directory: Path, n: int) -> bool:
