@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -38,21 +38,119 @@ REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
 def redis_client(url: str, cluster: bool = False, asynchronous: bool = False, **options):
-    """A redis-py client of the Redis at ``url``, or of the Redis Cluster whose node it
+    """A redis-py client of the Redis at ``url``, of the Redis Cluster whose node it
     names (``cluster``: the other nodes are found from it, and each key goes to the node
-    serving its slot). ``options`` go to ``from_url`` (timeouts, pool size).
+    serving its slot), or of the master that Redis Sentinel names (a
+    ``redis+sentinel://`` URL, :func:`sentinel_url`). ``options`` go to the connections
+    (timeouts, pool size).
 
     A cluster client connects when it is made (an asynchronous one at its first command)
-    and raises ``redis.exceptions.RedisClusterException`` when no node answers.
+    and raises ``redis.exceptions.RedisClusterException`` when no node answers. A
+    Sentinel client asks the sentinels for the master at each new connection, so after a
+    failover it writes to the new master.
 
     >>> redis_client("redis://127.0.0.1:1/0", socket_timeout=0.2).__class__.__name__
     'Redis'
     """
+    if is_sentinel(url):
+        return _sentinel_master(sentinel_url(url), asynchronous, options)
     if cluster:
         kind = aioredis.RedisCluster if asynchronous else redis.RedisCluster
     else:
         kind = aioredis.Redis if asynchronous else redis.Redis
     return kind.from_url(url, **options)
+
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+
+
+def is_sentinel(url: str) -> bool:
+    """``url`` names Redis Sentinel, not a Redis (``redis+sentinel://...``)."""
+    return urlsplit(url).scheme in SENTINEL_SCHEMES
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A ``redis+sentinel://`` URL taken apart: where the sentinels are, which master
+    they watch, and how to connect to it."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    master: dict[str, object]  # connection options of the master (and its replicas)
+    sentinel: dict[str, object]  # connection options of the sentinels
+
+
+def sentinel_url(url: str) -> SentinelURL:
+    """Parse ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    (``rediss+sentinel://`` for TLS to the master; query options ``sentinel_password``,
+    ``sentinel_username`` for sentinels that want them, ``ssl_ca_certs``). The user and
+    password are the master's; sentinels listen on 26379 unless a port is given.
+
+    >>> u = sentinel_url("redis+sentinel://:pw@h1,h2:26380/recsys/2?sentinel_password=sp")
+    >>> u.sentinels, u.service, u.master, u.sentinel
+    ([('h1', 26379), ('h2', 26380)], 'recsys', {'db': 2, 'password': 'pw'}, {'password': 'sp'})
+    >>> sentinel_url("redis+sentinel://[::1]:5000,10.0.0.2/m").sentinels
+    [('::1', 5000), ('10.0.0.2', 26379)]
+    >>> sentinel_url("redis+sentinel://h1/")
+    Traceback (most recent call last):
+    ...
+    ValueError: redis+sentinel://h1/: name the master the sentinels watch (redis+sentinel://host:26379/NAME/0)
+    """
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels = []
+    for host in filter(None, hosts.split(",")):
+        if host.startswith("["):  # [IPv6]:port
+            name, _, port = host[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            name, _, port = host.partition(":")
+        try:
+            sentinels.append((name, int(port) if port else SENTINEL_PORT))
+        except ValueError:
+            raise ValueError(f"{redacted_url(url)}: bad sentinel address {host!r}") from None
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if not sentinels:
+        raise ValueError(f"{redacted_url(url)}: no sentinel address")
+    if not path:
+        raise ValueError(
+            f"{redacted_url(url)}: name the master the sentinels watch "
+            "(redis+sentinel://host:26379/NAME/0)"
+        )
+    master: dict[str, object] = {}
+    if len(path) > 1:
+        try:
+            master["db"] = int(path[1])
+        except ValueError:
+            raise ValueError(f"{redacted_url(url)}: bad database number {path[1]!r}") from None
+    user, has_password, password = userinfo.partition(":")
+    if user:
+        master["username"] = unquote(user)
+    if has_password:
+        master["password"] = unquote(password)
+    sentinel: dict[str, object] = {}
+    for name, values in parse_qs(parts.query).items():
+        if name in ("sentinel_password", "sentinel_username"):
+            sentinel[name.removeprefix("sentinel_")] = values[-1]
+        elif name == "ssl_ca_certs":
+            master[name] = values[-1]
+        else:
+            raise ValueError(f"{redacted_url(url)}: unknown option {name!r}")
+    if parts.scheme == "rediss+sentinel":
+        master["ssl"] = True
+    return SentinelURL(sentinels, path[0], master, sentinel)
+
+
+def _sentinel_master(url: SentinelURL, asynchronous: bool, options: dict):
+    """A client of ``url``'s master, through a Sentinel manager of its own."""
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+    from redis.sentinel import Sentinel
+
+    kind = AsyncSentinel if asynchronous else Sentinel
+    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    manager = kind(url.sentinels, sentinel_kwargs={**timeouts, **url.sentinel})
+    return manager.master_for(url.service, **url.master, **options)
 
 
 @dataclass(frozen=True)
@@ -144,11 +242,13 @@ def redacted_url(url: str) -> str:
     'redis://127.0.0.1:6379/0'
     >>> redacted_url("rediss://h:6380/0?password=s3cret&ssl_ca_certs=/ca.pem")
     'rediss://h:6380/0?password=***&ssl_ca_certs=/ca.pem'
+    >>> redacted_url("redis+sentinel://:pw@h1,h2:26380/m/0?sentinel_password=sp")
+    'redis+sentinel://:***@h1,h2:26380/m/0?sentinel_password=***'
     """
     parts = urlsplit(url)
     if parts.query:  # redis-py also takes the password as a query parameter
         query = [
-            f"{name}=***" if name == "password" else f"{name}{sep}{value}"
+            f"{name}=***" if name in ("password", "sentinel_password") else f"{name}{sep}{value}"
             for name, sep, value in (p.partition("=") for p in parts.query.split("&"))
         ]
         parts = parts._replace(query="&".join(query))
@@ -201,7 +301,9 @@ class _Keys:
         self._timeout = timeout
         self._pool = None
         self._redis = None
-        if not cluster:
+        if is_sentinel(redis_url):
+            sentinel_url(redis_url)  # (a malformed URL fails here, not at the first read)
+        elif not cluster:
             # A blocking pool: past MAX_CONNECTIONS concurrent reads, a read waits (up to
             # ``timeout``) for a connection instead of failing as if Redis were down.
             self._pool = self._pool_class.from_url(
@@ -215,13 +317,14 @@ class _Keys:
 
     @property
     def redis(self):
-        """The redis-py client; of a cluster, made at the first read (it connects when
-        made), so that a client can be created while the cluster is down."""
+        """The redis-py client; of a cluster or of Sentinel's master, made at the first
+        read (a cluster client connects when made), so that a client can be created
+        while they are down."""
         if self._redis is None:
             try:
                 self._redis = redis_client(
                     self.redis_url,
-                    cluster=True,
+                    cluster=self.cluster,
                     asynchronous=self._asynchronous,
                     max_connections=self.MAX_CONNECTIONS,
                     socket_connect_timeout=self._timeout,
@@ -257,7 +360,8 @@ class RecommendationClient(_Keys):
     Parameters
     ----------
     redis_url
-        Where the workers write (``RECSYS_REDIS_URL`` / ``REDIS_URL`` of the workers).
+        Where the workers write (``RECSYS_REDIS_URL`` / ``REDIS_URL`` of the workers); a
+        ``redis+sentinel://`` URL reads from the master Redis Sentinel names.
     key_prefix
         The workers' ``RECSYS_KEY_PREFIX``.
     timeout

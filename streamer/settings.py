@@ -210,7 +210,30 @@ class Settings:
             raise SettingsError(f"the five topics must have distinct names, got {topics}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise SettingsError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
+        self._check_redis()
         self._check_kafka_security()
+
+    def _check_redis(self) -> None:
+        """A ``redis+sentinel://`` URL that cannot be used, or one with a cluster.
+
+        >>> Settings(redis_url="redis+sentinel://h:26379/m", redis_cluster=True).check()
+        Traceback (most recent call last):
+        ...
+        streamer.settings.SettingsError: RECSYS_REDIS_CLUSTER with a redis+sentinel:// ...
+        """
+        from streamer.client import is_sentinel, sentinel_url
+
+        if not is_sentinel(self.redis_url):
+            return
+        try:
+            sentinel_url(self.redis_url)
+        except ValueError as exc:
+            raise SettingsError(f"REDIS_URL: {exc}") from None
+        if self.redis_cluster:
+            raise SettingsError(
+                "RECSYS_REDIS_CLUSTER with a redis+sentinel:// REDIS_URL: Sentinel watches "
+                "one master (and its replicas), a cluster has no Sentinel"
+            )
 
     def _check_kafka_security(self) -> None:
         """The Kafka connection settings hang together (names the variable when not).

@@ -130,12 +130,15 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False)
 
     import redis
 
-    from streamer.client import redacted_url
+    from streamer.client import is_sentinel, redacted_url
 
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
     where = redacted_url(redis_url)
+    if is_sentinel(redis_url):
+        unwatched = _unwatched_master(redis_url, where, timeout_s)
+        if unwatched is not None:
+            return unwatched
+    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    client = redis_client(redis_url, **options)
     try:
         client.ping()
         return _cluster_mismatch(client, where, cluster)
@@ -149,6 +152,37 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False)
         return f"Redis at {where} refused the connection: {exc}"
     finally:
         client.close()
+
+
+def _unwatched_master(redis_url: str, where: str, timeout_s: float) -> str | None:
+    """Sentinels that answer but watch no master of the URL's name (a misspelt name
+    would otherwise be waited for forever), or refuse the credentials; None when the
+    name is watched, or no sentinel answers yet."""
+    import redis
+
+    from streamer.client import sentinel_url
+
+    url = sentinel_url(redis_url)
+    watched: set[str] = set()
+    answered = False
+    for host, port in url.sentinels:
+        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        sentinel = redis.Redis(host=host, port=port, **options, **url.sentinel)
+        try:
+            watched |= set(sentinel.sentinel_masters())
+            answered = True
+        except redis.AuthenticationError as exc:
+            return f"Redis Sentinel at {host}:{port} refused the credentials: {exc}"
+        except redis.ConnectionError:
+            continue
+        finally:
+            sentinel.close()
+    if answered and url.service not in watched:
+        names = ", ".join(sorted(watched)) or "none"
+        return (
+            f"no sentinel of {where} watches a master named {url.service!r} (they watch: {names})"
+        )
+    return None
 
 
 def _cluster_mismatch(client, where: str, cluster: bool) -> str | None:

@@ -157,3 +157,108 @@ def own_redis_cluster(directory: Path, n_nodes: int = 3) -> Iterator[RedisCluste
         yield cluster
     finally:
         cluster.stop()
+
+
+class RedisSentinel:
+    """A Redis master, one replica, and three sentinels watching the master as
+    ``SERVICE`` (a quorum of two, a master failed after 1 s away), as
+    :func:`own_redis_sentinel` starts them."""
+
+    SERVICE = "recsys"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.redis_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def _start(self, port: int, *args: str) -> None:
+        server = shutil.which("redis-server")
+        assert server, "redis-server is missing: run scripts/services.sh up"
+        self.processes[port] = subprocess.Popen(
+            [server, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def start(self) -> None:
+        master, replica = self.redis_ports
+        for port in self.redis_ports:
+            node_dir = self.directory / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            extra = ("--replicaof", "127.0.0.1", str(master)) if port == replica else ()
+            self._start(
+                port,
+                *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)),
+                *("--save", "", "--appendonly", "no", *extra),
+            )
+        for port in self.sentinel_ports:
+            conf = self.directory / f"sentinel-{port}.conf"  # (sentinels rewrite it)
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {master} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+            )
+            self._start(port, str(conf), "--sentinel")
+        deadline = time.monotonic() + 30
+        while self.master_port() != master or not self._replicating(replica):
+            assert time.monotonic() < deadline, "the sentinels did not find the master"
+            time.sleep(0.1)
+
+    def master_port(self) -> int | None:
+        """The master's port as the first sentinel that answers sees it."""
+        for port in self.sentinel_ports:
+            done = subprocess.run(
+                ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", self.SERVICE],
+                capture_output=True,
+                text=True,
+            )
+            lines = done.stdout.split()
+            if done.returncode == 0 and len(lines) == 2:
+                return int(lines[1])
+        return None
+
+    def _replicating(self, port: int) -> bool:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), "info", "replication"], capture_output=True, text=True
+        )
+        return "master_link_status:up" in done.stdout
+
+    def kill_master(self) -> int:
+        """SIGKILL the master; returns its port."""
+        port = self.master_port()
+        assert port is not None
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(timeout=10)
+        return port
+
+    def wait_failover(self, old: int, timeout: float = 30.0) -> int:
+        """Until the sentinels name a master other than ``old``; its port."""
+        deadline = time.monotonic() + timeout
+        while (port := self.master_port()) in (old, None):
+            assert time.monotonic() < deadline, "no failover"
+            time.sleep(0.1)
+        return port
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.wait(timeout=10)
+        self.processes.clear()
+
+
+@contextlib.contextmanager
+def own_redis_sentinel(directory: Path) -> Iterator[RedisSentinel]:
+    """A master, a replica and three sentinels (:class:`RedisSentinel`), stopped at the end."""
+    running = RedisSentinel(directory)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()

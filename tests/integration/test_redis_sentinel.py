@@ -1,0 +1,142 @@
+"""The worker and the readers against Redis Sentinel (a master, a replica and three
+sentinels of this module's own): ``REDIS_URL=redis+sentinel://...`` finds the master
+through the sentinels, and after a failover writes to the replica they promote."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from own_services import RedisSentinel, own_redis_sentinel
+from polling import wait_until
+from worker_process import cli, running_worker
+
+from recsys_online.recommender import Recommendation
+from schemas import ItemEvent, RatingEvent
+from streamer.client import AsyncRecommendationClient, RecommendationClient
+from streamer.process import clear_run, isolated_env
+from streamer.producer import SyncEventProducer
+from streamer.settings import Settings
+from streamer.sink import RedisSink
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
+
+RECS = [Recommendation("i1", 0.5, "popular now", "popular")]
+
+
+@pytest.fixture
+def sentinel(tmp_path) -> Iterator[RedisSentinel]:
+    """Each test its own: a failover leaves the master elsewhere."""
+    with own_redis_sentinel(tmp_path / "sentinel") as running:
+        yield running
+
+
+def on_port(port: int, key: str) -> bytes | None:
+    client = redis.Redis(port=port)
+    try:
+        return client.get(key)
+    finally:
+        client.close()
+
+
+async def test_the_sink_and_the_readers_find_the_master_through_the_sentinels(
+    sentinel: RedisSentinel,
+) -> None:
+    settings = Settings(redis_url=sentinel.url, key_prefix="sen:")
+    sink = RedisSink(settings)
+    try:
+        await sink.publish_lists({f"u{j}": RECS for j in range(50)}, version=3)
+        await sink.publish_state(RECS, {"events": 50}, 3, "w1")
+        master = sentinel.master_port()
+        assert master == sentinel.redis_ports[0]
+        assert on_port(master, "sen:recs:u7") is not None  # on the master itself
+        with RecommendationClient(sentinel.url, "sen:") as reader:
+            assert reader.recommend("u7").served_from == "user"
+            assert reader.recommend("nobody").served_from == "popular"
+            assert reader.metrics()["events"] == "50"
+        async with AsyncRecommendationClient(sentinel.url, "sen:") as reader:
+            assert (await reader.recommend("u8")).model_version == 3
+    finally:
+        await sink.close()
+
+
+@pytest.mark.kafka
+def test_a_worker_writes_to_the_new_master_after_a_failover(
+    sentinel: RedisSentinel, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The master is killed while the worker runs: the sentinels promote the replica,
+    the worker's next writes wait for it and land there, and nothing stops."""
+    env = isolated_env(
+        "redissentinel",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        REDIS_URL=sentinel.url,
+        RECSYS_PARTITIONS="2",
+        RECSYS_K="5",
+    )
+    try:
+        with running_worker(env, tmp_path / "worker.log") as run:
+            settings, log = run.settings, run.log
+            prefix = settings.key_prefix
+            wait_until(run.metrics, "the worker's first metrics", log, 60, run.process)
+            now = time.time()
+            with SyncEventProducer(settings) as producer:
+                for item in ("a", "b", "c"):
+                    event = ItemEvent(op="upsert", item_id=item, tags=["jazz"], timestamp=now)
+                    producer.send_item(event)
+                producer.send_rating(
+                    RatingEvent(user_id="before", item_id="a", rating=5, timestamp=now)
+                )
+            wait_until(lambda: run.redis.get(f"{prefix}recs:before"), "a list", log, 60)
+            old = sentinel.kill_master()
+            new = sentinel.wait_failover(old)
+            with SyncEventProducer(settings) as producer:
+                producer.send_rating(
+                    RatingEvent(user_id="after", item_id="b", rating=5, timestamp=time.time())
+                )
+            wait_until(
+                lambda: on_port(new, f"{prefix}recs:after"),
+                "the list of a rating made after the failover, on the new master",
+                log,
+                60,
+                run.process,
+            )
+            assert on_port(new, f"{prefix}recs:before") is not None  # replicated before
+            shown = cli(env, "recs", "after", "--json")
+            assert shown.returncode == 0, shown.stderr
+            assert json.loads(shown.stdout)["served_from"] == "user"
+            assert run.process.poll() is None, log()
+    finally:
+        clear_run(env)
+
+
+@pytest.mark.kafka
+def test_a_master_name_no_sentinel_watches_stops_the_worker_with_one_line(
+    sentinel: RedisSentinel, kafka_bootstrap: str
+) -> None:
+    url = sentinel.url.replace(f"/{sentinel.SERVICE}/", "/recsis/")
+    env = isolated_env(
+        "redissentinel",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        REDIS_URL=url,
+        RECSYS_PARTITIONS="2",
+    )
+    try:
+        done = cli(env, "worker")
+    finally:
+        clear_run({**env, "REDIS_URL": sentinel.url})
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "watches a master named 'recsis' (they watch: recsys)" in last, done.stderr
+
+
+def test_a_sentinel_url_that_cannot_work_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match=r"REDIS_URL: .*name the master the sentinels watch"):
+        Settings.from_env({"REDIS_URL": "redis+sentinel://127.0.0.1:26379/"})
+    with pytest.raises(ValueError, match=r"RECSYS_REDIS_CLUSTER with a redis\+sentinel"):
+        Settings.from_env(
+            {"REDIS_URL": "redis+sentinel://h/recsys/0", "RECSYS_REDIS_CLUSTER": "true"}
+        )
