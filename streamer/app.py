@@ -613,6 +613,7 @@ class RecsysWorker:
         self._learning = asyncio.Lock()
         self._refreshing = False  # the timer is re-ranking lists, a slice at a time
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
         raw = {"key_type": bytes, "value_type": bytes}
         self.ratings = self.app.topic(s.ratings_topic, partitions=s.partitions, **raw)
         self.items = self.app.topic(s.items_topic, partitions=s.partitions, **raw)
@@ -1109,12 +1110,28 @@ class RecsysWorker:
                 snapshot.offsets,
             )
 
-    async def _snapshot_if_due(self) -> None:
-        """Every ``snapshot_every_s``, once every assigned partition's history is in the
-        model, save it with the offset below which each partition is learned (a rating
-        still held for event-time order is not: its partition's offset stops before it)."""
+    async def _on_shutdown(self, app: faust.App, **kwargs: object) -> None:
+        """A graceful stop (SIGTERM: a deploy, a scale-in), once Faust has stopped the
+        flow and the batch in progress is done: commit what was taken, then snapshot the
+        model at those offsets, so whoever takes these partitions next (this worker
+        restarted, or another, with a shared ``RECSYS_SNAPSHOT_DIR``) replays none of
+        them. Faust itself does not commit at a stop; a commit that fails leaves the
+        snapshot ahead of the group's offsets, and the one before it is used instead."""
+        if self.settings.snapshot_every_s <= 0 or not self._assigned():
+            return
+        try:
+            await app.consumer.commit()
+        except Exception as exc:  # (the snapshot below is then not used: still harmless)
+            log.warning("no commit at shutdown: %s", exc)
+        await self._snapshot_if_due(final=True)
+
+    async def _snapshot_if_due(self, final: bool = False) -> None:
+        """Every ``snapshot_every_s`` (and at a graceful stop, ``final``), once every
+        assigned partition's history is in the model, save it with the offset below which
+        each partition is learned (a rating still held for event-time order is not: its
+        partition's offset stops before it)."""
         s = self.settings
-        due = time.monotonic() - self._last_snapshot >= s.snapshot_every_s
+        due = final or time.monotonic() - self._last_snapshot >= s.snapshot_every_s
         if s.snapshot_every_s <= 0 or not due or self._reset_pending:
             return
         assigned = self._assigned()

@@ -21,7 +21,7 @@ from recsys_online.events import Rating
 from recsys_online.recommender import Recommender, RecommenderConfig
 from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.app import ensure_topics
-from streamer.process import clear_run, isolated_env, start_worker
+from streamer.process import clear_run, isolated_env, start_worker, stop_process
 from streamer.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
@@ -262,6 +262,36 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     assert state["events"] == len(ratings)
     assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
     assert state["users"] == stream.n_users
+
+
+def test_a_graceful_stop_snapshots_so_the_next_worker_replays_nothing(make_run, stream) -> None:
+    """SIGTERM (a deploy, a scale-in): the worker commits what it took and snapshots the
+    model at those offsets, so the worker after it loads the snapshot and relearns no
+    rating (here the only snapshot: the periodic one is an hour away), and still counts
+    every rating once."""
+    ratings = stream.ratings
+    run = make_run(RECSYS_SNAPSHOT_EVERY_S="3600")
+    snapshots = Path(run.env["RECSYS_DATA_DIR"]) / run.env["RECSYS_APP_ID"] / "snapshots"
+    produce_catalog(run, stream)
+    first = run.start_worker()
+    produce_ratings(run, ratings)
+    run.wait(
+        "the first worker to learn every rating",
+        lambda: (
+            run.worker_metrics(first).get("events", 0) == len(ratings)
+            and run.worker_metrics(first).get("lag", 1) == 0
+        ),
+    )
+    assert not snapshot_covers(snapshots, 1)
+    stop_process(first)  # SIGTERM, as a deploy stops it
+    assert first.returncode == 0, run.logs()
+    assert snapshot_covers(snapshots, len(ratings)), run.logs()
+    _, state = run.restart_and_settle(len(ratings))
+    log = run.log_dir / "worker-1.log"
+    assert "restored snapshot" in log.read_text(errors="replace"), run.logs()
+    assert replayed(log) == 0, run.logs()
+    assert state["events"] == len(ratings)
+    assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
 
 
 def test_a_worker_on_another_machine_restores_from_a_shared_snapshot_dir(
