@@ -591,7 +591,8 @@ class RecsysWorker:
         self.sink = RedisSink(s)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.catalog = CatalogFollower(s, self.engine, self.sink)
-        self.metrics_server = MetricsServer(self.prometheus)
+        self.metrics_server = MetricsServer(self.prometheus, self.readiness)
+        self._joined = False  # the group has assigned this worker its partitions once
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
         self._ends: dict[int, int] = {}  # ratings partition -> its end, at the last tick
         # Ratings partitions whose whole history before the live position is in the model.
@@ -613,6 +614,7 @@ class RecsysWorker:
         self._learning = asyncio.Lock()
         self._refreshing = False  # the timer is re-ranking lists, a slice at a time
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.on_before_shutdown.connect(self._on_shutdown)
         raw = {"key_type": bytes, "value_type": bytes}
         self.ratings = self.app.topic(s.ratings_topic, partitions=s.partitions, **raw)
@@ -875,6 +877,34 @@ class RecsysWorker:
             await asyncio.Event().wait()
         finally:
             await self.metrics_server.stop()
+
+    async def _on_assigned(self, app: faust.App, assigned: set, **kwargs: object) -> None:
+        self._joined = True
+
+    def readiness(self) -> tuple[bool, dict]:
+        """In service: in the group, the catalog read, and every assigned ratings
+        partition's history in the model (a worker with no partition, one more than
+        partitions, is ready: it stands by). Behind the live end is no reason to be out
+        of service: that is lag, and ``live`` says it."""
+        assigned = self._assigned()
+        waiting = []
+        if not self._joined or self.app.rebalancing:
+            waiting.append("the consumer group's assignment")
+        if not self.catalog.ready.is_set():
+            waiting.append("the catalog")
+        behind = sorted(assigned - self._replayed)
+        if behind:
+            waiting.append(f"the history of ratings partitions {behind}")
+        if self._reset_pending:
+            waiting.append("a rebuild of the model after a rebalance")
+        account = {
+            "ready": not waiting,
+            "waiting_for": waiting,
+            "partitions": sorted(assigned),
+            "live": self.engine.live,
+            "events": self.engine.events,
+        }
+        return not waiting, account
 
     def prometheus(self) -> str:
         return exposition(

@@ -1,10 +1,12 @@
 """Small HTTP servers on aiohttp (which Faust already brings): a worker's ``/metrics``.
 
-Each worker serves Prometheus' text format at ``http://<host>:<RECSYS_WEB_PORT>/metrics``
-and ``/healthz``. When the port is taken (two workers on one machine) the worker takes a
-free one instead, says so in its log, and publishes the address it got in Redis
-(``metrics_url`` in ``{prefix}metrics:worker:{id}``), where ``recsys-online metrics``
-and the dashboard find it.
+Each worker serves Prometheus' text format at ``http://<host>:<RECSYS_WEB_PORT>/metrics``,
+``/healthz`` (200 while its event loop answers: a liveness probe) and ``/readyz`` (200
+once it is in service, 503 with what it waits for before: a readiness probe). When the
+port is taken (two workers on one machine) the worker takes a free one instead, says so
+in its log, and publishes the address it got in Redis (``metrics_url`` in
+``{prefix}metrics:worker:{id}``), where ``recsys-online metrics`` and the dashboard find
+it.
 """
 
 from __future__ import annotations
@@ -58,10 +60,19 @@ def advertised_url(host: str, port: int, path: str) -> str:
 
 
 class MetricsServer:
-    """``/metrics`` (Prometheus text) and ``/healthz`` for one worker process."""
+    """``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz`` for one worker process.
 
-    def __init__(self, render: Callable[[], str]) -> None:
+    ``readiness`` returns whether the worker is in service, and a JSON-able account of
+    it (what it still waits for).
+    """
+
+    def __init__(
+        self,
+        render: Callable[[], str],
+        readiness: Callable[[], tuple[bool, dict]] = lambda: (True, {"ready": True}),
+    ) -> None:
         self.render = render
+        self.readiness = readiness
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -69,6 +80,7 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._health)
+        app.router.add_get("/readyz", self._ready)
         return app
 
     async def start(self, host: str, port: int) -> str:
@@ -89,3 +101,7 @@ class MetricsServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        ready, account = self.readiness()
+        return web.json_response(account, status=200 if ready else 503)

@@ -8,12 +8,15 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from aiokafka import AIOKafkaProducer
+from own_services import free_port
 from polling import wait_until
 
 from recsys_online import synth
@@ -262,6 +265,62 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     assert state["events"] == len(ratings)
     assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
     assert state["users"] == stream.n_users
+
+
+def probe(port: int, path: str) -> tuple[int, str] | None:
+    """``GET http://127.0.0.1:{port}{path}``: status and body, or None while nothing
+    answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return None
+
+
+def test_a_restarted_worker_is_ready_only_once_its_history_is_in_the_model(
+    make_run, stream
+) -> None:
+    """``/readyz``, a readiness probe: a worker restarted on a committed history answers
+    503 (saying what it waits for) until the group assigned it its partitions, the
+    catalog is read and their history relearned; at its first 200 the model already
+    holds every rating, and ``/healthz`` answered all along."""
+    ratings = stream.ratings
+    port = free_port()
+    run = make_run(RECSYS_WEB_PORT=str(port))
+    produce_catalog(run, stream)
+    first = run.start_worker()
+    produce_ratings(run, ratings)
+    run.wait(
+        "the first worker to learn every rating",
+        lambda: (
+            run.worker_metrics(first).get("events", 0) == len(ratings)
+            and run.worker_metrics(first).get("lag", 1) == 0
+        ),
+    )
+    time.sleep(4.0)  # the group commits every rating
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = run.start_worker()
+    seen: list[tuple[int, dict]] = []
+    deadline = time.monotonic() + 120
+    while not (seen and seen[-1][0] == 200):
+        assert time.monotonic() < deadline and second.poll() is None, run.logs()
+        answer = probe(port, "/readyz")
+        if answer is not None:
+            seen.append((answer[0], json.loads(answer[1])))
+            assert probe(port, "/healthz") == (200, '{"ok": true}')
+        time.sleep(0.02)
+    status, first_answer = seen[0]
+    assert status == 503 and first_answer["ready"] is False and first_answer["waiting_for"]
+    last = seen[-1][1]
+    assert last["ready"] is True and last["waiting_for"] == []
+    assert last["partitions"] == [0, 1, 2, 3] and last["events"] == len(ratings)
+    waited = {reason for _, answer in seen for reason in answer["waiting_for"]}
+    assert any(reason.startswith("the history of ratings partitions") for reason in waited) or (
+        "the consumer group's assignment" in waited
+    ), waited
 
 
 def test_a_graceful_stop_snapshots_so_the_next_worker_replays_nothing(make_run, stream) -> None:

@@ -41,6 +41,34 @@ def test_compose_wires_workers_prometheus_grafana_and_the_dashboard() -> None:
             assert (REPO / source).exists(), f"{service} mounts missing {source}"
 
 
+async def test_the_compose_healthcheck_fails_until_the_worker_is_ready() -> None:
+    """The worker's healthcheck command, run as compose would, against a worker's
+    server: non-zero while ``/readyz`` answers 503, zero once it answers 200."""
+    import asyncio
+    import sys
+
+    from streamer.web import MetricsServer
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    check = worker["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "python"] and worker["environment"]["RECSYS_WEB_PORT"] == "6066"
+    ready = {"now": False}
+    server = MetricsServer(lambda: "", lambda: (ready["now"], {"ready": ready["now"]}))
+    url = await server.start("127.0.0.1", 0)
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    try:
+        codes = []
+        for now in (False, True):
+            ready["now"] = now
+            command = [sys.executable, *[part.replace("6066", port) for part in check[2:]]]
+            done = await asyncio.create_subprocess_exec(*command)
+            codes.append(await done.wait())
+        assert codes[0] != 0 and codes[1] == 0, codes
+    finally:
+        await server.stop()
+
+
 def test_prometheus_scrapes_the_worker_endpoint() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
