@@ -26,7 +26,7 @@ from recsys_online.events import Rating
 from schemas import EventError, RatingEvent
 from streamer.engine import Lists, StreamEngine
 from streamer.item_changes import decode_item_changes, encode_item_changes
-from streamer.logs import quiet_kafka_client
+from streamer.logs import logging_config, quiet_kafka_client
 from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
 from streamer.partitions import read_ranges, standalone_consumer
@@ -1432,4 +1432,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     Path(settings.data_dir).expanduser().mkdir(parents=True, exist_ok=True)
     worker = RecsysWorker(settings)
     quiet_kafka_client()  # a broker outage: a line per kind of complaint per 10 s
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    config = logging_config(settings.log_format, loglevel)
+    faust.Worker(
+        worker.app, loglevel=loglevel, quiet=True, logging_config=config
+    ).execute_from_commandline()

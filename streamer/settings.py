@@ -85,6 +85,7 @@ class Settings:
     compact_share: float = 0.25
     seed: int = 42
     gc_young: int = 50_000
+    log_format: str = "text"  # or json: one JSON object per log line
     # How every Kafka client of the project connects (docs/streamer.md, "Connecting to a
     # secured Kafka"): the worker's, the producers', the commands'.
     kafka_security_protocol: str = "PLAINTEXT"
@@ -210,6 +211,8 @@ class Settings:
             raise SettingsError(f"the five topics must have distinct names, got {topics}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise SettingsError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"RECSYS_LOG_FORMAT must be text or json, got {self.log_format!r}")
         self._check_redis()
         self._check_kafka_security()
 

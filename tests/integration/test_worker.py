@@ -447,3 +447,30 @@ def test_deleted_items_rows_are_freed_and_lists_still_served(worker: RunningWork
     reasons = [dict(r.headers)["recsys.reason"].decode() for r in records]
     assert "item_id: item 'x0' was deleted" in reasons, reasons
     assert not any("keep3" in reason for reason in reasons), reasons
+
+
+def test_with_log_format_json_every_line_of_the_log_is_a_json_object(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Faust's lines, the Kafka client's and the worker's own all come out as JSON, for
+    log pipelines that index fields."""
+    from worker_process import running_worker
+
+    env = isolated_env(
+        "jsonlog",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        REDIS_URL=redis_url,
+        RECSYS_PARTITIONS="2",
+        RECSYS_LOG_FORMAT="json",
+    )
+    try:
+        with running_worker(env, tmp_path / "worker.log") as run:
+            wait_until(run.metrics, "the worker's first metrics", run.log, 60, run.process)
+    finally:
+        clear_run(env)
+    lines = [line for line in run.log_path.read_text().splitlines() if line.strip()]
+    docs = [json.loads(line) for line in lines]  # (a line that is not JSON fails here)
+    assert all({"time", "level", "logger", "message"} <= set(doc) for doc in docs)
+    loggers = {doc["logger"] for doc in docs}
+    assert "streamer.web" in loggers and any(name.startswith("faust") for name in loggers)
+    assert any(doc["message"].startswith("Prometheus metrics at") for doc in docs)

@@ -1,8 +1,9 @@
-"""The Kafka client's repeated complaints during a broker outage, summarised."""
+"""Worker logging: the Kafka client's repeated complaints summarised, and JSON lines."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from streamer.logs import KAFKA_CLIENT_LOGGERS, RepeatFilter, quiet_kafka_client
 
@@ -41,3 +42,22 @@ def test_the_worker_quiets_every_kafka_client_logger() -> None:
     finally:
         for name in KAFKA_CLIENT_LOGGERS:
             logging.getLogger(name).removeFilter(repeat)
+
+
+def test_a_json_line_carries_the_traceback_of_an_exception() -> None:
+    import json
+
+    from streamer.logs import JsonFormatter
+
+    try:
+        raise ValueError("bad \u00e9vent")
+    except ValueError:
+        record = logging.LogRecord(
+            "streamer.app", logging.ERROR, "", 0, "failed: %s", ("x",), sys.exc_info()
+        )
+    line = JsonFormatter().format(record)
+    assert "\n" not in line  # one record, one line
+    doc = json.loads(line)
+    assert doc["level"] == "ERROR" and doc["message"] == "failed: x"
+    assert doc["exception"].startswith("Traceback")
+    assert "ValueError: bad \u00e9vent" in doc["exception"]
