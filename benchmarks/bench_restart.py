@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             # A killed worker's partitions move once its session expires: keep that short.
             RECSYS_SESSION_TIMEOUT_S="6",
         )
-        reader = RecommendationClient(settings.redis_url, settings.key_prefix)
+        reader = RecommendationClient(
+            settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
+        )
         store = SnapshotStore(settings.snapshot_path)
         log_dir = args.out.parent
         try:

@@ -50,7 +50,7 @@ from recsys_online import synth
 from recsys_online.events import Rating
 from recsys_online.runtime import limit_blas_threads, tune_gc
 from streamer.app import ensure_topics
-from streamer.client import RecommendationClient
+from streamer.client import RecommendationClient, redis_client
 from streamer.engine import StreamEngine, event_time_steps
 from streamer.process import clear_run, isolated_env, remove_topics, start_worker, stop_process
 from streamer.producer import event_producer, stream_events
@@ -166,7 +166,9 @@ def wait_evaluated(reader, target, workers, timeout) -> float:
 def throughput(ds, batch: int, log_dir: Path, n_workers: int = 1, **extra: str) -> dict:
     """Pre-load every event, then ``n_workers`` workers of one group learn them all."""
     settings, env = run_settings(batch, **extra)
-    reader = RecommendationClient(settings.redis_url, settings.key_prefix)
+    reader = RecommendationClient(
+        settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
+    )
     n = ds.n_ratings
     t0 = time.monotonic()
     producer_cpu0 = cpu_seconds(os.getpid())
@@ -269,8 +271,10 @@ async def _produce_all(settings: Settings, ds) -> None:
 
 def freshness(ds, rate: float, log_dir: Path) -> dict:
     settings, env = run_settings(1000)
-    client = redis.Redis.from_url(settings.redis_url)
-    reader = RecommendationClient(settings.redis_url, settings.key_prefix)
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    reader = RecommendationClient(
+        settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
+    )
     worker = start_worker(env, log_dir / "freshness-worker.log")
     bpid = broker_pid()
     try:
@@ -525,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             f"workers {' + '.join(f'{c:.0%}' for c in tp['worker_cpu_shares'])}, broker "
             f"{tp['broker_cpu_share']:.0%}"
         )
+
     # Freshness at the target rate varies by 2-3x between runs on a shared machine: the
     # worker's runs alternate with runs of Kafka alone (the transport's floor), and the
     # targets are judged on the medians.

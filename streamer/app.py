@@ -1115,6 +1115,7 @@ class RecsysWorker:
             fingerprint = self.settings.model_fingerprint()
             for snapshot in self.snapshots.candidates(fingerprint, assigned, committed):
                 try:
+                    size = snapshot.path.stat().st_size  # (gone already: the next one)
                     engine = await asyncio.to_thread(self.snapshots.load, snapshot)
                     break
                 except Exception as exc:  # a damaged file: the next one, else the log
@@ -1130,7 +1131,6 @@ class RecsysWorker:
             self.catalog.restart(engine)  # the catalog is read again into the loaded model
             self._resume_from = dict(snapshot.offsets)
             self._snapshot_of = (engine.version, dict(snapshot.offsets))  # (no copy of it)
-            size = snapshot.path.stat().st_size
             self._snapshot_info = (snapshot.created, engine.events, size)
             log.info(
                 "restored snapshot %s: %d ratings, partitions %s from offsets %s",

@@ -14,8 +14,11 @@ streamer.client.RecommendationsUnavailable: cannot reach Redis at redis://127.0.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -143,14 +146,33 @@ def sentinel_url(url: str) -> SentinelURL:
 
 
 def _sentinel_master(url: SentinelURL, asynchronous: bool, options: dict):
-    """A client of ``url``'s master, through a Sentinel manager of its own."""
+    """A client of ``url``'s master, through a Sentinel manager of its own (kept on the
+    client, for :func:`close_client` to close its connections to the sentinels too)."""
     from redis.asyncio.sentinel import Sentinel as AsyncSentinel
     from redis.sentinel import Sentinel
 
     kind = AsyncSentinel if asynchronous else Sentinel
     timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
     manager = kind(url.sentinels, sentinel_kwargs={**timeouts, **url.sentinel})
-    return manager.master_for(url.service, **url.master, **options)
+    client = manager.master_for(url.service, **url.master, **options)
+    client.recsys_sentinels = manager
+    return client
+
+
+def close_client(client) -> None:
+    """Close a client :func:`redis_client` made, and its connections to the sentinels."""
+    client.close()
+    manager = getattr(client, "recsys_sentinels", None)
+    if manager is not None:
+        manager.close()
+
+
+async def aclose_client(client) -> None:
+    """:func:`close_client` of an asynchronous client."""
+    await client.aclose()
+    manager = getattr(client, "recsys_sentinels", None)
+    if manager is not None:
+        await manager.aclose()
 
 
 @dataclass(frozen=True)
@@ -301,9 +323,19 @@ class _Keys:
         self._timeout = timeout
         self._pool = None
         self._redis = None
-        if is_sentinel(redis_url):
-            sentinel_url(redis_url)  # (a malformed URL fails here, not at the first read)
-        elif not cluster:
+        # Cluster and Sentinel pools fail past their size instead of waiting: reads take
+        # one of MAX_CONNECTIONS slots instead, waiting up to ``timeout`` for one.
+        self._slots = None
+        if is_sentinel(redis_url) or cluster:
+            if is_sentinel(redis_url) and cluster:
+                raise ValueError("a redis+sentinel:// URL names one master, not a cluster")
+            if is_sentinel(redis_url):
+                sentinel_url(redis_url)  # (a malformed URL fails here, not at a read)
+            if self._asynchronous:
+                self._slots = asyncio.Semaphore(self.MAX_CONNECTIONS)
+            else:
+                self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        else:
             # A blocking pool: past MAX_CONNECTIONS concurrent reads, a read waits (up to
             # ``timeout``) for a connection instead of failing as if Redis were down.
             self._pool = self._pool_class.from_url(
@@ -326,7 +358,6 @@ class _Keys:
                     self.redis_url,
                     cluster=self.cluster,
                     asynchronous=self._asynchronous,
-                    max_connections=self.MAX_CONNECTIONS,
                     socket_connect_timeout=self._timeout,
                     socket_timeout=self._timeout,
                 )
@@ -334,9 +365,15 @@ class _Keys:
                 raise self.unavailable(exc) from None
         return self._redis
 
+    def _no_slot(self) -> RecommendationsUnavailable:
+        return RecommendationsUnavailable(
+            f"no free connection to Redis at {redacted_url(self.redis_url)} within "
+            f"{self._timeout} s ({self.MAX_CONNECTIONS} reads at once at most)"
+        )
+
     def _pair(self, first: str, second: str):
-        """GET of two keys in one round trip: MGET, or per node on a cluster (the two
-        keys may live on different nodes)."""
+        """GET of two keys in one round trip: MGET, or one MGET per slot on a cluster
+        (the two keys may live on different nodes)."""
         if self.cluster:
             return self.redis.mget_nonatomic(first, second)
         return self.redis.mget(first, second)
@@ -380,8 +417,24 @@ class RecommendationClient(_Keys):
                 print(rec.item_id, rec.score, rec.reason)
     """
 
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        if self._slots is None:
+            yield
+            return
+        if not self._slots.acquire(timeout=self._timeout):
+            raise self._no_slot()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         """The user's current top-``k`` (or the popular list when they have none)."""
+        with self._slot():
+            return self._recommend(user_id, k, titles)
+
+    def _recommend(self, user_id: str, k: int, titles: bool) -> Recommendations:
         own_key = self.key("recs", user_id)
         try:
             own, popular = self._pair(own_key, self.key("popular"))
@@ -418,7 +471,7 @@ class RecommendationClient(_Keys):
 
     def close(self) -> None:
         if self._redis is not None:
-            self._redis.close()
+            close_client(self._redis)
         if self._pool is not None:
             self._pool.disconnect()
 
@@ -436,7 +489,25 @@ class AsyncRecommendationClient(_Keys):
     _pool_class = aioredis.BlockingConnectionPool
     _asynchronous = True
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        if self._slots is None:
+            yield
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+        except TimeoutError:
+            raise self._no_slot() from None
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
+        async with self._slot():
+            return await self._recommend(user_id, k, titles)
+
+    async def _recommend(self, user_id: str, k: int, titles: bool) -> Recommendations:
         own_key = self.key("recs", user_id)
         try:
             own, popular = await self._pair(own_key, self.key("popular"))
@@ -472,7 +543,7 @@ class AsyncRecommendationClient(_Keys):
 
     async def aclose(self) -> None:
         if self._redis is not None:
-            await self._redis.aclose()
+            await aclose_client(self._redis)
         if self._pool is not None:
             await self._pool.disconnect()
 

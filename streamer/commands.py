@@ -330,7 +330,8 @@ def run_recs(args: argparse.Namespace) -> int:
         return 0
     if recs.served_from == "none":
         print(
-            f"no lists under {settings.key_prefix!r} in {settings.redis_url} yet: is a worker "
+            f"no lists under {settings.key_prefix!r} in {redacted_url(settings.redis_url)} yet: "
+            "is a worker "
             "running with the same RECSYS_KEY_PREFIX?"
         )
         return 1

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from streamer.client import redis_client
+from streamer.client import aclose_client, redis_client
 from streamer.partitions import read_ranges, standalone_consumer
 from streamer.settings import Settings
 
@@ -297,7 +297,7 @@ async def redrive(
     finally:
         if producer is not None:
             await producer.stop()
-        await store.aclose()
+        await aclose_client(store)
     return report
 
 

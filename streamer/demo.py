@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 
 from recsys_online import synth
-from streamer.client import RecommendationClient, redis_client
+from streamer.client import RecommendationClient, aclose_client, redis_client
 from streamer.process import (
     isolated_env,
     remove_topics,
@@ -235,7 +235,7 @@ async def _wait_ready(
             await asyncio.sleep(0.25)
         print(flush=True)
     finally:
-        await client.aclose()
+        await aclose_client(client)
 
 
 async def _stream(

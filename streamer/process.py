@@ -111,7 +111,7 @@ def delete_keys(
 ) -> None:
     """Delete every Redis key under ``prefix`` (a run's or a test's own), in batches
     (on every node of a cluster)."""
-    from streamer.client import redis_client  # (only when needed)
+    from streamer.client import close_client, redis_client  # (only when needed)
 
     client = redis_client(redis_url, cluster=cluster, socket_timeout=timeout_s)
     try:
@@ -119,7 +119,7 @@ def delete_keys(
         for lo in range(0, len(keys), 1000):
             client.delete(*keys[lo : lo + 1000])
     finally:
-        client.close()
+        close_client(client)
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:

@@ -14,13 +14,13 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.exceptions import ClusterError, RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recsys_online.recommender import Recommendation
 from schemas import ItemEvent
-from streamer.client import redis_client
+from streamer.client import aclose_client, close_client, redis_client
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,19 @@ if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return 1
 """
 
-# What the sink waits out: Redis (or a cluster node, or the cluster's slot map) away.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, RedisClusterException)
+
+def unreachable(exc: BaseException) -> bool:
+    """Redis away for now, which the sink waits out: refused or lost connections,
+    timeouts, a cluster that is down, has a slot no node serves, or gave up redirecting
+    a command (``TTL exhausted``, during a failover), or none of whose nodes answer. Not
+    a programming error (a cross-slot transaction, say), which would never pass.
+    """
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | ClusterError):
+        return True
+    if isinstance(exc, SlotNotCoveredError):
+        return True
+    # (redis-py has no class of its own for "no node answers" at a cluster client's start)
+    return type(exc) is RedisClusterException and "cannot be connected" in str(exc)
 
 
 WORKER_TTL_S = 30  # a worker's own metrics hash lives this long after its last write
@@ -130,15 +141,21 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False)
 
     import redis
 
-    from streamer.client import is_sentinel, redacted_url
+    from streamer.client import is_sentinel, redacted_url, sentinel_url
 
     where = redacted_url(redis_url)
+    options = _probe_options(timeout_s)
     if is_sentinel(redis_url):
-        unwatched = _unwatched_master(redis_url, where, timeout_s)
-        if unwatched is not None:
-            return unwatched
-    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-    client = redis_client(redis_url, **options)
+        refused, master = _sentinel_master_address(redis_url, where, timeout_s)
+        if refused is not None or master is None:  # (no sentinel answers yet: waited for)
+            return refused
+        # The master the sentinels name, asked directly: through the sentinels, redis-py
+        # would retry each one that does not answer, for minutes.
+        client = redis.Redis(
+            host=master[0], port=master[1], **sentinel_url(redis_url).master, **options
+        )
+    else:
+        client = redis_client(redis_url, **options)
     try:
         client.ping()
         return _cluster_mismatch(client, where, cluster)
@@ -148,16 +165,34 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False)
         if isinstance(exc.__context__, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
             return f"Redis at {where}: TLS failed: {exc}"
         return None
+    except redis.TimeoutError:  # slow, or not up yet: waited for, as when it is down
+        return None
     except redis.ResponseError as exc:  # e.g. NOAUTH from a server that wants a password
         return f"Redis at {where} refused the connection: {exc}"
     finally:
-        client.close()
+        close_client(client)
 
 
-def _unwatched_master(redis_url: str, where: str, timeout_s: float) -> str | None:
-    """Sentinels that answer but watch no master of the URL's name (a misspelt name
-    would otherwise be waited for forever), or refuse the credentials; None when the
-    name is watched, or no sentinel answers yet."""
+def _probe_options(timeout_s: float) -> dict:
+    """One try of ``timeout_s`` per question at start (redis-py's default retries a
+    timeout three times with backoff: a silent host cost 7.7 s at a 0.5 s timeout)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
+def _sentinel_master_address(
+    redis_url: str, where: str, timeout_s: float
+) -> tuple[str | None, tuple[str, int] | None]:
+    """Ask each sentinel of ``redis_url``: why the worker could never use them (they
+    answer but watch no master of the URL's name, a misspelling that would otherwise be
+    waited for forever; they refuse the credentials; they are no sentinels), and the
+    master's address as the first that knows it names it (None: none answers yet)."""
     import redis
 
     from streamer.client import sentinel_url
@@ -165,24 +200,33 @@ def _unwatched_master(redis_url: str, where: str, timeout_s: float) -> str | Non
     url = sentinel_url(redis_url)
     watched: set[str] = set()
     answered = False
+    master = None
+    not_sentinels = []  # addresses where something else answered
     for host, port in url.sentinels:
-        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-        sentinel = redis.Redis(host=host, port=port, **options, **url.sentinel)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        sentinel = redis.Redis(host=host, port=port, **_probe_options(timeout_s), **url.sentinel)
         try:
-            watched |= set(sentinel.sentinel_masters())
+            masters = sentinel.sentinel_masters()
+            watched |= set(masters)
             answered = True
+            known = masters.get(url.service)
+            if master is None and known:
+                master = (str(known["ip"]), int(known["port"]))
         except redis.AuthenticationError as exc:
-            return f"Redis Sentinel at {host}:{port} refused the credentials: {exc}"
-        except redis.ConnectionError:
+            return f"Redis Sentinel at {address} refused the credentials: {exc}", None
+        except (redis.ConnectionError, redis.TimeoutError):  # away or slow: the others
             continue
+        except (redis.ResponseError, redis.InvalidResponse):  # a Redis, or no Redis at all
+            not_sentinels.append(address)
         finally:
             sentinel.close()
     if answered and url.service not in watched:
         names = ", ".join(sorted(watched)) or "none"
-        return (
-            f"no sentinel of {where} watches a master named {url.service!r} (they watch: {names})"
-        )
-    return None
+        why = f"no sentinel of {where} watches a master named {url.service!r} (they watch: {names})"
+        return why, None
+    if not answered and not_sentinels:
+        return f"not a Redis Sentinel at {', '.join(not_sentinels)} (of {where})", None
+    return None, master
 
 
 def _cluster_mismatch(client, where: str, cluster: bool) -> str | None:
@@ -192,8 +236,8 @@ def _cluster_mismatch(client, where: str, cluster: bool) -> str | None:
 
     try:
         enabled = bool(int(client.info("cluster").get("cluster_enabled", 0)))
-    except redis.ResponseError:  # (INFO renamed or refused: a managed Redis) not known
-        return None
+    except (redis.ResponseError, redis.TimeoutError):  # (INFO renamed or refused, or
+        return None  # slow: a managed Redis) not known
     if enabled and not cluster:
         return f"Redis at {where} is a cluster node: set RECSYS_REDIS_CLUSTER=true"
     if cluster and not enabled:
@@ -235,7 +279,14 @@ class RedisSink:
         while True:
             try:
                 result = await write()
-            except _UNREACHABLE as exc:
+            except (
+                RedisConnectionError,
+                RedisTimeoutError,
+                RedisClusterException,
+                ClusterError,
+            ) as exc:
+                if not unreachable(exc):
+                    raise
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
@@ -355,4 +406,4 @@ class RedisSink:
         await self._transaction("item metadata", queue)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await aclose_client(self.redis)

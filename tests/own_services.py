@@ -125,6 +125,16 @@ class RedisCluster:
             self.stop_node(port)
 
 
+def _distinct_free_ports(n: int) -> list[int]:
+    """``n`` free ports, no two the same (the kernel may hand a closed port out again)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _cluster_ports(n: int) -> list[int]:
     """``n`` distinct free ports whose cluster bus ports (port + 10000, which Redis
     also listens on) are free and valid too."""
@@ -168,8 +178,8 @@ class RedisSentinel:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.redis_ports = [free_port(), free_port()]
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        ports = _distinct_free_ports(5)
+        self.redis_ports, self.sentinel_ports = ports[:2], ports[2:]
         self.processes: dict[int, subprocess.Popen] = {}
 
     @property
@@ -204,10 +214,29 @@ class RedisSentinel:
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
             )
             self._start(port, str(conf), "--sentinel")
-        deadline = time.monotonic() + 30
-        while self.master_port() != master or not self._replicating(replica):
+        deadline = time.monotonic() + 60
+        while not (self.master_port() == master and self._replicating(replica) and self._met()):
+            exited = [port for port, p in self.processes.items() if p.poll() is not None]
+            assert not exited, f"redis-server on ports {exited} exited (port taken?)"
             assert time.monotonic() < deadline, "the sentinels did not find the master"
             time.sleep(0.1)
+
+    def _met(self) -> bool:
+        """Every sentinel knows the replica (found in the master's INFO, polled every
+        10 s) and the other sentinels (from their hellos): a failover needs both, and a
+        master killed before would stay failed with no one promoted."""
+        replica = str(self.redis_ports[1])
+        for port in self.sentinel_ports:
+            ask = ["redis-cli", "-p", str(port), "sentinel"]
+            replicas = subprocess.run(
+                [*ask, "replicas", self.SERVICE], capture_output=True, text=True
+            ).stdout
+            others = subprocess.run(
+                [*ask, "sentinels", self.SERVICE], capture_output=True, text=True
+            ).stdout
+            if replica not in replicas.split() or others.split().count("name") != 2:
+                return False
+        return True
 
     def master_port(self) -> int | None:
         """The master's port as the first sentinel that answers sees it."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from streamer.client import redis_client
+from streamer.client import close_client, redis_client
 from streamer.process import start_worker, stop_process
 from streamer.settings import Settings
 
@@ -46,7 +46,7 @@ def running_worker(env: dict[str, str], log_path: Path) -> Iterator[WorkerRun]:
         yield run
     finally:
         stop_process(run.process)
-        client.close()
+        close_client(client)
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -279,3 +279,30 @@ def test_a_worker_told_wrong_about_the_cluster_stops_with_one_line(
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("recsys-online: ") and expected in last, done.stderr
+
+
+async def test_many_concurrent_reads_of_a_cluster_wait_their_turn(cluster: RedisCluster) -> None:
+    """A cluster client's pools fail past their size instead of waiting: the readers let
+    MAX_CONNECTIONS reads run at once and the rest wait, as with one Redis."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = cluster_settings(cluster, "busy:")
+    sink = RedisSink(settings)
+    try:
+        await sink.publish_lists({f"u{j}": RECS for j in range(30)}, version=1)
+        async with AsyncRecommendationClient(cluster.url, "busy:", cluster=True) as reader:
+            n = 3 * reader.MAX_CONNECTIONS
+            results = await asyncio.gather(
+                *(reader.recommend(f"u{j % 30}", k=1) for j in range(n)),
+                return_exceptions=True,
+            )
+        assert [r for r in results if isinstance(r, Exception)] == []
+        with (
+            RecommendationClient(cluster.url, "busy:", cluster=True) as reader,
+            ThreadPoolExecutor(128) as pool,
+        ):
+            served = list(pool.map(lambda j: reader.recommend(f"u{j % 30}").served_from, range(n)))
+        assert served == ["user"] * n
+    finally:
+        await sink.close()
+        cluster_keys_deleted(cluster, "busy:")

@@ -133,10 +133,67 @@ def test_a_master_name_no_sentinel_watches_stops_the_worker_with_one_line(
     assert "watches a master named 'recsis' (they watch: recsys)" in last, done.stderr
 
 
-def test_a_sentinel_url_that_cannot_work_is_refused_at_start() -> None:
-    with pytest.raises(ValueError, match=r"REDIS_URL: .*name the master the sentinels watch"):
-        Settings.from_env({"REDIS_URL": "redis+sentinel://127.0.0.1:26379/"})
-    with pytest.raises(ValueError, match=r"RECSYS_REDIS_CLUSTER with a redis\+sentinel"):
-        Settings.from_env(
-            {"REDIS_URL": "redis+sentinel://h/recsys/0", "RECSYS_REDIS_CLUSTER": "true"}
+def connected_clients(port: int) -> int:
+    """Clients connected to the sentinel at ``port`` (this question's own included)."""
+    client = redis.Redis(port=port)
+    try:
+        return len(client.client_list())
+    finally:
+        client.close()
+
+
+async def test_many_concurrent_reads_wait_their_turn_and_closing_leaves_no_connection(
+    sentinel: RedisSentinel,
+) -> None:
+    """Sentinel's pools fail past their size instead of waiting: the clients let
+    MAX_CONNECTIONS reads run at once and the rest wait, as with one Redis. Closed, a
+    client leaves no connection open to the sentinels."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings(redis_url=sentinel.url, key_prefix="busy:")
+    sink = RedisSink(settings)
+    watched = sentinel.sentinel_ports[0]
+    before = connected_clients(watched)
+    await sink.publish_lists({"u1": RECS}, version=1)
+    await sink.close()
+    async with AsyncRecommendationClient(sentinel.url, "busy:") as reader:
+        n = 3 * reader.MAX_CONNECTIONS
+        results = await asyncio.gather(
+            *(reader.recommend("u1", k=1) for _ in range(n)), return_exceptions=True
         )
+    assert [r for r in results if isinstance(r, Exception)] == []
+    with RecommendationClient(sentinel.url, "busy:") as reader, ThreadPoolExecutor(128) as pool:
+        results = list(pool.map(lambda _: reader.recommend("u1", k=1).served_from, range(n)))
+    assert results == ["user"] * n
+    wait_until(
+        lambda: connected_clients(watched) <= before,
+        "the clients' connections to the sentinel to close",
+        lambda: f"{connected_clients(watched)} connected, {before} before",
+        10,
+    )
+
+
+def test_a_silent_sentinel_is_skipped_and_a_redis_named_as_one_is_refused(
+    sentinel: RedisSentinel, redis_url: str
+) -> None:
+    """The start-up check asks every sentinel: one that never answers (a dead host) is
+    skipped, as redis-py itself skips it, while a Redis that is no sentinel at all is a
+    misconfiguration, said in one line."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from streamer.sink import redis_refusal
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        quiet = f"127.0.0.1:{silent.getsockname()[1]}"
+        hosts = ",".join(f"127.0.0.1:{port}" for port in sentinel.sentinel_ports)
+        url = f"redis+sentinel://{quiet},{hosts}/{sentinel.SERVICE}/0"
+        assert redis_refusal(url, timeout_s=0.5) is None
+        alone = f"redis+sentinel://{quiet}/{sentinel.SERVICE}/0"
+        assert redis_refusal(alone, timeout_s=0.5) is None  # (not up yet: waited for)
+    plain = urlsplit(redis_url).netloc
+    refused = redis_refusal(f"redis+sentinel://{plain}/{sentinel.SERVICE}/0", timeout_s=2)
+    assert refused is not None and refused.startswith(f"not a Redis Sentinel at {plain}")

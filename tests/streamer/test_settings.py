@@ -83,3 +83,12 @@ def test_the_sasl_password_is_never_in_a_settings_repr() -> None:
     )
     assert "s3cret-pw" not in repr(settings) and "app" in repr(settings)
     assert settings.kafka_security()["sasl_plain_password"] == "s3cret-pw"
+
+
+def test_a_sentinel_url_that_cannot_work_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match=r"REDIS_URL: .*name the master the sentinels watch"):
+        Settings.from_env({"REDIS_URL": "redis+sentinel://127.0.0.1:26379/"})
+    with pytest.raises(ValueError, match=r"RECSYS_REDIS_CLUSTER with a redis\+sentinel"):
+        Settings.from_env(
+            {"REDIS_URL": "redis+sentinel://h/recsys/0", "RECSYS_REDIS_CLUSTER": "true"}
+        )

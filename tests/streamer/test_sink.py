@@ -42,3 +42,27 @@ def test_a_batch_of_documents_is_each_list_with_scores_rounded_to_six_places() -
         assert doc["items"] == want
         assert raw == list_document(user, recs, 7, 123.5)
     assert sum(len(json.loads(d)["items"]) for d in docs) == 18
+
+
+def test_the_sink_waits_out_redis_away_but_not_a_programming_error() -> None:
+    from redis import exceptions as e
+    from redis.sentinel import MasterNotFoundError
+
+    from streamer.sink import unreachable
+
+    away = [
+        e.ConnectionError("refused"),
+        e.TimeoutError("slow"),
+        e.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        e.ClusterError("TTL exhausted."),  # redirections given up during a failover
+        e.SlotNotCoveredError("no node serves slot 7"),
+        e.RedisClusterException("Redis Cluster cannot be connected. Please provide ..."),
+        MasterNotFoundError("No master found for 'recsys'"),  # a Sentinel failover
+    ]
+    never = [
+        e.CrossSlotTransactionError("All keys must map to the same slot"),
+        e.RedisClusterException("No way to dispatch this command to Redis Cluster."),
+        e.ResponseError("WRONGTYPE"),
+    ]
+    assert all(map(unreachable, away))
+    assert not any(map(unreachable, never))
