@@ -2,8 +2,9 @@
 
 Workers write ``{prefix}recs:{user_id}`` (one JSON document per user) and
 ``{prefix}popular`` (the list for users with none); see docs/streamer.md for the layout.
-The client reads both in one round trip and falls back to the popular list, so an app
-always has something to show.
+The client reads the user's list in one round trip and falls back to the popular list,
+so an app always has something to show; the popular list, the same for every user, is
+read again at most once a second (:attr:`_Keys.POPULAR_TTL_S`).
 
 >>> client = RecommendationClient("redis://127.0.0.1:1/0", timeout=0.2)
 >>> client.recommend("u1")  # doctest: +ELLIPSIS
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException
@@ -236,7 +238,7 @@ def parse_list(
     if raw is None:
         return Recommendations(user_id, [], None, None, "none")
     try:
-        doc = json.loads(raw)
+        doc = orjson.loads(raw)
         items = [
             Recommended(
                 item_id=str(it["item_id"]),
@@ -247,7 +249,7 @@ def parse_list(
             )
             for it in doc["items"][:k]
         ]
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # (orjson's errors are ValueErrors)
         where = key or ("user list" if served_from == "user" else "popular list")
         raise RecommendationsUnavailable(f"{where} is not a recommendation list: {exc}") from None
     return Recommendations(
@@ -323,6 +325,7 @@ class _Keys:
         self._timeout = timeout
         self._pool = None
         self._redis = None
+        self._popular: tuple[bytes, float] | None = None  # (document, monotonic time read)
         # Cluster and Sentinel pools fail past their size instead of waiting: reads take
         # one of MAX_CONNECTIONS slots instead, waiting up to ``timeout`` for one.
         self._slots = None
@@ -371,12 +374,20 @@ class _Keys:
             f"{self._timeout} s ({self.MAX_CONNECTIONS} reads at once at most)"
         )
 
-    def _pair(self, first: str, second: str):
-        """GET of two keys in one round trip: MGET, or one MGET per slot on a cluster
-        (the two keys may live on different nodes)."""
-        if self.cluster:
-            return self.redis.mget_nonatomic(first, second)
-        return self.redis.mget(first, second)
+    #: Seconds a client keeps the popular list it read (workers rewrite it about once a
+    #: second): a read for a user with a list of their own is then one GET of one key.
+    POPULAR_TTL_S = 1.0
+
+    def _kept_popular(self) -> bytes | None:
+        """The popular list read less than :attr:`POPULAR_TTL_S` ago, if any."""
+        kept = self._popular
+        if kept is not None and time.monotonic() - kept[1] < self.POPULAR_TTL_S:
+            return kept[0]
+        return None
+
+    def _keep_popular(self, document: bytes | None) -> None:
+        if document is not None:  # (none yet: asked again, until a worker writes one)
+            self._popular = (document, time.monotonic())
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -437,7 +448,11 @@ class RecommendationClient(_Keys):
     def _recommend(self, user_id: str, k: int, titles: bool) -> Recommendations:
         own_key = self.key("recs", user_id)
         try:
-            own, popular = self._pair(own_key, self.key("popular"))
+            own = self.redis.get(own_key)
+            popular = None
+            if own is None and (popular := self._kept_popular()) is None:
+                popular = self.redis.get(self.key("popular"))
+                self._keep_popular(popular)
             recs = parse_list(user_id, own, popular, k, own_key)
             if titles and recs.items:
                 names = self.redis.pipeline(transaction=False)
@@ -510,7 +525,11 @@ class AsyncRecommendationClient(_Keys):
     async def _recommend(self, user_id: str, k: int, titles: bool) -> Recommendations:
         own_key = self.key("recs", user_id)
         try:
-            own, popular = await self._pair(own_key, self.key("popular"))
+            own = await self.redis.get(own_key)
+            popular = None
+            if own is None and (popular := self._kept_popular()) is None:
+                popular = await self.redis.get(self.key("popular"))
+                self._keep_popular(popular)
             recs = parse_list(user_id, own, popular, k, own_key)
             if titles and recs.items:
                 async with self.redis.pipeline(transaction=False) as names:

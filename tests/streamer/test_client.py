@@ -67,6 +67,35 @@ def test_unknown_user_gets_the_popular_list(redis_url: str, stored) -> None:
     assert [r.item_id for r in recs.items] == ["p1", "p2"]
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_the_popular_list_is_read_again_at_most_once_a_second(
+    redis_url: str, stored, asynchronous: bool
+) -> None:
+    """A user with a list costs one GET; the popular list, the same for everyone, is kept
+    for POPULAR_TTL_S (workers rewrite it about once a second), then read again."""
+    r, prefix = stored
+    kind = AsyncRecommendationClient if asynchronous else RecommendationClient
+    client = kind(redis_url, prefix)
+
+    async def first_of(user: str) -> str:
+        recs = client.recommend(user, k=1)
+        recs = await recs if asynchronous else recs
+        return recs.items[0].item_id
+
+    try:
+        assert await first_of("stranger") == "p1"
+        r.set(f"{prefix}popular", doc([("p9", 1.0, "popular now")]))
+        assert await first_of("someone") == "p1"  # kept
+        assert await first_of("u1") == "a"  # (a user's own list is never kept)
+        client.POPULAR_TTL_S = 0.0
+        assert await first_of("someone") == "p9"  # read again
+    finally:
+        if asynchronous:
+            await client.aclose()
+        else:
+            client.close()
+
+
 def test_nothing_published_yet(redis_url: str, redis_key_prefix: str) -> None:
     with RecommendationClient(redis_url, redis_key_prefix) as client:
         recs = client.recommend("u1")
