@@ -28,9 +28,16 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
 RECS = [Recommendation("i1", 0.5, "popular now", "popular")]
 
 
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory) -> Iterator[RedisSentinel]:
+    """Shared by the tests that leave the master where it is."""
+    with own_redis_sentinel(tmp_path_factory.mktemp("sentinel")) as running:
+        yield running
+
+
 @pytest.fixture
-def sentinel(tmp_path) -> Iterator[RedisSentinel]:
-    """Each test its own: a failover leaves the master elsewhere."""
+def failing_sentinel(tmp_path) -> Iterator[RedisSentinel]:
+    """Of its own, for a test whose failover leaves the master elsewhere."""
     with own_redis_sentinel(tmp_path / "sentinel") as running:
         yield running
 
@@ -66,14 +73,14 @@ async def test_the_sink_and_the_readers_find_the_master_through_the_sentinels(
 
 @pytest.mark.kafka
 def test_a_worker_writes_to_the_new_master_after_a_failover(
-    sentinel: RedisSentinel, kafka_bootstrap: str, tmp_path: Path
+    failing_sentinel: RedisSentinel, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """The master is killed while the worker runs: the sentinels promote the replica,
     the worker's next writes wait for it and land there, and nothing stops."""
     env = isolated_env(
         "redissentinel",
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        REDIS_URL=sentinel.url,
+        REDIS_URL=failing_sentinel.url,
         RECSYS_PARTITIONS="2",
         RECSYS_K="5",
     )
@@ -91,8 +98,8 @@ def test_a_worker_writes_to_the_new_master_after_a_failover(
                     RatingEvent(user_id="before", item_id="a", rating=5, timestamp=now)
                 )
             wait_until(lambda: run.redis.get(f"{prefix}recs:before"), "a list", log, 60)
-            old = sentinel.kill_master()
-            new = sentinel.wait_failover(old)
+            old = failing_sentinel.kill_master()
+            new = failing_sentinel.wait_failover(old)
             with SyncEventProducer(settings) as producer:
                 producer.send_rating(
                     RatingEvent(user_id="after", item_id="b", rating=5, timestamp=time.time())
