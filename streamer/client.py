@@ -520,7 +520,18 @@ class AsyncRecommendationClient(_Keys):
 
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         async with self._slot():
-            return await self._recommend(user_id, k, titles)
+            try:
+                return await self._recommend(user_id, k, titles)
+            except AttributeError:
+                if not self.cluster:
+                    raise
+            # redis-py's asynchronous cluster client, in a burst of new connections, can
+            # send on a connection another read's failure has just closed (1 to 3 of 192
+            # reads at a cold start here, AttributeError inside redis-py): once more.
+            try:
+                return await self._recommend(user_id, k, titles)
+            except AttributeError as exc:
+                raise self.unavailable(exc) from None
 
     async def _recommend(self, user_id: str, k: int, titles: bool) -> Recommendations:
         own_key = self.key("recs", user_id)
