@@ -74,6 +74,11 @@ class Run:
         time.sleep(1.5)  # nothing more may arrive: a duplicate would show up now
         return process, self.worker_metrics(process)
 
+    def holds(self, process: subprocess.Popen, n: int) -> bool:
+        """The worker's model holds exactly ``n`` ratings, with no lag."""
+        figures = self.worker_metrics(process)
+        return figures.get("events", 0) == n and figures.get("lag", 1) == 0
+
     def shared_between(self, a: subprocess.Popen, b: subprocess.Popen, n: int):
         """Both workers' figures when together they hold ``n`` ratings and each holds
         some (they share the partitions), else None."""
@@ -230,13 +235,7 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(make_run, stream
     produce_catalog(run, stream)
     first = run.start_worker()
     produce_ratings(run, ratings[:half])
-    run.wait(
-        "the first worker to learn the first half",
-        lambda: (
-            run.worker_metrics(first).get("events", 0) == half
-            and run.worker_metrics(first).get("lag", 1) == 0
-        ),
-    )
+    run.wait("the first worker to learn the first half", lambda: run.holds(first, half))
     made = time.monotonic()
     run.wait("a snapshot of the whole first half", lambda: snapshot_covers(snapshots, half))
     run.wait(  # and the worker says so, for monitoring
@@ -292,13 +291,7 @@ def test_a_restarted_worker_is_ready_only_once_its_history_is_in_the_model(
     produce_catalog(run, stream)
     first = run.start_worker()
     produce_ratings(run, ratings)
-    run.wait(
-        "the first worker to learn every rating",
-        lambda: (
-            run.worker_metrics(first).get("events", 0) == len(ratings)
-            and run.worker_metrics(first).get("lag", 1) == 0
-        ),
-    )
+    run.wait("the first worker to learn every rating", lambda: run.holds(first, len(ratings)))
     time.sleep(4.0)  # the group commits every rating
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -334,13 +327,7 @@ def test_a_graceful_stop_snapshots_so_the_next_worker_replays_nothing(make_run, 
     produce_catalog(run, stream)
     first = run.start_worker()
     produce_ratings(run, ratings)
-    run.wait(
-        "the first worker to learn every rating",
-        lambda: (
-            run.worker_metrics(first).get("events", 0) == len(ratings)
-            and run.worker_metrics(first).get("lag", 1) == 0
-        ),
-    )
+    run.wait("the first worker to learn every rating", lambda: run.holds(first, len(ratings)))
     assert not snapshot_covers(snapshots, 1)
     stop_process(first)  # SIGTERM, as a deploy stops it
     assert first.returncode == 0, run.logs()
@@ -367,13 +354,7 @@ def test_a_worker_on_another_machine_restores_from_a_shared_snapshot_dir(
     produce_catalog(run, stream)
     first = run.start_worker()
     produce_ratings(run, ratings[:half])
-    run.wait(
-        "the first worker to learn the first half",
-        lambda: (
-            run.worker_metrics(first).get("events", 0) == half
-            and run.worker_metrics(first).get("lag", 1) == 0
-        ),
-    )
+    run.wait("the first worker to learn the first half", lambda: run.holds(first, half))
     made = time.monotonic()
     run.wait(
         "a snapshot of the first half on the shared volume",

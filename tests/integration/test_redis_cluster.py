@@ -16,6 +16,7 @@ import pytest
 import redis
 from own_services import RedisCluster, own_redis_cluster
 from polling import wait_until
+from sink_checks import check_metrics_replaced_whole
 from worker_process import cli, running_worker
 
 from recsys_online.recommender import Recommendation
@@ -93,14 +94,7 @@ async def test_the_metrics_hash_is_replaced_whole_and_item_metadata_written(
     settings = cluster_settings(cluster, "whole:")
     sink = RedisSink(settings)
     try:
-        await sink.publish_state([], {"events": 10, "snapshot_age_s": 3.0}, 1, "w1")
-        await sink.publish_state([], {"events": 20}, 2, "w2")
-        shared = await sink.redis.hgetall(settings.key("metrics"))
-        assert shared[b"worker"] == b"w2" and shared[b"events"] == b"20"
-        assert b"snapshot_age_s" not in shared
-        own = settings.key("metrics", "worker", "w1")
-        assert (await sink.redis.hgetall(own))[b"snapshot_age_s"] == b"3.0"
-        assert 0 < await sink.redis.ttl(own) <= 30
+        await check_metrics_replaced_whole(sink, settings)
         events = [
             ItemEvent(op="upsert", item_id=f"i{j}", title=f"T{j}", tags=["jazz"], timestamp=1.0)
             for j in range(40)

@@ -275,19 +275,15 @@ async def test_the_shared_metrics_hash_holds_only_the_last_writers_figures(
     redis_url: str, redis_key_prefix: str
 ) -> None:
     """A worker that publishes no snapshot figures leaves none of another's behind."""
+    from sink_checks import check_metrics_replaced_whole
+
     from streamer.settings import Settings
     from streamer.sink import RedisSink
 
     settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
     sink = RedisSink(settings)
     try:
-        await sink.publish_state([], {"events": 10, "snapshot_age_s": 3.0}, 1, "w1")
-        await sink.publish_state([], {"events": 20}, 2, "w2")
-        shared = await sink.redis.hgetall(settings.key("metrics"))
-        assert shared[b"worker"] == b"w2" and shared[b"events"] == b"20"
-        assert b"snapshot_age_s" not in shared
-        own = await sink.redis.hgetall(settings.key("metrics", "worker", "w1"))
-        assert own[b"snapshot_age_s"] == b"3.0"  # each worker's own hash keeps its own
+        await check_metrics_replaced_whole(sink, settings)
         # Readers find live workers in a registry, not by scanning the whole keyspace.
         from streamer.client import AsyncRecommendationClient
 
