@@ -5,8 +5,9 @@ item metadata under a prefix of this run's own; then, in the same run, alternati
 rounds of:
 
 1. a bare ``GET recs:{user}`` with redis-py (the baseline: one round trip, no parsing);
-2. ``RecommendationClient.recommend(user)``: the user's list and the popular fallback
-   in one ``MGET``, parsed and checked into typed results;
+2. ``RecommendationClient.recommend(user)``: one ``GET`` of the user's list, parsed and
+   checked into typed results (every user here has a list: the popular fallback, kept
+   for a second, is not read);
 3. the same with ``titles=True`` (a pipeline of ``HGET``s for the items' titles);
 4. ``AsyncRecommendationClient.recommend`` with 64 reads in flight, against bare
    asynchronous ``GET``s with 64 in flight.

@@ -593,6 +593,8 @@ class RecsysWorker:
         self.catalog = CatalogFollower(s, self.engine, self.sink)
         self.metrics_server = MetricsServer(self.prometheus, self.readiness)
         self._joined = False  # the group has assigned this worker its partitions once
+        self._stopping = False  # a stop has begun (readiness says so)
+        self._unlearned = 0  # ratings released by the merge, not learned yet
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
         self._ends: dict[int, int] = {}  # ratings partition -> its end, at the last tick
         # Ratings partitions whose whole history before the live position is in the model.
@@ -684,9 +686,13 @@ class RecsysWorker:
             released = self.ordering.release(
                 self._waiting_partitions(), min_batch=s.batch_max, max_wait_s=s.batch_within_s
             )
+            # Out of the merge and not learned yet: a stop that cancels this call between
+            # two chunks leaves the rest unlearned, and the model unfit for a snapshot.
+            self._unlearned = len(released)
             for lo in range(0, len(released), s.batch_max):
                 chunk = released[lo : lo + s.batch_max]
                 lists = self.engine.learn_ratings([held[0] for held in chunk])
+                self._unlearned -= len(chunk)
                 self.engine.remember(held[4] for held in chunk)  # (in the model only now)
                 for held in chunk:
                     self._held_ids.pop(held[4], None)
@@ -897,6 +903,8 @@ class RecsysWorker:
             waiting.append(f"the history of ratings partitions {behind}")
         if self._reset_pending:
             waiting.append("a rebuild of the model after a rebalance")
+        if self._stopping:
+            waiting.append("a stop in progress")
         account = {
             "ready": not waiting,
             "waiting_for": waiting,
@@ -1142,13 +1150,30 @@ class RecsysWorker:
 
     async def _on_shutdown(self, app: faust.App, **kwargs: object) -> None:
         """A graceful stop (SIGTERM: a deploy, a scale-in), once Faust has stopped the
-        flow and the batch in progress is done: commit what was taken, then snapshot the
-        model at those offsets, so whoever takes these partitions next (this worker
-        restarted, or another, with a shared ``RECSYS_SNAPSHOT_DIR``) replays none of
-        them. Faust itself does not commit at a stop; a commit that fails leaves the
-        snapshot ahead of the group's offsets, and the one before it is used instead."""
+        flow and committed what was acknowledged: snapshot the model at the offsets it
+        holds, so whoever takes these partitions next (this worker restarted, or
+        another, with a shared ``RECSYS_SNAPSHOT_DIR``) replays none of them.
+
+        Not after a crash, nor when the stop cut a learning call short (Faust cancels
+        the batch in progress: ratings taken out of the event-time merge and not learned
+        yet would be missing from a model whose offsets cover them); the snapshot before
+        is used then. Commits once more first (a commit that fails leaves this snapshot
+        ahead of the group's offsets, where it is never used), and gives up after
+        ``SHUTDOWN_SNAPSHOT_S`` rather than hold the stop."""
+        self._stopping = True
         if self.settings.snapshot_every_s <= 0 or not self._assigned():
             return
+        if app.crash_reason is not None or self._unlearned:
+            log.warning("no snapshot at shutdown: the stop cut learning short")
+            return
+        try:
+            await asyncio.wait_for(self._final_snapshot(app), self.SHUTDOWN_SNAPSHOT_S)
+        except Exception as exc:  # (never in the way of the rest of the stop)
+            log.warning("no snapshot at shutdown: %r", exc)
+
+    SHUTDOWN_SNAPSHOT_S = 30.0
+
+    async def _final_snapshot(self, app: faust.App) -> None:
         try:
             await app.consumer.commit()
         except Exception as exc:  # (the snapshot below is then not used: still harmless)
@@ -1433,6 +1458,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     worker = RecsysWorker(settings)
     quiet_kafka_client()  # a broker outage: a line per kind of complaint per 10 s
     config = logging_config(settings.log_format, loglevel)
-    faust.Worker(
-        worker.app, loglevel=loglevel, quiet=True, logging_config=config
-    ).execute_from_commandline()
+    runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True, logging_config=config)
+    if config is not None:  # (Faust's terminal spinner writes control codes to stdout)
+        runner.spinner = None
+    runner.execute_from_commandline()

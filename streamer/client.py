@@ -218,6 +218,18 @@ class Recommendations:
         return len(self.items)
 
 
+def check_k(k: object) -> None:
+    """A list length the clients serve: an integer >= 1 (checked before any read).
+
+    >>> check_k(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be an integer >= 1, got 0
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+
+
 def parse_list(
     user_id: str, own: bytes | None, popular: bytes | None, k: int, key: str = ""
 ) -> Recommendations:
@@ -232,8 +244,7 @@ def parse_list(
     ...
     streamer.client.RecommendationsUnavailable: recsys:recs:u9 is not a recommendation list: ...
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    check_k(k)
     raw, served_from = (own, "user") if own is not None else (popular, "popular")
     if raw is None:
         return Recommendations(user_id, [], None, None, "none")
@@ -442,6 +453,7 @@ class RecommendationClient(_Keys):
 
     def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         """The user's current top-``k`` (or the popular list when they have none)."""
+        check_k(k)
         with self._slot():
             return self._recommend(user_id, k, titles)
 
@@ -519,6 +531,7 @@ class AsyncRecommendationClient(_Keys):
             self._slots.release()
 
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
+        check_k(k)
         async with self._slot():
             try:
                 return await self._recommend(user_id, k, titles)

@@ -120,8 +120,12 @@ def unreachable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, SlotNotCoveredError):
         return True
-    # (redis-py has no class of its own for "no node answers" at a cluster client's start)
-    return type(exc) is RedisClusterException and "cannot be connected" in str(exc)
+    # (redis-py has no classes of their own for a cluster none of whose nodes answer, or
+    # whose slot map is being changed, when its client builds the map)
+    return type(exc) is RedisClusterException and any(why in str(exc) for why in _CLUSTER_AWAY)
+
+
+_CLUSTER_AWAY = ("cannot be connected", "All slots are not covered", "could not agree")
 
 
 WORKER_TTL_S = 30  # a worker's own metrics hash lives this long after its last write

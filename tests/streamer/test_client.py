@@ -131,6 +131,10 @@ def test_bad_k_is_rejected(redis_url: str, stored) -> None:
     for k in (0, 2.5, True):
         with RecommendationClient(redis_url, stored[1]) as client, pytest.raises(ValueError):
             client.recommend("u1", k=k)
+    # Before any read: a caller's mistake is not reported as Redis being down.
+    down = RecommendationClient("redis://127.0.0.1:9/0", timeout=0.2)
+    with down as client, pytest.raises(ValueError, match="k must be an integer"):
+        client.recommend("u1", k=0)
 
 
 def test_bytes_that_are_not_utf8_do_not_break_a_read(redis_url: str, stored) -> None:

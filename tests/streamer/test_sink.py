@@ -57,6 +57,8 @@ def test_the_sink_waits_out_redis_away_but_not_a_programming_error() -> None:
         e.ClusterError("TTL exhausted."),  # redirections given up during a failover
         e.SlotNotCoveredError("no node serves slot 7"),
         e.RedisClusterException("Redis Cluster cannot be connected. Please provide ..."),
+        e.RedisClusterException("All slots are not covered after query all startup_nodes."),
+        e.RedisClusterException("startup_nodes could not agree on a valid slots cache"),
         MasterNotFoundError("No master found for 'recsys'"),  # a Sentinel failover
     ]
     never = [
