@@ -336,6 +336,7 @@ class _Keys:
         self._timeout = timeout
         self._pool = None
         self._redis = None
+        self._making = threading.Lock()  # (the first reads of a client shared by threads)
         self._popular: tuple[bytes, float] | None = None  # (document, monotonic time read)
         # Cluster and Sentinel pools fail past their size instead of waiting: reads take
         # one of MAX_CONNECTIONS slots instead, waiting up to ``timeout`` for one.
@@ -367,16 +368,20 @@ class _Keys:
         read (a cluster client connects when made), so that a client can be created
         while they are down."""
         if self._redis is None:
-            try:
-                self._redis = redis_client(
-                    self.redis_url,
-                    cluster=self.cluster,
-                    asynchronous=self._asynchronous,
-                    socket_connect_timeout=self._timeout,
-                    socket_timeout=self._timeout,
-                )
-            except RedisClusterException as exc:
-                raise self.unavailable(exc) from None
+            # Threads reading at once would each make one, and all but one would never
+            # be closed (nor their connections to the sentinels).
+            with self._making:
+                if self._redis is None:
+                    try:
+                        self._redis = redis_client(
+                            self.redis_url,
+                            cluster=self.cluster,
+                            asynchronous=self._asynchronous,
+                            socket_connect_timeout=self._timeout,
+                            socket_timeout=self._timeout,
+                        )
+                    except RedisClusterException as exc:
+                        raise self.unavailable(exc) from None
         return self._redis
 
     def _no_slot(self) -> RecommendationsUnavailable:

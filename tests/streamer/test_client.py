@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -205,3 +206,31 @@ async def test_the_dashboard_never_moves_off_the_port_asked_for() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError):
             await serve(Settings(), "127.0.0.1", port)
+
+
+def test_threads_reading_at_once_share_one_redis_client(monkeypatch) -> None:
+    """A Sentinel or cluster client is made at the first read; threads arriving at once
+    must not each make one (all but one would never be closed)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import streamer.client as client_module
+
+    made = []
+    start = threading.Barrier(8)
+
+    def slow_client(*args, **kwargs) -> object:
+        made.append(1)
+        time.sleep(0.05)
+        return object()
+
+    monkeypatch.setattr(client_module, "redis_client", slow_client)
+    reader = RecommendationClient("redis+sentinel://127.0.0.1:1/recsys/0")
+
+    def first_read(_: int) -> object:
+        start.wait()
+        return reader.redis
+
+    with ThreadPoolExecutor(8) as pool:
+        clients = list(pool.map(first_read, range(8)))
+    assert len(made) == 1 and all(c is clients[0] for c in clients)
