@@ -6,9 +6,10 @@ rounds of:
 
 1. a bare ``GET recs:{user}`` with redis-py (the baseline: one round trip, no parsing);
 2. ``RecommendationClient.recommend(user)``: one ``GET`` of the user's list, parsed and
-   checked into typed results (every user here has a list: the popular fallback, kept
-   for a second, is not read);
-3. the same with ``titles=True`` (a pipeline of ``HGET``s for the items' titles);
+   checked into typed results;
+3. the same for users with no list (a ``GET`` that finds nothing, then the popular list
+   kept for a second), and with ``titles=True`` (a pipeline of ``HGET``s for the items'
+   titles);
 4. ``AsyncRecommendationClient.recommend`` with 64 reads in flight, against bare
    asynchronous ``GET``s with 64 in flight.
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             users = [f"u{rng.randrange(args.users)}" for _ in range(args.reads)]
             record("bare GET", timed_each(lambda u: bare.get(f"{prefix}recs:{u}"), users))
             record("recommend", timed_each(client.recommend, users))
+            strangers = [f"stranger{j}" for j in range(len(users))]  # no list: popular
+            record("recommend, unknown users", timed_each(client.recommend, strangers))
             titled = timed_each(lambda u: client.recommend(u, titles=True), users)
             record("recommend, titles", titled)
             raw, typed = asyncio.run(in_flight(users))
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {
         "recommend / bare GET, p50": ratio("recommend", "bare GET", "p50_us"),
         "recommend with titles / bare GET, p50": ratio("recommend, titles", "bare GET", "p50_us"),
+        "recommend, unknown users / bare GET, p50": ratio(
+            "recommend, unknown users", "bare GET", "p50_us"
+        ),
         "async recommend / async bare GET, reads/s": ratio(
             "async recommend, 64 in flight", "async bare GET, 64 in flight", "reads_per_s"
         ),
