@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recsys_online.recommender import Recommendation
 from schemas import ItemEvent
-from streamer.client import aclose_client, close_client, redis_client
+from streamer.client import REDIS_ERRORS, SentinelURL, aclose_client, close_client, redis_client
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,13 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False)
     where = redacted_url(redis_url)
     options = _probe_options(timeout_s)
     if is_sentinel(redis_url):
-        refused, master = _sentinel_master_address(redis_url, where, timeout_s)
+        url = sentinel_url(redis_url)
+        refused, master = _sentinel_master_address(url, where, timeout_s)
         if refused is not None or master is None:  # (no sentinel answers yet: waited for)
             return refused
         # The master the sentinels name, asked directly: through the sentinels, redis-py
         # would retry each one that does not answer, for minutes.
-        client = redis.Redis(
-            host=master[0], port=master[1], **sentinel_url(redis_url).master, **options
-        )
+        client = redis.Redis(host=master[0], port=master[1], **url.master, **options)
     else:
         client = redis_client(redis_url, **options)
     try:
@@ -191,17 +190,14 @@ def _probe_options(timeout_s: float) -> dict:
 
 
 def _sentinel_master_address(
-    redis_url: str, where: str, timeout_s: float
+    url: SentinelURL, where: str, timeout_s: float
 ) -> tuple[str | None, tuple[str, int] | None]:
-    """Ask each sentinel of ``redis_url``: why the worker could never use them (they
+    """Ask each sentinel of ``url``: why the worker could never use them (they
     answer but watch no master of the URL's name, a misspelling that would otherwise be
     waited for forever; they refuse the credentials; they are no sentinels), and the
     master's address as the first that knows it names it (None: none answers yet)."""
     import redis
 
-    from streamer.client import sentinel_url
-
-    url = sentinel_url(redis_url)
     watched: set[str] = set()
     answered = False
     master = None
@@ -283,12 +279,7 @@ class RedisSink:
         while True:
             try:
                 result = await write()
-            except (
-                RedisConnectionError,
-                RedisTimeoutError,
-                RedisClusterException,
-                ClusterError,
-            ) as exc:
+            except REDIS_ERRORS as exc:
                 if not unreachable(exc):
                     raise
                 failures += 1

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SERVICES = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
@@ -71,20 +71,14 @@ class RedisCluster:
 
     def start_node(self, port: int) -> None:
         """Start (or restart, from its ``nodes.conf``: it takes back its slots) a node."""
-        server = shutil.which("redis-server")
-        assert server, "redis-server is missing: run scripts/services.sh up"
         node_dir = self.directory / str(port)
         node_dir.mkdir(parents=True, exist_ok=True)
-        self.processes[port] = subprocess.Popen(
-            [
-                *(server, "--port", str(port), "--bind", "127.0.0.1"),
-                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                # A node away for 2 s is failed (the cluster refuses writes meanwhile).
-                *("--cluster-node-timeout", "2000"),
-                *("--save", "", "--appendonly", "no", "--dir", str(node_dir)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.processes[port] = _redis_server(
+            *("--port", str(port), "--bind", "127.0.0.1"),
+            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            # A node away for 2 s is failed (the cluster refuses writes meanwhile).
+            *("--cluster-node-timeout", "2000"),
+            *("--save", "", "--appendonly", "no", "--dir", str(node_dir)),
         )
 
     def stop_node(self, port: int) -> None:
@@ -93,9 +87,7 @@ class RedisCluster:
         process.wait(timeout=10)
 
     def cli(self, port: int, *args: str) -> str:
-        done = subprocess.run(
-            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=60
-        )
+        done = _redis_cli(port, *args)
         assert done.returncode == 0, done.stderr + done.stdout
         return done.stdout
 
@@ -125,12 +117,13 @@ class RedisCluster:
             self.stop_node(port)
 
 
-def _distinct_free_ports(n: int) -> list[int]:
-    """``n`` free ports, no two the same (the kernel may hand a closed port out again)."""
+def _distinct_free_ports(n: int, fits: Callable[[int], bool] = lambda port: True) -> list[int]:
+    """``n`` free ports that ``fits`` accepts, no two the same (the kernel may hand a
+    closed port out again)."""
     ports: list[int] = []
     while len(ports) < n:
         port = free_port()
-        if port not in ports:
+        if port not in ports and fits(port):
             ports.append(port)
     return ports
 
@@ -138,23 +131,34 @@ def _distinct_free_ports(n: int) -> list[int]:
 def _cluster_ports(n: int) -> list[int]:
     """``n`` distinct free ports whose cluster bus ports (port + 10000, which Redis
     also listens on) are free and valid too."""
-    ports: list[int] = []
-    while len(ports) < n:
-        port = free_port()
-        if port + 10_000 > 65_535 or port in ports:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10_000))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
+    return _distinct_free_ports(n, lambda port: port + 10_000 <= 65_535 and _free(port + 10_000))
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _redis_server(*args: str) -> subprocess.Popen:
+    """A ``redis-server`` (Debian's, which the services script installs) run with ``args``."""
+    server = shutil.which("redis-server")
+    assert server, "redis-server is missing: run scripts/services.sh up"
+    return subprocess.Popen([server, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _redis_cli(port: int, *args: str) -> subprocess.CompletedProcess:
+    """``redis-cli -p PORT ARGS``, its output as text."""
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def _answers(port: int) -> bool:
-    done = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
-    return done.stdout.strip() == "PONG"
+    return _redis_cli(port, "ping").stdout.strip() == "PONG"
 
 
 @contextlib.contextmanager
@@ -187,21 +191,13 @@ class RedisSentinel:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
 
-    def _start(self, port: int, *args: str) -> None:
-        server = shutil.which("redis-server")
-        assert server, "redis-server is missing: run scripts/services.sh up"
-        self.processes[port] = subprocess.Popen(
-            [server, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
     def start(self) -> None:
         master, replica = self.redis_ports
         for port in self.redis_ports:
             node_dir = self.directory / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
             extra = ("--replicaof", "127.0.0.1", str(master)) if port == replica else ()
-            self._start(
-                port,
+            self.processes[port] = _redis_server(
                 *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)),
                 *("--save", "", "--appendonly", "no", *extra),
             )
@@ -213,7 +209,7 @@ class RedisSentinel:
                 f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
             )
-            self._start(port, str(conf), "--sentinel")
+            self.processes[port] = _redis_server(str(conf), "--sentinel")
         deadline = time.monotonic() + 60
         while not (self.master_port() == master and self._replicating(replica) and self._met()):
             exited = [port for port, p in self.processes.items() if p.poll() is not None]
@@ -227,13 +223,8 @@ class RedisSentinel:
         master killed before would stay failed with no one promoted."""
         replica = str(self.redis_ports[1])
         for port in self.sentinel_ports:
-            ask = ["redis-cli", "-p", str(port), "sentinel"]
-            replicas = subprocess.run(
-                [*ask, "replicas", self.SERVICE], capture_output=True, text=True
-            ).stdout
-            others = subprocess.run(
-                [*ask, "sentinels", self.SERVICE], capture_output=True, text=True
-            ).stdout
+            replicas = _redis_cli(port, "sentinel", "replicas", self.SERVICE).stdout
+            others = _redis_cli(port, "sentinel", "sentinels", self.SERVICE).stdout
             if replica not in replicas.split() or others.split().count("name") != 2:
                 return False
         return True
@@ -241,21 +232,14 @@ class RedisSentinel:
     def master_port(self) -> int | None:
         """The master's port as the first sentinel that answers sees it."""
         for port in self.sentinel_ports:
-            done = subprocess.run(
-                ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", self.SERVICE],
-                capture_output=True,
-                text=True,
-            )
+            done = _redis_cli(port, "sentinel", "get-master-addr-by-name", self.SERVICE)
             lines = done.stdout.split()
             if done.returncode == 0 and len(lines) == 2:
                 return int(lines[1])
         return None
 
     def _replicating(self, port: int) -> bool:
-        done = subprocess.run(
-            ["redis-cli", "-p", str(port), "info", "replication"], capture_output=True, text=True
-        )
-        return "master_link_status:up" in done.stdout
+        return "master_link_status:up" in _redis_cli(port, "info", "replication").stdout
 
     def kill_master(self) -> int:
         """SIGKILL the master; returns its port."""
