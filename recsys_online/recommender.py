@@ -1080,22 +1080,61 @@ class Recommender:
     def similar_items(self, item: str, k: int = 10) -> list[Recommendation]:
         """More like this: live items closest to ``item`` by content and co-occurrence
         (only items that share a tag or co-occurred with it; none for a deleted item)."""
-        row = self.items.get(item)
-        if row is None or self.deleted[row]:
-            return []
-        scores = self.content.similar_items(row).copy()
-        nbr, w = self.cooc.nbr[row], self.cooc.weight[row]
-        if w.max(initial=0.0) > 0:
-            scores[nbr[nbr >= 0]] += w[nbr >= 0] / w.max()
-        scores[row] = -np.inf
-        scores[~self.active[: self.n_items]] = -np.inf
-        return [
-            Recommendation(
-                self.items.id_of(int(j)), float(scores[j]), f"similar to {item}", "content", item
-            )
-            for j in _top_k(scores, k)
-            if scores[j] > 0
-        ]
+        return self.similar_many([item], k)[0]
+
+    def similar_many(self, items: Sequence[str], k: int = 10) -> list[list[Recommendation]]:
+        """Batched :meth:`similar_items`: one product of content vectors for all ``items``.
+
+        An item's score is its content cosine with the asked item plus its co-occurrence
+        weight as a share of the asked item's heaviest neighbour, so both lie in [0, 1];
+        only items scoring above 0 are listed. The larger part gives the reason: "rated
+        together with X" (co-occurrence) or "similar to X" (content). Unknown and
+        deleted items get an empty list.
+
+        >>> rec = Recommender()
+        >>> rec.upsert_items(["a", "b", "c"], [{"jazz": 1.0}, {"jazz": 1.0}, {"rock": 1.0}])
+        >>> [(r.item, r.source) for r in rec.similar_many(["a", "gone"], 5)[0]]
+        [('b', 'content')]
+        >>> rec.similar_many(["a", "gone"], 5)[1]
+        []
+        """
+        rows = [self.items.get(x) for x in items]
+        asked = [n for n, r in enumerate(rows) if r is not None and not self.deleted[r]]
+        out: list[list[Recommendation]] = [[] for _ in items]
+        n = self.n_items
+        if not asked or k <= 0 or n == 0:
+            return out
+        r = np.array([rows[a] for a in asked], np.int64)
+        b = np.arange(len(r))
+        block, width = padded_width(n, k)
+        scores = np.full((len(r), width), -np.inf, np.float32)
+        scores[:, :n] = self.content.C[r] @ self.content.C[:n].T
+        # Co-occurrence: each item's neighbours are distinct, so one scatter adds them.
+        nbr, weight = self.cooc.nbr[r], self.cooc.weight[r]  # (B, M)
+        share = weight / np.maximum(weight.max(axis=1, initial=0.0), 1e-30)[:, None]
+        at = nbr >= 0
+        scores[np.nonzero(at)[0], nbr[at]] += share[at]
+        scores[:, :n][:, ~self.active[:n]] = -np.inf
+        scores[b, r] = -np.inf
+        top, top_scores = top_k_rows(scores, k, block)
+        top[top_scores <= 0] = -1  # (only what shares a tag or co-occurred: best first)
+        # Each listed item's co-occurrence part (B, k): its share where it is a neighbour.
+        match = (top[:, :, None] == nbr[:, None, :]) & at[:, None, :]
+        from_cooc = np.where(match, share[:, None, :], 0.0).sum(axis=2)
+        led_by_cooc = (from_cooc * 2 > top_scores).tolist()
+        listed = (top >= 0).tolist()
+        ids = iter(self.items.ids_of(top[top >= 0].tolist()))
+        values = top_scores.tolist()
+        for j, a in enumerate(asked):
+            name = items[a]
+            out[a] = [
+                Recommendation(next(ids), s, f"rated together with {name}", "co-occurrence", name)
+                if c
+                else Recommendation(next(ids), s, f"similar to {name}", "content", name)
+                for s, c, ok in zip(values[j], led_by_cooc[j], listed[j], strict=True)
+                if ok
+            ]
+        return out
 
     def _explain_many(
         self,

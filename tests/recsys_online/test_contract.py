@@ -344,6 +344,21 @@ def test_similar_items_share_a_tag_or_cooccurred(name: str, model: Recommender) 
     assert model.similar_items(some, K) == []
 
 
+def test_similar_many_lists_what_similar_items_lists_for_each(
+    name: str, model: Recommender
+) -> None:
+    items = [*sorted(_live_items())[:12], GHOST_ITEM]
+    batched = model.similar_many(items, K)
+    assert len(batched) == len(items) and batched[-1] == []
+    assert any(batched)
+    for item, recs in zip(items, batched, strict=True):
+        one = model.similar_items(item, K)
+        assert [r[2:] for r in recs] == [r[2:] for r in one]  # reason, source, because
+        assert [r.item for r in recs] == [r.item for r in one]
+        assert np.allclose([r.score for r in recs], [r.score for r in one], atol=1e-5)
+        assert item not in [r.item for r in recs]
+
+
 # ---------------------------------------------------------------------------- consistency
 
 
