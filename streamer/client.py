@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import orjson
@@ -40,6 +40,7 @@ class RecommendationsUnavailable(RuntimeError):
 # What reading or writing Redis can raise when it is away or refuses: a cluster client
 # that reaches no node raises RedisClusterException, which is not a RedisError.
 REDIS_ERRORS = (redis.RedisError, RedisClusterException)
+T = TypeVar("T")
 
 
 def redis_client(url: str, cluster: bool = False, asynchronous: bool = False, **options):
@@ -218,6 +219,31 @@ class Recommendations:
         return len(self.items)
 
 
+@dataclass(frozen=True)
+class SimilarItems:
+    """An item's "more like this" list as the workers last wrote it.
+
+    ``served_from`` is ``"item"`` for the item's own list (possibly empty: nothing shares
+    a tag or was rated together with it), ``"popular"`` for the popular list when the
+    item has none yet (a workers' refresh tick after it was listed) or was deleted,
+    ``"none"`` when no worker has written anything under this prefix.
+    """
+
+    item_id: str
+    items: list[Recommended]
+    model_version: int | None
+    updated_at: float | None
+    served_from: Literal["item", "popular", "none"]
+
+    @property
+    def fallback(self) -> bool:
+        """True when these are not the item's own list."""
+        return self.served_from != "item"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 def check_k(k: object) -> None:
     """A list length the clients serve: an integer >= 1 (checked before any read).
 
@@ -294,7 +320,24 @@ def redacted_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def with_titles(recs: Recommendations, titles: Sequence[bytes | None]) -> Recommendations:
+def parse_similar(
+    item_id: str, own: bytes | None, popular: bytes | None, k: int, key: str = ""
+) -> SimilarItems:
+    """:func:`parse_list` for an item's "more like this" list.
+
+    >>> doc = b'{"item_id":"i1","items":[{"item_id":"i2","score":0.9,"reason":"similar to i1"}]}'
+    >>> s = parse_similar("i1", doc, None, 10)
+    >>> s.served_from, s.items[0].item_id, s.fallback
+    ('item', 'i2', False)
+    """
+    recs = parse_list(item_id, own, popular, k, key)
+    served_from = "item" if recs.served_from == "user" else recs.served_from
+    return SimilarItems(item_id, recs.items, recs.model_version, recs.updated_at, served_from)
+
+
+def with_titles(recs: T, titles: Sequence[bytes | None]) -> T:
+    """``recs`` (a :class:`Recommendations` or :class:`SimilarItems`) with each item's
+    title."""
     items = [
         Recommended(
             r.item_id,
@@ -306,9 +349,7 @@ def with_titles(recs: Recommendations, titles: Sequence[bytes | None]) -> Recomm
         )
         for r, t in zip(recs.items, titles, strict=True)
     ]
-    return Recommendations(
-        recs.user_id, items, recs.model_version, recs.updated_at, recs.served_from
-    )
+    return replace(recs, items=items)
 
 
 def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -460,17 +501,24 @@ class RecommendationClient(_Keys):
         """The user's current top-``k`` (or the popular list when they have none)."""
         check_k(k)
         with self._slot():
-            return self._recommend(user_id, k, titles)
+            return self._read(parse_list, "recs", user_id, k, titles)
 
-    def _recommend(self, user_id: str, k: int, titles: bool) -> Recommendations:
-        own_key = self.key("recs", user_id)
+    def similar(self, item_id: str, k: int = 10, titles: bool = False) -> SimilarItems:
+        """More like this: the ``k`` items closest to ``item_id`` by content and by
+        co-occurrence (or the popular list while the item has none)."""
+        check_k(k)
+        with self._slot():
+            return self._read(parse_similar, "similar", item_id, k, titles)
+
+    def _read(self, parse: Callable[..., T], kind: str, name: str, k: int, titles: bool) -> T:
+        own_key = self.key(kind, name)
         try:
             own = self.redis.get(own_key)
             popular = None
             if own is None and (popular := self._kept_popular()) is None:
                 popular = self.redis.get(self.key("popular"))
                 self._keep_popular(popular)
-            recs = parse_list(user_id, own, popular, k, own_key)
+            recs = parse(name, own, popular, k, own_key)
             if titles and recs.items:
                 names = self.redis.pipeline(transaction=False)
                 for r in recs.items:
@@ -537,9 +585,18 @@ class AsyncRecommendationClient(_Keys):
 
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         check_k(k)
+        return await self._read_once_more(parse_list, "recs", user_id, k, titles)
+
+    async def similar(self, item_id: str, k: int = 10, titles: bool = False) -> SimilarItems:
+        check_k(k)
+        return await self._read_once_more(parse_similar, "similar", item_id, k, titles)
+
+    async def _read_once_more(
+        self, parse: Callable[..., T], kind: str, name: str, k: int, titles: bool
+    ) -> T:
         async with self._slot():
             try:
-                return await self._recommend(user_id, k, titles)
+                return await self._read(parse, kind, name, k, titles)
             except AttributeError:
                 if not self.cluster:
                     raise
@@ -547,19 +604,19 @@ class AsyncRecommendationClient(_Keys):
             # send on a connection another read's failure has just closed (1 to 3 of 192
             # reads at a cold start here, AttributeError inside redis-py): once more.
             try:
-                return await self._recommend(user_id, k, titles)
+                return await self._read(parse, kind, name, k, titles)
             except AttributeError as exc:
                 raise self.unavailable(exc) from None
 
-    async def _recommend(self, user_id: str, k: int, titles: bool) -> Recommendations:
-        own_key = self.key("recs", user_id)
+    async def _read(self, parse: Callable[..., T], kind: str, name: str, k: int, titles: bool) -> T:
+        own_key = self.key(kind, name)
         try:
             own = await self.redis.get(own_key)
             popular = None
             if own is None and (popular := self._kept_popular()) is None:
                 popular = await self.redis.get(self.key("popular"))
                 self._keep_popular(popular)
-            recs = parse_list(user_id, own, popular, k, own_key)
+            recs = parse(name, own, popular, k, own_key)
             if titles and recs.items:
                 async with self.redis.pipeline(transaction=False) as names:
                     for r in recs.items:

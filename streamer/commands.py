@@ -1,5 +1,5 @@
-"""The users' commands: ``produce``, ``stream``, ``recs``, ``metrics``, ``deadletters``,
-``snapshots`` and ``dashboard``.
+"""The users' commands: ``produce``, ``stream``, ``recs``, ``similar``, ``metrics``,
+``deadletters``, ``snapshots`` and ``dashboard``.
 
 Each reads the same ``RECSYS_*`` settings as the worker (``KAFKA_BOOTSTRAP_SERVERS`` and
 ``REDIS_URL`` too), so whatever the worker is pointed at, these are.
@@ -85,6 +85,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     recs.add_argument("--k", type=positive_int, default=10)
     recs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     recs.set_defaults(run=run_recs)
+
+    similar = sub.add_parser("similar", help='print an item\'s "more like this" list from Redis')
+    similar.add_argument("item_id")
+    similar.add_argument("--k", type=positive_int, default=10)
+    similar.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    similar.set_defaults(run=run_similar)
 
     metrics = sub.add_parser("metrics", help="print the live metrics from Redis")
     metrics.add_argument(
@@ -304,12 +310,22 @@ def run_stream(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ read
 def run_recs(args: argparse.Namespace) -> int:
+    return _print_list(args, "user_id", args.user_id)
+
+
+def run_similar(args: argparse.Namespace) -> int:
+    return _print_list(args, "item_id", args.item_id)
+
+
+def _print_list(args: argparse.Namespace, subject: str, name: str) -> int:
+    """A user's list (``recs``) or an item's "more like this" list (``similar``)."""
     settings = Settings.from_env()
     try:
         with RecommendationClient(
             settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
         ) as client:
-            recs = client.recommend(args.user_id, k=args.k, titles=True)
+            read = client.recommend if subject == "user_id" else client.similar
+            recs = read(name, k=args.k, titles=True)
     except RecommendationsUnavailable as exc:
         return fail(str(exc))
     except ValueError as exc:
@@ -318,7 +334,7 @@ def run_recs(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "user_id": recs.user_id,
+                    subject: name,
                     "served_from": recs.served_from,
                     "model_version": recs.model_version,
                     "updated_at": recs.updated_at,
@@ -335,12 +351,15 @@ def run_recs(args: argparse.Namespace) -> int:
             "running with the same RECSYS_KEY_PREFIX?"
         )
         return 1
-    head = (
-        f"{recs.user_id}: model version {recs.model_version}, updated "
-        f"{time.strftime('%H:%M:%S', time.localtime(recs.updated_at or 0))}"
-        if recs.served_from == "user"
-        else f"{recs.user_id}: no list of their own yet; the popular list"
-    )
+    if not recs.fallback:
+        head = (
+            f"{name}: model version {recs.model_version}, updated "
+            f"{time.strftime('%H:%M:%S', time.localtime(recs.updated_at or 0))}"
+        )
+    elif subject == "user_id":
+        head = f"{name}: no list of their own yet; the popular list"
+    else:
+        head = f"{name}: no list of its own (not listed yet, or deleted); the popular list"
     print(head)
     print(format_recs(recs.items))
     return 0

@@ -97,6 +97,20 @@ def show_lists(settings: Settings, users: list[str]) -> None:
                 say(f"    {n}. {rec.item_id:<8} {rec.score:7.3f}  {rec.reason}")
 
 
+def show_similar(settings: Settings, item: str) -> None:
+    """An item's "more like this" list, as an item page reads it (waiting a few seconds
+    for a list the worker has not written yet: lists follow ratings in the background)."""
+    with RecommendationClient(settings.redis_url, settings.key_prefix) as reader:
+        deadline = time.monotonic() + 5.0
+        while (more := reader.similar(item, k=5)).fallback and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if more.fallback:
+        return
+    say(f"\n  {settings.key('similar', item)}  (more like {item})")
+    for n, rec in enumerate(more.items, 1):
+        say(f"    {n}. {rec.item_id:<8} {rec.score:7.3f}  {rec.reason}")
+
+
 def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = False) -> int:
     """The whole path a newcomer should see; ``wait`` keeps the worker and dashboard up
     after the stream until Ctrl-C."""
@@ -177,9 +191,14 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
             u for u in recent_users if counts[u] >= 20 and client.exists(settings.key("recs", u))
         ][:3]
         show_lists(settings, heavy)
+        liked = next((r.item for r in reversed(ds.ratings) if r.rating >= 4), None)
+        if liked is not None:
+            show_similar(settings, liked)
         if heavy:
             say(f"\n   the same from the shell:  recsys-online recs {heavy[0]}")
             say(f"                             redis-cli GET {settings.key('recs', heavy[0])}")
+        if liked is not None:
+            say(f"   more like an item:        recsys-online similar {liked}")
             say(f"   on the dashboard:         {url}?user={heavy[0]}")
         say(f"   metrics:                  recsys-online metrics   ({settings.key('metrics')})")
         if wait:

@@ -15,7 +15,7 @@ import numpy as np
 from recsys_online.evaluate import ErrorScore, RankingScore, rank_in
 from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
-from recsys_online.ids import IdIndex
+from recsys_online.ids import IdIndex, row_map
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
 from streamer.metrics import (
     DEADLETTER_FIELD,
@@ -26,8 +26,13 @@ from streamer.metrics import (
     deadletter_kind,
 )
 from streamer.settings import Settings
+from streamer.similar import SimilarDue
 
 Lists = dict[str, list[Recommendation]]
+
+# A "more like this" list no rating moved is written again after this long, so it
+# follows the items around it (their tags, their own ratings).
+SIMILAR_MAX_AGE_S = 3600.0
 
 
 def event_time_steps(ratings: Sequence[Rating], window_s: float) -> list[list[Rating]]:
@@ -143,6 +148,8 @@ class StreamEngine:
         # shared item changes (RECSYS_SHARE_ITEMS_EVERY_S): learning one of them here too
         # would count its ratings twice, so the worker rebuilds first.
         self.shared_from: set[int] = set()
+        # "More like this": which items' lists are due (``similar_lists``).
+        self.similar = SimilarDue(SIMILAR_MAX_AGE_S)
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
@@ -169,6 +176,7 @@ class StreamEngine:
         self.evaluated += len(ratings)
         self._rate.append((time.monotonic(), self.events))
         self.version += 1
+        self._rated(ratings)
         return self._serve(dict.fromkeys(r.user for r in ratings))
 
     def _evaluate_and_learn(self, step: Sequence[Rating], touched: set[str]) -> None:
@@ -182,9 +190,7 @@ class StreamEngine:
         # A re-rating of an item the user rated before is not ranked (as in the replay):
         # lists exclude every rated item, so it could only count as a miss.
         again = model.has_rated(users, items)
-        relevant = [
-            n for n, v in enumerate(values) if v >= self.settings.relevant and not again[n]
-        ]
+        relevant = [n for n, v in enumerate(values) if v >= self.settings.relevant and not again[n]]
         # A list ranked now, for the users whose served list is not what the app shows
         # (none yet, or changed by their earlier rating in this batch: it would have been
         # published by the time of this one) and for the sampled ratings of ``ranking_now``.
@@ -233,6 +239,14 @@ class StreamEngine:
             self._learn(step)
         self.events += len(ratings)
         self.version += 1
+        self._rated(ratings)
+
+    def _rated(self, ratings: Sequence[Rating]) -> None:
+        """The rated items' co-occurrence moved: their similar lists fall due."""
+        every = self.settings.similar_every_s
+        if every > 0:
+            rows = self.model.items.get_many([r.item for r in ratings])
+            self.similar.rated(rows[rows >= 0], time.time(), every)
 
     LIVE_FIGURES = (
         "evaluated",
@@ -312,6 +326,7 @@ class StreamEngine:
         state.setdefault("shared_from", set())
         state.setdefault("freshness_all", Quantiles())
         state.setdefault("deadletter_kinds", {})
+        state.setdefault("similar", SimilarDue(SIMILAR_MAX_AGE_S))
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -386,6 +401,8 @@ class StreamEngine:
         for item in items:
             self.catalog_version += 1
             self.changed_items[item] = self.catalog_version
+        if self.settings.similar_every_s > 0:
+            self.similar.changed(self.model.items.get_many(items), time.time())
 
     def delete_item(self, item: str) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it.
@@ -396,6 +413,8 @@ class StreamEngine:
         if item in self.pending:  # known, so its later ratings are refused as deleted
             self._bring_in(item)
         self.model.delete_item(item)
+        if self.settings.similar_every_s > 0:
+            self.similar.deleted(self.model.items.get(item), time.time())
         shown = [u for u, items in self.served.items() if item in items]
         return self._serve(shown)
 
@@ -416,9 +435,11 @@ class StreamEngine:
         """
         if not self._live or not self.compact_due():
             return 0
-        model = self.model
-        deleted = np.flatnonzero(model.deleted[: model.n_items])
+        model, n = self.model, self.model.n_items
+        deleted = np.flatnonzero(model.deleted[:n])
         self.freed.rows(model.items.ids_of(deleted.tolist()))
+        keep = np.flatnonzero(~model.deleted[:n])
+        self.similar.keep_items(keep, row_map(keep, n))
         return model.compact()
 
     def compact_due(self) -> bool:
@@ -504,6 +525,45 @@ class StreamEngine:
     def popular(self) -> list[Recommendation]:
         """The list for users the model does not know."""
         return self.model.popular(self.settings.k)
+
+    def similar_lists(self, limit: int = 256, now: float | None = None) -> Lists:
+        """The "more like this" lists due (:class:`~streamer.similar.SimilarDue`), up to
+        ``limit`` of them, by item: new and changed items first, then those a rating
+        moved (at most every ``settings.similar_every_s``), those that showed an item
+        deleted since, and any older than an hour. {} when the setting is 0.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> for item in "abc":
+        ...     engine.upsert_item(item, {"jazz": 1.0})
+        >>> {item: [r.item for r in recs] for item, recs in engine.similar_lists().items()}
+        {'a': ['b', 'c'], 'b': ['a', 'c'], 'c': ['a', 'b']}
+        >>> engine.similar_lists()
+        {}
+        >>> _ = engine.delete_item("c")
+        >>> {item: [r.item for r in recs] for item, recs in engine.similar_lists().items()}
+        {'a': ['b'], 'b': ['a']}
+        """
+        if self.settings.similar_every_s <= 0:
+            return {}
+        model, now = self.model, time.time() if now is None else now
+        n, content, k = model.n_items, model.content.C, self.settings.k
+
+        def entering(rows: np.ndarray) -> np.ndarray:  # best content score of each item
+            return (content[:n] @ content[rows].T).max(axis=1)
+
+        rows = self.similar.take(n, model.active, limit, now, entering)
+        if not len(rows):
+            return {}
+        items = model.items.ids_of(rows.tolist())
+        lists = model.similar_many(items, k)
+        listed = np.full((len(rows), k), -1, np.int32)
+        floor = np.zeros(len(rows), np.float32)
+        for b, recs in enumerate(lists):
+            listed[b, : len(recs)] = model.items.get_many([r.item for r in recs])
+            if len(recs) == k:
+                floor[b] = recs[-1].score
+        self.similar.wrote(rows, listed, floor, now)
+        return dict(zip(items, lists, strict=True))
 
     def _serve(self, users: Iterable[str]) -> Lists:
         users = list(users)

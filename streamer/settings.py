@@ -81,6 +81,7 @@ class Settings:
     snapshot_dir: str = ""
     snapshot_every_s: float = 60.0
     share_items_every_s: float = 0.0
+    similar_every_s: float = 30.0  # "more like this" lists: at most this often per rated item
     dedupe_window: int = 100_000
     compact_share: float = 0.25
     seed: int = 42
@@ -387,7 +388,14 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     ),
     (("refresh_every_s", "session_timeout_s", "learn_window_s"), lambda v: v > 0, "must be > 0"),
     (
-        ("batch_within_s", "snapshot_every_s", "share_items_every_s", "dedupe_window", "gc_young"),
+        (
+            "batch_within_s",
+            "snapshot_every_s",
+            "share_items_every_s",
+            "similar_every_s",
+            "dedupe_window",
+            "gc_young",
+        ),
         lambda v: v >= 0,
         "must be >= 0 (0: off)",
     ),

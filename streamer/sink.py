@@ -45,9 +45,13 @@ def list_document(
 
 
 def list_documents(
-    lists: Mapping[str | None, Sequence[Recommendation]], version: int, updated_at: float
+    lists: Mapping[str | None, Sequence[Recommendation]],
+    version: int,
+    updated_at: float,
+    subject: str = "user_id",
 ) -> list[bytes]:
-    """:func:`list_document` of each user's list, scores rounded to 6 decimals.
+    """:func:`list_document` of each user's list, scores rounded to 6 decimals
+    (``subject="item_id"``: of each item's "more like this" list).
 
     Every score of the batch is rounded in one array operation: Python's ``round`` took
     5 of a 10-item document's 9 us (the same values on a million float32 scores).
@@ -62,7 +66,7 @@ def list_documents(
     return [
         orjson.dumps(
             {
-                "user_id": user,
+                subject: user,
                 "items": [
                     {
                         "item_id": item,
@@ -310,15 +314,17 @@ class RedisSink:
         await self._until_written(what, write)
 
     async def publish_lists(
-        self, lists: Mapping[str, Sequence[Recommendation]], version: int
+        self, lists: Mapping[str, Sequence[Recommendation]], version: int, similar: bool = False
     ) -> float:
-        """Store each user's list; returns the time the transaction completed."""
+        """Store each user's list (``similar``: each item's "more like this" list, under
+        ``similar:{item}``); returns the time the transaction completed."""
         if not lists:
             return time.time()
         now = time.time()
         key = self.settings.key
-        keys = [key("recs", user) for user in lists]
-        documents = list_documents(lists, version, now)
+        kind, subject = ("similar", "item_id") if similar else ("recs", "user_id")
+        keys = [key(kind, name) for name in lists]
+        documents = list_documents(lists, version, now, subject)
         ttl = self.settings.recs_ttl_s
         if self.cluster:
 
@@ -378,7 +384,8 @@ class RedisSink:
 
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:
         """Item metadata for apps rendering lists (``item:{item_id}`` hashes), one
-        transaction per batch; a delete removes the item's hash."""
+        transaction per batch; a delete removes the item's hash and its "more like
+        this" list."""
         if not events:
             return
         now = time.time()
@@ -388,6 +395,7 @@ class RedisSink:
                 key = self.settings.key("item", event.item_id)
                 if event.op == "delete":
                     pipe.delete(key)
+                    pipe.delete(self.settings.key("similar", event.item_id))
                 else:
                     pipe.hset(
                         key,

@@ -3,6 +3,11 @@ Sentinel), written once and run against each."""
 
 from __future__ import annotations
 
+import orjson
+
+from recsys_online.recommender import Recommendation
+from schemas import ItemEvent
+from streamer.client import AsyncRecommendationClient, RecommendationClient
 from streamer.settings import Settings
 from streamer.sink import RedisSink
 
@@ -22,3 +27,42 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     assert 0 < await sink.redis.ttl(own) <= 30
     workers = await sink.redis.zrange(settings.key("metrics", "workers"), 0, -1)
     assert sorted(workers) == [b"w1", b"w2"]
+
+
+async def check_similar_lists(sink: RedisSink, settings: Settings) -> None:
+    """Items' "more like this" lists: written under ``similar:{item}``, read back by both
+    clients (cut to k, with titles), the popular list for an item without one, and an
+    item's delete removes its list with its metadata."""
+    recs = [
+        Recommendation("s1", 0.9, "rated together with s0", "co-occurrence", "s0"),
+        Recommendation("s2", 0.5, "similar to s0", "content", "s0"),
+    ]
+    popular = [Recommendation("p1", 1.0, "popular now", "popular")]
+    await sink.publish_lists({f"s{j}": recs for j in range(40)}, version=4, similar=True)
+    await sink.publish_state(popular, {"events": 1}, 4, "w1")
+    upserts = [
+        ItemEvent(op="upsert", item_id=f"s{j}", title=f"Song {j}", tags=["jazz"], timestamp=1.0)
+        for j in range(3)
+    ]
+    await sink.publish_items(upserts)
+    doc = await sink.redis.get(settings.key("similar", "s0"))
+    assert orjson.loads(doc)["item_id"] == "s0"
+    assert 0 < await sink.redis.ttl(settings.key("similar", "s0")) <= settings.recs_ttl_s
+    prefix, url, cluster = settings.key_prefix, settings.redis_url, settings.redis_cluster
+    with RecommendationClient(url, prefix, cluster=cluster) as client:
+        got = client.similar("s0", k=1, titles=True)
+        assert got.served_from == "item" and not got.fallback and got.model_version == 4
+        assert [(r.item_id, r.source, r.because, r.title) for r in got.items] == [
+            ("s1", "co-occurrence", "s0", "Song 1")
+        ]
+        assert client.similar("unknown").served_from == "popular"
+    reader = AsyncRecommendationClient(url, prefix, cluster=cluster)
+    try:
+        got = await reader.similar("s39")
+        assert [r.item_id for r in got.items] == ["s1", "s2"] and got.item_id == "s39"
+    finally:
+        await reader.aclose()
+    await sink.publish_items([ItemEvent(op="delete", item_id="s0", timestamp=2.0)])
+    assert await sink.redis.exists(settings.key("similar", "s0")) == 0
+    assert await sink.redis.exists(settings.key("item", "s0")) == 0
+    assert await sink.redis.exists(settings.key("similar", "s1")) == 1

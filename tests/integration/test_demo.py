@@ -90,6 +90,7 @@ def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap, redis_url, d
     # failed once in six runs.
     lists = out[out.index("6/6") :]
     assert re.search(r"because you liked|matches your tags|close to your tastes", lists), lists
+    assert re.search(r"similar:\S+  \(more like \S+\)\n    1\. ", lists), lists
     assert len(pids(out)) == 2
     assert all(gone(pid) for pid in pids(out))
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from own_services import RedisSentinel, own_redis_sentinel
 from polling import wait_until
-from sink_checks import check_metrics_replaced_whole
+from sink_checks import check_metrics_replaced_whole, check_similar_lists
 from worker_process import cli, running_worker
 
 from recsys_online.recommender import Recommendation
@@ -58,6 +58,7 @@ async def test_the_sink_and_the_readers_find_the_master_through_the_sentinels(
     sink = RedisSink(settings)
     try:
         await check_metrics_replaced_whole(sink, settings)
+        await check_similar_lists(sink, settings)
         await sink.publish_lists({f"u{j}": RECS for j in range(50)}, version=3)
         await sink.publish_state(RECS, {"events": 50}, 3, "w1")
         master = sentinel.master_port()

@@ -18,6 +18,7 @@ from polling import wait_until
 from worker_process import cli
 
 from schemas import ItemEvent, RatingEvent, UserEvent
+from streamer.client import RecommendationClient
 from streamer.process import clear_run, isolated_env, start_worker, stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
@@ -97,6 +98,7 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory) -> Iterator[R
         RECSYS_PARTITIONS="2",
         RECSYS_K="5",
         RECSYS_REFRESH_EVERY_S="0.3",
+        RECSYS_SIMILAR_EVERY_S="0.5",
     )
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     process = start_worker(env, log_path)
@@ -225,6 +227,52 @@ def test_deleted_item_leaves_every_list(worker: RunningWorker, how: str) -> None
     )
     popular = json.loads(worker.redis.get(f"{worker.prefix}popular") or b'{"items": []}')
     assert c[2] not in [r["item_id"] for r in popular["items"]]
+
+
+def test_an_items_more_like_this_list_follows_its_tags_ratings_and_deletes(
+    worker: RunningWorker,
+) -> None:
+    """``similar:{item}``: items sharing its tags as soon as it is listed, an item
+    rated together with it once users do, and never an item deleted since."""
+    harp = [f"m-harp{j}" for j in range(3)]
+    produce(
+        worker, [item(worker, x, "harpsichord") for x in harp] + [item(worker, "m-tuba", "tuba")]
+    )
+    client = RecommendationClient(worker.env["REDIS_URL"], worker.prefix)
+
+    def similar(item_id: str) -> list[str]:
+        got = client.similar(item_id)
+        return [] if got.fallback else [r.item_id for r in got.items]
+
+    try:
+        # (Equal scores, in the order the catalog's partitions brought the items in.)
+        wait_for(
+            lambda: sorted(similar("m-harp0")) == harp[1:], "m-harp0's list by its tags", worker
+        )
+        assert client.similar("m-harp0").items[0].reason == "similar to m-harp0"
+        produce(
+            worker,
+            [rating(worker, f"mia{j}", "m-harp0", 5.0) for j in range(3)]
+            + [rating(worker, f"mia{j}", "m-tuba", 5.0) for j in range(3)],
+        )
+        wait_for(lambda: "m-tuba" in similar("m-harp0"), "m-tuba rated with m-harp0", worker)
+        tuba = next(r for r in client.similar("m-harp0").items if r.item_id == "m-tuba")
+        assert (tuba.source, tuba.because) == ("co-occurrence", "m-harp0")
+        produce(worker, [item(worker, harp[1], op="delete")])
+        wait_for(
+            lambda: harp[1] not in similar("m-harp0") and harp[1] not in similar("m-harp2"),
+            "the deleted item gone from every similar list",
+            worker,
+            timeout=10,
+        )
+        wait_for(
+            lambda: worker.redis.exists(f"{worker.prefix}similar:{harp[1]}") == 0,
+            "the deleted item's own list gone",
+            worker,
+            timeout=10,
+        )
+    finally:
+        client.close()
 
 
 async def _dead_letters(bootstrap: str, topic: str, n: int) -> list:

@@ -7,12 +7,15 @@ import time
 
 import pytest
 import redis
+from sink_checks import check_similar_lists
 
 from streamer.client import (
     AsyncRecommendationClient,
     RecommendationClient,
     RecommendationsUnavailable,
 )
+from streamer.settings import Settings
+from streamer.sink import RedisSink
 
 
 def doc(items: list[tuple[str, float, str]], version: int = 3) -> str:
@@ -58,6 +61,17 @@ def test_own_list_cut_to_k_with_titles(redis_url: str, stored) -> None:
     assert [r.item_id for r in recs.items] == ["a", "b"]
     assert recs.items[0].title == "Solaris" and recs.items[1].title is None
     assert recs.items[0].reason == "because you liked x" and recs.model_version == 8
+
+
+async def test_similar_lists_are_written_and_read_by_both_clients(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
+    sink = RedisSink(settings)
+    try:
+        await check_similar_lists(sink, settings)
+    finally:
+        await sink.close()
 
 
 def test_unknown_user_gets_the_popular_list(redis_url: str, stored) -> None:

@@ -209,6 +209,16 @@ def test_recs_and_metrics_print_what_redis_holds(topics, redis_url, redis_key_pr
     assert "model version 4" in out and "Stalker" in out and "because you liked i1" in out
     assert main(["recs", "u1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["items"][0]["title"] == "Stalker"
+    similar = json.loads(r.get(f"{p}recs:u1"))
+    del similar["user_id"]
+    r.set(f"{p}similar:i1", json.dumps(similar | {"item_id": "i1"}))
+    assert main(["similar", "i1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("i1: model version 4") and "Stalker" in out
+    assert main(["similar", "i1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["item_id"] == "i1"
+    assert main(["similar", "i9"]) == 1  # no list, and no popular list either
+    assert "no lists under" in capsys.readouterr().out
     assert main(["metrics"]) == 0
     out = capsys.readouterr().out
     assert "1 live worker" in out and "0.9300" in out and "h:1" in out

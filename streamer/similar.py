@@ -1,0 +1,143 @@
+"""Which items' "more like this" lists a worker writes next, kept as arrays by item row.
+
+A list is due:
+
+- at once when its item is new or its tags changed;
+- at once when an item it shows was deleted or changed its tags, or when a new or changed
+  item would now enter it (its content score beats the list's last place);
+- when a rating moved its co-occurrence, no sooner than ``every_s`` after its last write
+  (a popular item is rated many times a second);
+- when it is older than ``max_age_s``, so every list follows what moves around it.
+
+Every decision is array operations over the catalog; per item row the tracker keeps two
+times, the last place's score and the rows of the list last written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from recsys_online.ids import grown, kept_rows
+
+NEVER = np.inf
+CHUNK = 256  # changed items scored against the catalog at once (bounds memory)
+
+#: ``scores(rows)``: each catalog item's best content score against items ``rows``.
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+class SimilarDue:
+    """Due times of the items' similar lists, by item row (wall-clock seconds).
+
+    >>> due = SimilarDue(max_age_s=3600.0)
+    >>> due.changed(np.array([0, 1, 2]), now=100.0)
+    >>> due.take(n_items=3, live=np.ones(3, bool), limit=2, now=100.0).tolist()
+    [0, 1]
+    >>> due.wrote(np.array([0, 1]), np.array([[1, 2], [2, -1]]), np.array([0.5, 0.0]), 100.0)
+    >>> due.rated(np.array([0]), now=110.0, every_s=30.0)  # written 10 s ago: due at 130 s
+    >>> due.take(3, np.ones(3, bool), 10, now=120.0).tolist()
+    [2]
+    >>> due.take(3, np.ones(3, bool), 10, now=130.0).tolist()
+    [0]
+    >>> due.deleted(2, now=131.0)  # items 0 and 1 list item 2: due at once
+    >>> due.take(3, np.array([True, True, False]), 10, now=131.0).tolist()
+    [0, 1]
+    """
+
+    def __init__(self, max_age_s: float = 3600.0) -> None:
+        self.max_age_s = max_age_s
+        self.due_at = np.zeros(0, np.float64)  # when the list must be written next
+        self.written_at = np.zeros(0, np.float64)  # -inf: never written
+        self.floor = np.zeros(0, np.float32)  # the last place's score (0 below k items)
+        self.listed = np.zeros((0, 1), np.int32)  # rows of the list written, -1 past its end
+        self.arrived: list[np.ndarray] = []  # rows changed since the last take
+
+    def ensure(self, n_items: int) -> None:
+        if len(self.due_at) < n_items:
+            self.due_at = grown(self.due_at, n_items, NEVER)
+            self.written_at = grown(self.written_at, n_items, -np.inf)
+            self.floor = grown(self.floor, n_items, np.inf)
+            self.listed = grown(self.listed, n_items, -1)
+
+    def changed(self, rows: np.ndarray, now: float) -> None:
+        """New items, or items whose tags changed: their lists and the lists that show
+        them are due at once; the lists they now enter are found at the next take."""
+        if not len(rows):
+            return
+        self.ensure(int(rows.max()) + 1)
+        self._due_now(np.isin(self.listed, rows).any(axis=1), now)
+        np.minimum.at(self.due_at, rows, now)
+        self.arrived.append(rows)
+
+    def rated(self, rows: np.ndarray, now: float, every_s: float) -> None:
+        """Items whose co-occurrence moved: due ``every_s`` after their last write."""
+        self.ensure(int(rows.max(initial=-1)) + 1)
+        rows = np.unique(rows)
+        when = np.maximum(now, self.written_at[rows] + every_s)
+        self.due_at[rows] = np.minimum(self.due_at[rows], when)
+
+    def deleted(self, row: int, now: float) -> None:
+        """An item left the catalog: the lists that show it are due at once, its own never
+        (the worker deletes its key)."""
+        self.ensure(row + 1)
+        self._due_now((self.listed == row).any(axis=1), now)
+        self.due_at[row], self.written_at[row], self.floor[row] = NEVER, -np.inf, np.inf
+        self.listed[row] = -1
+
+    def _due_now(self, which: np.ndarray, now: float) -> None:
+        self.due_at[which] = np.minimum(self.due_at[which], now)
+
+    def take(
+        self,
+        n_items: int,
+        live: np.ndarray,
+        limit: int,
+        now: float,
+        scores: Scorer | None = None,
+    ) -> np.ndarray:
+        """Up to ``limit`` live rows whose list is due by ``now`` or older than
+        ``max_age_s``, the longest due first; they count as written from now on.
+
+        ``scores`` finds the lists the items changed since the last take now enter: those
+        whose last place scores below an item's content score.
+        """
+        self.ensure(n_items)
+        if self.arrived:
+            arrived, self.arrived = np.unique(np.concatenate(self.arrived)), []
+            if scores is not None and np.isfinite(self.floor[:n_items]).any():
+                arrived = arrived[arrived < n_items]
+                for lo in range(0, len(arrived), CHUNK):
+                    best = scores(arrived[lo : lo + CHUNK])
+                    self._due_now(np.flatnonzero(best > self.floor[:n_items]), now)
+        due_at = np.minimum(self.due_at[:n_items], self.written_at[:n_items] + self.max_age_s)
+        due_at[~live[:n_items]] = NEVER
+        rows = np.flatnonzero(due_at <= now)
+        if len(rows) > limit:
+            rows = rows[np.argsort(due_at[rows], kind="stable")[:limit]]
+            rows.sort()
+        self.due_at[rows], self.written_at[rows] = NEVER, now
+        return rows
+
+    def wrote(self, rows: np.ndarray, listed: np.ndarray, floor: np.ndarray, now: float) -> None:
+        """The lists of ``rows`` (taken at ``now``) were written, showing item rows
+        ``listed`` (B, list length; -1 past a list's end), the last place of a full list
+        scoring ``floor`` (0 for a shorter one: any item that scores enters it)."""
+        self.written_at[rows] = now
+        self.floor[rows] = floor
+        if listed.shape[1] > self.listed.shape[1]:  # (a longer list length)
+            wider = np.full((len(self.listed), listed.shape[1]), -1, np.int32)
+            wider[:, : self.listed.shape[1]] = self.listed
+            self.listed = wider
+        self.listed[rows] = -1
+        self.listed[rows, : listed.shape[1]] = listed
+
+    def keep_items(self, keep: np.ndarray, new_row: np.ndarray) -> None:
+        """Rows renumbered when deleted items are freed (``new_row``: old -> new, -1 for a
+        row dropped and at index -1)."""
+        self.due_at = kept_rows(self.due_at, keep, NEVER)
+        self.written_at = kept_rows(self.written_at, keep, -np.inf)
+        self.floor = kept_rows(self.floor, keep, np.inf)
+        self.listed = new_row[kept_rows(self.listed, keep, -1)]
+        self.arrived = [new_row[rows][new_row[rows] >= 0] for rows in self.arrived]

@@ -1,0 +1,166 @@
+""" "More like this" lists: which items' lists a worker writes, and what they hold."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from recsys_online.events import Rating
+from streamer.engine import SIMILAR_MAX_AGE_S, StreamEngine
+from streamer.settings import Settings
+from streamer.similar import SimilarDue
+
+LIVE = np.ones(8, bool)
+
+
+def written(due: SimilarDue, rows: list[int], now: float, listed: list[list[int]] | None = None):
+    taken = due.take(8, LIVE, 100, now)
+    assert taken.tolist() == rows
+    due.wrote(taken, np.array(listed or [[-1]] * len(rows), np.int32), np.zeros(len(rows)), now)
+
+
+def test_every_live_item_is_due_once_then_only_when_something_moves() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0)  # never written: all, at once
+    assert due.take(8, LIVE, 100, now=1.0).tolist() == []
+    due.changed(np.array([3]), now=2.0)  # tags changed: at once
+    assert due.take(8, LIVE, 100, now=2.0).tolist() == [3]
+
+
+def test_a_rated_item_waits_every_s_after_its_last_write() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0)
+    due.rated(np.array([5, 5, 6]), now=10.0, every_s=30.0)
+    assert due.take(8, LIVE, 100, now=29.9).tolist() == []
+    written(due, [5, 6], now=30.0)
+    due.rated(np.array([6]), now=100.0, every_s=30.0)  # long since written: at once
+    assert due.take(8, LIVE, 100, now=100.0).tolist() == [6]
+
+
+def test_lists_showing_a_deleted_item_are_due_at_once_and_its_own_never() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0, listed=[[7, 1], [7, -1]] + [[1, 2]] * 6)
+    due.deleted(7, now=5.0)
+    live = LIVE.copy()
+    live[7] = False
+    assert due.take(8, live, 100, now=5.0).tolist() == [0, 1]
+    assert due.take(8, live, 100, now=6.0).tolist() == []
+    assert due.listed[7].tolist() == [-1, -1]  # listed again, it starts afresh
+
+
+def test_lists_older_than_max_age_are_written_again_the_oldest_first() -> None:
+    due = SimilarDue(max_age_s=100.0)
+    written(due, [0, 1, 2, 3, 4, 5, 6, 7], now=0.0)
+    due.changed(np.array([4]), now=50.0)
+    assert due.take(8, LIVE, 100, now=50.0).tolist() == [4]
+    assert due.take(8, LIVE, 3, now=120.0).tolist() == [0, 1, 2]  # a limit: oldest first
+    assert due.take(8, LIVE, 100, now=120.0).tolist() == [3, 5, 6, 7]  # 4: written at 50
+
+
+def test_renumbered_rows_keep_their_due_times_and_lists() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0, listed=[[2, 5]] * 8)
+    due.changed(np.array([6]), now=1.0)
+    keep = np.array([0, 1, 3, 4, 5, 6, 7])  # row 2 freed
+    new_row = np.full(9, -1, np.int32)
+    new_row[keep] = np.arange(7)
+    due.keep_items(keep, new_row)
+    assert due.listed[:7].tolist() == [[-1, 4]] * 7
+    assert due.take(7, LIVE, 100, now=1.0).tolist() == [5]  # old row 6
+
+
+def _engine(**settings) -> StreamEngine:
+    engine = StreamEngine(Settings(k=3, n_factors=4, **settings))
+    for j in range(3):
+        engine.upsert_item(f"jazz{j}", {"jazz": 1.0})
+    engine.upsert_item("rock", {"rock": 1.0})
+    return engine
+
+
+def _items(lists) -> dict[str, list[str]]:
+    return {item: [r.item for r in recs] for item, recs in lists.items()}
+
+
+def test_the_engine_lists_items_by_tags_then_by_ratings_together() -> None:
+    engine = _engine(similar_every_s=30.0)
+    now = time.time()
+    first = _items(engine.similar_lists(now=now))
+    assert first["jazz0"] == ["jazz1", "jazz2"] and first["rock"] == []
+    assert engine.similar_lists(now=now) == {}
+    # Users who rate rock right after jazz0: rock joins jazz0's list once it is due.
+    engine.learn_ratings(
+        [Rating(f"u{j}", "jazz0", 5.0, 1.0 + j) for j in range(3)]
+        + [Rating(f"u{j}", "rock", 5.0, 10.0 + j) for j in range(3)]
+    )
+    rated_at = engine.similar.written_at[0]
+    assert engine.similar_lists(now=rated_at + 29.0) == {}  # within every_s of its write
+    lists = engine.similar_lists(now=rated_at + 31.0)
+    assert set(lists) == {"jazz0", "rock"}
+    assert _items(lists)["jazz0"] == ["jazz1", "jazz2", "rock"]  # (ties: catalog order)
+    rock = next(r for r in lists["jazz0"] if r.item == "rock")
+    assert rock.source == "co-occurrence" and rock.because == "jazz0"
+    assert rock.reason == "rated together with jazz0"
+    assert lists["rock"][0].item == "jazz0"
+
+
+def test_a_deleted_item_leaves_the_lists_that_showed_it_at_the_next_take() -> None:
+    engine = _engine()
+    lists = _items(engine.similar_lists())
+    assert "jazz1" in lists["jazz0"]
+    engine.delete_item("jazz1")
+    again = _items(engine.similar_lists())
+    assert set(again) == {"jazz0", "jazz2"}  # not jazz1's, not rock's
+    assert all("jazz1" not in listed for listed in again.values())
+
+
+def test_after_rows_are_freed_the_lists_still_name_the_right_items() -> None:
+    engine = _engine(compact_share=0.2)
+    engine.similar_lists()
+    engine.delete_item("jazz0")
+    assert engine.compact_if_due() == 1
+    assert set(_items(engine.similar_lists())) == {"jazz1", "jazz2"}
+    engine.delete_item("jazz2")  # its row moved: the lists showing it must still be found
+    assert _items(engine.similar_lists()) == {"jazz1": []}
+
+
+def test_off_when_the_setting_is_zero_and_aged_lists_come_back() -> None:
+    engine = _engine(similar_every_s=0.0)
+    assert engine.similar_lists() == {}
+    on = _engine()
+    on.similar_lists(now=0.0)
+    assert on.similar_lists(now=SIMILAR_MAX_AGE_S - 1) == {}
+    assert len(on.similar_lists(now=SIMILAR_MAX_AGE_S + 1)) == 4
+
+
+def test_a_snapshot_from_before_similar_lists_loads_with_every_list_due() -> None:
+    import pickle
+
+    engine = _engine()
+    state = engine.__dict__.copy()
+    del state["similar"]
+    old = StreamEngine.__new__(StreamEngine)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert len(old.similar_lists()) == 4
+
+
+def test_a_new_item_makes_due_the_lists_it_enters_and_those_that_show_it() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0, listed=[[5, -1]] * 5 + [[-1, -1]] * 3)
+    due.floor[:8] = [0.9, 0.2, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5]
+    due.changed(np.array([6]), now=1.0)  # changed, scoring 0.3 against rows 0-3
+    best = np.array([0.3, 0.3, 0.3, 0.3, 0.0, 0.0, 1.0, 0.0])
+    taken = due.take(8, LIVE, 100, now=1.0, scores=lambda rows: best)
+    assert taken.tolist() == [1, 2, 6]  # beats 0.2, and 0 (a short list); 6: its own
+    due.changed(np.array([5]), now=2.0)  # its tags changed: every list showing it is due
+    assert due.take(8, LIVE, 100, now=2.0).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_the_engine_puts_a_new_item_into_the_lists_it_belongs_to_at_once() -> None:
+    engine = _engine()
+    engine.similar_lists()
+    engine.upsert_item("jazz-new", {"jazz": 1.0})
+    engine.upsert_item("metal", {"metal": 1.0})
+    lists = _items(engine.similar_lists())
+    assert set(lists) == {"jazz0", "jazz1", "jazz2", "jazz-new", "metal"}  # not rock's
+    assert all("jazz-new" in lists[f"jazz{j}"] for j in range(3))
