@@ -65,6 +65,12 @@ _GEMV_ROWS = 4
 _OUT_LIMIT = 1 << 24  # floats (64 MB): the largest scores buffer kept between calls
 
 
+# "More like this": the reason and source of an item led by content (0), co-occurrence (1).
+_SIMILAR_REASONS = ("similar to", "rated together with")
+_SIMILAR_SOURCES = ("content", "co-occurrence")
+_SIMILAR_CHUNK = 256  # items whose "more like this" lists are scored at once
+
+
 class Recommendation(NamedTuple):
     """One ranked item with the signal that placed it there and a readable reason.
 
@@ -1098,6 +1104,12 @@ class Recommender:
         >>> rec.similar_many(["a", "gone"], 5)[1]
         []
         """
+        if len(items) > _SIMILAR_CHUNK:  # (scores are items by catalog: bounded)
+            return [
+                recs
+                for lo in range(0, len(items), _SIMILAR_CHUNK)
+                for recs in self.similar_many(items[lo : lo + _SIMILAR_CHUNK], k)
+            ]
         rows = [self.items.get(x) for x in items]
         asked = [n for n, r in enumerate(rows) if r is not None and not self.deleted[r]]
         out: list[list[Recommendation]] = [[] for _ in items]
@@ -1107,8 +1119,13 @@ class Recommender:
         r = np.array([rows[a] for a in asked], np.int64)
         b = np.arange(len(r))
         block, width = padded_width(n, k)
-        scores = np.full((len(r), width), -np.inf, np.float32)
-        scores[:, :n] = self.content.C[r] @ self.content.C[:n].T
+        # Content cosines, into the ranking's reused buffer (a fresh one page-faults);
+        # only the columns tags use (tag t lands in column t mod content_dim).
+        d = min(self.config.content_dim, max(1, self.tags.n_tags))
+        content = self.content.C
+        scores = self._out(len(r), width)
+        np.matmul(content[r, :d], content[:n, :d].T, out=scores[:, :n])
+        scores[:, n:] = -np.inf
         # Co-occurrence: each item's neighbours are distinct, so one scatter adds them.
         nbr, weight = self.cooc.nbr[r], self.cooc.weight[r]  # (B, M)
         share = weight / np.maximum(weight.max(axis=1, initial=0.0), 1e-30)[:, None]
@@ -1118,22 +1135,32 @@ class Recommender:
         scores[b, r] = -np.inf
         top, top_scores = top_k_rows(scores, k, block)
         top[top_scores <= 0] = -1  # (only what shares a tag or co-occurred: best first)
-        # Each listed item's co-occurrence part (B, k): its share where it is a neighbour.
+        present = top >= 0  # (lists are filled from the front)
+        # Each listed item's co-occurrence part: its share where it is a neighbour.
         match = (top[:, :, None] == nbr[:, None, :]) & at[:, None, :]
-        from_cooc = np.where(match, share[:, None, :], 0.0).sum(axis=2)
-        led_by_cooc = (from_cooc * 2 > top_scores).tolist()
-        listed = (top >= 0).tolist()
-        ids = iter(self.items.ids_of(top[top >= 0].tolist()))
-        values = top_scores.tolist()
-        for j, a in enumerate(asked):
-            name = items[a]
-            out[a] = [
-                Recommendation(next(ids), s, f"rated together with {name}", "co-occurrence", name)
-                if c
-                else Recommendation(next(ids), s, f"similar to {name}", "content", name)
-                for s, c, ok in zip(values[j], led_by_cooc[j], listed[j], strict=True)
-                if ok
-            ]
+        led_by_cooc = np.where(match, share[:, None, :], 0.0).sum(axis=2) * 2 > top_scores
+        # Built flat, by C-level calls (as the users' lists are), then cut per item.
+        lengths = present.sum(axis=1)
+        names = [items[a] for a in asked]
+        owner = np.repeat(np.arange(len(r)), lengths)
+        kind = led_by_cooc[present].astype(np.int64)
+        reasons = [f"{how} {name}" for name in names for how in _SIMILAR_REASONS]
+        recs = list(
+            map(
+                tuple.__new__,
+                repeat(Recommendation),
+                zip(
+                    self.items.ids_of(top[present].tolist()),
+                    top_scores[present].tolist(),
+                    map(reasons.__getitem__, (owner * 2 + kind).tolist()),
+                    map(_SIMILAR_SOURCES.__getitem__, kind.tolist()),
+                    map(names.__getitem__, owner.tolist()),
+                    strict=True,
+                ),
+            )
+        )
+        for a, listed in zip(asked, _split(recs, lengths), strict=True):
+            out[a] = listed
         return out
 
     def _explain_many(

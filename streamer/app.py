@@ -1012,16 +1012,16 @@ class RecsysWorker:
             await publish(engine, self.sink, lists)
             await asyncio.sleep(0)
 
-    SIMILAR_SLICE = 128  # "more like this" lists computed and written at once
-    SIMILAR_TICK_S = 0.03  # time a refresh tick gives them while ratings wait
+    SIMILAR_SLICE = 64  # "more like this" lists computed and written at once
+    SIMILAR_TICK_S = 0.01  # time a refresh tick gives them while ratings wait
     SIMILAR_IDLE_TICK_S = 0.3  # and while none does
 
     async def _refresh_similar_lists(self) -> None:
         """Write the "more like this" lists due (:meth:`StreamEngine.similar_lists`), a
         slice at a time with the ratings' batches running in between: for up to
-        ``SIMILAR_TICK_S`` of a tick while ratings wait (3% of the worker's time), up
+        ``SIMILAR_TICK_S`` of a tick while ratings wait (1% of the worker's time), up
         to ``SIMILAR_IDLE_TICK_S`` while none does. A catalog loaded at start makes
-        every item due at once (about 75 us a list: 10,000 items, 0.75 s), and is
+        every item due at once (about 60 us a list: 10,000 items, 0.6 s), and is
         written over the first ticks, items never written first, rather than in one
         stall in front of the ratings."""
         engine, started = self.engine, time.monotonic()

@@ -148,8 +148,9 @@ class StreamEngine:
         # shared item changes (RECSYS_SHARE_ITEMS_EVERY_S): learning one of them here too
         # would count its ratings twice, so the worker rebuilds first.
         self.shared_from: set[int] = set()
-        # "More like this": which items' lists are due (``similar_lists``).
+        # "More like this": which items' lists are due (``similar_lists``), by this clock.
         self.similar = SimilarDue(SIMILAR_MAX_AGE_S)
+        self.similar_clock = time.time
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
@@ -246,7 +247,7 @@ class StreamEngine:
         every = self.settings.similar_every_s
         if every > 0:
             rows = self.model.items.get_many([r.item for r in ratings])
-            self.similar.rated(rows[rows >= 0], time.time(), every)
+            self.similar.rated(rows[rows >= 0], self.similar_clock(), every)
 
     LIVE_FIGURES = (
         "evaluated",
@@ -327,6 +328,7 @@ class StreamEngine:
         state.setdefault("freshness_all", Quantiles())
         state.setdefault("deadletter_kinds", {})
         state.setdefault("similar", SimilarDue(SIMILAR_MAX_AGE_S))
+        state.setdefault("similar_clock", time.time)
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -402,7 +404,7 @@ class StreamEngine:
             self.catalog_version += 1
             self.changed_items[item] = self.catalog_version
         if self.settings.similar_every_s > 0:
-            self.similar.changed(self.model.items.get_many(items), time.time())
+            self.similar.changed(self.model.items.get_many(items), self.similar_clock())
 
     def delete_item(self, item: str) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it.
@@ -414,7 +416,7 @@ class StreamEngine:
             self._bring_in(item)
         self.model.delete_item(item)
         if self.settings.similar_every_s > 0:
-            self.similar.deleted(self.model.items.get(item), time.time())
+            self.similar.deleted(self.model.items.get(item), self.similar_clock())
         shown = [u for u, items in self.served.items() if item in items]
         return self._serve(shown)
 
@@ -545,7 +547,7 @@ class StreamEngine:
         """
         if self.settings.similar_every_s <= 0:
             return {}
-        model, now = self.model, time.time() if now is None else now
+        model, now = self.model, self.similar_clock() if now is None else now
         n, content, k = model.n_items, model.content.C, self.settings.k
 
         def entering(rows: np.ndarray) -> np.ndarray:  # best content score of each item
@@ -556,12 +558,12 @@ class StreamEngine:
             return {}
         items = model.items.ids_of(rows.tolist())
         lists = model.similar_many(items, k)
+        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
         listed = np.full((len(rows), k), -1, np.int32)
-        floor = np.zeros(len(rows), np.float32)
-        for b, recs in enumerate(lists):
-            listed[b, : len(recs)] = model.items.get_many([r.item for r in recs])
-            if len(recs) == k:
-                floor[b] = recs[-1].score
+        listed[np.arange(k) < lengths[:, None]] = model.items.get_many(
+            [r.item for recs in lists for r in recs]
+        )
+        floor = np.array([recs[-1].score if len(recs) == k else 0.0 for recs in lists])
         self.similar.wrote(rows, listed, floor, now)
         return dict(zip(items, lists, strict=True))
 

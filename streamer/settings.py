@@ -81,7 +81,7 @@ class Settings:
     snapshot_dir: str = ""
     snapshot_every_s: float = 60.0
     share_items_every_s: float = 0.0
-    similar_every_s: float = 30.0  # "more like this" lists: at most this often per rated item
+    similar_every_s: float = 300.0  # "more like this" lists: at most this often per rated item
     dedupe_window: int = 100_000
     compact_share: float = 0.25
     seed: int = 42

@@ -53,6 +53,7 @@ class SimilarDue:
         self.floor = np.zeros(0, np.float32)  # the last place's score (0 below k items)
         self.listed = np.zeros((0, 1), np.int32)  # rows of the list written, -1 past its end
         self.arrived: list[np.ndarray] = []  # rows changed since the last take
+        self.gone: list[int] = []  # rows deleted since the last take
 
     def ensure(self, n_items: int) -> None:
         if len(self.due_at) < n_items:
@@ -62,12 +63,13 @@ class SimilarDue:
             self.listed = grown(self.listed, n_items, -1)
 
     def changed(self, rows: np.ndarray, now: float) -> None:
-        """New items, or items whose tags changed: their lists and the lists that show
-        them are due at once; the lists they now enter are found at the next take."""
+        """New items, or items whose tags changed: their lists are due at once; the lists
+        that show them or that they now enter are found at the next take (one pass over
+        the catalog for every change since, not one per change: a catalog is read at
+        start one upsert at a time)."""
         if not len(rows):
             return
         self.ensure(int(rows.max()) + 1)
-        self._due_now(np.isin(self.listed, rows).any(axis=1), now)
         np.minimum.at(self.due_at, rows, now)
         self.arrived.append(rows)
 
@@ -79,12 +81,21 @@ class SimilarDue:
         self.due_at[rows] = np.minimum(self.due_at[rows], when)
 
     def deleted(self, row: int, now: float) -> None:
-        """An item left the catalog: the lists that show it are due at once, its own never
-        (the worker deletes its key)."""
+        """An item left the catalog: its own list is never due (the worker deletes its
+        key), and the lists that show it are due at the next take."""
         self.ensure(row + 1)
-        self._due_now((self.listed == row).any(axis=1), now)
         self.due_at[row], self.written_at[row], self.floor[row] = NEVER, -np.inf, np.inf
-        self.listed[row] = -1
+        self.gone.append(row)
+
+    def _settle(self, now: float) -> None:
+        """The lists that show an item changed or deleted since the last take: due now."""
+        if not self.arrived and not self.gone:
+            return
+        moved = np.concatenate([*self.arrived, np.array(self.gone, np.int64)])
+        self._due_now(np.isin(self.listed, moved).any(axis=1), now)
+        for row in self.gone:
+            self.listed[row] = -1
+        self.gone = []
 
     def _due_now(self, which: np.ndarray, now: float) -> None:
         self.due_at[which] = np.minimum(self.due_at[which], now)
@@ -104,6 +115,7 @@ class SimilarDue:
         whose last place scores below an item's content score.
         """
         self.ensure(n_items)
+        self._settle(now)
         if self.arrived:
             arrived, self.arrived = np.unique(np.concatenate(self.arrived)), []
             if scores is not None and np.isfinite(self.floor[:n_items]).any():
@@ -135,7 +147,9 @@ class SimilarDue:
 
     def keep_items(self, keep: np.ndarray, new_row: np.ndarray) -> None:
         """Rows renumbered when deleted items are freed (``new_row``: old -> new, -1 for a
-        row dropped and at index -1)."""
+        row dropped and at index -1); what changed since the last take is settled first,
+        while the lists still name the rows that go."""
+        self._settle(-np.inf)
         self.due_at = kept_rows(self.due_at, keep, NEVER)
         self.written_at = kept_rows(self.written_at, keep, -np.inf)
         self.floor = kept_rows(self.floor, keep, np.inf)
