@@ -269,8 +269,8 @@ async def _produce_all(settings: Settings, ds) -> None:
             await producer.send_core_event(event)
 
 
-def freshness(ds, rate: float, log_dir: Path) -> dict:
-    settings, env = run_settings(1000)
+def freshness(ds, rate: float, log_dir: Path, **extra: str) -> dict:
+    settings, env = run_settings(1000, **extra)
     client = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     reader = RecommendationClient(
         settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
