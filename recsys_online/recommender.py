@@ -1118,7 +1118,8 @@ class Recommender:
             return out
         r = np.array([rows[a] for a in asked], np.int64)
         b = np.arange(len(r))
-        block, width = padded_width(n, k)
+        wide = 2 * k  # candidates, before content that shares no tag is taken out
+        block, width = padded_width(n, wide)
         # Content cosines, into the ranking's reused buffer (a fresh one page-faults);
         # only the columns tags use (tag t lands in column t mod content_dim).
         d = min(self.config.content_dim, max(1, self.tags.n_tags))
@@ -1126,19 +1127,39 @@ class Recommender:
         scores = self._out(len(r), width)
         np.matmul(content[r, :d], content[:n, :d].T, out=scores[:, :n])
         scores[:, n:] = -np.inf
-        # Co-occurrence: each item's neighbours are distinct, so one scatter adds them.
-        nbr, weight = self.cooc.nbr[r], self.cooc.weight[r]  # (B, M)
-        share = weight / np.maximum(weight.max(axis=1, initial=0.0), 1e-30)[:, None]
-        at = nbr >= 0
+        # Co-occurrence: each item's neighbours are distinct, so one scatter adds them;
+        # only the weight the pair earned (a SpaceSaving newcomer's inherited share is
+        # not evidence that it co-occurs).
+        nbr = self.cooc.nbr[r]  # (B, M)
+        earned = np.maximum(self.cooc._guaranteed(r), 0.0)
+        share = earned / np.maximum(earned.max(axis=1, initial=0.0), 1e-30)[:, None]
+        at = (nbr >= 0) & (earned > 0)
         scores[np.nonzero(at)[0], nbr[at]] += share[at]
         scores[:, :n][:, ~self.active[:n]] = -np.inf
         scores[b, r] = -np.inf
-        top, top_scores = top_k_rows(scores, k, block)
-        top[top_scores <= 0] = -1  # (only what shares a tag or co-occurred: best first)
-        present = top >= 0  # (lists are filled from the front)
-        # Each listed item's co-occurrence part: its share where it is a neighbour.
+        top, top_scores = top_k_rows(scores, wide, block)
+        # Each candidate's co-occurrence part: its share where it is a neighbour.
         match = (top[:, :, None] == nbr[:, None, :]) & at[:, None, :]
-        led_by_cooc = np.where(match, share[:, None, :], 0.0).sum(axis=2) * 2 > top_scores
+        from_cooc = np.where(match, share[:, None, :], 0.0).sum(axis=2).astype(np.float32)
+        # Content counts only where a tag is really shared: past content_dim tags, two
+        # tags can land in one column, and "similar to" must be true.
+        mine, mine_ok = self.tags.rows[r], self.tags.weights[r] > 0  # (B, S)
+        cand = np.maximum(top, 0)
+        theirs, theirs_ok = self.tags.rows[cand], self.tags.weights[cand] > 0  # (B, 2k, S)
+        shared = (
+            (theirs[..., :, None] == mine[:, None, None, :])
+            & theirs_ok[..., :, None]
+            & mine_ok[:, None, None, :]
+        ).any(axis=(2, 3))
+        top_scores = np.where(shared, top_scores, from_cooc)
+        top_scores[(top < 0) | (top_scores <= 0)] = -np.inf  # (only what shares or co-occurs)
+        order = np.argsort(-top_scores, axis=1, kind="stable")[:, :k]  # (ties: as ranked)
+        top = np.take_along_axis(top, order, axis=1)
+        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        from_cooc = np.take_along_axis(from_cooc, order, axis=1)
+        top[top_scores == -np.inf] = -1
+        present = top >= 0  # (lists are filled from the front)
+        led_by_cooc = from_cooc * 2 > top_scores
         # Built flat, by C-level calls (as the users' lists are), then cut per item.
         lengths = present.sum(axis=1)
         names = [items[a] for a in asked]

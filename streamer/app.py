@@ -872,6 +872,7 @@ class RecsysWorker:
             return
         self.items_received += self.engine.model.apply_item_changes(changes)
         self.engine.shared_from |= partitions
+        self.engine.similar_moved(changes.pair_items)
 
     async def follow_catalog(self) -> None:
         await self.catalog.run()
@@ -1024,7 +1025,15 @@ class RecsysWorker:
         every item due at once (about 60 us a list: 10,000 items, 0.6 s), and is
         written over the first ticks, items never written first, rather than in one
         stall in front of the ratings."""
-        engine, started = self.engine, time.monotonic()
+        engine = self.engine
+        await self._write_similar_lists(engine)
+        if self.engine is engine:  # (a rebuilt engine's deletes are its own)
+            gone = engine.similar_deleted()
+            if gone:  # after this worker's last write of them
+                await self.sink.delete_similar(gone)
+
+    async def _write_similar_lists(self, engine: StreamEngine) -> None:
+        started = time.monotonic()
         while True:
             spent = time.monotonic() - started
             if spent >= self.SIMILAR_IDLE_TICK_S or (

@@ -329,10 +329,13 @@ def parse_similar(
     >>> s = parse_similar("i1", doc, None, 10)
     >>> s.served_from, s.items[0].item_id, s.fallback
     ('item', 'i2', False)
+    >>> [r.item_id for r in parse_similar("i2", None, doc, 1).items]  # never the item itself
+    []
     """
-    recs = parse_list(item_id, own, popular, k, key)
+    recs = parse_list(item_id, own, popular, k + (own is None), key)
     served_from = "item" if recs.served_from == "user" else recs.served_from
-    return SimilarItems(item_id, recs.items, recs.model_version, recs.updated_at, served_from)
+    items = [r for r in recs.items if r.item_id != item_id][:k]  # (popular may hold it)
+    return SimilarItems(item_id, items, recs.model_version, recs.updated_at, served_from)
 
 
 def with_titles(recs: T, titles: Sequence[bytes | None]) -> T:

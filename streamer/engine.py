@@ -151,6 +151,8 @@ class StreamEngine:
         # "More like this": which items' lists are due (``similar_lists``), by this clock.
         self.similar = SimilarDue(SIMILAR_MAX_AGE_S)
         self.similar_clock = time.time
+        self.similar_gone: list[str] = []  # deleted since the last tick: keys to remove
+        self._similar_content = 0  # the content vectors' full refreshes, as last seen
 
     # ------------------------------------------------------------------ events
     def learn_ratings(self, ratings: Sequence[Rating]) -> Lists:
@@ -243,10 +245,14 @@ class StreamEngine:
         self._rated(ratings)
 
     def _rated(self, ratings: Sequence[Rating]) -> None:
-        """The rated items' co-occurrence moved: their similar lists fall due."""
+        self.similar_moved([r.item for r in ratings])
+
+    def similar_moved(self, items: Sequence[str]) -> None:
+        """These items' co-occurrence moved (rated here, or pairs another worker shared):
+        their similar lists fall due, ``settings.similar_every_s`` after their last write."""
         every = self.settings.similar_every_s
-        if every > 0:
-            rows = self.model.items.get_many([r.item for r in ratings])
+        if every > 0 and len(items):
+            rows = self.model.items.get_many(items)
             self.similar.rated(rows[rows >= 0], self.similar_clock(), every)
 
     LIVE_FIGURES = (
@@ -329,6 +335,8 @@ class StreamEngine:
         state.setdefault("deadletter_kinds", {})
         state.setdefault("similar", SimilarDue(SIMILAR_MAX_AGE_S))
         state.setdefault("similar_clock", time.time)
+        state.setdefault("similar_gone", [])
+        state.setdefault("_similar_content", 0)
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -417,6 +425,7 @@ class StreamEngine:
         self.model.delete_item(item)
         if self.settings.similar_every_s > 0:
             self.similar.deleted(self.model.items.get(item), self.similar_clock())
+        self.similar_gone.append(item)
         shown = [u for u, items in self.served.items() if item in items]
         return self._serve(shown)
 
@@ -530,9 +539,11 @@ class StreamEngine:
 
     def similar_lists(self, limit: int = 256, now: float | None = None) -> Lists:
         """The "more like this" lists due (:class:`~streamer.similar.SimilarDue`), up to
-        ``limit`` of them, by item: new and changed items first, then those a rating
-        moved (at most every ``settings.similar_every_s``), those that showed an item
-        deleted since, and any older than an hour. {} when the setting is 0.
+        ``limit`` of them, by item, the longest due first (lists never written before
+        any other): new and changed items' lists and those they enter or showed, those
+        that showed an item deleted since, those a rating moved (at most every
+        ``settings.similar_every_s``), and any older than an hour. {} when the setting
+        is 0.
 
         >>> engine = StreamEngine(Settings(k=2, n_factors=4))
         >>> for item in "abc":
@@ -549,9 +560,15 @@ class StreamEngine:
             return {}
         model, now = self.model, self.similar_clock() if now is None else now
         n, content, k = model.n_items, model.content.C, self.settings.k
+        if model.content.full_refreshes != self._similar_content:  # every vector moved
+            self._similar_content = model.content.full_refreshes
+            self.similar.rated(np.arange(n), now, self.settings.similar_every_s)
 
-        def entering(rows: np.ndarray) -> np.ndarray:  # best content score of each item
-            return (content[:n] @ content[rows].T).max(axis=1)
+        def entering(rows: np.ndarray) -> np.ndarray:
+            """An upper bound of each item's score for ``rows``: the best content cosine,
+            plus 1 (a co-occurrence share's most) where one is its neighbour."""
+            best = (content[:n] @ content[rows].T).max(axis=1)
+            return best + np.isin(model.cooc.nbr[:n], rows).any(axis=1)
 
         rows = self.similar.take(n, model.active, limit, now, entering)
         if not len(rows):
@@ -566,6 +583,25 @@ class StreamEngine:
         floor = np.array([recs[-1].score if len(recs) == k else 0.0 for recs in lists])
         self.similar.wrote(rows, listed, floor, now)
         return dict(zip(items, lists, strict=True))
+
+    def similar_deleted(self) -> list[str]:
+        """Items deleted since the last call and not listed again: their "more like this"
+        keys are for the worker to remove, after it wrote the lists due. (The engine
+        decides, not the agent that keeps item metadata: a list written after that
+        agent removed the key would outlive the item.)
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> engine.upsert_item("a", {"jazz": 1.0}); _ = engine.delete_item("a")
+        >>> _ = engine.delete_item("b"); engine.upsert_item("b", {"jazz": 1.0})
+        >>> engine.similar_deleted(), engine.similar_deleted()
+        (['a'], [])
+        """
+        gone, self.similar_gone = self.similar_gone, []
+        return [x for x in dict.fromkeys(gone) if not self._is_live(x)]
+
+    def _is_live(self, item: str) -> bool:
+        row = self.model.items.get(item)
+        return row is not None and bool(self.model.active[row])
 
     def _serve(self, users: Iterable[str]) -> Lists:
         users = list(users)

@@ -54,6 +54,7 @@ class SimilarDue:
         self.listed = np.zeros((0, 1), np.int32)  # rows of the list written, -1 past its end
         self.arrived: list[np.ndarray] = []  # rows changed since the last take
         self.gone: list[int] = []  # rows deleted since the last take
+        self.to_score = np.zeros(0, np.int64)  # changed rows whose entering is not checked
 
     def ensure(self, n_items: int) -> None:
         if len(self.due_at) < n_items:
@@ -95,7 +96,9 @@ class SimilarDue:
         self._due_now(np.isin(self.listed, moved).any(axis=1), now)
         for row in self.gone:
             self.listed[row] = -1
-        self.gone = []
+        arrived = np.concatenate([*self.arrived, np.zeros(0, np.int64)]).astype(np.int64)
+        self.to_score = np.union1d(self.to_score, arrived)
+        self.arrived, self.gone = [], []
 
     def _due_now(self, which: np.ndarray, now: float) -> None:
         self.due_at[which] = np.minimum(self.due_at[which], now)
@@ -112,17 +115,19 @@ class SimilarDue:
         ``max_age_s``, the longest due first; they count as written from now on.
 
         ``scores`` finds the lists the items changed since the last take now enter: those
-        whose last place scores below an item's content score.
+        whose last place scores below an item's score (an upper bound of it is enough).
+        It scores ``CHUNK`` changed items a call, so a bulk import is checked over several
+        calls, with other work running in between.
         """
         self.ensure(n_items)
         self._settle(now)
-        if self.arrived:
-            arrived, self.arrived = np.unique(np.concatenate(self.arrived)), []
-            if scores is not None and np.isfinite(self.floor[:n_items]).any():
-                arrived = arrived[arrived < n_items]
-                for lo in range(0, len(arrived), CHUNK):
-                    best = scores(arrived[lo : lo + CHUNK])
-                    self._due_now(np.flatnonzero(best > self.floor[:n_items]), now)
+        if len(self.to_score) and (scores is None or not np.isfinite(self.floor).any()):
+            self.to_score = self.to_score[:0]  # (no list written yet: none to enter)
+        if len(self.to_score):
+            chunk, self.to_score = self.to_score[:CHUNK], self.to_score[CHUNK:]
+            chunk = chunk[chunk < n_items]
+            if len(chunk):
+                self._due_now(np.flatnonzero(scores(chunk) > self.floor[:n_items]), now)
         due_at = np.minimum(self.due_at[:n_items], self.written_at[:n_items] + self.max_age_s)
         due_at[~live[:n_items]] = NEVER
         rows = np.flatnonzero(due_at <= now)
@@ -154,4 +159,5 @@ class SimilarDue:
         self.written_at = kept_rows(self.written_at, keep, -np.inf)
         self.floor = kept_rows(self.floor, keep, np.inf)
         self.listed = new_row[kept_rows(self.listed, keep, -1)]
-        self.arrived = [new_row[rows][new_row[rows] >= 0] for rows in self.arrived]
+        moved = new_row[self.to_score]
+        self.to_score = moved[moved >= 0].astype(np.int64)

@@ -384,8 +384,8 @@ class RedisSink:
 
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:
         """Item metadata for apps rendering lists (``item:{item_id}`` hashes), one
-        transaction per batch; a delete removes the item's hash and its "more like
-        this" list."""
+        transaction per batch; a delete removes the item's hash (its "more like this"
+        list is removed by :meth:`delete_similar`, once the model has dropped it)."""
         if not events:
             return
         now = time.time()
@@ -395,7 +395,6 @@ class RedisSink:
                 key = self.settings.key("item", event.item_id)
                 if event.op == "delete":
                     pipe.delete(key)
-                    pipe.delete(self.settings.key("similar", event.item_id))
                 else:
                     pipe.hset(
                         key,
@@ -407,6 +406,16 @@ class RedisSink:
                     )
 
         await self._transaction("item metadata", queue)
+
+    async def delete_similar(self, items: Sequence[str]) -> None:
+        """Remove deleted items' "more like this" lists (one key each, so on a cluster
+        too)."""
+
+        def queue(pipe: Pipeline) -> None:
+            for item in items:
+                pipe.delete(self.settings.key("similar", item))
+
+        await self._transaction("similar lists removed", queue)
 
     async def close(self) -> None:
         await aclose_client(self.redis)

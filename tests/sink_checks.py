@@ -31,8 +31,8 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
 
 async def check_similar_lists(sink: RedisSink, settings: Settings) -> None:
     """Items' "more like this" lists: written under ``similar:{item}``, read back by both
-    clients (cut to k, with titles), the popular list for an item without one, and an
-    item's delete removes its list with its metadata."""
+    clients (cut to k, with titles), the popular list for an item without one (never
+    the item itself), and removed (on a cluster too: one key per command)."""
     recs = [
         Recommendation("s1", 0.9, "rated together with s0", "co-occurrence", "s0"),
         Recommendation("s2", 0.5, "similar to s0", "content", "s0"),
@@ -63,6 +63,10 @@ async def check_similar_lists(sink: RedisSink, settings: Settings) -> None:
     finally:
         await reader.aclose()
     await sink.publish_items([ItemEvent(op="delete", item_id="s0", timestamp=2.0)])
-    assert await sink.redis.exists(settings.key("similar", "s0")) == 0
     assert await sink.redis.exists(settings.key("item", "s0")) == 0
+    await sink.delete_similar([f"s{j}" for j in range(0, 40, 2)])
+    assert await sink.redis.exists(settings.key("similar", "s0")) == 0
     assert await sink.redis.exists(settings.key("similar", "s1")) == 1
+    with RecommendationClient(url, prefix, cluster=cluster) as client:
+        got = client.similar("p1")  # no list of its own: popular, without itself
+        assert got.served_from == "popular" and got.items == []

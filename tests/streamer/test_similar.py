@@ -164,3 +164,111 @@ def test_the_engine_puts_a_new_item_into_the_lists_it_belongs_to_at_once() -> No
     lists = _items(engine.similar_lists())
     assert set(lists) == {"jazz0", "jazz1", "jazz2", "jazz-new", "metal"}  # not rock's
     assert all("jazz-new" in lists[f"jazz{j}"] for j in range(3))
+
+
+def test_within_a_limit_the_longest_due_go_first_whatever_their_rows() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0)
+    for row, when in ((6, 1.0), (2, 2.0), (7, 3.0), (0, 4.0)):
+        due.changed(np.array([row]), now=when)
+    assert due.take(8, LIVE, 2, now=10.0).tolist() == [2, 6]
+    assert due.take(8, LIVE, 2, now=10.0).tolist() == [0, 7]
+
+
+def test_a_weak_new_item_leaves_full_lists_alone() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0)
+    due.floor[:8] = 0.9  # full lists, their last place at 0.9
+    due.changed(np.array([3]), now=1.0)
+    best = np.full(8, 0.5)  # it scores 0.5 against everyone
+    assert due.take(8, LIVE, 100, now=1.0, scores=lambda rows: best).tolist() == [3]
+
+
+def test_changes_waiting_to_be_scored_follow_renumbered_rows() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0)
+    due.floor[:8] = 0.5
+    due.changed(np.array([5]), now=1.0)
+    due.take(8, LIVE, 1, now=1.0)  # takes 5; its entering is not checked without scores
+    due.changed(np.array([6]), now=2.0)
+    due._settle(2.0)  # (what the next take does first)
+    keep = np.array([0, 1, 3, 4, 5, 6, 7])
+    new_row = np.full(9, -1, np.int32)
+    new_row[keep] = np.arange(7)
+    due.keep_items(keep, new_row)
+    seen: list[list[int]] = []
+
+    def scores(rows: np.ndarray) -> np.ndarray:
+        seen.append(rows.tolist())
+        return np.zeros(7)
+
+    due.take(7, LIVE, 100, now=3.0, scores=scores)
+    assert seen == [[5]]  # old row 6
+
+
+def test_a_bulk_import_is_checked_a_chunk_per_take() -> None:
+    from streamer import similar
+
+    due = SimilarDue(max_age_s=3600.0)
+    n = similar.CHUNK * 2 + 10
+    live = np.ones(n, bool)
+    due.ensure(n)
+    first = due.take(n, live, n, now=0.0)
+    due.wrote(first, np.full((n, 1), -1, np.int32), np.zeros(n), now=0.0)
+    due.changed(np.arange(n), now=1.0)
+    sizes: list[int] = []
+
+    def scores(rows: np.ndarray) -> np.ndarray:
+        sizes.append(len(rows))
+        return np.zeros(n)
+
+    for _ in range(4):
+        due.take(n, live, 0, now=1.0, scores=scores)
+    assert sizes == [similar.CHUNK, similar.CHUNK, 10]
+
+
+def test_an_item_whose_tags_change_enters_the_lists_it_co_occurs_in() -> None:
+    engine = StreamEngine(Settings(k=2, n_factors=4, similar_every_s=300.0))
+    for item, tag in (("X", "jazz"), ("A", "jazz"), ("B", "jazz"), ("Y", "rock")):
+        engine.upsert_item(item, {tag: 1.0})
+    ratings, t = [], 0.0
+    for other, times in (("Y", 6), ("A", 3), ("B", 2)):
+        for j in range(times):
+            ratings += [
+                Rating(f"u{other}{j}", "X", 5.0, t + 1),
+                Rating(f"u{other}{j}", other, 5.0, t + 2),
+            ]
+            t += 2
+    engine.learn_ratings(ratings)
+    assert [r.item for r in engine.similar_lists(now=1e9)["X"]] == ["A", "B"]
+    engine.upsert_item("Y", {"jazz": 1.0})  # content 1 plus its co-occurrence share 1
+    lists = engine.similar_lists(now=1e9 + 1)
+    assert [r.item for r in lists["X"]] == ["Y", "A"]
+
+
+def test_co_occurrence_another_worker_shared_makes_lists_due() -> None:
+    engine = _engine(similar_every_s=30.0)
+    engine.similar_clock = lambda: 110.0
+    engine.similar_lists(now=100.0)
+    engine.similar_moved(["jazz0", "unknown"])  # at 110: due 30 s after its write
+    assert engine.similar_lists(now=129.0) == {}
+    assert set(engine.similar_lists(now=131.0)) == {"jazz0"}
+
+
+def test_deleted_items_keys_are_the_engines_to_remove_once_not_listed_again() -> None:
+    engine = _engine()
+    engine.similar_lists()
+    engine.delete_item("jazz0")
+    engine.delete_item("rock")
+    engine.upsert_item("rock", {"rock": 1.0})  # listed again before the tick
+    assert engine.similar_deleted() == ["jazz0"]
+    assert "jazz0" not in engine.similar_lists() and engine.similar_deleted() == []
+
+
+def test_when_every_content_vector_moves_every_list_falls_due_after_every_s() -> None:
+    engine = _engine(similar_every_s=30.0)
+    engine.similar_lists(now=100.0)
+    assert engine.similar_lists(now=200.0) == {}
+    engine.model.content.refresh()  # (tag weights recomputed over the catalog)
+    assert engine.similar_lists(now=129.0) == {}
+    assert len(engine.similar_lists(now=131.0)) == 4

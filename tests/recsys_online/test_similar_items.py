@@ -1,0 +1,71 @@
+""" "More like this" (``Recommender.similar_many``): what the score counts, and what it
+must never claim."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys_online.recommender import Recommender, RecommenderConfig
+
+
+def _pairs(rec: Recommender, item: str, others: list[tuple[str, int]], t: float = 0.0):
+    """Users who rate ``item`` and then each other item, ``times`` users per item."""
+    for other, times in others:
+        for j in range(times):
+            user = f"u-{item}-{other}-{j}"
+            rec.learn_rating(user, item, 5.0, t := t + 1)
+            rec.learn_rating(user, other, 5.0, t := t + 1)
+    return t
+
+
+def test_the_score_is_content_cosine_plus_the_co_occurrence_share() -> None:
+    rec = Recommender()
+    rec.upsert_items(
+        ["x", "a", "b", "c"],
+        [{"jazz": 1.0}, {"jazz": 1.0}, {"rock": 1.0}, {"jazz": 1.0, "rock": 1.0}],
+    )
+    _pairs(rec, "x", [("b", 4), ("a", 2)])
+    got = {r.item: r for r in rec.similar_items("x", 3)}
+    earned = np.maximum(rec.cooc._guaranteed(np.array([rec.items.get("x")])), 0)[0]
+    nbr = rec.cooc.nbr[rec.items.get("x")]
+    share = {
+        rec.items.id_of(int(j)): w / earned.max()
+        for j, w in zip(nbr, earned, strict=True)
+        if j >= 0
+    }
+    c_rows = rec.content.C[[rec.items.get("x"), rec.items.get("c")]]
+    cosine_c = float(c_rows[0] @ c_rows[1])  # c shares one of its two tags (TF-IDF)
+    assert 0 < cosine_c < 1
+    assert got["a"].score == np.float32(1.0 + share["a"])
+    assert abs(got["b"].score - share["b"]) < 1e-6 and got["b"].source == "co-occurrence"
+    assert abs(got["c"].score - (cosine_c + share.get("c", 0.0))) < 1e-3
+    assert got["a"].reason == "similar to x" and got["b"].reason == "rated together with x"
+    assert [r.item for r in rec.similar_items("x", 3)] == ["a", "b", "c"]
+
+
+def test_an_inherited_neighbour_weight_is_not_evidence() -> None:
+    """Co-occurrence keeps the heaviest M neighbours (SpaceSaving): a newcomer takes a
+    full slot and inherits its weight. One shared rating must not top the list."""
+    rec = Recommender()
+    m = rec.cooc.n_neighbours
+    rec.upsert_items(
+        ["x", *(f"n{j}" for j in range(m)), "y"],
+        [{"a": 1.0}, *({f"t{j % 5}": 1.0} for j in range(m)), {"zz": 1.0}],
+    )
+    t = 0.0
+    for _ in range(20):
+        t = _pairs(rec, "x", [(f"n{j}", 1) for j in range(m)], t)
+    _pairs(rec, "x", [("y", 1)], t)
+    listed = [r.item for r in rec.similar_items("x", 10)]
+    assert listed and "y" not in listed
+
+
+def test_past_content_dim_tags_only_items_sharing_a_tag_are_similar_by_content() -> None:
+    """Tag t lands in content column t mod content_dim: with more tags than columns,
+    unrelated items share columns. "similar to X" must still mean a shared tag."""
+    rec = Recommender(RecommenderConfig(content_dim=8))
+    items = [f"i{j}" for j in range(40)]
+    rec.upsert_items(items, [{f"own{j}": 1.0} for j in range(40)])
+    assert rec.similar_many(items, 5) == [[] for _ in items]
+    rec.upsert_item("twin", {"own3": 1.0})
+    assert [r.item for r in rec.similar_items("i3", 5)] == ["twin"]
