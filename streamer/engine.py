@@ -26,7 +26,7 @@ from streamer.metrics import (
     deadletter_kind,
 )
 from streamer.settings import Settings
-from streamer.similar import SimilarDue
+from streamer.similar import SimilarDue, marked
 
 Lists = dict[str, list[Recommendation]]
 
@@ -568,7 +568,7 @@ class StreamEngine:
             """An upper bound of each item's score for ``rows``: the best content cosine,
             plus 1 (a co-occurrence share's most) where one is its neighbour."""
             best = (content[:n] @ content[rows].T).max(axis=1)
-            return best + np.isin(model.cooc.nbr[:n], rows).any(axis=1)
+            return best + marked(rows, n)[model.cooc.nbr[:n]].any(axis=1)
 
         rows = self.similar.take(n, model.active, limit, now, entering)
         if not len(rows):

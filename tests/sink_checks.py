@@ -29,6 +29,15 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     assert sorted(workers) == [b"w1", b"w2"]
 
 
+async def on_a_sink(settings: Settings, check) -> None:
+    """``check(sink, settings)`` on a sink of its own, closed after."""
+    sink = RedisSink(settings)
+    try:
+        await check(sink, settings)
+    finally:
+        await sink.close()
+
+
 async def check_similar_lists(sink: RedisSink, settings: Settings) -> None:
     """Items' "more like this" lists: written under ``similar:{item}``, read back by both
     clients (cut to k, with titles), the popular list for an item without one (never

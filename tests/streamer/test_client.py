@@ -7,7 +7,7 @@ import time
 
 import pytest
 import redis
-from sink_checks import check_similar_lists
+from sink_checks import check_similar_lists, on_a_sink
 
 from streamer.client import (
     AsyncRecommendationClient,
@@ -15,7 +15,6 @@ from streamer.client import (
     RecommendationsUnavailable,
 )
 from streamer.settings import Settings
-from streamer.sink import RedisSink
 
 
 def doc(items: list[tuple[str, float, str]], version: int = 3) -> str:
@@ -67,11 +66,7 @@ async def test_similar_lists_are_written_and_read_by_both_clients(
     redis_url: str, redis_key_prefix: str
 ) -> None:
     settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
-    sink = RedisSink(settings)
-    try:
-        await check_similar_lists(sink, settings)
-    finally:
-        await sink.close()
+    await on_a_sink(settings, check_similar_lists)
 
 
 def test_unknown_user_gets_the_popular_list(redis_url: str, stored) -> None:
