@@ -564,11 +564,12 @@ class StreamEngine:
             self._similar_content = model.content.full_refreshes
             self.similar.rated(np.arange(n), now, self.settings.similar_every_s)
 
-        def entering(rows: np.ndarray) -> np.ndarray:
-            """An upper bound of each item's score for ``rows``: the best content cosine,
-            plus 1 (a co-occurrence share's most) where one is its neighbour."""
-            best = (content[:n] @ content[rows].T).max(axis=1)
-            return best + marked(rows, n)[model.cooc.nbr[:n]].any(axis=1)
+        def entering(rows: np.ndarray, among: np.ndarray) -> np.ndarray:
+            """An upper bound of the score of ``rows`` in the lists of ``among``: the best
+            content cosine, plus 1 (a co-occurrence share's most) where one of ``rows``
+            is a neighbour."""
+            best = (content[among] @ content[rows].T).max(axis=1)
+            return best + marked(rows, n)[model.cooc.nbr[among]].any(axis=1)
 
         rows = self.similar.take(n, model.active, limit, now, entering)
         if not len(rows):

@@ -24,8 +24,9 @@ from recsys_online.ids import grown, kept_rows
 NEVER = np.inf
 CHUNK = 256  # changed items scored against the catalog at once (bounds memory)
 
-#: ``scores(rows)``: each catalog item's best content score against items ``rows``.
-Scorer = Callable[[np.ndarray], np.ndarray]
+#: ``scores(rows, among)``: an upper bound of the score of each of items ``rows`` in the
+#: lists of items ``among``, the best over ``rows`` for each of ``among``.
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def marked(rows: np.ndarray, n: int) -> np.ndarray:
@@ -135,13 +136,14 @@ class SimilarDue:
         """
         self.ensure(n_items)
         self._settle(now)
-        if len(self.to_score) and (scores is None or not np.isfinite(self.floor).any()):
-            self.to_score = self.to_score[:0]  # (no list written yet: none to enter)
+        if scores is None:
+            self.to_score = self.to_score[:0]
         if len(self.to_score):
             chunk, self.to_score = self.to_score[:CHUNK], self.to_score[CHUNK:]
             chunk = chunk[chunk < n_items]
-            if len(chunk):
-                self._due_now(np.flatnonzero(scores(chunk) > self.floor[:n_items]), now)
+            among = np.flatnonzero(np.isfinite(self.floor[:n_items]))  # lists written
+            if len(chunk) and len(among):
+                self._due_now(among[scores(chunk, among) > self.floor[among]], now)
         due_at = np.minimum(self.due_at[:n_items], self.written_at[:n_items] + self.max_age_s)
         due_at[~live[:n_items]] = NEVER
         rows = np.flatnonzero(due_at <= now)

@@ -150,7 +150,7 @@ def test_a_new_item_makes_due_the_lists_it_enters_and_those_that_show_it() -> No
     due.floor[:8] = [0.9, 0.2, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5]
     due.changed(np.array([6]), now=1.0)  # changed, scoring 0.3 against rows 0-3
     best = np.array([0.3, 0.3, 0.3, 0.3, 0.0, 0.0, 1.0, 0.0])
-    taken = due.take(8, LIVE, 100, now=1.0, scores=lambda rows: best)
+    taken = due.take(8, LIVE, 100, now=1.0, scores=lambda rows, among: best[among])
     assert taken.tolist() == [1, 2, 6]  # beats 0.2, and 0 (a short list); 6: its own
     due.changed(np.array([5]), now=2.0)  # its tags changed: every list showing it is due
     assert due.take(8, LIVE, 100, now=2.0).tolist() == [0, 1, 2, 3, 4, 5]
@@ -181,7 +181,7 @@ def test_a_weak_new_item_leaves_full_lists_alone() -> None:
     due.floor[:8] = 0.9  # full lists, their last place at 0.9
     due.changed(np.array([3]), now=1.0)
     best = np.full(8, 0.5)  # it scores 0.5 against everyone
-    assert due.take(8, LIVE, 100, now=1.0, scores=lambda rows: best).tolist() == [3]
+    assert due.take(8, LIVE, 100, now=1.0, scores=lambda rows, among: best[among]).tolist() == [3]
 
 
 def test_changes_waiting_to_be_scored_follow_renumbered_rows() -> None:
@@ -198,9 +198,9 @@ def test_changes_waiting_to_be_scored_follow_renumbered_rows() -> None:
     due.keep_items(keep, new_row)
     seen: list[list[int]] = []
 
-    def scores(rows: np.ndarray) -> np.ndarray:
+    def scores(rows: np.ndarray, among: np.ndarray) -> np.ndarray:
         seen.append(rows.tolist())
-        return np.zeros(7)
+        return np.zeros(len(among))
 
     due.take(7, LIVE, 100, now=3.0, scores=scores)
     assert seen == [[5]]  # old row 6
@@ -218,9 +218,9 @@ def test_a_bulk_import_is_checked_a_chunk_per_take() -> None:
     due.changed(np.arange(n), now=1.0)
     sizes: list[int] = []
 
-    def scores(rows: np.ndarray) -> np.ndarray:
+    def scores(rows: np.ndarray, among: np.ndarray) -> np.ndarray:
         sizes.append(len(rows))
-        return np.zeros(n)
+        return np.zeros(len(among))
 
     for _ in range(4):
         due.take(n, live, 0, now=1.0, scores=scores)
