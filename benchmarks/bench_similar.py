@@ -11,7 +11,12 @@ lists; this measures the price, always against a baseline timed in the same run:
 2. **Reading the catalog**: 10,000 item upserts one at a time (how a worker reads the
    items topic at start) with the lists on and off (``RECSYS_SIMILAR_EVERY_S=0``),
    alternated.
-3. **The worker, on and off, alternated** (``--pairs`` of each): live-paced throughput
+3. **Quality, in-process**: bench_stream's synthetic year (100,000 ratings, sessions of
+   related items, 30% of items arriving mid-stream), learned in batches of 1,000 with the
+   lists due written after each batch on event time: each relevant rating is looked up,
+   before it is learned, in the list of the item its user rated before, and in the
+   popular list as served (the baseline): Recall@10 and NDCG@10 of both.
+4. **The worker, on and off, alternated** (``--pairs`` of each): live-paced throughput
    on a backlog of 100,000 ratings, and freshness at 5,000 ratings/s over 50,000
    (``benchmarks.bench_stream``'s functions and streams). Needs the services:
    ``eval "$(scripts/services.sh up)"``.
@@ -37,6 +42,7 @@ from benchmarks.bench_stream import (
     throughput,
     uniform_users,
 )
+from recsys_online import synth
 from recsys_online.runtime import limit_blas_threads, tune_gc
 from streamer.engine import StreamEngine
 from streamer.settings import Settings
@@ -77,6 +83,29 @@ def catalog_s(ds, every: float) -> float:
     return time.perf_counter() - started
 
 
+def quality(ds) -> dict[str, float]:
+    """The lists' hit rate on ``ds`` against the popular list's (see the docstring)."""
+    engine = StreamEngine(Settings())
+    engine.live = False
+    engine.similar_clock = lambda: engine.watermark
+    for item in ds.items.values():
+        engine.upsert_item(item.item, item.tags, item.timestamp)
+    ratings = ds.ratings
+    for lo in range(0, len(ratings), 1000):
+        engine.learn_ratings(ratings[lo : lo + 1000])
+        while engine.similar_lists(4096):
+            pass
+        engine.popular()
+    m = engine.metrics()
+    return {
+        "evaluated": m["similar_evaluated"],
+        "similar_recall_at_k": m["similar_recall_at_k_total"],
+        "popular_recall_at_k": m["similar_recall_at_k_popular_total"],
+        "similar_ndcg_at_k": engine.similar_ranking.summary()["ndcg_at_k"],
+        "popular_ndcg_at_k": engine.similar_popular.summary()["ndcg_at_k"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="worker runs of each, alternated")
@@ -111,6 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"reading the catalog one upsert at a time: {on_s:.2f} s with the lists, "
         f"{off_s:.2f} s without ({(on_s - off_s) / len(live.items) * 1e6:.1f} us an item)"
+    )
+    year = synth.generate(n_users=20_000, n_items=10_000, n_ratings=100_000, seed=11)
+    result["quality"] = q = quality(year)
+    print(
+        f"quality on the synthetic year, {q['evaluated']:,} relevant ratings after another: "
+        f"Recall@10 {q['similar_recall_at_k']:.4f} in the previous item's list against "
+        f"{q['popular_recall_at_k']:.4f} in the popular list "
+        f"({q['similar_recall_at_k'] / max(q['popular_recall_at_k'], 1e-12):.2f}x); NDCG@10 "
+        f"{q['similar_ndcg_at_k']:.4f} against {q['popular_ndcg_at_k']:.4f}"
     )
     if not args.no_worker:
         log_dir = Path(tempfile.mkdtemp(prefix="bench-similar-"))

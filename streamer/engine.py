@@ -110,6 +110,11 @@ class StreamEngine:
         self.ranking = RankingScore(s.metrics_window)  # in the list last served
         # In a list ranked at the rating, for the share ``fresh_eval_share`` of ratings.
         self.ranking_now = RankingScore(s.metrics_window)
+        # "More like this": a relevant rating's item in the list of the item the user rated
+        # before it (as written to Redis), and in the popular list as served, the same ratings.
+        self.similar_ranking = RankingScore(s.metrics_window)
+        self.similar_popular = RankingScore(s.metrics_window)
+        self.popular_served: list[str] = []
         self._sample_below = round(s.fresh_eval_share * 2**32)
         self.max_tracked_users = max_tracked_users
         self.served: OrderedDict[str, list[str]] = OrderedDict()  # LRU of last lists
@@ -205,7 +210,32 @@ class StreamEngine:
         shown = [(now if users[n] in stale else served)[users[n]] for n in relevant]  # as served
         self.ranking.update_many(list(map(rank_in, shown, (items[n] for n in relevant))))
         self.ranking_now.update_many([rank_in(now[users[n]], items[n]) for n in sample])
+        self._score_similar([users[n] for n in relevant], [items[n] for n in relevant])
         self._learn(step)
+
+    def _score_similar(self, users: list[str], items: list[str]) -> None:
+        """Test the "more like this" lists before learning: for each relevant rating whose
+        user rated an item before, whose list was written with something in it, the
+        rating's item's rank in that list, and in the popular list as last served."""
+        model = self.model
+        if self.settings.similar_every_s <= 0 or not users:
+            return
+        u, i = model.users.get_many(users), model.items.get_many(items)
+        recent, listed = model.cooc.recent, self.similar.listed
+        ok = (u >= 0) & (u < len(recent)) & (i >= 0)
+        before = np.full(len(u), -1, np.int64)
+        before[ok] = recent[u[ok], 0]  # (newest first; -1: none)
+        ok &= (before >= 0) & (before < len(listed))
+        shown = listed[before[ok]]
+        written = (shown >= 0).any(axis=1)
+        shown, wanted = shown[written], i[ok][written]
+        if not len(wanted):
+            return
+        at = shown == wanted[:, None]
+        place = np.where(at.any(axis=1), at.argmax(axis=1), -1).tolist()
+        self.similar_ranking.update_many([p if p >= 0 else None for p in place])
+        names = model.items.ids_of(wanted.tolist())
+        self.similar_popular.update_many([rank_in(self.popular_served, x) for x in names])
 
     def _learn(self, step: Sequence[Rating]) -> None:
         """Learn a step in slices of at most ``learn_step_max`` ratings, in order.
@@ -262,6 +292,8 @@ class StreamEngine:
         "errors",
         "ranking",
         "ranking_now",
+        "similar_ranking",
+        "similar_popular",
         "freshness_ms",
         "freshness_hist",
         "freshness_all",
@@ -337,6 +369,10 @@ class StreamEngine:
         state.setdefault("similar_clock", time.time)
         state.setdefault("similar_gone", [])
         state.setdefault("_similar_content", 0)
+        window = state["settings"].metrics_window
+        state.setdefault("similar_ranking", RankingScore(window))
+        state.setdefault("similar_popular", RankingScore(window))
+        state.setdefault("popular_served", [])
         self.__dict__.update(state)
 
     def repeats(self, event_id: str | None) -> bool:
@@ -534,8 +570,10 @@ class StreamEngine:
             yield [u for u, d in zip(recent, (best > floors).tolist(), strict=True) if d]
 
     def popular(self) -> list[Recommendation]:
-        """The list for users the model does not know."""
-        return self.model.popular(self.settings.k)
+        """The list for users the model does not know (remembered as served)."""
+        recs = self.model.popular(self.settings.k)
+        self.popular_served = [r.item for r in recs]
+        return recs
 
     def similar_lists(self, limit: int = 256, now: float | None = None) -> Lists:
         """The "more like this" lists due (:class:`~streamer.similar.SimilarDue`), up to
@@ -701,6 +739,7 @@ class StreamEngine:
         fresh = np.asarray(self.freshness_ms, dtype=np.float64)
         rank = self.ranking.summary()
         rank_now = self.ranking_now.summary()
+        similar, similar_pop = self.similar_ranking.summary(), self.similar_popular.summary()
         err = self.errors.summary()
         return {
             "events": self.events,
@@ -716,6 +755,12 @@ class StreamEngine:
             "recall_at_k_fresh": rank_now["rolling_recall_at_k"],
             "ndcg_at_k_fresh_total": rank_now["ndcg_at_k"],
             "recall_at_k_fresh_total": rank_now["recall_at_k"],
+            "similar_ndcg_at_k": similar["rolling_ndcg_at_k"],
+            "similar_recall_at_k": similar["rolling_recall_at_k"],
+            "similar_recall_at_k_popular": similar_pop["rolling_recall_at_k"],
+            "similar_recall_at_k_total": similar["recall_at_k"],
+            "similar_recall_at_k_popular_total": similar_pop["recall_at_k"],
+            "similar_evaluated": similar["n"],
             "k": self.settings.k,
             "events_per_s": self.events_per_s(),
             "deadletters": self.deadletters,

@@ -131,6 +131,24 @@ GAUGES: dict[str, tuple[str, str, str]] = {
         "gauge",
         "Prequential Recall@K in a list ranked at the rating (rolling window).",
     ),
+    "similar_ndcg_at_k": (
+        "recsys_similar_ndcg_at_k",
+        "gauge",
+        "NDCG@K of relevant ratings in the more-like-this list of the user's previous item "
+        "(rolling window).",
+    ),
+    "similar_recall_at_k": (
+        "recsys_similar_recall_at_k",
+        "gauge",
+        "Recall@K (hit rate) of relevant ratings in the more-like-this list of the user's "
+        "previous item (rolling window).",
+    ),
+    "similar_recall_at_k_popular": (
+        "recsys_similar_recall_at_k_popular",
+        "gauge",
+        "The same ratings' hit rate in the popular list as served: the baseline for "
+        "recsys_similar_recall_at_k (rolling window).",
+    ),
     "events_per_s": (
         "recsys_events_per_second",
         "gauge",

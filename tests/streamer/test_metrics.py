@@ -67,6 +67,8 @@ def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
         "recsys_recall_at_k",
         "recsys_ndcg_at_k_fresh",
         "recsys_recall_at_k_fresh",
+        "recsys_similar_recall_at_k",
+        "recsys_similar_recall_at_k_popular",
         "recsys_freshness_seconds",
         "recsys_refresh_seconds",
     ):

@@ -272,3 +272,26 @@ def test_when_every_content_vector_moves_every_list_falls_due_after_every_s() ->
     engine.model.content.refresh()  # (tag weights recomputed over the catalog)
     assert engine.similar_lists(now=129.0) == {}
     assert len(engine.similar_lists(now=131.0)) == 4
+
+
+def test_the_lists_are_tested_before_learning_against_the_popular_list() -> None:
+    """A relevant rating counts a hit when its item is in the "more like this" list of
+    the item its user rated just before (as written), and the same ratings are looked up
+    in the popular list as served, the baseline."""
+    engine = _engine()
+    engine.similar_lists()  # jazz0: [jazz1, jazz2]; rock: []
+    engine.popular()
+    engine.learn_ratings([Rating("ann", "jazz0", 5.0, 1.0), Rating("bob", "rock", 5.0, 1.0)])
+    assert engine.metrics()["similar_evaluated"] == 0  # nobody rated anything before
+    engine.learn_ratings(
+        [
+            Rating("ann", "jazz2", 5.0, 2.0),  # in jazz0's list, second place
+            Rating("bob", "jazz1", 5.0, 2.0),  # rock's list is empty: not counted
+        ]
+    )
+    m = engine.metrics()
+    assert m["similar_evaluated"] == 1 and m["similar_recall_at_k"] == 1.0
+    assert abs(m["similar_ndcg_at_k"] - 1 / np.log2(3)) < 1e-9
+    assert m["similar_recall_at_k_popular"] == float("jazz2" in engine.popular_served)
+    engine.learn_ratings([Rating("ann", "rock", 4.0, 3.0)])  # not in jazz2's list
+    assert engine.metrics()["similar_recall_at_k"] == 0.5
