@@ -1089,13 +1089,8 @@ class Recommender:
         return self.similar_many([item], k)[0]
 
     def similar_many(self, items: Sequence[str], k: int = 10) -> list[list[Recommendation]]:
-        """Batched :meth:`similar_items`: one product of content vectors for all ``items``.
-
-        An item's score is its content cosine with the asked item plus its co-occurrence
-        weight as a share of the asked item's heaviest neighbour, so both lie in [0, 1];
-        only items scoring above 0 are listed. The larger part gives the reason: "rated
-        together with X" (co-occurrence) or "similar to X" (content). Unknown and
-        deleted items get an empty list.
+        """Batched :meth:`similar_items` (:meth:`similar_rows` by id); unknown and deleted
+        items get an empty list.
 
         >>> rec = Recommender()
         >>> rec.upsert_items(["a", "b", "c"], [{"jazz": 1.0}, {"jazz": 1.0}, {"rock": 1.0}])
@@ -1104,19 +1099,40 @@ class Recommender:
         >>> rec.similar_many(["a", "gone"], 5)[1]
         []
         """
-        if len(items) > _SIMILAR_CHUNK:  # (scores are items by catalog: bounded)
-            return [
-                recs
-                for lo in range(0, len(items), _SIMILAR_CHUNK)
-                for recs in self.similar_many(items[lo : lo + _SIMILAR_CHUNK], k)
-            ]
-        rows = [self.items.get(x) for x in items]
-        asked = [n for n, r in enumerate(rows) if r is not None and not self.deleted[r]]
+        rows = self.items.get_many(items)
+        known = rows >= 0
+        known[known] = ~self.deleted[rows[known]]
+        asked = np.flatnonzero(known).tolist()
         out: list[list[Recommendation]] = [[] for _ in items]
+        lists, _, _ = self.similar_rows(rows[asked], [items[a] for a in asked], k)
+        for a, recs in zip(asked, lists, strict=True):
+            out[a] = recs
+        return out
+
+    def similar_rows(
+        self, r: np.ndarray, names: Sequence[str], k: int = 10
+    ) -> tuple[list[list[Recommendation]], np.ndarray, np.ndarray]:
+        """ "More like this" for catalog rows ``r`` of items not deleted, named ``names``:
+        their lists, and each list's item rows and scores ``(B, k)`` (-1 and ``-inf`` past
+        a shorter list's end), in one product of content vectors a chunk of items.
+
+        An item's score is its content cosine with the asked item, counted only where the
+        two share a tag, plus the co-occurrence weight the pair earned as a share of the
+        asked item's heaviest earned neighbour, so both lie in [0, 1]; only items scoring
+        above 0 are listed. The larger part gives the reason: "rated together with X"
+        (co-occurrence) or "similar to X" (content).
+        """
+        if len(r) > _SIMILAR_CHUNK:  # (scores are items by catalog: bounded)
+            parts = [
+                self.similar_rows(r[lo : lo + _SIMILAR_CHUNK], names[lo : lo + _SIMILAR_CHUNK], k)
+                for lo in range(0, len(r), _SIMILAR_CHUNK)
+            ]
+            lists = [recs for part in parts for recs in part[0]]
+            return lists, *(np.concatenate([part[j] for part in parts]) for j in (1, 2))
         n = self.n_items
-        if not asked or k <= 0 or n == 0:
-            return out
-        r = np.array([rows[a] for a in asked], np.int64)
+        if not len(r) or k <= 0 or n == 0:
+            shape = (len(r), max(k, 0))
+            return [[] for _ in r], np.full(shape, -1, np.int64), np.full(shape, -np.inf)
         b = np.arange(len(r))
         wide = 2 * k  # candidates, before content that shares no tag is taken out
         block, width = padded_width(n, wide)
@@ -1162,7 +1178,6 @@ class Recommender:
         led_by_cooc = from_cooc * 2 > top_scores
         # Built flat, by C-level calls (as the users' lists are), then cut per item.
         lengths = present.sum(axis=1)
-        names = [items[a] for a in asked]
         owner = np.repeat(np.arange(len(r)), lengths)
         kind = led_by_cooc[present].astype(np.int64)
         reasons = [f"{how} {name}" for name in names for how in _SIMILAR_REASONS]
@@ -1180,9 +1195,7 @@ class Recommender:
                 ),
             )
         )
-        for a, listed in zip(asked, _split(recs, lengths), strict=True):
-            out[a] = listed
-        return out
+        return _split(recs, lengths), top, top_scores
 
     def _explain_many(
         self,

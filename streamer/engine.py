@@ -184,7 +184,7 @@ class StreamEngine:
         self.evaluated += len(ratings)
         self._rate.append((time.monotonic(), self.events))
         self.version += 1
-        self._rated(ratings)
+        self.similar_moved([r.item for r in ratings])
         return self._serve(dict.fromkeys(r.user for r in ratings))
 
     def _evaluate_and_learn(self, step: Sequence[Rating], touched: set[str]) -> None:
@@ -272,9 +272,6 @@ class StreamEngine:
             self._learn(step)
         self.events += len(ratings)
         self.version += 1
-        self._rated(ratings)
-
-    def _rated(self, ratings: Sequence[Rating]) -> None:
         self.similar_moved([r.item for r in ratings])
 
     def similar_moved(self, items: Sequence[str]) -> None:
@@ -613,14 +610,9 @@ class StreamEngine:
         if not len(rows):
             return {}
         items = model.items.ids_of(rows.tolist())
-        lists = model.similar_many(items, k)
-        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
-        listed = np.full((len(rows), k), -1, np.int32)
-        listed[np.arange(k) < lengths[:, None]] = model.items.get_many(
-            [r.item for recs in lists for r in recs]
-        )
-        floor = np.array([recs[-1].score if len(recs) == k else 0.0 for recs in lists])
-        self.similar.wrote(rows, listed, floor, now)
+        lists, listed, scores = model.similar_rows(rows, items, k)
+        floor = np.where(listed[:, -1] >= 0, scores[:, -1], 0.0)  # (a full list's last)
+        self.similar.wrote(rows, listed.astype(np.int32), floor, now)
         return dict(zip(items, lists, strict=True))
 
     def similar_deleted(self) -> list[str]:
@@ -636,11 +628,8 @@ class StreamEngine:
         (['a'], [])
         """
         gone, self.similar_gone = self.similar_gone, []
-        return [x for x in dict.fromkeys(gone) if not self._is_live(x)]
-
-    def _is_live(self, item: str) -> bool:
-        row = self.model.items.get(item)
-        return row is not None and bool(self.model.active[row])
+        model = self.model
+        return [x for x in dict.fromkeys(gone) if x not in model.items or model.is_deleted(x)]
 
     def _serve(self, users: Iterable[str]) -> Lists:
         users = list(users)
