@@ -26,7 +26,7 @@ from streamer.metrics import (
     deadletter_kind,
 )
 from streamer.settings import Settings
-from streamer.similar import SimilarDue, marked
+from streamer.similar import SimilarDue
 
 Lists = dict[str, list[Recommendation]]
 
@@ -604,7 +604,7 @@ class StreamEngine:
             content cosine, plus 1 (a co-occurrence share's most) where one of ``rows``
             is a neighbour."""
             best = (content[among] @ content[rows].T).max(axis=1)
-            return best + marked(rows, n)[model.cooc.nbr[among]].any(axis=1)
+            return best + (row_map(rows, n) >= 0)[model.cooc.nbr[among]].any(axis=1)
 
         rows = self.similar.take(n, model.active, limit, now, entering)
         if not len(rows):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from recsys_online.ids import grown, kept_rows
+from recsys_online.ids import grown, kept_rows, row_map
 
 NEVER = np.inf
 CHUNK = 256  # changed items scored against the catalog at once (bounds memory)
@@ -27,20 +27,6 @@ CHUNK = 256  # changed items scored against the catalog at once (bounds memory)
 #: ``scores(rows, among)``: an upper bound of the score of each of items ``rows`` in the
 #: lists of items ``among``, the best over ``rows`` for each of ``among``.
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def marked(rows: np.ndarray, n: int) -> np.ndarray:
-    """A lookup table of ``rows`` among ``n`` rows, one entry more for the -1 that marks
-    an empty slot: ``marked(rows, n)[slots]`` is ``np.isin(slots, rows)`` for any
-    array of rows and -1s, a gather instead of a sort (20x faster over a catalog).
-
-    >>> marked(np.array([1, 3]), 4)[np.array([[3, -1], [0, 2]])].tolist()
-    [[True, False], [False, False]]
-    """
-    table = np.zeros(n + 1, bool)
-    table[rows[rows < n]] = True
-    table[-1] = False
-    return table
 
 
 class SimilarDue:
@@ -108,7 +94,9 @@ class SimilarDue:
         if not self.arrived and not self.gone:
             return
         moved = np.concatenate([*self.arrived, np.array(self.gone, np.int64)])
-        self._due_now(marked(moved, len(self.listed))[self.listed].any(axis=1), now)
+        # (row_map: a table with -1 for rows not among them, and for the -1 of an empty
+        # slot: a gather instead of np.isin's sort, 20x faster over a catalog)
+        self._due_now((row_map(moved, len(self.listed)) >= 0)[self.listed].any(axis=1), now)
         for row in self.gone:
             self.listed[row] = -1
         arrived = np.concatenate([*self.arrived, np.zeros(0, np.int64)]).astype(np.int64)
