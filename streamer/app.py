@@ -32,6 +32,7 @@ from streamer.ordering import EventTimeMerge
 from streamer.partitions import read_ranges, standalone_consumer
 from streamer.records import item_event, rating_event, user_event
 from streamer.settings import Settings
+from streamer.similar import Shard
 from streamer.sink import RedisSink, redis_refusal
 from streamer.snapshot import SnapshotStore
 from streamer.web import MetricsServer
@@ -453,6 +454,15 @@ class _Consumer(faust_kafka.Consumer):
             self._n_acked += len(records)
         finally:
             self._handler_idle.set()
+
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, by this consumer's metadata (the group's
+        subscription: every member knows its topics'); None while not known."""
+        try:
+            parts = self._thread._ensure_consumer().partitions_for_topic(topic)
+        except (AttributeError, ConsumerNotStarted):  # not started yet
+            return None
+        return len(parts) if parts else None
 
     def batch_idle(self) -> bool:
         """No batch is in its handler."""
@@ -1032,8 +1042,17 @@ class RecsysWorker:
             if gone:  # after this worker's last write of them
                 await self.sink.delete_similar(gone)
 
+    def _similar_shard(self) -> Shard:
+        """The ratings partitions this worker holds, of how many: it writes the "more
+        like this" lists of the items hashed to them
+        (:meth:`~streamer.similar.SimilarDue.owned`), so with several workers each list
+        is written by one. None held while the group's partition count is not known."""
+        count = self.app.consumer.partition_count(self.settings.ratings_topic)
+        return (self._assigned(), count) if count else (set(), 1)
+
     async def _write_similar_lists(self, engine: StreamEngine) -> None:
         started = time.monotonic()
+        shard = self._similar_shard()  # (a rebalance meanwhile: the next tick follows it)
         while True:
             spent = time.monotonic() - started
             if spent >= self.SIMILAR_IDLE_TICK_S or (
@@ -1043,7 +1062,7 @@ class RecsysWorker:
                 return
             if self.engine is not engine:  # rebuilt meanwhile: its own lists follow
                 return
-            lists = engine.similar_lists(self.SIMILAR_SLICE)
+            lists = engine.similar_lists(self.SIMILAR_SLICE, shard=shard)
             if not lists:
                 return
             await self.sink.publish_lists(lists, engine.version, similar=True)

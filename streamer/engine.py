@@ -26,7 +26,7 @@ from streamer.metrics import (
     deadletter_kind,
 )
 from streamer.settings import Settings
-from streamer.similar import SimilarDue
+from streamer.similar import Shard, SimilarDue
 
 Lists = dict[str, list[Recommendation]]
 
@@ -226,6 +226,10 @@ class StreamEngine:
         before = np.full(len(u), -1, np.int64)
         before[ok] = recent[u[ok], 0]  # (newest first; -1: none)
         ok &= (before >= 0) & (before < len(listed))
+        mine = self.similar.mine  # (lists another worker writes are its to test)
+        if mine is not None:
+            ok &= before < len(mine)
+            ok[ok] = mine[before[ok]]
         shown = listed[before[ok]]
         written = (shown >= 0).any(axis=1)
         shown, wanted = shown[written], i[ok][written]
@@ -572,13 +576,17 @@ class StreamEngine:
         self.popular_served = [r.item for r in recs]
         return recs
 
-    def similar_lists(self, limit: int = 256, now: float | None = None) -> Lists:
+    def similar_lists(
+        self, limit: int = 256, now: float | None = None, shard: Shard | None = None
+    ) -> Lists:
         """The "more like this" lists due (:class:`~streamer.similar.SimilarDue`), up to
         ``limit`` of them, by item, the longest due first (lists never written before
         any other): new and changed items' lists and those they enter or showed, those
         that showed an item deleted since, those a rating moved (at most every
         ``settings.similar_every_s``), and any older than an hour. {} when the setting
-        is 0.
+        is 0. With ``shard`` (the ratings partitions this worker holds, of how many),
+        only the lists of the items :func:`~streamer.similar.shard_of` them: each
+        item's list is one worker's.
 
         >>> engine = StreamEngine(Settings(k=2, n_factors=4))
         >>> for item in "abc":
@@ -606,7 +614,8 @@ class StreamEngine:
             best = (content[among] @ content[rows].T).max(axis=1)
             return best + (row_map(rows, n) >= 0)[model.cooc.nbr[among]].any(axis=1)
 
-        rows = self.similar.take(n, model.active, limit, now, entering)
+        mine = self.similar.owned(n, shard, model.items.ids_of)
+        rows = self.similar.take(n, model.active, limit, now, entering, mine)
         if not len(rows):
             return {}
         items = model.items.ids_of(rows.tolist())
@@ -614,6 +623,17 @@ class StreamEngine:
         floor = np.where(listed[:, -1] >= 0, scores[:, -1], 0.0)  # (a full list's last)
         self.similar.wrote(rows, listed.astype(np.int32), floor, now)
         return dict(zip(items, lists, strict=True))
+
+    def similar_owned(self) -> int:
+        """Live items whose "more like this" list this worker writes (as of its last
+        :meth:`similar_lists`: every live item for a worker alone; 0 when off)."""
+        if self.settings.similar_every_s <= 0:
+            return 0
+        live, mine = self.model.active[: self.model.n_items], self.similar.mine
+        if mine is None:
+            return int(live.sum())
+        n = min(len(live), len(mine))
+        return int((live[:n] & mine[:n]).sum())
 
     def similar_deleted(self) -> list[str]:
         """Items deleted since the last call and not listed again: their "more like this"
@@ -750,6 +770,7 @@ class StreamEngine:
             "similar_recall_at_k_total": similar["recall_at_k"],
             "similar_recall_at_k_popular_total": similar_pop["recall_at_k"],
             "similar_evaluated": similar["n"],
+            "similar_owned": self.similar_owned(),
             "k": self.settings.k,
             "events_per_s": self.events_per_s(),
             "deadletters": self.deadletters,

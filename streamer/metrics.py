@@ -149,6 +149,12 @@ GAUGES: dict[str, tuple[str, str, str]] = {
         "The same ratings' hit rate in the popular list as served: the baseline for "
         "recsys_similar_recall_at_k (rolling window).",
     ),
+    "similar_owned": (
+        "recsys_similar_lists_owned",
+        "gauge",
+        "Live items whose more-like-this list this worker writes: the items hashed to the "
+        "ratings partitions it holds (all of them for a worker alone).",
+    ),
     "events_per_s": (
         "recsys_events_per_second",
         "gauge",

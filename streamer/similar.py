@@ -11,11 +11,16 @@ A list is due:
 
 Every decision is array operations over the catalog; per item row the tracker keeps two
 times, the last place's score and the rows of the list last written.
+
+Several workers share the lists: each item's list is written by one of them, the worker
+that holds the ratings partition :func:`shard_of` the item (see :meth:`SimilarDue.owned`),
+so no list is computed twice or flips between two workers' models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -27,6 +32,28 @@ CHUNK = 256  # changed items scored against the catalog at once (bounds memory)
 #: ``scores(rows, among)``: an upper bound of the score of each of items ``rows`` in the
 #: lists of items ``among``, the best over ``rows`` for each of ``among``.
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: ``(partitions held, partition count)``: the ratings partitions of one worker.
+Shard = tuple[Collection[int], int]
+
+
+def item_keys(items: Sequence[str]) -> np.ndarray:
+    """A hash of each item id that every process computes alike (CRC-32 of its UTF-8):
+    modulo the ratings partition count, the partition whose holder writes its list.
+
+    >>> item_keys(["i1", "i2"]).tolist()
+    [2755183147, 1026659217]
+    """
+    return np.fromiter((zlib.crc32(x.encode()) for x in items), np.int64, len(items))
+
+
+def shard_of(items: Sequence[str], count: int) -> np.ndarray:
+    """The ratings partition whose holder writes each item's "more like this" list.
+
+    >>> shard_of(["i1", "i2", "i3"], 4).tolist()
+    [3, 1, 3]
+    """
+    return item_keys(items) % count
 
 
 class SimilarDue:
@@ -56,6 +83,13 @@ class SimilarDue:
         self.arrived: list[np.ndarray] = []  # rows changed since the last take
         self.gone: list[int] = []  # rows deleted since the last take
         self.to_score = np.zeros(0, np.int64)  # changed rows whose entering is not checked
+        self.key = np.zeros(0, np.int64)  # :func:`item_keys` of each row; -1: not yet
+        self.mine: np.ndarray | None = None  # rows this worker writes, as of the last take
+
+    def __setstate__(self, state: dict) -> None:  # (snapshots from before shards)
+        state.setdefault("key", np.zeros(0, np.int64))
+        state.setdefault("mine", None)
+        self.__dict__.update(state)
 
     def ensure(self, n_items: int) -> None:
         if len(self.due_at) < n_items:
@@ -63,6 +97,33 @@ class SimilarDue:
             self.written_at = grown(self.written_at, n_items, -np.inf)
             self.floor = grown(self.floor, n_items, np.inf)
             self.listed = grown(self.listed, n_items, -1)
+        if len(self.key) < n_items:
+            self.key = grown(self.key, n_items, -1)
+
+    def owned(
+        self, n_items: int, shard: Shard | None, ids_of: Callable[[list[int]], list[str]]
+    ) -> np.ndarray | None:
+        """Which of the first ``n_items`` rows' lists this worker writes (``None``: all,
+        a worker alone): those whose item :func:`shard_of` a partition it holds. A list
+        it gains (the partitions moved) was never written by it, so it is due at once;
+        one it loses is left to its new holder. ``ids_of`` names rows (each hashed once).
+
+        >>> due = SimilarDue()
+        >>> names = ["i1", "i2", "i3"]
+        >>> due.owned(3, ({3}, 4), lambda rows: [names[r] for r in rows]).tolist()
+        [True, False, True]
+        """
+        if shard is None:
+            return None
+        held, count = shard
+        self.ensure(n_items)
+        key = self.key[:n_items]
+        missing = np.flatnonzero(key < 0)
+        if len(missing):
+            key[missing] = item_keys(ids_of(missing.tolist()))
+        table = np.zeros(max(count, 1), bool)
+        table[[p for p in held if 0 <= p < count]] = True
+        return table[key % max(count, 1)]
 
     def changed(self, rows: np.ndarray, now: float) -> None:
         """New items, or items whose tags changed: their lists are due at once; the lists
@@ -113,9 +174,11 @@ class SimilarDue:
         limit: int,
         now: float,
         scores: Scorer | None = None,
+        mine: np.ndarray | None = None,
     ) -> np.ndarray:
         """Up to ``limit`` live rows whose list is due by ``now`` or older than
-        ``max_age_s``, the longest due first; they count as written from now on.
+        ``max_age_s``, the longest due first; they count as written from now on. Only
+        rows ``mine`` (:meth:`owned`; ``None``: every row) are taken.
 
         ``scores`` finds the lists the items changed since the last take now enter: those
         whose last place scores below an item's score (an upper bound of it is enough).
@@ -124,16 +187,20 @@ class SimilarDue:
         """
         self.ensure(n_items)
         self._settle(now)
+        self.mine = mine
         if scores is None:
             self.to_score = self.to_score[:0]
         if len(self.to_score):
             chunk, self.to_score = self.to_score[:CHUNK], self.to_score[CHUNK:]
             chunk = chunk[chunk < n_items]
-            among = np.flatnonzero(np.isfinite(self.floor[:n_items]))  # lists written
+            written = np.isfinite(self.floor[:n_items])  # (of the lists it writes)
+            among = np.flatnonzero(written if mine is None else written & mine)
             if len(chunk) and len(among):
                 self._due_now(among[scores(chunk, among) > self.floor[among]], now)
         due_at = np.minimum(self.due_at[:n_items], self.written_at[:n_items] + self.max_age_s)
         due_at[~live[:n_items]] = NEVER
+        if mine is not None:
+            due_at[~mine] = NEVER
         rows = np.flatnonzero(due_at <= now)
         if len(rows) > limit:  # (a partition, not a sort: thousands may be due at once)
             rows = np.sort(rows[np.argpartition(due_at[rows], limit - 1)[:limit]])
@@ -162,5 +229,7 @@ class SimilarDue:
         self.written_at = kept_rows(self.written_at, keep, -np.inf)
         self.floor = kept_rows(self.floor, keep, np.inf)
         self.listed = new_row[kept_rows(self.listed, keep, -1)]
+        self.key = kept_rows(self.key, keep, -1)
+        self.mine = None  # (rows renumbered: the next take says again)
         moved = new_row[self.to_score]
         self.to_score = moved[moved >= 0].astype(np.int64)

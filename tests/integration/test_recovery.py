@@ -87,6 +87,14 @@ class Run:
             return ma, mb
         return None
 
+    def similar_owned(self, *processes: subprocess.Popen) -> list[int]:
+        """How many items' "more like this" lists each worker writes (empty: a worker's
+        figures not published yet)."""
+        figures = [self.worker_metrics(p) for p in processes]
+        if not all("similar_owned" in f for f in figures):
+            return []
+        return [int(f["similar_owned"]) for f in figures]
+
     def worker_metrics(self, process: subprocess.Popen) -> dict[str, float]:
         for key in self.redis.scan_iter(f"{self.prefix}metrics:worker:*"):
             raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
@@ -395,6 +403,13 @@ def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, 
         "both workers to share the partitions and learn the head",
         lambda: run.shared_between(a, b, len(head)),
     )
+    # Each item's "more like this" list is one worker's to write, by partition.
+    n_items = len(stream.items)
+    owned = run.wait(
+        "the workers to split the items' more-like-this lists",
+        lambda: (o := run.similar_owned(a, b)) and sum(o) == n_items and o,
+    )
+    assert min(owned) > 0, owned
     a.send_signal(signal.SIGKILL)
     a.wait()
     killed_at = time.time()
@@ -419,6 +434,7 @@ def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, 
             and float(raw.rsplit(b'"updated_at":', 1)[1].rstrip(b"}")) > killed_at
         )
     assert fresh == len({r.user for r in tail})
+    run.wait("the survivor to write every item's list", lambda: run.similar_owned(b) == [n_items])
 
 
 def test_declared_user_tags_survive_a_kill(make_run) -> None:

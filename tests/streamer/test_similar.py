@@ -9,7 +9,7 @@ import numpy as np
 from recsys_online.events import Rating
 from streamer.engine import SIMILAR_MAX_AGE_S, StreamEngine
 from streamer.settings import Settings
-from streamer.similar import SimilarDue
+from streamer.similar import SimilarDue, item_keys, shard_of
 
 LIVE = np.ones(8, bool)
 
@@ -295,3 +295,67 @@ def test_the_lists_are_tested_before_learning_against_the_popular_list() -> None
     assert m["similar_recall_at_k_popular"] == float("jazz2" in engine.popular_served)
     engine.learn_ratings([Rating("ann", "rock", 4.0, 3.0)])  # not in jazz2's list
     assert engine.metrics()["similar_recall_at_k"] == 0.5
+
+
+def test_with_a_shard_only_the_rows_held_are_taken_and_a_row_gained_is_due_at_once() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    mine = np.array([True, False] * 4)
+    assert due.take(8, LIVE, 100, now=0.0, mine=mine).tolist() == [0, 2, 4, 6]
+    due.wrote(np.array([0, 2, 4, 6]), np.full((4, 1), -1, np.int32), np.full(4, 0.5), 0.0)
+    due.changed(np.array([1, 2]), now=1.0)
+    best = np.ones(8)
+    scored: list[list[int]] = []
+
+    def scores(rows: np.ndarray, among: np.ndarray) -> np.ndarray:
+        scored.append(among.tolist())
+        return best[among]
+
+    assert due.take(8, LIVE, 100, now=1.0, scores=scores, mine=mine).tolist() == [0, 2, 4, 6]
+    assert scored == [[0, 2, 4, 6]]  # (the lists it writes: those that a change may enter)
+    # The partitions moved: rows 1 and 3 are its lists now, never written by it: at once.
+    gained = np.array([False, True, False, True, False, False, False, False])
+    assert due.take(8, LIVE, 100, now=2.0, mine=gained).tolist() == [1, 3]
+    assert due.take(8, LIVE, 100, now=3.0, mine=gained).tolist() == []
+
+
+def test_workers_share_the_lists_by_partition_each_list_written_by_one() -> None:
+    engines = [_engine(), _engine()]
+    names = ["jazz0", "jazz1", "jazz2", "rock"]
+    count = 4
+    held = [{0, 1}, {2, 3}]
+    lists = [e.similar_lists(shard=(h, count)) for e, h in zip(engines, held, strict=True)]
+    assert set(lists[0]).isdisjoint(lists[1])
+    assert set(lists[0]) | set(lists[1]) == set(names)
+    for part, h in zip(lists, held, strict=True):
+        assert all(p in h for p in shard_of(list(part), count).tolist())
+    assert [e.similar_owned() for e in engines] == [len(lists[0]), len(lists[1])]
+    assert _engine().similar_owned() == 4  # a worker alone writes every list
+    # The first worker takes every partition over (the other one stopped): it writes
+    # the other's lists now, and only those.
+    taken_over = engines[0].similar_lists(shard=({0, 1, 2, 3}, count))
+    assert set(taken_over) == set(lists[1])
+    assert engines[0].similar_owned() == 4
+
+
+def test_a_worker_scores_only_the_lists_it_writes() -> None:
+    engine = _engine()
+    engine.similar_lists(shard=({0, 1, 2, 3}, 4))  # every list, once
+    engine.similar_lists(shard=({1}, 4))  # then it holds one partition: jazz0's and jazz2's
+    assert shard_of(["jazz0", "jazz1"], 4).tolist() == [1, 3]
+    engine.learn_ratings([Rating("u1", "jazz0", 5.0, 1.0), Rating("u2", "jazz1", 5.0, 1.0)])
+    # Each rates an item in the list of their previous one, as this worker wrote them;
+    # jazz1's list is another worker's now: its rating is that worker's to test.
+    engine.learn_ratings([Rating("u1", "jazz1", 5.0, 2.0), Rating("u2", "jazz0", 5.0, 2.0)])
+    assert engine.metrics()["similar_evaluated"] == 1
+
+
+def test_a_snapshot_from_before_shards_loads_and_hashes_its_items() -> None:
+    import pickle
+
+    engine = _engine()
+    engine.similar_lists()
+    del engine.similar.__dict__["key"], engine.similar.__dict__["mine"]
+    old = pickle.loads(pickle.dumps(engine))
+    assert old.similar.mine is None and len(old.similar.key) == 0
+    old.similar_lists(now=time.time() + 2 * SIMILAR_MAX_AGE_S, shard=({0, 1, 2, 3}, 4))
+    assert (old.similar.key[:4] == item_keys(["jazz0", "jazz1", "jazz2", "rock"])).all()
