@@ -1,16 +1,18 @@
-"""The live dashboard: one page charting the workers' metrics, and a user's current list.
+"""The live dashboard: one page charting the workers' metrics, a user's current list and
+an item's "more like this" list.
 
 ``recsys-online dashboard`` serves it (default port ``RECSYS_DASHBOARD_PORT``, 8080). It
 reads only Redis, so it works with any number of workers and can run anywhere Redis is
 reachable. The page polls a small JSON API once a second:
 
-=========================  ============================================================
-``GET /api/metrics``       the shared metrics hash and each live worker's own hash
-``GET /api/history``       the last snapshots (``?limit=N``, oldest first) for the charts
-``GET /api/recs/{user}``   that user's current list with reasons and titles (``?k=N``)
-``GET /api/users``         a few users that have a list, to pick from
-``GET /healthz``           ``{"ok": true}`` while Redis answers
-=========================  ============================================================
+===========================  ==========================================================
+``GET /api/metrics``         the shared metrics hash and each live worker's own hash
+``GET /api/history``         the last snapshots (``?limit=N``, oldest first) for charts
+``GET /api/recs/{user}``     that user's current list with reasons and titles (``?k=N``)
+``GET /api/similar/{item}``  that item's "more like this" list, the same way
+``GET /api/users``           a few users that have a list, to pick from
+``GET /healthz``             ``{"ok": true}`` while Redis answers
+===========================  ==========================================================
 """
 
 from __future__ import annotations
@@ -122,18 +124,27 @@ async def api_history(request: web.Request) -> web.Response:
 
 
 async def api_recs(request: web.Request) -> web.Response:
-    client = request.app[CLIENT]
-    user = request.match_info["user"]
+    return await _list(request, "user_id", request.app[CLIENT].recommend)
+
+
+async def api_similar(request: web.Request) -> web.Response:
+    return await _list(request, "item_id", request.app[CLIENT].similar)
+
+
+async def _list(request: web.Request, subject: str, read) -> web.Response:
+    """A user's list or an item's "more like this" list (``read``: the client's reader),
+    with titles, ``?k=N`` items (default ``RECSYS_K``)."""
+    name = request.match_info["user" if subject == "user_id" else "item"]
     try:
         k = int(request.query.get("k", str(request.app[SETTINGS].k)))
-        recs = await client.recommend(user, k=k, titles=True)
+        recs = await read(name, k=k, titles=True)
     except ValueError as exc:
         return _json({"error": str(exc)}, status=400)
     except RecommendationsUnavailable as exc:
         return _unavailable(exc)
     return _json(
         {
-            "user_id": recs.user_id,
+            subject: name,
             "served_from": recs.served_from,
             "model_version": recs.model_version,
             "updated_at": recs.updated_at,
@@ -190,6 +201,7 @@ def application(settings: Settings) -> web.Application:
     app.router.add_get("/api/metrics", api_metrics)
     app.router.add_get("/api/history", api_history)
     app.router.add_get("/api/recs/{user}", api_recs)
+    app.router.add_get("/api/similar/{item}", api_similar)
     app.router.add_get("/api/users", api_users)
     app.router.add_get("/healthz", health)
     return app

@@ -187,20 +187,44 @@ def test_dashboard_api_serves_history_and_lists(running: dict) -> None:
         recs = json.load(r)
     assert recs["served_from"] == "user" and recs["items"]
     assert all(it["title"].startswith("Movie ") for it in recs["items"])
+    similar = similar_written(running, "m1")
+    with urllib.request.urlopen(base + "api/similar/m1", timeout=10) as r:
+        more = json.load(r)
+    assert more["item_id"] == "m1" and more["served_from"] == "item"
+    assert [it["item_id"] for it in more["items"]] == similar
+    assert all(it["title"].startswith("Movie ") for it in more["items"])
+    with urllib.request.urlopen(base + "api/similar/nothing-here", timeout=10) as r:
+        assert json.load(r)["served_from"] == "popular"
+
+
+def similar_written(running: dict, item: str) -> list[str]:
+    """The item's "more like this" list as the worker wrote it (waiting for it)."""
+    client, settings = running["redis"], running["settings"]
+    raw = wait_until(
+        lambda: client.get(settings.key("similar", item)),
+        f"{item}'s more-like-this list",
+        lambda: "",
+    )
+    listed = [r["item_id"] for r in json.loads(raw)["items"]]
+    assert listed, "m1 shares its tag with five items"
+    return listed
 
 
 def test_dashboard_page_in_headless_chromium(running: dict) -> None:
     base, client, settings = running["dashboard_url"], running["redis"], running["settings"]
     expected = [r["item_id"] for r in json.loads(client.get(settings.key("recs", "u3")))["items"]]
-    result = browse(base + "?user=u3", running["tmp"] / "profile", "--dump-dom")
+    similar = similar_written(running, "m1")
+    result = browse(base + "?user=u3&item=m1", running["tmp"] / "profile", "--dump-dom")
     dom = result.stdout
     assert "<main" in dom, f"chromium returned no page: {result.stderr[-2000:]}"
     for chart in CHARTS:
         points = re.search(rf'id="{chart}"[^>]*data-points="(\d+)"', dom)
         assert points and int(points.group(1)) >= 3, f"{chart} has no data"
         assert re.search(rf'id="{chart}".*?<polyline', dom, re.S), f"{chart} drew no line"
-    rows = re.findall(r'<tr class="rec"><td>\d+</td><td>([^<]+)</td>', dom)
+    rows = re.findall(r'<tr class="rec"><td>\d+</td><td><a [^>]*>([^<]+)</a></td>', dom)
     assert rows and rows[0] in expected, (rows, expected)
+    more = re.findall(r'<tr class="similar"><td>\d+</td><td><a [^>]*>([^<]+)</a></td>', dom)
+    assert more == similar, (more, similar)
     assert "1 live worker" in dom
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
