@@ -1052,7 +1052,6 @@ class RecsysWorker:
 
     async def _write_similar_lists(self, engine: StreamEngine) -> None:
         started = time.monotonic()
-        shard = self._similar_shard()  # (a rebalance meanwhile: the next tick follows it)
         while True:
             spent = time.monotonic() - started
             if spent >= self.SIMILAR_IDLE_TICK_S or (
@@ -1062,7 +1061,8 @@ class RecsysWorker:
                 return
             if self.engine is not engine:  # rebuilt meanwhile: its own lists follow
                 return
-            lists = engine.similar_lists(self.SIMILAR_SLICE, shard=shard)
+            # (the partitions held read at each slice: a rebalance may land between two)
+            lists = engine.similar_lists(self.SIMILAR_SLICE, shard=self._similar_shard())
             if not lists:
                 return
             await self.sink.publish_lists(lists, engine.version, similar=True)

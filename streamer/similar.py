@@ -86,9 +86,12 @@ class SimilarDue:
         self.key = np.zeros(0, np.int64)  # :func:`item_keys` of each row; -1: not yet
         self.mine: np.ndarray | None = None  # rows this worker writes, as of the last take
 
-    def __setstate__(self, state: dict) -> None:  # (snapshots from before shards)
-        state.setdefault("key", np.zeros(0, np.int64))
-        state.setdefault("mine", None)
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("key", np.zeros(0, np.int64))  # (snapshots from before shards)
+        # Restored from a snapshot: what this worker wrote then may have been written
+        # over by another since (it held the partitions meanwhile), so the first take
+        # with a shard counts every list as gained, to be written again.
+        state["mine"] = None
         self.__dict__.update(state)
 
     def ensure(self, n_items: int) -> None:
@@ -105,8 +108,10 @@ class SimilarDue:
     ) -> np.ndarray | None:
         """Which of the first ``n_items`` rows' lists this worker writes (``None``: all,
         a worker alone): those whose item :func:`shard_of` a partition it holds. A list
-        it gains (the partitions moved) was never written by it, so it is due at once;
-        one it loses is left to its new holder. ``ids_of`` names rows (each hashed once).
+        it gains (the partitions moved, or a snapshot restored) is written at once,
+        whatever it wrote before: another worker may have written it since; one it
+        loses is left to its new holder (:meth:`take`). ``ids_of`` names rows (each
+        hashed once).
 
         >>> due = SimilarDue()
         >>> names = ["i1", "i2", "i3"]
@@ -187,7 +192,7 @@ class SimilarDue:
         """
         self.ensure(n_items)
         self._settle(now)
-        self.mine = mine
+        self._follow(mine, n_items)
         if scores is None:
             self.to_score = self.to_score[:0]
         if len(self.to_score):
@@ -206,6 +211,27 @@ class SimilarDue:
             rows = np.sort(rows[np.argpartition(due_at[rows], limit - 1)[:limit]])
         self.due_at[rows], self.written_at[rows] = NEVER, now
         return rows
+
+    def _follow(self, mine: np.ndarray | None, n_items: int) -> None:
+        """Take ``mine`` as the rows this worker writes from now on. A row gained (or
+        every row, the first time: a new tracker, or one restored from a snapshot) may
+        have been written by another worker since this one last did, and a row lost
+        will be: both count as never written (due at once while this worker writes
+        them, not compared against for what enters them until then)."""
+        before = self.mine
+        self.mine = mine
+        if mine is None:
+            return
+        if before is None:
+            moved = mine
+        else:
+            was = np.zeros(n_items, bool)
+            m = min(len(before), n_items)
+            was[:m] = before[:m]
+            moved = mine != was
+        rows = np.flatnonzero(moved)
+        if len(rows):
+            self.written_at[rows], self.floor[rows], self.listed[rows] = -np.inf, np.inf, -1
 
     def wrote(self, rows: np.ndarray, listed: np.ndarray, floor: np.ndarray, now: float) -> None:
         """The lists of ``rows`` (taken at ``now``) were written, showing item rows
@@ -230,6 +256,7 @@ class SimilarDue:
         self.floor = kept_rows(self.floor, keep, np.inf)
         self.listed = new_row[kept_rows(self.listed, keep, -1)]
         self.key = kept_rows(self.key, keep, -1)
-        self.mine = None  # (rows renumbered: the next take says again)
+        if self.mine is not None:
+            self.mine = kept_rows(self.mine, keep, False)
         moved = new_row[self.to_score]
         self.to_score = moved[moved >= 0].astype(np.int64)

@@ -359,3 +359,45 @@ def test_a_snapshot_from_before_shards_loads_and_hashes_its_items() -> None:
     assert old.similar.mine is None and len(old.similar.key) == 0
     old.similar_lists(now=time.time() + 2 * SIMILAR_MAX_AGE_S, shard=({0, 1, 2, 3}, 4))
     assert (old.similar.key[:4] == item_keys(["jazz0", "jazz1", "jazz2", "rock"])).all()
+
+
+def test_a_list_lost_then_gained_again_is_written_at_once_another_worker_wrote_it() -> None:
+    due = SimilarDue(max_age_s=3600.0)
+    every = np.ones(8, bool)
+    taken = due.take(8, LIVE, 100, now=0.0, mine=every)
+    due.wrote(taken, np.array([[1, 2]] * 8, np.int32), np.zeros(8), 0.0)
+    assert due.take(8, LIVE, 100, now=1.0, mine=every).tolist() == []  # (still its own)
+    evens = np.array([True, False] * 4)
+    assert due.take(8, LIVE, 100, now=2.0, mine=evens).tolist() == []
+    assert due.listed[1].tolist() == [-1, -1]  # the odd rows' lists are another's now
+    # Back (the other worker stopped): the lists it wrote at 0 s were written over since.
+    assert due.take(8, LIVE, 100, now=3.0, mine=every).tolist() == [1, 3, 5, 7]
+
+
+def test_a_restored_worker_writes_the_lists_it_holds_again() -> None:
+    import pickle
+
+    engine = _engine()
+    shard = ({0, 1, 2, 3}, 4)
+    assert len(engine.similar_lists(shard=shard)) == 4
+    assert engine.similar_lists(shard=shard) == {}
+    # Its snapshot, restored: another worker may have written its lists meanwhile.
+    restored = pickle.loads(pickle.dumps(engine))
+    assert len(restored.similar_lists(shard=shard)) == 4
+    assert restored.similar_lists(shard=shard) == {}
+    # Alone (no shard), a restored worker keeps what it wrote.
+    alone = _engine()
+    alone.similar_lists()
+    assert pickle.loads(pickle.dumps(alone)).similar_lists() == {}
+
+
+def test_freed_rows_keep_which_lists_are_this_workers() -> None:
+    engine = _engine(compact_share=0.2)
+    shard = ({1}, 4)  # jazz0 and jazz2 (see shard_of)
+    assert set(engine.similar_lists(shard=shard)) == {"jazz0", "jazz2"}
+    engine.delete_item("jazz1")
+    assert engine.compact_if_due() == 1  # (jazz2's row moves down)
+    assert engine.similar_owned() == 2
+    # The lists that showed jazz1 are written again, and only those.
+    assert set(engine.similar_lists(shard=shard)) == {"jazz0", "jazz2"}
+    assert engine.similar_lists(shard=shard) == {}
