@@ -16,7 +16,12 @@ from recsys_online.evaluate import ErrorScore, RankingScore, rank_in
 from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
 from recsys_online.ids import IdIndex, row_map
-from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
+from recsys_online.recommender import (
+    SIMILAR_CONTENT_WEIGHT,
+    Recommendation,
+    Recommender,
+    RecommenderConfig,
+)
 from streamer.metrics import (
     DEADLETTER_FIELD,
     FRESHNESS_BUCKETS,
@@ -609,9 +614,9 @@ class StreamEngine:
 
         def entering(rows: np.ndarray, among: np.ndarray) -> np.ndarray:
             """An upper bound of the score of ``rows`` in the lists of ``among``: the best
-            content cosine, plus 1 (a co-occurrence share's most) where one of ``rows``
-            is a neighbour."""
-            best = (content[among] @ content[rows].T).max(axis=1)
+            content cosine (weighted as the lists weigh it), plus 1 (a co-occurrence
+            share's most) where one of ``rows`` is a neighbour."""
+            best = (content[among] @ content[rows].T).max(axis=1) * SIMILAR_CONTENT_WEIGHT
             return best + (row_map(rows, n) >= 0)[model.cooc.nbr[among]].any(axis=1)
 
         mine = self.similar.owned(n, shard, model.items.ids_of)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys_online.recommender import Recommender, RecommenderConfig
+from recsys_online.recommender import SIMILAR_CONTENT_WEIGHT, Recommender, RecommenderConfig
 
 
 def _pairs(rec: Recommender, item: str, others: list[tuple[str, int]], t: float = 0.0):
@@ -18,14 +18,14 @@ def _pairs(rec: Recommender, item: str, others: list[tuple[str, int]], t: float 
     return t
 
 
-def test_the_score_is_content_cosine_plus_the_co_occurrence_share() -> None:
+def test_the_score_is_weighted_content_cosine_plus_the_co_occurrence_share() -> None:
     rec = Recommender()
     rec.upsert_items(
-        ["x", "a", "b", "c"],
-        [{"jazz": 1.0}, {"jazz": 1.0}, {"rock": 1.0}, {"jazz": 1.0, "rock": 1.0}],
+        ["x", "a", "b", "c", "d"],
+        [{"jazz": 1.0}, {"jazz": 1.0}, {"rock": 1.0}, {"jazz": 1.0, "rock": 1.0}, {"jazz": 1.0}],
     )
     _pairs(rec, "x", [("b", 4), ("a", 2)])
-    got = {r.item: r for r in rec.similar_items("x", 3)}
+    got = {r.item: r for r in rec.similar_items("x", 4)}
     earned = np.maximum(rec.cooc._guaranteed(np.array([rec.items.get("x")])), 0)[0]
     nbr = rec.cooc.nbr[rec.items.get("x")]
     share = {
@@ -36,11 +36,14 @@ def test_the_score_is_content_cosine_plus_the_co_occurrence_share() -> None:
     c_rows = rec.content.C[[rec.items.get("x"), rec.items.get("c")]]
     cosine_c = float(c_rows[0] @ c_rows[1])  # c shares one of its two tags (TF-IDF)
     assert 0 < cosine_c < 1
-    assert got["a"].score == np.float32(1.0 + share["a"])
+    w = SIMILAR_CONTENT_WEIGHT
+    assert abs(got["a"].score - (w + share["a"])) < 1e-6  # same tags, rated together
     assert abs(got["b"].score - share["b"]) < 1e-6 and got["b"].source == "co-occurrence"
-    assert abs(got["c"].score - (cosine_c + share.get("c", 0.0))) < 1e-3
-    assert got["a"].reason == "similar to x" and got["b"].reason == "rated together with x"
-    assert [r.item for r in rec.similar_items("x", 3)] == ["a", "b", "c"]
+    assert abs(got["c"].score - (w * cosine_c + share.get("c", 0.0))) < 1e-3
+    assert abs(got["d"].score - w) < 1e-6 and got["d"].source == "content"
+    assert got["a"].reason == "rated together with x" and got["d"].reason == "similar to x"
+    # The users' next items lead; tags fill in after them.
+    assert [r.item for r in rec.similar_items("x", 4)] == ["b", "a", "d", "c"]
 
 
 def test_an_inherited_neighbour_weight_is_not_evidence() -> None:
