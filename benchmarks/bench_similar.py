@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
                 for label, m in medians.items()
             )
         )
+    elif args.out.exists():  # in-process only: the last worker runs stay, with their commit
+        before = json.loads(args.out.read_text())
+        if "worker" in before:
+            result["worker"] = before["worker"]
+            result["worker_git_head"] = before.get("worker_git_head", before.get("git_head"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
