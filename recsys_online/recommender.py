@@ -70,7 +70,8 @@ _SIMILAR_REASONS = ("similar to", "rated together with")
 _SIMILAR_SOURCES = ("content", "co-occurrence")
 _SIMILAR_CHUNK = 256  # items whose "more like this" lists are scored at once
 #: What a shared-tag content cosine counts in a "more like this" score, against 1 for the
-#: heaviest co-occurrence: the users' own next items lead, tags fill in and break ties.
+#: heaviest co-occurrence (the default of ``RecommenderConfig.similar_content_weight``):
+#: the users' own next items lead, tags fill in and break ties.
 #: On three synthetic streams (``benchmarks/bench_similar.py``), the next liked item was
 #: in the previous item's top 10 for 33.5%, 35.0% and 43.1% of ratings at 0.1, against
 #: 22.3%, 27.4% and 24.6% with content and co-occurrence counted alike (1.0).
@@ -125,8 +126,14 @@ class RecommenderConfig:
     n_negatives: int = 4
     history_limit: int = 2000
     seed: int = 42
+    # "More like this": a shared tag's content cosine against the heaviest co-occurrence.
+    similar_content_weight: float = SIMILAR_CONTENT_WEIGHT
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.similar_content_weight < float("inf"):
+            raise ValueError(
+                f"similar_content_weight must be >= 0, got {self.similar_content_weight}"
+            )
         unknown = set(self.signals) - set(SIGNALS)
         if unknown or not self.signals:
             raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {self.signals}")
@@ -1123,7 +1130,7 @@ class Recommender:
         a shorter list's end), in one product of content vectors a chunk of items.
 
         An item's score is its content cosine with the asked item, counted only where the
-        two share a tag and weighted :data:`SIMILAR_CONTENT_WEIGHT`, plus the
+        two share a tag and weighted ``config.similar_content_weight``, plus the
         co-occurrence weight the pair earned as a share of the asked item's heaviest
         earned neighbour (in [0, 1]); only items scoring above 0 are listed. The larger
         part gives the reason: "rated together with X" (co-occurrence) or "similar to X"
@@ -1148,7 +1155,7 @@ class Recommender:
         d = min(self.config.content_dim, max(1, self.tags.n_tags))
         content = self.content.C
         scores = self._out(len(r), width)
-        weighted = content[r, :d] * np.float32(SIMILAR_CONTENT_WEIGHT)
+        weighted = content[r, :d] * np.float32(self.config.similar_content_weight)
         np.matmul(weighted, content[:n, :d].T, out=scores[:, :n])
         scores[:, n:] = -np.inf
         # Co-occurrence: each item's neighbours are distinct, so one scatter adds them;

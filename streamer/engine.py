@@ -16,12 +16,7 @@ from recsys_online.evaluate import ErrorScore, RankingScore, rank_in
 from recsys_online.events import Rating
 from recsys_online.factors import FactorParams
 from recsys_online.ids import IdIndex, row_map
-from recsys_online.recommender import (
-    SIMILAR_CONTENT_WEIGHT,
-    Recommendation,
-    Recommender,
-    RecommenderConfig,
-)
+from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
 from streamer.metrics import (
     DEADLETTER_FIELD,
     FRESHNESS_BUCKETS,
@@ -105,7 +100,10 @@ class StreamEngine:
     def __init__(self, settings: Settings, max_tracked_users: int = 200_000) -> None:
         self.settings = s = settings
         config = RecommenderConfig(
-            scale=(s.rating_low, s.rating_high), relevant=s.relevant, seed=s.seed
+            scale=(s.rating_low, s.rating_high),
+            relevant=s.relevant,
+            seed=s.seed,
+            similar_content_weight=s.similar_content_weight,
         )
         config.factors = replace(FactorParams(), n_factors=s.n_factors, seed=s.seed)
         self.model = Recommender(config)
@@ -616,7 +614,8 @@ class StreamEngine:
             """An upper bound of the score of ``rows`` in the lists of ``among``: the best
             content cosine (weighted as the lists weigh it), plus 1 (a co-occurrence
             share's most) where one of ``rows`` is a neighbour."""
-            best = (content[among] @ content[rows].T).max(axis=1) * SIMILAR_CONTENT_WEIGHT
+            weight = model.config.similar_content_weight
+            best = (content[among] @ content[rows].T).max(axis=1) * weight
             return best + (row_map(rows, n) >= 0)[model.cooc.nbr[among]].any(axis=1)
 
         mine = self.similar.owned(n, shard, model.items.ids_of)

@@ -82,6 +82,7 @@ class Settings:
     snapshot_every_s: float = 60.0
     share_items_every_s: float = 0.0
     similar_every_s: float = 300.0  # "more like this" lists: at most this often per rated item
+    similar_content_weight: float = 0.1  # a shared tag, against the heaviest co-occurrence
     dedupe_window: int = 100_000
     compact_share: float = 0.25
     seed: int = 42
@@ -393,6 +394,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "snapshot_every_s",
             "share_items_every_s",
             "similar_every_s",
+            "similar_content_weight",
             "dedupe_window",
             "gc_young",
         ),

@@ -4,6 +4,7 @@ must never claim."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recsys_online.recommender import SIMILAR_CONTENT_WEIGHT, Recommender, RecommenderConfig
 
@@ -72,3 +73,18 @@ def test_past_content_dim_tags_only_items_sharing_a_tag_are_similar_by_content()
     assert rec.similar_many(items, 5) == [[] for _ in items]
     rec.upsert_item("twin", {"own3": 1.0})
     assert [r.item for r in rec.similar_items("i3", 5)] == ["twin"]
+
+
+def test_the_content_weight_is_a_setting_of_its_own() -> None:
+    """A catalog whose lists should follow tags: at weight 1 a shared tag counts as
+    much as the heaviest co-occurrence, and the tag-sharing items come first."""
+    items, tags = ["x", "a", "b"], [{"jazz": 1.0}, {"jazz": 1.0}, {"rock": 1.0}]
+    by_tags = Recommender(RecommenderConfig(similar_content_weight=1.0))
+    default = Recommender()
+    for rec in (by_tags, default):
+        rec.upsert_items(items, tags)
+        _pairs(rec, "x", [("b", 4), ("a", 1)])
+    assert [r.item for r in default.similar_items("x", 2)] == ["b", "a"]
+    assert [r.item for r in by_tags.similar_items("x", 2)] == ["a", "b"]
+    with pytest.raises(ValueError, match="similar_content_weight"):
+        RecommenderConfig(similar_content_weight=-1.0)

@@ -403,3 +403,8 @@ def test_freed_rows_keep_which_lists_are_this_workers() -> None:
     # The lists that showed jazz1 are written again, and only those.
     assert set(engine.similar_lists(shard=shard)) == {"jazz0", "jazz2"}
     assert engine.similar_lists(shard=shard) == {}
+
+
+def test_the_workers_content_weight_comes_from_its_settings() -> None:
+    settings = Settings.from_env({"RECSYS_SIMILAR_CONTENT_WEIGHT": "0.5"})
+    assert StreamEngine(settings).model.config.similar_content_weight == 0.5
