@@ -124,17 +124,17 @@ async def api_history(request: web.Request) -> web.Response:
 
 
 async def api_recs(request: web.Request) -> web.Response:
-    return await _list(request, "user_id", request.app[CLIENT].recommend)
+    return await _list(request, "user", request.app[CLIENT].recommend)
 
 
 async def api_similar(request: web.Request) -> web.Response:
-    return await _list(request, "item_id", request.app[CLIENT].similar)
+    return await _list(request, "item", request.app[CLIENT].similar)
 
 
 async def _list(request: web.Request, subject: str, read) -> web.Response:
-    """A user's list or an item's "more like this" list (``read``: the client's reader),
-    with titles, ``?k=N`` items (default ``RECSYS_K``)."""
-    name = request.match_info["user" if subject == "user_id" else "item"]
+    """The list of the ``subject`` (``user`` or ``item``) the path names, read by the
+    client's ``read`` with titles, ``?k=N`` items (default ``RECSYS_K``)."""
+    name = request.match_info[subject]
     try:
         k = int(request.query.get("k", str(request.app[SETTINGS].k)))
         recs = await read(name, k=k, titles=True)
@@ -144,7 +144,7 @@ async def _list(request: web.Request, subject: str, read) -> web.Response:
         return _unavailable(exc)
     return _json(
         {
-            subject: name,
+            f"{subject}_id": name,
             "served_from": recs.served_from,
             "model_version": recs.model_version,
             "updated_at": recs.updated_at,
