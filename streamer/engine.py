@@ -274,10 +274,12 @@ class StreamEngine:
         the same steps as live learning."""
         if not ratings:
             return
+        self._rate.append((time.monotonic(), self.events))  # (the rate spans the replay)
         for step in event_time_steps(ratings, self.settings.learn_window_s):
             self._advance(step)
             self._learn(step)
         self.events += len(ratings)
+        self._rate.append((time.monotonic(), self.events))
         self.version += 1
         self.similar_moved([r.item for r in ratings])
 

@@ -56,6 +56,22 @@ def catching_up() -> StreamEngine:
     return engine
 
 
+def test_ratings_replayed_from_the_log_leave_the_rate_once_the_window_passes() -> None:
+    """``events_per_s`` is the last window's ratings: ratings replayed from the log
+    (after a restart, or a partition gained) count while they are learned, then leave
+    the figure, which falls to zero when nothing more comes."""
+    import time
+
+    engine = engine_with_history()
+    window = engine.RATE_WINDOW_S
+    replayed = [Rating(f"r{n}", "i1", 4.0, 10.0 + n) for n in range(500)]
+    engine.relearn(replayed)
+    now = time.monotonic()
+    assert engine.events_per_s(now=now) > 0
+    assert engine.events_per_s(now=now + window + 1.0) == 0.0
+    assert engine.events_per_s(now=now + 3600.0) == 0.0
+
+
 def test_a_backlog_never_shows_items_from_the_future() -> None:
     engine = catching_up()
     lists = engine.learn_ratings([Rating("u1", "i0", 5.0, 25.0)])
