@@ -113,6 +113,17 @@ if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return 1
 """
 
+# A worker's entry in the registry of live workers, scored by the Redis server's clock
+# (as the worker hashes' TTLs run), and entries older than ARGV[2] seconds dropped: by
+# the workers' own clocks, one whose clock ran ahead dropped the entries of the others.
+_REGISTER_WORKER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return 1
+"""
+
 
 def unreachable(exc: BaseException) -> bool:
     """Redis away for now, which the sink waits out: refused or lost connections,
@@ -375,8 +386,7 @@ class RedisSink:
             pipe.execute_command("EVAL", _REPLACE_HASH, 1, own, WORKER_TTL_S, *fields)
             # Readers list live workers from this registry, not by scanning the keyspace;
             # ids not heard from for a worker hash's lifetime leave it.
-            pipe.zadd(workers, {worker_id: now})
-            pipe.zremrangebyscore(workers, "-inf", now - WORKER_TTL_S)
+            pipe.execute_command("EVAL", _REGISTER_WORKER, 1, workers, worker_id, WORKER_TTL_S)
             pipe.lpush(history, snapshot)
             pipe.ltrim(history, 0, self.settings.metrics_history - 1)
 

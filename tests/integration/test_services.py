@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -291,6 +292,31 @@ async def test_the_shared_metrics_hash_holds_only_the_last_writers_figures(
             workers = await client.worker_metrics()
         assert sorted(workers) == ["w1", "w2"] and workers["w2"]["events"] == "20"
     finally:
+        await sink.close()
+
+
+@pytest.mark.redis
+async def test_a_worker_whose_clock_runs_ahead_leaves_the_others_listed(
+    redis_url: str, redis_key_prefix: str, monkeypatch
+) -> None:
+    """The registry of live workers is kept by the Redis server's clock, as the worker
+    hashes' TTLs are: a worker whose clock runs 45 s ahead (past a worker hash's 30 s
+    life) does not drop the others from it."""
+    from streamer import sink as sink_module
+    from streamer.client import AsyncRecommendationClient
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    sink = RedisSink(Settings(redis_url=redis_url, key_prefix=redis_key_prefix))
+    try:
+        await sink.publish_state([], {"events": 1}, 1, "on-time")
+        ahead = time.time() + 45.0
+        monkeypatch.setattr(sink_module.time, "time", lambda: ahead)
+        await sink.publish_state([], {"events": 2}, 2, "ahead")
+        async with AsyncRecommendationClient(redis_url, redis_key_prefix) as client:
+            assert sorted(await client.worker_metrics()) == ["ahead", "on-time"]
+    finally:
+        monkeypatch.undo()
         await sink.close()
 
 
