@@ -200,8 +200,9 @@ def application(settings: Settings) -> web.Application:
     app.router.add_get("/", page)
     app.router.add_get("/api/metrics", api_metrics)
     app.router.add_get("/api/history", api_history)
-    app.router.add_get("/api/recs/{user}", api_recs)
-    app.router.add_get("/api/similar/{item}", api_similar)
+    # (Any id: aiohttp's default pattern refuses braces, which ids may hold.)
+    app.router.add_get("/api/recs/{user:.+}", api_recs)
+    app.router.add_get("/api/similar/{item:.+}", api_similar)
     app.router.add_get("/api/users", api_users)
     app.router.add_get("/healthz", health)
     return app

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import redis
 from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from recsys_online.recommender import Recommendation
 from schemas import ItemEvent, RatingEvent
 from streamer.process import (
     clear_run,
@@ -28,6 +30,7 @@ from streamer.process import (
 )
 from streamer.producer import SyncEventProducer
 from streamer.settings import Settings
+from streamer.sink import list_document
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 
@@ -195,6 +198,16 @@ def test_dashboard_api_serves_history_and_lists(running: dict) -> None:
     assert all(it["title"].startswith("Movie ") for it in more["items"])
     with urllib.request.urlopen(base + "api/similar/nothing-here", timeout=10) as r:
         assert json.load(r)["served_from"] == "popular"
+    # Any id the events allow has its list served, braces included (aiohttp's default
+    # path pattern refuses them) and a slash.
+    client, settings = running["redis"], running["settings"]
+    for user in ("{team}", "a/b"):
+        listed = [Recommendation("m2", 1.5, "popular", "pop", None)]
+        client.set(settings.key("recs", user), list_document(user, listed, 1, time.time()))
+        quoted = urllib.parse.quote(user, safe="")
+        with urllib.request.urlopen(base + "api/recs/" + quoted, timeout=10) as r:
+            recs = json.load(r)
+        assert recs["served_from"] == "user" and [it["item_id"] for it in recs["items"]] == ["m2"]
 
 
 def similar_written(running: dict, item: str) -> list[str]:
