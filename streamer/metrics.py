@@ -53,8 +53,10 @@ class Quantiles:
 
     Values ``v >= 0`` are counted in buckets of ``log(1 + v)`` a fixed width apart, so a
     quantile comes back within ``rel`` of ``1 + v`` (a few KB of counts up to ``top``,
-    where larger values are counted). A rolling window of the last values tells what
-    is happening now; this tells what a whole run was, at any length.
+    where larger values, infinity included, are counted; NaN is not counted). A rolling
+    window of the last values tells what is happening now; this tells what a whole run
+    was, at any length. The default ``top`` is a week of milliseconds: a worker catching
+    up on a long outage reports its freshness as it was.
 
     >>> q = Quantiles()
     >>> q.observe_many([5.0, 10.0, 20.0, 40.0])
@@ -64,16 +66,23 @@ class Quantiles:
     0.0
     """
 
-    def __init__(self, rel: float = 0.01, top: float = 3.6e6) -> None:
+    def __init__(self, rel: float = 0.01, top: float = 6.048e8) -> None:
         self._log_g = math.log1p(2.0 * rel)  # bucket width; its middle is within rel
+        self._top = top
         self._counts = np.zeros(int(math.log1p(top) / self._log_g) + 1, np.int64)
         self.count = 0
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "_top" not in state:  # (a snapshot from before the top was kept: its counts')
+            self._top = math.expm1((len(self._counts) - 1) * self._log_g)
+
     def observe_many(self, values: Iterable[float]) -> None:
         x = np.fromiter(values, dtype=np.float64)
+        x = x[~np.isnan(x)]
         if not len(x):
             return
-        b = (np.log1p(np.maximum(x, 0.0)) / self._log_g).astype(np.int64)
+        b = (np.log1p(np.clip(x, 0.0, self._top)) / self._log_g).astype(np.int64)
         np.minimum(b, len(self._counts) - 1, out=b)
         self._counts += np.bincount(b, minlength=len(self._counts))
         self.count += len(x)

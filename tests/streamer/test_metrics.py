@@ -47,6 +47,33 @@ def test_quantiles_count_values_past_the_top_in_the_last_bucket() -> None:
     assert q.quantile(0.0) < 0.05 and 990.0 <= q.quantile(1.0) <= 1030.0
 
 
+def test_quantiles_stay_within_one_percent_for_hours_and_skip_nan() -> None:
+    """A worker catching up on an outage sees ratings hours old: its whole-run freshness
+    still reads them within 1% (a week's milliseconds are counted); an infinite value
+    counts as the top, NaN not at all, and neither breaks the counts."""
+    q = Quantiles()
+    five_hours = 5 * 3_600_000.0
+    q.observe_many([five_hours] * 3 + [float("nan")])
+    assert q.count == 3 and abs(q.quantile(0.5) - five_hours) <= 0.01 * five_hours
+    q.observe_many([float("inf")])
+    assert q.count == 4 and q.quantile(1.0) >= 6.0e8
+
+
+def test_quantiles_from_an_old_snapshot_keep_counting() -> None:
+    """Quantiles pickled before the top was kept (an hour's milliseconds) load and go on
+    counting in their own buckets."""
+    import pickle
+
+    old = Quantiles(top=3.6e6)
+    old.observe_many([10.0, 20.0])
+    state = dict(old.__dict__)
+    del state["_top"]
+    restored = Quantiles.__new__(Quantiles)
+    restored.__setstate__(pickle.loads(pickle.dumps(state)))
+    restored.observe_many([30.0, 1e9])
+    assert restored.count == 4 and 3.5e6 <= restored.quantile(1.0) <= 3.7e6
+
+
 def test_engine_exposition_parses_with_every_figure_the_issue_names() -> None:
     engine = StreamEngine(Settings(k=3, n_factors=4))
     for j in range(5):
