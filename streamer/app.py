@@ -622,6 +622,8 @@ class RecsysWorker:
         self._snapshot_of: tuple = ()  # (model version, offsets) of the last snapshot
         self._snapshot_info: tuple[float, int, int] | None = None  # (time, ratings, bytes)
         self._restore_tried = False
+        self._restore_ended = asyncio.Event()  # no restore under way
+        self._restore_ended.set()
         self._resume_from: dict[int, int] = {}  # partition -> offset a snapshot covers
         self._learning = asyncio.Lock()
         self._refreshing = False  # the timer is re-ranking lists, a slice at a time
@@ -698,7 +700,9 @@ class RecsysWorker:
             )
             # Out of the merge and not learned yet: a stop that cancels this call between
             # two chunks leaves the rest unlearned, and the model unfit for a snapshot.
-            self._unlearned = len(released)
+            # (Added, not set: a call cut short leaves its count, which a later call must
+            # not clear, so a stop never snapshots a model missing ratings.)
+            self._unlearned += len(released)
             for lo in range(0, len(released), s.batch_max):
                 chunk = released[lo : lo + s.batch_max]
                 lists = self.engine.learn_ratings([held[0] for held in chunk])
@@ -1074,8 +1078,12 @@ class RecsysWorker:
         partitions we keep (at the next batch), so a partition that comes back is never
         learned twice."""
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
-        # (A replay under way, from the timer, may be learning a lost partition now.)
-        if lost & self._replayed or (lost and self._replay_lock.locked()):
+        # In the model: partitions replayed, or covered by a snapshot restored (before
+        # their replay), or being restored or replayed now (a restore or a replay under
+        # way may be loading or learning a lost partition).
+        in_model = self._replayed | self._resume_from.keys()
+        busy = self._replay_lock.locked() or not self._restore_ended.is_set()
+        if lost & in_model or (lost and busy):
             self._reset_pending = True
 
     async def _reset_if_pending(self) -> None:
@@ -1100,6 +1108,7 @@ class RecsysWorker:
         self.engine.live = False
         self.ordering.clear()  # held ratings are in the log: the rebuild replays them
         self._held_ids.clear()
+        self._unlearned = 0  # (a call cut short: its ratings are replayed too)
         self.catalog.restart(self.engine)
 
     async def _ensure_replayed(self, first_live: dict[int, int]) -> None:
@@ -1160,7 +1169,10 @@ class RecsysWorker:
         replayed from its offsets instead of from the start. Called by the timer from
         the first tick (so the catalog is read once, into the loaded model) and before
         every replay."""
-        if self._restore_tried or self.settings.snapshot_every_s <= 0:
+        if self.settings.snapshot_every_s <= 0:
+            return
+        if self._restore_tried:  # a restore under way holds ``_learning``: wait for it,
+            await self._restore_ended.wait()  # or a replay would start from nothing
             return
         if not self._assigned():
             return  # not in the group yet: the next tick asks again
@@ -1168,42 +1180,50 @@ class RecsysWorker:
             if self._restore_tried:
                 return
             self._restore_tried = True
-            assigned = self._assigned()
-            if not assigned or self._replayed or self.engine.events:
-                return
+            self._restore_ended.clear()
             try:
-                committed = await self._committed()
-            except KafkaError as exc:  # asked again at the next tick (or replay in full)
-                log.warning("no committed offsets to choose a snapshot by: %s", exc)
-                self._restore_tried = False
-                return
-            fingerprint = self.settings.model_fingerprint()
-            for snapshot in self.snapshots.candidates(fingerprint, assigned, committed):
-                try:
-                    size = snapshot.path.stat().st_size  # (gone already: the next one)
-                    engine = await asyncio.to_thread(self.snapshots.load, snapshot)
-                    break
-                except Exception as exc:  # a damaged file: the next one, else the log
-                    log.warning("snapshot %s unreadable (%s)", snapshot.path, exc)
-            else:
-                return
-            engine.settings = self.settings
-            engine.live = False
-            engine.model.track_item_changes(self.settings.share_items_every_s > 0)
-            self.engine = engine
-            self.ordering.clear()
-            self._held_ids.clear()
-            self.catalog.restart(engine)  # the catalog is read again into the loaded model
-            self._resume_from = dict(snapshot.offsets)
-            self._snapshot_of = (engine.version, dict(snapshot.offsets))  # (no copy of it)
-            self._snapshot_info = (snapshot.created, engine.events, size)
-            log.info(
-                "restored snapshot %s: %d ratings, partitions %s from offsets %s",
-                snapshot.path.name,
-                engine.events,
-                sorted(snapshot.offsets),
-                snapshot.offsets,
-            )
+                await self._restore()
+            finally:
+                self._restore_ended.set()
+
+    async def _restore(self) -> None:
+        """:meth:`_restore_once`'s attempt, under ``_learning``."""
+        assigned = self._assigned()
+        if not assigned or self._replayed or self.engine.events:
+            return
+        try:
+            committed = await self._committed()
+        except KafkaError as exc:  # asked again at the next tick (or replay in full)
+            log.warning("no committed offsets to choose a snapshot by: %s", exc)
+            self._restore_tried = False
+            return
+        fingerprint = self.settings.model_fingerprint()
+        for snapshot in self.snapshots.candidates(fingerprint, assigned, committed):
+            try:
+                size = snapshot.path.stat().st_size  # (gone already: the next one)
+                engine = await asyncio.to_thread(self.snapshots.load, snapshot)
+                break
+            except Exception as exc:  # a damaged file: the next one, else the log
+                log.warning("snapshot %s unreadable (%s)", snapshot.path, exc)
+        else:
+            return
+        engine.settings = self.settings
+        engine.live = False
+        engine.model.track_item_changes(self.settings.share_items_every_s > 0)
+        self.engine = engine
+        self.ordering.clear()
+        self._held_ids.clear()
+        self.catalog.restart(engine)  # the catalog is read again into the loaded model
+        self._resume_from = dict(snapshot.offsets)
+        self._snapshot_of = (engine.version, dict(snapshot.offsets))  # (no copy of it)
+        self._snapshot_info = (snapshot.created, engine.events, size)
+        log.info(
+            "restored snapshot %s: %d ratings, partitions %s from offsets %s",
+            snapshot.path.name,
+            engine.events,
+            sorted(snapshot.offsets),
+            snapshot.offsets,
+        )
 
     async def _on_shutdown(self, app: faust.App, **kwargs: object) -> None:
         """A graceful stop (SIGTERM: a deploy, a scale-in), once Faust has stopped the

@@ -16,6 +16,7 @@ from streamer import app as app_module
 from streamer.app import BatchAbandoned, RecsysWorker, standalone_consumer
 from streamer.engine import StreamEngine
 from streamer.settings import Settings
+from streamer.snapshot import SnapshotStore
 
 
 async def test_the_worker_consumer_asks_the_broker_to_hold_fetches_briefly() -> None:
@@ -767,3 +768,153 @@ async def test_a_stop_that_cuts_learning_short_takes_no_final_snapshot(monkeypat
     worker._unlearned = 0  # a stop between two learning calls
     await worker._on_shutdown(worker.app)
     assert snapshots == [True]
+
+
+# ---------------------------------------------------------------- restore, rebalance, stop
+class _NoConsumer:
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], committed: dict):
+    """A worker (not started) whose log of ratings, committed offsets and assignment are
+    stand-ins, and whose publishing does nothing; returns it and the replays' starts."""
+    settings = Settings(ratings_topic="r", items_topic="i", users_topic="u", data_dir=str(tmp_path))
+    worker = RecsysWorker(settings)
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"t": 1.0})
+    starts: list[dict] = []
+
+    async def merged(consumer, topic, start, until, parse, batch=5000):
+        starts.append(dict(start))
+        for p in until:
+            for offset in range(start.get(p, 0), until[p]):
+                await asyncio.sleep(0.01)  # a fetch
+                yield [(p, log[p][offset])]
+
+    async def published(engine, sink, lists):
+        return time.time()
+
+    async def the_committed(self):
+        return dict(committed)
+
+    async def no_users(self, consumer, partitions):
+        return {}
+
+    async def catalog_read_again() -> None:  # what the catalog follower does
+        while True:
+            await asyncio.sleep(0.005)
+            if not worker.catalog.ready.is_set():
+                worker.engine.upsert_item("a", {"t": 1.0})
+                worker.catalog.ready.set()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda s: _NoConsumer())
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(app_module, "publish", published)
+    monkeypatch.setattr(RecsysWorker, "_committed", the_committed)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    follower = asyncio.ensure_future(catalog_read_again())
+    return worker, starts, follower
+
+
+def _snapshot(settings: Settings, ratings: list[Rating], offsets: dict[int, int]) -> None:
+    engine = StreamEngine(settings)
+    engine.upsert_item("a", {"t": 1.0})
+    engine.relearn(ratings)
+    SnapshotStore(settings.snapshot_path).save(engine, offsets, settings.model_fingerprint())
+
+
+async def test_a_replay_waits_for_the_snapshot_being_restored(monkeypatch, tmp_path) -> None:
+    """The timer's first tick restores a snapshot (a large one takes a while to load);
+    a batch that arrives meanwhile must not replay the log from the start beside it: its
+    replay waits, then starts where the snapshot ends, and every rating is in the model
+    once."""
+    log = {0: [Rating(f"u{n}", "a", float(1 + n % 5), float(n)) for n in range(6)]}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    _snapshot(worker.settings, log[0][:3], {0: 3})
+    load = worker.snapshots.load
+
+    def slow_load(snapshot):
+        time.sleep(0.3)  # (in a thread, as a large file's)
+        return load(snapshot)
+
+    monkeypatch.setattr(worker.snapshots, "load", slow_load)
+    try:
+        tick = asyncio.ensure_future(worker._restore_once())
+        await asyncio.sleep(0.05)
+        await worker._ensure_replayed({0: 6})  # the first batch starts at offset 6
+        await tick
+    finally:
+        follower.cancel()
+    assert starts == [{0: 3}]
+    assert worker.engine.events == 6 and worker.engine.model.n_users == 6
+
+
+async def test_losing_a_restored_partition_before_its_replay_rebuilds_the_model(
+    monkeypatch, tmp_path
+) -> None:
+    """A rebalance right after a restore (a rolling restart), before any replay: the
+    partitions the snapshot brought are in the model, so losing one rebuilds it, and
+    the next snapshot holds only the partitions it names."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
+    worker, _, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 4})
+    owned = {0, 1}
+    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    _snapshot(worker.settings, log[0][:2] + log[1][:2], {0: 2, 1: 2})
+    try:
+        await worker._restore_once()
+        assert worker.engine.events == 4 and worker._resume_from == {0: 2, 1: 2}
+        await worker._on_revoked(worker.app, {TP("r", 0), TP("r", 1)})
+        owned.discard(1)  # the rebalance gives partition 0 back, not 1
+        assert worker._reset_pending
+        await worker._reset_if_pending()
+        await worker._ensure_replayed({0: 4})
+    finally:
+        follower.cancel()
+    assert worker.engine.events == 4  # partition 0's four ratings, none of partition 1's
+    assert not any(u.startswith("p1") for u in worker.engine.model.users.ids)
+
+
+async def test_a_learning_call_cut_short_keeps_the_stop_from_snapshotting(
+    monkeypatch, tmp_path
+) -> None:
+    """A stop cancels the batch being learned: the model misses ratings its offsets
+    cover, so no snapshot may be taken at the stop, even after a timer tick that was
+    waiting for the lock learns what the merge releases next."""
+    settings = Settings(
+        ratings_topic="r", items_topic="i", users_topic="u", batch_max=2, data_dir=str(tmp_path)
+    )
+    worker = RecsysWorker(settings)
+    worker.engine.upsert_item("a", {"t": 1.0})
+    worker._replayed, worker._next_offset = {0}, {0: 4}
+    for n in range(4):
+        worker.ordering.add(0, float(n), (Rating(f"u{n}", "a", 4.0, float(n)), 0.0, 0, n, None))
+    monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    publishing, stall = asyncio.Event(), [True]
+
+    async def published(engine, sink, lists):
+        if stall[0]:
+            publishing.set()
+            await asyncio.sleep(3600)
+        return time.time()
+
+    monkeypatch.setattr(app_module, "publish", published)
+    batch = asyncio.ensure_future(worker._learn_released())
+    await publishing.wait()  # the first two of four learned, being published
+    worker.ordering.add(0, 9.0, (Rating("u9", "a", 4.0, 9.0), 0.0, 0, 4, None))
+    worker._next_offset[0] = 5
+    tick = asyncio.ensure_future(worker._learn_released())  # waits for the lock
+    await asyncio.sleep(0)
+    stall[0] = False
+    batch.cancel()  # the stop
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    await tick
+    assert worker._unlearned > 0
+    saved: list = []
+    monkeypatch.setattr(worker.snapshots, "save", lambda *a, **k: saved.append(a))
+    await worker._on_shutdown(worker.app)
+    assert saved == []
