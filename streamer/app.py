@@ -1207,7 +1207,7 @@ class RecsysWorker:
                 log.warning("snapshot %s unreadable (%s)", snapshot.path, exc)
         else:
             return
-        engine.settings = self.settings
+        engine.adopt(self.settings)  # (its non-model settings may have changed since)
         engine.live = False
         engine.model.track_item_changes(self.settings.share_items_every_s > 0)
         self.engine = engine

@@ -381,6 +381,24 @@ class StreamEngine:
         state.setdefault("popular_served", [])
         self.__dict__.update(state)
 
+    def adopt(self, settings: Settings) -> None:
+        """Work under ``settings`` from now on: an engine restored from a snapshot taken
+        under other values of the settings a model does not depend on (those outside
+        ``Settings.MODEL_SETTINGS``, which a snapshot must match) follows the current
+        ones: the "more like this" content weight, the share of ratings ranked fresh, the
+        dedupe window (ids past it, all of them at 0, are forgotten).
+
+        >>> engine = StreamEngine(Settings(dedupe_window=5))
+        >>> engine.remember(["a", "b"])
+        >>> engine.adopt(Settings(dedupe_window=0, similar_content_weight=0.5))
+        >>> engine.learned_id("a"), engine.model.config.similar_content_weight
+        (False, 0.5)
+        """
+        self.settings = settings
+        self.model.config.similar_content_weight = settings.similar_content_weight
+        self._sample_below = round(settings.fresh_eval_share * 2**32)
+        self.remember(())
+
     def repeats(self, event_id: str | None) -> bool:
         """True when a rating with this ``event_id`` was learned within the last
         ``settings.dedupe_window`` ids (a redelivered duplicate); else the id is
@@ -402,12 +420,11 @@ class StreamEngine:
     def remember(self, event_ids: Iterable[str | None]) -> None:
         """Note the ids of ratings just learned (the oldest beyond the window go)."""
         window = self.settings.dedupe_window
-        if window == 0:
-            return
         ids = self.event_ids
-        for event_id in event_ids:
-            if event_id is not None:
-                ids[event_id] = None
+        if window > 0:
+            for event_id in event_ids:
+                if event_id is not None:
+                    ids[event_id] = None
         while len(ids) > window:
             ids.popitem(last=False)
 

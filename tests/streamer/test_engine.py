@@ -259,3 +259,25 @@ def test_a_snapshot_from_before_whole_run_freshness_still_loads() -> None:
     assert old.metrics()["freshness_ms_p50_total"] == 0.0
     old.record_freshness([1000.0], published_at=1.02)
     assert old.metrics()["freshness_ms_p50_total"] == pytest.approx(20.0, rel=0.01)
+
+
+def test_a_restored_engine_follows_the_settings_a_model_does_not_depend_on() -> None:
+    """A snapshot is used only under the same model settings; the others may have
+    changed since it was taken, and the restored engine follows the current ones: the
+    "more like this" content weight, the fresh-list share, and the dedupe window (with
+    dedupe off, no id of the snapshot's may make a redelivered rating look learned)."""
+    import pickle
+
+    engine = engine_with_history()
+    engine.remember(["e1", "e2"])
+    restored = pickle.loads(pickle.dumps(engine))
+    now = Settings(
+        k=3, n_factors=4, dedupe_window=0, similar_content_weight=0.7, fresh_eval_share=1.0
+    )
+    restored.adopt(now)
+    assert restored.settings is now and restored.model.config.similar_content_weight == 0.7
+    assert not restored.learned_id("e1") and not restored.repeats("e1")
+    assert all(restored._sampled(f"u{n}", "i0") for n in range(50))
+    kept = pickle.loads(pickle.dumps(engine))
+    kept.adopt(Settings(k=3, n_factors=4, dedupe_window=1))
+    assert kept.learned_id("e2") and not kept.learned_id("e1")  # the newest within 1
