@@ -198,6 +198,8 @@ async def read_merged(
 
 
 DEADLETTER_BYTES = 900_000  # most of a dead letter's original value kept (1 MB requests)
+DEADLETTER_KEY_BYTES = 16_384  # most of its key kept (the broker takes keys up to ~1 MB)
+DEADLETTER_REASON_CHARS = 2_000  # most of its reason kept (a reason may quote the input)
 
 
 class CatalogFollower:
@@ -1433,7 +1435,10 @@ class RecsysWorker:
         unchanged, with the reason and source in headers.
 
         A value too large for the producer's 1 MB requests is cut to ``DEADLETTER_BYTES``
-        (header ``recsys.truncated.from``: its size), so it cannot be refused. Outside a
+        (header ``recsys.truncated.from``: its size), a key to ``DEADLETTER_KEY_BYTES``
+        (``recsys.truncated.key_from``) and the reason to ``DEADLETTER_REASON_CHARS``, so
+        that the letter cannot be refused (the broker takes a source record of up to
+        about 1 MB in all, key included, which the producer would refuse to send on). Outside a
         Faust event (the ratings' batches) the broker's acknowledgement is awaited before
         the batch goes on, so no offset is committed past a dead letter not delivered:
         given ``acks``, the letter is sent at once and its acknowledgement added there,
@@ -1442,6 +1447,8 @@ class RecsysWorker:
         does not stop it).
         """
         self.engine.count_deadletter(reason)
+        if len(reason) > DEADLETTER_REASON_CHARS:
+            reason = reason[:DEADLETTER_REASON_CHARS] + " ..."
         log.info("dead letter from %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason)
         headers = [
             ("recsys.reason", reason.encode()),
@@ -1459,6 +1466,9 @@ class RecsysWorker:
         if value is not None and len(value) > DEADLETTER_BYTES:
             headers.append(("recsys.truncated.from", str(len(value)).encode()))
             value = bytes(value[:DEADLETTER_BYTES])
+        if key is not None and len(key) > DEADLETTER_KEY_BYTES:  # (else refused forever)
+            headers.append(("recsys.truncated.key_from", str(len(key)).encode()))
+            key = bytes(key[:DEADLETTER_KEY_BYTES])
         if acks is None or current_event() is not None:
             await self._deliver(key, value, headers)
             return

@@ -426,6 +426,38 @@ async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
     assert headers["recsys.reason"] == b"payload too large"
 
 
+async def test_a_record_with_a_key_near_the_brokers_limit_is_dead_lettered_cut(
+    monkeypatch,
+) -> None:
+    """The broker takes a record of about 1 MB in all, key included, but the producer
+    sends at most 1,000,000 bytes: a huge key (and a reason quoting it) is cut, its size
+    noted, so the letter goes through instead of being refused forever (which stalled
+    the partition)."""
+    from streamer import app as module
+
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    sent: list[tuple[bytes, bytes, dict]] = []
+
+    class DeadLetters:
+        async def send(self, key, value, headers):
+            async def acknowledged() -> None:
+                sent.append((key, value, dict(headers)))
+
+            return acknowledged()
+
+    worker.deadletter = DeadLetters()
+    key = b"u" * 1_040_000
+    await worker._dead_letter(_rating_record(b"{}", key=key), f"key: {key!r} is too long")
+    [(key_sent, value, headers)] = sent
+    assert len(key_sent) == module.DEADLETTER_KEY_BYTES and value == b"{}"
+    assert headers["recsys.truncated.key_from"] == b"1040000"
+    assert headers["recsys.reason"].startswith(b"key: b'uuu") and headers["recsys.reason"].endswith(
+        b" ..."
+    )
+    size = len(key_sent) + len(value) + sum(len(n) + len(v) for n, v in headers.items())
+    assert size < 1_000_000 // 20
+
+
 async def test_a_record_with_neither_key_nor_value_and_a_redriven_one_are_dead_lettered() -> None:
     """Kafka takes no record without a key or a value, so a ratings tombstone with no key
     is dead-lettered with an empty key, said so in a header (it would otherwise be tried
