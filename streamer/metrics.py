@@ -7,6 +7,7 @@ figures go to Redis for the dashboard and ``recsys-online metrics``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -219,17 +220,22 @@ DEADLETTERS_BY_REASON = "recsys_deadletters_by_reason_total"  # its Prometheus f
 
 #: What a dead letter's reason says, as one word: by the start of the reason the worker
 #: wrote (the first that matches); any other reason is a schema violation.
+# How each kind of reason the worker writes begins (regular expressions, matched at the
+# start). A schema violation's reason begins with the field's name, which is the
+# producer's, so the worker's own reasons are matched on more than their first word: a
+# payload with an unknown field "key" is a schema violation, not a wrongly keyed record.
 DEADLETTER_KINDS: tuple[tuple[str, str], ...] = (
-    ("payload too large", "oversized"),
-    ("malformed JSON", "malformed"),
-    ("no value", "malformed"),
-    ("not a JSON object", "not_object"),
-    ("key:", "wrong_key"),
-    ("tombstone:", "bad_tombstone"),
-    ("item_id: unknown item", "unknown_item"),
-    ("item_id: item ", "deleted_item"),
-    ("event_id: duplicate", "duplicate"),
+    (r"payload too large: \d+ bytes", "oversized"),
+    (r"malformed JSON: ", "malformed"),
+    (r"no value(: a tombstone| and no key: )", "malformed"),
+    (r"not a JSON object: got ", "not_object"),
+    (r"key: .*, but .+ are keyed by their ", "wrong_key"),
+    (r"tombstone: its key is not ", "bad_tombstone"),
+    (r"item_id: unknown item ", "unknown_item"),
+    (r"item_id: item .* was deleted", "deleted_item"),
+    (r"event_id: duplicate .*, already learned", "duplicate"),
 )
+_KIND_PATTERNS = [(re.compile(pattern, re.DOTALL), kind) for pattern, kind in DEADLETTER_KINDS]
 
 
 def deadletter_kind(reason: str) -> str:
@@ -241,9 +247,13 @@ def deadletter_kind(reason: str) -> str:
     'deleted_item'
     >>> deadletter_kind("rating: 9.0 is outside the rating scale [1.0, 5.0]")
     'invalid'
+    >>> deadletter_kind("key: b'u2', but ratings are keyed by their user_id 'u1'")
+    'wrong_key'
+    >>> deadletter_kind("key: Extra inputs are not permitted")  # a field named "key"
+    'invalid'
     """
-    for start, kind in DEADLETTER_KINDS:
-        if reason.startswith(start):
+    for pattern, kind in _KIND_PATTERNS:
+        if pattern.match(reason):
             return kind
     return "invalid"
 

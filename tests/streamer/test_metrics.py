@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -162,3 +163,27 @@ def test_nan_figures_are_valid_exposition() -> None:
     text = exposition({"rmse": math.nan, "events": 0}, {}, {})
     sample = families(text)["recsys_rmse"].samples[0]
     assert math.isnan(sample.value)
+
+
+def test_dead_letters_of_fields_named_like_a_kind_count_as_schema_violations() -> None:
+    """A schema violation's reason begins with the producer's field name: a payload with
+    a field "key", "tombstone" or "payload too large" is invalid, not wrongly keyed, a
+    bad tombstone or oversized; the worker's own reasons keep their kinds."""
+    from schemas import EventError, RatingEvent, parse_event
+    from streamer.metrics import deadletter_kind
+    from streamer.records import item_event, key_problem
+
+    def reason(payload: dict) -> str:
+        with pytest.raises(EventError) as caught:
+            parse_event(json.dumps(payload).encode(), RatingEvent)
+        return str(caught.value)
+
+    good = {"user_id": "u1", "item_id": "i1", "rating": 4, "timestamp": 1}
+    for field in ("key", "tombstone", "payload too large", "no value"):
+        assert deadletter_kind(reason({**good, field: 1})) == "invalid", field
+    assert deadletter_kind(key_problem(b"u2", "u1", "ratings", "user_id")) == "wrong_key"
+    with pytest.raises(EventError) as caught:
+        item_event(Settings(), b"\xff", None, 1.0)
+    assert deadletter_kind(str(caught.value)) == "bad_tombstone"
+    assert deadletter_kind("payload too large: 70000 bytes, more than 65536") == "oversized"
+    assert deadletter_kind("event_id: duplicate 'e1', already learned") == "duplicate"
