@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from streamer.client import aclose_client, redis_client
+from streamer.metrics import deadletter_kind
 from streamer.partitions import read_ranges, standalone_consumer
 from streamer.settings import Settings
 
@@ -48,6 +49,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     truncated_from: int | None = None  # the original size, when the value was cut
+    truncated_key_from: int | None = None  # the original size, when the key was cut
     redriven_from: str | None = None  # the event was sent back once already: from where
 
     @classmethod
@@ -69,9 +71,11 @@ class DeadLetter:
             raw = headers.get(name)
             return default if raw is None else raw.decode("utf-8", "replace")
 
-        def number(name: str) -> int | None:
-            raw = text(name)
-            return int(raw) if raw.lstrip("-").isdigit() else None
+        def number(name: str) -> int | None:  # (a header another producer wrote: any)
+            try:
+                return int(text(name))
+            except ValueError:
+                return None
 
         return cls(
             partition=record.partition,
@@ -85,6 +89,7 @@ class DeadLetter:
             key=None if text("recsys.source.key") == "none" else record.key,
             value=record.value,
             truncated_from=number("recsys.truncated.from"),
+            truncated_key_from=number("recsys.truncated.key_from"),
             redriven_from=text("recsys.redriven.from") or None,
         )
 
@@ -111,6 +116,7 @@ class DeadLetter:
             "value": value,
             "bytes": None if self.value is None else len(self.value),
             "truncated_from": self.truncated_from,
+            "truncated_key_from": self.truncated_key_from,
             "redriven_from": self.redriven_from,
         }
 
@@ -226,6 +232,10 @@ def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
         return "it holds neither a key nor a value"
     if d.truncated_from is not None:
         return f"its value was cut ({d.truncated_from} bytes, more than a dead letter holds)"
+    if d.truncated_key_from is not None:
+        return f"its key was cut ({d.truncated_key_from} bytes, more than a dead letter holds)"
+    if deadletter_kind(d.reason) == "duplicate":  # (learned once: again, it would count twice)
+        return "it repeats a rating already learned"
     topics = (settings.ratings_topic, settings.items_topic, settings.users_topic)
     if d.source_topic not in topics:
         return f"its source {d.source_topic!r} is not one of this deployment's topics"

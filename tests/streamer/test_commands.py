@@ -449,3 +449,36 @@ def test_the_demo_reads_shell_quoted_addresses_and_leaves_running_services_up(
         "REDIS_URL": "redis://h:1/0",
     }
     assert demo.services_running() and calls == [["up"], ["status"]]
+
+
+def test_dead_letters_with_odd_headers_are_listed_and_duplicates_never_sent_back() -> None:
+    """Headers another producer wrote (an offset "--5", a superscript digit) read as
+    unknown instead of stopping the listing; a letter whose key was cut, or which repeats
+    a rating already learned, is listed but never sent back (a second copy of a learned
+    rating would count twice once its id left the dedupe window)."""
+    from aiokafka import ConsumerRecord
+
+    from streamer.deadletters import DeadLetter, _unsendable
+    from streamer.settings import Settings
+
+    def letter(reason: str, headers: dict[str, bytes] | None = None) -> DeadLetter:
+        raw = [("recsys.reason", reason.encode()), ("recsys.source.topic", b"recsys.ratings")]
+        raw += list((headers or {}).items())
+        return DeadLetter.from_record(
+            ConsumerRecord("dlq", 0, 3, 0, 0, b"u1", b"{}", None, 0, 2, raw)
+        )
+
+    odd = letter(
+        "malformed JSON: x",
+        {"recsys.source.partition": "²".encode(), "recsys.source.offset": b"--5"},
+    )
+    assert (odd.source_partition, odd.source_offset) == (-1, -1) and odd.row()["id"] == "0:3"
+    settings = Settings()
+    assert _unsendable(settings, letter("malformed JSON: x")) is None
+    duplicate = letter("event_id: duplicate 'e1', already learned")
+    assert "already learned" in _unsendable(settings, duplicate)
+    cut = letter(
+        "key: b'uuu', but ratings are keyed by their user_id 'u'",
+        {"recsys.truncated.key_from": b"9"},
+    )
+    assert cut.truncated_key_from == 9 and "key was cut" in _unsendable(settings, cut)
