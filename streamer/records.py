@@ -122,6 +122,13 @@ def _from_tombstone(
     now = time.time()
     when = now if timestamp_s is None or not 0 <= timestamp_s <= now else timestamp_s
     try:
-        return validate_event({**fields, field: ident, "timestamp": when}, kind)
+        event = validate_event({**fields, field: ident, "timestamp": when}, kind)
     except EventError as exc:
         raise EventError(f"tombstone: its key is not a valid {field}: {exc}", "key") from exc
+    if getattr(event, field) != ident:  # (ids are stripped: " i7 " would delete "i7")
+        raise EventError(
+            f"tombstone: its key is not a valid {field}: {ident[:_SHOWN_KEY]!r} is not "
+            f"spelt as events spell ids (stripped), so no event is keyed by it",
+            "key",
+        )
+    return event

@@ -62,6 +62,11 @@ def test_a_tombstone_without_a_usable_time_takes_the_time_it_is_read(stamp) -> N
         (b"bad\x00id", "tombstone: its key is not a valid item_id: item_id"),
         (b"x" * 200, "tombstone: its key is not a valid item_id: item_id"),
         (b"   ", "tombstone: its key is not a valid item_id: item_id"),
+        # An upsert under these keys is refused (keys must be the item_id as events spell
+        # it, stripped): a tombstone under them must not delete "i7" either.
+        (b" i7 ", "tombstone: its key is not a valid item_id: ' i7 ' is not spelt"),
+        (b"i7\x1f", "tombstone: its key is not a valid item_id: 'i7\\x1f' is not spelt"),
+        ("i7\u3000".encode(), "is not spelt as events spell ids"),
     ],
 )
 def test_a_tombstone_whose_key_names_no_item_is_refused(key, reason) -> None:
