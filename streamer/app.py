@@ -768,7 +768,7 @@ class RecsysWorker:
         try:
             for record in records:
                 try:
-                    r = rating_event(self.settings, record.key, record.value)
+                    r = rating_event(self.settings, record.key, record.value, _seconds(record))
                 except EventError as exc:
                     await self._dead_letter(record, str(exc), acks)
                     continue
@@ -1416,7 +1416,7 @@ class RecsysWorker:
         again, as deleted, for its ratings.
         """
         try:
-            r = rating_event(self.settings, record.key, record.value)
+            r = rating_event(self.settings, record.key, record.value, _seconds(record))
         except EventError:
             return None
         if not self.engine.knows_item(r.item_id):

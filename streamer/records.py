@@ -41,8 +41,11 @@ def key_problem(key: bytes | None, expected: str, what: str, by: str) -> str | N
     return f"key: {shown}, but {what} are keyed by their {by} {expected!r}"
 
 
-def rating_event(settings: Settings, key: bytes | None, value: bytes | None) -> RatingEvent:
-    """The rating a ratings-topic record holds (``EventError`` says why not).
+def rating_event(
+    settings: Settings, key: bytes | None, value: bytes | None, timestamp_s: float | None = None
+) -> RatingEvent:
+    """The rating a ratings-topic record holds (``EventError`` says why not), checked
+    against the record's time (``timestamp_s``, epoch seconds; see :func:`_checked_at`).
 
     >>> raw = b'{"user_id": "u1", "item_id": "i", "rating": 4, "timestamp": 1}'
     >>> rating_event(Settings(), b"u1", raw).rating
@@ -52,7 +55,7 @@ def rating_event(settings: Settings, key: bytes | None, value: bytes | None) -> 
     ...
     schemas.events.EventError: key: b'u2', but ratings are keyed by their user_id 'u1'
     """
-    return _keyed(settings, key, value, RatingEvent, "user_id", "ratings")
+    return _keyed(settings, key, value, RatingEvent, "user_id", "ratings", timestamp_s)
 
 
 def item_event(
@@ -70,7 +73,7 @@ def item_event(
     """
     if value is None:
         return _from_tombstone(key, timestamp_s, ItemEvent, "item_id", "an item", op="delete")
-    return _keyed(settings, key, value, ItemEvent, "item_id", "item events")
+    return _keyed(settings, key, value, ItemEvent, "item_id", "item events", timestamp_s)
 
 
 def user_event(
@@ -88,12 +91,36 @@ def user_event(
     """
     if value is None:
         return _from_tombstone(key, timestamp_s, UserEvent, "user_id", "a user")
-    return _keyed(settings, key, value, UserEvent, "user_id", "user events")
+    return _keyed(settings, key, value, UserEvent, "user_id", "user events", timestamp_s)
 
 
-def _keyed(settings: Settings, key: bytes | None, value: bytes | None, kind, by: str, what: str):
-    """``value`` parsed as ``kind``, its record ``key`` checked against its ``by`` field."""
-    event = settings.parse(value, kind)
+def _checked_at(timestamp_s: float | None) -> float | None:
+    """The clock an event's "not more than a day in the future" is checked by: its
+    record's time (when it was produced, or appended), or the wall clock when that is
+    later (a producer whose clock runs ahead) or unknown. So a record is judged alike
+    live and when its partition is replayed days later: by the wall clock alone, an
+    event refused live as a day ahead would be learned by the replay.
+
+    >>> _checked_at(100.0), _checked_at(None) is None, _checked_at(1e12) < 1e12
+    (100.0, True, True)
+    """
+    if timestamp_s is None or timestamp_s <= 0:
+        return None
+    return min(timestamp_s, time.time())
+
+
+def _keyed(
+    settings: Settings,
+    key: bytes | None,
+    value: bytes | None,
+    kind,
+    by: str,
+    what: str,
+    timestamp_s: float | None = None,
+):
+    """``value`` parsed as ``kind`` (checked at :func:`_checked_at` its record's time),
+    its record ``key`` checked against its ``by`` field."""
+    event = settings.parse(value, kind, now=_checked_at(timestamp_s))
     problem = key_problem(key, getattr(event, by), what, by)
     if problem is not None:
         raise EventError(problem, "key")

@@ -343,9 +343,10 @@ are needed with RECSYS_KAFKA_SECURITY_PROTOCOL=SASL_SSL
         """Broker list in aiokafka's form (``host:port,host:port``)."""
         return ",".join(h.strip().removeprefix("kafka://") for h in self.brokers.split(","))
 
-    def parse(self, raw: bytes, kind: type[E]) -> E:
+    def parse(self, raw: bytes, kind: type[E], now: float | None = None) -> E:
         """``raw`` validated as a ``kind`` event with this deployment's rating scale and
-        payload limit: what the worker accepts (``EventError`` names the field).
+        payload limit: what the worker accepts (``EventError`` names the field). ``now``
+        is the clock for the future-timestamp bound (the wall clock if None).
 
         >>> from schemas import RatingEvent
         >>> raw = b'{"user_id": "u", "item_id": "i", "rating": 8, "timestamp": 1}'
@@ -357,6 +358,7 @@ are needed with RECSYS_KAFKA_SECURITY_PROTOCOL=SASL_SSL
             kind,
             rating_scale=(self.rating_low, self.rating_high),
             max_bytes=self.max_payload_bytes,
+            now=now,
         )
 
     def key(self, *parts: str) -> str:

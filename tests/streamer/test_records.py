@@ -85,3 +85,27 @@ def test_the_value_is_checked_before_the_key() -> None:
     """A record that is no event at all says so, whatever its key."""
     with pytest.raises(EventError, match="malformed JSON"):
         item_event(S, b"other", b"{not json", 1.0)
+
+
+def test_a_future_event_is_judged_by_its_records_time_when_read_again(monkeypatch) -> None:
+    """ "More than a day in the future" is judged against the record's time: a rating
+    refused live is refused again when its partition is replayed days later (by the wall
+    clock alone the replay learned it), and one within the day is learned both times."""
+    sent = 1_700_000_000.0
+    day = 86_400.0
+
+    def raw(stamp: float) -> bytes:
+        return f'{{"user_id": "u1", "item_id": "i", "rating": 4, "timestamp": {stamp}}}'.encode()
+
+    for wall in (sent + 1.0, sent + 3 * day):  # live, then a replay three days on
+        monkeypatch.setattr(time, "time", lambda wall=wall: wall)
+        with pytest.raises(EventError, match="more than 1 day in the future"):
+            rating_event(S, b"u1", raw(sent + 2 * day), sent)
+        assert rating_event(S, b"u1", raw(sent + day / 2), sent).timestamp == sent + day / 2
+        with pytest.raises(EventError, match="more than 1 day in the future"):
+            upsert = f'{{"op": "upsert", "item_id": "i", "timestamp": {sent + 2 * day}}}'
+            item_event(S, b"i", upsert.encode(), sent)
+    # A producer whose clock runs ahead: its record's time is no excuse.
+    monkeypatch.setattr(time, "time", lambda: sent)
+    with pytest.raises(EventError, match="more than 1 day in the future"):
+        rating_event(S, b"u1", raw(sent + 2 * day), sent + 5 * day)
