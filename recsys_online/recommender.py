@@ -986,7 +986,10 @@ class Recommender:
             scores = sides[0][1] @ self._item_side(width)[:, i]  # (B, m)
             column = np.full(self.n_items + 1, -1, np.int64)  # item row -> column; [-1]: none
             column[i] = np.arange(len(i))
-            if w[:, 2].any() and (self.cooc.count[i] > 0).any():
+            # (An item never rated here may still be a neighbour, through pairs another
+            # process shared: with sharing on, the rings are always read.)
+            shared = self._own is not None
+            if w[:, 2].any() and (shared or (self.cooc.count[i] > 0).any()):
                 if not rings:
                     rings.append(self.cooc.ring_items(u, w[:, 2]))
                 self.cooc.add_item_scores(scores, column, rings[0])
@@ -1269,6 +1272,16 @@ class Recommender:
                 can[[0, 5]] = (liked >= 0) & use[[0, 5], None, None]
         # The able signal with the largest contribution (ties: the first signal) wins.
         chosen = np.where(can, contrib, -np.inf).argmax(axis=0)  # (B, K)
+        # Rings hold every rated item: "because you liked X" only names an X the user
+        # rated at or above their mean; where co-occurrence would name another, the next
+        # able signal explains the item.
+        if needed[2]:
+            b, k = np.nonzero(chosen == 2)
+            if len(b):
+                disliked = ~self._liked(u[b], because[b, k])
+                if disliked.any():
+                    can[2, b[disliked], k[disliked]] = False
+                    chosen = np.where(can, contrib, -np.inf).argmax(axis=0)
         chosen[~can.any(axis=0)] = -1
         # The item each reason names: the recent item (co-occurrence) or the closest like.
         named = np.where(chosen == 2, because, np.where((chosen == 0) | (chosen == 5), liked, 0))
@@ -1308,6 +1321,25 @@ class Recommender:
             )
         )
         return _split(recs, lengths)
+
+    def _liked(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """For pairs ``(users[p], items[p])``: the user's latest rating of the item, among
+        their last 50, is at or above their mean (False when not found there)."""
+        rows, first = np.unique(users, return_inverse=True)
+        recent, lengths = _joined(self.history, rows, np.int32, last=50)
+        rated, _ = _joined(self.history_ratings, rows, np.float32, last=50)
+        present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (U, H)
+        hist = np.full(present.shape, -1, np.int64)
+        hist[present] = recent
+        ratings = np.full(present.shape, -np.inf, np.float32)
+        ratings[present] = rated
+        if not hist.size:
+            return np.zeros(len(users), bool)
+        match = hist[first] == items[:, None]  # (P, H), oldest first
+        last = match.shape[1] - 1 - np.argmax(match[:, ::-1], axis=1)
+        found = match.any(axis=1)
+        value = ratings[first, last]
+        return found & (value >= self._user_means(users))
 
     def _closest_liked_users(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
         """For users ``(B,)`` and items ``(B, K)``: the user's recent like (of the last 50

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from recsys_online.factors import FactorParams
 from recsys_online.ranking import _by_row_then_score, padded_width, top_k_rows
+from recsys_online.recommender import Recommender, RecommenderConfig
 
 
 def _reference(scores: np.ndarray, k: int) -> list[np.ndarray]:
@@ -192,3 +194,38 @@ def test_scoring_a_few_items_matches_the_catalog_scores_with_co_occurrence() -> 
     without = w * np.array([1, 1, 0, 1, 1, 1], np.float32)
     no_cooc = full - model._blended_scores(u, without, width, model._context(u))[:, rows]
     assert np.abs(no_cooc[shown]).max() > 0.01
+
+
+def test_because_you_liked_never_names_an_item_the_user_disliked() -> None:
+    """Rings hold every rated item, liked or not: a co-occurrence reason names only one
+    the user rated at or above their mean; a list led by a disliked item's neighbours is
+    explained by another signal."""
+    rng = np.random.default_rng(0)
+    rec = Recommender(RecommenderConfig(factors=FactorParams(n_factors=4)))
+    items = [f"i{j}" for j in range(200)]
+    rec.upsert_items(items, [{f"t{j % 20}": 1.0} for j in range(200)])
+    t = 0.0
+    for n in range(400):  # sessions: item 2m is followed by 2m + 1
+        m = int(rng.integers(0, 100))
+        rec.learn_many([f"u{n}"] * 2, [items[2 * m], items[2 * m + 1]], [5.0, 5.0], [t, t + 1])
+        t += 2
+    rec.learn_many(["ann", "bob"], ["i10", "i10"], [1.0, 5.0], [t, t])
+    ann, bob = rec.recommend("ann", 5), rec.recommend("bob", 5)
+    assert all(r.because != "i10" and "i10" not in r.reason for r in ann), ann
+    assert any(r.because == "i10" for r in bob)  # liked: named
+
+
+def test_score_items_counts_pairs_shared_by_another_process() -> None:
+    """Pairs another process shared make an item a neighbour here though it was never
+    rated here: score_items still adds its co-occurrence, as the ranking does."""
+    a, b = Recommender(), Recommender()
+    for m in (a, b):
+        m.upsert_items(["x", "y", "z"], [{"jazz": 1.0}] * 3)
+        m.track_item_changes()
+    for n in range(5):
+        a.learn_many([f"a{n}"] * 2, ["x", "y"], [5.0, 5.0], [2.0 * n, 2.0 * n + 1])
+    b.apply_item_changes(a.take_item_changes())
+    b.learn_many(["ann"], ["x"], [5.0], [20.0])
+    ranked = {r.item: r.score for r in b.recommend("ann", 3)}
+    scored = b.score_items(["ann"], ["y", "z"])[0]
+    assert scored.tolist() == pytest.approx([ranked["y"], ranked["z"]], rel=1e-5)
