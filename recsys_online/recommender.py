@@ -302,8 +302,14 @@ class Recommender:
         (2, ['folk'])
 
         A weight that is not finite or not in ``[MIN_WEIGHT, MAX_WEIGHT]`` is a ``ValueError``,
-        raised before anything changes (:func:`recsys_online.tags.check_weights`).
+        raised before anything changes (:func:`recsys_online.tags.check_weights`), as is a
+        number of tag mappings (or timestamps) other than the number of items.
         """
+        if len(tags) != len(items) or (timestamps is not None and len(timestamps) != len(items)):
+            raise ValueError(
+                f"{len(items)} items need as many tag mappings (got {len(tags)}) and "
+                f"timestamps (got {'none' if timestamps is None else len(timestamps)})"
+            )
         for item_tags in tags:
             check_weights(item_tags or {})
         rows = self.items.rows(items)
@@ -615,8 +621,10 @@ class Recommender:
         return own.take(self.mf, ids, tags, self.popularity.log_rate)
 
     def apply_item_changes(self, changes: ItemChanges) -> int:
-        """Add another process's :meth:`take_item_changes` (ids this model does not know,
-        and items it deleted, are skipped); returns how many entries were applied."""
+        """Add another process's :meth:`take_item_changes`; returns how many entries were
+        applied. Ids this model does not know are skipped, and so are pairs with an item it
+        deleted; a deleted item's vector, bias and popularity still take the changes, as
+        they take its ratings (:meth:`learn_many`), and it stays out of every list."""
         self._ensure()
         self.mf.ensure()
         n_items, live = self.n_items, ~self.deleted[: self.n_items]

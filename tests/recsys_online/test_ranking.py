@@ -229,3 +229,15 @@ def test_score_items_counts_pairs_shared_by_another_process() -> None:
     ranked = {r.item: r.score for r in b.recommend("ann", 3)}
     scored = b.score_items(["ann"], ["y", "z"])[0]
     assert scored.tolist() == pytest.approx([ranked["y"], ranked["z"]], rel=1e-5)
+
+
+def test_a_malformed_batch_upsert_changes_nothing() -> None:
+    """Fewer tag mappings than items is refused before anything changes: a deleted item
+    named in it stays deleted (it was brought back, tagless, into the popular list)."""
+    rec = Recommender()
+    rec.upsert_items(["a", "b"], [{"x": 1.0}] * 2)
+    rec.learn_many(["u1", "u2"], ["a", "b"], [5.0, 5.0], [1.0, 2.0])
+    rec.delete_item("b")
+    with pytest.raises(ValueError, match="2 items need as many tag mappings"):
+        rec.upsert_items(["a", "b"], [{"y": 1.0}])
+    assert rec.is_deleted("b") and "b" not in [r.item for r in rec.popular(5)]
