@@ -1330,17 +1330,25 @@ class Recommender:
         )
         return _split(recs, lengths)
 
+    def _recent_rated(self, u: np.ndarray, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Users ``u``'s last 50 rated item rows and their ratings, oldest first, as two
+        ``(B, H)`` arrays; past a shorter history, rows ``fill`` rated ``-inf``."""
+        recent, lengths = _joined(self.history, u, np.int32, last=50)
+        rated, _ = _joined(self.history_ratings, u, np.float32, last=50)
+        if len(u) == 1:  # one user (recommend): no padding
+            return recent[None, :], rated[None, :]
+        present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (B, H)
+        hist = np.full(present.shape, fill, np.int32)
+        hist[present] = recent
+        ratings = np.full(present.shape, -np.inf, np.float32)
+        ratings[present] = rated
+        return hist, ratings
+
     def _liked(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """For pairs ``(users[p], items[p])``: the user's latest rating of the item, among
         their last 50, is at or above their mean (False when not found there)."""
         rows, first = np.unique(users, return_inverse=True)
-        recent, lengths = _joined(self.history, rows, np.int32, last=50)
-        rated, _ = _joined(self.history_ratings, rows, np.float32, last=50)
-        present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (U, H)
-        hist = np.full(present.shape, -1, np.int64)
-        hist[present] = recent
-        ratings = np.full(present.shape, -np.inf, np.float32)
-        ratings[present] = rated
+        hist, ratings = self._recent_rated(rows, fill=-1)  # (U, H)
         if not hist.size:
             return np.zeros(len(users), bool)
         match = hist[first] == items[:, None]  # (P, H), oldest first
@@ -1353,16 +1361,7 @@ class Recommender:
         """For users ``(B,)`` and items ``(B, K)``: the user's recent like (of the last 50
         ratings, at or above the user's mean, of an item still listed) with the closest
         factors (-1: none)."""
-        recent, lengths = _joined(self.history, u, np.int32, last=50)
-        rated, _ = _joined(self.history_ratings, u, np.float32, last=50)
-        if len(u) == 1:  # one user (recommend): no padding
-            hist, ratings = recent[None, :], rated[None, :]
-        else:
-            present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (B, H)
-            hist = np.zeros(present.shape, np.int32)
-            hist[present] = recent
-            ratings = np.full(present.shape, -np.inf, np.float32)
-            ratings[present] = rated
+        hist, ratings = self._recent_rated(u)  # (B, H)
         if not hist.size or not items.size:
             return np.full(items.shape, -1, np.int64)
         liked = ratings >= self._user_means(u)[:, None]  # (B, H), oldest first

@@ -218,12 +218,11 @@ GAUGES: dict[str, tuple[str, str, str]] = {
 DEADLETTER_FIELD = "deadletters_"  # + kind: a figure counting one kind of dead letter
 DEADLETTERS_BY_REASON = "recsys_deadletters_by_reason_total"  # its Prometheus family
 
-#: What a dead letter's reason says, as one word: by the start of the reason the worker
-#: wrote (the first that matches); any other reason is a schema violation.
-# How each kind of reason the worker writes begins (regular expressions, matched at the
-# start). A schema violation's reason begins with the field's name, which is the
-# producer's, so the worker's own reasons are matched on more than their first word: a
-# payload with an unknown field "key" is a schema violation, not a wrongly keyed record.
+#: What a dead letter's reason says, as one word: how each kind of reason the worker
+#: writes begins (regular expressions matched at the start; the first that matches);
+#: any other reason is a schema violation. A schema violation's reason begins with the
+#: field's name, which is the producer's, so the worker's own reasons are matched on
+#: more than their first word: an unknown field "key" is not a wrongly keyed record.
 DEADLETTER_KINDS: tuple[tuple[str, str], ...] = (
     (r"payload too large: \d+ bytes", "oversized"),
     (r"malformed JSON: ", "malformed"),
