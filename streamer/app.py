@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.exceptions import ConsumerNotStarted
-from faust.streams import current_event
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
 
@@ -822,12 +821,17 @@ class RecsysWorker:
         s = self.settings
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid = []
-            for event in events:
-                try:
-                    message = event.message
-                    valid.append(item_event(s, message.key, message.value, message.timestamp))
-                except EventError as exc:
-                    await self._dead_letter(event.message, str(exc))
+            acks: list[Awaitable[None]] = []
+            try:
+                for event in events:
+                    try:
+                        message = event.message
+                        valid.append(item_event(s, message.key, message.value, message.timestamp))
+                    except EventError as exc:
+                        await self._dead_letter(event.message, str(exc), acks)
+            finally:
+                for ack in acks:  # (the events are acknowledged once this body returns)
+                    await ack
             await self.sink.publish_items(valid)
 
     async def learn_users(self, stream: faust.StreamT) -> None:
@@ -1438,11 +1442,11 @@ class RecsysWorker:
         (header ``recsys.truncated.from``: its size), a key to ``DEADLETTER_KEY_BYTES``
         (``recsys.truncated.key_from``) and the reason to ``DEADLETTER_REASON_CHARS``, so
         that the letter cannot be refused (the broker takes a source record of up to
-        about 1 MB in all, key included, which the producer would refuse to send on). Outside a
-        Faust event (the ratings' batches) the broker's acknowledgement is awaited before
-        the batch goes on, so no offset is committed past a dead letter not delivered:
-        given ``acks``, the letter is sent at once and its acknowledgement added there,
-        for the batch to await all of its letters together. A failed send is tried
+        about 1 MB in all, key included, which the producer would refuse to send on). The
+        broker's acknowledgement is awaited before the batch or event goes on, so no offset
+        is committed past a dead letter not delivered: given ``acks``, the letter is sent
+        at once and its acknowledgement added there, for the batch to await all of its
+        letters together. A failed send is tried
         again, waiting longer each time up to 5 s (a broker outage stalls the worker, it
         does not stop it).
         """
@@ -1469,14 +1473,23 @@ class RecsysWorker:
         if key is not None and len(key) > DEADLETTER_KEY_BYTES:  # (else refused forever)
             headers.append(("recsys.truncated.key_from", str(len(key)).encode()))
             key = bytes(key[:DEADLETTER_KEY_BYTES])
-        if acks is None or current_event() is not None:
+        if acks is None:
             await self._deliver(key, value, headers)
             return
         try:
-            sent = await self.deadletter.send(key=key, value=value, headers=headers)
+            sent = await self._send_letter(key, value, headers)
         except Exception:  # (tried again, waiting, when the batch awaits it)
             sent = None
         acks.append(self._confirmed(sent, key, value, headers))
+
+    async def _send_letter(self, key, value, headers) -> Awaitable:
+        """Send a dead letter now; the result is awaited for the acknowledgement.
+
+        ``force``: inside a Faust event, a plain ``send`` is attached to the event and
+        published only when its offset is committed, where a failed delivery is ignored
+        and the offset committed all the same: the letter would be lost.
+        """
+        return await self.deadletter.send(key=key, value=value, headers=headers, force=True)
 
     async def _confirmed(self, sent, key, value, headers) -> None:
         """Await a dead letter's acknowledgement; when it failed, deliver it again."""
@@ -1489,14 +1502,12 @@ class RecsysWorker:
         await self._deliver(key, value, headers)
 
     async def _deliver(self, key, value, headers) -> None:
-        """Send a dead letter (and, outside a Faust event, await the acknowledgement),
-        again and again until it goes through."""
+        """Send a dead letter and await the acknowledgement, again and again until it
+        goes through."""
         wait = 0.1
         while True:
             try:
-                sent = await self.deadletter.send(key=key, value=value, headers=headers)
-                if current_event() is None:
-                    await sent
+                await (await self._send_letter(key, value, headers))
                 return
             except Exception as exc:  # any delivery failure: the record is not lost
                 log.warning("dead letter not delivered (%s): again in %.1f s", exc, wait)

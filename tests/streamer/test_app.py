@@ -410,7 +410,7 @@ async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
     failures = [RuntimeError("broker away"), RuntimeError("still away")]
 
     class DeadLetters:
-        async def send(self, key, value, headers):
+        async def send(self, key, value, headers, force=False):
             async def acknowledged() -> None:
                 if failures:
                     raise failures.pop(0)
@@ -439,7 +439,7 @@ async def test_a_record_with_a_key_near_the_brokers_limit_is_dead_lettered_cut(
     sent: list[tuple[bytes, bytes, dict]] = []
 
     class DeadLetters:
-        async def send(self, key, value, headers):
+        async def send(self, key, value, headers, force=False):
             async def acknowledged() -> None:
                 sent.append((key, value, dict(headers)))
 
@@ -467,7 +467,7 @@ async def test_a_record_with_neither_key_nor_value_and_a_redriven_one_are_dead_l
     sent: list[tuple[bytes | None, bytes | None, dict]] = []
 
     class DeadLetters:
-        async def send(self, key, value, headers):
+        async def send(self, key, value, headers, force=False):
             assert key is not None or value is not None, "aiokafka refuses this record"
 
             async def acknowledged() -> None:
@@ -540,7 +540,7 @@ async def test_a_batch_sends_its_dead_letters_before_it_awaits_them(monkeypatch)
     failures = [RuntimeError("lost")]
 
     class DeadLetters:
-        async def send(self, key, value, headers):
+        async def send(self, key, value, headers, force=False):
             log.append(f"send {value.decode()}")
 
             async def acknowledged() -> None:
@@ -708,6 +708,62 @@ async def test_mis_keyed_catalog_events_and_unreadable_tombstones_are_dead_lette
         "tombstone: its key is not UTF-8 (byte 0)",
     ]
     assert [(e.op, e.item_id, e.timestamp) for e in published] == [("delete", "a", 1_700_000_000.0)]
+
+
+async def test_catalog_and_user_agents_await_their_dead_letters_sent_outside_the_event(
+    monkeypatch,
+) -> None:
+    """Inside a Faust event a plain send is attached to the event and published at its
+    commit, which ignores a failed delivery and commits anyway: the letter would be
+    lost. The agents send theirs at once (``force``) and go on only once the broker
+    acknowledged each one, a failed one sent again."""
+    monkeypatch.setattr(app_module.asyncio, "sleep", _no_sleep)
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    log: list[str] = []
+    failures = [RuntimeError("delivery timed out")]
+
+    class DeadLetters:
+        async def send(self, key, value, headers, force=False):
+            log.append(f"send {value.decode()} force={force}")
+
+            async def acknowledged() -> None:
+                if value == b"{1" and failures:
+                    raise failures.pop(0)
+                log.append(f"ack {value.decode()}")
+
+            return acknowledged()
+
+    async def publish_items(events) -> None:
+        log.append(f"publish {len(events)}")
+
+    worker.deadletter = DeadLetters()
+    worker.sink = types.SimpleNamespace(publish_items=publish_items)
+
+    def event(topic: str, value: bytes, offset: int) -> types.SimpleNamespace:
+        message = types.SimpleNamespace(
+            topic=topic,
+            partition=0,
+            offset=offset,
+            key=b"k",
+            value=value,
+            timestamp=1.0,
+            headers=[],
+        )
+        return types.SimpleNamespace(message=message)
+
+    await worker.validate_items(_stream([event("i", b"{0", 0), event("i", b"{1", 1)]))
+    assert log == [
+        "send {0 force=True",
+        "send {1 force=True",
+        "ack {0",
+        "send {1 force=True",
+        "ack {1",
+        "publish 0",
+    ]
+    assert not failures
+    log.clear()
+    await worker.learn_users(_stream([event("u", b"{2", 0)]))
+    assert log == ["send {2 force=True", "ack {2"] and worker.engine.deadletters == 3
 
 
 async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:
