@@ -5,8 +5,10 @@ and bytes, the reason and where it came from (docs/streamer.md, "Dead letters").
 reasons go away once their cause is fixed: a rating of an item the catalog did not list
 yet (``item_id: unknown item``) is good once the item is listed, and an event refused by
 a bug fixed since may pass now. :func:`redrive` sends such dead letters back to the topic
-they came from, unchanged but for a header naming the dead letter
-(``recsys.redriven.from``), where the worker takes them like any new event.
+and partition they came from, unchanged but for a header naming the dead letter
+(``recsys.redriven.from``), where the worker takes them like any new event. A catalog or
+user event is not sent back when a later event of its key follows it in the log: it
+would overwrite the newer state (:func:`superseded`).
 
 Each refused event is sent back at most once, whatever the runs and their filters:
 before sending one, :func:`redrive` claims its source record in a Redis set
@@ -180,7 +182,15 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> lis
     ranges = {
         tp: (first[tp] if last is None else max(first[tp], end[tp] - last), end[tp]) for tp in tps
     }
-    out: list[DeadLetter] = []
+    return [DeadLetter.from_record(r) for r in await _read_ranges(consumer, ranges, topic)]
+
+
+async def _read_ranges(
+    consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], topic: str
+) -> list[ConsumerRecord]:
+    """The records at offsets ``[start, end)`` of each partition of ``ranges``;
+    :class:`TopicNotReadToEnd` past ``READ_TIMEOUT_S``."""
+    out: list[ConsumerRecord] = []
     left = {tp for tp, (start, stop) in ranges.items() if start < stop}
     deadline = time.monotonic() + READ_TIMEOUT_S
     chunks = read_ranges(consumer, ranges)
@@ -192,9 +202,48 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> lis
                     "transaction left open?): try again"
                 )
             records, left = await anext(chunks)
-            out.extend(map(DeadLetter.from_record, records))
+            out.extend(records)
     finally:
         await chunks.aclose()
+    return out
+
+
+async def superseded(settings: Settings, letters: Sequence[DeadLetter]) -> dict[str, str]:
+    """Why each catalog or user dead letter of ``letters`` must not be sent back: a later
+    record of its key in its source partition (by dead letter id).
+
+    An item or user event sets that key's state, the latest record in the log winning
+    (the topics are compacted by key). Sent back, an event refused before a newer one
+    of the same key would be the latest, and overwrite the newer state, in the workers
+    and, after compaction, for good.
+    """
+    catalog = {settings.items_topic, settings.users_topic}
+    mine = [d for d in letters if d.source_topic in catalog]
+    if not mine:
+        return {}
+    start: dict[TopicPartition, int] = {}
+    for d in mine:
+        tp = TopicPartition(d.source_topic, d.source_partition)
+        start[tp] = min(start.get(tp, d.source_offset), d.source_offset)
+    consumer = await _consumer(settings)
+    try:
+        end = await consumer.end_offsets(list(start))
+        latest: dict[tuple[TopicPartition, bytes | None], int] = {}
+        for topic in sorted({tp.topic for tp in start}):
+            ranges = {tp: (o + 1, end[tp]) for tp, o in start.items() if tp.topic == topic}
+            for r in await _read_ranges(consumer, ranges, topic):
+                tp = TopicPartition(r.topic, r.partition)
+                latest[tp, r.key] = max(latest.get((tp, r.key), -1), r.offset)
+    finally:
+        await consumer.stop()
+    out = {}
+    for d in mine:
+        later = latest.get((TopicPartition(d.source_topic, d.source_partition), d.key), -1)
+        if later > d.source_offset:
+            out[d.id] = (
+                f"a later event of its key (offset {later}) holds the newer state, which "
+                "this one would overwrite"
+            )
     return out
 
 
@@ -270,11 +319,14 @@ async def redrive(
     )
     try:
         await _prune(store, key, letters)
+        later = await superseded(settings, chosen)
         if producer is not None:
             await producer.start()
         pending, planned = [], set()
         for d in chosen:
             why = _unsendable(settings, d)
+            if why is None and d.id in later and not await store.sismember(key, d.source):
+                why = later[d.id]  # (a later record that is its own copy, sent back: already)
             if why is not None:
                 report.unsendable[d.id] = why
             elif dry_run:
@@ -291,7 +343,13 @@ async def redrive(
                     ("recsys.redriven.at", f"{time.time():.3f}".encode()),
                 ]
                 try:
-                    sent = await producer.send(d.source_topic, d.value, key=d.key, headers=headers)
+                    sent = await producer.send(
+                        d.source_topic,
+                        d.value,
+                        key=d.key,
+                        partition=d.source_partition,  # (after its key's other events)
+                        headers=headers,
+                    )
                 except Exception as exc:  # refused before it left: released for a later run
                     await store.srem(key, d.source)
                     report.failed[d.id] = f"{type(exc).__name__}: {exc}"

@@ -340,6 +340,55 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     assert "could not be read to its end" in capsys.readouterr().err
 
 
+def test_a_catalog_dead_letter_with_a_later_event_of_its_key_is_not_sent_back(
+    topics, kafka_bootstrap, capsys
+) -> None:
+    """An item event sets its key's state, the latest in the log winning: sent back, one
+    refused before a newer event of its item would overwrite the newer state. It is
+    refused, saying so; another item's is sent, and a second run finds that one sent
+    already (its own copy, now the latest of its key, does not count as newer)."""
+    from aiokafka import AIOKafkaProducer
+
+    from streamer.app import ensure_topics
+    from streamer.settings import Settings
+
+    deadletter = os.environ["RECSYS_DEADLETTER_TOPIC"]
+    asyncio.run(ensure_topics(Settings.from_env()))
+    old = b'{"op": "upsert", "item_id": "x", "tags": ["jazz"], "timestamp": 1}'
+    new = b'{"op": "upsert", "item_id": "x", "tags": ["rock"], "timestamp": 2}'
+    other = b'{"op": "upsert", "item_id": "y", "tags": ["jazz"], "timestamp": 1}'
+
+    async def write() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for key, value in ((b"x", old), (b"y", other), (b"x", new)):
+                await producer.send_and_wait(topics["items"], value, key=key, partition=0)
+            for offset, (key, value) in enumerate(((b"x", old), (b"y", other))):
+                headers = [
+                    ("recsys.reason", b"tags: too many"),
+                    ("recsys.source.topic", topics["items"].encode()),
+                    ("recsys.source.partition", b"0"),
+                    ("recsys.source.offset", str(offset).encode()),
+                ]
+                await producer.send_and_wait(deadletter, value, key=key, headers=headers)
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+    assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sent"] == ["0:1"] and list(report["unsendable"]) == ["0:0"]
+    assert "later event of its key (offset 2)" in report["unsendable"]["0:0"]
+    assert [(r.key, r.value) for r in consume(kafka_bootstrap, topics["items"], 4)][3] == (
+        b"y",
+        other,
+    )
+    assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["already"] == ["0:1"] and list(again["unsendable"]) == ["0:0"]
+
+
 def test_recs_without_redis_fails_clearly(monkeypatch, capsys) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
     assert main(["recs", "u1"]) == 1
