@@ -14,7 +14,16 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ClusterError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import (
+    ClusterError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -128,12 +137,13 @@ return 1
 def unreachable(exc: BaseException) -> bool:
     """Redis away for now, which the sink waits out: refused or lost connections,
     timeouts, a cluster that is down, has a slot no node serves, or gave up redirecting
-    a command (``TTL exhausted``, during a failover), or none of whose nodes answer. Not
-    a programming error (a cross-slot transaction, say), which would never pass.
+    a command (``TTL exhausted``, during a failover), or none of whose nodes answer.
+    Also a Redis that refuses writes for a while (:func:`refusing_writes`). Not a
+    programming error (a cross-slot transaction, say), which would never pass.
     """
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | ClusterError):
         return True
-    if isinstance(exc, SlotNotCoveredError):
+    if isinstance(exc, SlotNotCoveredError) or refusing_writes(exc):
         return True
     # (redis-py has no classes of their own for a cluster none of whose nodes answer, or
     # whose slot map is being changed, when its client builds the map)
@@ -143,7 +153,38 @@ def unreachable(exc: BaseException) -> bool:
 _CLUSTER_AWAY = ("cannot be connected", "All slots are not covered", "could not agree")
 
 
-WORKER_TTL_S = 30  # a worker's own metrics hash lives this long after its last write
+def refusing_writes(exc: BaseException) -> bool:
+    """Redis answers but refuses writes, for a time its operators or its own work end:
+    out of memory under ``noeviction`` (until keys expire or memory is added), a failed
+    background save (``MISCONF``), a replica that the connection still reaches after a
+    failover (``READONLY``: the sink reconnects), a primary away (``MASTERDOWN``), a
+    cluster slot being moved (``TRYAGAIN``).
+
+    >>> from redis.exceptions import OutOfMemoryError, ResponseError
+    >>> refusing_writes(OutOfMemoryError("command not allowed when used memory > 'maxmemory'"))
+    True
+    >>> refusing_writes(ResponseError("MISCONF Redis is configured to save RDB snapshots"))
+    True
+    >>> refusing_writes(ResponseError("WRONGTYPE Operation against a key"))
+    False
+    """
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError | MasterDownError | TryAgainError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+
+
+WORKER_TTL_S = 30  # a worker's own metrics hash lives at least this long after its last write
+
+
+def worker_ttl_s(settings: Settings) -> float:
+    """How long a worker's metrics hash and registry entry outlive its last write: three
+    refresh periods (each publishes them), at least ``WORKER_TTL_S``, so a worker whose
+    timer runs every minute is not taken for gone between two ticks.
+
+    >>> worker_ttl_s(Settings()), worker_ttl_s(Settings(refresh_every_s=60))
+    (30, 180)
+    """
+    return max(WORKER_TTL_S, math.ceil(3 * settings.refresh_every_s))
 
 
 def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False) -> str | None:
@@ -287,6 +328,10 @@ class RedisSink:
             settings.redis_url, cluster=self.cluster, asynchronous=True
         )
         self._set_all = self.redis.register_script(_SET_ALL)  # (reloaded if Redis lost it)
+        # Lists are written one batch at a time, in the order they were ranked (the lock
+        # is first come, first served): two writes each waiting out Redis could otherwise
+        # land in either order, an older list over a newer one.
+        self._lists_written = asyncio.Lock()
 
     async def _until_written(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
         """``write()``, tried again while Redis is unreachable."""
@@ -297,6 +342,8 @@ class RedisSink:
             except REDIS_ERRORS as exc:
                 if not unreachable(exc):
                     raise
+                if isinstance(exc, ReadOnlyError):  # a replica now: the next try reconnects
+                    await self._reconnect()
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
@@ -311,6 +358,16 @@ class RedisSink:
             if failures:
                 log.warning("Redis took %s after %d failed tries", what, failures)
             return result
+
+    async def _reconnect(self) -> None:
+        """Drop the pooled connections, so the next command connects afresh (to the
+        primary the address names now)."""
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is not None:
+            try:
+                await pool.disconnect()
+            except (*REDIS_ERRORS, OSError):
+                pass
 
     async def _transaction(self, what: str, queue: Callable[[Pipeline], None]) -> None:
         """The commands ``queue`` adds to a pipeline, run as one MULTI/EXEC transaction
@@ -337,16 +394,17 @@ class RedisSink:
         keys = [key(kind, name) for name in lists]
         documents = list_documents(lists, version, now, subject)
         ttl = self.settings.recs_ttl_s
-        if self.cluster:
+        async with self._lists_written:
+            if self.cluster:
 
-            def queue(pipe: Pipeline) -> None:
-                for k, document in zip(keys, documents, strict=True):
-                    pipe.set(k, document, ex=ttl)
+                def queue(pipe: Pipeline) -> None:
+                    for k, document in zip(keys, documents, strict=True):
+                        pipe.set(k, document, ex=ttl)
 
-            await self._transaction("lists", queue)
-        else:
-            args = [ttl, *documents]
-            await self._until_written("lists", lambda: self._set_all(keys=keys, args=args))
+                await self._transaction("lists", queue)
+            else:
+                args = [ttl, *documents]
+                await self._until_written("lists", lambda: self._set_all(keys=keys, args=args))
         return time.time()
 
     async def publish_state(
@@ -373,6 +431,7 @@ class RedisSink:
             separators=(",", ":"),
         )
         own = key("metrics", "worker", worker_id)
+        ttl = worker_ttl_s(self.settings)
         history = key("metrics", "history")
         workers = key("metrics", "workers")  # worker id -> its last publish time
 
@@ -383,10 +442,10 @@ class RedisSink:
             # Replaced whole: a field this worker does not publish (snapshots or sharing
             # off) must not stay behind from another worker.
             pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *fields)
-            pipe.execute_command("EVAL", _REPLACE_HASH, 1, own, WORKER_TTL_S, *fields)
+            pipe.execute_command("EVAL", _REPLACE_HASH, 1, own, ttl, *fields)
             # Readers list live workers from this registry, not by scanning the keyspace;
             # ids not heard from for a worker hash's lifetime leave it.
-            pipe.execute_command("EVAL", _REGISTER_WORKER, 1, workers, worker_id, WORKER_TTL_S)
+            pipe.execute_command("EVAL", _REGISTER_WORKER, 1, workers, worker_id, ttl)
             pipe.lpush(history, snapshot)
             pipe.ltrim(history, 0, self.settings.metrics_history - 1)
 

@@ -362,6 +362,69 @@ async def test_the_sink_waits_for_redis_and_writes_once_it_is_back(tmp_path) -> 
 
 
 @pytest.mark.redis
+async def test_the_sink_waits_out_a_redis_out_of_memory_and_writes_lists_in_ranked_order(
+    tmp_path,
+) -> None:
+    """A Redis out of memory (``noeviction``) refuses writes until memory is freed: the
+    sink waits it out instead of stopping the worker. Two list writes waiting meanwhile
+    land in the order they were ranked, so the newer list is the one left, although the
+    older one's next try (its wait doubling since it began) comes after the newer one's."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+
+    import redis
+
+    from recsys_online.recommender import Recommendation
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is installed by scripts/services.sh"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    redis_server = subprocess.Popen(
+        [
+            *(server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--dir", str(tmp_path), "--maxmemory", "1", "--maxmemory-policy", "noeviction"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    admin = redis.Redis(port=port)
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="oom:")
+    sink = RedisSink(settings)
+    try:
+        for _ in range(100):
+            try:
+                admin.ping()
+                break
+            except redis.ConnectionError:
+                await asyncio.sleep(0.05)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            admin.set("probe", "x")
+        older = [Recommendation("old", 0.5, "popular now", "popular")]
+        newer = [Recommendation("new", 0.9, "popular now", "popular")]
+        first = asyncio.ensure_future(sink.publish_lists({"u1": older}, version=1))
+        await asyncio.sleep(0.5)
+        second = asyncio.ensure_future(sink.publish_lists({"u1": newer}, version=2))
+        state = asyncio.ensure_future(sink.publish_state(older, {"events": 1}, 2, "w:1"))
+        await asyncio.sleep(0.5)
+        assert not (first.done() or second.done() or state.done())  # waiting, not raised
+        admin.config_set("maxmemory", 0)
+        await asyncio.wait_for(asyncio.gather(first, second, state), 20)
+        doc = json.loads(admin.get(settings.key("recs", "u1")))
+        assert doc["model_version"] == 2 and doc["items"][0]["item_id"] == "new"
+        assert admin.hget(settings.key("metrics"), "events") == b"1"
+    finally:
+        await sink.close()
+        admin.close()
+        redis_server.terminate()
+        redis_server.wait(10)
+
+
+@pytest.mark.redis
 def test_services_down_never_stops_a_redis_it_did_not_start(tmp_path) -> None:
     """A stale pid file (left by a crash or a reboot) naming another Redis is not taken
     for the script's own: ``status`` says down and ``down`` leaves that Redis running."""

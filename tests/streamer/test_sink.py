@@ -60,11 +60,18 @@ def test_the_sink_waits_out_redis_away_but_not_a_programming_error() -> None:
         e.RedisClusterException("All slots are not covered after query all startup_nodes."),
         e.RedisClusterException("startup_nodes could not agree on a valid slots cache"),
         MasterNotFoundError("No master found for 'recsys'"),  # a Sentinel failover
+        # Redis answering, but refusing writes for a while:
+        e.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+        e.ResponseError("MISCONF Redis is configured to save RDB snapshots, but ..."),
+        e.ReadOnlyError("You can't write against a read only replica."),
+        e.MasterDownError("MASTERDOWN Link with MASTER is down"),
+        e.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
     ]
     never = [
         e.CrossSlotTransactionError("All keys must map to the same slot"),
         e.RedisClusterException("No way to dispatch this command to Redis Cluster."),
         e.ResponseError("WRONGTYPE"),
+        e.ResponseError("ERR unknown command 'MISCONF'"),
     ]
     assert all(map(unreachable, away))
     assert not any(map(unreachable, never))
