@@ -977,8 +977,9 @@ class RecsysWorker:
         finally:
             self._refreshing = False
         await self._snapshot_if_due()
+        popular = self.engine.popular()  # (this worker's view, for its "more like this" baseline)
         await self.sink.publish_state(
-            self.engine.popular(),
+            popular if self._writes_popular() else None,
             self._figures(),
             self.engine.version,
             self.worker_id,
@@ -1051,6 +1052,13 @@ class RecsysWorker:
             gone = engine.similar_deleted()
             if gone:  # after this worker's last write of them
                 await self.sink.delete_similar(gone)
+
+    def _writes_popular(self) -> bool:
+        """Whether this worker writes the popular list: the holder of ratings partition 0.
+        Each worker ranks popularity from its own users' ratings (unless item changes are
+        shared), so with every worker writing it, unknown users would see the list
+        change at each worker's tick."""
+        return 0 in self._assigned()
 
     def _similar_shard(self) -> Shard:
         """The ratings partitions this worker holds, of how many: it writes the "more

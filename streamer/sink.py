@@ -409,13 +409,13 @@ class RedisSink:
 
     async def publish_state(
         self,
-        popular: Sequence[Recommendation],
+        popular: Sequence[Recommendation] | None,
         metrics: Mapping[str, float | int],
         version: int,
         worker_id: str,
         metrics_url: str = "",
     ) -> None:
-        """The popularity list and the metrics: the shared ``metrics`` hash (the last
+        """The popularity list (unless None) and the metrics: the shared ``metrics`` hash (the last
         writer's figures, replaced whole), this worker's own ``metrics:worker:{id}``
         (expiring if the worker dies), and one snapshot pushed on ``metrics:history``
         (newest first, capped at ``metrics_history`` entries) for the dashboard's charts."""
@@ -438,7 +438,8 @@ class RedisSink:
         fields = [part for pair in mapping.items() for part in pair]
 
         def queue(pipe: Pipeline) -> None:
-            pipe.set(key("popular"), list_document(None, popular, version, now))
+            if popular is not None:
+                pipe.set(key("popular"), list_document(None, popular, version, now))
             # Replaced whole: a field this worker does not publish (snapshots or sharing
             # off) must not stay behind from another worker.
             pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *fields)

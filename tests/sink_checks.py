@@ -16,9 +16,12 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     """Two workers publish in turn: the shared hash holds only the last one's figures (a
     field the first published and the second does not, e.g. snapshot figures, does not
     stay behind), each worker's own hash keeps its own and expires, and both are in the
-    registry of live workers."""
-    await sink.publish_state([], {"events": 10, "snapshot_age_s": 3.0}, 1, "w1")
-    await sink.publish_state([], {"events": 20}, 2, "w2")
+    registry of live workers. The popular list is the first's, which writes it."""
+    popular = [Recommendation("p1", 1.0, "popular now", "popular")]
+    await sink.publish_state(popular, {"events": 10, "snapshot_age_s": 3.0}, 1, "w1")
+    await sink.publish_state(None, {"events": 20}, 2, "w2")  # (not the popular list's writer)
+    listed = orjson.loads(await sink.redis.get(settings.key("popular")))
+    assert [r["item_id"] for r in listed["items"]] == ["p1"] and listed["model_version"] == 1
     shared = await sink.redis.hgetall(settings.key("metrics"))
     assert shared[b"worker"] == b"w2" and shared[b"events"] == b"20"
     assert b"snapshot_age_s" not in shared

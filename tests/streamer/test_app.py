@@ -766,6 +766,15 @@ async def test_catalog_and_user_agents_await_their_dead_letters_sent_outside_the
     assert log == ["send {2 force=True", "ack {2"] and worker.engine.deadletters == 3
 
 
+def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(monkeypatch) -> None:
+    """Each worker ranks popularity from its own users' ratings: were every worker to
+    write the popular list, unknown users would see it change at each worker's tick."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    for held, writes in (({0, 3}, True), ({1, 2}, False), (set(), False)):
+        monkeypatch.setattr(worker, "_assigned", lambda held=held: held)
+        assert worker._writes_popular() is writes
+
+
 async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:
     """A user's declared tags give content lists before any rating; the tombstone of the
     user's key withdraws them, and the user is served popularity again."""
