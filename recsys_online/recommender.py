@@ -498,13 +498,33 @@ class Recommender:
         items: Sequence[str],
         ratings: Sequence[float],
         timestamps: Sequence[float],
+        shared: bool = True,
     ) -> None:
         """Learn a micro-batch of ratings; every step sees the state from before the batch.
 
         Items never announced by a catalog event join the catalog on their first rating;
         ratings of deleted items update the factors but never bring the item back.
+        ``shared=False``: while item changes are kept (:meth:`track_item_changes`), what
+        these ratings change is not among them, as for changes received from elsewhere
+        (ratings learned again, which other processes had when they were first learned).
+
+        >>> a = Recommender()
+        >>> a.upsert_items(["x", "y"], [{"jazz": 1.0}, {"rock": 1.0}])
+        >>> a.track_item_changes()
+        >>> a.learn_many(["u1"], ["x"], [5.0], [1.0], shared=False)
+        >>> len(a.take_item_changes())
+        0
         """
         if len(ratings) == 0:
+            return
+        if not shared and self._own is not None:
+            own, self._own = self._own, None
+            self.mf.ensure()  # (tags new since the last learning get their rows)
+            try:
+                with own.learning_elsewhere(self.mf, self.items.get_many(items)):
+                    self.learn_many(users, items, ratings, timestamps)
+            finally:
+                self._own = own
             return
         u = self.users.rows(users)
         i = self.items.rows(items)

@@ -28,6 +28,8 @@ can apply it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,6 +90,7 @@ class OwnChanges:
         self.times: list[np.ndarray] = []
         self.pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._n_pairs = 0
+        self._distinct_pairs = 0  # at the last sum
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -113,9 +116,27 @@ class OwnChanges:
         if pairs is not None:
             self.pairs.append(pairs)
             self._n_pairs += len(pairs[2])
-            if self._n_pairs > _PAIRS_PENDING:
+            if self._n_pairs > max(_PAIRS_PENDING, 2 * self._distinct_pairs):
+                # Summed again once the pending pairs double the distinct ones at the last
+                # sum: more distinct pairs than the limit would be sorted at every call.
                 self.pairs = [_summed_pairs(self.pairs)]
-                self._n_pairs = len(self.pairs[0][2])
+                self._n_pairs = self._distinct_pairs = len(self.pairs[0][2])
+
+    @contextmanager
+    def learning_elsewhere(self, mf, items: np.ndarray) -> Iterator[None]:
+        """Learning of ``items`` rows (-1: new) that is not to be taken: what it changes in
+        rows kept since the last take goes into their baselines, as changes received from
+        elsewhere do (:meth:`added`)."""
+        tags = mf.tags
+        known = items[(items >= 0) & (items < len(tags.rows))]
+        rows = np.array(sorted(set(known.tolist()) & self.items.keys()), np.int64)
+        touched = tags.rows[known][tags.weights[known] > 0]
+        tag_rows = np.array(sorted(set(touched.tolist()) & self.tags.keys()), np.int64)
+        v, b = mf.V[rows].copy(), mf.item_bias[rows].copy()
+        e, tb = mf.E[tag_rows].copy(), mf.tag_bias[tag_rows].copy()
+        yield
+        self.added(rows, mf.V[rows] - v, mf.item_bias[rows] - b, "items")
+        self.added(tag_rows, mf.E[tag_rows] - e, mf.tag_bias[tag_rows] - tb, "tags")
 
     def added(self, rows: np.ndarray, dv: np.ndarray, db: np.ndarray, table: str) -> None:
         """Changes received from elsewhere for item (``table="items"``) or tag rows: added

@@ -850,12 +850,19 @@ class RecsysWorker:
         """Send what this worker's own learning changed on the item side since the last
         call (:meth:`Recommender.take_item_changes`), for the other workers to add in
         (``follow_item_changes``)."""
+        await self._share_pending()
+
+    async def _share_pending(self) -> None:
+        """Send the model's item changes not sent yet (none are kept when sharing is off)."""
         changes = self.engine.model.take_item_changes()
         # The partitions the model learned, lost ones included until it is rebuilt: the
         # worker that gets them learns them itself, and skips these changes.
-        partitions = self._replayed | self._assigned()
+        partitions = self._replayed | self._resume_from.keys() | self._assigned()
         for value in encode_item_changes(self.worker_id, partitions, changes):
-            await self.item_changes.send(key=self.worker_id.encode(), value=value)
+            try:
+                await self.item_changes.send(key=self.worker_id.encode(), value=value)
+            except Exception as exc:  # (never stops the worker: the others miss these)
+                log.warning("item changes not sent: %r", exc)
         self.items_shared += len(changes)
 
     async def follow_item_changes(self) -> None:
@@ -1107,9 +1114,14 @@ class RecsysWorker:
         shared = self.engine.shared_from  # (empty unless other workers' changes came in)
         if shared and (self._assigned() - self._replayed) & shared:
             self._reset_pending = True
-        if self._reset_pending:
+        if self._reset_pending and not self._replay_lock.locked():
+            # (a replay under way learns into this engine: it ends, or stops at a
+            # rebalance, before the rebuild; a rebuild under it would take half of it)
             async with self._learning:
-                if self._reset_pending:
+                if self._reset_pending and not self._replay_lock.locked():
+                    # The changes this model learned and has not sent yet: the rebuild
+                    # learns its partitions again without sharing them.
+                    await self._share_pending()
                     self._reset_model()
 
     def _reset_model(self) -> None:
@@ -1221,8 +1233,20 @@ class RecsysWorker:
                 log.warning("snapshot %s unreadable (%s)", snapshot.path, exc)
         else:
             return
+        if engine.shared_from & assigned:
+            # Ratings of partitions now ours reached it through other workers' changes:
+            # replayed on top, they would count twice. The log rebuilds the model.
+            log.info(
+                "snapshot %s not restored: it holds partitions %s through shared changes",
+                snapshot.path.name,
+                sorted(engine.shared_from & assigned),
+            )
+            return
         engine.adopt(self.settings)  # (its non-model settings may have changed since)
         engine.live = False
+        # Changes pending when it was taken were most likely sent since (the exchange
+        # runs every few seconds, snapshots every few minutes): not sent again.
+        engine.model.track_item_changes(False)
         engine.model.track_item_changes(self.settings.share_items_every_s > 0)
         self.engine = engine
         self.ordering.clear()
@@ -1252,6 +1276,10 @@ class RecsysWorker:
         ahead of the group's offsets, where it is never used), and gives up after
         ``SHUTDOWN_SNAPSHOT_S`` rather than hold the stop."""
         self._stopping = True
+        try:  # what this worker learned since the last exchange, for the others
+            await asyncio.wait_for(self._share_pending(), self.SHUTDOWN_SNAPSHOT_S)
+        except Exception as exc:  # (never in the way of the rest of the stop)
+            log.warning("item changes not sent at shutdown: %r", exc)
         if self.settings.snapshot_every_s <= 0 or not self._assigned():
             return
         if app.crash_reason is not None or self._unlearned:
@@ -1363,8 +1391,6 @@ class RecsysWorker:
                     learned[partition] += 1
         finally:
             await consumer.stop()
-        # Relearned history was shared when it was live: it is not sent again.
-        self.engine.model.take_item_changes()
         self._replayed.update(until)
         for partition, offset in until.items():
             # Live processing resumes at ``until``: from now on the lag of an idle

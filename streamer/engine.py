@@ -244,8 +244,9 @@ class StreamEngine:
         names = model.items.ids_of(wanted.tolist())
         self.similar_popular.update_many([rank_in(self.popular_served, x) for x in names])
 
-    def _learn(self, step: Sequence[Rating]) -> None:
-        """Learn a step in slices of at most ``learn_step_max`` ratings, in order.
+    def _learn(self, step: Sequence[Rating], shared: bool = True) -> None:
+        """Learn a step in slices of at most ``learn_step_max`` ratings, in order
+        (``shared``: see :meth:`Recommender.learn_many`).
 
         One SGD call adds up the gradients of a row met several times, so a large step
         moves a popular item, its tags and the blend by many ratings' worth at once from
@@ -260,6 +261,7 @@ class StreamEngine:
                 [r.item for r in part],
                 [r.rating for r in part],
                 [r.timestamp for r in part],
+                shared=shared,
             )
 
     def _sampled(self, user: str, item: str) -> bool:
@@ -271,13 +273,14 @@ class StreamEngine:
 
     def relearn(self, ratings: Sequence[Rating]) -> None:
         """Learn ratings replayed from the log (already evaluated when they were live), in
-        the same steps as live learning."""
+        the same steps as live learning. Not among the item changes shared with other
+        workers: they had these ratings when they were live."""
         if not ratings:
             return
         self._rate.append((time.monotonic(), self.events))  # (the rate spans the replay)
         for step in event_time_steps(ratings, self.settings.learn_window_s):
             self._advance(step)
-            self._learn(step)
+            self._learn(step, shared=False)
         self.events += len(ratings)
         self._rate.append((time.monotonic(), self.events))
         self.version += 1

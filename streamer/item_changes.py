@@ -60,7 +60,7 @@ def encode_item_changes(
             np.dtype(t).itemsize * (a.shape[1] if a.ndim == 2 else 1)
             for a, t in zip(rows, dtypes, strict=True)
         )
-        for lo, hi in _cuts([len(x.encode()) + 8 + per_entry for x in ids], limit):
+        for lo, hi in _cuts([_id_bytes(x) + per_entry for x in ids], limit):
             head = {**sender, "part": part, "ids": list(ids[lo:hi]), **extra}
             arrays = (np.asarray(a[lo:hi], t) for a, t in zip(rows, dtypes, strict=True))
             out.append(_message(head, arrays))
@@ -68,7 +68,7 @@ def encode_item_changes(
     if n_pairs:
         names = changes.pair_items
         # Each pair costs 12 bytes and at most two ids: cut so that the worst case fits.
-        per_pair = 12 + 2 * (max(len(x.encode()) for x in names) + 8)
+        per_pair = 12 + 2 * max(map(_id_bytes, names))
         step = max(1, limit // per_pair)
         for lo in range(0, n_pairs, step):
             a = changes.pair_a[lo : lo + step]
@@ -92,6 +92,16 @@ def encode_item_changes(
                 )
             )
     return out
+
+
+def _id_bytes(x: str) -> int:
+    """What an id takes in a message's JSON head, separator included (quotes and
+    backslashes are escaped: twice their bytes).
+
+    >>> _id_bytes("a"), _id_bytes('a"b')
+    (5, 8)
+    """
+    return len(json.dumps(x, ensure_ascii=False).encode()) + 2
 
 
 def _cuts(sizes: list[int], limit: int) -> list[tuple[int, int]]:

@@ -111,6 +111,47 @@ def test_own_changes_exclude_what_arrived_from_elsewhere() -> None:
     assert own.rated == ["i0"]
 
 
+def test_ratings_learned_again_are_not_among_the_changes_taken() -> None:
+    """History learned again (a worker's replay of ratings the others had when they were
+    live) is learned without being shared: interleaved with live learning of the same
+    items and tags, the take holds exactly the live learning's change, its items and its
+    pairs."""
+    (a,) = models(1)
+    a.track_item_changes()
+    history = list(stream(60, seed=3))
+    v0, e0 = a.mf.V[:2].copy(), a.mf.E.copy()
+    a.learn_many(["u1", "u1"], ["i0", "i1"], [5.0, 4.0], [1.7e9, 1.7e9 + 1])  # live
+    live_v, live_e = a.mf.V[:2] - v0, a.mf.E - e0
+    users, items, ratings, times = (list(x) for x in zip(*history, strict=True))
+    a.learn_many(users, items, ratings, times, shared=False)  # learned again
+    a.learn_many(["u9"], ["i0"], [2.0], [1.7e9 + 9], shared=False)
+    taken = a.take_item_changes()
+    assert sorted(taken.items) == ["i0", "i1"] and sorted(taken.rated) == ["i0", "i1"]
+    for n, item in enumerate(("i0", "i1")):
+        np.testing.assert_allclose(taken.dv[taken.items.index(item)], live_v[n], atol=1e-6)
+    for n, tag in enumerate(taken.tags):
+        row = a.tags.index.get(tag)
+        np.testing.assert_allclose(taken.de[n], live_e[row], atol=1e-6)
+    assert len(taken.pair_w) == 2 and taken.pair_w.sum() > 0  # the pair (i0, i1) alone
+
+
+def test_pending_pairs_past_the_limit_are_not_summed_again_at_every_call(monkeypatch) -> None:
+    """More distinct pairs pending than the limit: they are summed again only once their
+    count doubles, not at every learning call (which sorted them all each time)."""
+    import recsys_online.sharing as sharing
+
+    monkeypatch.setattr(sharing, "_PAIRS_PENDING", 50)
+    sums = []
+    summed = sharing._summed_pairs
+    monkeypatch.setattr(sharing, "_summed_pairs", lambda p: sums.append(1) or summed(p))
+    (a,) = models(1)
+    a.track_item_changes()
+    for user, item, rating, t in stream(1500, seed=8):
+        a.learn_many([user], [item], [rating], [t])
+    assert a._own._distinct_pairs > 300  # far past the limit
+    assert 2 <= len(sums) <= 40
+
+
 def test_unknown_and_deleted_items_are_skipped() -> None:
     a, b = models(2)
     a.track_item_changes()
@@ -181,8 +222,8 @@ def test_long_replays_keep_pending_pairs_summed(monkeypatch) -> None:
     for user, item, rating, t in stream(800, seed=5):
         monkeypatch.setattr(sharing, "_PAIRS_PENDING", 200)
         a.learn_many([user], [item], [rating], [t])
-        assert len(a._own.pairs) <= 200  # summed: at most the distinct pairs + one step
-        assert a._own._n_pairs <= len(ITEMS) * (len(ITEMS) - 1) + 20
+        assert len(a._own.pairs) <= 200  # summed: at most twice the distinct pairs + one step
+        assert a._own._n_pairs <= 2 * len(ITEMS) * (len(ITEMS) - 1) + 20
         monkeypatch.undo()
         b.learn_many([user], [item], [rating], [t])
     assert len(b._own.pairs) > 100  # the control: not summed under the default limit

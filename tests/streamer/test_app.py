@@ -15,6 +15,7 @@ from recsys_online.events import Rating
 from streamer import app as app_module
 from streamer.app import BatchAbandoned, RecsysWorker, standalone_consumer
 from streamer.engine import StreamEngine
+from streamer.item_changes import decode_item_changes
 from streamer.settings import Settings
 from streamer.snapshot import SnapshotStore
 
@@ -874,10 +875,12 @@ class _NoConsumer:
     async def stop(self) -> None: ...
 
 
-def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], committed: dict):
+def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], committed: dict, **more):
     """A worker (not started) whose log of ratings, committed offsets and assignment are
     stand-ins, and whose publishing does nothing; returns it and the replays' starts."""
-    settings = Settings(ratings_topic="r", items_topic="i", users_topic="u", data_dir=str(tmp_path))
+    settings = Settings(
+        ratings_topic="r", items_topic="i", users_topic="u", data_dir=str(tmp_path), **more
+    )
     worker = RecsysWorker(settings)
     worker.catalog.ready.set()
     worker.engine.upsert_item("a", {"t": 1.0})
@@ -915,11 +918,130 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
     return worker, starts, follower
 
 
-def _snapshot(settings: Settings, ratings: list[Rating], offsets: dict[int, int]) -> None:
+def _snapshot(
+    settings: Settings, ratings: list[Rating], offsets: dict[int, int], shared_from=()
+) -> None:
     engine = StreamEngine(settings)
     engine.upsert_item("a", {"t": 1.0})
     engine.relearn(ratings)
+    engine.shared_from |= set(shared_from)
     SnapshotStore(settings.snapshot_path).save(engine, offsets, settings.model_fingerprint())
+
+
+class _Sent:
+    """A topic that keeps what is sent to it, decoded as item changes."""
+
+    def __init__(self) -> None:
+        self.changes: list = []
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        self.changes.append(decode_item_changes(value, Settings().n_factors)[2])
+
+    def entries(self) -> int:
+        return sum(len(c) for c in self.changes)
+
+
+async def test_a_snapshot_holding_our_partitions_through_shared_changes_is_not_restored(
+    monkeypatch, tmp_path
+) -> None:
+    """A snapshot whose model took partition 1's ratings from another worker's shared
+    changes, restored by a worker now holding partition 1, would have them again from
+    the replay: it is not restored; the log rebuilds the model, each rating once."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
+    worker, starts, follower = _restoring_worker(
+        monkeypatch, tmp_path, log, {0: 4, 1: 4}, share_items_every_s=1.0
+    )
+    monkeypatch.setattr(worker, "_assigned", lambda: {0, 1})
+    _snapshot(worker.settings, log[0][:2], {0: 2}, shared_from={1})
+    try:
+        await worker._ensure_replayed({})
+    finally:
+        follower.cancel()
+    assert starts == [{0: 0, 1: 0}] and worker.engine.shared_from == set()
+    assert worker.engine.events == 8
+
+
+async def test_a_rebuild_waits_for_the_replay_under_way(monkeypatch, tmp_path) -> None:
+    """A rebuild asked for while a replay learns into the model (a timer tick during the
+    agent's replay) would put the rest of the replay into the new model, the partitions
+    then marked replayed: it waits until the replay ends."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(6)]}
+    worker, _, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    try:
+        replay = asyncio.ensure_future(worker._ensure_replayed({}))
+        await asyncio.sleep(0.025)  # two or so ratings in
+        engine = worker.engine
+        worker._reset_pending = True
+        await worker._reset_if_pending()
+        assert worker.engine is engine and worker._reset_pending
+        await replay
+        assert worker.engine.events == 6 and worker._replayed == {0}
+        await worker._reset_if_pending()  # now it happens
+        assert worker.engine is not engine and not worker._replayed
+    finally:
+        follower.cancel()
+
+
+async def test_replayed_ratings_are_not_shared_and_pending_changes_go_before_a_rebuild(
+    monkeypatch, tmp_path
+) -> None:
+    """The other workers had a partition's ratings when they were live: its replay sends
+    none of them again, even with exchanges between the replay's fetches. What live
+    learning changed and was not sent yet goes before a rebuild drops the model."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(6)]}
+    worker, _, follower = _restoring_worker(
+        monkeypatch, tmp_path, log, {0: 6}, share_items_every_s=1.0
+    )
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    sent = worker.item_changes = _Sent()
+
+    async def exchanges() -> None:
+        while True:
+            await asyncio.sleep(0.004)
+            await worker.share_items()
+
+    timer = asyncio.ensure_future(exchanges())
+    try:
+        await worker._ensure_replayed({})
+        assert worker.engine.events == 6 and sent.entries() == 0
+        timer.cancel()
+        worker.engine.learn_ratings([Rating("live", "a", 5.0, 10.0)])  # not sent yet
+        worker._reset_pending = True
+        await worker._reset_if_pending()
+    finally:
+        timer.cancel()
+        follower.cancel()
+    assert [c.items for c in sent.changes if c.items] == [["a"]]
+    assert [c.rated for c in sent.changes if c.rated] == [["a"]]
+
+
+async def test_changes_pending_in_a_snapshot_are_not_sent_again_after_a_restore(
+    monkeypatch, tmp_path
+) -> None:
+    """A snapshot keeps the changes its model had not sent yet; they were sent right
+    after (the exchange runs every few seconds), so a restored model does not send them
+    again."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(4)]}
+    worker, _, follower = _restoring_worker(
+        monkeypatch, tmp_path, log, {0: 4}, share_items_every_s=1.0
+    )
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    engine = StreamEngine(worker.settings)
+    engine.upsert_item("a", {"t": 1.0})
+    engine.learn_ratings(log[0])  # live: kept for the exchange
+    assert engine.model._own.rated  # (what the snapshot keeps)
+    SnapshotStore(worker.settings.snapshot_path).save(
+        engine, {0: 4}, worker.settings.model_fingerprint()
+    )
+    sent = worker.item_changes = _Sent()
+    try:
+        await worker._restore_once()
+        assert worker.engine.events == 4
+        await worker.share_items()
+    finally:
+        follower.cancel()
+    assert sent.entries() == 0
 
 
 async def test_a_replay_waits_for_the_snapshot_being_restored(monkeypatch, tmp_path) -> None:

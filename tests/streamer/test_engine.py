@@ -172,9 +172,9 @@ def test_a_large_step_is_learned_in_slices_in_order() -> None:
     calls: list[list[str]] = []
     learn = engine.model.learn_many
 
-    def spy(users, items, values, stamps):
+    def spy(users, items, values, stamps, shared=True):
         calls.append(list(users))
-        return learn(users, items, values, stamps)
+        return learn(users, items, values, stamps, shared=shared)
 
     engine.model.learn_many = spy
     ratings = [Rating(f"u{n}", f"i{n % 3}", 4.0, float(n)) for n in range(5)]

@@ -119,10 +119,12 @@ def test_item_changes_from_anywhere_are_checked_before_they_touch_the_model() ->
 
 async def test_shared_item_changes_stay_under_the_producers_message_limit() -> None:
     """Long item ids (up to 128 characters) and more factors make bigger entries:
-    messages are cut by bytes, so none reaches Kafka's 1 MB limit, for every part."""
+    messages are cut by bytes, so none reaches Kafka's 1 MB limit, for every part, ids
+    with quotes and backslashes (escaped in JSON: twice their bytes) included."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     n, k = 12_000, 64
-    items = [f"{j:0128d}" for j in range(n)]
+    escaped = "\\" * 120 + '"' * 3  # (schemas take both in ids)
+    items = [f"{escaped}{j:05d}" for j in range(n)]
     sizes: list[int] = []
 
     class Topic:
