@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -61,9 +62,12 @@ class EventProducer:
             **settings.kafka_security(),
             linger_ms=linger_ms,
             acks="all",
+            # A send the client retries (a lost acknowledgement) is written once.
+            enable_idempotence=True,
             request_timeout_ms=15_000,
         )
         self._pending: list[tuple[str, str, asyncio.Future]] = []
+        self._failed: list[tuple[str, str, BaseException]] = []  # for the next flush
         self.sent = 0
 
     async def start(self) -> None:
@@ -82,9 +86,14 @@ class EventProducer:
             await self._producer.stop()
 
     async def send(self, event: WireEvent) -> None:
-        """Any event, to its topic with its key (:func:`route`)."""
+        """Any event, to its topic with its key (:func:`route`), once it passes what this
+        deployment's workers check (its rating scale, payload limit, a timestamp at most
+        a day ahead): else ``EventError``, and nothing is sent.
+        """
+        raw = event.to_bytes()
+        self.settings.parse(raw, type(event))  # (what the worker would dead-letter)
         topic, key = route(self.settings, event)
-        await self._send(topic, key, event.to_bytes())
+        await self._send(topic, key, raw)
 
     async def send_rating(self, event: RatingEvent) -> None:
         await self.send(event)
@@ -125,9 +134,16 @@ class EventProducer:
             raise TypeError(f"not an event: {event!r}")
         try:  # on the deployment's scale (half stars, 0-10...), as the worker validates
             wire = validate_event(fields, kind, rating_scale=(s.rating_low, s.rating_high))
+            raw = wire.to_bytes()
+            if len(raw) > s.max_payload_bytes:
+                raise EventError(
+                    f"payload too large: {len(raw)} bytes, more than {s.max_payload_bytes}",
+                    code="oversized",
+                )
         except EventError as reason:
             raise EventError(f"{event!r:.120}: {reason}", reason.field) from None
-        await self.send(wire)
+        topic, key = route(s, wire)
+        await self._send(topic, key, raw)
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         try:
@@ -137,12 +153,24 @@ class EventProducer:
         self._pending.append((topic, key, fut))
         self.sent += 1
         if len(self._pending) >= 10_000:
-            await self.flush()
+            # Bounded memory: wait for these acknowledgements; failures are kept for the
+            # next flush (raised here, they would pass for this event's, which is sent).
+            await self._settle()
 
     async def flush(self) -> None:
         """Wait until every event sent so far is acknowledged; raise ``DeliveryError``
-        naming the first failure and how many failed. A flush that is interrupted (a
-        timeout, a cancellation) forgets nothing: the next one checks the same sends."""
+        naming the first failure and how many failed since the last flush. A flush that
+        is interrupted (a timeout, a cancellation) forgets nothing: the next one checks
+        the same sends."""
+        await self._settle()
+        failed, self._failed = self._failed, []
+        if failed:
+            topic, key, exc = failed[0]
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise DeliveryError(f"event to {topic} (key {key!r}) not delivered: {exc}{more}")
+
+    async def _settle(self) -> None:
+        """Wait for the acknowledgements of the events sent so far, keeping the failures."""
         pending, self._pending = self._pending, []
         try:
             await self._producer.flush()
@@ -151,23 +179,21 @@ class EventProducer:
             raise
         undone = [entry for entry in pending if not entry[2].done()]
         self._pending = undone + self._pending
-        failed = [
+        self._failed += [
             (topic, key, fut.exception())
             for topic, key, fut in pending
             if fut.done() and not fut.cancelled() and fut.exception() is not None
         ]
-        if failed:
-            topic, key, exc = failed[0]
-            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise DeliveryError(f"event to {topic} (key {key!r}) not delivered: {exc}{more}")
 
 
 class SyncEventProducer:
     """The same producer for code without an event loop (scripts, Django/Flask views).
 
-    Runs a private event loop; every ``send_*`` returns once the event is handed to the
-    client's batch, :meth:`flush` (and leaving the ``with`` block) waits for Kafka's
-    acknowledgements.
+    Runs a private event loop in a thread of its own, which keeps sending between calls;
+    every ``send_*`` returns once the event is handed to the client's batch (any number
+    of threads may call them), :meth:`flush` (and :meth:`close`, and leaving the
+    ``with`` block) waits for Kafka's acknowledgements. Close it before the process
+    exits: events still in the batch are lost otherwise.
 
     Examples
     --------
@@ -180,6 +206,10 @@ class SyncEventProducer:
 
     def __init__(self, settings: Settings | None = None, linger_ms: int = 5) -> None:
         self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="recsys-event-producer", daemon=True
+        )
+        self._thread.start()
 
         async def started() -> EventProducer:
             producer = EventProducer(settings, linger_ms)  # aiokafka wants a running loop
@@ -187,13 +217,22 @@ class SyncEventProducer:
             return producer
 
         try:
-            self._producer = self._loop.run_until_complete(started())
+            self._producer = self._run(started())
         except BaseException:
-            self._loop.close()
+            self._end_loop()
             raise
 
+    def _run(self, coroutine):
+        """Run ``coroutine`` on the producer's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _end_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
     def send(self, event: WireEvent) -> None:
-        self._loop.run_until_complete(self._producer.send(event))
+        self._run(self._producer.send(event))
 
     def send_rating(self, event: RatingEvent) -> None:
         self.send(event)
@@ -205,15 +244,15 @@ class SyncEventProducer:
         self.send(event)
 
     def flush(self) -> None:
-        self._loop.run_until_complete(self._producer.flush())
+        self._run(self._producer.flush())
 
     def close(self) -> None:
         if self._loop.is_closed():
             return
         try:
-            self._loop.run_until_complete(self._producer.stop())
+            self._run(self._producer.stop())
         finally:
-            self._loop.close()
+            self._end_loop()
 
     def __enter__(self) -> SyncEventProducer:
         return self

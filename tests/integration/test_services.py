@@ -320,6 +320,72 @@ async def test_a_worker_whose_clock_runs_ahead_leaves_the_others_listed(
         await sink.close()
 
 
+@pytest.mark.kafka
+async def test_the_sync_producer_sends_between_calls_and_from_many_threads(
+    kafka_bootstrap: str, topic_name: str
+) -> None:
+    """A web app's producer lives across requests: what a request sent reaches Kafka
+    without waiting for the next call (its loop runs in a thread of its own), and
+    requests on several threads send at once, every event delivered once."""
+    import threading
+
+    from streamer.producer import SyncEventProducer
+    from streamer.settings import Settings
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic_name, 1, 1)])
+    finally:
+        await admin.close()
+    settings = Settings(brokers=kafka_bootstrap, ratings_topic=topic_name)
+
+    def rating(user: str) -> RatingEvent:
+        return RatingEvent(user_id=user, item_id="i", rating=4.0, timestamp=time.time())
+
+    async def received(n: int) -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            topic_name,
+            bootstrap_servers=kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        keys: list[bytes] = []
+        try:
+            async with asyncio.timeout(RECEIVE_TIMEOUT_SECONDS):
+                while len(keys) < n:
+                    keys.append((await consumer.getone()).key)
+        finally:
+            await consumer.stop()
+        return keys
+
+    producer = await asyncio.to_thread(SyncEventProducer, settings)
+    try:
+        await asyncio.to_thread(producer.send_rating, rating("first"))
+        assert await received(1) == [b"first"]  # no flush, no later call
+        errors: list[BaseException] = []
+
+        def request(n: int) -> None:
+            try:
+                for j in range(25):
+                    producer.send_rating(rating(f"t{n}-{j}"))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=request, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            await asyncio.to_thread(t.join)
+        assert errors == []
+        await asyncio.to_thread(producer.flush)
+    finally:
+        await asyncio.to_thread(producer.close)
+    keys = await received(101)
+    assert len(set(keys)) == 101 and b"t3-24" in keys
+
+
 @pytest.mark.redis
 async def test_the_sink_waits_for_redis_and_writes_once_it_is_back(tmp_path) -> None:
     """A worker's write while Redis is unreachable is not lost, nor does it stop the

@@ -467,6 +467,63 @@ async def test_a_flush_reports_every_failed_send_and_an_interrupted_one_forgets_
     await producer.flush()  # reported once: nothing left to report
 
 
+async def test_send_refuses_what_this_deployments_workers_would_dead_letter() -> None:
+    """Every event is checked before it leaves the process against what the workers of
+    this deployment check: a rating off its scale, a payload over its limit."""
+    from recsys_online import events
+    from schemas import EventError, ItemEvent, RatingEvent
+    from streamer.producer import EventProducer
+    from streamer.settings import Settings
+
+    producer = EventProducer(Settings(rating_high=4.0, max_payload_bytes=300))  # never started
+    sent: list[tuple[str, str, bytes]] = []
+
+    async def send(topic: str, key: str, value: bytes) -> None:
+        sent.append((topic, key, value))
+
+    producer._send = send
+    await producer.send_rating(RatingEvent(user_id="u", item_id="i", rating=4.0, timestamp=1.0))
+    with pytest.raises(EventError, match=r"rating: 5\.0 is outside the rating scale"):
+        await producer.send_rating(RatingEvent(user_id="u", item_id="i", rating=5.0, timestamp=1.0))
+    tags = {f"tag{n}": 1.0 for n in range(30)}
+    with pytest.raises(EventError, match="payload too large"):
+        await producer.send_item(ItemEvent(op="upsert", item_id="x", tags=tags, timestamp=1.0))
+    with pytest.raises(EventError, match="payload too large"):
+        await producer.send_core_event(events.ItemUpsert("x", tags, timestamp=1.0))
+    assert [key for _, key, _ in sent] == ["u"]
+
+
+async def test_a_send_past_10000_unflushed_raises_for_nothing_it_did_not_fail() -> None:
+    """Every 10,000 sends the producer waits for the acknowledgements (bounded memory):
+    a failure found then is an earlier event's, kept for the next flush, so that the send
+    that found it (and is sent) does not raise and is not retried into a duplicate."""
+    from streamer.producer import DeliveryError, EventProducer
+    from streamer.settings import Settings
+
+    producer = EventProducer(Settings())  # built, never started
+    loop = asyncio.get_running_loop()
+
+    class Client:
+        async def send(self, topic, key, value):
+            fut = loop.create_future()
+            if key == b"u0":
+                fut.set_exception(RuntimeError("batch expired"))
+            else:
+                fut.set_result(None)
+            return fut
+
+        async def flush(self) -> None:
+            return None
+
+    producer._producer = Client()
+    for n in range(10_000):
+        await producer._send("r", f"u{n}", b"{}")  # the last one settles the first 10,000
+    assert producer.sent == 10_000 and not producer._pending
+    with pytest.raises(DeliveryError, match=r"key 'u0'.*batch expired"):
+        await producer.flush()
+    await producer.flush()
+
+
 def test_services_and_demo_need_a_source_checkout(monkeypatch, capsys, tmp_path) -> None:
     """Installed from a wheel, the project's scripts are not there: a clear error."""
     import streamer.cli as cli_module
