@@ -429,12 +429,12 @@ async def test_core_records_are_sent_on_the_deployments_rating_scale() -> None:
     producer = EventProducer(Settings(rating_low=0.5))  # built, never started
     sent = []
 
-    async def send(event) -> None:
-        sent.append(event)
+    async def send(topic: str, key: str, value: bytes) -> None:
+        sent.append(json.loads(value))
 
-    producer.send = send
+    producer._send = send
     await producer.send_core_event(Rating("u", "i", 0.5, 1.0))
-    assert [e.rating for e in sent] == [0.5]
+    assert [e["rating"] for e in sent] == [0.5]
     with pytest.raises(EventError, match=r"rating: 0\.25 is outside the rating scale"):
         await producer.send_core_event(Rating("u", "i", 0.25, 1.0))
 
