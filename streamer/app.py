@@ -265,7 +265,7 @@ class CatalogFollower:
         except EventError:
             return {}  # dead-lettered by validate_items
         if event.op == "delete":
-            return self.engine.delete_item(event.item_id)
+            return self.engine.delete_item(event.item_id, event.timestamp)
         self.engine.upsert_item(event.item_id, dict(event.tags), event.timestamp)
         return {}
 
@@ -775,7 +775,7 @@ class RecsysWorker:
             if not all(self.engine.knows_item(r.item_id) for _, r in pending):
                 await self.catalog.catch_up()
             for record, r in pending:
-                problem = self._item_problem(r.item_id) or self._repeat_problem(r)
+                problem = self._item_problem(r.item_id, r.timestamp) or self._repeat_problem(r)
                 if problem is not None:
                     await self._dead_letter(record, problem, acks)
                 else:
@@ -803,8 +803,9 @@ class RecsysWorker:
         self._held_ids[event_id] = None
         return None
 
-    def _item_problem(self, item_id: str) -> str | None:
-        """Why a rating of this item cannot be learned, or None when it can."""
+    def _item_problem(self, item_id: str, timestamp: float | None = None) -> str | None:
+        """Why a rating of this item (at event time ``timestamp``) cannot be learned, or
+        None when it can."""
         if not self.engine.knows_item(item_id):
             if self.engine.was_freed(item_id):
                 return f"item_id: item {item_id!r} was deleted"
@@ -812,6 +813,10 @@ class RecsysWorker:
         # (an item listed again after a delete may wait for its time: it is no longer
         # deleted for a rating, which brings it in)
         if self.engine.model.is_deleted(item_id) and item_id not in self.engine.pending:
+            # A rating made while the item was listed, read after its delete (the worker
+            # catching up on a backlog), is learned, as a rebuild learns it.
+            if timestamp is not None and self.engine.rated_while_listed(item_id, timestamp):
+                return None
             return f"item_id: item {item_id!r} was deleted"
         return None
 

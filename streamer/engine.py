@@ -152,6 +152,9 @@ class StreamEngine:
         # Ids of deleted items whose rows were freed (compact_if_due): a few bytes each
         # instead of a row in every item array, so the worker still knows them as deleted.
         self.freed = IdIndex()
+        # Deleted items (not freed) by their delete's event time: a rating made while the
+        # item was listed, read after the delete (a worker catching up), is learned.
+        self.deleted_at: dict[str, float] = {}
         # Ratings partitions whose ratings reached the model through other workers'
         # shared item changes (RECSYS_SHARE_ITEMS_EVERY_S): learning one of them here too
         # would count its ratings twice, so the worker rebuilds first.
@@ -347,6 +350,7 @@ class StreamEngine:
         ({}, 2)
         """
         self.pending.pop(item, None)  # the latest upsert of an item wins
+        self.deleted_at.pop(item, None)
         if self._live or timestamp <= self.watermark:
             self._apply_upsert(item, tags, timestamp)
         else:
@@ -370,6 +374,7 @@ class StreamEngine:
     def __setstate__(self, state: dict) -> None:
         state.setdefault("event_ids", OrderedDict())  # (pickled before it existed)
         state.setdefault("freed", IdIndex())
+        state.setdefault("deleted_at", {})
         state.setdefault("freshness_clock_ahead", 0)
         state.setdefault("shared_from", set())
         state.setdefault("freshness_all", Quantiles())
@@ -476,12 +481,15 @@ class StreamEngine:
         if self.settings.similar_every_s > 0:
             self.similar.changed(self.model.items.get_many(items), self.similar_clock())
 
-    def delete_item(self, item: str) -> Lists:
+    def delete_item(self, item: str, timestamp: float | None = None) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it.
         (Deleting an item already deleted and freed again, as when the catalog is read
-        again, changes nothing.)"""
+        again, changes nothing.) ``timestamp``: the delete's event time
+        (:meth:`rated_while_listed`)."""
         if self.was_freed(item):
             return {}
+        if timestamp is not None:
+            self.deleted_at[item] = timestamp
         if item in self.pending:  # known, so its later ratings are refused as deleted
             self._bring_in(item)
         self.model.delete_item(item)
@@ -510,7 +518,10 @@ class StreamEngine:
             return 0
         model, n = self.model, self.model.n_items
         deleted = np.flatnonzero(model.deleted[:n])
-        self.freed.rows(model.items.ids_of(deleted.tolist()))
+        gone = model.items.ids_of(deleted.tolist())
+        self.freed.rows(gone)
+        for item in gone:
+            self.deleted_at.pop(item, None)
         keep = np.flatnonzero(~model.deleted[:n])
         self.similar.keep_items(keep, row_map(keep, n))
         return model.compact()
@@ -519,6 +530,17 @@ class StreamEngine:
         """Deleted items hold more than ``settings.compact_share`` of the item rows."""
         share, model = self.settings.compact_share, self.model
         return share > 0 and model.n_deleted >= max(1.0, share * model.n_items)
+
+    def rated_while_listed(self, item: str, timestamp: float) -> bool:
+        """A rating at event time ``timestamp`` of a deleted item came before the delete
+        (its time known and later): it was made while the item was listed.
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> engine.upsert_item("a", {"jazz": 1.0}); _ = engine.delete_item("a", 100.0)
+        >>> engine.rated_while_listed("a", 99.0), engine.rated_while_listed("a", 100.0)
+        (True, False)
+        """
+        return timestamp < self.deleted_at.get(item, -math.inf)
 
     def was_freed(self, item: str) -> bool:
         """True for an item deleted, then freed by :meth:`compact_if_due`, and not listed

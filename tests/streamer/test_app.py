@@ -301,6 +301,27 @@ def _worker_knowing_item_a() -> tuple[RecsysWorker, list[str]]:
     return worker, dead
 
 
+async def test_a_rating_made_before_its_items_delete_is_learned_when_read_after_it() -> None:
+    """A worker catching up on a backlog reads the whole catalog first, deletes dated
+    after the ratings it has yet to learn included: a rating made while the item was
+    listed is learned (as a rebuild learns it, and as a worker keeping up did), one
+    made after the delete is dead-lettered."""
+    worker, dead = _worker_knowing_item_a()
+    worker.engine.live = False  # catching up: the backlog is at t ~ 20
+    worker.catalog._apply(
+        _item_record(b'{"op":"upsert","item_id":"b","tags":["jazz"],"timestamp":10}', b"b")
+    )
+    worker.engine.learn_ratings([Rating("u0", "b", 4.0, 20.0)])
+    worker.catalog._apply(_item_record(b'{"op":"delete","item_id":"b","timestamp":1000}', b"b"))
+    before = b'{"user_id":"u","item_id":"b","rating":5,"timestamp":30}'
+    after = b'{"user_id":"u","item_id":"b","rating":5,"timestamp":2000}'
+    valid = await worker._valid_ratings([_rating_record(before, 7), _rating_record(after, 8)])
+    assert [offset for _, offset, *_ in valid] == [7]
+    assert dead == ["item_id: item 'b' was deleted"]
+    worker.catalog._apply(_item_record(b'{"op":"upsert","item_id":"b","timestamp":3000}', b"b"))
+    assert "b" not in worker.engine.deleted_at  # (listed again: no longer deleted)
+
+
 async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats() -> None:
     """A producer's retry can send a rating twice; its ``event_id`` (when the app sets
     one) keeps the second copy out of the model, as a dead letter naming the id, and a
