@@ -1010,7 +1010,9 @@ class RecsysWorker:
             return
         async with self._learning:
             busy = not in_agent and not self.app.consumer.batch_idle()
-            if busy or self._refreshing or self._reset_pending or not self._caught_up():
+            if busy or self._refreshing or self._reset_pending or len(self.ordering):
+                return  # (ratings held name items by id: a freed one would come back)
+            if not self._caught_up():
                 return
             started = time.monotonic()
             freed = self.engine.compact_if_due()
@@ -1554,7 +1556,10 @@ class RecsysWorker:
                 wait = min(2 * wait, 5.0)
 
     def _caught_up(self) -> bool:
-        """Every ratings partition assigned to this worker is processed up to its end.
+        """The ratings partitions assigned to this worker are processed up to their end,
+        but for less than a batch (``batch_max``) in flight or held for event-time order:
+        what a worker keeping up with a steady stream always has. (Exactly at the end, it
+        was caught up at 5 of 60 checks during a stream at 2,000 ratings/s.)
 
         Then catalog events apply as they come; before, an item dated after the ratings
         being processed waits for them (see ``StreamEngine.upsert_item``). A worker that
@@ -1563,11 +1568,8 @@ class RecsysWorker:
         positions = self._positions()
         return (
             bool(positions)
-            and not len(self.ordering)
-            and all(
-                high is not None and received is not None and received >= high
-                for _, high, received in positions
-            )
+            and all(high is not None and received is not None for _, high, received in positions)
+            and self._lag() < self.settings.batch_max
         )
 
     def _lag(self) -> int:

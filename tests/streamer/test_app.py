@@ -322,6 +322,39 @@ async def test_a_rating_made_before_its_items_delete_is_learned_when_read_after_
     assert "b" not in worker.engine.deleted_at  # (listed again: no longer deleted)
 
 
+async def test_a_worker_keeping_up_with_a_steady_stream_is_live_and_compacts(
+    monkeypatch,
+) -> None:
+    """Under a stream that never pauses, ratings are always in flight at a tick: less
+    than a batch behind, the worker is live (items apply as they come) and frees deleted
+    rows; a batch or more behind, it is not. A rating held for event-time order keeps
+    compaction off (it names its item by id: a freed one would come back)."""
+    worker = RecsysWorker(
+        Settings(ratings_topic="r", items_topic="i", users_topic="u", compact_share=0.25)
+    )
+    consumer = worker.app.consumer
+    monkeypatch.setattr(consumer, "assignment", lambda: {TP("r", 0)})
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 1000)
+    monkeypatch.setattr(consumer, "received", lambda tp, handled: handled)
+    monkeypatch.setattr(consumer, "batch_idle", lambda: True)
+    worker._next_offset, worker._replayed = {0: 1000}, {0}
+    engine = worker.engine
+    for j in range(8):
+        engine.upsert_item(f"x{j}", {"t": 1.0})
+    for j in range(4):
+        engine.delete_item(f"x{j}")
+    worker._ends = {0: 1000 + worker.settings.batch_max}  # a batch behind
+    assert not worker._caught_up()
+    worker._ends = {0: 1003}  # three ratings produced since the last fetch
+    engine.live = worker._caught_up()
+    worker.ordering.add(0, 5.0, (Rating("u", "x0", 4.0, 5.0), 0.0, 0, 999, None))
+    await worker._compact_if_due()
+    assert engine.live and engine.model.n_items == 8  # held: not compacted
+    worker.ordering.clear()
+    await worker._compact_if_due()
+    assert engine.model.n_items == 4 and engine.model.n_deleted == 0
+
+
 async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats() -> None:
     """A producer's retry can send a rating twice; its ``event_id`` (when the app sets
     one) keeps the second copy out of the model, as a dead letter naming the id, and a
