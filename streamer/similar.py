@@ -156,13 +156,20 @@ class SimilarDue:
         self.gone.append(row)
 
     def _settle(self, now: float) -> None:
-        """The lists that show an item changed or deleted since the last take: due now."""
+        """The lists that show an item changed since the last take: due now; those that
+        show an item deleted since: due before any other (an app reading one would show
+        the deleted item, so it must not wait behind lists merely due)."""
         if not self.arrived and not self.gone:
             return
-        moved = np.concatenate([*self.arrived, np.array(self.gone, np.int64)])
         # (row_map: a table with -1 for rows not among them, and for the -1 of an empty
         # slot: a gather instead of np.isin's sort, 20x faster over a catalog)
-        self._due_now((row_map(moved, len(self.listed)) >= 0)[self.listed].any(axis=1), now)
+        n = len(self.listed)
+        if self.arrived:
+            moved = np.concatenate(self.arrived)
+            self._due_now((row_map(moved, n) >= 0)[self.listed].any(axis=1), now)
+        if self.gone:
+            showed = (row_map(np.array(self.gone, np.int64), n) >= 0)[self.listed].any(axis=1)
+            self.due_at[showed] = -np.inf
         for row in self.gone:
             self.listed[row] = -1
         arrived = np.concatenate([*self.arrived, np.zeros(0, np.int64)]).astype(np.int64)

@@ -49,6 +49,20 @@ def test_lists_showing_a_deleted_item_are_due_at_once_and_its_own_never() -> Non
     assert due.listed[7].tolist() == [-1, -1]  # listed again, it starts afresh
 
 
+def test_lists_showing_a_deleted_item_go_before_lists_long_due() -> None:
+    """An app reading a list that shows a deleted item would show it: such lists are
+    written first, ahead of lists that are merely due (rated items, aged lists), however
+    long those have waited."""
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0, listed=[[1, 2]] * 6 + [[7, 1], [2, 3]])
+    due.rated(np.arange(6), now=1.0, every_s=0.0)  # due since t=1
+    due.deleted(7, now=50.0)
+    live = LIVE.copy()
+    live[7] = False
+    assert due.take(8, live, 1, now=50.0).tolist() == [6]  # one slice: it goes first
+    assert due.take(8, live, 100, now=50.0).tolist() == [0, 1, 2, 3, 4, 5]
+
+
 def test_lists_older_than_max_age_are_written_again_the_oldest_first() -> None:
     due = SimilarDue(max_age_s=100.0)
     written(due, [0, 1, 2, 3, 4, 5, 6, 7], now=0.0)
