@@ -609,13 +609,24 @@ class StreamEngine:
         floors = np.array(floor, np.float32)
         ranked = np.array(ranked_at, np.int64)[:, None]
         best = np.full(len(recent), -np.inf, np.float32)
+        # A list showing an item changed since it was ranked (its tags, so its place and
+        # reason, may be gone): due whatever the item scores now.
+        version = dict(changed)
+        showed = np.array(
+            [
+                any(version.get(item, 0) > at for item in self.served[u])
+                for u, at in zip(recent, ranked_at, strict=True)
+            ],
+            bool,
+        )
         score = self.model.item_scorer(recent)  # the users' side once, for every chunk
         for lo in range(0, len(changed), self.REFRESH_CHUNK):
             items, versions = zip(*changed[lo : lo + self.REFRESH_CHUNK], strict=True)
             scores = score(items)
             scores[np.array(versions, np.int64)[None, :] <= ranked] = -np.inf  # seen then
             np.maximum(best, scores.max(axis=1), out=best)
-            yield [u for u, d in zip(recent, (best > floors).tolist(), strict=True) if d]
+            due = (best > floors) | showed
+            yield [u for u, d in zip(recent, due.tolist(), strict=True) if d]
 
     def popular(self) -> list[Recommendation]:
         """The list for users the model does not know (remembered as served)."""

@@ -136,6 +136,23 @@ def test_refresh_reranks_only_the_users_a_new_item_belongs_to() -> None:
     assert engine.refresh() == {}
 
 
+def test_a_list_showing_an_item_retagged_since_is_ranked_again() -> None:
+    """An item whose tags changed away from a user's taste leaves their list at the next
+    refresh (its place and its reason may be gone), not when the user next acts."""
+    engine = StreamEngine(Settings(k=2, n_factors=4))
+    for item, tag in [("a", "jazz"), ("b", "jazz"), ("c", "jazz"), ("d", "jazz")]:
+        engine.upsert_item(item, {tag: 1.0})
+    for item in ("r1", "r2", "r3"):
+        engine.upsert_item(item, {"rock": 1.0})
+    engine.learn_ratings([Rating("u", "a", 5.0, 1.0), Rating("u", "r1", 1.0, 2.0)])
+    engine.refresh()
+    shown = engine.served["u"][0]
+    engine.upsert_item(shown, {"rock": 1.0})  # now like the item the user rated 1
+    lists = engine.refresh()
+    assert shown not in [r.item for r in lists["u"]] and shown not in engine.served["u"]
+    assert engine.refresh() == {}
+
+
 def _run_with_share(share: float) -> StreamEngine:
     from recsys_online import synth
 
