@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import io
 import math
 import os
 import sys
@@ -445,7 +446,7 @@ def _read_split_ratings(path: Path, split: Callable[[str], list[str]], layout: s
     Parses in batches (C-level ``map``); any problem re-reads row by row for the error.
     """
     try:
-        with open(path, encoding="latin-1", newline="") as f:
+        with _open_latin1(path) as f:
             batches = (list(map(split, lines)) for lines in _line_batches(f))
             return _ratings_from_batches(batches, (0, 1, 2, 3), exact=True)
     except _NeedsSlowPath:
@@ -457,7 +458,7 @@ def _read_csv_ratings(path: Path) -> list[Rating]:
     try:
         with _open_csv(path) as f:
             reader = csv.reader(f, skipinitialspace=True)
-            header = next(reader, None)
+            header = _header(reader)
             if header is None:
                 return []
             columns = [c.strip().lower() for c in header]
@@ -530,7 +531,7 @@ def _read_split_ratings_slowly(
     append = ratings.append
     intern = sys.intern
     isfinite = math.isfinite
-    with open(path, encoding="latin-1", newline="") as f:
+    with _open_latin1(path) as f:
         for lineno, line in enumerate(f, 1):
             fields = split(line)
             if len(fields) != 4:
@@ -563,7 +564,7 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
     isfinite = math.isfinite
     with _open_csv(path) as f:
         reader = csv.reader(f, skipinitialspace=True)
-        header = next(reader, None)
+        header = _header(reader)
         if header is None:
             return ratings
         columns = [c.strip().lower() for c in header]
@@ -600,7 +601,7 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
 def _read_ml100k_genres(path: Path) -> list[str]:
     """Read ``u.genre``: ``name|index`` lines, indices 0..n-1."""
     by_index: dict[int, str] = {}
-    with open(path, encoding="latin-1") as f:
+    with _open_latin1(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -608,6 +609,8 @@ def _read_ml100k_genres(path: Path) -> list[str]:
             if not sep or not index.isdigit():
                 raise DatasetError(f"{path.name} line {lineno}: expected 'name|index'")
             by_index[int(index)] = genre
+    if not by_index:
+        raise DatasetError(f"{path.name}: no genres (expected 'name|index' lines)")
     if sorted(by_index) != list(range(len(by_index))):
         raise DatasetError(f"{path.name}: genre indices are not 0..{len(by_index) - 1}")
     return [by_index[i] for i in range(len(by_index))]
@@ -618,7 +621,7 @@ def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
     tag_names = [_tag_name(g) if _tag_name(g) != NO_GENRE_100K else "" for g in genres]
     n = len(genres)
     catalog: dict[str, ItemUpsert] = {}
-    with open(path, encoding="latin-1", newline="") as f:
+    with _open_latin1(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -646,7 +649,7 @@ def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
 def _read_ml1m_items(path: Path) -> dict[str, ItemUpsert]:
     """Read ``movies.dat``: ``id::title::Genre1|Genre2`` (latin-1)."""
     catalog: dict[str, ItemUpsert] = {}
-    with open(path, encoding="latin-1", newline="") as f:
+    with _open_latin1(path) as f:
         for lineno, line in enumerate(f, 1):
             fields = _split_double_colon(line)
             if not fields:
@@ -670,7 +673,7 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
     deletes: list[ItemDelete] = []
     with _open_csv(path) as f:
         reader = csv.reader(f, skipinitialspace=True)
-        header = next(reader, None)
+        header = _header(reader)
         if header is None:
             return catalog, deletes
         columns = [c.strip().lower() for c in header]
@@ -703,7 +706,9 @@ def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
     counts: Counter[tuple[str, str]] = Counter()
     with _open_csv(path) as f:
         reader = csv.reader(f)
-        columns = [c.strip().lower() for c in next(reader, [])]
+        columns = [c.strip().lower() for c in _header(reader) or []]
+        if not columns:  # (an empty tags file: no tags)
+            return
         ii = _require_column(columns, _ITEM_COLUMNS, path.name)
         it = _require_column(columns, ("tag",), path.name)
         try:
@@ -732,8 +737,45 @@ def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
         catalog[item] = replace(upsert, tags=merged)
 
 
-def _open_csv(path: Path) -> TextIO:
-    return open(path, encoding="utf-8-sig", newline="")
+@contextmanager
+def _open_csv(path: Path) -> Iterator[TextIO]:
+    """A CSV file as UTF-8 text (a byte-order mark skipped); bytes that are not UTF-8
+    are a :class:`DatasetError` naming the file and the line."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        try:
+            yield f
+        except UnicodeDecodeError:
+            raise DatasetError(_not_utf8(path)) from None
+
+
+def _not_utf8(path: Path) -> str:
+    """Where ``path`` first breaks UTF-8, read again line by line (an error path)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 1]
+                where = f"{path.name} line {lineno}"
+                return f"{where}: not UTF-8 text (byte {bad!r}); save the file as UTF-8"
+    return f"{path.name}: not UTF-8 text; save the file as UTF-8"
+
+
+@contextmanager
+def _open_latin1(path: Path) -> Iterator[TextIO]:
+    """A MovieLens 100K/1M file as latin-1 text, lines as they are; a UTF-8 byte-order
+    mark (as an editor saving it again may add) is skipped, not read as part of the
+    first id."""
+    with open(path, "rb") as raw:
+        if raw.read(3) != b"\xef\xbb\xbf":
+            raw.seek(0)
+        with io.TextIOWrapper(raw, encoding="latin-1", newline="") as f:
+            yield f
+
+
+def _header(reader) -> list[str] | None:
+    """The first row that is not blank (None: none)."""
+    return next((row for row in reader if any(cell.strip() for cell in row)), None)
 
 
 def _cell(cells: list[str], index: int | None) -> str:
@@ -762,9 +804,11 @@ def _number(text: str, what: str, file_name: str, lineno: int) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise DatasetError(f"{file_name} line {lineno}: {what} {text!r} is not a number") from None
+        raise DatasetError(
+            f"{file_name} line {lineno}: {what} {text.strip()!r} is not a number"
+        ) from None
     if not math.isfinite(value):
-        raise DatasetError(f"{file_name} line {lineno}: {what} {text!r} is not finite")
+        raise DatasetError(f"{file_name} line {lineno}: {what} {text.strip()!r} is not finite")
     return value
 
 
@@ -813,9 +857,7 @@ def _parse_tags(text: str, file_name: str, lineno: int) -> dict[str, float]:
                     raise DatasetError(f"{file_name} line {lineno}: tag {part!r} has no name")
                 problem = weight_problem(weight)
                 if problem is not None:
-                    raise DatasetError(
-                        f"{file_name} line {lineno}: tag weight {tail!r} {problem}"
-                    )
+                    raise DatasetError(f"{file_name} line {lineno}: tag weight {tail!r} {problem}")
         tag = _tag_name(tag)
         if tag:
             tags[tag] = weight

@@ -301,6 +301,44 @@ def test_format_errors(tmp_path: Path) -> None:
         load(tmp_path)
 
 
+def test_a_byte_order_mark_is_no_part_of_a_movielens_id(tmp_path: Path) -> None:
+    """An editor saving a MovieLens file again may add a UTF-8 byte-order mark: it is
+    skipped (read as latin-1, it became part of the first user or item id)."""
+    bom = b"\xef\xbb\xbf"
+    path = write_ml100k(tmp_path / "ml-100k")
+    for name in ("u.data", "u.item", "u.genre"):
+        (path.parent / name).write_bytes(bom + (path.parent / name).read_bytes())
+    ds = load(path)
+    assert ds.ratings[0].user == "196" and "242" in ds.items
+    assert ds.items["377"].tags == {}  # "unknown" on line 1 of u.genre: still no tag
+    (tmp_path / "ratings.dat").write_bytes(bom + b"1::10::5::978300760\n")
+    (tmp_path / "movies.dat").write_bytes(bom + b"10::T (1999)::Drama\n")
+    ds = load(tmp_path / "ratings.dat")
+    assert ds.ratings[0].user == "1" and list(ds.items) == ["10"]
+    assert ds.items["10"].tags == {"drama": 1.0}
+
+
+def test_file_problems_name_the_file_and_line(tmp_path: Path) -> None:
+    """An empty genre list, and text that is not UTF-8 in a file found beside the
+    ratings, are clear errors naming that file (and the line); an empty tags.csv is no
+    tags, and blank lines before a CSV header are skipped."""
+    path = write_ml100k(tmp_path / "ml-100k")
+    (path.parent / "u.genre").write_text("\n")
+    with pytest.raises(DatasetError, match=re.escape("u.genre: no genres")):
+        load(path)
+    (tmp_path / "latest").mkdir()
+    latest = write_ml_latest(tmp_path / "latest")
+    (latest.parent / "movies.csv").write_bytes(b"movieId,title,genres\n1,Caf\xe9,Drama\n")
+    with pytest.raises(DatasetError, match=re.escape("movies.csv line 2: not UTF-8 text (byte")):
+        load(latest)
+    (tmp_path / "latest2").mkdir()
+    latest = write_ml_latest(tmp_path / "latest2")
+    (latest.parent / "tags.csv").write_text("")
+    assert load(latest).items["1"].tags["animation"] == 1.0
+    (tmp_path / "plain.csv").write_text("\r\nuser_id,item_id,rating,timestamp\r\nu,i,4,100\r\n")
+    assert load(tmp_path / "plain.csv", fmt="csv").ratings == [Rating("u", "i", 4.0, 100.0)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Event order
 
