@@ -21,6 +21,7 @@ from schemas.events import (
     RatingScale,
     UserEvent,
     WireEvent,
+    clean_id,
     parse_event,
     validate_event,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "RatingScale",
     "UserEvent",
     "WireEvent",
+    "clean_id",
     "parse_event",
     "validate_event",
 ]

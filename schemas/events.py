@@ -299,6 +299,23 @@ def _check_id(value: object) -> str:
     return _clean_text(value, MAX_ID_LENGTH)
 
 
+def clean_id(value: object, field: str = "id") -> str:
+    """An id as events spell it (stripped; non-empty, at most ``MAX_ID_LENGTH``
+    characters, no control character): what a reader looks a user or item up by.
+
+    >>> clean_id(" u7 ")
+    'u7'
+    >>> clean_id("", "user_id")
+    Traceback (most recent call last):
+    ...
+    ValueError: user_id: '' is empty
+    """
+    try:
+        return _check_id(value)
+    except PydanticCustomError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
 def _check_optional_id(value: object) -> str | None:
     return None if value is None else _check_id(value)
 
@@ -769,6 +786,7 @@ __all__ = [
     "RatingScale",
     "UserEvent",
     "WireEvent",
+    "clean_id",
     "parse_event",
     "validate_event",
 ]

@@ -29,6 +29,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException
 
+from schemas import clean_id
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "recsys:"
 
@@ -503,6 +505,7 @@ class RecommendationClient(_Keys):
     def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         """The user's current top-``k`` (or the popular list when they have none)."""
         check_k(k)
+        user_id = clean_id(user_id, "user_id")  # (as events spell it: " u7 " is u7)
         with self._slot():
             return self._read(parse_list, "recs", user_id, k, titles)
 
@@ -510,6 +513,7 @@ class RecommendationClient(_Keys):
         """More like this: the ``k`` items closest to ``item_id`` by content and by
         co-occurrence (or the popular list while the item has none)."""
         check_k(k)
+        item_id = clean_id(item_id, "item_id")
         with self._slot():
             return self._read(parse_similar, "similar", item_id, k, titles)
 
@@ -588,10 +592,12 @@ class AsyncRecommendationClient(_Keys):
 
     async def recommend(self, user_id: str, k: int = 10, titles: bool = False) -> Recommendations:
         check_k(k)
+        user_id = clean_id(user_id, "user_id")  # (as events spell it: " u7 " is u7)
         return await self._read_once_more(parse_list, "recs", user_id, k, titles)
 
     async def similar(self, item_id: str, k: int = 10, titles: bool = False) -> SimilarItems:
         check_k(k)
+        item_id = clean_id(item_id, "item_id")
         return await self._read_once_more(parse_similar, "similar", item_id, k, titles)
 
     async def _read_once_more(

@@ -95,7 +95,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     metrics = sub.add_parser("metrics", help="print the live metrics from Redis")
     metrics.add_argument(
         "--watch",
-        type=float,
+        type=watch_seconds,
         default=0.0,
         metavar="SECONDS",
         help="print again every SECONDS until Ctrl-C",
@@ -147,6 +147,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     snaps.set_defaults(run=run_snapshots)
 
 
+def watch_seconds(text: str) -> float:
+    """An argparse type: seconds between two prints, 0 (once) up to a day."""
+    value = finite_float(text)
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be 0 to 86400 seconds, got {text!r}")
+    return value
+
+
 def fail(message: str, status: int = 1) -> int:
     print(f"recsys-online: {message}", file=sys.stderr)
     return status
@@ -191,6 +199,8 @@ def event_from_args(
         return settings.parse(json.dumps(fields).encode(), RatingEvent)
     if args.kind == "item":
         if args.delete:
+            if args.title is not None or args.tag:
+                raise ValueError("--delete takes no --title or --tag: a delete carries none")
             fields = {"op": "delete", "item_id": args.item_id, "timestamp": now}
         else:
             fields = {
@@ -343,7 +353,7 @@ def _print_list(args: argparse.Namespace, subject: str, name: str) -> int:
                 indent=2,
             )
         )
-        return 0
+        return 1 if recs.served_from == "none" else 0  # (as the table says: no lists yet)
     if recs.served_from == "none":
         print(
             f"no lists under {settings.key_prefix!r} in {redacted_url(settings.redis_url)} yet: "

@@ -147,6 +147,24 @@ def test_bad_k_is_rejected(redis_url: str, stored) -> None:
         client.recommend("u1", k=0)
 
 
+async def test_ids_are_read_as_events_spell_them(redis_url: str, stored) -> None:
+    """Events strip the ids they carry, so the lists are stored under the stripped id:
+    ``" u1 "`` reads u1's list (not the popular one), and an id no event could carry is
+    a caller's mistake, said before any read."""
+    _, prefix = stored
+    with RecommendationClient(redis_url, prefix) as client:
+        assert client.recommend(" u1 ").served_from == "user"
+        for bad in ("", "   ", "u\x00", 42):
+            with pytest.raises(ValueError, match="user_id"):
+                client.recommend(bad)
+        with pytest.raises(ValueError, match="item_id"):
+            client.similar(" ")
+    async with AsyncRecommendationClient(redis_url, prefix) as client:
+        assert (await client.recommend("u1\t")).served_from == "user"
+        with pytest.raises(ValueError, match="user_id"):
+            await client.recommend("")
+
+
 def test_bytes_that_are_not_utf8_do_not_break_a_read(redis_url: str, stored) -> None:
     """Redis holds whatever was written there: a title in another encoding reads with
     replacement characters instead of raising UnicodeDecodeError."""

@@ -219,6 +219,8 @@ def test_recs_and_metrics_print_what_redis_holds(topics, redis_url, redis_key_pr
     assert json.loads(capsys.readouterr().out)["item_id"] == "i1"
     assert main(["similar", "i9"]) == 1  # no list, and no popular list either
     assert "no lists under" in capsys.readouterr().out
+    assert main(["similar", "i9", "--json"]) == 1  # the same status for scripts
+    assert json.loads(capsys.readouterr().out)["served_from"] == "none"
     assert main(["metrics"]) == 0
     out = capsys.readouterr().out
     assert "1 live worker" in out and "0.9300" in out and "h:1" in out
@@ -387,6 +389,19 @@ def test_a_catalog_dead_letter_with_a_later_event_of_its_key_is_not_sent_back(
     assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["already"] == ["0:1"] and list(again["unsendable"]) == ["0:0"]
+
+
+def test_arguments_a_command_cannot_use_are_refused(capsys) -> None:
+    """A watch period that is not a number of seconds, and a title or tags given with a
+    delete (which carries neither), are usage errors (status 2), not a traceback or a
+    silent delete."""
+    for watch in ("nan", "inf", "1e300", "-1"):
+        with pytest.raises(SystemExit) as stop:
+            main(["metrics", "--watch", watch])
+        assert stop.value.code == 2
+    assert "must be" in capsys.readouterr().err
+    assert main(["produce", "item", "i9", "--delete", "--title", "Solaris"]) == 2
+    assert "--delete takes no --title or --tag" in capsys.readouterr().err
 
 
 def test_recs_without_redis_fails_clearly(monkeypatch, capsys) -> None:
