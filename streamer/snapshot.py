@@ -112,6 +112,7 @@ class SnapshotStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            _sync_directory(self.directory)  # (the rename durable before older ones go)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -210,3 +211,18 @@ def _named(path: Path) -> tuple[tuple[int, ...], int] | None:
         return tuple(int(p) for p in parts.split("-")), int(ns)
     except ValueError:
         return None
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync a directory, so that a rename in it survives a power loss (where the file
+    system allows: not every platform opens directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

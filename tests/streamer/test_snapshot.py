@@ -53,6 +53,35 @@ def test_only_the_newest_snapshots_of_a_partition_set_are_kept(tmp_path) -> None
     assert offsets == [{2: 7}] + [{0: n, 1: n} for n in reversed(range(2, KEEP + 2))]
 
 
+def test_a_new_snapshot_is_on_disk_for_good_before_older_ones_go(tmp_path, monkeypatch) -> None:
+    """The file's bytes and then its directory's entry are synced before any older
+    snapshot is deleted: after a power loss, the newest snapshot named is there."""
+    import os
+    import stat
+
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fingerprint = engine.settings.model_fingerprint()
+    for n in range(KEEP):
+        store.save(engine, {0: n}, fingerprint)
+        time.sleep(0.002)
+    done: list[str] = []
+    fsync, unlink = os.fsync, type(tmp_path).unlink
+
+    def synced(fd: int) -> None:
+        done.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+
+    def removed(path, missing_ok=False) -> None:
+        done.append("older removed")
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(snapshot_module.os, "fsync", synced)
+    monkeypatch.setattr(type(tmp_path), "unlink", removed)
+    store.save(engine, {0: KEEP}, fingerprint)
+    assert done == ["file", "directory", "older removed"]
+
+
 def test_snapshots_made_faster_than_commits_keep_one_usable(tmp_path) -> None:
     """Snapshots every second, commits every few: the newest ones are all ahead of the
     commits, so the newest one within them is kept too (a worker killed now restores)."""
