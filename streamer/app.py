@@ -808,6 +808,9 @@ class RecsysWorker:
         None when it can."""
         if not self.engine.knows_item(item_id):
             if self.engine.was_freed(item_id):
+                if timestamp is not None and self.engine.rated_while_listed(item_id, timestamp):
+                    self.engine.bring_back_deleted(item_id)  # (a row again, as deleted)
+                    return None
                 return f"item_id: item {item_id!r} was deleted"
             return f"item_id: unknown item {item_id!r}"
         # (an item listed again after a delete may wait for its time: it is no longer

@@ -6,6 +6,7 @@ import heapq
 import math
 import time
 import zlib
+from array import array
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -155,6 +156,7 @@ class StreamEngine:
         # Deleted items (not freed) by their delete's event time: a rating made while the
         # item was listed, read after the delete (a worker catching up), is learned.
         self.deleted_at: dict[str, float] = {}
+        self.freed_at = array("d")  # the same, for freed ids, by their row in ``freed``
         # Ratings partitions whose ratings reached the model through other workers'
         # shared item changes (RECSYS_SHARE_ITEMS_EVERY_S): learning one of them here too
         # would count its ratings twice, so the worker rebuilds first.
@@ -375,6 +377,7 @@ class StreamEngine:
         state.setdefault("event_ids", OrderedDict())  # (pickled before it existed)
         state.setdefault("freed", IdIndex())
         state.setdefault("deleted_at", {})
+        state.setdefault("freed_at", array("d", [-math.inf]) * len(state["freed"]))
         state.setdefault("freshness_clock_ahead", 0)
         state.setdefault("shared_from", set())
         state.setdefault("freshness_all", Quantiles())
@@ -519,9 +522,10 @@ class StreamEngine:
         model, n = self.model, self.model.n_items
         deleted = np.flatnonzero(model.deleted[:n])
         gone = model.items.ids_of(deleted.tolist())
-        self.freed.rows(gone)
-        for item in gone:
-            self.deleted_at.pop(item, None)
+        rows = self.freed.rows(gone).tolist()
+        self.freed_at.extend([-math.inf] * (len(self.freed) - len(self.freed_at)))
+        for item, row in zip(gone, rows, strict=True):
+            self.freed_at[row] = self.deleted_at.pop(item, -math.inf)
         keep = np.flatnonzero(~model.deleted[:n])
         self.similar.keep_items(keep, row_map(keep, n))
         return model.compact()
@@ -540,7 +544,10 @@ class StreamEngine:
         >>> engine.rated_while_listed("a", 99.0), engine.rated_while_listed("a", 100.0)
         (True, False)
         """
-        return timestamp < self.deleted_at.get(item, -math.inf)
+        deleted = self.deleted_at.get(item)
+        if deleted is None and self.was_freed(item):
+            deleted = self.freed_at[self.freed.row(item)]
+        return deleted is not None and timestamp < deleted
 
     def was_freed(self, item: str) -> bool:
         """True for an item deleted, then freed by :meth:`compact_if_due`, and not listed
@@ -560,6 +567,7 @@ class StreamEngine:
         learned as it was live (it updates the factors, never lists the item)."""
         if self.was_freed(item):
             self.model.delete_item(item)
+            self.deleted_at[item] = self.freed_at[self.freed.row(item)]
 
     def upsert_user(self, user: str, tags: dict[str, float]) -> Lists:
         """Declared user tags: the user's list is recomputed from them at once. Declaring

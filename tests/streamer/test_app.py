@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import types
+from dataclasses import replace
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -353,6 +354,29 @@ async def test_a_worker_keeping_up_with_a_steady_stream_is_live_and_compacts(
     worker.ordering.clear()
     await worker._compact_if_due()
     assert engine.model.n_items == 4 and engine.model.n_deleted == 0
+
+
+async def test_a_rating_made_before_its_items_delete_is_learned_after_the_row_is_freed() -> None:
+    """Compaction frees deleted items' rows while ratings may still be on their way: one
+    made before its item's delete is learned all the same (the item gets a row again,
+    as deleted, never listed), one made after is dead-lettered."""
+    worker, dead = _worker_knowing_item_a()
+    engine = worker.engine
+    engine.settings = replace(engine.settings, compact_share=0.25)
+    engine.live = True
+    for j in range(4):
+        engine.upsert_item(f"x{j}", {"t": 1.0})
+    for j in range(2):
+        engine.delete_item(f"x{j}", 100.0)
+    assert engine.compact_if_due() == 2 and engine.was_freed("x0")
+    before = b'{"user_id":"u","item_id":"x0","rating":5,"timestamp":50}'
+    after = b'{"user_id":"u","item_id":"x1","rating":5,"timestamp":150}'
+    valid = await worker._valid_ratings([_rating_record(before, 7), _rating_record(after, 8)])
+    assert [offset for _, offset, *_ in valid] == [7]
+    assert dead == ["item_id: item 'x1' was deleted"]
+    assert engine.model.is_deleted("x0") and engine.rated_while_listed("x0", 99.0)
+    engine.learn_ratings([valid[0][2]])
+    assert "x0" not in [r.item for r in engine.model.recommend("u")]
 
 
 async def test_a_redelivered_rating_is_dead_lettered_once_its_event_id_repeats() -> None:
