@@ -205,6 +205,9 @@ class SyncEventProducer:
     """
 
     def __init__(self, settings: Settings | None = None, linger_ms: int = 5) -> None:
+        self._calls = threading.Condition()  # guards the two below
+        self._running = 0  # calls under way on the loop
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="recsys-event-producer", daemon=True
@@ -223,8 +226,19 @@ class SyncEventProducer:
             raise
 
     def _run(self, coroutine):
-        """Run ``coroutine`` on the producer's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        """Run ``coroutine`` on the producer's loop and wait for its result (a
+        ``RuntimeError`` once the producer is closed)."""
+        with self._calls:
+            if self._closed:
+                coroutine.close()
+                raise RuntimeError("the producer is closed")
+            self._running += 1
+        try:
+            return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        finally:
+            with self._calls:
+                self._running -= 1
+                self._calls.notify_all()
 
     def _end_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -247,10 +261,15 @@ class SyncEventProducer:
         self._run(self._producer.flush())
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
+        """Wait for the sends under way (other threads'), then flush and stop; later
+        sends raise ``RuntimeError``. Closing again does nothing."""
+        with self._calls:
+            if self._closed:
+                return
+            self._closed = True
+            self._calls.wait_for(lambda: self._running == 0)
         try:
-            self._run(self._producer.stop())
+            asyncio.run_coroutine_threadsafe(self._producer.stop(), self._loop).result()
         finally:
             self._end_loop()
 

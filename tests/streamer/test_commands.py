@@ -508,6 +508,41 @@ async def test_send_refuses_what_this_deployments_workers_would_dead_letter() ->
     assert [key for _, key, _ in sent] == ["u"]
 
 
+def test_closing_the_sync_producer_waits_for_the_sends_under_way(monkeypatch) -> None:
+    """A web app closes its producer while a request thread is sending: the send
+    completes and is flushed with the rest, later sends are refused, and no thread is
+    left waiting on a loop that stopped."""
+    import threading
+
+    from streamer import producer as module
+
+    log: list[str] = []
+
+    class Producer:  # the asyncio producer, Kafka left out
+        def __init__(self, settings, linger_ms) -> None: ...
+
+        async def start(self) -> None: ...
+
+        async def send(self, event) -> None:
+            await asyncio.sleep(0.3)
+            log.append(f"sent {event}")
+
+        async def stop(self) -> None:
+            log.append("stopped")
+
+    monkeypatch.setattr(module, "EventProducer", Producer)
+    producer = module.SyncEventProducer()
+    sender = threading.Thread(target=producer.send, args=("e1",))
+    sender.start()
+    time.sleep(0.05)  # the send is under way
+    producer.close()
+    sender.join(2)
+    assert not sender.is_alive() and log == ["sent e1", "stopped"]
+    with pytest.raises(RuntimeError, match="closed"):
+        producer.send("e2")
+    producer.close()  # again: nothing
+
+
 async def test_a_send_past_10000_unflushed_raises_for_nothing_it_did_not_fail() -> None:
     """Every 10,000 sends the producer waits for the acknowledgements (bounded memory):
     a failure found then is an earlier event's, kept for the next flush, so that the send
