@@ -22,6 +22,7 @@ from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
 
 from recsys_online.events import Rating
+from recsys_online.sharing import ItemChanges
 from schemas import EventError, RatingEvent
 from streamer.engine import Lists, StreamEngine
 from streamer.item_changes import decode_item_changes, encode_item_changes
@@ -862,10 +863,16 @@ class RecsysWorker:
 
     async def _share_pending(self) -> None:
         """Send the model's item changes not sent yet (none are kept when sharing is off)."""
-        changes = self.engine.model.take_item_changes()
-        # The partitions the model learned, lost ones included until it is rebuilt: the
-        # worker that gets them learns them itself, and skips these changes.
+        await self._send_changes(*self._take_pending())
+
+    def _take_pending(self) -> tuple[set[int], ItemChanges]:
+        """The model's item changes not sent yet, and the partitions it learned (lost
+        ones included until it is rebuilt: the worker that gets them learns them
+        itself, and skips these changes)."""
         partitions = self._replayed | self._resume_from.keys() | self._assigned()
+        return partitions, self.engine.model.take_item_changes()
+
+    async def _send_changes(self, partitions: set[int], changes: ItemChanges) -> None:
         for value in encode_item_changes(self.worker_id, partitions, changes):
             try:
                 await self.item_changes.send(key=self.worker_id.encode(), value=value)
@@ -1127,12 +1134,20 @@ class RecsysWorker:
         if self._reset_pending and not self._replay_lock.locked():
             # (a replay under way learns into this engine: it ends, or stops at a
             # rebalance, before the rebuild; a rebuild under it would take half of it)
-            async with self._learning:
-                if self._reset_pending and not self._replay_lock.locked():
-                    # The changes this model learned and has not sent yet: the rebuild
-                    # learns its partitions again without sharing them.
-                    await self._share_pending()
-                    self._reset_model()
+            await self._reset_now()
+
+    async def _reset_now(self, replaying: bool = False) -> None:
+        """:meth:`_reset_model` under ``_learning``, if still pending and no replay is
+        under way (``replaying``: the caller's own, not begun); the changes the old model
+        learned and had not sent go first (the rebuild learns its partitions again
+        without sharing them), sent once the lock is released."""
+        unsent = None
+        async with self._learning:
+            if self._reset_pending and (replaying or not self._replay_lock.locked()):
+                unsent = self._take_pending()
+                self._reset_model()
+        if unsent is not None:
+            await self._send_changes(*unsent)
 
     def _reset_model(self) -> None:
         log.info("rebalance: rebuilding the model from the assigned partitions")
@@ -1155,6 +1170,8 @@ class RecsysWorker:
         revocations = self.app.consumer.revocations  # (a rebalance begun from here stops it)
         await self._restore_once()
         async with self._replay_lock:
+            if self._reset_pending:  # (asked for while another replay held the lock)
+                await self._reset_now(replaying=True)
             todo = (self._assigned() | first_live.keys()) - self._replayed
             if not todo:
                 return

@@ -1007,13 +1007,16 @@ def _snapshot(
 
 
 class _Sent:
-    """A topic that keeps what is sent to it, decoded as item changes."""
+    """A topic that keeps what is sent to it, decoded as item changes, and whether
+    ``lock`` (when given) was held meanwhile."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: asyncio.Lock | None = None) -> None:
         self.changes: list = []
+        self.lock, self.under_lock = lock, []
 
     async def send(self, key: bytes, value: bytes) -> None:
         self.changes.append(decode_item_changes(value, Settings().n_factors)[2])
+        self.under_lock.append(self.lock is not None and self.lock.locked())
 
     def entries(self) -> int:
         return sum(len(c) for c in self.changes)
@@ -1072,7 +1075,7 @@ async def test_replayed_ratings_are_not_shared_and_pending_changes_go_before_a_r
         monkeypatch, tmp_path, log, {0: 6}, share_items_every_s=1.0
     )
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
-    sent = worker.item_changes = _Sent()
+    sent = worker.item_changes = _Sent(worker._learning)
 
     async def exchanges() -> None:
         while True:
@@ -1092,6 +1095,29 @@ async def test_replayed_ratings_are_not_shared_and_pending_changes_go_before_a_r
         follower.cancel()
     assert [c.items for c in sent.changes if c.items] == [["a"]]
     assert [c.rated for c in sent.changes if c.rated] == [["a"]]
+    assert not any(sent.under_lock)  # (a broker away must not hold learning up)
+
+
+async def test_a_replay_that_waited_for_another_does_the_rebuild_asked_for_meanwhile(
+    monkeypatch, tmp_path
+) -> None:
+    """A rebuild asked for while one replay runs waits for it (see above); a second
+    replay that was waiting for the first does that rebuild before anything else, not
+    learn into the model that is to go."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(6)]}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    try:
+        first = asyncio.ensure_future(worker._ensure_replayed({}))
+        await asyncio.sleep(0.025)
+        engine = worker.engine
+        worker._reset_pending = True
+        second = asyncio.ensure_future(worker._ensure_replayed({}))
+        await asyncio.gather(first, second)
+    finally:
+        follower.cancel()
+    assert worker.engine is not engine and not worker._reset_pending
+    assert starts == [{0: 0}, {0: 0}] and worker.engine.events == 6
 
 
 async def test_changes_pending_in_a_snapshot_are_not_sent_again_after_a_restore(
