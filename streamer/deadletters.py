@@ -23,7 +23,7 @@ dead letter (the worker copies it) and is not sent back a second time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -190,7 +190,13 @@ async def _read_ranges(
 ) -> list[ConsumerRecord]:
     """The records at offsets ``[start, end)`` of each partition of ``ranges``;
     :class:`TopicNotReadToEnd` past ``READ_TIMEOUT_S``."""
-    out: list[ConsumerRecord] = []
+    return [r async for chunk in _chunks(consumer, ranges, topic) for r in chunk]
+
+
+async def _chunks(
+    consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]], topic: str
+) -> AsyncIterator[list[ConsumerRecord]]:
+    """:func:`_read_ranges`' records, chunk by chunk as fetched."""
     left = {tp for tp, (start, stop) in ranges.items() if start < stop}
     deadline = time.monotonic() + READ_TIMEOUT_S
     chunks = read_ranges(consumer, ranges)
@@ -202,38 +208,46 @@ async def _read_ranges(
                     "transaction left open?): try again"
                 )
             records, left = await anext(chunks)
-            out.extend(records)
+            yield records
     finally:
         await chunks.aclose()
-    return out
 
 
-async def superseded(settings: Settings, letters: Sequence[DeadLetter]) -> dict[str, str]:
-    """Why each catalog or user dead letter of ``letters`` must not be sent back: a later
-    record of its key in its source partition (by dead letter id).
+async def superseded(
+    settings: Settings, chosen: Sequence[DeadLetter], letters: Sequence[DeadLetter] = ()
+) -> dict[str, str]:
+    """Why each catalog or user dead letter of ``chosen`` must not be sent back: a later
+    record of its key in its source partition (by dead letter id). A later record that
+    was refused too (among ``letters``, every dead letter read) sets no state and does
+    not count.
 
     An item or user event sets that key's state, the latest record in the log winning
     (the topics are compacted by key). Sent back, an event refused before a newer one
     of the same key would be the latest, and overwrite the newer state, in the workers
-    and, after compaction, for good.
+    and, after compaction, for good. (A letter without a key sets no key's state.)
     """
     catalog = {settings.items_topic, settings.users_topic}
-    mine = [d for d in letters if d.source_topic in catalog]
+    mine = [d for d in chosen if d.source_topic in catalog and d.key]
     if not mine:
         return {}
     start: dict[TopicPartition, int] = {}
+    wanted: set[tuple[TopicPartition, bytes | None]] = set()
     for d in mine:
         tp = TopicPartition(d.source_topic, d.source_partition)
         start[tp] = min(start.get(tp, d.source_offset), d.source_offset)
+        wanted.add((tp, d.key))
+    refused = {(d.source_topic, d.source_partition, d.source_offset) for d in letters}
+    latest: dict[tuple[TopicPartition, bytes | None], int] = {}
     consumer = await _consumer(settings)
     try:
         end = await consumer.end_offsets(list(start))
-        latest: dict[tuple[TopicPartition, bytes | None], int] = {}
         for topic in sorted({tp.topic for tp in start}):
             ranges = {tp: (o + 1, end[tp]) for tp, o in start.items() if tp.topic == topic}
-            for r in await _read_ranges(consumer, ranges, topic):
-                tp = TopicPartition(r.topic, r.partition)
-                latest[tp, r.key] = max(latest.get((tp, r.key), -1), r.offset)
+            async for chunk in _chunks(consumer, ranges, topic):  # (keys kept, not values)
+                for r in chunk:
+                    at = (TopicPartition(r.topic, r.partition), r.key)
+                    if at in wanted and (r.topic, r.partition, r.offset) not in refused:
+                        latest[at] = max(latest.get(at, -1), r.offset)
     finally:
         await consumer.stop()
     out = {}
@@ -319,7 +333,7 @@ async def redrive(
     )
     try:
         await _prune(store, key, letters)
-        later = await superseded(settings, chosen)
+        later = await superseded(settings, chosen, letters)
         if producer is not None:
             await producer.start()
         pending, planned = [], set()

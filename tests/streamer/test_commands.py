@@ -360,35 +360,40 @@ def test_a_catalog_dead_letter_with_a_later_event_of_its_key_is_not_sent_back(
     new = b'{"op": "upsert", "item_id": "x", "tags": ["rock"], "timestamp": 2}'
     other = b'{"op": "upsert", "item_id": "y", "tags": ["jazz"], "timestamp": 1}'
 
+    zed = b'{"op": "upsert", "item_id": "z", "tags": ["jazz"], "timestamp": 1}'
+    log = [(b"x", old), (b"y", other), (b"x", new), (b"z", zed), (b"z", b"{")]
+    letters = [(0, "tags: too many"), (1, "tags: too many"), (3, "tags: too many")]
+    letters.append((4, "malformed JSON"))  # a later event of z, refused too: no state
+
     async def write() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await producer.start()
         try:
-            for key, value in ((b"x", old), (b"y", other), (b"x", new)):
+            for key, value in log:
                 await producer.send_and_wait(topics["items"], value, key=key, partition=0)
-            for offset, (key, value) in enumerate(((b"x", old), (b"y", other))):
+            for offset, reason in letters:
                 headers = [
-                    ("recsys.reason", b"tags: too many"),
+                    ("recsys.reason", reason.encode()),
                     ("recsys.source.topic", topics["items"].encode()),
                     ("recsys.source.partition", b"0"),
                     ("recsys.source.offset", str(offset).encode()),
                 ]
+                key, value = log[offset]
                 await producer.send_and_wait(deadletter, value, key=key, headers=headers)
         finally:
             await producer.stop()
 
     asyncio.run(write())
-    assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
+    tags = ["--reason", "tags", "--json"]
+    assert main(["deadletters", "--redrive", *tags]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["sent"] == ["0:1"] and list(report["unsendable"]) == ["0:0"]
+    assert report["sent"] == ["0:1", "0:2"] and list(report["unsendable"]) == ["0:0"]
     assert "later event of its key (offset 2)" in report["unsendable"]["0:0"]
-    assert [(r.key, r.value) for r in consume(kafka_bootstrap, topics["items"], 4)][3] == (
-        b"y",
-        other,
-    )
-    assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
+    back = [(r.key, r.value) for r in consume(kafka_bootstrap, topics["items"], 7)][5:]
+    assert back == [(b"y", other), (b"z", zed)]
+    assert main(["deadletters", "--redrive", *tags]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["already"] == ["0:1"] and list(again["unsendable"]) == ["0:0"]
+    assert again["already"] == ["0:1", "0:2"] and list(again["unsendable"]) == ["0:0"]
 
 
 def test_arguments_a_command_cannot_use_are_refused(capsys) -> None:
