@@ -999,13 +999,19 @@ class RecsysWorker:
         finally:
             self._refreshing = False
         await self._snapshot_if_due()
-        popular = self.engine.popular()  # (this worker's view, for its "more like this" baseline)
+        await self._publish_state()
+
+    async def _publish_state(self) -> None:
+        """The popular list and this worker's metrics. The holder of ratings partition 0
+        writes the popular list; the others only where there is none yet (the holder in
+        a long replay: unknown users would get nothing)."""
         await self.sink.publish_state(
-            popular if self._writes_popular() else None,
+            self.engine.popular(),
             self._figures(),
             self.engine.version,
             self.worker_id,
             self.metrics_server.url,
+            popular_owner=self._writes_popular(),
         )
 
     async def _compact_if_due(self, in_agent: bool = False) -> None:

@@ -365,7 +365,7 @@ class RedisSink:
         pool = getattr(self.redis, "connection_pool", None)
         if pool is not None:
             try:
-                await pool.disconnect()
+                await pool.disconnect(inuse_connections=False)  # (others in use: theirs)
             except (*REDIS_ERRORS, OSError):
                 pass
 
@@ -409,13 +409,15 @@ class RedisSink:
 
     async def publish_state(
         self,
-        popular: Sequence[Recommendation] | None,
+        popular: Sequence[Recommendation],
         metrics: Mapping[str, float | int],
         version: int,
         worker_id: str,
         metrics_url: str = "",
+        popular_owner: bool = True,
     ) -> None:
-        """The popularity list (unless None) and the metrics: the shared ``metrics`` hash (the last
+        """The popularity list (``popular_owner``: written; else only where there is none
+        yet) and the metrics: the shared ``metrics`` hash (the last
         writer's figures, replaced whole), this worker's own ``metrics:worker:{id}``
         (expiring if the worker dies), and one snapshot pushed on ``metrics:history``
         (newest first, capped at ``metrics_history`` entries) for the dashboard's charts."""
@@ -438,8 +440,8 @@ class RedisSink:
         fields = [part for pair in mapping.items() for part in pair]
 
         def queue(pipe: Pipeline) -> None:
-            if popular is not None:
-                pipe.set(key("popular"), list_document(None, popular, version, now))
+            document = list_document(None, popular, version, now)
+            pipe.set(key("popular"), document, nx=not popular_owner)
             # Replaced whole: a field this worker does not publish (snapshots or sharing
             # off) must not stay behind from another worker.
             pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *fields)

@@ -16,10 +16,15 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     """Two workers publish in turn: the shared hash holds only the last one's figures (a
     field the first published and the second does not, e.g. snapshot figures, does not
     stay behind), each worker's own hash keeps its own and expires, and both are in the
-    registry of live workers. The popular list is the first's, which writes it."""
+    registry of live workers. The popular list is the one of its writer (the holder of
+    ratings partition 0); another worker's only while there is none."""
     popular = [Recommendation("p1", 1.0, "popular now", "popular")]
+    other = [Recommendation("p2", 1.0, "popular now", "popular")]
+    await sink.publish_state(other, {"events": 5}, 1, "w2", popular_owner=False)  # none yet
+    listed = orjson.loads(await sink.redis.get(settings.key("popular")))
+    assert [r["item_id"] for r in listed["items"]] == ["p2"]
     await sink.publish_state(popular, {"events": 10, "snapshot_age_s": 3.0}, 1, "w1")
-    await sink.publish_state(None, {"events": 20}, 2, "w2")  # (not the popular list's writer)
+    await sink.publish_state(other, {"events": 20}, 2, "w2", popular_owner=False)
     listed = orjson.loads(await sink.redis.get(settings.key("popular")))
     assert [r["item_id"] for r in listed["items"]] == ["p1"] and listed["model_version"] == 1
     shared = await sink.redis.hgetall(settings.key("metrics"))

@@ -845,13 +845,24 @@ async def test_catalog_and_user_agents_await_their_dead_letters_sent_outside_the
     assert log == ["send {2 force=True", "ack {2"] and worker.engine.deadletters == 3
 
 
-def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(monkeypatch) -> None:
+async def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(
+    monkeypatch,
+) -> None:
     """Each worker ranks popularity from its own users' ratings: were every worker to
-    write the popular list, unknown users would see it change at each worker's tick."""
+    write the popular list, unknown users would see it change at each worker's tick.
+    The others write it only where there is none yet."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
-    for held, writes in (({0, 3}, True), ({1, 2}, False), (set(), False)):
+    owners: list[bool] = []
+
+    async def publish_state(popular, metrics, version, worker_id, url, popular_owner=True):
+        owners.append(popular_owner)
+
+    worker.sink = types.SimpleNamespace(publish_state=publish_state)
+    monkeypatch.setattr(worker, "_figures", lambda: {"events": 0})
+    for held in ({0, 3}, {1, 2}, set()):
         monkeypatch.setattr(worker, "_assigned", lambda held=held: held)
-        assert worker._writes_popular() is writes
+        await worker._publish_state()
+    assert owners == [True, False, False]
 
 
 async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:
