@@ -340,6 +340,7 @@ def _print_list(args: argparse.Namespace, subject: str, name: str) -> int:
         return fail(str(exc))
     except ValueError as exc:
         return fail(str(exc), 2)
+    name = getattr(recs, subject)  # (as the lists are keyed: " u1 " is u1)
     if args.json:
         print(
             json.dumps(

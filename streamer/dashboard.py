@@ -144,7 +144,7 @@ async def _list(request: web.Request, subject: str, read) -> web.Response:
         return _unavailable(exc)
     return _json(
         {
-            f"{subject}_id": name,
+            f"{subject}_id": getattr(recs, f"{subject}_id"),  # (as keyed: " u1 " is u1)
             "served_from": recs.served_from,
             "model_version": recs.model_version,
             "updated_at": recs.updated_at,

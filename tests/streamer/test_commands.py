@@ -207,8 +207,9 @@ def test_recs_and_metrics_print_what_redis_holds(topics, redis_url, redis_key_pr
     assert main(["recs", "u1"]) == 0
     out = capsys.readouterr().out
     assert "model version 4" in out and "Stalker" in out and "because you liked i1" in out
-    assert main(["recs", "u1", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["items"][0]["title"] == "Stalker"
+    assert main(["recs", " u1 ", "--json"]) == 0  # (the id as events spell it)
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["items"][0]["title"] == "Stalker" and shown["user_id"] == "u1"
     similar = json.loads(r.get(f"{p}recs:u1"))
     del similar["user_id"]
     r.set(f"{p}similar:i1", json.dumps(similar | {"item_id": "i1"}))
