@@ -280,20 +280,29 @@ def parse_list(
         doc = orjson.loads(raw)
         items = [
             Recommended(
-                item_id=str(it["item_id"]),
-                score=float(it["score"]),
-                reason=str(it["reason"]),
+                item_id=_typed(it["item_id"], str, "item_id"),
+                score=float(_typed(it["score"], (int, float), "score")),
+                reason=_typed(it["reason"], str, "reason"),
                 source=it.get("source"),
                 because=it.get("because"),
             )
             for it in doc["items"][:k]
         ]
+        _typed(doc.get("model_version", 0), (int, type(None)), "model_version")
+        _typed(doc.get("updated_at", 0.0), (int, float, type(None)), "updated_at")
     except (ValueError, KeyError, TypeError) as exc:  # (orjson's errors are ValueErrors)
         where = key or ("user list" if served_from == "user" else "popular list")
         raise RecommendationsUnavailable(f"{where} is not a recommendation list: {exc}") from None
     return Recommendations(
         user_id, items, doc.get("model_version"), doc.get("updated_at"), served_from
     )
+
+
+def _typed(value: object, kinds, field: str):
+    """``value`` when of one of ``kinds`` (never a bool for a number), else TypeError."""
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{field} {value!r} is not of the layout's type")
+    return value
 
 
 def redacted_url(url: str) -> str:
@@ -459,9 +468,11 @@ class _Keys:
         return self.key("metrics", "workers")
 
     def unavailable(self, exc: Exception) -> RecommendationsUnavailable:
-        return RecommendationsUnavailable(
-            f"cannot reach Redis at {redacted_url(self.redis_url)}: {exc}"
-        )
+        where = redacted_url(self.redis_url)
+        if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
+            # (Redis answered: something other than the layout's type is under a key)
+            return RecommendationsUnavailable(f"Redis at {where} holds another type: {exc}")
+        return RecommendationsUnavailable(f"cannot reach Redis at {where}: {exc}")
 
 
 class RecommendationClient(_Keys):

@@ -124,6 +124,31 @@ def test_corrupt_document_is_a_clear_error(redis_url: str, stored) -> None:
         client.recommend("u2")
 
 
+def test_a_document_with_fields_of_other_types_or_a_key_of_another_type_is_said_so(
+    redis_url: str, stored
+) -> None:
+    """A score that is not a number (JSON true read as 1.0 before) or a version that is
+    not an integer is no list of the layout; a key holding another Redis type is said so,
+    not reported as Redis being unreachable."""
+    r, prefix = stored
+    item = {"item_id": "a", "score": 0.5, "reason": "popular now"}
+    for bad in ({"items": [item | {"score": True}]}, {"items": [item], "model_version": "x"}):
+        r.set(f"{prefix}recs:u3", json.dumps(bad))
+        with (
+            RecommendationClient(redis_url, prefix) as client,
+            pytest.raises(RecommendationsUnavailable, match="is not a recommendation list"),
+        ):
+            client.recommend("u3")
+    r.delete(f"{prefix}recs:u4")
+    r.hset(f"{prefix}recs:u4", "x", "1")
+    with (
+        RecommendationClient(redis_url, prefix) as client,
+        pytest.raises(RecommendationsUnavailable, match="holds another type: WRONGTYPE"),
+    ):
+        client.recommend("u4")
+    r.delete(f"{prefix}recs:u4")
+
+
 @pytest.mark.parametrize("cluster", [False, True], ids=["one Redis", "cluster"])
 def test_unreachable_redis_names_the_address(cluster: bool) -> None:
     """A cluster client connects when made; made at the first read, so creating one
