@@ -41,7 +41,7 @@ def back_in_service(reader: RecommendationClient, n: int, worker: subprocess.Pop
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         figures = reader.worker_metrics()
-        mine = [f for w, f in figures.items() if w.endswith(f":{worker.pid}")]
+        mine = [f for w, f in figures.items() if f":{worker.pid}-" in w]  # (host:pid-token)
         if mine and all_learned_one(mine[0], n):
             return time.monotonic()
         if worker.poll() is not None:

@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -601,7 +602,10 @@ class RecsysWorker:
         self.engine = StreamEngine(s)
         self.engine.live = False  # until the timer finds this worker caught up
         self.sink = RedisSink(s)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        # Host and pid, and a token of this start: containers sharing the host's name
+        # (host networking) each run as pid 1, and workers with one id would take each
+        # other's item changes for their own and share one metrics hash.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}-{secrets.token_hex(3)}"
         self.catalog = CatalogFollower(s, self.engine, self.sink)
         self.metrics_server = MetricsServer(self.prometheus, self.readiness)
         self._joined = False  # the group has assigned this worker its partitions once

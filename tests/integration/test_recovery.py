@@ -98,7 +98,7 @@ class Run:
     def worker_metrics(self, process: subprocess.Popen) -> dict[str, float]:
         for key in self.redis.scan_iter(f"{self.prefix}metrics:worker:*"):
             raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
-            if raw.get("worker", "").endswith(f":{process.pid}"):
+            if f":{process.pid}-" in raw.get("worker", ""):  # (host:pid-token)
                 return {k: float(v) for k, v in raw.items() if k not in ("worker", "metrics_url")}
         return {}
 

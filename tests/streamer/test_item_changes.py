@@ -194,3 +194,18 @@ async def test_changes_from_partitions_this_worker_learns_are_never_counted_twic
     current = worker.engine
     await worker._reset_if_pending()
     assert worker.engine is current
+
+
+def test_two_workers_never_share_an_id() -> None:
+    """Containers with the host's network share its name and each run as pid 1: the
+    id's token keeps two such workers from taking each other's changes for their own."""
+    import os
+    import re
+    import socket
+
+    a, b = (
+        RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u")) for _ in "ab"
+    )
+    assert a.worker_id != b.worker_id
+    pattern = rf"{re.escape(socket.gethostname())}:{os.getpid()}-[0-9a-f]{{6}}"
+    assert re.fullmatch(pattern, a.worker_id)
