@@ -119,7 +119,13 @@ async def api_history(request: web.Request) -> web.Response:
         raw = await client.redis.lrange(client.key("metrics", "history"), 0, limit - 1)
     except REDIS_ERRORS as exc:
         return _unavailable(exc)
-    points = list(filter(None, map(_point, reversed(raw))))
+    points, seen = [], set()
+    for point in filter(None, map(_point, reversed(raw))):
+        # (a transaction run again after its reply was lost pushed the same point twice)
+        mark = (str(point.get("worker")), str(point.get("t")))
+        if mark not in seen:
+            seen.add(mark)
+            points.append(point)
     return _json({"points": points})
 
 

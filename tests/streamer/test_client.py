@@ -286,3 +286,28 @@ def test_threads_reading_at_once_share_one_redis_client(monkeypatch) -> None:
     with ThreadPoolExecutor(8) as pool:
         clients = list(pool.map(first_read, range(8)))
     assert len(made) == 1 and all(c is clients[0] for c in clients)
+
+
+async def test_the_dashboard_charts_a_point_pushed_twice_once(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """A metrics transaction run again after its reply was lost pushes its history
+    point twice: the dashboard's history shows it once."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streamer.dashboard import application
+
+    r = redis.Redis.from_url(redis_url)
+    key = f"{redis_key_prefix}metrics:history"
+    for point in ({"worker": "w1", "t": 1.0}, {"worker": "w1", "t": 2.0}):
+        r.lpush(key, json.dumps(point | {"events": 5}))
+    r.lpush(key, json.dumps({"worker": "w1", "t": 2.0, "events": 5}))  # the same again
+    r.lpush(key, json.dumps({"worker": "w2", "t": 2.0, "events": 7}))  # another worker's
+    settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
+    try:
+        async with TestClient(TestServer(application(settings))) as http:
+            points = (await (await http.get("/api/history")).json())["points"]
+    finally:
+        r.delete(key)
+        r.close()
+    assert [(p["worker"], p["t"]) for p in points] == [("w1", 1.0), ("w1", 2.0), ("w2", 2.0)]
