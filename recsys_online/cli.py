@@ -48,6 +48,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``replay`` and ``synth`` on a subcommand parser."""
     p = sub.add_parser(
@@ -78,7 +86,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=positive_int, default=64, help="micro-batch (1 = sequential)"
     )
     p.add_argument("--limit", type=count, default=None, help="replay only the first N ratings")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=count, default=42)
     p.add_argument("--json", type=Path, default=None, help="write the final figures here")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(run=run_replay)
@@ -98,7 +106,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cold-item-share", type=finite_float, default=0.3)
     s.add_argument("--drift", type=finite_float, default=0.0)
     s.add_argument("--deletes", type=count, default=0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=count, default=0)
     s.set_defaults(run=run_synth)
 
 
@@ -158,6 +166,13 @@ def run_replay(args: argparse.Namespace) -> int:
         print(
             f"recsys-online replay: {outside:,} rating{'s' * (outside != 1)} outside the scale "
             f"[{scale[0]:g}, {scale[1]:g}] (--scale)",
+            file=sys.stderr,
+        )
+        return 2
+    if not scale[0] <= args.relevant <= scale[1]:  # (no rating could count as relevant)
+        print(
+            f"recsys-online replay: --relevant {args.relevant:g} is outside the rating scale "
+            f"[{scale[0]:g}, {scale[1]:g}]",
             file=sys.stderr,
         )
         return 2

@@ -79,6 +79,23 @@ class Window:
         n = len(self)
         return float(self._ring[:n].mean()) if n else 0.0
 
+    def values(self) -> np.ndarray:
+        """The values held, oldest first."""
+        if not self._full:
+            return self._ring[: self._next].copy()
+        return np.concatenate((self._ring[self._next :], self._ring[: self._next]))
+
+    def resized(self, size: int) -> Window:
+        """A window of ``size`` holding the latest of these values.
+
+        >>> w = Window(3); w.extend([1.0, 2.0, 3.0, 4.0])
+        >>> w.resized(2).values().tolist(), w.resized(5).values().tolist()
+        ([3.0, 4.0], [2.0, 3.0, 4.0])
+        """
+        out = Window(size)
+        out.extend(self.values())
+        return out
+
 
 class RankingScore:
     """Cumulative and rolling NDCG@K and Recall@K (hit rate) over relevant events."""
@@ -101,6 +118,11 @@ class RankingScore:
         self._recall += math.fsum(hits)
         self.rolling_ndcg.extend(gains)
         self.rolling_recall.extend(hits)
+
+    def resize(self, window: int) -> None:
+        """Roll over the latest ``window`` events from now on (those held are kept)."""
+        self.rolling_ndcg = self.rolling_ndcg.resized(window)
+        self.rolling_recall = self.rolling_recall.resized(window)
 
     def summary(self) -> dict[str, float | int]:
         n = self.n or 1
@@ -139,6 +161,11 @@ class ErrorScore:
         self._absolute += float(absolute.sum())
         self.rolling_squared.extend(squared)
         self.rolling_absolute.extend(absolute)
+
+    def resize(self, window: int) -> None:
+        """Roll over the latest ``window`` predictions from now on (those held are kept)."""
+        self.rolling_squared = self.rolling_squared.resized(window)
+        self.rolling_absolute = self.rolling_absolute.resized(window)
 
     def summary(self) -> dict[str, float]:
         n = self.n or 1

@@ -32,7 +32,7 @@ from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
 from streamer.partitions import read_ranges, standalone_consumer
 from streamer.records import item_event, rating_event, user_event
-from streamer.settings import Settings
+from streamer.settings import Settings, SettingsError
 from streamer.similar import Shard
 from streamer.sink import RedisSink, redis_refusal
 from streamer.snapshot import SnapshotStore
@@ -56,6 +56,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        made = sorted(existing & _shared(settings))
+        if made:  # (describing none would describe every topic)
+            _check_partitions(settings, await admin.describe_topics(made))
         missing = [t for t in wanted if t.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
@@ -70,6 +73,37 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             )
     finally:
         await admin.close()
+
+
+def _shared(settings: Settings) -> set[str]:
+    """The topics partitioned alike by key (``RECSYS_PARTITIONS`` each)."""
+    return {settings.ratings_topic, settings.items_topic, settings.users_topic}
+
+
+def _check_partitions(settings: Settings, described: list[dict]) -> None:
+    """Topics that exist with another partition count than ``RECSYS_PARTITIONS``: a
+    :class:`SettingsError` naming them (a worker would wait for partitions that never
+    come, and ratings and users would no longer be co-partitioned by key).
+
+    >>> _check_partitions(Settings(partitions=4), [{"topic": "recsys.ratings",
+    ...     "error_code": 0, "partitions": [{}] * 8}])
+    Traceback (most recent call last):
+    ...
+    streamer.settings.SettingsError: RECSYS_PARTITIONS is 4, but recsys.ratings has 8 ...
+    """
+    shared = _shared(settings)
+    counts = {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if t["error_code"] == 0 and t["topic"] in shared
+    }
+    other = {name: n for name, n in sorted(counts.items()) if n != settings.partitions}
+    if other:
+        found = ", ".join(f"{name} has {n}" for name, n in other.items())
+        raise SettingsError(
+            f"RECSYS_PARTITIONS is {settings.partitions}, but {found} partitions: set it to "
+            "the topics' count (they must all have the same, to stay co-partitioned by key)"
+        )
 
 
 TOMBSTONE_RETENTION_MS = 100 * 365 * 86_400_000
@@ -1620,6 +1654,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         asyncio.run(ensure_topics(settings))
     except KafkaError as exc:
         raise SystemExit(f"recsys-online: {kafka_unreachable(settings, exc)}") from None
+    except SettingsError as exc:
+        raise SystemExit(f"recsys-online: {exc}") from None
     refused = redis_refusal(settings.redis_url, cluster=settings.redis_cluster)
     if refused is not None:
         raise SystemExit(f"recsys-online: {refused}")

@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="services, a worker, a synthetic stream into Kafka, live metrics and lists",
     )
-    demo.add_argument("--ratings", type=int, default=20_000)
-    demo.add_argument("--rate", type=float, default=1_000.0, help="ratings per second")
+    demo.add_argument("--ratings", type=core_cli.positive_int, default=20_000)
+    demo.add_argument(
+        "--rate", type=core_cli.positive_float, default=1_000.0, help="ratings per second"
+    )
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka/Redis running")
     demo.add_argument(
         "--then",

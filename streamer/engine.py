@@ -397,14 +397,24 @@ class StreamEngine:
         under other values of the settings a model does not depend on (those outside
         ``Settings.MODEL_SETTINGS``, which a snapshot must match) follows the current
         ones: the "more like this" content weight, the share of ratings ranked fresh, the
-        dedupe window (ids past it, all of them at 0, are forgotten).
+        dedupe window (ids past it, all of them at 0, are forgotten), the metrics window
+        (the latest figures held are kept).
 
         >>> engine = StreamEngine(Settings(dedupe_window=5))
         >>> engine.remember(["a", "b"])
         >>> engine.adopt(Settings(dedupe_window=0, similar_content_weight=0.5))
         >>> engine.learned_id("a"), engine.model.config.similar_content_weight
         (False, 0.5)
+        >>> engine.adopt(Settings(metrics_window=7))
+        >>> engine.freshness_ms.maxlen, engine.errors.rolling_squared.size
+        (7, 7)
         """
+        window = settings.metrics_window
+        if window != self.settings.metrics_window:
+            scores = (self.errors, self.ranking, self.ranking_now)
+            for score in (*scores, self.similar_ranking, self.similar_popular):
+                score.resize(window)
+            self.freshness_ms = deque(self.freshness_ms, maxlen=window)
         self.settings = settings
         self.model.config.similar_content_weight = settings.similar_content_weight
         self._sample_below = round(settings.fresh_eval_share * 2**32)

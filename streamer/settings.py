@@ -111,10 +111,13 @@ class Settings:
         """
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        if env.get("KAFKA_BOOTSTRAP_SERVERS"):
-            values["brokers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-        if env.get("REDIS_URL"):
-            values["redis_url"] = env["REDIS_URL"]
+        for plain, ours in (("KAFKA_BOOTSTRAP_SERVERS", "brokers"), ("REDIS_URL", "redis_url")):
+            mine = f"RECSYS_{ours.upper()}"
+            if env.get(plain) and env.get(mine) and env[plain] != env[mine]:
+                # (one left over in a shell would silently send a run elsewhere)
+                raise SettingsError(f"{plain} and {mine} are both set, to different values")
+            if env.get(plain):
+                values[ours] = env[plain]
         for f in fields(cls):
             name = f"RECSYS_{f.name.upper()}"
             if name not in env:
@@ -228,6 +231,12 @@ class Settings:
         """
         from streamer.client import is_sentinel, sentinel_url
 
+        scheme = self.redis_url.partition("://")[0] if "://" in self.redis_url else ""
+        if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
+            raise SettingsError(
+                f"REDIS_URL: {self.redis_url!r} is not a Redis URL (redis://host:port/db, "
+                "rediss://, unix://, redis+sentinel://)"
+            )
         if not is_sentinel(self.redis_url):
             return
         try:
@@ -409,6 +418,13 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         "must be a port, 0-65535 (0: any free)",
     ),
     (("fresh_eval_share", "compact_share"), lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
+    (("seed",), lambda v: v >= 0, "must be >= 0"),
+    # Kafka's bounds: the broker refuses a group session under 6 s by default, and Faust
+    # one longer than its request timeout (90 s); a fetch must end within that request.
+    (("session_timeout_s",), lambda v: 6 <= v <= 90, "must be 6 to 90 seconds"),
+    (("fetch_max_wait_ms",), lambda v: v <= 60_000, "must be at most 60000 (a minute)"),
+    # (32-bit fields of Kafka's fetch request and of CPython's collector thresholds)
+    (("fetch_partition_bytes", "gc_young"), lambda v: v < 2**31, "must be below 2**31"),
 )
 _ENV_NAMES = {f"RECSYS_{f.name.upper()}" for f in fields(Settings)}
 # Read by the project's scripts and tests, not by the worker.

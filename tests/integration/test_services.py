@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -149,16 +150,28 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
         described = {t["topic"]: t for t in await admin.describe_topics()}
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-        (items,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, settings.items_topic)]
-        )
+        names = (settings.items_topic, settings.ratings_topic, settings.users_topic)
+        items, ratings, users = [
+            {c[0]: c[1] for c in r.resources[0][4]}
+            for name in names
+            for r in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        ]
     finally:
         await admin.close()
     # Compacted, and an item's tombstone kept as long as a delete event (a rebuild needs
-    # to know the item to learn its old ratings).
-    configs = {c[0]: c[1] for c in items.resources[0][4]}
-    assert configs["cleanup.policy"] == "compact"
-    assert int(configs["delete.retention.ms"]) >= 50 * 365 * 86_400_000
+    # to know the item to learn its old ratings); the ratings kept forever (the model's
+    # durable state); the users compacted (the latest declaration of each user).
+    assert items["cleanup.policy"] == "compact"
+    assert int(items["delete.retention.ms"]) >= 50 * 365 * 86_400_000
+    assert ratings["retention.ms"] == "-1" and ratings["cleanup.policy"] == "delete"
+    assert users["cleanup.policy"] == "compact"
+    # A worker told of another partition count than the topics have is refused, naming
+    # them (it waited 30 s for partitions that never come, then failed with a traceback).
+    from streamer.settings import SettingsError
+
+    other = dataclasses.replace(settings, partitions=5)
+    with pytest.raises(SettingsError, match=r"RECSYS_PARTITIONS is 5, but .* has 3"):
+        await ensure_topics(other)
     expected = {
         settings.ratings_topic: 3,
         settings.items_topic: 3,

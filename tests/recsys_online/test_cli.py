@@ -49,6 +49,7 @@ def _error(capsys, code: int, command: str, expected: str) -> None:
             "n_deletes must be in 0..n_items",
         ),
         (["--drift", "nan"], "--drift: must be a finite number"),
+        (["--seed", "-1"], "--seed: must be >= 0, got -1"),
     ],
 )
 def test_synth_refuses_settings_it_cannot_use(tmp_path, capsys, args, expected) -> None:
@@ -57,6 +58,23 @@ def test_synth_refuses_settings_it_cannot_use(tmp_path, capsys, args, expected) 
     except SystemExit as exc:  # argparse's own usage error
         code = exc.code
     _error(capsys, code, "synth", expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--relevant", "99"], "--relevant 99 is outside the rating scale [1, 5]"),
+        (["--seed", "-1"], "--seed: must be >= 0, got -1"),
+    ],
+)
+def test_replay_refuses_settings_it_cannot_use(stream: Path, capsys, args, expected) -> None:
+    """A relevance bar no rating reaches gave NDCG 0 without a word; a negative seed a
+    traceback from numpy."""
+    try:
+        code = main(["replay", str(stream / "ratings.csv"), "--quiet", *args])
+    except SystemExit as exc:
+        code = exc.code
+    _error(capsys, code, "replay", expected)
 
 
 def test_synth_into_a_file_is_a_clear_error(tmp_path, capsys) -> None:

@@ -580,6 +580,17 @@ async def test_a_send_past_10000_unflushed_raises_for_nothing_it_did_not_fail() 
     await producer.flush()
 
 
+@pytest.mark.parametrize("args", [["--rate", "0"], ["--rate", "nan"], ["--ratings", "-5"]])
+def test_the_demo_refuses_a_rate_or_size_it_cannot_use_before_starting_anything(
+    capsys, args
+) -> None:
+    """Checked when the command is read, not after Kafka, Redis and a worker started
+    (a rate of 0 divided by zero there, a negative size failed in the generator)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", *args])
+    assert stop.value.code == 2 and "must be" in capsys.readouterr().err
+
+
 def test_services_and_demo_need_a_source_checkout(monkeypatch, capsys, tmp_path) -> None:
     """Installed from a wheel, the project's scripts are not there: a clear error."""
     import streamer.cli as cli_module

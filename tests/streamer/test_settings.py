@@ -41,6 +41,23 @@ def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
         ({"RECSYS_WEB_PORT": "70000"}, "RECSYS_WEB_PORT must be a port, 0-65535"),
         ({"RECSYS_DASHBOARD_PORT": "-1"}, "RECSYS_DASHBOARD_PORT must be a port, 0-65535"),
         ({"RECSYS_FRESH_EVAL_SHARE": "1.5"}, "RECSYS_FRESH_EVAL_SHARE must be between 0 and 1"),
+        # Values that passed, then stopped the worker (numpy, Faust, Kafka, CPython refuse):
+        ({"RECSYS_SEED": "-1"}, "RECSYS_SEED must be >= 0"),
+        ({"RECSYS_SESSION_TIMEOUT_S": "90.5"}, "RECSYS_SESSION_TIMEOUT_S must be 6 to 90"),
+        ({"RECSYS_SESSION_TIMEOUT_S": "2"}, "RECSYS_SESSION_TIMEOUT_S must be 6 to 90"),
+        ({"RECSYS_FETCH_MAX_WAIT_MS": "90000"}, "RECSYS_FETCH_MAX_WAIT_MS must be at most"),
+        ({"RECSYS_GC_YOUNG": str(2**31)}, "RECSYS_GC_YOUNG must be below 2"),
+        ({"RECSYS_FETCH_PARTITION_BYTES": str(2**31)}, "RECSYS_FETCH_PARTITION_BYTES must be"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL: 'localhost:6379' is not a Redis URL"),
+        ({"RECSYS_REDIS_URL": ""}, "REDIS_URL: '' is not a Redis URL"),
+        (
+            {"REDIS_URL": "redis://a:6379/0", "RECSYS_REDIS_URL": "redis://b:6379/0"},
+            "REDIS_URL and RECSYS_REDIS_URL are both set, to different values",
+        ),
+        (
+            {"KAFKA_BOOTSTRAP_SERVERS": "a:9092", "RECSYS_BROKERS": "b:9092"},
+            "KAFKA_BOOTSTRAP_SERVERS and RECSYS_BROKERS are both set",
+        ),
     ],
 )
 def test_nonsense_is_refused_at_start(env: dict[str, str], message: str) -> None:
