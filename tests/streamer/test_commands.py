@@ -301,6 +301,10 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     rows = json.loads(capsys.readouterr().out)
     assert [r["key"] for r in rows] == ["u1", "u2", "u3", "u4", "u1", "u5", None]
     assert rows[0]["source"] == f"{topics['ratings']}[0]@7" and rows[2]["truncated_from"]
+    assert main(["deadletters", "--topic", "items", "--json"]) == 0  # (all from ratings)
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["deadletters", "--topic", "ratings", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6  # (the seventh: another deployment's)
     assert main(["deadletters", "--reason", "malformed JSON: oops"]) == 0
     out = capsys.readouterr().out
     assert "1 dead letter(s)" in out and "malformed JSON: oops" in out and "u1" not in out
@@ -486,6 +490,18 @@ async def test_a_flush_reports_every_failed_send_and_an_interrupted_one_forgets_
     with pytest.raises(DeliveryError, match=r"key 'u1'.*batch expired \(and 1 more\)"):
         await producer.flush()
     await producer.flush()  # reported once: nothing left to report
+
+
+async def test_the_producer_is_idempotent() -> None:
+    """Kafka writes a batch the client retries (its acknowledgement lost) once: the
+    client runs with idempotence (a producer id and sequence numbers), all replicas
+    acknowledging."""
+    from streamer.producer import EventProducer
+    from streamer.settings import Settings
+
+    client = EventProducer(Settings())._producer  # built, never started
+    assert client._txn_manager is not None  # (aiokafka's idempotence state)
+    assert client._sender._acks == -1
 
 
 async def test_send_refuses_what_this_deployments_workers_would_dead_letter() -> None:
