@@ -81,15 +81,18 @@ def _shared(settings: Settings) -> set[str]:
 
 
 def _check_partitions(settings: Settings, described: list[dict]) -> None:
-    """Topics that exist with another partition count than ``RECSYS_PARTITIONS``: a
-    :class:`SettingsError` naming them (a worker would wait for partitions that never
-    come, and ratings and users would no longer be co-partitioned by key).
+    """Topics that exist with fewer partitions than ``RECSYS_PARTITIONS``, or with counts
+    that differ: a :class:`SettingsError` naming them (a worker would wait for partitions
+    that never come, or ratings and users would no longer be co-partitioned by key).
+    Topics made with more partitions up front, all alike, are fine.
 
-    >>> _check_partitions(Settings(partitions=4), [{"topic": "recsys.ratings",
-    ...     "error_code": 0, "partitions": [{}] * 8}])
+    >>> _check_partitions(Settings(partitions=8), [{"topic": "recsys.ratings",
+    ...     "error_code": 0, "partitions": [{}] * 4}])
     Traceback (most recent call last):
     ...
-    streamer.settings.SettingsError: RECSYS_PARTITIONS is 4, but recsys.ratings has 8 ...
+    streamer.settings.SettingsError: RECSYS_PARTITIONS is 8, but recsys.ratings has 4 ...
+    >>> _check_partitions(Settings(partitions=4), [{"topic": "recsys.ratings",
+    ...     "error_code": 0, "partitions": [{}] * 8}])
     """
     shared = _shared(settings)
     counts = {
@@ -97,12 +100,13 @@ def _check_partitions(settings: Settings, described: list[dict]) -> None:
         for t in described
         if t["error_code"] == 0 and t["topic"] in shared
     }
-    other = {name: n for name, n in sorted(counts.items()) if n != settings.partitions}
-    if other:
-        found = ", ".join(f"{name} has {n}" for name, n in other.items())
+    fewer = any(n < settings.partitions for n in counts.values())
+    if fewer or len(set(counts.values())) > 1:  # (more than set, all alike: grown ahead)
+        found = ", ".join(f"{name} has {n}" for name, n in sorted(counts.items()))
         raise SettingsError(
-            f"RECSYS_PARTITIONS is {settings.partitions}, but {found} partitions: set it to "
-            "the topics' count (they must all have the same, to stay co-partitioned by key)"
+            f"RECSYS_PARTITIONS is {settings.partitions}, but {found} partitions: the "
+            "topics must all have the same count (to stay co-partitioned by key), at least "
+            "RECSYS_PARTITIONS"
         )
 
 
@@ -704,21 +708,17 @@ class RecsysWorker:
         await self._reset_if_pending()
         await self.catalog.ready.wait()
         await self._compact_if_due(in_agent=True)
-        # A partition already in the model never learns an offset again (a seek back to
-        # the committed offset may hand over records taken before).
-        done = self._next_offset
-        records = [
-            r
-            for r in records
-            if r.partition not in self._replayed or r.offset >= done.get(r.partition, 0)
-        ]
+        batch, records = records, self._not_learned(records)
         if not records:
             return
         first: dict[int, int] = {}
         for record in records:
             first.setdefault(record.partition, record.offset)
         if first.keys() - self._replayed:
+            engine = self.engine
             await self._ensure_replayed(first)
+            if self.engine is not engine:  # rebuilt first: it learned up to other offsets
+                records = self._not_learned(batch)
         for partition, offset, rating, produced_ms, event_id in await self._valid_ratings(records):
             held = (rating, produced_ms, partition, offset, event_id)
             self.ordering.add(partition, rating.timestamp, held)
@@ -727,6 +727,17 @@ class RecsysWorker:
         for record in records:
             self._next_offset[record.partition] = record.offset + 1
         await self._learn_released()
+
+    def _not_learned(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """The records the model has not learned: a partition already in it never learns
+        an offset again (a seek back to the committed offset may hand over records taken
+        before)."""
+        done = self._next_offset
+        return [
+            r
+            for r in records
+            if r.partition not in self._replayed or r.offset >= done.get(r.partition, 0)
+        ]
 
     async def _learn_released(self) -> None:
         """Learn what the event-time merge releases, in micro-batches of at most

@@ -218,8 +218,8 @@ async def superseded(
 ) -> dict[str, str]:
     """Why each catalog or user dead letter of ``chosen`` must not be sent back: a later
     record of its key in its source partition (by dead letter id). A later record that
-    was refused too (among ``letters``, every dead letter read) sets no state and does
-    not count.
+    was refused too (among ``letters``, every dead letter read) and is sent back with it,
+    or can never be, does not count.
 
     An item or user event sets that key's state, the latest record in the log winning
     (the topics are compacted by key). Sent back, an event refused before a newer one
@@ -236,7 +236,15 @@ async def superseded(
         tp = TopicPartition(d.source_topic, d.source_partition)
         start[tp] = min(start.get(tp, d.source_offset), d.source_offset)
         wanted.add((tp, d.key))
-    refused = {(d.source_topic, d.source_partition, d.source_offset) for d in letters}
+    # Later refused events that will not come back (never sendable, or not chosen: they
+    # may be sent back another time, and then they are the newer state) hold nothing;
+    # chosen ones are sent after the older ones, in offset order.
+    chosen_ids = {d.id for d in chosen}
+    refused = {
+        (d.source_topic, d.source_partition, d.source_offset)
+        for d in letters
+        if d.id in chosen_ids or _unsendable(settings, d) is not None
+    }
     latest: dict[tuple[TopicPartition, bytes | None], int] = {}
     consumer = await _consumer(settings)
     try:

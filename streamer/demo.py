@@ -162,8 +162,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         say(f"   worker pid {worker.pid}")
         # The demo's own worker's hash: another worker on the same prefix (another demo)
         # must not mix its figures in.
-        own = settings.key("metrics", "worker", f"{socket.gethostname()}:{worker.pid}")
-        asyncio.run(_wait_ready(settings, own, worker))
+        own = asyncio.run(_wait_ready(settings, worker))
         say(f"   worker ready after {time.monotonic() - worker_started:.0f} s")
 
         say("\n== 4/6 starting the dashboard ==")
@@ -233,13 +232,21 @@ def _interrupt(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-async def _wait_ready(
-    settings: Settings, key: str, worker: subprocess.Popen, timeout: float = 90.0
-) -> None:
+async def _wait_ready(settings: Settings, worker: subprocess.Popen, timeout: float = 90.0) -> str:
+    """Wait until the worker publishes its metrics; returns the key of its own hash (its
+    id, ``host:pid-token``, found in the registry of live workers by its pid)."""
     client = redis_client(settings.redis_url, cluster=settings.redis_cluster, asynchronous=True)
     started = time.monotonic()
+    prefix = f"{socket.gethostname()}:{worker.pid}-"
+
+    async def own() -> str | None:
+        ids = await client.zrange(settings.key("metrics", "workers"), 0, -1)
+        mine = [i.decode() for i in ids if i.decode().startswith(prefix)]
+        key = settings.key("metrics", "worker", mine[0]) if mine else None
+        return key if key is not None and await client.exists(key) else None
+
     try:
-        while not await client.exists(key):
+        while (key := await own()) is None:
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited ({worker.returncode}); see its log")
             waited = time.monotonic() - started
@@ -253,6 +260,7 @@ async def _wait_ready(
             )
             await asyncio.sleep(0.25)
         print(flush=True)
+        return key
     finally:
         await aclose_client(client)
 

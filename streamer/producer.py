@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -110,26 +112,35 @@ class EventProducer:
         the field when it breaks a rule (a tag of more than 64 characters, say)."""
         s = self.settings
         if isinstance(event, Rating):
-            kind, fields = RatingEvent, {
-                "user_id": event.user,
-                "item_id": event.item,
-                "rating": event.rating,
-                "timestamp": event.timestamp,
-            }
+            kind, fields = (
+                RatingEvent,
+                {
+                    "user_id": event.user,
+                    "item_id": event.item,
+                    "rating": event.rating,
+                    "timestamp": event.timestamp,
+                },
+            )
         elif isinstance(event, ItemUpsert):
-            kind, fields = ItemEvent, {
-                "op": "upsert",
-                "item_id": event.item,
-                "title": event.title or None,
-                "tags": event.tags,
-                "timestamp": event.timestamp,
-            }
+            kind, fields = (
+                ItemEvent,
+                {
+                    "op": "upsert",
+                    "item_id": event.item,
+                    "title": event.title or None,
+                    "tags": event.tags,
+                    "timestamp": event.timestamp,
+                },
+            )
         elif isinstance(event, ItemDelete):
-            kind, fields = ItemEvent, {
-                "op": "delete",
-                "item_id": event.item,
-                "timestamp": event.timestamp,
-            }
+            kind, fields = (
+                ItemEvent,
+                {
+                    "op": "delete",
+                    "item_id": event.item,
+                    "timestamp": event.timestamp,
+                },
+            )
         else:
             raise TypeError(f"not an event: {event!r}")
         try:  # on the deployment's scale (half stars, 0-10...), as the worker validates
@@ -205,9 +216,10 @@ class SyncEventProducer:
     """
 
     def __init__(self, settings: Settings | None = None, linger_ms: int = 5) -> None:
-        self._calls = threading.Condition()  # guards the two below
-        self._running = 0  # calls under way on the loop
-        self._closed = False
+        self._calls = threading.Condition()  # guards the three below
+        self._running: Counter[int] = Counter()  # calls under way on the loop, by thread
+        self._closed = False  # no new call (a close began)
+        self._stopped = False  # the close is done
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="recsys-event-producer", daemon=True
@@ -228,19 +240,31 @@ class SyncEventProducer:
     def _run(self, coroutine):
         """Run ``coroutine`` on the producer's loop and wait for its result (a
         ``RuntimeError`` once the producer is closed)."""
+        me = threading.get_ident()
         with self._calls:
             if self._closed:
                 coroutine.close()
                 raise RuntimeError("the producer is closed")
-            self._running += 1
+            self._running[me] += 1
         try:
             return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
         finally:
             with self._calls:
-                self._running -= 1
+                self._running[me] -= 1
                 self._calls.notify_all()
 
     def _end_loop(self) -> None:
+        """Cancel what still runs on the loop (a call cut short: its caller gets
+        ``CancelledError`` instead of waiting forever), then stop the loop and its thread."""
+
+        async def cancel_the_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_the_rest(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -261,17 +285,24 @@ class SyncEventProducer:
         self._run(self._producer.flush())
 
     def close(self) -> None:
-        """Wait for the sends under way (other threads'), then flush and stop; later
-        sends raise ``RuntimeError``. Closing again does nothing."""
+        """Wait for the sends under way (other threads': not one this thread's close
+        interrupted, as from a signal handler), then flush and stop; later sends raise
+        ``RuntimeError``. A close that was interrupted is finished by the next one;
+        closing again after that does nothing."""
+        if threading.get_ident() == self._thread.ident:
+            raise RuntimeError("close the producer from outside its own loop")
+        me = threading.get_ident()
         with self._calls:
-            if self._closed:
+            if self._stopped:
                 return
             self._closed = True
-            self._calls.wait_for(lambda: self._running == 0)
+            self._calls.wait_for(lambda: sum(self._running.values()) == self._running[me])
         try:
             asyncio.run_coroutine_threadsafe(self._producer.stop(), self._loop).result()
         finally:
-            self._end_loop()
+            if not self._stopped:
+                self._stopped = True
+                self._end_loop()
 
     def __enter__(self) -> SyncEventProducer:
         return self

@@ -440,8 +440,9 @@ class RedisSink:
         fields = [part for pair in mapping.items() for part in pair]
 
         def queue(pipe: Pipeline) -> None:
-            document = list_document(None, popular, version, now)
-            pipe.set(key("popular"), document, nx=not popular_owner)
+            if popular_owner or popular:  # (an empty list where there was none: no list)
+                document = list_document(None, popular, version, now)
+                pipe.set(key("popular"), document, nx=not popular_owner)
             # Replaced whole: a field this worker does not publish (snapshots or sharing
             # off) must not stay behind from another worker.
             pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *fields)

@@ -1131,6 +1131,46 @@ async def test_a_replay_that_waited_for_another_does_the_rebuild_asked_for_meanw
     assert starts == [{0: 0}, {0: 0}] and worker.engine.events == 6
 
 
+async def test_a_batch_whose_replay_rebuilt_the_model_first_learns_what_the_rebuild_lacks(
+    monkeypatch, tmp_path
+) -> None:
+    """A batch's records of a partition the model had learned past are dropped as
+    learned; when its replay then rebuilds the model first (asked for while another
+    replay held the lock), the rebuild learns that partition only up to the committed
+    offset: the records after it, in this batch, are learned, not lost."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(10)], 1: []}
+    worker, _, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 5, 1: 0})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0, 1})
+    worker.engine.relearn(log[0])  # live: all ten learned, the group committed five
+    worker._replayed, worker._next_offset = {0}, {0: 10}
+    taken: list[tuple[int, int]] = []
+
+    async def valid(records):
+        taken.extend((r.partition, r.offset) for r in records)
+        return []
+
+    async def nothing() -> None: ...
+
+    monkeypatch.setattr(worker, "_valid_ratings", valid)
+    monkeypatch.setattr(worker, "_learn_released", nothing)
+    raw = b'{"user_id":"u","item_id":"a","rating":4,"timestamp":1}'
+    batch = [
+        ConsumerRecord("r", 0, n, 0, 0, b"u", raw, None, 0, len(raw), []) for n in range(5, 10)
+    ]
+    batch.append(ConsumerRecord("r", 1, 0, 0, 0, b"u", raw, None, 0, len(raw), []))
+    try:
+        await worker._replay_lock.acquire()  # another replay under way
+        worker._reset_pending = True
+        learning = asyncio.ensure_future(worker.learn_ratings(batch))
+        await asyncio.sleep(0.05)
+        worker._replay_lock.release()
+        await learning
+    finally:
+        follower.cancel()
+    assert not worker._reset_pending and worker.engine.events == 5
+    assert taken == [(0, n) for n in range(5, 10)] + [(1, 0)]
+
+
 async def test_changes_pending_in_a_snapshot_are_not_sent_again_after_a_restore(
     monkeypatch, tmp_path
 ) -> None:
