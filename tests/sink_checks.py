@@ -20,6 +20,8 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     ratings partition 0); another worker's only while there is none."""
     popular = [Recommendation("p1", 1.0, "popular now", "popular")]
     other = [Recommendation("p2", 1.0, "popular now", "popular")]
+    await sink.publish_state([], {"events": 0}, 1, "w3", popular_owner=False)  # (nothing yet)
+    assert not await sink.redis.exists(settings.key("popular"))  # (an empty list: no list)
     await sink.publish_state(other, {"events": 5}, 1, "w2", popular_owner=False)  # none yet
     listed = orjson.loads(await sink.redis.get(settings.key("popular")))
     assert [r["item_id"] for r in listed["items"]] == ["p2"]
@@ -34,7 +36,7 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     assert (await sink.redis.hgetall(own))[b"snapshot_age_s"] == b"3.0"
     assert 0 < await sink.redis.ttl(own) <= 30
     workers = await sink.redis.zrange(settings.key("metrics", "workers"), 0, -1)
-    assert sorted(workers) == [b"w1", b"w2"]
+    assert sorted(workers) == [b"w1", b"w2", b"w3"]
 
 
 async def on_a_sink(settings: Settings, check) -> None:

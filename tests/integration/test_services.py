@@ -304,7 +304,7 @@ async def test_the_shared_metrics_hash_holds_only_the_last_writers_figures(
 
         async with AsyncRecommendationClient(redis_url, redis_key_prefix) as client:
             workers = await client.worker_metrics()
-        assert sorted(workers) == ["w1", "w2"] and workers["w2"]["events"] == "20"
+        assert sorted(workers) == ["w1", "w2", "w3"] and workers["w2"]["events"] == "20"
     finally:
         await sink.close()
 
