@@ -606,6 +606,25 @@ async def _no_sleep(seconds: float) -> None:
     return None
 
 
+class _DeadLetters:
+    """The dead-letter topic: logs each send and acknowledgement; the letter whose value
+    is ``failing`` fails once per exception left in ``failures``."""
+
+    def __init__(self, log: list, failing: bytes, failures: list, show_force: bool = False):
+        self.log, self.failing, self.failures, self.show_force = log, failing, failures, show_force
+
+    async def send(self, key, value, headers, force=False):
+        shown = f" force={force}" if self.show_force else ""
+        self.log.append(f"send {value.decode()}{shown}")
+
+        async def acknowledged() -> None:
+            if value == self.failing and self.failures:
+                raise self.failures.pop(0)
+            self.log.append(f"ack {value.decode()}")
+
+        return acknowledged()
+
+
 async def test_a_batch_sends_its_dead_letters_before_it_awaits_them(monkeypatch) -> None:
     """Bad records of a ratings batch are sent one after another without waiting for
     each acknowledgement (a flood of bad data must not cost a round trip per record);
@@ -617,19 +636,7 @@ async def test_a_batch_sends_its_dead_letters_before_it_awaits_them(monkeypatch)
     worker.catalog.ready.set()
     log: list[str] = []
     failures = [RuntimeError("lost")]
-
-    class DeadLetters:
-        async def send(self, key, value, headers, force=False):
-            log.append(f"send {value.decode()}")
-
-            async def acknowledged() -> None:
-                if value == b"bad1" and failures:
-                    raise failures.pop(0)
-                log.append(f"ack {value.decode()}")
-
-            return acknowledged()
-
-    worker.deadletter = DeadLetters()
+    worker.deadletter = _DeadLetters(log, b"bad1", failures)
     records = [_rating_record(f"bad{j}".encode(), offset=j) for j in range(3)]
     assert await worker._valid_ratings(records) == []
     assert log[:3] == ["send bad0", "send bad1", "send bad2"]
@@ -800,22 +807,11 @@ async def test_catalog_and_user_agents_await_their_dead_letters_sent_outside_the
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     log: list[str] = []
     failures = [RuntimeError("delivery timed out")]
-
-    class DeadLetters:
-        async def send(self, key, value, headers, force=False):
-            log.append(f"send {value.decode()} force={force}")
-
-            async def acknowledged() -> None:
-                if value == b"{1" and failures:
-                    raise failures.pop(0)
-                log.append(f"ack {value.decode()}")
-
-            return acknowledged()
+    worker.deadletter = _DeadLetters(log, b"{1", failures, show_force=True)
 
     async def publish_items(events) -> None:
         log.append(f"publish {len(events)}")
 
-    worker.deadletter = DeadLetters()
     worker.sink = types.SimpleNamespace(publish_items=publish_items)
 
     def event(topic: str, value: bytes, offset: int) -> types.SimpleNamespace:
