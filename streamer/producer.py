@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -200,11 +200,13 @@ class EventProducer:
 class SyncEventProducer:
     """The same producer for code without an event loop (scripts, Django/Flask views).
 
-    Runs a private event loop in a thread of its own, which keeps sending between calls;
-    every ``send_*`` returns once the event is handed to the client's batch (any number
-    of threads may call them), :meth:`flush` (and :meth:`close`, and leaving the
-    ``with`` block) waits for Kafka's acknowledgements. Close it before the process
-    exits: events still in the batch are lost otherwise.
+    Runs a private event loop in a thread of its own, which keeps sending between calls.
+    Every ``send_*`` validates the event in the caller's thread (``EventError``, nothing
+    sent) and returns once it is queued for that loop, in order (any number of threads
+    may call them; a caller waits while ``QUEUE_MAX`` events wait to go);
+    :meth:`flush` (and :meth:`close`, and leaving the ``with`` block) waits until Kafka
+    acknowledged them, raising ``DeliveryError`` for the first that failed. Close it
+    before the process exits: events still queued are lost otherwise.
 
     Examples
     --------
@@ -215,8 +217,13 @@ class SyncEventProducer:
                                              timestamp=time.time()))
     """
 
+    QUEUE_MAX = 10_000
+
     def __init__(self, settings: Settings | None = None, linger_ms: int = 5) -> None:
-        self._calls = threading.Condition()  # guards the three below
+        self._calls = threading.Condition()  # guards what follows
+        self._queue: deque[tuple[str, str, bytes]] = deque()  # (topic, key, value) to send
+        self._draining = False  # a task of the loop is sending what is queued
+        self._failed: list[DeliveryError] = []  # sends refused, for the next flush
         self._running: Counter[int] = Counter()  # calls under way on the loop, by thread
         self._closed = False  # no new call (a close began)
         self._stopped = False  # the close is done
@@ -236,6 +243,7 @@ class SyncEventProducer:
         except BaseException:
             self._end_loop()
             raise
+        self.settings = self._producer.settings
 
     def _run(self, coroutine):
         """Run ``coroutine`` on the producer's loop and wait for its result (a
@@ -270,7 +278,51 @@ class SyncEventProducer:
         self._loop.close()
 
     def send(self, event: WireEvent) -> None:
-        self._run(self._producer.send(event))
+        """Queue any event for its topic and key once it passes what this deployment's
+        workers check (:meth:`EventProducer.send`)."""
+        raw = event.to_bytes()
+        self.settings.parse(raw, type(event))  # (what the worker would dead-letter)
+        topic, key = route(self.settings, event)
+        with self._calls:
+            self._calls.wait_for(lambda: len(self._queue) < self.QUEUE_MAX or self._closed)
+            if self._closed:
+                raise RuntimeError("the producer is closed")
+            self._queue.append((topic, key, raw))
+            if not self._draining:
+                self._draining = True
+                self._loop.call_soon_threadsafe(self._loop.create_task, self._drain())
+
+    async def _drain(self) -> None:
+        """Send what is queued, in order, until nothing is (on the producer's loop)."""
+        try:
+            while True:
+                with self._calls:
+                    if not self._queue:
+                        return
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    self._calls.notify_all()
+                for topic, key, raw in batch:
+                    try:
+                        await self._producer._send(topic, key, raw)
+                    except DeliveryError as exc:
+                        with self._calls:
+                            self._failed.append(exc)
+        finally:
+            with self._calls:
+                self._draining = False
+                self._calls.notify_all()
+
+    def _sent(self, me: int) -> None:
+        """Wait (holding ``_calls``) until the queue is sent and no other thread's call
+        runs on the loop."""
+        self._calls.wait_for(
+            lambda: (
+                not self._queue
+                and not self._draining
+                and sum(self._running.values()) == self._running[me]
+            )
+        )
 
     def send_rating(self, event: RatingEvent) -> None:
         self.send(event)
@@ -282,27 +334,37 @@ class SyncEventProducer:
         self.send(event)
 
     def flush(self) -> None:
+        """Wait until every event queued so far is acknowledged; ``DeliveryError`` for
+        the first that was not."""
+        with self._calls:
+            self._calls.wait_for(lambda: not self._queue and not self._draining)
         self._run(self._producer.flush())
+        with self._calls:
+            failed, self._failed = self._failed, []
+        if failed:
+            raise failed[0]
 
     def close(self) -> None:
-        """Wait for the sends under way (other threads': not one this thread's close
-        interrupted, as from a signal handler), then flush and stop; later sends raise
-        ``RuntimeError``. A close that was interrupted is finished by the next one;
-        closing again after that does nothing."""
+        """Wait for what is queued and the calls under way (other threads': not one this
+        thread's close interrupted, as from a signal handler), then flush and stop; later
+        sends raise ``RuntimeError``. A close that was interrupted is finished by the next
+        one; closing again after that does nothing."""
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("close the producer from outside its own loop")
-        me = threading.get_ident()
         with self._calls:
             if self._stopped:
                 return
             self._closed = True
-            self._calls.wait_for(lambda: sum(self._running.values()) == self._running[me])
+            self._calls.notify_all()
+            self._sent(threading.get_ident())
         try:
             asyncio.run_coroutine_threadsafe(self._producer.stop(), self._loop).result()
         finally:
             if not self._stopped:
                 self._stopped = True
                 self._end_loop()
+        if self._failed:  # (refused before they left: said, as a flush says them)
+            raise self._failed[0]
 
     def __enter__(self) -> SyncEventProducer:
         return self

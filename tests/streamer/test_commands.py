@@ -535,45 +535,58 @@ async def test_send_refuses_what_this_deployments_workers_would_dead_letter() ->
     assert [key for _, key, _ in sent] == ["u"]
 
 
-def test_closing_the_sync_producer_waits_for_the_sends_under_way(monkeypatch) -> None:
-    """A web app closes its producer while a request thread is sending: the send
-    completes and is flushed with the rest, later sends are refused, and no thread is
-    left waiting on a loop that stopped."""
+def test_the_sync_producer_sends_in_order_and_closes_after_what_is_queued(monkeypatch) -> None:
+    """Events are validated in the caller's thread and queued: a send returns at once,
+    the producer's own thread sends them in order. A close waits for what is queued and
+    for other threads' calls, later sends are refused, and a close interrupted while it
+    waited is finished by the next one."""
     import threading
 
+    from schemas import EventError, RatingEvent
     from streamer import producer as module
+    from streamer.settings import Settings
 
     log: list[str] = []
 
     class Producer:  # the asyncio producer, Kafka left out
-        def __init__(self, settings, linger_ms) -> None: ...
+        def __init__(self, settings, linger_ms) -> None:
+            self.settings = Settings(rating_high=4.0)
 
         async def start(self) -> None: ...
 
-        async def send(self, event) -> None:
-            await asyncio.sleep(0.3)
-            log.append(f"sent {event}")
+        async def _send(self, topic: str, key: str, value: bytes) -> None:
+            await asyncio.sleep(0.01)
+            log.append(f"sent {key}")
+
+        async def flush(self) -> None:
+            log.append("flushed")
 
         async def stop(self) -> None:
             log.append("stopped")
 
+    def rating(user: str, value: float = 4.0) -> RatingEvent:
+        return RatingEvent(user_id=user, item_id="i", rating=value, timestamp=1.0)
+
     monkeypatch.setattr(module, "EventProducer", Producer)
     producer = module.SyncEventProducer()
-    sender = threading.Thread(target=producer.send, args=("e1",))
+    started = time.perf_counter()
+    for n in range(20):
+        producer.send_rating(rating(f"u{n}"))
+    assert time.perf_counter() - started < 0.15  # queued: not sent one by one meanwhile
+    with pytest.raises(EventError, match="outside the rating scale"):  # (this deployment's)
+        producer.send_rating(rating("u99", 5.0))
+    sender = threading.Thread(target=producer.send_rating, args=(rating("t"),))
     sender.start()
-    time.sleep(0.05)  # the send is under way
     producer.close()
     sender.join(2)
-    assert not sender.is_alive() and log == ["sent e1", "stopped"]
+    assert log == [f"sent u{n}" for n in range(20)] + ["sent t", "stopped"]
     with pytest.raises(RuntimeError, match="closed"):
-        producer.send("e2")
+        producer.send_rating(rating("late"))
     producer.close()  # again: nothing
     # A close interrupted while it waited (Ctrl-C) is finished by the next one.
     log.clear()
     producer = module.SyncEventProducer()
-    sender = threading.Thread(target=producer.send, args=("e3",))
-    sender.start()
-    time.sleep(0.05)
+    producer.send_rating(rating("e3"))
     waits = producer._calls.wait_for
 
     def interrupted(predicate):
@@ -584,7 +597,6 @@ def test_closing_the_sync_producer_waits_for_the_sends_under_way(monkeypatch) ->
     with pytest.raises(KeyboardInterrupt):
         producer.close()
     producer.close()
-    sender.join(2)
     assert log == ["sent e3", "stopped"] and not producer._thread.is_alive()
 
 
