@@ -223,7 +223,9 @@ class SyncEventProducer:
         self._calls = threading.Condition()  # guards what follows
         self._queue: deque[tuple[str, str, bytes]] = deque()  # (topic, key, value) to send
         self._draining = False  # a task of the loop is sending what is queued
+        self._task: asyncio.Task | None = None  # the drain (the loop's thread only)
         self._failed: list[DeliveryError] = []  # sends refused, for the next flush
+        self._queued = self._done = 0  # events queued, and handed to the client, so far
         self._running: Counter[int] = Counter()  # calls under way on the loop, by thread
         self._closed = False  # no new call (a close began)
         self._stopped = False  # the close is done
@@ -288,9 +290,15 @@ class SyncEventProducer:
             if self._closed:
                 raise RuntimeError("the producer is closed")
             self._queue.append((topic, key, raw))
+            self._queued += 1
             if not self._draining:
                 self._draining = True
-                self._loop.call_soon_threadsafe(self._loop.create_task, self._drain())
+                self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        """Start a drain unless one runs (on the loop: a second wake is harmless)."""
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._drain())
 
     async def _drain(self) -> None:
         """Send what is queued, in order, until nothing is (on the producer's loop)."""
@@ -298,6 +306,8 @@ class SyncEventProducer:
             while True:
                 with self._calls:
                     if not self._queue:
+                        self._draining = False  # (with the check: no send in between)
+                        self._calls.notify_all()
                         return
                     batch = list(self._queue)
                     self._queue.clear()
@@ -305,13 +315,19 @@ class SyncEventProducer:
                 for topic, key, raw in batch:
                     try:
                         await self._producer._send(topic, key, raw)
-                    except DeliveryError as exc:
+                    except Exception as exc:
+                        if not isinstance(exc, DeliveryError):
+                            exc = DeliveryError(f"cannot send to {topic} (key {key!r}): {exc!r}")
                         with self._calls:
                             self._failed.append(exc)
-        finally:
+                    with self._calls:
+                        self._done += 1
+                        self._calls.notify_all()
+        except BaseException:
             with self._calls:
                 self._draining = False
                 self._calls.notify_all()
+            raise
 
     def _sent(self, me: int) -> None:
         """Wait (holding ``_calls``) until the queue is sent and no other thread's call
@@ -336,8 +352,9 @@ class SyncEventProducer:
     def flush(self) -> None:
         """Wait until every event queued so far is acknowledged; ``DeliveryError`` for
         the first that was not."""
-        with self._calls:
-            self._calls.wait_for(lambda: not self._queue and not self._draining)
+        with self._calls:  # (those queued so far: other threads may go on sending)
+            queued = self._queued
+            self._calls.wait_for(lambda: self._done >= queued or not self._draining)
         self._run(self._producer.flush())
         with self._calls:
             failed, self._failed = self._failed, []
@@ -356,6 +373,8 @@ class SyncEventProducer:
                 return
             self._closed = True
             self._calls.notify_all()
+            if self._queue:  # (a send interrupted before it woke the drain)
+                self._loop.call_soon_threadsafe(self._wake)
             self._sent(threading.get_ident())
         try:
             asyncio.run_coroutine_threadsafe(self._producer.stop(), self._loop).result()

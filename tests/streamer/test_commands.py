@@ -600,6 +600,65 @@ def test_the_sync_producer_sends_in_order_and_closes_after_what_is_queued(monkey
     assert log == ["sent e3", "stopped"] and not producer._thread.is_alive()
 
 
+def test_the_sync_producer_reports_any_failed_send_and_flushes_what_came_before(
+    monkeypatch,
+) -> None:
+    """A send the client refuses in any way is reported by the next flush, the events
+    after it sent all the same; a flush waits for what was queued before it, not for
+    what another thread goes on sending."""
+    import threading
+
+    from schemas import RatingEvent
+    from streamer import producer as module
+    from streamer.producer import DeliveryError
+    from streamer.settings import Settings
+
+    sent: list[str] = []
+
+    class Producer:
+        def __init__(self, settings, linger_ms) -> None:
+            self.settings = Settings()
+
+        async def start(self) -> None: ...
+
+        async def _send(self, topic: str, key: str, value: bytes) -> None:
+            await asyncio.sleep(0 if key == "s" else 0.001)
+            if key == "u1":
+                raise ValueError("boom")
+            sent.append(key)
+
+        async def flush(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    def rating(user: str) -> RatingEvent:
+        return RatingEvent(user_id=user, item_id="i", rating=4.0, timestamp=1.0)
+
+    monkeypatch.setattr(module, "EventProducer", Producer)
+    with module.SyncEventProducer() as producer:
+        for n in range(4):
+            producer.send_rating(rating(f"u{n}"))
+        with pytest.raises(DeliveryError, match=r"key 'u1'.*ValueError\('boom'\)"):
+            producer.flush()
+        assert sent == ["u0", "u2", "u3"]
+        stop = threading.Event()
+
+        def steady() -> None:
+            while not stop.is_set():
+                producer.send_rating(rating("s"))
+
+        sender = threading.Thread(target=steady)
+        sender.start()
+        try:
+            flushing = threading.Thread(target=producer.flush)
+            flushing.start()
+            flushing.join(5)
+            assert not flushing.is_alive()  # (it waited for the sender to stop before)
+        finally:
+            stop.set()
+            sender.join(5)
+
+
 async def test_a_send_past_10000_unflushed_raises_for_nothing_it_did_not_fail() -> None:
     """Every 10,000 sends the producer waits for the acknowledgements (bounded memory):
     a failure found then is an earlier event's, kept for the next flush, so that the send
