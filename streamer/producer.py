@@ -320,9 +320,9 @@ class SyncEventProducer:
                             exc = DeliveryError(f"cannot send to {topic} (key {key!r}): {exc!r}")
                         with self._calls:
                             self._failed.append(exc)
-                    with self._calls:
-                        self._done += 1
-                        self._calls.notify_all()
+                with self._calls:
+                    self._done += len(batch)
+                    self._calls.notify_all()
         except BaseException:
             with self._calls:
                 self._draining = False
