@@ -534,13 +534,14 @@ kafka_down() {
   log "stopping Kafka (pid $pid)…"
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+  while running "$pid" && ((SECONDS < deadline)); do
     sleep 0.2
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$pid"; then
     log "Kafka did not stop within ${KAFKA_STOP_TIMEOUT}s: SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    deadline=$((SECONDS + 30))
+    while running "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
   fi
   rm -f "$KAFKA_PID"
   log "Kafka stopped"
@@ -615,8 +616,8 @@ redis_down() {
   log "stopping Redis (pid $pid)…"
   timeout 10 redis-cli -h "$HOST" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   local deadline=$((SECONDS + 10))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
+  while running "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+  if running "$pid"; then
     log "Redis ignored SHUTDOWN: SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
   fi
@@ -656,16 +657,30 @@ cmd_up() {
   print_env
 }
 
+# A process that exists and has not exited (a zombie, left unreaped by a PID 1 that
+# reaps nothing, as in some containers, has exited).
+running() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local state
+  state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
+  [[ $state != Z ]]
+}
+
 cmd_down() {
-  local purge=0
-  case ${1:-} in
-    "") ;;
-    --purge) purge=1 ;;
-    *) die "unknown option for down: $1 (only --purge)" ;;
-  esac
+  # down [--purge] [kafka] [redis]: both when neither is named.
+  local purge=0 kafka=0 redis=0 arg
+  for arg in "$@"; do
+    case $arg in
+      --purge) purge=1 ;;
+      kafka) kafka=1 ;;
+      redis) redis=1 ;;
+      *) die "unknown argument for down: $arg (--purge, kafka, redis)" ;;
+    esac
+  done
+  if ((!kafka && !redis)); then kafka=1 redis=1; fi
   take_lock
-  kafka_down
-  redis_down
+  if ((kafka)); then kafka_down; fi
+  if ((redis)); then redis_down; fi
   if ((purge)); then
     log "purging Kafka data and Redis dir in $STATE_DIR"
     rm -rf "$KAFKA_DATA" "$KAFKA_FORMATTED_BY" "$REDIS_DIR"

@@ -13,12 +13,13 @@ source scripts/python.sh # PYTHON: python3, or a .venv where the system's refuse
 T0=$SECONDS
 step() { printf '\n== %s == (+%ds)\n' "$*" $((SECONDS - T0)) >&2; }
 
-STARTED=0
+STARTED=() # the services this run started, and stops at its end
 cleanup() {
   local rc=$?
-  if ((STARTED)); then
-    step "stop services"
-    scripts/services.sh down </dev/null || echo "warning: scripts/services.sh down failed" >&2
+  if ((${#STARTED[@]})); then
+    step "stop services: ${STARTED[*]}"
+    scripts/services.sh down "${STARTED[@]}" </dev/null ||
+      echo "warning: scripts/services.sh down failed" >&2
   fi
   exit "$rc"
 }
@@ -33,9 +34,11 @@ if [[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" && -n "${REDIS_URL:-}" ]]; then
   step "services: using KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS REDIS_URL=$REDIS_URL"
 else
   step "start services: scripts/services.sh up"
-  if ! scripts/services.sh status >/dev/null 2>&1; then
-    STARTED=1 # set first: a half-started `up` is stopped too
-  fi
+  # Only what is down now is this run's to stop (set first: a half-started `up` is
+  # stopped too); a service already up (another terminal, a demo) is left running.
+  before=$(scripts/services.sh status 2>/dev/null || true)
+  grep -q '^kafka: up' <<<"$before" || STARTED+=(kafka)
+  grep -q '^redis: up' <<<"$before" || STARTED+=(redis)
   # `eval "$(scripts/services.sh up)"` would hide a failing `up` (eval of nothing succeeds).
   services_env=$(scripts/services.sh up </dev/null)
   eval "$services_env"

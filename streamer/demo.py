@@ -45,12 +45,14 @@ def external_services() -> dict[str, str] | None:
     return None
 
 
-def services_running() -> bool:
-    """Kafka and Redis are already up (``services.sh status`` succeeds)."""
+def services_down() -> list[str]:
+    """Of Kafka and Redis, those not up now (as ``services.sh status`` says): what a
+    demo starting them is to stop at its end, the others left as they are."""
     status = subprocess.run(
-        ["bash", str(SERVICES), "status"], capture_output=True, stdin=subprocess.DEVNULL
+        ["bash", str(SERVICES), "status"], capture_output=True, stdin=subprocess.DEVNULL, text=True
     )
-    return status.returncode == 0
+    up = {line.split(":")[0] for line in status.stdout.splitlines() if ": up" in line}
+    return [name for name in ("kafka", "redis") if name not in up]
 
 
 def services_up() -> dict[str, str]:
@@ -121,7 +123,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
     external = external_services()
     # Only what this demo starts is stopped: services already up (another terminal, a
     # test run) are left as they are.
-    stop_services = not keep_services and external is None and not services_running()
+    stop_services = [] if keep_services or external is not None else services_down()
     # `kill`, a closed terminal or Ctrl-C: each stops everything the demo started (also
     # when started in the background, where a shell leaves SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -219,8 +221,8 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         if env is not None:  # this demo's topics (its lists stay in Redis, with their TTL)
             remove_topics(env)
         if stop_services:
-            say("== stopping Kafka and Redis ==")
-            subprocess.call(["bash", str(SERVICES), "down"])
+            say(f"== stopping {' and '.join(stop_services)} ==")
+            subprocess.call(["bash", str(SERVICES), "down", *stop_services])
         say(f"== demo finished in {time.monotonic() - started:.0f} s ==")
 
 

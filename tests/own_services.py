@@ -23,10 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def services(env: dict[str, str], command: str) -> str:
-    """``scripts/services.sh COMMAND`` in ``env``; its stdout (the exports of ``up``)."""
+def services(env: dict[str, str], command: str, *args: str) -> str:
+    """``scripts/services.sh COMMAND ARGS`` in ``env``; its stdout (the exports of ``up``)."""
     done = subprocess.run(
-        ["bash", str(SERVICES), command], env=env, capture_output=True, text=True, timeout=180
+        ["bash", str(SERVICES), command, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, f"services.sh {command} failed:\n{done.stderr[-3000:]}"
     return done.stdout

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from own_services import own_services, services
+from own_services import SERVICES, own_services, services
 from polling import wait_until
 from worker_process import running_worker
 
@@ -89,6 +90,13 @@ def test_a_broker_restart_loses_no_rating_and_learns_none_twice(
         doc = json.loads(run.redis.get(f"{settings.key_prefix}recs:u499") or b"null")
         assert doc and doc["items"], doc
         assert run.process.poll() is None, log()
+    # `down redis` stops Redis alone (what a test run or a demo that started only Redis
+    # stops at its end), leaving the broker up.
+    services(own_broker, "down", "redis")
+    status = subprocess.run(
+        ["bash", str(SERVICES), "status"], env=own_broker, capture_output=True, text=True
+    ).stdout
+    assert "kafka: up" in status and "redis: DOWN" in status, status
 
 
 def _alive(pid: int) -> bool:

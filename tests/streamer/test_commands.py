@@ -720,18 +720,22 @@ def test_the_demo_reads_shell_quoted_addresses_and_leaves_running_services_up(
     from streamer import demo
 
     calls: list[list[str]] = []
+    status = "kafka: up    127.0.0.1:9092 (pid 7)\nredis: DOWN  127.0.0.1:6379 (refused)\n"
 
     def run(args, **kwargs):
         calls.append(args[2:])
         out = "export RECSYS_KAFKA_LIBS=/home/a\\ b/libs\nexport REDIS_URL=redis://h:1/0\n"
-        return subprocess.CompletedProcess(args, 0, stdout=out)
+        return subprocess.CompletedProcess(
+            args, 0, stdout=status if args[2:] == ["status"] else out
+        )
 
     monkeypatch.setattr(demo.subprocess, "run", run)
     assert demo.services_up() == {
         "RECSYS_KAFKA_LIBS": "/home/a b/libs",
         "REDIS_URL": "redis://h:1/0",
     }
-    assert demo.services_running() and calls == [["up"], ["status"]]
+    # Only what is down is the demo's to start and then stop: here Redis, not Kafka.
+    assert demo.services_down() == ["redis"] and calls == [["up"], ["status"]]
 
 
 def test_dead_letters_with_odd_headers_are_listed_and_duplicates_never_sent_back() -> None:
