@@ -127,6 +127,13 @@ def run_synth(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, OSError) as exc:  # a setting out of range, a bad path
         print(f"recsys-online synth: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:  # (the state grows with users and items, not ratings)
+        print(
+            f"recsys-online synth: not enough memory for {args.users:,} users and "
+            f"{args.items:,} items",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"wrote {ds.n_ratings:,} ratings by {ds.n_users:,} users of {ds.n_items:,} items "
         f"to {ratings_path} and {items_path} in {time.perf_counter() - started:.1f} s"

@@ -372,3 +372,19 @@ def test_generate_mirrors_config_defaults() -> None:
     parameters = inspect.signature(generate).parameters
     fields = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
     assert {name: p.default for name, p in parameters.items()} == fields
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"drift": float("inf")}, "drift must be a finite number"),
+        ({"noise": float("nan")}, "noise must be a finite number"),
+        ({"span_days": float("nan")}, "span_days must be a finite number"),
+        ({"selectivity": -1.0}, "selectivity must be >= 0"),
+    ],
+)
+def test_settings_that_are_no_numbers_are_refused(setting: dict, message: str) -> None:
+    """NaN passed every bound (drift=inf ended in an IndexError, noise=nan gave NaN
+    ratings)."""
+    with pytest.raises(ValueError, match=message):
+        synth.generate(n_users=20, n_items=30, n_ratings=100, **setting)
