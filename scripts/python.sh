@@ -14,6 +14,10 @@ PY
 
 if [[ -z ${PYTHON:-} ]]; then
   PYTHON=python3
+  if [[ -x .venv/bin/python ]] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    echo "== .venv has no pip (a run stopped while making it): making it again ==" >&2
+    rm -rf .venv
+  fi
   if [[ -x .venv/bin/python ]]; then
     PYTHON=.venv/bin/python
   elif ! python_can_install python3; then
