@@ -1391,7 +1391,10 @@ class RecsysWorker:
         if s.snapshot_every_s <= 0 or not due or self._reset_pending:
             return
         assigned = self._assigned()
-        if not assigned or not assigned <= self._replayed:
+        if not assigned:  # (no partitions, nothing to snapshot: no age to report)
+            self._snapshot_info = None
+            return
+        if not assigned <= self._replayed:
             return
         async with self._learning:
             offsets = {p: self._next_offset[p] for p in assigned if p in self._next_offset}
@@ -1402,6 +1405,9 @@ class RecsysWorker:
                     offsets[partition] = min(offsets[partition], offset)
             if (self.engine.version, offsets) == self._snapshot_of:
                 self._last_snapshot = time.monotonic()
+                if self._snapshot_info is not None:  # (the model as it is is saved: fresh)
+                    _, ratings, size = self._snapshot_info
+                    self._snapshot_info = (time.time(), ratings, size)
                 return  # nothing new since the last one
             self._snapshot_of = (self.engine.version, offsets)
             started = time.monotonic()

@@ -296,7 +296,9 @@ def exposition(
     >>> h = Histogram((0.1,)); h.observe_many([0.05])
     >>> text = exposition({"evaluated": 7, "rmse": 0.9, "k": 10}, {"recsys_freshness_seconds":
     ...     (h, "Produce to Redis.")}, {"worker": "w1"})
-    >>> print(text)  # doctest: +NORMALIZE_WHITESPACE
+    >>> text.count("recsys_deadletters_by_reason_total{")  # every kind, 0 until one comes
+    9
+    >>> print("\\n".join(x for x in text.splitlines() if "deadletters" not in x))
     # HELP recsys_events_total Live ratings processed (evaluated, then learned) by this worker.
     # TYPE recsys_events_total counter
     recsys_events_total{worker="w1"} 7
@@ -323,16 +325,20 @@ def exposition(
             f"# TYPE {name} {kind}",
             f"{name}{_labels(base | extra)} {_number(metrics[field])}",
         ]
-    kinds = sorted(f for f in metrics if f.startswith(DEADLETTER_FIELD))
-    if kinds:  # one labelled series per kind of reason seen
-        name = DEADLETTERS_BY_REASON
-        lines += [
-            f"# HELP {name} Events sent to the dead-letter topic, by the kind of reason.",
-            f"# TYPE {name} counter",
-        ]
-        for field in kinds:
-            reason = {"reason": field.removeprefix(DEADLETTER_FIELD)}
-            lines.append(f"{name}{_labels(base | reason)} {_number(metrics[field])}")
+    # One labelled series per kind of reason, every kind from the start at 0: a series
+    # that first appears at 1 is no increase to Prometheus (an alert on the first
+    # wrongly keyed event would not fire).
+    every = {f"{DEADLETTER_FIELD}{kind}" for _, kind in DEADLETTER_KINDS}
+    every.add(f"{DEADLETTER_FIELD}invalid")
+    kinds = sorted(every | {f for f in metrics if f.startswith(DEADLETTER_FIELD)})
+    name = DEADLETTERS_BY_REASON
+    lines += [
+        f"# HELP {name} Events sent to the dead-letter topic, by the kind of reason.",
+        f"# TYPE {name} counter",
+    ]
+    for field in kinds:
+        reason = {"reason": field.removeprefix(DEADLETTER_FIELD)}
+        lines.append(f"{name}{_labels(base | reason)} {_number(metrics.get(field, 0))}")
     for name, (hist, text) in histograms.items():
         lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
         bounds = [*(_number(b) for b in hist.bounds), "+Inf"]

@@ -907,6 +907,35 @@ class _stream:
             yield event
 
 
+async def test_the_snapshot_age_stays_fresh_while_nothing_is_new_and_goes_with_the_partitions(
+    monkeypatch, tmp_path
+) -> None:
+    """A worker with nothing new since its last snapshot has its model saved: its
+    snapshot age (what the snapshot alert watches) does not grow; a worker holding no
+    partitions has nothing to snapshot, and reports no age."""
+    settings = Settings(
+        ratings_topic="r",
+        items_topic="i",
+        users_topic="u",
+        data_dir=str(tmp_path),
+        snapshot_every_s=1.0,
+    )
+    worker = RecsysWorker(settings)
+    held = {0}
+    monkeypatch.setattr(worker, "_assigned", lambda: set(held))
+    worker._replayed, worker._next_offset = {0}, {0: 5}
+    worker._snapshot_of = (worker.engine.version, {0: 5})
+    worker._snapshot_info = (time.time() - 1000.0, 5, 100)
+    worker._last_snapshot = 0.0  # (due)
+    await worker._snapshot_if_due()
+    made, ratings, size = worker._snapshot_info
+    assert time.time() - made < 5 and (ratings, size) == (5, 100)
+    held.clear()
+    worker._last_snapshot = 0.0
+    await worker._snapshot_if_due()
+    assert worker._snapshot_info is None
+
+
 async def test_a_stop_that_cuts_learning_short_takes_no_final_snapshot(monkeypatch) -> None:
     """Faust cancels the batch in progress at a stop. Cut between two chunks, the ratings
     taken out of the event-time merge and not learned yet are in no model a snapshot at
