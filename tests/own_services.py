@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -40,20 +41,21 @@ def services(env: dict[str, str], command: str, *args: str) -> str:
 def own_services(state_dir: Path, **extra: str) -> Iterator[dict[str, str]]:
     """Start them; yield the environment that reaches them (``up``'s exports added, and
     ``RECSYS_STATE_DIR`` naming the state directory); stop them at the end."""
+    ports = _distinct_free_ports(3)  # (three separate picks could return one port twice)
     env = dict(
         os.environ,
         RECSYS_STATE_DIR=str(state_dir),
-        KAFKA_PORT=str(free_port()),
-        KAFKA_CONTROLLER_PORT=str(free_port()),
-        REDIS_PORT=str(free_port()),
+        **dict(
+            zip(("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REDIS_PORT"), map(str, ports), strict=True)
+        ),
         KAFKA_NUM_PARTITIONS="2",
         PYTHON=sys.executable,
         **extra,
     )
     try:
-        for line in services(env, "up").splitlines():  # export NAME=value
+        for line in services(env, "up").splitlines():  # export NAME=value, shell-quoted
             name, _, value = line.removeprefix("export ").partition("=")
-            env[name] = value
+            env[name] = " ".join(shlex.split(value))
         yield env
     finally:
         services(env, "down")
