@@ -24,6 +24,7 @@ from streamer.client import (
     RecommendationsUnavailable,
     redacted_url,
 )
+from streamer.metrics import DEADLETTER_KIND_NAMES
 from streamer.producer import DeliveryError, event_producer, route, stream_events
 from streamer.settings import Settings
 
@@ -124,6 +125,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     dead.add_argument("--last", type=positive_int, default=20, help="how many to list")
     dead.add_argument("--reason", default=None, metavar="TEXT", help="reason contains TEXT")
+    dead.add_argument(
+        "--kind",
+        choices=DEADLETTER_KIND_NAMES,
+        default=None,
+        help="the kind of reason, as the metrics count them (recsys_deadletters_by_reason_total)",
+    )
     dead.add_argument(
         "--topic", choices=("ratings", "items", "users"), default=None, help="source topic"
     )
@@ -493,11 +500,11 @@ def run_deadletters(args: argparse.Namespace) -> int:
         "items": settings.items_topic,
         "users": settings.users_topic,
     }
-    select = matching(args.reason, topics.get(args.topic))
-    if args.redrive and not (args.reason or args.topic or args.all):
+    select = matching(args.reason, topics.get(args.topic), args.kind)
+    if args.redrive and not (args.reason or args.topic or args.kind or args.all):
         return fail(
-            "--redrive sends events back to the worker: say which, with --reason TEXT "
-            "and/or --topic, or --all for every dead letter",
+            "--redrive sends events back to the worker: say which, with --reason TEXT, "
+            "--kind and/or --topic, or --all for every dead letter",
             status=2,
         )
     try:

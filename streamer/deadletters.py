@@ -123,17 +123,24 @@ class DeadLetter:
         }
 
 
-def matching(reason: str | None = None, topic: str | None = None) -> Callable[[DeadLetter], bool]:
-    """A filter: the reason contains ``reason`` and the source topic is ``topic`` (each
-    when given).
+def matching(
+    reason: str | None = None, topic: str | None = None, kind: str | None = None
+) -> Callable[[DeadLetter], bool]:
+    """A filter: the reason contains ``reason``, the source topic is ``topic`` and the
+    reason is of ``kind`` (:func:`~streamer.metrics.deadletter_kind`, as the metrics
+    count them), each when given.
 
     >>> d = DeadLetter(0, 0, 0.0, "item_id: unknown item 'i9'", "recsys.ratings", 0, 0,
     ...                b"u1", b"{}")
     >>> matching("unknown item")(d), matching(topic="recsys.items")(d)
     (True, False)
+    >>> matching(kind="unknown_item")(d), matching(kind="malformed")(d)
+    (True, False)
     """
     return lambda d: (
-        (reason is None or reason in d.reason) and (topic is None or d.source_topic == topic)
+        (reason is None or reason in d.reason)
+        and (topic is None or d.source_topic == topic)
+        and (kind is None or deadletter_kind(d.reason) == kind)
     )
 
 

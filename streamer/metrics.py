@@ -235,6 +235,8 @@ DEADLETTER_KINDS: tuple[tuple[str, str], ...] = (
     (r"event_id: duplicate .*, already learned", "duplicate"),
 )
 _KIND_PATTERNS = [(re.compile(pattern, re.DOTALL), kind) for pattern, kind in DEADLETTER_KINDS]
+#: Every kind a dead letter's reason may be counted as.
+DEADLETTER_KIND_NAMES: tuple[str, ...] = (*dict.fromkeys(k for _, k in DEADLETTER_KINDS), "invalid")
 
 
 def deadletter_kind(reason: str) -> str:
@@ -328,8 +330,7 @@ def exposition(
     # One labelled series per kind of reason, every kind from the start at 0: a series
     # that first appears at 1 is no increase to Prometheus (an alert on the first
     # wrongly keyed event would not fire).
-    every = {f"{DEADLETTER_FIELD}{kind}" for _, kind in DEADLETTER_KINDS}
-    every.add(f"{DEADLETTER_FIELD}invalid")
+    every = {f"{DEADLETTER_FIELD}{kind}" for kind in DEADLETTER_KIND_NAMES}
     kinds = sorted(every | {f for f in metrics if f.startswith(DEADLETTER_FIELD)})
     name = DEADLETTERS_BY_REASON
     lines += [

@@ -305,6 +305,8 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     assert json.loads(capsys.readouterr().out) == []
     assert main(["deadletters", "--topic", "ratings", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 6  # (the seventh: another deployment's)
+    assert main(["deadletters", "--kind", "malformed", "--json"]) == 0  # (as the metrics count)
+    assert [r["key"] for r in json.loads(capsys.readouterr().out)] == ["u2", "u5", None]
     assert main(["deadletters", "--reason", "malformed JSON: oops"]) == 0
     out = capsys.readouterr().out
     assert "1 dead letter(s)" in out and "malformed JSON: oops" in out and "u1" not in out
