@@ -856,22 +856,21 @@ class RecsysWorker:
     def _item_problem(self, item_id: str, timestamp: float | None = None) -> str | None:
         """Why a rating of this item (at event time ``timestamp``) cannot be learned, or
         None when it can."""
-        if not self.engine.knows_item(item_id):
-            if self.engine.was_freed(item_id):
-                if timestamp is not None and self.engine.rated_while_listed(item_id, timestamp):
-                    self.engine.bring_back_deleted(item_id)  # (a row again, as deleted)
-                    return None
-                return f"item_id: item {item_id!r} was deleted"
+        engine = self.engine
+        known = engine.knows_item(item_id)
+        if not known and not engine.was_freed(item_id):
             return f"item_id: unknown item {item_id!r}"
         # (an item listed again after a delete may wait for its time: it is no longer
         # deleted for a rating, which brings it in)
-        if self.engine.model.is_deleted(item_id) and item_id not in self.engine.pending:
-            # A rating made while the item was listed, read after its delete (the worker
-            # catching up on a backlog), is learned, as a rebuild learns it.
-            if timestamp is not None and self.engine.rated_while_listed(item_id, timestamp):
-                return None
-            return f"item_id: item {item_id!r} was deleted"
-        return None
+        if known and (not engine.model.is_deleted(item_id) or item_id in engine.pending):
+            return None
+        # A rating made while the item was listed, read after its delete (the worker
+        # catching up on a backlog), is learned, as a rebuild learns it; a freed item
+        # gets a row again, as deleted, for it.
+        if timestamp is not None and engine.rated_while_listed(item_id, timestamp):
+            engine.bring_back_deleted(item_id)
+            return None
+        return f"item_id: item {item_id!r} was deleted"
 
     async def validate_items(self, stream: faust.StreamT) -> None:
         """Dead-letter bad catalog events (once: this agent sees each partition on one worker)
@@ -1650,15 +1649,16 @@ class RecsysWorker:
         return (
             bool(positions)
             and all(high is not None and received is not None for _, high, received in positions)
-            and self._lag() < self.settings.batch_max
+            and self._lag(positions) < self.settings.batch_max
         )
 
-    def _lag(self) -> int:
-        """Ratings not yet processed: high-water mark minus next offset, over our partitions,
-        plus those received and held for event-time order."""
+    def _lag(self, positions: list | None = None) -> int:
+        """Ratings not yet processed: high-water mark minus next offset, over our partitions
+        (``positions``: :meth:`_positions`, when already read), plus those received and
+        held for event-time order."""
         return len(self.ordering) + sum(
             max(0, high - received)
-            for _, high, received in self._positions()
+            for _, high, received in (self._positions() if positions is None else positions)
             if high is not None and received is not None
         )
 

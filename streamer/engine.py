@@ -554,10 +554,15 @@ class StreamEngine:
         >>> engine.rated_while_listed("a", 99.0), engine.rated_while_listed("a", 100.0)
         (True, False)
         """
+        deleted = self._deleted_at(item)
+        return deleted is not None and timestamp < deleted
+
+    def _deleted_at(self, item: str) -> float | None:
+        """The event time of a deleted (or freed) item's delete, when known."""
         deleted = self.deleted_at.get(item)
         if deleted is None and self.was_freed(item):
             deleted = self.freed_at[self.freed.row(item)]
-        return deleted is not None and timestamp < deleted
+        return deleted
 
     def was_freed(self, item: str) -> bool:
         """True for an item deleted, then freed by :meth:`compact_if_due`, and not listed
@@ -576,8 +581,10 @@ class StreamEngine:
         """Give a freed item a row again, as deleted: a replayed rating of it is then
         learned as it was live (it updates the factors, never lists the item)."""
         if self.was_freed(item):
+            deleted = self._deleted_at(item)
             self.model.delete_item(item)
-            self.deleted_at[item] = self.freed_at[self.freed.row(item)]
+            if deleted is not None:
+                self.deleted_at[item] = deleted
 
     def upsert_user(self, user: str, tags: dict[str, float]) -> Lists:
         """Declared user tags: the user's list is recomputed from them at once. Declaring

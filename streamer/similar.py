@@ -164,15 +164,14 @@ class SimilarDue:
         # (row_map: a table with -1 for rows not among them, and for the -1 of an empty
         # slot: a gather instead of np.isin's sort, 20x faster over a catalog)
         n = len(self.listed)
-        if self.arrived:
-            moved = np.concatenate(self.arrived)
-            self._due_now((row_map(moved, n) >= 0)[self.listed].any(axis=1), now)
+        arrived = np.concatenate([*self.arrived, np.zeros(0, np.int64)]).astype(np.int64)
+        if len(arrived):
+            self._due_now((row_map(arrived, n) >= 0)[self.listed].any(axis=1), now)
         if self.gone:
             showed = (row_map(np.array(self.gone, np.int64), n) >= 0)[self.listed].any(axis=1)
             self.due_at[showed] = -np.inf
         for row in self.gone:
             self.listed[row] = -1
-        arrived = np.concatenate([*self.arrived, np.zeros(0, np.int64)]).astype(np.int64)
         self.to_score = np.union1d(self.to_score, arrived)
         self.arrived, self.gone = [], []
 
