@@ -36,6 +36,19 @@ def route(settings: Settings, event: WireEvent) -> tuple[str, str]:
     raise TypeError(f"not a wire event: {event!r}")
 
 
+def checked(settings: Settings, event: WireEvent) -> tuple[str, str, bytes]:
+    """The topic, key and bytes of an event that passes what this deployment's workers
+    check (its rating scale, payload limit, a timestamp at most a day ahead); else
+    ``EventError``.
+
+    >>> checked(Settings(), UserEvent(user_id="u1", tags=["jazz"], timestamp=1.0))[:2]
+    ('recsys.users', 'u1')
+    """
+    raw = event.to_bytes()
+    settings.parse(raw, type(event))  # (what the worker would dead-letter)
+    return (*route(settings, event), raw)
+
+
 class DeliveryError(RuntimeError):
     """Kafka did not acknowledge an event (names the topic, the key and Kafka's error)."""
 
@@ -90,12 +103,9 @@ class EventProducer:
     async def send(self, event: WireEvent) -> None:
         """Any event, to its topic with its key (:func:`route`), once it passes what this
         deployment's workers check (its rating scale, payload limit, a timestamp at most
-        a day ahead): else ``EventError``, and nothing is sent.
+        a day ahead, :func:`checked`): else ``EventError``, and nothing is sent.
         """
-        raw = event.to_bytes()
-        self.settings.parse(raw, type(event))  # (what the worker would dead-letter)
-        topic, key = route(self.settings, event)
-        await self._send(topic, key, raw)
+        await self._send(*checked(self.settings, event))
 
     async def send_rating(self, event: RatingEvent) -> None:
         await self.send(event)
@@ -282,9 +292,7 @@ class SyncEventProducer:
     def send(self, event: WireEvent) -> None:
         """Queue any event for its topic and key once it passes what this deployment's
         workers check (:meth:`EventProducer.send`)."""
-        raw = event.to_bytes()
-        self.settings.parse(raw, type(event))  # (what the worker would dead-letter)
-        topic, key = route(self.settings, event)
+        topic, key, raw = checked(self.settings, event)
         with self._calls:
             self._calls.wait_for(lambda: len(self._queue) < self.QUEUE_MAX or self._closed)
             if self._closed:
