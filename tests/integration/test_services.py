@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.protocol.admin import ApiVersionRequest
+from topic_reading import read_records
 
 from recsys_online.events import Rating
 from schemas import RatingEvent, parse_event
@@ -358,21 +359,8 @@ async def test_the_sync_producer_sends_between_calls_and_from_many_threads(
         return RatingEvent(user_id=user, item_id="i", rating=4.0, timestamp=time.time())
 
     async def received(n: int) -> list[bytes]:
-        consumer = AIOKafkaConsumer(
-            topic_name,
-            bootstrap_servers=kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        keys: list[bytes] = []
-        try:
-            async with asyncio.timeout(RECEIVE_TIMEOUT_SECONDS):
-                while len(keys) < n:
-                    keys.append((await consumer.getone()).key)
-        finally:
-            await consumer.stop()
-        return keys
+        records = await read_records(kafka_bootstrap, topic_name, n, RECEIVE_TIMEOUT_SECONDS)
+        return [r.key for r in records]
 
     producer = await asyncio.to_thread(SyncEventProducer, settings)
     try:
@@ -397,7 +385,7 @@ async def test_the_sync_producer_sends_between_calls_and_from_many_threads(
     finally:
         await asyncio.to_thread(producer.close)
     keys = await received(101)
-    assert len(set(keys)) == 101 and b"t3-24" in keys
+    assert len(keys) == len(set(keys)) == 101 and b"t3-24" in keys
 
 
 @pytest.mark.redis

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer
+from topic_reading import read_records
 
 from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.cli import main
@@ -36,26 +36,7 @@ def topics(monkeypatch, kafka_bootstrap: str, redis_url: str, redis_key_prefix: 
 
 
 def consume(bootstrap: str, topic: str, n: int, timeout: float = 20.0) -> list:
-    async def go() -> list:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        got: list = []
-        try:
-            async with asyncio.timeout(timeout):
-                while len(got) < n:
-                    batch = await consumer.getmany(timeout_ms=500)
-                    for messages in batch.values():
-                        got += messages
-        finally:
-            await consumer.stop()
-        return got
-
-    return asyncio.run(go())
+    return asyncio.run(read_records(bootstrap, topic, n, timeout))
 
 
 def test_parse_tags_and_tables() -> None:
