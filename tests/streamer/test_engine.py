@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from recsys_online.events import Rating
@@ -151,6 +153,39 @@ def test_a_list_showing_an_item_retagged_since_is_ranked_again() -> None:
     lists = engine.refresh()
     assert shown not in [r.item for r in lists["u"]] and shown not in engine.served["u"]
     assert engine.refresh() == {}
+
+
+def _jazz_fans_served(n_fans: int) -> StreamEngine:
+    """An engine that served ``n_fans`` jazz fans and one rock fan their lists."""
+    engine = StreamEngine(Settings(k=2, n_factors=4))
+    for j in range(4):
+        engine.upsert_item(f"jazz{j}", {"jazz": 1.0})
+        engine.upsert_item(f"rock{j}", {"rock": 1.0})
+    ratings = [Rating(f"fan{n}", "jazz0", 5.0, 1.0 + n) for n in range(n_fans)]
+    ratings += [Rating("rocker", "rock0", 5.0, 1.0), Rating("rocker", "jazz0", 1.0, 2.0)]
+    engine.learn_ratings(ratings)
+    engine.refresh()
+    return engine
+
+
+def test_the_refresh_check_goes_through_the_served_users_a_slice_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Users are checked ``REFRESH_USERS`` at a time (each pass bounded), yielding
+    between passes; the answer is the one a single pass gives, both for users a new
+    item belongs to and for lists showing an item retagged since."""
+    answers = []
+    for per_pass in (1_000, 2):
+        monkeypatch.setattr(StreamEngine, "REFRESH_USERS", per_pass)
+        engine = _jazz_fans_served(5)
+        shown = engine.served["rocker"][0]  # retagged: due whatever it scores now
+        engine.upsert_item("new-jazz", {"jazz": 1.0})
+        engine.upsert_item(shown, {"jazz": 1.0, "rock": 0.1})
+        steps = list(engine.refresh_steps())
+        answers.append(sorted(steps[-1]))
+        assert len(steps) == -(-len(engine.served) // per_pass)  # one pass per slice
+        assert all(set(a) <= set(b) for a, b in itertools.pairwise(steps))
+    assert answers[0] == answers[1] == sorted([f"fan{n}" for n in range(5)] + ["rocker"])
 
 
 def _run_with_share(share: float) -> StreamEngine:
