@@ -654,6 +654,10 @@ class RecsysWorker:
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._reset_pending = False
+        # Partitions in the model revoked by a rebalance, until its assignment says
+        # whether they come back (:meth:`_on_revoked`).
+        self._revoked_in_model: set[int] = set()
+        self.rebuilds = 0  # models rebuilt after a rebalance took partitions away
         self._replay_lock = asyncio.Lock()
         # Ratings received, held until every partition has delivered up to their time:
         # (rating, produce time in ms, partition, offset, event id).
@@ -975,9 +979,6 @@ class RecsysWorker:
         finally:
             await self.metrics_server.stop()
 
-    async def _on_assigned(self, app: faust.App, assigned: set, **kwargs: object) -> None:
-        self._joined = True
-
     def readiness(self) -> tuple[bool, dict]:
         """In service: in the group, the catalog read, and every assigned ratings
         partition's history in the model (a worker with no partition, one more than
@@ -1015,6 +1016,7 @@ class RecsysWorker:
     def _figures(self) -> dict[str, float | int]:
         """The engine's live figures, the lag, and the last snapshot's age and size."""
         figures = self.engine.metrics(lag=self._lag())
+        figures["rebuilds"] = self.rebuilds
         if self.settings.share_items_every_s > 0:
             figures["items_shared"] = self.items_shared
             figures["items_received"] = self.items_received
@@ -1168,15 +1170,55 @@ class RecsysWorker:
     async def _on_revoked(self, app: faust.App, revoked: set, **kwargs: object) -> None:
         """Losing a partition whose users are in the model: rebuild the model from the
         partitions we keep (at the next batch), so a partition that comes back is never
-        learned twice."""
+        learned twice.
+
+        Kafka's eager rebalancing revokes every partition at every rebalance, and most
+        come back to the same worker: whether one was lost is only known at the
+        assignment (:meth:`_on_assigned`), and the model is kept if none was. A revocation
+        while a restore or a replay is under way rebuilds at once: it may be loading or
+        learning a partition only in part."""
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
         # In the model: partitions replayed, or covered by a snapshot restored (before
         # their replay), or being restored or replayed now (a restore or a replay under
         # way may be loading or learning a lost partition).
         in_model = self._replayed | self._resume_from.keys()
         busy = self._replay_lock.locked() or not self._restore_ended.is_set()
-        if lost & in_model or (lost and busy):
+        if lost and busy:
             self._reset_pending = True
+        elif lost & in_model:
+            self._revoked_in_model |= lost & in_model
+
+    REBALANCE_CHECK_S = 10.0  # for the committed offsets at an assignment; then rebuild
+
+    async def _on_assigned(self, app: faust.App, assigned: set, **kwargs: object) -> None:
+        """The group's new assignment: the model is rebuilt (at the next batch) if it
+        holds a partition revoked and not assigned back; a partition that came back is
+        kept as the model has it, unless another worker committed past what the model
+        learned of it (it owned the partition meanwhile: a worker that left the group
+        and came back), in which case its offsets from there are replayed."""
+        self._joined = True
+        revoked, self._revoked_in_model = self._revoked_in_model, set()
+        if not revoked or self._reset_pending:
+            return
+        now = {tp.partition for tp in assigned if tp.topic == self.settings.ratings_topic}
+        if revoked - now:
+            log.info("rebalance: partitions %s went to other workers", sorted(revoked - now))
+            self._reset_pending = True
+            return
+        kept = sorted(revoked & self._replayed)
+        try:
+            committed = await asyncio.wait_for(self._committed(), self.REBALANCE_CHECK_S)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("rebalance: no committed offsets (%r): rebuilding the model", exc)
+            self._reset_pending = True
+            return
+        for p in kept:
+            learned = self._next_offset.get(p, 0)
+            if committed.get(p, 0) > learned:  # replayed from where the model stops
+                self._replayed.discard(p)
+                self._resume_from[p] = learned
+                self._next_offset.pop(p, None)
+        log.info("rebalance: partitions %s kept, the model with them", sorted(revoked))
 
     async def _reset_if_pending(self) -> None:
         """Rebuild the model after losing a partition, or before learning one whose
@@ -1205,10 +1247,15 @@ class RecsysWorker:
 
     def _reset_model(self) -> None:
         log.info("rebalance: rebuilding the model from the assigned partitions")
+        self.rebuilds += 1
         self._reset_pending = False
+        self._revoked_in_model.clear()  # (nothing of theirs left in the new model)
         self._replayed.clear()
         self._next_offset.clear()  # set again by each partition's replay
         self._resume_from.clear()  # the snapshot covered the partitions we had
+        # A snapshot of the partitions kept (this worker's, from before it took others
+        # over) saves replaying their whole history: looked for again.
+        self._restore_tried = False
         self.engine = self.engine.successor()
         self.engine.live = False
         self.ordering.clear()  # held ratings are in the log: the rebuild replays them
@@ -1389,11 +1436,13 @@ class RecsysWorker:
         due = final or time.monotonic() - self._last_snapshot >= s.snapshot_every_s
         if s.snapshot_every_s <= 0 or not due or self._reset_pending:
             return
+        if self._revoked_in_model or self.app.rebalancing:  # (which partitions are ours?)
+            return
         assigned = self._assigned()
         if not assigned:  # (no partitions, nothing to snapshot: no age to report)
             self._snapshot_info = None
             return
-        if not assigned <= self._replayed:
+        if assigned != self._replayed:  # (the model holds others: a rebuild is due)
             return
         async with self._learning:
             offsets = {p: self._next_offset[p] for p in assigned if p in self._next_offset}

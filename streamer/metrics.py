@@ -195,6 +195,13 @@ GAUGES: dict[str, tuple[str, str, str]] = {
         "Ratings in this worker's last model snapshot: a restart replays the rest.",
     ),
     "snapshot_bytes": ("recsys_snapshot_bytes", "gauge", "Size of the last model snapshot."),
+    "rebuilds": (
+        "recsys_model_rebuilds_total",
+        "counter",
+        "Times this worker rebuilt its model from the log after a rebalance: one took "
+        "ratings partitions away, or brought one whose ratings other workers' shared "
+        "item changes already carried (a rebalance giving every partition back keeps it).",
+    ),
     "items_shared": (
         "recsys_item_changes_sent_total",
         "counter",

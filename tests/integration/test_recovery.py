@@ -410,6 +410,7 @@ def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, 
         lambda: (o := run.similar_owned(a, b)) and sum(o) == n_items and o,
     )
     assert min(owned) > 0, owned
+    rebuilds = run.worker_metrics(b)["rebuilds"]
     a.send_signal(signal.SIGKILL)
     a.wait()
     killed_at = time.time()
@@ -422,6 +423,9 @@ def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, 
     time.sleep(1.5)
     state = run.worker_metrics(b)
     assert state["events"] == len(ratings)
+    # It kept its model (every partition it had came back to it) and replayed only the
+    # partitions it took over.
+    assert state["rebuilds"] == rebuilds, run.logs()
     assert state["mean_rating"] == pytest.approx(exact_mean(ratings), abs=MEAN_TOLERANCE)
     assert state["users"] == stream.n_users
     # Users of the tail (on every partition) have lists written after the kill.

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaConnectionError
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
@@ -1267,6 +1268,7 @@ async def test_losing_a_restored_partition_before_its_replay_rebuilds_the_model(
         assert worker.engine.events == 4 and worker._resume_from == {0: 2, 1: 2}
         await worker._on_revoked(worker.app, {TP("r", 0), TP("r", 1)})
         owned.discard(1)  # the rebalance gives partition 0 back, not 1
+        await worker._on_assigned(worker.app, {TP("r", 0), TP("i", 0)})
         assert worker._reset_pending
         await worker._reset_if_pending()
         await worker._ensure_replayed({0: 4})
@@ -1274,6 +1276,103 @@ async def test_losing_a_restored_partition_before_its_replay_rebuilds_the_model(
         follower.cancel()
     assert worker.engine.events == 4  # partition 0's four ratings, none of partition 1's
     assert not any(u.startswith("p1") for u in worker.engine.model.users.ids)
+
+
+async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
+    monkeypatch, tmp_path
+) -> None:
+    """Kafka's eager rebalancing revokes every partition at every rebalance (a worker
+    joins or leaves): the partitions that come back keep the model as it is, with no
+    replay and no snapshot until the assignment is known; one that went to another
+    worker rebuilds the model from those kept."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 4})
+    owned = {0, 1}
+    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    both = {TP("r", 0), TP("r", 1)}
+    try:
+        await worker._ensure_replayed({0: 4, 1: 4})
+        engine = worker.engine
+        assert engine.events == 8 and starts == [{0: 0, 1: 0}]
+        await worker._on_revoked(worker.app, both)
+        assert not worker._reset_pending and worker._revoked_in_model == {0, 1}
+        worker._last_snapshot = -1e9  # due: but not while the assignment is unknown
+        await worker._snapshot_if_due()
+        assert not list(worker.snapshots.directory.glob("*"))
+        await worker._on_assigned(worker.app, both | {TP("i", 0)})
+        await worker._reset_if_pending()
+        await worker._ensure_replayed({0: 4, 1: 4})
+        assert worker.engine is engine and engine.events == 8 and len(starts) == 1
+        assert not worker._revoked_in_model and worker._replayed == {0, 1}
+        # A second worker joins and takes partition 1: rebuilt from partition 0.
+        await worker._on_revoked(worker.app, both)
+        owned.discard(1)
+        await worker._on_assigned(worker.app, {TP("r", 0)})
+        assert worker._reset_pending
+        await worker._reset_if_pending()
+        await worker._ensure_replayed({0: 4})
+    finally:
+        follower.cancel()
+    assert worker.engine is not engine and worker.engine.events == 4
+    assert not any(u.startswith("p1") for u in worker.engine.model.users.ids)
+    assert worker.rebuilds == 1
+
+
+async def test_a_rebuild_restores_a_snapshot_of_the_partitions_kept(monkeypatch, tmp_path) -> None:
+    """A worker that took a partition over and loses it again (its owner came back)
+    rebuilds from its own snapshot of the partitions it kept, taken before the
+    takeover, and replays only what follows it."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 4})
+    owned = {0, 1}
+    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    _snapshot(worker.settings, log[0][:3], {0: 3})  # before it took partition 1 over
+    try:
+        await worker._ensure_replayed({0: 4, 1: 4})
+        assert starts == [{0: 3, 1: 0}] and worker.engine.events == 8
+        await worker._on_revoked(worker.app, {TP("r", 0), TP("r", 1)})
+        owned.discard(1)
+        await worker._on_assigned(worker.app, {TP("r", 0)})
+        await worker._reset_if_pending()
+        await worker._ensure_replayed({0: 4})
+    finally:
+        follower.cancel()
+    assert starts[-1] == {0: 3}  # from the snapshot, not from offset 0
+    assert worker.engine.events == 4 and worker.rebuilds == 1
+
+
+async def test_a_partition_another_worker_committed_past_is_replayed_from_where_we_stopped(
+    monkeypatch, tmp_path
+) -> None:
+    """A partition that comes back after another worker owned it (this one left the
+    group, and rejoined) has offsets the model never learned: they are replayed from
+    where the model stops, the rest of the model kept. Without the group's committed
+    offsets the model is rebuilt."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(6)] for p in (0, 1)}
+    committed = {0: 4, 1: 4}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, committed)
+    monkeypatch.setattr(worker, "_assigned", lambda: {0, 1})
+    both = {TP("r", 0), TP("r", 1)}
+    try:
+        await worker._ensure_replayed({0: 4, 1: 4})
+        engine = worker.engine
+        committed.update({1: 6})  # another worker learned partition 1's offsets 4 and 5
+        await worker._on_revoked(worker.app, both)
+        await worker._on_assigned(worker.app, both)
+        assert not worker._reset_pending and worker._replayed == {0}
+        await worker._ensure_replayed({1: 6})
+        assert starts[-1] == {1: 4}  # (not from 0)
+        assert worker.engine is engine and engine.events == 10
+
+        async def unreachable(self):
+            raise KafkaConnectionError()
+
+        monkeypatch.setattr(RecsysWorker, "_committed", unreachable)
+        await worker._on_revoked(worker.app, both)
+        await worker._on_assigned(worker.app, both)
+        assert worker._reset_pending
+    finally:
+        follower.cancel()
 
 
 async def test_a_learning_call_cut_short_keeps_the_stop_from_snapshotting(
