@@ -709,6 +709,8 @@ class RecsysWorker:
             if len(self.ordering) and not self._reset_pending and self.catalog.ready.is_set():
                 await self._learn_released()
             return
+        # (Read before the first wait: a rebalance begun from here stops a replay below.)
+        revocations = self.app.consumer.revocations
         await self._reset_if_pending()
         await self.catalog.ready.wait()
         await self._compact_if_due(in_agent=True)
@@ -720,7 +722,7 @@ class RecsysWorker:
             first.setdefault(record.partition, record.offset)
         if first.keys() - self._replayed:
             engine = self.engine
-            await self._ensure_replayed(first)
+            await self._ensure_replayed(first, revocations)
             if self.engine is not engine:  # rebuilt first: it learned up to other offsets
                 records = self._not_learned(batch)
         for partition, offset, rating, produced_ms, event_id in await self._valid_ratings(records):
@@ -1263,12 +1265,17 @@ class RecsysWorker:
         self._unlearned = 0  # (a call cut short: its ratings are replayed too)
         self.catalog.restart(self.engine)
 
-    async def _ensure_replayed(self, first_live: dict[int, int]) -> None:
+    async def _ensure_replayed(
+        self, first_live: dict[int, int], revocations: int | None = None
+    ) -> None:
         """Replay, once and together, the history of every assigned partition not yet in
         the model (from the agent or the timer, whichever is first), each up to where
         live processing resumes: the first live offset where the agent has one
-        (``first_live``), else the group's committed offset."""
-        revocations = self.app.consumer.revocations  # (a rebalance begun from here stops it)
+        (``first_live``), else the group's committed offset. A rebalance begun since
+        the consumer's count of them was ``revocations`` (when the caller began; now if
+        not given) stops it."""
+        if revocations is None:
+            revocations = self.app.consumer.revocations
         await self._restore_once()
         async with self._replay_lock:
             if self._reset_pending:  # (asked for while another replay held the lock)
@@ -1503,7 +1510,9 @@ class RecsysWorker:
             revocations = self.app.consumer.revocations
         await self.catalog.ready.wait()  # a rating of an item not read yet would be lost
         started = time.monotonic()
-        consumer = standalone_consumer(s)
+        # (An offset below the log's start, gone with a retention set by hand: from the
+        # start, not the end, which would skip the rest of the history silently.)
+        consumer = standalone_consumer(s, auto_offset_reset="earliest")
         await consumer.start()
         learned = dict.fromkeys(until, 0)
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
@@ -1525,6 +1534,12 @@ class RecsysWorker:
                 for partition, r in ratings:
                     last_seen[r.user] = max(last_seen.get(r.user, r.timestamp), r.timestamp)
                     learned[partition] += 1
+        except BaseException:
+            # Cut short (the log unreachable, a stop): the model holds part of the
+            # replay, and replaying the range again on top would learn that part twice.
+            if any(learned.values()):
+                self._reset_pending = True
+            raise
         finally:
             await consumer.stop()
         self._replayed.update(until)

@@ -204,7 +204,7 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
                 consumer.revocations += 1
             yield chunk
 
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings: Idle())
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
     monkeypatch.setattr(app_module, "read_merged", merged)
     monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
     with pytest.raises(BatchAbandoned):
@@ -212,6 +212,44 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
     assert worker.engine.events == 2  # the chunks read before the revocation began
     assert worker._replayed == set()  # partition 0 is not counted as in the model
     assert worker._reset_pending  # the partial replay is thrown away at the next batch
+
+
+async def test_a_replay_cut_short_by_an_error_rebuilds_rather_than_replays_on_top(
+    monkeypatch,
+) -> None:
+    """The log unreachable halfway through a replay (the timer's replay of idle
+    partitions logs it and tries again at the next tick): the part learned is thrown
+    away with the model, not learned a second time by the next attempt. The replay reads
+    from the log's start where its first offset is gone (never from the end)."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"t": 1.0})
+    options: list[dict] = []
+
+    class Idle:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    async def no_users(self, consumer, partitions) -> dict[str, float]:
+        return {}
+
+    async def merged(*args, **kwargs):
+        yield [(0, Rating("u0", "a", 4.0, 0.0))]
+        raise KafkaConnectionError()
+
+    def consumer(settings, **more):
+        options.append(more)
+        return Idle()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", consumer)
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    with pytest.raises(KafkaConnectionError):
+        await worker._replay({0: 4})
+    assert worker.engine.events == 1 and worker._replayed == set()
+    assert worker._reset_pending
+    assert options == [{"auto_offset_reset": "earliest"}]
 
 
 async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
@@ -687,7 +725,7 @@ async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -
     async def no_users(self, consumer, partitions) -> dict[str, float]:
         return {}
 
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings: Idle())
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
     monkeypatch.setattr(app_module, "read_merged", merged)
     monkeypatch.setattr(RecsysWorker, "_committed", committed)
     monkeypatch.setattr(RecsysWorker, "_restore_once", nothing)
@@ -695,6 +733,50 @@ async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -
     monkeypatch.setattr(RecsysWorker, "_assigned", lambda self: {0})
     with pytest.raises(BatchAbandoned):
         await worker._ensure_replayed({})
+    assert worker.engine.events == 0 and worker._reset_pending
+
+
+async def test_a_rebalance_begun_while_the_batch_waits_for_the_catalog_stops_its_replay(
+    monkeypatch,
+) -> None:
+    """The ratings batch waits for the catalog (read again after a rebuild) before it
+    replays a partition new to the model: a revocation that begins during that wait
+    stops the replay too, or the revocation would wait out all of it."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    consumer = worker.app.consumer
+    worker.engine.upsert_item("a", {"t": 1.0})
+
+    class Idle:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    async def committed(self) -> dict[int, int]:
+        return {0: 2}
+
+    async def merged(*args, **kwargs):
+        yield [(0, Rating("u1", "a", 4.0, 1.0)), (0, Rating("u2", "a", 4.0, 2.0))]
+
+    async def nothing(self) -> None: ...
+
+    async def no_users(self, consumer, partitions) -> dict[str, float]:
+        return {}
+
+    async def catalog_read_during_a_rebalance() -> None:
+        await asyncio.sleep(0.01)
+        consumer.revocations += 1  # the rebalance begins while the batch waits
+        worker.catalog.ready.set()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(RecsysWorker, "_committed", committed)
+    monkeypatch.setattr(RecsysWorker, "_restore_once", nothing)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    monkeypatch.setattr(RecsysWorker, "_assigned", lambda self: {0})
+    reader = asyncio.ensure_future(catalog_read_during_a_rebalance())
+    with pytest.raises(BatchAbandoned):
+        await worker.learn_ratings([_rating_record(b"{}", offset=2)])
+    await reader
     assert worker.engine.events == 0 and worker._reset_pending
 
 
@@ -729,7 +811,7 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
         published.extend(lists)
         return time.time()
 
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings: Idle())
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
     monkeypatch.setattr(app_module, "read_merged", merged)
     monkeypatch.setattr(app_module, "publish", publish)
     monkeypatch.setattr(RecsysWorker, "_replay_users", declared)
@@ -1024,7 +1106,7 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
                 worker.engine.upsert_item("a", {"t": 1.0})
                 worker.catalog.ready.set()
 
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda s: _NoConsumer())
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda s, **options: _NoConsumer())
     monkeypatch.setattr(app_module, "read_merged", merged)
     monkeypatch.setattr(app_module, "publish", published)
     monkeypatch.setattr(RecsysWorker, "_committed", the_committed)
