@@ -24,7 +24,7 @@ from faust.types import TP, Message
 
 from recsys_online.events import Rating
 from recsys_online.sharing import ItemChanges
-from schemas import EventError, RatingEvent
+from schemas import EventError, ItemEvent, RatingEvent
 from streamer.engine import Lists, StreamEngine
 from streamer.item_changes import decode_item_changes, encode_item_changes
 from streamer.logs import logging_config, quiet_kafka_client
@@ -276,9 +276,16 @@ class CatalogFollower:
             consumer.assign(self.partitions)
             await consumer.seek_to_beginning(*self.partitions)
             generation = self._generation
+            # Until caught up after a (re)start, the latest event of each item, applied
+            # once caught up (the topic is compacted: that is the catalog). Applying the
+            # log's uncompacted tail event by event would re-apply an item's old delete
+            # to a model restored from a snapshot, wiping what the item's ratings taught
+            # it (co-occurrence, users' recent items) although the item is listed again.
+            latest: dict[str, ItemEvent] = {}
             while True:
                 if generation != self._generation:  # a restart: read from the beginning
                     generation = self._generation
+                    latest.clear()
                     for tp in self.partitions:
                         consumer.seek(tp, 0)
                 batches = await consumer.getmany(timeout_ms=50, max_records=2000)
@@ -287,23 +294,37 @@ class CatalogFollower:
                 lists: dict = {}
                 for records in batches.values():
                     for record in records:
-                        lists.update(self._apply(record))
+                        event = self._event(record)
+                        if event is None:
+                            continue
+                        if self.ready.is_set():
+                            lists.update(self._apply_event(event))
+                        else:  # (moved to the end: applied in the order last seen)
+                            latest.pop(event.item_id, None)
+                            latest[event.item_id] = event
+                caught_up = not self.ready.is_set() and await self._caught_up(None)
+                if caught_up and generation == self._generation:
+                    for event in latest.values():
+                        lists.update(self._apply_event(event))
+                    latest.clear()
                 if lists:
                     await publish(self.engine, self.sink, lists)
-                if (
-                    not self.ready.is_set()
-                    and await self._caught_up(None)
-                    and generation == self._generation
-                ):
+                if caught_up and generation == self._generation:
                     self.ready.set()
         finally:
             await consumer.stop()
 
-    def _apply(self, record: ConsumerRecord) -> dict:
+    def _event(self, record: ConsumerRecord) -> ItemEvent | None:
         try:
-            event = item_event(self.settings, record.key, record.value, _seconds(record))
+            return item_event(self.settings, record.key, record.value, _seconds(record))
         except EventError:
-            return {}  # dead-lettered by validate_items
+            return None  # dead-lettered by validate_items
+
+    def _apply(self, record: ConsumerRecord) -> dict:
+        event = self._event(record)
+        return {} if event is None else self._apply_event(event)
+
+    def _apply_event(self, event: ItemEvent) -> dict:
         if event.op == "delete":
             return self.engine.delete_item(event.item_id, event.timestamp)
         self.engine.upsert_item(event.item_id, dict(event.tags), event.timestamp)
