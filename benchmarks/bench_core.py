@@ -392,25 +392,27 @@ def time_river(cols: Columns) -> tuple[float, float]:
 class RatingLoop:
     """Our rating model fed like river's: FactorModel predict then learn, ``batch`` at a time.
 
-    Setup (untimed) registers the catalog's tags, so items get their rows then; :meth:`run`
-    (timed) maps every user and item id to its row with :class:`IdIndex`, grows storage,
-    predicts (clipped to the scale) and learns, as :class:`Recommender` does for its rating
-    model. A micro-batch is predicted as a whole before it is learned.
+    :meth:`run` (timed) registers the catalog's tags (one batched call: work river has
+    no counterpart of, so it counts against us), maps every user and item id to its row
+    with :class:`IdIndex`, grows storage, predicts (clipped to the scale) and learns, as
+    :class:`Recommender` does for its rating model. A micro-batch is predicted as a whole
+    before it is learned.
     """
 
     def __init__(self, cols: Columns, catalog: dict[str, ItemUpsert], batch: int) -> None:
-        self.cols, self.batch = cols, batch
-        self.users, self.items, tags = IdIndex(), IdIndex(), ItemTags()
+        self.cols, self.batch, self.catalog = cols, batch, catalog
+        self.users, self.items, self.tags = IdIndex(), IdIndex(), ItemTags()
         config = RecommenderConfig()
-        self.model = FactorModel(config.factors, tags, scale=config.scale)
-        for item, upsert in catalog.items():
-            tags.set(self.items.row(item), upsert.tags)
-        self.model.ensure(n_items=len(self.items))
+        self.model = FactorModel(config.factors, self.tags, scale=config.scale)
         self.values = np.asarray(cols.ratings, np.float32)
+        self.item_ids = list(catalog)
+        self.item_tags = [dict(upsert.tags) for upsert in catalog.values()]
 
     def run(self) -> list[np.ndarray]:
         cols, model, values = self.cols, self.model, self.values
         users, items = self.users, self.items
+        self.tags.set_many(items.rows(self.item_ids), self.item_tags)
+        model.ensure(n_items=len(items))
         preds: list[np.ndarray] = []
         if self.batch == 1:
             for u, i, r in zip(cols.users, cols.items, values, strict=True):

@@ -316,8 +316,7 @@ class Recommender:
         self._ensure()
         self.active[rows] = True
         self.deleted[rows] = False
-        for row, item_tags in zip(rows.tolist(), tags, strict=True):
-            self.tags.set(row, dict(item_tags or {}))
+        self.tags.set_many(rows, [dict(item_tags or {}) for item_tags in tags])
         self.mf.set_items_tags(rows)
         self.vectors.update(np.unique(rows))
         self.content.set_items(rows)

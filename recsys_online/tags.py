@@ -118,6 +118,53 @@ class ItemTags:
         self._df[tag_rows] += 1
         return np.union1d(old, tag_rows).astype(np.int32)
 
+    def set_many(
+        self, item_rows: np.ndarray | list[int], tags: list[Mapping[str, float]]
+    ) -> np.ndarray:
+        """:meth:`set` for many items at once (the last of an item's entries wins), in a
+        few array operations rather than a dozen per item; the tag rows touched.
+
+        >>> tags = ItemTags()
+        >>> tags.set_many([0, 2, 0], [{"drama": 1.0}, {"comedy": 2.0}, {"war": 3.0}]).tolist()
+        [1, 2]
+        >>> tags.rows[:3].tolist(), tags.weights[:3].tolist(), tags.tag_df.tolist()
+        ([[2], [0], [1]], [[3.0], [0.0], [2.0]], [0, 1, 1])
+        """
+        item_rows = np.asarray(item_rows, np.int64)
+        if len(item_rows) != len(tags):
+            raise ValueError(f"{len(item_rows)} item rows need as many tag mappings")
+        for item_tags in tags:
+            check_weights(item_tags)
+        if not len(item_rows):
+            return np.zeros(0, np.int32)
+        row_of = self.index.row
+        for item_tags in tags:  # every tag gets its row in order, as one call each would
+            for tag in item_tags:
+                row_of(tag)
+        # The last entry of each item row: ``unique`` of the reversed rows finds it.
+        _, last = np.unique(item_rows[::-1], return_index=True)
+        keep = np.sort(len(item_rows) - 1 - last)
+        rows, kept = item_rows[keep], [tags[j] for j in keep.tolist()]
+        self.changes += 1
+        self.ensure_items(int(rows.max()) + 1)
+        old = self.rows[rows][self.weights[rows] > 0]
+        np.subtract.at(self._df, old, 1)
+        counts = np.fromiter(map(len, kept), np.int64, len(kept))
+        flat = np.fromiter((row_of(t) for item_tags in kept for t in item_tags), np.int32)
+        weights = np.fromiter((w for item_tags in kept for w in item_tags.values()), np.float32)
+        self._df = grown(self._df, self.n_tags)
+        width = int(counts.max(initial=0))
+        if width > self.rows.shape[1]:
+            self.rows, self.weights = (_widened(a, width) for a in (self.rows, self.weights))
+        self.rows[rows] = 0
+        self.weights[rows] = 0.0
+        at = np.repeat(rows, counts)
+        place = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.rows[at, place] = flat
+        self.weights[at, place] = weights
+        np.add.at(self._df, flat, 1)
+        return np.union1d(old, flat).astype(np.int32)
+
     def clear(self, item_row: int) -> None:
         """Drop an item's tags (it left the catalog)."""
         if item_row < self.n_items:
