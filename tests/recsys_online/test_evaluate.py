@@ -236,8 +236,14 @@ def test_coverage_is_a_share_of_the_live_catalog() -> None:
     (last,) = prequential(model, events, k=2, batch_size=1)
     assert last.relevant == 4 and last.recall_at_k == 0.25  # only u3 finds its item
     assert int(model.active[: model.n_items].sum()) == 1  # only z is left
-    # x and y were served (to u2 and u3), then left: a share of one live item.
-    assert 0.0 <= last.coverage <= 1.0, last.coverage
+    # x and y were served (to u2 and u3), then left; u4 was served nothing: no live
+    # item was ever served.
+    assert last.coverage == 0.0
+    # u5 is served z, the one live item then; then w is listed (by its rating), unserved.
+    model = Recommender(RecommenderConfig(signals=("pop",)))
+    more = [Rating("u5", "w", 5.0, 6.0)]
+    (last,) = prequential(model, events + more, k=2, batch_size=1)
+    assert int(model.active[: model.n_items].sum()) == 2 and last.coverage == 0.5
 
 
 def test_ndcg_at_rank_by_hand() -> None:

@@ -518,11 +518,60 @@ async def test_send_refuses_what_this_deployments_workers_would_dead_letter() ->
     assert [key for _, key, _ in sent] == ["u"]
 
 
+def test_the_sync_producer_holds_a_caller_while_its_queue_is_full(monkeypatch) -> None:
+    """Memory stays bounded when Kafka is slower than the app: a send waits while
+    ``QUEUE_MAX`` events wait to go, and goes on as they leave; nothing is lost."""
+    import threading
+
+    from schemas import RatingEvent
+    from streamer import producer as module
+    from streamer.settings import Settings
+
+    sent: list[str] = []
+    gate = threading.Event()  # Kafka taking nothing until it is set
+
+    class Producer:  # the asyncio producer, Kafka left out
+        def __init__(self, settings, linger_ms) -> None:
+            self.settings = Settings()
+
+        async def start(self) -> None: ...
+
+        async def _send(self, topic: str, key: str, value: bytes) -> None:
+            while not gate.is_set():
+                await asyncio.sleep(0.005)
+            sent.append(key)
+
+        async def flush(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    monkeypatch.setattr(module, "EventProducer", Producer)
+    monkeypatch.setattr(module.SyncEventProducer, "QUEUE_MAX", 2)
+    producer = module.SyncEventProducer()
+    users = [f"u{n}" for n in range(8)]
+
+    def send_all() -> None:
+        for user in users:
+            producer.send_rating(RatingEvent(user_id=user, item_id="i", rating=4.0, timestamp=1.0))
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    sender.join(0.3)
+    try:
+        assert sender.is_alive()  # held: the queue is full
+        assert len(producer._queue) == 2 and not sent
+    finally:
+        gate.set()
+        sender.join(5)
+    producer.close()
+    assert not sender.is_alive() and sent == users
+
+
 def test_the_sync_producer_sends_in_order_and_closes_after_what_is_queued(monkeypatch) -> None:
     """Events are validated in the caller's thread and queued: a send returns at once,
-    the producer's own thread sends them in order. A close waits for what is queued and
-    for other threads' calls, later sends are refused, and a close interrupted while it
-    waited is finished by the next one."""
+    the producer's own thread sends them in order. A close waits for what is queued (from
+    any thread), later sends are refused, and a close interrupted while it waited is
+    finished by the next one."""
     import threading
 
     from schemas import EventError, RatingEvent
@@ -560,8 +609,9 @@ def test_the_sync_producer_sends_in_order_and_closes_after_what_is_queued(monkey
         producer.send_rating(rating("u99", 5.0))
     sender = threading.Thread(target=producer.send_rating, args=(rating("t"),))
     sender.start()
+    sender.join(2)  # queued from another thread (a close first would refuse it)
+    assert not sender.is_alive() and len(log) < 20  # (the first 20 still going out)
     producer.close()
-    sender.join(2)
     assert log == [f"sent u{n}" for n in range(20)] + ["sent t", "stopped"]
     with pytest.raises(RuntimeError, match="closed"):
         producer.send_rating(rating("late"))

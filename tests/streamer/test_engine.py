@@ -188,6 +188,37 @@ def test_the_refresh_check_goes_through_the_served_users_a_slice_at_a_time(
     assert answers[0] == answers[1] == sorted([f"fan{n}" for n in range(5)] + ["rocker"])
 
 
+def _two_raters(window_s: float, apart_s: float, replay: bool) -> StreamEngine:
+    """An engine that learned two users' ratings of one item ``apart_s`` apart,
+    live (evaluated first) or replayed, in steps of ``window_s`` of event time."""
+    engine = StreamEngine(Settings(k=2, n_factors=4, learn_window_s=window_s))
+    engine.upsert_item("x", {"jazz": 1.0})
+    engine.upsert_item("y", {"jazz": 1.0})
+    ratings = [Rating("u1", "x", 5.0, 0.0), Rating("u2", "x", 2.0, apart_s)]
+    if replay:
+        engine.relearn(ratings)
+    else:
+        engine.learn_ratings(ratings)
+    return engine
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_a_batch_is_learned_in_steps_of_the_learn_window(replay: bool) -> None:
+    """Two ratings further apart in event time than ``learn_window_s`` are learned in
+    two steps (the second predicted, and learned, after the first is learned); within
+    the window, in one step, as if simultaneous. Live and replayed alike."""
+
+    def outcome(window_s: float, apart_s: float) -> float:
+        engine = _two_raters(window_s, apart_s, replay)
+        if replay:
+            return engine.model.predict_rating("u3", "x")
+        return engine.metrics()["rmse"]
+
+    assert outcome(3600.0, 100.0) == outcome(1e9, 100.0)  # one step either way
+    assert outcome(3600.0, 10_000.0) != outcome(1e9, 10_000.0)  # two steps, or one
+    assert outcome(60.0, 100.0) == outcome(3600.0, 10_000.0)  # two steps both
+
+
 def _run_with_share(share: float) -> StreamEngine:
     from recsys_online import synth
 
