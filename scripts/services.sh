@@ -4,7 +4,7 @@
 #     listed in scripts/kafka/pom.xml;
 #   - Redis from Debian's redis-server package, without persistence.
 #
-# Usage: scripts/services.sh up | down [--purge] | status | logs [-f] | browser
+# Usage: scripts/services.sh up | down [--purge] | status | logs [-f] | install | browser
 #
 #   up       fetch/install what is missing, start both, wait until they really answer,
 #            then print the env to export on stdout (progress goes to stderr), so
@@ -13,6 +13,9 @@
 #            --purge also deletes Kafka's data (topics, offsets, cluster id).
 #   status   real checks (a Kafka metadata request, redis PING); exit 0 only if both are up.
 #   logs     last lines of kafka.log and redis.log (-f: follow them).
+#   install  fetch/install what `up` needs (Kafka jars, Java, redis-server) when missing,
+#            starting nothing: tests that start a broker or a Redis of their own need it
+#            even where the shared services run elsewhere.
 #   browser  install Debian's chromium when missing (the dashboard's headless browser
 #            test needs it) and print `export RECSYS_CHROMIUM=...`.
 #
@@ -729,6 +732,13 @@ cmd_logs() {
   done
 }
 
+cmd_install() { # what up fetches and installs, nothing started
+  ensure_kafka_jars
+  ensure_java
+  ensure_redis
+  log "install: Kafka $KAFKA_VERSION jars, Java and redis-server are here"
+}
+
 cmd_browser() { # headless Chromium for the dashboard test; prints the env line to export
   local path
   path=$(command -v chromium || command -v chromium-browser || true)
@@ -749,6 +759,7 @@ main() {
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
     logs) cmd_logs "$@" ;;
+    install) cmd_install "$@" ;;
     browser) cmd_browser "$@" ;;
     -h | --help | help) usage ;;
     *)

@@ -32,6 +32,9 @@ step "install: $PYTHON -m pip install -e '.[dev]'"
 
 if [[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" && -n "${REDIS_URL:-}" ]]; then
   step "services: using KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS REDIS_URL=$REDIS_URL"
+  # Tests that start a broker or a Redis of their own run them from these (fetched now,
+  # not during the tests).
+  scripts/services.sh install </dev/null
 else
   step "start services: scripts/services.sh up"
   # Only what is down now is this run's to stop (set first: a half-started `up` is

@@ -544,3 +544,37 @@ def test_services_down_never_stops_a_redis_it_did_not_start(tmp_path) -> None:
     finally:
         other.terminate()
         other.wait(timeout=10)
+
+
+def test_services_install_fetches_what_up_needs_and_starts_nothing(tmp_path) -> None:
+    """``scripts/test.sh`` runs it where the shared services are preset: the tests that
+    start a broker or a Redis of their own then find the jars and ``redis-server``
+    already here, instead of fetching them mid-test."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from own_services import free_port
+
+    port = free_port()
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "RECSYS_STATE_DIR": str(state),
+        "REDIS_PORT": str(port),
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+    }
+    script = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
+    done = subprocess.run(
+        ["bash", str(script), "install"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "jars, Java and redis-server are here" in done.stderr
+    assert done.stdout == ""  # (no env to export: nothing runs)
+    assert not state.exists() or not list(state.glob("*.pid"))
+    status = subprocess.run(
+        ["bash", str(script), "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode != 0, status.stdout
+    assert "kafka: DOWN" in status.stdout and "redis: DOWN" in status.stdout, status.stdout
