@@ -25,6 +25,7 @@ from faust.types import TP, Message
 from recsys_online.events import Rating
 from recsys_online.sharing import ItemChanges
 from schemas import EventError, ItemEvent, RatingEvent
+from streamer.deadletters import TopicNotReadToEnd, refused_offsets
 from streamer.engine import Lists, StreamEngine
 from streamer.item_changes import decode_item_changes, encode_item_changes
 from streamer.logs import logging_config, quiet_kafka_client
@@ -126,7 +127,9 @@ def _topics(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.ratings_topic, settings.partitions, 1, topic_configs=forever),
         NewTopic(settings.items_topic, settings.partitions, 1, topic_configs=items),
         NewTopic(settings.users_topic, settings.partitions, 1, topic_configs=compacted),
-        NewTopic(settings.deadletter_topic, 1, 1),
+        # Kept as long as the ratings: a replay skips the ratings refused live by their
+        # dead letters, and a letter gone would let a rebuild learn a refused rating.
+        NewTopic(settings.deadletter_topic, 1, 1, topic_configs=forever),
         # Item-side changes workers exchange (RECSYS_SHARE_ITEMS_EVERY_S): only for the
         # workers running now, so kept an hour.
         NewTopic(settings.item_changes_topic, 1, 1, topic_configs={"retention.ms": "3600000"}),
@@ -1539,10 +1542,15 @@ class RecsysWorker:
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
         try:
             last_seen.update(await self._replay_users(consumer, sorted(until)))
+            refused = await self._refused(consumer, sorted(until))
+
+            def replayable(record: ConsumerRecord) -> Rating | None:
+                if record.offset in refused.get(record.partition, ()):
+                    return None  # refused live (a copy sent back is learned instead)
+                return self._replayable(record)
+
             start = {p: self._resume_from.get(p, 0) for p in until}
-            async for ratings in read_merged(
-                consumer, s.ratings_topic, start, until, self._replayable
-            ):
+            async for ratings in read_merged(consumer, s.ratings_topic, start, until, replayable):
                 if self.app.consumer.revocations != revocations:
                     # A rebalance began: its revocation waits for the batch this replay
                     # runs in, and the partitions may go elsewhere. The model holds part
@@ -1614,14 +1622,26 @@ class RecsysWorker:
                     users[event.user_id] = max(users.get(event.user_id, 0.0), event.timestamp)
         return users
 
+    async def _refused(self, consumer, partitions: list[int]) -> dict[int, set[int]]:
+        """The offsets of ``partitions`` refused live, by the dead-letter topic (none,
+        with a warning, when it cannot be read to its end in time: the replay then
+        learns the refused ratings whose cause went away, as before the letters were
+        read)."""
+        try:
+            return await refused_offsets(consumer, self.settings, partitions)
+        except TopicNotReadToEnd as exc:
+            log.warning("replay without the dead letters' offsets: %s", exc)
+            return {}
+
     def _replayable(self, record: ConsumerRecord) -> Rating | None:
         """The rating a logged event held, or None where it cannot have been learned live.
 
         Replay runs after the whole catalog was read, so it cannot see the catalog as it
         was at each rating: a rating of an item deleted since is learned (it was, live,
-        before the delete), and only items the catalog never knew are refused. A rating
-        dead-lettered live because its item was not announced yet, or already deleted,
-        is learned here: the one way a rebuild can differ, and it only adds ratings. An
+        before the delete), and only items the catalog never knew are refused. Ratings
+        refused live are skipped before this, by their dead letters (:meth:`_refused`):
+        one sent back by ``recsys-online deadletters --redrive`` is learned once, as its
+        copy, whether the replay comes before or after the redrive. An
         item deleted and freed since (:meth:`StreamEngine.compact_if_due`) gets a row
         again, as deleted, for its ratings.
         """

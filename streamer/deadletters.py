@@ -276,6 +276,21 @@ async def superseded(
     return out
 
 
+async def refused_offsets(
+    consumer: AIOKafkaConsumer, settings: Settings, partitions: Sequence[int]
+) -> dict[int, set[int]]:
+    """The offsets of the ratings topic's ``partitions`` that workers refused: the
+    sources of the dead-letter topic's letters, read whole with ``consumer`` (a worker's
+    replay: it skips them, as live did; :class:`TopicNotReadToEnd` past
+    ``READ_TIMEOUT_S``)."""
+    wanted, topic = set(partitions), settings.ratings_topic
+    out: dict[int, set[int]] = {p: set() for p in wanted}
+    for d in await _read(consumer, settings.deadletter_topic, None):
+        if d.source_topic == topic and d.source_partition in wanted:
+            out[d.source_partition].add(d.source_offset)
+    return out
+
+
 async def read_dead_letters(settings: Settings, last: int | None = None) -> list[DeadLetter]:
     """Every dead letter of ``settings.deadletter_topic`` (or the ``last`` of each
     partition), oldest first within a partition."""

@@ -568,3 +568,63 @@ def test_a_sharing_worker_killed_leaves_a_survivor_that_counts_each_rating_once(
         sorted(expected.values()), rel=1e-4
     ), (served, expected)
     assert {x["item_id"] for x in served} == set(expected)
+
+
+def test_a_rating_sent_back_is_learned_once_by_rebuilds_before_and_after_the_redrive(
+    make_run, stream
+) -> None:
+    """A rating refused for an item not listed yet, then its item listed: a rebuild
+    (a restart without a snapshot) skips it as live did, by its dead letter; sent back
+    with ``deadletters --redrive``, its copy is learned, and a rebuild after that learns
+    the copy only. Without the dead letters a rebuild learned the original too, so the
+    redriven rating counted twice."""
+    from worker_process import cli
+
+    ratings = stream.ratings[:1000]
+    run = make_run(RECSYS_SNAPSHOT_EVERY_S="0")
+    produce_catalog(run, stream)
+    first = run.start_worker()
+    late = Rating(ratings[0].user, "late-item", 5.0, ratings[-1].timestamp + 1.0)
+    produce_ratings(run, [*ratings, late])
+    reason = "item_id: unknown item 'late-item'"
+
+    def letters() -> list[dict]:
+        done = cli(run.env, "deadletters", "--reason", reason, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    run.wait("the late rating's dead letter", letters)
+    run.wait("the ratings learned", lambda: run.holds(first, len(ratings)))
+    # (Committed, so the next worker replays them: one that processed them live again
+    # would learn the late rating, its item listed by then, as the first would have.)
+    run.wait("the offsets committed", lambda: _committed(run) == len(ratings) + 1)
+    listed = ItemEvent(op="upsert", item_id="late-item", tags=["t0"], timestamp=late.timestamp)
+    kafka = run.env["KAFKA_BOOTSTRAP_SERVERS"]
+    asyncio.run(_produce(kafka, [(run.items_topic, b"late-item", listed.to_bytes())]))
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second, state = run.restart_and_settle(len(ratings))
+    assert state["events"] == len(ratings), run.logs()  # the original skipped
+    sent = cli(run.env, "deadletters", "--redrive", "--reason", reason, "--json")
+    assert sent.returncode == 0 and len(json.loads(sent.stdout)["sent"]) == 1, sent.stderr
+    run.wait("the copy learned", lambda: run.holds(second, len(ratings) + 1))
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    _, state = run.restart_and_settle(len(ratings) + 1)
+    assert state["events"] == len(ratings) + 1, run.logs()  # the copy only
+
+
+def _committed(run: Run) -> int:
+    """The sum of the group's committed offsets on the ratings topic."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def read() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=run.env["KAFKA_BOOTSTRAP_SERVERS"])
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(run.env["RECSYS_APP_ID"])
+        finally:
+            await admin.close()
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == run.ratings_topic)
+
+    return asyncio.run(read())

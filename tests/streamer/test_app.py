@@ -22,6 +22,16 @@ from streamer.settings import Settings
 from streamer.snapshot import SnapshotStore
 
 
+@pytest.fixture(autouse=True)
+def _no_dead_letters(monkeypatch) -> None:
+    """Replays here read stand-in logs: no dead-letter topic to read, none refused."""
+
+    async def none_refused(self, consumer, partitions) -> dict[int, set[int]]:
+        return {}
+
+    monkeypatch.setattr(RecsysWorker, "_refused", none_refused)
+
+
 async def test_the_worker_consumer_asks_the_broker_to_hold_fetches_briefly() -> None:
     """Faust builds its consumer with a 1.5 s fetch wait; the worker's is the setting's
     (a fetch of idle topics held that long delays every live rating behind it)."""
