@@ -204,12 +204,13 @@ def last(checkpoints: Iterator[Checkpoint]) -> Checkpoint:
 # 1. RMSE against river
 
 
-def river_biased_mf() -> reco.BiasedMF:
-    """river's BiasedMF with the settings of its MovieLens tutorial."""
+def river_biased_mf(latent_lr: float = 0.05) -> reco.BiasedMF:
+    """river's BiasedMF with the settings of its MovieLens tutorial (``latent_lr``: its
+    latent learning rate, 0.05 there)."""
     return reco.BiasedMF(
         n_factors=10,
         bias_optimizer=optim.SGD(0.025),
-        latent_optimizer=optim.SGD(0.05),
+        latent_optimizer=optim.SGD(latent_lr),
         weight_initializer=optim.initializers.Zeros(),
         latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
         l2_bias=0.0,
@@ -217,9 +218,11 @@ def river_biased_mf() -> reco.BiasedMF:
     )
 
 
-def river_rmse(ratings: list[Rating], scale: tuple[float, float]) -> tuple[float, float]:
+def river_rmse(
+    ratings: list[Rating], scale: tuple[float, float], latent_lr: float = 0.05
+) -> tuple[float, float]:
     """Prequential RMSE of river's BiasedMF: (unclipped, clipped to ``scale``)."""
-    model = river_biased_mf()
+    model = river_biased_mf(latent_lr)
     raw, clipped = metrics.RMSE(), metrics.RMSE()
     lo, hi = scale
     for r in ratings:
