@@ -678,9 +678,12 @@ class RecsysWorker:
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._reset_pending = False
-        # Partitions in the model revoked by a rebalance, until its assignment says
-        # whether they come back (:meth:`_on_revoked`).
-        self._revoked_in_model: set[int] = set()
+        # A rebalance revoked the partitions and its assignment has not come yet: which
+        # partitions are ours is unknown (:meth:`_on_revoked`).
+        self._awaiting_assignment = False
+        # Ratings partition -> where live processing stood when the model was last
+        # rebuilt: its replay goes at least that far (the group's commit may lag).
+        self._live_from: dict[int, int] = {}
         self.rebuilds = 0  # models rebuilt after a rebalance took partitions away
         self._replay_lock = asyncio.Lock()
         # Ratings received, held until every partition has delivered up to their time:
@@ -1194,9 +1197,9 @@ class RecsysWorker:
 
     # ------------------------------------------------------------------ state
     async def _on_revoked(self, app: faust.App, revoked: set, **kwargs: object) -> None:
-        """Losing a partition whose users are in the model: rebuild the model from the
-        partitions we keep (at the next batch), so a partition that comes back is never
-        learned twice.
+        """A rebalance begins: the model is rebuilt (at the next batch) if it loses a
+        partition whose users it holds, so a partition that comes back is never learned
+        twice.
 
         Kafka's eager rebalancing revokes every partition at every rebalance, and most
         come back to the same worker: whether one was lost is only known at the
@@ -1204,34 +1207,34 @@ class RecsysWorker:
         while a restore or a replay is under way rebuilds at once: it may be loading or
         learning a partition only in part."""
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
-        # In the model: partitions replayed, or covered by a snapshot restored (before
-        # their replay), or being restored or replayed now (a restore or a replay under
-        # way may be loading or learning a lost partition).
-        in_model = self._replayed | self._resume_from.keys()
+        self._awaiting_assignment = True
         busy = self._replay_lock.locked() or not self._restore_ended.is_set()
         if lost and busy:
             self._reset_pending = True
-        elif lost & in_model:
-            self._revoked_in_model |= lost & in_model
 
     REBALANCE_CHECK_S = 10.0  # for the committed offsets at an assignment; then rebuild
 
     async def _on_assigned(self, app: faust.App, assigned: set, **kwargs: object) -> None:
         """The group's new assignment: the model is rebuilt (at the next batch) if it
-        holds a partition revoked and not assigned back; a partition that came back is
-        kept as the model has it, unless another worker committed past what the model
-        learned of it (it owned the partition meanwhile: a worker that left the group
-        and came back), in which case its offsets from there are replayed."""
+        holds a partition not assigned now (replayed, or covered by a snapshot restored,
+        before the rebalance or during it: the old assignment holds until this one); a
+        partition that came back is kept as the model has it, unless another worker
+        committed past what the model learned of it (it owned the partition meanwhile: a
+        worker that left the group and came back), in which case its offsets from there
+        are replayed."""
         self._joined = True
-        revoked, self._revoked_in_model = self._revoked_in_model, set()
-        if not revoked or self._reset_pending:
+        self._awaiting_assignment = False
+        if self._reset_pending:
             return
         now = {tp.partition for tp in assigned if tp.topic == self.settings.ratings_topic}
-        if revoked - now:
-            log.info("rebalance: partitions %s went to other workers", sorted(revoked - now))
+        in_model = self._replayed | self._resume_from.keys()
+        if in_model - now:
+            log.info("rebalance: partitions %s went to other workers", sorted(in_model - now))
             self._reset_pending = True
             return
-        kept = sorted(revoked & self._replayed)
+        kept = sorted(self._replayed)
+        if not kept:
+            return
         try:
             committed = await asyncio.wait_for(self._committed(), self.REBALANCE_CHECK_S)
         except (TimeoutError, KafkaError, OSError) as exc:
@@ -1244,7 +1247,7 @@ class RecsysWorker:
                 self._replayed.discard(p)
                 self._resume_from[p] = learned
                 self._next_offset.pop(p, None)
-        log.info("rebalance: partitions %s kept, the model with them", sorted(revoked))
+        log.info("rebalance: partitions %s kept, the model with them", kept)
 
     async def _reset_if_pending(self) -> None:
         """Rebuild the model after losing a partition, or before learning one whose
@@ -1275,8 +1278,10 @@ class RecsysWorker:
         log.info("rebalance: rebuilding the model from the assigned partitions")
         self.rebuilds += 1
         self._reset_pending = False
-        self._revoked_in_model.clear()  # (nothing of theirs left in the new model)
         self._replayed.clear()
+        # Records taken since the last commit are not fetched again unless a rebalance
+        # seeks back: the rebuild's replay covers them (:meth:`_ensure_replayed`).
+        self._live_from = dict(self._next_offset)
         self._next_offset.clear()  # set again by each partition's replay
         self._resume_from.clear()  # the snapshot covered the partitions we had
         # A snapshot of the partitions kept (this worker's, from before it took others
@@ -1308,12 +1313,20 @@ class RecsysWorker:
             if not todo:
                 return
             committed = await self._committed()
-            until = {p: first_live.get(p, committed.get(p, 0)) for p in todo}
+            # (Live processing resumes at the group's commit, or past it where the model
+            # before a rebuild had taken records the commit does not cover yet.)
+            until = {
+                p: first_live.get(p, max(committed.get(p, 0), self._live_from.get(p, 0)))
+                for p in todo
+            }
             await self._replay(until, revocations)
 
     async def _replay_idle_partitions(self) -> None:
         """Partitions assigned to us that see no new ratings are replayed too, up to the
-        group's committed offset (where live processing would resume)."""
+        group's committed offset (where live processing would resume). Not while a
+        rebalance is under way: the assignment it replaces still reads as ours."""
+        if self._awaiting_assignment or self.app.rebalancing:
+            return
         if self._assigned() - self._replayed:
             try:
                 await self._ensure_replayed({})
@@ -1467,7 +1480,7 @@ class RecsysWorker:
         due = final or time.monotonic() - self._last_snapshot >= s.snapshot_every_s
         if s.snapshot_every_s <= 0 or not due or self._reset_pending:
             return
-        if self._revoked_in_model or self.app.rebalancing:  # (which partitions are ours?)
+        if self._awaiting_assignment or self.app.rebalancing:  # (which partitions are ours?)
             return
         assigned = self._assigned()
         if not assigned:  # (no partitions, nothing to snapshot: no age to report)
@@ -1541,8 +1554,8 @@ class RecsysWorker:
         learned = dict.fromkeys(until, 0)
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
         try:
+            refused = await self._refused(sorted(until), revocations, started)
             last_seen.update(await self._replay_users(consumer, sorted(until)))
-            refused = await self._refused(consumer, sorted(until))
 
             def replayable(record: ConsumerRecord) -> Rating | None:
                 if record.offset in refused.get(record.partition, ()):
@@ -1622,16 +1635,27 @@ class RecsysWorker:
                     users[event.user_id] = max(users.get(event.user_id, 0.0), event.timestamp)
         return users
 
-    async def _refused(self, consumer, partitions: list[int]) -> dict[int, set[int]]:
+    async def _refused(
+        self, partitions: list[int], revocations: int, started: float
+    ) -> dict[int, set[int]]:
         """The offsets of ``partitions`` refused live, by the dead-letter topic (none,
         with a warning, when it cannot be read to its end in time: the replay then
-        learns the refused ratings whose cause went away, as before the letters were
-        read)."""
+        learns the refused ratings whose cause went away). A rebalance begun since the
+        consumer's count was ``revocations`` stops the replay, as between its chunks."""
+
+        def rebalancing() -> bool:
+            return self.app.consumer.revocations != revocations
+
         try:
-            return await refused_offsets(consumer, self.settings, partitions)
+            refused = await refused_offsets(self.settings, partitions, rebalancing)
         except TopicNotReadToEnd as exc:
             log.warning("replay without the dead letters' offsets: %s", exc)
             return {}
+        if refused is None:
+            raise BatchAbandoned(
+                f"a rebalance began {time.monotonic() - started:.1f} s into a replay"
+            )
+        return refused
 
     def _replayable(self, record: ConsumerRecord) -> Rating | None:
         """The rating a logged event held, or None where it cannot have been learned live.

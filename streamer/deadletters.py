@@ -277,17 +277,35 @@ async def superseded(
 
 
 async def refused_offsets(
-    consumer: AIOKafkaConsumer, settings: Settings, partitions: Sequence[int]
-) -> dict[int, set[int]]:
+    settings: Settings, partitions: Sequence[int], interrupted: Callable[[], bool] = bool
+) -> dict[int, set[int]] | None:
     """The offsets of the ratings topic's ``partitions`` that workers refused: the
-    sources of the dead-letter topic's letters, read whole with ``consumer`` (a worker's
-    replay: it skips them, as live did; :class:`TopicNotReadToEnd` past
-    ``READ_TIMEOUT_S``)."""
-    wanted, topic = set(partitions), settings.ratings_topic
+    sources of the dead-letter topic's letters (a worker's replay skips them, as live
+    did), read to the topic's end with a consumer of their own, keeping only the
+    offsets (not the letters). None when ``interrupted()`` turns true between two
+    fetches (a rebalance began); :class:`TopicNotReadToEnd` past ``READ_TIMEOUT_S``."""
+    wanted, ratings, topic = set(partitions), settings.ratings_topic, settings.deadletter_topic
     out: dict[int, set[int]] = {p: set() for p in wanted}
-    for d in await _read(consumer, settings.deadletter_topic, None):
-        if d.source_topic == topic and d.source_partition in wanted:
-            out[d.source_partition].add(d.source_offset)
+    consumer = standalone_consumer(settings)
+    await consumer.start()
+    try:
+        found = consumer.partitions_for_topic(topic)
+        if found is None:  # (not in the metadata yet)
+            await consumer._client.force_metadata_update()
+            found = consumer.partitions_for_topic(topic)
+        if not found:
+            raise TopicNotReadToEnd(f"{topic} has no partitions in the brokers' metadata")
+        tps = [TopicPartition(topic, p) for p in sorted(found)]
+        first, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        async for chunk in _chunks(consumer, {tp: (first[tp], end[tp]) for tp in tps}, topic):
+            if interrupted():
+                return None
+            for record in chunk:
+                d = DeadLetter.from_record(record)
+                if d.source_topic == ratings and d.source_partition in wanted:
+                    out[d.source_partition].add(d.source_offset)
+    finally:
+        await consumer.stop()
     return out
 
 

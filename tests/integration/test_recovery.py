@@ -601,6 +601,11 @@ def test_a_rating_sent_back_is_learned_once_by_rebuilds_before_and_after_the_red
     listed = ItemEvent(op="upsert", item_id="late-item", tags=["t0"], timestamp=late.timestamp)
     kafka = run.env["KAFKA_BOOTSTRAP_SERVERS"]
     asyncio.run(_produce(kafka, [(run.items_topic, b"late-item", listed.to_bytes())]))
+    # A user's declared tags too: the replay reads the users topic of its partitions
+    # (which once hid the dead-letter topic from the replay's own consumer).
+    declared = UserEvent(user_id=late.user, tags=["t0"], timestamp=late.timestamp)
+    users_topic = run.env["RECSYS_USERS_TOPIC"]
+    asyncio.run(_produce(kafka, [(users_topic, late.user.encode(), declared.to_bytes())]))
     first.send_signal(signal.SIGKILL)
     first.wait()
     second, state = run.restart_and_settle(len(ratings))

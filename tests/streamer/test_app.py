@@ -26,7 +26,7 @@ from streamer.snapshot import SnapshotStore
 def _no_dead_letters(monkeypatch) -> None:
     """Replays here read stand-in logs: no dead-letter topic to read, none refused."""
 
-    async def none_refused(self, consumer, partitions) -> dict[int, set[int]]:
+    async def none_refused(self, partitions, revocations, started) -> dict[int, set[int]]:
         return {}
 
     monkeypatch.setattr(RecsysWorker, "_refused", none_refused)
@@ -1254,8 +1254,9 @@ async def test_a_batch_whose_replay_rebuilt_the_model_first_learns_what_the_rebu
 ) -> None:
     """A batch's records of a partition the model had learned past are dropped as
     learned; when its replay then rebuilds the model first (asked for while another
-    replay held the lock), the rebuild learns that partition only up to the committed
-    offset: the records after it, in this batch, are learned, not lost."""
+    replay held the lock), the rebuild learns that partition up to where the old model's
+    live processing stood, past the group's commit: the batch's records of it are then
+    learned already, and dropped, neither lost nor learned twice."""
     log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(10)], 1: []}
     worker, _, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 5, 1: 0})
     monkeypatch.setattr(worker, "_assigned", lambda: {0, 1})
@@ -1285,8 +1286,8 @@ async def test_a_batch_whose_replay_rebuilt_the_model_first_learns_what_the_rebu
         await learning
     finally:
         follower.cancel()
-    assert not worker._reset_pending and worker.engine.events == 5
-    assert taken == [(0, n) for n in range(5, 10)] + [(1, 0)]
+    assert not worker._reset_pending and worker.engine.events == 10
+    assert worker._next_offset[0] == 10 and taken == [(1, 0)]
 
 
 async def test_changes_pending_in_a_snapshot_are_not_sent_again_after_a_restore(
@@ -1387,7 +1388,7 @@ async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
         engine = worker.engine
         assert engine.events == 8 and starts == [{0: 0, 1: 0}]
         await worker._on_revoked(worker.app, both)
-        assert not worker._reset_pending and worker._revoked_in_model == {0, 1}
+        assert not worker._reset_pending and worker._awaiting_assignment
         worker._last_snapshot = -1e9  # due: but not while the assignment is unknown
         await worker._snapshot_if_due()
         assert not list(worker.snapshots.directory.glob("*"))
@@ -1395,7 +1396,7 @@ async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
         await worker._reset_if_pending()
         await worker._ensure_replayed({0: 4, 1: 4})
         assert worker.engine is engine and engine.events == 8 and len(starts) == 1
-        assert not worker._revoked_in_model and worker._replayed == {0, 1}
+        assert not worker._awaiting_assignment and worker._replayed == {0, 1}
         # A second worker joins and takes partition 1: rebuilt from partition 0.
         await worker._on_revoked(worker.app, both)
         owned.discard(1)
@@ -1408,6 +1409,57 @@ async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
     assert worker.engine is not engine and worker.engine.events == 4
     assert not any(u.startswith("p1") for u in worker.engine.model.users.ids)
     assert worker.rebuilds == 1
+
+
+async def test_a_partition_replayed_while_a_rebalance_is_under_way_and_then_lost_rebuilds(
+    monkeypatch, tmp_path
+) -> None:
+    """Until the new assignment comes, the old one still reads as ours: a partition not
+    in the model at the revocation must not be replayed meanwhile (by the timer), and
+    one that reached the model anyway (a replay or restore begun in that window) and is
+    not assigned back rebuilds the model."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 4})
+    owned = {0, 1}
+    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    both = {TP("r", 0), TP("r", 1)}
+    try:
+        await worker._on_revoked(worker.app, both)  # (nothing in the model yet)
+        await worker._replay_idle_partitions()  # a timer tick during the rebalance
+        assert starts == [] and worker.engine.events == 0
+        await worker._ensure_replayed({0: 4, 1: 4})  # (a replay begun in the window)
+        owned.discard(1)  # partition 1 goes to the worker that joined
+        await worker._on_assigned(worker.app, {TP("r", 0)})
+        assert worker._reset_pending
+        await worker._reset_if_pending()
+        await worker._replay_idle_partitions()
+    finally:
+        follower.cancel()
+    assert worker.engine.events == 4
+    assert not any(u.startswith("p1") for u in worker.engine.model.users.ids)
+
+
+async def test_a_rebuild_outside_a_rebalance_replays_what_was_taken_past_the_commit(
+    monkeypatch, tmp_path
+) -> None:
+    """A rebuild asked for outside a rebalance (a replay cut short by an error) is not
+    followed by a seek back to the group's commit: the records taken since the last
+    commit come no more, so the rebuild's replay goes as far as live processing had."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(6)] for p in (0, 1)}
+    committed = {0: 4, 1: 4}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, committed)
+    monkeypatch.setattr(worker, "_assigned", lambda: {0, 1})
+    try:
+        await worker._ensure_replayed({0: 4, 1: 4})
+        worker.engine.relearn(log[0][4:6])  # live: offsets 4 and 5 taken, not committed
+        worker._next_offset[0] = 6
+        worker._reset_pending = True  # (as a replay cut short asks)
+        await worker._reset_if_pending()
+        await worker._replay_idle_partitions()
+    finally:
+        follower.cancel()
+    assert starts[-1] == {0: 0, 1: 0} and worker._next_offset == {0: 6, 1: 4}
+    assert worker.engine.events == 10  # partition 0's six, partition 1's four
 
 
 async def test_a_rebuild_restores_a_snapshot_of_the_partitions_kept(monkeypatch, tmp_path) -> None:
