@@ -710,22 +710,16 @@ async def test_an_item_listed_again_after_a_delete_takes_ratings_while_catching_
     assert len(valid) == 1 and dead == []
 
 
-async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -> None:
-    """A revocation that begins while the batch waits for the committed offsets (or for
-    another replay's lock) is seen too: the replay learns nothing and asks for a rebuild."""
+def _two_ratings_to_replay(monkeypatch, committed) -> RecsysWorker:
+    """A worker owning partition 0 whose replay would read two ratings, every service
+    a stand-in (``committed``: the group's committed offsets, an async method)."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
-    consumer = worker.app.consumer
-    worker.catalog.ready.set()
     worker.engine.upsert_item("a", {"t": 1.0})
 
     class Idle:
         async def start(self) -> None: ...
 
         async def stop(self) -> None: ...
-
-    async def committed(self) -> dict[int, int]:
-        consumer.revocations += 1  # the rebalance begins meanwhile
-        return {0: 2}
 
     async def merged(*args, **kwargs):
         yield [(0, Rating("u1", "a", 4.0, 1.0)), (0, Rating("u2", "a", 4.0, 2.0))]
@@ -741,6 +735,19 @@ async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -
     monkeypatch.setattr(RecsysWorker, "_restore_once", nothing)
     monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
     monkeypatch.setattr(RecsysWorker, "_assigned", lambda self: {0})
+    return worker
+
+
+async def test_a_rebalance_begun_before_a_replay_started_stops_it(monkeypatch) -> None:
+    """A revocation that begins while the batch waits for the committed offsets (or for
+    another replay's lock) is seen too: the replay learns nothing and asks for a rebuild."""
+
+    async def committed(self) -> dict[int, int]:
+        self.app.consumer.revocations += 1  # the rebalance begins meanwhile
+        return {0: 2}
+
+    worker = _two_ratings_to_replay(monkeypatch, committed)
+    worker.catalog.ready.set()
     with pytest.raises(BatchAbandoned):
         await worker._ensure_replayed({})
     assert worker.engine.events == 0 and worker._reset_pending
@@ -752,37 +759,17 @@ async def test_a_rebalance_begun_while_the_batch_waits_for_the_catalog_stops_its
     """The ratings batch waits for the catalog (read again after a rebuild) before it
     replays a partition new to the model: a revocation that begins during that wait
     stops the replay too, or the revocation would wait out all of it."""
-    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
-    consumer = worker.app.consumer
-    worker.engine.upsert_item("a", {"t": 1.0})
-
-    class Idle:
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
 
     async def committed(self) -> dict[int, int]:
         return {0: 2}
 
-    async def merged(*args, **kwargs):
-        yield [(0, Rating("u1", "a", 4.0, 1.0)), (0, Rating("u2", "a", 4.0, 2.0))]
-
-    async def nothing(self) -> None: ...
-
-    async def no_users(self, consumer, partitions) -> dict[str, float]:
-        return {}
+    worker = _two_ratings_to_replay(monkeypatch, committed)
 
     async def catalog_read_during_a_rebalance() -> None:
         await asyncio.sleep(0.01)
-        consumer.revocations += 1  # the rebalance begins while the batch waits
+        worker.app.consumer.revocations += 1  # the rebalance begins while the batch waits
         worker.catalog.ready.set()
 
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
-    monkeypatch.setattr(app_module, "read_merged", merged)
-    monkeypatch.setattr(RecsysWorker, "_committed", committed)
-    monkeypatch.setattr(RecsysWorker, "_restore_once", nothing)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
-    monkeypatch.setattr(RecsysWorker, "_assigned", lambda self: {0})
     reader = asyncio.ensure_future(catalog_read_during_a_rebalance())
     with pytest.raises(BatchAbandoned):
         await worker.learn_ratings([_rating_record(b"{}", offset=2)])
@@ -1371,6 +1358,16 @@ async def test_losing_a_restored_partition_before_its_replay_rebuilds_the_model(
     assert not any(u.startswith("p1") for u in worker.engine.model.users.ids)
 
 
+def _owning_two_partitions(monkeypatch, tmp_path):
+    """:func:`_restoring_worker` over two partitions of four ratings each, all committed,
+    whose assignment is the set it returns last (change it to move partitions)."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 4})
+    owned = {0, 1}
+    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    return worker, starts, follower, owned
+
+
 async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
     monkeypatch, tmp_path
 ) -> None:
@@ -1378,10 +1375,7 @@ async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
     joins or leaves): the partitions that come back keep the model as it is, with no
     replay and no snapshot until the assignment is known; one that went to another
     worker rebuilds the model from those kept."""
-    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
-    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 4})
-    owned = {0, 1}
-    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    worker, starts, follower, owned = _owning_two_partitions(monkeypatch, tmp_path)
     both = {TP("r", 0), TP("r", 1)}
     try:
         await worker._ensure_replayed({0: 4, 1: 4})
@@ -1418,10 +1412,7 @@ async def test_a_partition_replayed_while_a_rebalance_is_under_way_and_then_lost
     in the model at the revocation must not be replayed meanwhile (by the timer), and
     one that reached the model anyway (a replay or restore begun in that window) and is
     not assigned back rebuilds the model."""
-    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(4)] for p in (0, 1)}
-    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 4})
-    owned = {0, 1}
-    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    worker, starts, follower, owned = _owning_two_partitions(monkeypatch, tmp_path)
     both = {TP("r", 0), TP("r", 1)}
     try:
         await worker._on_revoked(worker.app, both)  # (nothing in the model yet)
