@@ -681,6 +681,10 @@ class RecsysWorker:
         # A rebalance revoked the partitions and its assignment has not come yet: which
         # partitions are ours is unknown (:meth:`_on_revoked`).
         self._awaiting_assignment = False
+        self._assignment_settled = asyncio.Event()  # (set but between a revocation and
+        self._assignment_settled.set()  # the end of its assignment's checks)
+        self._checks = 0  # assignment checks under way (:meth:`_check_kept`)
+        self._check_tasks: set[asyncio.Task] = set()
         # Ratings partition -> where live processing stood when the model was last
         # rebuilt: its replay goes at least that far (the group's commit may lag).
         self._live_from: dict[int, int] = {}
@@ -732,12 +736,13 @@ class RecsysWorker:
         An empty list means a partition stepped over transaction markers only (see
         :class:`_Consumer`): the ratings held for it may go, if the model is ready for
         them; nothing else is done (no rebuild or catalog wait holds up the consumer)."""
+        # (Read before the first wait: a rebalance begun from here stops a replay below.)
+        revocations = self.app.consumer.revocations
+        await self._assignment_settled.wait()  # (what the model keeps is being checked)
         if not records:
             if len(self.ordering) and not self._reset_pending and self.catalog.ready.is_set():
                 await self._learn_released()
             return
-        # (Read before the first wait: a rebalance begun from here stops a replay below.)
-        revocations = self.app.consumer.revocations
         await self._reset_if_pending()
         await self.catalog.ready.wait()
         await self._compact_if_due(in_agent=True)
@@ -752,7 +757,16 @@ class RecsysWorker:
             await self._ensure_replayed(first, revocations)
             if self.engine is not engine:  # rebuilt first: it learned up to other offsets
                 records = self._not_learned(batch)
-        for partition, offset, rating, produced_ms, event_id in await self._valid_ratings(records):
+        engine = self.engine
+        valid = await self._valid_ratings(records)  # (may wait: dead letters, the catalog)
+        if self.engine is not engine:
+            # Rebuilt meanwhile (by the timer): the rebuild's replay learns these records,
+            # as far as live processing had taken them (the consumer hands them no more).
+            for record in records:
+                p = record.partition
+                self._live_from[p] = max(self._live_from.get(p, 0), record.offset + 1)
+            return
+        for partition, offset, rating, produced_ms, event_id in valid:
             held = (rating, produced_ms, partition, offset, event_id)
             self.ordering.add(partition, rating.timestamp, held)
         # Only now (a snapshot reads these as "learned or held below here"): validating
@@ -1208,6 +1222,7 @@ class RecsysWorker:
         learning a partition only in part."""
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
         self._awaiting_assignment = True
+        self._assignment_settled.clear()
         busy = self._replay_lock.locked() or not self._restore_ended.is_set()
         if lost and busy:
             self._reset_pending = True
@@ -1217,37 +1232,55 @@ class RecsysWorker:
     async def _on_assigned(self, app: faust.App, assigned: set, **kwargs: object) -> None:
         """The group's new assignment: the model is rebuilt (at the next batch) if it
         holds a partition not assigned now (replayed, or covered by a snapshot restored,
-        before the rebalance or during it: the old assignment holds until this one); a
-        partition that came back is kept as the model has it, unless another worker
-        committed past what the model learned of it (it owned the partition meanwhile: a
-        worker that left the group and came back), in which case its offsets from there
-        are replayed."""
+        before the rebalance or during it: the old assignment holds until this one).
+        Partitions that came back are kept as the model has them, once the group's
+        committed offsets say no other worker went past the model meanwhile
+        (:meth:`_check_kept`, outside Faust's rebalance callback, which holds the group's
+        heartbeats); until then batches wait, and snapshots and the timer's replays too."""
         self._joined = True
-        self._awaiting_assignment = False
-        if self._reset_pending:
-            return
         now = {tp.partition for tp in assigned if tp.topic == self.settings.ratings_topic}
         in_model = self._replayed | self._resume_from.keys()
-        if in_model - now:
+        kept = sorted(self._replayed)
+        if not self._reset_pending and in_model - now:
             log.info("rebalance: partitions %s went to other workers", sorted(in_model - now))
             self._reset_pending = True
+        if self._reset_pending or not kept:
+            self._settled()
             return
-        kept = sorted(self._replayed)
-        if not kept:
-            return
+        self._checks += 1
+        task = asyncio.ensure_future(self._check_kept(kept))
+        self._check_tasks.add(task)  # (a reference: a task nothing holds may be collected)
+        task.add_done_callback(self._check_tasks.discard)
+
+    async def _check_kept(self, kept: list[int]) -> None:
+        """A partition kept through a rebalance that another worker committed past (it
+        owned the partition meanwhile: this worker left the group and came back) is
+        replayed from where the model stops; without the committed offsets, the model is
+        rebuilt. Settles the assignment (:meth:`_settled`) when the last check ends."""
         try:
             committed = await asyncio.wait_for(self._committed(), self.REBALANCE_CHECK_S)
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("rebalance: no committed offsets (%r): rebuilding the model", exc)
             self._reset_pending = True
-            return
-        for p in kept:
-            learned = self._next_offset.get(p, 0)
-            if committed.get(p, 0) > learned:  # replayed from where the model stops
-                self._replayed.discard(p)
-                self._resume_from[p] = learned
-                self._next_offset.pop(p, None)
-        log.info("rebalance: partitions %s kept, the model with them", kept)
+        else:
+            for p in kept:
+                if p not in self._replayed:
+                    continue
+                learned = self._next_offset.get(p, 0)
+                if committed.get(p, 0) > learned:  # replayed from where the model stops
+                    self._replayed.discard(p)
+                    self._resume_from[p] = learned
+                    self._next_offset.pop(p, None)
+            log.info("rebalance: partitions %s kept, the model with them", kept)
+        finally:
+            self._checks -= 1
+            if not self._checks:
+                self._settled()
+
+    def _settled(self) -> None:
+        """Which partitions are ours, and what the model holds of them, is known."""
+        self._awaiting_assignment = False
+        self._assignment_settled.set()
 
     async def _reset_if_pending(self) -> None:
         """Rebuild the model after losing a partition, or before learning one whose
@@ -1481,6 +1514,8 @@ class RecsysWorker:
         if s.snapshot_every_s <= 0 or not due or self._reset_pending:
             return
         if self._awaiting_assignment or self.app.rebalancing:  # (which partitions are ours?)
+            if final:
+                log.warning("no snapshot at the stop: a rebalance was under way")
             return
         assigned = self._assigned()
         if not assigned:  # (no partitions, nothing to snapshot: no age to report)

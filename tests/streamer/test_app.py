@@ -1349,6 +1349,7 @@ async def test_losing_a_restored_partition_before_its_replay_rebuilds_the_model(
         await worker._on_revoked(worker.app, {TP("r", 0), TP("r", 1)})
         owned.discard(1)  # the rebalance gives partition 0 back, not 1
         await worker._on_assigned(worker.app, {TP("r", 0), TP("i", 0)})
+        await worker._assignment_settled.wait()  # (its check, a task)
         assert worker._reset_pending
         await worker._reset_if_pending()
         await worker._ensure_replayed({0: 4})
@@ -1387,6 +1388,7 @@ async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
         await worker._snapshot_if_due()
         assert not list(worker.snapshots.directory.glob("*"))
         await worker._on_assigned(worker.app, both | {TP("i", 0)})
+        await worker._assignment_settled.wait()  # (its check, a task)
         await worker._reset_if_pending()
         await worker._ensure_replayed({0: 4, 1: 4})
         assert worker.engine is engine and engine.events == 8 and len(starts) == 1
@@ -1395,6 +1397,7 @@ async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
         await worker._on_revoked(worker.app, both)
         owned.discard(1)
         await worker._on_assigned(worker.app, {TP("r", 0)})
+        await worker._assignment_settled.wait()  # (its check, a task)
         assert worker._reset_pending
         await worker._reset_if_pending()
         await worker._ensure_replayed({0: 4})
@@ -1421,6 +1424,7 @@ async def test_a_partition_replayed_while_a_rebalance_is_under_way_and_then_lost
         await worker._ensure_replayed({0: 4, 1: 4})  # (a replay begun in the window)
         owned.discard(1)  # partition 1 goes to the worker that joined
         await worker._on_assigned(worker.app, {TP("r", 0)})
+        await worker._assignment_settled.wait()  # (its check, a task)
         assert worker._reset_pending
         await worker._reset_if_pending()
         await worker._replay_idle_partitions()
@@ -1453,6 +1457,76 @@ async def test_a_rebuild_outside_a_rebalance_replays_what_was_taken_past_the_com
     assert worker.engine.events == 10  # partition 0's six, partition 1's four
 
 
+async def test_a_batch_waits_for_the_check_of_the_partitions_kept_by_a_rebalance(
+    monkeypatch, tmp_path
+) -> None:
+    """The check of the partitions kept (the group's committed offsets) runs after
+    Faust's rebalance callback, which resumes the flow: a batch of a partition another
+    worker committed past waits for the check, then the offsets the model lacks are
+    replayed before it, not skipped."""
+    log = {p: [Rating(f"p{p}u{n}", "a", 4.0, float(10 * n + p)) for n in range(7)] for p in (0, 1)}
+    committed = {0: 4, 1: 4}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, committed)
+    monkeypatch.setattr(worker, "_assigned", lambda: {0, 1})
+    monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
+    both = {TP("r", 0), TP("r", 1)}
+    answer = asyncio.Event()
+    the_committed = RecsysWorker._committed
+
+    async def slow_committed(self) -> dict[int, int]:
+        await answer.wait()
+        return await the_committed(self)
+
+    try:
+        await worker._ensure_replayed({0: 4, 1: 4})
+        monkeypatch.setattr(RecsysWorker, "_committed", slow_committed)
+        committed.update({1: 6})  # another worker learned partition 1's offsets 4 and 5
+        await worker._on_revoked(worker.app, both)
+        await worker._on_assigned(worker.app, both)  # (its check waits for the offsets)
+        value = b'{"user_id":"p1u6","item_id":"a","rating":4,"timestamp":61}'
+        record = ConsumerRecord("r", 1, 6, 0, 0, b"p1u6", value, None, 0, len(value), [])
+        batch = asyncio.ensure_future(worker.learn_ratings([record]))
+        await asyncio.sleep(0.05)
+        assert not batch.done() and worker.engine.events == 8  # waiting for the check
+        answer.set()
+        await asyncio.wait_for(batch, 5)
+    finally:
+        follower.cancel()
+    assert starts[-1] == {1: 4}  # the offsets another worker learned, then the batch
+    assert worker.engine.events == 11 and worker._next_offset == {0: 4, 1: 7}
+
+
+async def test_a_batch_validated_while_the_timer_rebuilt_the_model_is_left_to_the_rebuild(
+    monkeypatch, tmp_path
+) -> None:
+    """Validating a batch may wait (dead letters, the catalog) while the timer rebuilds
+    the model: the batch's ratings then go to the rebuild's replay (as far as they go),
+    not into the new model on top of it."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(6)]}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    validate = RecsysWorker._valid_ratings
+
+    async def rebuilt_meanwhile(self, records):
+        valid = await validate(self, records)
+        self._reset_pending = True
+        await self._reset_now()  # (what the timer's tick does)
+        return valid
+
+    value = b'{"user_id":"u4","item_id":"a","rating":4,"timestamp":4}'
+    batch = [ConsumerRecord("r", 0, n, 0, 0, b"u4", value, None, 0, len(value), []) for n in (4, 5)]
+    try:
+        await worker._ensure_replayed({0: 4})
+        monkeypatch.setattr(RecsysWorker, "_valid_ratings", rebuilt_meanwhile)
+        await worker.learn_ratings(batch)
+        assert worker.engine.events == 0 and 0 not in worker._next_offset
+        monkeypatch.setattr(RecsysWorker, "_valid_ratings", validate)
+        await worker._replay_idle_partitions()
+    finally:
+        follower.cancel()
+    assert starts[-1] == {0: 0} and worker.engine.events == 6  # up to 6, not the commit
+
+
 async def test_a_rebuild_restores_a_snapshot_of_the_partitions_kept(monkeypatch, tmp_path) -> None:
     """A worker that took a partition over and loses it again (its owner came back)
     rebuilds from its own snapshot of the partitions it kept, taken before the
@@ -1468,6 +1542,7 @@ async def test_a_rebuild_restores_a_snapshot_of_the_partitions_kept(monkeypatch,
         await worker._on_revoked(worker.app, {TP("r", 0), TP("r", 1)})
         owned.discard(1)
         await worker._on_assigned(worker.app, {TP("r", 0)})
+        await worker._assignment_settled.wait()  # (its check, a task)
         await worker._reset_if_pending()
         await worker._ensure_replayed({0: 4})
     finally:
@@ -1494,6 +1569,7 @@ async def test_a_partition_another_worker_committed_past_is_replayed_from_where_
         committed.update({1: 6})  # another worker learned partition 1's offsets 4 and 5
         await worker._on_revoked(worker.app, both)
         await worker._on_assigned(worker.app, both)
+        await worker._assignment_settled.wait()  # (its check, a task)
         assert not worker._reset_pending and worker._replayed == {0}
         await worker._ensure_replayed({1: 6})
         assert starts[-1] == {1: 4}  # (not from 0)
@@ -1505,6 +1581,7 @@ async def test_a_partition_another_worker_committed_past_is_replayed_from_where_
         monkeypatch.setattr(RecsysWorker, "_committed", unreachable)
         await worker._on_revoked(worker.app, both)
         await worker._on_assigned(worker.app, both)
+        await worker._assignment_settled.wait()  # (its check, a task)
         assert worker._reset_pending
     finally:
         follower.cancel()
