@@ -683,7 +683,8 @@ class RecsysWorker:
         self._awaiting_assignment = False
         self._assignment_settled = asyncio.Event()  # (set but between a revocation and
         self._assignment_settled.set()  # the end of its assignment's checks)
-        self._checks = 0  # assignment checks under way (:meth:`_check_kept`)
+        self._validating = False  # a ratings batch is being validated: no rebuild now
+        self._rebalances = 0  # revocations seen: a check of an earlier one settles nothing
         self._check_tasks: set[asyncio.Task] = set()
         # Ratings partition -> where live processing stood when the model was last
         # rebuilt: its replay goes at least that far (the group's commit may lag).
@@ -735,10 +736,15 @@ class RecsysWorker:
 
         An empty list means a partition stepped over transaction markers only (see
         :class:`_Consumer`): the ratings held for it may go, if the model is ready for
-        them; nothing else is done (no rebuild or catalog wait holds up the consumer)."""
+        them; nothing else is done (no rebuild or catalog wait holds up the consumer; only
+        the check of what a rebalance let the model keep, which any batch waits for)."""
         # (Read before the first wait: a rebalance begun from here stops a replay below.)
         revocations = self.app.consumer.revocations
-        await self._assignment_settled.wait()  # (what the model keeps is being checked)
+        while not self._assignment_settled.is_set():  # (what the model keeps is checked)
+            if self.app.consumer.revocations != revocations:  # (its revocation waits)
+                raise BatchAbandoned("a rebalance began while the last one was checked")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._assignment_settled.wait(), 0.05)
         if not records:
             if len(self.ordering) and not self._reset_pending and self.catalog.ready.is_set():
                 await self._learn_released()
@@ -757,15 +763,14 @@ class RecsysWorker:
             await self._ensure_replayed(first, revocations)
             if self.engine is not engine:  # rebuilt first: it learned up to other offsets
                 records = self._not_learned(batch)
-        engine = self.engine
-        valid = await self._valid_ratings(records)  # (may wait: dead letters, the catalog)
-        if self.engine is not engine:
-            # Rebuilt meanwhile (by the timer): the rebuild's replay learns these records,
-            # as far as live processing had taken them (the consumer hands them no more).
-            for record in records:
-                p = record.partition
-                self._live_from[p] = max(self._live_from.get(p, 0), record.offset + 1)
-            return
+        # Validating may wait (dead letters, the catalog): no rebuild meanwhile (the timer
+        # leaves it to the next tick), which would check these ratings against a model
+        # without its catalog yet, and learn them on top of its replay.
+        self._validating = True
+        try:
+            valid = await self._valid_ratings(records)
+        finally:
+            self._validating = False
         for partition, offset, rating, produced_ms, event_id in valid:
             held = (rating, produced_ms, partition, offset, event_id)
             self.ordering.add(partition, rating.timestamp, held)
@@ -1223,6 +1228,7 @@ class RecsysWorker:
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
         self._awaiting_assignment = True
         self._assignment_settled.clear()
+        self._rebalances += 1
         busy = self._replay_lock.locked() or not self._restore_ended.is_set()
         if lost and busy:
             self._reset_pending = True
@@ -1247,35 +1253,36 @@ class RecsysWorker:
         if self._reset_pending or not kept:
             self._settled()
             return
-        self._checks += 1
-        task = asyncio.ensure_future(self._check_kept(kept))
+        task = asyncio.ensure_future(self._check_kept(kept, self._rebalances))
         self._check_tasks.add(task)  # (a reference: a task nothing holds may be collected)
         task.add_done_callback(self._check_tasks.discard)
 
-    async def _check_kept(self, kept: list[int]) -> None:
-        """A partition kept through a rebalance that another worker committed past (it
-        owned the partition meanwhile: this worker left the group and came back) is
-        replayed from where the model stops; without the committed offsets, the model is
-        rebuilt. Settles the assignment (:meth:`_settled`) when the last check ends."""
+    async def _check_kept(self, kept: list[int], rebalance: int) -> None:
+        """A partition kept through rebalance number ``rebalance`` that another worker
+        committed past (it owned the partition meanwhile: this worker left the group and
+        came back) is replayed from where the model stops; without the committed
+        offsets, the model is rebuilt. Then the assignment is settled (:meth:`_settled`),
+        unless a later rebalance began meanwhile: its own check does both."""
         try:
             committed = await asyncio.wait_for(self._committed(), self.REBALANCE_CHECK_S)
-        except (TimeoutError, KafkaError, OSError) as exc:
-            log.warning("rebalance: no committed offsets (%r): rebuilding the model", exc)
-            self._reset_pending = True
-        else:
-            for p in kept:
-                if p not in self._replayed:
-                    continue
-                learned = self._next_offset.get(p, 0)
-                if committed.get(p, 0) > learned:  # replayed from where the model stops
-                    self._replayed.discard(p)
-                    self._resume_from[p] = learned
-                    self._next_offset.pop(p, None)
-            log.info("rebalance: partitions %s kept, the model with them", kept)
-        finally:
-            self._checks -= 1
-            if not self._checks:
+        except Exception as exc:  # (TimeoutError, KafkaError, ...: the log decides then)
+            if rebalance == self._rebalances:
+                log.warning("rebalance: no committed offsets (%r): rebuilding the model", exc)
+                self._reset_pending = True
                 self._settled()
+            return
+        if rebalance != self._rebalances:
+            return
+        for p in kept:
+            if p not in self._replayed:
+                continue
+            learned = self._next_offset.get(p, 0)
+            if committed.get(p, 0) > learned:  # replayed from where the model stops
+                self._replayed.discard(p)
+                self._resume_from[p] = learned
+                self._next_offset.pop(p, None)
+        log.info("rebalance: partitions %s kept, the model with them", kept)
+        self._settled()
 
     def _settled(self) -> None:
         """Which partitions are ours, and what the model holds of them, is known."""
@@ -1300,6 +1307,8 @@ class RecsysWorker:
         learned and had not sent go first (the rebuild learns its partitions again
         without sharing them), sent once the lock is released."""
         unsent = None
+        if self._validating:  # (a batch being validated: see learn_ratings)
+            return
         async with self._learning:
             if self._reset_pending and (replaying or not self._replay_lock.locked()):
                 unsent = self._take_pending()
@@ -1342,6 +1351,8 @@ class RecsysWorker:
         async with self._replay_lock:
             if self._reset_pending:  # (asked for while another replay held the lock)
                 await self._reset_now(replaying=True)
+                if self._reset_pending:  # put off (a batch is being validated): not into
+                    return  # the model the rebuild will drop
             todo = (self._assigned() | first_live.keys()) - self._replayed
             if not todo:
                 return

@@ -1496,35 +1496,106 @@ async def test_a_batch_waits_for_the_check_of_the_partitions_kept_by_a_rebalance
     assert worker.engine.events == 11 and worker._next_offset == {0: 4, 1: 7}
 
 
-async def test_a_batch_validated_while_the_timer_rebuilt_the_model_is_left_to_the_rebuild(
-    monkeypatch, tmp_path
-) -> None:
-    """Validating a batch may wait (dead letters, the catalog) while the timer rebuilds
-    the model: the batch's ratings then go to the rebuild's replay (as far as they go),
-    not into the new model on top of it."""
+async def test_a_rebuild_waits_for_the_batch_being_validated(monkeypatch, tmp_path) -> None:
+    """Validating a batch may wait (dead letters, the catalog): a rebuild the timer asks
+    for meanwhile is put off, or the batch would be checked against a model without its
+    catalog yet (valid ratings dead-lettered, then skipped by every replay) and learned
+    on top of its replay. The batch goes into the model it began with, and the rebuild
+    that follows replays it too, as far as live processing had taken it."""
     log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(6)]}
-    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4})
-    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    log[1] = [Rating(f"v{n}", "a", 4.0, float(n)) for n in range(2)]
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4, 1: 2})
+    owned = {0}
+    monkeypatch.setattr(worker, "_assigned", lambda: set(owned))
+    monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
     validate = RecsysWorker._valid_ratings
+    engines = []
 
-    async def rebuilt_meanwhile(self, records):
-        valid = await validate(self, records)
+    async def rebuild_asked_meanwhile(self, records):
         self._reset_pending = True
         await self._reset_now()  # (what the timer's tick does)
-        return valid
+        owned.add(1)  # (a partition new to the model: not replayed into the old one)
+        await self._ensure_replayed({})  # (the timer's replay of idle partitions)
+        engines.append(self.engine)
+        return await validate(self, records)
 
     value = b'{"user_id":"u4","item_id":"a","rating":4,"timestamp":4}'
     batch = [ConsumerRecord("r", 0, n, 0, 0, b"u4", value, None, 0, len(value), []) for n in (4, 5)]
     try:
         await worker._ensure_replayed({0: 4})
-        monkeypatch.setattr(RecsysWorker, "_valid_ratings", rebuilt_meanwhile)
+        engine = worker.engine
+        monkeypatch.setattr(RecsysWorker, "_valid_ratings", rebuild_asked_meanwhile)
         await worker.learn_ratings(batch)
-        assert worker.engine.events == 0 and 0 not in worker._next_offset
+        assert engines == [engine] and engine.events == 6 and worker._reset_pending
+        assert len(starts) == 1  # (no replay into the model the rebuild drops)
         monkeypatch.setattr(RecsysWorker, "_valid_ratings", validate)
+        await worker._reset_if_pending()
         await worker._replay_idle_partitions()
     finally:
         follower.cancel()
-    assert starts[-1] == {0: 0} and worker.engine.events == 6  # up to 6, not the commit
+    assert worker.engine is not engine and starts[-1] == {0: 0, 1: 0}
+    assert worker.engine.events == 8  # up to where live processing was, not the commit (4)
+
+
+async def test_a_batch_waiting_for_the_check_gives_way_to_the_next_rebalance(
+    monkeypatch, tmp_path
+) -> None:
+    """A revocation waits for the batch in its handler: a batch waiting for the check of
+    the last rebalance's kept partitions is abandoned when the next one begins, rather
+    than holding that rebalance for as long as the check takes."""
+    worker, _, follower, _ = _owning_two_partitions(monkeypatch, tmp_path)
+    both = {TP("r", 0), TP("r", 1)}
+    hang = asyncio.Event()
+
+    async def slow(self) -> dict[int, int]:
+        await hang.wait()
+        return {}
+
+    try:
+        await worker._ensure_replayed({0: 4, 1: 4})
+        monkeypatch.setattr(RecsysWorker, "_committed", slow)
+        await worker._on_revoked(worker.app, both)
+        await worker._on_assigned(worker.app, both)
+        batch = asyncio.ensure_future(worker.learn_ratings([_rating_record(b"{}", 4)]))
+        await asyncio.sleep(0.05)
+        assert not batch.done()
+        worker.app.consumer.revocations += 1  # the next rebalance begins
+        with pytest.raises(BatchAbandoned):
+            await asyncio.wait_for(batch, 1.0)
+    finally:
+        hang.set()
+        follower.cancel()
+
+
+async def test_a_check_of_an_earlier_rebalance_settles_nothing(monkeypatch, tmp_path) -> None:
+    """A check of the partitions kept that outlives its rebalance (a slow answer for the
+    committed offsets) neither settles a later rebalance still waiting for its
+    assignment nor, failing late, rebuilds the model the later one left."""
+    worker, _, follower, _ = _owning_two_partitions(monkeypatch, tmp_path)
+    monkeypatch.setattr(RecsysWorker, "REBALANCE_CHECK_S", 0.2)
+    both = {TP("r", 0), TP("r", 1)}
+    the_committed = RecsysWorker._committed
+    hang = asyncio.Event()
+
+    async def slow(self) -> dict[int, int]:
+        await hang.wait()
+        return {}
+
+    try:
+        await worker._ensure_replayed({0: 4, 1: 4})
+        monkeypatch.setattr(RecsysWorker, "_committed", slow)
+        await worker._on_revoked(worker.app, both)
+        await worker._on_assigned(worker.app, both)  # its check waits, then times out
+        await worker._on_revoked(worker.app, both)  # the next rebalance, no assignment yet
+        monkeypatch.setattr(RecsysWorker, "_committed", the_committed)
+        await asyncio.sleep(0.3)
+        assert not worker._assignment_settled.is_set() and worker._awaiting_assignment
+        assert not worker._reset_pending
+        await worker._on_assigned(worker.app, both)
+        await worker._assignment_settled.wait()
+    finally:
+        follower.cancel()
+    assert not worker._reset_pending and worker._replayed == {0, 1}
 
 
 async def test_a_rebuild_restores_a_snapshot_of_the_partitions_kept(monkeypatch, tmp_path) -> None:
