@@ -1332,6 +1332,18 @@ async def test_a_replay_waits_for_the_snapshot_being_restored(monkeypatch, tmp_p
     assert worker.engine.events == 6 and worker.engine.model.n_users == 6
 
 
+async def _partition_1_goes_elsewhere(worker: RecsysWorker, owned: set[int]) -> None:
+    """A rebalance that gives partition 0 back and partition 1 to another worker: the
+    model is rebuilt from partition 0's history (offsets [0, 4))."""
+    await worker._on_revoked(worker.app, {TP("r", 0), TP("r", 1)})
+    owned.discard(1)
+    await worker._on_assigned(worker.app, {TP("r", 0), TP("i", 0)})
+    await worker._assignment_settled.wait()  # (settled at once: a partition lost)
+    assert worker._reset_pending
+    await worker._reset_if_pending()
+    await worker._ensure_replayed({0: 4})
+
+
 async def test_losing_a_restored_partition_before_its_replay_rebuilds_the_model(
     monkeypatch, tmp_path
 ) -> None:
@@ -1346,13 +1358,7 @@ async def test_losing_a_restored_partition_before_its_replay_rebuilds_the_model(
     try:
         await worker._restore_once()
         assert worker.engine.events == 4 and worker._resume_from == {0: 2, 1: 2}
-        await worker._on_revoked(worker.app, {TP("r", 0), TP("r", 1)})
-        owned.discard(1)  # the rebalance gives partition 0 back, not 1
-        await worker._on_assigned(worker.app, {TP("r", 0), TP("i", 0)})
-        await worker._assignment_settled.wait()  # (its check, a task)
-        assert worker._reset_pending
-        await worker._reset_if_pending()
-        await worker._ensure_replayed({0: 4})
+        await _partition_1_goes_elsewhere(worker, owned)
     finally:
         follower.cancel()
     assert worker.engine.events == 4  # partition 0's four ratings, none of partition 1's
@@ -1394,13 +1400,7 @@ async def test_a_rebalance_that_gives_every_partition_back_keeps_the_model(
         assert worker.engine is engine and engine.events == 8 and len(starts) == 1
         assert not worker._awaiting_assignment and worker._replayed == {0, 1}
         # A second worker joins and takes partition 1: rebuilt from partition 0.
-        await worker._on_revoked(worker.app, both)
-        owned.discard(1)
-        await worker._on_assigned(worker.app, {TP("r", 0)})
-        await worker._assignment_settled.wait()  # (its check, a task)
-        assert worker._reset_pending
-        await worker._reset_if_pending()
-        await worker._ensure_replayed({0: 4})
+        await _partition_1_goes_elsewhere(worker, owned)
     finally:
         follower.cancel()
     assert worker.engine is not engine and worker.engine.events == 4
@@ -1537,25 +1537,34 @@ async def test_a_rebuild_waits_for_the_batch_being_validated(monkeypatch, tmp_pa
     assert worker.engine.events == 8  # up to where live processing was, not the commit (4)
 
 
-async def test_a_batch_waiting_for_the_check_gives_way_to_the_next_rebalance(
-    monkeypatch, tmp_path
-) -> None:
-    """A revocation waits for the batch in its handler: a batch waiting for the check of
-    the last rebalance's kept partitions is abandoned when the next one begins, rather
-    than holding that rebalance for as long as the check takes."""
+async def _rebalanced_with_a_slow_check(monkeypatch, tmp_path):
+    """A worker owning two replayed partitions, through a rebalance that gave both back,
+    whose check of them waits for the committed offsets until ``hang`` is set (the
+    second value); the catalog follower third, ``_committed`` as it was last."""
     worker, _, follower, _ = _owning_two_partitions(monkeypatch, tmp_path)
-    both = {TP("r", 0), TP("r", 1)}
+    the_committed = RecsysWorker._committed
     hang = asyncio.Event()
 
     async def slow(self) -> dict[int, int]:
         await hang.wait()
         return {}
 
+    await worker._ensure_replayed({0: 4, 1: 4})
+    monkeypatch.setattr(RecsysWorker, "_committed", slow)
+    both = {TP("r", 0), TP("r", 1)}
+    await worker._on_revoked(worker.app, both)
+    await worker._on_assigned(worker.app, both)  # its check waits
+    return worker, hang, follower, the_committed
+
+
+async def test_a_batch_waiting_for_the_check_gives_way_to_the_next_rebalance(
+    monkeypatch, tmp_path
+) -> None:
+    """A revocation waits for the batch in its handler: a batch waiting for the check of
+    the last rebalance's kept partitions is abandoned when the next one begins, rather
+    than holding that rebalance for as long as the check takes."""
+    worker, hang, follower, _ = await _rebalanced_with_a_slow_check(monkeypatch, tmp_path)
     try:
-        await worker._ensure_replayed({0: 4, 1: 4})
-        monkeypatch.setattr(RecsysWorker, "_committed", slow)
-        await worker._on_revoked(worker.app, both)
-        await worker._on_assigned(worker.app, both)
         batch = asyncio.ensure_future(worker.learn_ratings([_rating_record(b"{}", 4)]))
         await asyncio.sleep(0.05)
         assert not batch.done()
@@ -1571,24 +1580,13 @@ async def test_a_check_of_an_earlier_rebalance_settles_nothing(monkeypatch, tmp_
     """A check of the partitions kept that outlives its rebalance (a slow answer for the
     committed offsets) neither settles a later rebalance still waiting for its
     assignment nor, failing late, rebuilds the model the later one left."""
-    worker, _, follower, _ = _owning_two_partitions(monkeypatch, tmp_path)
     monkeypatch.setattr(RecsysWorker, "REBALANCE_CHECK_S", 0.2)
+    worker, _, follower, the_committed = await _rebalanced_with_a_slow_check(monkeypatch, tmp_path)
     both = {TP("r", 0), TP("r", 1)}
-    the_committed = RecsysWorker._committed
-    hang = asyncio.Event()
-
-    async def slow(self) -> dict[int, int]:
-        await hang.wait()
-        return {}
-
     try:
-        await worker._ensure_replayed({0: 4, 1: 4})
-        monkeypatch.setattr(RecsysWorker, "_committed", slow)
-        await worker._on_revoked(worker.app, both)
-        await worker._on_assigned(worker.app, both)  # its check waits, then times out
         await worker._on_revoked(worker.app, both)  # the next rebalance, no assignment yet
         monkeypatch.setattr(RecsysWorker, "_committed", the_committed)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # (the first check times out meanwhile)
         assert not worker._assignment_settled.is_set() and worker._awaiting_assignment
         assert not worker._reset_pending
         await worker._on_assigned(worker.app, both)
