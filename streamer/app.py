@@ -745,6 +745,8 @@ class RecsysWorker:
                 raise BatchAbandoned("a rebalance began while the last one was checked")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._assignment_settled.wait(), 0.05)
+        if self.app.consumer.revocations != revocations:  # (settled, by the last rebalance)
+            raise BatchAbandoned("a rebalance began while the last one was checked")
         if not records:
             if len(self.ordering) and not self._reset_pending and self.catalog.ready.is_set():
                 await self._learn_released()
@@ -1307,9 +1309,9 @@ class RecsysWorker:
         learned and had not sent go first (the rebuild learns its partitions again
         without sharing them), sent once the lock is released."""
         unsent = None
-        if self._validating:  # (a batch being validated: see learn_ratings)
-            return
         async with self._learning:
+            if self._validating:  # (a batch being validated: see learn_ratings)
+                return
             if self._reset_pending and (replaying or not self._replay_lock.locked()):
                 unsent = self._take_pending()
                 self._reset_model()

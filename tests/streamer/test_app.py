@@ -1576,6 +1576,29 @@ async def test_a_batch_waiting_for_the_check_gives_way_to_the_next_rebalance(
         follower.cancel()
 
 
+async def test_a_rebuild_waiting_for_the_learning_lock_sees_a_validation_begun_meanwhile(
+    tmp_path,
+) -> None:
+    """A rebuild that queued for the learning lock while a batch was learning checks for
+    a validation under way once it holds the lock, not before: the next batch may have
+    begun validating meanwhile."""
+    worker = RecsysWorker(
+        Settings(ratings_topic="r", items_topic="i", users_topic="u", data_dir=str(tmp_path))
+    )
+    worker._reset_pending = True
+    engine = worker.engine
+    await worker._learning.acquire()  # a batch learning
+    reset = asyncio.ensure_future(worker._reset_now())
+    await asyncio.sleep(0)  # (queued for the lock)
+    worker._learning.release()
+    worker._validating = True  # the next batch validating (waiting on a dead letter)
+    await reset
+    assert worker.engine is engine and worker._reset_pending
+    worker._validating = False
+    await worker._reset_now()
+    assert worker.engine is not engine and not worker._reset_pending
+
+
 async def test_a_check_of_an_earlier_rebalance_settles_nothing(monkeypatch, tmp_path) -> None:
     """A check of the partitions kept that outlives its rebalance (a slow answer for the
     committed offsets) neither settles a later rebalance still waiting for its
