@@ -678,11 +678,10 @@ class RecsysWorker:
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._reset_pending = False
-        # A rebalance revoked the partitions and its assignment has not come yet: which
-        # partitions are ours is unknown (:meth:`_on_revoked`).
-        self._awaiting_assignment = False
-        self._assignment_settled = asyncio.Event()  # (set but between a revocation and
-        self._assignment_settled.set()  # the end of its assignment's checks)
+        # Set but between a revocation and the end of its assignment's checks: which
+        # partitions are ours, and what the model holds of them, is known.
+        self._assignment_settled = asyncio.Event()
+        self._assignment_settled.set()
         self._validating = False  # a ratings batch is being validated: no rebuild now
         self._rebalances = 0  # revocations seen: a check of an earlier one settles nothing
         self._check_tasks: set[asyncio.Task] = set()
@@ -740,13 +739,13 @@ class RecsysWorker:
         the check of what a rebalance let the model keep, which any batch waits for)."""
         # (Read before the first wait: a rebalance begun from here stops a replay below.)
         revocations = self.app.consumer.revocations
-        while not self._assignment_settled.is_set():  # (what the model keeps is checked)
+        while True:  # (what the model keeps through the last rebalance is being checked)
             if self.app.consumer.revocations != revocations:  # (its revocation waits)
                 raise BatchAbandoned("a rebalance began while the last one was checked")
+            if self._assignment_settled.is_set():
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._assignment_settled.wait(), 0.05)
-        if self.app.consumer.revocations != revocations:  # (settled, by the last rebalance)
-            raise BatchAbandoned("a rebalance began while the last one was checked")
         if not records:
             if len(self.ordering) and not self._reset_pending and self.catalog.ready.is_set():
                 await self._learn_released()
@@ -1228,7 +1227,6 @@ class RecsysWorker:
         while a restore or a replay is under way rebuilds at once: it may be loading or
         learning a partition only in part."""
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
-        self._awaiting_assignment = True
         self._assignment_settled.clear()
         self._rebalances += 1
         busy = self._replay_lock.locked() or not self._restore_ended.is_set()
@@ -1288,8 +1286,12 @@ class RecsysWorker:
 
     def _settled(self) -> None:
         """Which partitions are ours, and what the model holds of them, is known."""
-        self._awaiting_assignment = False
         self._assignment_settled.set()
+
+    @property
+    def _awaiting_assignment(self) -> bool:
+        """A rebalance revoked the partitions and its assignment is not settled yet."""
+        return not self._assignment_settled.is_set()
 
     async def _reset_if_pending(self) -> None:
         """Rebuild the model after losing a partition, or before learning one whose

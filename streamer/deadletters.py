@@ -177,19 +177,29 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, last: int | None) -> lis
     """The topic's records, up to its end when called (the ``last`` of each partition
     when given), by partition and offset; :class:`TopicNotReadToEnd` past
     ``READ_TIMEOUT_S`` (a redrive must see the whole topic to know what it sent)."""
+    ranges = await _ranges(consumer, topic, last)
+    if not ranges:
+        return []
+    return [DeadLetter.from_record(r) for r in await _read_ranges(consumer, ranges, topic)]
+
+
+async def _ranges(
+    consumer: AIOKafkaConsumer, topic: str, last: int | None = None
+) -> dict[TopicPartition, tuple[int, int]]:
+    """The offsets ``[start, end)`` of each partition of ``topic`` up to its end now (its
+    ``last`` records when given); none when the brokers know no partition of it."""
     partitions = consumer.partitions_for_topic(topic)
     if partitions is None:  # (not in the metadata yet)
         await consumer._client.force_metadata_update()
         partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     if not tps:
-        return []
+        return {}
     first = await consumer.beginning_offsets(tps)
     end = await consumer.end_offsets(tps)
-    ranges = {
+    return {
         tp: (first[tp] if last is None else max(first[tp], end[tp] - last), end[tp]) for tp in tps
     }
-    return [DeadLetter.from_record(r) for r in await _read_ranges(consumer, ranges, topic)]
 
 
 async def _read_ranges(
@@ -286,18 +296,12 @@ async def refused_offsets(
     fetches (a rebalance began); :class:`TopicNotReadToEnd` past ``READ_TIMEOUT_S``."""
     wanted, ratings, topic = set(partitions), settings.ratings_topic, settings.deadletter_topic
     out: dict[int, set[int]] = {p: set() for p in wanted}
-    consumer = standalone_consumer(settings)
-    await consumer.start()
+    consumer = await _consumer(settings)
     try:
-        found = consumer.partitions_for_topic(topic)
-        if found is None:  # (not in the metadata yet)
-            await consumer._client.force_metadata_update()
-            found = consumer.partitions_for_topic(topic)
-        if not found:
+        ranges = await _ranges(consumer, topic)
+        if not ranges:
             raise TopicNotReadToEnd(f"{topic} has no partitions in the brokers' metadata")
-        tps = [TopicPartition(topic, p) for p in sorted(found)]
-        first, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-        async for chunk in _chunks(consumer, {tp: (first[tp], end[tp]) for tp in tps}, topic):
+        async for chunk in _chunks(consumer, ranges, topic):
             if interrupted():
                 return None
             for record in chunk:

@@ -628,24 +628,23 @@ class StreamEngine:
         one go)."""
         if not self.changed_items:
             return
-        changed = list(self.changed_items.items())
+        version = dict(self.changed_items)  # changed item -> catalog version it changed at
         self.changed_items.clear()
         recent = list(self.served)[-self.settings.refresh_users :]
         if not recent:
             return
-        version = dict(changed)
         due: list[str] = []
         for lo in range(0, len(recent), self.REFRESH_USERS):
             users = recent[lo : lo + self.REFRESH_USERS]
-            for step in self._refresh_users(users, changed, version):
+            for step in self._refresh_users(users, version):
                 yield due + step
             due += step
 
-    def _refresh_users(
-        self, users: list[str], changed: list[tuple[str, int]], version: dict[str, int]
-    ) -> Iterator[list[str]]:
-        """:meth:`refresh_steps` for some of the served users: after each chunk of
-        changed items, those of ``users`` due so far."""
+    def _refresh_users(self, users: list[str], version: dict[str, int]) -> Iterator[list[str]]:
+        """:meth:`refresh_steps` for some of the served users: after each chunk of the
+        changed items (``version``: item -> catalog version), those of ``users`` due so
+        far."""
+        changed = list(version.items())
         floor, ranked_at = zip(*(self.floor.get(u, (-math.inf, 0)) for u in users), strict=True)
         floors = np.array(floor, np.float32)
         ranked = np.array(ranked_at, np.int64)[:, None]
