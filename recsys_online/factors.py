@@ -167,11 +167,12 @@ class FactorModel:
         rows = np.asarray(rows)
         known = self._remembered(rows)
         if known is not None:
-            return known
+            return known[0], known[1]
         return self._computed(rows, self.tags.rows[rows], self.tags.shares_of(rows))
 
-    def _remembered(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """:meth:`items` of ``rows`` when it is the answer remembered, else None."""
+    def _remembered(self, rows: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """:meth:`items` of ``rows`` and their tag rows and shares, when it is the answer
+        remembered, else None."""
         memo = self._memo
         if (
             memo is not None
@@ -179,7 +180,7 @@ class FactorModel:
             and memo[1].shape == rows.shape
             and np.array_equal(memo[1], rows)
         ):
-            return memo[2], memo[3]
+            return memo[2:]
         return None
 
     def _computed(
@@ -190,7 +191,7 @@ class FactorModel:
         b = np.asarray(self.item_bias[rows] + _tag_sum(t, s, self.tag_bias))  # (one row: 0-d)
         q.flags.writeable = b.flags.writeable = False
         if rows.size <= _GATHER_MAX:  # (a batch's, not a catalog's: kept small)
-            self._memo = ((self._changes, self.tags.changes), rows.copy(), q, b)
+            self._memo = ((self._changes, self.tags.changes), rows.copy(), q, b, t, s)
         return q, b
 
     def add_to_items(self, rows: np.ndarray, dv: np.ndarray, db: np.ndarray) -> None:
@@ -229,10 +230,13 @@ class FactorModel:
     def _learn_batch(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
         p = self.params
         ratings = np.asarray(ratings, dtype=np.float32)
-        t, s = self.tags.rows[items], self.tags.shares_of(items)
-        pu, vi = self.P[users], self.V[items]
         rows = np.asarray(items)  # (their items() answer: remembered after a prediction)
-        qi, bi_eff = self._remembered(rows) or self._computed(rows, t, s)
+        known = self._remembered(rows)
+        if known is None:
+            t, s = self.tags.rows[rows], self.tags.shares_of(rows)
+            known = (*self._computed(rows, t, s), t, s)
+        qi, bi_eff, t, s = known
+        pu, vi = self.P[users], self.V[items]
         bu, bi = self.user_bias[users], self.item_bias[items]
         pred = self.mu + bu + bi_eff + np.einsum("ij,ij->i", pu, qi)
         self._changes += 1
@@ -250,8 +254,8 @@ class FactorModel:
         g_p = err[:, None] * qi - p.l2_factor * pu
         g_v = err[:, None] * pu - p.l2_factor * vi
         # Step: the gradients of rows met more than once in the batch add up.
-        self._step(_Groups(users), "user_bias", g_bu, "P", g_p)
-        self._step(_Groups(items), "item_bias", g_bi, "V", g_v)
+        self._step(users, "user_bias", g_bu, "P", g_p)
+        self._step(items, "item_bias", g_bi, "V", g_v)
         self._step_tags(tag_rows, of_rating, es, pu)
         self._count(len(ratings))
         return pred
@@ -309,27 +313,30 @@ class FactorModel:
         return acc
 
     def _step(
-        self, group: _Groups, bias: str, g_bias: np.ndarray, vectors: str, g_vec: np.ndarray
+        self, rows: np.ndarray, bias: str, g_bias: np.ndarray, vectors: str, g_vec: np.ndarray
     ) -> None:
-        """Step a bias and a vector parameter on the rows of ``group`` (one row per entry).
+        """Step a bias and a vector parameter on ``rows`` (one row per entry; rows repeat).
 
-        The gradients of a row met more than once add up: the same update as scattering
-        every entry with ``np.add.at``, since row-wise AdaGrad's scale is one number per
-        row, read after all of the row's squared gradients were added, and so factors out
-        of the row's sum. Gradients and their squares are summed in one pass
-        (:class:`_Groups`), several times faster than ``add.at`` on row blocks.
+        The gradients of a row met more than once add up, as when scattering every entry
+        with ``np.add.at``: AdaGrad first adds every entry's squared gradient to its row's
+        accumulator, then scales each entry by its row's accumulator as it stands after all
+        of them (one number per row, so it factors out of the row's sum). The scatters are
+        one-dimensional (:func:`_scatter_rows` for the vectors), numpy's fast path.
         """
-        k = g_vec.shape[1]
-        adaptive = self.params.adaptive
-        stacked = np.empty((len(g_bias), k + 3 if adaptive else k + 1), np.float32)
-        stacked[:, :k] = g_vec
-        stacked[:, k] = g_bias
-        if adaptive:
-            stacked[:, k + 1] = np.einsum("ij,ij->i", g_vec, g_vec)
-            stacked[:, k + 2] = g_bias * g_bias
-        summed = group.sum(stacked)
-        sq = (summed[:, k + 2], summed[:, k + 1] * np.float32(1.0 / k)) if adaptive else None
-        self._apply(group.rows, bias, summed[:, k], vectors, summed[:, :k], sq)
+        p = self.params
+        lr_b, lr_v = np.float32(p.lr_bias), np.float32(p.lr_factor)
+        if p.adaptive:
+            acc_b = self._accumulator(bias, getattr(self, bias))
+            acc_v = self._accumulator(vectors, getattr(self, vectors))
+            np.add.at(acc_b, rows, g_bias * g_bias)
+            sq_v = np.einsum("ij,ij->i", g_vec, g_vec)
+            sq_v *= np.float32(1.0 / g_vec.shape[1])
+            np.add.at(acc_v, rows, sq_v)
+            eps = np.float32(1e-8)
+            lr_b = lr_b / np.sqrt(acc_b[rows] + eps)
+            lr_v = (lr_v / np.sqrt(acc_v[rows] + eps))[:, None]
+        np.add.at(getattr(self, bias), rows, lr_b * g_bias)
+        _scatter_rows(getattr(self, vectors), rows, lr_v * g_vec)
 
     def _step_tags(
         self, tag_rows: np.ndarray, of_rating: np.ndarray, es: np.ndarray, pu: np.ndarray
@@ -347,21 +354,32 @@ class FactorModel:
         p = self.params
         k = pu.shape[1]
         rows, inv = _distinct(tag_rows, len(self.E))
-        n = np.bincount(inv, minlength=len(rows)).astype(np.float32)
+        n_rows = len(rows)
+        n = np.bincount(inv, minlength=n_rows).astype(np.float32)
         c, e = self.tag_bias[rows], self.E[rows]
-        share = np.zeros((len(rows), len(pu)), np.float32)  # (tags, ratings): error shares
+        share = np.zeros((n_rows, len(pu)), np.float32)  # (tags, ratings): error shares
         share[inv, of_rating] = es  # a rating's tags are distinct: no pair repeats
+        sp = share @ pu  # per tag: sum_e es_e p_u
+        s1 = np.bincount(inv, es, n_rows).astype(np.float32)  # per tag: sum_e es_e
         l2b, l2f = np.float32(p.l2_bias), np.float32(p.l2_factor)
-        g_c = share.sum(axis=1) - l2b * n * c
-        g_e = share @ pu - (l2f * n)[:, None] * e
+        g_c = s1 - l2b * n * c
+        g_e = sp - (l2f * n)[:, None] * e
         sq = None
-        if p.adaptive:  # sum_e (es_e - l2 c_t)^2 and sum_e |es_e p_u - l2 e_t|^2 / k
-            d = es - l2b * c[inv]
-            pe = (pu @ e.T)[of_rating, inv]
+        if p.adaptive:
+            # Per tag, sum_e (es_e - l2 c_t)^2 and sum_e |es_e p_u - l2 e_t|^2, expanded
+            # into sums over the entries (bincounts) and the products above.
+            es2 = es * es
             pn = np.einsum("ij,ij->i", pu, pu)[of_rating]
-            en = np.einsum("ij,ij->i", e, e)[inv]
-            sq_e = es * (es * pn - 2.0 * l2f * pe) + (l2f * l2f) * en
-            sq = (np.bincount(inv, d * d, len(rows)), np.bincount(inv, sq_e, len(rows)) / k)
+            s2 = np.bincount(inv, es2, n_rows)
+            s2p = np.bincount(inv, es2 * pn, n_rows)
+            lc = l2b * c
+            sq_c = s2 - 2.0 * lc * s1 + n * lc * lc
+            sq_e = (
+                s2p
+                - (2.0 * l2f) * np.einsum("ij,ij->i", e, sp)
+                + (l2f * l2f) * n * np.einsum("ij,ij->i", e, e)
+            )
+            sq = (sq_c, sq_e / k)
         self._apply(rows, "tag_bias", g_c, "E", g_e, sq)
 
     def _apply(
@@ -485,48 +503,21 @@ def _distinct(index: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, position[index]
 
 
-class _Groups:
-    """The distinct rows of an index array, and per-entry values summed onto them.
+def _scatter_rows(param: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``np.add.at(param, rows, values)`` for a 2-D ``param`` (rows may repeat), as a
+    one-dimensional scatter over the flat array: numpy's fast path, several times faster
+    than scattering row blocks.
 
-    >>> g = _Groups(np.array([3, 1, 3]))
-    >>> g.rows.tolist(), g.sum(np.array([1.0, 2.0, 4.0])).tolist()
-    ([1, 3], [2.0, 5.0])
-    >>> _Groups(np.array([2, 0])).rows.tolist()  # already distinct: kept as given
-    [2, 0]
+    >>> a = np.zeros((3, 2), np.float32)
+    >>> _scatter_rows(a, np.array([2, 0, 2]), np.ones((3, 2), np.float32)); a.tolist()
+    [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]]
     """
-
-    __slots__ = ("_first", "_order", "_starts", "rows")
-
-    def __init__(self, index: np.ndarray) -> None:
-        index = np.asarray(index)
-        self._order = None
-        self.rows = index
-        if len(index) < 2:
-            return
-        order = np.argsort(index, kind="stable")
-        ordered = index[order]
-        first = np.empty(len(index), bool)
-        first[0] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        if len(starts) == len(index):
-            return
-        self._order, self._first, self._starts = order, first, starts
-        self.rows = ordered[starts]
-
-    def sum(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (one per entry, along axis 0) summed per distinct row."""
-        if self._order is None:
-            return values
-        order, first, starts = self._order, self._first, self._starts
-        n_repeats = len(order) - len(starts)
-        if 4 * n_repeats > len(order):  # many repeats: one reduction over sorted runs
-            return np.add.reduceat(values[order], starts, axis=0)
-        # Few repeats (users of a batch): take each row's first entry, add the rest.
-        out = values[order[starts]]
-        repeat = ~first
-        np.add.at(out, np.cumsum(first)[repeat] - 1, values[order[repeat]])
-        return out
+    if not param.flags.c_contiguous:  # (no flat view to scatter into)
+        np.add.at(param, rows, values)
+        return
+    k = param.shape[1]
+    flat = (np.asarray(rows, np.intp)[:, None] * k + np.arange(k)).ravel()
+    np.add.at(param.reshape(-1), flat, values.ravel())
 
 
 def _squared(grad: np.ndarray, param: np.ndarray) -> np.ndarray:
