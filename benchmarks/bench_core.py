@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import river
@@ -53,6 +53,7 @@ from recsys_online.tags import ItemTags
 K = 10
 RAW_FACTOR_BYTES = 32 * 4  # one float32 row of 32 factors: what memory is compared against
 SPEED_BATCH = 256
+SPEED_SLICE = 40 * SPEED_BATCH  # events each loop runs before the next takes its turn
 
 
 @dataclass(frozen=True)
@@ -379,27 +380,38 @@ def rmse(y: list[float], pred: Iterable[float]) -> float:
     return float(np.sqrt(np.mean(err**2)))
 
 
-def time_river(cols: Columns) -> tuple[float, float]:
-    """river BiasedMF's predict_one then learn_one per event: (events/s, RMSE)."""
-    model = river_biased_mf()
-    preds: list[float] = []
-    append = preds.append
-    started = time.perf_counter()
-    for u, i, r in zip(cols.users, cols.items, cols.ratings, strict=True):
-        append(model.predict_one(u, i))
-        model.learn_one(u, i, r)
-    elapsed = time.perf_counter() - started
-    return len(cols) / elapsed, rmse(cols.ratings, preds)
+class RiverLoop:
+    """river BiasedMF fed one event at a time: ``predict_one`` then ``learn_one``."""
+
+    def __init__(self, cols: Columns) -> None:
+        self.cols = cols
+        self.model = river_biased_mf()
+        self.preds: list[float] = []
+
+    def start(self) -> None:
+        """Nothing to set up: river registers ids as it meets them."""
+
+    def run(self, start: int, stop: int) -> None:
+        """Predict then learn events ``start:stop``."""
+        cols, model, append = self.cols, self.model, self.preds.append
+        for u, i, r in zip(
+            cols.users[start:stop], cols.items[start:stop], cols.ratings[start:stop], strict=True
+        ):
+            append(model.predict_one(u, i))
+            model.learn_one(u, i, r)
+
+    def rmse(self) -> float:
+        return rmse(self.cols.ratings, self.preds)
 
 
 class RatingLoop:
     """Our rating model fed like river's: FactorModel predict then learn, ``batch`` at a time.
 
-    :meth:`run` (timed) registers the catalog's tags (one batched call: work river has
-    no counterpart of, so it counts against us), maps every user and item id to its row
-    with :class:`IdIndex`, grows storage, predicts (clipped to the scale) and learns, as
-    :class:`Recommender` does for its rating model. A micro-batch is predicted as a whole
-    before it is learned.
+    :meth:`start` registers the catalog's tags (one batched call: work river has no
+    counterpart of, so it is timed and counts against us); :meth:`run` maps every user
+    and item id to its row with :class:`IdIndex`, grows storage, predicts (clipped to the
+    scale) and learns, as :class:`Recommender` does for its rating model. A micro-batch is
+    predicted as a whole before it is learned.
     """
 
     def __init__(self, cols: Columns, catalog: dict[str, ItemUpsert], batch: int) -> None:
@@ -410,36 +422,58 @@ class RatingLoop:
         self.values = np.asarray(cols.ratings, np.float32)
         self.item_ids = list(catalog)
         self.item_tags = [dict(upsert.tags) for upsert in catalog.values()]
+        self.preds: list[np.ndarray] = []
 
-    def run(self) -> list[np.ndarray]:
-        cols, model, values = self.cols, self.model, self.values
+    def start(self) -> None:
+        self.tags.set_many(self.items.rows(self.item_ids), self.item_tags)
+        self.model.ensure(n_items=len(self.items))
+
+    def run(self, start: int, stop: int) -> None:
+        """Predict then learn events ``start:stop`` (``start`` a multiple of the batch)."""
+        cols, model, values, preds = self.cols, self.model, self.values, self.preds
         users, items = self.users, self.items
-        self.tags.set_many(items.rows(self.item_ids), self.item_tags)
-        model.ensure(n_items=len(items))
-        preds: list[np.ndarray] = []
         if self.batch == 1:
-            for u, i, r in zip(cols.users, cols.items, values, strict=True):
+            for u, i, r in zip(
+                cols.users[start:stop], cols.items[start:stop], values[start:stop], strict=True
+            ):
                 ur, ir = np.array([users.row(u)]), np.array([items.row(i)])
                 model.ensure(len(users), len(items))
                 preds.append(model.predict(ur, ir))
                 model.learn(ur, ir, np.array([r]))
-            return preds
+            return
         b = self.batch
-        for s in range(0, len(cols), b):
-            ur, ir = users.rows(cols.users[s : s + b]), items.rows(cols.items[s : s + b])
+        for s in range(start, stop, b):
+            e = min(s + b, stop)
+            ur, ir = users.rows(cols.users[s:e]), items.rows(cols.items[s:e])
             model.ensure(len(users), len(items))
             preds.append(model.predict(ur, ir))
-            model.learn(ur, ir, values[s : s + b])
-        return preds
+            model.learn(ur, ir, values[s:e])
+
+    def rmse(self) -> float:
+        return rmse(self.cols.ratings, np.concatenate(self.preds).tolist())
 
 
-def time_ours(cols: Columns, catalog: dict[str, ItemUpsert], batch: int) -> tuple[float, float]:
-    """:class:`RatingLoop` over ``cols``: (events/s, RMSE of its predictions)."""
-    loop = RatingLoop(cols, catalog, batch)
-    started = time.perf_counter()
-    preds = loop.run()
-    elapsed = time.perf_counter() - started
-    return len(cols) / elapsed, rmse(cols.ratings, np.concatenate(preds).tolist())
+class Loop(Protocol):
+    def start(self) -> None: ...
+    def run(self, start: int, stop: int) -> None: ...
+    def rmse(self) -> float: ...
+
+
+def timed_in_slices(loops: dict[str, Loop], n: int, slice_events: int) -> dict[str, float]:
+    """Seconds each loop takes over the ``n`` events, the loops taking turns a slice of
+    ``slice_events`` at a time (who goes first rotating), so that each is timed through
+    the same phases of a machine whose speed drifts within seconds."""
+    elapsed = dict.fromkeys(loops, 0.0)
+    names = list(loops)
+    gc.collect()
+    for j, start in enumerate(range(0, n, slice_events)):
+        for name in names[j % len(names) :] + names[: j % len(names)]:
+            began = time.perf_counter()
+            if start == 0:
+                loops[name].start()
+            loops[name].run(start, min(start + slice_events, n))
+            elapsed[name] += time.perf_counter() - began
+    return elapsed
 
 
 def section_speed(
@@ -447,24 +481,23 @@ def section_speed(
 ) -> None:
     section = "4 Learn+predict speed"
     cols = Columns.of(ratings)
-    runners: dict[str, Callable[[], tuple[float, float]]] = {
-        "river": lambda: time_river(cols),
-        f"ours_batch{SPEED_BATCH}": lambda: time_ours(cols, catalog, SPEED_BATCH),
-        "ours_batch1": lambda: time_ours(cols, catalog, 1),
+    makers: dict[str, Callable[[], Loop]] = {
+        "river": lambda: RiverLoop(cols),
+        f"ours_batch{SPEED_BATCH}": lambda: RatingLoop(cols, catalog, SPEED_BATCH),
+        "ours_batch1": lambda: RatingLoop(cols, catalog, 1),
     }
-    names = list(runners)
+    names = list(makers)
     rates: dict[str, list[float]] = {n: [] for n in names}
     errors: dict[str, float] = {}
     ratios: dict[str, list[float]] = {n: [] for n in names[1:]}
-    for rep in range(repeats):
-        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate who goes first
-        this: dict[str, float] = {}
-        for n in order:
-            gc.collect()
-            this[n], errors[n] = runners[n]()
-            rates[n].append(this[n])
+    for _ in range(repeats):
+        loops = {n: make() for n, make in makers.items()}
+        elapsed = timed_in_slices(loops, len(cols), SPEED_SLICE)
+        for n in names:
+            rates[n].append(len(cols) / elapsed[n])
+            errors[n] = loops[n].rmse()
         for n in names[1:]:
-            ratios[n].append(this[n] / this["river"])
+            ratios[n].append(elapsed["river"] / elapsed[n])
     river_rate = statistics.median(rates["river"])
     report.add(
         Figure(
@@ -491,10 +524,13 @@ def section_speed(
         )
         if ratio < 5.0:
             loop = RatingLoop(cols, catalog, batch)  # profile the timed loop only
-            report.hotspots[f"learn+predict, FactorModel micro-batch {batch}"] = hotspots(loop.run)
+            report.hotspots[f"learn+predict, FactorModel micro-batch {batch}"] = hotspots(
+                lambda loop=loop: (loop.start(), loop.run(0, len(cols)))
+            )
     report.details["speed"] = {
         "events": len(cols),
         "repeats": repeats,
+        "slice_events": SPEED_SLICE,
         "events_per_s": rates,
         "ratio_vs_river_per_repeat": ratios,
         "rmse_of_timed_run": errors,
