@@ -208,7 +208,8 @@ def run_replay(args: argparse.Namespace) -> int:
     print(format_table(summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(_finite(summary), indent=2, sort_keys=True, allow_nan=False)
+        args.json.write_text(text + "\n")
     return 0
 
 
@@ -243,6 +244,22 @@ def summarise(cp: Checkpoint, model: str, data: str) -> dict:
         "elapsed_s": cp.elapsed_s,
         "events_per_s": cp.events_per_s,
     }
+
+
+def _finite(value):
+    """``value`` with NaN and infinities as None (JSON's null: JSON has no NaN). A figure
+    with nothing to measure is NaN, as NDCG with no relevant rating.
+
+    >>> _finite({"rmse": 0.9, "ndcg_at_k": float("nan"), "cold": {"n": 0, "x": [float("inf")]}})
+    {'rmse': 0.9, 'ndcg_at_k': None, 'cold': {'n': 0, 'x': [None]}}
+    """
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def format_table(s: dict) -> str:

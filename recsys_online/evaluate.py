@@ -43,8 +43,8 @@ class Window:
     >>> w = Window(3)
     >>> w.extend([1.0, 2.0]); w.extend([3.0, 4.0, 5.0, 6.0]); w.mean()
     5.0
-    >>> Window(3).mean()
-    0.0
+    >>> Window(3).mean()  # nothing held: no figure
+    nan
     """
 
     def __init__(self, size: int) -> None:
@@ -77,7 +77,7 @@ class Window:
 
     def mean(self) -> float:
         n = len(self)
-        return float(self._ring[:n].mean()) if n else 0.0
+        return float(self._ring[:n].mean()) if n else math.nan
 
     def values(self) -> np.ndarray:
         """The values held, oldest first."""
@@ -98,7 +98,16 @@ class Window:
 
 
 class RankingScore:
-    """Cumulative and rolling NDCG@K and Recall@K (hit rate) over relevant events."""
+    """Cumulative and rolling NDCG@K and Recall@K (hit rate) over relevant events.
+
+    Before any relevant event there is no figure: NaN, not 0 (which would read as a
+    model that never ranks a liked item).
+
+    >>> r = RankingScore(window=10); r.summary()["ndcg_at_k"]
+    nan
+    >>> r.update_many([0, None]); r.summary()["recall_at_k"]
+    0.5
+    """
 
     def __init__(self, window: int) -> None:
         self.n = 0
@@ -125,7 +134,7 @@ class RankingScore:
         self.rolling_recall = self.rolling_recall.resized(window)
 
     def summary(self) -> dict[str, float | int]:
-        n = self.n or 1
+        n = self.n or math.nan
         return {
             "n": self.n,
             "ndcg_at_k": self._ndcg / n,
@@ -168,7 +177,9 @@ class ErrorScore:
         self.rolling_absolute = self.rolling_absolute.resized(window)
 
     def summary(self) -> dict[str, float]:
-        n = self.n or 1
+        """Cumulative and rolling RMSE and MAE; NaN before any prediction (not 0, which
+        would read as perfect)."""
+        n = self.n or math.nan
         return {
             "rmse": math.sqrt(self._squared / n),
             "mae": self._absolute / n,

@@ -63,8 +63,8 @@ class Quantiles:
     >>> q.observe_many([5.0, 10.0, 20.0, 40.0])
     >>> round(q.quantile(0.5), 1), round(q.quantile(0.99), 1), q.count
     (10.1, 40.0, 4)
-    >>> Quantiles().quantile(0.5)
-    0.0
+    >>> Quantiles().quantile(0.5)  # nothing observed: no figure
+    nan
     """
 
     def __init__(self, rel: float = 0.01, top: float = 6.048e8) -> None:
@@ -89,9 +89,9 @@ class Quantiles:
         self.count += len(x)
 
     def quantile(self, q: float) -> float:
-        """The ``q`` quantile (nearest rank) of every value observed; 0 before any."""
+        """The ``q`` quantile (nearest rank) of every value observed; NaN before any."""
         if not self.count:
-            return 0.0
+            return math.nan
         rank = max(1, math.ceil(q * self.count))
         b = int(np.searchsorted(np.cumsum(self._counts), rank))
         return math.expm1((b + 0.5) * self._log_g)

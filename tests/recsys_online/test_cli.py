@@ -30,6 +30,23 @@ def test_synth_then_replay_writes_the_documented_figures(stream: Path, tmp_path,
     assert 0 < figures["rmse"] < 4 and "NDCG@5" in capsys.readouterr().out
 
 
+def test_replay_with_no_relevant_rating_writes_null_ndcg_not_zero(tmp_path, capsys) -> None:
+    # Every rating below the relevance threshold: nothing to rank, so no NDCG or recall.
+    # 0 would read as a model that never lists a liked item; JSON has no NaN: null.
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text(
+        "user_id,item_id,rating,timestamp\n" + "".join(f"u{n},i{n % 3},2,{n}\n" for n in range(9))
+    )
+    out = tmp_path / "figures.json"
+    assert main(["replay", str(ratings), "--quiet", "--json", str(out)]) == 0
+    text = out.read_text()
+    figures = json.loads(text)  # (strict JSON: a bare NaN would not parse in browsers)
+    assert "NaN" not in text and figures["relevant"] == 0 and figures["ratings"] == 9
+    assert figures["ndcg_at_k"] is None and figures["recall_at_k"] is None
+    assert 0 < figures["rmse"] < 4
+    assert "nan" in capsys.readouterr().out  # the table says so too
+
+
 def _error(capsys, code: int, command: str, expected: str) -> None:
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -333,13 +334,27 @@ def test_whole_run_freshness_covers_every_rating_the_rolling_one_the_last() -> N
     assert m["freshness_ms_p99_total"] == pytest.approx(500.0, rel=0.01)
 
 
+def test_figures_with_nothing_measured_yet_are_nan_not_zero() -> None:
+    # A fresh worker has predicted nothing: RMSE 0 would read as perfect, NDCG 0 as a
+    # model that never lists a liked item. NaN is "no data" to Prometheus and the
+    # dashboard (null there), and "nan" in the Redis hash.
+    m = StreamEngine(Settings(k=3, n_factors=4)).metrics()
+    for name in ("rmse", "mae", "rmse_total", "ndcg_at_k", "recall_at_k", "ndcg_at_k_total"):
+        assert math.isnan(m[name]), name
+    for name in ("freshness_ms_p50", "freshness_ms_p99", "freshness_ms_p50_total"):
+        assert math.isnan(m[name]), name
+    assert m["events"] == 0 and m["deadletters"] == 0  # counts are 0, not NaN
+    measured = engine_with_history().metrics()
+    assert not any(math.isnan(measured[n]) for n in ("rmse", "ndcg_at_k", "freshness_ms_p50"))
+
+
 def test_a_snapshot_from_before_whole_run_freshness_still_loads() -> None:
     engine = engine_with_history()
     state = engine.__dict__.copy()
     del state["freshness_all"]
     old = StreamEngine.__new__(StreamEngine)
     old.__setstate__(state)
-    assert old.metrics()["freshness_ms_p50_total"] == 0.0
+    assert math.isnan(old.metrics()["freshness_ms_p50_total"])  # none observed yet
     old.record_freshness([1000.0], published_at=1.02)
     assert old.metrics()["freshness_ms_p50_total"] == pytest.approx(20.0, rel=0.01)
 
