@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import time
@@ -37,10 +38,16 @@ FIGURES = ("evaluated", "rmse_total", "ndcg_at_k_total", "items_shared", "items_
 
 
 def weighted(run: dict, name: str) -> float:
-    """The workers' ``name`` weighted by the ratings each evaluated."""
-    figures = list(run["per_worker"].values())
+    """The workers' ``name`` weighted by the ratings each evaluated; a worker with nothing
+    measured (the figure NaN: no rating evaluated, or none relevant) counts for nothing.
+
+    >>> idle = {"evaluated": 0, "x": float("nan")}
+    >>> weighted({"per_worker": {"a": {"evaluated": 3, "x": 0.5}, "b": idle}}, "x")
+    0.5
+    """
+    figures = [f for f in run["per_worker"].values() if not math.isnan(f[name])]
     total = sum(f["evaluated"] for f in figures)
-    return sum(f[name] * f["evaluated"] for f in figures) / total
+    return sum(f[name] * f["evaluated"] for f in figures) / total if total else math.nan
 
 
 def summary(run: dict) -> dict:

@@ -235,7 +235,8 @@ def replay_quality(ds) -> dict[str, float]:
         argv = ["replay", str(ratings_path), "--items", str(items_path), "--quiet"]
         cli_main([*argv, "--json", str(out)])
         summary = json.loads(out.read_text())
-    return {k: summary[k] for k in ("rmse", "ndcg_at_k", "recall_at_k", "events", "events_per_s")}
+    keys = ("rmse", "ndcg_at_k", "recall_at_k", "events", "events_per_s")
+    return {k: math.nan if summary[k] is None else summary[k] for k in keys}  # (JSON null)
 
 
 def parity(stream: dict[str, float], replay: dict[str, float]) -> dict[str, float]:
