@@ -21,7 +21,10 @@ Strictness
     (``"5"`` and ``true`` are rejected), and NaN or infinities never get through.
 Ids
     Stripped of surrounding whitespace, then 1 to :data:`MAX_ID_LENGTH` characters with no
-    control character. Integers are not ids: producers send ``"196"``, not ``196``.
+    control character (nor a line or paragraph separator), not all invisible (format
+    characters such as a zero-width space). Otherwise kept as sent, byte for byte: an id
+    is the app's key, looked up as the app spells it. Integers are not ids: producers
+    send ``"196"``, not ``196``.
 Rating scale
     Inclusive, :data:`DEFAULT_RATING_SCALE` (``[1.0, 5.0]``) unless the validation context says
     otherwise: ``RatingEvent.model_validate(data, context={"rating_scale": (0.5, 5.0)})`` or
@@ -40,8 +43,8 @@ Tags
     A list of strings (weight ``1.0`` each) or a mapping ``tag -> weight`` with weights
     from :data:`MIN_TAG_WEIGHT` to :data:`MAX_TAG_WEIGHT` (the model keeps float32: a
     weight near its limits would underflow to 0 or overflow); ``null`` means no tags. At
-    most :data:`MAX_TAGS` tags, each normalised (whitespace collapsed, lower-cased) to 1
-    to :data:`MAX_TAG_LENGTH` characters.
+    most :data:`MAX_TAGS` tags, each normalised (Unicode NFC, whitespace collapsed,
+    lower-cased) to 1 to :data:`MAX_TAG_LENGTH` characters, with the ids' rules.
     Tags that normalise to the same string merge, keeping the largest weight, so listing a
     tag twice never doubles it. Stored as ``dict[str, float]``.
 Deletes
@@ -60,6 +63,7 @@ import json
 import math
 import re
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -92,9 +96,12 @@ MIN_TIMESTAMP = 0.0
 
 EventErrorCode = Literal["oversized", "malformed", "not_object", "invalid"]
 
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+# Control characters (C0, DEL, C1) and the line and paragraph separators: each would
+# break a reason, a log or a CSV line.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]*$"
 _SHOWN_CHARACTERS = 48
+_PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # shown unquoted
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +197,11 @@ class EventError(ValueError):
         first = violations[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
-        # A field named by the producer (an unknown key) is shown quoted and cut short when
-        # it could break the reason's one line or length.
+        # A field named by the producer (an unknown key) is shown quoted and cut short
+        # unless it is a plain name: one that could break the reason's one line or length,
+        # or read as another reason ("item_id: unknown item x" would count as one).
         shown = field or "event"
-        if not (shown.isprintable() and len(shown) <= _SHOWN_CHARACTERS):
+        if not (_PLAIN_FIELD.fullmatch(shown) and len(shown) <= _SHOWN_CHARACTERS):
             shown = _show(shown)
         return cls(f"{shown}: {_describe(first)}{more}", field=field)
 
@@ -280,6 +288,8 @@ def _bounded(raw: str, text: str, max_length: int, label: str = "") -> str:
         raise _invalid(f"{label}{_show(text)} has {len(text)} characters, more than {max_length}")
     if _CONTROL_CHARACTER.search(text):
         raise _invalid(f"{label}{_show(text)} contains a control character")
+    if not text.isascii() and all(unicodedata.category(c) == "Cf" for c in text):
+        raise _invalid(f"{label}{_show(text)} is invisible (format characters only)")
     if not _is_unicode(text):
         raise _invalid(f"{label}{_show(text)} is not valid Unicode (a lone surrogate)")
     return text
@@ -360,10 +370,12 @@ def _check_timestamp(value: object, info: ValidationInfo) -> float:
 
 
 def _normalise_tag(raw: object) -> str:
-    """A tag lower-cased with its whitespace collapsed: ``" Sci  Fi"`` -> ``"sci fi"``."""
+    """A tag lower-cased with its whitespace collapsed: ``" Sci  Fi"`` -> ``"sci fi"``;
+    composed (NFC), so that one spelling of ``"café"`` typed two ways is one tag."""
     if not isinstance(raw, str):
         raise _invalid(f"tag {_show(raw)} is not a string")
-    return _bounded(raw, " ".join(raw.split()).lower(), MAX_TAG_LENGTH, "tag ")
+    text = raw if raw.isascii() else unicodedata.normalize("NFC", raw)
+    return _bounded(raw, " ".join(text.split()).lower(), MAX_TAG_LENGTH, "tag ")
 
 
 def _check_tags(value: object) -> dict[str, float]:

@@ -204,6 +204,8 @@ def test_valid_id_is_stripped(kind: Any, make: Any, field: str, value: str, expe
         ("a\x00b", "'a\\x00b'", "contains a control character"),
         ("a\nb", "'a\\nb'", "contains a control character"),
         ("a\x85b", "'a\\x85b'", "contains a control character"),
+        ("a\u2028b", "'a\\u2028b'", "contains a control character"),  # a line separator
+        ("\u200b\ufeff", "'\\u200b\\ufeff'", "is invisible (format characters only)"),
         ("\ud800x", "'\\ud800x'", "is not valid Unicode (a lone surrogate)"),
         ("x" * 129, "'xxxxxxxxx", "has 129 characters, more than 128"),
     ],
@@ -402,6 +404,7 @@ def test_tags_default_to_none() -> None:
         (["  "], "tag '  ' is empty"),
         (["t" * 65], "tag '" + "t" * 44 + "... has 65 characters, more than 64"),
         (["a\x00b"], "tag 'a\\x00b' contains a control character"),
+        (["\u200d"], "tag '\\u200d' is invisible (format characters only)"),
         ([f"tag{i}" for i in range(65)], "65 tags, more than 64"),
         ({"comedy": 0}, "weight 0 of tag 'comedy' is not positive"),
         ({"comedy": -1.5}, "weight -1.5 of tag 'comedy' is not positive"),
@@ -416,6 +419,13 @@ def test_tags_default_to_none() -> None:
 def test_bad_tags_rejected(kind: Any, make: Any, tags: Any, reason: str) -> None:
     error = assert_rejected(kind, make(tags=tags), "tags", reason)
     assert error.reason == f"tags: {reason}"
+
+
+def test_tags_spelled_two_ways_in_unicode_are_one_tag() -> None:
+    # "café" composed (U+00E9) and decomposed (e + U+0301): one tag, its larger weight.
+    event = ItemEvent.model_validate(item(tags={"Caf\u00e9": 1.0, "cafe\u0301": 2.0}))
+    assert event.tags == {"caf\u00e9": 2.0}
+    assert ItemEvent.model_validate(item(tags=["a\u200bb"])).tags == {"a\u200bb": 1.0}
 
 
 def test_tag_weight_not_finite_rejected() -> None:
@@ -449,6 +459,22 @@ def test_unknown_field_reason_stays_one_short_line(key: str) -> None:
     assert error.field == key
     assert "\n" not in error.reason and len(error.reason) < 100, error.reason
     assert error.reason.endswith(": unknown field, got 1")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "item_id: unknown item x",
+        "event_id: duplicate 'e', already learned",
+        "malformed JSON: x",
+        "tombstone: its key is not x",
+    ],
+)
+def test_an_unknown_field_named_like_a_reason_is_quoted(key: str) -> None:
+    # The producer names the field: unquoted, it would begin the reason and read as
+    # another reason (counted as an unknown item, a duplicate the redrive refuses...).
+    error = rejection(RatingEvent, rating(**{key: 1}))
+    assert error.reason == f"{key!r}: unknown field, got 1"
 
 
 def test_typo_reports_the_unknown_field_first() -> None:
@@ -609,6 +635,7 @@ def test_export_check_flags_stale_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("event", EXAMPLES, ids=repr)
 def test_exported_schema_accepts_what_the_models_accept(event: WireEvent) -> None:
     import jsonschema
+
     schema = json.loads(render_schemas()[schema_filename(type(event))])
     jsonschema.Draft202012Validator(schema).validate(json.loads(event.to_bytes()))
 
@@ -629,6 +656,7 @@ def test_exported_schema_rejects_what_the_models_reject(
     kind: type[WireEvent], fields: dict[str, Any]
 ) -> None:
     import jsonschema
+
     schema = json.loads(render_schemas()[schema_filename(kind)])
     assert not jsonschema.Draft202012Validator(schema).is_valid(fields)
     rejection(kind, fields)

@@ -179,7 +179,8 @@ def test_dead_letters_of_fields_named_like_a_kind_count_as_schema_violations() -
         return str(caught.value)
 
     good = {"user_id": "u1", "item_id": "i1", "rating": 4, "timestamp": 1}
-    for field in ("key", "tombstone", "payload too large", "no value"):
+    fields = ("key", "tombstone", "payload too large", "no value", "item_id: unknown item x")
+    for field in (*fields, "event_id: duplicate 'e', already learned", "malformed JSON: x"):
         assert deadletter_kind(reason({**good, field: 1})) == "invalid", field
     assert deadletter_kind(key_problem(b"u2", "u1", "ratings", "user_id")) == "wrong_key"
     with pytest.raises(EventError) as caught:
