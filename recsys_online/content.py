@@ -98,13 +98,27 @@ class ContentModel:
         return np.divide(out, norms, out=out, where=norms > 0)
 
     def tag_vector(self, tags: Mapping[str, float]) -> np.ndarray:
-        """Unit TF-IDF vector of arbitrary weighted tags (e.g. a user's declared interests)."""
-        rows = np.array([self.tags.index.row(t) for t in tags], np.int64)
+        """Unit TF-IDF vector of arbitrary weighted tags (e.g. a user's declared interests).
+
+        Only tags the catalog has met count: one no item ever carried can match nothing,
+        and is not added to the tag table (declarations would grow it without bound, and
+        its hashed column, shared with a real tag, would match that tag's items).
+
+        >>> tags = ItemTags(); _ = tags.set(0, {"jazz": 1.0})
+        >>> cm = ContentModel(tags, dim=8); cm.set_item(0)
+        >>> round(float(np.linalg.norm(cm.tag_vector({"jazz": 1.0, "knitting": 5.0}))), 3)
+        1.0
+        >>> float(np.abs(cm.tag_vector({"knitting": 1.0})).sum()), tags.n_tags
+        (0.0, 1)
+        """
+        found = [(self.tags.index.get(t), w) for t, w in tags.items()]
+        found = [(row, w) for row, w in found if row is not None]
+        rows = np.array([row for row, _ in found], np.int64)
         out = np.zeros(self.dim, np.float32)
         if len(rows):
             idf = self._idf()
             known = rows < len(idf) - 1
-            w = np.array(list(tags.values()), np.float32)
+            w = np.array([w for _, w in found], np.float32)
             w = w * np.where(known, idf[np.minimum(rows, len(idf) - 1)], idf.max())
             col, sign = self._columns(rows)
             np.add.at(out, col, w * sign)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -323,3 +324,44 @@ def test_a_model_pickled_before_the_floor_damps_from_the_floor_after_loading() -
     old.__setstate__(state)
     assert old.count_floor == COUNT_FLOOR == 2.0
     np.testing.assert_allclose(old.damping[:2], [2**-0.5, 2**-0.5])  # rated once or not
+
+
+def _declaring_model(n_items: int) -> Recommender:
+    """``n_items`` items, each with a tag of its own and a common one."""
+    rec = Recommender(RecommenderConfig(seed=3))
+    rec.upsert_items(
+        [f"i{n}" for n in range(n_items)],
+        [{f"tag{n}": 1.0, "common": 0.5} for n in range(n_items)],
+    )
+    return rec
+
+
+def test_a_declared_tag_no_item_carries_matches_nothing_and_grows_nothing() -> None:
+    # Its hashed column is shared with real tags: counted, it matched their items, under
+    # a reason naming a tag the user never declared, and every declaration grew the tag
+    # table for good. (200 tags: more than the 64 content columns.)
+    rec = _declaring_model(200)
+    n_tags, e_rows = rec.tags.n_tags, len(rec.mf.E)
+    rec.upsert_user("ann", {"knitting": 1.0})
+    assert rec.recommend("ann", 5) == rec.popular(5)
+    rec.upsert_user("bob", {"knitting": 1.0, "tag8": 1.0})
+    recs = rec.recommend("bob", 5)
+    assert recs[0].item == "i8" and recs[0].reason == "matches your tags tag8"
+    for n in range(300):
+        rec.upsert_user(f"spam{n}", {f"made-up-{n}-{j}": 1.0 for j in range(8)})
+    assert (rec.tags.n_tags, len(rec.mf.E)) == (n_tags, e_rows)
+
+
+def test_a_declared_tag_counts_once_an_item_carries_it() -> None:
+    # (Fewer tags than content columns: the new tag's column is its own.)
+    rec = _declaring_model(40)
+    rec.upsert_user("ann", {"knitting": 1.0})
+    rec.upsert_user("cid", {"knitting": 1.0})
+    rec.upsert_user("cid", {"tag3": 1.0})  # declared again: knitting withdrawn
+    rec = pickle.loads(pickle.dumps(rec))  # (a snapshot keeps what waits)
+    rec.upsert_item("yarn", {"knitting": 1.0})
+    recs = rec.recommend("ann", 5)
+    assert recs[0].item == "yarn" and recs[0].reason == "matches your tags knitting"
+    assert "yarn" not in [r.item for r in rec.recommend("cid", 5)]
+    rec.upsert_user("ann", {})  # withdrawn whole: popularity again, nothing left waiting
+    assert rec.recommend("ann", 5) == rec.popular(5) and not rec._waiting
