@@ -252,6 +252,10 @@ def prequential(
     >>> last.ratings, last.relevant, last.recall_at_k
     (4, 4, 0.5)
     """
+    if checkpoint_every < 1 or batch_size < 1:
+        raise ValueError(
+            f"checkpoint_every and batch_size must be >= 1, got {checkpoint_every} and {batch_size}"
+        )
     errors, ranking = ErrorScore(window), RankingScore(window)
     cold_user_rank, cold_item_rank = RankingScore(window), RankingScore(window)
     user_count: dict[str, int] = {}
@@ -319,13 +323,13 @@ def prequential(
         if isinstance(event, Rating):
             if model.is_deleted(event.item):  # as the worker: dead-lettered, not learned
                 refused += 1
-                continue
-            if event.user in batch_users:
-                flush()
-            batch.append(event)
-            batch_users.add(event.user)
-            if len(batch) >= batch_size:
-                flush()
+            else:
+                if event.user in batch_users:
+                    flush()
+                batch.append(event)
+                batch_users.add(event.user)
+                if len(batch) >= batch_size:
+                    flush()
         else:
             flush()
             if isinstance(event, ItemUpsert):

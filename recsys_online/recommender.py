@@ -318,6 +318,8 @@ class Recommender:
             )
         for item_tags in tags:
             check_weights(item_tags or {})
+        if timestamps is not None and not np.isfinite(np.asarray(timestamps, np.float64)).all():
+            raise ValueError(f"timestamps must be finite, got {list(timestamps)!r}"[:200])
         rows = self.items.rows(items)
         self._ensure()
         self.active[rows] = True
@@ -526,6 +528,41 @@ class Recommender:
         return row is not None and bool(self.deleted[row])
 
     # ------------------------------------------------------------ learning
+    def _check_batch(
+        self,
+        users: Sequence[str],
+        items: Sequence[str],
+        ratings: Sequence[float],
+        timestamps: Sequence[float],
+    ) -> None:
+        """A ``ValueError`` before anything changes for a batch the model cannot learn:
+        lists of unequal lengths, a rating that is not finite or outside the scale (one
+        would move the mean rating, and every prediction, for good), a timestamp that is
+        not finite.
+
+        >>> Recommender().learn_many(["u"], ["i"], [float("nan")], [1.0])
+        Traceback (most recent call last):
+        ...
+        ValueError: ratings must be finite and within the scale [1, 5], got nan
+        """
+        n = len(users)
+        if not len(items) == len(ratings) == len(timestamps) == n:
+            raise ValueError(
+                f"{n} users need as many items, ratings and timestamps (got {len(items)}, "
+                f"{len(ratings)} and {len(timestamps)})"
+            )
+        low, high = self.config.scale
+        r = np.asarray(ratings, np.float64)
+        bad = ~((r >= low) & (r <= high))  # (NaN compares false: bad too)
+        if bad.any():
+            raise ValueError(
+                f"ratings must be finite and within the scale [{low:g}, {high:g}], "
+                f"got {r[bad][0]:g}"
+            )
+        ts = np.asarray(timestamps, np.float64)
+        if not np.isfinite(ts).all():
+            raise ValueError(f"timestamps must be finite, got {ts[~np.isfinite(ts)][0]:g}")
+
     def learn_rating(self, user: str, item: str, rating: float, timestamp: float = 0.0) -> None:
         """Learn one rating (test-then-train callers predict and rank before this)."""
         self.learn_many([user], [item], [rating], [timestamp])
@@ -553,6 +590,7 @@ class Recommender:
         >>> len(a.take_item_changes())
         0
         """
+        self._check_batch(users, items, ratings, timestamps)
         if len(ratings) == 0:
             return
         if not shared and self._own is not None:
@@ -808,6 +846,7 @@ class Recommender:
 
     def recommend_many(self, users: Sequence[str], k: int = 10) -> list[list[Recommendation]]:
         """Batched :meth:`recommend`: one matrix product ranks the catalog for all users."""
+        k = self._checked_k(k)
         ranked = self._rank_users(users, k)
         if ranked is None:
             return [self.popular(k) for _ in users]
@@ -823,10 +862,11 @@ class Recommender:
 
     def top_items(self, users: Sequence[str], k: int = 10) -> list[list[str]]:
         """Just the ids of each user's top-``k`` list (no explanations), batched."""
+        k = self._checked_k(k)
         ranked = self._rank_users(users, k)
         if ranked is None:
             popular = [r.item for r in self.popular(k)]
-            return [popular for _ in users]
+            return [list(popular) for _ in users]
         warm, _, _, top, _, _ = ranked
         out: list[list[str] | None] = [None] * len(users)
         present = top >= 0  # (lists are filled from the front)
@@ -835,8 +875,23 @@ class Recommender:
             out[n] = listed
         if len(warm) < len(users):  # the fallback list, only when some user needs it
             popular = [r.item for r in self.popular(k)]
-            out = [popular if x is None else x for x in out]
+            out = [list(popular) if x is None else x for x in out]
         return out
+
+    def _checked_k(self, k: int) -> int:
+        """``k`` as a list length: an int >= 0 (a ``TypeError`` or ``ValueError`` naming
+        it otherwise), no more than the catalog holds.
+
+        >>> Recommender().recommend("u", -1)
+        Traceback (most recent call last):
+        ...
+        ValueError: k must be >= 0, got -1
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise TypeError(f"k must be an int, got {k!r}")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return min(int(k), self.n_items)
 
     def _rank_users(self, users: Sequence[str], k: int):
         """Rank the catalog for the users the model can rank for (others get popularity).
@@ -1158,6 +1213,7 @@ class Recommender:
 
     def popular(self, k: int = 10) -> list[Recommendation]:
         """The ``k`` most popular live items right now (the fallback for unknown users)."""
+        k = self._checked_k(k)
         scores = self.popularity.item_scores(self.now).copy()
         scores[~self.active[: self.n_items]] = -np.inf
         return [
@@ -1181,6 +1237,7 @@ class Recommender:
         >>> rec.similar_many(["a", "gone"], 5)[1]
         []
         """
+        k = self._checked_k(k)
         rows = self.items.get_many(items)
         known = rows >= 0
         known[known] = ~self.deleted[rows[known]]

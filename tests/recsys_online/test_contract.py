@@ -399,8 +399,9 @@ def test_predictions_are_clipped_to_a_custom_scale(name: str) -> None:
         for u in range(4):
             for j in range(6):
                 t += 1.0
-                # Ratings far outside the scale push the raw model beyond it.
-                model.learn_rating(f"u{u}", f"i{j}", 12.0 if (u + j) % 2 else -6.0, t)
+                model.learn_rating(f"u{u}", f"i{j}", 5.0 if (u + j) % 2 else 0.5, t)
+    # (Ratings outside the scale are refused: biases set far out push the raw model past it.)
+    model.mf.user_bias[:4] += np.array([9.0, -9.0, 9.0, -9.0], np.float32)
     raw = model.mf.raw(np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4))
     assert raw.min() < 0.5 and raw.max() > 5.0  # so the clipping below is exercised
     users = [f"u{u}" for u in range(4)] + [GHOST_USER]

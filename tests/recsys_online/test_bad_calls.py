@@ -1,0 +1,127 @@
+"""The core's public calls refuse what they cannot use with a clear error, before any
+state changes, and hand out lists a caller may change."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recsys_online.evaluate import prequential
+from recsys_online.events import ItemDelete, ItemUpsert, Rating
+from recsys_online.recommender import Recommender
+
+
+def _model() -> Recommender:
+    rec = Recommender()
+    rec.upsert_items(["a", "b", "c"], [{"x": 1.0}, {"x": 1.0}, {"y": 1.0}])
+    rec.learn_many(["ann", "bob"], ["a", "b"], [5.0, 4.0], [1.0, 2.0])
+    return rec
+
+
+def _state(rec: Recommender) -> tuple:
+    return (
+        rec.n_events,
+        len(rec.users),
+        len(rec.items),
+        rec.mf.mu,
+        rec.now,
+        [r.item for r in rec.popular(3)],
+    )
+
+
+@pytest.mark.parametrize(
+    ("users", "items", "ratings", "timestamps", "message"),
+    [
+        (["cy"], ["c"], [math.nan], [3.0], "ratings must be finite and within the scale"),
+        (["cy"], ["c"], [100.0], [3.0], r"within the scale \[1, 5\], got 100"),
+        (["cy"], ["c"], [-3.0], [3.0], "got -3"),
+        (["cy"], ["c"], [4.0], [math.inf], "timestamps must be finite, got inf"),
+        (["cy"], ["c"], [4.0], [math.nan], "timestamps must be finite"),
+        (["cy", "dee"], ["new", "a"], [5.0], [1.0], "2 users need as many items, ratings"),
+        (["cy", "dee"], ["c", "a"], [5.0, 4.0], [1.0], "got 2, 2 and 1"),
+        (["cy"], ["c"], [5.0], [1.0, 2.0], "got 1, 1 and 2"),
+    ],
+)
+def test_learn_many_refuses_a_batch_it_cannot_learn_and_changes_nothing(
+    users, items, ratings, timestamps, message
+) -> None:
+    # A NaN rating made the mean rating, and so every prediction, NaN for good; an
+    # infinite timestamp broke every later call; unequal lists registered ids (and listed
+    # an item never announced) before failing halfway.
+    rec = _model()
+    before = _state(rec)
+    with pytest.raises(ValueError, match=message):
+        rec.learn_many(users, items, ratings, timestamps)
+    assert _state(rec) == before
+    assert rec.users.get("cy") is None and rec.items.get("new") is None
+    rec.learn_rating("cy", "c", 4.0, 3.0)  # and it goes on learning
+    assert np.isfinite(rec.predict_many(["cy"], ["a"])).all() and rec.n_events == 3
+
+
+def test_an_upsert_at_a_time_that_is_not_finite_is_refused_and_changes_nothing() -> None:
+    rec = _model()
+    before = _state(rec)
+    with pytest.raises(ValueError, match="timestamps must be finite"):
+        rec.upsert_items(["m"], [{"x": 1.0}], [math.inf])
+    assert _state(rec) == before and rec.items.get("m") is None
+    assert [r.item for r in rec.recommend("ann", 3)] == ["b", "c"]
+
+
+@pytest.mark.parametrize("call", ["recommend", "top_items", "popular", "similar_items"])
+@pytest.mark.parametrize(
+    ("k", "error", "message"),
+    [
+        (-1, ValueError, "k must be >= 0, got -1"),
+        (2.5, TypeError, "k must be an int, got 2.5"),
+        ("3", TypeError, "k must be an int, got '3'"),
+        (True, TypeError, "k must be an int, got True"),
+        (None, TypeError, "k must be an int, got None"),
+    ],
+)
+def test_a_bad_k_is_refused_by_name(call: str, k, error, message) -> None:
+    rec = _model()
+    args = {"recommend": ("ann",), "top_items": (["ann", "zed"],), "popular": ()}
+    with pytest.raises(error, match=message):
+        getattr(rec, call)(*args.get(call, ("a",)), k)
+
+
+def test_k_past_the_catalog_costs_no_more_than_the_catalog() -> None:
+    # (Not capped, a k of 10**8 asked for gigabytes of scores.)
+    rec = _model()
+    assert len(rec.similar_items("a", 10**12)) <= 2
+    assert [r.item for r in rec.recommend("ann", 10**12)] == ["b", "c"]
+    assert len(rec.popular(np.int64(10**12))) == 3
+
+
+def test_top_items_hands_each_user_a_list_of_their_own() -> None:
+    rec = _model()
+    for users in (["x", "y"], ["ann", "x", "y"]):  # all popular; popular beside a ranked one
+        out = rec.top_items(users, 3)
+        out[-1].append("Z")
+        assert "Z" not in out[-2]
+
+
+def test_prequential_ends_with_a_checkpoint_when_the_stream_ends_with_a_refused_rating() -> None:
+    # A rating of a deleted item is refused: at a checkpoint's place it skipped the
+    # checkpoint, and at the end of the stream the last one ("covers the whole stream").
+    stream = [
+        ItemUpsert("x", {"a": 1.0}),
+        ItemUpsert("y", {"a": 1.0}),
+        Rating("u", "x", 5.0, 1.0),
+        ItemDelete("x"),
+        Rating("w", "x", 5.0, 3.0),
+    ]
+    for every in (5, 4, 2):
+        checkpoints = list(prequential(Recommender(), stream, checkpoint_every=every))
+        assert checkpoints[-1].events == 5 and checkpoints[-1].refused == 1, every
+        assert [c.events for c in checkpoints] == list(range(every, 6, every)) + (
+            [] if 5 % every == 0 else [5]
+        )
+
+
+@pytest.mark.parametrize("bad", [{"checkpoint_every": 0}, {"batch_size": 0}])
+def test_prequential_refuses_steps_of_zero_up_front(bad: dict) -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        next(prequential(Recommender(), [Rating("u", "x", 5.0, 1.0)], **bad))
