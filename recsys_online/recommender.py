@@ -817,6 +817,8 @@ class Recommender:
 
     def predict_many(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
         """Predicted ratings for aligned lists of ids, without registering unseen ids."""
+        if len(users) != len(items):
+            raise ValueError(f"{len(users)} users need as many items (got {len(items)})")
         u, i = self.users.get_many(users), self.items.get_many(items)
         known_u, known_i = u >= 0, i >= 0
         ur, ir = np.maximum(u, 0), np.maximum(i, 0)

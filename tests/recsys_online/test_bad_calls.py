@@ -60,6 +60,12 @@ def test_learn_many_refuses_a_batch_it_cannot_learn_and_changes_nothing(
     assert np.isfinite(rec.predict_many(["cy"], ["a"])).all() and rec.n_events == 3
 
 
+def test_predictions_need_as_many_items_as_users() -> None:
+    # (numpy stretched one item over two users.)
+    with pytest.raises(ValueError, match="2 users need as many items"):
+        _model().predict_many(["ann", "bob"], ["a"])
+
+
 def test_an_upsert_at_a_time_that_is_not_finite_is_refused_and_changes_nothing() -> None:
     rec = _model()
     before = _state(rec)
