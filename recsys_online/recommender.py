@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,29 @@ class _UserContext:
     profile: np.ndarray  # (B, D) unit content profile of each user
 
 
+def _count(v: float) -> bool:
+    return math.isfinite(v) and v == int(v) and v >= 1
+
+
+#: (field, test, the rule a ``ValueError`` states) for :class:`RecommenderConfig`'s numbers.
+_CONFIG_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("relevant", math.isfinite, "a finite number"),
+    ("content_dim", _count, "an integer >= 1"),
+    ("cooc_window", _count, "an integer >= 1"),
+    ("cooc_neighbours", _count, "an integer >= 1"),
+    ("cooc_decay", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("cooc_beta", lambda v: 0.0 <= v < math.inf, "a finite number >= 0"),
+    ("cooc_count_floor", lambda v: 0.0 < v < math.inf, "a finite number > 0"),
+    ("popularity_half_life", lambda v: 0.0 < v < math.inf, "a finite number > 0"),
+    ("cold_ratings", lambda v: 0.0 < v < math.inf, "a finite number > 0"),
+    ("blend_lr", lambda v: 0.0 <= v < math.inf, "a finite number >= 0"),
+    ("blend_l2", lambda v: 0.0 <= v < math.inf, "a finite number >= 0"),
+    ("n_negatives", _count, "an integer >= 1"),
+    ("history_limit", _count, "an integer >= 1"),
+    ("seed", lambda v: math.isfinite(v) and v == int(v) and v >= 0, "an integer >= 0"),
+)
+
+
 @dataclass
 class RecommenderConfig:
     """Settings of :class:`Recommender`; every field is a keyword of its own."""
@@ -140,6 +164,13 @@ class RecommenderConfig:
         lo, hi = self.scale
         if not lo < hi:
             raise ValueError(f"scale must be (low, high) with low < high, got {self.scale}")
+        for name, ok, rule in _CONFIG_RULES:
+            value = getattr(self, name)
+            number = isinstance(value, int | float | np.integer | np.floating)
+            if isinstance(value, bool) or not number or not ok(value):
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        if not _count(self.factors.n_factors):
+            raise ValueError(f"factors.n_factors must be >= 1, got {self.factors.n_factors!r}")
 
 
 class Recommender:

@@ -10,7 +10,8 @@ import pytest
 
 from recsys_online.evaluate import prequential
 from recsys_online.events import ItemDelete, ItemUpsert, Rating
-from recsys_online.recommender import Recommender
+from recsys_online.factors import FactorParams
+from recsys_online.recommender import Recommender, RecommenderConfig
 
 
 def _model() -> Recommender:
@@ -131,3 +132,26 @@ def test_prequential_ends_with_a_checkpoint_when_the_stream_ends_with_a_refused_
 def test_prequential_refuses_steps_of_zero_up_front(bad: dict) -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
         next(prequential(Recommender(), [Rating("u", "x", 5.0, 1.0)], **bad))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"cold_ratings": 0}, "cold_ratings must be a finite number > 0, got 0"),
+        ({"blend_lr": math.nan}, "blend_lr must be a finite number >= 0, got nan"),
+        ({"content_dim": 0}, "content_dim must be an integer >= 1, got 0"),
+        ({"cooc_window": 0}, "cooc_window must be an integer >= 1"),
+        ({"cooc_neighbours": 2.5}, "cooc_neighbours must be an integer >= 1"),
+        ({"popularity_half_life": -1.0}, "popularity_half_life must be a finite number > 0"),
+        ({"popularity_half_life": 0.0}, "popularity_half_life must be a finite number > 0"),
+        ({"cooc_decay": 1.5}, r"cooc_decay must be in \(0, 1\]"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"n_negatives": True}, "n_negatives must be an integer >= 1, got True"),
+        ({"history_limit": math.inf}, "history_limit must be an integer >= 1, got inf"),
+        ({"factors": FactorParams(n_factors=0)}, "factors.n_factors must be >= 1, got 0"),
+    ],
+)
+def test_a_config_the_model_cannot_run_is_refused_by_name(setting: dict, message: str) -> None:
+    # (Each was accepted, then failed on first use deep in numpy, or silently gave no lists.)
+    with pytest.raises(ValueError, match=message):
+        RecommenderConfig(**setting)
