@@ -559,13 +559,7 @@ class Recommender:
         return row is not None and bool(self.deleted[row])
 
     # ------------------------------------------------------------ learning
-    def _check_batch(
-        self,
-        users: Sequence[str],
-        items: Sequence[str],
-        ratings: Sequence[float],
-        timestamps: Sequence[float],
-    ) -> None:
+    def _check_batch(self, users: Sequence, items: Sequence, ratings, timestamps) -> None:
         """A ``ValueError`` before anything changes for a batch the model cannot learn:
         lists of unequal lengths, a rating that is not finite or outside the scale (one
         would move the mean rating, and every prediction, for good), a timestamp that is
