@@ -106,7 +106,7 @@ class _UserContext:
 
 
 def _count(v: float) -> bool:
-    return math.isfinite(v) and v == int(v) and v >= 1
+    return isinstance(v, int | np.integer) and v >= 1
 
 
 #: (field, test, the rule a ``ValueError`` states) for :class:`RecommenderConfig`'s numbers.
@@ -124,7 +124,7 @@ _CONFIG_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("blend_l2", lambda v: 0.0 <= v < math.inf, "a finite number >= 0"),
     ("n_negatives", _count, "an integer >= 1"),
     ("history_limit", _count, "an integer >= 1"),
-    ("seed", lambda v: math.isfinite(v) and v == int(v) and v >= 0, "an integer >= 0"),
+    ("seed", lambda v: isinstance(v, int | np.integer) and v >= 0, "an integer >= 0"),
 )
 
 
@@ -169,8 +169,9 @@ class RecommenderConfig:
             number = isinstance(value, int | float | np.integer | np.floating)
             if isinstance(value, bool) or not number or not ok(value):
                 raise ValueError(f"{name} must be {rule}, got {value!r}")
-        if not _count(self.factors.n_factors):
-            raise ValueError(f"factors.n_factors must be >= 1, got {self.factors.n_factors!r}")
+        n_factors = self.factors.n_factors
+        if not _count(n_factors):
+            raise ValueError(f"factors.n_factors must be an integer >= 1, got {n_factors!r}")
 
 
 class Recommender:

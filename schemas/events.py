@@ -15,7 +15,7 @@ Decisions
 ---------
 Unknown fields
     Rejected (``extra="forbid"``): a typo such as ``"ratng"`` fails loudly with
-    ``"ratng: unknown field, got 4"`` instead of silently dropping the rating.
+    ``"'ratng': unknown field, got 4"`` instead of silently dropping the rating.
 Strictness
     No coercion: ids, tags and titles must be JSON strings, ratings and weights JSON numbers
     (``"5"`` and ``true`` are rejected), and NaN or infinities never get through.
@@ -101,7 +101,6 @@ EventErrorCode = Literal["oversized", "malformed", "not_object", "invalid"]
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]*$"
 _SHOWN_CHARACTERS = 48
-_PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # shown unquoted
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +196,11 @@ class EventError(ValueError):
         first = violations[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
-        # A field named by the producer (an unknown key) is shown quoted and cut short
-        # unless it is a plain name: one that could break the reason's one line or length,
-        # or read as another reason ("item_id: unknown item x" would count as one).
+        # A field named by the producer (an unknown key) is always shown quoted and cut
+        # short: unquoted, it could break the reason's one line or length, or begin a
+        # reason that reads as another ("item_id: unknown item x" would count as one).
         shown = field or "event"
-        if not (_PLAIN_FIELD.fullmatch(shown) and len(shown) <= _SHOWN_CHARACTERS):
+        if first["type"] == "extra_forbidden" or len(shown) > _SHOWN_CHARACTERS:
             shown = _show(shown)
         return cls(f"{shown}: {_describe(first)}{more}", field=field)
 
@@ -374,8 +373,11 @@ def _normalise_tag(raw: object) -> str:
     composed (NFC), so that one spelling of ``"café"`` typed two ways is one tag."""
     if not isinstance(raw, str):
         raise _invalid(f"tag {_show(raw)} is not a string")
-    text = raw if raw.isascii() else unicodedata.normalize("NFC", raw)
-    return _bounded(raw, " ".join(text.split()).lower(), MAX_TAG_LENGTH, "tag ")
+    text = " ".join(raw.split()).lower()
+    if not raw.isascii():  # (composed again after lower-casing, which may decompose)
+        nfc = unicodedata.normalize
+        text = nfc("NFC", " ".join(nfc("NFC", raw).split()).lower())
+    return _bounded(raw, text, MAX_TAG_LENGTH, "tag ")
 
 
 def _check_tags(value: object) -> dict[str, float]:

@@ -148,7 +148,10 @@ def test_prequential_refuses_steps_of_zero_up_front(bad: dict) -> None:
         ({"seed": -1}, "seed must be an integer >= 0, got -1"),
         ({"n_negatives": True}, "n_negatives must be an integer >= 1, got True"),
         ({"history_limit": math.inf}, "history_limit must be an integer >= 1, got inf"),
-        ({"factors": FactorParams(n_factors=0)}, "factors.n_factors must be >= 1, got 0"),
+        ({"factors": FactorParams(n_factors=0)}, "n_factors must be an integer >= 1, got 0"),
+        ({"content_dim": 8.0}, "content_dim must be an integer >= 1, got 8.0"),
+        ({"seed": 42.0}, "seed must be an integer >= 0, got 42.0"),
+        ({"factors": FactorParams(n_factors=4.0)}, "n_factors must be an integer >= 1, got 4.0"),
     ],
 )
 def test_a_config_the_model_cannot_run_is_refused_by_name(setting: dict, message: str) -> None:

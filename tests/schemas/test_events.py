@@ -426,6 +426,9 @@ def test_tags_spelled_two_ways_in_unicode_are_one_tag() -> None:
     event = ItemEvent.model_validate(item(tags={"Caf\u00e9": 1.0, "cafe\u0301": 2.0}))
     assert event.tags == {"caf\u00e9": 2.0}
     assert ItemEvent.model_validate(item(tags=["a\u200bb"])).tags == {"a\u200bb": 1.0}
+    # Lower-casing may decompose: composed again, upper and lower case are one tag.
+    upper, lower = "\u03aa\u0301", "\u0390"
+    assert ItemEvent.model_validate(item(tags=[upper, lower])).tags == {lower: 1.0}
 
 
 def test_tag_weight_not_finite_rejected() -> None:
@@ -450,7 +453,7 @@ def test_property_tag_normalisation_is_idempotent(tags: dict[str, float]) -> Non
 @pytest.mark.parametrize(("kind", "make"), [(RatingEvent, rating), *TAGGED])
 def test_unknown_field_rejected(kind: Any, make: Any) -> None:
     error = rejection(kind, make(source="ios-app"))
-    assert (error.field, error.reason) == ("source", "source: unknown field, got 'ios-app'")
+    assert (error.field, error.reason) == ("source", "'source': unknown field, got 'ios-app'")
 
 
 @pytest.mark.parametrize("key", ["a\nb", "k" * 60_000])
@@ -468,6 +471,7 @@ def test_unknown_field_reason_stays_one_short_line(key: str) -> None:
         "event_id: duplicate 'e', already learned",
         "malformed JSON: x",
         "tombstone: its key is not x",
+        "key",  # (with a value that reads as the rest of a wrong key's reason)
     ],
 )
 def test_an_unknown_field_named_like_a_reason_is_quoted(key: str) -> None:
@@ -481,7 +485,7 @@ def test_typo_reports_the_unknown_field_first() -> None:
     fields = rating(ratng=4)
     del fields["rating"]
     error = rejection(RatingEvent, fields)
-    assert (error.field, error.reason) == ("ratng", "ratng: unknown field, got 4 (+1 more)")
+    assert (error.field, error.reason) == ("ratng", "'ratng': unknown field, got 4 (+1 more)")
 
 
 def test_validation_error_names_field_and_value() -> None:
@@ -491,7 +495,7 @@ def test_validation_error_names_field_and_value() -> None:
     assert "rating\n  7.0 is outside the rating scale [1.0, 5.0]" in message
     assert "ratng" in message and "input_value=4" in message
     error = EventError.from_validation_error(caught.value)
-    assert error.reason == "ratng: unknown field, got 4 (+1 more)"
+    assert error.reason == "'ratng': unknown field, got 4 (+1 more)"
 
 
 # --- decoding and encoding ---------------------------------------------------------------------

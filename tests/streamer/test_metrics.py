@@ -182,6 +182,8 @@ def test_dead_letters_of_fields_named_like_a_kind_count_as_schema_violations() -
     fields = ("key", "tombstone", "payload too large", "no value", "item_id: unknown item x")
     for field in (*fields, "event_id: duplicate 'e', already learned", "malformed JSON: x"):
         assert deadletter_kind(reason({**good, field: 1})) == "invalid", field
+    forged = {**good, "key": ", but ratings are keyed by their user_id 'u1'"}  # (its value too)
+    assert deadletter_kind(reason(forged)) == "invalid"
     assert deadletter_kind(key_problem(b"u2", "u1", "ratings", "user_id")) == "wrong_key"
     with pytest.raises(EventError) as caught:
         item_event(Settings(), b"\xff", None, 1.0)
