@@ -317,26 +317,16 @@ class FactorModel:
     ) -> None:
         """Step a bias and a vector parameter on ``rows`` (one row per entry; rows repeat).
 
-        The gradients of a row met more than once add up, as when scattering every entry
-        with ``np.add.at``: AdaGrad first adds every entry's squared gradient to its row's
-        accumulator, then scales each entry by its row's accumulator as it stands after all
-        of them (one number per row, so it factors out of the row's sum). The scatters are
-        one-dimensional (:func:`_scatter_rows` for the vectors), numpy's fast path.
+        Each entry's gradient is scattered (:meth:`_apply`): the gradients of a row met
+        more than once add up, and row-wise AdaGrad's scale, one number per row read after
+        all of the row's squares were added, factors out of the row's sum.
         """
-        p = self.params
-        lr_b, lr_v = np.float32(p.lr_bias), np.float32(p.lr_factor)
-        if p.adaptive:
-            acc_b = self._accumulator(bias, getattr(self, bias))
-            acc_v = self._accumulator(vectors, getattr(self, vectors))
-            np.add.at(acc_b, rows, g_bias * g_bias)
+        sq = None
+        if self.params.adaptive:
             sq_v = np.einsum("ij,ij->i", g_vec, g_vec)
             sq_v *= np.float32(1.0 / g_vec.shape[1])
-            np.add.at(acc_v, rows, sq_v)
-            eps = np.float32(1e-8)
-            lr_b = lr_b / np.sqrt(acc_b[rows] + eps)
-            lr_v = (lr_v / np.sqrt(acc_v[rows] + eps))[:, None]
-        np.add.at(getattr(self, bias), rows, lr_b * g_bias)
-        _scatter_rows(getattr(self, vectors), rows, lr_v * g_vec)
+            sq = (g_bias * g_bias, sq_v)
+        self._apply(rows, bias, g_bias, vectors, g_vec, sq)
 
     def _step_tags(
         self, tag_rows: np.ndarray, of_rating: np.ndarray, es: np.ndarray, pu: np.ndarray
@@ -391,21 +381,23 @@ class FactorModel:
         g_vec: np.ndarray,
         squared: tuple[np.ndarray, np.ndarray] | None,
     ) -> None:
-        """Add summed gradients to distinct ``rows``; AdaGrad first adds their squares
-        (``squared``: per row, of the bias and the mean over the vector's coordinates)."""
+        """Add gradients to ``rows`` (rows may repeat: a row's gradients add up, as with
+        ``np.add.at``). AdaGrad first adds every entry's squares (``squared``: of the bias
+        and the mean over the vector's coordinates) to its row's accumulator, then scales
+        each entry by its row's accumulator as it stands after all of them. The scatters
+        are one-dimensional (:func:`_scatter_rows` for the vectors), numpy's fast path."""
         p = self.params
         lr_b, lr_v = np.float32(p.lr_bias), np.float32(p.lr_factor)
         if p.adaptive and squared is not None:
             acc_b = self._accumulator(bias, getattr(self, bias))
             acc_v = self._accumulator(vectors, getattr(self, vectors))
-            sum_b = acc_b[rows] + squared[0].astype(np.float32)
-            sum_v = acc_v[rows] + squared[1].astype(np.float32)
-            acc_b[rows] = sum_b
-            acc_v[rows] = sum_v
-            lr_b = lr_b / np.sqrt(sum_b + np.float32(1e-8))
-            lr_v = (lr_v / np.sqrt(sum_v + np.float32(1e-8)))[:, None]
-        getattr(self, bias)[rows] += lr_b * g_bias
-        getattr(self, vectors)[rows] += lr_v * g_vec
+            np.add.at(acc_b, rows, squared[0].astype(np.float32))
+            np.add.at(acc_v, rows, squared[1].astype(np.float32))
+            eps = np.float32(1e-8)
+            lr_b = lr_b / np.sqrt(acc_b[rows] + eps)
+            lr_v = (lr_v / np.sqrt(acc_v[rows] + eps))[:, None]
+        np.add.at(getattr(self, bias), rows, lr_b * g_bias)
+        _scatter_rows(getattr(self, vectors), rows, lr_v * g_vec)
 
 
 class ItemVectors:
