@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recsys_online import datasets, synth
 from recsys_online.evaluate import Checkpoint, prequential
+from recsys_online.json_safe import json_safe
 from recsys_online.recommender import MODELS, Recommender, RecommenderConfig
 from recsys_online.runtime import limit_blas_threads
 
@@ -208,7 +209,7 @@ def run_replay(args: argparse.Namespace) -> int:
     print(format_table(summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(_finite(summary), indent=2, sort_keys=True, allow_nan=False)
+        text = json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False)
         args.json.write_text(text + "\n")
     return 0
 
@@ -244,22 +245,6 @@ def summarise(cp: Checkpoint, model: str, data: str) -> dict:
         "elapsed_s": cp.elapsed_s,
         "events_per_s": cp.events_per_s,
     }
-
-
-def _finite(value):
-    """``value`` with NaN and infinities as None (JSON's null: JSON has no NaN). A figure
-    with nothing to measure is NaN, as NDCG with no relevant rating.
-
-    >>> _finite({"rmse": 0.9, "ndcg_at_k": float("nan"), "cold": {"n": 0, "x": [float("inf")]}})
-    {'rmse': 0.9, 'ndcg_at_k': None, 'cold': {'n': 0, 'x': [None]}}
-    """
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def format_table(s: dict) -> str:

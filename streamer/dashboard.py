@@ -24,6 +24,7 @@ from importlib import resources
 
 from aiohttp import web
 
+from recsys_online.json_safe import json_safe
 from streamer.client import REDIS_ERRORS, AsyncRecommendationClient, RecommendationsUnavailable
 from streamer.settings import Settings
 from streamer.web import advertised_url, start_site
@@ -74,23 +75,8 @@ def _json(payload: object, status: int = 200) -> web.Response:
     """A JSON response that browsers can parse: NaN and infinities (damaged or foreign
     data in Redis; workers write null) become null."""
     return web.json_response(
-        _finite(payload), status=status, dumps=functools.partial(json.dumps, allow_nan=False)
+        json_safe(payload), status=status, dumps=functools.partial(json.dumps, allow_nan=False)
     )
-
-
-def _finite(value: object) -> object:
-    """``value`` with every non-finite float replaced by None.
-
-    >>> _finite({"a": [1.0, float("nan")], "b": float("inf"), "c": "x"})
-    {'a': [1.0, None], 'b': None, 'c': 'x'}
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _point(raw: bytes) -> dict | None:

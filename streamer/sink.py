@@ -27,6 +27,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from recsys_online.json_safe import json_safe
 from recsys_online.recommender import Recommendation
 from schemas import ItemEvent
 from streamer.client import REDIS_ERRORS, SentinelURL, aclose_client, close_client, redis_client
@@ -94,11 +95,6 @@ def list_documents(
         )
         for user, recs in lists.items()
     ]
-
-
-def _finite(value: float | int) -> float | int | None:
-    """JSON has no NaN or infinity (browsers reject them): those become null."""
-    return value if math.isfinite(value) else None
 
 
 # SET each key to its value with the TTL, in one script call: atomic as a MULTI/EXEC of
@@ -429,7 +425,7 @@ class RedisSink:
             "metrics_url": metrics_url,
         }
         snapshot = json.dumps(
-            {k: _finite(v) for k, v in metrics.items()} | {"worker": worker_id, "t": now},
+            json_safe(dict(metrics)) | {"worker": worker_id, "t": now},
             separators=(",", ":"),
         )
         own = key("metrics", "worker", worker_id)
