@@ -373,8 +373,9 @@ def _normalise_tag(raw: object) -> str:
     composed (NFC), so that one spelling of ``"café"`` typed two ways is one tag."""
     if not isinstance(raw, str):
         raise _invalid(f"tag {_show(raw)} is not a string")
-    text = " ".join(raw.split()).lower()
-    if not raw.isascii():  # (composed again after lower-casing, which may decompose)
+    if raw.isascii():
+        text = " ".join(raw.split()).lower()
+    else:  # (composed again after lower-casing, which may decompose)
         nfc = unicodedata.normalize
         text = nfc("NFC", " ".join(nfc("NFC", raw).split()).lower())
     return _bounded(raw, text, MAX_TAG_LENGTH, "tag ")
