@@ -323,10 +323,6 @@ class CatalogFollower:
         except EventError:
             return None  # dead-lettered by validate_items
 
-    def _apply(self, record: ConsumerRecord) -> dict:
-        event = self._event(record)
-        return {} if event is None else self._apply_event(event)
-
     def _apply_event(self, event: ItemEvent) -> dict:
         if event.op == "delete":
             return self.engine.delete_item(event.item_id, event.timestamp)

@@ -337,6 +337,12 @@ def _item_record(value: bytes | None, key: bytes | None, offset: int = 0) -> Con
     return ConsumerRecord("i", 0, offset, 1_700_000_000_000, 0, key, value, None, 0, 0, [])
 
 
+def _apply(worker: RecsysWorker, record: ConsumerRecord) -> dict:
+    """What the worker's catalog follower does with an items record once caught up."""
+    event = worker.catalog._event(record)
+    return {} if event is None else worker.catalog._apply_event(event)
+
+
 def _worker_knowing_item_a() -> tuple[RecsysWorker, list[str]]:
     """A worker whose catalog holds item ``a``, and the reasons it dead-letters."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
@@ -358,17 +364,17 @@ async def test_a_rating_made_before_its_items_delete_is_learned_when_read_after_
     made after the delete is dead-lettered."""
     worker, dead = _worker_knowing_item_a()
     worker.engine.live = False  # catching up: the backlog is at t ~ 20
-    worker.catalog._apply(
-        _item_record(b'{"op":"upsert","item_id":"b","tags":["jazz"],"timestamp":10}', b"b")
+    _apply(
+        worker, _item_record(b'{"op":"upsert","item_id":"b","tags":["jazz"],"timestamp":10}', b"b")
     )
     worker.engine.learn_ratings([Rating("u0", "b", 4.0, 20.0)])
-    worker.catalog._apply(_item_record(b'{"op":"delete","item_id":"b","timestamp":1000}', b"b"))
+    _apply(worker, _item_record(b'{"op":"delete","item_id":"b","timestamp":1000}', b"b"))
     before = b'{"user_id":"u","item_id":"b","rating":5,"timestamp":30}'
     after = b'{"user_id":"u","item_id":"b","rating":5,"timestamp":2000}'
     valid = await worker._valid_ratings([_rating_record(before, 7), _rating_record(after, 8)])
     assert [offset for _, offset, *_ in valid] == [7]
     assert dead == ["item_id: item 'b' was deleted"]
-    worker.catalog._apply(_item_record(b'{"op":"upsert","item_id":"b","timestamp":3000}', b"b"))
+    _apply(worker, _item_record(b'{"op":"upsert","item_id":"b","timestamp":3000}', b"b"))
     assert "b" not in worker.engine.deleted_at  # (listed again: no longer deleted)
 
 
@@ -701,9 +707,9 @@ async def test_an_item_listed_again_after_a_delete_takes_ratings_while_catching_
     engine.live = False  # catching up on a backlog
     engine.upsert_item("b", {"jazz": 1.0}, 10.0)
     engine.learn_ratings([Rating("u0", "b", 4.0, 20.0)])
-    worker.catalog._apply(_item_record(b'{"op":"delete","item_id":"b","timestamp":30}', b"b"))
-    worker.catalog._apply(
-        _item_record(b'{"op":"upsert","item_id":"b","tags":["rock"],"timestamp":100}', b"b")
+    _apply(worker, _item_record(b'{"op":"delete","item_id":"b","timestamp":30}', b"b"))
+    _apply(
+        worker, _item_record(b'{"op":"upsert","item_id":"b","tags":["rock"],"timestamp":100}', b"b")
     )
     raw = b'{"user_id":"u1","item_id":"b","rating":5,"timestamp":150}'
     valid = await worker._valid_ratings([_rating_record(raw, key=b"u1")])
@@ -844,11 +850,11 @@ def test_a_tombstone_on_the_items_topic_deletes_the_item_its_key_names() -> None
     engine.upsert_item("d", {"jazz": 1.0})
     engine.learn_ratings([Rating("u", "a", 5.0, 10.0)])
     assert "b" in engine.served["u"]
-    lists = worker.catalog._apply(_item_record(None, b"b"))
+    lists = _apply(worker, _item_record(None, b"b"))
     assert engine.model.is_deleted("b") and [r.item for r in lists["u"]] == ["d"]
     # An upsert under another item's key is refused: the catalog keeps its items as they were.
     mis_keyed = b'{"op":"upsert","item_id":"c","tags":["jazz"],"timestamp":1}'
-    assert worker.catalog._apply(_item_record(mis_keyed, b"a")) == {}
+    assert _apply(worker, _item_record(mis_keyed, b"a")) == {}
     assert not engine.knows_item("c")
 
 
