@@ -251,6 +251,7 @@ class CatalogFollower:
     so each follows the items topic from the beginning (it is compacted: the latest event
     per item). Validation failures are skipped here; the ``validate_items`` agent, which
     sees each partition on exactly one worker, sends them to the dead-letter topic once.
+    Events refused live are skipped by their dead letters too, when read again.
     """
 
     def __init__(self, settings: Settings, engine: StreamEngine, sink: RedisSink) -> None:
@@ -279,6 +280,7 @@ class CatalogFollower:
             consumer.assign(self.partitions)
             await consumer.seek_to_beginning(*self.partitions)
             generation = self._generation
+            refused = await self._refused()
             # Until caught up after a (re)start, the latest event of each item, applied
             # once caught up (the topic is compacted: that is the catalog). Applying the
             # log's uncompacted tail event by event would re-apply an item's old delete
@@ -289,6 +291,7 @@ class CatalogFollower:
                 if generation != self._generation:  # a restart: read from the beginning
                     generation = self._generation
                     latest.clear()
+                    refused = await self._refused()
                     for tp in self.partitions:
                         consumer.seek(tp, 0)
                 batches = await consumer.getmany(timeout_ms=50, max_records=2000)
@@ -297,6 +300,8 @@ class CatalogFollower:
                 lists: dict = {}
                 for records in batches.values():
                     for record in records:
+                        if record.offset in refused.get(record.partition, ()):
+                            continue  # refused live (a copy sent back is applied instead)
                         event = self._event(record)
                         if event is None:
                             continue
@@ -316,6 +321,21 @@ class CatalogFollower:
                     self.ready.set()
         finally:
             await consumer.stop()
+
+    async def _refused(self) -> dict[int, set[int]]:
+        """The items topic's offsets refused live, by the dead-letter topic, skipped when
+        the catalog is read again: an event refused as more than a day ahead would pass
+        once the clock caught up, and one worker's catalog would hold an item the
+        others' do not (none, with a warning, when the dead letters cannot be read to
+        their end in time)."""
+        s = self.settings
+        partitions = [tp.partition for tp in self.partitions]
+        try:
+            refused = await refused_offsets(s, {s.items_topic: partitions})
+        except TopicNotReadToEnd as exc:
+            log.warning("catalog read without the dead letters' offsets: %s", exc)
+            return {}
+        return {} if refused is None else refused[s.items_topic]
 
     def _event(self, record: ConsumerRecord) -> ItemEvent | None:
         try:
@@ -1601,10 +1621,12 @@ class RecsysWorker:
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
         try:
             refused = await self._refused(sorted(until), revocations, started)
-            last_seen.update(await self._replay_users(consumer, sorted(until)))
+            declared = refused.get(s.users_topic, {})
+            last_seen.update(await self._replay_users(consumer, sorted(until), declared))
+            refused_ratings = refused.get(s.ratings_topic, {})
 
             def replayable(record: ConsumerRecord) -> Rating | None:
-                if record.offset in refused.get(record.partition, ()):
+                if record.offset in refused_ratings.get(record.partition, ()):
                     return None  # refused live (a copy sent back is learned instead)
                 return self._replayable(record)
 
@@ -1657,13 +1679,16 @@ class RecsysWorker:
             time.monotonic() - started,
         )
 
-    async def _replay_users(self, consumer: AIOKafkaConsumer, partitions) -> dict[str, float]:
+    async def _replay_users(
+        self, consumer: AIOKafkaConsumer, partitions, refused: Mapping[int, set[int]]
+    ) -> dict[str, float]:
         """Declared user tags of these partitions (the users topic is co-partitioned with
-        the ratings), applied before their ratings are replayed. Declaring tags is
-        idempotent (the latest declaration wins), so each partition is read up to its
-        current end; events the users agent has yet to process only get applied again.
-        The partitions are read together: one assignment, not one per partition. Returns
-        each declaring user's latest declaration time."""
+        the ratings), applied before their ratings are replayed, but for the offsets
+        ``refused`` live (by partition). Declaring tags is idempotent (the latest
+        declaration wins), so each partition is read up to its current end; events the
+        users agent has yet to process only get applied again. The partitions are read
+        together: one assignment, not one per partition. Returns each declaring user's
+        latest declaration time."""
         topic = self.settings.users_topic
         if not set(partitions) <= (consumer.partitions_for_topic(topic) or set()):
             await consumer._client.force_metadata_update()
@@ -1671,6 +1696,8 @@ class RecsysWorker:
         users: dict[str, float] = {}
         async for records, _ in read_ranges(consumer, {tp: (0, end) for tp, end in ends.items()}):
             for record in records:
+                if record.offset in refused.get(record.partition, ()):
+                    continue  # refused live (a copy sent back is applied instead)
                 try:
                     event = user_event(self.settings, record.key, record.value, _seconds(record))
                 except EventError:
@@ -1683,17 +1710,20 @@ class RecsysWorker:
 
     async def _refused(
         self, partitions: list[int], revocations: int, started: float
-    ) -> dict[int, set[int]]:
-        """The offsets of ``partitions`` refused live, by the dead-letter topic (none,
-        with a warning, when it cannot be read to its end in time: the replay then
-        learns the refused ratings whose cause went away). A rebalance begun since the
-        consumer's count was ``revocations`` stops the replay, as between its chunks."""
+    ) -> dict[str, dict[int, set[int]]]:
+        """The offsets of ``partitions`` of the ratings and users topics refused live, by
+        the dead-letter topic (none, with a warning, when it cannot be read to its end in
+        time: the replay then learns the refused events whose cause went away). A
+        rebalance begun since the consumer's count was ``revocations`` stops the replay,
+        as between its chunks."""
 
         def rebalancing() -> bool:
             return self.app.consumer.revocations != revocations
 
+        s = self.settings
+        wanted = {s.ratings_topic: partitions, s.users_topic: partitions}
         try:
-            refused = await refused_offsets(self.settings, partitions, rebalancing)
+            refused = await refused_offsets(s, wanted, rebalancing)
         except TopicNotReadToEnd as exc:
             log.warning("replay without the dead letters' offsets: %s", exc)
             return {}

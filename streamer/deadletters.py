@@ -23,7 +23,7 @@ dead letter (the worker copies it) and is not sent back a second time.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -287,15 +287,20 @@ async def superseded(
 
 
 async def refused_offsets(
-    settings: Settings, partitions: Sequence[int], interrupted: Callable[[], bool] = bool
-) -> dict[int, set[int]] | None:
-    """The offsets of the ratings topic's ``partitions`` that workers refused: the
-    sources of the dead-letter topic's letters (a worker's replay skips them, as live
-    did), read to the topic's end with a consumer of their own, keeping only the
-    offsets (not the letters). None when ``interrupted()`` turns true between two
-    fetches (a rebalance began); :class:`TopicNotReadToEnd` past ``READ_TIMEOUT_S``."""
-    wanted, ratings, topic = set(partitions), settings.ratings_topic, settings.deadletter_topic
-    out: dict[int, set[int]] = {p: set() for p in wanted}
+    settings: Settings,
+    wanted: Mapping[str, Iterable[int]],
+    interrupted: Callable[[], bool] = bool,
+) -> dict[str, dict[int, set[int]]] | None:
+    """The offsets workers refused of the ``wanted`` partitions of each source topic
+    (``{topic: partitions}``): the sources of the dead-letter topic's letters, read to
+    the topic's end with a consumer of their own, keeping only the offsets (not the
+    letters). A worker reading a partition again (a replay, the catalog at a start)
+    skips them, as live did, so a record judged by the clock (a timestamp more than a
+    day ahead) is not taken later once the clock caught up. None when ``interrupted()``
+    turns true between two fetches (a rebalance began); :class:`TopicNotReadToEnd` past
+    ``READ_TIMEOUT_S``."""
+    topic = settings.deadletter_topic
+    out = {source: {p: set() for p in partitions} for source, partitions in wanted.items()}
     consumer = await _consumer(settings)
     try:
         ranges = await _ranges(consumer, topic)
@@ -306,8 +311,9 @@ async def refused_offsets(
                 return None
             for record in chunk:
                 d = DeadLetter.from_record(record)
-                if d.source_topic == ratings and d.source_partition in wanted:
-                    out[d.source_partition].add(d.source_offset)
+                offsets = out.get(d.source_topic, {}).get(d.source_partition)
+                if offsets is not None:
+                    offsets.add(d.source_offset)
     finally:
         await consumer.stop()
     return out

@@ -135,12 +135,16 @@ def make_run(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator:
         run.close()
 
 
-async def _produce(kafka: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+async def _produce(
+    kafka: str, messages: list[tuple[str, bytes, bytes]], timestamp_ms: int | None = None
+) -> None:
+    """Send ``messages`` (their records stamped ``timestamp_ms`` when given, as a
+    producer's clock would)."""
     producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5)
     await producer.start()
     try:
         for topic, key, value in messages:
-            await producer.send(topic, key=key, value=value)
+            await producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
         await producer.flush()
     finally:
         await producer.stop()
@@ -477,6 +481,71 @@ def test_declared_user_tags_survive_a_kill(make_run) -> None:
     assert set(after) == set(before) and all(int(i[1:]) % 2 for i in after)
 
 
+def test_catalog_and_user_events_refused_as_ahead_stay_refused_when_read_later(
+    make_run,
+) -> None:
+    """An item and a user's tags a day and a half hour ahead, by a producer whose clock
+    runs 50 minutes ahead (the broker refuses records stamped more than an hour ahead),
+    are refused live as more than a day in the future of the worker's clock. A worker
+    started an hour later reads the catalog and the users topic again and judges them by
+    their records' time, when they pass: it used to list the item and serve the user's
+    tags, though every worker before refused them and their dead letters wait for a
+    redrive. It skips them by their dead letters, as a replay skips refused ratings."""
+    from worker_process import cli
+
+    run = make_run(RECSYS_SNAPSHOT_EVERY_S="0")
+    kafka, users_topic = run.env["KAFKA_BOOTSTRAP_SERVERS"], run.env["RECSYS_USERS_TOPIC"]
+
+    now = time.time()
+    catalog = [
+        (
+            run.items_topic,
+            f"t{j}".encode(),
+            ItemEvent(op="upsert", item_id=f"t{j}", tags=["jazz"], timestamp=now).to_bytes(),
+        )
+        for j in range(5)
+    ]
+    asyncio.run(_produce(kafka, catalog))
+    first = run.start_worker()
+    run.wait("the catalog", lambda: run.worker_metrics(first).get("items") == 5)
+    ahead = now + 86_400 + 1_800
+    # (Written as such a producer's JSON: the models refuse to make them, as they should.)
+    item = {"op": "upsert", "item_id": "ahead", "tags": ["jazz"], "timestamp": ahead}
+    user = {"user_id": "fan", "tags": ["jazz"], "timestamp": ahead}
+    skewed = [
+        (run.items_topic, b"ahead", json.dumps(item).encode()),
+        (users_topic, b"fan", json.dumps(user).encode()),
+    ]
+    asyncio.run(_produce(kafka, skewed, timestamp_ms=int((now + 3_000) * 1000)))
+    on_time = UserEvent(user_id="ok", tags=["jazz"], timestamp=now).to_bytes()
+    asyncio.run(_produce(kafka, [(users_topic, b"ok", on_time)]))
+
+    def letters() -> list[dict]:
+        done = cli(run.env, "deadletters", "--reason", "in the future", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    run.wait("both dead letters", lambda: len(letters()) == 2)
+    run.wait("ok's list", lambda: run.redis.get(f"{run.prefix}recs:ok"))
+    # (Committed, so the next worker reads them again only as a start does.)
+    run.wait("the users' offsets committed", lambda: _committed(run, users_topic) == 2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    run.redis.delete(f"{run.prefix}recs:ok", f"{run.prefix}recs:fan")
+    later = {
+        "PYTHONPATH": str(Path(__file__).parents[1] / "clock_ahead"),
+        "RECSYS_TEST_CLOCK_AHEAD_S": "3300",  # (its own records stay within the hour)
+    }
+    second = run.start_worker(**later)
+    run.wait("the catalog again", lambda: run.worker_metrics(second).get("items", 0) >= 5)
+    run.wait("ok's list again", lambda: run.redis.get(f"{run.prefix}recs:ok"), timeout=90)
+    time.sleep(1.0)  # (the item would be counted, and fan served, by now)
+    assert run.worker_metrics(second)["items"] == 5, run.logs()
+    served = json.loads(run.redis.get(f"{run.prefix}recs:ok"))["items"]
+    assert "ahead" not in {r["item_id"] for r in served}
+    assert run.redis.get(f"{run.prefix}recs:fan") is None, run.logs()
+
+
 def test_a_snapshot_that_cannot_be_written_does_not_stop_the_worker(make_run, stream) -> None:
     """Bad disk (here: the snapshot folder's path is taken by a file): the worker logs it
     and goes on learning every rating."""
@@ -619,8 +688,8 @@ def test_a_rating_sent_back_is_learned_once_by_rebuilds_before_and_after_the_red
     assert state["events"] == len(ratings) + 1, run.logs()  # the copy only
 
 
-def _committed(run: Run) -> int:
-    """The sum of the group's committed offsets on the ratings topic."""
+def _committed(run: Run, topic: str | None = None) -> int:
+    """The sum of the group's committed offsets on ``topic`` (the ratings topic)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def read() -> int:
@@ -630,6 +699,7 @@ def _committed(run: Run) -> int:
             offsets = await admin.list_consumer_group_offsets(run.env["RECSYS_APP_ID"])
         finally:
             await admin.close()
-        return sum(m.offset for tp, m in offsets.items() if tp.topic == run.ratings_topic)
+        wanted = topic or run.ratings_topic
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == wanted)
 
     return asyncio.run(read())
