@@ -51,9 +51,9 @@ async def run(bootstrap: str, letters: int) -> None:
         settings = Settings(brokers=bootstrap, deadletter_topic=topic)
         for _ in range(3):
             started = time.perf_counter()
-            found = await refused_offsets(settings, list(range(8)))
+            found = await refused_offsets(settings, {settings.ratings_topic: range(8)})
             elapsed = time.perf_counter() - started
-            offsets = sum(map(len, (found or {}).values()))
+            offsets = sum(map(len, (found or {}).get(settings.ratings_topic, {}).values()))
             print(
                 f"{letters:,} letters read in {elapsed:.2f} s ({letters / elapsed:,.0f}/s), "
                 f"{offsets:,} offsets"
