@@ -693,6 +693,7 @@ class RecsysWorker:
         self._ends: dict[int, int] = {}  # ratings partition -> its end, at the last tick
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
+        self._declared_waiting: dict[str, int] = {}  # user -> partition, to serve once ready
         self._reset_pending = False
         # Set but between a revocation and the end of its assignment's checks: which
         # partitions are ours, and what the model holds of them, is known.
@@ -961,7 +962,12 @@ class RecsysWorker:
             await self.sink.publish_items(valid)
 
     async def learn_users(self, stream: faust.StreamT) -> None:
-        """Declared user tags seed the user's profile; their list is refreshed at once."""
+        """Declared user tags seed the user's profile; their list is refreshed at once,
+        once the model is ready for it. Before (the catalog not read yet, or the user's
+        ratings partition not replayed yet: at a start, after a rebuild) the tags go in
+        the model only, and the list waits for the next refresh that finds the partition
+        replayed: ranked without the catalog or the user's history, it would have stayed
+        in Redis until the user's next rating."""
         async for event in stream.events():
             try:
                 message = event.message
@@ -969,8 +975,25 @@ class RecsysWorker:
             except EventError as exc:
                 await self._dead_letter(event.message, str(exc))
                 continue
-            lists = self.engine.upsert_user(user.user_id, dict(user.tags))
-            await publish(self.engine, self.sink, lists)
+            tags = dict(user.tags)
+            if self.catalog.ready.is_set() and message.partition in self._replayed:
+                await publish(self.engine, self.sink, self.engine.upsert_user(user.user_id, tags))
+            elif tags or self.engine.model.users.get(user.user_id) is not None:
+                self.engine.model.upsert_user(user.user_id, tags)
+                self._declared_waiting[user.user_id] = message.partition
+
+    async def _serve_declared(self) -> None:
+        """Lists for the users whose declarations came before the model was ready for
+        them (:meth:`learn_users`), once their partitions are replayed (forgotten where
+        the partition went to another worker: its replay serves them)."""
+        waiting, assigned = self._declared_waiting, self._assigned()
+        if not waiting or not self.catalog.ready.is_set():
+            return
+        ready = [u for u, p in waiting.items() if p in self._replayed]
+        for user in [u for u, p in waiting.items() if p not in assigned] + ready:
+            waiting.pop(user, None)
+        if ready:
+            await publish(self.engine, self.sink, self.engine.serve(ready))
 
     async def share_items(self) -> None:
         """Send what this worker's own learning changed on the item side since the last
@@ -1104,6 +1127,7 @@ class RecsysWorker:
         await self._replay_idle_partitions()
         if len(self.ordering):  # held ratings whose partitions went quiet
             await self._learn_released()
+        await self._serve_declared()
         await self._refresh_ends()
         self.engine.live = self._caught_up()
         await self._compact_if_due()

@@ -26,7 +26,7 @@ from streamer.snapshot import SnapshotStore
 def _no_dead_letters(monkeypatch) -> None:
     """Replays here read stand-in logs: no dead-letter topic to read, none refused."""
 
-    async def none_refused(self, partitions, revocations, started) -> dict[int, set[int]]:
+    async def none_refused(self, partitions, revocations, started) -> dict:
         return {}
 
     monkeypatch.setattr(RecsysWorker, "_refused", none_refused)
@@ -203,7 +203,7 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
 
         async def stop(self) -> None: ...
 
-    async def no_users(self, consumer, partitions) -> dict[str, float]:
+    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
         return {}
 
     chunks = [[(0, Rating(f"u{n}", "a", 4.0, float(n)))] for n in range(4)]
@@ -241,7 +241,7 @@ async def test_a_replay_cut_short_by_an_error_rebuilds_rather_than_replays_on_to
 
         async def stop(self) -> None: ...
 
-    async def no_users(self, consumer, partitions) -> dict[str, float]:
+    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
         return {}
 
     async def merged(*args, **kwargs):
@@ -650,11 +650,16 @@ async def test_a_rebuild_reads_users_tombstones_as_withdrawals_outside_event_tim
             return {tp: 3 for tp in tps}
 
     monkeypatch.setattr(app_module, "read_ranges", read_ranges)
-    seen = await worker._replay_users(Consumer(), [0])
+    seen = await worker._replay_users(Consumer(), [0], {})
     assert seen == {"fan": 1000.0, "kept": 1000.0}
     model = worker.engine.model
     assert "content" not in {r.source for r in model.recommend("fan")}  # withdrawn
     assert model.recommend("kept")[0].source == "content"
+    # A declaration refused live (its offset among the dead letters' sources) is skipped.
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.engine.model.upsert_item("a", {"jazz": 1.0})
+    assert await worker._replay_users(Consumer(), [0], {0: {2}}) == {"fan": 1000.0}
+    assert worker.engine.model.users.get("kept") is None
 
 
 async def _no_sleep(seconds: float) -> None:
@@ -732,7 +737,7 @@ def _two_ratings_to_replay(monkeypatch, committed) -> RecsysWorker:
 
     async def nothing(self) -> None: ...
 
-    async def no_users(self, consumer, partitions) -> dict[str, float]:
+    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
         return {}
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
@@ -804,7 +809,7 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
         yield [(0, Rating("old", "a", 4.0, 0.0)), (0, Rating("recent", "a", 4.0, 9 * day))]
         yield [(0, Rating("latest", "b", 4.0, 10 * day))]
 
-    async def declared(self, consumer, partitions) -> dict[str, float]:
+    async def declared(self, consumer, partitions, refused) -> dict[str, float]:
         worker.engine.model.upsert_user("fan", {"t": 1.0})
         return {"fan": 9.5 * day, "long-ago": 1.0}
 
@@ -952,6 +957,7 @@ async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> N
     user's key withdraws them, and the user is served popularity again."""
     worker, dead = _worker_knowing_item_a()
     worker.engine.live = True  # (caught up: lists are served)
+    worker._replayed.add(0)
     served: list = []
 
     async def publish(engine, sink, lists) -> None:
@@ -972,10 +978,47 @@ async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> N
     assert [[r.source for r in lists["fan"]] for lists in served] == [["content"], ["popular"]]
 
 
+async def test_declared_tags_read_before_the_model_is_ready_are_served_once_it_is(
+    monkeypatch,
+) -> None:
+    """A declaration read before the catalog (at a start) or before the user's ratings
+    partition is replayed goes in the model, but its list waits: ranked then, without
+    the catalog or the user's history, it stayed in Redis until the user's next rating.
+    The first refresh that finds the partition replayed serves it."""
+    worker, dead = _worker_knowing_item_a()
+    worker.engine.live = True  # (caught up: lists are served)
+    worker.catalog.ready.clear()
+    served: list = []
+
+    async def publish(engine, sink, lists) -> None:
+        served.append(lists)
+
+    monkeypatch.setattr(app_module, "publish", publish)
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    declared = b'{"user_id":"fan","tags":["jazz"],"timestamp":1}'
+    event = types.SimpleNamespace(message=_message(_item_record(declared, b"fan")))
+    await worker.learn_users(_stream([event]))
+    assert served == [] and worker.engine.model.users.get("fan") is not None
+    worker.catalog.ready.set()
+    await worker._serve_declared()  # (the catalog read, the partition not replayed yet)
+    assert served == []
+    await worker.learn_users(_stream([event]))  # (read again, as after a seek back)
+    assert served == []
+    worker._replayed.add(0)
+    await worker._serve_declared()
+    assert [[r.item for r in lists["fan"]] for lists in served] == [["a"]]
+    assert [r.source for r in served[0]["fan"]] == ["content"]
+    await worker._serve_declared()  # served once
+    assert len(served) == 1 and dead == []
+
+
 def _message(record: ConsumerRecord) -> types.SimpleNamespace:
     """The parts of a Faust message the agents read (Faust's times are in seconds)."""
     return types.SimpleNamespace(
-        key=record.key, value=record.value, timestamp=record.timestamp / 1000.0
+        key=record.key,
+        value=record.value,
+        timestamp=record.timestamp / 1000.0,
+        partition=record.partition,
     )
 
 
@@ -1099,7 +1142,7 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
     async def the_committed(self):
         return dict(committed)
 
-    async def no_users(self, consumer, partitions):
+    async def no_users(self, consumer, partitions, refused):
         return {}
 
     async def catalog_read_again() -> None:  # what the catalog follower does
