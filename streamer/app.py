@@ -777,10 +777,11 @@ class RecsysWorker:
         for record in records:
             first.setdefault(record.partition, record.offset)
         if first.keys() - self._replayed:
-            engine = self.engine
             await self._ensure_replayed(first, revocations)
-            if self.engine is not engine:  # rebuilt first: it learned up to other offsets
-                records = self._not_learned(batch)
+            # Filtered again: the replay that ran may have been another's (the timer's,
+            # up to the offsets a rebuild had taken past the commit, which this batch,
+            # sought back to the commit, holds again), or a rebuild's, up to others.
+            records = self._not_learned(batch)
         # Validating may wait (dead letters, the catalog): no rebuild meanwhile (the timer
         # leaves it to the next tick), which would check these ratings against a model
         # without its catalog yet, and learn them on top of its replay.

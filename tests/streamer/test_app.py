@@ -1118,6 +1118,40 @@ class _NoConsumer:
     async def stop(self) -> None: ...
 
 
+async def test_a_batch_sought_back_to_the_commit_during_the_timers_replay_is_not_learned_twice(
+    monkeypatch, tmp_path
+) -> None:
+    """A rebuild replays up to the offsets the model before it had taken, past the group's
+    commit (a commit lost at the rebalance). When the refresh timer's replay runs first,
+    a batch sought back to the commit, waiting for it, held those offsets again: it was
+    filtered before the replay and learned them a second time."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(10)]}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 5})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    worker.engine.relearn(log[0])  # live: ten taken, the group committed five
+    worker._replayed, worker._next_offset = {0}, {0: 10}
+    worker._reset_pending = True  # (it lost a partition at this rebalance)
+    await worker._reset_if_pending()
+
+    async def valid(records):
+        return [(r.partition, r.offset, log[0][r.offset], 0.0, None) for r in records]
+
+    monkeypatch.setattr(worker, "_valid_ratings", valid)
+    monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
+    batch = [_record("r", 0, n) for n in range(5, 10)]
+    try:
+        while not worker.catalog.ready.is_set():
+            await asyncio.sleep(0.005)
+        timer = asyncio.ensure_future(worker._replay_idle_partitions())  # a refresh tick
+        await asyncio.sleep(0.03)
+        await worker.learn_ratings(batch)  # arrives during the tick's replay
+        await timer
+    finally:
+        follower.cancel()
+    assert starts == [{0: 0}]
+    assert worker.engine.events == 10
+
+
 def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], committed: dict, **more):
     """A worker (not started) whose log of ratings, committed offsets and assignment are
     stand-ins, and whose publishing does nothing; returns it and the replays' starts."""
