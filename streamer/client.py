@@ -202,8 +202,8 @@ class Recommendations:
     """A user's current list as the workers last wrote it.
 
     ``served_from`` is ``"user"`` for the user's own list, ``"popular"`` for the fallback
-    list (an unknown user, or one whose list expired), ``"none"`` when no worker has
-    written anything under this prefix yet.
+    list (an unknown user, one whose list expired, or one whose list is empty), ``"none"``
+    when no worker has written anything under this prefix yet.
     """
 
     user_id: str
@@ -261,17 +261,37 @@ def check_k(k: object) -> None:
 def parse_list(
     user_id: str, own: bytes | None, popular: bytes | None, k: int, key: str = ""
 ) -> Recommendations:
-    """The list to serve from the two raw documents (user's, popular), cut to ``k``.
+    """The list to serve from the two raw documents (user's, popular), cut to ``k``. A
+    user's own list that is empty (a user who rated everything the model could list)
+    gives way to the popular list too, so an app always has something to show.
 
     >>> doc = b'{"items":[{"item_id":"i1","score":0.5,"reason":"popular now"}],"model_version":3}'
     >>> r = parse_list("u9", None, doc, 10)
     >>> r.served_from, r.items[0].item_id, r.fallback
     ('popular', 'i1', True)
+    >>> parse_list("u9", b'{"items": []}', doc, 10).served_from
+    'popular'
     >>> parse_list("u9", b"{oops", None, 10, key="recsys:recs:u9")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     streamer.client.RecommendationsUnavailable: recsys:recs:u9 is not a recommendation list: ...
     """
+    recs = _parsed(user_id, own, popular, k, key)
+    if recs.served_from == "user" and not recs.items and popular is not None:
+        return _parsed(user_id, None, popular, k, key)
+    return recs
+
+
+def _gives_way(recs: Recommendations | SimilarItems) -> bool:
+    """A user's own list that is empty: the popular list is served instead (an item's
+    "more like this" list may be empty: nothing shares a tag or was rated with it)."""
+    return isinstance(recs, Recommendations) and recs.served_from == "user" and not recs.items
+
+
+def _parsed(
+    user_id: str, own: bytes | None, popular: bytes | None, k: int, key: str = ""
+) -> Recommendations:
+    """The user's own list where there is one (even empty), else the popular list."""
     check_k(k)
     raw, served_from = (own, "user") if own is not None else (popular, "popular")
     if raw is None:
@@ -343,7 +363,7 @@ def parse_similar(
     >>> [r.item_id for r in parse_similar("i2", None, doc, 1).items]  # never the item itself
     []
     """
-    recs = parse_list(item_id, own, popular, k + (own is None), key)
+    recs = _parsed(item_id, own, popular, k + (own is None), key)
     served_from = "item" if recs.served_from == "user" else recs.served_from
     items = [r for r in recs.items if r.item_id != item_id][:k]  # (popular may hold it)
     return SimilarItems(item_id, items, recs.model_version, recs.updated_at, served_from)
@@ -532,11 +552,12 @@ class RecommendationClient(_Keys):
         own_key = self.key(kind, name)
         try:
             own = self.redis.get(own_key)
-            popular = None
-            if own is None and (popular := self._kept_popular()) is None:
-                popular = self.redis.get(self.key("popular"))
-                self._keep_popular(popular)
-            recs = parse(name, own, popular, k, own_key)
+            recs = None if own is None else parse(name, own, None, k, own_key)
+            if recs is None or _gives_way(recs):
+                if (popular := self._kept_popular()) is None:
+                    popular = self.redis.get(self.key("popular"))
+                    self._keep_popular(popular)
+                recs = parse(name, None, popular, k, own_key)
             if titles and recs.items:
                 names = self.redis.pipeline(transaction=False)
                 for r in recs.items:
@@ -632,11 +653,12 @@ class AsyncRecommendationClient(_Keys):
         own_key = self.key(kind, name)
         try:
             own = await self.redis.get(own_key)
-            popular = None
-            if own is None and (popular := self._kept_popular()) is None:
-                popular = await self.redis.get(self.key("popular"))
-                self._keep_popular(popular)
-            recs = parse(name, own, popular, k, own_key)
+            recs = None if own is None else parse(name, own, None, k, own_key)
+            if recs is None or _gives_way(recs):
+                if (popular := self._kept_popular()) is None:
+                    popular = await self.redis.get(self.key("popular"))
+                    self._keep_popular(popular)
+                recs = parse(name, None, popular, k, own_key)
             if titles and recs.items:
                 async with self.redis.pipeline(transaction=False) as names:
                     for r in recs.items:

@@ -77,6 +77,20 @@ def test_unknown_user_gets_the_popular_list(redis_url: str, stored) -> None:
     assert [r.item_id for r in recs.items] == ["p1", "p2"]
 
 
+async def test_a_user_whose_own_list_is_empty_gets_the_popular_list(redis_url: str, stored) -> None:
+    """A worker writes an empty list for a user who rated everything it could list: the
+    app gets the popular list, flagged as the fallback, rather than nothing to show."""
+    r, prefix = stored
+    r.set(f"{prefix}recs:done", doc([]))
+    with RecommendationClient(redis_url, prefix) as client:
+        recs = client.recommend("done")
+    async with AsyncRecommendationClient(redis_url, prefix) as client:
+        again = await client.recommend("done")
+    for got in (recs, again):
+        assert got.fallback and got.served_from == "popular"
+        assert [x.item_id for x in got.items] == ["p1", "p2"]
+
+
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 async def test_the_popular_list_is_read_again_at_most_once_a_second(
     redis_url: str, stored, asynchronous: bool
