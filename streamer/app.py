@@ -1224,11 +1224,13 @@ class RecsysWorker:
                 await self.sink.delete_similar(gone)
 
     def _writes_popular(self) -> bool:
-        """Whether this worker writes the popular list: the holder of ratings partition 0.
-        Each worker ranks popularity from its own users' ratings (unless item changes are
-        shared), so with every worker writing it, unknown users would see the list
-        change at each worker's tick."""
-        return 0 in self._assigned()
+        """Whether this worker writes the popular list: the holder of ratings partition 0,
+        once its model holds the partition's history (before, at a start or after a
+        rebuild, it would overwrite the list with one ranked from nothing, until its next
+        tick after the replay). Each worker ranks popularity from its own users' ratings
+        (unless item changes are shared), so with every worker writing it, unknown users
+        would see the list change at each worker's tick."""
+        return 0 in self._assigned() and 0 in self._replayed and self.catalog.ready.is_set()
 
     def _similar_shard(self) -> Shard:
         """The ratings partitions this worker holds, of how many: it writes the "more

@@ -937,7 +937,9 @@ async def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(
 ) -> None:
     """Each worker ranks popularity from its own users' ratings: were every worker to
     write the popular list, unknown users would see it change at each worker's tick.
-    The others write it only where there is none yet."""
+    The others write it only where there is none yet, and so does the holder until its
+    model holds the partition's history (at a start, after a rebuild): it overwrote the
+    list with one ranked from nothing."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     owners: list[bool] = []
 
@@ -946,10 +948,18 @@ async def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(
 
     worker.sink = types.SimpleNamespace(publish_state=publish_state)
     monkeypatch.setattr(worker, "_figures", lambda: {"events": 0})
-    for held in ({0, 3}, {1, 2}, set()):
+    for held, replayed, catalog in (
+        ({0, 3}, {0, 3}, True),
+        ({1, 2}, {1, 2}, True),
+        (set(), set(), True),
+        ({0, 3}, {3}, True),  # partition 0 not replayed yet
+        ({0, 3}, {0, 3}, False),  # the catalog read again (a rebuild)
+    ):
         monkeypatch.setattr(worker, "_assigned", lambda held=held: held)
+        worker._replayed = set(replayed)
+        (worker.catalog.ready.set if catalog else worker.catalog.ready.clear)()
         await worker._publish_state()
-    assert owners == [True, False, False]
+    assert owners == [True, False, False, False, False]
 
 
 async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:
