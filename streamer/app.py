@@ -117,7 +117,10 @@ TOMBSTONE_RETENTION_MS = 100 * 365 * 86_400_000
 def _topics(settings: Settings) -> list[NewTopic]:
     """The topics of these settings, with their partition counts and configs."""
     compacted = {"cleanup.policy": "compact"}
-    forever = {"retention.ms": "-1"}  # the ratings log is the model's durable state
+    # The ratings log is the model's durable state: neither its age nor its size may drop
+    # any of it, whatever the broker's defaults (the project's own caps partitions at
+    # 128 MiB).
+    forever = {"retention.ms": "-1", "retention.bytes": "-1"}
     # An item's tombstone is kept as long as a delete event is: a worker rebuilding from
     # the ratings log learns the ratings of items it knows, deleted since or not, so an
     # item whose tombstone compaction dropped would lose its ratings' part of the model.

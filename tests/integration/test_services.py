@@ -151,8 +151,13 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
         described = {t["topic"]: t for t in await admin.describe_topics()}
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-        names = (settings.items_topic, settings.ratings_topic, settings.users_topic)
-        items, ratings, users = [
+        names = (
+            settings.items_topic,
+            settings.ratings_topic,
+            settings.users_topic,
+            settings.deadletter_topic,
+        )
+        items, ratings, users, letters = [
             {c[0]: c[1] for c in r.resources[0][4]}
             for name in names
             for r in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
@@ -161,10 +166,14 @@ async def test_ensure_topics_returns_once_every_partition_has_a_leader(
         await admin.close()
     # Compacted, and an item's tombstone kept as long as a delete event (a rebuild needs
     # to know the item to learn its old ratings); the ratings kept forever (the model's
-    # durable state); the users compacted (the latest declaration of each user).
+    # durable state), whatever their size, whatever the broker's defaults (its own
+    # caps partitions at 128 MiB), and the dead letters as long (a replay skips the
+    # ratings they refused); the users compacted (the latest declaration of each user).
     assert items["cleanup.policy"] == "compact"
     assert int(items["delete.retention.ms"]) >= 50 * 365 * 86_400_000
     assert ratings["retention.ms"] == "-1" and ratings["cleanup.policy"] == "delete"
+    for kept in (ratings, letters):
+        assert kept["retention.ms"] == "-1" and kept["retention.bytes"] == "-1"
     assert users["cleanup.policy"] == "compact"
     # A worker told of another partition count than the topics have is refused, naming
     # them (it waited 30 s for partitions that never come, then failed with a traceback).
