@@ -874,19 +874,38 @@ class Recommender:
 
     def recommend_many(self, users: Sequence[str], k: int = 10) -> list[list[Recommendation]]:
         """Batched :meth:`recommend`: one matrix product ranks the catalog for all users."""
+        return self.recommend_rows(users, k)[0]
+
+    def recommend_rows(
+        self, users: Sequence[str], k: int = 10
+    ) -> tuple[list[list[Recommendation]], np.ndarray]:
+        """:meth:`recommend_many`, and each list's item rows as a ``(len(users), k)`` int32
+        array (-1 past a list's end): for a caller that keeps which lists hold an item,
+        without looking the ids up again.
+
+        >>> model = Recommender()
+        >>> model.upsert_items(["a", "b"], [{"jazz": 1.0}, {"jazz": 1.0}])
+        >>> model.learn_rating("u", "a", 5.0)
+        >>> lists, rows = model.recommend_rows(["u", "stranger"], 2)
+        >>> [[r.item for r in recs] for recs in lists], rows.tolist()
+        ([['b'], ['a', 'b']], [[1, -1], [0, 1]])
+        """
         k = self._checked_k(k)
+        rows = np.full((len(users), k), -1, np.int32)
         ranked = self._rank_users(users, k)
-        if ranked is None:
-            return [self.popular(k) for _ in users]
-        warm, u, w, top, top_scores, ctx = ranked
         out: list[list[Recommendation]] = [[] for _ in users]
-        if len(warm) < len(users):
+        if ranked is None or len(ranked[0]) < len(users):
             fallback = self.popular(k)
             out = [list(fallback) for _ in users]
+            rows[:, : len(fallback)] = self.items.get_many([r.item for r in fallback])
+        if ranked is None:
+            return out, rows
+        warm, u, w, top, top_scores, ctx = ranked
         explained = self._explain_many(u, w, top, top_scores, ctx)
         for n, recs in zip(warm, explained, strict=True):
             out[n] = recs
-        return out
+        rows[warm] = top[:, :k]
+        return out, rows
 
     def top_items(self, users: Sequence[str], k: int = 10) -> list[list[str]]:
         """Just the ids of each user's top-``k`` list (no explanations), batched."""

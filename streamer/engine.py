@@ -122,6 +122,9 @@ class StreamEngine:
         self._sample_below = round(s.fresh_eval_share * 2**32)
         self.max_tracked_users = max_tracked_users
         self.served: OrderedDict[str, list[str]] = OrderedDict()  # LRU of last lists
+        # Every served user's list as item rows (by user row; -1: no item), past the LRU:
+        # a delete re-ranks every list it is in, whoever the LRU still holds.
+        self.shown = np.full((0, s.k), -1, np.int32)
         self.version = 0
         # Per served user: the score of their list's last place, and the catalog version
         # the list was ranked at.
@@ -390,6 +393,7 @@ class StreamEngine:
         state.setdefault("similar_ranking", RankingScore(window))
         state.setdefault("similar_popular", RankingScore(window))
         state.setdefault("popular_served", [])
+        state.setdefault("shown", np.full((0, state["settings"].k), -1, np.int32))
         self.__dict__.update(state)
 
     def adopt(self, settings: Settings) -> None:
@@ -509,8 +513,42 @@ class StreamEngine:
         if self.settings.similar_every_s > 0:
             self.similar.deleted(self.model.items.get(item), self.similar_clock())
         self.similar_gone.append(item)
-        shown = [u for u, items in self.served.items() if item in items]
-        return self._serve(shown)
+        return self._serve(self.shown_to(item))
+
+    def shown_to(self, item: str) -> list[str]:
+        """The users whose last list from this model holds ``item`` (one vectorised pass
+        over every served user's list, not only the LRU's).
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4), max_tracked_users=1)
+        >>> for item in "ab":
+        ...     engine.upsert_item(item, {"jazz": 1.0})
+        >>> _ = engine.upsert_user("u1", {"jazz": 1.0}); _ = engine.upsert_user("u2", {"jazz": 1.0})
+        >>> list(engine.served), engine.shown_to("a")
+        (['u2'], ['u1', 'u2'])
+        """
+        row = self.model.items.get(item)
+        if row is None or not len(self.shown):
+            return []
+        return self.model.users.ids_of(np.flatnonzero((self.shown == row).any(axis=1)).tolist())
+
+    def _note_shown(self, users: list[str], rows: np.ndarray) -> None:
+        """Record each user's new list, as item ``rows`` (-1 past its end), in
+        :attr:`shown`."""
+        at = self.model.users.get_many(users)
+        have = at >= 0
+        if not have.any():
+            return
+        if self.shown.shape[1] < rows.shape[1]:  # (a larger k than before a snapshot)
+            wider = np.full((len(self.shown), rows.shape[1]), -1, np.int32)
+            wider[:, : self.shown.shape[1]] = self.shown
+            self.shown = wider
+        need = int(at.max()) + 1
+        if need > len(self.shown):  # (amortised growth, as the model's own arrays)
+            grown = np.full((max(need, 2 * len(self.shown)), self.shown.shape[1]), -1, np.int32)
+            grown[: len(self.shown)] = self.shown
+            self.shown = grown
+        self.shown[at[have]] = -1
+        self.shown[at[have], : rows.shape[1]] = rows[have]
 
     def compact_if_due(self) -> int:
         """Free the rows of deleted items (:meth:`Recommender.compact`) once they exceed
@@ -537,7 +575,9 @@ class StreamEngine:
         for item, row in zip(gone, rows, strict=True):
             self.freed_at[row] = self.deleted_at.pop(item, -math.inf)
         keep = np.flatnonzero(~model.deleted[:n])
-        self.similar.keep_items(keep, row_map(keep, n))
+        new_row = row_map(keep, n)
+        self.similar.keep_items(keep, new_row)
+        self.shown = new_row[self.shown]  # (a freed row, and -1, map to -1)
         return model.compact()
 
     def compact_due(self) -> bool:
@@ -757,9 +797,11 @@ class StreamEngine:
             self.last_rank_s = 0.0
             return {}
         started = time.perf_counter()
-        lists = dict(zip(users, self.model.recommend_many(users, self.settings.k), strict=True))
+        ranked, rows = self.model.recommend_rows(users, self.settings.k)
+        lists = dict(zip(users, ranked, strict=True))
         self.last_rank_s = time.perf_counter() - started
         k = self.settings.k
+        self._note_shown(users, rows)
         for user, recs in lists.items():
             self.served[user] = [r.item for r in recs]
             self.served.move_to_end(user)

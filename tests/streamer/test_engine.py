@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 
 import pytest
 
@@ -379,3 +380,30 @@ def test_a_restored_engine_follows_the_settings_a_model_does_not_depend_on() -> 
     kept = pickle.loads(pickle.dumps(engine))
     kept.adopt(Settings(k=3, n_factors=4, dedupe_window=1))
     assert kept.learned_id("e2") and not kept.learned_id("e1")  # the newest within 1
+
+
+def test_a_delete_reaches_every_list_holding_the_item_not_only_the_tracked_users() -> None:
+    """A delete re-ranks every list the model wrote that holds the item. It used to
+    re-rank only the users the LRU of served lists still held (the 200,000 most recent):
+    anyone past it kept the deleted item until their next rating or the list's TTL
+    (7 days). Kept through a compaction, which renumbers the item rows, and a snapshot."""
+    engine = StreamEngine(Settings(k=2, n_factors=4, compact_share=0.2), max_tracked_users=2)
+    for item in "abcd":
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.live = True
+    written = {}
+    for n in range(6):
+        written.update(engine.upsert_user(f"u{n}", {"jazz": 1.0}))
+    holders = {u for u, recs in written.items() if "a" in {r.item for r in recs}}
+    assert len(holders) > 2 and len(engine.served) == 2
+    again = engine.delete_item("a")
+    assert set(again) == holders
+    assert all(r.item != "a" for recs in again.values() for r in recs)
+    written.update(again)
+    assert engine.compact_if_due() == 1  # (the rows of b, c, d move down one)
+    engine = pickle.loads(pickle.dumps(engine))
+    holders = {u for u, recs in written.items() if "c" in {r.item for r in recs}}
+    assert len(holders) > 2
+    again = engine.delete_item("c")
+    assert set(again) == holders
+    assert all(r.item not in "ac" for recs in again.values() for r in recs)
