@@ -427,6 +427,19 @@ class _Consumer(faust_kafka.Consumer):
         # Batch-topic partition -> (offset after the last record the latest fetch handed
         # over, or None; the consumer's position then): see :meth:`received`.
         self._drained: dict[TP, tuple[int | None, int]] = {}
+        # Partition -> the offset this consumer's last successful commit of it stored.
+        self.committed: dict[TP, int] = {}
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        """Faust's commit, noting what it stored (Faust's own record of it is updated
+        even when the commit did not go through)."""
+        assignment = self.assignment()
+        did = await super()._commit_offsets(offsets, start_new_transaction)
+        if did:
+            self.committed.update((tp, o) for tp, o in offsets.items() if tp in assignment)
+        return did
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -697,6 +710,10 @@ class RecsysWorker:
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._declared_waiting: dict[str, int] = {}  # user -> partition, to serve once ready
+        # Item changes taken and not sent yet, each with the offsets past the ratings it
+        # holds (by partition): sent once the group's commit covers them.
+        self._to_share: list[tuple[dict[int, int], set[int], ItemChanges]] = []
+        self._learned_upto: dict[int, int] = {}  # live ratings learned since the last take
         self._reset_pending = False
         # Set but between a revocation and the end of its assignment's checks: which
         # partitions are ours, and what the model holds of them, is known.
@@ -833,6 +850,9 @@ class RecsysWorker:
                 lists = self.engine.learn_ratings([held[0] for held in chunk])
                 self._unlearned -= len(chunk)
                 self.engine.remember(held[4] for held in chunk)  # (in the model only now)
+                upto = self._learned_upto
+                for held in chunk:
+                    upto[held[2]] = max(upto.get(held[2], 0), held[3] + 1)
                 for held in chunk:
                     self._held_ids.pop(held[4], None)
                 published_at = await publish(self.engine, self.sink, lists)
@@ -1000,21 +1020,54 @@ class RecsysWorker:
             await publish(self.engine, self.sink, self.engine.serve(ready))
 
     async def share_items(self) -> None:
-        """Send what this worker's own learning changed on the item side since the last
-        call (:meth:`Recommender.take_item_changes`), for the other workers to add in
-        (``follow_item_changes``)."""
-        await self._share_pending()
+        """Send what this worker's own learning changed on the item side
+        (:meth:`Recommender.take_item_changes`), for the other workers to add in
+        (``follow_item_changes``), once the group's commit covers the ratings it came
+        from. Sent before, the changes of ratings learned past the last commit reached
+        the others twice when the worker was killed: from it, and from the partition's
+        next owner (or this worker restarted), who learns those ratings again from the
+        commit. Changes whose commit never comes (their partition went elsewhere first)
+        are dropped: the next owner sends them. So each rating reaches another worker's
+        model at most once. A commit is asked for first (Faust's own come every few
+        seconds), so the exchange keeps its interval."""
+        self._take_pending()
+        if self._to_share:
+            await self.app.consumer.commit()
+        await self._send_committed()
 
-    async def _share_pending(self) -> None:
-        """Send the model's item changes not sent yet (none are kept when sharing is off)."""
-        await self._send_changes(*self._take_pending())
-
-    def _take_pending(self) -> tuple[set[int], ItemChanges]:
-        """The model's item changes not sent yet, and the partitions it learned (lost
+    def _take_pending(self) -> None:
+        """Take the model's item changes since the last take (none are kept when sharing
+        is off), to send once committed, with the partitions the model learned (lost
         ones included until it is rebuilt: the worker that gets them learns them
         itself, and skips these changes)."""
-        partitions = self._replayed | self._resume_from.keys() | self._assigned()
-        return partitions, self.engine.model.take_item_changes()
+        changes = self.engine.model.take_item_changes()
+        upto, self._learned_upto = self._learned_upto, {}
+        if len(changes):
+            partitions = self._replayed | self._resume_from.keys() | self._assigned()
+            self._to_share.append((upto, partitions, changes))
+
+    async def _send_committed(self, last: bool = False) -> None:
+        """Send the changes taken whose ratings the group's commit covers, in order; drop
+        those whose partition is no longer ours uncommitted (and, ``last``: before a
+        rebuild or a stop, every one not covered)."""
+        topic, assigned = self.settings.ratings_topic, self._assigned()
+        committed = {
+            tp.partition: o for tp, o in self.app.consumer.committed.items() if tp.topic == topic
+        }
+        waiting, send, dropped = [], [], 0
+        for upto, partitions, changes in self._to_share:
+            behind = {p for p, end in upto.items() if committed.get(p, -1) < end}
+            if not behind and not waiting:
+                send.append((partitions, changes))
+            elif last or behind - assigned:
+                dropped += len(changes)
+            else:
+                waiting.append((upto, partitions, changes))
+        self._to_share = waiting
+        if dropped:
+            log.info("item changes of ratings not committed dropped: %d entries", dropped)
+        for partitions, changes in send:
+            await self._send_changes(partitions, changes)
 
     async def _send_changes(self, partitions: set[int], changes: ItemChanges) -> None:
         for value in encode_item_changes(self.worker_id, partitions, changes):
@@ -1356,15 +1409,16 @@ class RecsysWorker:
         under way (``replaying``: the caller's own, not begun); the changes the old model
         learned and had not sent go first (the rebuild learns its partitions again
         without sharing them), sent once the lock is released."""
-        unsent = None
+        reset = False
         async with self._learning:
             if self._validating:  # (a batch being validated: see learn_ratings)
                 return
             if self._reset_pending and (replaying or not self._replay_lock.locked()):
-                unsent = self._take_pending()
+                self._take_pending()
                 self._reset_model()
-        if unsent is not None:
-            await self._send_changes(*unsent)
+                reset = True
+        if reset:
+            await self._send_committed(last=True)
 
     def _reset_model(self) -> None:
         log.info("rebalance: rebuilding the model from the assigned partitions")
@@ -1543,7 +1597,7 @@ class RecsysWorker:
         ``SHUTDOWN_SNAPSHOT_S`` rather than hold the stop."""
         self._stopping = True
         try:  # what this worker learned since the last exchange, for the others
-            await asyncio.wait_for(self._share_pending(), self.SHUTDOWN_SNAPSHOT_S)
+            await asyncio.wait_for(self._share_last(app), self.SHUTDOWN_SNAPSHOT_S)
         except Exception as exc:  # (never in the way of the rest of the stop)
             log.warning("item changes not sent at shutdown: %r", exc)
         if self.settings.snapshot_every_s <= 0 or not self._assigned():
@@ -1557,6 +1611,16 @@ class RecsysWorker:
             log.warning("no snapshot at shutdown: %r", exc)
 
     SHUTDOWN_SNAPSHOT_S = 30.0
+
+    async def _share_last(self, app: faust.App) -> None:
+        """At a stop: the changes not sent yet, once committed (a commit first, for
+        what was acknowledged since Faust's own)."""
+        if self.settings.share_items_every_s <= 0:
+            return
+        self._take_pending()
+        if self._to_share:
+            await app.consumer.commit()
+        await self._send_committed(last=True)
 
     async def _final_snapshot(self, app: faust.App) -> None:
         try:

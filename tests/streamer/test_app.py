@@ -1231,6 +1231,47 @@ class _Sent:
         return sum(len(c) for c in self.changes)
 
 
+async def test_item_changes_are_sent_once_the_commit_covers_their_ratings(monkeypatch) -> None:
+    """Changes shared ahead of the group's commit reached the other workers twice when
+    their worker was killed: from it, and from the partition's next owner (or itself
+    restarted), who learns the ratings past the commit again and shares them. They now
+    wait for a commit that covers their ratings, and those of a partition that went
+    elsewhere uncommitted are dropped: the next owner sends them."""
+    worker, _ = _worker_knowing_item_a()
+    worker.settings = replace(worker.settings, share_items_every_s=1.0)
+    worker.engine.model.track_item_changes()
+    worker.engine.live = True
+    sent = worker.item_changes = _Sent()
+    assigned = {0, 1}
+    monkeypatch.setattr(worker, "_assigned", lambda: assigned)
+    monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
+
+    async def publish(engine, sink, lists) -> float:
+        return time.time()
+
+    monkeypatch.setattr(app_module, "publish", publish)
+    committed = worker.app.consumer.committed
+
+    async def learn(partition: int, offset: int, user: str) -> None:
+        rating = Rating(user, "a", 5.0, float(offset))
+        worker.ordering.add(partition, rating.timestamp, (rating, 0.0, partition, offset, None))
+        await worker._learn_released()
+
+    await learn(0, 9, "u1")  # (offsets 0-9 of partition 0)
+    await worker.share_items()
+    assert sent.entries() == 0
+    committed[TP("r", 0)] = 9  # (a commit short of offset 9)
+    await worker.share_items()
+    assert sent.entries() == 0
+    committed[TP("r", 0)] = 10
+    await worker.share_items()
+    assert [c.rated for c in sent.changes if c.rated] == [["a"]]
+    await learn(1, 3, "u2")  # then partition 1 goes elsewhere before its commit
+    assigned.discard(1)
+    await worker.share_items()
+    assert len([c for c in sent.changes if c.rated]) == 1 and not worker._to_share
+
+
 async def test_a_snapshot_holding_our_partitions_through_shared_changes_is_not_restored(
     monkeypatch, tmp_path
 ) -> None:
