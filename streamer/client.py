@@ -246,6 +246,16 @@ class SimilarItems:
         return len(self.items)
 
 
+def glob_escaped(text: str) -> str:
+    """``text`` as a literal in a Redis ``SCAN MATCH`` pattern (a key prefix may hold
+    ``*``, ``?``, ``[`` or ``]``, which would match other keys).
+
+    >>> glob_escaped("shop[eu]*:")
+    'shop\\\\[eu\\\\]\\\\*:'
+    """
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def check_k(k: object) -> None:
     """A list length the clients serve: an integer >= 1 (checked before any read).
 

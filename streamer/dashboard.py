@@ -17,6 +17,8 @@ reachable. The page polls a small JSON API once a second:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -25,12 +27,18 @@ from importlib import resources
 from aiohttp import web
 
 from recsys_online.json_safe import json_safe
-from streamer.client import REDIS_ERRORS, AsyncRecommendationClient, RecommendationsUnavailable
+from streamer.client import (
+    REDIS_ERRORS,
+    AsyncRecommendationClient,
+    RecommendationsUnavailable,
+    glob_escaped,
+)
 from streamer.settings import Settings
 from streamer.web import advertised_url, start_site
 
 CLIENT = web.AppKey("client", AsyncRecommendationClient)
 SETTINGS = web.AppKey("settings", Settings)
+USERS_SCAN_S = 0.25  # most of a cluster's SCAN for the users list
 
 
 def numbers(fields: dict[str, str]) -> dict[str, float | str | None]:
@@ -146,21 +154,27 @@ async def _list(request: web.Request, subject: str, read) -> web.Response:
 
 
 async def api_users(request: web.Request) -> web.Response:
-    """Up to ``n`` users with a list: a cheap, bounded SCAN, not a full key listing."""
+    """Up to ``n`` users with a list: a cheap, bounded SCAN, not a full key listing (the
+    page asks every second while no user is picked)."""
     client = request.app[CLIENT]
     n = 12
     prefix = client.key("recs", "")
+    match = glob_escaped(prefix) + "*"
     users: list[str] = []
     try:
         if client.cluster:  # every node's keys, one node after the other, until n users
-            async for k in client.redis.scan_iter(match=prefix + "*", count=500):
-                users.append(k.decode(errors="replace")[len(prefix) :])
-                if len(users) >= n:
-                    break
+            # (redis-py walks the nodes inside one iterator, which yields only matches:
+            # bounded in time, what was found by then is the answer)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(USERS_SCAN_S):
+                    async for k in client.redis.scan_iter(match=match, count=500):
+                        users.append(k.decode(errors="replace")[len(prefix) :])
+                        if len(users) >= n:
+                            break
         else:
             cursor = 0
             for _ in range(20):  # at most 20 SCAN calls of ~500 keys
-                cursor, keys = await client.redis.scan(cursor, match=prefix + "*", count=500)
+                cursor, keys = await client.redis.scan(cursor, match=match, count=500)
                 users += [k.decode(errors="replace")[len(prefix) :] for k in keys]
                 if cursor == 0 or len(users) >= n:
                     break

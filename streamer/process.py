@@ -111,11 +111,11 @@ def delete_keys(
 ) -> None:
     """Delete every Redis key under ``prefix`` (a run's or a test's own), in batches
     (on every node of a cluster)."""
-    from streamer.client import close_client, redis_client  # (only when needed)
+    from streamer.client import close_client, glob_escaped, redis_client  # (when needed)
 
     client = redis_client(redis_url, cluster=cluster, socket_timeout=timeout_s)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        keys = list(client.scan_iter(match=glob_escaped(prefix) + "*", count=500))
         for lo in range(0, len(keys), 1000):
             client.delete(*keys[lo : lo + 1000])
     finally:

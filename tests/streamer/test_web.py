@@ -27,3 +27,27 @@ async def test_readyz_says_503_and_why_until_the_worker_is_in_service() -> None:
         metrics = await http.get("/metrics")
         assert metrics.headers["Content-Type"] == PROMETHEUS_CONTENT_TYPE
         assert await metrics.text() == "recsys_events_total 3\n"
+
+
+async def test_the_dashboards_users_are_those_of_its_own_prefix_taken_literally(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """A key prefix holding glob characters (``[eu]*``) matched other keys in the SCAN
+    for the users list, and not its own; it is taken literally."""
+    import redis
+
+    from streamer.dashboard import application
+    from streamer.settings import Settings
+
+    prefix = redis_key_prefix + "shop[eu]*:"
+    other = redis_key_prefix + "shope:"  # what the unescaped pattern also matched
+    r = redis.Redis.from_url(redis_url)
+    try:
+        r.set(prefix + "recs:u1", '{"items": []}')
+        r.set(other + "recs:x9", '{"items": []}')
+        settings = Settings(redis_url=redis_url, key_prefix=prefix)
+        async with TestClient(TestServer(application(settings))) as http:
+            answer = await http.get("/api/users")
+            assert answer.status == 200 and await answer.json() == {"users": ["u1"]}
+    finally:
+        r.close()
