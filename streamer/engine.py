@@ -303,6 +303,7 @@ class StreamEngine:
             self.similar.rated(rows[rows >= 0], self.similar_clock(), every)
 
     LIVE_FIGURES = (
+        "version",  # (a list's model_version never goes back on a worker)
         "evaluated",
         "deadletters",
         "deadletter_kinds",
