@@ -333,12 +333,18 @@ class CatalogFollower:
         their end in time)."""
         s = self.settings
         partitions = [tp.partition for tp in self.partitions]
-        try:
-            refused = await refused_offsets(s, {s.items_topic: partitions})
-        except TopicNotReadToEnd as exc:
-            log.warning("catalog read without the dead letters' offsets: %s", exc)
-            return {}
-        return {} if refused is None else refused[s.items_topic]
+        for attempt in range(3):  # (a broker away a moment must not stop the worker)
+            try:
+                refused = await refused_offsets(s, {s.items_topic: partitions})
+                return {} if refused is None else refused[s.items_topic]
+            except TopicNotReadToEnd as exc:
+                problem = str(exc)
+                break
+            except (KafkaError, OSError) as exc:
+                problem = repr(exc)
+                await asyncio.sleep(1.0 + attempt)
+        log.warning("catalog read without the dead letters' offsets: %s", problem)
+        return {}
 
     def _event(self, record: ConsumerRecord) -> ItemEvent | None:
         try:
@@ -1046,14 +1052,33 @@ class RecsysWorker:
             partitions = self._replayed | self._resume_from.keys() | self._assigned()
             self._to_share.append((upto, partitions, changes))
 
-    async def _send_committed(self, last: bool = False) -> None:
-        """Send the changes taken whose ratings the group's commit covers, in order; drop
-        those whose partition is no longer ours uncommitted (and, ``last``: before a
-        rebuild or a stop, every one not covered)."""
-        topic, assigned = self.settings.ratings_topic, self._assigned()
-        committed = {
+    def _drop_uncommitted(self, partitions: set[int]) -> None:
+        """Drop the changes taken whose ratings of ``partitions`` no commit covers."""
+        committed = self._committed_here()
+        kept = [
+            entry
+            for entry in self._to_share
+            if all(committed.get(p, -1) >= end for p, end in entry[0].items() if p in partitions)
+        ]
+        if len(kept) < len(self._to_share):
+            dropped = sum(len(entry[2]) for entry in self._to_share) - sum(
+                len(entry[2]) for entry in kept
+            )
+            log.info("item changes of ratings not committed dropped: %d entries", dropped)
+        self._to_share = kept
+
+    def _committed_here(self) -> dict[int, int]:
+        """The ratings partitions' offsets this worker's last successful commits stored."""
+        topic = self.settings.ratings_topic
+        return {
             tp.partition: o for tp, o in self.app.consumer.committed.items() if tp.topic == topic
         }
+
+    async def _send_committed(self, last: bool = False) -> None:
+        """Send the changes taken whose ratings this worker's commits cover, in order;
+        drop those whose partition is no longer ours uncommitted (and, ``last``: at a
+        stop, every one not covered)."""
+        assigned, committed = self._assigned(), self._committed_here()
         waiting, send, dropped = [], [], 0
         for upto, partitions, changes in self._to_share:
             behind = {p for p, end in upto.items() if committed.get(p, -1) < end}
@@ -1326,6 +1351,10 @@ class RecsysWorker:
         while a restore or a replay is under way rebuilds at once: it may be loading or
         learning a partition only in part."""
         lost = {tp.partition for tp in revoked if tp.topic == self.settings.ratings_topic}
+        # Changes of ratings the revocation's commit did not cover never will be: if the
+        # partition comes back, another worker may have learned them meanwhile.
+        self._take_pending()
+        self._drop_uncommitted(lost)
         self._assignment_settled.clear()
         self._rebalances += 1
         busy = self._replay_lock.locked() or not self._restore_ended.is_set()
@@ -1407,8 +1436,9 @@ class RecsysWorker:
     async def _reset_now(self, replaying: bool = False) -> None:
         """:meth:`_reset_model` under ``_learning``, if still pending and no replay is
         under way (``replaying``: the caller's own, not begun); the changes the old model
-        learned and had not sent go first (the rebuild learns its partitions again
-        without sharing them), sent once the lock is released."""
+        learned and had not sent are taken first (the rebuild learns its partitions
+        again without sharing them), and those committed sent once the lock is
+        released."""
         reset = False
         async with self._learning:
             if self._validating:  # (a batch being validated: see learn_ratings)
@@ -1417,8 +1447,8 @@ class RecsysWorker:
                 self._take_pending()
                 self._reset_model()
                 reset = True
-        if reset:
-            await self._send_committed(last=True)
+        if reset:  # (those of partitions kept wait for their commit: the rebuild does
+            await self._send_committed()  # not share its relearning of them)
 
     def _reset_model(self) -> None:
         log.info("rebalance: rebuilding the model from the assigned partitions")

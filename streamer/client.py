@@ -567,7 +567,8 @@ class RecommendationClient(_Keys):
                 if (popular := self._kept_popular()) is None:
                     popular = self.redis.get(self.key("popular"))
                     self._keep_popular(popular)
-                recs = parse(name, None, popular, k, own_key)
+                if recs is None or popular is not None:  # (else the empty list stands)
+                    recs = parse(name, None, popular, k, own_key)
             if titles and recs.items:
                 names = self.redis.pipeline(transaction=False)
                 for r in recs.items:
@@ -668,7 +669,8 @@ class AsyncRecommendationClient(_Keys):
                 if (popular := self._kept_popular()) is None:
                     popular = await self.redis.get(self.key("popular"))
                     self._keep_popular(popular)
-                recs = parse(name, None, popular, k, own_key)
+                if recs is None or popular is not None:  # (else the empty list stands)
+                    recs = parse(name, None, popular, k, own_key)
             if titles and recs.items:
                 async with self.redis.pipeline(transaction=False) as names:
                     for r in recs.items:

@@ -394,8 +394,15 @@ class StreamEngine:
         state.setdefault("similar_ranking", RankingScore(window))
         state.setdefault("similar_popular", RankingScore(window))
         state.setdefault("popular_served", [])
+        old = "shown" not in state  # (pickled before it existed: from the LRU's lists)
         state.setdefault("shown", np.full((0, state["settings"].k), -1, np.int32))
         self.__dict__.update(state)
+        if old and self.served:
+            lists = list(self.served.values())
+            rows = np.full((len(lists), max(map(len, lists))), -1, np.int32)
+            filled = np.arange(rows.shape[1]) < np.array([len(v) for v in lists])[:, None]
+            rows[filled] = self.model.items.get_many([i for v in lists for i in v])
+            self._note_shown(list(self.served), rows)
 
     def adopt(self, settings: Settings) -> None:
         """Work under ``settings`` from now on: an engine restored from a snapshot taken

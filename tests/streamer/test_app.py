@@ -655,11 +655,14 @@ async def test_a_rebuild_reads_users_tombstones_as_withdrawals_outside_event_tim
     model = worker.engine.model
     assert "content" not in {r.source for r in model.recommend("fan")}  # withdrawn
     assert model.recommend("kept")[0].source == "content"
-    # A declaration refused live (its offset among the dead letters' sources) is skipped.
+    # Events refused live (their offsets among the dead letters' sources) are skipped:
+    # fan's tombstone (the declaration before it stands) and kept's declaration.
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     worker.engine.model.upsert_item("a", {"jazz": 1.0})
-    assert await worker._replay_users(Consumer(), [0], {0: {2}}) == {"fan": 1000.0}
-    assert worker.engine.model.users.get("kept") is None
+    assert await worker._replay_users(Consumer(), [0], {0: {1, 2}}) == {"fan": 1000.0}
+    model = worker.engine.model
+    assert model.recommend("fan")[0].source == "content"  # not withdrawn
+    assert model.users.get("kept") is None
 
 
 async def _no_sleep(seconds: float) -> None:
@@ -1270,6 +1273,25 @@ async def test_item_changes_are_sent_once_the_commit_covers_their_ratings(monkey
     assigned.discard(1)
     await worker.share_items()
     assert len([c for c in sent.changes if c.rated]) == 1 and not worker._to_share
+    # A rebalance whose revocation commit failed: partition 0 comes back to this worker,
+    # but another may have learned (and shared) its offsets 10-14 meanwhile, and
+    # committed past them: the changes are dropped at the revocation, never sent.
+    await learn(0, 14, "u3")
+    await worker._on_revoked(worker.app, {TP("r", 0)})
+    assert not worker._to_share
+    committed[TP("r", 0)] = 30  # (this worker's next commit, past the other's)
+    await worker.share_items()
+    assert len([c for c in sent.changes if c.rated]) == 1
+    # A rebuild keeps the changes of partitions still ours until their commit (the
+    # rebuild learns them again without sharing): they were dropped, and lost.
+    await learn(0, 31, "u4")
+    worker._reset_pending = True
+    worker.catalog.ready.set()
+    await worker._reset_if_pending()
+    assert len(worker._to_share) == 1
+    committed[TP("r", 0)] = 32
+    await worker.share_items()
+    assert len([c for c in sent.changes if c.rated]) == 2
 
 
 async def test_a_snapshot_holding_our_partitions_through_shared_changes_is_not_restored(

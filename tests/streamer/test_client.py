@@ -89,6 +89,10 @@ async def test_a_user_whose_own_list_is_empty_gets_the_popular_list(redis_url: s
     for got in (recs, again):
         assert got.fallback and got.served_from == "popular"
         assert [x.item_id for x in got.items] == ["p1", "p2"]
+    r.delete(f"{prefix}popular")  # no popular list: the user's own (empty) list, not "none"
+    with RecommendationClient(redis_url, prefix) as client:
+        recs = client.recommend("done")
+    assert recs.served_from == "user" and recs.items == []
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])

@@ -409,3 +409,21 @@ def test_a_delete_reaches_every_list_holding_the_item_not_only_the_tracked_users
     again = engine.delete_item("c")
     assert set(again) == holders
     assert all(r.item not in "ac" for recs in again.values() for r in recs)
+
+
+def test_a_snapshot_from_before_the_shown_lists_reaches_the_lists_its_lru_holds() -> None:
+    """An engine pickled before it kept every served user's list as rows gets them from
+    its LRU of served lists: a delete re-ranks those users, as it did then."""
+    engine = StreamEngine(Settings(k=2, n_factors=4))
+    for item in "abc":
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.live = True
+    written = {}
+    for n in range(3):
+        written.update(engine.upsert_user(f"u{n}", {"jazz": 1.0}))
+    state = engine.__dict__.copy()
+    del state["shown"]
+    old = StreamEngine.__new__(StreamEngine)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    holders = {u for u, recs in written.items() if "a" in {r.item for r in recs}}
+    assert holders and set(old.delete_item("a")) == holders
