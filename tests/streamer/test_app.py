@@ -24,12 +24,17 @@ from streamer.snapshot import SnapshotStore
 
 @pytest.fixture(autouse=True)
 def _no_dead_letters(monkeypatch) -> None:
-    """Replays here read stand-in logs: no dead-letter topic to read, none refused."""
+    """Replays and catalog reads here read stand-in logs: no dead-letter topic to read,
+    none refused."""
 
     async def none_refused(self, partitions, revocations, started) -> dict:
         return {}
 
+    async def no_items_refused(self) -> dict:
+        return {}
+
     monkeypatch.setattr(RecsysWorker, "_refused", none_refused)
+    monkeypatch.setattr(app_module.CatalogFollower, "_refused", no_items_refused)
 
 
 async def test_the_worker_consumer_asks_the_broker_to_hold_fetches_briefly() -> None:
