@@ -389,14 +389,10 @@ def test_a_delete_reaches_every_list_holding_the_item_not_only_the_tracked_users
     re-rank only the users the LRU of served lists still held (the 200,000 most recent):
     anyone past it kept the deleted item until their next rating or the list's TTL
     (7 days). Kept through a compaction, which renumbers the item rows, and a snapshot."""
-    engine = StreamEngine(Settings(k=2, n_factors=4, compact_share=0.2), max_tracked_users=2)
-    for item in "abcd":
-        engine.upsert_item(item, {"jazz": 1.0})
-    engine.live = True
-    written = {}
-    for n in range(6):
-        written.update(engine.upsert_user(f"u{n}", {"jazz": 1.0}))
-    holders = {u for u, recs in written.items() if "a" in {r.item for r in recs}}
+    engine, written = _jazz_lists(
+        StreamEngine(Settings(k=2, n_factors=4, compact_share=0.2), max_tracked_users=2), 4, 6
+    )
+    holders = _holders(written, "a")
     assert len(holders) > 2 and len(engine.served) == 2
     again = engine.delete_item("a")
     assert set(again) == holders
@@ -404,7 +400,7 @@ def test_a_delete_reaches_every_list_holding_the_item_not_only_the_tracked_users
     written.update(again)
     assert engine.compact_if_due() == 1  # (the rows of b, c, d move down one)
     engine = pickle.loads(pickle.dumps(engine))
-    holders = {u for u, recs in written.items() if "c" in {r.item for r in recs}}
+    holders = _holders(written, "c")
     assert len(holders) > 2
     again = engine.delete_item("c")
     assert set(again) == holders
@@ -414,16 +410,27 @@ def test_a_delete_reaches_every_list_holding_the_item_not_only_the_tracked_users
 def test_a_snapshot_from_before_the_shown_lists_reaches_the_lists_its_lru_holds() -> None:
     """An engine pickled before it kept every served user's list as rows gets them from
     its LRU of served lists: a delete re-ranks those users, as it did then."""
-    engine = StreamEngine(Settings(k=2, n_factors=4))
-    for item in "abc":
-        engine.upsert_item(item, {"jazz": 1.0})
-    engine.live = True
-    written = {}
-    for n in range(3):
-        written.update(engine.upsert_user(f"u{n}", {"jazz": 1.0}))
+    engine, written = _jazz_lists(StreamEngine(Settings(k=2, n_factors=4)), 3, 3)
     state = engine.__dict__.copy()
     del state["shown"]
     old = StreamEngine.__new__(StreamEngine)
     old.__setstate__(pickle.loads(pickle.dumps(state)))
-    holders = {u for u, recs in written.items() if "a" in {r.item for r in recs}}
+    holders = _holders(written, "a")
     assert holders and set(old.delete_item("a")) == holders
+
+
+def _jazz_lists(engine: StreamEngine, n_items: int, n_users: int) -> tuple[StreamEngine, dict]:
+    """``engine`` with items ``a``, ``b``, ... and users ``u0``, ``u1``, ... all of one
+    tag, live, and the lists it wrote for the users."""
+    for item in "abcdefgh"[:n_items]:
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.live = True
+    written: dict = {}
+    for n in range(n_users):
+        written.update(engine.upsert_user(f"u{n}", {"jazz": 1.0}))
+    return engine, written
+
+
+def _holders(lists: dict, item: str) -> set[str]:
+    """The users whose list holds ``item``."""
+    return {u for u, recs in lists.items() if item in {r.item for r in recs}}
