@@ -1035,10 +1035,17 @@ class RecsysWorker:
         commit. Changes whose commit never comes (their partition went elsewhere first)
         are dropped: the next owner sends them. So each rating reaches another worker's
         model at most once. A commit is asked for first (Faust's own come every few
-        seconds), so the exchange keeps its interval."""
+        seconds), so the exchange keeps its interval; and again once the batch in its
+        handler (whose ratings count as acknowledged when it returns) is done, rather
+        than leave its changes to the next exchange."""
         self._take_pending()
         if self._to_share:
-            await self.app.consumer.commit()
+            consumer = self.app.consumer
+            await consumer.commit()
+            committed = self._committed_here()
+            if any(committed.get(p, -1) < end for e in self._to_share for p, end in e[0].items()):
+                await consumer.wait_batch()
+                await consumer.commit()
         await self._send_committed()
 
     def _take_pending(self) -> None:
