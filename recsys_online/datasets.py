@@ -457,7 +457,7 @@ def _read_csv_ratings(path: Path) -> list[Rating]:
     """Read a ratings CSV with a header (plain CSV or MovieLens-latest ``ratings.csv``)."""
     try:
         with _open_csv(path) as f:
-            reader = csv.reader(f, skipinitialspace=True)
+            reader = csv.reader(f, skipinitialspace=True, strict=True)
             header = _header(reader)
             if header is None:
                 return []
@@ -469,7 +469,7 @@ def _read_csv_ratings(path: Path) -> list[Rating]:
                 _find_column(columns, _TIME_COLUMNS),
             )
             batches = iter(lambda: list(islice(reader, _CHUNK_ROWS)), [])
-            return _ratings_from_batches(batches, picked, exact=False)
+            return _ratings_from_batches(batches, picked, exact=False, n_columns=len(columns))
     except (_NeedsSlowPath, csv.Error):
         return _read_csv_ratings_slowly(path)
 
@@ -484,23 +484,31 @@ def _ratings_from_batches(
     columns: tuple[int, int, int, int | None],
     *,
     exact: bool,
+    n_columns: int | None = None,
 ) -> list[Rating]:
     """Build ratings from batches of split rows, column by column.
 
     Raises :class:`_NeedsSlowPath` on a short row, a bad number, a non-finite value or an
-    empty id; ``exact`` also rejects rows with more fields than the four columns.
+    empty id; ``exact`` also rejects rows with more fields than the four columns, and
+    ``n_columns`` (a header's) rows with more than it but for empty ones. Blank rows
+    (empty cells only) are skipped.
     """
     iu, ii, ir, it = columns
     width = max(iu, ii, ir, -1 if it is None else it) + 1
+    longest = n_columns or width
     ratings: list[Rating] = []
     for batch in batches:
         rows = batch
         if any(len(row) != width for row in batch):
             if exact and any(len(row) > width for row in batch):
                 raise _NeedsSlowPath
+            if any(len(row) > longest and "".join(row[longest:]).strip() for row in batch):
+                raise _NeedsSlowPath
             if any(len(row) < width and "".join(row).strip() for row in batch):
                 raise _NeedsSlowPath
             rows = [row for row in batch if len(row) >= width]
+        if any(not "".join(row).strip() for row in rows):
+            rows = [row for row in rows if "".join(row).strip()]
         if not rows:
             continue
         # Ids are stripped, as the item readers strip theirs ("10 " is item "10").
@@ -563,7 +571,7 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
     intern = sys.intern
     isfinite = math.isfinite
     with _open_csv(path) as f:
-        reader = csv.reader(f, skipinitialspace=True)
+        reader = csv.reader(f, skipinitialspace=True, strict=True)
         header = _header(reader)
         if header is None:
             return ratings
@@ -573,29 +581,47 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
         ir = _require_column(columns, _RATING_COLUMNS, name)
         it = _find_column(columns, _TIME_COLUMNS)
         width = max(iu, ii, ir, -1 if it is None else it) + 1
-        try:
-            for row in reader:
-                if len(row) < width:
-                    if not row or not any(cell.strip() for cell in row):
-                        continue
-                    raise DatasetError(
-                        f"{name} line {reader.line_num}: expected {len(columns)} "
-                        f"comma-separated fields, got {len(row)}"
-                    )
-                user, item, rating_text = row[iu].strip(), row[ii].strip(), row[ir]
-                time_text = str(len(ratings)) if it is None else row[it]
-                try:
-                    rating = float(rating_text)
-                    timestamp = float(time_text)
-                except ValueError:
-                    rating = _number(rating_text, "rating", name, reader.line_num)
-                    timestamp = _number(time_text, "timestamp", name, reader.line_num)
-                if not (user and item and isfinite(rating) and isfinite(timestamp)):
-                    _explain_row(name, reader.line_num, user, item, rating_text, time_text)
-                append(Rating(intern(user), intern(item), rating, timestamp))
-        except csv.Error as exc:
-            raise DatasetError(f"{name} line {reader.line_num}: {exc}") from None
+        for lineno, row in _rows(reader, name):
+            if not any(cell.strip() for cell in row):
+                continue
+            _check_width(row, width, len(columns), name, lineno)
+            user, item, rating_text = row[iu].strip(), row[ii].strip(), row[ir]
+            time_text = str(len(ratings)) if it is None else row[it]
+            try:
+                rating = float(rating_text)
+                timestamp = float(time_text)
+            except ValueError:
+                rating = _number(rating_text, "rating", name, lineno)
+                timestamp = _number(time_text, "timestamp", name, lineno)
+            if not (user and item and isfinite(rating) and isfinite(timestamp)):
+                _explain_row(name, lineno, user, item, rating_text, time_text)
+            append(Rating(intern(user), intern(item), rating, timestamp))
     return ratings
+
+
+def _rows(reader, name: str) -> Iterator[tuple[int, list[str]]]:
+    """The rows of a CSV ``reader`` past its header, each with the line it starts on (a
+    quoted field may hold line breaks); a row that is not CSV (a quote never closed: it
+    took the rest of the file) is a :class:`DatasetError` naming its first line."""
+    start = reader.line_num + 1
+    try:
+        for row in reader:
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DatasetError(
+            f"{name} line {start}: {exc} (a quote opened here is not closed?)"
+        ) from None
+
+
+def _check_width(row: list[str], width: int, n_columns: int, name: str, lineno: int) -> None:
+    """A row holds the columns read (``width``), and no more than the header names but
+    for empty cells (a trailing comma): "4,5" for a rating 4.5 would read as 4 at
+    time 5."""
+    if len(row) < width or (len(row) > n_columns and "".join(row[n_columns:]).strip()):
+        raise DatasetError(
+            f"{name} line {lineno}: expected {n_columns} comma-separated fields, got {len(row)}"
+        )
 
 
 def _read_ml100k_genres(path: Path) -> list[str]:
@@ -627,10 +653,11 @@ def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
             if not line.strip():
                 continue
             fields = line.split("|")
-            if len(fields) < n + 2:
+            if len(fields) != n + 5:  # (else the flags would shift onto other genres)
                 raise DatasetError(
-                    f"{path.name} line {lineno}: expected at least {n + 2} '|'-separated "
-                    f"fields (id, title, ..., {n} genre flags), got {len(fields)}"
+                    f"{path.name} line {lineno}: expected {n + 5} '|'-separated fields (id, "
+                    f"title, release date, video release date, URL, {n} genre flags for the "
+                    f"{n} genres of u.genre), got {len(fields)}"
                 )
             item = _item_id(fields[0], path.name, lineno)
             tags: dict[str, float] = {}
@@ -672,7 +699,7 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
     catalog: dict[str, ItemUpsert] = {}
     deletes: list[ItemDelete] = []
     with _open_csv(path) as f:
-        reader = csv.reader(f, skipinitialspace=True)
+        reader = csv.reader(f, skipinitialspace=True, strict=True)
         header = _header(reader)
         if header is None:
             return catalog, deletes
@@ -682,22 +709,19 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
         i_tags = _find_column(columns, ("tags", "genres"))
         i_time = _find_column(columns, _TIME_COLUMNS)
         i_deleted = _find_column(columns, ("deleted_at",))
-        try:
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                lineno = reader.line_num
-                cells = [c.strip() for c in row] + [""] * (len(columns) - len(row))
-                item = _item_id(cells[ii], name, lineno)
-                tags = _parse_tags(_cell(cells, i_tags), name, lineno)
-                arrival = _cell(cells, i_time)
-                timestamp = _number(arrival, "timestamp", name, lineno) if arrival else 0.0
-                catalog[item] = ItemUpsert(item, tags, timestamp, _cell(cells, i_title))
-                deleted = _cell(cells, i_deleted)
-                if deleted:
-                    deletes.append(ItemDelete(item, _number(deleted, "deleted_at", name, lineno)))
-        except csv.Error as exc:
-            raise DatasetError(f"{name} line {reader.line_num}: {exc}") from None
+        for lineno, row in _rows(reader, name):
+            if not any(cell.strip() for cell in row):
+                continue
+            _check_width(row, ii + 1, len(columns), name, lineno)
+            cells = [c.strip() for c in row] + [""] * (len(columns) - len(row))
+            item = _item_id(cells[ii], name, lineno)
+            tags = _parse_tags(_cell(cells, i_tags), name, lineno)
+            arrival = _cell(cells, i_time)
+            timestamp = _number(arrival, "timestamp", name, lineno) if arrival else 0.0
+            catalog[item] = ItemUpsert(item, tags, timestamp, _cell(cells, i_title))
+            deleted = _cell(cells, i_deleted)
+            if deleted:
+                deletes.append(ItemDelete(item, _number(deleted, "deleted_at", name, lineno)))
     return catalog, deletes
 
 
@@ -705,26 +729,19 @@ def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
     """Fold MovieLens ``tags.csv`` (userId,movieId,tag,timestamp) into item tags."""
     counts: Counter[tuple[str, str]] = Counter()
     with _open_csv(path) as f:
-        reader = csv.reader(f)
+        reader = csv.reader(f, strict=True)
         columns = [c.strip().lower() for c in _header(reader) or []]
         if not columns:  # (an empty tags file: no tags)
             return
         ii = _require_column(columns, _ITEM_COLUMNS, path.name)
         it = _require_column(columns, ("tag",), path.name)
-        try:
-            for row in reader:
-                if len(row) <= max(ii, it):
-                    if any(cell.strip() for cell in row):
-                        raise DatasetError(
-                            f"{path.name} line {reader.line_num}: expected {len(columns)} "
-                            f"comma-separated fields, got {len(row)}"
-                        )
-                    continue
-                tag = row[it].strip().lower()
-                if tag:
-                    counts[row[ii].strip(), tag] += 1
-        except csv.Error as exc:
-            raise DatasetError(f"{path.name} line {reader.line_num}: {exc}") from None
+        for lineno, row in _rows(reader, path.name):
+            if not any(cell.strip() for cell in row):
+                continue
+            _check_width(row, max(ii, it) + 1, len(columns), path.name, lineno)
+            tag = row[it].strip().lower()
+            if tag:
+                counts[row[ii].strip(), tag] += 1
     extra: dict[str, dict[str, float]] = {}
     for (item, tag), count in counts.items():
         if item in catalog:

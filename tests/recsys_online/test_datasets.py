@@ -251,6 +251,16 @@ def test_fast_and_row_by_row_readers_agree(tmp_path: Path, monkeypatch: pytest.M
             "r.csv line 2: expected 4 comma-separated",
         ),
         ("r.csv", "user_id,thing,rating\n1,2,3\n", "r.csv line 1: no item_id column"),
+        (  # a quote never closed took the rest of the file into one field, silently
+            "r.csv",
+            'user_id,item_id,rating,timestamp\nu1,i1,4,100\nu1,i2,3,101,"oops\nu2,i1,5,102\n',
+            "r.csv line 3: unexpected end of data",
+        ),
+        (  # "4,5" for a rating of 4.5 read as rating 4 at time 5
+            "r.csv",
+            "user_id,item_id,rating,timestamp\nu1,i1,4,5,100\n",
+            "r.csv line 2: expected 4 comma-separated fields, got 5",
+        ),
     ],
 )
 def test_bad_rating_lines_name_file_and_line(
@@ -288,6 +298,37 @@ def test_bad_item_lines_name_file_and_line(tmp_path: Path) -> None:
             load(tmp_path / "r.csv", tmp_path / "i.csv")
         with pytest.raises(DatasetError, match=re.escape(problem)):
             load(tmp_path / "r.csv", tmp_path / "i.csv")
+
+
+def test_csv_rows_a_spreadsheet_writes_and_rows_that_would_be_misread(tmp_path: Path) -> None:
+    """A row of bare commas is skipped as a blank line is, and so is a trailing comma's
+    empty cell; an items row longer than its header, or a quote never closed, is an
+    error naming its first line (the quote used to swallow the rest of the file)."""
+    (tmp_path / "r.csv").write_text(
+        "user_id,item_id,rating,timestamp\nu2,i2,3,5\n,,,\nu1,i1,4,7,\n"
+    )
+    ds = load(tmp_path / "r.csv")
+    assert [(r.user, r.item, r.rating, r.timestamp) for r in ds.ratings] == [
+        ("u2", "i2", 3.0, 5.0),
+        ("u1", "i1", 4.0, 7.0),
+    ]
+    for items, message in (
+        ('item_id,title,tags\ni1,"Foo, the (1995)",a\ni2,"Bar (1995),x\ni3,Baz,b\n', "line 3"),
+        ("item_id,title,tags\ni1,Foo,a,extra\n", "line 2: expected 3 comma-separated fields"),
+    ):
+        (tmp_path / "i.csv").write_text(items)
+        with pytest.raises(DatasetError, match=re.escape(f"i.csv {message}")):
+            load(tmp_path / "r.csv", tmp_path / "i.csv")
+
+
+def test_movielens_100k_genres_not_matching_the_flags_are_an_error(tmp_path: Path) -> None:
+    """A u.genre naming fewer genres than u.item has flags shifted every flag onto the
+    genre before it: an action comedy came out as a children's film."""
+    write_ml100k(tmp_path)
+    genres = [g for g in (tmp_path / "u.genre").read_text(encoding="latin-1").splitlines() if g]
+    (tmp_path / "u.genre").write_text("\n".join(genres[:-1]) + "\n", encoding="latin-1")
+    with pytest.raises(DatasetError, match=re.escape("u.item line 1: expected 23 '|'-separated")):
+        load(tmp_path / "u.data")
 
 
 def test_format_errors(tmp_path: Path) -> None:
