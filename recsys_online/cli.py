@@ -23,6 +23,14 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+def factor_count(text: str) -> int:
+    """A number of latent factors: 1 to 1,024 (each costs every user and item a float32)."""
+    n = positive_int(text)
+    if n > 1024:
+        raise argparse.ArgumentTypeError(f"at most 1024, got {n}")
+    return n
+
+
 def count(text: str) -> int:
     """An argparse type: an integer >= 0."""
     return _int_at_least(text, 0)
@@ -82,7 +90,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="rating scale predictions are clipped to (default: the data's lowest and "
         "highest rating, e.g. 0.5 5 for MovieLens' half stars)",
     )
-    p.add_argument("--factors", type=positive_int, default=32, help="latent factors")
+    p.add_argument("--factors", type=factor_count, default=32, help="latent factors (<= 1024)")
     p.add_argument(
         "--batch-size", type=positive_int, default=64, help="micro-batch (1 = sequential)"
     )
@@ -205,6 +213,12 @@ def run_replay(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(file=sys.stderr)
     assert last is not None
+    if last.relevant == 0:  # (e.g. implicit data, every rating 1: the default is 4)
+        print(
+            f"recsys-online replay: no rating reached --relevant {args.relevant:g}: NDCG and "
+            "recall had nothing to measure",
+            file=sys.stderr,
+        )
     summary = summarise(last, args.model, ds.name or str(args.ratings)) | {"scale": scale}
     print(format_table(summary))
     if args.json:
@@ -237,6 +251,7 @@ def summarise(cp: Checkpoint, model: str, data: str) -> dict:
         "rmse": cp.rmse,
         "mae": cp.mae,
         "relevant": cp.relevant,
+        "refused": cp.refused,
         "ndcg_at_k": cp.ndcg_at_k,
         "recall_at_k": cp.recall_at_k,
         "coverage": cp.coverage,
@@ -258,6 +273,7 @@ def format_table(s: dict) -> str:
         ("RMSE", f"{s['rmse']:.4f}"),
         ("MAE", f"{s['mae']:.4f}"),
         ("relevant ratings", f"{s['relevant']:,}"),
+        ("refused (deleted items)", f"{s['refused']:,}"),
         (f"NDCG@{k}", f"{s['ndcg_at_k']:.4f}"),
         (f"Recall@{k}", f"{s['recall_at_k']:.4f}"),
         (f"NDCG@{k} cold users", f"{s['cold_users'].get('ndcg_at_k', 0.0):.4f}"),

@@ -301,7 +301,7 @@ def load(
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     path = Path(path)
     if path.is_dir():
-        path = _find_ratings_file(path)
+        path = _find_ratings_file(path, fmt)
     items = Path(items_path) if items_path is not None else None
     if fmt == "auto":
         fmt = _detect_format(path, items)
@@ -333,11 +333,19 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _find_ratings_file(directory: Path) -> Path:
-    for name in ("u.data", "ratings.dat", "ratings.csv"):
+_RATINGS_FILES = {"movielens-100k": "u.data", "movielens-1m": "ratings.dat"}
+
+
+def _find_ratings_file(directory: Path, fmt: str = "auto") -> Path:
+    """The ratings file of a folder: the format's own (``ratings.csv`` for the CSV ones),
+    else the first of ``u.data``, ``ratings.dat``, ``ratings.csv``."""
+    names = ("u.data", "ratings.dat", "ratings.csv")
+    if fmt != "auto":
+        names = (_RATINGS_FILES.get(fmt, "ratings.csv"),)
+    for name in names:
         if (directory / name).is_file():
             return directory / name
-    raise FileNotFoundError(f"no u.data, ratings.dat or ratings.csv in {directory}")
+    raise FileNotFoundError(f"no {' or '.join(names)} in {directory}")
 
 
 def _detect_format(path: Path, items: Path | None) -> str:

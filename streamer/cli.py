@@ -17,8 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "scripts" / "services.sh"
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr and exit status 2, as every other bad input
+    of the commands (argparse prints its whole usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (--help: the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="recsys-online",
         description="Streaming recommender: Kafka events in, fresh top-K lists in Redis.",
     )
