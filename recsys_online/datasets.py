@@ -466,7 +466,7 @@ def _read_csv_ratings(path: Path) -> list[Rating]:
     try:
         with _open_csv(path) as f:
             reader = csv.reader(f, skipinitialspace=True, strict=True)
-            header = _header(reader)
+            header = _header(reader, path.name)
             if header is None:
                 return []
             columns = [c.strip().lower() for c in header]
@@ -515,8 +515,8 @@ def _ratings_from_batches(
             if any(len(row) < width and "".join(row).strip() for row in batch):
                 raise _NeedsSlowPath
             rows = [row for row in batch if len(row) >= width]
-        if any(not "".join(row).strip() for row in rows):
-            rows = [row for row in rows if "".join(row).strip()]
+        if not exact and any(not "".join(row).strip() for row in rows):
+            rows = [row for row in rows if "".join(row).strip()]  # (bare commas)
         if not rows:
             continue
         # Ids are stripped, as the item readers strip theirs ("10 " is item "10").
@@ -580,7 +580,7 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
     isfinite = math.isfinite
     with _open_csv(path) as f:
         reader = csv.reader(f, skipinitialspace=True, strict=True)
-        header = _header(reader)
+        header = _header(reader, name)
         if header is None:
             return ratings
         columns = [c.strip().lower() for c in header]
@@ -708,7 +708,7 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
     deletes: list[ItemDelete] = []
     with _open_csv(path) as f:
         reader = csv.reader(f, skipinitialspace=True, strict=True)
-        header = _header(reader)
+        header = _header(reader, name)
         if header is None:
             return catalog, deletes
         columns = [c.strip().lower() for c in header]
@@ -738,7 +738,7 @@ def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
     counts: Counter[tuple[str, str]] = Counter()
     with _open_csv(path) as f:
         reader = csv.reader(f, strict=True)
-        columns = [c.strip().lower() for c in _header(reader) or []]
+        columns = [c.strip().lower() for c in _header(reader, path.name) or []]
         if not columns:  # (an empty tags file: no tags)
             return
         ii = _require_column(columns, _ITEM_COLUMNS, path.name)
@@ -798,9 +798,20 @@ def _open_latin1(path: Path) -> Iterator[TextIO]:
             yield f
 
 
-def _header(reader) -> list[str] | None:
-    """The first row that is not blank (None: none)."""
-    return next((row for row in reader if any(cell.strip() for cell in row)), None)
+def _header(reader, name: str) -> list[str] | None:
+    """The first row that is not blank (None: none); one that is not CSV (a quote never
+    closed) is a :class:`DatasetError` naming its line."""
+    start = reader.line_num + 1
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                return row
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DatasetError(
+            f"{name} line {start}: {exc} (a quote opened here is not closed?)"
+        ) from None
+    return None
 
 
 def _cell(cells: list[str], index: int | None) -> str:

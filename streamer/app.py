@@ -342,7 +342,8 @@ class CatalogFollower:
                 break
             except (KafkaError, OSError) as exc:
                 problem = repr(exc)
-                await asyncio.sleep(1.0 + attempt)
+                if attempt < 2:
+                    await asyncio.sleep(1.0 + attempt)
         log.warning("catalog read without the dead letters' offsets: %s", problem)
         return {}
 
@@ -443,7 +444,9 @@ class _Consumer(faust_kafka.Consumer):
         even when the commit did not go through)."""
         assignment = self.assignment()
         did = await super()._commit_offsets(offsets, start_new_transaction)
-        if did:
+        # (A transaction fenced by the partition's new owner reads as done, and crashes
+        # the worker: not committed.)
+        if did and self.app.crash_reason is None:
             self.committed.update((tp, o) for tp, o in offsets.items() if tp in assignment)
         return did
 
@@ -1039,14 +1042,16 @@ class RecsysWorker:
         handler (whose ratings count as acknowledged when it returns) is done, rather
         than leave its changes to the next exchange."""
         self._take_pending()
-        if self._to_share:
-            consumer = self.app.consumer
-            await consumer.commit()
-            committed = self._committed_here()
-            if any(committed.get(p, -1) < end for e in self._to_share for p, end in e[0].items()):
-                await consumer.wait_batch()
-                await consumer.commit()
+        if not self._to_share:
+            return
+        consumer = self.app.consumer
+        await consumer.commit()
         await self._send_committed()
+        if self._to_share:  # (what the batch in its handler learned: once it is done)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(consumer.wait_batch(), self.SHARE_WAIT_S)
+                await consumer.commit()
+            await self._send_committed()
 
     def _take_pending(self) -> None:
         """Take the model's item changes since the last take (none are kept when sharing
@@ -1058,6 +1063,8 @@ class RecsysWorker:
         if len(changes):
             partitions = self._replayed | self._resume_from.keys() | self._assigned()
             self._to_share.append((upto, partitions, changes))
+
+    SHARE_WAIT_S = 0.5  # most an exchange waits for the batch in its handler
 
     def _drop_uncommitted(self, partitions: set[int]) -> None:
         """Drop the changes taken whose ratings of ``partitions`` no commit covers."""

@@ -256,6 +256,16 @@ def test_fast_and_row_by_row_readers_agree(tmp_path: Path, monkeypatch: pytest.M
             'user_id,item_id,rating,timestamp\nu1,i1,4,100\nu1,i2,3,101,"oops\nu2,i1,5,102\n',
             "r.csv line 3: unexpected end of data",
         ),
+        (  # in the header: a traceback
+            "r.csv",
+            'user_id,"item_id,rating,timestamp\n1,2,3,4\n',
+            "r.csv line 1: unexpected end of data",
+        ),
+        (  # not blank to the '::' readers: a row of empty fields, refused by both
+            "ratings.dat",
+            "1::1::5::1\n::::::\n2::2::4::1\n",
+            "ratings.dat line 2: rating '' is not a number",
+        ),
         (  # "4,5" for a rating of 4.5 read as rating 4 at time 5
             "r.csv",
             "user_id,item_id,rating,timestamp\nu1,i1,4,5,100\n",
