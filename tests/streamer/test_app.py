@@ -8,7 +8,7 @@ import types
 from dataclasses import replace
 
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
@@ -1967,3 +1967,50 @@ async def test_the_catalog_read_again_into_a_restored_model_applies_each_items_l
     assert float(model.cooc.weight[x].sum()) == weight
     assert int((model.cooc.recent == x).sum()) == rings
     assert not model.is_deleted("x") and model.is_deleted("gone")
+
+
+async def test_only_commits_that_went_through_count_for_sharing(monkeypatch) -> None:
+    """Item changes wait for the commit of their ratings (``committed``): a commit that
+    failed, or a transaction fenced by the partition's new owner (Faust reads it as
+    done and crashes the worker), must not count, or the changes would go to the other
+    workers while the new owner learns those ratings again."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    consumer = worker.app.consumer
+    monkeypatch.setattr(consumer, "assignment", lambda: {TP("r", 0)})
+    results = iter([True, False, True])
+
+    async def commit(self, offsets, start_new_transaction=True) -> bool:
+        return next(results)
+
+    monkeypatch.setattr(faust_kafka.Consumer, "_commit_offsets", commit)
+    await consumer._commit_offsets({TP("r", 0): 5})
+    assert consumer.committed == {TP("r", 0): 5}
+    await consumer._commit_offsets({TP("r", 0): 9})  # failed
+    worker.app.crash_reason = RuntimeError("fenced")
+    await consumer._commit_offsets({TP("r", 0): 12})  # "done", and the worker crashing
+    assert consumer.committed == {TP("r", 0): 5}
+
+
+async def test_the_catalog_follower_tries_the_dead_letters_again_then_goes_on(
+    monkeypatch, caplog
+) -> None:
+    """A broker away a moment when the catalog is read stopped the worker (the error
+    left the follower's task); it tries again, and after three failures reads the
+    catalog without the dead letters' offsets, saying so."""
+    monkeypatch.undo()  # (the real CatalogFollower._refused)
+    follower = app_module.CatalogFollower(Settings(items_topic="i"), engine=None, sink=None)
+    follower.partitions = [TopicPartition("i", 0)]
+    failures = [2]
+
+    async def refused(settings, wanted, interrupted=bool):
+        if failures[0]:
+            failures[0] -= 1
+            raise KafkaConnectionError()
+        return {"i": {0: {7}}}
+
+    monkeypatch.setattr(app_module, "refused_offsets", refused)
+    monkeypatch.setattr(app_module.asyncio, "sleep", _no_sleep)
+    assert await follower._refused() == {0: {7}}
+    failures[0] = 3
+    assert await follower._refused() == {}
+    assert "catalog read without the dead letters' offsets" in caplog.text
