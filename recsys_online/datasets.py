@@ -545,8 +545,6 @@ def _read_split_ratings_slowly(
     name = path.name
     ratings: list[Rating] = []
     append = ratings.append
-    intern = sys.intern
-    isfinite = math.isfinite
     with _open_latin1(path) as f:
         for lineno, line in enumerate(f, 1):
             fields = split(line)
@@ -557,18 +555,22 @@ def _read_split_ratings_slowly(
                     f"{name} line {lineno}: expected 4 {layout} fields "
                     f"(user item rating timestamp), got {len(fields)}"
                 )
-            user, item, rating_text, time_text = fields
-            user, item = user.strip(), item.strip()
-            try:
-                rating = float(rating_text)
-                timestamp = float(time_text)
-            except ValueError:
-                rating = _number(rating_text, "rating", name, lineno)
-                timestamp = _number(time_text, "timestamp", name, lineno)
-            if not (user and item and isfinite(rating) and isfinite(timestamp)):
-                _explain_row(name, lineno, user, item, rating_text, time_text)
-            append(Rating(intern(user), intern(item), rating, timestamp))
+            append(_rating(*fields, name, lineno))
     return ratings
+
+
+def _rating(user: str, item: str, rating_text: str, time_text: str, name: str, lineno: int):
+    """The rating of one row's fields (ids stripped), or the error naming what is wrong."""
+    user, item = user.strip(), item.strip()
+    try:
+        rating = float(rating_text)
+        timestamp = float(time_text)
+    except ValueError:
+        rating = _number(rating_text, "rating", name, lineno)
+        timestamp = _number(time_text, "timestamp", name, lineno)
+    if not (user and item and math.isfinite(rating) and math.isfinite(timestamp)):
+        _explain_row(name, lineno, user, item, rating_text, time_text)
+    return Rating(sys.intern(user), sys.intern(item), rating, timestamp)
 
 
 def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
@@ -576,8 +578,6 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
     name = path.name
     ratings: list[Rating] = []
     append = ratings.append
-    intern = sys.intern
-    isfinite = math.isfinite
     with _open_csv(path) as f:
         reader = csv.reader(f, skipinitialspace=True, strict=True)
         header = _header(reader, name)
@@ -593,17 +593,8 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
             if not any(cell.strip() for cell in row):
                 continue
             _check_width(row, width, len(columns), name, lineno)
-            user, item, rating_text = row[iu].strip(), row[ii].strip(), row[ir]
             time_text = str(len(ratings)) if it is None else row[it]
-            try:
-                rating = float(rating_text)
-                timestamp = float(time_text)
-            except ValueError:
-                rating = _number(rating_text, "rating", name, lineno)
-                timestamp = _number(time_text, "timestamp", name, lineno)
-            if not (user and item and isfinite(rating) and isfinite(timestamp)):
-                _explain_row(name, lineno, user, item, rating_text, time_text)
-            append(Rating(intern(user), intern(item), rating, timestamp))
+            append(_rating(row[iu], row[ii], row[ir], time_text, name, lineno))
     return ratings
 
 
