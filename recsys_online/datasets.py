@@ -599,7 +599,7 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
 
 
 def _rows(reader, name: str) -> Iterator[tuple[int, list[str]]]:
-    """The rows of a CSV ``reader`` past its header, each with the line it starts on (a
+    """The rows of a CSV ``reader`` from where it stands, each with the line it starts on (a
     quoted field may hold line breaks); a row that is not CSV (a quote never closed: it
     took the rest of the file) is a :class:`DatasetError` naming its first line."""
     start = reader.line_num + 1
@@ -791,18 +791,8 @@ def _open_latin1(path: Path) -> Iterator[TextIO]:
 
 def _header(reader, name: str) -> list[str] | None:
     """The first row that is not blank (None: none); one that is not CSV (a quote never
-    closed) is a :class:`DatasetError` naming its line."""
-    start = reader.line_num + 1
-    try:
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                return row
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DatasetError(
-            f"{name} line {start}: {exc} (a quote opened here is not closed?)"
-        ) from None
-    return None
+    closed) is a :class:`DatasetError` naming its line (:func:`_rows`)."""
+    return next((row for _, row in _rows(reader, name) if any(c.strip() for c in row)), None)
 
 
 def _cell(cells: list[str], index: int | None) -> str:

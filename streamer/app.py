@@ -862,7 +862,6 @@ class RecsysWorker:
                 upto = self._learned_upto
                 for held in chunk:
                     upto[held[2]] = max(upto.get(held[2], 0), held[3] + 1)
-                for held in chunk:
                     self._held_ids.pop(held[4], None)
                 published_at = await publish(self.engine, self.sink, lists)
                 self.engine.record_freshness([held[1] for held in chunk], published_at)
@@ -1011,8 +1010,7 @@ class RecsysWorker:
             tags = dict(user.tags)
             if self.catalog.ready.is_set() and message.partition in self._replayed:
                 await publish(self.engine, self.sink, self.engine.upsert_user(user.user_id, tags))
-            elif tags or self.engine.model.users.get(user.user_id) is not None:
-                self.engine.model.upsert_user(user.user_id, tags)
+            elif self.engine.declare_user(user.user_id, tags):
                 self._declared_waiting[user.user_id] = message.partition
 
     async def _serve_declared(self) -> None:
@@ -1066,46 +1064,40 @@ class RecsysWorker:
 
     SHARE_WAIT_S = 0.5  # most an exchange waits for the batch in its handler
 
-    def _drop_uncommitted(self, partitions: set[int]) -> None:
-        """Drop the changes taken whose ratings of ``partitions`` no commit covers."""
-        committed = self._committed_here()
-        kept = [
-            entry
-            for entry in self._to_share
-            if all(committed.get(p, -1) >= end for p, end in entry[0].items() if p in partitions)
-        ]
-        if len(kept) < len(self._to_share):
-            dropped = sum(len(entry[2]) for entry in self._to_share) - sum(
-                len(entry[2]) for entry in kept
-            )
-            log.info("item changes of ratings not committed dropped: %d entries", dropped)
-        self._to_share = kept
-
-    def _committed_here(self) -> dict[int, int]:
-        """The ratings partitions' offsets this worker's last successful commits stored."""
+    def _behind(self, upto: Mapping[int, int]) -> set[int]:
+        """The partitions of a take's ratings (``upto``: the offset past them) that this
+        worker's last successful commits do not cover."""
         topic = self.settings.ratings_topic
-        return {
+        committed = {
             tp.partition: o for tp, o in self.app.consumer.committed.items() if tp.topic == topic
         }
+        return {p for p, end in upto.items() if committed.get(p, -1) < end}
+
+    def _drop_uncommitted(self, lost: Callable[[set[int]], bool]) -> None:
+        """Drop the changes taken whose uncommitted partitions ``lost`` says no commit of
+        this worker will cover."""
+        kept, dropped = [], 0
+        for entry in self._to_share:
+            behind = self._behind(entry[0])
+            if behind and lost(behind):
+                dropped += len(entry[2])
+            else:
+                kept.append(entry)
+        self._to_share = kept
+        if dropped:
+            log.info("item changes of ratings not committed dropped: %d entries", dropped)
 
     async def _send_committed(self, last: bool = False) -> None:
         """Send the changes taken whose ratings this worker's commits cover, in order;
         drop those whose partition is no longer ours uncommitted (and, ``last``: at a
         stop, every one not covered)."""
-        assigned, committed = self._assigned(), self._committed_here()
-        waiting, send, dropped = [], [], 0
-        for upto, partitions, changes in self._to_share:
-            behind = {p for p, end in upto.items() if committed.get(p, -1) < end}
-            if not behind and not waiting:
-                send.append((partitions, changes))
-            elif last or behind - assigned:
-                dropped += len(changes)
-            else:
-                waiting.append((upto, partitions, changes))
-        self._to_share = waiting
-        if dropped:
-            log.info("item changes of ratings not committed dropped: %d entries", dropped)
-        for partitions, changes in send:
+        assigned = self._assigned()
+        self._drop_uncommitted(lambda behind: last or bool(behind - assigned))
+        n = 0
+        while n < len(self._to_share) and not self._behind(self._to_share[n][0]):
+            n += 1
+        send, self._to_share = self._to_share[:n], self._to_share[n:]
+        for _, partitions, changes in send:
             await self._send_changes(partitions, changes)
 
     async def _send_changes(self, partitions: set[int], changes: ItemChanges) -> None:
@@ -1368,7 +1360,7 @@ class RecsysWorker:
         # Changes of ratings the revocation's commit did not cover never will be: if the
         # partition comes back, another worker may have learned them meanwhile.
         self._take_pending()
-        self._drop_uncommitted(lost)
+        self._drop_uncommitted(lambda behind: bool(behind & lost))
         self._assignment_settled.clear()
         self._rebalances += 1
         busy = self._replay_lock.locked() or not self._restore_ended.is_set()

@@ -287,7 +287,7 @@ def parse_list(
     streamer.client.RecommendationsUnavailable: recsys:recs:u9 is not a recommendation list: ...
     """
     recs = _parsed(user_id, own, popular, k, key)
-    if recs.served_from == "user" and not recs.items and popular is not None:
+    if _gives_way(recs) and popular is not None:
         return _parsed(user_id, None, popular, k, key)
     return recs
 

@@ -643,10 +643,15 @@ class StreamEngine:
         >>> engine.upsert_user("ghost", {}), engine.model.users.get("ghost") is None
         ({}, True)
         """
+        return self._serve([user]) if self.declare_user(user, tags) else {}
+
+    def declare_user(self, user: str, tags: dict[str, float]) -> bool:
+        """:meth:`upsert_user` without serving a list; False when the declaration changes
+        nothing (none, for a user the model does not know)."""
         if not tags and self.model.users.get(user) is None:
-            return {}
+            return False
         self.model.upsert_user(user, tags)
-        return self._serve([user])
+        return True
 
     REFRESH_CHUNK = 256  # changed items scored per pass (bounds memory on bulk imports)
     REFRESH_USERS = 1024  # users checked per pass (each pass a few ms at most)
