@@ -2,8 +2,9 @@
 
 Every replay reads the whole dead-letter topic first, to skip the ratings refused live.
 This writes ``--letters`` dead letters (a rating's bytes, the worker's headers) to a
-topic of its own on the real broker, times ``refused_offsets`` over it three times, and
-deletes the topic. Needs the services: ``eval "$(scripts/services.sh up)"``.
+topic of its own on the real broker, times ``refused_offsets`` over it three times, each
+after a fetch of the same records that reads nothing of them (the floor, alternated in the
+same run), and deletes the topic. Needs the services: ``eval "$(scripts/services.sh up)"``.
 
 Usage::
 
@@ -21,6 +22,7 @@ import uuid
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streamer import deadletters
 from streamer.deadletters import refused_offsets
 from streamer.settings import Settings
 
@@ -49,18 +51,34 @@ async def run(bootstrap: str, letters: int) -> None:
         finally:
             await producer.stop()
         settings = Settings(brokers=bootstrap, deadletter_topic=topic)
-        for _ in range(3):
+        for _ in range(3):  # alternated with the floor: the same records fetched, unread
+            floor = await _fetch_only(settings)
             started = time.perf_counter()
             found = await refused_offsets(settings, {settings.ratings_topic: range(8)})
             elapsed = time.perf_counter() - started
             offsets = sum(map(len, (found or {}).get(settings.ratings_topic, {}).values()))
             print(
                 f"{letters:,} letters read in {elapsed:.2f} s ({letters / elapsed:,.0f}/s), "
-                f"{offsets:,} offsets"
+                f"{offsets:,} offsets; the fetch alone {floor:.2f} s "
+                f"({elapsed / floor:.2f}x of it)"
             )
     finally:
         await admin.delete_topics([topic])
         await admin.close()
+
+
+async def _fetch_only(settings: Settings) -> float:
+    """Seconds to fetch the whole topic the way ``refused_offsets`` does, reading nothing
+    of the records: the floor any reading of the letters adds to."""
+    started = time.perf_counter()
+    consumer = await deadletters._consumer(settings)
+    try:
+        ranges = await deadletters._ranges(consumer, settings.deadletter_topic)
+        async for _ in deadletters._chunks(consumer, ranges, settings.deadletter_topic):
+            pass
+    finally:
+        await consumer.stop()
+    return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,10 +74,7 @@ class DeadLetter:
             return default if raw is None else raw.decode("utf-8", "replace")
 
         def number(name: str) -> int | None:  # (a header another producer wrote: any)
-            try:
-                return int(text(name))
-            except ValueError:
-                return None
+            return _number(headers.get(name))
 
         return cls(
             partition=record.partition,
@@ -301,6 +298,9 @@ async def refused_offsets(
     ``READ_TIMEOUT_S``."""
     topic = settings.deadletter_topic
     out = {source: {p: set() for p in partitions} for source, partitions in wanted.items()}
+    # (by the header's bytes: a topic name read as text for every letter was most of
+    # the read's time)
+    wanted_raw = {source.encode(): by_partition for source, by_partition in out.items()}
     consumer = await _consumer(settings)
     try:
         ranges = await _ranges(consumer, topic)
@@ -310,13 +310,45 @@ async def refused_offsets(
             if interrupted():
                 return None
             for record in chunk:
-                d = DeadLetter.from_record(record)
-                offsets = out.get(d.source_topic, {}).get(d.source_partition)
-                if offsets is not None:
-                    offsets.add(d.source_offset)
+                topic_raw, partition, offset = source_of(record)
+                offsets = wanted_raw.get(topic_raw, {}).get(partition)
+                if offsets is not None and offset is not None:
+                    offsets.add(offset)
     finally:
         await consumer.stop()
     return out
+
+
+def source_of(record: ConsumerRecord) -> tuple[bytes | None, int | None, int | None]:
+    """The source topic (as the header's bytes), partition and offset a dead letter names,
+    each None when its header is missing or not a number: what :func:`refused_offsets`
+    needs of every letter, read without building a :class:`DeadLetter` (a tenth of the
+    time). Read as :meth:`DeadLetter.from_record` reads them (the last of repeated
+    headers).
+
+    >>> r = ConsumerRecord("dlq", 0, 5, 0, 0, None, b"{", None, 0, 1,
+    ...                    [("recsys.source.topic", b"recsys.ratings"),
+    ...                     ("recsys.source.partition", b"3"),
+    ...                     ("recsys.source.offset", b"x41")])
+    >>> source_of(r)
+    (b'recsys.ratings', 3, None)
+    """
+    topic = partition = offset = None
+    for name, value in record.headers or ():
+        if name == "recsys.source.topic":
+            topic = value
+        elif name == "recsys.source.partition":
+            partition = value
+        elif name == "recsys.source.offset":
+            offset = value
+    return topic, _number(partition), _number(offset)
+
+
+def _number(raw: bytes | None) -> int | None:
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
 
 
 async def read_dead_letters(settings: Settings, last: int | None = None) -> list[DeadLetter]:

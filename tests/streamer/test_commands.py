@@ -802,3 +802,49 @@ def test_dead_letters_with_odd_headers_are_listed_and_duplicates_never_sent_back
         {"recsys.truncated.key_from": b"9"},
     )
     assert cut.truncated_key_from == 9 and "key was cut" in _unsendable(settings, cut)
+
+
+def test_the_replays_lean_read_of_a_dead_letters_source_agrees_with_the_full_one() -> None:
+    """``refused_offsets`` reads only the source headers of each letter (``source_of``):
+    on headers another producer wrote (missing, not numbers, digits of other scripts,
+    repeated), it names the same source as the full read, or none where that reads -1."""
+    from aiokafka import ConsumerRecord
+
+    from streamer.deadletters import DeadLetter, source_of
+
+    cases = [
+        [
+            ("recsys.source.topic", b"recsys.ratings"),
+            ("recsys.source.partition", b"3"),
+            ("recsys.source.offset", b"41"),
+        ],
+        [("recsys.source.partition", b"3"), ("recsys.source.offset", b"41")],
+        [
+            ("recsys.source.topic", b"t"),
+            ("recsys.source.partition", "\u0663".encode()),
+            ("recsys.source.offset", b" 7 "),
+        ],
+        [
+            ("recsys.source.topic", b"t"),
+            ("recsys.source.offset", b"1"),
+            ("recsys.source.offset", b"2"),
+            ("recsys.source.partition", b"--5"),
+        ],
+        [],
+    ]
+    seen = []
+    for headers in cases:
+        record = ConsumerRecord("dlq", 0, 3, 0, 0, b"u1", b"{}", None, 0, 2, headers)
+        full = DeadLetter.from_record(record)
+        topic, partition, offset = source_of(record)
+        assert (topic or b"").decode() == full.source_topic
+        assert (-1 if partition is None else partition) == full.source_partition
+        assert (-1 if offset is None else offset) == full.source_offset
+        seen.append((topic, partition, offset))
+    assert seen == [
+        (b"recsys.ratings", 3, 41),
+        (None, 3, 41),
+        (b"t", None, 7),
+        (b"t", None, 2),
+        (None, None, None),
+    ]
