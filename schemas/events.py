@@ -29,7 +29,9 @@ Rating scale
     Inclusive, :data:`DEFAULT_RATING_SCALE` (``[1.0, 5.0]``) unless the validation context says
     otherwise: ``RatingEvent.model_validate(data, context={"rating_scale": (0.5, 5.0)})`` or
     ``parse_event(raw, RatingEvent, rating_scale=(0.5, 5.0))``. The scale is never a mutable
-    module global: the streamer passes the one from its settings.
+    module global: the streamer passes the one from its settings. An event built directly
+    (``RatingEvent(...)``, no context) is only checked to be finite: the scale is the
+    deployment's, and the producers check it against theirs before sending.
 Timestamps
     Required, never defaulted to "now": the event time drives prequential evaluation and
     time decay, and a consumer-side default would turn a replayed backlog into fresh events.
@@ -335,6 +337,8 @@ def _check_title(value: object) -> str | None:
 
 def _check_rating(value: object, info: ValidationInfo) -> float:
     rating = _finite(value)
+    if info.context is None:  # built by an app: the scale is its deployment's, checked
+        return rating  # where it is known (validate_event and parse_event, and a send)
     scale = _rating_scale(info)
     if not scale.contains(rating):
         raise _invalid(f"{_show(rating)} is outside the rating scale {scale}")

@@ -288,7 +288,7 @@ def parse_list(
     """
     recs = _parsed(user_id, own, popular, k, key)
     if _gives_way(recs) and popular is not None:
-        return _parsed(user_id, None, popular, k, key)
+        return _parsed(user_id, None, popular, k)  # (``key`` names the user's document)
     return recs
 
 
@@ -313,8 +313,8 @@ def _parsed(
                 item_id=_typed(it["item_id"], str, "item_id"),
                 score=float(_typed(it["score"], (int, float), "score")),
                 reason=_typed(it["reason"], str, "reason"),
-                source=it.get("source"),
-                because=it.get("because"),
+                source=_typed(it.get("source"), (str, type(None)), "source"),
+                because=_typed(it.get("because"), (str, type(None)), "because"),
             )
             for it in doc["items"][:k]
         ]
@@ -568,7 +568,7 @@ class RecommendationClient(_Keys):
                     popular = self.redis.get(self.key("popular"))
                     self._keep_popular(popular)
                 if recs is None or popular is not None:  # (else the empty list stands)
-                    recs = parse(name, None, popular, k, own_key)
+                    recs = parse(name, None, popular, k, self.key("popular"))
             if titles and recs.items:
                 names = self.redis.pipeline(transaction=False)
                 for r in recs.items:
@@ -670,7 +670,7 @@ class AsyncRecommendationClient(_Keys):
                     popular = await self.redis.get(self.key("popular"))
                     self._keep_popular(popular)
                 if recs is None or popular is not None:  # (else the empty list stands)
-                    recs = parse(name, None, popular, k, own_key)
+                    recs = parse(name, None, popular, k, self.key("popular"))
             if titles and recs.items:
                 async with self.redis.pipeline(transaction=False) as names:
                     for r in recs.items:

@@ -10,6 +10,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -44,9 +45,27 @@ def checked(settings: Settings, event: WireEvent) -> tuple[str, str, bytes]:
     >>> checked(Settings(), UserEvent(user_id="u1", tags=["jazz"], timestamp=1.0))[:2]
     ('recsys.users', 'u1')
     """
+    expected(event, (RatingEvent, ItemEvent, UserEvent))
     raw = event.to_bytes()
-    settings.parse(raw, type(event))  # (what the worker would dead-letter)
-    return (*route(settings, event), raw)
+    # Keyed by the event as the worker reads it: an id an app set around validation
+    # (``model_copy(update=...)``) with surrounding spaces is read stripped.
+    parsed = settings.parse(raw, type(event))  # (what the worker would dead-letter)
+    return (*route(settings, parsed), raw)
+
+
+def expected(event: object, kind: type | tuple[type, ...]) -> Any:
+    """``event`` if it is a ``kind``, else a ``TypeError`` naming what came instead.
+
+    >>> expected({"user_id": "u1"}, RatingEvent)
+    Traceback (most recent call last):
+    ...
+    TypeError: expected a RatingEvent, got a dict: {'user_id': 'u1'}
+    """
+    if not isinstance(event, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        names = " or ".join(k.__name__ for k in kinds)
+        raise TypeError(f"expected a {names}, got a {type(event).__name__}: {event!r:.120}")
+    return event
 
 
 class DeliveryError(RuntimeError):
@@ -108,13 +127,13 @@ class EventProducer:
         await self._send(*checked(self.settings, event))
 
     async def send_rating(self, event: RatingEvent) -> None:
-        await self.send(event)
+        await self.send(expected(event, RatingEvent))
 
     async def send_item(self, event: ItemEvent) -> None:
-        await self.send(event)
+        await self.send(expected(event, ItemEvent))
 
     async def send_user(self, event: UserEvent) -> None:
-        await self.send(event)
+        await self.send(expected(event, UserEvent))
 
     async def send_core_event(self, event: Event) -> None:
         """Send one of the core's records (as read from a data file), validated as the
@@ -162,7 +181,7 @@ class EventProducer:
                     code="oversized",
                 )
         except EventError as reason:
-            raise EventError(f"{event!r:.120}: {reason}", reason.field) from None
+            raise EventError(f"{event!r:.120}: {reason}", reason.field, code=reason.code) from None
         topic, key = route(s, wire)
         await self._send(topic, key, raw)
 
@@ -349,13 +368,13 @@ class SyncEventProducer:
         )
 
     def send_rating(self, event: RatingEvent) -> None:
-        self.send(event)
+        self.send(expected(event, RatingEvent))
 
     def send_item(self, event: ItemEvent) -> None:
-        self.send(event)
+        self.send(expected(event, ItemEvent))
 
     def send_user(self, event: UserEvent) -> None:
-        self.send(event)
+        self.send(expected(event, UserEvent))
 
     def flush(self) -> None:
         """Wait until every event queued so far is acknowledged; ``DeliveryError`` for

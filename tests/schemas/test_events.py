@@ -25,6 +25,7 @@ from schemas import (
     UserEvent,
     WireEvent,
     parse_event,
+    validate_event,
 )
 from schemas.export import SCHEMA_DIR, main, render_schemas, schema_filename, stale_schemas
 
@@ -117,9 +118,18 @@ def test_rating_not_finite_rejected(literal: str, shown: str) -> None:
 
 
 def test_rating_scale_from_context() -> None:
+    """The scale is the deployment's: an event built in code (no context) is only checked
+    to be finite, and a context, or parse_event's and validate_event's default, checks
+    it."""
     half_star = rating(rating=0.5)
     with pytest.raises(ValidationError, match=r"0\.5 is outside the rating scale \[1\.0, 5\.0\]"):
-        RatingEvent.model_validate(half_star)
+        RatingEvent.model_validate(half_star, context={"rating_scale": DEFAULT_RATING_SCALE})
+    with pytest.raises(EventError, match=r"0\.5 is outside the rating scale \[1\.0, 5\.0\]"):
+        validate_event(half_star, RatingEvent)
+    assert RatingEvent(**half_star).rating == 0.5  # (an app on a half-star deployment)
+    assert RatingEvent(**rating(rating=8)).rating == 8.0
+    with pytest.raises(ValidationError, match="not finite"):
+        RatingEvent(**rating(rating=math.inf))
     for scale in [(0.5, 5.0), RatingScale(0.5, 5.0)]:
         assert RatingEvent.model_validate(half_star, context={"rating_scale": scale}).rating == 0.5
 
@@ -163,13 +173,13 @@ def test_property_ratings_in_scale_round_trip(low: float, span: float, fraction:
 def test_property_ratings_outside_default_scale_rejected(value: float) -> None:
     fields = rating(rating=value)
     if isinstance(value, float) and math.isfinite(value) and 1.0 <= value <= 5.0:
-        assert RatingEvent.model_validate(fields).rating == value
+        assert validate_event(fields, RatingEvent).rating == value
         return
     if isinstance(value, int) and 1 <= value <= 5:
-        assert RatingEvent.model_validate(fields).rating == float(value)
+        assert validate_event(fields, RatingEvent).rating == float(value)
         return
-    with pytest.raises(ValidationError, match="rating"):
-        RatingEvent.model_validate(fields)
+    with pytest.raises(EventError, match="rating"):
+        validate_event(fields, RatingEvent)
 
 
 # --- ids ---------------------------------------------------------------------------------------
@@ -490,7 +500,9 @@ def test_typo_reports_the_unknown_field_first() -> None:
 
 def test_validation_error_names_field_and_value() -> None:
     with pytest.raises(ValidationError) as caught:
-        RatingEvent.model_validate(rating(rating=7, ratng=4))
+        RatingEvent.model_validate(
+            rating(rating=7, ratng=4), context={"rating_scale": DEFAULT_RATING_SCALE}
+        )
     message = str(caught.value)
     assert "rating\n  7.0 is outside the rating scale [1.0, 5.0]" in message
     assert "ratng" in message and "input_value=4" in message

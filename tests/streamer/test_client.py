@@ -150,7 +150,12 @@ def test_a_document_with_fields_of_other_types_or_a_key_of_another_type_is_said_
     not reported as Redis being unreachable."""
     r, prefix = stored
     item = {"item_id": "a", "score": 0.5, "reason": "popular now"}
-    for bad in ({"items": [item | {"score": True}]}, {"items": [item], "model_version": "x"}):
+    for bad in (
+        {"items": [item | {"score": True}]},
+        {"items": [item], "model_version": "x"},
+        {"items": [item | {"source": 7}]},
+        {"items": [item | {"because": ["x"]}]},
+    ):
         r.set(f"{prefix}recs:u3", json.dumps(bad))
         with (
             RecommendationClient(redis_url, prefix) as client,
@@ -165,6 +170,27 @@ def test_a_document_with_fields_of_other_types_or_a_key_of_another_type_is_said_
     ):
         client.recommend("u4")
     r.delete(f"{prefix}recs:u4")
+
+
+def test_a_corrupt_popular_list_is_named_as_itself_not_as_the_users_list(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    prefix = redis_key_prefix
+    r.set(f"{prefix}popular", b"{not json")
+    r.set(f"{prefix}recs:u6", b'{"items": []}')  # (empty: gives way to the popular list)
+    try:
+        with RecommendationClient(redis_url, prefix) as client:
+            for user in ("u5", "u6"):
+                with pytest.raises(RecommendationsUnavailable) as caught:
+                    client.recommend(user)
+                assert str(caught.value).startswith(f"{prefix}popular is not a")
+            with pytest.raises(RecommendationsUnavailable) as caught:
+                client.similar("i1")
+            assert str(caught.value).startswith(f"{prefix}popular is not a")
+    finally:
+        r.delete(f"{prefix}popular", f"{prefix}recs:u6")
+        r.close()
 
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["one Redis", "cluster"])

@@ -452,6 +452,44 @@ async def test_core_records_are_sent_on_the_deployments_rating_scale() -> None:
         await producer.send_core_event(Rating("u", "i", 0.25, 1.0))
 
 
+async def test_the_producer_sends_on_the_deployments_scale_keyed_as_the_worker_reads() -> None:
+    """An app on a 0.5-10 scale builds ``RatingEvent(rating=8)`` and sends it; a rating
+    off that scale is an ``EventError`` at the send (not pydantic's error at the build);
+    an id set with spaces around it after validation (``model_copy``) is keyed as the
+    worker reads it, stripped; an oversized core record keeps its code; and an event of
+    the wrong kind for a ``send_*`` is a ``TypeError`` naming what came."""
+    from recsys_online.events import Rating
+    from schemas import EventError, ItemEvent, RatingEvent, UserEvent
+    from streamer.producer import EventProducer
+    from streamer.settings import Settings
+
+    producer = EventProducer(Settings(rating_low=0.5, rating_high=10.0, max_payload_bytes=200))
+    sent = []
+
+    async def send(topic: str, key: str, value: bytes) -> None:
+        sent.append((topic, key))
+
+    producer._send = send
+    await producer.send_rating(RatingEvent(user_id="u1", item_id="i1", rating=8, timestamp=1))
+    with pytest.raises(EventError, match=r"rating: 10\.5 is outside the rating scale"):
+        await producer.send_rating(
+            RatingEvent(user_id="u1", item_id="i1", rating=10.5, timestamp=1)
+        )
+    event = UserEvent(user_id="u2", timestamp=1).model_copy(update={"user_id": " u2 "})
+    await producer.send_user(event)
+    item = ItemEvent(op="delete", item_id="i3", timestamp=1)
+    await producer.send_item(item.model_copy(update={"item_id": "i3 "}))
+    assert sent == [("recsys.ratings", "u1"), ("recsys.users", "u2"), ("recsys.items", "i3")]
+    with pytest.raises(EventError) as caught:
+        await producer.send_core_event(Rating("u" * 100, "i" * 100, 5.0, 1.0))
+    assert caught.value.code == "oversized"
+    with pytest.raises(TypeError, match="expected a RatingEvent, got a UserEvent"):
+        await producer.send_rating(UserEvent(user_id="u1", timestamp=1))
+    with pytest.raises(TypeError, match="expected a RatingEvent or ItemEvent or UserEvent"):
+        await producer.send({"user_id": "u1"})
+    assert len(sent) == 3
+
+
 async def test_a_flush_reports_every_failed_send_and_an_interrupted_one_forgets_none() -> None:
     """flush() raises for failed sends (naming how many); a flush cut short (a timeout)
     keeps its sends for the next one, which then reports them."""
