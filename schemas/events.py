@@ -45,13 +45,22 @@ Tags
     A list of strings (weight ``1.0`` each) or a mapping ``tag -> weight`` with weights
     from :data:`MIN_TAG_WEIGHT` to :data:`MAX_TAG_WEIGHT` (the model keeps float32: a
     weight near its limits would underflow to 0 or overflow); ``null`` means no tags. At
-    most :data:`MAX_TAGS` tags, each normalised (Unicode NFC, whitespace collapsed,
-    lower-cased) to 1 to :data:`MAX_TAG_LENGTH` characters, with the ids' rules.
+    most :data:`MAX_TAGS` tags, each of 1 to :data:`MAX_TAG_LENGTH` characters once its
+    whitespace is collapsed, then normalised (Unicode NFC, lower-cased), with the ids'
+    rules.
     Tags that normalise to the same string merge, keeping the largest weight, so listing a
     tag twice never doubles it. Stored as ``dict[str, float]``.
 Deletes
     ``ItemEvent(op="delete")`` needs only ``item_id`` and ``timestamp``; a delete carrying a
     title or tags is rejected as a producer bug.
+JSON Schemas
+    ``python -m schemas.export`` writes them: the strict form of these rules, so that an
+    event they accept, validation accepts too, but for what a pattern cannot say: a day
+    that does not exist (a 30 February), an instant before 1970 by its offset
+    (``1970-01-01T00:30:00+01:00``), an id or tag of nothing but format characters from
+    beyond the Basic Multilingual Plane, and the consumer's rating scale and clock.
+    Validation is more lenient where it normalises: it strips ids and titles, collapses
+    and lower-cases tags, and reads any ISO-8601 date-time with an offset.
 Payloads
     At most :data:`MAX_PAYLOAD_BYTES` (64 KiB) of UTF-8 JSON, configurable per call; duplicate
     keys are malformed JSON, and so is a record with no value (a Kafka tombstone). Text
@@ -101,7 +110,33 @@ EventErrorCode = Literal["oversized", "malformed", "not_object", "invalid"]
 # Control characters (C0, DEL, C1) and the line and paragraph separators: each would
 # break a reason, a log or a CSV line.
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]*$"
+
+# The JSON Schemas' patterns (ECMA-262 and Python ``re`` alike) say what validation says,
+# as the strict form: what they accept, validation accepts. Character classes as ranges
+# of code points: the control characters above; the other whitespace ``str.strip`` strips;
+# the Basic Multilingual Plane's format characters (Unicode category Cf, invisible).
+# ``tests/schemas`` checks the last two against ``unicodedata``.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f\u2028\u2029"
+_SPACE = r"\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+_FORMAT = (
+    r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f"
+    r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+)
+# ``$(?!\n)``: the end of the string in both (Python's ``$`` also matches before a last
+# newline). Ids and titles: no control character, nothing to strip at either end, a
+# visible character somewhere. Tags: no control character and a visible one (their
+# surrounding whitespace is collapsed away).
+_VISIBLE_SOMEWHERE = rf"(?=[^{_CONTROL}]*[^{_CONTROL}{_SPACE}{_FORMAT}])"
+_STRIPPED_PATTERN = (
+    rf"^{_VISIBLE_SOMEWHERE}[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$(?!\n)"
+)
+_TAG_PATTERN = rf"^{_VISIBLE_SOMEWHERE}[^{_CONTROL}]*$(?!\n)"
+# RFC 3339 date-time (what JSON Schema's "date-time" format names), from 1970 on.
+_DATE_TIME_PATTERN = (
+    r"^(?:19[7-9][0-9]|[2-9][0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$(?!\n)"
+)
 _SHOWN_CHARACTERS = 48
 
 
@@ -280,13 +315,19 @@ def _clean_text(value: object, max_length: int) -> str:
     return _bounded(value, str(value.strip()), max_length)
 
 
-def _bounded(raw: str, text: str, max_length: int, label: str = "") -> str:
-    """``text`` (normalised from ``raw``) if non-empty, short enough and free of control
-    characters; ``label`` starts each reason (e.g. ``"tag "``)."""
+def _bounded(
+    raw: str, text: str, max_length: int, label: str = "", measured: str | None = None
+) -> str:
+    """``text`` (normalised from ``raw``) if non-empty, short enough (``measured``, when
+    given, is what the length bounds) and free of control characters; ``label`` starts
+    each reason (e.g. ``"tag "``)."""
     if not text:
         raise _invalid(f"{label}{_show(raw)} is empty")
-    if len(text) > max_length:
-        raise _invalid(f"{label}{_show(text)} has {len(text)} characters, more than {max_length}")
+    measured = text if measured is None else measured
+    if len(measured) > max_length:
+        raise _invalid(
+            f"{label}{_show(measured)} has {len(measured)} characters, more than {max_length}"
+        )
     if _CONTROL_CHARACTER.search(text):
         raise _invalid(f"{label}{_show(text)} contains a control character")
     if not text.isascii() and all(unicodedata.category(c) == "Cf" for c in text):
@@ -348,8 +389,8 @@ def _check_rating(value: object, info: ValidationInfo) -> float:
 def _epoch_seconds(value: object) -> float:
     """Epoch seconds of a number, an aware ``datetime`` or an ISO-8601 string with offset."""
     if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
+        try:  # (RFC 3339 allows a lower-case "t" and "z": ISO-8601's letters upper-cased)
+            moment = datetime.fromisoformat(value.upper())
         except ValueError:
             raise _invalid(f"{_show(value)} is not an ISO-8601 date-time") from None
     elif isinstance(value, datetime):
@@ -377,12 +418,15 @@ def _normalise_tag(raw: object) -> str:
     composed (NFC), so that one spelling of ``"café"`` typed two ways is one tag."""
     if not isinstance(raw, str):
         raise _invalid(f"tag {_show(raw)} is not a string")
-    if raw.isascii():
-        text = " ".join(raw.split()).lower()
+    collapsed = " ".join(raw.split())
+    if collapsed.isascii():
+        text = collapsed.lower()
     else:  # (composed again after lower-casing, which may decompose)
         nfc = unicodedata.normalize
-        text = nfc("NFC", " ".join(nfc("NFC", raw).split()).lower())
-    return _bounded(raw, text, MAX_TAG_LENGTH, "tag ")
+        text = nfc("NFC", nfc("NFC", collapsed).lower())
+    # The length as sent, but for whitespace: lower-casing may lengthen a tag ("İ" is
+    # "i̇", two characters), and a tag within the schema's bound must pass.
+    return _bounded(raw, text, MAX_TAG_LENGTH, "tag ", measured=collapsed)
 
 
 def _check_tags(value: object) -> dict[str, float]:
@@ -412,9 +456,14 @@ _ID_SCHEMA: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_ID_LENGTH,
-    "pattern": _NO_CONTROL_PATTERN,
+    "pattern": _STRIPPED_PATTERN,
 }
-_TAG_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH}
+_TAG_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_TAG_LENGTH,
+    "pattern": _TAG_PATTERN,
+}
 
 EntityId = Annotated[str, BeforeValidator(_check_id), WithJsonSchema(_ID_SCHEMA, mode="validation")]
 EventId = Annotated[
@@ -432,7 +481,7 @@ Title = Annotated[
                     "type": "string",
                     "minLength": 1,
                     "maxLength": MAX_TITLE_LENGTH,
-                    "pattern": _NO_CONTROL_PATTERN,
+                    "pattern": _STRIPPED_PATTERN,
                 },
                 {"type": "null"},
             ]
@@ -450,7 +499,7 @@ Timestamp = Annotated[
         {
             "anyOf": [
                 {"type": "number", "minimum": MIN_TIMESTAMP},
-                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date-time", "pattern": _DATE_TIME_PATTERN},
             ]
         },
         mode="validation",

@@ -676,3 +676,124 @@ def test_exported_schema_rejects_what_the_models_reject(
     schema = json.loads(render_schemas()[schema_filename(kind)])
     assert not jsonschema.Draft202012Validator(schema).is_valid(fields)
     rejection(kind, fields)
+
+
+def test_the_schemas_character_classes_are_unicodes() -> None:
+    """The patterns' whitespace and format-character ranges are what ``str.strip`` and
+    ``unicodedata`` say, over the Basic Multilingual Plane."""
+    import re
+    import unicodedata
+
+    from schemas.events import _CONTROL, _FORMAT, _SPACE
+
+    def members(ranges: str) -> set[int]:
+        found = re.compile(f"[{ranges}]")
+        return {c for c in range(0x10000) if found.match(chr(c))}
+
+    control = members(_CONTROL)
+    assert members(_SPACE) == {c for c in range(0x10000) if chr(c).isspace()} - control
+    assert members(_FORMAT) == {c for c in range(0x10000) if unicodedata.category(chr(c)) == "Cf"}
+
+
+def _schema_accepts(kind: type[WireEvent], fields: dict[str, Any]) -> bool:
+    import jsonschema
+
+    schema = json.loads(render_schemas()[schema_filename(kind)])
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    return jsonschema.Draft202012Validator(schema, format_checker=checker).is_valid(fields)
+
+
+# Texts a producer in another language might send: whitespace of every kind around or
+# alone, invisible characters, controls, lengths at the bounds, casing that lengthens.
+ODD_TEXTS = [
+    "u42",
+    " u42",
+    "u42 ",
+    "u42\n",
+    "u1\t",
+    "\tu1",
+    "   ",
+    "\u00a0",
+    "\u200b",
+    "\ufeff",
+    "\u200bu1",
+    "u\u200b",
+    "a\u00a0b",
+    "a\x00b",
+    "a\u2028b",
+    "\u3000x\u3000",
+    "é 😀",
+    "a" * 128,
+    "a" * 129,
+    " " + "a" * 127,
+    "İ" * 64,
+    "İ" * 65,
+    "a" + " " * 70 + "b",
+    "Sci  Fi",
+    "x\u0085",
+    "\u1680",
+]
+
+
+@pytest.mark.parametrize("text", ODD_TEXTS, ids=ascii)
+def test_what_the_schema_accepts_as_an_id_title_or_tag_validation_accepts(text: str) -> None:
+    """The schemas are the strict form: an event they accept is never dead-lettered
+    (the reverse may be: validation strips and collapses), and an id they accept is
+    read as sent, so a producer keying by it keys as the worker checks."""
+    cases = [
+        (RatingEvent, rating(user_id=text), lambda e: e.user_id == text),
+        (RatingEvent, rating(event_id=text), lambda e: e.event_id == text),
+        (ItemEvent, item(item_id=text), lambda e: e.item_id == text),
+        (ItemEvent, item(title=text), lambda e: e.title == text),
+        (ItemEvent, item(tags=[text]), lambda e: len(e.tags) == 1),
+        (UserEvent, user(tags={text: 2.0}), lambda e: list(e.tags.values()) == [2.0]),
+    ]
+    for kind, fields, as_sent in cases:
+        if _schema_accepts(kind, fields):
+            assert as_sent(decode(kind, fields)), (kind.__name__, fields)
+    accepted = _schema_accepts(RatingEvent, rating(user_id=text))
+    assert accepted == (text == text.strip() and decodes(RatingEvent, rating(user_id=text)))
+
+
+def decodes(kind: type[WireEvent], fields: dict[str, Any]) -> bool:
+    try:
+        decode(kind, fields)
+    except EventError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "2023-11-14T22:13:20Z",
+        "2023-11-14t22:13:20z",
+        "2023-11-14T22:13:20.123456789+05:30",
+        "1970-01-01T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "2023-11-14",
+        "yesterday",
+        "1700000000",
+        "2023-11-14T22:13:60Z",
+        "2023-11-14T24:00:00Z",
+        "20231114T221320Z",
+        "2023-11-14 22:13:20Z",
+        "2023-11-14T22:13:20+0000",
+        "2023-11-14T22:13Z",
+        "2023-11-14T22:13:20Z\n",
+        "2023-11-14T22:13:20",
+    ],
+)
+def test_what_the_schema_accepts_as_a_date_time_validation_accepts(moment: str) -> None:
+    """RFC 3339 from 1970 on: each moment the schema accepts (with or without its format
+    checker) is a timestamp validation reads (a lower-case "t" and "z" too)."""
+    import jsonschema
+
+    fields = rating(timestamp=moment)
+    schema = json.loads(render_schemas()[schema_filename(RatingEvent)])
+    if jsonschema.Draft202012Validator(schema).is_valid(fields):
+        assert decodes(RatingEvent, fields), moment
+    assert _schema_accepts(RatingEvent, fields) == (
+        moment.startswith(("2023-11-14T22:13:20Z", "2023-11-14t", "2023-11-14T22:13:20.", "1970"))
+        and not moment.endswith("\n")
+    )
