@@ -252,6 +252,8 @@ def prequential(
     >>> last.ratings, last.relevant, last.recall_at_k
     (4, 4, 0.5)
     """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")  # (before any learning)
     if checkpoint_every < 1 or batch_size < 1:
         raise ValueError(
             f"checkpoint_every and batch_size must be >= 1, got {checkpoint_every} and {batch_size}"

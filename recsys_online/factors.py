@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,43 @@ class FactorParams:
     clip_error: float = 4.0
     adaptive: bool = True
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        """Refuse, by name, a setting that would learn nothing or NaN without a word.
+
+        >>> FactorParams(lr_factor=float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: factors.lr_factor must be a finite number > 0, got nan
+        """
+        for name, ok, rule in _PARAM_RULES:
+            value = getattr(self, name)
+            number = isinstance(value, int | float | np.integer | np.floating)
+            if isinstance(value, bool) or not number or not ok(value):
+                raise ValueError(f"factors.{name} must be {rule}, got {value!r}")
+        if not isinstance(self.adaptive, bool | np.bool_):
+            raise ValueError(f"factors.adaptive must be True or False, got {self.adaptive!r}")
+
+
+def _positive(v: float) -> bool:
+    return 0.0 < v < math.inf
+
+
+def _not_negative(v: float) -> bool:
+    return 0.0 <= v < math.inf
+
+
+#: (field, test, the rule a ``ValueError`` states) for :class:`FactorParams`.
+_PARAM_RULES = (
+    ("n_factors", lambda v: isinstance(v, int | np.integer) and v >= 1, "an integer >= 1"),
+    ("lr_bias", _positive, "a finite number > 0"),
+    ("lr_factor", _positive, "a finite number > 0"),
+    ("l2_bias", _not_negative, "a finite number >= 0"),
+    ("l2_factor", _not_negative, "a finite number >= 0"),
+    ("init_std", _not_negative, "a finite number >= 0"),
+    ("clip_error", _positive, "a finite number > 0"),
+    ("seed", lambda v: isinstance(v, int | np.integer) and v >= 0, "an integer >= 0"),
+)
 
 
 class FactorModel:

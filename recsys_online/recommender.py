@@ -109,6 +109,8 @@ def _count(v: float) -> bool:
     return isinstance(v, int | np.integer) and v >= 1
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 #: (field, test, the rule a ``ValueError`` states) for :class:`RecommenderConfig`'s numbers.
 _CONFIG_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("relevant", math.isfinite, "a finite number"),
@@ -162,16 +164,19 @@ class RecommenderConfig:
         if unknown or not self.signals:
             raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {self.signals}")
         lo, hi = self.scale
-        if not lo < hi:
-            raise ValueError(f"scale must be (low, high) with low < high, got {self.scale}")
+        # (float32 bounds: ratings are kept as float32, and an unbounded scale would
+        # let an infinite rating through)
+        if not -_FLOAT32_MAX <= lo < hi <= _FLOAT32_MAX:
+            raise ValueError(
+                f"scale must be (low, high), finite, with low < high, got {self.scale}"
+            )
         for name, ok, rule in _CONFIG_RULES:
             value = getattr(self, name)
             number = isinstance(value, int | float | np.integer | np.floating)
             if isinstance(value, bool) or not number or not ok(value):
                 raise ValueError(f"{name} must be {rule}, got {value!r}")
-        n_factors = self.factors.n_factors
-        if not _count(n_factors):
-            raise ValueError(f"factors.n_factors must be an integer >= 1, got {n_factors!r}")
+        if not isinstance(self.factors, FactorParams):
+            raise ValueError(f"factors must be a FactorParams, got {self.factors!r}")
 
 
 class Recommender:
@@ -350,8 +355,8 @@ class Recommender:
             )
         for item_tags in tags:
             check_weights(item_tags or {})
-        if timestamps is not None and not np.isfinite(np.asarray(timestamps, np.float64)).all():
-            raise ValueError(f"timestamps must be finite, got {list(timestamps)!r}"[:200])
+        if timestamps is not None:
+            _check_timestamps(np.asarray(timestamps, np.float64))
         rows = self.items.rows(items)
         self._ensure()
         self.active[rows] = True
@@ -585,9 +590,7 @@ class Recommender:
                 f"ratings must be finite and within the scale [{low:g}, {high:g}], "
                 f"got {r[bad][0]:g}"
             )
-        ts = np.asarray(timestamps, np.float64)
-        if not np.isfinite(ts).all():
-            raise ValueError(f"timestamps must be finite, got {ts[~np.isfinite(ts)][0]:g}")
+        _check_timestamps(np.asarray(timestamps, np.float64))
 
     def learn_rating(self, user: str, item: str, rating: float, timestamp: float = 0.0) -> None:
         """Learn one rating (test-then-train callers predict and rank before this)."""
@@ -776,6 +779,7 @@ class Recommender:
         ok = (rows >= 0) & (rows < n_items)
         if ok.any():
             self.popularity.add_mass(rows[ok], changes.mass[ok], changes.now)
+            self.now = max(self.now, changes.now)  # (scores are read at the model's clock)
             applied += int(np.count_nonzero(ok))
         rows = self.items.get_many(changes.pair_items)
         ok = (rows >= 0) & (rows < n_items)
@@ -1567,6 +1571,28 @@ def _side_columns(signals: Sequence[str], k: int, d: int) -> dict[str, slice]:
             out[name] = slice(start, start + width)
             start += width
     return out
+
+
+#: Timestamps beyond this many seconds from 1970 either way (2^53: float64's exact
+#: integers, 285 million years) are refused: two that far apart would overflow the
+#: popularity's decay to infinity.
+MAX_ABS_TIMESTAMP = float(2**53)
+
+
+def _check_timestamps(ts: np.ndarray) -> None:
+    """A ``ValueError`` naming the first timestamp that is not finite or is beyond
+    :data:`MAX_ABS_TIMESTAMP`.
+
+    >>> _check_timestamps(np.array([1.0, -1e300]))
+    Traceback (most recent call last):
+    ...
+    ValueError: timestamps must be finite seconds within +-2^53 of 1970, got -1e+300
+    """
+    bad = ~(np.abs(ts) <= MAX_ABS_TIMESTAMP)  # (NaN compares false: bad too)
+    if bad.any():
+        raise ValueError(
+            f"timestamps must be finite seconds within +-2^53 of 1970, got {ts[bad][0]:g}"
+        )
 
 
 def _joined(

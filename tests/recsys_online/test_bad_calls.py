@@ -38,7 +38,8 @@ def _state(rec: Recommender) -> tuple:
         (["cy"], ["c"], [math.nan], [3.0], "ratings must be finite and within the scale"),
         (["cy"], ["c"], [100.0], [3.0], r"within the scale \[1, 5\], got 100"),
         (["cy"], ["c"], [-3.0], [3.0], "got -3"),
-        (["cy"], ["c"], [4.0], [math.inf], "timestamps must be finite, got inf"),
+        (["cy"], ["c"], [4.0], [math.inf], "timestamps must be finite .*, got inf"),
+        (["cy"], ["c"], [4.0], [-1.7e308], "within [+]-2.53 of 1970, got -1.7e[+]308"),
         (["cy"], ["c"], [4.0], [math.nan], "timestamps must be finite"),
         (["cy", "dee"], ["new", "a"], [5.0], [1.0], "2 users need as many items, ratings"),
         (["cy", "dee"], ["c", "a"], [5.0, 4.0], [1.0], "got 2, 2 and 1"),
@@ -128,10 +129,44 @@ def test_prequential_ends_with_a_checkpoint_when_the_stream_ends_with_a_refused_
         )
 
 
-@pytest.mark.parametrize("bad", [{"checkpoint_every": 0}, {"batch_size": 0}])
-def test_prequential_refuses_steps_of_zero_up_front(bad: dict) -> None:
-    with pytest.raises(ValueError, match="must be >= 1"):
-        next(prequential(Recommender(), [Rating("u", "x", 5.0, 1.0)], **bad))
+@pytest.mark.parametrize(
+    "bad", [{"checkpoint_every": 0}, {"batch_size": 0}, {"k": -1}, {"k": 2.5}, {"k": True}]
+)
+def test_prequential_refuses_steps_of_zero_or_a_bad_k_up_front(bad: dict) -> None:
+    model = Recommender()
+    with pytest.raises(ValueError, match=r"must be (an integer )?>= [01]"):
+        next(prequential(model, [Rating("u", "x", 3.0, 1.0), Rating("u", "y", 5.0, 2.0)], **bad))
+    assert model.n_events == 0  # (k was checked only at the first relevant rating, after)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("lr_factor", math.nan, "a finite number > 0"),
+        ("lr_bias", -1.0, "a finite number > 0"),
+        ("clip_error", 0.0, "a finite number > 0"),
+        ("init_std", math.inf, "a finite number >= 0"),
+        ("l2_factor", -0.1, "a finite number >= 0"),
+        ("n_factors", 0, "an integer >= 1"),
+        ("n_factors", 4.0, "an integer >= 1"),
+        ("adaptive", "yes", "True or False"),
+    ],
+)
+def test_factor_settings_that_would_learn_nothing_or_nan_are_refused_by_name(
+    field: str, value: object, rule: str
+) -> None:
+    # (Each was accepted: NaN settings gave NaN predictions and empty lists, and a negative
+    # or zero rate learned nothing, silently.)
+    with pytest.raises(ValueError, match=f"factors.{field} must be {rule}, got"):
+        FactorParams(**{field: value})
+
+
+@pytest.mark.parametrize("scale", [(1.0, math.inf), (-math.inf, 5.0), (1.0, 1e39)])
+def test_an_unbounded_scale_is_refused(scale: tuple[float, float]) -> None:
+    # (With (1, inf), an infinite rating passed as "within the scale": mu, every
+    # prediction and every list went infinite or empty.)
+    with pytest.raises(ValueError, match=r"scale must be .*finite"):
+        RecommenderConfig(scale=scale)
 
 
 @pytest.mark.parametrize(
@@ -148,10 +183,8 @@ def test_prequential_refuses_steps_of_zero_up_front(bad: dict) -> None:
         ({"seed": -1}, "seed must be an integer >= 0, got -1"),
         ({"n_negatives": True}, "n_negatives must be an integer >= 1, got True"),
         ({"history_limit": math.inf}, "history_limit must be an integer >= 1, got inf"),
-        ({"factors": FactorParams(n_factors=0)}, "n_factors must be an integer >= 1, got 0"),
         ({"content_dim": 8.0}, "content_dim must be an integer >= 1, got 8.0"),
         ({"seed": 42.0}, "seed must be an integer >= 0, got 42.0"),
-        ({"factors": FactorParams(n_factors=4.0)}, "n_factors must be an integer >= 1, got 4.0"),
     ],
 )
 def test_a_config_the_model_cannot_run_is_refused_by_name(setting: dict, message: str) -> None:

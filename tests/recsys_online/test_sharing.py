@@ -230,3 +230,18 @@ def test_long_replays_keep_pending_pairs_summed(monkeypatch) -> None:
     got, want = a.take_item_changes(), b.take_item_changes()
     assert len(got.pair_w) == len(want.pair_w)
     assert got.pair_w.sum() == pytest.approx(want.pair_w.sum(), rel=1e-5)
+
+
+def test_a_model_receiving_ratings_of_a_later_day_scores_popularity_at_that_day() -> None:
+    """Popularity taken from another model's changes is read at the latest time either
+    model saw: the receiver read it a day behind, and inflated it (1.166 against 1.0986)."""
+    a, b = Recommender(), Recommender()
+    for m in (a, b):
+        m.upsert_items(["x", "y", "z"], [{"jazz": 1.0}, {"rock": 1.0}, {"jazz": 1.0}], [1.7e9] * 3)
+        m.track_item_changes()
+    t = 1.7e9 + 86400.0
+    a.learn_many(["u1", "u2", "u3"], ["x", "x", "y"], [5.0, 4.0, 5.0], [t, t, t])
+    b.apply_item_changes(a.take_item_changes())
+    assert b.now == a.now == t
+    assert [r.item for r in b.popular(3)] == [r.item for r in a.popular(3)]
+    assert [r.score for r in b.popular(3)] == pytest.approx([r.score for r in a.popular(3)])
