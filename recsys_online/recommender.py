@@ -239,6 +239,9 @@ class Recommender:
         # Rated item rows that left a heavy user's history (past ``history_limit``): still
         # never recommended to that user again. Distinct, so at most the catalog per user.
         self._older: dict[int, array] = {}
+        # Compacted items' raters (id -> user rows): an id listed again is never shown
+        # to them (see :meth:`compact`).
+        self._forgotten: dict[str, np.ndarray] = {}
         self.n_events = 0
         self.now = 0.0
         self._sizes = (-1, -1)  # (users, items) storage was last grown for
@@ -276,6 +279,7 @@ class Recommender:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_older", {})  # (pickled before it existed)
+        state.setdefault("_forgotten", {})
         state.setdefault("_waiting", {})
         state.setdefault("_declared_tags", {})
         if "_item_base" in state:  # (pickled when only item vectors were shared)
@@ -357,7 +361,7 @@ class Recommender:
             check_weights(item_tags or {})
         if timestamps is not None:
             _check_timestamps(np.asarray(timestamps, np.float64))
-        rows = self.items.rows(items)
+        rows = self._item_rows(items)
         self._ensure()
         self.active[rows] = True
         self.deleted[rows] = False
@@ -398,7 +402,7 @@ class Recommender:
         again resumes from them)."""
         row = self.items.get(item)
         if row is None:
-            row = self.items.row(item)
+            row = int(self._item_rows([item])[0])
             self._ensure()
         self.active[row] = False
         self.deleted[row] = True
@@ -434,6 +438,14 @@ class Recommender:
         (1, 2, ['b', 'c'])
         >>> rec.has_rated(["ann"], ["c"]), rec.is_deleted("a"), "a" in rec.items
         ([True], False, False)
+
+        Who rated a forgotten item is kept (by id, a user row each), so an item listed
+        again is never shown to its raters, whether compaction ran or not:
+
+        >>> rec.learn_rating("ann", "b", 4.0); rec.delete_item("b"); rec.compact()
+        1
+        >>> rec.upsert_item("b", {"y": 1.0}); rec.has_rated(["ann"], ["b"])
+        [True]
         """
         n = self.n_items
         gone = self.deleted[:n]
@@ -442,6 +454,7 @@ class Recommender:
             return 0
         keep = np.flatnonzero(~gone)
         new_row = row_map(keep, n)
+        self._forget_raters(gone)
         self.items = self.items.subset(keep)
         self.mf.keep_items(keep)
         self.vectors.keep_items(keep)
@@ -456,6 +469,40 @@ class Recommender:
         self._side, self._side_key, self._pop_key = None, (), ()
         self._side_dirty.clear()
         return dropped
+
+    def _forget_raters(self, gone: np.ndarray) -> None:
+        """Keep, by id, who rated each item row that ``gone`` marks (recent history and
+        older ratings alike), before compaction drops the rows."""
+        users = np.arange(len(self.history))
+        flat, lengths = _joined(self.history, users, np.int32)
+        owner = np.repeat(users, lengths)
+        older = list(self._older.items())
+        if older:
+            flat = np.concatenate([flat, *(np.frombuffer(o, np.int32) for _, o in older)])
+            owner = np.concatenate([owner, *(np.full(len(o), u) for u, o in older)])
+        hit = gone[flat]
+        rows, raters = flat[hit], owner[hit].astype(np.int32)
+        if not len(rows):
+            return
+        order = np.lexsort((raters, rows))
+        rows, raters = rows[order], raters[order]
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        ids = self.items.ids_of(rows[starts].tolist())
+        for item, part in zip(ids, np.split(raters, starts[1:]), strict=True):
+            before = self._forgotten.get(item)
+            self._forgotten[item] = np.unique(part if before is None else np.r_[before, part])
+
+    def _item_rows(self, items: Sequence[str]) -> np.ndarray:
+        """Rows of ``items``, new ids given the next rows; an id compacted away comes back
+        with its raters, as older ratings of theirs (never shown to them again)."""
+        n = len(self.items)
+        rows = self.items.rows(items)
+        if self._forgotten and len(rows) and int(rows.max()) >= n:
+            new = np.unique(rows[rows >= n])
+            for row, item in zip(new.tolist(), self.items.ids_of(new.tolist()), strict=True):
+                for user in self._forgotten.pop(item, np.zeros(0, np.int32)).tolist():
+                    self._older.setdefault(user, array("i")).append(row)
+        return rows
 
     def _renumber_histories(self, new_row: np.ndarray) -> None:
         """Every user's rated item rows through ``new_row`` (old row -> new row, -1:
@@ -632,7 +679,7 @@ class Recommender:
                 self._own = own
             return
         u = self.users.rows(users)
-        i = self.items.rows(items)
+        i = self._item_rows(items)
         self._ensure()
         r = np.asarray(ratings, np.float32)
         ts = np.asarray(timestamps, np.float64)
@@ -692,11 +739,16 @@ class Recommender:
         user_row, item_row = self.users.get, self.items.get  # (dict lookups: small batches)
         n_users = len(self.history)
         out = []
+        forgotten = self._forgotten
         for user, item in zip(users, items, strict=True):
             uu, ii = user_row(user), item_row(item)
-            out.append(
-                uu is not None and ii is not None and uu < n_users and ii in self._rated_of(uu)
-            )
+            if uu is None or uu >= n_users:
+                out.append(False)
+            elif ii is None:  # (an item compacted away: by its raters kept)
+                raters = forgotten.get(item)
+                out.append(raters is not None and bool((raters == uu).any()))
+            else:
+                out.append(ii in self._rated_of(uu))
         return out
 
     def _rated_of(self, user: int) -> array:

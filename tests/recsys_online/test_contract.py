@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import pickle
 from collections.abc import Iterable
 
 import numpy as np
@@ -528,6 +529,37 @@ def test_compacting_changes_no_list_score_or_prediction(name: str) -> None:
         assert lists_a == lists_b
         np.testing.assert_allclose(numbers_a, numbers_b, rtol=1e-5, atol=1e-6)
     assert compacted.compact() == 0  # nothing deleted since
+
+
+def test_an_item_listed_again_after_compacting_is_never_shown_to_its_raters(name: str) -> None:
+    """Compacting forgets a deleted item's row, not who rated it: listed again (or
+    brought back by a rating), it stays out of its raters' lists, as without compacting,
+    and ``has_rated`` says so before and after (a pickled model keeps them too)."""
+    events = _events()
+    cut = max(n for n, e in enumerate(events) if isinstance(e, ItemDelete)) + 1
+    kept = _build(name, 1, cut)
+    compacted = copy.deepcopy(kept)
+    assert compacted.compact() > 0
+    compacted = pickle.loads(pickle.dumps(compacted))
+    gone = sorted(_deleted_items())
+    users = _users()
+    pairs = [(u, i) for u in users for i in gone]
+    rated = kept.has_rated([u for u, _ in pairs], [i for _, i in pairs])
+    assert any(rated)
+    assert compacted.has_rated([u for u, _ in pairs], [i for _, i in pairs]) == rated
+    back, by_rating = gone[: len(gone) // 2 + 1], gone[len(gone) // 2 + 1 :]
+    for model in (kept, compacted):
+        model.upsert_items(back, [{"relisted": 1.0}] * len(back), [1e9] * len(back))
+        for item in by_rating:  # (an unknown item's rating lists it)
+            model.learn_rating("somebody-new", item, 4.0, 1e9)
+    assert compacted.has_rated([u for u, _ in pairs], [i for _, i in pairs]) == rated
+    listed = [[r.item for r in recs] for recs in compacted.recommend_many(users, 50)]
+    for user, items in zip(users, listed, strict=True):
+        assert not set(items) & {
+            i for (u, i), r in zip(pairs, rated, strict=True) if r and u == user
+        }
+    if name != "popularity":  # (its lists are the same for all: nobody's gets them)
+        assert {i for items in listed for i in items} & set(gone)  # (listed for the others)
 
 
 def test_compacting_every_item_keeps_the_predictions_of_unknown_items(name: str) -> None:
