@@ -1384,8 +1384,12 @@ class Recommender:
         d = min(self.config.content_dim, max(1, self.tags.n_tags))
         content = self.content.C
         scores = self._out(len(r), width)
-        weighted = content[r, :d] * np.float32(self.config.similar_content_weight)
-        np.matmul(weighted, content[:n, :d].T, out=scores[:, :n])
+        weight = np.float32(self.config.similar_content_weight)
+        if self.tags.n_tags <= d:  # one column a tag: the vectors' cosines are exact
+            np.matmul(content[r, :d] * weight, content[:n, :d].T, out=scores[:, :n])
+        else:  # tags share columns (with signs: sharing a tag can cancel out): from tags
+            self.content.exact_cosines(r, n, scores[:, :n])
+            scores[:, :n] *= weight
         scores[:, n:] = -np.inf
         # Co-occurrence: each item's neighbours are distinct, so one scatter adds them;
         # only the weight the pair earned (a SpaceSaving newcomer's inherited share is

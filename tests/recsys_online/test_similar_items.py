@@ -88,3 +88,26 @@ def test_the_content_weight_is_a_setting_of_its_own() -> None:
     assert [r.item for r in by_tags.similar_items("x", 2)] == ["a", "b"]
     with pytest.raises(ValueError, match="similar_content_weight"):
         RecommenderConfig(similar_content_weight=-1.0)
+
+
+def test_past_content_dim_tags_every_item_sharing_a_tag_can_be_listed() -> None:
+    """With more tags than content columns, tags share columns with opposite signs and
+    cancel out: a hashed cosine left most items that share a tag out of the list (200 of
+    200 lists short at 1,000 tags). Scored from the tags themselves, each list holds
+    ``min(k, items sharing a tag)`` items, and the cosines are the hashed ones'
+    wherever one column holds one tag."""
+    rng = np.random.default_rng(0)
+    n, k = 600, 10
+    tags = [{f"t{int(t)}": 1.0 for t in rng.choice(300, 3, replace=False)} for _ in range(n)]
+    items = [f"i{j}" for j in range(n)]
+    rec = Recommender(RecommenderConfig(content_dim=16))
+    rec.upsert_items(items, tags)
+    for j, recs in zip(range(n), rec.similar_many(items, k), strict=True):
+        sharing = {items[x] for x in range(n) if x != j and tags[x].keys() & tags[j].keys()}
+        assert len(recs) == min(k, len(sharing)) and {r.item for r in recs} <= sharing
+    few = Recommender(RecommenderConfig(content_dim=64))
+    few.upsert_items(items[:50], [{f"t{j % 40}": 1.0, f"t{j % 7}": 0.5} for j in range(50)])
+    rows = np.arange(50)
+    exact = few.content.exact_cosines(rows, 50, np.empty((50, 50), np.float32))
+    hashed = few.content.C[:50] @ few.content.C[:50].T
+    np.testing.assert_allclose(exact, hashed, atol=1e-6)
