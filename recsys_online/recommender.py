@@ -1351,6 +1351,17 @@ class Recommender:
             out[a] = recs
         return out
 
+    def content_cosines(self, rows: np.ndarray, among: np.ndarray) -> np.ndarray:
+        """The content cosines "more like this" scores, of items ``among`` with items
+        ``rows``: shape ``(len(among), len(rows))``."""
+        d = min(self.config.content_dim, max(1, self.tags.n_tags))
+        if self.tags.n_tags <= d:
+            content = self.content.C
+            return content[among, :d] @ content[rows, :d].T
+        n = self.n_items
+        exact = self.content.exact_cosines(rows, n, np.empty((len(rows), n), np.float32))
+        return exact[:, among].T
+
     def similar_rows(
         self, r: np.ndarray, names: Sequence[str], k: int = 10
     ) -> tuple[list[list[Recommendation]], np.ndarray, np.ndarray]:

@@ -754,7 +754,7 @@ class StreamEngine:
         if self.settings.similar_every_s <= 0:
             return {}
         model, now = self.model, self.similar_clock() if now is None else now
-        n, content, k = model.n_items, model.content.C, self.settings.k
+        n, k = model.n_items, self.settings.k
         if model.content.full_refreshes != self._similar_content:  # every vector moved
             self._similar_content = model.content.full_refreshes
             self.similar.rated(np.arange(n), now, self.settings.similar_every_s)
@@ -764,7 +764,7 @@ class StreamEngine:
             content cosine (weighted as the lists weigh it), plus 1 (a co-occurrence
             share's most) where one of ``rows`` is a neighbour."""
             weight = model.config.similar_content_weight
-            best = (content[among] @ content[rows].T).max(axis=1) * weight
+            best = model.content_cosines(rows, among).max(axis=1) * weight
             return best + (row_map(rows, n) >= 0)[model.cooc.nbr[among]].any(axis=1)
 
         mine = self.similar.owned(n, shard, model.items.ids_of)

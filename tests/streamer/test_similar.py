@@ -422,3 +422,28 @@ def test_freed_rows_keep_which_lists_are_this_workers() -> None:
 def test_the_workers_content_weight_comes_from_its_settings() -> None:
     settings = Settings.from_env({"RECSYS_SIMILAR_CONTENT_WEIGHT": "0.5"})
     assert StreamEngine(settings).model.config.similar_content_weight == 0.5
+
+
+def test_past_content_dim_tags_a_new_item_sharing_a_tag_enters_lists_its_hash_hides() -> None:
+    """Tag rows 71 and 135 land in one content column with opposite signs: x's hashed
+    vector points away from n's though both carry "a" (cosine -0.66). The bound that
+    decides which lists a new item may enter read those vectors, so x's list never fell
+    due; it reads the tags themselves, as the lists' scores do."""
+    engine = StreamEngine(Settings(k=3, n_factors=4, similar_every_s=300.0))
+    for j in range(71):
+        engine.upsert_item(f"f{j}", {f"own{j}": 1.0})
+    engine.upsert_item("pre", {"a": 1.0})
+    for j in range(63):
+        engine.upsert_item(f"g{j}", {f"gown{j}": 1.0})
+    engine.upsert_item("x", {"a": 1.0, "b": 1.0})
+    model = engine.model
+    assert (model.tags.index.get("a"), model.tags.index.get("b")) == (71, 135)
+    while engine.similar_lists(now=1.0):
+        pass
+    engine.upsert_item("n", {"a": 1.0, "d": 1.0})
+    x, n = model.items.get("x"), model.items.get("n")
+    assert float(model.content.C[x] @ model.content.C[n]) < 0
+    written: dict[str, list[str]] = {}
+    while lists := engine.similar_lists(now=1.0):
+        written.update(_items(lists))
+    assert written.get("x") == ["pre", "n"] == [r.item for r in model.similar_items("x", 3)]
