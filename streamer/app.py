@@ -17,7 +17,7 @@ from pathlib import Path
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
@@ -63,17 +63,42 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         missing = [t for t in wanted if t.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
-                await admin.create_topics(missing)
+                _check_created(settings, await admin.create_topics(missing))
         waiting = await _wait_for_leaders(
             admin, {t.name: t.num_partitions for t in wanted}, timeout_s
         )
         if waiting:
-            raise RuntimeError(
+            raise SettingsError(
                 f"Kafka at {settings.bootstrap_servers} accepted topics {waiting} but has no "
                 f"leader for them after {timeout_s:.0f} s"
             )
     finally:
         await admin.close()
+
+
+def _check_created(settings: Settings, response: object) -> None:
+    """A :class:`SettingsError` naming the topics Kafka refused to create and why
+    (aiokafka returns its per-topic errors without raising: the worker would then wait
+    for their leaders in vain). A topic another worker created first is no error.
+
+    >>> class Response:
+    ...     topic_errors = [("recsys.ratings", 0, None), ("recsys.users", 29, "denied")]
+    >>> _check_created(Settings(), Response())
+    Traceback (most recent call last):
+    ...
+    streamer.settings.SettingsError: Kafka at 127.0.0.1:9092 refused to create recsys.users: \
+TopicAuthorizationFailedError (denied)
+    """
+    refused = []
+    for topic, code, *message in getattr(response, "topic_errors", ()):
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        name = for_code(code).__name__
+        refused.append(f"{topic}: {name}" + (f" ({message[0]})" if message and message[0] else ""))
+    if refused:
+        raise SettingsError(
+            f"Kafka at {settings.bootstrap_servers} refused to create {'; '.join(refused)}"
+        )
 
 
 def _shared(settings: Settings) -> set[str]:

@@ -346,8 +346,15 @@ def redacted_url(url: str) -> str:
     'rediss://h:6380/0?password=***&ssl_ca_certs=/ca.pem'
     >>> redacted_url("redis+sentinel://:pw@h1,h2:26380/m/0?sentinel_password=sp")
     'redis+sentinel://:***@h1,h2:26380/m/0?sentinel_password=***'
+
+    Not a URL (a slash missing, say), everything up to its last ``@`` is hidden:
+
+    >>> redacted_url("redis//:s3cret@h:6379/0"), redacted_url("rediss:/:s3cret@h")
+    ('***@h:6379/0', '***@h')
     """
     parts = urlsplit(url)
+    if not parts.netloc and "@" in url:
+        return "***@" + url.rpartition("@")[2]
     if parts.query:  # redis-py also takes the password as a query parameter
         query = [
             f"{name}=***" if name in ("password", "sentinel_password") else f"{name}{sep}{value}"

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from schemas import parse_event
+
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_DB_PATH = re.compile(r"/[0-9]+")
 
 E = TypeVar("E")
 
@@ -212,14 +217,45 @@ class Settings:
         for name, value in {**topics, "brokers": self.brokers, "app_id": self.app_id}.items():
             if not value.strip():
                 raise SettingsError(f"RECSYS_{name.upper()} must not be empty")
-        if len(set(topics.values())) < len(topics):
-            raise SettingsError(f"the five topics must have distinct names, got {topics}")
+        for name, value in topics.items():
+            if not _KAFKA_TOPIC.fullmatch(value) or value in (".", ".."):
+                raise SettingsError(
+                    f"RECSYS_{name.upper()}: {value!r} is not a Kafka topic name (1 to 249 "
+                    "of the letters, digits, '.', '_' and '-', not '.' or '..')"
+                )
+        # (Kafka refuses two topics whose names differ only by '.' against '_')
+        if len({value.replace(".", "_") for value in topics.values()}) < len(topics):
+            named = ", ".join(f"RECSYS_{n.upper()}={v}" for n, v in topics.items())
+            raise SettingsError(
+                f"the five topics must have distinct names, '.' and '_' alike: {named}"
+            )
+        self._check_brokers()
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise SettingsError("RECSYS_PROCESSING_GUARANTEE must be at_least_once or exactly_once")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"RECSYS_LOG_FORMAT must be text or json, got {self.log_format!r}")
         self._check_redis()
         self._check_kafka_security()
+
+    def _check_brokers(self) -> None:
+        """Every broker is ``host:port`` or ``host`` (port 9092): a port 1-65535, IPv6
+        hosts in brackets.
+
+        >>> Settings(brokers="h:9092,h2:notaport").check()
+        Traceback (most recent call last):
+        ...
+        streamer.settings.SettingsError: RECSYS_BROKERS: 'h2:notaport' is not host or host:port ...
+        """
+        for broker in self.bootstrap_servers.split(","):
+            host, _, port = broker.rpartition(":")
+            if not host or host.endswith(":"):  # no port (or a bare IPv6 address)
+                host, port = broker, "9092"
+            ok = bool(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+            if not ok or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+                raise SettingsError(
+                    f"RECSYS_BROKERS: {broker!r} is not host or host:port (a port 1-65535), in "
+                    f"{self.brokers!r}"
+                )
 
     def _check_redis(self) -> None:
         """A ``redis+sentinel://`` URL that cannot be used, or one with a cluster.
@@ -229,15 +265,28 @@ class Settings:
         ...
         streamer.settings.SettingsError: RECSYS_REDIS_CLUSTER with a redis+sentinel:// ...
         """
-        from streamer.client import is_sentinel, sentinel_url
+        from redis.connection import ConnectionPool
 
+        from streamer.client import is_sentinel, redacted_url, sentinel_url
+
+        shown = redacted_url(self.redis_url)  # (never the password, even in a typo)
         scheme = self.redis_url.partition("://")[0] if "://" in self.redis_url else ""
         if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
             raise SettingsError(
-                f"REDIS_URL: {self.redis_url!r} is not a Redis URL (redis://host:port/db, "
+                f"REDIS_URL: {shown!r} is not a Redis URL (redis://host:port/db, "
                 "rediss://, unix://, redis+sentinel://)"
             )
         if not is_sentinel(self.redis_url):
+            path = urlsplit(self.redis_url).path
+            if scheme != "unix" and path not in ("", "/") and not _DB_PATH.fullmatch(path):
+                raise SettingsError(
+                    f"REDIS_URL: {shown!r}: the database after the address must be a "
+                    "number (redis://host:port/0)"
+                )
+            try:  # what redis-py reads of it (no connection is made)
+                ConnectionPool.from_url(self.redis_url).make_connection()
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(f"REDIS_URL: {shown!r} cannot be used: {exc}") from None
             return
         try:
             sentinel_url(self.redis_url)

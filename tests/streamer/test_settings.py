@@ -49,6 +49,16 @@ def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
         ({"RECSYS_GC_YOUNG": str(2**31)}, "RECSYS_GC_YOUNG must be below 2"),
         ({"RECSYS_FETCH_PARTITION_BYTES": str(2**31)}, "RECSYS_FETCH_PARTITION_BYTES must be"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL: 'localhost:6379' is not a Redis URL"),
+        # Values that passed, then failed with a traceback in a command or the worker:
+        ({"RECSYS_BROKERS": "h:notaport"}, "RECSYS_BROKERS: 'h:notaport' is not host or"),
+        ({"RECSYS_BROKERS": "h:9092,"}, "RECSYS_BROKERS: '' is not host or host:port"),
+        ({"REDIS_URL": "redis://h:notaport/0"}, "Port could not be cast to integer"),
+        ({"REDIS_URL": "redis://h:1/0?bogus=1"}, "unexpected keyword argument 'bogus'"),
+        ({"REDIS_URL": "redis://h:6379/abc"}, "the database after the address must be a"),
+        ({"RECSYS_ITEMS_TOPIC": "recsys_ratings"}, "distinct names, '.' and '_' alike"),
+        ({"RECSYS_USERS_TOPIC": "bad topic/name"}, "RECSYS_USERS_TOPIC: 'bad topic/name' is"),
+        ({"RECSYS_DEADLETTER_TOPIC": ".."}, "RECSYS_DEADLETTER_TOPIC: '..' is not a Kafka"),
+        ({"RECSYS_DEADLETTER_TOPIC": "d" * 250}, "is not a Kafka topic name"),
         ({"RECSYS_REDIS_URL": ""}, "REDIS_URL: '' is not a Redis URL"),
         (
             {"REDIS_URL": "redis://a:6379/0", "RECSYS_REDIS_URL": "redis://b:6379/0"},
@@ -90,6 +100,13 @@ def test_secured_kafka_settings_that_cannot_work_are_refused_at_start(tmp_path) 
     env = {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SSL", "RECSYS_KAFKA_SSL_CAFILE": __file__}
     with pytest.raises(SettingsError, match="cannot be used"):
         Settings.from_env(env)
+
+
+def test_a_redis_password_is_never_in_a_settings_error() -> None:
+    for url in ("redis//:s3cret@h:6379/0", "rediss:/:s3cret@h", "redis://:s3cret@h:x/0"):
+        with pytest.raises(ValueError) as caught:
+            Settings.from_env({"REDIS_URL": url})
+        assert "s3cret" not in str(caught.value) and "REDIS_URL" in str(caught.value)
 
 
 def test_the_sasl_password_is_never_in_a_settings_repr() -> None:
