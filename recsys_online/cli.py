@@ -222,21 +222,32 @@ def run_replay(args: argparse.Namespace) -> int:
     summary = summarise(last, args.model, ds.name or str(args.ratings)) | {"scale": scale}
     print(format_table(summary))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False)
-        args.json.write_text(text + "\n")
+        try:  # (checked up front, but a disk fills and a folder goes away meanwhile)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+        except OSError as exc:
+            print(f"recsys-online replay: --json {args.json}: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
 def _unwritable(path: Path) -> str | None:
     """Why ``path`` cannot take the JSON figures (None when it can)."""
-    if path.is_dir():
-        return "is a directory"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        return f"cannot write in {parent}"
+    if len(path.name.encode()) > 255:
+        return "the file name is too long"
+    try:
+        if path.is_dir():
+            return "is a directory"
+        if path.is_symlink() and not path.exists():
+            return "is a link to nothing"
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            return f"cannot write in {parent}"
+    except OSError as exc:
+        return str(exc)
     return None
 
 

@@ -53,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=run_demo)
     worker = sub.add_parser("worker", help="run a streaming worker (settings: RECSYS_* env)")
-    worker.add_argument("--loglevel", default="info")
+    worker.add_argument(
+        "--loglevel",
+        default="info",
+        type=str.lower,
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="default info",
+    )
     worker.set_defaults(run=run_worker)
     core_cli.add_commands(sub)
     user_commands.add_commands(sub)

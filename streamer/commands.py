@@ -108,7 +108,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=None,
         help="default RECSYS_DASHBOARD_PORT (8080); 0 = any free port",
     )
@@ -266,6 +266,25 @@ def run_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0-65535 (0: any free one), for argparse.
+
+    >>> port_number("8080"), port_number("0")
+    (8080, 0)
+    >>> port_number("70000")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 70000 is not a port (0-65535)
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
 # ------------------------------------------------------------------ stream
 def run_stream(args: argparse.Namespace) -> int:
     if args.rate <= 0:
@@ -277,6 +296,19 @@ def run_stream(args: argparse.Namespace) -> int:
         return fail(str(exc), 2)
     if args.limit is not None:
         ds = ds.head(args.limit)
+    if not ds.ratings:  # (as replay says: nothing sent, not a success)
+        return fail(f"no ratings to stream in {args.ratings}", 2)
+    # Checked before anything is sent: a half-star data set (MovieLens latest) on the
+    # default 1-5 scale stopped at its first 0.5, part of it sent.
+    values = [r.rating for r in ds.ratings]
+    low, high = min(values), max(values)
+    if not settings.rating_low <= low <= high <= settings.rating_high:
+        return fail(
+            f"the ratings run from {low:g} to {high:g}, outside this deployment's scale "
+            f"[{settings.rating_low:g}, {settings.rating_high:g}]: set RECSYS_RATING_LOW "
+            "and RECSYS_RATING_HIGH to cover them (for the workers too); nothing sent",
+            2,
+        )
     total = ds.n_ratings
     print(
         f"streaming {total:,} ratings ({ds.n_items:,} items, {ds.n_users:,} users) to "

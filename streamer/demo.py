@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import redis
@@ -34,14 +35,21 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def external_services() -> dict[str, str] | None:
-    """The services named by KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, when both are set: the
-    demo then uses them as they are and neither starts nor stops anything."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-            "REDIS_URL": os.environ["REDIS_URL"],
-        }
+def external_services(env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The services named by KAFKA_BOOTSTRAP_SERVERS (or RECSYS_BROKERS) and REDIS_URL
+    (or RECSYS_REDIS_URL), when both are set: the demo then uses them as they are and
+    neither starts nor stops anything.
+
+    >>> external_services({"RECSYS_BROKERS": "k:9092", "RECSYS_REDIS_URL": "redis://r/0"})
+    {'KAFKA_BOOTSTRAP_SERVERS': 'k:9092', 'REDIS_URL': 'redis://r/0'}
+    >>> external_services({"REDIS_URL": "redis://r/0"}) is None
+    True
+    """
+    env = os.environ if env is None else env
+    kafka = env.get("KAFKA_BOOTSTRAP_SERVERS") or env.get("RECSYS_BROKERS")
+    redis_url = env.get("REDIS_URL") or env.get("RECSYS_REDIS_URL")
+    if kafka and redis_url:
+        return {"KAFKA_BOOTSTRAP_SERVERS": kafka, "REDIS_URL": redis_url}
     return None
 
 
@@ -141,7 +149,11 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
             addresses = external
         # Fresh topics for each demo, but the default key prefix, so `redis-cli GET
         # recsys:recs:<user>` works as the README says.
-        env = isolated_env("demo", {**os.environ, **addresses}, RECSYS_KEY_PREFIX="recsys:")
+        # (the addresses in use, under one name each: the RECSYS_ spellings would clash)
+        base = {
+            k: v for k, v in os.environ.items() if k not in ("RECSYS_BROKERS", "RECSYS_REDIS_URL")
+        }
+        env = isolated_env("demo", {**base, **addresses}, RECSYS_KEY_PREFIX="recsys:")
         run = env["RECSYS_APP_ID"]
         settings = Settings.from_env(env)
         client = redis_client(settings.redis_url, cluster=settings.redis_cluster)

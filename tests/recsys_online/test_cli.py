@@ -136,6 +136,36 @@ def test_replay_checks_its_json_path_before_the_replay(stream: Path, tmp_path, c
     assert "RMSE" not in capsys.readouterr().out  # nothing was replayed first
 
 
+def test_a_json_path_that_fails_now_or_at_the_end_is_one_line(
+    stream: Path, tmp_path, capsys, monkeypatch
+) -> None:
+    """A link to nothing and a name too long were tracebacks (one from the check, one
+    after the whole replay); so was a write that fails at the end (a disk filled)."""
+    ratings = str(stream / "ratings.csv")
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "gone" / "x.json")
+    _error(
+        capsys,
+        main(["replay", ratings, "--quiet", "--json", str(dangling)]),
+        "replay",
+        "is a link to nothing",
+    )
+    long = tmp_path / ("a" * 300 + ".json")
+    _error(
+        capsys,
+        main(["replay", ratings, "--quiet", "--json", str(long)]),
+        "replay",
+        "the file name is too long",
+    )
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    code = main(["replay", ratings, "--quiet", "--json", str(tmp_path / "f.json")])
+    _error(capsys, code, "replay", "No space left on device")
+
+
 def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, capsys) -> None:
     monkeypatch.setenv("RECSYS_K", "abc")
     _error(capsys, main(["snapshots"]), "snapshots", "RECSYS_K: 'abc' is not a valid int")

@@ -886,3 +886,42 @@ def test_the_replays_lean_read_of_a_dead_letters_source_agrees_with_the_full_one
         (b"t", None, 2),
         (None, None, None),
     ]
+
+
+def test_stream_checks_the_datas_scale_and_emptiness_before_sending_anything(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """A half-star file on the default 1-5 scale stopped at its first 0.5, part of it
+    sent; a header-only file said "sent 0 ratings" and exited 0. Both are one line and
+    exit status 2 before any connection (the broker here is a closed port)."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    half = tmp_path / "half.csv"
+    half.write_text("user_id,item_id,rating,timestamp\nu1,i1,4.0,1\nu1,i2,0.5,2\n")
+    assert main(["stream", str(half), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "ratings run from 0.5 to 4, outside this deployment's scale [1, 5]" in err
+    assert "RECSYS_RATING_LOW" in err and "nothing sent" in err
+    empty = tmp_path / "empty.csv"
+    empty.write_text("user_id,item_id,rating,timestamp\n")
+    assert main(["stream", str(empty), "--quiet"]) == 2
+    assert "no ratings to stream" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["dashboard", "--port", "70000"], "argument --port: 70000 is not a port (0-65535)"),
+        (["dashboard", "--port", "-1"], "argument --port: -1 is not a port (0-65535)"),
+        (["worker", "--loglevel", "infoo"], "argument --loglevel: invalid choice: 'infoo'"),
+    ],
+)
+def test_a_port_or_log_level_out_of_range_is_one_line_before_anything_starts(
+    args: list[str], expected: str, capsys
+) -> None:
+    """(A port past 65535 was a bind() traceback; a misspelt level, Faust's 30-line
+    dump after the topics were made.)"""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
