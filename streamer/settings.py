@@ -437,7 +437,6 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "learn_step_max",
             "fetch_partition_bytes",
             "fetch_max_wait_ms",
-            "n_factors",
             "refresh_users",
             "metrics_history",
             "metrics_window",
@@ -468,6 +467,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     ),
     (("fresh_eval_share", "compact_share"), lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
     (("seed",), lambda v: v >= 0, "must be >= 0"),
+    # (as replay's --factors: 1,024 float32 per user and item is already 4 KB each)
+    (("n_factors",), lambda v: 1 <= v <= 1024, "must be 1 to 1024"),
     # Kafka's bounds: the broker refuses a group session under 6 s by default, and Faust
     # one longer than its request timeout (90 s); a fetch must end within that request.
     (("session_timeout_s",), lambda v: 6 <= v <= 90, "must be 6 to 90 seconds"),

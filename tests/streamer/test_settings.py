@@ -43,6 +43,8 @@ def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
         ({"RECSYS_FRESH_EVAL_SHARE": "1.5"}, "RECSYS_FRESH_EVAL_SHARE must be between 0 and 1"),
         # Values that passed, then stopped the worker (numpy, Faust, Kafka, CPython refuse):
         ({"RECSYS_SEED": "-1"}, "RECSYS_SEED must be >= 0"),
+        ({"RECSYS_N_FACTORS": "100000"}, "RECSYS_N_FACTORS must be 1 to 1024"),
+        ({"RECSYS_N_FACTORS": "0"}, "RECSYS_N_FACTORS must be 1 to 1024"),
         ({"RECSYS_SESSION_TIMEOUT_S": "90.5"}, "RECSYS_SESSION_TIMEOUT_S must be 6 to 90"),
         ({"RECSYS_SESSION_TIMEOUT_S": "2"}, "RECSYS_SESSION_TIMEOUT_S must be 6 to 90"),
         ({"RECSYS_FETCH_MAX_WAIT_MS": "90000"}, "RECSYS_FETCH_MAX_WAIT_MS must be at most"),
