@@ -1497,6 +1497,8 @@ class Recommender:
             can[2] = because >= 0
         if needed[1] or needed[4]:
             item_tags, agree = self.content.tag_agreement(u, padded)  # (B, K, T)
+            if self.tags.n_tags > self.content.dim:  # tags share columns: name only met ones
+                agree = np.where(self._met_tags(u, item_tags), agree, -np.inf)
             can[1] = can[4] = (agree > 0).any(axis=-1)
         can[3] = True
         can &= use[:, None, None]
@@ -1562,6 +1564,35 @@ class Recommender:
             )
         )
         return _split(recs, lengths)
+
+    def _met_tags(self, u: np.ndarray, tags: np.ndarray) -> np.ndarray:
+        """For users ``(B,)`` and tag rows ``(B, ...)``: whether the user met each tag,
+        on an item among their last 50 ratings at or above their mean, or declared it.
+
+        Past ``content_dim`` tags, a profile column holds several tags: a tag agreeing
+        there may be one the user never met, and "matches your tags" must name a tag of
+        theirs. One ``(users, tags)`` table, a chunk of users at a time (16 MB at most).
+        """
+        hist, ratings = self._recent_rated(u, fill=-1)  # (B, H)
+        liked = (hist >= 0) & (ratings >= self._user_means(u)[:, None])
+        out = np.zeros(tags.shape, bool)
+        width = self.tags.n_tags + 1
+        step = max(1, (1 << 24) // width)
+        for lo in range(0, len(u), step):
+            part = slice(lo, lo + step)
+            rows = np.where(liked[part], hist[part], 0)
+            have = (self.tags.weights[rows] > 0) & liked[part][..., None]  # (b, H, S)
+            met = np.zeros((len(rows), width), bool)
+            owner = np.broadcast_to(np.arange(len(rows))[:, None, None], have.shape)
+            met[owner[have], self.tags.rows[rows][have]] = True
+            for n, user in enumerate(u[part].tolist()):
+                for tag in self._declared_tags.get(user, ()):
+                    row = self.tags.index.get(tag)
+                    if row is not None:
+                        met[n, row] = True
+            own = np.arange(len(rows)).reshape((-1,) + (1,) * (tags.ndim - 1))
+            out[part] = met[own, np.minimum(tags[part], width - 1)]
+        return out
 
     def _recent_rated(self, u: np.ndarray, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Users ``u``'s last 50 rated item rows and their ratings, oldest first, as two

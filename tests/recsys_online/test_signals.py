@@ -12,7 +12,7 @@ from recsys_online import cooc as cooc_module
 from recsys_online.content import ContentModel
 from recsys_online.cooc import COUNT_FLOOR, CoOccurrence
 from recsys_online.popularity import Popularity
-from recsys_online.recommender import Recommender, RecommenderConfig
+from recsys_online.recommender import HYBRID, Recommender, RecommenderConfig
 from recsys_online.tags import ItemTags
 
 # ---------------------------------------------------------------------------- content
@@ -365,3 +365,36 @@ def test_a_declared_tag_counts_once_an_item_carries_it() -> None:
     assert "yarn" not in [r.item for r in rec.recommend("cid", 5)]
     rec.upsert_user("ann", {})  # withdrawn whole: popularity again, nothing left waiting
     assert rec.recommend("ann", 5) == rec.popular(5) and not rec._waiting
+
+
+@pytest.mark.parametrize("signals", [("content",), HYBRID])
+def test_past_content_dim_tags_matches_your_tags_names_only_tags_the_user_met(signals) -> None:
+    """With more tags than content columns, a profile column holds several tags: a tag
+    the user never met agreed through one they liked, and was named as theirs ("matches
+    your tags t48" for a user who rated only t0 and t1). Named tags are those of items
+    the user rated at or above their mean (among their last 50), or declared."""
+    rng = np.random.default_rng(3)
+    rec = Recommender(RecommenderConfig(signals=signals, content_dim=8))
+    items = [f"i{j}" for j in range(120)]
+    tags = [{f"t{int(t)}": 1.0 for t in rng.choice(60, 2, replace=False)} for _ in items]
+    rec.upsert_items(items, tags)
+    users = [f"u{j}" for j in range(30)]
+    t = 0.0
+    for user in users:
+        for item in rng.choice(120, 6, replace=False):
+            rec.learn_rating(user, items[item], float(rng.choice([1.0, 2.0, 5.0])), t := t + 1)
+    rec.upsert_user("u0", {"t59": 1.0})
+    named = 0
+    for user, recs in zip(users, rec.recommend_many(users, 10), strict=True):
+        row = rec.users.get(user)
+        mean = rec._user_means(np.array([row]))[0]
+        met = {"t59"} if user == "u0" else set()
+        for item, rating in zip(rec.history[row], rec.history_ratings[row], strict=True):
+            if rating >= mean:
+                met |= set(rec.tags.names(item))
+        for r in recs:
+            if r.reason.startswith("matches your tags "):
+                shown = set(r.reason.removeprefix("matches your tags ").split(", "))
+                assert shown <= met, (user, r, met)
+                named += 1
+    assert named > 0
