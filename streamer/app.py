@@ -101,6 +101,11 @@ TopicAuthorizationFailedError (denied)
         )
 
 
+def _fresh_engine(loaded: StreamEngine) -> StreamEngine:
+    """An empty engine like ``loaded``, for :meth:`SnapshotStore.load`'s layout check."""
+    return StreamEngine(loaded.settings, loaded.max_tracked_users)
+
+
 def _shared(settings: Settings) -> set[str]:
     """The topics partitioned alike by key (``RECSYS_PARTITIONS`` each)."""
     return {settings.ratings_topic, settings.items_topic, settings.users_topic}
@@ -1608,7 +1613,7 @@ class RecsysWorker:
         for snapshot in self.snapshots.candidates(fingerprint, assigned, committed):
             try:
                 size = snapshot.path.stat().st_size  # (gone already: the next one)
-                engine = await asyncio.to_thread(self.snapshots.load, snapshot)
+                engine = await asyncio.to_thread(self.snapshots.load, snapshot, _fresh_engine)
                 break
             except Exception as exc:  # a damaged file: the next one, else the log
                 log.warning("snapshot %s unreadable (%s)", snapshot.path, exc)

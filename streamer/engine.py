@@ -195,7 +195,7 @@ class StreamEngine:
         self.evaluated += len(ratings)
         self._rate.append((time.monotonic(), self.events))
         self.version += 1
-        self.similar_moved([r.item for r in ratings])
+        self._similar_moved_by(ratings)
         return self._serve(dict.fromkeys(r.user for r in ratings))
 
     def _evaluate_and_learn(self, step: Sequence[Rating], touched: set[str]) -> None:
@@ -209,12 +209,19 @@ class StreamEngine:
         # A re-rating of an item the user rated before is not ranked (as in the replay):
         # lists exclude every rated item, so it could only count as a miss.
         again = model.has_rated(users, items)
-        relevant = [n for n, v in enumerate(values) if v >= self.settings.relevant and not again[n]]
+        # Nor a rating of an item deleted since (a delete read ahead of the ratings made
+        # while it was listed, as a worker catching up reads them): no list holds it.
+        relevant = [
+            n
+            for n, v in enumerate(values)
+            if v >= self.settings.relevant and not again[n] and not self._gone(items[n])
+        ]
         # A list ranked now, for the users whose served list is not what the app shows
         # (none yet, or changed by their earlier rating in this batch: it would have been
         # published by the time of this one) and for the sampled ratings of ``ranking_now``.
-        served, raters = self.served, {users[n] for n in relevant}
-        stale = {u for u in raters if u in touched or u not in served}
+        raters = {users[n] for n in relevant}
+        served = {u: self._as_served(u) for u in raters}
+        stale = {u for u in raters if u in touched or served[u] is None}
         sample = [n for n in relevant if self._sampled(users[n], items[n])]
         ranked = sorted(stale.union(users[n] for n in sample))
         now = dict(zip(ranked, model.top_items(ranked, self.settings.k), strict=True))
@@ -223,6 +230,26 @@ class StreamEngine:
         self.ranking_now.update_many([rank_in(now[users[n]], items[n]) for n in sample])
         self._score_similar([users[n] for n in relevant], [items[n] for n in relevant])
         self._learn(step)
+
+    def _gone(self, item: str) -> bool:
+        """The item is deleted (its row held, or freed)."""
+        return self.model.is_deleted(item) or item in self.freed
+
+    def _as_served(self, user: str) -> list[str] | None:
+        """The list the app shows ``user``, as this worker last wrote it (None: none
+        written that it knows of). Past the tracked users' cache, from the item rows it
+        keeps of every list (:attr:`shown`); an empty list shows the popular one."""
+        listed = self.served.get(user)
+        if listed is None:
+            row = self.model.users.get(user)
+            if row is None or row >= len(self.shown):
+                return None
+            rows = self.shown[row]
+            rows = rows[rows >= 0]
+            if not len(rows):  # (never written, or empty: unknown here)
+                return None
+            listed = self.model.items.ids_of(rows.tolist())
+        return listed or self.popular_served
 
     def _score_similar(self, users: list[str], items: list[str]) -> None:
         """Test the "more like this" lists before learning: for each relevant rating whose
@@ -292,7 +319,21 @@ class StreamEngine:
         self.events += len(ratings)
         self._rate.append((time.monotonic(), self.events))
         self.version += 1
-        self.similar_moved([r.item for r in ratings])
+        self._similar_moved_by(ratings)
+
+    def _similar_moved_by(self, ratings: Sequence[Rating]) -> None:
+        """Learned ``ratings`` moved the co-occurrence of each rated item and of the items
+        in its rater's ring (the pairs go both ways): all their similar lists fall due.
+        (Only the rated item's did: the list "rated next" is for, the earlier item's,
+        waited for that item's own next rating, or the hour of a list's maximum age.)"""
+        if self.settings.similar_every_s <= 0:
+            return
+        model = self.model
+        users = model.users.get_many([r.user for r in ratings])
+        users = users[(users >= 0) & (users < len(model.cooc.recent))]
+        rings = model.cooc.recent[users].ravel()
+        rows = np.concatenate([model.items.get_many([r.item for r in ratings]), rings])
+        self.similar.rated(rows[rows >= 0], self.similar_clock(), self.settings.similar_every_s)
 
     def similar_moved(self, items: Sequence[str]) -> None:
         """These items' co-occurrence moved (rated here, or pairs another worker shared):
@@ -394,6 +435,9 @@ class StreamEngine:
         state.setdefault("similar_ranking", RankingScore(window))
         state.setdefault("similar_popular", RankingScore(window))
         state.setdefault("popular_served", [])
+        # (time.monotonic() samples of another process: its clock may be far ahead, and
+        # events_per_s read 0 until 10,000 batches pushed them out)
+        state["_rate"] = deque(maxlen=10_000)
         old = "shown" not in state  # (pickled before it existed: from the LRU's lists)
         state.setdefault("shown", np.full((0, state["settings"].k), -1, np.int32))
         self.__dict__.update(state)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,13 +174,21 @@ class SnapshotStore:
         return sorted(usable, key=lambda s: (len(s.offsets), s.created), reverse=True)
 
     @staticmethod
-    def load(snapshot: Snapshot) -> Any:
-        """The engine a snapshot holds."""
+    def load(snapshot: Snapshot, fresh: Callable[[Any], Any] | None = None) -> Any:
+        """The engine a snapshot holds. With ``fresh`` (an empty object like the one
+        loaded, made from it), a ``ValueError`` when the loaded one lacks an attribute
+        the code reads (:func:`layout_gaps`): a snapshot from an older layout that its
+        classes do not fill in would load, then stop the worker at its first batch, and
+        again at every restart; refused, the next snapshot is tried, or the log."""
         with open(snapshot.path, "rb") as f:
             header = pickle.load(f)
             if header.get("format") != FORMAT:
                 raise ValueError(f"{snapshot.path}: snapshot format {header.get('format')}")
-            return pickle.load(f)
+            loaded = pickle.load(f)
+        gaps = [] if fresh is None else layout_gaps(loaded, fresh(loaded))
+        if gaps:
+            raise ValueError(f"{snapshot.path}: an older layout, without {', '.join(gaps[:3])}")
+        return loaded
 
     @staticmethod
     def _header(path: Path) -> dict:
@@ -189,6 +197,34 @@ class SnapshotStore:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ValueError("unknown format")
         return header
+
+
+def layout_gaps(loaded: object, fresh: object, where: str = "", depth: int = 4) -> list[str]:
+    """The attributes a ``fresh`` object of the project's classes has and ``loaded`` (of
+    the same class) lacks, by path, following attributes that are project objects too
+    (``depth`` levels): what an unpickled object from an older layout is missing.
+
+    >>> class Box:
+    ...     pass
+    >>> old, new = Box(), Box()
+    >>> new.size = 3
+    >>> layout_gaps(old, new, "box"), layout_gaps(new, old)
+    (['box.size'], [])
+    """
+    have, want = getattr(loaded, "__dict__", None), getattr(fresh, "__dict__", None)
+    if have is None or want is None or type(loaded) is not type(fresh):
+        return []
+    gaps = []
+    for name, value in want.items():
+        path = f"{where}.{name}" if where else name
+        if name not in have:
+            gaps.append(path)
+        elif depth > 0 and type(value).__module__.split(".")[0] in _OURS:
+            gaps += layout_gaps(have[name], value, path, depth - 1)
+    return gaps
+
+
+_OURS = ("recsys_online", "streamer")
 
 
 def _named(path: Path) -> tuple[tuple[int, ...], int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+import time
 
 import pytest
 
@@ -434,3 +435,82 @@ def _jazz_lists(engine: StreamEngine, n_items: int, n_users: int) -> tuple[Strea
 def _holders(lists: dict, item: str) -> set[str]:
     """The users whose list holds ``item``."""
     return {u for u, recs in lists.items() if item in {r.item for r in recs}}
+
+
+def _last_hit(engine: StreamEngine) -> float:
+    return engine.ranking.rolling_recall.values().tolist()[-1]
+
+
+def test_as_served_past_the_tracked_users_is_the_list_written_not_one_ranked_now() -> None:
+    """A user out of the tracked users' cache still has their list in Redis, and the
+    engine its item rows: ``ndcg_at_k`` ranked their rating in a list ranked now (a miss
+    here, where the list written holds the item)."""
+    engine = StreamEngine(Settings(k=2, n_factors=4), max_tracked_users=1)
+    engine.upsert_item("a", {"jazz": 1.0, "rock": 1.0})
+    engine.upsert_item("b", {"jazz": 1.0, "rock": 1.0})
+    engine.upsert_item("c", {"jazz": 1.0})
+    assert [r.item for r in engine.learn_ratings([Rating("u1", "a", 5.0, 1.0)])["u1"]] == ["b", "c"]
+    engine.learn_ratings([Rating("u2", "a", 5.0, 2.0)])  # u1 leaves the cache
+    engine.upsert_item("d", {"jazz": 1.0, "rock": 1.0})
+    engine.refresh()
+    assert "u1" not in engine.served
+    engine.learn_ratings([Rating("u1", "c", 5.0, 3.0)])
+    assert _last_hit(engine) == 1.0
+
+
+def test_a_user_with_an_empty_list_is_scored_against_the_popular_list_they_see() -> None:
+    engine = StreamEngine(Settings(k=2, n_factors=4, refresh_users=1))
+    for item in "ab":
+        engine.upsert_item(item, {"jazz": 1.0})
+    lists = engine.learn_ratings([Rating("u", "a", 5.0, 1.0), Rating("u", "b", 4.0, 2.0)])
+    assert lists["u"] == []
+    engine.upsert_item("c", {"rock": 1.0})
+    engine.learn_ratings([Rating(f"v{n}", "c", 5.0, 3.0 + n) for n in range(3)])
+    engine.refresh()
+    assert engine.served["u"] == [] and "c" in [r.item for r in engine.popular()]
+    engine.learn_ratings([Rating("u", "c", 5.0, 10.0)])
+    assert _last_hit(engine) == 1.0  # (a sure miss against the empty list)
+
+
+def test_a_rating_of_an_item_deleted_since_is_not_ranked() -> None:
+    """Catching up, a delete applies at once while the ratings made before it, while the
+    item was listed, are learned: ranked, each was a sure miss."""
+    engine = StreamEngine(Settings(k=2, n_factors=4, fresh_eval_share=1.0))
+    for item in "abc":
+        engine.upsert_item(item, {"jazz": 1.0}, 0.0)
+    engine.live = False
+    engine.learn_ratings([Rating("u", "a", 5.0, 1.0)])
+    ranked = engine.ranking.n
+    engine.delete_item("b", 100.0)
+    assert engine.rated_while_listed("b", 50.0)
+    engine.learn_ratings([Rating("u", "b", 5.0, 50.0)])
+    assert engine.ranking.n == ranked and engine.model.n_events == 2
+
+
+def test_a_rating_makes_due_the_similar_lists_of_the_items_it_pairs_with() -> None:
+    """u rated a, then b: the pair (a, b) moved both ways, and a's list (the one "rated
+    next" is for) waited for a's own next rating, or an hour."""
+    engine = StreamEngine(Settings(k=3, n_factors=4, similar_every_s=300.0))
+    for item, tag in zip("abc", ("jazz", "rock", "folk"), strict=True):
+        engine.upsert_item(item, {tag: 1.0})
+    engine.similar_lists(now=0.0)
+    engine.similar_clock = lambda: 1.0
+    engine.learn_ratings([Rating("u", "a", 5.0, 1.0)])
+    engine.similar_lists(now=400.0)
+    engine.similar_clock = lambda: 401.0
+    engine.learn_ratings([Rating("u", "b", 5.0, 2.0)])
+    written = {k: [r.item for r in v] for k, v in engine.similar_lists(now=800.0).items()}
+    assert written == {"a": ["b"], "b": ["a"]}
+
+
+def test_a_restored_engines_rate_counts_from_its_own_clock() -> None:
+    """The rate's samples are ``time.monotonic()`` of the process that took them: after a
+    restore on a machine whose clock was behind, events_per_s read 0 for 10,000 batches."""
+    engine = StreamEngine(Settings(k=2, n_factors=4))
+    engine.upsert_item("a", {"jazz": 1.0})
+    engine._rate.append((time.monotonic() + 1e6, 1))  # (the other machine's clock)
+    loaded = pickle.loads(pickle.dumps(engine))
+    loaded.learn_ratings([Rating(f"u{n}", "a", 5.0, 1.0) for n in range(50)])
+    time.sleep(0.05)
+    loaded.learn_ratings([Rating(f"w{n}", "a", 5.0, 2.0) for n in range(50)])
+    assert loaded.metrics()["events_per_s"] > 0

@@ -196,3 +196,27 @@ def test_a_snapshot_whose_model_is_damaged_leaves_the_next_one_to_try(tmp_path) 
     with pytest.raises(Exception):  # noqa: B017 (unpickling cut bytes raises what it may)
         store.load(first)
     assert store.load(second).events == engine.events
+
+
+def test_a_snapshot_of_an_older_layout_is_refused_at_load_not_at_the_first_batch(
+    tmp_path,
+) -> None:
+    """Snapshots written by older code unpickled, then stopped the worker at its first
+    batch ('ErrorScore' object has no attribute 'n'), at every restart. Loaded with an
+    empty engine to compare, one lacking an attribute is refused (the next snapshot, or
+    the log, is used); a snapshot of this code loads."""
+    from streamer.app import _fresh_engine
+
+    engine, _ = small_engine(200)
+    store = SnapshotStore(tmp_path)
+    store.save(engine, {0: 100}, engine.settings.model_fingerprint())
+    [current] = store.list()
+    assert store.load(current, _fresh_engine).events == 200
+    del engine.errors.__dict__["n"]  # (as ErrorScore was pickled before it counted)
+    del engine.similar.__dict__["to_score"]
+    time.sleep(0.01)
+    store.save(engine, {0: 100}, engine.settings.model_fingerprint())
+    older = store.list()[0]
+    assert older.created > current.created
+    with pytest.raises(ValueError, match=r"an older layout, without errors\.n, similar\.to_score"):
+        store.load(older, _fresh_engine)
