@@ -486,11 +486,16 @@ class Recommender:
             return
         order = np.lexsort((raters, rows))
         rows, raters = rows[order], raters[order]
+        first = np.r_[True, (rows[1:] != rows[:-1]) | (raters[1:] != raters[:-1])]
+        rows, raters = rows[first], raters[first]  # (each rater once per item)
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        ends = np.r_[starts[1:], len(rows)].tolist()
         ids = self.items.ids_of(rows[starts].tolist())
-        for item, part in zip(ids, np.split(raters, starts[1:]), strict=True):
-            before = self._forgotten.get(item)
-            self._forgotten[item] = np.unique(part if before is None else np.r_[before, part])
+        forgotten = self._forgotten
+        for item, lo, hi in zip(ids, starts.tolist(), ends, strict=True):
+            part = raters[lo:hi].copy()  # (not a view: a popped one frees its memory)
+            before = forgotten.get(item)
+            forgotten[item] = part if before is None else np.union1d(before, part)
 
     def _item_rows(self, items: Sequence[str]) -> np.ndarray:
         """Rows of ``items``, new ids given the next rows; an id compacted away comes back
