@@ -38,19 +38,20 @@ class FactorParams:
         >>> FactorParams(lr_factor=float("nan"))
         Traceback (most recent call last):
         ...
-        ValueError: factors.lr_factor must be a finite number > 0, got nan
+        ValueError: factors.lr_factor must be a finite number >= 0 (0: frozen), got nan
         """
         for name, ok, rule in _PARAM_RULES:
             value = getattr(self, name)
             number = isinstance(value, int | float | np.integer | np.floating)
             if isinstance(value, bool) or not number or not ok(value):
                 raise ValueError(f"factors.{name} must be {rule}, got {value!r}")
+        seed = self.seed  # (None: numpy's fresh entropy, as default_rng takes it)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
+        ):
+            raise ValueError(f"factors.seed must be an integer >= 0 or None, got {seed!r}")
         if not isinstance(self.adaptive, bool | np.bool_):
             raise ValueError(f"factors.adaptive must be True or False, got {self.adaptive!r}")
-
-
-def _positive(v: float) -> bool:
-    return 0.0 < v < math.inf
 
 
 def _not_negative(v: float) -> bool:
@@ -60,13 +61,12 @@ def _not_negative(v: float) -> bool:
 #: (field, test, the rule a ``ValueError`` states) for :class:`FactorParams`.
 _PARAM_RULES = (
     ("n_factors", lambda v: isinstance(v, int | np.integer) and v >= 1, "an integer >= 1"),
-    ("lr_bias", _positive, "a finite number > 0"),
-    ("lr_factor", _positive, "a finite number > 0"),
+    ("lr_bias", _not_negative, "a finite number >= 0 (0: frozen)"),
+    ("lr_factor", _not_negative, "a finite number >= 0 (0: frozen)"),
     ("l2_bias", _not_negative, "a finite number >= 0"),
     ("l2_factor", _not_negative, "a finite number >= 0"),
     ("init_std", _not_negative, "a finite number >= 0"),
-    ("clip_error", _positive, "a finite number > 0"),
-    ("seed", lambda v: isinstance(v, int | np.integer) and v >= 0, "an integer >= 0"),
+    ("clip_error", lambda v: v > 0, "a number > 0 (inf: no clipping)"),
 )
 
 

@@ -26,8 +26,9 @@ Ids
     is the app's key, looked up as the app spells it. Integers are not ids: producers
     send ``"196"``, not ``196``.
 Rating scale
-    Inclusive, :data:`DEFAULT_RATING_SCALE` (``[1.0, 5.0]``) unless the validation context says
-    otherwise: ``RatingEvent.model_validate(data, context={"rating_scale": (0.5, 5.0)})`` or
+    Inclusive, :data:`DEFAULT_RATING_SCALE` (``[1.0, 5.0]``) in :func:`parse_event` and
+    :func:`validate_event` unless told otherwise, and as a validation context says:
+    ``RatingEvent.model_validate(data, context={"rating_scale": (0.5, 5.0)})`` or
     ``parse_event(raw, RatingEvent, rating_scale=(0.5, 5.0))``. The scale is never a mutable
     module global: the streamer passes the one from its settings. An event built directly
     (``RatingEvent(...)``, no context) is only checked to be finite: the scale is the

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--loglevel",
         default="info",
-        type=str.lower,
+        type=lambda level: {"warn": "warning", "fatal": "critical"}.get(
+            level.lower(), level.lower()
+        ),
         choices=["critical", "error", "warning", "info", "debug"],
         help="default info",
     )

@@ -351,10 +351,16 @@ def redacted_url(url: str) -> str:
 
     >>> redacted_url("redis//:s3cret@h:6379/0"), redacted_url("rediss:/:s3cret@h")
     ('***@h:6379/0', '***@h')
+    >>> redacted_url("redis://:S3cr/et@h:6379/0"), redacted_url("redis://:S3cr#et@h/0")
+    ('redis://***@h:6379/0', 'redis://***@h/0')
     """
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # (not a URL: a slash missing, say)
+        scheme, rest = "", url
+    if "@" in rest.partition("?")[0] and "@" not in urlsplit(url).netloc:
+        # A password holding '/', '#' or '?' ends the address early: hide all before '@'.
+        return f"{scheme}{sep}***@{rest.partition('?')[0].rpartition('@')[2]}"
     parts = urlsplit(url)
-    if not parts.netloc and "@" in url:
-        return "***@" + url.rpartition("@")[2]
     if parts.query:  # redis-py also takes the password as a query parameter
         query = [
             f"{name}=***" if name in ("password", "sentinel_password") else f"{name}{sep}{value}"

@@ -233,7 +233,7 @@ class StreamEngine:
 
     def _gone(self, item: str) -> bool:
         """The item is deleted (its row held, or freed)."""
-        return self.model.is_deleted(item) or item in self.freed
+        return self.model.is_deleted(item) or self.was_freed(item)
 
     def _as_served(self, user: str) -> list[str] | None:
         """The list the app shows ``user``, as this worker last wrote it (None: none

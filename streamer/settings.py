@@ -286,12 +286,14 @@ class Settings:
             try:  # what redis-py reads of it (no connection is made)
                 ConnectionPool.from_url(self.redis_url).make_connection()
             except (ValueError, TypeError) as exc:
-                raise SettingsError(f"REDIS_URL: {shown!r} cannot be used: {exc}") from None
+                why = "" if "@" in self.redis_url else f": {exc}"  # (it may quote a password)
+                raise SettingsError(f"REDIS_URL: {shown!r} cannot be used{why}") from None
             return
         try:
             sentinel_url(self.redis_url)
         except ValueError as exc:
-            raise SettingsError(f"REDIS_URL: {exc}") from None
+            why = f"{exc}" if "@" not in self.redis_url else "not a Sentinel URL"
+            raise SettingsError(f"REDIS_URL: {shown!r}: {why}") from None
         if self.redis_cluster:
             raise SettingsError(
                 "RECSYS_REDIS_CLUSTER with a redis+sentinel:// REDIS_URL: Sentinel watches "

@@ -218,7 +218,8 @@ def layout_gaps(loaded: object, fresh: object, where: str = "", depth: int = 4) 
     for name, value in want.items():
         path = f"{where}.{name}" if where else name
         if name not in have:
-            gaps.append(path)
+            if not hasattr(type(loaded), name):  # (a class default reads for it)
+                gaps.append(path)
         elif depth > 0 and type(value).__module__.split(".")[0] in _OURS:
             gaps += layout_gaps(have[name], value, path, depth - 1)
     return gaps

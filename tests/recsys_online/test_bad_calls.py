@@ -139,12 +139,22 @@ def test_prequential_refuses_steps_of_zero_or_a_bad_k_up_front(bad: dict) -> Non
     assert model.n_events == 0  # (k was checked only at the first relevant rating, after)
 
 
+def test_factor_settings_that_worked_before_the_checks_still_do() -> None:
+    """No clipping, a frozen part (a biases-only baseline) and no seed are choices."""
+    for setting in ({"clip_error": math.inf}, {"lr_factor": 0.0}, {"lr_bias": 0.0}, {"seed": None}):
+        rec = Recommender(RecommenderConfig(factors=FactorParams(n_factors=4, **setting)))
+        rec.learn_many(["u", "v"], ["a", "b"], [5.0, 1.0], [1.0, 2.0])
+        assert np.isfinite(rec.predict_many(["u", "v"], ["b", "a"])).all(), setting
+
+
 @pytest.mark.parametrize(
     ("field", "value", "rule"),
     [
-        ("lr_factor", math.nan, "a finite number > 0"),
-        ("lr_bias", -1.0, "a finite number > 0"),
-        ("clip_error", 0.0, "a finite number > 0"),
+        ("lr_factor", math.nan, r"a finite number >= 0 \(0: frozen\)"),
+        ("lr_bias", -1.0, r"a finite number >= 0 \(0: frozen\)"),
+        ("clip_error", 0.0, r"a number > 0 \(inf: no clipping\)"),
+        ("clip_error", math.nan, r"a number > 0 \(inf: no clipping\)"),
+        ("seed", -1, "an integer >= 0 or None"),
         ("init_std", math.inf, "a finite number >= 0"),
         ("l2_factor", -0.1, "a finite number >= 0"),
         ("n_factors", 0, "an integer >= 1"),

@@ -398,3 +398,18 @@ def test_past_content_dim_tags_matches_your_tags_names_only_tags_the_user_met(si
                 assert shown <= met, (user, r, met)
                 named += 1
     assert named > 0
+
+
+@pytest.mark.parametrize("declared_first", [False, True])
+def test_past_content_dim_tags_a_declared_tag_counts_as_met(declared_first: bool) -> None:
+    """A cold user who declared t3 is told "matches your tags t3" for the item carrying
+    it, past 64 tags as below (the declarations kept only those waiting for a tag)."""
+    items = [f"i{t}" for t in range(100)]
+    rec = Recommender()
+    if declared_first:
+        rec.upsert_user("cat", {"t3": 1.0})
+    rec.upsert_items(items, [{f"t{t}": 1.0} for t in range(100)])
+    if not declared_first:
+        rec.upsert_user("cat", {"t3": 1.0})
+    [listed] = [r for r in rec.recommend("cat", 3) if r.item == "i3"]
+    assert (listed.source, listed.reason) == ("content", "matches your tags t3")

@@ -514,3 +514,17 @@ def test_a_restored_engines_rate_counts_from_its_own_clock() -> None:
     time.sleep(0.05)
     loaded.learn_ratings([Rating(f"w{n}", "a", 5.0, 2.0) for n in range(50)])
     assert loaded.metrics()["events_per_s"] > 0
+
+
+def test_an_item_freed_then_listed_again_is_ranked_again() -> None:
+    engine = StreamEngine(Settings(k=3, n_factors=4, compact_share=0.5))
+    for item in "abcd":
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.delete_item("a")
+    engine.delete_item("b")
+    assert engine.compact_if_due() == 2
+    engine.upsert_item("a", {"jazz": 1.0})
+    engine.learn_ratings([Rating("u1", "c", 5.0, 1.0)])
+    ranked = engine.ranking.n
+    engine.learn_ratings([Rating("u1", "a", 5.0, 2.0)])
+    assert engine.ranking.n == ranked + 1

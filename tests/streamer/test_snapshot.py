@@ -220,3 +220,16 @@ def test_a_snapshot_of_an_older_layout_is_refused_at_load_not_at_the_first_batch
     assert older.created > current.created
     with pytest.raises(ValueError, match=r"an older layout, without errors\.n, similar\.to_score"):
         store.load(older, _fresh_engine)
+
+
+def test_a_snapshot_without_a_field_its_class_defaults_is_not_refused(tmp_path) -> None:
+    """A config field added with a default (read through the class) is no gap: such
+    snapshots load and work, and refusing them replayed the whole log at an upgrade."""
+    from streamer.app import _fresh_engine
+
+    engine, _ = small_engine(200)
+    del engine.model.config.__dict__["similar_content_weight"]  # (as pickled before it)
+    store = SnapshotStore(tmp_path)
+    store.save(engine, {0: 100}, engine.settings.model_fingerprint())
+    [snapshot] = store.list()
+    assert store.load(snapshot, _fresh_engine).model.config.similar_content_weight >= 0
