@@ -55,6 +55,8 @@ class ContentModel:
         self.full_refreshes = 0  # bumped whenever every item vector may change
         self._column_of = np.zeros(0, np.int64)  # hashed column of each tag row
         self._sign_of = np.zeros(0, np.float32)
+        self._index: tuple[np.ndarray, ...] | None = None  # (:meth:`_tag_index`)
+        self._index_key: tuple[int, int] | None = None
 
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
         """Grow storage for rows below ``n_users`` / ``n_items``."""
@@ -97,13 +99,16 @@ class ContentModel:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return np.divide(out, norms, out=out, where=norms > 0)
 
-    def exact_cosines(self, rows: np.ndarray, n: int, out: np.ndarray) -> np.ndarray:
-        """The cosines of item ``rows``' TF-IDF tag vectors with those of items ``0..n-1``,
-        computed from the tags themselves (no hashed column: exact however many tags),
-        into ``out`` ``(len(rows), n)``: positive exactly where two items share a tag.
+    def exact_cosines(
+        self, rows: np.ndarray, n: int, out: np.ndarray, among: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The cosines of item ``rows``' TF-IDF tag vectors with those of items ``0..n-1``
+        (or of the distinct items ``among`` only), computed from the tags themselves (no
+        hashed column: exact however many tags), into ``out`` ``(len(rows), n)`` (or
+        ``(len(rows), len(among))``): positive exactly where two items share a tag.
 
-        One pass over an index of the catalog's tags (sorted once per call): each of the
-        asked items' tags adds its products with the items carrying it.
+        One pass over an index of the catalog's tags (:meth:`_tag_index`): each of the
+        asked items' tags adds its products with the items carrying it, nothing else.
 
         >>> tags = ItemTags()
         >>> for row, t in enumerate([{"a": 1, "b": 1}, {"b": 1}, {"c": 1}]):
@@ -112,27 +117,51 @@ class ContentModel:
         >>> cos = cm.exact_cosines(np.array([1]), 3, np.empty((1, 3), np.float32))
         >>> [round(float(c), 3) for c in cos[0]]  # ("a" is rarer than "b": it weighs more)
         [0.605, 1.0, 0.0]
+        >>> cm.exact_cosines(np.array([1]), 3, np.empty((1, 1), np.float32), np.array([1]))
+        array([[1.]], dtype=float32)
         """
-        t, w = self.tags.rows[:n], self.tags.weights[:n]
-        values = w * self._idf()[t]  # (n, S): 0 in empty slots
-        norms = np.sqrt(np.einsum("ns,ns->n", values, values))
-        item, slot = np.nonzero(w > 0)
-        order = np.argsort(t[item, slot], kind="stable")
-        index_tag, index_item = t[item, slot][order], item[order]
-        index_value = values[item, slot][order]
+        values, norms, index_tag, index_item, index_value = self._tag_index(n)
         asked, asked_slot = np.nonzero(self.tags.weights[rows] > 0)
         asked_tag = self.tags.rows[rows][asked, asked_slot]
         lo = np.searchsorted(index_tag, asked_tag, "left")
         count = np.searchsorted(index_tag, asked_tag, "right") - lo
         at = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+        b, item = np.repeat(asked, count), index_item[at]
+        value = np.repeat(values[rows][asked, asked_slot], count) * index_value[at]
+        value /= norms[rows][b] * norms[item]  # (both carry a tag: norms > 0)
+        if among is not None:
+            column = np.full(n, -1, np.int64)
+            column[among] = np.arange(len(among))
+            item = column[item]
+            keep = item >= 0
+            b, item, value = b[keep], item[keep], value[keep]
         out[:] = 0.0
-        np.add.at(
-            out,
-            (np.repeat(asked, count), index_item[at]),
-            np.repeat(values[rows][asked, asked_slot], count) * index_value[at],
-        )
-        scale = np.outer(norms[rows], norms)
-        return np.divide(out, scale, out=out, where=scale > 0)
+        np.add.at(out, (b, item), value)
+        return out
+
+    def _tag_index(self, n: int) -> tuple[np.ndarray, ...]:
+        """The TF-IDF values of items ``0..n-1``'s tag slots, their norms, and the index
+        of (tag, item, value) sorted by tag: kept until the tags change (a sort over the
+        catalog's tag slots was most of a call over 300,000 items)."""
+        key = (self.tags.changes, n)
+        if self._index_key != key:
+            t, w = self.tags.rows[:n], self.tags.weights[:n]
+            values = w * self._idf()[t]  # (n, S): 0 in empty slots
+            norms = np.sqrt(np.einsum("ns,ns->n", values, values))
+            item, slot = np.nonzero(w > 0)
+            order = np.argsort(t[item, slot], kind="stable")
+            index = (t[item, slot][order], item[order], values[item, slot][order])
+            self._index, self._index_key = (values, norms, *index), key
+        return self._index
+
+    def __getstate__(self) -> dict:
+        """Pickled without :meth:`_tag_index`'s cache (made again when asked)."""
+        return {**self.__dict__, "_index": None, "_index_key": None}
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_index", None)  # (pickled before it existed)
+        state.setdefault("_index_key", None)
+        self.__dict__.update(state)
 
     def tag_vector(self, tags: Mapping[str, float]) -> np.ndarray:
         """Unit TF-IDF vector of arbitrary weighted tags (e.g. a user's declared interests).

@@ -1367,9 +1367,9 @@ class Recommender:
         if self.tags.n_tags <= d:
             content = self.content.C
             return content[among, :d] @ content[rows, :d].T
-        n = self.n_items
-        exact = self.content.exact_cosines(rows, n, np.empty((len(rows), n), np.float32))
-        return exact[:, among].T
+        distinct, back = np.unique(among, return_inverse=True)
+        out = np.empty((len(rows), len(distinct)), np.float32)
+        return self.content.exact_cosines(rows, self.n_items, out, distinct)[:, back].T
 
     def similar_rows(
         self, r: np.ndarray, names: Sequence[str], k: int = 10
