@@ -57,9 +57,10 @@ Deletes
 JSON Schemas
     ``python -m schemas.export`` writes them: the strict form of these rules, so that an
     event they accept, validation accepts too, but for what a pattern cannot say: a day
-    that does not exist (a 30 February), an instant before 1970 by its offset
-    (``1970-01-01T00:30:00+01:00``), an id or tag of nothing but format characters from
-    beyond the Basic Multilingual Plane, and the consumer's rating scale and clock.
+    that does not exist (a 30 February: the "date-time" format refuses it, where a
+    validator checks formats), an id or tag of nothing but format characters from beyond
+    the Basic Multilingual Plane, and the consumer's rating scale and clock. Their
+    date-times start on 1970-01-02 (the first day, with an offset, can fall before 1970).
     Validation is more lenient where it normalises: it strips ids and titles, collapses
     and lower-cases tags, and reads any ISO-8601 date-time with an offset.
 Payloads
@@ -132,9 +133,13 @@ _STRIPPED_PATTERN = (
     rf"^{_VISIBLE_SOMEWHERE}[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$(?!\n)"
 )
 _TAG_PATTERN = rf"^{_VISIBLE_SOMEWHERE}[^{_CONTROL}]*$(?!\n)"
-# RFC 3339 date-time (what JSON Schema's "date-time" format names), from 1970 on.
+# RFC 3339 date-time (what JSON Schema's "date-time" format names), from 1970-01-02 on
+# (the first day, with an offset ahead of UTC, can fall before 1970). Days up to 31 in
+# every month: a 30 February is refused by the "date-time" format, when checked.
 _DATE_TIME_PATTERN = (
-    r"^(?:19[7-9][0-9]|[2-9][0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"^(?:1970-(?:01-(?:0[2-9]|[12][0-9]|3[01])|(?:0[2-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]))"
+    r"|(?:197[1-9]|19[89][0-9]|[2-9][0-9]{3})-(?:0[1-9]|1[0-2])"
+    r"-(?:0[1-9]|[12][0-9]|3[01]))"
     r"[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
     r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$(?!\n)"
 )
