@@ -1477,9 +1477,9 @@ async def test_a_replay_waits_for_the_snapshot_being_restored(monkeypatch, tmp_p
     _snapshot(worker.settings, log[0][:3], {0: 3})
     load = worker.snapshots.load
 
-    def slow_load(snapshot):
+    def slow_load(snapshot, *args):
         time.sleep(0.3)  # (in a thread, as a large file's)
-        return load(snapshot)
+        return load(snapshot, *args)
 
     monkeypatch.setattr(worker.snapshots, "load", slow_load)
     try:
