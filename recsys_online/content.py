@@ -58,6 +58,12 @@ class ContentModel:
         self._index: tuple[np.ndarray, ...] | None = None  # (:meth:`_tag_index`)
         self._index_key: tuple[int, int] | None = None
 
+    @property
+    def columns_shared(self) -> bool:
+        """More tags than columns: some column holds several tags (with their signs),
+        so cosines of these vectors are no longer those of the tags."""
+        return self.tags.n_tags > self.dim
+
     def ensure(self, n_users: int = 0, n_items: int = 0) -> None:
         """Grow storage for rows below ``n_users`` / ``n_items``."""
         if n_users > self.n_users:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +41,7 @@ class FactorParams:
         ...
         ValueError: factors.lr_factor must be a finite number >= 0 (0: frozen), got nan
         """
-        for name, ok, rule in _PARAM_RULES:
-            value = getattr(self, name)
-            number = isinstance(value, int | float | np.integer | np.floating)
-            if isinstance(value, bool) or not number or not ok(value):
-                raise ValueError(f"factors.{name} must be {rule}, got {value!r}")
+        check_numbers(self, _PARAM_RULES, "factors.")
         seed = self.seed  # (None: numpy's fresh entropy, as default_rng takes it)
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
@@ -52,6 +49,18 @@ class FactorParams:
             raise ValueError(f"factors.seed must be an integer >= 0 or None, got {seed!r}")
         if not isinstance(self.adaptive, bool | np.bool_):
             raise ValueError(f"factors.adaptive must be True or False, got {self.adaptive!r}")
+
+
+def check_numbers(
+    obj: object, rules: Sequence[tuple[str, Callable[[float], bool], str]], prefix: str = ""
+) -> None:
+    """A ``ValueError`` naming the first of ``obj``'s fields that is not a number (a bool
+    is not one) or breaks its rule: ``rules`` are (field, test, the rule stated)."""
+    for name, ok, rule in rules:
+        value = getattr(obj, name)
+        number = isinstance(value, int | float | np.integer | np.floating)
+        if isinstance(value, bool) or not number or not ok(value):
+            raise ValueError(f"{prefix}{name} must be {rule}, got {value!r}")
 
 
 def _not_negative(v: float) -> bool:

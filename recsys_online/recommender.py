@@ -13,7 +13,7 @@ import numpy as np
 
 from recsys_online.content import ContentModel, best_tags
 from recsys_online.cooc import COUNT_FLOOR, CoOccurrence
-from recsys_online.factors import FactorModel, FactorParams, ItemVectors
+from recsys_online.factors import FactorModel, FactorParams, ItemVectors, check_numbers
 from recsys_online.ids import IdIndex, grown, row_map
 from recsys_online.popularity import Popularity
 from recsys_online.ranking import padded_width, top_k_rows
@@ -170,11 +170,7 @@ class RecommenderConfig:
             raise ValueError(
                 f"scale must be (low, high), finite, with low < high, got {self.scale}"
             )
-        for name, ok, rule in _CONFIG_RULES:
-            value = getattr(self, name)
-            number = isinstance(value, int | float | np.integer | np.floating)
-            if isinstance(value, bool) or not number or not ok(value):
-                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        check_numbers(self, _CONFIG_RULES)
         if not isinstance(self.factors, FactorParams):
             raise ValueError(f"factors must be a FactorParams, got {self.factors!r}")
 
@@ -480,12 +476,8 @@ class Recommender:
         """Keep, by id, who rated each item row that ``gone`` marks (recent history and
         older ratings alike), before compaction drops the rows."""
         users = np.arange(len(self.history))
-        flat, lengths = _joined(self.history, users, np.int32)
+        flat, lengths = self._rated(users)
         owner = np.repeat(users, lengths)
-        older = list(self._older.items())
-        if older:
-            flat = np.concatenate([flat, *(np.frombuffer(o, np.int32) for _, o in older)])
-            owner = np.concatenate([owner, *(np.full(len(o), u) for u, o in older)])
         hit = gone[flat]
         rows, raters = flat[hit], owner[hit].astype(np.int32)
         if not len(rows):
@@ -1363,8 +1355,8 @@ class Recommender:
     def content_cosines(self, rows: np.ndarray, among: np.ndarray) -> np.ndarray:
         """The content cosines "more like this" scores, of items ``among`` with items
         ``rows``: shape ``(len(among), len(rows))``."""
-        d = min(self.config.content_dim, max(1, self.tags.n_tags))
-        if self.tags.n_tags <= d:
+        if not self.content.columns_shared:
+            d = min(self.config.content_dim, max(1, self.tags.n_tags))
             content = self.content.C
             return content[among, :d] @ content[rows, :d].T
         distinct, back = np.unique(among, return_inverse=True)
@@ -1405,7 +1397,7 @@ class Recommender:
         content = self.content.C
         scores = self._out(len(r), width)
         weight = np.float32(self.config.similar_content_weight)
-        if self.tags.n_tags <= d:  # one column a tag: the vectors' cosines are exact
+        if not self.content.columns_shared:  # one column a tag: their cosines are exact
             np.matmul(content[r, :d] * weight, content[:n, :d].T, out=scores[:, :n])
         else:  # tags share columns (with signs: sharing a tag can cancel out): from tags
             self.content.exact_cosines(r, n, scores[:, :n])
@@ -1506,7 +1498,7 @@ class Recommender:
             can[2] = because >= 0
         if needed[1] or needed[4]:
             item_tags, agree = self.content.tag_agreement(u, padded)  # (B, K, T)
-            if self.tags.n_tags > self.content.dim:  # tags share columns: name only met ones
+            if self.content.columns_shared:  # a column holds several tags: name met ones
                 agree = np.where(self._met_tags(u, item_tags), agree, -np.inf)
             can[1] = can[4] = (agree > 0).any(axis=-1)
         can[3] = True

@@ -332,16 +332,19 @@ class StreamEngine:
         users = model.users.get_many([r.user for r in ratings])
         users = users[(users >= 0) & (users < len(model.cooc.recent))]
         rings = model.cooc.recent[users].ravel()
-        rows = np.concatenate([model.items.get_many([r.item for r in ratings]), rings])
-        self.similar.rated(rows[rows >= 0], self.similar_clock(), self.settings.similar_every_s)
+        self._similar_rows_moved(
+            np.concatenate([model.items.get_many([r.item for r in ratings]), rings])
+        )
 
     def similar_moved(self, items: Sequence[str]) -> None:
         """These items' co-occurrence moved (rated here, or pairs another worker shared):
         their similar lists fall due, ``settings.similar_every_s`` after their last write."""
-        every = self.settings.similar_every_s
-        if every > 0 and len(items):
-            rows = self.model.items.get_many(items)
-            self.similar.rated(rows[rows >= 0], self.similar_clock(), every)
+        if self.settings.similar_every_s > 0 and len(items):
+            self._similar_rows_moved(self.model.items.get_many(items))
+
+    def _similar_rows_moved(self, rows: np.ndarray) -> None:
+        """:meth:`similar_moved` by item rows (-1: not an item here, skipped)."""
+        self.similar.rated(rows[rows >= 0], self.similar_clock(), self.settings.similar_every_s)
 
     LIVE_FIGURES = (
         "version",  # (a list's model_version never goes back on a worker)
