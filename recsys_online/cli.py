@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recsys_online import datasets, synth
 from recsys_online.evaluate import Checkpoint, prequential
+from recsys_online.factors import FactorParams
 from recsys_online.json_safe import json_safe
 from recsys_online.recommender import MODELS, Recommender, RecommenderConfig
 from recsys_online.runtime import limit_blas_threads
@@ -57,6 +58,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     value = finite_float(text)
@@ -91,6 +100,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "highest rating, e.g. 0.5 5 for MovieLens' half stars)",
     )
     p.add_argument("--factors", type=factor_count, default=32, help="latent factors (<= 1024)")
+    defaults = FactorParams()
+    for name, help_text in (
+        ("lr_bias", "step size of the biases"),
+        ("lr_factor", "step size of the factor vectors"),
+        ("l2_bias", "L2 of the biases"),
+        ("l2_factor", "L2 of the factor vectors"),
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=non_negative_float,
+            default=getattr(defaults, name),
+            help=f"{help_text} (default {getattr(defaults, name):g}; RECSYS_{name.upper()} "
+            "for the worker)",
+        )
+    p.add_argument(
+        "--sgd",
+        action="store_true",
+        help="plain SGD instead of AdaGrad's per-row rates (RECSYS_ADAPTIVE=false)",
+    )
     p.add_argument(
         "--batch-size", type=positive_int, default=64, help="micro-batch (1 = sequential)"
     )
@@ -195,7 +223,16 @@ def run_replay(args: argparse.Namespace) -> int:
     config = RecommenderConfig(
         signals=MODELS[args.model], relevant=args.relevant, seed=args.seed, scale=scale
     )
-    config.factors = replace(config.factors, n_factors=args.factors, seed=args.seed)
+    config.factors = replace(
+        config.factors,
+        n_factors=args.factors,
+        seed=args.seed,
+        lr_bias=args.lr_bias,
+        lr_factor=args.lr_factor,
+        l2_bias=args.l2_bias,
+        l2_factor=args.l2_factor,
+        adaptive=not args.sgd,
+    )
     model = Recommender(config)
     total = len(ds.ratings) + len(ds.items) + len(ds.deletes)
     every = max(1000, total // 200)

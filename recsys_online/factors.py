@@ -19,8 +19,10 @@ class FactorParams:
     ``adaptive`` (the default) uses row-wise AdaGrad: one accumulated squared gradient per
     bias and per vector (the mean over its coordinates), the learning rates acting as
     AdaGrad's step sizes, so the adaptive state costs 4 bytes per row instead of a second
-    copy of every vector; without it, plain SGD. The defaults were chosen on the
-    synthetic stream (prequential RMSE 0.745 against 0.865 for plain SGD at 0.02).
+    copy of every vector; without it, plain SGD. On the synthetic stream
+    (``recsys-online synth DIR --seed 0``, 100,000 ratings; ``recsys-online replay
+    DIR/ratings.csv --items DIR/items.csv --model mf``), prequential RMSE 0.737 with the
+    defaults, 0.751 with ``--sgd`` at the same rates, 0.831 with ``--sgd`` at 0.02.
     """
 
     n_factors: int = 32

@@ -76,6 +76,13 @@ def _user_rounds(ratings: list[Rating]) -> list[list[Rating]]:
     return rounds
 
 
+def learning_rates(settings: Settings) -> dict[str, object]:
+    """The :class:`FactorParams` the worker's settings give, by name, beside the factor
+    count and seed (which a snapshot must match: ``Settings.MODEL_SETTINGS``)."""
+    names = ("lr_bias", "lr_factor", "l2_bias", "l2_factor", "adaptive")
+    return {name: getattr(settings, name) for name in names}
+
+
 class StreamEngine:
     """A worker's model and live metrics; every method is synchronous and does no I/O.
 
@@ -106,7 +113,9 @@ class StreamEngine:
             seed=s.seed,
             similar_content_weight=s.similar_content_weight,
         )
-        config.factors = replace(FactorParams(), n_factors=s.n_factors, seed=s.seed)
+        config.factors = replace(
+            FactorParams(), n_factors=s.n_factors, seed=s.seed, **learning_rates(s)
+        )
         self.model = Recommender(config)
         if s.share_items_every_s > 0:  # other workers add in what this one learns
             self.model.track_item_changes()
@@ -455,15 +464,20 @@ class StreamEngine:
         """Work under ``settings`` from now on: an engine restored from a snapshot taken
         under other values of the settings a model does not depend on (those outside
         ``Settings.MODEL_SETTINGS``, which a snapshot must match) follows the current
-        ones: the "more like this" content weight, the share of ratings ranked fresh, the
-        dedupe window (ids past it, all of them at 0, are forgotten), the metrics window
-        (the latest figures held are kept).
+        ones: the factors' step sizes, L2 and AdaGrad switch (the model learns on from
+        its factors, a row AdaGrad starts on from its first step), the "more like this"
+        content weight, the share of ratings ranked fresh, the dedupe window (ids past
+        it, all of them at 0, are forgotten), the metrics window (the latest figures
+        held are kept).
 
         >>> engine = StreamEngine(Settings(dedupe_window=5))
         >>> engine.remember(["a", "b"])
         >>> engine.adopt(Settings(dedupe_window=0, similar_content_weight=0.5))
         >>> engine.learned_id("a"), engine.model.config.similar_content_weight
         (False, 0.5)
+        >>> engine.adopt(Settings(lr_factor=0.05, adaptive=False))
+        >>> engine.model.mf.params.lr_factor, engine.model.mf.params.adaptive
+        (0.05, False)
         >>> engine.adopt(Settings(metrics_window=7))
         >>> engine.freshness_ms.maxlen, engine.errors.rolling_squared.size
         (7, 7)
@@ -476,6 +490,8 @@ class StreamEngine:
             self.freshness_ms = deque(self.freshness_ms, maxlen=window)
         self.settings = settings
         self.model.config.similar_content_weight = settings.similar_content_weight
+        factors = replace(self.model.config.factors, **learning_rates(settings))
+        self.model.config.factors = self.model.mf.params = factors
         self._sample_below = round(settings.fresh_eval_share * 2**32)
         self.remember(())
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from recsys_online.factors import FactorParams
 from schemas import parse_event
 
 _KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -66,6 +67,13 @@ class Settings:
     fetch_partition_bytes: int = 1_048_576
     fetch_max_wait_ms: int = 50
     n_factors: int = 32
+    # How the factors learn (recsys_online.factors.FactorParams): step sizes, L2, and
+    # AdaGrad's per-row rates (off: plain SGD). A restored model learns on with these.
+    lr_bias: float = FactorParams.lr_bias
+    lr_factor: float = FactorParams.lr_factor
+    l2_bias: float = FactorParams.l2_bias
+    l2_factor: float = FactorParams.l2_factor
+    adaptive: bool = FactorParams.adaptive
     rating_low: float = 1.0
     rating_high: float = 5.0
     relevant: float = 4.0
@@ -469,6 +477,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     ),
     (("fresh_eval_share", "compact_share"), lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
     (("seed",), lambda v: v >= 0, "must be >= 0"),
+    (("lr_bias", "lr_factor"), lambda v: v >= 0, "must be >= 0 (0: frozen)"),
+    (("l2_bias", "l2_factor"), lambda v: v >= 0, "must be >= 0"),
     # (as replay's --factors: 1,024 float32 per user and item is already 4 KB each)
     (("n_factors",), lambda v: 1 <= v <= 1024, "must be 1 to 1024"),
     # Kafka's bounds: the broker refuses a group session under 6 s by default, and Faust

@@ -128,3 +128,41 @@ def test_a_stopped_demo_leaves_nothing_running(kafka_bootstrap, redis_url, sig, 
     assert "interrupted: stopping" in out
     assert len(pids(out)) == 2
     assert all(gone(pid) for pid in pids(out))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_a_demo_kept_up_after_its_stream_stops_everything_on_a_signal(
+    kafka_bootstrap, redis_url, sig, demo_processes
+):
+    """Step 6 of the README's demo: the worker and dashboard stay up after the stream
+    until Ctrl-C (or the terminal closes), and then none is left running."""
+    process = demo(
+        demo_processes,
+        kafka_bootstrap,
+        redis_url,
+        "--ratings",
+        "1000",
+        "--rate",
+        "4000",
+        "--then",
+        "wait",
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 150
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if "worker and dashboard stay up" in line or not line:
+            break
+    assert "worker and dashboard stay up" in lines[-1], "".join(lines)[-3000:]
+    time.sleep(1)
+    assert process.poll() is None  # still up, waiting
+    assert not any(gone(pid) for pid in pids("".join(lines)))
+    process.send_signal(sig)
+    rest, _ = process.communicate(timeout=90)
+    out = "".join(lines) + rest
+    assert process.returncode == 130, out[-3000:]
+    assert "interrupted: stopping" in out
+    assert len(pids(out)) == 2
+    assert all(gone(pid) for pid in pids(out))

@@ -528,3 +528,36 @@ def test_an_item_freed_then_listed_again_is_ranked_again() -> None:
     ranked = engine.ranking.n
     engine.learn_ratings([Rating("u1", "a", 5.0, 2.0)])
     assert engine.ranking.n == ranked + 1
+
+
+def _factor_state(engine: StreamEngine) -> list:
+    """The users' and items' biases and vectors (their rows in use, not the spare ones)."""
+    mf = engine.model.mf
+    users, items = slice(mf.n_users), slice(mf.n_items)
+    return [a.copy() for a in (mf.user_bias[users], mf.item_bias[items], mf.P[users], mf.V[items])]
+
+
+def test_the_factors_learn_with_the_rates_the_settings_give_and_a_restore_takes_new_ones() -> None:
+    def engine(**rates) -> StreamEngine:
+        e = StreamEngine(Settings(k=3, n_factors=4, **rates))
+        for j in range(4):
+            e.upsert_item(f"i{j}", {})
+        e.learn_ratings([Rating("u1", "i0", 5.0, 1.0), Rating("u2", "i1", 1.0, 2.0)])
+        return e
+
+    frozen = engine(lr_bias=0.0, lr_factor=0.0)
+    assert not frozen.model.mf.user_bias.any() and not frozen.model.mf.item_bias.any()
+    assert engine().model.mf.user_bias.any()  # (the defaults learn)
+    sgd, ada = engine(adaptive=False), engine()
+    assert not sgd.model.mf._acc and ada.model.mf._acc  # (AdaGrad's state, only with it)
+    assert sgd.model.mf.P.tolist() != ada.model.mf.P.tolist()
+    # A restored engine learns on under the settings it is started with.
+    restored = pickle.loads(pickle.dumps(engine()))
+    restored.adopt(Settings(k=3, n_factors=4, lr_bias=0.0, lr_factor=0.0))
+    before = _factor_state(restored)
+    restored.learn_ratings([Rating("u1", "i2", 4.0, 3.0), Rating("u3", "i3", 2.0, 4.0)])
+    after = _factor_state(restored)
+    assert restored.model.config.factors is restored.model.mf.params
+    assert len(after[0]) == len(before[0]) + 1  # (u3)
+    assert all((a[: len(b)] == b).all() for a, b in zip(after, before, strict=True))
+    assert after[0][-1] == 0.0  # (u3's bias: new, and frozen at 0)

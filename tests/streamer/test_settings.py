@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+from recsys_online.factors import FactorParams
 from streamer.settings import Settings, SettingsError
 
 
 def test_values_are_read_and_typed_by_name() -> None:
     settings = Settings.from_env({"RECSYS_K": "20", "RECSYS_REFRESH_EVERY_S": "0.5"})
     assert (settings.k, settings.refresh_every_s) == (20, 0.5)
+
+
+def test_the_factors_learning_settings_default_to_the_cores_and_are_read() -> None:
+    defaults, params = Settings(), FactorParams()
+    for name in ("lr_bias", "lr_factor", "l2_bias", "l2_factor", "adaptive"):
+        assert getattr(defaults, name) == getattr(params, name), name
+    env = {"RECSYS_LR_FACTOR": "0.05", "RECSYS_L2_BIAS": "0", "RECSYS_ADAPTIVE": "false"}
+    settings = Settings.from_env(env)
+    assert (settings.lr_factor, settings.l2_bias, settings.adaptive) == (0.05, 0.0, False)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +55,11 @@ def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
         ({"RECSYS_SEED": "-1"}, "RECSYS_SEED must be >= 0"),
         ({"RECSYS_N_FACTORS": "100000"}, "RECSYS_N_FACTORS must be 1 to 1024"),
         ({"RECSYS_N_FACTORS": "0"}, "RECSYS_N_FACTORS must be 1 to 1024"),
+        ({"RECSYS_LR_FACTOR": "-0.1"}, "RECSYS_LR_FACTOR must be >= 0"),
+        ({"RECSYS_LR_BIAS": "nan"}, "RECSYS_LR_BIAS must be a finite number"),
+        ({"RECSYS_L2_FACTOR": "-1"}, "RECSYS_L2_FACTOR must be >= 0"),
+        ({"RECSYS_L2_BIAS": "inf"}, "RECSYS_L2_BIAS must be a finite number"),
+        ({"RECSYS_ADAPTIVE": "adagrad"}, "RECSYS_ADAPTIVE: 'adagrad' is not a valid bool"),
         ({"RECSYS_SESSION_TIMEOUT_S": "90.5"}, "RECSYS_SESSION_TIMEOUT_S must be 6 to 90"),
         ({"RECSYS_SESSION_TIMEOUT_S": "2"}, "RECSYS_SESSION_TIMEOUT_S must be 6 to 90"),
         ({"RECSYS_FETCH_MAX_WAIT_MS": "90000"}, "RECSYS_FETCH_MAX_WAIT_MS must be at most"),
