@@ -1523,6 +1523,9 @@ class RecsysWorker:
                 await self._reset_now(replaying=True)
                 if self._reset_pending:  # put off (a batch is being validated): not into
                     return  # the model the rebuild will drop
+                # The rebuilt model starts from the snapshot of the partitions kept, if
+                # any: restored here, under this lock, never under this replay.
+                await self._restore_once(replaying=True)
             todo = (self._assigned() | first_live.keys()) - self._replayed
             if not todo:
                 return
@@ -1575,12 +1578,14 @@ class RecsysWorker:
         }
 
     # ------------------------------------------------------------------ snapshots
-    async def _restore_once(self) -> None:
+    async def _restore_once(self, replaying: bool = False) -> None:
         """Once this worker has partitions, before their first replay, load the best
         usable snapshot (see :mod:`streamer.snapshot`): the partitions it covers are then
         replayed from its offsets instead of from the start. Called by the timer from
-        the first tick (so the catalog is read once, into the loaded model) and before
-        every replay."""
+        the first tick (so the catalog is read once, into the loaded model), before
+        every replay, and by a replay after the rebuild it began with (``replaying``:
+        it holds the replay lock). Never while another replay runs: it learns into the
+        model a restore would replace (and itself restores first, after a rebuild)."""
         if self.settings.snapshot_every_s <= 0:
             return
         if self._restore_tried:  # a restore under way holds ``_learning``: wait for it,
@@ -1588,8 +1593,10 @@ class RecsysWorker:
             return
         if not self._assigned():
             return  # not in the group yet: the next tick asks again
+        if self._replay_lock.locked() and not replaying:
+            return
         async with self._learning:
-            if self._restore_tried:
+            if self._restore_tried or (self._replay_lock.locked() and not replaying):
                 return
             self._restore_tried = True
             self._restore_ended.clear()
@@ -1603,6 +1610,7 @@ class RecsysWorker:
         assigned = self._assigned()
         if not assigned or self._replayed or self.engine.events:
             return
+        current = self.engine
         try:
             committed = await self._committed()
         except KafkaError as exc:  # asked again at the next tick (or replay in full)
@@ -1628,6 +1636,11 @@ class RecsysWorker:
                 sorted(engine.shared_from & assigned),
             )
             return
+        if self.engine is not current or self._replayed or current.events:
+            log.info("snapshot %s not restored: the model moved on meanwhile", snapshot.path.name)
+            return  # (not reached while ``_learning`` is held: a guard for what may change)
+        if current.carries_live_figures:  # a rebuild: this worker's figures go on
+            current.hand_over_live_figures(engine)
         engine.adopt(self.settings)  # (its non-model settings may have changed since)
         engine.live = False
         # Changes pending when it was taken were most likely sent since (the exchange

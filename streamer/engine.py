@@ -377,9 +377,30 @@ class StreamEngine:
         figures: the evaluation windows, counters and histograms go on, so monitoring
         sees no reset, while ``events`` counts the new model's ratings from zero."""
         new = StreamEngine(self.settings, self.max_tracked_users)
-        for name in self.LIVE_FIGURES:
-            setattr(new, name, getattr(self, name))
+        self.hand_over_live_figures(new)
         return new
+
+    @property
+    def carries_live_figures(self) -> bool:
+        """This worker has published lists, evaluated ratings or counted dead letters."""
+        return bool(self.version or self.evaluated or self.deadletters)
+
+    def hand_over_live_figures(self, to: StreamEngine) -> None:
+        """Give ``to`` (a rebuild's model, or a snapshot loaded by a running worker) this
+        engine's live figures, so that monitoring sees no reset or step back: its
+        counters and windows go on from here, and lists' ``model_version`` from the
+        larger of the two.
+
+        >>> old, snap = StreamEngine(Settings(n_factors=2)), StreamEngine(Settings(n_factors=2))
+        >>> old.version, old.deadletters, snap.version, snap.deadletters = 250, 8, 100, 3
+        >>> old.hand_over_live_figures(snap)
+        >>> snap.version, snap.deadletters
+        (250, 8)
+        """
+        version = max(self.version, to.version)
+        for name in self.LIVE_FIGURES:
+            setattr(to, name, getattr(self, name))
+        to.version = version
 
     def serve(self, users: Iterable[str]) -> Lists:
         """Fresh lists for these users (and remember them as served)."""

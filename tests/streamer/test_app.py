@@ -1493,6 +1493,46 @@ async def test_a_replay_waits_for_the_snapshot_being_restored(monkeypatch, tmp_p
     assert worker.engine.events == 6 and worker.engine.model.n_users == 6
 
 
+async def test_a_restore_never_swaps_the_model_under_a_replay_that_rebuilt_it(
+    monkeypatch, tmp_path
+) -> None:
+    """A rebuild asked for while another replay ran is done by the next replay, under
+    the replay lock. A restore asked for meanwhile (the agent's batch, the timer) must
+    not load a snapshot in place of the model that replay learns into: the ratings
+    learned before the swap would be lost, those after it learned on top of the
+    snapshot's (twice). The replay restores the snapshot itself, first; the worker's
+    live figures go on through it."""
+    log = {0: [Rating(f"u{n}", "a", float(1 + n % 5), float(n)) for n in range(6)]}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    _snapshot(worker.settings, log[0][:3], {0: 3})
+    load = worker.snapshots.load
+
+    def slow_load(snapshot, *args):
+        time.sleep(0.03)
+        return load(snapshot, *args)
+
+    monkeypatch.setattr(worker.snapshots, "load", slow_load)
+    worker._restore_tried = True  # (tried at the start, before that snapshot existed)
+    worker._reset_pending = True  # (asked for while a replay ran)
+    worker.engine.version, worker.engine.deadletters = 250, 8
+    try:
+        replay = asyncio.ensure_future(worker._ensure_replayed({}))
+        while not (worker._replay_lock.locked() and not worker._reset_pending):
+            await asyncio.sleep(0)  # (the replay holds the lock and has rebuilt)
+        for _ in range(3):  # batches and ticks asking meanwhile
+            await worker._restore_once()
+            await asyncio.sleep(0.02)
+        await replay
+    finally:
+        follower.cancel()
+    assert starts == [{0: 3}]  # restored by the replay, then the rest of the log
+    model = worker.engine.model
+    assert worker.engine.events == 6
+    assert [int(model.user_n[model.users.get(f"u{n}")]) for n in range(6)] == [1] * 6
+    assert worker.engine.version >= 250 and worker.engine.deadletters == 8
+
+
 async def _partition_1_goes_elsewhere(worker: RecsysWorker, owned: set[int]) -> None:
     """A rebalance that gives partition 0 back and partition 1 to another worker: the
     model is rebuilt from partition 0's history (offsets [0, 4))."""
