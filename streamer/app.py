@@ -250,8 +250,8 @@ async def read_merged(
 ) -> AsyncIterator[list[tuple[int, Rating]]]:
     """The ratings at offsets ``[start[p], until[p])`` of several partitions of ``topic``,
     as ``(partition, rating)`` in event-time order across the partitions (each
-    partition's own order kept), in chunks of about ``batch``; records ``parse`` maps to
-    None are skipped."""
+    partition's own order kept), in chunks of at most ``batch`` (a caller checks for a
+    rebalance between two); records ``parse`` maps to None are skipped."""
     ranges = {TopicPartition(topic, p): (start.get(p, 0), end) for p, end in until.items()}
     # A partition still short of its end has more to deliver, however long the caller
     # takes to learn a chunk: no wall-clock bound (``max_hold_s``) here, which would let
@@ -265,11 +265,11 @@ async def read_merged(
             if rating is not None:
                 merge.add(record.partition, rating.timestamp, (record.partition, rating))
         released = merge.release({tp.partition for tp in reading}, min_batch=batch, max_wait_s=0.5)
-        if released:
-            yield released
+        for lo in range(0, len(released), batch):  # (a partition held back, then let go:
+            yield released[lo : lo + batch]  # up to 40 chunks at once, still one at a time)
     released = merge.release(set())
-    if released:
-        yield released
+    for lo in range(0, len(released), batch):
+        yield released[lo : lo + batch]
 
 
 DEADLETTER_BYTES = 900_000  # most of a dead letter's original value kept (1 MB requests)
@@ -404,7 +404,11 @@ class CatalogFollower:
         if self.consumer is None or not self.partitions:
             return
         deadline = time.monotonic() + timeout
-        end = await self.consumer.end_offsets(self.partitions)
+        try:  # (the ends too within the bound: asked of a broker away, they wait 40 s)
+            end = await asyncio.wait_for(self.consumer.end_offsets(self.partitions), timeout)
+        except (TimeoutError, KafkaError) as exc:  # what is known is what was read
+            log.warning("the items topic's end unknown (%r): not waiting for it", exc)
+            return
         while time.monotonic() < deadline and not await self._caught_up(end):
             await asyncio.sleep(0.005)
 
@@ -827,7 +831,7 @@ class RecsysWorker:
                 await self._learn_released()
             return
         await self._reset_if_pending()
-        await self.catalog.ready.wait()
+        await self._catalog_read(revocations)
         await self._compact_if_due(in_agent=True)
         batch, records = records, self._not_learned(records)
         if not records:
@@ -835,6 +839,49 @@ class RecsysWorker:
         first: dict[int, int] = {}
         for record in records:
             first.setdefault(record.partition, record.offset)
+        wait_s = self.KAFKA_RETRY_S
+        while True:  # Kafka unreachable (a broker restarting, a coordinator moving): again
+            try:
+                records, valid = await self._replayed_and_valid(first, batch, records, revocations)
+                break
+            except KafkaError as exc:
+                if self.app.consumer.revocations != revocations:  # (the partitions may
+                    raise BatchAbandoned(f"a rebalance began; Kafka: {exc!r}") from exc  # go)
+                log.warning("a ratings batch waits for Kafka (%r): again in %.1f s", exc, wait_s)
+                await asyncio.sleep(wait_s)
+                wait_s = min(2 * wait_s, 5.0)
+        for partition, offset, rating, produced_ms, event_id in valid:
+            held = (rating, produced_ms, partition, offset, event_id)
+            self.ordering.add(partition, rating.timestamp, held)
+        # Only now (a snapshot reads these as "learned or held below here"): validating
+        # may wait on dead letters or the catalog, and the timer may run meanwhile.
+        for record in records:
+            self._next_offset[record.partition] = record.offset + 1
+        await self._learn_released()
+
+    async def _catalog_read(self, revocations: int) -> None:
+        """Wait for the catalog to be read (again, after a rebuild or a restore: the
+        whole items topic); a rebalance begun since the consumer's count of them was
+        ``revocations`` gives the caller up instead, for its revocation waits for the
+        batch in progress."""
+        while not self.catalog.ready.is_set():
+            if self.app.consumer.revocations != revocations:
+                raise BatchAbandoned("a rebalance began while the catalog was read")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.catalog.ready.wait(), 0.05)
+
+    KAFKA_RETRY_S = 0.5  # a batch's first wait for Kafka; doubled each time, up to 5 s
+
+    async def _replayed_and_valid(
+        self,
+        first: dict[int, int],
+        batch: list[ConsumerRecord],
+        records: list[ConsumerRecord],
+        revocations: int,
+    ) -> tuple[list[ConsumerRecord], list[tuple[int, int, Rating, float, str | None]]]:
+        """:meth:`learn_ratings`' steps before learning, which read Kafka: the replay of
+        partitions not in the model yet (``first``: each one's first offset in the
+        batch), then the validation of the records still to learn. Returns both."""
         if first.keys() - self._replayed:
             await self._ensure_replayed(first, revocations)
             # Filtered again: the replay that ran may have been another's (the timer's,
@@ -846,17 +893,9 @@ class RecsysWorker:
         # without its catalog yet, and learn them on top of its replay.
         self._validating = True
         try:
-            valid = await self._valid_ratings(records)
+            return records, await self._valid_ratings(records)
         finally:
             self._validating = False
-        for partition, offset, rating, produced_ms, event_id in valid:
-            held = (rating, produced_ms, partition, offset, event_id)
-            self.ordering.add(partition, rating.timestamp, held)
-        # Only now (a snapshot reads these as "learned or held below here"): validating
-        # may wait on dead letters or the catalog, and the timer may run meanwhile.
-        for record in records:
-            self._next_offset[record.partition] = record.offset + 1
-        await self._learn_released()
 
     def _not_learned(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
         """The records the model has not learned: a partition already in it never learns
@@ -1784,7 +1823,7 @@ class RecsysWorker:
         s = self.settings
         if revocations is None:
             revocations = self.app.consumer.revocations
-        await self.catalog.ready.wait()  # a rating of an item not read yet would be lost
+        await self._catalog_read(revocations)  # (a rating of an item not read yet: lost)
         started = time.monotonic()
         # (An offset below the log's start, gone with a retention set by hand: from the
         # start, not the end, which would skip the rest of the history silently.)

@@ -592,13 +592,15 @@ class StreamEngine:
 
     def delete_item(self, item: str, timestamp: float | None = None) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it.
-        (Deleting an item already deleted and freed again, as when the catalog is read
-        again, changes nothing.) ``timestamp``: the delete's event time
+        (Deleting an item already deleted, freed or not, as when the catalog is read
+        again, changes nothing but the delete's time.) ``timestamp``: the delete's event time
         (:meth:`rated_while_listed`)."""
         if self.was_freed(item):
             return {}
         if timestamp is not None:
             self.deleted_at[item] = timestamp
+        if item not in self.pending and self.model.is_deleted(item):
+            return {}  # (deleted already: no list holds it, and no pass over them all)
         if item in self.pending:  # known, so its later ratings are refused as deleted
             self._bring_in(item)
         self.model.delete_item(item)

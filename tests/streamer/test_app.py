@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import types
 from dataclasses import replace
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, RequestTimedOutError
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
@@ -508,10 +509,15 @@ async def test_a_slow_replay_still_learns_in_event_time_order(monkeypatch) -> No
 
     monkeypatch.setattr(app_module, "read_ranges", runs)
     times: list[float] = []
+    sizes: list[int] = []
     async for chunk in app_module.read_merged(None, "r", {}, {0: 100, 1: 100}, lambda r: r, 20):
         times += [r.timestamp for _, r in chunk]
+        sizes.append(len(chunk))
         clock[0] += 3.0  # learning the chunk takes 3 s of wall time
     assert len(times) == 200 and times == sorted(times)
+    # Chunks of at most the batch, even where a partition held back is let go: a
+    # rebalance is noticed between two (one of 100 took 40 chunks' time at once).
+    assert max(sizes) == 20
 
 
 async def test_an_event_id_enters_the_model_only_with_its_rating(monkeypatch) -> None:
@@ -794,6 +800,30 @@ async def test_a_rebalance_begun_while_the_batch_waits_for_the_catalog_stops_its
         await worker.learn_ratings([_rating_record(b"{}", offset=2)])
     await reader
     assert worker.engine.events == 0 and worker._reset_pending
+
+
+async def test_a_rebalance_begun_while_the_catalog_is_read_gives_the_batch_up_at_once(
+    monkeypatch,
+) -> None:
+    """A catalog read again in full (a rebuild) may take long: a revocation that begins
+    meanwhile gives the batch up then, not once the catalog is read (past Faust's
+    rebalance timeout, the group would evict the worker)."""
+
+    async def committed(self) -> dict[int, int]:
+        return {0: 2}
+
+    worker = _two_ratings_to_replay(monkeypatch, committed)
+    worker.catalog.ready.clear()  # (being read; never done in this test)
+
+    async def rebalance() -> None:
+        await asyncio.sleep(0.01)
+        worker.app.consumer.revocations += 1
+
+    begins = asyncio.ensure_future(rebalance())
+    with pytest.raises(BatchAbandoned):
+        await asyncio.wait_for(worker.learn_ratings([_rating_record(b"{}", offset=2)]), 2.0)
+    await begins
+    assert worker.engine.events == 0
 
 
 async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> None:
@@ -1395,6 +1425,59 @@ async def test_a_replay_that_waited_for_another_does_the_rebuild_asked_for_meanw
         follower.cancel()
     assert worker.engine is not engine and not worker._reset_pending
     assert starts == [{0: 0}, {0: 0}] and worker.engine.events == 6
+
+
+async def test_a_batch_waits_out_kafka_unreachable_and_learns_each_rating_once(
+    monkeypatch, tmp_path
+) -> None:
+    """Kafka unreachable in a batch's steps before learning (the group's offsets for the
+    replay of a partition just assigned, the replay's own reads, the items topic's end)
+    does not stop the worker: the batch waits and tries again, and then learns the
+    partition's history and the batch's ratings once each."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(6)]}
+    worker, starts, follower = _restoring_worker(
+        monkeypatch, tmp_path, log, {0: 4}, snapshot_every_s=0
+    )
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    monkeypatch.setattr(RecsysWorker, "KAFKA_RETRY_S", 0.01)
+    monkeypatch.setattr(worker, "_waiting_partitions", set)  # (caught up: learned at once)
+    worker._settled()
+    failures = [KafkaConnectionError(), RequestTimedOutError()]
+    committed = RecsysWorker._committed
+
+    async def flaky(self):
+        if failures:
+            raise failures.pop()
+        return await committed(self)
+
+    monkeypatch.setattr(RecsysWorker, "_committed", flaky)
+
+    class Unreachable:
+        async def end_offsets(self, partitions):
+            raise KafkaConnectionError()
+
+    worker.catalog.consumer, worker.catalog.partitions = Unreachable(), [TP("i", 0)]
+    raw = [
+        json.dumps({"user_id": f"u{n}", "item_id": item, "rating": 4, "timestamp": n}).encode()
+        for n, item in ((4, "a"), (5, "unlisted"))
+    ]
+    batch = [
+        ConsumerRecord("r", 0, 4 + j, 0, 0, f"u{4 + j}".encode(), v, None, 0, len(v), [])
+        for j, v in enumerate(raw)
+    ]
+    letters: list[str] = []
+
+    async def dead_letter(record, reason, acks):
+        letters.append(reason)
+
+    monkeypatch.setattr(worker, "_dead_letter", dead_letter)
+    try:
+        await asyncio.wait_for(worker.learn_ratings(batch), 10)
+    finally:
+        follower.cancel()
+    assert not failures and starts == [{0: 0}]
+    assert worker.engine.events == 5  # offsets 0-3 replayed, 4 live: once each
+    assert letters == ["item_id: unknown item 'unlisted'"]  # (the topic's end unknown)
 
 
 async def test_a_batch_whose_replay_rebuilt_the_model_first_learns_what_the_rebuild_lacks(

@@ -561,3 +561,21 @@ def test_the_factors_learn_with_the_rates_the_settings_give_and_a_restore_takes_
     assert len(after[0]) == len(before[0]) + 1  # (u3)
     assert all((a[: len(b)] == b).all() for a, b in zip(after, before, strict=True))
     assert after[0][-1] == 0.0  # (u3's bias: new, and frozen at 0)
+
+
+def test_deleting_an_item_deleted_already_changes_nothing_and_reads_no_list() -> None:
+    """The catalog read again into a restored model deletes its deleted items again:
+    each must not cost a pass over every served user's list (4-5 ms at 200,000)."""
+    engine = StreamEngine(Settings(k=3, n_factors=4))
+    for j in range(4):
+        engine.upsert_item(f"i{j}", {"t": 1.0})
+    engine.learn_ratings([Rating("u1", "i0", 5.0, 1.0)])
+    shown = engine.served["u1"]
+    assert engine.delete_item(shown[0], timestamp=2.0).keys() == {"u1"}
+
+    def no_pass(item: str) -> list[str]:
+        raise AssertionError("a pass over the served lists")
+
+    engine.shown_to = no_pass
+    assert engine.delete_item(shown[0], timestamp=3.0) == {}
+    assert engine.deleted_at[shown[0]] == 3.0
