@@ -1773,16 +1773,23 @@ class RecsysWorker:
             for _, _, partition, offset, _ in self.ordering.held():
                 if partition in offsets:
                     offsets[partition] = min(offsets[partition], offset)
-            if (self.engine.version, offsets) == self._snapshot_of:
+            unchanged = (self.engine.version, offsets) == self._snapshot_of
+            if unchanged:
                 self._last_snapshot = time.monotonic()
                 if self._snapshot_info is not None:  # (the model as it is is saved: fresh)
                     _, ratings, size = self._snapshot_info
                     self._snapshot_info = (time.time(), ratings, size)
-                return  # nothing new since the last one
-            self._snapshot_of = (self.engine.version, offsets)
-            started = time.monotonic()
-            data = self.snapshots.dumps(self.engine, offsets, s.model_fingerprint())
-            ratings = self.engine.events
+            else:
+                self._snapshot_of = (self.engine.version, offsets)
+                started = time.monotonic()
+                data = self.snapshots.dumps(self.engine, offsets, s.model_fingerprint())
+                ratings = self.engine.events
+        if unchanged:  # nothing new since the last one: it stays current on disk too
+            try:
+                await asyncio.to_thread(self.snapshots.keep, offsets)
+            except OSError as exc:  # (a folder gone: the next write says so)
+                log.warning("snapshot not marked current: %s", exc)
+            return
         try:
             committed = await self._committed()
         except KafkaError as exc:  # retention then keeps the newest few only

@@ -154,19 +154,27 @@ def refusing_writes(exc: BaseException) -> bool:
     out of memory under ``noeviction`` (until keys expire or memory is added), a failed
     background save (``MISCONF``), a replica that the connection still reaches after a
     failover (``READONLY``: the sink reconnects), a primary away (``MASTERDOWN``), a
-    cluster slot being moved (``TRYAGAIN``).
+    cluster slot being moved (``TRYAGAIN``), a primary whose ``min-replicas-to-write``
+    replicas are away (``NOREPLICAS``), another client's script running (``BUSY``).
 
     >>> from redis.exceptions import OutOfMemoryError, ResponseError
     >>> refusing_writes(OutOfMemoryError("command not allowed when used memory > 'maxmemory'"))
     True
     >>> refusing_writes(ResponseError("MISCONF Redis is configured to save RDB snapshots"))
     True
+    >>> refusing_writes(ResponseError("NOREPLICAS Not enough good replicas to write."))
+    True
+    >>> refusing_writes(ResponseError("BUSY Redis is busy running a script."))
+    True
     >>> refusing_writes(ResponseError("WRONGTYPE Operation against a key"))
     False
     """
     if isinstance(exc, OutOfMemoryError | ReadOnlyError | MasterDownError | TryAgainError):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+    return isinstance(exc, ResponseError) and str(exc).startswith(_REFUSING)
+
+
+_REFUSING = ("MISCONF", "NOREPLICAS", "BUSY ")  # (a refusal with no class of its own)
 
 
 WORKER_TTL_S = 30  # a worker's own metrics hash lives at least this long after its last write

@@ -23,6 +23,8 @@ elsewhere, as loading a pickle runs code.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 import time
@@ -30,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 KEEP = 2  # snapshots kept per set of partitions
@@ -103,8 +107,8 @@ class SnapshotStore:
         Other sets' snapshots go once stale (:data:`STALE_S`), as do leftover temporary
         files; a failed write removes its own."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        partitions = tuple(sorted(offsets))
-        path = self.directory / f"snapshot-p{'-'.join(map(str, partitions))}_{time.time_ns()}.pkl"
+        partitions = _set_key(offsets)
+        path = self.directory / f"snapshot-{_set_name(offsets)}_{time.time_ns()}.pkl"
         tmp = path.with_suffix(".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -116,11 +120,7 @@ class SnapshotStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        by_set: dict[tuple[int, ...], list[tuple[int, Path]]] = {}
-        for file in self.directory.glob("snapshot-*.pkl"):
-            named = _named(file)
-            if named is not None:
-                by_set.setdefault(named[0], []).append((named[1], file))
+        by_set = self._by_set()
         files = [file for _, file in sorted(by_set.pop(partitions, []))]  # oldest first
         newest, older = files[-KEEP:], files[:-KEEP]
         if committed is not None:
@@ -132,19 +132,43 @@ class SnapshotStore:
             if not any(map(within, newest)):
                 usable = [p for p in older if within(p)]
                 older = [p for p in older if p not in usable[-1:]]
-        stale_ns = time.time_ns() - int(STALE_S * 1e9)
+        # (by the files' times: a worker with nothing new to save keeps its newest one
+        # fresh, :meth:`keep`, and its set is not another's to delete)
+        stale = time.time() - STALE_S
         for other in by_set.values():
-            if max(ns for ns, _ in other) < stale_ns:
+            if max(map(_mtime, (file for _, file in other))) < stale:
                 older += [file for _, file in other]
         for leftover in self.directory.glob("snapshot-*.tmp"):  # another writer's is fresh
+            if _mtime(leftover) < time.time() - 3600:
+                older.append(leftover)
+        for old in older:  # (the snapshot is written: failing to delete one is no failure)
             try:
-                if leftover.stat().st_mtime < time.time() - 3600:
-                    older.append(leftover)
-            except FileNotFoundError:  # renamed meanwhile
-                pass
-        for old in older:
-            old.unlink(missing_ok=True)
+                old.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("old snapshot %s not deleted: %s", old, exc)
         return path
+
+    def keep(self, partitions: Mapping[int, int] | set[int]) -> None:
+        """Mark the newest snapshot of this set of partitions as current, where nothing
+        new was learned since it was written: another worker writing to the same
+        directory would otherwise take a set a day without a new file for one nobody
+        owns, and delete it."""
+        files = sorted(self._by_set().get(_set_key(partitions), []))
+        if files:
+            try:
+                os.utime(files[-1][1])
+            except OSError as exc:  # (gone meanwhile, or not ours to touch)
+                log.warning("snapshot %s not marked current: %s", files[-1][1], exc)
+
+    def _by_set(self) -> dict[tuple[int, ...] | str, list[tuple[int, Path]]]:
+        """The snapshot files here by their set of partitions (its key: :func:`_named`),
+        each with its time (ns) in its name."""
+        by_set: dict[tuple[int, ...] | str, list[tuple[int, Path]]] = {}
+        for file in self.directory.glob("snapshot-*.pkl"):
+            named = _named(file)
+            if named is not None:
+                by_set.setdefault(named[0], []).append((named[1], file))
+        return by_set
 
     def list(self) -> list[Snapshot]:
         """Every readable snapshot, newest first (unreadable files are skipped)."""
@@ -228,26 +252,75 @@ def layout_gaps(loaded: object, fresh: object, where: str = "", depth: int = 4) 
 _OURS = ("recsys_online", "streamer")
 
 
-def _named(path: Path) -> tuple[tuple[int, ...], int] | None:
-    """The partitions and the time (ns) in a snapshot file's name, None if not one.
+def _set_name(partitions: Mapping[int, int] | set[int]) -> str:
+    """How a snapshot's file name spells its set of partitions: ``p`` and its runs
+    (``0~3`` for 0 to 3), or, past :data:`_NAME_RUNS` characters, ``h`` and a hash of
+    them (a file name holds 255 bytes: 128 partitions listed one by one are 400).
 
-    >>> _named(Path("snapshot-p0-1_1795000000000000000.pkl"))
+    >>> _set_name({0, 1, 2, 3, 7}), _set_name({5}), _set_name(set(range(0, 512, 2)))[:1]
+    ('p0~3-7', 'p5', 'h')
+    """
+    runs: list[list[int]] = []
+    for p in sorted(partitions):
+        if runs and runs[-1][1] == p - 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    text = "-".join(str(a) if a == b else f"{a}~{b}" for a, b in runs)
+    if len(text) <= _NAME_RUNS:
+        return "p" + text
+    return "h" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+_NAME_RUNS = 160
+
+
+def _set_key(partitions: Mapping[int, int] | set[int]) -> tuple[int, ...] | str:
+    """What :func:`_named` gives for the set's files: the partitions, or the hashed name."""
+    name = _set_name(partitions)
+    return tuple(sorted(partitions)) if name.startswith("p") else name
+
+
+def _named(path: Path) -> tuple[tuple[int, ...] | str, int] | None:
+    """The set of partitions (as :func:`_set_key`) and the time (ns) in a snapshot
+    file's name, None if not one.
+
+    >>> _named(Path("snapshot-p0~2-5_1795000000000000000.pkl"))
+    ((0, 1, 2, 5), 1795000000000000000)
+    >>> _named(Path("snapshot-p0-1_1795000000000000000.pkl"))  # as named before runs
     ((0, 1), 1795000000000000000)
-    >>> _named(Path("snapshot-p0-1-1795000000000000000.pkl"))  # as named before
+    >>> _named(Path("snapshot-p0-1-1795000000000000000.pkl"))  # as named before that
     ((0, 1), 1795000000000000000)
+    >>> _named(Path("snapshot-h9a1b_1795000000000000000.pkl"))
+    ('h9a1b', 1795000000000000000)
     >>> _named(Path("notes.pkl")) is None
     True
     """
-    stem = path.stem.removeprefix("snapshot-p")
-    if stem == path.stem:
+    stem = path.stem.removeprefix("snapshot-")
+    if stem == path.stem or stem[:1] not in ("p", "h"):
         return None
     parts, sep, ns = stem.rpartition("_")
     if not sep:
         parts, _, ns = stem.rpartition("-")
     try:
-        return tuple(int(p) for p in parts.split("-")), int(ns)
+        if parts.startswith("h"):
+            return parts, int(ns)
+        partitions: list[int] = []
+        for run in parts[1:].split("-"):
+            first, _, last = run.partition("~")
+            partitions.extend(range(int(first), int(last or first) + 1))
+        return tuple(partitions), int(ns)
     except ValueError:
         return None
+
+
+def _mtime(path: Path) -> float:
+    """When the file was last written (or marked current); +inf if it is gone (renamed
+    or deleted meanwhile: not another's to delete)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _sync_directory(directory: Path) -> None:

@@ -66,12 +66,15 @@ def test_the_sink_waits_out_redis_away_but_not_a_programming_error() -> None:
         e.ReadOnlyError("You can't write against a read only replica."),
         e.MasterDownError("MASTERDOWN Link with MASTER is down"),
         e.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        e.ResponseError("NOREPLICAS Not enough good replicas to write."),  # min-replicas
+        e.ResponseError("BUSY Redis is busy running a script. You can only call ..."),
     ]
     never = [
         e.CrossSlotTransactionError("All keys must map to the same slot"),
         e.RedisClusterException("No way to dispatch this command to Redis Cluster."),
         e.ResponseError("WRONGTYPE"),
         e.ResponseError("ERR unknown command 'MISCONF'"),
+        e.ResponseError("BUSYKEY Target key name already exists."),
     ]
     assert all(map(unreachable, away))
     assert not any(map(unreachable, never))

@@ -3,7 +3,9 @@ model goes on exactly as the one that was saved."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -144,10 +146,11 @@ def test_stale_sets_and_leftover_temporary_files_are_deleted(tmp_path, monkeypat
     engine, _ = small_engine(100)
     store = SnapshotStore(tmp_path)
     fp = engine.settings.model_fingerprint()
-    store.save(engine, {6: 1}, fp)
-    store.save(engine, {7: 1}, fp)
-    now = time.time_ns()
-    monkeypatch.setattr(time, "time_ns", lambda: now + int(STALE_S * 1e9) + 1)
+    six = store.save(engine, {6: 1}, fp)
+    seven = store.save(engine, {7: 1}, fp)
+    day_ago = time.time() - STALE_S - 1
+    for path in (six, seven):
+        os.utime(path, (day_ago, day_ago))
     store.save(engine, {7: 2}, fp)  # {6} is stale now; {7} is this worker's
     assert sorted(s.offsets[7] for s in store.list() if 7 in s.offsets) == [1, 2]
     assert not [s for s in store.list() if 6 in s.offsets]
@@ -159,6 +162,69 @@ def test_stale_sets_and_leftover_temporary_files_are_deleted(tmp_path, monkeypat
     with pytest.raises(OSError):
         store.save(engine, {7: 3}, fp)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_set_kept_current_is_not_stale_for_another_worker_sharing_the_folder(
+    tmp_path,
+) -> None:
+    """A worker whose partitions saw no rating for a day writes no new snapshot; it
+    marks its newest one current instead, and another worker writing to the same
+    folder keeps it (it was deleted as a set nobody owns, and the next restart replayed
+    the whole log)."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    idle = store.save(engine, {4: 1, 5: 1}, fp)
+    day_ago = time.time() - STALE_S - 1
+    os.utime(idle, (day_ago, day_ago))
+    store.keep({4, 5})  # (the idle worker: nothing new to save)
+    store.save(engine, {0: 1, 1: 1}, fp)  # the other worker's
+    assert idle.exists()
+    os.utime(idle, (day_ago, day_ago))  # nobody marked it: gone at the next write
+    store.save(engine, {0: 2, 1: 2}, fp)
+    assert not idle.exists()
+
+
+def test_a_worker_with_many_partitions_writes_and_keeps_its_snapshots(tmp_path) -> None:
+    """A file name holds 255 bytes: 128 partitions named one by one (400 characters)
+    could never be written. Runs, or a hash past 160 characters, name the set; each set
+    still keeps its newest two."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    every, scattered = set(range(128)), set(range(0, 1024, 2))
+    for n in (1, 2, 3):
+        store.save(engine, dict.fromkeys(every, n), fp)
+        store.save(engine, dict.fromkeys(scattered, n), fp)
+    names = sorted(path.name for path in tmp_path.glob("*.pkl"))
+    assert len(names) == 4 and max(map(len, names)) < 100
+    kept = sorted((len(s.offsets), s.offsets[0]) for s in store.list())
+    assert kept == [(128, 2), (128, 3), (512, 2), (512, 3)]
+    usable = store.best(fp, every | {200}, dict.fromkeys(every, 3))
+    assert usable is not None and usable.offsets == dict.fromkeys(every, 3)
+
+
+def test_a_written_snapshot_is_not_reported_failed_when_an_old_one_cannot_go(
+    tmp_path, monkeypatch
+) -> None:
+    """Deleting an old snapshot may fail (a shared volume, another user's file): the
+    new one is written, and saving says so."""
+    engine, _ = small_engine(100)
+    store = SnapshotStore(tmp_path)
+    fp = engine.settings.model_fingerprint()
+    first = store.save(engine, {0: 1}, fp)
+    store.save(engine, {0: 2}, fp)
+    unlink = Path.unlink
+
+    def refused(self, missing_ok=False):
+        if self == first:
+            raise PermissionError(13, "Permission denied")
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    third = store.save(engine, {0: 3}, fp)  # (first is past the newest two: refused)
+    assert third.exists() and first.exists()
+    assert store.best(fp, {0}, {0: 3}).offsets == {0: 3}
 
 
 def test_a_damaged_header_is_skipped_not_raised(tmp_path) -> None:
