@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 import orjson
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisClusterException
+from redis.exceptions import AskError, MovedError, RedisClusterException
 
 from schemas import clean_id
 
@@ -316,7 +316,7 @@ def _parsed(
                 source=_typed(it.get("source"), (str, type(None)), "source"),
                 because=_typed(it.get("because"), (str, type(None)), "because"),
             )
-            for it in doc["items"][:k]
+            for it in _typed(doc["items"], list, "items")[:k]
         ]
         _typed(doc.get("model_version", 0), (int, type(None)), "model_version")
         _typed(doc.get("updated_at", 0.0), (int, float, type(None)), "updated_at")
@@ -515,6 +515,13 @@ class _Keys:
         if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
             # (Redis answered: something other than the layout's type is under a key)
             return RecommendationsUnavailable(f"Redis at {where} holds another type: {exc}")
+        if isinstance(exc, MovedError | AskError):  # (a node that serves other slots)
+            return RecommendationsUnavailable(
+                f"Redis at {where} is a node of a Redis Cluster: read it with cluster=True "
+                f"(slot {exc.slot_id} is on {exc.host}:{exc.port})"
+            )
+        if isinstance(exc, redis.ResponseError):  # answered, and refused the read
+            return RecommendationsUnavailable(f"Redis at {where} refused the read: {exc}")
         return RecommendationsUnavailable(f"cannot reach Redis at {where}: {exc}")
 
 

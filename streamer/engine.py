@@ -1023,7 +1023,7 @@ class StreamEngine:
             "freshness_clock_ahead": self.freshness_clock_ahead,
             "model_version": self.version,
             "users": self.model.n_users,
-            "mean_rating": self.model.mf.mu,
+            "mean_rating": self.model.mf.mu if self.model.mf.n_ratings else math.nan,
             "items": int(self.model.active[: self.model.n_items].sum()),
             "items_deleted": self.model.n_deleted,
         } | {DEADLETTER_FIELD + kind: n for kind, n in sorted(self.deadletter_kinds.items())}

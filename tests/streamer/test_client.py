@@ -155,6 +155,8 @@ def test_a_document_with_fields_of_other_types_or_a_key_of_another_type_is_said_
         {"items": [item], "model_version": "x"},
         {"items": [item | {"source": 7}]},
         {"items": [item | {"because": ["x"]}]},
+        {"items": ""},  # ("" sliced is empty: read as an empty list before)
+        {"items": {"a": item}},
     ):
         r.set(f"{prefix}recs:u3", json.dumps(bad))
         with (
@@ -191,6 +193,20 @@ def test_a_corrupt_popular_list_is_named_as_itself_not_as_the_users_list(
     finally:
         r.delete(f"{prefix}popular", f"{prefix}recs:u6")
         r.close()
+
+
+def test_a_cluster_node_read_as_one_redis_or_a_refused_read_is_said_as_such() -> None:
+    """A cluster node read without ``cluster=True`` answers MOVED for the slots it does
+    not serve, and an ACL refuses with NOPERM: Redis answered both times, so neither is
+    "cannot reach Redis"."""
+    client = RecommendationClient("redis://:secret@10.0.0.1:6379/0")
+    moved = client.unavailable(redis.exceptions.MovedError("10770 10.0.0.2:6379"))
+    assert "is a node of a Redis Cluster: read it with cluster=True" in str(moved)
+    assert "slot 10770 is on 10.0.0.2:6379" in str(moved) and "secret" not in str(moved)
+    refused = client.unavailable(redis.exceptions.NoPermissionError("NOPERM no permissions"))
+    assert "refused the read: NOPERM" in str(refused)
+    away = client.unavailable(redis.exceptions.ConnectionError("refused"))
+    assert "cannot reach Redis at" in str(away)
 
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["one Redis", "cluster"])

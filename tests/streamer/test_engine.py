@@ -579,3 +579,12 @@ def test_deleting_an_item_deleted_already_changes_nothing_and_reads_no_list() ->
     engine.shown_to = no_pass
     assert engine.delete_item(shown[0], timestamp=3.0) == {}
     assert engine.deleted_at[shown[0]] == 3.0
+
+
+def test_the_mean_rating_is_nan_until_a_rating_is_learned() -> None:
+    """(Published as 0.0 before: a chart of it started from a mean of 0.)"""
+    engine = StreamEngine(Settings(k=3, n_factors=4))
+    engine.upsert_item("i0", {})
+    assert math.isnan(engine.metrics()["mean_rating"])
+    engine.learn_ratings([Rating("u1", "i0", 4.0, 1.0)])
+    assert engine.metrics()["mean_rating"] == 4.0
