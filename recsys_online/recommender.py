@@ -487,10 +487,7 @@ class Recommender:
         first = np.r_[True, (rows[1:] != rows[:-1]) | (raters[1:] != raters[:-1])]
         rows, raters = rows[first], raters[first]  # (each rater once per item)
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        ends = np.r_[starts[1:], len(rows)].tolist()
-        ids = self.items.ids_of(rows[starts].tolist())
-        for item, lo, hi in zip(ids, starts.tolist(), ends, strict=True):
-            self._forgotten.add(item, raters[lo:hi])
+        self._forgotten.add_many(self.items.ids_of(rows[starts].tolist()), raters, starts)
 
     def _item_rows(self, items: Sequence[str]) -> np.ndarray:
         """Rows of ``items``, new ids given the next rows; an id compacted away comes back
@@ -1695,6 +1692,47 @@ class ForgottenRaters:
         self.raters.frombytes(merged.tobytes())
         self.end[k] = len(self.raters)
 
+    def add_many(self, items: list[str], raters: np.ndarray, starts: np.ndarray) -> None:
+        """:meth:`add` of ``raters[starts[j]:starts[j + 1]]`` (distinct, the last to the
+        end) for each of ``items`` (distinct): those keeping none yet in one append of
+        every segment, not a call each (a compaction forgets thousands of items).
+
+        >>> kept = ForgottenRaters(); kept.add("b", np.array([9]))
+        >>> kept.add_many(["a", "b", "c"], np.array([1, 2, 3, 4, 5]), np.array([0, 2, 3]))
+        >>> [kept.get(x).tolist() for x in "abc"], kept.live
+        ([[1, 2], [3, 9], [4, 5]], 3)
+        """
+        if not items:
+            return
+        raters = np.asarray(raters, np.int32)
+        ends = np.r_[starts[1:], len(raters)]
+        k = self.ids.rows(items)  # (new ids: the next rows)
+        n_old = len(self.start)
+        held = np.zeros(len(items), bool)  # ids keeping raters already: one at a time
+        old = np.flatnonzero(k < n_old)
+        if len(old):
+            begin = np.frombuffer(self.start, np.int64)[k[old]]
+            held[old] = np.frombuffer(self.end, np.int64)[k[old]] > begin
+        for j in np.flatnonzero(held).tolist():
+            self.add(items[j], raters[starts[j] : ends[j]])
+        fresh = ~held
+        if not fresh.any():
+            return
+        grow = int(k.max()) + 1 - n_old
+        if grow > 0:
+            self.start.frombytes(bytes(8 * grow))
+            self.end.frombytes(bytes(8 * grow))
+        lo, hi = starts[fresh], ends[fresh]
+        base = len(self.raters)
+        self.raters.frombytes(raters[_segments(lo, hi)].tobytes())
+        width = hi - lo
+        begin = base + np.cumsum(width) - width
+        start = np.frombuffer(self.start, np.int64)
+        end = np.frombuffer(self.end, np.int64)
+        start[k[fresh]] = begin
+        end[k[fresh]] = begin + width
+        self.live += int(np.count_nonzero(width))
+
     def pop(self, item: str) -> np.ndarray:
         """:meth:`get`, then keep none for ``item``."""
         raters = self.get(item)
@@ -1703,6 +1741,16 @@ class ForgottenRaters:
             self.end[k] = self.start[k]
             self.live -= 1
         return raters
+
+
+def _segments(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The positions ``lo[j]:hi[j]`` of every segment, end to end.
+
+    >>> _segments(np.array([5, 0]), np.array([7, 1])).tolist()
+    [5, 6, 0]
+    """
+    width = hi - lo
+    return np.repeat(lo - (np.cumsum(width) - width), width) + np.arange(int(width.sum()))
 
 
 def _side_columns(signals: Sequence[str], k: int, d: int) -> dict[str, slice]:

@@ -1,4 +1,5 @@
-"""IdIndex: the hash table of ids agrees with a dict, survives pickling and collisions."""
+"""IdIndex: the hash table of ids agrees with a dict, survives pickling and collisions; and
+ForgottenRaters, the store by id that compaction keeps raters in."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from recsys_online import ids as ids_module
 from recsys_online.ids import IdIndex
+from recsys_online.recommender import ForgottenRaters
 
 
 class Colliding(str):
@@ -137,3 +139,24 @@ def test_pickled_offsets_are_little_endian() -> None:
     index = IdIndex(["ab", "c"])
     blob, ends = index.__getstate__()
     assert blob == b"abc" and np.frombuffer(ends, "<i8").tolist() == [2, 3]
+
+
+def test_forgotten_raters_kept_in_one_pass_are_those_kept_one_item_at_a_time() -> None:
+    """Compaction keeps thousands of items' raters at once (``add_many``): the same as
+    adding each item's in turn, ids keeping some already included."""
+    rng = np.random.default_rng(3)
+    one, many = ForgottenRaters(), ForgottenRaters()
+    for kept in (one, many):  # (ids keeping raters before: some of those added below)
+        kept.add("i3", np.array([7, 1]))
+        kept.add("old", np.array([2]))
+    items = [f"i{j}" for j in range(40)]
+    sizes = rng.integers(1, 6, len(items))
+    raters = np.concatenate([rng.choice(50, n, replace=False) for n in sizes]).astype(np.int32)
+    starts = np.cumsum(sizes) - sizes
+    many.add_many(items, raters, starts)
+    for item, lo, n in zip(items, starts.tolist(), sizes.tolist(), strict=True):
+        one.add(item, raters[lo : lo + n])
+    for item in [*items, "old", "never"]:
+        assert sorted(many.get(item).tolist()) == sorted(one.get(item).tolist()), item
+    assert many.live == one.live == 41
+    assert many.pop("i5").size and not many.get("i5").size and many.live == 40
