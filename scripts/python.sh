@@ -19,7 +19,7 @@ if [[ -z ${PYTHON:-} ]]; then
     rm -rf .venv
   fi
   if [[ -x .venv/bin/python ]]; then
-    PYTHON=.venv/bin/python
+    PYTHON=$PWD/.venv/bin/python
   elif ! python_can_install python3; then
     echo "== python3 is the system's (or has no pip): making a virtual environment in .venv ==" >&2
     if ! python3 -m venv .venv >/dev/null 2>&1; then
@@ -31,7 +31,7 @@ if [[ -z ${PYTHON:-} ]]; then
         apt-get install -y -qq --no-install-recommends python3-venv python3-pip >&2
       python3 -m venv .venv
     fi
-    PYTHON=.venv/bin/python
+    PYTHON=$PWD/.venv/bin/python
   fi
 fi
 export PYTHON
