@@ -118,10 +118,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "deadletters",
         help="list the dead letters, or send them back to their topic",
         description="List the records of RECSYS_DEADLETTER_TOPIC (the last --last of each "
-        "partition, oldest first) with their reason and source; with --redrive, send every "
-        "dead letter that matches --reason and --topic back to the topic it came from, "
+        "partition, oldest first; with a filter, the last matching ones) with their reason "
+        "and source; with --redrive, send every dead letter that matches --reason, --kind "
+        "and --topic back to the topic it came from, "
         "each at most once over all runs (e.g. ratings of an item listed since). Exit "
-        "status 1 when a dead letter could not be sent back.",
+        "status 1 when a dead letter could not be sent back (or its sending was not "
+        "confirmed).",
     )
     dead.add_argument("--last", type=positive_int, default=20, help="how many to list")
     dead.add_argument("--reason", default=None, metavar="TEXT", help="reason contains TEXT")
@@ -542,8 +544,9 @@ def run_deadletters(args: argparse.Namespace) -> int:
     try:
         if args.redrive:
             report = asyncio.run(redrive(settings, select, dry_run=args.dry_run))
-        else:
-            letters = asyncio.run(read_dead_letters(settings, last=args.last))
+        else:  # (filtered: the last matching ones, so the whole topic is read)
+            filtered = bool(args.reason or args.topic or args.kind)
+            letters = asyncio.run(read_dead_letters(settings, None if filtered else args.last))
     except TopicNotReadToEnd as exc:
         return fail(str(exc))
     except (KafkaError, OSError) as exc:
@@ -554,13 +557,17 @@ def run_deadletters(args: argparse.Namespace) -> int:
         return fail(f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}")
     if args.redrive:
         return print_redrive(report, settings, args)
-    rows = [d.row() for d in letters if select(d)]
+    by_partition: dict[int, list] = {}
+    for d in letters:
+        if select(d):
+            by_partition.setdefault(d.partition, []).append(d)
+    rows = [d.row() for _, kept in sorted(by_partition.items()) for d in kept[-args.last :]]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(
         f"{len(rows)} dead letter(s) in {settings.deadletter_topic} (the last {args.last} "
-        "of each partition read)"
+        f"{'matching ' if filtered else ''}of each partition)"
     )
     for row in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["dead_lettered_at"]))
@@ -572,7 +579,8 @@ def run_deadletters(args: argparse.Namespace) -> int:
 
 
 def print_redrive(report, settings: Settings, args: argparse.Namespace) -> int:
-    """The redrive's report, as text or JSON; exit status 1 if a send failed."""
+    """The redrive's report, as text or JSON; exit status 1 if a send failed or was not
+    confirmed."""
     if args.json:
         print(json.dumps(vars(report), indent=2))
     else:
@@ -582,10 +590,20 @@ def print_redrive(report, settings: Settings, args: argparse.Namespace) -> int:
             f"({report.read} in {settings.deadletter_topic}); {len(report.already)} sent back "
             "before"
         )
-        for what, found in (("cannot be sent back", report.unsendable), ("failed", report.failed)):
+        if report.in_progress:
+            print(
+                f"  {len(report.in_progress)} being sent back by another run (claimed "
+                f"under a minute ago): {', '.join(report.in_progress)}"
+            )
+        unconfirmed = "not confirmed (a later run sends it only if it is not in its topic)"
+        for what, found in (
+            ("cannot be sent back", report.unsendable),
+            ("failed (to try again later)", report.failed),
+            (unconfirmed, report.unconfirmed),
+        ):
             for ident, why in found.items():
                 print(f"  {ident} {what}: {why}")
-    return 1 if report.failed else 0
+    return 1 if report.failed or report.unconfirmed else 0
 
 
 def run_snapshots(args: argparse.Namespace) -> int:

@@ -11,17 +11,26 @@ user event is not sent back when a later event of its key follows it in the log:
 would overwrite the newer state (:func:`superseded`).
 
 Each refused event is sent back at most once, whatever the runs and their filters:
-before sending one, :func:`redrive` claims its source record in a Redis set
-(``{prefix}redriven:{topic}``, one ``topic:partition:offset`` member per event sent
-back, so two dead letters of one record, as a worker reprocessing after a crash may
-write, count once). A claim whose send fails is released, so a later run tries it
-again; members whose dead letters left the topic (retention) are dropped at each run.
-An event that comes back refused again carries ``recsys.redriven.from`` into its new
-dead letter (the worker copies it) and is not sent back a second time.
+before sending one, :func:`redrive` claims its source record in a Redis hash
+(``{prefix}redrive:{topic}``, one ``topic:partition:offset`` field per event sent back,
+so two dead letters of one record, as a worker reprocessing after a crash may write,
+count once), as *pending*, with the letter and the time; once Kafka acknowledges the
+copy the field says *sent*. A send Kafka refused before the copy left releases the
+claim, for a later run. A claim left pending (the run stopped, or the acknowledgement
+was lost: the copy may or may not be in the topic) is settled by the next run that
+selects the letter, a minute on (before, it may be another run's send in flight): it
+looks for the copy in the source partition from the claim's time, by its
+``recsys.redriven.from`` header, and marks the claim sent if it is there, or sends it
+if not. The producer is idempotent, so its own retries add no second copy. Claims whose
+dead letters left the topic (retention, below the partition's start) are dropped. An
+event that comes back refused again carries ``recsys.redriven.from`` into its new dead
+letter (the worker copies it) and is not sent back a second time. (Runs before this
+ledger kept a Redis set, ``{prefix}redriven:{topic}``: its members count as sent.)
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,7 +113,7 @@ class DeadLetter:
 
     def row(self) -> dict:
         """A JSON-friendly summary (key and value as text, the value cut to
-        ``SHOWN_BYTES``)."""
+        ``SHOWN_BYTES``; both whole, base64-encoded, in ``key_b64`` and ``value_b64``)."""
         value = None if self.value is None else _shown(self.value[:SHOWN_BYTES])
         return {
             "id": self.id,
@@ -117,6 +126,9 @@ class DeadLetter:
             "truncated_from": self.truncated_from,
             "truncated_key_from": self.truncated_key_from,
             "redriven_from": self.redriven_from,
+            # (the bytes themselves, whole: ``key`` and ``value`` above are for reading)
+            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
+            "value_b64": None if self.value is None else base64.b64encode(self.value).decode(),
         }
 
 
@@ -162,7 +174,7 @@ async def _consumer(settings: Settings) -> AIOKafkaConsumer:
     return consumer
 
 
-READ_TIMEOUT_S = 60.0  # reading the topic to its end takes no longer, or it is left
+READ_TIMEOUT_S = 60.0  # a read of the topic that gets no record for this long is left
 
 
 class TopicNotReadToEnd(RuntimeError):
@@ -218,10 +230,12 @@ async def _chunks(
         while left:
             if time.monotonic() > deadline:
                 raise TopicNotReadToEnd(
-                    f"{topic} could not be read to its end in {READ_TIMEOUT_S:.0f} s (a "
-                    "transaction left open?): try again"
+                    f"{topic} could not be read to its end: no record for "
+                    f"{READ_TIMEOUT_S:.0f} s (a transaction left open?): try again"
                 )
             records, left = await anext(chunks)
+            if records:  # (a large topic read steadily takes what it takes)
+                deadline = time.monotonic() + READ_TIMEOUT_S
             yield records
     finally:
         await chunks.aclose()
@@ -368,14 +382,27 @@ class RedriveReport:
     sent: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)  # sent back by an earlier run
     unsendable: dict[str, str] = field(default_factory=dict)  # id -> why not
-    failed: dict[str, str] = field(default_factory=dict)  # id -> Kafka's error
+    failed: dict[str, str] = field(default_factory=dict)  # id -> Kafka's error (released)
+    # id -> Kafka's error, where the copy may have reached the topic: claimed, pending
+    # (a later run looks for it, and sends it only if it is not there)
+    unconfirmed: dict[str, str] = field(default_factory=dict)
+    in_progress: list[str] = field(default_factory=list)  # pending, claimed a moment ago
     matched: int = 0
     read: int = 0
 
 
 def ledger_key(settings: Settings) -> str:
-    """The Redis set of dead letters already sent back."""
+    """The Redis hash of the events claimed for sending back: ``topic:partition:offset``
+    of each -> ``sent {letter id}`` or ``pending {letter id} {claimed at, ms}``."""
+    return settings.key("redrive", settings.deadletter_topic)
+
+
+def legacy_ledger_key(settings: Settings) -> str:
+    """The Redis set earlier versions kept of the events sent back (read as sent)."""
     return settings.key("redriven", settings.deadletter_topic)
+
+
+PENDING_GRACE_S = 60.0  # a pending claim younger than this may be another run's send
 
 
 def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
@@ -387,6 +414,8 @@ def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
         return f"its value was cut ({d.truncated_from} bytes, more than a dead letter holds)"
     if d.truncated_key_from is not None:
         return f"its key was cut ({d.truncated_key_from} bytes, more than a dead letter holds)"
+    if d.source_partition < 0 or d.source_offset < 0:  # (not a worker's letter)
+        return "its source partition or offset is unknown"
     if deadletter_kind(d.reason) == "duplicate":  # (learned once: again, it would count twice)
         return "it repeats a rating already learned"
     topics = (settings.ratings_topic, settings.items_topic, settings.users_topic)
@@ -402,7 +431,7 @@ async def redrive(
 ) -> RedriveReport:
     """Send the selected dead letters back to their source topics, each refused event at
     most once (module docstring); ``dry_run`` reports what would be sent and sends
-    nothing."""
+    nothing (and changes nothing)."""
     letters = await read_dead_letters(settings)
     report = RedriveReport(read=len(letters))
     chosen = [d for d in letters if select(d)]
@@ -410,7 +439,7 @@ async def redrive(
     store = redis_client(
         settings.redis_url, cluster=settings.redis_cluster, asynchronous=True, socket_timeout=10
     )
-    key = ledger_key(settings)
+    ledger = _Ledger(store, settings)
     producer = (
         None
         if dry_run
@@ -418,54 +447,74 @@ async def redrive(
             bootstrap_servers=settings.bootstrap_servers,
             **settings.kafka_security(),
             acks="all",
+            enable_idempotence=True,  # (its retries of a send write one copy)
             request_timeout_ms=15_000,
         )
     )
     try:
-        await _prune(store, key, letters)
+        if not dry_run:
+            await ledger.migrate()
+            await ledger.prune(settings, letters)
         later = await superseded(settings, chosen, letters)
+        state = await ledger.states([d.source for d in chosen])
+        stale = [d for d in chosen if _stale_pending(state.get(d.source))]
+        found = await _copies_found(settings, stale, state) if stale else set()
         if producer is not None:
             await producer.start()
         pending, planned = [], set()
         for d in chosen:
+            held = state.get(d.source)
             why = _unsendable(settings, d)
-            if why is None and d.id in later and not await store.sismember(key, d.source):
+            if why is None and d.id in later and held is None:
                 why = later[d.id]  # (a later record that is its own copy, sent back: already)
             if why is not None:
                 report.unsendable[d.id] = why
-            elif dry_run:
-                if d.source in planned or await store.sismember(key, d.source):
-                    report.already.append(d.id)
-                else:
-                    planned.add(d.source)
-                    report.sent.append(d.id)
-            elif not await store.sadd(key, d.source):  # claimed by an earlier (or this) run
+                continue
+            if d.source in planned:  # (a second letter of one event, this run)
                 report.already.append(d.id)
-            else:
-                headers = [
-                    ("recsys.redriven.from", f"{settings.deadletter_topic}[{d.id}]".encode()),
-                    ("recsys.redriven.at", f"{time.time():.3f}".encode()),
-                ]
-                try:
-                    sent = await producer.send(
-                        d.source_topic,
-                        d.value,
-                        key=d.key,
-                        partition=d.source_partition,  # (after its key's other events)
-                        headers=headers,
-                    )
-                except Exception as exc:  # refused before it left: released for a later run
-                    await store.srem(key, d.source)
-                    report.failed[d.id] = f"{type(exc).__name__}: {exc}"
-                    continue
-                pending.append((d, sent))
+                continue
+            planned.add(d.source)
+            if held is not None and held.startswith("pending") and not _stale_pending(held):
+                report.in_progress.append(d.id)
+                continue
+            if held is not None and (held.startswith("sent") or d.source in found):
+                if not dry_run and not held.startswith("sent"):
+                    await ledger.mark_sent(d.source, held)
+                report.already.append(d.id)
+                continue
+            if dry_run:
+                report.sent.append(d.id)
+                continue
+            # Claimed now, or a stale pending claim whose copy is not there taken over
+            # (as it was read: another run may have taken it meanwhile).
+            if not await ledger.claim(d.source, d.id, held):
+                report.already.append(d.id)  # (claimed by another run meanwhile)
+                continue
+            headers = [
+                ("recsys.redriven.from", f"{settings.deadletter_topic}[{d.id}]".encode()),
+                ("recsys.redriven.at", f"{time.time():.3f}".encode()),
+            ]
+            try:
+                sent = await producer.send(
+                    d.source_topic,
+                    d.value,
+                    key=d.key,
+                    partition=d.source_partition,  # (after its key's other events)
+                    headers=headers,
+                )
+            except Exception as exc:  # refused before it left: released for a later run
+                await ledger.release(d.source)
+                report.failed[d.id] = f"{type(exc).__name__}: {exc}"
+                continue
+            pending.append((d, sent))
         for d, sent in pending:
             try:
                 await sent
-                report.sent.append(d.id)
-            except Exception as exc:  # not delivered: released for a later run
-                await store.srem(key, d.source)
-                report.failed[d.id] = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # it may have reached the topic: left pending
+                report.unconfirmed[d.id] = f"{type(exc).__name__}: {exc}"
+                continue
+            await ledger.mark_sent(d.source, f"sent {d.id}")
+            report.sent.append(d.id)
     finally:
         if producer is not None:
             await producer.stop()
@@ -473,10 +522,142 @@ async def redrive(
     return report
 
 
-async def _prune(store: aioredis.Redis, key: str, letters: Sequence[DeadLetter]) -> None:
-    """Drop the ledger's members whose dead letters are no longer in the topic (gone with
-    its retention), so the set never holds more than the topic."""
-    members = {m.decode() for m in await store.smembers(key)}
-    gone = members - {d.source for d in letters}
-    if gone:
-        await store.srem(key, *gone)
+def _stale_pending(held: str | None, now: float | None = None) -> bool:
+    """A pending claim old enough that no run's send of it is still in flight.
+
+    >>> _stale_pending("pending 0:3 1000", now=61.0), _stale_pending("pending 0:3 1000", now=2.0)
+    (True, False)
+    >>> _stale_pending("sent 0:3"), _stale_pending(None), _stale_pending("pending 0:3 x")
+    (False, False, True)
+    """
+    if held is None or not held.startswith("pending"):
+        return False
+    now = time.time() if now is None else now
+    try:
+        claimed_ms = int(held.split()[2])
+    except (IndexError, ValueError):  # (unreadable: as old as can be)
+        return True
+    return now - claimed_ms / 1000.0 >= PENDING_GRACE_S
+
+
+async def _copies_found(
+    settings: Settings, letters: Sequence[DeadLetter], state: Mapping[str, str]
+) -> set[str]:
+    """The sources of ``letters`` (each with a stale pending claim in ``state``) whose
+    copy is in their source partition: a record there, from a minute before the claim
+    on, whose ``recsys.redriven.from`` header names the letter."""
+    dlq = settings.deadletter_topic
+    wanted: dict[TopicPartition, dict[bytes, str]] = {}
+    since: dict[TopicPartition, int] = {}
+    for d in letters:
+        tp = TopicPartition(d.source_topic, d.source_partition)
+        wanted.setdefault(tp, {})[f"{dlq}[{d.id}]".encode()] = d.source
+        parts = state[d.source].split()
+        claimed_ms = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+        since[tp] = min(since.get(tp, claimed_ms), claimed_ms)
+    found: set[str] = set()
+    consumer = await _consumer(settings)
+    try:
+        end = await consumer.end_offsets(list(wanted))
+        first = await consumer.beginning_offsets(list(wanted))
+        at = await consumer.offsets_for_times({tp: max(0, ms - 60_000) for tp, ms in since.items()})
+        ranges = {
+            tp: (at[tp].offset if at.get(tp) is not None else end[tp], end[tp]) for tp in wanted
+        }
+        ranges = {tp: (max(a, first[tp]), b) for tp, (a, b) in ranges.items()}
+        for topic in sorted({tp.topic for tp in ranges}):
+            mine = {tp: r for tp, r in ranges.items() if tp.topic == topic}
+            async for chunk in _chunks(consumer, mine, topic):
+                for record in chunk:
+                    names = wanted[TopicPartition(record.topic, record.partition)]
+                    for name, value in record.headers or ():
+                        if name == "recsys.redriven.from" and value in names:
+                            found.add(names[value])
+    finally:
+        await consumer.stop()
+    return found
+
+
+# Set a hash field to ARGV[3] only while it holds ARGV[2] (one key: any Redis, a cluster's).
+_TAKE_OVER = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class _Ledger:
+    """The redrive's claims in Redis (:func:`ledger_key`): one hash, so each claim is
+    one command, whatever the Redis (a cluster included)."""
+
+    def __init__(self, store: aioredis.Redis, settings: Settings) -> None:
+        self.store, self.key = store, ledger_key(settings)
+        self.legacy = legacy_ledger_key(settings)
+
+    async def migrate(self) -> None:
+        """The members of an earlier version's set become sent claims (once)."""
+        members = await self.store.smembers(self.legacy)
+        for member in members:
+            await self.store.hsetnx(self.key, member, "sent")
+        if members:
+            await self.store.delete(self.legacy)
+
+    async def states(self, sources: Sequence[str]) -> dict[str, str]:
+        """The claim of each of ``sources`` that has one (an earlier version's set read
+        too: a dry run migrates nothing)."""
+        if not sources:
+            return {}
+        unique = list(dict.fromkeys(sources))
+        values = await self.store.hmget(self.key, unique)
+        out = {s: v.decode() for s, v in zip(unique, values, strict=True) if v is not None}
+        old = {m.decode() for m in await self.store.smembers(self.legacy)}
+        for source in unique:
+            if source in old:
+                out.setdefault(source, "sent")
+        return out
+
+    async def claim(self, source: str, letter: str, held: str | None = None) -> bool:
+        """Claim ``source`` as pending: unclaimed (``held`` None), or taking over the
+        stale claim ``held`` if it is still that; False if another run holds it."""
+        value = f"pending {letter} {int(time.time() * 1000)}"
+        if held is None:
+            return bool(await self.store.hsetnx(self.key, source, value))
+        return bool(await self.store.eval(_TAKE_OVER, 1, self.key, source, held, value))
+
+    async def mark_sent(self, source: str, held: str) -> None:
+        parts = held.split()
+        letter = parts[1] if len(parts) > 1 else ""
+        await self.store.hset(self.key, source, f"sent {letter}".rstrip())
+
+    async def release(self, source: str) -> None:
+        await self.store.hdel(self.key, source)
+
+    async def prune(self, settings: Settings, letters: Sequence[DeadLetter]) -> None:
+        """Drop the claims whose dead letters left the topic: below its partition's
+        start now (retention only ever moves it forward: no other run's letter can be
+        taken for gone). Claims naming no letter (an earlier version's) go when no
+        letter read names their event."""
+        claims = {k.decode(): v.decode() for k, v in (await self.store.hgetall(self.key)).items()}
+        if not claims:
+            return
+        starts: dict[int, int] = {}
+        for d in letters:
+            starts[d.partition] = min(starts.get(d.partition, d.offset), d.offset)
+        named = {d.source for d in letters}
+        gone = []
+        for source, held in claims.items():
+            parts = held.split()
+            if len(parts) < 2:
+                if letters and source not in named:
+                    gone.append(source)
+                continue
+            partition, _, offset = parts[1].partition(":")
+            if not (partition.isdigit() and offset.isdigit()):
+                continue
+            first = starts.get(int(partition))
+            if first is not None and int(offset) < first:
+                gone.append(source)
+        if gone:
+            await self.store.hdel(self.key, *gone)

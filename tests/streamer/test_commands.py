@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import time
@@ -292,6 +293,15 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     assert main(["deadletters", "--reason", "malformed JSON: oops"]) == 0
     out = capsys.readouterr().out
     assert "1 dead letter(s)" in out and "malformed JSON: oops" in out and "u1" not in out
+    # A filter keeps the last matching ones, not the matching ones among the last read.
+    assert main(["deadletters", "--reason", "malformed JSON: oops", "--last", "2"]) == 0
+    assert "1 dead letter(s)" in capsys.readouterr().out
+    assert main(["deadletters", "--kind", "malformed", "--last", "2", "--json"]) == 0
+    assert [r["key"] for r in json.loads(capsys.readouterr().out)] == ["u5", None]
+    # The bytes as they are, in the JSON (a key or value that is not UTF-8 too).
+    assert base64.b64decode(rows[0]["value_b64"]) == letters[0][1]
+    assert base64.b64decode(rows[0]["key_b64"]) == b"u1"
+    assert rows[-1]["key_b64"] is None and rows[-1]["value_b64"] is None
     unknown = ["--reason", "unknown item", "--json"]
     assert main(["deadletters", "--redrive", "--dry-run", *unknown]) == 0
     dry = json.loads(capsys.readouterr().out)
@@ -308,8 +318,10 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     # Again, with any filter: nothing is sent twice, nor what came back refused again.
     # (A member whose dead letter left the topic, with retention, is dropped.)
     r = redis.Redis.from_url(os.environ["REDIS_URL"])
-    ledger_key = f"{redis_key_prefix}redriven:{deadletter}"
-    r.sadd(ledger_key, f"{topics['ratings']}:1:99")
+    ledger_key = f"{redis_key_prefix}redrive:{deadletter}"
+    # (An earlier version's set of events sent back: read as sent, then dropped.)
+    legacy_key = f"{redis_key_prefix}redriven:{deadletter}"
+    r.sadd(legacy_key, f"{topics['ratings']}:1:99")
     assert main(["deadletters", "--redrive", "--json"]) == 2  # (which? said, or --all)
     assert "--all for every dead letter" in capsys.readouterr().err
     assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
@@ -318,10 +330,12 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     assert "sent back once already" in again["unsendable"]["0:5"]
     assert "neither a key nor a value" in again["unsendable"]["0:6"]
     assert len(consume(kafka_bootstrap, topics["ratings"], 2)) == 2
-    # The ledger holds a member per source record sent back, and no other.
-    ledger = {m.decode() for m in r.smembers(ledger_key)}
+    # The ledger holds a claim per source record sent back, and no other.
+    ledger = {k.decode(): v.decode() for k, v in r.hgetall(ledger_key).items()}
+    assert not r.exists(legacy_key)
     r.close()
-    assert ledger == {f"{topics['ratings']}:0:7", f"{topics['ratings']}:0:8"}
+    ratings = topics["ratings"]
+    assert ledger == {f"{ratings}:0:7": "sent 0:0", f"{ratings}:0:8": "sent 0:1"}
     # A topic that cannot be read to its end in time (a transaction left open) is said
     # so, and nothing is sent (a redrive must see the whole topic).
     from streamer import deadletters
@@ -329,6 +343,97 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     monkeypatch.setattr(deadletters, "READ_TIMEOUT_S", -1.0)
     assert main(["deadletters", "--redrive", "--all"]) == 1
     assert "could not be read to its end" in capsys.readouterr().err
+
+
+def _write_records(kafka_bootstrap: str, topic: str, records: list) -> None:
+    async def write() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for key, value, headers in records:
+                await producer.send_and_wait(topic, value, key=key, headers=headers)
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+
+
+def test_a_redrive_claim_left_pending_is_settled_once_never_sent_twice(
+    topics, kafka_bootstrap, redis_key_prefix, capsys, monkeypatch
+) -> None:
+    """A claim is pending until Kafka acknowledges the copy. One left pending (the run
+    stopped after claiming; the acknowledgement was lost although the copy landed) is
+    settled by the next run: sent if its copy is not in the topic, marked sent if it is
+    (a second copy would be learned twice), and left alone while it may be another
+    run's send in flight."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaTimeoutError
+
+    from streamer import deadletters
+    from streamer.app import ensure_topics
+    from streamer.settings import Settings
+
+    deadletter = os.environ["RECSYS_DEADLETTER_TOPIC"]
+    ratings = topics["ratings"]
+    asyncio.run(ensure_topics(Settings.from_env()))
+    value = b'{"user_id": "u1", "item_id": "late", "rating": 5, "timestamp": 1700000000}'
+
+    def letter(offset: int) -> tuple:
+        return (
+            b"u1",
+            value,
+            [
+                ("recsys.reason", b"item_id: unknown item 'late'"),
+                ("recsys.source.topic", ratings.encode()),
+                ("recsys.source.partition", b"0"),
+                ("recsys.source.offset", str(offset).encode()),
+            ],
+        )
+
+    _write_records(kafka_bootstrap, deadletter, [letter(n) for n in (7, 8, 9, 10)])
+    r = redis.Redis.from_url(os.environ["REDIS_URL"])
+    key = f"{redis_key_prefix}redrive:{deadletter}"
+    long_ago, now = int((time.time() - 600) * 1000), int(time.time() * 1000)
+    r.hset(key, f"{ratings}:0:7", f"pending 0:0 {long_ago}")  # stopped after claiming
+    r.hset(key, f"{ratings}:0:8", f"pending 0:1 {long_ago}")  # its copy landed:
+    copy = [("recsys.redriven.from", f"{deadletter}[0:1]".encode())]
+    _write_records(kafka_bootstrap, ratings, [(b"u1", value, copy)])
+    r.hset(key, f"{ratings}:0:9", f"pending 0:2 {now}")  # another run's, in flight
+
+    class AckLost(AIOKafkaProducer):  # the copy lands, its acknowledgement is lost
+        async def send(self, *args, **kwargs):
+            landed = await super().send(*args, **kwargs)
+
+            async def lost():
+                await landed
+                raise KafkaTimeoutError("acknowledgement lost")
+
+            return asyncio.ensure_future(lost())
+
+    monkeypatch.setattr(deadletters, "AIOKafkaProducer", AckLost)
+    assert main(["deadletters", "--redrive", "--all", "--json"]) == 1
+    first = json.loads(capsys.readouterr().out)
+    assert first["already"] == ["0:1"] and first["in_progress"] == ["0:2"]
+    assert set(first["unconfirmed"]) == {"0:0", "0:3"} and first["sent"] == []
+    monkeypatch.setattr(deadletters, "AIOKafkaProducer", AIOKafkaProducer)
+    assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)  # (pending a moment ago: in flight)
+    assert sorted(again["in_progress"]) == ["0:0", "0:2", "0:3"] and again["sent"] == []
+    monkeypatch.setattr(deadletters, "PENDING_GRACE_S", 0.0)
+    assert main(["deadletters", "--redrive", "--all", "--json"]) == 0
+    settled = json.loads(capsys.readouterr().out)
+    # 0:2's copy is nowhere (its run stopped): sent now; the others' copies landed.
+    assert settled["sent"] == ["0:2"] and sorted(settled["already"]) == ["0:0", "0:1", "0:3"]
+    ledger = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
+    r.close()
+    assert ledger == {f"{ratings}:0:{7 + n}": f"sent 0:{n}" for n in range(4)}
+    copies = consume(kafka_bootstrap, ratings, 4)
+    named = [dict(c.headers)["recsys.redriven.from"].decode() for c in copies]
+    assert sorted(named) == [f"{deadletter}[0:{n}]" for n in range(4)]  # one copy each
+    with pytest.raises(TimeoutError):  # (and no fifth)
+        consume(kafka_bootstrap, ratings, 5, timeout=3.0)
 
 
 def test_a_catalog_dead_letter_with_a_later_event_of_its_key_is_not_sent_back(
@@ -833,12 +938,16 @@ def test_dead_letters_with_odd_headers_are_listed_and_duplicates_never_sent_back
     )
     assert (odd.source_partition, odd.source_offset) == (-1, -1) and odd.row()["id"] == "0:3"
     settings = Settings()
-    assert _unsendable(settings, letter("malformed JSON: x")) is None
-    duplicate = letter("event_id: duplicate 'e1', already learned")
+    placed = {"recsys.source.partition": b"0", "recsys.source.offset": b"5"}
+    assert _unsendable(settings, letter("malformed JSON: x", placed)) is None
+    # Without its source offset a replay could not skip the original: never sent back
+    # (and two such letters would count as one event).
+    assert "source partition or offset is unknown" in _unsendable(settings, odd)
+    duplicate = letter("event_id: duplicate 'e1', already learned", placed)
     assert "already learned" in _unsendable(settings, duplicate)
     cut = letter(
         "key: b'uuu', but ratings are keyed by their user_id 'u'",
-        {"recsys.truncated.key_from": b"9"},
+        {"recsys.truncated.key_from": b"9", **placed},
     )
     assert cut.truncated_key_from == 9 and "key was cut" in _unsendable(settings, cut)
 
