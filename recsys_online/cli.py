@@ -213,6 +213,20 @@ def run_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if ds.had_catalog and ds.unlisted:  # (their content signal is empty: say so)
+        print(
+            f"recsys-online replay: {len(ds.unlisted):,} rated item(s) are not in the item "
+            f"file, e.g. {ds.unlisted[0]!r}: replayed without tags",
+            file=sys.stderr,
+        )
+    stamps = [r.timestamp for r in ds.ratings[:: max(1, len(ds.ratings) // 1000)]]
+    if stamps and sorted(stamps)[len(stamps) // 2] > 1e11:  # (past the year 5138 in seconds)
+        print(
+            "recsys-online replay: the timestamps look like milliseconds, not seconds: "
+            "popularity's 7-day half-life then passes 1,000x too fast; convert them to "
+            "seconds",
+            file=sys.stderr,
+        )
     if not scale[0] <= args.relevant <= scale[1]:  # (no rating could count as relevant)
         print(
             f"recsys-online replay: --relevant {args.relevant:g} is outside the rating scale "
@@ -220,9 +234,13 @@ def run_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    config = RecommenderConfig(
-        signals=MODELS[args.model], relevant=args.relevant, seed=args.seed, scale=scale
-    )
+    try:  # (a scale float32 cannot hold, say)
+        config = RecommenderConfig(
+            signals=MODELS[args.model], relevant=args.relevant, seed=args.seed, scale=scale
+        )
+    except ValueError as exc:
+        print(f"recsys-online replay: --scale: {exc}", file=sys.stderr)
+        return 2
     config.factors = replace(
         config.factors,
         n_factors=args.factors,
@@ -313,13 +331,19 @@ def summarise(cp: Checkpoint, model: str, data: str) -> dict:
 def format_table(s: dict) -> str:
     """A plain two-column table of the figures a person reads first."""
     k = s["k"]
+
+    def cold(who: str, figure: str) -> str:
+        return f"{s[f'cold_{who}'].get(figure, math.nan):.4f}"
+
     rows = [
         ("data", s["data"]),
         ("model", s["model"]),
         ("events", f"{s['events']:,}"),
         ("ratings", f"{s['ratings']:,}"),
-        ("RMSE", f"{s['rmse']:.4f}"),
-        ("MAE", f"{s['mae']:.4f}"),
+        # (every model predicts ratings with its factor model: the same for every --model)
+        ("RMSE (factor model)", f"{s['rmse']:.4f}"),
+        ("MAE (factor model)", f"{s['mae']:.4f}"),
+        ("RMSE cold users / items", f"{cold('users', 'rmse')} / {cold('items', 'rmse')}"),
         ("relevant ratings", f"{s['relevant']:,}"),
         ("refused (deleted items)", f"{s['refused']:,}"),
         (f"NDCG@{k}", f"{s['ndcg_at_k']:.4f}"),

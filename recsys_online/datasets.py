@@ -111,6 +111,10 @@ class Dataset:
     items: dict[str, ItemUpsert]
     deletes: list[ItemDelete] = field(default_factory=list)
     name: str = ""
+    #: Rated items the item file did not list (given a bare upsert by :func:`load`), and
+    #: whether there was an item file: a reader may want to say so.
+    unlisted: list[str] = field(default_factory=list)
+    had_catalog: bool = False
 
     def __len__(self) -> int:
         return len(self.ratings)
@@ -314,12 +318,22 @@ def load(
                 f"{files}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} "
                 f"at offset {exc.start} of a read block); save the file as UTF-8"
             ) from None
+    had_catalog = bool(catalog)
+    unlisted = []
     for rating in ratings:
         if rating.item not in catalog:
             catalog[rating.item] = ItemUpsert(rating.item)
+            unlisted.append(rating.item)
     deletes.sort(key=lambda d: d.timestamp)
     name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-    return Dataset(ratings=ratings, items=catalog, deletes=deletes, name=name)
+    return Dataset(
+        ratings=ratings,
+        items=catalog,
+        deletes=deletes,
+        name=name,
+        unlisted=unlisted,
+        had_catalog=had_catalog,
+    )
 
 
 @contextmanager
@@ -532,7 +546,8 @@ def _ratings_from_batches(
             raise _NeedsSlowPath from None
         if "" in users or "" in items:
             raise _NeedsSlowPath
-        if not (np.isfinite(values).all() and np.isfinite(stamps).all()):
+        in_range = (np.abs(values) <= _FLOAT32_MAX).all()  # (NaN compares false: out)
+        if not (in_range and (np.abs(stamps) <= _LIMITS["timestamp"]).all()):
             raise _NeedsSlowPath
         ratings += map(Rating, users, items, values, stamps)
     return ratings
@@ -568,9 +583,14 @@ def _rating(user: str, item: str, rating_text: str, time_text: str, name: str, l
     except ValueError:
         rating = _number(rating_text, "rating", name, lineno)
         timestamp = _number(time_text, "timestamp", name, lineno)
-    if not (user and item and math.isfinite(rating) and math.isfinite(timestamp)):
+    if not (user and item and _in_range(rating, timestamp)):
         _explain_row(name, lineno, user, item, rating_text, time_text)
     return Rating(sys.intern(user), sys.intern(item), rating, timestamp)
+
+
+def _in_range(rating: float, timestamp: float) -> bool:
+    """Both finite, the rating within float32, the timestamp within 2^53 s of 1970."""
+    return abs(rating) <= _FLOAT32_MAX and abs(timestamp) <= _LIMITS["timestamp"]
 
 
 def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
@@ -686,8 +706,11 @@ def _read_ml1m_items(path: Path) -> dict[str, ItemUpsert]:
                     f"(id, title, genres), got {len(fields)}"
                 )
             item = _item_id(fields[0], path.name, lineno)
-            title = "::".join(fields[1:-1]).strip()
-            catalog[item] = ItemUpsert(item, _parse_tags(fields[-1], path.name, lineno), 0.0, title)
+            # The title is what lies between the first and the last "::": it may hold
+            # "::" and end with ":" ("Cats:::Drama" is "Cats:" of Drama); genres never do.
+            title, _, genres = line.rstrip("\r\n").partition("::")[2].rpartition("::")
+            tags = _parse_tags(genres, path.name, lineno)
+            catalog[item] = ItemUpsert(item, tags, 0.0, title.strip())
     return catalog
 
 
@@ -816,8 +839,22 @@ def _require_column(columns: list[str], names: tuple[str, ...], file_name: str) 
     return index
 
 
+#: The largest a value may be, by what it is: timestamps as the model takes them
+#: (``recsys_online.recommender.MAX_ABS_TIMESTAMP``: seconds within 2^53 of 1970; a
+#: nanosecond epoch is past it), the rest as float32 holds them.
+_LIMITS = {"timestamp": 2.0**53, "deleted_at": 2.0**53}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _number(text: str, what: str, file_name: str, lineno: int) -> float:
-    """Parse a finite float or raise a :class:`DatasetError` saying which field is wrong."""
+    """Parse a finite float or raise a :class:`DatasetError` saying which field is wrong.
+
+    >>> _number("1e20", "timestamp", "r.csv", 3)
+    Traceback (most recent call last):
+    ...
+    recsys_online.datasets.DatasetError: r.csv line 3: timestamp '1e20' is out of range \
+(seconds within 2^53 of 1970: a millisecond or nanosecond epoch?)
+    """
     try:
         value = float(text)
     except ValueError:
@@ -826,6 +863,14 @@ def _number(text: str, what: str, file_name: str, lineno: int) -> float:
         ) from None
     if not math.isfinite(value):
         raise DatasetError(f"{file_name} line {lineno}: {what} {text.strip()!r} is not finite")
+    if abs(value) > _LIMITS.get(what, _FLOAT32_MAX):
+        if what in _LIMITS:
+            rule = "seconds within 2^53 of 1970: a millisecond or nanosecond epoch?"
+        else:
+            rule = "beyond what a float32 holds"
+        raise DatasetError(
+            f"{file_name} line {lineno}: {what} {text.strip()!r} is out of range ({rule})"
+        )
     return value
 
 

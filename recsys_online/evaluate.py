@@ -144,6 +144,12 @@ class RankingScore:
         }
 
 
+def _cold(errors: ErrorScore, ranking: RankingScore) -> dict[str, float | int]:
+    """The figures of the cold users' (or items') ratings: how many were predicted and
+    their errors, how many were relevant (``n``) and their ranking."""
+    return {"ratings": errors.n, **errors.summary(), **ranking.summary()}
+
+
 class ErrorScore:
     """Cumulative and rolling RMSE and MAE of rating predictions.
 
@@ -191,8 +197,8 @@ class ErrorScore:
 @dataclass
 class Checkpoint:
     """Figures of a prequential run so far. ``cold_users``/``cold_items`` restrict the
-    ranking figures to raters with fewer than ``cold_ratings`` earlier ratings, and to
-    items with fewer than ``cold_ratings`` earlier ratings (new items)."""
+    error and ranking figures to raters with fewer than ``cold_ratings`` earlier ratings,
+    and to items with fewer than ``cold_ratings`` earlier ratings (new items)."""
 
     events: int
     ratings: int
@@ -260,6 +266,7 @@ def prequential(
         )
     errors, ranking = ErrorScore(window), RankingScore(window)
     cold_user_rank, cold_item_rank = RankingScore(window), RankingScore(window)
+    cold_user_error, cold_item_error = ErrorScore(window), ErrorScore(window)
     user_count: dict[str, int] = {}
     item_count: dict[str, int] = {}
     served: set[str] = set()
@@ -283,6 +290,10 @@ def prequential(
             cold_item.append(item_count.get(r.item, 0) < cold_ratings)
             user_count[r.user] = user_count.get(r.user, 0) + 1
             item_count[r.item] = item_count.get(r.item, 0) + 1
+        y, predicted = np.array([r.rating for r in batch]), np.asarray(preds)
+        for cold, score in ((cold_user, cold_user_error), (cold_item, cold_item_error)):
+            if any(cold):
+                score.update_many(y[cold], predicted[cold])
         # A re-rating of an item the user rated before is not ranked: their lists
         # exclude every item they rated, so it could only count as a miss.
         again = model.has_rated(users, items)
@@ -315,8 +326,8 @@ def prequential(
             coverage=served_live / live if live else 0.0,
             elapsed_s=elapsed,
             events_per_s=n_events / elapsed if elapsed > 0 else 0.0,
-            cold_users=cold_user_rank.summary(),
-            cold_items=cold_item_rank.summary(),
+            cold_users=_cold(cold_user_error, cold_user_rank),
+            cold_items=_cold(cold_item_error, cold_item_rank),
             refused=refused,
         )
 

@@ -4,6 +4,7 @@ the users' produce, stream, recs, metrics and dashboard (``streamer.commands``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -116,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # a RECSYS_* variable the command cannot run with
         print(f"recsys-online {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
+        print(f"\nrecsys-online {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head`, which stopped reading: no traceback
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # (nor at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # (as a shell reports a process a SIGPIPE stopped)
 
 
 if __name__ == "__main__":

@@ -221,3 +221,49 @@ def test_a_folder_with_a_format_reads_that_formats_file(tmp_path, capsys) -> Non
     args = ["replay", str(tmp_path), "--format", "movielens-latest", "--quiet", "--json", str(out)]
     assert main(args) == 0
     assert json.loads(out.read_text())["ratings"] == 2
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("a,x,4,1700000000000000000", "timestamp '1700000000000000000' is out of range"),
+        ("a,x,4,1e300", "timestamp '1e300' is out of range"),
+        ("a,x,1e300,17", "rating '1e300' is out of range (beyond what a float32 holds)"),
+    ],
+)
+def test_values_the_model_cannot_take_are_a_line_of_the_file_not_a_traceback(
+    tmp_path, capsys, row: str, message: str
+) -> None:
+    """(A nanosecond epoch loaded, then stopped the replay with a traceback.)"""
+    path = tmp_path / "r.csv"
+    path.write_text(f"user,item,rating,timestamp\nb,x,4,1\n{row}\n")
+    assert main(["replay", str(path), "--quiet"]) == 2
+    assert f"r.csv line 3: {message}" in capsys.readouterr().err
+
+
+def test_replay_warns_of_millisecond_times_and_items_missing_from_the_item_file(
+    tmp_path, capsys
+) -> None:
+    ratings, items = tmp_path / "r.csv", tmp_path / "items.csv"
+    ratings.write_text("user,item,rating,timestamp\na,x,4,1700000000000\nb,y,2,1700000001000\n")
+    items.write_text("item,title,tags\nx,X,jazz\n")
+    assert main(["replay", str(ratings), "--items", str(items), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "1 rated item(s) are not in the item file, e.g. 'y'" in err
+    assert "the timestamps look like milliseconds" in err
+    ratings.write_text("user,item,rating,timestamp\na,x,4,1700000000\nb,x,2,1700000001\n")
+    assert main(["replay", str(ratings), "--items", str(items), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_output_piped_into_head_or_a_ctrl_c_end_without_a_traceback(stream: Path) -> None:
+    """`recsys-online replay ... | head -2` stopped with a BrokenPipeError traceback
+    when head closed the pipe first."""
+    import subprocess
+    import sys
+
+    command = f"{sys.executable} -m streamer.cli replay {stream / 'ratings.csv'} --quiet | head -1"
+    for _ in range(3):  # (whether the pipe is closed before the last write varies)
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.stdout.startswith("data")

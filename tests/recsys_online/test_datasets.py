@@ -93,6 +93,13 @@ def test_movielens_1m(tmp_path: Path) -> None:
         "661", {"comedy": 1.0, "romance": 1.0}, 0.0, "Amélie (2001)"
     )
     assert load(tmp_path / "ratings.dat", fmt="movielens-1m").ratings == ds.ratings
+    # A title with "::" in it, or ending with ":", keeps them; the genres are after the
+    # last "::".
+    odd = "1193::Cats:::Drama\n661::A::B (2001)::Comedy\n"
+    (tmp_path / "movies.dat").write_bytes(odd.encode("latin-1"))
+    items = load(tmp_path / "ratings.dat").items
+    assert (items["1193"].title, items["1193"].tags) == ("Cats:", {"drama": 1.0})
+    assert (items["661"].title, items["661"].tags) == ("A::B (2001)", {"comedy": 1.0})
 
 
 def write_ml_latest(directory: Path, tags: bool = True) -> Path:

@@ -318,3 +318,21 @@ def test_re_ratings_are_not_ranked_and_deleted_items_are_refused() -> None:
     last = list(prequential(model, stream, k=2, batch_size=1))[-1]
     assert (last.ratings, last.relevant, last.refused) == (3, 2, 1)
     assert model.user_n[model.users.get("v")] == 1  # the refused rating was not learned
+
+
+def test_cold_users_and_items_get_the_error_figures_too() -> None:
+    """RMSE and MAE over the cold users' and cold items' ratings, beside their ranking:
+    with every rating cold they are the run's; with none, NaN over 0 ratings."""
+
+    def last(cold_ratings: int) -> Checkpoint:
+        model = Recommender(RecommenderConfig(factors=FactorParams(n_factors=4)))
+        return list(prequential(model, _stream(), k=5, cold_ratings=cold_ratings))[-1]
+
+    everything, nothing = last(10**9), last(0)
+    for cold in (everything.cold_users, everything.cold_items):
+        assert cold["ratings"] == everything.ratings > 0
+        assert (cold["rmse"], cold["mae"]) == pytest.approx((everything.rmse, everything.mae))
+    for cold in (nothing.cold_users, nothing.cold_items):
+        assert cold["ratings"] == 0 and math.isnan(cold["rmse"]) and math.isnan(cold["mae"])
+    some = last(5).cold_users
+    assert 0 < some["ratings"] < everything.ratings and some["rmse"] != everything.rmse
