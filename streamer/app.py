@@ -274,6 +274,7 @@ async def read_merged(
 
 DEADLETTER_BYTES = 900_000  # most of a dead letter's original value kept (1 MB requests)
 DEADLETTER_KEY_BYTES = 16_384  # most of its key kept (the broker takes keys up to ~1 MB)
+DEADLETTER_HEADER_BYTES = 16_384  # most of its own headers kept (names and values)
 DEADLETTER_REASON_CHARS = 2_000  # most of its reason kept (a reason may quote the input)
 
 
@@ -1985,7 +1986,9 @@ class RecsysWorker:
 
         A value too large for the producer's 1 MB requests is cut to ``DEADLETTER_BYTES``
         (header ``recsys.truncated.from``: its size), a key to ``DEADLETTER_KEY_BYTES``
-        (``recsys.truncated.key_from``) and the reason to ``DEADLETTER_REASON_CHARS``, so
+        (``recsys.truncated.key_from``), its own headers, kept beside the project's, to
+        ``DEADLETTER_HEADER_BYTES`` in all (or none, ``recsys.truncated.headers_from``: their
+        size) and the reason to ``DEADLETTER_REASON_CHARS``, so
         that the letter cannot be refused (the broker takes a source record of up to
         about 1 MB in all, key included, which the producer would refuse to send on). The
         broker's acknowledgement is awaited before the batch or event goes on, so no offset
@@ -2008,6 +2011,14 @@ class RecsysWorker:
         # An event `recsys-online deadletters --redrive` sent back, refused again: said
         # so, so that it is not sent back a second time.
         headers += [(n, v) for n, v in m.headers or () if n == "recsys.redriven.from"]
+        # The record's own headers (tracing, content type, ...), for a redrive to send
+        # back as they were; past DEADLETTER_HEADER_BYTES, their size instead.
+        own = [(n, v or b"") for n, v in m.headers or () if not n.startswith("recsys.")]
+        size = sum(len(n.encode()) + len(v or b"") for n, v in own)
+        if size > DEADLETTER_HEADER_BYTES:
+            headers.append(("recsys.truncated.headers_from", str(size).encode()))
+        else:
+            headers += own
         key, value = m.key, m.value
         if key is None and value is None:  # (Kafka takes no record without either)
             key = b""

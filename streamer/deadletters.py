@@ -5,10 +5,11 @@ and bytes, the reason and where it came from (docs/streamer.md, "Dead letters").
 reasons go away once their cause is fixed: a rating of an item the catalog did not list
 yet (``item_id: unknown item``) is good once the item is listed, and an event refused by
 a bug fixed since may pass now. :func:`redrive` sends such dead letters back to the topic
-and partition they came from, unchanged but for a header naming the dead letter
-(``recsys.redriven.from``), where the worker takes them like any new event. A catalog or
-user event is not sent back when a later event of its key follows it in the log: it
-would overwrite the newer state (:func:`superseded`).
+and partition they came from, unchanged (key, value and their own headers, kept in the
+letter) but for a header naming the dead letter (``recsys.redriven.from``), where the
+worker takes them like any new event. A catalog or user event is not sent back when a
+later event of its key follows it in the log: it would overwrite the newer state
+(:func:`superseded`).
 
 Each refused event is sent back at most once, whatever the runs and their filters:
 before sending one, :func:`redrive` claims its source record in a Redis hash
@@ -62,6 +63,9 @@ class DeadLetter:
     truncated_from: int | None = None  # the original size, when the value was cut
     truncated_key_from: int | None = None  # the original size, when the key was cut
     redriven_from: str | None = None  # the event was sent back once already: from where
+    # The refused record's own headers (not the project's ``recsys.*``), as it had them
+    original_headers: tuple[tuple[str, bytes], ...] = ()
+    truncated_headers_from: int | None = None  # their size, when too large to keep
 
     @classmethod
     def from_record(cls, record: ConsumerRecord) -> DeadLetter:
@@ -99,6 +103,10 @@ class DeadLetter:
             truncated_from=number("recsys.truncated.from"),
             truncated_key_from=number("recsys.truncated.key_from"),
             redriven_from=text("recsys.redriven.from") or None,
+            original_headers=tuple(
+                (n, v or b"") for n, v in record.headers or () if not n.startswith("recsys.")
+            ),
+            truncated_headers_from=number("recsys.truncated.headers_from"),
         )
 
     @property
@@ -126,6 +134,7 @@ class DeadLetter:
             "truncated_from": self.truncated_from,
             "truncated_key_from": self.truncated_key_from,
             "redriven_from": self.redriven_from,
+            "headers": [[n, _shown(v)] for n, v in self.original_headers],
             # (the bytes themselves, whole: ``key`` and ``value`` above are for reading)
             "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
             "value_b64": None if self.value is None else base64.b64encode(self.value).decode(),
@@ -490,7 +499,8 @@ async def redrive(
             if not await ledger.claim(d.source, d.id, held):
                 report.already.append(d.id)  # (claimed by another run meanwhile)
                 continue
-            headers = [
+            headers = [  # (its own headers as they were, then the letter it came from)
+                *d.original_headers,
                 ("recsys.redriven.from", f"{settings.deadletter_topic}[{d.id}]".encode()),
                 ("recsys.redriven.at", f"{time.time():.3f}".encode()),
             ]

@@ -17,6 +17,7 @@ from faust.types import TP
 from recsys_online.events import Rating
 from streamer import app as app_module
 from streamer.app import BatchAbandoned, RecsysWorker, standalone_consumer
+from streamer.deadletters import DeadLetter
 from streamer.engine import StreamEngine
 from streamer.item_changes import decode_item_changes
 from streamer.settings import Settings
@@ -627,10 +628,35 @@ async def test_a_record_with_neither_key_nor_value_and_a_redriven_one_are_dead_l
         "r", 0, 4, 0, 0, b"u", b"{", None, 0, 1, [("recsys.redriven.from", b"dlq[0:7]")]
     )
     await worker._dead_letter(redriven, "malformed JSON")
-    (k1, v1, h1), (k2, v2, h2) = sent
+    # The record's own headers are kept beside the project's (a redrive sends them back),
+    # a producer's "recsys." ones aside; past 16 KB, only their size.
+    traced = ConsumerRecord(
+        "r",
+        0,
+        5,
+        0,
+        0,
+        b"u",
+        b"{",
+        None,
+        0,
+        1,
+        [("traceparent", b"00-ab-cd-01"), ("empty", None), ("recsys.reason", b"forged")],
+    )
+    await worker._dead_letter(traced, "malformed JSON")
+    huge = ConsumerRecord("r", 0, 6, 0, 0, b"u", b"{", None, 0, 1, [("big", b"x" * 20_000)])
+    await worker._dead_letter(huge, "malformed JSON")
+    (k1, v1, h1), (k2, v2, h2), (_, _, h3), (_, _, h4) = sent
     assert (k1, v1, h1["recsys.source.key"]) == (b"", None, b"none")
     assert (k2, v2, h2["recsys.redriven.from"]) == (b"u", b"{", b"dlq[0:7]")
     assert "recsys.redriven.from" not in h1 and "recsys.source.key" not in h2
+    assert h3["traceparent"] == b"00-ab-cd-01" and h3["empty"] == b""
+    assert h3["recsys.reason"] == b"malformed JSON"
+    assert "big" not in h4 and h4["recsys.truncated.headers_from"] == b"20003"
+    letter = DeadLetter.from_record(
+        ConsumerRecord("dlq", 0, 9, 0, 0, b"u", b"{", None, 0, 1, list(h3.items()))
+    )
+    assert letter.original_headers == (("traceparent", b"00-ab-cd-01"), ("empty", b""))
 
 
 async def test_a_rebuild_reads_users_tombstones_as_withdrawals_outside_event_time(

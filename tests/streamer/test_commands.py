@@ -225,7 +225,11 @@ def _dead_letter_records(topics: dict[str, str]) -> list[tuple[bytes, bytes, lis
 
     late = b'{"user_id": "u1", "item_id": "late", "rating": 5, "timestamp": 1700000000}'
     return [
-        (b"u1", late, headers("item_id: unknown item 'late'", topics["ratings"], 7)),
+        (
+            b"u1",
+            late,
+            headers("item_id: unknown item 'late'", topics["ratings"], 7, ("traceparent", b"00-1")),
+        ),
         (b"u2", b"{not json", headers("malformed JSON: oops", topics["ratings"], 8)),
         (
             b"u3",
@@ -315,6 +319,7 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     (back,) = consume(kafka_bootstrap, topics["ratings"], 1)
     assert (back.key, back.value) == (letters[0][0], letters[0][1])
     assert dict(back.headers)["recsys.redriven.from"] == f"{deadletter}[0:0]".encode()
+    assert dict(back.headers)["traceparent"] == b"00-1"  # (its own headers, as they were)
     # Again, with any filter: nothing is sent twice, nor what came back refused again.
     # (A member whose dead letter left the topic, with retention, is dropped.)
     r = redis.Redis.from_url(os.environ["REDIS_URL"])
