@@ -486,7 +486,11 @@ async def redrive(
             if held is not None and held.startswith("pending") and not _stale_pending(held):
                 report.in_progress.append(d.id)
                 continue
-            if held is not None and (held.startswith("sent") or d.source in found):
+            # A stale pending claim of a catalog or user event with a later record of its
+            # key: its copy (compaction may have kept only a newer one), or a newer event,
+            # which a copy sent now would overwrite. Settled either way, as sent.
+            settled = d.source in found or d.id in later
+            if held is not None and (held.startswith("sent") or settled):
                 if not dry_run and not held.startswith("sent"):
                     await ledger.mark_sent(d.source, held)
                 report.already.append(d.id)
