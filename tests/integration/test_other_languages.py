@@ -22,9 +22,11 @@ README_LINE = """u42|{"user_id":"u42","item_id":"i7","rating":4.5,"timestamp":17
 
 
 def kafka_classpath() -> str:
-    libs = os.environ.get("RECSYS_KAFKA_LIBS") or next(
-        iter(sorted(glob.glob(os.path.expanduser("~/.cache/recsys-online/kafka-*/libs")))), ""
-    )
+    # (as scripts/services.sh keeps them: RECSYS_CACHE_DIR/kafka-<version>/libs; the newest)
+    cache = os.environ.get("RECSYS_CACHE_DIR") or os.path.expanduser("~/.cache/recsys-online")
+    found = glob.glob(os.path.join(cache, "kafka-*", "libs"))
+    newest = max(found, key=lambda p: os.path.getmtime(p), default="")
+    libs = os.environ.get("RECSYS_KAFKA_LIBS") or newest
     if not libs or not glob.glob(os.path.join(libs, "kafka-tools-*.jar")):
         pytest.fail(
             'Kafka\'s jars are needed: `eval "$(scripts/services.sh up)"` exports '
