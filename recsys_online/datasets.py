@@ -273,7 +273,8 @@ def load(
         holding one of those.
     items_path
         The item file; by default the format's usual file beside ``path`` (``u.item``,
-        ``movies.dat``, ``movies.csv``, ``items.csv``) if it exists.
+        ``movies.dat``, ``movies.csv``, ``items.csv``) if it exists (for the two CSV
+        formats, either CSV catalog, the format's own first).
     fmt
         One of :data:`FORMATS`. ``"auto"`` decides by file name, then by the first line.
 
@@ -422,7 +423,8 @@ def _load_ml1m(path: Path, items: Path | None) -> _Loaded:
 
 def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_csv_ratings(path)
-    items = items or _beside(path, "movies.csv")
+    # (either CSV catalog beside the ratings: the same reader reads both)
+    items = items or _beside(path, "movies.csv") or _beside(path, "items.csv")
     if items is None:
         return ratings, {}, []
     catalog, deletes = _read_csv_items(items)
@@ -434,7 +436,7 @@ def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
 
 def _load_csv(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_csv_ratings(path)
-    items = items or _beside(path, "items.csv")
+    items = items or _beside(path, "items.csv") or _beside(path, "movies.csv")
     if items is None:
         return ratings, {}, []
     catalog, deletes = _read_csv_items(items)

@@ -558,3 +558,17 @@ def test_save_csv_rejects_what_it_cannot_write(tmp_path: Path) -> None:
     twice = Dataset(ratings=[], items={"i": ItemUpsert("i")}, deletes=[ItemDelete("i")] * 2)
     with pytest.raises(ValueError, match=re.escape("deleted twice")):
         save_csv(twice, tmp_path / "r.csv", tmp_path / "i.csv")
+
+
+def test_either_csv_catalog_beside_the_ratings_is_read_whichever_csv_format(
+    tmp_path: Path,
+) -> None:
+    """(--format csv on a MovieLens-latest folder dropped movies.csv, and
+    --format movielens-latest on a plain one dropped items.csv, silently.)"""
+    write_ml_latest(tmp_path)
+    assert load(tmp_path / "ratings.csv", fmt="csv").items["1"].tags
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "ratings.csv").write_text("user,item,rating,timestamp\na,x,4,1\n")
+    (plain / "items.csv").write_text("item,title,tags\nx,X,jazz\n")
+    assert load(plain / "ratings.csv", fmt="movielens-latest").items["x"].tags == {"jazz": 1.0}
