@@ -243,7 +243,19 @@ def section_rmse(report: Report, streams: dict[str, list[Event]]) -> None:
             prequential(Recommender(RecommenderConfig(signals=("pop",))), events, batch_size=1)
         )
         raw, clipped = river_rmse(ratings_of(events), scale)
-        out[name] = {"ours": ours.rmse, "river": raw, "river_clipped": clipped}
+        # The same model on the same stream with every item's tags taken away (river has
+        # none): how much of the margin the tags make.
+        bare = last(
+            prequential(
+                Recommender(RecommenderConfig(signals=("pop",))), without_tags(events), batch_size=1
+            )
+        )
+        out[name] = {
+            "ours": ours.rmse,
+            "ours_without_tags": bare.rmse,
+            "river": raw,
+            "river_clipped": clipped,
+        }
         report.add(
             Figure(section, f"{name}: river BiasedMF, unclipped", raw, f"{raw:.4f}"),
             Figure(section, f"{name}: river BiasedMF, clipped 1-5", clipped, f"{clipped:.4f}"),
@@ -255,19 +267,36 @@ def section_rmse(report: Report, streams: dict[str, list[Event]]) -> None:
                 f"< river ({clipped:.4f})",
                 ours.rmse < min(raw, clipped),
             ),
+            Figure(
+                section,
+                f"{name}: ours without item tags (batch 1; information)",
+                bare.rmse,
+                f"{bare.rmse:.4f}",
+            ),
         )
     report.details["rmse"] = out
+
+
+def without_tags(events: list[Event]) -> list[Event]:
+    """The stream with every catalog event's tags taken away (ratings unchanged)."""
+    return [replace(e, tags={}) if isinstance(e, ItemUpsert) else e for e in events]
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. Ranking, and 3. cold start (from the same runs)
 
 
+#: Baselines beside ``MODELS``: co-occurrence with popularity to fill short lists (on
+#: its own, co-occurrence fills them in catalog order).
+BASELINES = {"cooc+pop": ("cooc", "pop")}
+
+
 def run_models(events: list[Event]) -> dict[str, Checkpoint]:
-    """Final prequential checkpoint of every model in ``MODELS`` (default batch size)."""
+    """Final prequential checkpoint of every model in ``MODELS`` and ``BASELINES``
+    (default batch size)."""
     return {
         name: last(prequential(Recommender(RecommenderConfig(signals=signals)), events, k=K))
-        for name, signals in MODELS.items()
+        for name, signals in {**MODELS, **BASELINES}.items()
     }
 
 
@@ -287,6 +316,17 @@ def section_ranking(report: Report, runs: dict[str, dict[str, Checkpoint]]) -> N
         for metric in ("ndcg_at_k", "recall_at_k"):
             label = "NDCG" if metric == "ndcg_at_k" else "Recall"
             h, p, c = getattr(hybrid, metric), getattr(pop, metric), getattr(cooc, metric)
+            cp_ = getattr(cps["cooc+pop"], metric)
+            report.add(
+                Figure(
+                    section,
+                    f"{name}: hybrid - cooc+pop {label} (a stronger baseline)",
+                    h - cp_,
+                    f"{h - cp_:+.4f}",
+                    "> 0",
+                    h > cp_,
+                )
+            )
             ratio = h / p if p else math.inf
             report.add(
                 Figure(
@@ -306,7 +346,7 @@ def section_ranking(report: Report, runs: dict[str, dict[str, Checkpoint]]) -> N
                     h > c,
                 ),
             )
-        singles = {m: cp.ndcg_at_k for m, cp in cps.items() if len(MODELS[m]) == 1}
+        singles = {m: cp.ndcg_at_k for m, cp in cps.items() if len(MODELS.get(m, ())) == 1}
         best = max(singles, key=singles.__getitem__)
         ratio = hybrid.ndcg_at_k / singles[best] if singles[best] else math.inf
         session = cps["session"].ndcg_at_k / hybrid.ndcg_at_k - 1.0
@@ -527,7 +567,23 @@ def section_speed(
             report.hotspots[f"learn+predict, FactorModel micro-batch {batch}"] = hotspots(
                 lambda loop=loop: (loop.start(), loop.run(0, len(cols)))
             )
+    # The RMSE of each timed setup, and of the fast one without tags (untimed): the speed
+    # figure's accuracy, beside the batch-1 one of section 1.
+    bare = RatingLoop(cols, {i: replace(u, tags={}) for i, u in catalog.items()}, SPEED_BATCH)
+    bare.start()
+    bare.run(0, len(cols))
+    for n in names:
+        report.add(Figure(section, f"RMSE of the timed run: {n}", errors[n], f"{errors[n]:.4f}"))
+    report.add(
+        Figure(
+            section,
+            f"RMSE: ours micro-batch {SPEED_BATCH} without item tags (information)",
+            bare.rmse(),
+            f"{bare.rmse():.4f}",
+        )
+    )
     report.details["speed"] = {
+        "rmse_without_tags_batch": bare.rmse(),
         "events": len(cols),
         "repeats": repeats,
         "slice_events": SPEED_SLICE,
@@ -621,7 +677,9 @@ def section_latency(report: Report, sizes: Sizes) -> None:
     n_items = hybrid.n_items
     figures = [
         ("recommend(user, 10), median over users", single, 0.5e-3, "<= 0.5 ms"),
-        (f"top_items({len(batch_users)} users, 10)", batched["top_items"], 50e-3, "<= 50 ms"),
+        # (ids only: ranking without reasons; the worker's refresh is recommend_many's path,
+        # which the target is judged on)
+        (f"top_items({len(batch_users)} users, 10)", batched["top_items"], None, ""),
         (
             f"recommend_many({len(batch_users)} users, 10)",
             batched["recommend_many"],
@@ -632,7 +690,7 @@ def section_latency(report: Report, sizes: Sizes) -> None:
     for label, times, limit, target in figures:
         med = {n: statistics.median(v) for n, v in times.items()}
         for n in names:
-            ok = med[n] <= limit if n == "hybrid" else None
+            ok = med[n] <= limit if n == "hybrid" and limit is not None else None
             report.add(
                 Figure(
                     section,
