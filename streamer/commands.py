@@ -579,8 +579,8 @@ def run_deadletters(args: argparse.Namespace) -> int:
 
 
 def print_redrive(report, settings: Settings, args: argparse.Namespace) -> int:
-    """The redrive's report, as text or JSON; exit status 1 if a send failed or was not
-    confirmed."""
+    """The redrive's report, as text or JSON; exit status 1 if a send failed, was not
+    confirmed, or is another run's still in flight (nothing is known sent of those)."""
     if args.json:
         print(json.dumps(vars(report), indent=2))
     else:
@@ -603,7 +603,7 @@ def print_redrive(report, settings: Settings, args: argparse.Namespace) -> int:
         ):
             for ident, why in found.items():
                 print(f"  {ident} {what}: {why}")
-    return 1 if report.failed or report.unconfirmed else 0
+    return 1 if report.failed or report.unconfirmed or report.in_progress else 0
 
 
 def run_snapshots(args: argparse.Namespace) -> int:

@@ -463,11 +463,17 @@ async def redrive(
     try:
         if not dry_run:
             await ledger.migrate()
-            await ledger.prune(settings, letters)
+            await ledger.prune(letters)
         later = await superseded(settings, chosen, letters)
         state = await ledger.states([d.source for d in chosen])
-        stale = [d for d in chosen if _stale_pending(state.get(d.source))]
-        found = await _copies_found(settings, stale, state) if stale else set()
+        now_ms = await ledger.now_ms()  # (Redis's clock: every run judges by the same one)
+        stale = [d for d in chosen if _stale_pending(state.get(d.source), now_ms)]
+        stale_ids = {d.id for d in stale}
+        # Where each source partition ends before any send (a copy sent now lands there or
+        # past it), and what of the stale claims' copies is there.
+        sources = {TopicPartition(d.source_topic, d.source_partition) for d in chosen}
+        sources = {tp for tp in sources if tp.partition >= 0}
+        ends, found, unknown = await _copies_found(settings, sources, stale, state, letters)
         if producer is not None:
             await producer.start()
         pending, planned = [], set()
@@ -483,7 +489,7 @@ async def redrive(
                 report.already.append(d.id)
                 continue
             planned.add(d.source)
-            if held is not None and held.startswith("pending") and not _stale_pending(held):
+            if held is not None and held.startswith("pending") and d.id not in stale_ids:
                 report.in_progress.append(d.id)
                 continue
             # A stale pending claim of a catalog or user event with a later record of its
@@ -495,12 +501,16 @@ async def redrive(
                     await ledger.mark_sent(d.source, held)
                 report.already.append(d.id)
                 continue
+            if d.source in unknown:  # (left pending: a later run cannot tell either)
+                report.unconfirmed[d.id] = unknown[d.source]
+                continue
             if dry_run:
                 report.sent.append(d.id)
                 continue
             # Claimed now, or a stale pending claim whose copy is not there taken over
             # (as it was read: another run may have taken it meanwhile).
-            if not await ledger.claim(d.source, d.id, held):
+            end = ends[TopicPartition(d.source_topic, d.source_partition)]
+            if not await ledger.claim(d.source, d.id, end, held):
                 report.already.append(d.id)  # (claimed by another run meanwhile)
                 continue
             headers = [  # (its own headers as they were, then the letter it came from)
@@ -521,7 +531,7 @@ async def redrive(
                 report.failed[d.id] = f"{type(exc).__name__}: {exc}"
                 continue
             pending.append((d, sent))
-        for d, sent in pending:
+        for d, sent in pending:  # (each marked sent as its acknowledgement comes)
             try:
                 await sent
             except Exception as exc:  # it may have reached the topic: left pending
@@ -536,49 +546,83 @@ async def redrive(
     return report
 
 
-def _stale_pending(held: str | None, now: float | None = None) -> bool:
-    """A pending claim old enough that no run's send of it is still in flight.
+def _stale_pending(held: str | None, now_ms: int) -> bool:
+    """A pending claim old enough (by Redis's clock, ms) that no run's send of it is
+    still in flight.
 
-    >>> _stale_pending("pending 0:3 1000", now=61.0), _stale_pending("pending 0:3 1000", now=2.0)
+    >>> _stale_pending("pending 0:3 1000 7", 61_000), _stale_pending("pending 0:3 1000", 2_000)
     (True, False)
-    >>> _stale_pending("sent 0:3"), _stale_pending(None), _stale_pending("pending 0:3 x")
+    >>> _stale_pending("sent 0:3", 10**12), _stale_pending(None, 0), _stale_pending("pending x", 0)
     (False, False, True)
     """
     if held is None or not held.startswith("pending"):
         return False
-    now = time.time() if now is None else now
-    try:
-        claimed_ms = int(held.split()[2])
-    except (IndexError, ValueError):  # (unreadable: as old as can be)
+    parts = held.split()
+    if len(parts) < 3 or not parts[2].isdigit():  # (unreadable: as old as can be)
         return True
-    return now - claimed_ms / 1000.0 >= PENDING_GRACE_S
+    return now_ms - int(parts[2]) >= PENDING_GRACE_S * 1000
 
 
 async def _copies_found(
-    settings: Settings, letters: Sequence[DeadLetter], state: Mapping[str, str]
-) -> set[str]:
-    """The sources of ``letters`` (each with a stale pending claim in ``state``) whose
-    copy is in their source partition: a record there, from a minute before the claim
-    on, whose ``recsys.redriven.from`` header names the letter."""
+    settings: Settings,
+    sources: set[TopicPartition],
+    stale: Sequence[DeadLetter],
+    state: Mapping[str, str],
+    letters: Sequence[DeadLetter],
+) -> tuple[dict[TopicPartition, int], set[str], dict[str, str]]:
+    """Each of ``sources``' end offset now, and of the ``stale`` letters' events (each
+    with a stale pending claim in ``state``): those whose copy is in their source
+    partition, and those whose copy may have been and is gone (why, by event).
+
+    A copy is a record, at or past the partition's end when the claim was taken (in the
+    claim; by the record times from a minute before the claim for claims that do not
+    say), whose ``recsys.redriven.from`` header names the claim's letter or any letter
+    of the same event. Where the partition's start has passed that point (retention),
+    whether it was sent cannot be told."""
     dlq = settings.deadletter_topic
-    wanted: dict[TopicPartition, dict[bytes, str]] = {}
-    since: dict[TopicPartition, int] = {}
+    by_source: dict[str, list[str]] = {}
     for d in letters:
+        by_source.setdefault(d.source, []).append(d.id)
+    wanted: dict[TopicPartition, dict[bytes, str]] = {}
+    from_offset: dict[TopicPartition, int] = {}
+    by_time: dict[TopicPartition, int] = {}
+    for d in stale:
         tp = TopicPartition(d.source_topic, d.source_partition)
-        wanted.setdefault(tp, {})[f"{dlq}[{d.id}]".encode()] = d.source
         parts = state[d.source].split()
-        claimed_ms = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
-        since[tp] = min(since.get(tp, claimed_ms), claimed_ms)
+        named = [parts[1]] if len(parts) > 1 else []
+        for letter in named + by_source.get(d.source, []):
+            wanted.setdefault(tp, {})[f"{dlq}[{letter}]".encode()] = d.source
+        if len(parts) > 3 and parts[3].isdigit():
+            from_offset[tp] = min(from_offset.get(tp, int(parts[3])), int(parts[3]))
+        else:  # (a claim of the first version of this ledger: by time)
+            ms = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+            by_time[tp] = min(by_time.get(tp, ms), ms)
+    tps = list(sources | set(wanted))
+    if not tps:
+        return {}, set(), {}
     found: set[str] = set()
+    unknown: dict[str, str] = {}
     consumer = await _consumer(settings)
     try:
-        end = await consumer.end_offsets(list(wanted))
+        end = await consumer.end_offsets(tps)
+        if not wanted:
+            return end, found, unknown
         first = await consumer.beginning_offsets(list(wanted))
-        at = await consumer.offsets_for_times({tp: max(0, ms - 60_000) for tp, ms in since.items()})
-        ranges = {
-            tp: (at[tp].offset if at.get(tp) is not None else end[tp], end[tp]) for tp in wanted
-        }
-        ranges = {tp: (max(a, first[tp]), b) for tp, (a, b) in ranges.items()}
+        if by_time:
+            at = await consumer.offsets_for_times(
+                {tp: max(0, ms - 60_000) for tp, ms in by_time.items()}
+            )
+            for tp in by_time:
+                offset = at[tp].offset if at.get(tp) is not None else end[tp]
+                from_offset[tp] = min(from_offset.get(tp, offset), offset)
+        for tp, offset in from_offset.items():
+            if first[tp] > offset:  # (records it should have been among are gone)
+                for source in set(wanted[tp].values()):
+                    unknown[source] = (
+                        f"whether it was sent cannot be told: {tp.topic}[{tp.partition}] "
+                        f"now starts at {first[tp]}, past {offset} where its copy would be"
+                    )
+        ranges = {tp: (max(o, first[tp]), end[tp]) for tp, o in from_offset.items()}
         for topic in sorted({tp.topic for tp in ranges}):
             mine = {tp: r for tp, r in ranges.items() if tp.topic == topic}
             async for chunk in _chunks(consumer, mine, topic):
@@ -589,7 +633,7 @@ async def _copies_found(
                             found.add(names[value])
     finally:
         await consumer.stop()
-    return found
+    return end, found, {s: why for s, why in unknown.items() if s not in found}
 
 
 # Set a hash field to ARGV[3] only while it holds ARGV[2] (one key: any Redis, a cluster's).
@@ -611,12 +655,18 @@ class _Ledger:
         self.legacy = legacy_ledger_key(settings)
 
     async def migrate(self) -> None:
-        """The members of an earlier version's set become sent claims (once)."""
-        members = await self.store.smembers(self.legacy)
-        for member in members:
+        """The members of an earlier version's set become sent claims. The set stays,
+        read as sent too: a run of that version during an upgrade still sees them."""
+        for member in await self.store.smembers(self.legacy):
             await self.store.hsetnx(self.key, member, "sent")
-        if members:
-            await self.store.delete(self.legacy)
+
+    async def now_ms(self) -> int:
+        """Redis's clock, in ms (every run's claims stamped and judged by one clock)."""
+        answer = await self.store.time()
+        if isinstance(answer, dict):  # (a cluster: a node's, any)
+            answer = next(iter(answer.values()))
+        seconds, micros = answer
+        return int(seconds) * 1000 + int(micros) // 1000
 
     async def states(self, sources: Sequence[str]) -> dict[str, str]:
         """The claim of each of ``sources`` that has one (an earlier version's set read
@@ -632,10 +682,11 @@ class _Ledger:
                 out.setdefault(source, "sent")
         return out
 
-    async def claim(self, source: str, letter: str, held: str | None = None) -> bool:
-        """Claim ``source`` as pending: unclaimed (``held`` None), or taking over the
+    async def claim(self, source: str, letter: str, end: int, held: str | None = None) -> bool:
+        """Claim ``source`` as pending, with the letter, Redis's time and the end offset
+        of its partition before the send: unclaimed (``held`` None), or taking over the
         stale claim ``held`` if it is still that; False if another run holds it."""
-        value = f"pending {letter} {int(time.time() * 1000)}"
+        value = f"pending {letter} {await self.now_ms()} {end}"
         if held is None:
             return bool(await self.store.hsetnx(self.key, source, value))
         return bool(await self.store.eval(_TAKE_OVER, 1, self.key, source, held, value))
@@ -648,13 +699,14 @@ class _Ledger:
     async def release(self, source: str) -> None:
         await self.store.hdel(self.key, source)
 
-    async def prune(self, settings: Settings, letters: Sequence[DeadLetter]) -> None:
-        """Drop the claims whose dead letters left the topic: below its partition's
-        start now (retention only ever moves it forward: no other run's letter can be
-        taken for gone). Claims naming no letter (an earlier version's) go when no
-        letter read names their event."""
+    async def prune(self, letters: Sequence[DeadLetter]) -> None:
+        """Drop the claims whose dead letters left the topic: the claim's letter below
+        its partition's start now (retention only moves it forward: no other run's
+        letter can be taken for gone), and no letter read naming its event (a worker
+        reprocessing after a crash may have written a second one, still there). Claims
+        naming no letter (an earlier version's) go when no letter names their event."""
         claims = {k.decode(): v.decode() for k, v in (await self.store.hgetall(self.key)).items()}
-        if not claims:
+        if not claims or not letters:
             return
         starts: dict[int, int] = {}
         for d in letters:
@@ -662,10 +714,11 @@ class _Ledger:
         named = {d.source for d in letters}
         gone = []
         for source, held in claims.items():
+            if source in named:
+                continue
             parts = held.split()
             if len(parts) < 2:
-                if letters and source not in named:
-                    gone.append(source)
+                gone.append(source)
                 continue
             partition, _, offset = parts[1].partition(":")
             if not (partition.isdigit() and offset.isdigit()):
