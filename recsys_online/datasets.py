@@ -188,6 +188,8 @@ class Dataset:
             items={item: up for item, up in self.items.items() if item in used},
             deletes=[d for d in self.deletes if d.item in used and d.timestamp <= cut],
             name=f"{self.name}[:{n}]",
+            unlisted=[item for item in dict.fromkeys(self.unlisted) if item in used],
+            had_catalog=self.had_catalog,
         )
 
     def live_paced(self, rate: float, start: float) -> Dataset:

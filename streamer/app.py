@@ -2013,7 +2013,7 @@ class RecsysWorker:
         headers += [(n, v) for n, v in m.headers or () if n == "recsys.redriven.from"]
         # The record's own headers (tracing, content type, ...), for a redrive to send
         # back as they were; past DEADLETTER_HEADER_BYTES, their size instead.
-        own = [(n, v or b"") for n, v in m.headers or () if not n.startswith("recsys.")]
+        own = [(n, v) for n, v in m.headers or () if not n.startswith("recsys.")]
         size = sum(len(n.encode()) + len(v or b"") for n, v in own)
         if size > DEADLETTER_HEADER_BYTES:
             headers.append(("recsys.truncated.headers_from", str(size).encode()))

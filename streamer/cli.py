@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -117,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # a RECSYS_* variable the command cannot run with
         print(f"recsys-online {args.command}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; then ended by SIGINT
         print(f"\nrecsys-online {args.command}: interrupted", file=sys.stderr)
+        # (as a shell loop running the command needs to see it, to stop too)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
         return 130
     except BrokenPipeError:  # output piped into `head`, which stopped reading: no traceback
         with contextlib.suppress(AttributeError, OSError, ValueError):  # (nor at exit)

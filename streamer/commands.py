@@ -595,6 +595,8 @@ def print_redrive(report, settings: Settings, args: argparse.Namespace) -> int:
                 f"  {len(report.in_progress)} being sent back by another run (claimed "
                 f"under a minute ago): {', '.join(report.in_progress)}"
             )
+        for ident, size in report.without_headers.items():
+            print(f"  {ident} sent back without its own headers ({size} bytes: not kept)")
         unconfirmed = "not confirmed (a later run sends it only if it is not in its topic)"
         for what, found in (
             ("cannot be sent back", report.unsendable),

@@ -64,7 +64,7 @@ class DeadLetter:
     truncated_key_from: int | None = None  # the original size, when the key was cut
     redriven_from: str | None = None  # the event was sent back once already: from where
     # The refused record's own headers (not the project's ``recsys.*``), as it had them
-    original_headers: tuple[tuple[str, bytes], ...] = ()
+    original_headers: tuple[tuple[str, bytes | None], ...] = ()
     truncated_headers_from: int | None = None  # their size, when too large to keep
 
     @classmethod
@@ -104,7 +104,7 @@ class DeadLetter:
             truncated_key_from=number("recsys.truncated.key_from"),
             redriven_from=text("recsys.redriven.from") or None,
             original_headers=tuple(
-                (n, v or b"") for n, v in record.headers or () if not n.startswith("recsys.")
+                (n, v) for n, v in record.headers or () if not n.startswith("recsys.")
             ),
             truncated_headers_from=number("recsys.truncated.headers_from"),
         )
@@ -134,7 +134,8 @@ class DeadLetter:
             "truncated_from": self.truncated_from,
             "truncated_key_from": self.truncated_key_from,
             "redriven_from": self.redriven_from,
-            "headers": [[n, _shown(v)] for n, v in self.original_headers],
+            "headers": [[n, None if v is None else _shown(v)] for n, v in self.original_headers],
+            "truncated_headers_from": self.truncated_headers_from,
             # (the bytes themselves, whole: ``key`` and ``value`` above are for reading)
             "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
             "value_b64": None if self.value is None else base64.b64encode(self.value).decode(),
@@ -396,6 +397,8 @@ class RedriveReport:
     # (a later run looks for it, and sends it only if it is not there)
     unconfirmed: dict[str, str] = field(default_factory=dict)
     in_progress: list[str] = field(default_factory=list)  # pending, claimed a moment ago
+    # sent back without their own headers: more than a dead letter keeps (their size)
+    without_headers: dict[str, int] = field(default_factory=dict)
     matched: int = 0
     read: int = 0
 
@@ -539,6 +542,8 @@ async def redrive(
                 continue
             await ledger.mark_sent(d.source, f"sent {d.id}")
             report.sent.append(d.id)
+            if d.truncated_headers_from is not None:
+                report.without_headers[d.id] = d.truncated_headers_from
     finally:
         if producer is not None:
             await producer.stop()

@@ -44,6 +44,9 @@ def isolated_env(kind: str, base: dict[str, str] | None = None, **extra: str) ->
     return env
 
 
+_ISOLATED_RUN = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]{8}")  # isolated_env's run names
+
+
 def remove_topics(env: Mapping[str, str]) -> None:
     """Delete the Kafka topics of a run that :func:`isolated_env` named, once it is over
     (a broker that keeps every run's partitions runs out of file descriptors), and its
@@ -82,7 +85,8 @@ def _remove_topics(settings: Settings) -> None:
         warnings.warn(f"topics of {run} not deleted ({reason}): {left}", stacklevel=3)
     # Its Faust files and snapshots too (about 30 MB a test run, 1.8 GB over a day of
     # benchmarks and tests on one machine): the run's topics, which they follow, are gone.
-    shutil.rmtree(Path(settings.data_dir).expanduser() / run, ignore_errors=True)
+    if _ISOLATED_RUN.fullmatch(run):  # (a name isolated_env made, never "." or a path)
+        shutil.rmtree(Path(settings.data_dir).expanduser() / run, ignore_errors=True)
 
 
 def clear_run(env: Mapping[str, str]) -> None:

@@ -267,3 +267,25 @@ def test_output_piped_into_head_or_a_ctrl_c_end_without_a_traceback(stream: Path
         done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
         assert "Traceback" not in done.stderr, done.stderr
         assert done.stdout.startswith("data")
+
+
+def test_ctrl_c_ends_a_replay_with_a_line_and_by_the_signal(tmp_path) -> None:
+    """Ctrl-C: one line instead of a traceback, and the process ends by SIGINT, as a
+    shell loop running the command needs to stop too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert main(["synth", str(tmp_path), "--ratings", "200000", "--users", "2000"]) == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "replay", str(tmp_path / "ratings.csv")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)  # (loading, then replaying)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGINT, err[-2000:]
+    assert "recsys-online replay: interrupted" in err and "Traceback" not in err

@@ -650,13 +650,13 @@ async def test_a_record_with_neither_key_nor_value_and_a_redriven_one_are_dead_l
     assert (k1, v1, h1["recsys.source.key"]) == (b"", None, b"none")
     assert (k2, v2, h2["recsys.redriven.from"]) == (b"u", b"{", b"dlq[0:7]")
     assert "recsys.redriven.from" not in h1 and "recsys.source.key" not in h2
-    assert h3["traceparent"] == b"00-ab-cd-01" and h3["empty"] == b""
+    assert h3["traceparent"] == b"00-ab-cd-01" and h3["empty"] is None
     assert h3["recsys.reason"] == b"malformed JSON"
     assert "big" not in h4 and h4["recsys.truncated.headers_from"] == b"20003"
     letter = DeadLetter.from_record(
         ConsumerRecord("dlq", 0, 9, 0, 0, b"u", b"{", None, 0, 1, list(h3.items()))
     )
-    assert letter.original_headers == (("traceparent", b"00-ab-cd-01"), ("empty", b""))
+    assert letter.original_headers == (("traceparent", b"00-ab-cd-01"), ("empty", None))
 
 
 async def test_a_rebuild_reads_users_tombstones_as_withdrawals_outside_event_time(
