@@ -166,12 +166,20 @@ def refusing_writes(exc: BaseException) -> bool:
     True
     >>> refusing_writes(ResponseError("BUSY Redis is busy running a script."))
     True
+    >>> refusing_writes(ResponseError("Command # 1 (SET k v) of pipeline caused error: "
+    ...                               "('NOREPLICAS Not enough good replicas to write.',)"))
+    True
     >>> refusing_writes(ResponseError("WRONGTYPE Operation against a key"))
     False
     """
     if isinstance(exc, OutOfMemoryError | ReadOnlyError | MasterDownError | TryAgainError):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(_REFUSING)
+    if not isinstance(exc, ResponseError):
+        return False
+    # (a pipeline's error is Redis's, after "Command # n (...) of pipeline caused error: ",
+    # as it is or as a tuple's repr: "('NOREPLICAS ...',)")
+    said = str(exc).rpartition("of pipeline caused error: ")[2].lstrip("('\"")
+    return said.startswith(_REFUSING)
 
 
 _REFUSING = ("MISCONF", "NOREPLICAS", "BUSY ")  # (a refusal with no class of its own)

@@ -502,6 +502,69 @@ async def test_the_sink_waits_out_a_redis_out_of_memory_and_writes_lists_in_rank
 
 
 @pytest.mark.redis
+async def test_the_sink_waits_out_a_primary_without_the_replicas_it_asks_for(tmp_path) -> None:
+    """A primary with ``min-replicas-to-write`` refuses every write (NOREPLICAS) while its
+    replicas are away, in MULTI/EXEC too, where redis-py puts the command before Redis's
+    words: the sink waits it out (lists, by script; the metrics and item metadata, in
+    transactions), instead of stopping the worker."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+
+    import redis
+
+    from recsys_online.recommender import Recommendation
+    from schemas import ItemEvent
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is installed by scripts/services.sh"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    redis_server = subprocess.Popen(
+        [
+            *(server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--dir", str(tmp_path), "--min-replicas-to-write", "1"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    admin = redis.Redis(port=port)
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="norep:")
+    sink = RedisSink(settings)
+    sink.max_wait_s = 0.2
+    try:
+        for _ in range(100):
+            try:
+                admin.ping()
+                break
+            except redis.ConnectionError:
+                await asyncio.sleep(0.05)
+        with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
+            admin.set("probe", "x")
+        recs = [Recommendation("i1", 0.5, "popular now", "popular")]
+        item = ItemEvent(op="upsert", item_id="i1", title="One", tags=["jazz"], timestamp=1)
+        writes = [
+            asyncio.ensure_future(sink.publish_lists({"u1": recs}, version=1)),
+            asyncio.ensure_future(sink.publish_state(recs, {"events": 1}, 1, "w:1")),
+            asyncio.ensure_future(sink.publish_items([item])),
+        ]
+        await asyncio.sleep(1.0)
+        assert not any(w.done() for w in writes), [w.exception() for w in writes if w.done()]
+        admin.config_set("min-replicas-to-write", 0)
+        await asyncio.wait_for(asyncio.gather(*writes), 20)
+        assert json.loads(admin.get(settings.key("recs", "u1")))["items"][0]["item_id"] == "i1"
+        assert admin.hget(settings.key("metrics"), "events") == b"1"
+    finally:
+        await sink.close()
+        admin.close()
+        redis_server.terminate()
+        redis_server.wait(10)
+
+
+@pytest.mark.redis
 def test_services_down_never_stops_a_redis_it_did_not_start(tmp_path) -> None:
     """A stale pid file (left by a crash or a reboot) naming another Redis is not taken
     for the script's own: ``status`` says down and ``down`` leaves that Redis running."""

@@ -68,6 +68,9 @@ def test_the_sink_waits_out_redis_away_but_not_a_programming_error() -> None:
         e.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
         e.ResponseError("NOREPLICAS Not enough good replicas to write."),  # min-replicas
         e.ResponseError("BUSY Redis is busy running a script. You can only call ..."),
+        # (inside MULTI/EXEC, or a cluster's pipeline: redis-py puts the command first)
+        e.ResponseError("Command # 1 (SET k v) of pipeline caused error: MISCONF Redis is ..."),
+        e.ResponseError("Command # 2 (HSET h f v) of pipeline caused error: NOREPLICAS Not ..."),
     ]
     never = [
         e.CrossSlotTransactionError("All keys must map to the same slot"),
