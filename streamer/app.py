@@ -399,6 +399,15 @@ class CatalogFollower:
                 return False
         return True
 
+    async def _caught_up_to(self, end: dict) -> bool:
+        """:meth:`_caught_up` to ``end``, False where Kafka cannot say (a validation must
+        never fail after its dead letters are sent)."""
+        try:
+            return await self._caught_up(end)
+        except KafkaError as exc:
+            log.warning("the items topic's position unknown (%r): not waiting for it", exc)
+            return True
+
     async def catch_up(self, timeout: float = 2.0) -> None:
         """Wait (bounded) until every item event produced so far has been applied, so a
         rating produced after its item's event never finds the item unknown."""
@@ -410,7 +419,7 @@ class CatalogFollower:
         except (TimeoutError, KafkaError) as exc:  # what is known is what was read
             log.warning("the items topic's end unknown (%r): not waiting for it", exc)
             return
-        while time.monotonic() < deadline and not await self._caught_up(end):
+        while time.monotonic() < deadline and not await self._caught_up_to(end):
             await asyncio.sleep(0.005)
 
 
@@ -843,13 +852,15 @@ class RecsysWorker:
         wait_s = self.KAFKA_RETRY_S
         while True:  # Kafka unreachable (a broker restarting, a coordinator moving): again
             try:
-                records, valid = await self._replayed_and_valid(first, batch, records, revocations)
+                records, valid = await self._replayed_and_valid(first, batch, revocations)
                 break
             except KafkaError as exc:
-                if self.app.consumer.revocations != revocations:  # (the partitions may
-                    raise BatchAbandoned(f"a rebalance began; Kafka: {exc!r}") from exc  # go)
                 log.warning("a ratings batch waits for Kafka (%r): again in %.1f s", exc, wait_s)
-                await asyncio.sleep(wait_s)
+                until = time.monotonic() + wait_s
+                while time.monotonic() < until:  # (a rebalance gives the batch up at once)
+                    if self.app.consumer.revocations != revocations:  # (the partitions may go)
+                        raise BatchAbandoned(f"a rebalance began; Kafka: {exc!r}") from exc
+                    await asyncio.sleep(0.05)
                 wait_s = min(2 * wait_s, 5.0)
         for partition, offset, rating, produced_ms, event_id in valid:
             held = (rating, produced_ms, partition, offset, event_id)
@@ -877,12 +888,13 @@ class RecsysWorker:
         self,
         first: dict[int, int],
         batch: list[ConsumerRecord],
-        records: list[ConsumerRecord],
         revocations: int,
     ) -> tuple[list[ConsumerRecord], list[tuple[int, int, Rating, float, str | None]]]:
         """:meth:`learn_ratings`' steps before learning, which read Kafka: the replay of
         partitions not in the model yet (``first``: each one's first offset in the
-        batch), then the validation of the records still to learn. Returns both."""
+        batch), then the validation of the records of ``batch`` still to learn (taken
+        again at each attempt: a replay meanwhile may have learned some). Returns both."""
+        records = self._not_learned(batch)
         if first.keys() - self._replayed:
             await self._ensure_replayed(first, revocations)
             # Filtered again: the replay that ran may have been another's (the timer's,
@@ -1563,9 +1575,10 @@ class RecsysWorker:
                 await self._reset_now(replaying=True)
                 if self._reset_pending:  # put off (a batch is being validated): not into
                     return  # the model the rebuild will drop
-                # The rebuilt model starts from the snapshot of the partitions kept, if
-                # any: restored here, under this lock, never under this replay.
-                await self._restore_once(replaying=True)
+            # The model starts from the snapshot of its partitions, if any (after a
+            # rebuild, or where another replay held the lock when this one asked): tried
+            # here, under this lock, never under a replay.
+            await self._restore_once(replaying=True)
             todo = (self._assigned() | first_live.keys()) - self._replayed
             if not todo:
                 return
@@ -1679,8 +1692,10 @@ class RecsysWorker:
         if self.engine is not current or self._replayed or current.events:
             log.info("snapshot %s not restored: the model moved on meanwhile", snapshot.path.name)
             return  # (not reached while ``_learning`` is held: a guard for what may change)
-        if current.carries_live_figures:  # a rebuild: this worker's figures go on
+        if self.rebuilds:  # a rebuild: this worker's figures go on
             current.hand_over_live_figures(engine)
+        else:  # a start: the snapshot's go on, with what was counted before it loaded
+            engine.add_counts_of(current)
         engine.adopt(self.settings)  # (its non-model settings may have changed since)
         engine.live = False
         # Changes pending when it was taken were most likely sent since (the exchange

@@ -380,10 +380,18 @@ class StreamEngine:
         self.hand_over_live_figures(new)
         return new
 
-    @property
-    def carries_live_figures(self) -> bool:
-        """This worker has published lists, evaluated ratings or counted dead letters."""
-        return bool(self.version or self.evaluated or self.deadletters)
+    def add_counts_of(self, other: StreamEngine) -> None:
+        """Add the dead letters ``other`` counted (a fresh worker's, before the snapshot
+        it restores loaded: bad catalog or user events read meanwhile) to this engine's.
+
+        >>> snap, fresh = StreamEngine(Settings(n_factors=2)), StreamEngine(Settings(n_factors=2))
+        >>> snap.count_deadletter("malformed JSON: x"); fresh.count_deadletter("tags: bad")
+        >>> snap.add_counts_of(fresh); snap.deadletters, sorted(snap.deadletter_kinds)
+        (2, ['invalid', 'malformed'])
+        """
+        self.deadletters += other.deadletters
+        for kind, n in other.deadletter_kinds.items():
+            self.deadletter_kinds[kind] = self.deadletter_kinds.get(kind, 0) + n
 
     def hand_over_live_figures(self, to: StreamEngine) -> None:
         """Give ``to`` (a rebuild's model, or a snapshot loaded by a running worker) this

@@ -1642,6 +1642,71 @@ async def test_a_restore_never_swaps_the_model_under_a_replay_that_rebuilt_it(
     assert worker.engine.version >= 250 and worker.engine.deadletters == 8
 
 
+async def test_a_worker_restored_at_its_start_goes_on_from_the_snapshots_figures(
+    monkeypatch, tmp_path
+) -> None:
+    """At a start, the snapshot's live figures go on (its evaluations, windows, totals),
+    with the dead letters counted before it loaded added: a bad catalog event read
+    meanwhile made the fresh engine's figures replace the snapshot's."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(4)]}
+    worker, _, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    engine = StreamEngine(worker.settings)
+    engine.upsert_item("a", {"t": 1.0})
+    engine.learn_ratings(log[0])  # (live: evaluated)
+    engine.count_deadletter("malformed JSON: x")
+    SnapshotStore(worker.settings.snapshot_path).save(
+        engine, {0: 4}, worker.settings.model_fingerprint()
+    )
+    worker.engine.count_deadletter("tags: too many")  # read before the snapshot loaded
+    try:
+        await worker._restore_once()
+    finally:
+        follower.cancel()
+    assert worker.engine.events == 4 and worker.engine.evaluated == engine.evaluated > 0
+    assert worker.engine.deadletters == 2
+
+
+async def test_a_replay_that_waited_for_another_still_starts_from_the_snapshot(
+    monkeypatch, tmp_path
+) -> None:
+    """The timer's restore finds Kafka away (tried again later) and its replay fails
+    before learning anything; the batch that waited for it on the replay lock must still
+    start from the snapshot, not replay the whole log."""
+    log = {0: [Rating(f"u{n}", "a", float(1 + n % 5), float(n)) for n in range(6)]}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    _snapshot(worker.settings, log[0][:3], {0: 3})
+    answers = [KafkaConnectionError("coordinator away")]
+    committed = RecsysWorker._committed
+
+    async def flaky_committed(self):
+        if answers:
+            raise answers.pop()
+        return await committed(self)
+
+    monkeypatch.setattr(RecsysWorker, "_committed", flaky_committed)
+    merged, failures = app_module.read_merged, [KafkaConnectionError("broker away")]
+
+    async def failing_once(*args, **kwargs):
+        if failures:
+            await asyncio.sleep(0.05)
+            raise failures.pop()
+        async for chunk in merged(*args, **kwargs):
+            yield chunk
+
+    monkeypatch.setattr(app_module, "read_merged", failing_once)
+    try:
+        timer = asyncio.ensure_future(worker._replay_idle_partitions())
+        while not worker._replay_lock.locked():
+            await asyncio.sleep(0)
+        await worker._ensure_replayed({0: 6})  # the batch, waiting on the lock
+        await timer
+    finally:
+        follower.cancel()
+    assert starts[-1] == {0: 3} and worker.engine.events == 6
+
+
 async def _partition_1_goes_elsewhere(worker: RecsysWorker, owned: set[int]) -> None:
     """A rebalance that gives partition 0 back and partition 1 to another worker: the
     model is rebuilt from partition 0's history (offsets [0, 4))."""
