@@ -775,7 +775,7 @@ def _two_ratings_to_replay(monkeypatch, committed) -> RecsysWorker:
     async def merged(*args, **kwargs):
         yield [(0, Rating("u1", "a", 4.0, 1.0)), (0, Rating("u2", "a", 4.0, 2.0))]
 
-    async def nothing(self) -> None: ...
+    async def nothing(self, *args, **kwargs) -> None: ...
 
     async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
         return {}
