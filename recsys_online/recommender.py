@@ -825,6 +825,14 @@ class Recommender:
             if own is not None:
                 own.added(rows, de, dtb, "tags")
             applied += len(rows)
+            # The items carrying those tags, stacked again for ranking now: learning
+            # restacks them at its next full refresh, counted on this model's own
+            # ratings only, which others' changes would leave behind.
+            carried = np.isin(self.tags.rows[:n_items], rows) & (self.tags.weights[:n_items] != 0)
+            restack = np.flatnonzero(carried.any(axis=1))
+            if len(restack):
+                self.vectors.update(restack)
+                self._side_dirty.update(restack.tolist())
         rows = self.items.get_many(changes.rated)
         ok = (rows >= 0) & (rows < n_items)
         if ok.any():

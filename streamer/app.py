@@ -1194,18 +1194,27 @@ class RecsysWorker:
         """Add the other workers' item changes as they come (from the topic's end at
         start: what came before is in their learning, not in ours to replay)."""
         s = self.settings
-        consumer = standalone_consumer(s)
-        await consumer.start()
-        try:
-            tp = TopicPartition(s.item_changes_topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_end(tp)
-            while True:
-                batches = await consumer.getmany(tp, timeout_ms=200, max_records=100)
-                for record in batches.get(tp, []):
-                    self._add_in_item_changes(record.value, record.offset)
-        finally:
-            await consumer.stop()
+        tp = TopicPartition(s.item_changes_topic, 0)
+        position: int | None = None  # (after Kafka was away: on from where it was)
+        while True:
+            consumer = standalone_consumer(s)
+            try:
+                await consumer.start()
+                consumer.assign([tp])
+                if position is None:
+                    await consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, position)
+                while True:
+                    batches = await consumer.getmany(tp, timeout_ms=200, max_records=100)
+                    for record in batches.get(tp, []):
+                        self._add_in_item_changes(record.value, record.offset)
+                        position = record.offset + 1
+            except KafkaError as exc:  # never stops the worker: again in a moment
+                log.warning("item changes not read (%r): again in 1 s", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                await consumer.stop()
 
     def _add_in_item_changes(self, raw: bytes | None, offset: int) -> None:
         """Add in one message of another worker's item changes, unless it comes from
@@ -1222,7 +1231,17 @@ class RecsysWorker:
             # gave them to us): adding them in would count those ratings twice.
             self.items_skipped += len(changes)
             return
-        self.items_received += self.engine.model.apply_item_changes(changes)
+        # A popularity mass is a log-sum of 2^(t/h) over ratings up to ``now``: past
+        # ``now``'s own term and e^60 ratings, it is not a count of ratings.
+        most = changes.now * self.engine.model.popularity.log_rate + 60.0
+        if len(changes.mass) and float(changes.mass.max()) > most:
+            log.warning("item changes at offset %d skipped: popularity beyond its clock", offset)
+            return
+        try:
+            self.items_received += self.engine.model.apply_item_changes(changes)
+        except Exception as exc:  # never stops the worker: logged, skipped
+            log.warning("item changes at offset %d not applied: %r", offset, exc)
+            return
         self.engine.shared_from |= partitions
         self.engine.similar_moved(changes.pair_items)
 

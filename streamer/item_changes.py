@@ -23,10 +23,13 @@ put there, so :func:`decode_item_changes` checks everything before a model sees 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterable
 
 import numpy as np
 
+from recsys_online.recommender import MAX_ABS_TIMESTAMP
 from recsys_online.sharing import ItemChanges
 
 #: Most of a message's bytes (the producer's limit is 1 MB; JSON may double an id's bytes).
@@ -127,7 +130,9 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
     r"""``(worker, its model's partitions, changes)`` of one message; ValueError when
     it is not one (anything another producer may have put on the topic), when its vectors
     are not ``k`` long, or when a value is out of range (not finite, a negative count or
-    weight, a pair naming no id, a partition that is not a natural number).
+    weight, a pair naming no id, a partition that is not a natural number, a change past
+    :data:`MAX_CHANGE` or a pair weight past :data:`MAX_PAIR_WEIGHT`, a clock more than
+    two days ahead of this machine's).
 
     >>> decode_item_changes(None, 4)
     Traceback (most recent call last):
@@ -160,12 +165,15 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
             now = header["now"]
             if not isinstance(now, (int, float)) or not np.isfinite(now):
                 raise ValueError("now must be a finite number")
+            # (a worker's clock is its latest rating's time, refused past a day ahead)
+            if not -MAX_ABS_TIMESTAMP <= now <= time.time() + 2 * 86_400:
+                raise ValueError(f"now {now:g} is out of range (more than 2 days ahead?)")
         elif part == "pairs":
             n = header["n"]
             if not isinstance(n, int) or n < 0:
                 raise ValueError("n must be >= 0")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"bad header: {exc}") from None
+    except Exception as exc:  # (any: a header nested 1,000 deep is a RecursionError)
+        raise ValueError(f"bad header: {type(exc).__name__}: {exc}"[:500]) from None
     if not sep:
         raise ValueError("no arrays after the header")
     out = ItemChanges(dv=np.zeros((0, k), np.float32), de=np.zeros((0, k), np.float32))
@@ -173,7 +181,7 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
         if n_factors != k:
             raise ValueError(f"vectors of {n_factors} factors, this model has {k}")
         m = len(ids)
-        values = _floats(body, "<f4", m * (k + 1))
+        values = _floats(body, "<f4", m * (k + 1), MAX_CHANGE)
         vectors, biases = values[: m * k].reshape(m, k), values[m * k :]
         if part == "items":
             out.items, out.dv, out.db = ids, vectors, biases
@@ -188,17 +196,26 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
         at = np.frombuffer(body[: 8 * n], "<i4").reshape(2, n)
         if n and (at.min() < 0 or at.max() >= len(ids)):
             raise ValueError("pairs naming no id")
-        weights = _floats(body[8 * n :], "<f4", n)
+        weights = _floats(body[8 * n :], "<f4", n, MAX_PAIR_WEIGHT)
         if (weights < 0).any():
             raise ValueError("negative pair weights")
         out.pair_items, out.pair_a, out.pair_b, out.pair_w = ids, at[0], at[1], weights
     return worker, partitions, out
 
 
-def _floats(body: bytes, dtype: str, n: int) -> np.ndarray:
+#: Bounds on what one message may carry, far past what an exchange's learning makes (a
+#: factor or bias moves by well under 1 per rating) and well short of float32's end,
+#: where a sum overflows to inf and the model to NaN.
+MAX_CHANGE = 1e4
+MAX_PAIR_WEIGHT = 1e9
+
+
+def _floats(body: bytes, dtype: str, n: int, limit: float = math.inf) -> np.ndarray:
     values = np.frombuffer(body, dtype)
     if len(values) * np.dtype(dtype).itemsize != len(body) or len(values) != n:
         raise ValueError(f"{len(body)} bytes for {n} values of {dtype}")
     if not np.isfinite(values).all():
         raise ValueError("values that are not finite")
+    if len(values) and float(np.abs(values).max()) > limit:
+        raise ValueError(f"values past {limit:g}")
     return values

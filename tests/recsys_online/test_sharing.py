@@ -245,3 +245,26 @@ def test_a_model_receiving_ratings_of_a_later_day_scores_popularity_at_that_day(
     assert b.now == a.now == t
     assert [r.item for r in b.popular(3)] == [r.item for r in a.popular(3)]
     assert [r.score for r in b.popular(3)] == pytest.approx([r.score for r in a.popular(3)])
+
+
+def test_tag_changes_from_elsewhere_reach_the_vectors_ranking_reads() -> None:
+    """Ranking reads each item's stacked vector (its own plus its tags'). Another
+    model's tag changes must restack the items carrying those tags at once: restacking
+    waited for this model's own next full refresh, which others' learning never brings
+    (the ranked vectors were then up to 0.6 off the model's, on 50 items)."""
+    items = [f"i{j}" for j in range(50)]
+    a, b = Recommender(), Recommender()
+    for m in (a, b):
+        m.upsert_items(items, [{f"t{j % 5}": 1.0} for j in range(50)])
+        m.track_item_changes()
+    rng = np.random.default_rng(0)
+    b.learn_many(["ub"], ["i0"], [4.0], [1.7e9])
+    b.recommend("ub")  # (its stacked vectors in use)
+    for step in range(1500):
+        user, item = f"u{rng.integers(40)}", items[rng.integers(50)]
+        a.learn_many([user], [item], [float(rng.integers(1, 6))], [1.7e9 + step])
+    changes = a.take_item_changes()
+    b.apply_item_changes(changes)
+    assert b.mf.full_refreshes == 0  # (none of its own)
+    q = b.mf.items(np.arange(50))[0]
+    np.testing.assert_allclose(b.vectors.Q[:50], q, atol=1e-5)

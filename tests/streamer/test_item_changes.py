@@ -108,6 +108,12 @@ def test_item_changes_from_anywhere_are_checked_before_they_touch_the_model() ->
         "no partitions": with_header(good["items"], partitions=None),
         "a negative partition": with_header(good["items"], partitions=[-1]),
         "a partition not an integer": with_header(good["items"], partitions=[1.5]),
+        # (each stopped every worker at once, or left the model at NaN or a clock in the
+        # year 10^292 for good)
+        "a header nested 1,000 deep": b"[" * 1001 + b"\n",
+        "a huge vector change": with_value(good["items"], 0, "<f4", 3e38),
+        "a huge pair weight": with_value(good["pairs"], 8 * n_pairs, "<f4", 1e30),
+        "a clock in the far future": with_header(good["popular"], now=1e300),
     }
     for what, raw in bad.items():
         with pytest.raises(ValueError):
@@ -209,3 +215,21 @@ def test_two_workers_never_share_an_id() -> None:
     assert a.worker_id != b.worker_id
     pattern = rf"{re.escape(socket.gethostname())}:{os.getpid()}-[0-9a-f]{{6}}"
     assert re.fullmatch(pattern, a.worker_id)
+
+
+def test_a_foreign_message_never_stops_the_worker_nor_spoils_popularity() -> None:
+    """Whatever a message holds, adding it in logs and skips it: a popularity mass
+    beyond its own clock (a log-sum past e^60 ratings at ``now``) is not added."""
+    settings = Settings(ratings_topic="r", items_topic="i", users_topic="u")
+    worker = RecsysWorker(settings)
+    worker.engine.model = fresh_copy()
+    _, changes = learned_changes()
+    [raw] = [m for m in encode_item_changes("other", [7], changes) if b'"popular"' in m[:300]]
+    head, _, body = raw.partition(b"\n")
+    mass = np.frombuffer(body, "<f8").copy()
+    mass[0] = json.loads(head)["now"] * worker.engine.model.popularity.log_rate + 500.0
+    before = worker.engine.model.popularity.log_mass.copy()
+    worker._add_in_item_changes(head + b"\n" + mass.tobytes(), 3)
+    worker._add_in_item_changes(b"[" * 5000 + b"\n", 4)
+    np.testing.assert_array_equal(worker.engine.model.popularity.log_mass, before)
+    assert worker.items_received == 0
