@@ -1135,14 +1135,14 @@ class RecsysWorker:
 
     def _take_pending(self) -> None:
         """Take the model's item changes since the last take (none are kept when sharing
-        is off), to send once committed, with the partitions the model learned (lost
-        ones included until it is rebuilt: the worker that gets them learns them
-        itself, and skips these changes)."""
+        is off), to send once committed, with the partitions of the ratings they come
+        from (live learning only: a replay's are not taken). A worker that learns one of
+        them itself (it got the partition since) skips these changes; one that does
+        not adds them, and counts those partitions as reaching it through others."""
         changes = self.engine.model.take_item_changes()
         upto, self._learned_upto = self._learned_upto, {}
         if len(changes):
-            partitions = self._replayed | self._resume_from.keys() | self._assigned()
-            self._to_share.append((upto, partitions, changes))
+            self._to_share.append((upto, set(upto), changes))
 
     SHARE_WAIT_S = 0.5  # most an exchange waits for the batch in its handler
 
