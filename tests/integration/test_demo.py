@@ -60,6 +60,32 @@ def gone(pid: int) -> bool:
         return f.read().split(") ", 1)[1].startswith("Z")
 
 
+def lines_until(process: subprocess.Popen, marker: str, timeout: float) -> list[str]:
+    """The demo's output lines up to the first holding ``marker`` (or its end, or the
+    timeout)."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if marker in line or not line:
+            break
+    return lines
+
+
+def stopped_by(process: subprocess.Popen, sig: int, lines: list[str]) -> None:
+    """Send ``sig`` to the demo: it says it stops, exits 130 and leaves its worker and
+    dashboard (their pids in its output) gone."""
+    process.send_signal(sig)
+    rest, _ = process.communicate(timeout=90)
+    out = "".join(lines) + rest
+    assert process.returncode == 130, out[-3000:]
+    assert "interrupted: stopping" in out
+    assert len(pids(out)) == 2
+    assert all(gone(pid) for pid in pids(out))
+
+
 def pids(output: str) -> list[int]:
     return [int(p) for p in re.findall(r"(?:worker|dashboard) pid (\d+)", output)]
 
@@ -112,22 +138,9 @@ def test_a_stopped_demo_leaves_nothing_running(kafka_bootstrap, redis_url, sig, 
         "--then",
         "wait",
     )
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if "streaming ratings into Kafka" in line or not line:
-            break
+    lines = lines_until(process, "streaming ratings into Kafka", 120)
     time.sleep(2)
-    process.send_signal(sig)
-    rest, _ = process.communicate(timeout=90)
-    out = "".join(lines) + rest
-    assert process.returncode == 130, out[-3000:]
-    assert "interrupted: stopping" in out
-    assert len(pids(out)) == 2
-    assert all(gone(pid) for pid in pids(out))
+    stopped_by(process, sig, lines)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
@@ -147,22 +160,9 @@ def test_a_demo_kept_up_after_its_stream_stops_everything_on_a_signal(
         "--then",
         "wait",
     )
-    lines: list[str] = []
-    deadline = time.monotonic() + 150
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if "worker and dashboard stay up" in line or not line:
-            break
+    lines = lines_until(process, "worker and dashboard stay up", 150)
     assert "worker and dashboard stay up" in lines[-1], "".join(lines)[-3000:]
     time.sleep(1)
     assert process.poll() is None  # still up, waiting
     assert not any(gone(pid) for pid in pids("".join(lines)))
-    process.send_signal(sig)
-    rest, _ = process.communicate(timeout=90)
-    out = "".join(lines) + rest
-    assert process.returncode == 130, out[-3000:]
-    assert "interrupted: stopping" in out
-    assert len(pids(out)) == 2
-    assert all(gone(pid) for pid in pids(out))
+    stopped_by(process, sig, lines)

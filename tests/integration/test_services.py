@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -438,6 +440,43 @@ async def test_the_sink_waits_for_redis_and_writes_once_it_is_back(tmp_path) -> 
         redis_server.wait(10)
 
 
+@contextlib.asynccontextmanager
+async def own_redis(tmp_path, *options: str) -> AsyncIterator[tuple[int, object]]:
+    """A redis-server of the test's own, started with ``options`` on a free port, and a
+    client to it once it answers; stopped at the end."""
+    import shutil
+    import socket
+    import subprocess
+
+    import redis as sync_redis
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is installed by scripts/services.sh"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            *(server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--dir", str(tmp_path), *options),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    admin = sync_redis.Redis(port=port)
+    try:
+        for _ in range(100):
+            try:
+                admin.ping()
+                break
+            except sync_redis.ConnectionError:
+                await asyncio.sleep(0.05)
+        yield port, admin
+    finally:
+        admin.close()
+        process.terminate()
+        process.wait(10)
+
+
 @pytest.mark.redis
 async def test_the_sink_waits_out_a_redis_out_of_memory_and_writes_lists_in_ranked_order(
     tmp_path,
@@ -447,58 +486,35 @@ async def test_the_sink_waits_out_a_redis_out_of_memory_and_writes_lists_in_rank
     land in the order they were ranked, so the newer list is the one left, although the
     older one's next try (its wait doubling since it began) comes after the newer one's."""
     import json
-    import shutil
-    import socket
-    import subprocess
 
-    import redis
+    import redis as sync_redis
 
     from recsys_online.recommender import Recommendation
     from streamer.settings import Settings
     from streamer.sink import RedisSink
 
-    server = shutil.which("redis-server")
-    assert server, "redis-server is installed by scripts/services.sh"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    redis_server = subprocess.Popen(
-        [
-            *(server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-            *("--dir", str(tmp_path), "--maxmemory", "1", "--maxmemory-policy", "noeviction"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    admin = redis.Redis(port=port)
-    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="oom:")
-    sink = RedisSink(settings)
-    try:
-        for _ in range(100):
-            try:
-                admin.ping()
-                break
-            except redis.ConnectionError:
-                await asyncio.sleep(0.05)
-        with pytest.raises(redis.exceptions.OutOfMemoryError):
-            admin.set("probe", "x")
-        older = [Recommendation("old", 0.5, "popular now", "popular")]
-        newer = [Recommendation("new", 0.9, "popular now", "popular")]
-        first = asyncio.ensure_future(sink.publish_lists({"u1": older}, version=1))
-        await asyncio.sleep(0.5)
-        second = asyncio.ensure_future(sink.publish_lists({"u1": newer}, version=2))
-        state = asyncio.ensure_future(sink.publish_state(older, {"events": 1}, 2, "w:1"))
-        await asyncio.sleep(0.5)
-        assert not (first.done() or second.done() or state.done())  # waiting, not raised
-        admin.config_set("maxmemory", 0)
-        await asyncio.wait_for(asyncio.gather(first, second, state), 20)
-        doc = json.loads(admin.get(settings.key("recs", "u1")))
-        assert doc["model_version"] == 2 and doc["items"][0]["item_id"] == "new"
-        assert admin.hget(settings.key("metrics"), "events") == b"1"
-    finally:
-        await sink.close()
-        admin.close()
-        redis_server.terminate()
-        redis_server.wait(10)
+    options = ("--maxmemory", "1", "--maxmemory-policy", "noeviction")
+    async with own_redis(tmp_path, *options) as (port, admin):
+        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="oom:")
+        sink = RedisSink(settings)
+        try:
+            with pytest.raises(sync_redis.exceptions.OutOfMemoryError):
+                admin.set("probe", "x")
+            older = [Recommendation("old", 0.5, "popular now", "popular")]
+            newer = [Recommendation("new", 0.9, "popular now", "popular")]
+            first = asyncio.ensure_future(sink.publish_lists({"u1": older}, version=1))
+            await asyncio.sleep(0.5)
+            second = asyncio.ensure_future(sink.publish_lists({"u1": newer}, version=2))
+            state = asyncio.ensure_future(sink.publish_state(older, {"events": 1}, 2, "w:1"))
+            await asyncio.sleep(0.5)
+            assert not (first.done() or second.done() or state.done())  # waiting, not raised
+            admin.config_set("maxmemory", 0)
+            await asyncio.wait_for(asyncio.gather(first, second, state), 20)
+            doc = json.loads(admin.get(settings.key("recs", "u1")))
+            assert doc["model_version"] == 2 and doc["items"][0]["item_id"] == "new"
+            assert admin.hget(settings.key("metrics"), "events") == b"1"
+        finally:
+            await sink.close()
 
 
 @pytest.mark.redis
@@ -508,60 +524,38 @@ async def test_the_sink_waits_out_a_primary_without_the_replicas_it_asks_for(tmp
     words: the sink waits it out (lists, by script; the metrics and item metadata, in
     transactions), instead of stopping the worker."""
     import json
-    import shutil
-    import socket
-    import subprocess
 
-    import redis
+    import redis as sync_redis
 
     from recsys_online.recommender import Recommendation
     from schemas import ItemEvent
     from streamer.settings import Settings
     from streamer.sink import RedisSink
 
-    server = shutil.which("redis-server")
-    assert server, "redis-server is installed by scripts/services.sh"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    redis_server = subprocess.Popen(
-        [
-            *(server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-            *("--dir", str(tmp_path), "--min-replicas-to-write", "1"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    admin = redis.Redis(port=port)
-    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="norep:")
-    sink = RedisSink(settings)
-    sink.max_wait_s = 0.2
-    try:
-        for _ in range(100):
-            try:
-                admin.ping()
-                break
-            except redis.ConnectionError:
-                await asyncio.sleep(0.05)
-        with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
-            admin.set("probe", "x")
-        recs = [Recommendation("i1", 0.5, "popular now", "popular")]
-        item = ItemEvent(op="upsert", item_id="i1", title="One", tags=["jazz"], timestamp=1)
-        writes = [
-            asyncio.ensure_future(sink.publish_lists({"u1": recs}, version=1)),
-            asyncio.ensure_future(sink.publish_state(recs, {"events": 1}, 1, "w:1")),
-            asyncio.ensure_future(sink.publish_items([item])),
-        ]
-        await asyncio.sleep(1.0)
-        assert not any(w.done() for w in writes), [w.exception() for w in writes if w.done()]
-        admin.config_set("min-replicas-to-write", 0)
-        await asyncio.wait_for(asyncio.gather(*writes), 20)
-        assert json.loads(admin.get(settings.key("recs", "u1")))["items"][0]["item_id"] == "i1"
-        assert admin.hget(settings.key("metrics"), "events") == b"1"
-    finally:
-        await sink.close()
-        admin.close()
-        redis_server.terminate()
-        redis_server.wait(10)
+    async with own_redis(tmp_path, "--min-replicas-to-write", "1") as (port, admin):
+        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="norep:")
+        sink = RedisSink(settings)
+        sink.max_wait_s = 0.2
+        try:
+            with pytest.raises(sync_redis.exceptions.ResponseError, match="NOREPLICAS"):
+                admin.set("probe", "x")
+            recs = [Recommendation("i1", 0.5, "popular now", "popular")]
+            item = ItemEvent(op="upsert", item_id="i1", title="One", tags=["jazz"], timestamp=1)
+            writes = [
+                asyncio.ensure_future(sink.publish_lists({"u1": recs}, version=1)),
+                asyncio.ensure_future(sink.publish_state(recs, {"events": 1}, 1, "w:1")),
+                asyncio.ensure_future(sink.publish_items([item])),
+            ]
+            await asyncio.sleep(1.0)
+            done = [w.exception() for w in writes if w.done()]
+            assert not done, done
+            admin.config_set("min-replicas-to-write", 0)
+            await asyncio.wait_for(asyncio.gather(*writes), 20)
+            listed = json.loads(admin.get(settings.key("recs", "u1")))
+            assert listed["items"][0]["item_id"] == "i1"
+            assert admin.hget(settings.key("metrics"), "events") == b"1"
+        finally:
+            await sink.close()
 
 
 @pytest.mark.redis

@@ -1269,6 +1269,30 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
     return worker, starts, follower
 
 
+def _slow_loads(monkeypatch, worker: RecsysWorker, seconds: float) -> None:
+    """Each snapshot load of ``worker`` takes ``seconds`` more (in its thread)."""
+    load = worker.snapshots.load
+
+    def slow_load(snapshot, *args):
+        time.sleep(seconds)
+        return load(snapshot, *args)
+
+    monkeypatch.setattr(worker.snapshots, "load", slow_load)
+
+
+def _committed_fails_first(monkeypatch, failures: list[Exception]) -> None:
+    """The group's committed offsets raise each of ``failures`` (last first), then are
+    read as before."""
+    committed = RecsysWorker._committed
+
+    async def flaky(self):
+        if failures:
+            raise failures.pop()
+        return await committed(self)
+
+    monkeypatch.setattr(RecsysWorker, "_committed", flaky)
+
+
 def _snapshot(
     settings: Settings, ratings: list[Rating], offsets: dict[int, int], shared_from=()
 ) -> None:
@@ -1469,14 +1493,7 @@ async def test_a_batch_waits_out_kafka_unreachable_and_learns_each_rating_once(
     monkeypatch.setattr(worker, "_waiting_partitions", set)  # (caught up: learned at once)
     worker._settled()
     failures = [KafkaConnectionError(), RequestTimedOutError()]
-    committed = RecsysWorker._committed
-
-    async def flaky(self):
-        if failures:
-            raise failures.pop()
-        return await committed(self)
-
-    monkeypatch.setattr(RecsysWorker, "_committed", flaky)
+    _committed_fails_first(monkeypatch, failures)
 
     class Unreachable:
         async def end_offsets(self, partitions):
@@ -1584,13 +1601,7 @@ async def test_a_replay_waits_for_the_snapshot_being_restored(monkeypatch, tmp_p
     worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
     _snapshot(worker.settings, log[0][:3], {0: 3})
-    load = worker.snapshots.load
-
-    def slow_load(snapshot, *args):
-        time.sleep(0.3)  # (in a thread, as a large file's)
-        return load(snapshot, *args)
-
-    monkeypatch.setattr(worker.snapshots, "load", slow_load)
+    _slow_loads(monkeypatch, worker, 0.3)  # (in a thread, as a large file's)
     try:
         tick = asyncio.ensure_future(worker._restore_once())
         await asyncio.sleep(0.05)
@@ -1615,13 +1626,7 @@ async def test_a_restore_never_swaps_the_model_under_a_replay_that_rebuilt_it(
     worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
     _snapshot(worker.settings, log[0][:3], {0: 3})
-    load = worker.snapshots.load
-
-    def slow_load(snapshot, *args):
-        time.sleep(0.03)
-        return load(snapshot, *args)
-
-    monkeypatch.setattr(worker.snapshots, "load", slow_load)
+    _slow_loads(monkeypatch, worker, 0.03)
     worker._restore_tried = True  # (tried at the start, before that snapshot existed)
     worker._reset_pending = True  # (asked for while a replay ran)
     worker.engine.version, worker.engine.deadletters = 250, 8
@@ -1677,15 +1682,7 @@ async def test_a_replay_that_waited_for_another_still_starts_from_the_snapshot(
     worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 6})
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
     _snapshot(worker.settings, log[0][:3], {0: 3})
-    answers = [KafkaConnectionError("coordinator away")]
-    committed = RecsysWorker._committed
-
-    async def flaky_committed(self):
-        if answers:
-            raise answers.pop()
-        return await committed(self)
-
-    monkeypatch.setattr(RecsysWorker, "_committed", flaky_committed)
+    _committed_fails_first(monkeypatch, [KafkaConnectionError("coordinator away")])
     merged, failures = app_module.read_merged, [KafkaConnectionError("broker away")]
 
     async def failing_once(*args, **kwargs):

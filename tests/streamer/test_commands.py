@@ -267,23 +267,11 @@ def test_deadletters_lists_and_sends_back_each_dead_letter_once(
     and never one whose value was cut or that came from another deployment's topic."""
     deadletter = os.environ["RECSYS_DEADLETTER_TOPIC"]  # (the run's own, from ``topics``)
     letters = _dead_letter_records(topics)
-
-    async def write() -> None:
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await producer.start()
-        try:
-            for key, value, headers in letters:
-                await producer.send_and_wait(deadletter, value, key=key, headers=headers)
-        finally:
-            await producer.stop()
-
     from streamer.app import ensure_topics  # (as a worker creates them: one dead-letter partition)
     from streamer.settings import Settings
 
     asyncio.run(ensure_topics(Settings.from_env()))
-    asyncio.run(write())
+    _write_records(kafka_bootstrap, deadletter, letters)
     assert main(["deadletters", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["key"] for r in rows] == ["u1", "u2", "u3", "u4", "u1", "u5", None]
