@@ -1495,6 +1495,9 @@ class Recommender:
         # signal never above it is never asked: its reasons are not computed.
         use = self._use.astype(bool)
         needed = use & (contrib >= contrib[3]).any(axis=(1, 2)) if use[3] else use
+        cold = self.user_n[u] == 0  # (their declared tags may name an item: below)
+        if cold.any():
+            needed[[1, 4]] |= use[[1, 4]]
         can = np.zeros((len(SIGNALS), n_users, width), bool)
         because = liked = np.full((n_users, width), -1, np.int64)
         item_tags = agree = None
@@ -1531,6 +1534,15 @@ class Recommender:
                 if disliked.any():
                     can[2, b[disliked], k[disliked]] = False
                     chosen = np.where(can, contrib, -np.inf).argmax(axis=0)
+        # A user with no ratings whose declared tags lifted an item it lists: the tags are
+        # what set their list apart from the popular one, so they name it, not popularity
+        # (popular items' lift over the catalog otherwise outweighs the tags' in every
+        # place, and a declared user was told "popular now" down the whole list).
+        by_tags = cold[:, None] & (chosen == 3)
+        for signal in (4, 1):
+            named_tags = by_tags & can[signal] & (contrib[signal] > 0)
+            chosen[named_tags] = signal
+            by_tags &= ~named_tags
         chosen[~can.any(axis=0)] = -1
         # The item each reason names: the recent item (co-occurrence) or the closest like.
         named = np.where(chosen == 2, because, np.where((chosen == 0) | (chosen == 5), liked, 0))

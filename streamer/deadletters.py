@@ -474,8 +474,13 @@ async def redrive(
         stale_ids = {d.id for d in stale}
         # Where each source partition ends before any send (a copy sent now lands there or
         # past it), and what of the stale claims' copies is there.
-        sources = {TopicPartition(d.source_topic, d.source_partition) for d in chosen}
-        sources = {tp for tp in sources if tp.partition >= 0}
+        # (only the partitions a copy may go to: asked of a topic gone, or a partition
+        # past its count, the broker has no answer, and the whole redrive would wait)
+        sources = {
+            TopicPartition(d.source_topic, d.source_partition)
+            for d in chosen
+            if _unsendable(settings, d) is None
+        }
         ends, found, unknown = await _copies_found(settings, sources, stale, state, letters)
         if producer is not None:
             await producer.start()
@@ -504,8 +509,10 @@ async def redrive(
                     await ledger.mark_sent(d.source, held)
                 report.already.append(d.id)
                 continue
-            if d.source in unknown:  # (left pending: a later run cannot tell either)
-                report.unconfirmed[d.id] = unknown[d.source]
+            if d.source in unknown:  # (no later run could tell either: at most once)
+                if not dry_run:
+                    await ledger.mark_sent(d.source, held or "")
+                report.unconfirmed[d.id] = unknown[d.source] + ": kept as sent, not sent again"
                 continue
             if dry_run:
                 report.sent.append(d.id)
@@ -590,6 +597,7 @@ async def _copies_found(
         by_source.setdefault(d.source, []).append(d.id)
     wanted: dict[TopicPartition, dict[bytes, str]] = {}
     from_offset: dict[TopicPartition, int] = {}
+    own_offset: dict[str, int] = {}  # each claim's own (where known)
     by_time: dict[TopicPartition, int] = {}
     for d in stale:
         tp = TopicPartition(d.source_topic, d.source_partition)
@@ -598,6 +606,7 @@ async def _copies_found(
         for letter in named + by_source.get(d.source, []):
             wanted.setdefault(tp, {})[f"{dlq}[{letter}]".encode()] = d.source
         if len(parts) > 3 and parts[3].isdigit():
+            own_offset[d.source] = int(parts[3])
             from_offset[tp] = min(from_offset.get(tp, int(parts[3])), int(parts[3]))
         else:  # (a claim of the first version of this ledger: by time)
             ms = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
@@ -620,9 +629,13 @@ async def _copies_found(
             for tp in by_time:
                 offset = at[tp].offset if at.get(tp) is not None else end[tp]
                 from_offset[tp] = min(from_offset.get(tp, offset), offset)
-        for tp, offset in from_offset.items():
-            if first[tp] > offset:  # (records it should have been among are gone)
-                for source in set(wanted[tp].values()):
+                if first[tp] > 0 and offset <= first[tp]:  # (the time may be before it)
+                    for source in set(wanted[tp].values()):
+                        own_offset.setdefault(source, offset - 1)
+        for tp, names in wanted.items():
+            for source in set(names.values()):
+                offset = own_offset.get(source)
+                if offset is not None and first[tp] > offset:  # (its records are gone)
                     unknown[source] = (
                         f"whether it was sent cannot be told: {tp.topic}[{tp.partition}] "
                         f"now starts at {first[tp]}, past {offset} where its copy would be"

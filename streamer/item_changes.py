@@ -142,7 +142,7 @@ def decode_item_changes(raw: bytes | None, k: int) -> tuple[str, set[int], ItemC
     >>> decode_item_changes(head + b"\n", 4)
     Traceback (most recent call last):
     ...
-    ValueError: bad header: k must be >= 0
+    ValueError: bad header: ValueError: k must be >= 0
     """
     if raw is None:
         raise ValueError("no value")

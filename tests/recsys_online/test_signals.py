@@ -413,3 +413,19 @@ def test_past_content_dim_tags_a_declared_tag_counts_as_met(declared_first: bool
         rec.upsert_user("cat", {"t3": 1.0})
     [listed] = [r for r in rec.recommend("cat", 3) if r.item == "i3"]
     assert (listed.source, listed.reason) == ("content", "matches your tags t3")
+
+
+def test_a_user_seeded_by_declared_tags_is_told_so_not_popular_now() -> None:
+    """A user who rated nothing and declared tag00: the list holds tag00's items (the
+    tags set it apart from the popular list), each said to match tag00. Popular items'
+    lift outweighed the tags' everywhere, and the whole list read "popular now"."""
+    rec = Recommender()
+    rec.upsert_items([f"i{j}" for j in range(50)], [{f"tag{j % 5:02d}": 1.0} for j in range(50)])
+    users = [f"u{n}" for n in range(200)]
+    rec.learn_many(users, [f"i{(n * 7) % 50}" for n in range(200)], [4.0] * 200, list(range(200)))
+    rec.upsert_user("newbie", {"tag00": 1.0})
+    listed = rec.recommend("newbie", 5)
+    assert {int(r.item[1:]) % 5 for r in listed} == {0}
+    assert [(r.source, r.reason) for r in listed] == [("content", "matches your tags tag00")] * 5
+    # (a user with ratings is told as before)
+    assert {r.reason for r in rec.recommend("u3", 5)} == {"popular now"}
