@@ -147,19 +147,20 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
                 f"{external['REDIS_URL']} (from the environment) =="
             )
             addresses = external
-        # Fresh topics for each demo, but the default key prefix, so `redis-cli GET
-        # recsys:recs:<user>` works as the README says.
+        # Fresh topics for each demo, but the key prefix set (default `recsys:`), so
+        # `redis-cli GET recsys:recs:<user>` works as the README says.
         # (the addresses in use, under one name each: the RECSYS_ spellings would clash)
         base = {
             k: v for k, v in os.environ.items() if k not in ("RECSYS_BROKERS", "RECSYS_REDIS_URL")
         }
-        env = isolated_env("demo", {**base, **addresses}, RECSYS_KEY_PREFIX="recsys:")
+        prefix = os.environ.get("RECSYS_KEY_PREFIX") or Settings().key_prefix
+        env = isolated_env("demo", {**base, **addresses}, RECSYS_KEY_PREFIX=prefix)
         run = env["RECSYS_APP_ID"]
         settings = Settings.from_env(env)
         client = redis_client(settings.redis_url, cluster=settings.redis_cluster)
-        for stale in ("metrics", "popular"):
-            client.delete(settings.key(stale))
-        client.delete(settings.key("metrics", "history"))
+        if "redis" in stop_services:  # a Redis the demo started: an earlier demo's figures
+            for stale in ("metrics", "popular", "metrics:history"):  # go (never a Redis
+                client.delete(settings.key(*stale.split(":")))  # of someone else's)
 
         say(f"\n== 2/6 generating a synthetic stream of {n_ratings:,} ratings ==")
         ds = synth.generate(n_users=2000, n_items=3000, n_ratings=n_ratings, seed=7)

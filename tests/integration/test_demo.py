@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 
@@ -29,13 +30,16 @@ def demo_processes() -> Iterator[list[subprocess.Popen]]:
         process.wait()
 
 
-def demo(started: list, kafka_bootstrap: str, redis_url: str, *args: str) -> subprocess.Popen:
+def demo(
+    started: list, kafka_bootstrap: str, redis_url: str, *args: str, **more: str
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "REDIS_URL": redis_url,
         "RECSYS_DASHBOARD_PORT": "0",
         "RECSYS_WEB_PORT": "0",
+        **more,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "streamer.cli", "demo", *args],
@@ -90,7 +94,14 @@ def pids(output: str) -> list[int]:
     return [int(p) for p in re.findall(r"(?:worker|dashboard) pid (\d+)", output)]
 
 
-def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap, redis_url, demo_processes):
+def test_demo_runs_end_to_end_and_stops_everything(
+    kafka_bootstrap, redis_url, redis_key_prefix, demo_processes
+):
+    """The demo's path, against services already up: under the key prefix set, and
+    deleting nothing of a Redis it did not start (it deleted the default prefix's
+    metrics, history and popular list, whatever the prefix)."""
+    r = redis.Redis.from_url(redis_url)
+    r.rpush(f"{redis_key_prefix}metrics:history", b"someone's")
     process = demo(
         demo_processes,
         kafka_bootstrap,
@@ -101,8 +112,13 @@ def test_demo_runs_end_to_end_and_stops_everything(kafka_bootstrap, redis_url, d
         "4000",
         "--then",
         "exit",
+        RECSYS_KEY_PREFIX=redis_key_prefix,
     )
     out, _ = process.communicate(timeout=200)
+    assert b"someone's" in r.lrange(f"{redis_key_prefix}metrics:history", 0, -1)
+    shown = re.findall(rf"{re.escape(redis_key_prefix)}recs:(\S+)", out)
+    assert shown and r.exists(f"{redis_key_prefix}recs:{shown[0]}"), out[-3000:]
+    r.close()
     assert process.returncode == 0, out[-3000:]
     assert "using Kafka at" in out  # the services from the environment, left running
     assert re.search(r"open http://\S+/", out), out[-3000:]
