@@ -1753,6 +1753,10 @@ class RecsysWorker:
             await asyncio.wait_for(self._share_last(app), self.SHUTDOWN_SNAPSHOT_S)
         except Exception as exc:  # (never in the way of the rest of the stop)
             log.warning("item changes not sent at shutdown: %r", exc)
+        try:  # no longer live: off the registry readers list workers from
+            await asyncio.wait_for(self.sink.withdraw(self.worker_id), 5.0)
+        except Exception as exc:  # (it then expires with its TTL)
+            log.warning("not withdrawn from the live workers: %r", exc)
         if self.settings.snapshot_every_s <= 0 or not self._assigned():
             return
         if app.crash_reason is not None or self._unlearned:

@@ -467,6 +467,15 @@ class RedisSink:
 
         await self._transaction("metrics", queue)
 
+    async def withdraw(self, worker_id: str) -> None:
+        """A worker stopping: its own metrics hash and its entry in the registry of live
+        workers go at once, instead of lasting out their TTL (``recsys-online metrics``
+        counted a stopped worker as live meanwhile). One key a command (a cluster's
+        slots)."""
+        key = self.settings.key
+        await self.redis.zrem(key("metrics", "workers"), worker_id)
+        await self.redis.delete(key("metrics", "worker", worker_id))
+
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:
         """Item metadata for apps rendering lists (``item:{item_id}`` hashes), one
         transaction per batch; a delete removes the item's hash (its "more like this"

@@ -644,3 +644,28 @@ def test_services_install_fetches_what_up_needs_and_starts_nothing(tmp_path) -> 
     )
     assert status.returncode != 0, status.stdout
     assert "kafka: DOWN" in status.stdout and "redis: DOWN" in status.stdout, status.stdout
+
+
+@pytest.mark.redis
+async def test_a_stopping_worker_leaves_the_live_workers_at_once(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """A worker's own metrics hash and registry entry go when it stops, instead of
+    lasting out their TTL (`recsys-online metrics` counted a stopped worker as live)."""
+    from recsys_online.recommender import Recommendation
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
+    sink = RedisSink(settings)
+    recs = [Recommendation("i1", 0.5, "popular now", "popular")]
+    try:
+        for worker in ("w:1", "w:2"):
+            await sink.publish_state(recs, {"events": 1}, 1, worker)
+        await sink.withdraw("w:1")
+        live = await sink.redis.zrange(settings.key("metrics", "workers"), 0, -1)
+        assert live == [b"w:2"]
+        assert not await sink.redis.exists(settings.key("metrics", "worker", "w:1"))
+        assert await sink.redis.exists(settings.key("metrics", "worker", "w:2"))
+    finally:
+        await sink.close()
