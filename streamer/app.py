@@ -400,8 +400,8 @@ class CatalogFollower:
         return True
 
     async def _caught_up_to(self, end: dict) -> bool:
-        """:meth:`_caught_up` to ``end``, False where Kafka cannot say (a validation must
-        never fail after its dead letters are sent)."""
+        """:meth:`_caught_up` to ``end``; True where Kafka cannot say (the wait ends: a
+        validation must never fail after its dead letters are sent)."""
         try:
             return await self._caught_up(end)
         except KafkaError as exc:
@@ -1203,6 +1203,7 @@ class RecsysWorker:
                 consumer.assign([tp])
                 if position is None:
                     await consumer.seek_to_end(tp)
+                    position = await consumer.position(tp)  # (after Kafka was away: on)
                 else:
                     consumer.seek(tp, position)
                 while True:
@@ -1237,12 +1238,13 @@ class RecsysWorker:
         if len(changes.mass) and float(changes.mass.max()) > most:
             log.warning("item changes at offset %d skipped: popularity beyond its clock", offset)
             return
+        # (first: a message applied in part still brought those partitions' ratings)
+        self.engine.shared_from |= partitions
         try:
             self.items_received += self.engine.model.apply_item_changes(changes)
         except Exception as exc:  # never stops the worker: logged, skipped
             log.warning("item changes at offset %d not applied: %r", offset, exc)
             return
-        self.engine.shared_from |= partitions
         self.engine.similar_moved(changes.pair_items)
 
     async def follow_catalog(self) -> None:
@@ -1711,10 +1713,10 @@ class RecsysWorker:
         if self.engine is not current or self._replayed or current.events:
             log.info("snapshot %s not restored: the model moved on meanwhile", snapshot.path.name)
             return  # (not reached while ``_learning`` is held: a guard for what may change)
-        if self.rebuilds:  # a rebuild: this worker's figures go on
+        if current.version or current.evaluated:  # a worker that served: its figures go on
             current.hand_over_live_figures(engine)
-        else:  # a start: the snapshot's go on, with what was counted before it loaded
-            engine.add_counts_of(current)
+        else:  # a start (or a rebuild before any list): the snapshot's go on, with what
+            engine.add_counts_of(current)  # was counted before it loaded
         engine.adopt(self.settings)  # (its non-model settings may have changed since)
         engine.live = False
         # Changes pending when it was taken were most likely sent since (the exchange

@@ -696,8 +696,8 @@ class _Ledger:
         out = {s: v.decode() for s, v in zip(unique, values, strict=True) if v is not None}
         old = {m.decode() for m in await self.store.smembers(self.legacy)}
         for source in unique:
-            if source in old:
-                out.setdefault(source, "sent")
+            if source in old:  # (sent, by a run of the earlier version: whatever the hash says)
+                out[source] = "sent"
         return out
 
     async def claim(self, source: str, letter: str, end: int, held: str | None = None) -> bool:

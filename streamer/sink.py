@@ -169,6 +169,10 @@ def refusing_writes(exc: BaseException) -> bool:
     >>> refusing_writes(ResponseError("Command # 1 (SET k v) of pipeline caused error: "
     ...                               "('NOREPLICAS Not enough good replicas to write.',)"))
     True
+    >>> from redis.exceptions import ExecAbortError
+    >>> refusing_writes(ExecAbortError("Transaction discarded because of: OOM command not "
+    ...                                "allowed when used memory > 'maxmemory'."))
+    True
     >>> refusing_writes(ResponseError("WRONGTYPE Operation against a key"))
     False
     """
@@ -177,9 +181,11 @@ def refusing_writes(exc: BaseException) -> bool:
     if not isinstance(exc, ResponseError):
         return False
     # (a pipeline's error is Redis's, after "Command # n (...) of pipeline caused error: ",
-    # as it is or as a tuple's repr: "('NOREPLICAS ...',)")
+    # as it is or as a tuple's repr: "('NOREPLICAS ...',)"; a transaction refused at EXEC
+    # after its commands were queued says why after "Transaction discarded because of: ")
     said = str(exc).rpartition("of pipeline caused error: ")[2].lstrip("('\"")
-    return said.startswith(_REFUSING)
+    said = said.rpartition("Transaction discarded because of: ")[2]
+    return said.startswith(_REFUSING) or said.startswith(("OOM", "READONLY", "MASTERDOWN"))
 
 
 _REFUSING = ("MISCONF", "NOREPLICAS", "BUSY ")  # (a refusal with no class of its own)
