@@ -45,18 +45,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("user_id")
     r.add_argument("item_id")
     r.add_argument("rating", type=float)
-    r.add_argument("--timestamp", type=float, default=None, help="epoch seconds (default now)")
+    r.add_argument(
+        "--timestamp",
+        type=timestamp_arg,
+        default=None,
+        help="epoch seconds or ISO-8601 with an offset (default now)",
+    )
     r.add_argument("--event-id", default=None, help="the producer's id for this event")
     i = kinds.add_parser("item", help="add or change a catalog item, or delete it")
     i.add_argument("item_id")
     i.add_argument("--tag", action="append", default=[], metavar="NAME[=WEIGHT]")
     i.add_argument("--title", default=None)
     i.add_argument("--delete", action="store_true", help="remove the item everywhere")
-    i.add_argument("--timestamp", type=float, default=None)
+    i.add_argument("--timestamp", type=timestamp_arg, default=None)
     u = kinds.add_parser("user", help="declare a user's tags (seeds their profile)")
     u.add_argument("user_id")
     u.add_argument("--tag", action="append", default=[], metavar="NAME[=WEIGHT]")
-    u.add_argument("--timestamp", type=float, default=None)
+    u.add_argument("--timestamp", type=timestamp_arg, default=None)
     j = kinds.add_parser("jsonl", help="JSON lines of one kind, from a file or stdin (-)")
     j.add_argument("event_kind", choices=sorted(KINDS))
     j.add_argument("file", help="path, or - for stdin")
@@ -170,6 +175,19 @@ def fail(message: str, status: int = 1) -> int:
 
 
 # ------------------------------------------------------------------ produce
+def timestamp_arg(text: str) -> float | str:
+    """An argparse type: epoch seconds as a number, else the text as given, for the
+    event's schema to read as ISO-8601 (or refuse, naming the field), as events in JSON.
+
+    >>> timestamp_arg("1700000000.5"), timestamp_arg("2026-11-26T18:00:00Z")
+    (1700000000.5, '2026-11-26T18:00:00Z')
+    """
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_tags(specs: list[str]) -> dict[str, float]:
     """``["scifi", "drama=0.5"]`` -> ``{"scifi": 1.0, "drama": 0.5}``.
 

@@ -69,7 +69,8 @@ def test_unreachable_kafka_is_a_clear_error(monkeypatch, capsys) -> None:
 
 
 def test_produce_sends_validated_keyed_events(topics, kafka_bootstrap: str, tmp_path) -> None:
-    assert main(["produce", "rating", "u1", "i7", "4.5", "--event-id", "e1"]) == 0
+    iso = ["--timestamp", "2026-11-26T18:00:00Z"]  # (ISO-8601, as events in JSON take)
+    assert main(["produce", "rating", "u1", "i7", "4.5", "--event-id", "e1", *iso]) == 0
     assert (
         main(
             ["produce", "item", "i7", "--tag", "scifi", "--tag", "drama=0.5", "--title", "Solaris"]
@@ -96,6 +97,7 @@ def test_produce_sends_validated_keyed_events(topics, kafka_bootstrap: str, tmp_
     assert all(key == e.user_id.encode() for key, e in ratings)
     (single,) = [e for _, e in ratings if e.event_id == "e1"]
     assert (single.user_id, single.item_id, single.rating) == ("u1", "i7", 4.5)
+    assert single.timestamp == 1795716000.0  # 2026-11-26T18:00:00Z
     items = {
         m.key: ItemEvent.model_validate_json(m.value)
         for m in consume(kafka_bootstrap, topics["items"], 2)
