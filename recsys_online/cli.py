@@ -362,7 +362,7 @@ def _progress(cp: Checkpoint, total: int) -> None:
     bar = "#" * int(30 * share)
     print(
         f"\r[{bar:<30}] {100 * share:5.1f}%  {cp.events:,} events  "
-        f"RMSE {cp.rolling_rmse:.3f}  NDCG@{cp.k} {cp.rolling_ndcg_at_k:.3f}  "
+        f"rolling RMSE {cp.rolling_rmse:.3f}  NDCG@{cp.k} {cp.rolling_ndcg_at_k:.3f}  "
         f"{cp.events_per_s:,.0f} ev/s",
         end="",
         file=sys.stderr,

@@ -51,7 +51,7 @@ async def read_one(bootstrap: str, topic: str):
 
 
 def test_kafka_console_producer_line_is_a_valid_keyed_rating(kafka_bootstrap, topic_name):
-    subprocess.run(
+    done = subprocess.run(
         [
             "java",
             "-cp",
@@ -61,9 +61,9 @@ def test_kafka_console_producer_line_is_a_valid_keyed_rating(kafka_bootstrap, to
             kafka_bootstrap,
             "--topic",
             topic_name,
-            "--property",
+            "--reader-property",
             "parse.key=true",
-            "--property",
+            "--reader-property",
             "key.separator=|",
         ],
         input=README_LINE + "\n",
@@ -72,6 +72,7 @@ def test_kafka_console_producer_line_is_a_valid_keyed_rating(kafka_bootstrap, to
         timeout=90,
         capture_output=True,
     )
+    assert "deprecated" not in done.stderr, done.stderr  # (the README's flags, as they are now)
     message = asyncio.run(read_one(kafka_bootstrap, topic_name))
     assert message.key == b"u42"
     event = parse_event(message.value, RatingEvent)
