@@ -28,7 +28,7 @@ from schemas import EventError, ItemEvent, RatingEvent
 from streamer.deadletters import TopicNotReadToEnd, refused_offsets
 from streamer.engine import Lists, StreamEngine
 from streamer.item_changes import decode_item_changes, encode_item_changes
-from streamer.logs import logging_config, quiet_kafka_client
+from streamer.logs import logging_config, quiet_kafka_client, quiet_long_ticks
 from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
 from streamer.partitions import read_ranges, standalone_consumer
@@ -2154,6 +2154,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     Path(settings.data_dir).expanduser().mkdir(parents=True, exist_ok=True)
     worker = RecsysWorker(settings)
     quiet_kafka_client()  # a broker outage: a line per kind of complaint per 10 s
+    quiet_long_ticks()  # (a refresh tick past its interval: information, not a fault)
     config = logging_config(settings.log_format, loglevel)
     runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True, logging_config=config)
     if config is not None:  # (Faust's terminal spinner writes control codes to stdout)

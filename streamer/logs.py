@@ -134,3 +134,30 @@ def quiet_kafka_client(window: float = 10.0) -> RepeatFilter:
     for name in KAFKA_CLIENT_LOGGERS:
         logging.getLogger(name).addFilter(repeat)
     return repeat
+
+
+class LongTickFilter(logging.Filter):
+    """Passes mode's "Timer ... is overlapping" warning of the worker's refresh timer at
+    INFO: a tick that ran past its interval (the first one restores a snapshot and
+    replays idle partitions; a refresh of thousands of users takes its time) only
+    delays the next, which starts when it ends. Every worker logged it once at start,
+    which read as a fault. Other timers' warnings pass as they are.
+
+    >>> record = logging.LogRecord("mode.timers", logging.WARNING, "", 0,
+    ...     "Timer %s is overlapping (interval=%r runtime=%r)",
+    ...     ("streamer.app.RecsysWorker.refresh_lists", 1.0, 1.2), None)
+    >>> LongTickFilter().filter(record), record.levelname
+    (True, 'INFO')
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        ours = bool(args) and str(args[0]).endswith(".refresh_lists")
+        if ours and str(record.msg).startswith("Timer %s is overlapping"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_long_ticks() -> None:
+    """Put :class:`LongTickFilter` on mode's timer logger."""
+    logging.getLogger("mode.timers").addFilter(LongTickFilter())
