@@ -756,6 +756,7 @@ class RecsysWorker:
         self.catalog = CatalogFollower(s, self.engine, self.sink)
         self.metrics_server = MetricsServer(self.prometheus, self.readiness)
         self._joined = False  # the group has assigned this worker its partitions once
+        self._served = False  # ready once (Prometheus gets its counters from then on)
         self._stopping = False  # a stop has begun (readiness says so)
         self._unlearned = 0  # ratings released by the merge, not learned yet
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
@@ -1286,10 +1287,18 @@ class RecsysWorker:
         return not waiting, account
 
     def prometheus(self) -> str:
+        """The worker's figures for Prometheus: its counters only once it first served
+        (any snapshot restored by then, whose lifetime totals it goes on from)."""
+        figures = self._figures()
+        ready = self.readiness()[0]
+        self._served |= ready
+        figures["ready"] = int(ready)
+        figures["redis_waiting_s"] = self.sink.waiting_s()
         return exposition(
-            self._figures(),
-            self.engine.histograms(),
+            figures,
+            self.engine.histograms() if self._served else {},
             {"worker": self.worker_id},
+            counters=self._served,
         )
 
     def _figures(self) -> dict[str, float | int]:

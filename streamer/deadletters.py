@@ -430,6 +430,8 @@ def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
         return "its source partition or offset is unknown"
     if deadletter_kind(d.reason) == "duplicate":  # (learned once: again, it would count twice)
         return "it repeats a rating already learned"
+    if deadletter_kind(d.reason) == "wrong_key":  # (its key is what was refused)
+        return "it would go back with the key it was refused for: its producer must send it anew"
     topics = (settings.ratings_topic, settings.items_topic, settings.users_topic)
     if d.source_topic not in topics:
         return f"its source {d.source_topic!r} is not one of this deployment's topics"

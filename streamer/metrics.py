@@ -165,6 +165,18 @@ GAUGES: dict[str, tuple[str, str, str]] = {
         "Live items whose more-like-this list this worker writes: the items hashed to the "
         "ratings partitions it holds (all of them for a worker alone).",
     ),
+    "ready": (
+        "recsys_ready",
+        "gauge",
+        "1 while this worker serves its partitions (as /readyz says 200), 0 while it joins "
+        "the group, reads the catalog, or replays or rebuilds its model from the log.",
+    ),
+    "redis_waiting_s": (
+        "recsys_redis_write_waiting_seconds",
+        "gauge",
+        "How long a write to Redis has been tried again without landing (0: none "
+        "waiting); the worker takes no ratings meanwhile.",
+    ),
     "events_per_s": (
         "recsys_events_per_second",
         "gauge",
@@ -299,8 +311,12 @@ def exposition(
     metrics: Mapping[str, float | int],
     histograms: Mapping[str, tuple[Histogram, str]],
     labels: Mapping[str, str],
+    counters: bool = True,
 ) -> str:
-    """The text a Prometheus server scrapes (text format 0.0.4).
+    """The text a Prometheus server scrapes (text format 0.0.4). Without ``counters``,
+    the gauges only: a worker restoring a snapshot takes its counters' lifetime totals
+    with it, and a series first seen at 0, then at the total, would be read as an
+    increase by that much (alerts on any new dead letter fired at every restart).
 
     >>> h = Histogram((0.1,)); h.observe_many([0.05])
     >>> text = exposition({"evaluated": 7, "rmse": 0.9, "k": 10}, {"recsys_freshness_seconds":
@@ -325,7 +341,7 @@ def exposition(
     base = dict(labels)
     k = metrics.get("k")
     for field, (name, kind, text) in GAUGES.items():
-        if field not in metrics:
+        if field not in metrics or (kind == "counter" and not counters):
             continue
         # Every figure at K (``ndcg_at_k``, ``recall_at_k_fresh``...) carries K.
         extra = {"k": str(int(k))} if "_at_k" in field and k is not None else {}
@@ -337,6 +353,8 @@ def exposition(
     # One labelled series per kind of reason, every kind from the start at 0: a series
     # that first appears at 1 is no increase to Prometheus (an alert on the first
     # wrongly keyed event would not fire).
+    if not counters:
+        return "\n".join(lines) + "\n"
     every = {f"{DEADLETTER_FIELD}{kind}" for kind in DEADLETTER_KIND_NAMES}
     kinds = sorted(every | {f for f in metrics if f.startswith(DEADLETTER_FIELD)})
     name = DEADLETTERS_BY_REASON

@@ -350,6 +350,12 @@ class RedisSink:
         # is first come, first served): two writes each waiting out Redis could otherwise
         # land in either order, an older list over a newer one.
         self._lists_written = asyncio.Lock()
+        self._waiting_since: float | None = None  # (monotonic) a write tried again since
+
+    def waiting_s(self) -> float:
+        """How long a write has been tried again without landing (0: none waiting)."""
+        since = self._waiting_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def _until_written(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
         """``write()``, tried again while Redis is unreachable."""
@@ -363,6 +369,8 @@ class RedisSink:
                 if isinstance(exc, ReadOnlyError):  # a replica now: the next try reconnects
                     await self._reconnect()
                 failures += 1
+                if self._waiting_since is None:
+                    self._waiting_since = time.monotonic()
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
                         "Redis did not take %s (%s); trying again (%d tries so far)",
@@ -373,6 +381,7 @@ class RedisSink:
                 await asyncio.sleep(wait)
                 wait = min(2 * wait, self.max_wait_s)
                 continue
+            self._waiting_since = None  # (Redis takes writes again)
             if failures:
                 log.warning("Redis took %s after %d failed tries", what, failures)
             return result

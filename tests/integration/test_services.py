@@ -549,8 +549,10 @@ async def test_the_sink_waits_out_a_primary_without_the_replicas_it_asks_for(tmp
             await asyncio.sleep(1.0)
             done = [w.exception() for w in writes if w.done()]
             assert not done, done
+            assert sink.waiting_s() >= 0.8  # (recsys_redis_write_waiting_seconds: alerted on)
             admin.config_set("min-replicas-to-write", 0)
             await asyncio.wait_for(asyncio.gather(*writes), 20)
+            assert sink.waiting_s() == 0.0
             listed = json.loads(admin.get(settings.key("recs", "u1")))
             assert listed["items"][0]["item_id"] == "i1"
             assert admin.hget(settings.key("metrics"), "events") == b"1"

@@ -190,3 +190,26 @@ def test_dead_letters_of_fields_named_like_a_kind_count_as_schema_violations() -
     assert deadletter_kind(str(caught.value)) == "bad_tombstone"
     assert deadletter_kind("payload too large: 70000 bytes, more than 65536") == "oversized"
     assert deadletter_kind("event_id: duplicate 'e1', already learned") == "duplicate"
+
+
+def test_a_worker_exports_its_counters_once_it_first_serves(monkeypatch) -> None:
+    """Before it first serves (joining, reading the catalog, restoring a snapshot whose
+    lifetime totals it takes on), a worker exports gauges only, ``recsys_ready`` 0: a
+    counter series seen at 0 and then at a snapshot's total was an increase by all of
+    it to Prometheus, and alerts on any new dead letter fired at every restart."""
+    from streamer.app import RecsysWorker
+
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    monkeypatch.setattr(worker, "_lag", lambda: 0)  # (no consumer in this test)
+    worker.engine.count_deadletter("key: b'x', but ratings are keyed by their user_id 'u'")
+    text = worker.prometheus()
+    assert 'recsys_ready{worker="' in text and "} 0\n" in text.split("recsys_ready", 2)[2]
+    assert "recsys_deadletters_by_reason_total" not in text
+    assert "recsys_events_total" not in text and "recsys_freshness_seconds_bucket" not in text
+    assert "recsys_redis_write_waiting_seconds" in text
+    monkeypatch.setattr(worker, "readiness", lambda: (True, {}))
+    text = worker.prometheus()
+    assert 'recsys_deadletters_by_reason_total{worker="' in text
+    assert "recsys_events_total" in text and "recsys_freshness_seconds_bucket" in text
+    monkeypatch.setattr(worker, "readiness", lambda: (False, {}))  # (a rebuild, later)
+    assert "recsys_events_total" in worker.prometheus()  # (a series never goes away)
