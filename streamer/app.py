@@ -1722,7 +1722,7 @@ class RecsysWorker:
         if self.engine is not current or self._replayed or current.events:
             log.info("snapshot %s not restored: the model moved on meanwhile", snapshot.path.name)
             return  # (not reached while ``_learning`` is held: a guard for what may change)
-        if current.version or current.evaluated:  # a worker that served: its figures go on
+        if self._served or current.version or current.evaluated:  # it served: its figures go on
             current.hand_over_live_figures(engine)
         else:  # a start (or a rebuild before any list): the snapshot's go on, with what
             engine.add_counts_of(current)  # was counted before it loaded

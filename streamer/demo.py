@@ -158,9 +158,9 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         run = env["RECSYS_APP_ID"]
         settings = Settings.from_env(env)
         client = redis_client(settings.redis_url, cluster=settings.redis_cluster)
-        if "redis" in stop_services:  # a Redis the demo started: an earlier demo's figures
-            for stale in ("metrics", "popular", "metrics:history"):  # go (never a Redis
-                client.delete(settings.key(*stale.split(":")))  # of someone else's)
+        if external is None:  # the project's own services' Redis: an earlier demo's
+            for stale in ("metrics", "popular", "metrics:history"):  # figures go (never
+                client.delete(settings.key(*stale.split(":")))  # in a Redis of the env's)
 
         say(f"\n== 2/6 generating a synthetic stream of {n_ratings:,} ratings ==")
         ds = synth.generate(n_users=2000, n_items=3000, n_ratings=n_ratings, seed=7)

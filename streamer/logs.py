@@ -146,8 +146,13 @@ class LongTickFilter(logging.Filter):
     >>> record = logging.LogRecord("mode.timers", logging.WARNING, "", 0,
     ...     "Timer %s is overlapping (interval=%r runtime=%r)",
     ...     ("streamer.app.RecsysWorker.refresh_lists", 1.0, 1.2), None)
+    >>> logging.getLogger("mode.timers").setLevel(logging.INFO)  # (a worker at --loglevel info)
     >>> LongTickFilter().filter(record), record.levelname
     (True, 'INFO')
+    >>> logging.getLogger("mode.timers").setLevel(logging.WARNING)  # (at warning: not shown)
+    >>> LongTickFilter().filter(record)
+    False
+    >>> logging.getLogger("mode.timers").setLevel(logging.NOTSET)
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -155,6 +160,7 @@ class LongTickFilter(logging.Filter):
         ours = bool(args) and str(args[0]).endswith(".refresh_lists")
         if ours and str(record.msg).startswith("Timer %s is overlapping"):
             record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 

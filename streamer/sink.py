@@ -350,15 +350,26 @@ class RedisSink:
         # is first come, first served): two writes each waiting out Redis could otherwise
         # land in either order, an older list over a newer one.
         self._lists_written = asyncio.Lock()
-        self._waiting_since: float | None = None  # (monotonic) a write tried again since
+        # When each write still being tried again began (monotonic), by call: one write
+        # landing says nothing of another still waiting.
+        self._waiting: dict[object, float] = {}
 
     def waiting_s(self) -> float:
-        """How long a write has been tried again without landing (0: none waiting)."""
-        since = self._waiting_since
+        """How long the oldest write still tried again has waited (0: none waits)."""
+        since = min(self._waiting.values(), default=None)
         return 0.0 if since is None else time.monotonic() - since
 
     async def _until_written(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
         """``write()``, tried again while Redis is unreachable."""
+        token = object()
+        try:
+            return await self._written(what, write, token)
+        finally:
+            self._waiting.pop(token, None)
+
+    async def _written(self, what: str, write: Callable[[], Awaitable[T]], token: object) -> T:
+        """:meth:`_until_written`'s tries, marked waiting under ``token`` from the first
+        that fails."""
         wait, failures = 0.05, 0
         while True:
             try:
@@ -369,8 +380,7 @@ class RedisSink:
                 if isinstance(exc, ReadOnlyError):  # a replica now: the next try reconnects
                     await self._reconnect()
                 failures += 1
-                if self._waiting_since is None:
-                    self._waiting_since = time.monotonic()
+                self._waiting.setdefault(token, time.monotonic())
                 if failures == 1 or failures % 20 == 0:
                     log.warning(
                         "Redis did not take %s (%s); trying again (%d tries so far)",
@@ -381,7 +391,6 @@ class RedisSink:
                 await asyncio.sleep(wait)
                 wait = min(2 * wait, self.max_wait_s)
                 continue
-            self._waiting_since = None  # (Redis takes writes again)
             if failures:
                 log.warning("Redis took %s after %d failed tries", what, failures)
             return result

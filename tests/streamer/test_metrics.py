@@ -213,3 +213,31 @@ def test_a_worker_exports_its_counters_once_it_first_serves(monkeypatch) -> None
     assert "recsys_events_total" in text and "recsys_freshness_seconds_bucket" in text
     monkeypatch.setattr(worker, "readiness", lambda: (False, {}))  # (a rebuild, later)
     assert "recsys_events_total" in worker.prometheus()  # (a series never goes away)
+
+
+async def test_a_standby_worker_that_later_restores_goes_on_with_its_own_figures(
+    monkeypatch, tmp_path
+) -> None:
+    """A worker with no partitions (one more than partitions) is ready, so it exports
+    its counters at 0; given partitions later, the snapshot it restores must not bring
+    its lifetime totals into those series (an increase by all of them, to Prometheus)."""
+    from streamer.app import RecsysWorker
+    from streamer.snapshot import SnapshotStore
+
+    settings = Settings(ratings_topic="r", items_topic="i", users_topic="u", data_dir=str(tmp_path))
+    worker = RecsysWorker(settings)
+    monkeypatch.setattr(worker, "_lag", lambda: 0)
+    monkeypatch.setattr(worker, "readiness", lambda: (True, {}))
+    assert 'recsys_events_total{worker="' in worker.prometheus()  # (served, at 0)
+    old = StreamEngine(settings)
+    old.upsert_item("a", {"t": 1.0})
+    old.learn_ratings([Rating("u1", "a", 4.0, 1.0)])
+    SnapshotStore(settings.snapshot_path).save(old, {0: 1}, settings.model_fingerprint())
+
+    async def committed(self):
+        return {0: 1}
+
+    monkeypatch.setattr(RecsysWorker, "_committed", committed)
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    await worker._restore_once()
+    assert worker.engine.events == 1 and worker.engine.evaluated == 0
