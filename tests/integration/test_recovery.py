@@ -591,8 +591,9 @@ def two_workers_sharing(make_run, stream, head: list[Rating], every_s: str):
 
 def test_two_workers_exchange_item_changes_when_asked(make_run, stream) -> None:
     """With RECSYS_SHARE_ITEMS_EVERY_S, each worker sends what its learning changed on
-    the item side (item and tag vectors, counts and popularity, co-occurrence pairs, the
-    blend) and adds in what the other sent; the ratings are still learned once."""
+    the item side (item and tag vectors and biases, popularity, co-occurrence pairs; not
+    the blend's weights nor the item counts) and adds in what the other sent; the
+    ratings are still learned once."""
     head = stream.ratings[:3000]
     run, a, b = two_workers_sharing(make_run, stream, head, every_s="0.5")
     time.sleep(1.5)  # the last changes arrive
