@@ -15,12 +15,13 @@ Each refused event is sent back at most once, whatever the runs and their filter
 before sending one, :func:`redrive` claims its source record in a Redis hash
 (``{prefix}redrive:{topic}``, one ``topic:partition:offset`` field per event sent back,
 so two dead letters of one record, as a worker reprocessing after a crash may write,
-count once), as *pending*, with the letter and the time; once Kafka acknowledges the
+count once), as *pending*, with the letter, the time and its partition's end offset
+before the send; once Kafka acknowledges the
 copy the field says *sent*. A send Kafka refused before the copy left releases the
 claim, for a later run. A claim left pending (the run stopped, or the acknowledgement
 was lost: the copy may or may not be in the topic) is settled by the next run that
 selects the letter, a minute on (before, it may be another run's send in flight): it
-looks for the copy in the source partition from the claim's time, by its
+looks for the copy in the source partition from the claim's offset, by its
 ``recsys.redriven.from`` header, and marks the claim sent if it is there, or sends it
 if not. The producer is idempotent, so its own retries add no second copy. Claims whose
 dead letters left the topic (retention, below the partition's start) are dropped. An
@@ -405,7 +406,7 @@ class RedriveReport:
 
 def ledger_key(settings: Settings) -> str:
     """The Redis hash of the events claimed for sending back: ``topic:partition:offset``
-    of each -> ``sent {letter id}`` or ``pending {letter id} {claimed at, ms}``."""
+    of each -> ``sent {letter id}`` or ``pending {letter id} {claimed at, ms} {end offset}``."""
     return settings.key("redrive", settings.deadletter_topic)
 
 
@@ -478,10 +479,11 @@ async def redrive(
         # past it), and what of the stale claims' copies is there.
         # (only the partitions a copy may go to: asked of a topic gone, or a partition
         # past its count, the broker has no answer, and the whole redrive would wait)
+        refusal = {d.id: _unsendable(settings, d) for d in chosen}
         sources = {
             TopicPartition(d.source_topic, d.source_partition)
             for d in chosen
-            if _unsendable(settings, d) is None
+            if refusal[d.id] is None
         }
         ends, found, unknown = await _copies_found(settings, sources, stale, state, letters)
         if producer is not None:
@@ -489,7 +491,7 @@ async def redrive(
         pending, planned = [], set()
         for d in chosen:
             held = state.get(d.source)
-            why = _unsendable(settings, d)
+            why = refusal[d.id]
             if why is None and d.id in later and held is None:
                 why = later[d.id]  # (a later record that is its own copy, sent back: already)
             if why is not None:
@@ -589,30 +591,26 @@ async def _copies_found(
     partition, and those whose copy may have been and is gone (why, by event).
 
     A copy is a record, at or past the partition's end when the claim was taken (in the
-    claim; by the record times from a minute before the claim for claims that do not
-    say), whose ``recsys.redriven.from`` header names the claim's letter or any letter
-    of the same event. Where the partition's start has passed that point (retention),
-    whether it was sent cannot be told."""
+    claim; the partition's start for a claim that does not say, which this code never
+    writes), whose ``recsys.redriven.from`` header names the claim's letter or any
+    letter of the same event. Where the partition's start has passed that point
+    (retention), whether it was sent cannot be told."""
     dlq = settings.deadletter_topic
     by_source: dict[str, list[str]] = {}
     for d in letters:
         by_source.setdefault(d.source, []).append(d.id)
     wanted: dict[TopicPartition, dict[bytes, str]] = {}
     from_offset: dict[TopicPartition, int] = {}
-    own_offset: dict[str, int] = {}  # each claim's own (where known)
-    by_time: dict[TopicPartition, int] = {}
+    own_offset: dict[str, int] = {}  # each claim's own
     for d in stale:
         tp = TopicPartition(d.source_topic, d.source_partition)
         parts = state[d.source].split()
         named = [parts[1]] if len(parts) > 1 else []
         for letter in named + by_source.get(d.source, []):
             wanted.setdefault(tp, {})[f"{dlq}[{letter}]".encode()] = d.source
-        if len(parts) > 3 and parts[3].isdigit():
-            own_offset[d.source] = int(parts[3])
-            from_offset[tp] = min(from_offset.get(tp, int(parts[3])), int(parts[3]))
-        else:  # (a claim of the first version of this ledger: by time)
-            ms = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
-            by_time[tp] = min(by_time.get(tp, ms), ms)
+        offset = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0
+        own_offset[d.source] = offset
+        from_offset[tp] = min(from_offset.get(tp, offset), offset)
     tps = list(sources | set(wanted))
     if not tps:
         return {}, set(), {}
@@ -624,20 +622,10 @@ async def _copies_found(
         if not wanted:
             return end, found, unknown
         first = await consumer.beginning_offsets(list(wanted))
-        if by_time:
-            at = await consumer.offsets_for_times(
-                {tp: max(0, ms - 60_000) for tp, ms in by_time.items()}
-            )
-            for tp in by_time:
-                offset = at[tp].offset if at.get(tp) is not None else end[tp]
-                from_offset[tp] = min(from_offset.get(tp, offset), offset)
-                if first[tp] > 0 and offset <= first[tp]:  # (the time may be before it)
-                    for source in set(wanted[tp].values()):
-                        own_offset.setdefault(source, offset - 1)
         for tp, names in wanted.items():
             for source in set(names.values()):
-                offset = own_offset.get(source)
-                if offset is not None and first[tp] > offset:  # (its records are gone)
+                offset = own_offset[source]
+                if first[tp] > offset:  # (its records are gone)
                     unknown[source] = (
                         f"whether it was sent cannot be told: {tp.topic}[{tp.partition}] "
                         f"now starts at {first[tp]}, past {offset} where its copy would be"
