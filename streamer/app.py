@@ -1204,7 +1204,7 @@ class RecsysWorker:
                 consumer.assign([tp])
                 if position is None:
                     await consumer.seek_to_end(tp)
-                    position = await consumer.position(tp)  # (after Kafka was away: on)
+                    position = await consumer.position(tp)
                 else:
                     consumer.seek(tp, position)
                 while True:
@@ -1599,15 +1599,13 @@ class RecsysWorker:
         not given) stops it."""
         if revocations is None:
             revocations = self.app.consumer.revocations
-        await self._restore_once()
         async with self._replay_lock:
             if self._reset_pending:  # (asked for while another replay held the lock)
                 await self._reset_now(replaying=True)
                 if self._reset_pending:  # put off (a batch is being validated): not into
                     return  # the model the rebuild will drop
-            # The model starts from the snapshot of its partitions, if any (after a
-            # rebuild, or where another replay held the lock when this one asked): tried
-            # here, under this lock, never under a replay.
+            # The model starts from the snapshot of its partitions, if any: tried here,
+            # under this lock (after a rebuild too), never under another replay.
             await self._restore_once(replaying=True)
             todo = (self._assigned() | first_live.keys()) - self._replayed
             if not todo:
@@ -1665,10 +1663,9 @@ class RecsysWorker:
         """Once this worker has partitions, before their first replay, load the best
         usable snapshot (see :mod:`streamer.snapshot`): the partitions it covers are then
         replayed from its offsets instead of from the start. Called by the timer from
-        the first tick (so the catalog is read once, into the loaded model), before
-        every replay, and by a replay after the rebuild it began with (``replaying``:
-        it holds the replay lock). Never while another replay runs: it learns into the
-        model a restore would replace (and itself restores first, after a rebuild)."""
+        the first tick (so the catalog is read once, into the loaded model), and by
+        every replay once it holds the replay lock (``replaying``). Never while another
+        replay runs: it learns into the model a restore would replace."""
         if self.settings.snapshot_every_s <= 0:
             return
         if self._restore_tried:  # a restore under way holds ``_learning``: wait for it,

@@ -185,10 +185,12 @@ def refusing_writes(exc: BaseException) -> bool:
     # after its commands were queued says why after "Transaction discarded because of: ")
     said = str(exc).rpartition("of pipeline caused error: ")[2].lstrip("('\"")
     said = said.rpartition("Transaction discarded because of: ")[2]
-    return said.startswith(_REFUSING) or said.startswith(("OOM", "READONLY", "MASTERDOWN"))
+    return said.startswith(_REFUSING)
 
 
-_REFUSING = ("MISCONF", "NOREPLICAS", "BUSY ")  # (a refusal with no class of its own)
+# Redis's words for a refusal of writes, read where redis-py gives no class of its own
+# (and, inside a pipeline's or a discarded transaction's message, where it gives none).
+_REFUSING = ("MISCONF", "NOREPLICAS", "BUSY ", "OOM", "READONLY", "MASTERDOWN")
 
 
 WORKER_TTL_S = 30  # a worker's own metrics hash lives at least this long after its last write
@@ -360,40 +362,35 @@ class RedisSink:
         return 0.0 if since is None else time.monotonic() - since
 
     async def _until_written(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
-        """``write()``, tried again while Redis is unreachable."""
-        token = object()
+        """``write()``, tried again while Redis is unreachable (marked waiting, for
+        :meth:`waiting_s`, from its first failed try until it lands or gives up)."""
+        wait, failures, token = 0.05, 0, object()
         try:
-            return await self._written(what, write, token)
+            while True:
+                try:
+                    result = await write()
+                except REDIS_ERRORS as exc:
+                    if not unreachable(exc):
+                        raise
+                    if isinstance(exc, ReadOnlyError):  # a replica now: the next try reconnects
+                        await self._reconnect()
+                    failures += 1
+                    self._waiting.setdefault(token, time.monotonic())
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning(
+                            "Redis did not take %s (%s); trying again (%d tries so far)",
+                            what,
+                            exc,
+                            failures,
+                        )
+                    await asyncio.sleep(wait)
+                    wait = min(2 * wait, self.max_wait_s)
+                    continue
+                if failures:
+                    log.warning("Redis took %s after %d failed tries", what, failures)
+                return result
         finally:
             self._waiting.pop(token, None)
-
-    async def _written(self, what: str, write: Callable[[], Awaitable[T]], token: object) -> T:
-        """:meth:`_until_written`'s tries, marked waiting under ``token`` from the first
-        that fails."""
-        wait, failures = 0.05, 0
-        while True:
-            try:
-                result = await write()
-            except REDIS_ERRORS as exc:
-                if not unreachable(exc):
-                    raise
-                if isinstance(exc, ReadOnlyError):  # a replica now: the next try reconnects
-                    await self._reconnect()
-                failures += 1
-                self._waiting.setdefault(token, time.monotonic())
-                if failures == 1 or failures % 20 == 0:
-                    log.warning(
-                        "Redis did not take %s (%s); trying again (%d tries so far)",
-                        what,
-                        exc,
-                        failures,
-                    )
-                await asyncio.sleep(wait)
-                wait = min(2 * wait, self.max_wait_s)
-                continue
-            if failures:
-                log.warning("Redis took %s after %d failed tries", what, failures)
-            return result
 
     async def _reconnect(self) -> None:
         """Drop the pooled connections, so the next command connects afresh (to the
