@@ -13,7 +13,7 @@ from pathlib import Path
 
 from recsys_online import datasets, synth
 from recsys_online.evaluate import Checkpoint, prequential
-from recsys_online.factors import FactorParams
+from recsys_online.factors import RATES, FactorParams
 from recsys_online.json_safe import json_safe
 from recsys_online.recommender import MODELS, Recommender, RecommenderConfig
 from recsys_online.runtime import limit_blas_threads
@@ -245,11 +245,8 @@ def run_replay(args: argparse.Namespace) -> int:
         config.factors,
         n_factors=args.factors,
         seed=args.seed,
-        lr_bias=args.lr_bias,
-        lr_factor=args.lr_factor,
-        l2_bias=args.l2_bias,
-        l2_factor=args.l2_factor,
         adaptive=not args.sgd,
+        **{name: getattr(args, name) for name in RATES},
     )
     model = Recommender(config)
     total = len(ds.ratings) + len(ds.items) + len(ds.deletes)

@@ -42,6 +42,7 @@ from typing import TextIO
 import numpy as np
 
 from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating, weight_problem
+from recsys_online.recommender import MAX_ABS_TIMESTAMP
 
 __all__ = ["FORMATS", "UNKNOWN_ARRIVAL", "Dataset", "DatasetError", "load", "save_csv"]
 
@@ -844,9 +845,9 @@ def _require_column(columns: list[str], names: tuple[str, ...], file_name: str) 
 
 
 #: The largest a value may be, by what it is: timestamps as the model takes them
-#: (``recsys_online.recommender.MAX_ABS_TIMESTAMP``: seconds within 2^53 of 1970; a
-#: nanosecond epoch is past it), the rest as float32 holds them.
-_LIMITS = {"timestamp": 2.0**53, "deleted_at": 2.0**53}
+#: (seconds within 2^53 of 1970: a nanosecond epoch is past it), the rest as float32
+#: holds them.
+_LIMITS = {"timestamp": MAX_ABS_TIMESTAMP, "deleted_at": MAX_ABS_TIMESTAMP}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 

@@ -53,6 +53,11 @@ class FactorParams:
             raise ValueError(f"factors.adaptive must be True or False, got {self.adaptive!r}")
 
 
+#: The step sizes and L2 of :class:`FactorParams`: what a deployment may set (the worker's
+#: ``RECSYS_LR_*``/``RECSYS_L2_*``, replay's flags) beside the factor count and seed.
+RATES = ("lr_bias", "lr_factor", "l2_bias", "l2_factor")
+
+
 def check_numbers(
     obj: object, rules: Sequence[tuple[str, Callable[[float], bool], str]], prefix: str = ""
 ) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from recsys_online.evaluate import ErrorScore, RankingScore, rank_in
 from recsys_online.events import Rating
-from recsys_online.factors import FactorParams
+from recsys_online.factors import RATES, FactorParams
 from recsys_online.ids import IdIndex, row_map
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
 from streamer.metrics import (
@@ -79,8 +79,7 @@ def _user_rounds(ratings: list[Rating]) -> list[list[Rating]]:
 def learning_rates(settings: Settings) -> dict[str, object]:
     """The :class:`FactorParams` the worker's settings give, by name, beside the factor
     count and seed (which a snapshot must match: ``Settings.MODEL_SETTINGS``)."""
-    names = ("lr_bias", "lr_factor", "l2_bias", "l2_factor", "adaptive")
-    return {name: getattr(settings, name) for name in names}
+    return {name: getattr(settings, name) for name in (*RATES, "adaptive")}
 
 
 class StreamEngine:
