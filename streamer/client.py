@@ -599,7 +599,8 @@ class RecommendationClient(_Keys):
         return recs
 
     def metrics(self) -> dict[str, str]:
-        """The shared metrics hash (the last worker to publish); empty before any worker."""
+        """The shared metrics hash: every live worker's figures together (as the last
+        worker to publish read them); empty before any worker."""
         try:
             return decode_hash(self.redis.hgetall(self.key("metrics")))
         except REDIS_ERRORS as exc:

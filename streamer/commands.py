@@ -478,11 +478,15 @@ METRIC_ROWS = (
 
 
 def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -> str:
-    """The shared figures, then one column per live worker.
+    """One column per live worker, after the fleet's figures (the shared hash) when
+    there are several.
 
     >>> print(format_metrics({"events": "12", "k": "10"}, {"h:1": {"events": "12"}}))
     figure           h:1
     ratings learned   12
+    >>> print(format_metrics({"events": "30"}, {"h:1": {"events": "12"}, "h:2": {"events": "18"}}))
+    figure           all workers  h:1  h:2
+    ratings learned           30   12   18
     >>> print(format_metrics({}, {"h:1": {"deadletters": "3", "deadletters_malformed": "2"}}))
     figure               h:1
     dead letters           3
@@ -490,6 +494,8 @@ def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -
     """
     names = sorted(workers) or ["(shared)"]
     columns = [workers[n] for n in sorted(workers)] or [shared]
+    if len(workers) > 1 and shared:
+        names, columns = ["all workers", *names], [shared, *columns]
     rows = [("figure", *names)]
     kinds = sorted({k for c in columns for k in c if k.startswith("deadletters_")})
     specs: list[tuple[str, str, str]] = []

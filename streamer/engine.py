@@ -1001,6 +1001,8 @@ class StreamEngine:
         return {
             "events": self.events,
             "evaluated": self.evaluated,
+            "relevant": rank["n"],
+            "relevant_fresh": rank_now["n"],
             "rmse": err["rolling_rmse"],
             "mae": err["rolling_mae"],
             "rmse_total": err["rmse"],

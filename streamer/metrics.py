@@ -373,3 +373,130 @@ def exposition(
         lines.append(f"{name}_sum{_labels(base)} {_number(hist.sum)}")
         lines.append(f"{name}_count{_labels(base)} {hist.count}")
     return "\n".join(lines) + "\n"
+
+
+# How the shared ``metrics`` hash combines the live workers' figures (:func:`fleet_metrics`).
+#: Figures that add up over workers: each holds its own ratings partitions, so its own
+#: ratings, users, lag and dead letters (and ``deadletters_{kind}``).
+FLEET_SUMS = frozenset(
+    {
+        "events",
+        "evaluated",
+        "relevant",
+        "relevant_fresh",
+        "deadletters",
+        "lag",
+        "events_per_s",
+        "users",
+        "similar_evaluated",
+        "similar_owned",
+        "freshness_clock_ahead",
+        "rebuilds",
+        "items_shared",
+        "items_received",
+        "items_skipped",
+        "snapshot_ratings",
+        "snapshot_bytes",
+    }
+)
+#: Figures no sum or mean of the workers' can give: the worst worker's (the largest).
+#: Every worker holds the whole catalog, so ``items`` is any one's; a percentile of the
+#: fleet's freshness lies between the workers' own, so their largest bounds it.
+FLEET_MAXIMA = frozenset(
+    {
+        "k",
+        "items",
+        "items_deleted",
+        "model_version",
+        "snapshot_age_s",
+        "freshness_ms_p50",
+        "freshness_ms_p99",
+        "freshness_ms_p50_total",
+        "freshness_ms_p99_total",
+    }
+)
+#: Means, each worker's weighted by how many ratings it measured over: figure -> (the
+#: count it was measured over, whether over the rolling window). RMSE is combined by
+#: its squares.
+FLEET_MEANS: dict[str, tuple[str, bool]] = {
+    "rmse": ("evaluated", True),
+    "mae": ("evaluated", True),
+    "rmse_total": ("evaluated", False),
+    "ndcg_at_k": ("relevant", True),
+    "recall_at_k": ("relevant", True),
+    "ndcg_at_k_total": ("relevant", False),
+    "recall_at_k_total": ("relevant", False),
+    "ndcg_at_k_fresh": ("relevant_fresh", True),
+    "recall_at_k_fresh": ("relevant_fresh", True),
+    "ndcg_at_k_fresh_total": ("relevant_fresh", False),
+    "recall_at_k_fresh_total": ("relevant_fresh", False),
+    "similar_ndcg_at_k": ("similar_evaluated", True),
+    "similar_recall_at_k": ("similar_evaluated", True),
+    "similar_recall_at_k_popular": ("similar_evaluated", True),
+    "similar_recall_at_k_total": ("similar_evaluated", False),
+    "similar_recall_at_k_popular_total": ("similar_evaluated", False),
+    "mean_rating": ("events", False),
+}
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def fleet_metrics(
+    workers: Mapping[str, Mapping[str, object]], window: int
+) -> dict[str, float | int]:
+    """The live workers' figures as one fleet's: what the shared ``metrics`` hash holds.
+
+    Counts add up (:data:`FLEET_SUMS`, and each kind of dead letter); rolling and
+    lifetime RMSE, MAE, NDCG and recall are each worker's weighted by the ratings it
+    measured them over (:data:`FLEET_MEANS`: the lifetime count, or at most ``window``
+    of them for a rolling figure; RMSE by its squares), which is the fleet's own figure
+    for the lifetime ones; freshness percentiles and the other figures of
+    :data:`FLEET_MAXIMA` are the worst worker's. A worker's figure that is NaN (nothing
+    measured yet), or missing, or not a number, counts as not measured; a figure no
+    worker measured is NaN. ``workers`` maps each worker's id to its figures (strings,
+    as Redis gives them, or numbers); ``workers`` in the result is how many.
+
+    >>> a = {"events": "300", "evaluated": "300", "rmse": "1.0", "lag": "4",
+    ...      "freshness_ms_p99": "80", "deadletters": "1", "deadletters_malformed": "1"}
+    >>> b = {"events": "100", "evaluated": "100", "rmse": "0.5", "lag": "nan",
+    ...      "freshness_ms_p99": "120", "deadletters": "0"}
+    >>> m = fleet_metrics({"w1": a, "w2": b}, window=1000)
+    >>> m["events"], m["lag"], m["freshness_ms_p99"], m["deadletters_malformed"], m["workers"]
+    (400, 4, 120.0, 1, 2)
+    >>> round(m["rmse"], 4)  # sqrt((300 * 1.0^2 + 100 * 0.5^2) / 400)
+    0.9014
+    >>> fleet_metrics({"w1": {"rmse": "nan", "evaluated": "0"}}, 1000)["rmse"]
+    nan
+    """
+    figures = [{name: _float(v) for name, v in fields.items()} for fields in workers.values()]
+    names = {name for fields in figures for name in fields}
+    out: dict[str, float | int] = {"workers": len(figures)}
+    for name in sorted(names):
+        values = [f.get(name, math.nan) for f in figures]
+        measured = [v for v in values if not math.isnan(v)]
+        if name in FLEET_SUMS or name.startswith(DEADLETTER_FIELD):
+            total = math.fsum(measured)
+            out[name] = int(total) if total.is_integer() else total
+        elif name in FLEET_MAXIMA:
+            out[name] = max(measured) if measured else math.nan
+        elif name in FLEET_MEANS:
+            count, rolling = FLEET_MEANS[name]
+            weights = [f.get(count, math.nan) for f in figures]
+            if rolling:
+                weights = [min(w, window) for w in weights]
+            pairs = [
+                (w, v) for w, v in zip(weights, values, strict=True) if w > 0 and not math.isnan(v)
+            ]
+            total = math.fsum(w for w, _ in pairs)
+            if not total:
+                out[name] = math.nan
+            elif name.startswith("rmse"):
+                out[name] = math.sqrt(math.fsum(w * v * v for w, v in pairs) / total)
+            else:
+                out[name] = math.fsum(w * v for w, v in pairs) / total
+    return out

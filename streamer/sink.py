@@ -30,7 +30,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from recsys_online.json_safe import json_safe
 from recsys_online.recommender import Recommendation
 from schemas import ItemEvent
-from streamer.client import REDIS_ERRORS, SentinelURL, aclose_client, close_client, redis_client
+from streamer.client import (
+    REDIS_ERRORS,
+    SentinelURL,
+    aclose_client,
+    close_client,
+    decode_hash,
+    redis_client,
+)
+from streamer.metrics import fleet_metrics
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -450,17 +458,16 @@ class RedisSink:
         popular_owner: bool = True,
     ) -> None:
         """The popularity list (``popular_owner``: written; else only where there is none
-        yet) and the metrics: the shared ``metrics`` hash (the last
-        writer's figures, replaced whole), this worker's own ``metrics:worker:{id}``
-        (expiring if the worker dies), and one snapshot pushed on ``metrics:history``
+        yet) and the metrics: this worker's own ``metrics:worker:{id}`` (expiring if the
+        worker dies), the shared ``metrics`` hash (every live worker's figures together,
+        :func:`~streamer.metrics.fleet_metrics`, as this worker read the others' hashes
+        just before, replaced whole), and one snapshot pushed on ``metrics:history``
         (newest first, capped at ``metrics_history`` entries) for the dashboard's charts."""
         key = self.settings.key
         now = time.time()
-        mapping = {k: str(v) for k, v in metrics.items()} | {
-            "worker": worker_id,
-            "updated_at": str(now),
-            "metrics_url": metrics_url,
-        }
+        own_fields = {k: str(v) for k, v in metrics.items()}
+        about = {"worker": worker_id, "updated_at": str(now), "metrics_url": metrics_url}
+        mapping = own_fields | about
         snapshot = json.dumps(
             json_safe(dict(metrics)) | {"worker": worker_id, "t": now},
             separators=(",", ":"),
@@ -469,16 +476,17 @@ class RedisSink:
         ttl = worker_ttl_s(self.settings)
         history = key("metrics", "history")
         workers = key("metrics", "workers")  # worker id -> its last publish time
-
         fields = [part for pair in mapping.items() for part in pair]
 
-        def queue(pipe: Pipeline) -> None:
+        def queue(pipe: Pipeline, fleet: Mapping[str, float | int]) -> None:
             if popular_owner or popular:  # (an empty list where there was none: no list)
                 document = list_document(None, popular, version, now)
                 pipe.set(key("popular"), document, nx=not popular_owner)
-            # Replaced whole: a field this worker does not publish (snapshots or sharing
-            # off) must not stay behind from another worker.
-            pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *fields)
+            # Replaced whole: a field no live worker publishes (snapshots or sharing off)
+            # must not stay behind from an earlier one.
+            shared = {k: str(v) for k, v in fleet.items()} | about
+            shared_fields = [part for pair in shared.items() for part in pair]
+            pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *shared_fields)
             pipe.execute_command("EVAL", _REPLACE_HASH, 1, own, ttl, *fields)
             # Readers list live workers from this registry, not by scanning the keyspace;
             # ids not heard from for a worker hash's lifetime leave it.
@@ -486,7 +494,31 @@ class RedisSink:
             pipe.lpush(history, snapshot)
             pipe.ltrim(history, 0, self.settings.metrics_history - 1)
 
-        await self._transaction("metrics", queue)
+        async def write() -> None:
+            others = await self._others_figures(worker_id)
+            fleet = fleet_metrics({**others, worker_id: own_fields}, self.settings.metrics_window)
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
+                queue(pipe, fleet)
+                await pipe.execute()
+
+        await self._until_written("metrics", write)
+
+    async def _others_figures(self, worker_id: str) -> dict[str, dict[str, str]]:
+        """The other live workers' own metrics hashes, by worker id (one whose hash expired
+        since it last registered is left out: it stopped)."""
+        key = self.settings.key
+        ids = [
+            w.decode(errors="replace")
+            for w in await self.redis.zrange(key("metrics", "workers"), 0, -1)
+        ]
+        ids = [w for w in ids if w != worker_id]
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in ids:
+                pipe.hgetall(key("metrics", "worker", w))
+            found = await pipe.execute()
+        return {w: decode_hash(f) for w, f in zip(ids, found, strict=True) if f}
 
     async def withdraw(self, worker_id: str) -> None:
         """A worker stopping: its own metrics hash and its entry in the registry of live

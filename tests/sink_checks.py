@@ -13,11 +13,13 @@ from streamer.sink import RedisSink
 
 
 async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> None:
-    """Two workers publish in turn: the shared hash holds only the last one's figures (a
-    field the first published and the second does not, e.g. snapshot figures, does not
-    stay behind), each worker's own hash keeps its own and expires, and both are in the
-    registry of live workers. The popular list is the one of its writer (the holder of
-    ratings partition 0); another worker's only while there is none."""
+    """Workers publish in turn: the shared hash holds every live worker's figures
+    together (counts summed, RMSE weighted by the ratings each measured, freshness the
+    worst worker's), as the writer read the others' own hashes; a field only a worker
+    gone since published (e.g. snapshot figures) does not stay behind; each worker's
+    own hash keeps its own and expires, and all are in the registry of live workers.
+    The popular list is the one of its writer (the holder of ratings partition 0);
+    another worker's only while there is none."""
     popular = [Recommendation("p1", 1.0, "popular now", "popular")]
     other = [Recommendation("p2", 1.0, "popular now", "popular")]
     await sink.publish_state([], {"events": 0}, 1, "w3", popular_owner=False)  # (nothing yet)
@@ -25,18 +27,30 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     await sink.publish_state(other, {"events": 5}, 1, "w2", popular_owner=False)  # none yet
     listed = orjson.loads(await sink.redis.get(settings.key("popular")))
     assert [r["item_id"] for r in listed["items"]] == ["p2"]
-    await sink.publish_state(popular, {"events": 10, "snapshot_age_s": 3.0}, 1, "w1")
-    await sink.publish_state(other, {"events": 20}, 2, "w2", popular_owner=False)
+    w1 = {"events": 10, "evaluated": 300, "rmse": 1.0, "freshness_ms_p99": 80.0}
+    await sink.publish_state(popular, w1 | {"snapshot_age_s": 3.0}, 1, "w1")
+    w2 = {"events": 20, "evaluated": 100, "rmse": 0.5, "freshness_ms_p99": 120.0}
+    await sink.publish_state(other, w2, 2, "w2", popular_owner=False)
     listed = orjson.loads(await sink.redis.get(settings.key("popular")))
     assert [r["item_id"] for r in listed["items"]] == ["p1"] and listed["model_version"] == 1
     shared = await sink.redis.hgetall(settings.key("metrics"))
-    assert shared[b"worker"] == b"w2" and shared[b"events"] == b"20"
-    assert b"snapshot_age_s" not in shared
+    assert shared[b"worker"] == b"w2" and shared[b"workers"] == b"3"
+    assert shared[b"events"] == b"30" and shared[b"evaluated"] == b"400"  # 0 + 10 + 20
+    assert abs(float(shared[b"rmse"]) - ((300 * 1.0 + 100 * 0.25) / 400) ** 0.5) < 1e-9
+    assert float(shared[b"freshness_ms_p99"]) == 120.0
+    assert float(shared[b"snapshot_age_s"]) == 3.0  # (w1's, while it is live)
     own = settings.key("metrics", "worker", "w1")
     assert (await sink.redis.hgetall(own))[b"snapshot_age_s"] == b"3.0"
     assert 0 < await sink.redis.ttl(own) <= 30
     workers = await sink.redis.zrange(settings.key("metrics", "workers"), 0, -1)
     assert sorted(workers) == [b"w1", b"w2", b"w3"]
+    await sink.withdraw("w1")  # (a worker stopping)
+    await sink.publish_state(other, w2, 3, "w2", popular_owner=False)
+    shared = await sink.redis.hgetall(settings.key("metrics"))
+    assert shared[b"events"] == b"20" and shared[b"workers"] == b"2"
+    assert b"snapshot_age_s" not in shared and float(shared[b"rmse"]) == 0.5
+    for worker in ("w2", "w3"):  # (the next checks start with no live worker)
+        await sink.withdraw(worker)
 
 
 async def on_a_sink(settings: Settings, check) -> None:

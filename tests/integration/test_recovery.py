@@ -87,6 +87,13 @@ class Run:
             return ma, mb
         return None
 
+    def fleet(self) -> dict[str, float]:
+        """The shared metrics hash: every live worker's figures together."""
+        raw = {
+            k.decode(): v.decode() for k, v in self.redis.hgetall(f"{self.prefix}metrics").items()
+        }
+        return {k: float(v) for k, v in raw.items() if k not in ("worker", "metrics_url")}
+
     def similar_owned(self, *processes: subprocess.Popen) -> list[int]:
         """How many items' "more like this" lists each worker writes (empty: a worker's
         figures not published yet)."""
@@ -406,6 +413,11 @@ def test_two_workers_share_partitions_and_one_takes_over_after_a_kill(make_run, 
     run.wait(
         "both workers to share the partitions and learn the head",
         lambda: run.shared_between(a, b, len(head)),
+    )
+    # The shared metrics hash counts both workers' ratings, whichever wrote it last.
+    run.wait(
+        "the shared metrics to hold both workers' figures",
+        lambda: (m := run.fleet()).get("workers") == 2 and m.get("events") == len(head),
     )
     # Each item's "more like this" list is one worker's to write, by partition.
     n_items = len(stream.items)

@@ -298,10 +298,10 @@ async def test_the_sink_writes_every_list_with_its_ttl_even_after_redis_forgets_
 
 
 @pytest.mark.redis
-async def test_the_shared_metrics_hash_holds_only_the_last_writers_figures(
+async def test_the_shared_metrics_hash_holds_the_live_workers_figures_together(
     redis_url: str, redis_key_prefix: str
 ) -> None:
-    """A worker that publishes no snapshot figures leaves none of another's behind."""
+    """The fleet's figures in one hash; a stopped worker's fields do not stay behind."""
     from sink_checks import check_metrics_replaced_whole
 
     from streamer.settings import Settings
@@ -314,9 +314,10 @@ async def test_the_shared_metrics_hash_holds_only_the_last_writers_figures(
         # Readers find live workers in a registry, not by scanning the whole keyspace.
         from streamer.client import AsyncRecommendationClient
 
+        await sink.publish_state([], {"events": 7}, 1, "w8")
         async with AsyncRecommendationClient(redis_url, redis_key_prefix) as client:
             workers = await client.worker_metrics()
-        assert sorted(workers) == ["w1", "w2", "w3"] and workers["w2"]["events"] == "20"
+        assert list(workers) == ["w8"] and workers["w8"]["events"] == "7"  # (the others left)
     finally:
         await sink.close()
 

@@ -46,7 +46,8 @@ def test_parse_tags_and_tables() -> None:
     table = format_recs([Recommended("i1", 0.5, "popular now", title="Solaris")])
     assert table.splitlines()[1].split() == ["1", "i1", "Solaris", "0.500", "popular", "now"]
     text = format_metrics({"k": "10", "rmse": "0.9"}, {"w1": {"rmse": "0.9"}, "w2": {}})
-    assert "RMSE (rolling)" in text and text.splitlines()[0].split() == ["figure", "w1", "w2"]
+    assert "RMSE (rolling)" in text
+    assert text.splitlines()[0].split() == ["figure", "all", "workers", "w1", "w2"]
 
 
 def test_invalid_events_are_refused_before_kafka(monkeypatch, capsys, tmp_path: Path) -> None:

@@ -9,9 +9,20 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from recsys_online.evaluate import ErrorScore, RankingScore
 from recsys_online.events import Rating
 from streamer.engine import StreamEngine
-from streamer.metrics import FRESHNESS_BUCKETS, Histogram, Quantiles, exposition
+from streamer.metrics import (
+    FLEET_MAXIMA,
+    FLEET_MEANS,
+    FLEET_SUMS,
+    FRESHNESS_BUCKETS,
+    GAUGES,
+    Histogram,
+    Quantiles,
+    exposition,
+    fleet_metrics,
+)
 from streamer.settings import Settings
 
 
@@ -241,3 +252,86 @@ async def test_a_standby_worker_that_later_restores_goes_on_with_its_own_figures
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
     await worker._restore_once()
     assert worker.engine.events == 1 and worker.engine.evaluated == 0
+
+
+def _engine_with_figures() -> StreamEngine:
+    engine = StreamEngine(Settings(k=3, n_factors=4))
+    for j in range(5):
+        engine.upsert_item(f"i{j}", {"t": 1.0})
+    engine.learn_ratings([Rating("u1", "i0", 5.0, 1.0), Rating("u2", "i1", 2.0, 1.0)])
+    engine.count_deadletter("malformed JSON: oops")
+    engine.record_freshness([1000.0], published_at=1.05)
+    return engine
+
+
+def test_every_figure_a_worker_publishes_has_a_rule_for_the_fleet() -> None:
+    """The shared hash drops a figure with no rule: each of the engine's figures, and
+    each the worker adds (those Prometheus knows), sums, takes the worst, or averages."""
+    published = set(_engine_with_figures().metrics()) | set(GAUGES)
+    published -= {"ready", "redis_waiting_s"}  # (Prometheus only: not in the hashes)
+    ruled = FLEET_SUMS | FLEET_MAXIMA | set(FLEET_MEANS)
+    missing = {f for f in published if f not in ruled and not f.startswith("deadletters_")}
+    assert not missing
+    assert all(count in FLEET_SUMS for count, _ in FLEET_MEANS.values())
+
+
+def test_one_workers_fleet_figures_are_its_own() -> None:
+    own = {k: str(v) for k, v in _engine_with_figures().metrics(lag=3).items()}
+    fleet = fleet_metrics({"w1": own}, window=1000)
+    assert fleet.pop("workers") == 1
+    assert set(fleet) == set(own)
+    for name, value in fleet.items():
+        expected = float(own[name])
+        assert (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected)
+
+
+def test_fleet_lifetime_figures_are_those_of_every_rating_together() -> None:
+    """Two workers' lifetime RMSE, MAE, NDCG and recall combine into the figures of
+    all their ratings measured in one place; rolling ones weigh at most a window each."""
+    rng = np.random.default_rng(3)
+    truth, predicted = rng.uniform(1, 5, 300), rng.uniform(1, 5, 300)
+    ranks = [None if r >= 10 else int(r) for r in rng.integers(0, 20, 120)]
+    workers, everything = {}, (ErrorScore(10_000), RankingScore(10_000))
+    for name, part, rank_part in (
+        ("a", slice(0, 220), slice(0, 40)),
+        ("b", slice(220, 300), slice(40, 120)),
+    ):
+        errors, ranking = ErrorScore(10_000), RankingScore(10_000)
+        errors.update_many(truth[part].tolist(), predicted[part].tolist())
+        ranking.update_many(ranks[rank_part])
+        e, r = errors.summary(), ranking.summary()
+        workers[name] = {
+            "evaluated": str(part.stop - part.start),
+            "relevant": str(r["n"]),
+            "rmse_total": str(e["rmse"]),
+            "ndcg_at_k_total": str(r["ndcg_at_k"]),
+            "recall_at_k_total": str(r["recall_at_k"]),
+            "rmse": str(e["rolling_rmse"]),
+        }
+    everything[0].update_many(truth.tolist(), predicted.tolist())
+    everything[1].update_many(ranks)
+    fleet = fleet_metrics(workers, window=10_000)
+    assert fleet["rmse_total"] == pytest.approx(everything[0].summary()["rmse"])
+    assert fleet["ndcg_at_k_total"] == pytest.approx(everything[1].summary()["ndcg_at_k"])
+    assert fleet["recall_at_k_total"] == pytest.approx(everything[1].summary()["recall_at_k"])
+    assert fleet["evaluated"] == 300 and fleet["relevant"] == 120
+    # Rolling over a window of 50: each worker's figure is over its last 50 ratings.
+    a, b = float(workers["a"]["rmse"]), float(workers["b"]["rmse"])
+    rolling = fleet_metrics(workers, window=50)["rmse"]
+    assert rolling == pytest.approx(math.sqrt((a * a + b * b) / 2))
+
+
+def test_fleet_figures_skip_what_a_worker_has_not_measured() -> None:
+    """NaN (nothing measured yet), a missing field or damaged text is left out; a
+    figure no worker has is NaN; the worst freshness is the largest."""
+    fleet = fleet_metrics(
+        {
+            "new": {"evaluated": "0", "rmse": "nan", "lag": "2", "freshness_ms_p50": "nan"},
+            "old": {"evaluated": "50", "rmse": "0.8", "lag": "oops", "freshness_ms_p50": "9"},
+            "odd": {"evaluated": "5", "ndcg_at_k": "0.3"},  # (no relevant count: weight 0)
+        },
+        window=1000,
+    )
+    assert fleet["rmse"] == pytest.approx(0.8) and fleet["lag"] == 2
+    assert fleet["freshness_ms_p50"] == 9.0 and math.isnan(fleet["ndcg_at_k"])
+    assert fleet["workers"] == 3
