@@ -34,7 +34,14 @@ def test_compose_wires_workers_prometheus_grafana_and_the_dashboard() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"kafka", "redis", "worker", "dashboard", "prometheus", "grafana"} <= set(services)
-    assert services["worker"]["environment"]["RECSYS_WEB_PORT"] == str(Settings().web_port)
+    worker = services["worker"]
+    assert worker["environment"]["RECSYS_WEB_PORT"] == str(Settings().web_port)
+    # A worker that dies comes back, and restores from snapshots kept on a volume every
+    # worker mounts, not in a container's own files.
+    assert worker["restart"] == services["dashboard"]["restart"] == "unless-stopped"
+    snapshots = worker["environment"]["RECSYS_SNAPSHOT_DIR"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in worker["volumes"]}
+    assert mounts[snapshots] in compose["volumes"]
     for service in ("prometheus", "grafana"):
         for volume in services[service]["volumes"]:
             source = volume.split(":")[0]

@@ -264,6 +264,16 @@ def _engine_with_figures() -> StreamEngine:
     return engine
 
 
+def test_a_freshness_of_minutes_is_measured_not_cut_at_the_top_bucket() -> None:
+    """A worker catching up on a backlog serves lists minutes after their ratings: the
+    histogram's quantiles must reach them (histogram_quantile returns the top bound for
+    anything above it)."""
+    h = Histogram(FRESHNESS_BUCKETS)
+    h.observe_many([45.0] * 10)
+    cumulative = dict(zip([*FRESHNESS_BUCKETS, math.inf], h.cumulative(), strict=True))
+    assert cumulative[30.0] == 0 and cumulative[60.0] == 10
+
+
 def test_every_figure_a_worker_publishes_has_a_rule_for_the_fleet() -> None:
     """The shared hash drops a figure with no rule: each of the engine's figures, and
     each the worker adds (those Prometheus knows), sums, takes the worst, or averages."""
