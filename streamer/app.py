@@ -1351,6 +1351,7 @@ class RecsysWorker:
             self.worker_id,
             self.metrics_server.url,
             popular_owner=self._writes_popular(),
+            partitions=self._assigned(),
         )
 
     async def _compact_if_due(self, in_agent: bool = False) -> None:

@@ -474,6 +474,7 @@ METRIC_ROWS = (
     ("items", "live items", "{:,.0f}"),
     ("users", "users", "{:,.0f}"),
     ("model_version", "model version", "{:,.0f}"),
+    ("partitions", "ratings partitions", "{:.0f}"),
 )
 
 

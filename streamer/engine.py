@@ -478,6 +478,16 @@ class StreamEngine:
         # (time.monotonic() samples of another process: its clock may be far ahead, and
         # events_per_s read 0 until 10,000 batches pushed them out)
         state["_rate"] = deque(maxlen=10_000)
+        # Histograms pickled with other buckets (an earlier version's) start afresh with
+        # today's: kept, they would cap the quantiles at their old top bound for good,
+        # and expose buckets the other workers' do not (Prometheus sums them by bound).
+        for name, bounds in (
+            ("freshness_hist", FRESHNESS_BUCKETS),
+            ("refresh_hist", REFRESH_BUCKETS),
+        ):
+            hist = state.get(name)
+            if hist is not None and hist.bounds.tolist() != list(bounds):
+                state[name] = Histogram(bounds)
         old = "shown" not in state  # (pickled before it existed: from the LRU's lists)
         state.setdefault("shown", np.full((0, state["settings"].k), -1, np.int32))
         self.__dict__.update(state)

@@ -418,9 +418,9 @@ FLEET_SUMS = frozenset(
         "snapshot_bytes",
     }
 )
-#: Figures no sum or mean of the workers' can give: the worst worker's (the largest).
-#: Every worker holds the whole catalog, so ``items`` is any one's; a percentile of the
-#: fleet's freshness lies between the workers' own, so their largest bounds it.
+#: Figures no sum or mean of the workers' can give: the largest worker's. Every worker
+#: holds the whole catalog, so ``items`` is any one's; a percentile of the fleet's
+#: freshness lies between the workers' own, so the worst (largest) bounds it.
 FLEET_MAXIMA = frozenset(
     {
         "k",
@@ -459,10 +459,18 @@ FLEET_MEANS: dict[str, tuple[str, bool]] = {
 
 
 def _float(value: object) -> float:
+    """A figure as a finite float; NaN for anything else (damaged or foreign text, an
+    infinity), which counts as not measured."""
     try:
-        return float(value)  # type: ignore[arg-type]
+        x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def _tidy(x: float) -> float | int:
+    """A whole number as an int (Redis then holds ``"30"``, as a worker writes it)."""
+    return int(x) if math.isfinite(x) and x.is_integer() else x
 
 
 def fleet_metrics(
@@ -473,12 +481,14 @@ def fleet_metrics(
     Counts add up (:data:`FLEET_SUMS`, and each kind of dead letter); rolling and
     lifetime RMSE, MAE, NDCG and recall are each worker's weighted by the ratings it
     measured them over (:data:`FLEET_MEANS`: the lifetime count, or at most ``window``
-    of them for a rolling figure; RMSE by its squares), which is the fleet's own figure
-    for the lifetime ones; freshness percentiles and the other figures of
-    :data:`FLEET_MAXIMA` are the worst worker's. A worker's figure that is NaN (nothing
-    measured yet), or missing, or not a number, counts as not measured; a figure no
-    worker measured is NaN. ``workers`` maps each worker's id to its figures (strings,
-    as Redis gives them, or numbers); ``workers`` in the result is how many.
+    of them for a rolling figure, every worker's window taken to be ``window``; RMSE by
+    its squares; a worker that does not publish the count, as an earlier version did
+    not, weighs its ``evaluated``), which is the fleet's own figure for the lifetime
+    ones; freshness percentiles and the other figures of :data:`FLEET_MAXIMA` are the
+    largest worker's. A worker's figure that is NaN (nothing measured yet), infinite,
+    missing or not a number counts as not measured; a figure no worker measured is NaN.
+    ``workers`` maps each worker's id to its figures (strings, as Redis gives them, or
+    numbers); ``workers`` in the result is how many.
 
     >>> a = {"events": "300", "evaluated": "300", "rmse": "1.0", "lag": "4",
     ...      "freshness_ms_p99": "80", "deadletters": "1", "deadletters_malformed": "1"}
@@ -486,7 +496,7 @@ def fleet_metrics(
     ...      "freshness_ms_p99": "120", "deadletters": "0"}
     >>> m = fleet_metrics({"w1": a, "w2": b}, window=1000)
     >>> m["events"], m["lag"], m["freshness_ms_p99"], m["deadletters_malformed"], m["workers"]
-    (400, 4, 120.0, 1, 2)
+    (400, 4, 120, 1, 2)
     >>> round(m["rmse"], 4)  # sqrt((300 * 1.0^2 + 100 * 0.5^2) / 400)
     0.9014
     >>> fleet_metrics({"w1": {"rmse": "nan", "evaluated": "0"}}, 1000)["rmse"]
@@ -499,23 +509,57 @@ def fleet_metrics(
         values = [f.get(name, math.nan) for f in figures]
         measured = [v for v in values if not math.isnan(v)]
         if name in FLEET_SUMS or name.startswith(DEADLETTER_FIELD):
-            total = math.fsum(measured)
-            out[name] = int(total) if total.is_integer() else total
+            out[name] = _tidy(_sum(measured))
         elif name in FLEET_MAXIMA:
-            out[name] = max(measured) if measured else math.nan
+            out[name] = _tidy(max(measured)) if measured else math.nan
         elif name in FLEET_MEANS:
             count, rolling = FLEET_MEANS[name]
-            weights = [f.get(count, math.nan) for f in figures]
+            weights = [f.get(count, f.get("evaluated", math.nan)) for f in figures]
             if rolling:
                 weights = [min(w, window) for w in weights]
             pairs = [
                 (w, v) for w, v in zip(weights, values, strict=True) if w > 0 and not math.isnan(v)
             ]
-            total = math.fsum(w for w, _ in pairs)
-            if not total:
+            total = _sum([w for w, _ in pairs])
+            if not total or math.isnan(total):
                 out[name] = math.nan
             elif name.startswith("rmse"):
-                out[name] = math.sqrt(math.fsum(w * v * v for w, v in pairs) / total)
+                out[name] = math.sqrt(_sum([w * v * v for w, v in pairs]) / total)
             else:
-                out[name] = math.fsum(w * v for w, v in pairs) / total
+                out[name] = _sum([w * v for w, v in pairs]) / total
+    return out
+
+
+def _sum(values: Sequence[float]) -> float:
+    """An exact sum of finite floats; NaN past the largest float (no exception: one
+    worker's damaged figure must not stop the others publishing).
+
+    >>> _sum([1e308, 1e308]), _sum([0.1] * 10)
+    (nan, 1.0)
+    """
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return math.nan
+
+
+def superseded(workers: Mapping[str, tuple[float, str]]) -> set[str]:
+    """The workers whose figures a later one replaces: given each worker's last publish
+    time and the ratings partitions it held then (``"0,3"``), those holding a partition
+    that a worker who published later holds. A ratings partition is one worker's at a
+    time, so such a worker has handed it on (a worker killed and restarted, a rebalance),
+    and its figures until its hash expires would count that partition twice.
+
+    >>> sorted(superseded({"old": (1.0, "0,1"), "new": (5.0, "1,2"), "other": (4.0, "3")}))
+    ['old']
+    >>> superseded({"idle": (1.0, ""), "busy": (2.0, "0")})
+    set()
+    """
+    claimed: set[str] = set()
+    out = set()
+    for worker, (_, held) in sorted(workers.items(), key=lambda kv: -kv[1][0]):
+        partitions = {p for p in held.split(",") if p}
+        if partitions & claimed:
+            out.add(worker)
+        claimed |= partitions
     return out

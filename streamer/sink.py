@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -38,7 +38,7 @@ from streamer.client import (
     decode_hash,
     redis_client,
 )
-from streamer.metrics import fleet_metrics
+from streamer.metrics import fleet_metrics, superseded
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -456,18 +456,23 @@ class RedisSink:
         worker_id: str,
         metrics_url: str = "",
         popular_owner: bool = True,
+        partitions: Iterable[int] | None = None,
     ) -> None:
         """The popularity list (``popular_owner``: written; else only where there is none
         yet) and the metrics: this worker's own ``metrics:worker:{id}`` (expiring if the
         worker dies), the shared ``metrics`` hash (every live worker's figures together,
         :func:`~streamer.metrics.fleet_metrics`, as this worker read the others' hashes
         just before, replaced whole), and one snapshot pushed on ``metrics:history``
-        (newest first, capped at ``metrics_history`` entries) for the dashboard's charts."""
+        (newest first, capped at ``metrics_history`` entries) for the dashboard's charts.
+        ``partitions``: the ratings partitions the worker holds, in its own hash: another
+        worker's figures from before it handed one of them on are left out of the
+        fleet's (:func:`~streamer.metrics.superseded`)."""
         key = self.settings.key
         now = time.time()
         own_fields = {k: str(v) for k, v in metrics.items()}
         about = {"worker": worker_id, "updated_at": str(now), "metrics_url": metrics_url}
-        mapping = own_fields | about
+        held = ",".join(map(str, sorted(partitions or ())))
+        mapping = own_fields | about | {"partitions": held}
         snapshot = json.dumps(
             json_safe(dict(metrics)) | {"worker": worker_id, "t": now},
             separators=(",", ":"),
@@ -496,29 +501,38 @@ class RedisSink:
 
         async def write() -> None:
             others = await self._others_figures(worker_id)
-            fleet = fleet_metrics({**others, worker_id: own_fields}, self.settings.metrics_window)
+            gone = superseded(
+                {w: (t, f.get("partitions", "")) for w, (t, f) in others.items()}
+                | {worker_id: (math.inf, held)}
+            )
+            figures = {w: f for w, (_, f) in others.items() if w not in gone}
+            window = self.settings.metrics_window
+            try:
+                fleet = fleet_metrics({**figures, worker_id: own_fields}, window)
+            except (ArithmeticError, TypeError, ValueError):  # (never stop publishing for it)
+                log.exception("the fleet's figures could not be combined: this worker's only")
+                fleet = fleet_metrics({worker_id: own_fields}, window)
             async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 queue(pipe, fleet)
                 await pipe.execute()
 
         await self._until_written("metrics", write)
 
-    async def _others_figures(self, worker_id: str) -> dict[str, dict[str, str]]:
-        """The other live workers' own metrics hashes, by worker id (one whose hash expired
-        since it last registered is left out: it stopped)."""
+    async def _others_figures(self, worker_id: str) -> dict[str, tuple[float, dict[str, str]]]:
+        """The other live workers' last publish times (by the Redis server's clock) and own
+        metrics hashes, by worker id (one whose hash expired since it last registered is
+        left out: it stopped)."""
         key = self.settings.key
-        ids = [
-            w.decode(errors="replace")
-            for w in await self.redis.zrange(key("metrics", "workers"), 0, -1)
-        ]
-        ids = [w for w in ids if w != worker_id]
-        if not ids:
+        listed = await self.redis.zrange(key("metrics", "workers"), 0, -1, withscores=True)
+        times = {w.decode(errors="replace"): float(t) for w, t in listed}
+        times.pop(worker_id, None)
+        if not times:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for w in ids:
+            for w in times:
                 pipe.hgetall(key("metrics", "worker", w))
             found = await pipe.execute()
-        return {w: decode_hash(f) for w, f in zip(ids, found, strict=True) if f}
+        return {w: (times[w], decode_hash(f)) for w, f in zip(times, found, strict=True) if f}
 
     async def withdraw(self, worker_id: str) -> None:
         """A worker stopping: its own metrics hash and its entry in the registry of live

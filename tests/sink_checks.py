@@ -16,7 +16,8 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     """Workers publish in turn: the shared hash holds every live worker's figures
     together (counts summed, RMSE weighted by the ratings each measured, freshness the
     worst worker's), as the writer read the others' own hashes; a field only a worker
-    gone since published (e.g. snapshot figures) does not stay behind; each worker's
+    gone since published (e.g. snapshot figures) does not stay behind, nor does one that
+    handed its ratings partitions on (killed, restarted under a new id); each worker's
     own hash keeps its own and expires, and all are in the registry of live workers.
     The popular list is the one of its writer (the holder of ratings partition 0);
     another worker's only while there is none."""
@@ -49,7 +50,19 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     shared = await sink.redis.hgetall(settings.key("metrics"))
     assert shared[b"events"] == b"20" and shared[b"workers"] == b"2"
     assert b"snapshot_age_s" not in shared and float(shared[b"rmse"]) == 0.5
-    for worker in ("w2", "w3"):  # (the next checks start with no live worker)
+    # A worker killed (its hash lives on until it expires) and restarted under a new id
+    # with its partitions: the fleet counts the new one only, not both.
+    await sink.publish_state(
+        other, {"events": 7}, 3, "killed", popular_owner=False, partitions={4, 5}
+    )
+    await sink.publish_state(
+        other, {"events": 9}, 3, "restarted", popular_owner=False, partitions={5}
+    )
+    shared = await sink.redis.hgetall(settings.key("metrics"))
+    assert shared[b"events"] == b"29" and shared[b"workers"] == b"3"  # w2, w3 and restarted
+    own = await sink.redis.hgetall(settings.key("metrics", "worker", "restarted"))
+    assert own[b"partitions"] == b"5"
+    for worker in ("w2", "w3", "killed", "restarted"):  # (the next checks start with none)
         await sink.withdraw(worker)
 
 

@@ -1007,8 +1007,13 @@ async def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     owners: list[bool] = []
 
-    async def publish_state(popular, metrics, version, worker_id, url, popular_owner=True):
+    published: list[set[int]] = []
+
+    async def publish_state(
+        popular, metrics, version, worker_id, url, popular_owner=True, partitions=None
+    ):
         owners.append(popular_owner)
+        published.append(set(partitions))
 
     worker.sink = types.SimpleNamespace(publish_state=publish_state)
     monkeypatch.setattr(worker, "_figures", lambda: {"events": 0})
@@ -1024,6 +1029,8 @@ async def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(
         (worker.catalog.ready.set if catalog else worker.catalog.ready.clear)()
         await worker._publish_state()
     assert owners == [True, False, False, False, False]
+    # (each publish names the ratings partitions held: the fleet's figures need them)
+    assert published == [{0, 3}, {1, 2}, set(), {0, 3}, {0, 3}]
 
 
 async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:

@@ -588,3 +588,22 @@ def test_the_mean_rating_is_nan_until_a_rating_is_learned() -> None:
     assert math.isnan(engine.metrics()["mean_rating"])
     engine.learn_ratings([Rating("u1", "i0", 4.0, 1.0)])
     assert engine.metrics()["mean_rating"] == 4.0
+
+
+def test_a_snapshot_with_old_histogram_buckets_is_restored_with_todays() -> None:
+    """A snapshot from a version whose freshness buckets stopped at 10 s restores with
+    today's buckets (kept, the worker's quantiles would stay capped, and Prometheus would
+    sum its buckets with other workers' different ones), on through later snapshots."""
+    from streamer.metrics import FRESHNESS_BUCKETS, REFRESH_BUCKETS, Histogram
+
+    engine = StreamEngine(Settings(k=2, n_factors=4))
+    engine.freshness_hist = Histogram(FRESHNESS_BUCKETS[:11])
+    engine.freshness_hist.observe_many([45.0])
+    restored = pickle.loads(pickle.dumps(engine))
+    assert restored.freshness_hist.bounds.tolist() == list(FRESHNESS_BUCKETS)
+    assert restored.refresh_hist.bounds.tolist() == list(REFRESH_BUCKETS)
+    again = pickle.loads(pickle.dumps(restored.successor()))
+    assert again.freshness_hist.bounds.tolist() == list(FRESHNESS_BUCKETS)
+    restored.record_freshness([1000.0], published_at=46.0)  # 45 s
+    counts = dict(zip(FRESHNESS_BUCKETS, restored.freshness_hist.cumulative(), strict=False))
+    assert counts[30.0] == 0 and counts[60.0] == 1
