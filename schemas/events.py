@@ -336,8 +336,8 @@ def _bounded(
         )
     if _CONTROL_CHARACTER.search(text):
         raise _invalid(f"{label}{_show(text)} contains a control character")
-    if not text.isascii() and all(unicodedata.category(c) == "Cf" for c in text):
-        raise _invalid(f"{label}{_show(text)} is invisible (format characters only)")
+    if not text.isascii() and all(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
+        raise _invalid(f"{label}{_show(text)} is invisible (format characters and spaces only)")
     if not _is_unicode(text):
         raise _invalid(f"{label}{_show(text)} is not valid Unicode (a lone surrogate)")
     return text

@@ -28,13 +28,16 @@ class SettingsError(ValueError):
 def _parse_bool(raw: str) -> bool:
     """``true``/``false`` and their usual spellings (``bool("false")`` would be True).
 
-    >>> [_parse_bool(v) for v in ("1", "true", "Yes", "on", "0", "false", "no", "off", "")]
-    [True, True, True, True, False, False, False, False, False]
+    An empty value is refused, as for numbers: ``RECSYS_ADAPTIVE: ${UNSET}`` in a compose
+    file would otherwise turn a setting whose default is true off without a word.
+
+    >>> [_parse_bool(v) for v in ("1", "true", "Yes", "on", "0", "false", "no", "off")]
+    [True, True, True, True, False, False, False, False]
     """
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
-    if value in ("0", "false", "no", "off", ""):
+    if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
 
@@ -124,6 +127,8 @@ class Settings:
         """
         env = os.environ if env is None else env
         values: dict[str, object] = {}
+        # The variable each address came from, for the checks' messages to name it.
+        named = {"RECSYS_BROKERS": "RECSYS_BROKERS", "REDIS_URL": "RECSYS_REDIS_URL"}
         for plain, ours in (("KAFKA_BOOTSTRAP_SERVERS", "brokers"), ("REDIS_URL", "redis_url")):
             mine = f"RECSYS_{ours.upper()}"
             if env.get(plain) and env.get(mine) and env[plain] != env[mine]:
@@ -131,6 +136,8 @@ class Settings:
                 raise SettingsError(f"{plain} and {mine} are both set, to different values")
             if env.get(plain):
                 values[ours] = env[plain]
+                if mine not in env:
+                    named["RECSYS_BROKERS" if ours == "brokers" else "REDIS_URL"] = plain
         for f in fields(cls):
             name = f"RECSYS_{f.name.upper()}"
             if name not in env:
@@ -149,7 +156,13 @@ class Settings:
         if unknown:  # a misspelt setting would otherwise be ignored without a word
             warnings.warn(f"unknown settings ignored: {', '.join(unknown)}", stacklevel=2)
         settings = cls(**values)
-        settings.check()
+        try:
+            settings.check()
+        except SettingsError as exc:  # (naming the variable set: an alias, or ours)
+            message = str(exc)
+            for checked, name in named.items():
+                message = re.sub(rf"(?<![A-Z_]){checked}\b", name, message)
+            raise SettingsError(message) from None
         return settings
 
     # The settings a learned model depends on: a snapshot made under others is not used.

@@ -215,7 +215,14 @@ def test_valid_id_is_stripped(kind: Any, make: Any, field: str, value: str, expe
         ("a\nb", "'a\\nb'", "contains a control character"),
         ("a\x85b", "'a\\x85b'", "contains a control character"),
         ("a\u2028b", "'a\\u2028b'", "contains a control character"),  # a line separator
-        ("\u200b\ufeff", "'\\u200b\\ufeff'", "is invisible (format characters only)"),
+        ("\u200b\ufeff", "'\\u200b\\ufeff'", "is invisible (format characters and spaces only)"),
+        # (spaces between format characters hide them just as well)
+        ("\u200b \u200b", "'\\u200b \\u200b'", "is invisible (format characters and spaces only)"),
+        (
+            "\u2060\u3000\u2060",
+            "'\\u2060\\u3000\\u2060'",
+            "is invisible (format characters and spaces only)",
+        ),
         ("\ud800x", "'\\ud800x'", "is not valid Unicode (a lone surrogate)"),
         ("x" * 129, "'xxxxxxxxx", "has 129 characters, more than 128"),
     ],
@@ -414,7 +421,11 @@ def test_tags_default_to_none() -> None:
         (["  "], "tag '  ' is empty"),
         (["t" * 65], "tag '" + "t" * 44 + "... has 65 characters, more than 64"),
         (["a\x00b"], "tag 'a\\x00b' contains a control character"),
-        (["\u200d"], "tag '\\u200d' is invisible (format characters only)"),
+        (["\u200d"], "tag '\\u200d' is invisible (format characters and spaces only)"),
+        (
+            ["\u200b \u200b"],
+            "tag '\\u200b \\u200b' is invisible (format characters and spaces only)",
+        ),
         ([f"tag{i}" for i in range(65)], "65 tags, more than 64"),
         ({"comedy": 0}, "weight 0 of tag 'comedy' is not positive"),
         ({"comedy": -1.5}, "weight -1.5 of tag 'comedy' is not positive"),

@@ -77,6 +77,12 @@ def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
         ({"RECSYS_DEADLETTER_TOPIC": ".."}, "RECSYS_DEADLETTER_TOPIC: '..' is not a Kafka"),
         ({"RECSYS_DEADLETTER_TOPIC": "d" * 250}, "is not a Kafka topic name"),
         ({"RECSYS_REDIS_URL": ""}, "REDIS_URL: '' is not a Redis URL"),
+        # The variable named is the one set (an alias, or ours), and an empty switch is
+        # refused, not read as false (RECSYS_ADAPTIVE defaults to true):
+        ({"KAFKA_BOOTSTRAP_SERVERS": "b:90922"}, "KAFKA_BOOTSTRAP_SERVERS: 'b:90922' is not"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": " "}, "KAFKA_BOOTSTRAP_SERVERS must not be empty"),
+        ({"RECSYS_REDIS_URL": "http://c:6379"}, "RECSYS_REDIS_URL: 'http://c:6379' is not a"),
+        ({"RECSYS_ADAPTIVE": ""}, "RECSYS_ADAPTIVE: '' is not a valid bool"),
         (
             {"REDIS_URL": "redis://a:6379/0", "RECSYS_REDIS_URL": "redis://b:6379/0"},
             "REDIS_URL and RECSYS_REDIS_URL are both set, to different values",
