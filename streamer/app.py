@@ -1015,7 +1015,8 @@ class RecsysWorker:
                     await self._dead_letter(record, problem, acks)
                 else:
                     rating = Rating(r.user_id, r.item_id, r.rating, r.timestamp)
-                    produced = float(record.timestamp)
+                    # (a record without a time, or with none set: no freshness measured)
+                    produced = float(record.timestamp or 0.0)
                     valid.append((record.partition, record.offset, rating, produced, r.event_id))
         finally:
             for ack in acks:

@@ -609,15 +609,27 @@ class StreamEngine:
 
     def delete_item(self, item: str, timestamp: float | None = None) -> Lists:
         """Remove an item; returns fresh lists for every tracked user who was shown it.
-        (Deleting an item already deleted, freed or not, as when the catalog is read
-        again, changes nothing but the delete's time.) ``timestamp``: the delete's event time
-        (:meth:`rated_while_listed`)."""
-        if self.was_freed(item):
-            return {}
+        ``timestamp``: the delete's event time (:meth:`rated_while_listed`). Deleting an
+        item already deleted, freed or not (the catalog read again, a tombstone after a
+        delete), changes nothing but an earlier delete time: the earliest known stands,
+        whether or not the item was freed meanwhile (an unknown one stays unknown).
+
+        >>> engine = StreamEngine(Settings(k=2, n_factors=4))
+        >>> engine.upsert_item("a", {"jazz": 1.0}); _ = engine.delete_item("a", 100.0)
+        >>> _ = engine.delete_item("a", 200.0); engine.rated_while_listed("a", 150.0)
+        False
+        """
+        freed = self.was_freed(item)
+        if freed or (item not in self.pending and self.model.is_deleted(item)):
+            known = self._deleted_at(item)
+            if timestamp is not None and known is not None and timestamp < known:
+                if freed:
+                    self.freed_at[self.freed.row(item)] = timestamp
+                else:
+                    self.deleted_at[item] = timestamp
+            return {}  # (deleted already: no list holds it, and no pass over them all)
         if timestamp is not None:
             self.deleted_at[item] = timestamp
-        if item not in self.pending and self.model.is_deleted(item):
-            return {}  # (deleted already: no list holds it, and no pass over them all)
         if item in self.pending:  # known, so its later ratings are refused as deleted
             self._bring_in(item)
         self.model.delete_item(item)
@@ -692,7 +704,7 @@ class StreamEngine:
         return model.compact()
 
     def compact_due(self) -> bool:
-        """Deleted items hold more than ``settings.compact_share`` of the item rows."""
+        """Deleted items hold ``settings.compact_share`` of the item rows, or more."""
         share, model = self.settings.compact_share, self.model
         return share > 0 and model.n_deleted >= max(1.0, share * model.n_items)
 
@@ -934,15 +946,16 @@ class StreamEngine:
 
         Produce times come from the producer's clock: one later than the write (a clock
         ahead of the worker's) counts as 0 ms, and in ``freshness_clock_ahead``, so a
-        skew shows instead of flattering the figures.
+        skew shows instead of flattering the figures. A record with no produce time
+        (Kafka's -1 or none: 0 or less here, or NaN) is not measured.
 
         >>> engine = StreamEngine(Settings(k=2, n_factors=4))
-        >>> engine.record_freshness([1000.0, 1020.0], published_at=1.01)
+        >>> engine.record_freshness([1000.0, 1020.0, -1.0, 0.0], published_at=1.01)
         >>> list(engine.freshness_ms), engine.metrics()["freshness_clock_ahead"]
         ([10.0, 0.0], 1)
         """
         now_ms = published_at * 1000.0
-        fresh = [now_ms - t for t in produced_ms]
+        fresh = [now_ms - t for t in produced_ms if t > 0]
         ahead = sum(ms < 0 for ms in fresh)
         if ahead:
             self.freshness_clock_ahead += ahead

@@ -34,11 +34,16 @@ def key_problem(key: bytes | None, expected: str, what: str, by: str) -> str | N
     True
     >>> key_problem(None, "u1", "ratings", "user_id")
     "key: none, but ratings are keyed by their user_id 'u1'"
+    >>> print(key_problem(b"u1 ", "u1", "ratings", "user_id"))  # (keyed by the id as sent)
+    key: b'u1 ', but ratings are keyed by their user_id 'u1' (ids are stripped of the ...
     """
     if key == expected.encode():
         return None
     shown = "none" if key is None else repr(key)[:_SHOWN_KEY]
-    return f"key: {shown}, but {what} are keyed by their {by} {expected!r}"
+    problem = f"key: {shown}, but {what} are keyed by their {by} {expected!r}"
+    if key is not None and key.decode("utf-8", "replace").strip() == expected:
+        problem += " (ids are stripped of the spaces around them: key by the stripped id)"
+    return problem
 
 
 def rating_event(

@@ -542,6 +542,19 @@ async def test_an_event_id_enters_the_model_only_with_its_rating(monkeypatch) ->
     assert worker.engine.events == 1 and worker.engine.learned_id("e-9") and dead == []
 
 
+async def test_a_rating_record_without_a_time_is_learned_and_not_measured_for_freshness() -> None:
+    """Kafka gives records of its oldest message format no time (None): such a rating is
+    valid, and only its freshness goes unmeasured (float(None) failed the whole batch)."""
+    worker, dead = _worker_knowing_item_a()
+    raw = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100}'
+    record = _rating_record(raw, 4)
+    record.timestamp = None
+    [(_, _, rating, produced, _)] = await worker._valid_ratings([record])
+    assert rating.item == "a" and produced == 0.0 and dead == []
+    worker.engine.record_freshness([produced], published_at=time.time())
+    assert not worker.engine.freshness_ms
+
+
 async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
     monkeypatch,
 ) -> None:

@@ -607,3 +607,22 @@ def test_a_snapshot_with_old_histogram_buckets_is_restored_with_todays() -> None
     restored.record_freshness([1000.0], published_at=46.0)  # 45 s
     counts = dict(zip(FRESHNESS_BUCKETS, restored.freshness_hist.cumulative(), strict=False))
     assert counts[30.0] == 0 and counts[60.0] == 1
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_a_second_delete_keeps_the_first_delete_time_freed_or_not(compacted: bool) -> None:
+    """A tombstone after a delete (a later record time) must not let ratings made after
+    the first delete in as made while the item was listed, whether or not compaction
+    freed the item in between (workers compact at different times)."""
+    engine = StreamEngine(Settings(k=2, n_factors=4, compact_share=0.5))
+    for item in "ab":
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.live = True
+    engine.delete_item("a", 100.0)
+    if compacted:
+        assert engine.compact_if_due() == 1 and engine.was_freed("a")
+    engine.delete_item("a", 200.0)
+    assert not engine.rated_while_listed("a", 150.0)
+    assert engine.rated_while_listed("a", 99.0)
+    engine.delete_item("a", 50.0)  # (an earlier time, read later: it stands)
+    assert not engine.rated_while_listed("a", 60.0)
