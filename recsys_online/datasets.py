@@ -41,7 +41,7 @@ from typing import TextIO
 
 import numpy as np
 
-from recsys_online.events import Event, ItemDelete, ItemUpsert, Rating, weight_problem
+from recsys_online.events import MAX_TAGS, Event, ItemDelete, ItemUpsert, Rating, weight_problem
 from recsys_online.recommender import MAX_ABS_TIMESTAMP
 
 __all__ = ["FORMATS", "UNKNOWN_ARRIVAL", "Dataset", "DatasetError", "load", "save_csv"]
@@ -753,7 +753,9 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
 
 
 def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
-    """Fold MovieLens ``tags.csv`` (userId,movieId,tag,timestamp) into item tags."""
+    """Fold MovieLens ``tags.csv`` (userId,movieId,tag,timestamp) into item tags: at most
+    ``MAX_TAGS`` an item (its genres, then the tags its users gave most; a popular
+    movie of MovieLens latest has hundreds)."""
     counts: Counter[tuple[str, str]] = Counter()
     with _open_csv(path) as f:
         reader = csv.reader(f, strict=True)
@@ -778,6 +780,10 @@ def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
         merged = dict(upsert.tags)
         for tag, weight in tags.items():
             merged[tag] = max(weight, merged.get(tag, 0.0))
+        if len(merged) > MAX_TAGS:  # the item's own (genres) first, then the most used
+            own = set(upsert.tags)
+            kept = sorted(merged, key=lambda t: (t not in own, -merged[t], t))[:MAX_TAGS]
+            merged = {tag: merged[tag] for tag in kept}
         catalog[item] = replace(upsert, tags=merged)
 
 

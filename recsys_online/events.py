@@ -41,6 +41,9 @@ Event = Rating | ItemUpsert | ItemDelete
 # the loaders, the model).
 MAX_WEIGHT = 1e9  # float32 vectors then hold any item's weights, squared and summed
 MIN_WEIGHT = 1e-9  # (a smaller one is 0 as float32, or nearly: shares of 0 / 0)
+# Tags of one item (or user) at most: the model's tag rows are as wide as the widest
+# item's, and "more like this" compares two items' tags pairwise.
+MAX_TAGS = 64
 
 
 def weight_problem(weight: float) -> str | None:

@@ -64,6 +64,7 @@ _FIXED_REASON = (
 #: matrix-vector product is 2x faster per user than its matrix product on 2-4 rows.
 _GEMV_ROWS = 4
 _OUT_LIMIT = 1 << 24  # floats (64 MB): the largest scores buffer kept between calls
+_BLEND_STEP = 256  # relevant ratings per step on the blend weights (the worker's: 64)
 
 
 # "More like this": the reason and source of an item led by content (0), co-occurrence (1).
@@ -109,7 +110,7 @@ def _count(v: float) -> bool:
     return isinstance(v, int | np.integer) and v >= 1
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_SCALE = 1e6  # the rating scale's bound, either way
 
 #: (field, test, the rule a ``ValueError`` states) for :class:`RecommenderConfig`'s numbers.
 _CONFIG_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
@@ -164,11 +165,13 @@ class RecommenderConfig:
         if unknown or not self.signals:
             raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {self.signals}")
         lo, hi = self.scale
-        # (float32 bounds: ratings are kept as float32, and an unbounded scale would
-        # let an infinite rating through)
-        if not -_FLOAT32_MAX <= lo < hi <= _FLOAT32_MAX:
+        # (An unbounded scale would let an infinite rating through; ratings near float32's
+        # limit made a user's float32 sums infinite after 4 ratings, and through the
+        # blend weights every user's list empty.)
+        if not -MAX_SCALE <= lo < hi <= MAX_SCALE:
             raise ValueError(
-                f"scale must be (low, high), finite, with low < high, got {self.scale}"
+                f"scale must be (low, high), finite, within +-{MAX_SCALE:g}, with low < high, "
+                f"got {self.scale}"
             )
         check_numbers(self, _CONFIG_RULES)
         if not isinstance(self.factors, FactorParams):
@@ -363,6 +366,7 @@ class Recommender:
             check_weights(item_tags or {})
         if timestamps is not None:
             _check_timestamps(np.asarray(timestamps, np.float64))
+        _check_ids(items, "items")
         rows = self._item_rows(items)
         self._ensure()
         self.active[rows] = True
@@ -637,6 +641,8 @@ class Recommender:
                 f"got {r[bad][0]:g}"
             )
         _check_timestamps(np.asarray(timestamps, np.float64))
+        _check_ids(users, "users")
+        _check_ids(items, "items")
 
     def learn_rating(self, user: str, item: str, rating: float, timestamp: float = 0.0) -> None:
         """Learn one rating (test-then-train callers predict and rank before this)."""
@@ -686,8 +692,9 @@ class Recommender:
         self.now = max(self.now, float(ts.max()))
         if self.config.learn_blend and len(self.config.signals) > 1:
             relevant = r >= self.config.relevant
-            if relevant.any():
-                self._learn_blend(u[relevant], i[relevant])
+            ur, ir = u[relevant], i[relevant]
+            for lo in range(0, len(ur), _BLEND_STEP):
+                self._learn_blend(ur[lo : lo + _BLEND_STEP], ir[lo : lo + _BLEND_STEP])
         means = self._user_means(u)
         own = self._own
         if own is not None:
@@ -863,11 +870,14 @@ class Recommender:
         return ((1.0 - a) * self.w_cold + a * self.w_warm) * self._use / self.signal_scale
 
     def _learn_blend(self, users: np.ndarray, items: np.ndarray) -> None:
-        """A pairwise logistic (BPR) step on the blend weights for relevant ratings.
+        """A pairwise logistic (BPR) step on the blend weights for relevant ratings (at most
+        ``_BLEND_STEP`` of them: :meth:`learn_many` takes a larger batch's in turn).
 
         Each rated item is a positive against ``n_negatives`` uniform draws from the live
-        catalog, all scored with the state from before the batch; the steps of the batch
-        add up as if taken one after another from the same weights.
+        catalog, all scored with the state from before the step; the step's ratings add
+        up as if taken one after another from the same weights. (In one step of 450,000
+        ratings, the L2 decay ``n * l2`` alone passed 1 and turned every weight negative:
+        lists came out in reverse.)
         """
         cfg = self.config
         live = np.flatnonzero(self.active[: self.n_items])
@@ -1180,7 +1190,8 @@ class Recommender:
         the users' side needs (weights, context, stacked vectors, rated items) is computed
         once, and the co-occurrence rings only if an item asked for has co-occurred (a
         new item has not: checking a catalog's new arrivals against thousands of users
-        skips that pass).
+        skips that pass). A scorer serves until the model is compacted (:meth:`compact`
+        renumbers the rows it holds): called after, it raises ``RuntimeError``.
 
         >>> rec = Recommender(RecommenderConfig(factors=FactorParams(n_factors=4)))
         >>> for item in ("a", "b", "c"):
@@ -1199,8 +1210,14 @@ class Recommender:
         rated, lengths = self._rated(u)
         rated_by = np.repeat(np.arange(len(u)), lengths)
         rings: list = []  # ``CoOccurrence.ring_items``, once an item asked for needs them
+        numbered = self.items  # (compact() renumbers the rows this holds, in a new index)
 
         def score(items: Sequence[str]) -> np.ndarray:
+            if self.items is not numbered:
+                raise RuntimeError(
+                    "the model was compacted since this scorer was made: its item rows "
+                    "are gone; make a new one (item_scorer)"
+                )
             out = np.full((n_users, len(items)), -np.inf, np.float32)
             irows = [self.items.get(x) for x in items]
             cols = [j for j, r in enumerate(irows) if r is not None and self.active[r]]
@@ -1803,6 +1820,21 @@ def _side_columns(signals: Sequence[str], k: int, d: int) -> dict[str, slice]:
 #: integers, 285 million years) are refused: two that far apart would overflow the
 #: popularity's decay to infinity.
 MAX_ABS_TIMESTAMP = float(2**53)
+
+
+def _check_ids(ids: Sequence, what: str) -> None:
+    """A ``TypeError`` for an id that is not a ``str``, before anything changes (ids
+    registered ahead of one refused by the id index left the model's arrays short of
+    them, and every later call failed).
+
+    >>> _check_ids(["u1", 7], "users")
+    Traceback (most recent call last):
+    ...
+    TypeError: users are str ids, not int: 7
+    """
+    for x in ids:
+        if not isinstance(x, str):
+            raise TypeError(f"{what} are str ids, not {type(x).__name__}: {x!r}")
 
 
 def _check_timestamps(ts: np.ndarray) -> None:

@@ -6,23 +6,32 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from recsys_online.events import weight_problem
+from recsys_online.events import MAX_TAGS, weight_problem
 from recsys_online.ids import IdIndex, grown, kept_rows
 
 
 def check_weights(tags: Mapping[str, float]) -> None:
-    """Raise ``ValueError`` unless every weight is a finite number in
-    ``[MIN_WEIGHT, MAX_WEIGHT]`` (:func:`recsys_online.events.weight_problem`).
+    """Raise ``ValueError`` unless there are at most ``MAX_TAGS`` tags and every weight is
+    a finite number in ``[MIN_WEIGHT, MAX_WEIGHT]``
+    (:func:`recsys_online.events.weight_problem`).
 
     A weight of 0 (or weights summing to 0) would divide by zero in the shares and spread
-    NaN through learning to every user; one near float32's limit would overflow.
+    NaN through learning to every user; one near float32's limit would overflow. Every
+    item's tag rows are as wide as the widest item's: one item of 2,000 tags made the
+    model's tag arrays 100 MB, and "more like this" compare tags pairwise (gigabytes).
 
     >>> check_weights({"jazz": 1.0, "live": 0.5})
     >>> check_weights({"jazz": 0.0})
     Traceback (most recent call last):
     ...
     ValueError: tag 'jazz': weight 0.0 is not positive
+    >>> check_weights({f"t{j}": 1.0 for j in range(65)})
+    Traceback (most recent call last):
+    ...
+    ValueError: 65 tags, more than 64
     """
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"{len(tags)} tags, more than {MAX_TAGS}")
     for tag, weight in tags.items():
         problem = weight_problem(weight)
         if problem is not None:

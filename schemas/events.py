@@ -95,11 +95,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from recsys_online.events import MAX_WEIGHT, MIN_WEIGHT, weight_problem
+from recsys_online.events import MAX_TAGS, MAX_WEIGHT, MIN_WEIGHT, weight_problem
 
 MAX_ID_LENGTH = 128
 MAX_TITLE_LENGTH = 512
-MAX_TAGS = 64
 MAX_TAG_LENGTH = 64
 MAX_TAG_WEIGHT = MAX_WEIGHT  # the model's own bounds (float32 vectors)
 MIN_TAG_WEIGHT = MIN_WEIGHT

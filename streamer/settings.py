@@ -494,6 +494,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (("l2_bias", "l2_factor"), lambda v: v >= 0, "must be >= 0"),
     # (as replay's --factors: 1,024 float32 per user and item is already 4 KB each)
     (("n_factors",), lambda v: 1 <= v <= 1024, "must be 1 to 1024"),
+    # (the model's bound on its rating scale: recsys_online.recommender.MAX_SCALE)
+    (("rating_low", "rating_high"), lambda v: abs(v) <= 1e6, "must be within +-1e6"),
     # Kafka's bounds: the broker refuses a group session under 6 s by default, and Faust
     # one longer than its request timeout (90 s); a fetch must end within that request.
     (("session_timeout_s",), lambda v: 6 <= v <= 90, "must be 6 to 90 seconds"),

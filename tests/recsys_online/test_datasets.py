@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from recsys_online import datasets
 from recsys_online.datasets import Dataset, DatasetError, load, save_csv
-from recsys_online.events import ItemDelete, ItemUpsert, Rating
+from recsys_online.events import MAX_TAGS, ItemDelete, ItemUpsert, Rating
+from recsys_online.recommender import Recommender
 
 GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -136,6 +137,28 @@ def test_movielens_latest(tmp_path: Path) -> None:
     assert ds.items["1"].tags["pixar"] == pytest.approx(1.0 + math.log(3))
     assert ds.items["1"].tags["animation"] == 1.0
     assert "99" not in ds.items  # a tag on an unknown movie adds no item
+
+
+def test_a_movie_with_hundreds_of_user_tags_keeps_its_genres_and_the_most_used(
+    tmp_path: Path,
+) -> None:
+    """Popular movies of MovieLens latest carry hundreds of distinct user tags: an item
+    keeps MAX_TAGS (the model's tag rows are as wide as the widest item's, and "more
+    like this" compares tags pairwise: one such item cost gigabytes), its genres first,
+    then the tags given most; the replay learns it."""
+    ratings = write_ml_latest(tmp_path)
+    lines = ["userId,movieId,tag,timestamp"]
+    for j in range(300):  # tag j given j % 7 + 1 times
+        lines += [f"{u},1,tag{j:03d},1445714994" for u in range(j % 7 + 1)]
+    (tmp_path / "tags.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tags = load(ratings).items["1"].tags
+    assert len(tags) == MAX_TAGS
+    assert {"adventure", "animation", "children", "comedy", "fantasy"} <= set(tags)
+    assert {f"tag{j:03d}" for j in range(300) if j % 7 == 6} <= set(tags)  # (7 uses each)
+    assert min(tags[t] for t in tags if t.startswith("tag")) == pytest.approx(1.0 + math.log(6))
+    model = Recommender()
+    model.upsert_items(["1"], [tags])
+    assert model.similar_items("1") == []
 
 
 def test_movielens_latest_without_tags(tmp_path: Path) -> None:
