@@ -52,6 +52,7 @@ from recsys_online.runtime import limit_blas_threads, tune_gc
 from streamer.app import ensure_topics
 from streamer.client import RecommendationClient, redis_client
 from streamer.engine import StreamEngine, event_time_steps
+from streamer.metrics import numeric_figures as numeric
 from streamer.process import clear_run, isolated_env, remove_topics, start_worker, stop_process
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
@@ -128,7 +129,7 @@ def core_speed(ds, batch: int, learn_window_s: float = Settings.learn_window_s) 
 def worker_figures(reader: RecommendationClient) -> dict[str, dict[str, float]]:
     """Each live worker's numeric figures, by worker id."""
     return {
-        worker: {k: float(v) for k, v in fields.items() if k not in ("worker", "metrics_url")}
+        worker: numeric(fields)
         for worker, fields in reader.worker_metrics().items()
     }
 

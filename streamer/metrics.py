@@ -458,6 +458,29 @@ FLEET_MEANS: dict[str, tuple[str, bool]] = {
 }
 
 
+def numeric_figures(fields: Mapping[str, str]) -> dict[str, float]:
+    """The figures of a metrics hash as numbers, its text fields (``worker``,
+    ``metrics_url``, ``partitions``) left out.
+
+    >>> numeric_figures({"events": "12", "rmse": "nan", "worker": "h:1", "partitions": "0,3"})
+    {'events': 12.0, 'rmse': nan}
+    >>> numeric_figures({"partitions": "3"})  # (one partition reads as a number, yet is none)
+    {}
+    """
+    out = {}
+    for name, value in fields.items():
+        if name in _TEXT_FIELDS:
+            continue
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+_TEXT_FIELDS = frozenset({"worker", "metrics_url", "partitions"})
+
+
 def _float(value: object) -> float:
     """A figure as a finite float; NaN for anything else (damaged or foreign text, an
     infinity), which counts as not measured."""

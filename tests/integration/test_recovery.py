@@ -24,6 +24,7 @@ from recsys_online.events import Rating
 from recsys_online.recommender import Recommender, RecommenderConfig
 from schemas import ItemEvent, RatingEvent, UserEvent
 from streamer.app import ensure_topics
+from streamer.metrics import numeric_figures as numeric
 from streamer.process import clear_run, isolated_env, start_worker, stop_process
 from streamer.settings import Settings
 
@@ -92,7 +93,7 @@ class Run:
         raw = {
             k.decode(): v.decode() for k, v in self.redis.hgetall(f"{self.prefix}metrics").items()
         }
-        return {k: float(v) for k, v in raw.items() if k not in ("worker", "metrics_url")}
+        return numeric(raw)
 
     def similar_owned(self, *processes: subprocess.Popen) -> list[int]:
         """How many items' "more like this" lists each worker writes (empty: a worker's
@@ -106,7 +107,7 @@ class Run:
         for key in self.redis.scan_iter(f"{self.prefix}metrics:worker:*"):
             raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
             if f":{process.pid}-" in raw.get("worker", ""):  # (host:pid-token)
-                return {k: float(v) for k, v in raw.items() if k not in ("worker", "metrics_url")}
+                return numeric(raw)
         return {}
 
     def logs(self) -> str:
