@@ -761,6 +761,7 @@ class RecsysWorker:
         self._unlearned = 0  # ratings released by the merge, not learned yet
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
         self._ends: dict[int, int] = {}  # ratings partition -> its end, at the last tick
+        self._offsets: AIOKafkaConsumer | None = None  # asks for them (_refresh_ends)
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._declared_waiting: dict[str, int] = {}  # user -> partition, to serve once ready
@@ -978,14 +979,24 @@ class RecsysWorker:
 
     async def _refresh_ends(self) -> None:
         """Ask the broker for the end of each ratings partition of ours (see
-        :meth:`_positions`); one request per timer tick."""
-        consumer = self.catalog.consumer
+        :meth:`_positions`); one request per timer tick, on a client of its own, which
+        fetches nothing: asked on the catalog follower's, it waited behind that
+        consumer's fetch of a quiet items topic (aiokafka's long poll, 500 ms), and held
+        every tick of the timer that long."""
         topic = self.settings.ratings_topic
         tps = [TopicPartition(topic, p) for p in sorted(self._assigned())]
-        if consumer is None or not tps:
+        if not tps:
             return
         try:
-            ends = await consumer.end_offsets(tps)
+            if self._offsets is None:
+                offsets = standalone_consumer(self.settings)
+                try:
+                    await offsets.start()
+                except BaseException:
+                    await offsets.stop()
+                    raise
+                self._offsets = offsets
+            ends = await self._offsets.end_offsets(tps)
         except KafkaError as exc:  # the next tick asks again
             log.warning("could not read the ratings partitions' ends: %s", exc)
             return
@@ -1759,6 +1770,10 @@ class RecsysWorker:
         ahead of the group's offsets, where it is never used), and gives up after
         ``SHUTDOWN_SNAPSHOT_S`` rather than hold the stop."""
         self._stopping = True
+        if self._offsets is not None:
+            offsets, self._offsets = self._offsets, None
+            with contextlib.suppress(Exception):  # (never in the way of the rest of the stop)
+                await offsets.stop()
         try:  # what this worker learned since the last exchange, for the others
             await asyncio.wait_for(self._share_last(app), self.SHUTDOWN_SNAPSHOT_S)
         except Exception as exc:  # (never in the way of the rest of the stop)

@@ -555,6 +555,38 @@ async def test_a_rating_record_without_a_time_is_learned_and_not_measured_for_fr
     assert not worker.engine.freshness_ms
 
 
+async def test_the_partitions_ends_are_asked_on_a_client_that_fetches_nothing(
+    monkeypatch,
+) -> None:
+    """Asked on the catalog follower's consumer, the request waited behind its long poll
+    of a quiet items topic (500 ms), and every timer tick with it: it goes on a client of
+    its own, made once, stopped with the worker."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    made: list = []
+
+    class Offsets:
+        async def start(self) -> None:
+            made.append(self)
+
+        async def end_offsets(self, tps):
+            return {tp: 40 + tp.partition for tp in tps}
+
+        async def stop(self) -> None:
+            made.remove(self)
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **kw: Offsets())
+    monkeypatch.setattr(worker, "_assigned", lambda: {0, 3})
+    worker.catalog.consumer = None  # (the follower's consumer is not asked)
+    await worker._refresh_ends()
+    await worker._refresh_ends()
+    assert worker._ends == {0: 40, 3: 43} and len(made) == 1
+    monkeypatch.setattr(worker, "_share_last", lambda app: asyncio.sleep(0))
+    monkeypatch.setattr(worker.sink, "withdraw", lambda worker_id: asyncio.sleep(0))
+    monkeypatch.setattr(worker, "_assigned", lambda: set())
+    await worker._on_shutdown(worker.app)
+    assert made == [] and worker._offsets is None
+
+
 async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
     monkeypatch,
 ) -> None:
