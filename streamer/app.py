@@ -294,6 +294,29 @@ class CatalogFollower:
         self.partitions: list[TopicPartition] = []
         self.ready = asyncio.Event()
         self._generation = 0  # bumped by restart(): work begun before it is void
+        self._offsets: AIOKafkaConsumer | None = None  # asks for ends (end_offsets)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The ends of partitions ``tps`` (of any topic), asked on a client of their own
+        that fetches nothing, made at the first call. Asked on :attr:`consumer`, a
+        request waited behind its fetch of a quiet items topic (aiokafka's long poll,
+        500 ms): each timer tick's read of the ratings partitions' ends, and each batch
+        of ratings naming an item not read yet (:meth:`catch_up`), took half a second."""
+        if self._offsets is None:
+            offsets = standalone_consumer(self.settings)
+            try:
+                await offsets.start()
+            except BaseException:
+                await offsets.stop()
+                raise
+            self._offsets = offsets
+        return await self._offsets.end_offsets(tps)
+
+    async def close_offsets(self) -> None:
+        """Stop the client :meth:`end_offsets` made (at the worker's stop)."""
+        offsets, self._offsets = self._offsets, None
+        if offsets is not None:
+            await offsets.stop()
 
     def restart(self, engine: StreamEngine) -> None:
         """Apply the whole catalog again, to a new engine (after a model reset)."""
@@ -415,7 +438,7 @@ class CatalogFollower:
             return
         deadline = time.monotonic() + timeout
         try:  # (the ends too within the bound: asked of a broker away, they wait 40 s)
-            end = await asyncio.wait_for(self.consumer.end_offsets(self.partitions), timeout)
+            end = await asyncio.wait_for(self.end_offsets(self.partitions), timeout)
         except (TimeoutError, KafkaError) as exc:  # what is known is what was read
             log.warning("the items topic's end unknown (%r): not waiting for it", exc)
             return
@@ -761,7 +784,6 @@ class RecsysWorker:
         self._unlearned = 0  # ratings released by the merge, not learned yet
         self._next_offset: dict[int, int] = {}  # ratings partition -> next offset to process
         self._ends: dict[int, int] = {}  # ratings partition -> its end, at the last tick
-        self._offsets: AIOKafkaConsumer | None = None  # asks for them (_refresh_ends)
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
         self._declared_waiting: dict[str, int] = {}  # user -> partition, to serve once ready
@@ -979,24 +1001,14 @@ class RecsysWorker:
 
     async def _refresh_ends(self) -> None:
         """Ask the broker for the end of each ratings partition of ours (see
-        :meth:`_positions`); one request per timer tick, on a client of its own, which
-        fetches nothing: asked on the catalog follower's, it waited behind that
-        consumer's fetch of a quiet items topic (aiokafka's long poll, 500 ms), and held
-        every tick of the timer that long."""
+        :meth:`_positions`); one request per timer tick (:meth:`CatalogFollower.end_offsets`:
+        on a client that fetches nothing)."""
         topic = self.settings.ratings_topic
         tps = [TopicPartition(topic, p) for p in sorted(self._assigned())]
         if not tps:
             return
         try:
-            if self._offsets is None:
-                offsets = standalone_consumer(self.settings)
-                try:
-                    await offsets.start()
-                except BaseException:
-                    await offsets.stop()
-                    raise
-                self._offsets = offsets
-            ends = await self._offsets.end_offsets(tps)
+            ends = await self.catalog.end_offsets(tps)
         except KafkaError as exc:  # the next tick asks again
             log.warning("could not read the ratings partitions' ends: %s", exc)
             return
@@ -1770,10 +1782,8 @@ class RecsysWorker:
         ahead of the group's offsets, where it is never used), and gives up after
         ``SHUTDOWN_SNAPSHOT_S`` rather than hold the stop."""
         self._stopping = True
-        if self._offsets is not None:
-            offsets, self._offsets = self._offsets, None
-            with contextlib.suppress(Exception):  # (never in the way of the rest of the stop)
-                await offsets.stop()
+        with contextlib.suppress(Exception):  # (never in the way of the rest of the stop)
+            await self.catalog.close_offsets()
         try:  # what this worker learned since the last exchange, for the others
             await asyncio.wait_for(self._share_last(app), self.SHUTDOWN_SNAPSHOT_S)
         except Exception as exc:  # (never in the way of the rest of the stop)

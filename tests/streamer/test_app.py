@@ -559,8 +559,9 @@ async def test_the_partitions_ends_are_asked_on_a_client_that_fetches_nothing(
     monkeypatch,
 ) -> None:
     """Asked on the catalog follower's consumer, the request waited behind its long poll
-    of a quiet items topic (500 ms), and every timer tick with it: it goes on a client of
-    its own, made once, stopped with the worker."""
+    of a quiet items topic (500 ms), and every timer tick with it (and a batch naming an
+    item not read yet): it goes on a client of its own, made once, stopped with the
+    worker."""
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     made: list = []
 
@@ -584,7 +585,7 @@ async def test_the_partitions_ends_are_asked_on_a_client_that_fetches_nothing(
     monkeypatch.setattr(worker.sink, "withdraw", lambda worker_id: asyncio.sleep(0))
     monkeypatch.setattr(worker, "_assigned", lambda: set())
     await worker._on_shutdown(worker.app)
-    assert made == [] and worker._offsets is None
+    assert made == [] and worker.catalog._offsets is None
 
 
 async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
@@ -1243,6 +1244,9 @@ class _NoConsumer:
 
     async def stop(self) -> None: ...
 
+    async def end_offsets(self, tps) -> dict:
+        return {}  # (no partition's end known)
+
 
 async def test_a_batch_sought_back_to_the_commit_during_the_timers_replay_is_not_learned_twice(
     monkeypatch, tmp_path
@@ -1552,6 +1556,7 @@ async def test_a_batch_waits_out_kafka_unreachable_and_learns_each_rating_once(
             raise KafkaConnectionError()
 
     worker.catalog.consumer, worker.catalog.partitions = Unreachable(), [TP("i", 0)]
+    worker.catalog._offsets = Unreachable()  # (the client the ends are asked on)
     raw = [
         json.dumps({"user_id": f"u{n}", "item_id": item, "rating": 4, "timestamp": n}).encode()
         for n, item in ((4, "a"), (5, "unlisted"))
