@@ -239,7 +239,8 @@ def run_replay(args: argparse.Namespace) -> int:
             signals=MODELS[args.model], relevant=args.relevant, seed=args.seed, scale=scale
         )
     except ValueError as exc:
-        print(f"recsys-online replay: --scale: {exc}", file=sys.stderr)
+        where = "--scale" if args.scale else f"the ratings' scale [{scale[0]:g}, {scale[1]:g}]"
+        print(f"recsys-online replay: {where}: {exc}", file=sys.stderr)
         return 2
     config.factors = replace(
         config.factors,
@@ -252,16 +253,20 @@ def run_replay(args: argparse.Namespace) -> int:
     total = len(ds.ratings) + len(ds.items) + len(ds.deletes)
     every = max(1000, total // 200)
     last: Checkpoint | None = None
-    for last in prequential(
-        model,
-        ds.events(),
-        k=args.k,
-        relevant=args.relevant,
-        batch_size=args.batch_size,
-        checkpoint_every=every,
-    ):
-        if not args.quiet:
-            _progress(last, total)
+    try:
+        for last in prequential(
+            model,
+            ds.events(),
+            k=args.k,
+            relevant=args.relevant,
+            batch_size=args.batch_size,
+            checkpoint_every=every,
+        ):
+            if not args.quiet:
+                _progress(last, total)
+    except (TypeError, ValueError) as exc:  # (an event the readers let through, refused)
+        print(f"\nrecsys-online replay: the model refused an event: {exc}", file=sys.stderr)
+        return 2
     if not args.quiet:
         print(file=sys.stderr)
     assert last is not None

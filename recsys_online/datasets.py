@@ -771,19 +771,22 @@ def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
             tag = row[it].strip().lower()
             if tag:
                 counts[row[ii].strip(), tag] += 1
-    extra: dict[str, dict[str, float]] = {}
+    extra: dict[str, dict[str, int]] = {}
     for (item, tag), count in counts.items():
         if item in catalog:
-            extra.setdefault(item, {})[tag] = min(1.0 + math.log(count), USER_TAG_WEIGHT_CAP)
+            extra.setdefault(item, {})[tag] = count
     for item, tags in extra.items():
         upsert = catalog[item]
+        if len(upsert.tags) + len(tags) > MAX_TAGS:  # its own (genres), then the most used
+            room = max(0, MAX_TAGS - len(upsert.tags))
+            given = sorted((t for t in tags if t not in upsert.tags), key=lambda t: (-tags[t], t))
+            tags = {t: tags[t] for t in given[:room]} | {
+                t: tags[t] for t in tags if t in upsert.tags
+            }
         merged = dict(upsert.tags)
-        for tag, weight in tags.items():
+        for tag, count in tags.items():
+            weight = min(1.0 + math.log(count), USER_TAG_WEIGHT_CAP)
             merged[tag] = max(weight, merged.get(tag, 0.0))
-        if len(merged) > MAX_TAGS:  # the item's own (genres) first, then the most used
-            own = set(upsert.tags)
-            kept = sorted(merged, key=lambda t: (t not in own, -merged[t], t))[:MAX_TAGS]
-            merged = {tag: merged[tag] for tag in kept}
         catalog[item] = replace(upsert, tags=merged)
 
 
@@ -934,6 +937,8 @@ def _parse_tags(text: str, file_name: str, lineno: int) -> dict[str, float]:
         tag = _tag_name(tag)
         if tag:
             tags[tag] = weight
+    if len(tags) > MAX_TAGS:  # (as the model, and events, refuse)
+        raise DatasetError(f"{file_name} line {lineno}: {len(tags)} tags, more than {MAX_TAGS}")
     return tags
 
 

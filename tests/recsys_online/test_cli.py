@@ -183,6 +183,28 @@ def test_replay_takes_the_scale_from_the_data_or_from_scale(tmp_path, capsys) ->
     _error(capsys, code, "replay", "1 rating outside the scale [1, 5]")
 
 
+def test_replay_refuses_ratings_past_the_models_scale_without_naming_a_flag_not_given(
+    tmp_path, capsys
+) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text("user_id,item_id,rating,timestamp\nu1,i1,1,1\nu2,i1,2e7,2\n")
+    code = main(["replay", str(path), "--quiet"])
+    _error(capsys, code, "replay", "the ratings' scale [1, 2e+07]: scale must be")
+
+
+def test_replay_refuses_a_catalog_item_of_more_than_64_tags_by_file_and_line(
+    tmp_path, capsys
+) -> None:
+    """(The model refused it mid-replay, with a traceback.)"""
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("user_id,item_id,rating,timestamp\nu1,i1,4,1\n")
+    items = tmp_path / "items.csv"
+    tags = "|".join(f"t{j}" for j in range(70))
+    items.write_text(f"item_id,title,tags,timestamp\ni1,One,{tags},0\n")
+    code = main(["replay", str(ratings), "--items", str(items), "--quiet"])
+    _error(capsys, code, "replay", "items.csv line 2: 70 tags, more than 64")
+
+
 @pytest.mark.parametrize("scale", [("5", "1"), ("3", "3")])
 def test_replay_refuses_a_reversed_or_empty_scale(tmp_path, capsys, scale) -> None:
     """``--scale 5 1`` is a typo, not a request for 1-5: it is refused before loading."""
