@@ -164,7 +164,10 @@ async def api_users(request: web.Request) -> web.Response:
     try:
         if client.cluster:  # every node's keys, one node after the other, until n users
             # (redis-py walks the nodes inside one iterator, which yields only matches:
-            # bounded in time, what was found by then is the answer)
+            # bounded in time, what was found by then is the answer; the client finds the
+            # cluster's nodes first, outside that time: a first call spent it all on that
+            # on a busy machine, and found no user)
+            await client.redis.ping()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(USERS_SCAN_S):
                     async for k in client.redis.scan_iter(match=match, count=500):

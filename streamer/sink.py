@@ -491,7 +491,9 @@ class RedisSink:
             # must not stay behind from an earlier one.
             shared = {k: str(v) for k, v in fleet.items()} | about
             shared_fields = [part for pair in shared.items() for part in pair]
-            pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), 0, *shared_fields)
+            # (With the workers' TTL: once none publishes, it goes, as their own hashes do,
+            # instead of showing a stopped fleet's last figures as current.)
+            pipe.execute_command("EVAL", _REPLACE_HASH, 1, key("metrics"), ttl, *shared_fields)
             pipe.execute_command("EVAL", _REPLACE_HASH, 1, own, ttl, *fields)
             # Readers list live workers from this registry, not by scanning the keyspace;
             # ids not heard from for a worker hash's lifetime leave it.

@@ -40,6 +40,7 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     assert abs(float(shared[b"rmse"]) - ((300 * 1.0 + 100 * 0.25) / 400) ** 0.5) < 1e-9
     assert float(shared[b"freshness_ms_p99"]) == 120.0
     assert float(shared[b"snapshot_age_s"]) == 3.0  # (w1's, while it is live)
+    assert 0 < await sink.redis.ttl(settings.key("metrics")) <= 30  # (gone with the fleet)
     own = settings.key("metrics", "worker", "w1")
     assert (await sink.redis.hgetall(own))[b"snapshot_age_s"] == b"3.0"
     assert 0 < await sink.redis.ttl(own) <= 30
