@@ -97,8 +97,20 @@ class ItemTags:
 
     def keep_items(self, keep: np.ndarray) -> None:
         """Keep item rows ``keep`` only (ascending), renumbered ``0, 1, ...``. The rows
-        dropped must hold no tags (deleted items: :meth:`clear`), so counts stand."""
-        self.rows, self.weights = kept_rows(self.rows, keep), kept_rows(self.weights, keep)
+        dropped must hold no tags (deleted items: :meth:`clear`), so counts stand. The
+        rows narrow to the widest item kept: one wide item, deleted, no longer widens
+        every item's (and "more like this" compares tags pairwise, per width squared).
+
+        >>> tags = ItemTags()
+        >>> _ = tags.set(0, {f"t{j}": 1.0 for j in range(40)}); _ = tags.set(1, {"a": 1.0})
+        >>> tags.clear(0); tags.keep_items(np.array([1])); tags.rows.shape[1], tags.names(0)
+        (1, ['a'])
+        """
+        rows, weights = kept_rows(self.rows, keep), kept_rows(self.weights, keep)
+        width = max(1, int((weights > 0).sum(axis=1).max(initial=0)))
+        if width < rows.shape[1]:  # (tags are kept from the front of each row)
+            rows, weights = rows[:, :width].copy(), weights[:, :width].copy()
+        self.rows, self.weights = rows, weights
         self.n_items = len(keep)
         self.changes += 1
 
