@@ -18,8 +18,9 @@ Plain CSV format
 ``ratings.csv``: a header naming ``user_id``, ``item_id``, ``rating`` and optionally
 ``timestamp`` (aliases ``user``/``userId``, ``item``/``movieId``; without a timestamp column,
 file order is used). ``items.csv``: ``item_id`` plus optional ``title``, ``tags``
-(``|``-separated, each optionally ``tag:weight``; ``genres`` is accepted too), ``timestamp``
-(arrival; empty means unknown) and ``deleted_at`` (empty means never).
+(``|``-separated, each optionally ``tag:weight``; ``genres`` is accepted too; at most 64
+an item, as events carry: a row with more is a :class:`DatasetError` naming its file and
+line), ``timestamp`` (arrival; empty means unknown) and ``deleted_at`` (empty means never).
 """
 
 from __future__ import annotations
@@ -289,7 +290,8 @@ def load(
         1.0; MovieLens 100K's ``unknown`` genre and ``(no genres listed)`` are not tags.
         MovieLens-latest ``tags.csv`` beside the items adds user-applied tags weighing
         ``min(1 + ln(count), 3)``, aggregated over the whole file (so known before the
-        item's first rating: a mild look-ahead).
+        item's first rating: a mild look-ahead); an item keeps 64 tags at most, its
+        genres, then the tags given most.
 
     Raises
     ------

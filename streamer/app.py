@@ -17,7 +17,7 @@ from pathlib import Path
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import ConsumerStoppedError, KafkaError, TopicAlreadyExistsError, for_code
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
@@ -295,26 +295,41 @@ class CatalogFollower:
         self.ready = asyncio.Event()
         self._generation = 0  # bumped by restart(): work begun before it is void
         self._offsets: AIOKafkaConsumer | None = None  # asks for ends (end_offsets)
+        self._offsets_lock = asyncio.Lock()  # (one client made, and none after the close)
+        self._offsets_closed = False
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The ends of partitions ``tps`` (of any topic), asked on a client of their own
         that fetches nothing, made at the first call. Asked on :attr:`consumer`, a
         request waited behind its fetch of a quiet items topic (aiokafka's long poll,
         500 ms): each timer tick's read of the ratings partitions' ends, and each batch
-        of ratings naming an item not read yet (:meth:`catch_up`), took half a second."""
-        if self._offsets is None:
-            offsets = standalone_consumer(self.settings)
-            try:
-                await offsets.start()
-            except BaseException:
-                await offsets.stop()
-                raise
-            self._offsets = offsets
-        return await self._offsets.end_offsets(tps)
+        of ratings naming an item not read yet (:meth:`catch_up`), took half a second.
+        One client for the worker's life: two first calls at once make one, and after
+        :meth:`close_offsets` a call is a ``KafkaError`` (a tick still running at the
+        stop), never a new client left open."""
+        async with self._offsets_lock:
+            if self._offsets_closed:
+                raise KafkaError("the worker is stopping: no partition ends asked")
+            if self._offsets is None:
+                offsets = standalone_consumer(self.settings)
+                try:
+                    await offsets.start()
+                except BaseException:
+                    await offsets.stop()
+                    raise
+                self._offsets = offsets
+            client = self._offsets
+        try:
+            return await client.end_offsets(tps)
+        except ConsumerStoppedError as exc:  # (closed meanwhile: the stop)
+            raise KafkaError(f"the worker is stopping: {exc!r}") from exc
 
     async def close_offsets(self) -> None:
-        """Stop the client :meth:`end_offsets` made (at the worker's stop)."""
-        offsets, self._offsets = self._offsets, None
+        """Stop the client :meth:`end_offsets` made, once any start under way is done
+        (at the worker's stop); none is made after."""
+        async with self._offsets_lock:
+            self._offsets_closed = True
+            offsets, self._offsets = self._offsets, None
         if offsets is not None:
             await offsets.stop()
 

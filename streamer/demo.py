@@ -214,7 +214,8 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         if liked is not None:
             say(f"   more like an item:        recsys-online similar {liked}")
             say(f"   on the dashboard:         {url}?user={heavy[0]}")
-        say(f"   metrics:                  recsys-online metrics   ({settings.key('metrics')})")
+        key = settings.key("metrics")
+        say(f"   metrics:                  recsys-online metrics   ({key}, while a worker runs)")
         if wait:
             say(f"\n   worker and dashboard stay up: {url}  —  Ctrl-C stops everything")
             while worker.poll() is None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError, RequestTimedOutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
@@ -586,6 +586,43 @@ async def test_the_partitions_ends_are_asked_on_a_client_that_fetches_nothing(
     monkeypatch.setattr(worker, "_assigned", lambda: set())
     await worker._on_shutdown(worker.app)
     assert made == [] and worker.catalog._offsets is None
+
+
+async def test_the_ends_client_is_made_once_and_never_after_the_stop(monkeypatch) -> None:
+    """A timer tick and a batch asking at once made two clients (one never closed); a
+    close while the first was starting left it open; a tick running at the stop made a
+    new one after the close."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    started: list = []
+    stopped: list = []
+
+    class Offsets:
+        async def start(self) -> None:
+            await asyncio.sleep(0.05)  # (a start takes a while: others call meanwhile)
+            started.append(self)
+
+        async def end_offsets(self, tps):
+            return {tp: 7 for tp in tps}
+
+        async def stop(self) -> None:
+            stopped.append(self)
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **kw: Offsets())
+    follower, tps = worker.catalog, [TP("r", 0)]
+    both = await asyncio.gather(follower.end_offsets(tps), follower.end_offsets(tps))
+    assert both == [{tps[0]: 7}] * 2 and len(started) == 1
+    await follower.close_offsets()
+    assert stopped == started
+    with pytest.raises(KafkaError, match="stopping"):
+        await follower.end_offsets(tps)
+    assert len(started) == 1
+    # A close while the first client starts waits for it, and stops it.
+    other = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u")).catalog
+    asking = asyncio.ensure_future(other.end_offsets(tps))
+    await asyncio.sleep(0.01)
+    await other.close_offsets()
+    await asking
+    assert len(started) == 2 and stopped == started
 
 
 async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
