@@ -419,13 +419,20 @@ def freshness_only(args: argparse.Namespace, log_dir: Path) -> int:
         "freshness_median": medians,
         "kafka_alone": floors,
         "kafka_alone_median": floor,
+    }
+    write_result(args.out, result, targets)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_result(out: Path, result: dict, targets: dict[str, bool]) -> None:
+    """The run's figures and targets as JSON, dated, with the commit it ran."""
+    stamped = result | {
         "targets": targets,
         "date": time.strftime("%Y-%m-%d"),
         "git_head": _git_head(),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    out.write_text(json.dumps(stamped, indent=2) + "\n")
 
 
 def median_run(runs: list[dict], figures: tuple[str, ...]) -> dict[str, float]:
@@ -664,11 +671,8 @@ def main(argv: list[str] | None = None) -> int:
             "kafka_alone": floors,
             "kafka_alone_median": floor,
         },
-        "targets": targets,
-        "date": time.strftime("%Y-%m-%d"),
-        "git_head": _git_head(),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result, targets)
     return 0
 
 
