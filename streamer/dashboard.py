@@ -8,8 +8,10 @@ reachable. The page polls a small JSON API once a second:
 ===========================  ==========================================================
 ``GET /api/metrics``         the shared metrics hash and each live worker's own hash
 ``GET /api/history``         the last snapshots (``?limit=N``, oldest first) for charts
-``GET /api/recs/{user}``     that user's current list with reasons and titles (``?k=N``)
+``GET /api/recs/{user}``     that user's current list with reasons and titles (``?k=N``;
+                             ``/api/recs?user=ID`` too: any id, ``.`` and ``..`` as well)
 ``GET /api/similar/{item}``  that item's "more like this" list, the same way
+                             (``/api/similar?item=ID``)
 ``GET /api/users``           a few users that have a list, to pick from
 ``GET /healthz``             ``{"ok": true}`` while Redis answers
 ===========================  ==========================================================
@@ -33,22 +35,30 @@ from streamer.client import (
     RecommendationsUnavailable,
     glob_escaped,
 )
+from streamer.metrics import TEXT_FIELDS
 from streamer.settings import Settings
 from streamer.web import advertised_url, start_site
 
 CLIENT = web.AppKey("client", AsyncRecommendationClient)
+_ROUTE = {"user": "recs", "item": "similar"}
 SETTINGS = web.AppKey("settings", Settings)
 USERS_SCAN_S = 0.25  # most of a cluster's SCAN for the users list
 
 
 def numbers(fields: dict[str, str]) -> dict[str, float | str | None]:
-    """Metric strings as JSON numbers where they are numbers (NaN and infinity: null).
+    """Metric strings as JSON numbers where they are numbers (NaN and infinity: null);
+    the text fields stay text (``partitions`` ``"3"`` is no number).
 
     >>> numbers({"rmse": "0.91", "lag": "3", "worker": "h:1", "ndcg_at_k": "nan"})
     {'rmse': 0.91, 'lag': 3.0, 'worker': 'h:1', 'ndcg_at_k': None}
+    >>> numbers({"partitions": "3"})
+    {'partitions': '3'}
     """
     out: dict[str, float | str | None] = {}
     for name, value in fields.items():
+        if name in TEXT_FIELDS:
+            out[name] = value
+            continue
         try:
             x = float(value)
         except ValueError:
@@ -88,19 +98,34 @@ def _json(payload: object, status: int = 200) -> web.Response:
 
 
 def _point(raw: bytes) -> dict | None:
-    """One metrics snapshot of the history list; None for an entry that is not one (a
-    damaged entry must not take the charts down).
+    """One metrics snapshot of the history list, JSON-safe; None for an entry that is not
+    one: not a JSON object, without a finite time ``t`` (every chart's time axis went
+    NaN), or nested too deeply to send back (a damaged entry must not take the charts
+    down).
 
     >>> _point(b'{"t": 1.5}'), _point(b"{broken"), _point(b"[1]"), _point(b"\\xff")
     ({'t': 1.5}, None, None, None)
+    >>> _point(b'{"rmse": 0.5}'), _point(b'{"t": "now"}'), _point(b'{"t": true}')
+    (None, None, None)
     >>> _point(b"[" * 100_000) is None  # nested too deeply for json
+    True
+    >>> _point(b'{"t": 1, "x": ' + b"[" * 600 + b"]" * 600 + b"}") is None  # to send back
     True
     """
     try:
-        point = json.loads(raw)
+        point = json_safe(json.loads(raw))
     except (ValueError, RecursionError):
         return None
-    return point if isinstance(point, dict) else None
+    if not isinstance(point, dict):
+        return None
+    t = point.get("t")
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        return None
+    try:  # (within what json.dumps can write back, as the response does)
+        json.dumps(point)
+    except RecursionError:
+        return None
+    return point
 
 
 async def api_history(request: web.Request) -> web.Response:
@@ -132,9 +157,13 @@ async def api_similar(request: web.Request) -> web.Response:
 
 
 async def _list(request: web.Request, subject: str, read) -> web.Response:
-    """The list of the ``subject`` (``user`` or ``item``) the path names, read by the
-    client's ``read`` with titles, ``?k=N`` items (default ``RECSYS_K``)."""
-    name = request.match_info[subject]
+    """The list of the ``subject`` (``user`` or ``item``) the path names, or the query
+    (``?user=`` / ``?item=``: any id, ``.`` and ``..`` too, which a URL path resolves
+    away), read by the client's ``read`` with titles, ``?k=N`` items (default
+    ``RECSYS_K``)."""
+    name = request.match_info.get(subject, request.query.get(subject))
+    if name is None:
+        return _json({"error": f"name the {subject}: /api/{_ROUTE[subject]}?{subject}=ID"}, 400)
     try:
         k = int(request.query.get("k", str(request.app[SETTINGS].k)))
         recs = await read(name, k=k, titles=True)
@@ -212,6 +241,8 @@ def application(settings: Settings) -> web.Application:
     # (Any id: aiohttp's default pattern refuses braces, which ids may hold.)
     app.router.add_get("/api/recs/{user:.+}", api_recs)
     app.router.add_get("/api/similar/{item:.+}", api_similar)
+    app.router.add_get("/api/recs", api_recs)  # ?user=ID (what the page asks)
+    app.router.add_get("/api/similar", api_similar)  # ?item=ID
     app.router.add_get("/api/users", api_users)
     app.router.add_get("/healthz", health)
     return app

@@ -469,7 +469,7 @@ def numeric_figures(fields: Mapping[str, str]) -> dict[str, float]:
     """
     out = {}
     for name, value in fields.items():
-        if name in _TEXT_FIELDS:
+        if name in TEXT_FIELDS:
             continue
         try:
             out[name] = float(value)
@@ -478,7 +478,8 @@ def numeric_figures(fields: Mapping[str, str]) -> dict[str, float]:
     return out
 
 
-_TEXT_FIELDS = frozenset({"worker", "metrics_url", "partitions"})
+#: A metrics hash's fields that are text, not figures (``partitions`` ``"3"`` too).
+TEXT_FIELDS = frozenset({"worker", "metrics_url", "partitions"})
 
 
 def _float(value: object) -> float:

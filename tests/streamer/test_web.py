@@ -51,3 +51,55 @@ async def test_the_dashboards_users_are_those_of_its_own_prefix_taken_literally(
             assert answer.status == 200 and await answer.json() == {"users": ["u1"]}
     finally:
         r.close()
+
+
+async def test_the_dashboard_survives_damaged_history_and_serves_any_id(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """A history entry nested too deeply to send back answered 500, and one without a
+    time collapsed every chart: both are skipped. ``partitions`` stays text ("3" read as
+    the number 3.0 for a worker of one partition). Ids ``.`` and ``..``, which a URL path
+    resolves away, are served by ``?user=`` and ``?item=``."""
+    import json
+    import time
+
+    import redis
+
+    from recsys_online.recommender import Recommendation
+    from streamer.dashboard import application
+    from streamer.settings import Settings
+    from streamer.sink import list_document
+
+    settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        history = settings.key("metrics", "history")
+        deep = '{"t": 3, "x": ' + "[" * 600 + "]" * 600 + "}"
+        for entry in ('{"t": 1, "rmse": 0.9}', deep, '{"rmse": 0.5}', '{"t": 2, "rmse": 0.8}'):
+            r.lpush(history, entry)
+        r.hset(settings.key("metrics", "worker", "w1"), mapping={"events": "5", "partitions": "3"})
+        r.zadd(settings.key("metrics", "workers"), {"w1": time.time()})
+        listed = [Recommendation("m2", 1.5, "popular", "pop", None)]
+        for user in (".", ".."):
+            r.set(settings.key("recs", user), list_document(user, listed, 1, time.time()))
+        async with TestClient(TestServer(application(settings))) as http:
+            answer = await http.get("/api/history")
+            assert answer.status == 200
+            assert [p["t"] for p in (await answer.json())["points"]] == [1, 2]
+            workers = (await (await http.get("/api/metrics")).json())["workers"]
+            assert workers["w1"] == {"events": 5.0, "partitions": "3"}
+            for user in (".", ".."):
+                answer = await http.get("/api/recs", params={"user": user})
+                recs = await answer.json()
+                assert answer.status == 200 and recs["user_id"] == user, recs
+                assert [it["item_id"] for it in recs["items"]] == ["m2"]
+            answer = await http.get("/api/similar", params={"item": ".."})
+            more = await answer.json()  # (no list and no popular one under this prefix)
+            assert answer.status == 200 and more["item_id"] == ".." and more["items"] == []
+            answer = await http.get("/api/recs")
+            assert answer.status == 400 and "?user=" in (await answer.json())["error"]
+        json.loads(deep)  # (the entry itself is valid JSON)
+    finally:
+        for key in r.scan_iter(redis_key_prefix + "*"):
+            r.delete(key)
+        r.close()
