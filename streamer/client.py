@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import AskError, MovedError, RedisClusterException
 
 from schemas import clean_id
+from streamer.registry import superseded
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "recsys:"
@@ -142,6 +143,10 @@ def sentinel_url(url: str) -> SentinelURL:
         if name in ("sentinel_password", "sentinel_username"):
             sentinel[name.removeprefix("sentinel_")] = values[-1]
         elif name == "ssl_ca_certs":
+            if parts.scheme != "rediss+sentinel":  # (redis-py refuses it, with a TypeError)
+                raise ValueError(
+                    f"{redacted_url(url)}: ssl_ca_certs is for TLS: the scheme is rediss+sentinel://"
+                )
             master[name] = values[-1]
         else:
             raise ValueError(f"{redacted_url(url)}: unknown option {name!r}")
@@ -392,9 +397,10 @@ def parse_similar(
     return SimilarItems(item_id, items, recs.model_version, recs.updated_at, served_from)
 
 
-def with_titles(recs: T, titles: Sequence[bytes | None]) -> T:
+def with_titles(recs: T, titles: Sequence[object]) -> T:
     """``recs`` (a :class:`Recommendations` or :class:`SimilarItems`) with each item's
-    title."""
+    title: None where there is none, or where its item key holds something else than a
+    hash (the pipeline's error in its place: one such key cost the whole list)."""
     items = [
         Recommended(
             r.item_id,
@@ -402,7 +408,7 @@ def with_titles(recs: T, titles: Sequence[bytes | None]) -> T:
             r.reason,
             r.source,
             r.because,
-            t.decode(errors="replace") if t else None,
+            t.decode(errors="replace") if isinstance(t, bytes) and t else None,
         )
         for r, t in zip(recs.items, titles, strict=True)
     ]
@@ -411,6 +417,26 @@ def with_titles(recs: T, titles: Sequence[bytes | None]) -> T:
 
 def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+
+
+def live_workers(
+    listed: Sequence[tuple[bytes, float]], hashes: Sequence[Mapping[bytes, bytes]]
+) -> dict[str, dict[str, str]]:
+    """The registry's workers (ids and publish times) with their own hashes, as the shared
+    hash counts them: one whose hash expired is gone, though still listed; one holding
+    a ratings partition a later publisher holds was replaced (a worker killed and
+    restarted under a new id: :func:`~streamer.registry.superseded`).
+
+    >>> live_workers([(b"old", 1.0), (b"new", 5.0), (b"dead", 2.0)],
+    ...              [{b"partitions": b"0,1"}, {b"partitions": b"1"}, {}])
+    {'new': {'partitions': '1'}}
+    """
+    found = {}
+    for (worker, t), raw in zip(listed, hashes, strict=True):
+        if raw:
+            found[worker.decode(errors="replace")] = (float(t), decode_hash(raw))
+    gone = superseded({w: (t, f.get("partitions", "")) for w, (t, f) in found.items()})
+    return {w: f for w, (_, f) in found.items() if w not in gone}
 
 
 class _Keys:
@@ -593,7 +619,7 @@ class RecommendationClient(_Keys):
                 names = self.redis.pipeline(transaction=False)
                 for r in recs.items:
                     names.hget(self.key("item", r.item_id), "title")
-                recs = with_titles(recs, names.execute())
+                recs = with_titles(recs, names.execute(raise_on_error=False))
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         return recs
@@ -607,16 +633,15 @@ class RecommendationClient(_Keys):
             raise self.unavailable(exc) from None
 
     def worker_metrics(self) -> dict[str, dict[str, str]]:
-        """Each live worker's own metrics hash, by worker id (they expire when it dies)."""
+        """Each live worker's own metrics hash, by worker id (they expire when it dies),
+        as the shared hash counts them (:func:`live_workers`)."""
         try:
-            found = {}
-            for worker in self.redis.zrange(self.registry(), 0, -1):
-                worker_id = worker.decode(errors="replace")
-                key = self.key("metrics", "worker", worker_id)
-                fields = decode_hash(self.redis.hgetall(key))
-                if fields:  # (its hash expires when it dies: gone, though still listed)
-                    found[worker_id] = fields
-            return found
+            listed = self.redis.zrange(self.registry(), 0, -1, withscores=True)
+            hashes = [
+                self.redis.hgetall(self.key("metrics", "worker", w.decode(errors="replace")))
+                for w, _ in listed
+            ]
+            return live_workers(listed, hashes)
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
 
@@ -696,7 +721,7 @@ class AsyncRecommendationClient(_Keys):
                 async with self.redis.pipeline(transaction=False) as names:
                     for r in recs.items:
                         names.hget(self.key("item", r.item_id), "title")
-                    recs = with_titles(recs, await names.execute())
+                    recs = with_titles(recs, await names.execute(raise_on_error=False))
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         return recs
@@ -708,16 +733,14 @@ class AsyncRecommendationClient(_Keys):
             raise self.unavailable(exc) from None
 
     async def worker_metrics(self) -> dict[str, dict[str, str]]:
-        """Each live worker's own metrics hash, by worker id."""
+        """Each live worker's own metrics hash, by worker id (:func:`live_workers`)."""
         try:
-            found = {}
-            for worker in await self.redis.zrange(self.registry(), 0, -1):
-                worker_id = worker.decode(errors="replace")
-                key = self.key("metrics", "worker", worker_id)
-                fields = decode_hash(await self.redis.hgetall(key))
-                if fields:  # (its hash expires when it dies: gone, though still listed)
-                    found[worker_id] = fields
-            return found
+            listed = await self.redis.zrange(self.registry(), 0, -1, withscores=True)
+            hashes = [
+                await self.redis.hgetall(self.key("metrics", "worker", w.decode(errors="replace")))
+                for w, _ in listed
+            ]
+            return live_workers(listed, hashes)
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
 

@@ -422,10 +422,7 @@ def _print_list(args: argparse.Namespace, subject: str, name: str) -> int:
         )
         return 1
     if not recs.fallback:
-        head = (
-            f"{name}: model version {recs.model_version}, updated "
-            f"{time.strftime('%H:%M:%S', time.localtime(recs.updated_at or 0))}"
-        )
+        head = f"{name}: model version {recs.model_version}, updated {clock(recs.updated_at)}"
     elif subject == "user_id":
         head = f"{name}: no list of their own yet; the popular list"
     else:
@@ -476,6 +473,19 @@ METRIC_ROWS = (
     ("model_version", "model version", "{:,.0f}"),
     ("partitions", "ratings partitions", "{:.0f}"),
 )
+
+
+def clock(t: float | None) -> str:
+    """A list's ``updated_at`` as local ``HH:MM:SS``; ``-`` for none, or for a time no
+    clock shows (a damaged document's 1e300 stopped the command with a traceback).
+
+    >>> clock(None), clock(1e300), clock(float("nan"))
+    ('-', '-', '-')
+    """
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(t)) if t is not None else "-"
+    except (OverflowError, OSError, ValueError):
+        return "-"
 
 
 def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from streamer.registry import TEXT_FIELDS, superseded  # noqa: F401  (the layout's, re-exported)
+
 # Produce-to-Redis latency of a list, seconds (the freshness target is 20 ms p50, 100 ms p99;
 # a worker catching up on a backlog takes seconds to minutes: histogram_quantile reads no
 # further than the top bound, so the buckets reach 10 minutes).
@@ -478,10 +480,6 @@ def numeric_figures(fields: Mapping[str, str]) -> dict[str, float]:
     return out
 
 
-#: A metrics hash's fields that are text, not figures (``partitions`` ``"3"`` too).
-TEXT_FIELDS = frozenset({"worker", "metrics_url", "partitions"})
-
-
 def _float(value: object) -> float:
     """A figure as a finite float; NaN for anything else (damaged or foreign text, an
     infinity), which counts as not measured."""
@@ -565,25 +563,3 @@ def _sum(values: Sequence[float]) -> float:
         return math.fsum(values)
     except OverflowError:
         return math.nan
-
-
-def superseded(workers: Mapping[str, tuple[float, str]]) -> set[str]:
-    """The workers whose figures a later one replaces: given each worker's last publish
-    time and the ratings partitions it held then (``"0,3"``), those holding a partition
-    that a worker who published later holds. A ratings partition is one worker's at a
-    time, so such a worker has handed it on (a worker killed and restarted, a rebalance),
-    and its figures until its hash expires would count that partition twice.
-
-    >>> sorted(superseded({"old": (1.0, "0,1"), "new": (5.0, "1,2"), "other": (4.0, "3")}))
-    ['old']
-    >>> superseded({"idle": (1.0, ""), "busy": (2.0, "0")})
-    set()
-    """
-    claimed: set[str] = set()
-    out = set()
-    for worker, (_, held) in sorted(workers.items(), key=lambda kv: -kv[1][0]):
-        partitions = {p for p in held.split(",") if p}
-        if partitions & claimed:
-            out.add(worker)
-        claimed |= partitions
-    return out

@@ -63,6 +63,11 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     assert shared[b"events"] == b"29" and shared[b"workers"] == b"3"  # w2, w3 and restarted
     own = await sink.redis.hgetall(settings.key("metrics", "worker", "restarted"))
     assert own[b"partitions"] == b"5"
+    # Readers count the live workers as the shared hash does (the killed one is gone).
+    async with AsyncRecommendationClient(
+        settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
+    ) as client:
+        assert sorted(await client.worker_metrics()) == ["restarted", "w2", "w3"]
     for worker in ("w2", "w3", "killed", "restarted"):  # (the next checks start with none)
         await sink.withdraw(worker)
 

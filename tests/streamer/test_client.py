@@ -260,6 +260,27 @@ def test_bytes_that_are_not_utf8_do_not_break_a_read(redis_url: str, stored) -> 
     assert recs.items[0].title == "\ufffd Solaris"
 
 
+async def test_an_item_key_of_another_type_costs_its_title_not_the_list(
+    redis_url: str, stored
+) -> None:
+    """(Its pipeline error failed the whole read, said as "refused the read".)"""
+    r, prefix = stored
+    r.set(f"{prefix}item:b", "oops")  # (a string where a hash belongs)
+    with RecommendationClient(redis_url, prefix) as client:
+        recs = client.recommend("u1", k=3, titles=True)
+    assert [x.title for x in recs.items] == ["Solaris", None, None]
+    async with AsyncRecommendationClient(redis_url, prefix) as client:
+        recs = await client.recommend("u1", k=3, titles=True)
+    assert [x.title for x in recs.items] == ["Solaris", None, None]
+
+
+def test_a_sentinel_url_with_a_ca_file_but_no_tls_is_refused_clearly() -> None:
+    """(redis-py failed with a TypeError in the first read.)"""
+    url = "redis+sentinel://127.0.0.1:1/m/0?ssl_ca_certs=/tmp/ca.pem"
+    with pytest.raises(ValueError, match="ssl_ca_certs is for TLS: the scheme is rediss"):
+        RecommendationClient(url, "p:").recommend("u1")
+
+
 async def test_async_client_reads_the_same(redis_url: str, stored) -> None:
     _, prefix = stored
     async with AsyncRecommendationClient(redis_url, prefix) as client:
