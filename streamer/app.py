@@ -17,7 +17,7 @@ from pathlib import Path
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import ConsumerStoppedError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP, Message
@@ -317,19 +317,31 @@ class CatalogFollower:
                 except BaseException:
                     await offsets.stop()
                     raise
+                if self._offsets_closed:  # (the stop came during the start)
+                    await offsets.stop()
+                    raise KafkaError("the worker is stopping: no partition ends asked")
                 self._offsets = offsets
             client = self._offsets
-        try:
-            return await client.end_offsets(tps)
-        except ConsumerStoppedError as exc:  # (closed meanwhile: the stop)
-            raise KafkaError(f"the worker is stopping: {exc!r}") from exc
+        return await client.end_offsets(tps)
+
+    OFFSETS_CLOSE_S = 5.0  # the stop's wait for a start of the ends client under way
 
     async def close_offsets(self) -> None:
-        """Stop the client :meth:`end_offsets` made, once any start under way is done
-        (at the worker's stop); none is made after."""
-        async with self._offsets_lock:
-            self._offsets_closed = True
+        """Stop the client :meth:`end_offsets` made (at the worker's stop); none is made
+        after. A start under way (Kafka slow to answer: up to its 40 s request timeout)
+        is waited for ``OFFSETS_CLOSE_S`` at most, and stops its client itself when it
+        ends, so the stop's snapshot is not held up."""
+        self._offsets_closed = True
+        try:
+            async with asyncio.timeout(self.OFFSETS_CLOSE_S):
+                await self._offsets_lock.acquire()
+        except TimeoutError:
+            log.warning("the partition-ends client was still starting: left to stop itself")
+            return
+        try:
             offsets, self._offsets = self._offsets, None
+        finally:
+            self._offsets_lock.release()
         if offsets is not None:
             await offsets.stop()
 

@@ -397,6 +397,34 @@ def parse_similar(
     return SimilarItems(item_id, items, recs.model_version, recs.updated_at, served_from)
 
 
+def wrong_type(exc: object) -> bool:
+    """Redis refused a command because its key holds another type (``WRONGTYPE``)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def pipeline_results(results: Sequence[object]) -> list[object]:
+    """A pipeline's results run with ``raise_on_error=False``: a key of another type
+    reads as None; any other error is raised (a cluster pipeline returns even its
+    timeouts and lost connections as results, which would otherwise pass for a key
+    with nothing in it).
+
+    >>> pipeline_results([b"x", redis.ResponseError("WRONGTYPE Operation against a key")])
+    [b'x', None]
+    >>> pipeline_results([redis.ConnectionError("gone")])
+    Traceback (most recent call last):
+    ...
+    redis.exceptions.ConnectionError: gone
+    """
+    out: list[object] = []
+    for value in results:
+        if isinstance(value, Exception):
+            if not wrong_type(value):
+                raise value
+            value = None
+        out.append(value)
+    return out
+
+
 def with_titles(recs: T, titles: Sequence[object]) -> T:
     """``recs`` (a :class:`Recommendations` or :class:`SimilarItems`) with each item's
     title: None where there is none, or where its item key holds something else than a
@@ -420,10 +448,11 @@ def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 
 def live_workers(
-    listed: Sequence[tuple[bytes, float]], hashes: Sequence[Mapping[bytes, bytes]]
+    listed: Sequence[tuple[bytes, float]], hashes: Sequence[object]
 ) -> dict[str, dict[str, str]]:
     """The registry's workers (ids and publish times) with their own hashes, as the shared
-    hash counts them: one whose hash expired is gone, though still listed; one holding
+    hash counts them: one whose hash expired (or is not a hash: None) is gone, though
+    still listed; one holding
     a ratings partition a later publisher holds was replaced (a worker killed and
     restarted under a new id: :func:`~streamer.registry.superseded`).
 
@@ -433,7 +462,7 @@ def live_workers(
     """
     found = {}
     for (worker, t), raw in zip(listed, hashes, strict=True):
-        if raw:
+        if isinstance(raw, Mapping) and raw:
             found[worker.decode(errors="replace")] = (float(t), decode_hash(raw))
     gone = superseded({w: (t, f.get("partitions", "")) for w, (t, f) in found.items()})
     return {w: f for w, (_, f) in found.items() if w not in gone}
@@ -538,7 +567,7 @@ class _Keys:
 
     def unavailable(self, exc: Exception) -> RecommendationsUnavailable:
         where = redacted_url(self.redis_url)
-        if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
+        if wrong_type(exc):
             # (Redis answered: something other than the layout's type is under a key)
             return RecommendationsUnavailable(f"Redis at {where} holds another type: {exc}")
         if isinstance(exc, MovedError | AskError):  # (a node that serves other slots)
@@ -619,7 +648,7 @@ class RecommendationClient(_Keys):
                 names = self.redis.pipeline(transaction=False)
                 for r in recs.items:
                     names.hget(self.key("item", r.item_id), "title")
-                recs = with_titles(recs, names.execute(raise_on_error=False))
+                recs = with_titles(recs, pipeline_results(names.execute(raise_on_error=False)))
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         return recs
@@ -637,10 +666,10 @@ class RecommendationClient(_Keys):
         as the shared hash counts them (:func:`live_workers`)."""
         try:
             listed = self.redis.zrange(self.registry(), 0, -1, withscores=True)
-            hashes = [
-                self.redis.hgetall(self.key("metrics", "worker", w.decode(errors="replace")))
-                for w, _ in listed
-            ]
+            names = self.redis.pipeline(transaction=False)
+            for w, _ in listed:
+                names.hgetall(self.key("metrics", "worker", w.decode(errors="replace")))
+            hashes = pipeline_results(names.execute(raise_on_error=False)) if listed else []
             return live_workers(listed, hashes)
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
@@ -721,7 +750,8 @@ class AsyncRecommendationClient(_Keys):
                 async with self.redis.pipeline(transaction=False) as names:
                     for r in recs.items:
                         names.hget(self.key("item", r.item_id), "title")
-                    recs = with_titles(recs, await names.execute(raise_on_error=False))
+                    results = await names.execute(raise_on_error=False)
+                    recs = with_titles(recs, pipeline_results(results))
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         return recs
@@ -736,10 +766,12 @@ class AsyncRecommendationClient(_Keys):
         """Each live worker's own metrics hash, by worker id (:func:`live_workers`)."""
         try:
             listed = await self.redis.zrange(self.registry(), 0, -1, withscores=True)
-            hashes = [
-                await self.redis.hgetall(self.key("metrics", "worker", w.decode(errors="replace")))
-                for w, _ in listed
-            ]
+            hashes: list[object] = []
+            if listed:
+                async with self.redis.pipeline(transaction=False) as names:
+                    for w, _ in listed:
+                        names.hgetall(self.key("metrics", "worker", w.decode(errors="replace")))
+                    hashes = pipeline_results(await names.execute(raise_on_error=False))
             return live_workers(listed, hashes)
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None

@@ -99,9 +99,9 @@ def _json(payload: object, status: int = 200) -> web.Response:
 
 def _point(raw: bytes) -> dict | None:
     """One metrics snapshot of the history list, JSON-safe; None for an entry that is not
-    one: not a JSON object, without a finite time ``t`` (every chart's time axis went
-    NaN), or nested too deeply to send back (a damaged entry must not take the charts
-    down).
+    one: not a flat JSON object (a worker's snapshot holds numbers and text: one nested
+    deeply failed the whole response), or without a finite time ``t`` (every chart's
+    time axis went NaN). A damaged entry must not take the charts down.
 
     >>> _point(b'{"t": 1.5}'), _point(b"{broken"), _point(b"[1]"), _point(b"\\xff")
     ({'t': 1.5}, None, None, None)
@@ -109,23 +109,25 @@ def _point(raw: bytes) -> dict | None:
     (None, None, None)
     >>> _point(b"[" * 100_000) is None  # nested too deeply for json
     True
-    >>> _point(b'{"t": 1, "x": ' + b"[" * 600 + b"]" * 600 + b"}") is None  # to send back
+    >>> _point(b'{"t": 1, "x": ' + b"[" * 490 + b"]" * 490 + b"}") is None
+    True
+    >>> _point(b'{"t": 1' + b"0" * 400 + b"}") is None  # (no float holds it)
     True
     """
     try:
         point = json_safe(json.loads(raw))
     except (ValueError, RecursionError):
         return None
-    if not isinstance(point, dict):
+    if not isinstance(point, dict) or any(isinstance(v, dict | list) for v in point.values()):
         return None
     t = point.get("t")
-    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+    if isinstance(t, bool) or not isinstance(t, int | float):
         return None
-    try:  # (within what json.dumps can write back, as the response does)
-        json.dumps(point)
-    except RecursionError:
+    try:
+        finite = math.isfinite(t)
+    except OverflowError:  # (an int past any float)
         return None
-    return point
+    return point if finite else None
 
 
 async def api_history(request: web.Request) -> web.Response:

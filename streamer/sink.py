@@ -36,6 +36,7 @@ from streamer.client import (
     aclose_client,
     close_client,
     decode_hash,
+    pipeline_results,
     redis_client,
 )
 from streamer.metrics import fleet_metrics, superseded
@@ -523,7 +524,8 @@ class RedisSink:
     async def _others_figures(self, worker_id: str) -> dict[str, tuple[float, dict[str, str]]]:
         """The other live workers' last publish times (by the Redis server's clock) and own
         metrics hashes, by worker id (one whose hash expired since it last registered is
-        left out: it stopped)."""
+        left out: it stopped; so is a key of another type there, which would otherwise
+        stop every worker's publish)."""
         key = self.settings.key
         listed = await self.redis.zrange(key("metrics", "workers"), 0, -1, withscores=True)
         times = {w.decode(errors="replace"): float(t) for w, t in listed}
@@ -533,8 +535,12 @@ class RedisSink:
         async with self.redis.pipeline(transaction=False) as pipe:
             for w in times:
                 pipe.hgetall(key("metrics", "worker", w))
-            found = await pipe.execute()
-        return {w: (times[w], decode_hash(f)) for w, f in zip(times, found, strict=True) if f}
+            found = pipeline_results(await pipe.execute(raise_on_error=False))
+        return {
+            w: (times[w], decode_hash(f))
+            for w, f in zip(times, found, strict=True)
+            if isinstance(f, Mapping) and f
+        }
 
     async def withdraw(self, worker_id: str) -> None:
         """A worker stopping: its own metrics hash and its entry in the registry of live

@@ -63,11 +63,25 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     assert shared[b"events"] == b"29" and shared[b"workers"] == b"3"  # w2, w3 and restarted
     own = await sink.redis.hgetall(settings.key("metrics", "worker", "restarted"))
     assert own[b"partitions"] == b"5"
+    # A key of another type where a worker's hash belongs (damaged, or foreign) stops no
+    # worker's publish, and no reader's listing.
+    await sink.redis.set(settings.key("metrics", "worker", "odd"), "oops")
+    await sink.redis.zadd(settings.key("metrics", "workers"), {"odd": 1.0})
+    await sink.publish_state(
+        other, {"events": 9}, 3, "restarted", popular_owner=False, partitions={5}
+    )
+    shared = await sink.redis.hgetall(settings.key("metrics"))
+    assert shared[b"events"] == b"29"
+    await sink.redis.delete(settings.key("metrics", "worker", "odd"))
     # Readers count the live workers as the shared hash does (the killed one is gone).
     async with AsyncRecommendationClient(
         settings.redis_url, settings.key_prefix, cluster=settings.redis_cluster
     ) as client:
         assert sorted(await client.worker_metrics()) == ["restarted", "w2", "w3"]
+        await sink.redis.set(settings.key("metrics", "worker", "odd"), "oops")
+        assert sorted(await client.worker_metrics()) == ["restarted", "w2", "w3"]
+        await sink.redis.delete(settings.key("metrics", "worker", "odd"))
+        await sink.redis.zrem(settings.key("metrics", "workers"), "odd")
     for worker in ("w2", "w3", "killed", "restarted"):  # (the next checks start with none)
         await sink.withdraw(worker)
 

@@ -616,13 +616,47 @@ async def test_the_ends_client_is_made_once_and_never_after_the_stop(monkeypatch
     with pytest.raises(KafkaError, match="stopping"):
         await follower.end_offsets(tps)
     assert len(started) == 1
-    # A close while the first client starts waits for it, and stops it.
+    # A close while the first client starts: the client is stopped once started, and the
+    # call that started it says the worker is stopping.
     other = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u")).catalog
     asking = asyncio.ensure_future(other.end_offsets(tps))
     await asyncio.sleep(0.01)
     await other.close_offsets()
-    await asking
+    with pytest.raises(KafkaError, match="stopping"):
+        await asking
     assert len(started) == 2 and stopped == started
+
+
+async def test_the_stop_does_not_wait_out_a_hung_start_of_the_ends_client(monkeypatch) -> None:
+    """Kafka slow to answer held the first start of the ends client (up to its 40 s
+    request timeout), and the stop waited behind it, its snapshot too: the stop waits a
+    bounded time, and the start, when it ends, stops its client itself."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    release = asyncio.Event()
+    stopped: list = []
+
+    class Slow:
+        async def start(self) -> None:
+            await release.wait()
+
+        async def end_offsets(self, tps):
+            return {}
+
+        async def stop(self) -> None:
+            stopped.append(self)
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **kw: Slow())
+    follower = worker.catalog
+    monkeypatch.setattr(follower, "OFFSETS_CLOSE_S", 0.05)
+    asking = asyncio.ensure_future(follower.end_offsets([TP("r", 0)]))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await follower.close_offsets()
+    assert time.monotonic() - started < 1.0 and not stopped
+    release.set()
+    with pytest.raises(KafkaError, match="stopping"):
+        await asking
+    assert len(stopped) == 1 and follower._offsets is None
 
 
 async def test_a_dead_letter_is_cut_to_fit_and_sent_until_the_broker_takes_it(
