@@ -44,6 +44,7 @@ MIN_WEIGHT = 1e-9  # (a smaller one is 0 as float32, or nearly: shares of 0 / 0)
 # Tags of one item (or user) at most: the model's tag rows are as wide as the widest
 # item's, and "more like this" compares two items' tags pairwise.
 MAX_TAGS = 64
+MAX_SCALE = 1e6  # the rating scale's bound, either way (float32 sums of ratings stay finite)
 
 
 def weight_problem(weight: float) -> str | None:

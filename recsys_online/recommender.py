@@ -13,6 +13,7 @@ import numpy as np
 
 from recsys_online.content import ContentModel, best_tags
 from recsys_online.cooc import COUNT_FLOOR, CoOccurrence
+from recsys_online.events import MAX_SCALE
 from recsys_online.factors import FactorModel, FactorParams, ItemVectors, check_numbers
 from recsys_online.ids import IdIndex, grown, row_map
 from recsys_online.popularity import Popularity
@@ -109,8 +110,6 @@ class _UserContext:
 def _count(v: float) -> bool:
     return isinstance(v, int | np.integer) and v >= 1
 
-
-MAX_SCALE = 1e6  # the rating scale's bound, either way
 
 #: (field, test, the rule a ``ValueError`` states) for :class:`RecommenderConfig`'s numbers.
 _CONFIG_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -448,24 +449,53 @@ def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 
 def live_workers(
-    listed: Sequence[tuple[bytes, float]], hashes: Sequence[object]
+    listed: Sequence[tuple[bytes, float]],
+    hashes: Sequence[object],
+    latest: tuple[str, str] | None = None,
 ) -> dict[str, dict[str, str]]:
     """The registry's workers (ids and publish times) with their own hashes, as the shared
     hash counts them: one whose hash expired (or is not a hash: None) is gone, though
-    still listed; one holding
-    a ratings partition a later publisher holds was replaced (a worker killed and
-    restarted under a new id: :func:`~streamer.registry.superseded`).
+    still listed; one holding a ratings partition a later publisher holds was replaced (a
+    worker killed and restarted under a new id: :func:`~streamer.registry.superseded`).
+    ``latest``: a worker publishing now (its id and partitions, ``"0,3"``), later than
+    any listed, and left out of the answer (the sink's, for the figures of the others).
 
     >>> live_workers([(b"old", 1.0), (b"new", 5.0), (b"dead", 2.0)],
     ...              [{b"partitions": b"0,1"}, {b"partitions": b"1"}, {}])
     {'new': {'partitions': '1'}}
+    >>> live_workers([(b"new", 5.0)], [{b"partitions": b"1"}], latest=("me", "1,2"))
+    {}
     """
     found = {}
     for (worker, t), raw in zip(listed, hashes, strict=True):
         if isinstance(raw, Mapping) and raw:
             found[worker.decode(errors="replace")] = (float(t), decode_hash(raw))
-    gone = superseded({w: (t, f.get("partitions", "")) for w, (t, f) in found.items()})
+    claims = {w: (t, f.get("partitions", "")) for w, (t, f) in found.items()}
+    if latest is not None:
+        found.pop(latest[0], None)
+        claims[latest[0]] = (math.inf, latest[1])
+    gone = superseded(claims)
     return {w: f for w, (_, f) in found.items() if w not in gone}
+
+
+async def read_live_workers(
+    redis_client: aioredis.Redis | aioredis.RedisCluster,
+    key: Callable[..., str],
+    latest: tuple[str, str] | None = None,
+) -> dict[str, dict[str, str]]:
+    """:func:`live_workers` as Redis holds them now: the registry
+    (``key("metrics", "workers")``), then each listed worker's own hash in one
+    pipeline (a key of another type there reads as none: :func:`pipeline_results`)."""
+    listed = await redis_client.zrange(key("metrics", "workers"), 0, -1, withscores=True)
+    if latest is not None:
+        listed = [(w, t) for w, t in listed if w.decode(errors="replace") != latest[0]]
+    hashes: list[object] = []
+    if listed:
+        async with redis_client.pipeline(transaction=False) as names:
+            for w, _ in listed:
+                names.hgetall(key("metrics", "worker", w.decode(errors="replace")))
+            hashes = pipeline_results(await names.execute(raise_on_error=False))
+    return live_workers(listed, hashes, latest)
 
 
 class _Keys:
@@ -765,14 +795,7 @@ class AsyncRecommendationClient(_Keys):
     async def worker_metrics(self) -> dict[str, dict[str, str]]:
         """Each live worker's own metrics hash, by worker id (:func:`live_workers`)."""
         try:
-            listed = await self.redis.zrange(self.registry(), 0, -1, withscores=True)
-            hashes: list[object] = []
-            if listed:
-                async with self.redis.pipeline(transaction=False) as names:
-                    for w, _ in listed:
-                        names.hgetall(self.key("metrics", "worker", w.decode(errors="replace")))
-                    hashes = pipeline_results(await names.execute(raise_on_error=False))
-            return live_workers(listed, hashes)
+            return await read_live_workers(self.redis, self.key)
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
 

@@ -35,7 +35,7 @@ from streamer.client import (
     RecommendationsUnavailable,
     glob_escaped,
 )
-from streamer.metrics import TEXT_FIELDS
+from streamer.registry import TEXT_FIELDS
 from streamer.settings import Settings
 from streamer.web import advertised_url, start_site
 
@@ -98,10 +98,10 @@ def _json(payload: object, status: int = 200) -> web.Response:
 
 
 def _point(raw: bytes) -> dict | None:
-    """One metrics snapshot of the history list, JSON-safe; None for an entry that is not
-    one: not a flat JSON object (a worker's snapshot holds numbers and text: one nested
-    deeply failed the whole response), or without a finite time ``t`` (every chart's
-    time axis went NaN). A damaged entry must not take the charts down.
+    """One metrics snapshot of the history list; None for an entry that is not one:
+    not a flat JSON object (a worker's snapshot holds numbers and text: one nested deeply
+    failed the whole response), or without a finite time ``t`` (every chart's time axis
+    went NaN). A damaged entry must not take the charts down.
 
     >>> _point(b'{"t": 1.5}'), _point(b"{broken"), _point(b"[1]"), _point(b"\\xff")
     ({'t': 1.5}, None, None, None)
@@ -115,7 +115,7 @@ def _point(raw: bytes) -> dict | None:
     True
     """
     try:
-        point = json_safe(json.loads(raw))
+        point = json.loads(raw)
     except (ValueError, RecursionError):
         return None
     if not isinstance(point, dict) or any(isinstance(v, dict | list) for v in point.values()):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from streamer.registry import TEXT_FIELDS, superseded  # noqa: F401  (the layout's, re-exported)
+from streamer.registry import TEXT_FIELDS
 
 # Produce-to-Redis latency of a list, seconds (the freshness target is 20 ms p50, 100 ms p99;
 # a worker catching up on a backlog takes seconds to minutes: histogram_quantile reads no

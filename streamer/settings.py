@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from recsys_online.events import MAX_SCALE
 from recsys_online.factors import FactorParams
 from schemas import parse_event
 
@@ -127,17 +128,18 @@ class Settings:
         """
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        # The variable each address came from, for the checks' messages to name it.
-        named = {"RECSYS_BROKERS": "RECSYS_BROKERS", "REDIS_URL": "RECSYS_REDIS_URL"}
-        for plain, ours in (("KAFKA_BOOTSTRAP_SERVERS", "brokers"), ("REDIS_URL", "redis_url")):
+        named: dict[str, str] = {}  # the name the checks' messages say -> the variable set
+        for plain, ours, said in (
+            ("KAFKA_BOOTSTRAP_SERVERS", "brokers", "RECSYS_BROKERS"),
+            ("REDIS_URL", "redis_url", "REDIS_URL"),
+        ):
             mine = f"RECSYS_{ours.upper()}"
             if env.get(plain) and env.get(mine) and env[plain] != env[mine]:
                 # (one left over in a shell would silently send a run elsewhere)
                 raise SettingsError(f"{plain} and {mine} are both set, to different values")
             if env.get(plain):
                 values[ours] = env[plain]
-                if mine not in env:
-                    named["RECSYS_BROKERS" if ours == "brokers" else "REDIS_URL"] = plain
+            named[said] = plain if env.get(plain) and mine not in env else mine
         for f in fields(cls):
             name = f"RECSYS_{f.name.upper()}"
             if name not in env:
@@ -494,8 +496,12 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (("l2_bias", "l2_factor"), lambda v: v >= 0, "must be >= 0"),
     # (as replay's --factors: 1,024 float32 per user and item is already 4 KB each)
     (("n_factors",), lambda v: 1 <= v <= 1024, "must be 1 to 1024"),
-    # (the model's bound on its rating scale: recsys_online.recommender.MAX_SCALE)
-    (("rating_low", "rating_high"), lambda v: abs(v) <= 1e6, "must be within +-1e6"),
+    # (the model's bound on its rating scale)
+    (
+        ("rating_low", "rating_high"),
+        lambda v: abs(v) <= MAX_SCALE,
+        "must be within +-1e6",  # (MAX_SCALE)
+    ),
     # Kafka's bounds: the broker refuses a group session under 6 s by default, and Faust
     # one longer than its request timeout (90 s); a fetch must end within that request.
     (("session_timeout_s",), lambda v: 6 <= v <= 90, "must be 6 to 90 seconds"),

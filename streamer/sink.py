@@ -35,11 +35,10 @@ from streamer.client import (
     SentinelURL,
     aclose_client,
     close_client,
-    decode_hash,
-    pipeline_results,
+    read_live_workers,
     redis_client,
 )
-from streamer.metrics import fleet_metrics, superseded
+from streamer.metrics import fleet_metrics
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -467,7 +466,7 @@ class RedisSink:
         (newest first, capped at ``metrics_history`` entries) for the dashboard's charts.
         ``partitions``: the ratings partitions the worker holds, in its own hash: another
         worker's figures from before it handed one of them on are left out of the
-        fleet's (:func:`~streamer.metrics.superseded`)."""
+        fleet's (:func:`~streamer.registry.superseded`)."""
         key = self.settings.key
         now = time.time()
         own_fields = {k: str(v) for k, v in metrics.items()}
@@ -503,44 +502,15 @@ class RedisSink:
             pipe.ltrim(history, 0, self.settings.metrics_history - 1)
 
         async def write() -> None:
-            others = await self._others_figures(worker_id)
-            gone = superseded(
-                {w: (t, f.get("partitions", "")) for w, (t, f) in others.items()}
-                | {worker_id: (math.inf, held)}
-            )
-            figures = {w: f for w, (_, f) in others.items() if w not in gone}
-            window = self.settings.metrics_window
-            try:
-                fleet = fleet_metrics({**figures, worker_id: own_fields}, window)
-            except (ArithmeticError, TypeError, ValueError):  # (never stop publishing for it)
-                log.exception("the fleet's figures could not be combined: this worker's only")
-                fleet = fleet_metrics({worker_id: own_fields}, window)
+            # (the other live workers' figures, as readers count them: this worker's own
+            # replace any it held the partitions of before)
+            others = await read_live_workers(self.redis, key, latest=(worker_id, held))
+            fleet = fleet_metrics({**others, worker_id: own_fields}, self.settings.metrics_window)
             async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 queue(pipe, fleet)
                 await pipe.execute()
 
         await self._until_written("metrics", write)
-
-    async def _others_figures(self, worker_id: str) -> dict[str, tuple[float, dict[str, str]]]:
-        """The other live workers' last publish times (by the Redis server's clock) and own
-        metrics hashes, by worker id (one whose hash expired since it last registered is
-        left out: it stopped; so is a key of another type there, which would otherwise
-        stop every worker's publish)."""
-        key = self.settings.key
-        listed = await self.redis.zrange(key("metrics", "workers"), 0, -1, withscores=True)
-        times = {w.decode(errors="replace"): float(t) for w, t in listed}
-        times.pop(worker_id, None)
-        if not times:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for w in times:
-                pipe.hgetall(key("metrics", "worker", w))
-            found = pipeline_results(await pipe.execute(raise_on_error=False))
-        return {
-            w: (times[w], decode_hash(f))
-            for w, f in zip(times, found, strict=True)
-            if isinstance(f, Mapping) and f
-        }
 
     async def withdraw(self, worker_id: str) -> None:
         """A worker stopping: its own metrics hash and its entry in the registry of live
