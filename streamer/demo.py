@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shlex
 import signal
@@ -83,11 +84,19 @@ def metrics_line(client: redis.Redis, key: str) -> str:
         return "worker warming up"
     k = m["k"]
     return (
-        f"learned {int(m['events']):>7,}  RMSE {float(m['rmse']):.3f}  "
-        f"NDCG@{k} {float(m['ndcg_at_k']):.3f}  Recall@{k} {float(m['recall_at_k']):.3f}  "
-        f"fresh p50/p99 {float(m['freshness_ms_p50']):.0f}/"
-        f"{float(m['freshness_ms_p99']):.0f} ms  lag {m['lag']}"
+        f"learned {int(m['events']):>7,}  RMSE {_figure(m['rmse'], '.3f')}  "
+        f"NDCG@{k} {_figure(m['ndcg_at_k'], '.3f')}  "
+        f"Recall@{k} {_figure(m['recall_at_k'], '.3f')}  "
+        f"fresh p50/p99 {_figure(m['freshness_ms_p50'], '.0f')}/"
+        f"{_figure(m['freshness_ms_p99'], '.0f')} ms  lag {m['lag']}"
     )
+
+
+def _figure(raw: str, spec: str) -> str:
+    """A figure of the metrics hash as the demo prints it: ``-`` until it is measured
+    (the worker writes NaN before its first rating), not ``nan``."""
+    value = float(raw)
+    return format(value, spec) if math.isfinite(value) else "-"
 
 
 def learned(client: redis.Redis, key: str) -> int:

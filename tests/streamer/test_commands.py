@@ -1056,3 +1056,26 @@ def test_a_runs_folder_goes_with_its_topics(kafka_bootstrap: str, tmp_path) -> N
         warnings.simplefilter("ignore")  # (its topics were never made)
         remove_topics(env)
     assert not own.parent.exists() and other.exists()
+
+
+def test_the_demo_prints_a_dash_for_a_figure_not_measured_yet() -> None:
+    """Before its first rating a worker writes NaN figures; the demo's progress line
+    shows ``-`` for them, not ``nan``, and the measured figures as numbers."""
+    from streamer import demo
+
+    class Hash:
+        def __init__(self, fields: dict[str, str]) -> None:
+            self.fields = {k.encode(): v.encode() for k, v in fields.items()}
+
+        def hgetall(self, key: str) -> dict[bytes, bytes]:
+            return self.fields
+
+    figures = {"k": "10", "events": "0", "lag": "3", "rmse": "nan", "ndcg_at_k": "nan"}
+    figures |= {"recall_at_k": "nan", "freshness_ms_p50": "nan", "freshness_ms_p99": "nan"}
+    line = demo.metrics_line(Hash(figures), "recsys:metrics:w")
+    assert "nan" not in line
+    assert line.startswith("learned       0  RMSE -  NDCG@10 -  Recall@10 -")
+    assert "fresh p50/p99 -/- ms  lag 3" in line
+    figures |= {"events": "1200", "rmse": "0.8123", "freshness_ms_p50": "41.6"}
+    line = demo.metrics_line(Hash(figures), "recsys:metrics:w")
+    assert "learned   1,200  RMSE 0.812  NDCG@10 -" in line and "p50/p99 42/- ms" in line
