@@ -1939,6 +1939,11 @@ class RecsysWorker:
         await consumer.start()
         learned = dict.fromkeys(until, 0)
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
+        # Reading a rating notes its event id (the log's own duplicates are skipped), ahead
+        # of learning it: a replay cut short before it learned anything puts the ids back,
+        # or its retry would take every rating read so far for a duplicate and skip it.
+        ids_before = self.engine.event_ids.copy()
+        learning = False
         try:
             refused = await self._refused(sorted(until), revocations, started)
             declared = refused.get(s.users_topic, {})
@@ -1960,6 +1965,7 @@ class RecsysWorker:
                     raise BatchAbandoned(
                         f"a rebalance began {time.monotonic() - started:.1f} s into a replay"
                     )
+                learning = True
                 self.engine.relearn([r for _, r in ratings])
                 for partition, r in ratings:
                     last_seen[r.user] = max(last_seen.get(r.user, r.timestamp), r.timestamp)
@@ -1967,8 +1973,11 @@ class RecsysWorker:
         except BaseException:
             # Cut short (the log unreachable, a stop): the model holds part of the
             # replay, and replaying the range again on top would learn that part twice.
-            if any(learned.values()):
+            if learning:
                 self._reset_pending = True
+            else:  # nothing learned: only the ids read, which the retry reads again
+                self.engine.event_ids.clear()
+                self.engine.event_ids.update(ids_before)
             raise
         finally:
             await consumer.stop()

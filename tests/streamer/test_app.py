@@ -269,6 +269,62 @@ async def test_a_replay_cut_short_by_an_error_rebuilds_rather_than_replays_on_to
     assert options == [{"auto_offset_reset": "earliest"}]
 
 
+async def test_a_replay_cut_short_before_it_learned_loses_no_rating_on_its_retry(
+    monkeypatch,
+) -> None:
+    """Reading a rating notes its event id, before the event-time merge lets it go to
+    be learned. A replay cut short after reading but before learning anything (partition
+    0 read, partition 1 still behind it) keeps its model, and the retry reads the same
+    records: none may pass for a duplicate of itself, or its rating is lost unseen."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"t": 1.0})
+    worker.engine.remember(["before"])  # learned live earlier: still a duplicate after
+
+    def record(partition: int, offset: int, n: int) -> ConsumerRecord:
+        value = json.dumps(
+            {"user_id": f"u{n}", "item_id": "a", "rating": 4, "timestamp": n, "event_id": f"e{n}"}
+        ).encode()
+        return ConsumerRecord("r", partition, offset, 0, 0, f"u{n}".encode(), value, None, 0, 0, [])
+
+    log = {p: [record(p, o, 100 * p + o) for o in range(10)] for p in (0, 1)}
+    attempts: list[int] = []
+
+    class Idle:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    async def ranges(consumer, wanted, batch=5000):
+        attempts.append(len(attempts))
+        if len(attempts) == 1:  # partition 0 read, 1 still behind: the merge holds 0's
+            yield log[0], {TopicPartition("r", 0), TopicPartition("r", 1)}
+            raise KafkaConnectionError()
+        yield log[0] + log[1], set()
+
+    async def nothing_refused(self, partitions, revocations, started) -> dict:
+        return {}
+
+    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
+        return {}
+
+    async def published(engine, sink, lists) -> float:
+        return time.time()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
+    monkeypatch.setattr(app_module, "read_ranges", ranges)
+    monkeypatch.setattr(app_module, "publish", published)
+    monkeypatch.setattr(RecsysWorker, "_refused", nothing_refused)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    with pytest.raises(KafkaConnectionError):
+        await worker._replay({0: 10, 1: 10})
+    assert worker.engine.events == 0 and not worker._reset_pending  # the model kept
+    assert list(worker.engine.event_ids) == ["before"]
+    await worker._replay({0: 10, 1: 10})
+    assert worker.engine.events == 20 and worker._replayed == {0, 1}
+    assert worker.engine.repeats("e3") and worker.engine.repeats("before")
+
+
 async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     monkeypatch,
 ) -> None:
