@@ -6,9 +6,11 @@ import asyncio
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -97,6 +99,18 @@ def _figure(raw: str, spec: str) -> str:
     (the worker writes NaN before its first rating), not ``nan``."""
     value = float(raw)
     return format(value, spec) if math.isfinite(value) else "-"
+
+
+def command() -> str:
+    """How a shell calls ``recsys-online``: by name where the PATH finds this install's,
+    else by its path (``.venv/bin/recsys-online`` where the scripts made a virtual
+    environment, which the demo's shell never activated)."""
+    installed = Path(sys.executable).parent / "recsys-online"
+    found = shutil.which("recsys-online")
+    if not installed.exists() or (found and Path(found).resolve() == installed.resolve()):
+        return "recsys-online"
+    shown = os.path.relpath(installed)
+    return shown if not shown.startswith("..") else str(installed)
 
 
 def learned(client: redis.Redis, key: str) -> int:
@@ -217,14 +231,15 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
         liked = next((r.item for r in reversed(ds.ratings) if r.rating >= 4), None)
         if liked is not None:
             show_similar(settings, liked)
+        cli = command()
         if heavy:
-            say(f"\n   the same from the shell:  recsys-online recs {heavy[0]}")
+            say(f"\n   the same from the shell:  {cli} recs {heavy[0]}")
             say(f"                             redis-cli GET {settings.key('recs', heavy[0])}")
         if liked is not None:
-            say(f"   more like an item:        recsys-online similar {liked}")
+            say(f"   more like an item:        {cli} similar {liked}")
             say(f"   on the dashboard:         {url}?user={heavy[0]}")
         key = settings.key("metrics")
-        say(f"   metrics:                  recsys-online metrics   ({key}, while a worker runs)")
+        say(f"   metrics:                  {cli} metrics   ({key}, while a worker runs)")
         if wait:
             say(f"\n   worker and dashboard stay up: {url}  —  Ctrl-C stops everything")
             while worker.poll() is None:

@@ -1079,3 +1079,22 @@ def test_the_demo_prints_a_dash_for_a_figure_not_measured_yet() -> None:
     figures |= {"events": "1200", "rmse": "0.8123", "freshness_ms_p50": "41.6"}
     line = demo.metrics_line(Hash(figures), "recsys:metrics:w")
     assert "learned   1,200  RMSE 0.812  NDCG@10 -" in line and "p50/p99 42/- ms" in line
+
+
+def test_the_demo_names_the_command_where_the_path_would_not_find_it(tmp_path, monkeypatch) -> None:
+    """Where the scripts installed into ``.venv``, the demo's shell never activated it:
+    its hints give the command's path; where the PATH finds this install, its name."""
+    from streamer import demo
+
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").touch()
+    command = bin_dir / "recsys-online"
+    command.write_text("#!/bin/sh\n")
+    command.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo.sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert demo.command() == ".venv/bin/recsys-online"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert demo.command() == "recsys-online"
