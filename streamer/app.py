@@ -325,6 +325,7 @@ class CatalogFollower:
         return await client.end_offsets(tps)
 
     OFFSETS_CLOSE_S = 5.0  # the stop's wait for a start of the ends client under way
+    RETRY_S = 1.0  # the wait before asking Kafka again for the items topic's end
 
     async def close_offsets(self) -> None:
         """Stop the client :meth:`end_offsets` made (at the worker's stop); none is made
@@ -394,7 +395,7 @@ class CatalogFollower:
                         else:  # (moved to the end: applied in the order last seen)
                             latest.pop(event.item_id, None)
                             latest[event.item_id] = event
-                caught_up = not self.ready.is_set() and await self._caught_up(None)
+                caught_up = not self.ready.is_set() and await self._read_to_end()
                 if caught_up and generation == self._generation:
                     for event in latest.values():
                         lists.update(self._apply_event(event))
@@ -439,6 +440,17 @@ class CatalogFollower:
             return self.engine.delete_item(event.item_id, event.timestamp)
         self.engine.upsert_item(event.item_id, dict(event.tags), event.timestamp)
         return {}
+
+    async def _read_to_end(self) -> bool:
+        """While the catalog is first read: every event in it so far was read. Not yet
+        where Kafka cannot say (a broker away, a timeout): a broker restart stalls the
+        read, a second later it asks again; the worker does not stop."""
+        try:
+            return await self._caught_up(None)
+        except KafkaError as exc:
+            log.warning("the items topic's end unknown (%r): asking again", exc)
+            await asyncio.sleep(self.RETRY_S)
+            return False
 
     async def _caught_up(self, end: dict | None) -> bool:
         assert self.consumer is not None

@@ -10,7 +10,12 @@ from dataclasses import replace
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+)
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
@@ -2362,6 +2367,49 @@ async def test_the_catalog_read_again_into_a_restored_model_applies_each_items_l
     assert float(model.cooc.weight[x].sum()) == weight
     assert int((model.cooc.recent == x).sum()) == rings
     assert not model.is_deleted("x") and model.is_deleted("gone")
+
+
+async def test_the_catalog_read_outlasts_a_broker_that_cannot_give_its_end(
+    monkeypatch, caplog
+) -> None:
+    """While the catalog is first read (after every start, rebuild and restore), the
+    items topic's end is asked at every fetch; a broker that cannot answer raised out of
+    the follower's task, which stops the worker. It waits and asks again, saying so, and
+    the catalog is read whole once the broker answers."""
+    from schemas import ItemEvent
+
+    engine = StreamEngine(Settings(items_topic="i"))
+    log = [
+        _item_record(
+            ItemEvent(op="upsert", item_id=f"i{n}", tags=["rock"], timestamp=1.7e9).to_bytes(),
+            f"i{n}".encode(),
+            n,
+        )
+        for n in range(3)
+    ]
+    failures = [3]
+
+    class Away(_ItemsLog):
+        async def end_offsets(self, partitions) -> dict:
+            if failures[0]:
+                failures[0] -= 1
+                raise KafkaTimeoutError()
+            return await super().end_offsets(partitions)
+
+    async def published(engine, sink, lists) -> float:
+        return time.time()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda s, **o: Away(log))
+    monkeypatch.setattr(app_module, "publish", published)
+    monkeypatch.setattr(app_module.CatalogFollower, "RETRY_S", 0.01)
+    follower = app_module.CatalogFollower(Settings(items_topic="i"), engine, sink=None)
+    reading = asyncio.ensure_future(follower.run())
+    try:
+        await asyncio.wait_for(follower.ready.wait(), 5)
+    finally:
+        reading.cancel()
+    assert failures == [0] and all(engine.knows_item(f"i{n}") for n in range(3))
+    assert "the items topic's end unknown (KafkaTimeoutError" in caplog.text
 
 
 async def test_only_commits_that_went_through_count_for_sharing(monkeypatch) -> None:
