@@ -10,7 +10,12 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streamer import kafka_records
 from streamer.settings import Settings
+
+# Every consumer the project makes (the worker's, its replays', the catalog reader's,
+# the dead-letter commands') reads header names that are not UTF-8 instead of stopping.
+kafka_records.install()
 
 
 def standalone_consumer(settings: Settings, **options: object) -> AIOKafkaConsumer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.util import calc_crc32c
 from polling import wait_until
 from worker_process import cli
 
@@ -377,6 +380,50 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
     ):
         assert int(figures.get(f"deadletters_{kind}", 0)) >= at_least, (kind, figures)
     assert worker.process.poll() is None
+
+
+async def _produce_with_a_header_name_not_utf8(
+    bootstrap: str, topic: str, key: bytes, value: bytes
+):
+    """One record whose header name is bytes that are not UTF-8 (Kafka takes them; the
+    Java clients read them with replacement; aiokafka's reader raised on them), in the
+    partition the key hashes to, as a producer sends it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        partition = DefaultPartitioner()(key, partitions, partitions)
+        batch = producer.create_batch()
+        batch.append(key=key, value=value, timestamp=None, headers=[("ZZ", b"v")])
+        data = bytearray(batch._build())
+        at = data.find(b"ZZ")
+        data[at : at + 2] = b"\xff\xfe"
+        struct.pack_into(">I", data, 17, calc_crc32c(bytes(data[21:])))
+        batch._buffer = bytes(data)
+        await (await producer.send_batch(batch, topic, partition=partition))
+    finally:
+        await producer.stop()
+
+
+def test_a_header_name_not_utf8_is_read_and_the_worker_keeps_going(worker: RunningWorker):
+    """A rating whose record carries a header named by bytes that are not UTF-8 stopped
+    the worker at every start (its partition blocked for good): it is learned like any
+    other, and the ratings after it too."""
+    produce(worker, [item(worker, f"h{j}", "folk") for j in range(4)])
+    event = RatingEvent(user_id="hana", item_id="h1", rating=5.0, timestamp=NOW)
+    asyncio.run(
+        _produce_with_a_header_name_not_utf8(
+            worker.env["KAFKA_BOOTSTRAP_SERVERS"], worker.ratings, b"hana", event.to_bytes()
+        )
+    )
+    produce(worker, [rating(worker, "hana", "h2", 4.0), rating(worker, "ivo", "h1", 5.0)])
+    wait_for(lambda: worker.recs("ivo"), "the list of the rating after it", worker)
+    doc = wait_for(
+        lambda: {"h1", "h2"}.isdisjoint(worker.items_for("hana")) and worker.recs("hana"),
+        "a list without both items hana rated",
+        worker,
+    )
+    assert doc["items"] and worker.process.poll() is None
 
 
 def _cli(worker: RunningWorker, *args: str) -> str:
