@@ -170,6 +170,12 @@ class Settings:
     # The settings a learned model depends on: a snapshot made under others is not used.
     MODEL_SETTINGS = (
         "ratings_topic",
+        # The catalog read again after a restore only adds what it finds (another
+        # topic's items would stay listed), and the dead letters say which records a
+        # replay skips: a snapshot goes with the topics it was made from.
+        "items_topic",
+        "users_topic",
+        "deadletter_topic",
         "partitions",
         "k",
         "learn_window_s",

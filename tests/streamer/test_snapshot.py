@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,11 @@ def test_the_best_snapshot_is_usable_and_covers_the_most_partitions(tmp_path) ->
     assert store.best(fp, {0}, committed).offsets == {0: 50}  # partition 1 is not ours
     other = Settings(n_factors=16).model_fingerprint()
     assert store.best(other, {0, 1}, committed) is None  # made under other settings
+    # Made from other topics: the catalog read again would leave that catalog's items
+    # listed, and the dead letters of another topic skip other records in a replay.
+    for topic in ("items_topic", "users_topic", "deadletter_topic"):
+        moved = replace(engine.settings, **{topic: "elsewhere"}).model_fingerprint()
+        assert store.best(moved, {0, 1}, committed) is None, topic
     assert store.best(fp, {0, 1}, {}) is None  # nothing committed yet
 
 
