@@ -2187,7 +2187,17 @@ class RecsysWorker:
                 await (await self._send_letter(key, value, headers))
                 return
             except Exception as exc:  # any delivery failure: the record is not lost
-                log.warning("dead letter not delivered (%s): again in %.1f s", exc, wait)
+                source = dict(headers)
+                log.warning(
+                    "dead letter of %s partition %s offset %s not delivered to %s (%r): "
+                    "again in %.1f s; the partition waits for it",
+                    source.get("recsys.source.topic", b"?").decode(errors="replace"),
+                    source.get("recsys.source.partition", b"?").decode(errors="replace"),
+                    source.get("recsys.source.offset", b"?").decode(errors="replace"),
+                    self.settings.deadletter_topic,
+                    exc,
+                    wait,
+                )
                 await asyncio.sleep(wait)
                 wait = min(2 * wait, 5.0)
 

@@ -2457,3 +2457,29 @@ async def test_the_catalog_follower_tries_the_dead_letters_again_then_goes_on(
     failures[0] = 3
     assert await follower._refused() == {}
     assert "catalog read without the dead letters' offsets" in caplog.text
+
+
+async def test_a_dead_letter_not_delivered_is_sent_again_naming_its_source(
+    monkeypatch, caplog
+) -> None:
+    """A letter the broker keeps refusing stalls its partition: each warning names the
+    record it is for and the topic it goes to, and the letter is sent until it lands."""
+    worker = RecsysWorker(Settings(ratings_topic="r", deadletter_topic="dlq"))
+    tries: list[bytes] = []
+
+    async def refused_twice(key, value, headers):
+        tries.append(value)
+        if len(tries) < 3:
+            raise KafkaTimeoutError()
+        return asyncio.sleep(0)
+
+    monkeypatch.setattr(worker, "_send_letter", refused_twice)
+    record = ConsumerRecord("r", 1, 42, 0, 0, b"u1", b"{bad", None, 0, 4, [])
+    await worker._dead_letter(record, "malformed JSON: x")
+    assert tries == [b"{bad"] * 3
+    warnings = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(warnings) == 2
+    assert (
+        "dead letter of r partition 1 offset 42 not delivered to dlq (KafkaTimeoutError"
+        in (warnings[0])
+    )
