@@ -135,15 +135,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "power-law popularity, sessions and items arriving over time (see "
         "recsys_online.synth). Deterministic by --seed.",
     )
-    s.add_argument("out_dir", type=Path)
-    s.add_argument("--users", type=positive_int, default=1000)
-    s.add_argument("--items", type=positive_int, default=2000)
-    s.add_argument("--ratings", type=positive_int, default=100_000)
-    s.add_argument("--tags", type=positive_int, default=50)
-    s.add_argument("--cold-item-share", type=finite_float, default=0.3)
-    s.add_argument("--drift", type=finite_float, default=0.0)
-    s.add_argument("--deletes", type=count, default=0)
-    s.add_argument("--seed", type=count, default=0)
+    s.add_argument("out_dir", type=Path, help="folder for ratings.csv and items.csv")
+    s.add_argument("--users", type=positive_int, default=1000, help="default 1,000")
+    s.add_argument("--items", type=positive_int, default=2000, help="default 2,000")
+    s.add_argument("--ratings", type=positive_int, default=100_000, help="default 100,000")
+    s.add_argument("--tags", type=positive_int, default=50, help="distinct tags (default 50)")
+    s.add_argument(
+        "--cold-item-share",
+        type=finite_float,
+        default=0.3,
+        help="share of items arriving mid-stream with tags and no ratings (0-1, default 0.3)",
+    )
+    s.add_argument(
+        "--drift",
+        type=finite_float,
+        default=0.0,
+        help="users' taste drift over the stream, in taste scales (0-1000, default 0: none)",
+    )
+    s.add_argument("--deletes", type=count, default=0, help="items deleted mid-stream (default 0)")
+    s.add_argument("--seed", type=count, default=0, help="default 0 (same seed, same stream)")
     s.set_defaults(run=run_synth)
 
 
@@ -166,8 +176,8 @@ def run_synth(args: argparse.Namespace) -> int:
         return 2
     except MemoryError:  # (the state grows with users and items, not ratings)
         print(
-            f"recsys-online synth: not enough memory for {args.users:,} users and "
-            f"{args.items:,} items",
+            f"recsys-online synth: not enough memory for {args.users:,} users, "
+            f"{args.items:,} items and {args.tags:,} tags",
             file=sys.stderr,
         )
         return 1

@@ -30,7 +30,9 @@ import gc
 import io
 import math
 import os
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -313,18 +315,20 @@ def load(
     if path.is_dir():
         path = _find_ratings_file(path, fmt)
     items = Path(items_path) if items_path is not None else None
-    if fmt == "auto":
-        fmt = _detect_format(path, items)
-    with _gc_paused():  # millions of small objects: generational GC passes would dominate
-        try:
-            ratings, catalog, deletes = _LOADERS[fmt](path, items)
-        except UnicodeDecodeError as exc:  # CSV formats are read as UTF-8
-            files = path.name if items is None else f"{path.name} or {items.name}"
-            raise DatasetError(
-                f"{files}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} "
-                f"at offset {exc.start} of a read block); save the file as UTF-8"
-            ) from None
-    had_catalog = bool(catalog)
+    with _regular(path) as read_from, _regular(items) as items_from:
+        if fmt == "auto":
+            fmt = _detect_format(read_from, items_from)
+        with _gc_paused():  # millions of small objects: generational GC would dominate
+            try:
+                ratings, listed, deletes = _LOADERS[fmt](read_from, items_from)
+            except UnicodeDecodeError as exc:  # CSV formats are read as UTF-8
+                files = path.name if items is None else f"{path.name} or {items.name}"
+                raise DatasetError(
+                    f"{files}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} "
+                    f"at offset {exc.start} of a read block); save the file as UTF-8"
+                ) from None
+    had_catalog = listed is not None  # (an item file was read, even an empty one)
+    catalog = {} if listed is None else listed
     unlisted = []
     for rating in ratings:
         if rating.item not in catalog:
@@ -340,6 +344,22 @@ def load(
         unlisted=unlisted,
         had_catalog=had_catalog,
     )
+
+
+@contextmanager
+def _regular(path: Path | None) -> Iterator[Path | None]:
+    """``path``, or where it is not a regular file (a pipe: ``<(zcat ratings.csv.gz)``,
+    ``/dev/stdin``), a copy of what it holds in a temporary folder under the same name:
+    the readers read a file more than once (its first line for the format, again after
+    a bad row to name its line), and a pipe gives its bytes once."""
+    if path is None or path.is_file() or not path.exists():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="recsys-online-") as folder:
+        copy = Path(folder, path.name or "input")
+        with open(path, "rb") as source, open(copy, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        yield copy
 
 
 @contextmanager
@@ -380,12 +400,21 @@ def _detect_format(path: Path, items: Path | None) -> str:
     if "::" in first:
         return "movielens-1m"
     if "," in first:
-        header = [c.strip().lower() for c in next(csv.reader([first]))]
+        try:
+            header = [c.strip().lower() for c in next(csv.reader([first]))]
+        except csv.Error:  # (a field past the csv module's limit: not a header)
+            header = []
         if header[:2] == ["userid", "movieid"]:
             return "movielens-latest"
         if _find_column(header, _USER_COLUMNS) is not None:
             return "csv"
-    elif len(first.split()) == 4:
+    elif len(fields := first.split()) == 4:
+        if _find_column([f.lower() for f in fields], _USER_COLUMNS) is not None:
+            raise DatasetError(
+                f"{path.name} line 1: a header of tab- or space-separated columns; only "
+                f"comma-separated CSV takes a header (MovieLens 100K's u.data has none): "
+                f"save the file as CSV"
+            )
         return "movielens-100k"
     raise DatasetError(
         f"{path.name} line 1: cannot tell the format from {first[:60]!r}; "
@@ -407,14 +436,15 @@ def _beside(path: Path, name: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-_Loaded = tuple[list[Rating], dict[str, ItemUpsert], list[ItemDelete]]
+# (The catalog is None where no item file was read.)
+_Loaded = tuple[list[Rating], dict[str, ItemUpsert] | None, list[ItemDelete]]
 
 
 def _load_ml100k(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_split_ratings(path, str.split, "whitespace-separated")
     items = items or _beside(path, "u.item")
     if items is None:
-        return ratings, {}, []
+        return ratings, None, []
     genre_file = _beside(items, "u.genre")
     genres = _read_ml100k_genres(genre_file) if genre_file else list(ML100K_GENRES)
     return ratings, _read_ml100k_items(items, genres), []
@@ -423,7 +453,7 @@ def _load_ml100k(path: Path, items: Path | None) -> _Loaded:
 def _load_ml1m(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_split_ratings(path, methodcaller("split", "::"), "'::'-separated")
     items = items or _beside(path, "movies.dat")
-    return ratings, _read_ml1m_items(items) if items else {}, []
+    return ratings, _read_ml1m_items(items) if items else None, []
 
 
 def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
@@ -431,7 +461,7 @@ def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
     # (either CSV catalog beside the ratings: the same reader reads both)
     items = items or _beside(path, "movies.csv") or _beside(path, "items.csv")
     if items is None:
-        return ratings, {}, []
+        return ratings, None, []
     catalog, deletes = _read_csv_items(items)
     tags = _beside(items, "tags.csv")
     if tags is not None:
@@ -443,7 +473,7 @@ def _load_csv(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_csv_ratings(path)
     items = items or _beside(path, "items.csv") or _beside(path, "movies.csv")
     if items is None:
-        return ratings, {}, []
+        return ratings, None, []
     catalog, deletes = _read_csv_items(items)
     return ratings, catalog, deletes
 
@@ -544,13 +574,18 @@ def _ratings_from_batches(
         users = list(map(sys.intern, map(str.strip, map(itemgetter(iu), rows))))
         items = list(map(sys.intern, map(str.strip, map(itemgetter(ii), rows))))
         try:
-            values = list(map(float, map(itemgetter(ir), rows)))
+            texts = list(map(itemgetter(ir), rows))
+            values = list(map(float, texts))
             if it is None:
                 stamps = list(map(float, range(len(ratings), len(ratings) + len(rows))))
             else:
-                stamps = list(map(float, map(itemgetter(it), rows)))
+                times = list(map(itemgetter(it), rows))
+                stamps = list(map(float, times))
+                texts += times
         except ValueError:
             raise _NeedsSlowPath from None
+        if not _plain("".join(texts)):  # (float() takes "4_5" and other digits)
+            raise _NeedsSlowPath
         if "" in users or "" in items:
             raise _NeedsSlowPath
         in_range = (np.abs(values) <= _FLOAT32_MAX).all()  # (NaN compares false: out)
@@ -585,6 +620,8 @@ def _rating(user: str, item: str, rating_text: str, time_text: str, name: str, l
     """The rating of one row's fields (ids stripped), or the error naming what is wrong."""
     user, item = user.strip(), item.strip()
     try:
+        if not _plain(rating_text + time_text):
+            raise ValueError
         rating = float(rating_text)
         timestamp = float(time_text)
     except ValueError:
@@ -673,6 +710,7 @@ def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
     tag_names = [_tag_name(g) if _tag_name(g) != NO_GENRE_100K else "" for g in genres]
     n = len(genres)
     catalog: dict[str, ItemUpsert] = {}
+    first_lines: dict[str, int] = {}
     with _open_latin1(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
@@ -695,6 +733,7 @@ def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
                     raise DatasetError(
                         f"{path.name} line {lineno}: genre flag {flag!r} for {genre} is not 0 or 1"
                     )
+            _listed_once(first_lines, item, path.name, lineno)
             catalog[item] = ItemUpsert(item, tags, UNKNOWN_ARRIVAL, fields[1].strip())
     return catalog
 
@@ -702,6 +741,7 @@ def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
 def _read_ml1m_items(path: Path) -> dict[str, ItemUpsert]:
     """Read ``movies.dat``: ``id::title::Genre1|Genre2`` (latin-1)."""
     catalog: dict[str, ItemUpsert] = {}
+    first_lines: dict[str, int] = {}
     with _open_latin1(path) as f:
         for lineno, line in enumerate(f, 1):
             fields = _split_double_colon(line)
@@ -717,6 +757,7 @@ def _read_ml1m_items(path: Path) -> dict[str, ItemUpsert]:
             # "::" and end with ":" ("Cats:::Drama" is "Cats:" of Drama); genres never do.
             title, _, genres = line.rstrip("\r\n").partition("::")[2].rpartition("::")
             tags = _parse_tags(genres, path.name, lineno)
+            _listed_once(first_lines, item, path.name, lineno)
             catalog[item] = ItemUpsert(item, tags, 0.0, title.strip())
     return catalog
 
@@ -727,6 +768,7 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
     name = path.name
     catalog: dict[str, ItemUpsert] = {}
     deletes: list[ItemDelete] = []
+    first_lines: dict[str, int] = {}
     with _open_csv(path) as f:
         reader = csv.reader(f, skipinitialspace=True, strict=True)
         header = _header(reader, name)
@@ -747,11 +789,23 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
             tags = _parse_tags(_cell(cells, i_tags), name, lineno)
             arrival = _cell(cells, i_time)
             timestamp = _number(arrival, "timestamp", name, lineno) if arrival else 0.0
+            _listed_once(first_lines, item, path.name, lineno)
             catalog[item] = ItemUpsert(item, tags, timestamp, _cell(cells, i_title))
             deleted = _cell(cells, i_deleted)
             if deleted:
                 deletes.append(ItemDelete(item, _number(deleted, "deleted_at", name, lineno)))
     return catalog, deletes
+
+
+def _listed_once(first_lines: dict[str, int], item: str, name: str, lineno: int) -> None:
+    """An item file holds one row per item: a second row of an item is a
+    :class:`DatasetError` naming both lines (it replaced the first's tags, unseen)."""
+    first = first_lines.setdefault(item, lineno)
+    if first != lineno:
+        raise DatasetError(
+            f"{name} line {lineno}: item {item!r} is already listed on line {first} "
+            f"(one row per item)"
+        )
 
 
 def _add_user_tags(catalog: dict[str, ItemUpsert], path: Path) -> None:
@@ -862,6 +916,16 @@ _LIMITS = {"timestamp": MAX_ABS_TIMESTAMP, "deleted_at": MAX_ABS_TIMESTAMP}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _plain(text: str) -> bool:
+    """Numbers as a file writes them: ASCII, no ``_`` (``float`` reads "4_5" as 45 and
+    "４" as 4, which would widen the rating scale taken from the data, unseen).
+
+    >>> _plain("4.5e3"), _plain("4_5"), _plain("\uff14")
+    (True, False, False)
+    """
+    return text.isascii() and "_" not in text
+
+
 def _number(text: str, what: str, file_name: str, lineno: int) -> float:
     """Parse a finite float or raise a :class:`DatasetError` saying which field is wrong.
 
@@ -872,6 +936,8 @@ def _number(text: str, what: str, file_name: str, lineno: int) -> float:
 (seconds within 2^53 of 1970: a millisecond or nanosecond epoch?)
     """
     try:
+        if not _plain(text):
+            raise ValueError
         value = float(text)
     except ValueError:
         raise DatasetError(

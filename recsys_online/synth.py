@@ -189,6 +189,11 @@ class SynthConfig:
         for name in ("drift", "noise", "popularity_exponent", "activity_exponent", "novelty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        # Past these, tastes overflow float32 (drift 3e38: every rating NaN) or the power
+        # laws' weights underflow to 0 (an exponent of 1,000); real streams sit far below.
+        for name, most in _MOST.items():
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be <= {most:g}, got {getattr(self, name)}")
         if self.session_length < 1:
             raise ValueError(f"session_length must be >= 1, got {self.session_length}")
         if self.rating_step not in (0.5, 1.0):
@@ -205,6 +210,17 @@ class SynthConfig:
     def span_seconds(self) -> float:
         """Length of the stream in seconds."""
         return self.span_days * _DAY
+
+
+#: Upper bounds of the settings that have one only for the arithmetic's sake.
+_MOST = {
+    "drift": 1000.0,
+    "noise": 1000.0,
+    "novelty": 1000.0,
+    "selectivity": 1000.0,
+    "popularity_exponent": 10.0,
+    "activity_exponent": 10.0,
+}
 
 
 @dataclass

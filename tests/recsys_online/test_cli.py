@@ -67,6 +67,7 @@ def _error(capsys, code: int, command: str, expected: str) -> None:
             "n_deletes must be in 0..n_items",
         ),
         (["--drift", "nan"], "--drift: must be a finite number"),
+        (["--drift", "1e39"], "drift must be <= 1000, got 1e+39"),
         (["--seed", "-1"], "--seed: must be >= 0, got -1"),
     ],
 )

@@ -422,6 +422,94 @@ def test_file_problems_name_the_file_and_line(tmp_path: Path) -> None:
     assert load(tmp_path / "plain.csv", fmt="csv").ratings == [Rating("u", "i", 4.0, 100.0)]
 
 
+def test_a_pipe_is_read_whole_whatever_its_format(tmp_path: Path) -> None:
+    """``replay <(zcat ratings.csv.gz)``: the format's guess read the pipe's first block,
+    header included, which the reader then never saw; MovieLens files could not be read
+    at all (the byte-order check seeks). A pipe is copied first, under its own name."""
+    import os
+    import threading
+
+    def piped(name: str, data: bytes) -> Path:
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+
+        def write() -> None:
+            with open(fifo, "wb") as f:
+                f.write(data)
+
+        threading.Thread(target=write, daemon=True).start()
+        return fifo
+
+    rows = b"user_id,item_id,rating,timestamp\n" + b"".join(
+        f"u{n},i{n % 7},4,{n}\n".encode() for n in range(3000)
+    )
+    ds = load(piped("ratings", rows))
+    assert ds.n_ratings == 3000 and ds.ratings[0] == Rating("u0", "i0", 4.0, 0.0)
+    assert ds.name.endswith("/ratings")  # (the pipe's name, not the copy's)
+    ds = load(piped("u.data", b"1\t10\t4\t100\n2\t10\t3\t50\n"), fmt="movielens-100k")
+    assert [(r.user, r.rating) for r in ds.ratings] == [("1", 4.0), ("2", 3.0)]
+
+
+def test_first_lines_that_are_no_header_are_clear_errors(tmp_path: Path) -> None:
+    """A first field past the csv module's limit raised its own error (a traceback from
+    the command); a header of tab-separated columns was read as MovieLens 100K, whose
+    error then spoke of a rating 'rating'."""
+    (tmp_path / "long.csv").write_text("a" * 200_000 + ",b\n")
+    with pytest.raises(DatasetError, match=re.escape("long.csv line 1: cannot tell the format")):
+        load(tmp_path / "long.csv")
+    (tmp_path / "tabs.tsv").write_text("user_id\titem_id\trating\ttimestamp\nu1\ti1\t4\t1\n")
+    with pytest.raises(
+        DatasetError, match=re.escape("tabs.tsv line 1: a header of tab- or space-sep")
+    ):
+        load(tmp_path / "tabs.tsv")
+
+
+def test_an_item_listed_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    """A second row of an item replaced the first's tags and title, unseen (and kept both
+    rows' deletes, which ``save_csv`` refuses)."""
+    (tmp_path / "ratings.csv").write_text("user_id,item_id,rating,timestamp\nu,i1,4,1\n")
+    (tmp_path / "items.csv").write_text(
+        "item_id,title,tags,timestamp,deleted_at\ni1,A,drama,,15\ni2,B,x,,\ni1,A2,comedy,,25\n"
+    )
+    expected = "items.csv line 4: item 'i1' is already listed on line 2"
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        load(tmp_path / "ratings.csv")
+    path = write_ml100k(tmp_path / "ml-100k")
+    item = (path.parent / "u.item").read_bytes()
+    (path.parent / "u.item").write_bytes(item + item.splitlines(keepends=True)[0])
+    with pytest.raises(DatasetError, match=re.escape("u.item line 5: item '242' is already")):
+        load(path)
+    (tmp_path / "ratings.dat").write_bytes(b"1::10::5::978300760\n")
+    (tmp_path / "movies.dat").write_bytes(b"10::T (1999)::Drama\n10::T2 (1999)::War\n")
+    with pytest.raises(DatasetError, match=re.escape("movies.dat line 2: item '10' is already")):
+        load(tmp_path / "ratings.dat")
+
+
+def test_an_empty_item_file_is_an_item_file_read(tmp_path: Path) -> None:
+    """A header-only catalog counted as no catalog: the rated items missing from it
+    were replayed without tags and without the warning one unrelated row brought."""
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4,1\n")
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n")
+    ds = load(tmp_path / "ratings.csv")
+    assert ds.had_catalog and ds.unlisted == ["10"]
+    (tmp_path / "movies.csv").unlink()
+    assert not load(tmp_path / "ratings.csv").had_catalog
+
+
+@pytest.mark.parametrize("text", ["4_5", "\uff14", "4\u0663"])
+def test_a_number_python_reads_but_no_file_writes_is_refused(tmp_path: Path, text: str) -> None:
+    """``float`` reads "4_5" as 45 and other scripts' digits as digits: the rating scale,
+    taken from the data, widened unseen (to [3, 45])."""
+    (tmp_path / "r.csv").write_text(
+        f"user_id,item_id,rating,timestamp\nu1,i1,{text},1\nu2,i1,3,2\n", encoding="utf-8"
+    )
+    with pytest.raises(DatasetError, match=re.escape(f"r.csv line 2: rating {text!r} is not a")):
+        load(tmp_path / "r.csv")
+    (tmp_path / "u.data").write_text(f"1\t10\t3\t{text}\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=re.escape("u.data line 1: timestamp")):
+        load(tmp_path / "u.data")
+
+
 # ---------------------------------------------------------------------------------------------
 # Event order
 

@@ -381,6 +381,11 @@ def test_generate_mirrors_config_defaults() -> None:
         ({"noise": float("nan")}, "noise must be a finite number"),
         ({"span_days": float("nan")}, "span_days must be a finite number"),
         ({"selectivity": -1.0}, "selectivity must be >= 0"),
+        # Finite, but past float32 (drift 1e39: every rating NaN, then an IndexError)
+        # or past what the power laws' weights hold (1,000: weights 0, a division by 0).
+        ({"drift": 1e39}, "drift must be <= 1000"),
+        ({"popularity_exponent": 1000.0}, "popularity_exponent must be <= 10"),
+        ({"activity_exponent": 1000.0}, "activity_exponent must be <= 10"),
     ],
 )
 def test_settings_that_are_no_numbers_are_refused(setting: dict, message: str) -> None:
