@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import gzip
 import io
 import math
 import os
@@ -318,6 +319,8 @@ def load(
     with _regular(path) as read_from, _regular(items) as items_from:
         if fmt == "auto":
             fmt = _detect_format(read_from, items_from)
+        if items_from is None and read_from != path:  # (a copy: its item file is beside
+            items_from = _item_file_beside(path, fmt)  # the original, if anywhere)
         with _gc_paused():  # millions of small objects: generational GC would dominate
             try:
                 ratings, listed, deletes = _LOADERS[fmt](read_from, items_from)
@@ -348,18 +351,41 @@ def load(
 
 @contextmanager
 def _regular(path: Path | None) -> Iterator[Path | None]:
-    """``path``, or where it is not a regular file (a pipe: ``<(zcat ratings.csv.gz)``,
-    ``/dev/stdin``), a copy of what it holds in a temporary folder under the same name:
-    the readers read a file more than once (its first line for the format, again after
-    a bad row to name its line), and a pipe gives its bytes once."""
-    if path is None or path.is_file() or not path.exists():
+    """``path`` as a regular file of plain text the readers can open again and again
+    (the format's guess reads its first line; a bad row sends them back to name its
+    line): where it is a pipe (``<(zcat ratings.csv.gz)``, ``/dev/stdin``), which gives
+    its bytes once, a copy in a temporary folder under the same name; where it is
+    gzip-compressed, its text there; a zip archive is a :class:`DatasetError`."""
+    if path is None or not path.exists():
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="recsys-online-") as folder:
-        copy = Path(folder, path.name or "input")
-        with open(path, "rb") as source, open(copy, "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
-        yield copy
+        name = path.name or "input"
+        source = path
+        if not path.is_file():
+            source = Path(folder, name + ".read")
+            with open(path, "rb") as pipe, open(source, "wb") as copy:
+                shutil.copyfileobj(pipe, copy, 1 << 20)
+        with open(source, "rb") as f:
+            magic = f.read(4)
+        if magic.startswith(b"PK\x03\x04"):
+            raise DatasetError(
+                f"{path.name} is a zip archive: unzip it first and give the ratings file "
+                f"or its folder"
+            )
+        if magic.startswith(b"\x1f\x8b"):  # gzip: its text, named without ".gz"
+            name = name.removesuffix(".gz") or "input"
+            try:
+                with gzip.open(source) as packed, open(Path(folder, name), "wb") as text:
+                    shutil.copyfileobj(packed, text, 1 << 20)
+            except (OSError, EOFError) as exc:
+                raise DatasetError(f"{path.name}: not a readable gzip file ({exc})") from None
+        elif source is path:
+            yield path
+            return
+        else:
+            source.rename(Path(folder, name))
+        yield Path(folder, name)
 
 
 @contextmanager
@@ -431,6 +457,21 @@ def _first_line(path: Path) -> str:
     return ""
 
 
+#: Each format's item files, looked for beside the ratings in this order (either CSV
+#: catalog for the CSV formats: the same reader reads both).
+_ITEM_FILES = {
+    "movielens-100k": ("u.item",),
+    "movielens-1m": ("movies.dat",),
+    "movielens-latest": ("movies.csv", "items.csv"),
+    "csv": ("items.csv", "movies.csv"),
+}
+
+
+def _item_file_beside(path: Path, fmt: str) -> Path | None:
+    """The format's item file in the ratings file's folder (None: none there)."""
+    return next(filter(None, (_beside(path, name) for name in _ITEM_FILES[fmt])), None)
+
+
 def _beside(path: Path, name: str) -> Path | None:
     candidate = path.parent / name
     return candidate if candidate.is_file() else None
@@ -442,24 +483,24 @@ _Loaded = tuple[list[Rating], dict[str, ItemUpsert] | None, list[ItemDelete]]
 
 def _load_ml100k(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_split_ratings(path, str.split, "whitespace-separated")
-    items = items or _beside(path, "u.item")
+    items = items or _item_file_beside(path, "movielens-100k")
     if items is None:
         return ratings, None, []
     genre_file = _beside(items, "u.genre")
     genres = _read_ml100k_genres(genre_file) if genre_file else list(ML100K_GENRES)
-    return ratings, _read_ml100k_items(items, genres), []
+    origin = "of u.genre" if genre_file else "of MovieLens 100K: no u.genre beside it"
+    return ratings, _read_ml100k_items(items, genres, origin), []
 
 
 def _load_ml1m(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_split_ratings(path, methodcaller("split", "::"), "'::'-separated")
-    items = items or _beside(path, "movies.dat")
+    items = items or _item_file_beside(path, "movielens-1m")
     return ratings, _read_ml1m_items(items) if items else None, []
 
 
 def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_csv_ratings(path)
-    # (either CSV catalog beside the ratings: the same reader reads both)
-    items = items or _beside(path, "movies.csv") or _beside(path, "items.csv")
+    items = items or _item_file_beside(path, "movielens-latest")
     if items is None:
         return ratings, None, []
     catalog, deletes = _read_csv_items(items)
@@ -471,7 +512,7 @@ def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
 
 def _load_csv(path: Path, items: Path | None) -> _Loaded:
     ratings = _read_csv_ratings(path)
-    items = items or _beside(path, "items.csv") or _beside(path, "movies.csv")
+    items = items or _item_file_beside(path, "csv")
     if items is None:
         return ratings, None, []
     catalog, deletes = _read_csv_items(items)
@@ -705,7 +746,9 @@ def _read_ml100k_genres(path: Path) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
-def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
+def _read_ml100k_items(
+    path: Path, genres: list[str], origin: str = "of u.genre"
+) -> dict[str, ItemUpsert]:
     """Read ``u.item``: ``id|title|...|flag*n`` with one 0/1 flag per genre."""
     tag_names = [_tag_name(g) if _tag_name(g) != NO_GENRE_100K else "" for g in genres]
     n = len(genres)
@@ -721,7 +764,7 @@ def _read_ml100k_items(path: Path, genres: list[str]) -> dict[str, ItemUpsert]:
                 raise DatasetError(
                     f"{path.name} line {lineno}: expected {n + 5} '|'-separated fields (id, "
                     f"title, release date, video release date, URL, {n} genre flags for the "
-                    f"{n} genres of u.genre), got {len(fields)}"
+                    f"{n} genres {origin}), got {len(fields)}"
                 )
             item = _item_id(fields[0], path.name, lineno)
             tags: dict[str, float] = {}

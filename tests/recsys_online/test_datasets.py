@@ -371,6 +371,12 @@ def test_movielens_100k_genres_not_matching_the_flags_are_an_error(tmp_path: Pat
     (tmp_path / "u.genre").write_text("\n".join(genres[:-1]) + "\n", encoding="latin-1")
     with pytest.raises(DatasetError, match=re.escape("u.item line 1: expected 23 '|'-separated")):
         load(tmp_path / "u.data")
+    # Without u.genre, the genres are MovieLens 100K's own: the error does not blame it.
+    (tmp_path / "u.genre").unlink()
+    item = (tmp_path / "u.item").read_text(encoding="latin-1").splitlines()
+    (tmp_path / "u.item").write_text(item[0] + "|0\n", encoding="latin-1")
+    with pytest.raises(DatasetError, match=re.escape("of MovieLens 100K: no u.genre beside it")):
+        load(tmp_path / "u.data")
 
 
 def test_format_errors(tmp_path: Path) -> None:
@@ -448,6 +454,31 @@ def test_a_pipe_is_read_whole_whatever_its_format(tmp_path: Path) -> None:
     assert ds.name.endswith("/ratings")  # (the pipe's name, not the copy's)
     ds = load(piped("u.data", b"1\t10\t4\t100\n2\t10\t3\t50\n"), fmt="movielens-100k")
     assert [(r.user, r.rating) for r in ds.ratings] == [("1", 4.0), ("2", 3.0)]
+
+
+def test_a_compressed_file_is_read_and_an_archive_is_a_clear_error(tmp_path: Path) -> None:
+    """``replay ratings.csv.gz`` read gzip bytes as text ("cannot tell the format"); a
+    gzip file is read as its text, with the item files beside it, and a zip archive, as
+    MovieLens ships, says to unzip it (it said to give the format, then "not UTF-8")."""
+    import gzip
+    import zipfile
+
+    path = write_ml100k(tmp_path / "ml-100k")
+    packed = path.with_name("u.data.gz")
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    path.unlink()
+    ds = load(packed)
+    assert ds.n_ratings == 4 and ds.items["242"].tags == {"comedy": 1.0}
+    assert ds.name == "ml-100k/u.data.gz"
+    (tmp_path / "r.csv.gz").write_bytes(gzip.compress(b"user_id,item_id,rating\nu,i,4\n"))
+    assert load(tmp_path / "r.csv.gz").ratings == [Rating("u", "i", 4.0, 0.0)]
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(b"user_id,item_id,rating\n")[:-6])
+    with pytest.raises(DatasetError, match=re.escape("cut.csv.gz: not a readable gzip file")):
+        load(tmp_path / "cut.csv.gz")
+    with zipfile.ZipFile(tmp_path / "ml-100k.zip", "w") as archive:
+        archive.write(packed, "ml-100k/u.data.gz")
+    with pytest.raises(DatasetError, match=re.escape("ml-100k.zip is a zip archive: unzip it")):
+        load(tmp_path / "ml-100k.zip")
 
 
 def test_first_lines_that_are_no_header_are_clear_errors(tmp_path: Path) -> None:
