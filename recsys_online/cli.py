@@ -229,6 +229,12 @@ def run_replay(args: argparse.Namespace) -> int:
             f"file, e.g. {ds.unlisted[0]!r}: replayed without tags",
             file=sys.stderr,
         )
+    if ds.untimed:  # (documented, but an unsorted file would be replayed out of order)
+        print(
+            f"recsys-online replay: no time column in {args.ratings.name} (one of "
+            f"{', '.join(datasets.TIME_COLUMNS)}): replayed in file order",
+            file=sys.stderr,
+        )
     stamps = [r.timestamp for r in ds.ratings[:: max(1, len(ds.ratings) // 1000)]]
     if stamps and sorted(stamps)[len(stamps) // 2] > 1e11:  # (past the year 5138 in seconds)
         print(

@@ -68,7 +68,7 @@ USER_TAG_WEIGHT_CAP = 3.0
 _USER_COLUMNS = ("user_id", "user", "userid")
 _ITEM_COLUMNS = ("item_id", "item", "movieid", "movie_id", "itemid")
 _RATING_COLUMNS = ("rating",)
-_TIME_COLUMNS = ("timestamp", "time", "ts")
+TIME_COLUMNS = ("timestamp", "time", "ts")
 
 
 class DatasetError(ValueError):
@@ -120,6 +120,9 @@ class Dataset:
     #: whether there was an item file: a reader may want to say so.
     unlisted: list[str] = field(default_factory=list)
     had_catalog: bool = False
+    #: The ratings file named no time column: ratings are in file order, their
+    #: timestamps the rows' numbers (a reader may want to say so).
+    untimed: bool = False
 
     def __len__(self) -> int:
         return len(self.ratings)
@@ -195,6 +198,7 @@ class Dataset:
             name=f"{self.name}[:{n}]",
             unlisted=[item for item in dict.fromkeys(self.unlisted) if item in used],
             had_catalog=self.had_catalog,
+            untimed=self.untimed,
         )
 
     def live_paced(self, rate: float, start: float) -> Dataset:
@@ -321,6 +325,7 @@ def load(
             fmt = _detect_format(read_from, items_from)
         if items_from is None and read_from != path:  # (a copy: its item file is beside
             items_from = _item_file_beside(path, fmt)  # the original, if anywhere)
+        untimed = fmt in ("csv", "movielens-latest") and _names_no_time(read_from)
         with _gc_paused():  # millions of small objects: generational GC would dominate
             try:
                 ratings, listed, deletes = _LOADERS[fmt](read_from, items_from)
@@ -346,6 +351,7 @@ def load(
         name=name,
         unlisted=unlisted,
         had_catalog=had_catalog,
+        untimed=untimed,
     )
 
 
@@ -446,6 +452,15 @@ def _detect_format(path: Path, items: Path | None) -> str:
         f"{path.name} line 1: cannot tell the format from {first[:60]!r}; "
         f"give the format (--format or fmt=): one of {', '.join(FORMATS[1:])}"
     )
+
+
+def _names_no_time(path: Path) -> bool:
+    """A CSV ratings file's header names none of the time columns (:data:`TIME_COLUMNS`)."""
+    try:
+        header = next(csv.reader([_first_line(path)]), [])
+    except csv.Error:
+        return False  # (the reader says what is wrong with it)
+    return _find_column([c.strip().lower() for c in header], TIME_COLUMNS) is None
 
 
 def _first_line(path: Path) -> str:
@@ -566,7 +581,7 @@ def _read_csv_ratings(path: Path) -> list[Rating]:
                 _require_column(columns, _USER_COLUMNS, path.name),
                 _require_column(columns, _ITEM_COLUMNS, path.name),
                 _require_column(columns, _RATING_COLUMNS, path.name),
-                _find_column(columns, _TIME_COLUMNS),
+                _find_column(columns, TIME_COLUMNS),
             )
             batches = iter(lambda: list(islice(reader, _CHUNK_ROWS)), [])
             return _ratings_from_batches(batches, picked, exact=False, n_columns=len(columns))
@@ -692,7 +707,7 @@ def _read_csv_ratings_slowly(path: Path) -> list[Rating]:
         iu = _require_column(columns, _USER_COLUMNS, name)
         ii = _require_column(columns, _ITEM_COLUMNS, name)
         ir = _require_column(columns, _RATING_COLUMNS, name)
-        it = _find_column(columns, _TIME_COLUMNS)
+        it = _find_column(columns, TIME_COLUMNS)
         width = max(iu, ii, ir, -1 if it is None else it) + 1
         for lineno, row in _rows(reader, name):
             if not any(cell.strip() for cell in row):
@@ -821,7 +836,7 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
         ii = _require_column(columns, _ITEM_COLUMNS, name)
         i_title = _find_column(columns, ("title", "name"))
         i_tags = _find_column(columns, ("tags", "genres"))
-        i_time = _find_column(columns, _TIME_COLUMNS)
+        i_time = _find_column(columns, TIME_COLUMNS)
         i_deleted = _find_column(columns, ("deleted_at",))
         for lineno, row in _rows(reader, name):
             if not any(cell.strip() for cell in row):

@@ -277,6 +277,11 @@ def test_replay_warns_of_millisecond_times_and_items_missing_from_the_item_file(
     ratings.write_text("user,item,rating,timestamp\na,x,4,1700000000\nb,x,2,1700000001\n")
     assert main(["replay", str(ratings), "--items", str(items), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+    # A time column under a name the reader does not take: replayed in file order, said.
+    ratings.write_text("user,item,rating,date\na,x,4,1700000001\nb,x,2,1700000000\n")
+    assert main(["replay", str(ratings), "--items", str(items), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "no time column in r.csv (one of timestamp, time, ts): replayed in file order" in err
 
 
 def test_output_piped_into_head_or_a_ctrl_c_end_without_a_traceback(stream: Path) -> None:
