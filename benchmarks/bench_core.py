@@ -404,11 +404,15 @@ class Columns:
     users: list[str]
     items: list[str]
     ratings: list[float]
+    times: list[float]
 
     @classmethod
     def of(cls, ratings: list[Rating]) -> Columns:
         return cls(
-            [r.user for r in ratings], [r.item for r in ratings], [r.rating for r in ratings]
+            [r.user for r in ratings],
+            [r.item for r in ratings],
+            [r.rating for r in ratings],
+            [r.timestamp for r in ratings],
         )
 
     def __len__(self) -> int:
@@ -493,6 +497,37 @@ class RatingLoop:
         return rmse(self.cols.ratings, np.concatenate(self.preds).tolist())
 
 
+class RecommenderLoop:
+    """The same events through :class:`Recommender`, the path the replay CLI and the
+    worker take: ``predict_many`` then ``learn_many``, ``batch`` at a time, the model's
+    ``signals`` only (``("mf",)``: the rating model with its ids and the blend's
+    bookkeeping; the hybrid: co-occurrence, content profiles, histories and the blend's
+    ranking step too). :meth:`start` upserts the catalog with its tags (timed)."""
+
+    def __init__(
+        self, cols: Columns, catalog: dict[str, ItemUpsert], batch: int, signals: tuple
+    ) -> None:
+        self.cols, self.batch = cols, batch
+        self.model = Recommender(RecommenderConfig(signals=signals))
+        self.item_ids = list(catalog)
+        self.item_tags = [dict(upsert.tags) for upsert in catalog.values()]
+        self.preds: list[np.ndarray] = []
+
+    def start(self) -> None:
+        self.model.upsert_items(self.item_ids, self.item_tags)
+
+    def run(self, start: int, stop: int) -> None:
+        cols, model, b = self.cols, self.model, self.batch
+        for s in range(start, stop, b):
+            e = min(s + b, stop)
+            users, items = cols.users[s:e], cols.items[s:e]
+            self.preds.append(model.predict_many(users, items))
+            model.learn_many(users, items, cols.ratings[s:e], cols.times[s:e])
+
+    def rmse(self) -> float:
+        return rmse(self.cols.ratings, np.concatenate(self.preds).tolist())
+
+
 class Loop(Protocol):
     def start(self) -> None: ...
     def run(self, start: int, stop: int) -> None: ...
@@ -525,6 +560,14 @@ def section_speed(
         "river": lambda: RiverLoop(cols),
         f"ours_batch{SPEED_BATCH}": lambda: RatingLoop(cols, catalog, SPEED_BATCH),
         "ours_batch1": lambda: RatingLoop(cols, catalog, 1),
+        # The same micro-batches through the Recommender (information: the target is the
+        # factor model's, river's counterpart; these are what the replay and worker pay).
+        f"recommender_mf_batch{SPEED_BATCH}": lambda: RecommenderLoop(
+            cols, catalog, SPEED_BATCH, MODELS["mf"]
+        ),
+        f"recommender_hybrid_batch{SPEED_BATCH}": lambda: RecommenderLoop(
+            cols, catalog, SPEED_BATCH, MODELS["hybrid"]
+        ),
     }
     names = list(makers)
     rates: dict[str, list[float]] = {n: [] for n in names}
@@ -551,11 +594,28 @@ def section_speed(
         batch = SPEED_BATCH if n != "ours_batch1" else 1
         ratio = statistics.median(ratios[n])
         rate = statistics.median(rates[n])
+        if n.startswith("recommender_"):
+            model = "mf only" if "_mf_" in n else "hybrid"
+            report.add(
+                Figure(
+                    section,
+                    f"Recommender ({model}), micro-batch {batch}",
+                    rate,
+                    f"{rate:,.0f} ev/s",
+                ),
+                Figure(
+                    section,
+                    f"Recommender ({model}) / river, micro-batch {batch} (information)",
+                    ratio,
+                    f"{ratio:.2f}x",
+                ),
+            )
+            continue
         report.add(
             Figure(section, f"ours FactorModel, micro-batch {batch}", rate, f"{rate:,.0f} ev/s"),
             Figure(
                 section,
-                f"ours / river, micro-batch {batch}",
+                f"FactorModel / river, micro-batch {batch}",
                 ratio,
                 f"{ratio:.2f}x",
                 ">= 5x",
@@ -654,6 +714,7 @@ def section_latency(report: Report, sizes: Sizes) -> None:
         model.recommend_many(batch_users, K)
 
     single: dict[str, list[float]] = {n: [] for n in names}  # median over users, per repeat
+    calls: dict[str, list[float]] = {n: [] for n in names}  # every call of every repeat
     for rep in range(sizes.repeats):
         per_user: dict[str, list[float]] = {n: [] for n in names}
         for j, user in enumerate(single_users):
@@ -662,6 +723,7 @@ def section_latency(report: Report, sizes: Sizes) -> None:
                 per_user[n].append(_timed(lambda model=model, user=user: model.recommend(user, K)))
         for n in names:
             single[n].append(statistics.median(per_user[n]))
+            calls[n] += per_user[n]
     batched: dict[str, dict[str, list[float]]] = {
         op: {n: [] for n in names} for op in ("top_items", "recommend_many")
     }
@@ -704,6 +766,25 @@ def section_latency(report: Report, sizes: Sizes) -> None:
         for n in ("hybrid", "mf"):
             ratio = med[n] / med["popularity"]
             report.add(Figure(section, f"{n} / popularity: {label}", ratio, f"{ratio:.2f}x"))
+    # The spread of single calls (the target is on the median): a service sees the tail.
+    for n in names:
+        every = np.asarray(calls[n])
+        p90, p99 = np.percentile(every, [90, 99])
+        share = float((every > 0.5e-3).mean())
+        report.add(
+            Figure(
+                section,
+                f"{n}: recommend(user, 10), mean / p90 / p99 of all calls (information)",
+                float(p99),
+                f"{every.mean() * 1e3:.3f} / {p90 * 1e3:.3f} / {p99 * 1e3:.3f} ms",
+            ),
+            Figure(
+                section,
+                f"{n}: recommend(user, 10), share of calls over 0.5 ms (information)",
+                share,
+                f"{share:.0%}",
+            ),
+        )
     if statistics.median(single["hybrid"]) > 0.5e-3:
         report.hotspots[f"hybrid recommend() x{len(single_users)}"] = hotspots(
             lambda: [hybrid.recommend(u, K) for u in single_users]
@@ -866,7 +947,8 @@ def _build(kind: str, n_users: int, n_items: int, chunk: int) -> dict[str, Any]:
         "bytes_per_user": per_user,
         "bytes_per_item": per_item,
         "peak_bytes_while_adding_items": items_peak - m0,
-        "peak_bytes_while_adding_users": users_peak - m0,
+        "peak_bytes_while_adding_users": users_peak
+        - m1b,  # (the peak of the user phase, items excluded)
         "rss_delta_items": rss1 - rss0,
         "rss_delta_users": rss2 - rss1,
         "footprint_bytes_per_user": sum(users_part.values()),
