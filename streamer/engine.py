@@ -32,8 +32,20 @@ from streamer.similar import Shard, SimilarDue
 Lists = dict[str, list[Recommendation]]
 
 # A "more like this" list no rating moved is written again after this long, so it
-# follows the items around it (their tags, their own ratings).
+# follows the items around it (their tags, their own ratings); sooner where the lists'
+# TTL is shorter, so that none expires first (:func:`similar_max_age`).
 SIMILAR_MAX_AGE_S = 3600.0
+
+
+def similar_max_age(settings: Settings) -> float:
+    """How old a "more like this" list gets before it is written again: an hour, or 90%
+    of the lists' TTL (``RECSYS_RECS_TTL_S``) where that is shorter (a list written at
+    the hour with a 10-minute TTL was missing 50 minutes of every hour).
+
+    >>> similar_max_age(Settings()), similar_max_age(Settings(recs_ttl_s=600))
+    (3600.0, 540.0)
+    """
+    return min(SIMILAR_MAX_AGE_S, 0.9 * settings.recs_ttl_s)
 
 
 def event_time_steps(ratings: Sequence[Rating], window_s: float) -> list[list[Rating]]:
@@ -173,7 +185,7 @@ class StreamEngine:
         # would count its ratings twice, so the worker rebuilds first.
         self.shared_from: set[int] = set()
         # "More like this": which items' lists are due (``similar_lists``), by this clock.
-        self.similar = SimilarDue(SIMILAR_MAX_AGE_S)
+        self.similar = SimilarDue(similar_max_age(s))
         self.similar_clock = time.time
         self.similar_gone: list[str] = []  # deleted since the last tick: keys to remove
         self._similar_content = 0  # the content vectors' full refreshes, as last seen
@@ -467,7 +479,7 @@ class StreamEngine:
         state.setdefault("shared_from", set())
         state.setdefault("freshness_all", Quantiles())
         state.setdefault("deadletter_kinds", {})
-        state.setdefault("similar", SimilarDue(SIMILAR_MAX_AGE_S))
+        state.setdefault("similar", SimilarDue(similar_max_age(state["settings"])))
         state.setdefault("similar_clock", time.time)
         state.setdefault("similar_gone", [])
         state.setdefault("_similar_content", 0)
@@ -527,6 +539,7 @@ class StreamEngine:
                 score.resize(window)
             self.freshness_ms = deque(self.freshness_ms, maxlen=window)
         self.settings = settings
+        self.similar.max_age_s = similar_max_age(settings)  # (the TTL may have changed)
         self.model.config.similar_content_weight = settings.similar_content_weight
         factors = replace(self.model.config.factors, **learning_rates(settings))
         self.model.config.factors = self.model.mf.params = factors

@@ -447,3 +447,20 @@ def test_past_content_dim_tags_a_new_item_sharing_a_tag_enters_lists_its_hash_hi
     while lists := engine.similar_lists(now=1.0):
         written.update(_items(lists))
     assert written.get("x") == ["pre", "n"] == [r.item for r in model.similar_items("x", 3)]
+
+
+def test_lists_are_written_again_before_their_ttl_ends() -> None:
+    """A list no rating moved was written again at the hour whatever the TTL: with
+    ``RECSYS_RECS_TTL_S=600`` it was missing 50 minutes of every hour. Due at 90% of a
+    TTL under an hour, also for an engine restored with another TTL."""
+    engine = StreamEngine(Settings(recs_ttl_s=600, n_factors=4))
+    assert engine.similar.max_age_s == 540.0
+    for item in ("a", "b"):
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.similar.changed(np.array([0, 1]), now=0.0)
+    taken = engine.similar.take(2, np.ones(2, bool), 10, now=0.0)
+    engine.similar.wrote(taken, np.array([[1], [0]]), np.zeros(2, np.float32), 0.0)
+    assert not len(engine.similar.take(2, np.ones(2, bool), 10, now=539.0))
+    assert engine.similar.take(2, np.ones(2, bool), 10, now=540.0).tolist() == [0, 1]
+    engine.adopt(Settings(n_factors=4))  # restored under the default week: the hour
+    assert engine.similar.max_age_s == 3600.0
