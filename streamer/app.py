@@ -1952,9 +1952,10 @@ class RecsysWorker:
         learned = dict.fromkeys(until, 0)
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
         # Reading a rating notes its event id (the log's own duplicates are skipped), ahead
-        # of learning it: a replay cut short before it learned anything puts the ids back,
+        # of learning it: a replay cut short before it learned anything forgets the ids it
+        # noted (only those: the live ratings of other partitions note theirs meanwhile),
         # or its retry would take every rating read so far for a duplicate and skip it.
-        ids_before = self.engine.event_ids.copy()
+        noted: list[str] = []
         learning = False
         try:
             refused = await self._refused(sorted(until), revocations, started)
@@ -1965,7 +1966,7 @@ class RecsysWorker:
             def replayable(record: ConsumerRecord) -> Rating | None:
                 if record.offset in refused_ratings.get(record.partition, ()):
                     return None  # refused live (a copy sent back is learned instead)
-                return self._replayable(record)
+                return self._replayable(record, noted)
 
             start = {p: self._resume_from.get(p, 0) for p in until}
             async for ratings in read_merged(consumer, s.ratings_topic, start, until, replayable):
@@ -1988,8 +1989,8 @@ class RecsysWorker:
             if learning:
                 self._reset_pending = True
             else:  # nothing learned: only the ids read, which the retry reads again
-                self.engine.event_ids.clear()
-                self.engine.event_ids.update(ids_before)
+                for event_id in noted:
+                    self.engine.event_ids.pop(event_id, None)
             raise
         finally:
             await consumer.stop()
@@ -2074,7 +2075,7 @@ class RecsysWorker:
             )
         return refused
 
-    def _replayable(self, record: ConsumerRecord) -> Rating | None:
+    def _replayable(self, record: ConsumerRecord, noted: list[str] | None = None) -> Rating | None:
         """The rating a logged event held, or None where it cannot have been learned live.
 
         Replay runs after the whole catalog was read, so it cannot see the catalog as it
@@ -2096,6 +2097,8 @@ class RecsysWorker:
                 return None
         if self.engine.repeats(r.event_id):
             return None
+        if noted is not None and r.event_id is not None:  # (noted as learned: see _replay)
+            noted.append(r.event_id)
         return Rating(r.user_id, r.item_id, r.rating, r.timestamp)
 
     # ------------------------------------------------------------------ helpers
