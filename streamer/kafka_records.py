@@ -8,8 +8,9 @@ for good. :func:`install` makes aiokafka read a batch it could not decode a seco
 that batch alone, with header names decoded as the Java clients do. The record then goes
 on like any other: a rating is validated, and learned or sent to the dead-letter topic.
 
-Anything else a batch cannot be read for (a checksum that does not match) is raised as
-before: that is damage to the log, not an event's content.
+Anything else a batch cannot be read for (a checksum that does not match, a record count
+past the records it holds) is raised as before: that is damage to the log, not an event's
+content.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ class _PartitionRecords(fetcher.PartitionRecords):
     def __next__(self):
         try:
             return super().__next__()
-        except (UnicodeDecodeError, CorruptRecordException):
+        except (UnicodeDecodeError, CorruptRecordException) as exc:
             fetched = getattr(self._records, "fetched", None)
-            if fetched is None or self._records_iterator is None:
+            if fetched is None or self._records_iterator is None or not _a_name(exc):
                 raise
             records = _LenientRecords(fetched)
             done = _batches_below(fetched, self.next_fetch_offset)
@@ -87,6 +88,12 @@ class _PartitionRecords(fetcher.PartitionRecords):
             self._records = records  # (no ``fetched``: a second failure is raised)
             self._records_iterator = self._unpack_records()
             return super().__next__()
+
+
+def _a_name(exc: Exception) -> bool:
+    """The failure is text that is not UTF-8 (a header name: a record's key and value
+    are bytes), as aiokafka's C reader raises it, or its Python reader wraps it."""
+    return isinstance(exc, UnicodeDecodeError) or isinstance(exc.__cause__, UnicodeDecodeError)
 
 
 def _batches_below(fetched: bytes, offset: int) -> int:

@@ -16,9 +16,10 @@ from streamer import kafka_records, partitions  # noqa: F401  (the worker's impo
 BAD_NAME = b"\xff\xfe"
 
 
-def batch(base: int, names: list[bytes], compression: int = 0) -> bytes:
+def batch(base: int, names: list[bytes], compression: int = 0, count: int | None = None) -> bytes:
     """One message-format-2 batch, a record per name (header ``name``: ``v``), offsets
-    from ``base``; a name given as ``BAD_NAME`` is written as bytes that are not UTF-8."""
+    from ``base``; a name given as ``BAD_NAME`` is written as bytes that are not UTF-8;
+    ``count``: the record count its header claims, where that is not the truth."""
     builder = default_records.DefaultRecordBatchBuilder(
         magic=2,
         compression_type=compression,
@@ -37,6 +38,8 @@ def batch(base: int, names: list[bytes], compression: int = 0) -> bytes:
     if compression == 0:  # (a compressed batch's names are in its compressed bytes)
         while (at := data.find(b"ZZ")) >= 0:
             data[at : at + 2] = BAD_NAME
+    if count is not None:
+        struct.pack_into(">i", data, 57, count)
     struct.pack_into(">I", data, 17, calc_crc32c(bytes(data[21:])))
     return bytes(data)
 
@@ -89,3 +92,11 @@ def test_a_batch_damaged_in_the_log_is_still_refused() -> None:
     data[-3] ^= 0xFF  # (after the checksum was computed)
     with pytest.raises(CorruptRecordException):
         read(bytes(data))
+    # A count past the records held fails after the last one was handed out: read again,
+    # the batch would count as done and its damage pass unseen.
+    for fetched in (
+        batch(0, [b"a", b"b"], count=3),
+        batch(0, [b"a", b"b"], count=3) + batch(2, [BAD_NAME]),
+    ):
+        with pytest.raises(CorruptRecordException):
+            read(fetched)
