@@ -328,7 +328,8 @@ def load(
         untimed = fmt in ("csv", "movielens-latest") and _names_no_time(read_from)
         with _gc_paused():  # millions of small objects: generational GC would dominate
             try:
-                ratings, listed, deletes = _LOADERS[fmt](read_from, items_from)
+                loader = _LOADERS[fmt]
+                ratings, listed, deletes = loader(read_from, items_from, items)
             except UnicodeDecodeError as exc:  # CSV formats are read as UTF-8
                 files = path.name if items is None else f"{path.name} or {items.name}"
                 raise DatasetError(
@@ -496,36 +497,42 @@ def _beside(path: Path, name: str) -> Path | None:
 _Loaded = tuple[list[Rating], dict[str, ItemUpsert] | None, list[ItemDelete]]
 
 
-def _load_ml100k(path: Path, items: Path | None) -> _Loaded:
+# A loader reads the ratings at ``path`` and the item file ``items`` (None: the format's
+# own beside the ratings); ``given`` is the item file as named by the caller, where the
+# files that go with it (u.genre, tags.csv) are (``items`` may be a pipe's or a gzip
+# file's copy in a temporary folder).
+
+
+def _load_ml100k(path: Path, items: Path | None, given: Path | None = None) -> _Loaded:
     ratings = _read_split_ratings(path, str.split, "whitespace-separated")
     items = items or _item_file_beside(path, "movielens-100k")
     if items is None:
         return ratings, None, []
-    genre_file = _beside(items, "u.genre")
+    genre_file = _beside(given or items, "u.genre")
     genres = _read_ml100k_genres(genre_file) if genre_file else list(ML100K_GENRES)
     origin = "of u.genre" if genre_file else "of MovieLens 100K: no u.genre beside it"
     return ratings, _read_ml100k_items(items, genres, origin), []
 
 
-def _load_ml1m(path: Path, items: Path | None) -> _Loaded:
+def _load_ml1m(path: Path, items: Path | None, given: Path | None = None) -> _Loaded:
     ratings = _read_split_ratings(path, methodcaller("split", "::"), "'::'-separated")
     items = items or _item_file_beside(path, "movielens-1m")
     return ratings, _read_ml1m_items(items) if items else None, []
 
 
-def _load_ml_latest(path: Path, items: Path | None) -> _Loaded:
+def _load_ml_latest(path: Path, items: Path | None, given: Path | None = None) -> _Loaded:
     ratings = _read_csv_ratings(path)
     items = items or _item_file_beside(path, "movielens-latest")
     if items is None:
         return ratings, None, []
     catalog, deletes = _read_csv_items(items)
-    tags = _beside(items, "tags.csv")
+    tags = _beside(given or items, "tags.csv")
     if tags is not None:
         _add_user_tags(catalog, tags)
     return ratings, catalog, deletes
 
 
-def _load_csv(path: Path, items: Path | None) -> _Loaded:
+def _load_csv(path: Path, items: Path | None, given: Path | None = None) -> _Loaded:
     ratings = _read_csv_ratings(path)
     items = items or _item_file_beside(path, "csv")
     if items is None:
@@ -534,7 +541,7 @@ def _load_csv(path: Path, items: Path | None) -> _Loaded:
     return ratings, catalog, deletes
 
 
-_LOADERS: dict[str, Callable[[Path, Path | None], _Loaded]] = {
+_LOADERS: dict[str, Callable[[Path, Path | None, Path | None], _Loaded]] = {
     "movielens-100k": _load_ml100k,
     "movielens-1m": _load_ml1m,
     "movielens-latest": _load_ml_latest,

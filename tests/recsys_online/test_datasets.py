@@ -475,6 +475,19 @@ def test_a_compressed_file_is_read_and_an_archive_is_a_clear_error(tmp_path: Pat
     (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(b"user_id,item_id,rating\n")[:-6])
     with pytest.raises(DatasetError, match=re.escape("cut.csv.gz: not a readable gzip file")):
         load(tmp_path / "cut.csv.gz")
+    # An item file given compressed: the files that go with it are still beside it.
+    (tmp_path / "latest").mkdir()
+    ratings = write_ml_latest(tmp_path / "latest")
+    movies = ratings.with_name("movies.csv")
+    plain = load(ratings, movies).items
+    movies.with_name("movies.csv.gz").write_bytes(gzip.compress(movies.read_bytes()))
+    assert load(ratings, movies.with_name("movies.csv.gz")).items == plain
+    assert "pixar" in plain["1"].tags
+    genres = (tmp_path / "ml-100k" / "u.genre").read_text().replace("Comedy", "Funny")
+    (tmp_path / "ml-100k" / "u.genre").write_text(genres)
+    item = tmp_path / "ml-100k" / "u.item"
+    item.with_name("u.item.gz").write_bytes(gzip.compress(item.read_bytes()))
+    assert load(packed, item.with_name("u.item.gz")).items["242"].tags == {"funny": 1.0}
     with zipfile.ZipFile(tmp_path / "ml-100k.zip", "w") as archive:
         archive.write(packed, "ml-100k/u.data.gz")
     with pytest.raises(DatasetError, match=re.escape("ml-100k.zip is a zip archive: unzip it")):
