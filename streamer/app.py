@@ -1762,7 +1762,16 @@ class RecsysWorker:
             self._restore_tried = False
             return
         fingerprint = self.settings.model_fingerprint()
-        for snapshot in self.snapshots.candidates(fingerprint, assigned, committed):
+        candidates = self.snapshots.candidates(fingerprint, assigned, committed)
+        unlike, differ = self.snapshots.unlike(fingerprint) if not candidates else (0, [])
+        if unlike:  # (said, or a start replaying the whole log after an upgrade is a riddle)
+            log.info(
+                "%d snapshot(s) made under other model settings (%s): not restored, the "
+                "log is replayed",
+                unlike,
+                ", ".join(differ),
+            )
+        for snapshot in candidates:
             try:
                 size = snapshot.path.stat().st_size  # (gone already: the next one)
                 engine = await asyncio.to_thread(self.snapshots.load, snapshot, _fresh_engine)

@@ -197,6 +197,18 @@ class SnapshotStore:
         usable = [s for s in self.list() if s.usable(fingerprint, assigned, committed)]
         return sorted(usable, key=lambda s: (len(s.offsets), s.created), reverse=True)
 
+    def unlike(self, fingerprint: Mapping) -> tuple[int, list[str]]:
+        """How many snapshots on disk were made under other model settings, and which
+        settings differ (a setting a snapshot lacks, from an older version, counts)."""
+        names: set[str] = set()
+        count = 0
+        for snapshot in self.list():
+            if snapshot.fingerprint != dict(fingerprint):
+                count += 1
+                keys = set(fingerprint) | set(snapshot.fingerprint)
+                names |= {k for k in keys if snapshot.fingerprint.get(k) != fingerprint.get(k)}
+        return count, sorted(names)
+
     @staticmethod
     def load(snapshot: Snapshot, fresh: Callable[[Any], Any] | None = None) -> Any:
         """The engine a snapshot holds. With ``fresh`` (an empty object like the one

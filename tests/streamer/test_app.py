@@ -1588,6 +1588,26 @@ async def test_a_snapshot_holding_our_partitions_through_shared_changes_is_not_r
     assert worker.engine.events == 8
 
 
+async def test_snapshots_made_under_other_settings_are_said_to_be_the_reason_for_a_replay(
+    monkeypatch, tmp_path, caplog
+) -> None:
+    """A start that finds only snapshots of other model settings (changed, or a newer
+    version counting more settings) replays the whole log; the log says why."""
+    log = {0: [Rating(f"u{n}", "a", 4.0, float(n)) for n in range(4)]}
+    worker, starts, follower = _restoring_worker(monkeypatch, tmp_path, log, {0: 4})
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    _snapshot(replace(worker.settings, items_topic="older-items"), log[0][:2], {0: 2})
+    caplog.set_level("INFO", logger="streamer.app")
+    try:
+        await worker._ensure_replayed({})
+    finally:
+        follower.cancel()
+    assert starts == [{0: 0}] and worker.engine.events == 4
+    assert "1 snapshot(s) made under other model settings (items_topic): not restored" in (
+        caplog.text
+    )
+
+
 async def test_a_rebuild_waits_for_the_replay_under_way(monkeypatch, tmp_path) -> None:
     """A rebuild asked for while a replay learns into the model (a timer tick during the
     agent's replay) would put the rest of the replay into the new model, the partitions

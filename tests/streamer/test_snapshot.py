@@ -119,6 +119,12 @@ def test_the_best_snapshot_is_usable_and_covers_the_most_partitions(tmp_path) ->
     for topic in ("items_topic", "users_topic", "deadletter_topic"):
         moved = replace(engine.settings, **{topic: "elsewhere"}).model_fingerprint()
         assert store.best(moved, {0, 1}, committed) is None, topic
+    # Which settings keep them from use is said (a start replaying the whole log after an
+    # upgrade that added a setting to the fingerprint gave no reason).
+    assert store.unlike(fp) == (0, [])
+    assert store.unlike(other) == (3, ["n_factors"])
+    older = {k: v for k, v in fp.items() if k != "users_topic"}
+    assert store.unlike({**older, "n_factors": 16}) == (3, ["n_factors", "users_topic"])
     assert store.best(fp, {0, 1}, {}) is None  # nothing committed yet
 
 
