@@ -772,7 +772,11 @@ def _simulate_ratings(
         if len(batch[0]) < 0.05 * wanted:
             stalls += 1
             if stalls > 20:
-                raise RuntimeError("cannot place n_ratings ratings; the configuration is too dense")
+                raise RuntimeError(
+                    "cannot place n_ratings ratings; the configuration is too dense "
+                    "(fewer ratings, more users or items, or a lower popularity_exponent "
+                    "or activity_exponent)"
+                )
         n_sessions = int(batch[4][-1]) + 1 if len(batch[4]) else n_sessions
         parts.append(batch)
         have += len(batch[0])

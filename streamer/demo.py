@@ -110,7 +110,7 @@ def command() -> str:
     if not installed.exists() or (found and Path(found).resolve() == installed.resolve()):
         return "recsys-online"
     shown = os.path.relpath(installed)
-    return shown if not shown.startswith("..") else str(installed)
+    return shlex.quote(shown if not shown.startswith("..") else str(installed))
 
 
 def learned(client: redis.Redis, key: str) -> int:
@@ -237,6 +237,7 @@ def run_demo(n_ratings: int, rate: float, keep_services: bool, wait: bool = Fals
             say(f"                             redis-cli GET {settings.key('recs', heavy[0])}")
         if liked is not None:
             say(f"   more like an item:        {cli} similar {liked}")
+        if heavy:
             say(f"   on the dashboard:         {url}?user={heavy[0]}")
         key = settings.key("metrics")
         say(f"   metrics:                  {cli} metrics   ({key}, while a worker runs)")

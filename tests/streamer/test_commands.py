@@ -1098,3 +1098,8 @@ def test_the_demo_names_the_command_where_the_path_would_not_find_it(tmp_path, m
     assert demo.command() == ".venv/bin/recsys-online"
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     assert demo.command() == "recsys-online"
+    spaced = tmp_path / "my venv" / "bin"  # (a path a shell splits: quoted)
+    spaced.mkdir(parents=True)
+    (spaced / "recsys-online").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(demo.sys, "executable", str(spaced / "python"))
+    assert demo.command() == "'my venv/bin/recsys-online'"
