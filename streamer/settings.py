@@ -498,6 +498,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     ),
     (("fresh_eval_share", "compact_share"), lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
     (("seed",), lambda v: v >= 0, "must be >= 0"),
+    # (float32 in the scores: 1e39 turned inf, every "more like this" list NaN, empty)
+    (("similar_content_weight",), lambda v: v <= 1e6, "must be at most 1e6"),
     (("lr_bias", "lr_factor"), lambda v: v >= 0, "must be >= 0 (0: frozen)"),
     (("l2_bias", "l2_factor"), lambda v: v >= 0, "must be >= 0"),
     # (as replay's --factors: 1,024 float32 per user and item is already 4 KB each)

@@ -546,15 +546,19 @@ class RedisSink:
 
         await self._transaction("item metadata", queue)
 
+    DELETE_CHUNK = 1000  # keys removed per transaction (the event loop runs between)
+
     async def delete_similar(self, items: Sequence[str]) -> None:
         """Remove deleted items' "more like this" lists (one key each, so on a cluster
-        too)."""
+        too), ``DELETE_CHUNK`` at a time: a catalog read at a start can delete many."""
+        for lo in range(0, len(items), self.DELETE_CHUNK):
+            chunk = items[lo : lo + self.DELETE_CHUNK]
 
-        def queue(pipe: Pipeline) -> None:
-            for item in items:
-                pipe.delete(self.settings.key("similar", item))
+            def queue(pipe: Pipeline, chunk: Sequence[str] = chunk) -> None:
+                for item in chunk:
+                    pipe.delete(self.settings.key("similar", item))
 
-        await self._transaction("similar lists removed", queue)
+            await self._transaction("similar lists removed", queue)
 
     async def close(self) -> None:
         await aclose_client(self.redis)

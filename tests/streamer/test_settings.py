@@ -84,6 +84,7 @@ def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
         ({"RECSYS_REDIS_URL": "http://c:6379"}, "RECSYS_REDIS_URL: 'http://c:6379' is not a"),
         ({"RECSYS_ADAPTIVE": ""}, "RECSYS_ADAPTIVE: '' is not a valid bool"),
         ({"RECSYS_RATING_HIGH": "1e38"}, "RECSYS_RATING_HIGH must be within [+]-1e6"),
+        ({"RECSYS_SIMILAR_CONTENT_WEIGHT": "1e39"}, "RECSYS_SIMILAR_CONTENT_WEIGHT must be at"),
         (
             {"REDIS_URL": "redis://a:6379/0", "RECSYS_REDIS_URL": "redis://b:6379/0"},
             "REDIS_URL and RECSYS_REDIS_URL are both set, to different values",

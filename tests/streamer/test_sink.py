@@ -81,3 +81,35 @@ def test_the_sink_waits_out_redis_away_but_not_a_programming_error() -> None:
     ]
     assert all(map(unreachable, away))
     assert not any(map(unreachable, never))
+
+
+async def test_deleted_items_lists_are_removed_a_chunk_at_a_time(monkeypatch) -> None:
+    """A start reads every delete the catalog kept: their keys went in one MULTI/EXEC
+    (300,000 took 7.7 s, inside a tick); now ``DELETE_CHUNK`` at a time, every one."""
+    from streamer.settings import Settings
+    from streamer.sink import RedisSink
+
+    sink = RedisSink.__new__(RedisSink)
+    sink.settings = Settings(key_prefix="p:")
+    sent: list[list[str]] = []
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.keys: list[str] = []
+
+        def delete(self, key: str) -> None:
+            self.keys.append(key)
+
+    async def transaction(what: str, queue) -> None:
+        pipe = Pipe()
+        queue(pipe)
+        sent.append(pipe.keys)
+
+    monkeypatch.setattr(sink, "_transaction", transaction)
+    monkeypatch.setattr(RedisSink, "DELETE_CHUNK", 2)
+    await sink.delete_similar([f"i{n}" for n in range(5)])
+    assert sent == [
+        ["p:similar:i0", "p:similar:i1"],
+        ["p:similar:i2", "p:similar:i3"],
+        ["p:similar:i4"],
+    ]
