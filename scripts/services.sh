@@ -21,7 +21,8 @@
 #
 # Environment (defaults in brackets):
 #   RECSYS_CACHE_DIR [~/.cache/recsys-online]  jars in $RECSYS_CACHE_DIR/kafka-<version>/libs
-#   RECSYS_STATE_DIR [$RECSYS_CACHE_DIR/run]    data, configs, logs, pid files
+#   RECSYS_STATE_DIR [$RECSYS_CACHE_DIR/run; run-KAFKA-CONTROLLER-REDIS ports for others]
+#                                               data, configs, logs, pid files
 #   RECSYS_MAVEN_REPO [Maven's default ~/.m2/repository]  local Maven repository
 #   KAFKA_PORT [9092]  KAFKA_CONTROLLER_PORT [9093]  REDIS_PORT [6379]
 #   KAFKA_VERSION [the kafka.version of scripts/kafka/pom.xml]
@@ -46,12 +47,19 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 POM="$SCRIPT_DIR/kafka/pom.xml"
 
 CACHE_DIR=${RECSYS_CACHE_DIR:-${HOME:-/root}/.cache/recsys-online}
-STATE_DIR=${RECSYS_STATE_DIR:-$CACHE_DIR/run}
 MAVEN_REPO=${RECSYS_MAVEN_REPO:-}
 HOST=127.0.0.1
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 REDIS_PORT=${REDIS_PORT:-6379}
+# Each set of ports has its own state (pid files, data, logs): with one folder, a second
+# pair started on other ports took the first's broker for its own, and its `down` stopped
+# it, and replaced the first Redis's pid file.
+if [[ $KAFKA_PORT == 9092 && $KAFKA_CONTROLLER_PORT == 9093 && $REDIS_PORT == 6379 ]]; then
+  STATE_DIR=${RECSYS_STATE_DIR:-$CACHE_DIR/run}
+else
+  STATE_DIR=${RECSYS_STATE_DIR:-$CACHE_DIR/run-$KAFKA_PORT-$KAFKA_CONTROLLER_PORT-$REDIS_PORT}
+fi
 KAFKA_NUM_PARTITIONS=${KAFKA_NUM_PARTITIONS:-8}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx512m}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
@@ -641,6 +649,7 @@ print_env() {
   printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "$KAFKA_BOOTSTRAP"
   printf 'export REDIS_URL=%q\n' "redis://$HOST:$REDIS_PORT/0"
   printf 'export RECSYS_KAFKA_LIBS=%q\n' "$KAFKA_LIBS"
+  printf 'export RECSYS_STATE_DIR=%q\n' "$STATE_DIR"
   [[ -z $KAFKA_SASL_SSL_PORT ]] || printf 'export KAFKA_SASL_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SASL_SSL_PORT"
   if [[ -n $KAFKA_SSL_PORT ]]; then
     printf 'export KAFKA_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SSL_PORT"

@@ -615,6 +615,37 @@ def test_services_down_never_stops_a_redis_it_did_not_start(tmp_path) -> None:
         other.wait(timeout=10)
 
 
+def test_each_set_of_ports_has_its_own_state_folder(tmp_path) -> None:
+    """With one state folder, a pair started on other ports took the default pair's
+    broker for its own (the same pid file and config path), and its ``down`` stopped
+    it. Unless ``RECSYS_STATE_DIR`` says otherwise, other ports get a folder of their
+    own."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
+    env = {k: v for k, v in os.environ.items() if k != "RECSYS_STATE_DIR"}
+    env["RECSYS_CACHE_DIR"] = str(tmp_path)
+
+    def logs(**ports: str) -> str:
+        done = subprocess.run(
+            ["bash", str(script), "logs"],
+            env={k: v for k, v in env.items() if k not in ports} | ports,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout + done.stderr
+
+    assert f"==> {tmp_path}/run/kafka.log <==" in logs(
+        KAFKA_PORT="9092", KAFKA_CONTROLLER_PORT="9093", REDIS_PORT="6379"
+    )
+    assert f"==> {tmp_path}/run-19092-19093-16379/redis.log <==" in logs(
+        KAFKA_PORT="19092", KAFKA_CONTROLLER_PORT="19093", REDIS_PORT="16379"
+    )
+
+
 def test_services_install_fetches_what_up_needs_and_starts_nothing(tmp_path) -> None:
     """``scripts/test.sh`` runs it where the shared services are preset: the tests that
     start a broker or a Redis of their own then find the jars and ``redis-server``
