@@ -761,6 +761,9 @@ cmd_browser() { # headless Chromium for the dashboard test; prints the env line 
 
 main() {
   [[ -n $KAFKA_VERSION ]] || die "could not read kafka.version from $POM"
+  # (checked here: sasl_users_each runs in subshells, where its die stopped only them,
+  # and the broker started without the users misspelt)
+  sasl_users_each >/dev/null
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
   case $cmd in

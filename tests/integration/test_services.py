@@ -646,6 +646,23 @@ def test_each_set_of_ports_has_its_own_state_folder(tmp_path) -> None:
     )
 
 
+def test_a_misspelt_sasl_user_stops_the_script_before_anything_starts(tmp_path) -> None:
+    """The check ran in subshells, where its error stopped only them: ``up`` printed
+    the error and started the broker without that user."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
+    env = os.environ | {"RECSYS_STATE_DIR": str(tmp_path), "KAFKA_SASL_USERS": "a:pw,typo"}
+    done = subprocess.run(
+        ["bash", str(script), "up"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and done.stdout == ""
+    assert "KAFKA_SASL_USERS: 'typo' is not name:password" in done.stderr
+    assert not (tmp_path / "kafka.pid").exists()
+
+
 def test_services_install_fetches_what_up_needs_and_starts_nothing(tmp_path) -> None:
     """``scripts/test.sh`` runs it where the shared services are preset: the tests that
     start a broker or a Redis of their own then find the jars and ``redis-server``
