@@ -61,11 +61,10 @@ from streamer.process import clear_run, isolated_env, remove_topics, start_worke
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
-STATE_DIR = Path(
-    os.environ.get(
-        "RECSYS_STATE_DIR",
-        Path(os.environ.get("RECSYS_CACHE_DIR", Path.home() / ".cache/recsys-online")) / "run",
-    )
+STATE_DIR = Path(  # (where services.sh keeps the broker's pid: its `up` exports it)
+    os.environ.get("RECSYS_SERVICES_STATE")
+    or os.environ.get("RECSYS_STATE_DIR")
+    or Path(os.environ.get("RECSYS_CACHE_DIR", Path.home() / ".cache/recsys-online")) / "run"
 )
 
 

@@ -328,8 +328,11 @@ def load(
         untimed = fmt in ("csv", "movielens-latest") and _names_no_time(read_from)
         with _gc_paused():  # millions of small objects: generational GC would dominate
             try:
-                loader = _LOADERS[fmt]
-                ratings, listed, deletes = loader(read_from, items_from, items)
+                # (the files that go with the item file, beside the caller's item file, or
+                # beside the ratings where that came through a pipe)
+                home = items if items is not None and items.is_file() else None
+                home = home or (path if path.is_file() else None)
+                ratings, listed, deletes = _LOADERS[fmt](read_from, items_from, home)
             except UnicodeDecodeError as exc:  # CSV formats are read as UTF-8
                 files = path.name if items is None else f"{path.name} or {items.name}"
                 raise DatasetError(
@@ -458,7 +461,7 @@ def _detect_format(path: Path, items: Path | None) -> str:
 def _names_no_time(path: Path) -> bool:
     """A CSV ratings file's header names none of the time columns (:data:`TIME_COLUMNS`)."""
     try:
-        header = next(csv.reader([_first_line(path)]), [])
+        header = next(csv.reader([_first_line(path)], skipinitialspace=True), [])
     except csv.Error:
         return False  # (the reader says what is wrong with it)
     return _find_column([c.strip().lower() for c in header], TIME_COLUMNS) is None
@@ -498,9 +501,9 @@ _Loaded = tuple[list[Rating], dict[str, ItemUpsert] | None, list[ItemDelete]]
 
 
 # A loader reads the ratings at ``path`` and the item file ``items`` (None: the format's
-# own beside the ratings); ``given`` is the item file as named by the caller, where the
-# files that go with it (u.genre, tags.csv) are (``items`` may be a pipe's or a gzip
-# file's copy in a temporary folder).
+# own beside the ratings); the files that go with the item file (u.genre, tags.csv) are
+# looked for beside ``given`` (``items`` may be a pipe's or a gzip file's copy in a
+# temporary folder).
 
 
 def _load_ml100k(path: Path, items: Path | None, given: Path | None = None) -> _Loaded:

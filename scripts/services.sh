@@ -649,7 +649,9 @@ print_env() {
   printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "$KAFKA_BOOTSTRAP"
   printf 'export REDIS_URL=%q\n' "redis://$HOST:$REDIS_PORT/0"
   printf 'export RECSYS_KAFKA_LIBS=%q\n' "$KAFKA_LIBS"
-  printf 'export RECSYS_STATE_DIR=%q\n' "$STATE_DIR"
+  # (for the benchmarks that find the broker's pid; not RECSYS_STATE_DIR, which a later
+  # run on other ports from the same shell would read back and share)
+  printf 'export RECSYS_SERVICES_STATE=%q\n' "$STATE_DIR"
   [[ -z $KAFKA_SASL_SSL_PORT ]] || printf 'export KAFKA_SASL_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SASL_SSL_PORT"
   if [[ -n $KAFKA_SSL_PORT ]]; then
     printf 'export KAFKA_SSL_BOOTSTRAP=%q\n' "$HOST:$KAFKA_SSL_PORT"
@@ -661,6 +663,9 @@ print_env() {
 
 cmd_up() {
   local t0
+  # (checked here: sasl_users_each runs in subshells, where its die stopped only them,
+  # and the broker started without the users misspelt)
+  sasl_users_each >/dev/null
   t0=$(now_us)
   take_lock
   kafka_up
@@ -761,9 +766,6 @@ cmd_browser() { # headless Chromium for the dashboard test; prints the env line 
 
 main() {
   [[ -n $KAFKA_VERSION ]] || die "could not read kafka.version from $POM"
-  # (checked here: sasl_users_each runs in subshells, where its die stopped only them,
-  # and the broker started without the users misspelt)
-  sasl_users_each >/dev/null
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
   case $cmd in

@@ -1962,9 +1962,10 @@ class RecsysWorker:
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
         # Reading a rating notes its event id (the log's own duplicates are skipped), ahead
         # of learning it: a replay cut short before it learned anything forgets the ids it
-        # noted (only those: the live ratings of other partitions note theirs meanwhile),
-        # or its retry would take every rating read so far for a duplicate and skip it.
+        # noted, or its retry would take every rating read so far for a duplicate and
+        # skip it (:meth:`_unnote`).
         noted: list[str] = []
+        ids_before = list(self.engine.event_ids)
         learning = False
         try:
             refused = await self._refused(sorted(until), revocations, started)
@@ -1998,8 +1999,7 @@ class RecsysWorker:
             if learning:
                 self._reset_pending = True
             else:  # nothing learned: only the ids read, which the retry reads again
-                for event_id in noted:
-                    self.engine.event_ids.pop(event_id, None)
+                self._unnote(ids_before, noted)
             raise
         finally:
             await consumer.stop()
@@ -2083,6 +2083,19 @@ class RecsysWorker:
                 f"a rebalance began {time.monotonic() - started:.1f} s into a replay"
             )
         return refused
+
+    def _unnote(self, before: list[str], noted: list[str]) -> None:
+        """The dedupe window as if a replay had not noted the ids ``noted``: the ids it
+        held before (those the noted ones pushed out of a full window come back), then
+        those live ratings of other partitions added meanwhile, the oldest going past
+        the window."""
+        ids, gone = self.engine.event_ids, set(noted)
+        since = [e for e in ids if e not in gone]
+        kept = set(since)
+        ids.clear()
+        ids.update((e, None) for e in before if e not in kept)
+        ids.update((e, None) for e in since)
+        self.engine.remember(())  # (trimmed to the window)
 
     def _replayable(self, record: ConsumerRecord, noted: list[str] | None = None) -> Rating | None:
         """The rating a logged event held, or None where it cannot have been learned live.

@@ -643,18 +643,16 @@ class StreamEngine:
             return {}  # (deleted already: no list holds it, and no pass over them all)
         if timestamp is not None:
             self.deleted_at[item] = timestamp
-        known = item in self.pending or self.model.items.get(item) is not None
         if item in self.pending:  # known, so its later ratings are refused as deleted
             self._bring_in(item)
         self.model.delete_item(item)
         if self.settings.similar_every_s > 0:
             self.similar.deleted(self.model.items.get(item), self.similar_clock())
-        # Its "more like this" key is removed, but for an item this model never had
-        # whose delete is older than a list's TTL (and a day): every start reads every
-        # delete the catalog ever kept, and such a key is gone by its TTL.
-        expired = self.similar_clock() - self.settings.recs_ttl_s - 86_400.0
-        if known or timestamp is None or timestamp >= expired:
-            self.similar_gone.append(item)
+        # Its "more like this" key is removed, also when the model never had the item:
+        # every start reads every delete the catalog kept, and removes their keys again
+        # (a key whose removal a crash, a rebuild or a restore cut short would otherwise
+        # outlive the item until its TTL), a chunk at a time (RedisSink.delete_similar).
+        self.similar_gone.append(item)
         return self._serve(self.shown_to(item))
 
     def shown_to(self, item: str) -> list[str]:

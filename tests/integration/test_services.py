@@ -644,6 +644,14 @@ def test_each_set_of_ports_has_its_own_state_folder(tmp_path) -> None:
     assert f"==> {tmp_path}/run-19092-19093-16379/redis.log <==" in logs(
         KAFKA_PORT="19092", KAFKA_CONTROLLER_PORT="19093", REDIS_PORT="16379"
     )
+    # What `up` exports for the benchmarks is not read back: a later run on other ports
+    # from a shell that eval'd the default pair's exports keeps a folder of its own.
+    assert f"==> {tmp_path}/run-19092-19093-16379/redis.log <==" in logs(
+        KAFKA_PORT="19092",
+        KAFKA_CONTROLLER_PORT="19093",
+        REDIS_PORT="16379",
+        RECSYS_SERVICES_STATE=f"{tmp_path}/run",
+    )
 
 
 def test_a_misspelt_sasl_user_stops_the_script_before_anything_starts(tmp_path) -> None:

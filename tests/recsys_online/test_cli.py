@@ -282,6 +282,10 @@ def test_replay_warns_of_millisecond_times_and_items_missing_from_the_item_file(
     assert main(["replay", str(ratings), "--items", str(items), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "no time column in r.csv (one of timestamp, time, ts): replayed in file order" in err
+    # A quoted time column after a space is one (the reader skips the space: so does this).
+    ratings.write_text('user, item, rating, "timestamp"\na,x,4,1700000001\nb,x,2,1700000000\n')
+    assert main(["replay", str(ratings), "--items", str(items), "--quiet"]) == 0
+    assert "no time column" not in capsys.readouterr().err
 
 
 def test_output_piped_into_head_or_a_ctrl_c_end_without_a_traceback(stream: Path) -> None:

@@ -452,6 +452,13 @@ def test_a_pipe_is_read_whole_whatever_its_format(tmp_path: Path) -> None:
     ds = load(piped("ratings", rows))
     assert ds.n_ratings == 3000 and ds.ratings[0] == Rating("u0", "i0", 4.0, 0.0)
     assert ds.name.endswith("/ratings")  # (the pipe's name, not the copy's)
+    # An item file through a pipe: the files that go with it are looked for beside the
+    # ratings (beside the pipe, in /dev/fd, was nowhere: the user tags were dropped).
+    (tmp_path / "latest").mkdir()
+    ratings = write_ml_latest(tmp_path / "latest")
+    movies = piped("movies", ratings.with_name("movies.csv").read_bytes())
+    through_a_pipe = load(ratings, movies).items  # (a pipe is read once)
+    assert through_a_pipe == load(ratings).items and "pixar" in through_a_pipe["1"].tags
     ds = load(piped("u.data", b"1\t10\t4\t100\n2\t10\t3\t50\n"), fmt="movielens-100k")
     assert [(r.user, r.rating) for r in ds.ratings] == [("1", 4.0), ("2", 3.0)]
 

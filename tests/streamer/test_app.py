@@ -331,6 +331,20 @@ async def test_a_replay_cut_short_before_it_learned_loses_no_rating_on_its_retry
     assert all(map(worker.engine.repeats, ("e3", "before", "live")))
 
 
+def test_a_replay_that_learned_nothing_gives_the_dedupe_window_back_whole() -> None:
+    """The ids a cut-short replay noted pushed older ones out of a full window; taking
+    the noted ones out again must bring those back (the window shrank instead), and
+    keep the ids live ratings added meanwhile, the oldest going past the window."""
+    worker = RecsysWorker(Settings(ratings_topic="r", dedupe_window=4))
+    engine = worker.engine
+    engine.remember(["a", "b", "c", "d"])
+    before = list(engine.event_ids)
+    engine.remember(["r1", "r2"])  # noted by the replay: "a" and "b" pushed out
+    engine.remember(["live"])  # learned live meanwhile: "c" pushed out
+    worker._unnote(before, ["r1", "r2"])
+    assert list(engine.event_ids) == ["b", "c", "d", "live"]
+
+
 async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     monkeypatch,
 ) -> None:

@@ -464,17 +464,3 @@ def test_lists_are_written_again_before_their_ttl_ends() -> None:
     assert engine.similar.take(2, np.ones(2, bool), 10, now=540.0).tolist() == [0, 1]
     engine.adopt(Settings(n_factors=4))  # restored under the default week: the hour
     assert engine.similar.max_age_s == 3600.0
-
-
-def test_a_start_removes_only_the_lists_deleted_items_may_still_have() -> None:
-    """Every start reads every delete the catalog ever kept, and removed each item's
-    key, a model that never had the item too: those deleted longer ago than a list's
-    TTL (and a day) have no key left; the others, and a known item's, are removed."""
-    engine = StreamEngine(Settings(recs_ttl_s=3600, n_factors=4))
-    engine.similar_clock = lambda: 1e6
-    engine.upsert_item("known", {"jazz": 1.0})
-    engine.delete_item("known", 1.0)  # (known: removed, however old its delete)
-    engine.delete_item("old", 1e6 - 3600 - 86_400 - 1)
-    engine.delete_item("recent", 1e6 - 3600)
-    engine.delete_item("untimed")
-    assert engine.similar_gone == ["known", "recent", "untimed"]
