@@ -61,10 +61,15 @@ from streamer.process import clear_run, isolated_env, remove_topics, start_worke
 from streamer.producer import event_producer, stream_events
 from streamer.settings import Settings
 
+_PORTS = [
+    os.environ.get(n, d)
+    for n, d in (("KAFKA_PORT", "9092"), ("KAFKA_CONTROLLER_PORT", "9093"), ("REDIS_PORT", "6379"))
+]
 STATE_DIR = Path(  # (where services.sh keeps the broker's pid: its `up` exports it)
     os.environ.get("RECSYS_SERVICES_STATE")
     or os.environ.get("RECSYS_STATE_DIR")
-    or Path(os.environ.get("RECSYS_CACHE_DIR", Path.home() / ".cache/recsys-online")) / "run"
+    or Path(os.environ.get("RECSYS_CACHE_DIR", Path.home() / ".cache/recsys-online"))
+    / ("run" if _PORTS == ["9092", "9093", "6379"] else "run-" + "-".join(_PORTS))
 )
 
 

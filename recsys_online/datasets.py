@@ -437,7 +437,9 @@ def _detect_format(path: Path, items: Path | None) -> str:
         return "movielens-1m"
     if "," in first:
         try:
-            header = [c.strip().lower() for c in next(csv.reader([first]))]
+            header = [
+                c.strip().lower() for c in next(csv.reader([first], skipinitialspace=True))
+            ]
         except csv.Error:  # (a field past the csv module's limit: not a header)
             header = []
         if header[:2] == ["userid", "movieid"]:

@@ -11,7 +11,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import faust
@@ -1485,6 +1486,7 @@ class RecsysWorker:
             gone = engine.similar_deleted()
             if gone:  # after this worker's last write of them
                 await self.sink.delete_similar(gone)
+                engine.similar_removed(gone)
 
     def _writes_popular(self) -> bool:
         """Whether this worker writes the popular list: the holder of ratings partition 0,
@@ -1964,7 +1966,7 @@ class RecsysWorker:
         # of learning it: a replay cut short before it learned anything forgets the ids it
         # noted, or its retry would take every rating read so far for a duplicate and
         # skip it (:meth:`_unnote`).
-        noted: list[str] = []
+        noted: deque[str] = deque(maxlen=s.dedupe_window)  # (older ones left the window)
         ids_before = list(self.engine.event_ids)
         learning = False
         try:
@@ -2084,7 +2086,7 @@ class RecsysWorker:
             )
         return refused
 
-    def _unnote(self, before: list[str], noted: list[str]) -> None:
+    def _unnote(self, before: list[str], noted: Iterable[str]) -> None:
         """The dedupe window as if a replay had not noted the ids ``noted``: the ids it
         held before (those the noted ones pushed out of a full window come back), then
         those live ratings of other partitions added meanwhile, the oldest going past
@@ -2097,7 +2099,7 @@ class RecsysWorker:
         ids.update((e, None) for e in since)
         self.engine.remember(())  # (trimmed to the window)
 
-    def _replayable(self, record: ConsumerRecord, noted: list[str] | None = None) -> Rating | None:
+    def _replayable(self, record: ConsumerRecord, noted: deque | None = None) -> Rating | None:
         """The rating a logged event held, or None where it cannot have been learned live.
 
         Replay runs after the whole catalog was read, so it cannot see the catalog as it

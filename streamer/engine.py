@@ -921,20 +921,34 @@ class StreamEngine:
         return int((live[:n] & mine[:n]).sum())
 
     def similar_deleted(self) -> list[str]:
-        """Items deleted since the last call and not listed again: their "more like this"
-        keys are for the worker to remove, after it wrote the lists due. (The engine
+        """Items deleted, not listed again, whose "more like this" keys are not removed
+        yet: the worker removes them, after it wrote the lists due. (The engine
         decides, not the agent that keeps item metadata: a list written after that
-        agent removed the key would outlive the item.)
+        agent removed the key would outlive the item.) They stay queued (in a snapshot
+        too) until :meth:`similar_removed` says their keys are gone: a stop or a crash
+        while Redis is away leaves them to the next start, whose catalog read finds the
+        items deleted already and queues nothing.
 
         >>> engine = StreamEngine(Settings(k=2, n_factors=4))
         >>> engine.upsert_item("a", {"jazz": 1.0}); _ = engine.delete_item("a")
         >>> _ = engine.delete_item("b"); engine.upsert_item("b", {"jazz": 1.0})
         >>> engine.similar_deleted(), engine.similar_deleted()
-        (['a'], [])
+        (['a'], ['a'])
+        >>> engine.similar_removed(["a"]); engine.similar_deleted()
+        []
         """
-        gone, self.similar_gone = self.similar_gone, []
         model = self.model
-        return [x for x in dict.fromkeys(gone) if x not in model.items or model.is_deleted(x)]
+        self.similar_gone = [
+            x
+            for x in dict.fromkeys(self.similar_gone)
+            if x not in model.items or model.is_deleted(x)
+        ]
+        return list(self.similar_gone)
+
+    def similar_removed(self, items: Sequence[str]) -> None:
+        """The "more like this" keys of ``items`` (:meth:`similar_deleted`) are removed."""
+        done = set(items)
+        self.similar_gone = [x for x in self.similar_gone if x not in done]
 
     def _serve(self, users: Iterable[str]) -> Lists:
         users = list(users)

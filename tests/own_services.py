@@ -53,9 +53,15 @@ def own_services(state_dir: Path, **extra: str) -> Iterator[dict[str, str]]:
         **extra,
     )
     try:
+        exported = []
         for line in services(env, "up").splitlines():  # export NAME=value, shell-quoted
             name, _, value = line.removeprefix("export ").partition("=")
             env[name] = " ".join(shlex.split(value))
+            exported.append(name)
+        # Its state folder under a name it does not read back: exported as
+        # RECSYS_STATE_DIR, a later run on other ports from the same shell shared it.
+        assert env["RECSYS_SERVICES_STATE"] == str(state_dir)
+        assert "RECSYS_STATE_DIR" not in exported
         yield env
     finally:
         services(env, "down")
