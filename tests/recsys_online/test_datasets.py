@@ -508,6 +508,10 @@ def test_first_lines_that_are_no_header_are_clear_errors(tmp_path: Path) -> None
     (tmp_path / "long.csv").write_text("a" * 200_000 + ",b\n")
     with pytest.raises(DatasetError, match=re.escape("long.csv line 1: cannot tell the format")):
         load(tmp_path / "long.csv")
+    # A quoted column after a space is a column (the reader skips the space: so does the
+    # guess, which could not tell the format).
+    (tmp_path / "spaced.csv").write_text('item_id, "user_id", rating, timestamp\ni,u,4,1\n')
+    assert load(tmp_path / "spaced.csv").ratings == [Rating("u", "i", 4.0, 1.0)]
     (tmp_path / "tabs.tsv").write_text("user_id\titem_id\trating\ttimestamp\nu1\ti1\t4\t1\n")
     with pytest.raises(
         DatasetError, match=re.escape("tabs.tsv line 1: a header of tab- or space-sep")
