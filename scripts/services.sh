@@ -155,10 +155,19 @@ ensure_kafka_jars() {
     return 0
   fi
   ensure_java
+  # One fetch at a time into the shared cache (two runs with their own state folders,
+  # or `install` beside `up`: one moved its jars into the other's, or deleted them
+  # under a starting broker); the second finds the first's jars once it has the lock.
+  mkdir -p "$CACHE_DIR"
+  exec 8>"$CACHE_DIR/.kafka-$KAFKA_VERSION.lock"
+  flock -w 900 8 || die "another scripts/services.sh is fetching Kafka's jars into $CACHE_DIR"
+  if [[ -f $stamp && $(cat "$stamp") == "$(pom_stamp)" ]]; then
+    exec 8>&-
+    return 0
+  fi
   log "fetching Kafka $KAFKA_VERSION jars from Maven Central (first run only)…"
   local t0 tmp
   t0=$(now_us)
-  mkdir -p "$CACHE_DIR"
   tmp=$(mktemp -d "$CACHE_DIR/.kafka-$KAFKA_VERSION.XXXXXX")
   # -C: a jar whose checksum does not match Maven Central's fails the fetch
   local -a mvn_args=(-B -q -C -f "$POM" -Dstyle.color=never "-Dkafka.version=$KAFKA_VERSION")
@@ -174,6 +183,7 @@ ensure_kafka_jars() {
   pom_stamp >"$tmp/.complete"
   rm -rf "$KAFKA_HOME"
   mv "$tmp" "$KAFKA_HOME"
+  exec 8>&-
   log "Kafka jars ready in $KAFKA_LIBS ($(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars, $(du -sh "$KAFKA_LIBS" | cut -f1), $(seconds_since "$t0") s)"
 }
 

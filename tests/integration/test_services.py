@@ -671,6 +671,53 @@ def test_a_misspelt_sasl_user_stops_the_script_before_anything_starts(tmp_path) 
     assert not (tmp_path / "kafka.pid").exists()
 
 
+def test_two_installs_at_once_fetch_the_jars_once_into_the_shared_cache(tmp_path) -> None:
+    """Two runs with their own state folders on a cold cache each fetched the jars and
+    swapped them in: one's folder ended inside the other's, or jars were deleted under
+    a starting broker. The fetch is locked: one fetches, the other finds its jars.
+    (``mvn`` is a stand-in that takes a second and writes the one jar checked for.)"""
+    import os
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
+    version = re.search(r"<kafka.version>([^<]+)<", (script.parent / "kafka/pom.xml").read_text())
+    assert version, "scripts/kafka/pom.xml names the Kafka version"
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "mvn").write_text(
+        "#!/bin/bash\n"
+        'for a in "$@"; do case $a in -DoutputDirectory=*) out=${a#*=};; esac; done\n'
+        f'echo run >> {tmp_path}/mvn-runs; sleep 1; mkdir -p "$out"\n'
+        f'touch "$out/kafka_2.13-{version[1]}.jar"\n'
+    )
+    (stub / "mvn").chmod(0o755)
+    runs = [
+        subprocess.Popen(
+            ["bash", str(script), "install"],
+            env=os.environ
+            | {
+                "PATH": f"{stub}:{os.environ['PATH']}",
+                "RECSYS_CACHE_DIR": str(tmp_path / "cache"),
+                "RECSYS_STATE_DIR": str(tmp_path / f"state{n}"),
+                "RECSYS_MAVEN_REPO": "",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-2000:]
+    home = tmp_path / "cache" / f"kafka-{version[1]}"
+    assert (tmp_path / "mvn-runs").read_text() == "run\n"
+    assert sorted(p.name for p in home.iterdir()) == [".complete", "libs", "mvn.log"]
+    assert [p.name for p in (home / "libs").iterdir()] == [f"kafka_2.13-{version[1]}.jar"]
+
+
 def test_services_install_fetches_what_up_needs_and_starts_nothing(tmp_path) -> None:
     """``scripts/test.sh`` runs it where the shared services are preset: the tests that
     start a broker or a Redis of their own then find the jars and ``redis-server``
