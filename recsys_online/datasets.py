@@ -436,12 +436,7 @@ def _detect_format(path: Path, items: Path | None) -> str:
     if "::" in first:
         return "movielens-1m"
     if "," in first:
-        try:
-            header = [
-                c.strip().lower() for c in next(csv.reader([first], skipinitialspace=True))
-            ]
-        except csv.Error:  # (a field past the csv module's limit: not a header)
-            header = []
+        header = _header_names(first) or []  # (None: a field past the csv module's limit)
         if header[:2] == ["userid", "movieid"]:
             return "movielens-latest"
         if _find_column(header, _USER_COLUMNS) is not None:
@@ -460,13 +455,26 @@ def _detect_format(path: Path, items: Path | None) -> str:
     )
 
 
+def _header_names(line: str) -> list[str] | None:
+    """A CSV header line's column names as the readers match them: stripped and
+    lower-cased, a space after a comma skipped, as the readers' ``skipinitialspace``
+    does (None: a line the csv module cannot read).
+
+    >>> _header_names('userId, "Timestamp"'), _header_names("a" * 200_000 + ",b")
+    (['userid', 'timestamp'], None)
+    """
+    try:
+        return [c.strip().lower() for c in next(csv.reader([line], skipinitialspace=True), [])]
+    except csv.Error:
+        return None
+
+
 def _names_no_time(path: Path) -> bool:
     """A CSV ratings file's header names none of the time columns (:data:`TIME_COLUMNS`)."""
-    try:
-        header = next(csv.reader([_first_line(path)], skipinitialspace=True), [])
-    except csv.Error:
+    header = _header_names(_first_line(path))
+    if header is None:
         return False  # (the reader says what is wrong with it)
-    return _find_column([c.strip().lower() for c in header], TIME_COLUMNS) is None
+    return _find_column(header, TIME_COLUMNS) is None
 
 
 def _first_line(path: Path) -> str:
@@ -859,7 +867,7 @@ def _read_csv_items(path: Path) -> tuple[dict[str, ItemUpsert], list[ItemDelete]
             tags = _parse_tags(_cell(cells, i_tags), name, lineno)
             arrival = _cell(cells, i_time)
             timestamp = _number(arrival, "timestamp", name, lineno) if arrival else 0.0
-            _listed_once(first_lines, item, path.name, lineno)
+            _listed_once(first_lines, item, name, lineno)
             catalog[item] = ItemUpsert(item, tags, timestamp, _cell(cells, i_title))
             deleted = _cell(cells, i_deleted)
             if deleted:
