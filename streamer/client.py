@@ -359,6 +359,8 @@ def redacted_url(url: str) -> str:
     ('***@h:6379/0', '***@h')
     >>> redacted_url("redis://:S3cr/et@h:6379/0"), redacted_url("redis://:S3cr#et@h/0")
     ('redis://***@h:6379/0', 'redis://***@h/0')
+    >>> redacted_url("unix:///run/redis.sock?db=0&password=pw")
+    'unix:///run/redis.sock?db=0&password=***'
     """
     scheme, sep, rest = url.partition("://")
     if not sep:  # (not a URL: a slash missing, say)
@@ -374,7 +376,9 @@ def redacted_url(url: str) -> str:
         ]
         parts = parts._replace(query="&".join(query))
     if parts.password is None:
-        return urlunsplit(parts)
+        text = urlunsplit(parts)
+        # (``unix:///path``: urlunsplit drops the empty authority, and a slash pair)
+        return text.replace(":", "://", 1) if sep and not parts.netloc else text
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -206,6 +206,8 @@ class StreamEngine:
         """
         if not ratings:
             return {}
+        if not self._rate:  # (the first batch since a start or restore counts in the rate)
+            self._rate.append((time.monotonic(), self.events))
         touched: set[str] = set()
         for step in event_time_steps(ratings, self.settings.learn_window_s):
             self._advance(step)

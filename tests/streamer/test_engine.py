@@ -626,3 +626,16 @@ def test_a_second_delete_keeps_the_first_delete_time_freed_or_not(compacted: boo
     assert engine.rated_while_listed("a", 99.0)
     engine.delete_item("a", 50.0)  # (an earlier time, read later: it stands)
     assert not engine.rated_while_listed("a", 60.0)
+
+
+@pytest.mark.parametrize("restored", [False, True])
+def test_the_first_batch_after_a_start_counts_in_the_rate(restored: bool) -> None:
+    """The first batch a started (or restored) engine learns is in ``events_per_s``: its
+    rate took its first sample after learning, the baseline, and read 0 until a second
+    batch came."""
+    engine = StreamEngine(Settings(k=2, n_factors=4))
+    engine.upsert_item("a", {"jazz": 1.0})
+    if restored:
+        engine = pickle.loads(pickle.dumps(engine))
+    engine.learn_ratings([Rating(f"u{n}", "a", 5.0, 1.0) for n in range(200)])
+    assert engine.metrics()["events_per_s"] > 0
