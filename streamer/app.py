@@ -228,11 +228,17 @@ async def _wait_for_leaders(
 
 
 async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
-    """Write freshly ranked lists to Redis and time the whole refresh; returns when it landed."""
+    """Write freshly ranked lists to Redis and time the whole refresh; returns when it landed.
+
+    Called right after the ranking call that made ``lists``: its time is read before the
+    write awaits, while another task's ranking (the refresh timer's, a batch's) cannot
+    have replaced it yet.
+    """
+    rank_s = engine.last_rank_s
     started = time.time()
     done = await sink.publish_lists(lists, engine.version)
     if lists:
-        engine.record_refresh(done - started)
+        engine.record_refresh(rank_s + done - started)
     return done
 
 

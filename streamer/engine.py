@@ -997,9 +997,9 @@ class StreamEngine:
         self.freshness_all.observe_many(fresh)
         self.freshness_hist.observe_many(ms / 1000.0 for ms in fresh)
 
-    def record_refresh(self, publish_s: float) -> None:
-        """One list refresh took the last ranking call plus ``publish_s`` to reach Redis."""
-        self.refresh_hist.observe_many([self.last_rank_s + publish_s])
+    def record_refresh(self, seconds: float) -> None:
+        """One list refresh took ``seconds``, from its ranking call to Redis."""
+        self.refresh_hist.observe_many([seconds])
 
     def histograms(self) -> dict[str, tuple[Histogram, str]]:
         """The histograms the worker exposes to Prometheus, by metric name."""

@@ -2518,3 +2518,30 @@ async def test_a_dead_letter_not_delivered_is_sent_again_naming_its_source(
         "dead letter of r partition 1 offset 42 not delivered to dlq (KafkaTimeoutError"
         in (warnings[0])
     )
+
+
+def test_a_refresh_is_timed_with_its_own_ranking_call() -> None:
+    """``publish`` times a refresh from the ranking call that made its lists: another
+    task ranking while this one's write awaits Redis (the refresh timer beside a batch)
+    does not lend it its ranking time."""
+    engine = StreamEngine(Settings(k=2, n_factors=4))
+    engine.upsert_item("a", {"jazz": 1.0})
+    engine.upsert_item("b", {"jazz": 1.0})
+    lists = engine.learn_ratings([Rating("u", "a", 5.0, 1.0)])
+    engine.last_rank_s = 0.001  # (this refresh's ranking)
+
+    class SlowSink:
+        async def publish_lists(self, lists, version) -> float:
+            await asyncio.sleep(0.01)
+            return time.time()
+
+    async def other_task_ranks() -> None:
+        await asyncio.sleep(0)
+        engine.last_rank_s = 100.0  # a large batch ranked meanwhile
+
+    async def both() -> None:
+        await asyncio.gather(app_module.publish(engine, SlowSink(), lists), other_task_ranks())
+
+    asyncio.run(both())
+    assert engine.refresh_hist.count == 1
+    assert 0.001 < engine.refresh_hist.sum < 1.0
