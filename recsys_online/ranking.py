@@ -26,6 +26,7 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
     block maxima plus a small sort, instead of a selection over every element. Ties go to
     the lower position. ``-inf`` marks an excluded item; NaN and ``+inf`` are invalid
     scores. None of them is ever returned: missing places hold position -1 and ``-inf``.
+    Scores of another dtype are compared as float32 (the values returned are float32).
 
     Examples
     --------
@@ -35,7 +36,10 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
     ([[1, 3], [0, 3]], [[0.8999999761581421, 0.699999988079071], [3.0, 2.0]])
     >>> top_k_rows(np.array([[-np.inf, 1.0]]), 2, block=1)[0].tolist()
     [[1, -1]]
+    >>> top_k_rows(np.array([[0.1, 0.9], [3.0, 1.0]]), 1, block=1)[0].tolist()  # float64
+    [[1], [0]]
     """
+    scores = np.asarray(scores, np.float32)  # (no copy when float32 already)
     n_rows, width = scores.shape
     pos_out = np.full((n_rows, k), -1, np.int64)
     val_out = np.full((n_rows, k), -np.inf, np.float32)
