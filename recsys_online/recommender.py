@@ -65,6 +65,8 @@ _FIXED_REASON = (
 #: matrix-vector product is 2x faster per user than its matrix product on 2-4 rows.
 _GEMV_ROWS = 4
 _OUT_LIMIT = 1 << 24  # floats (64 MB): the largest scores buffer kept between calls
+#: A user's ratings that reasons look at: their last this many (``_recent_rated``).
+_RECENT = 50
 _BLEND_STEP = 256  # relevant ratings per step on the blend weights (the worker's: 64)
 
 
@@ -716,6 +718,10 @@ class Recommender:
         limit = self.config.history_limit
         for uu, ii, rr in zip(u.tolist(), i.tolist(), r.tolist(), strict=True):
             hist, hr = self.history[uu], self.history_ratings[uu]
+            if ii in hist[-_RECENT:]:  # rated again: the new rating is what they think now
+                for p in range(max(0, len(hist) - _RECENT), len(hist)):
+                    if hist[p] == ii:
+                        hr[p] = math.nan  # (never a like, a reason's "because" or its tags)
             hist.append(ii)
             hr.append(rr)
             if len(hist) > limit:
@@ -1491,7 +1497,9 @@ class Recommender:
         For each item, the model's signals are tried from the largest contribution
         (weight times the signal's lift over its catalog mean) down; the first that can
         give a truthful reason wins: co-occurrence names the recent item that led to it,
-        content the matching tags, factors the closest liked item, popularity says so.
+        content the matching tags, factors the closest liked item, popularity says so
+        where the item is more popular than most. An item none of them explains is
+        "close to your tastes".
         """
         present = top >= 0  # (B, K): lists are filled from the front
         lengths = present.sum(axis=1)
@@ -1507,10 +1515,14 @@ class Recommender:
         else:
             x = self._explain_features(u, padded, ctx, None)  # (S, B, K)
         contrib = w.T[:, :, None] * (x - self.signal_mean[:, None, None].astype(np.float32))
-        # What each signal could say for each item (B, K). Popularity always can, so a
-        # signal never above it is never asked: its reasons are not computed.
+        # What each signal could say for each item (B, K). "Popular now" only for an item
+        # more popular than the catalog's mean, for a user whose blend weighs popularity
+        # up: a weight learned negative lifts the least popular items, which popularity
+        # does not explain. Where popularity can explain, a signal never above it is
+        # never asked: its reasons are not computed.
         use = self._use.astype(bool)
-        needed = use & (contrib >= contrib[3]).any(axis=(1, 2)) if use[3] else use
+        popular = use[3] & (x[3] > self.signal_mean[3]) & (w[:, 3:4] > 0)  # (B, K)
+        needed = use & (contrib >= np.where(popular, contrib[3], -np.inf)).any(axis=(1, 2))
         cold = self.user_n[u] == 0  # (their declared tags may name an item: below)
         if cold.any():
             needed[[1, 4]] |= use[[1, 4]]
@@ -1525,31 +1537,30 @@ class Recommender:
             if self.content.columns_shared:  # a column holds several tags: name met ones
                 agree = np.where(self._met_tags(u, item_tags), agree, -np.inf)
             can[1] = can[4] = (agree > 0).any(axis=-1)
-        can[3] = True
+        can[3] = popular
         can &= use[:, None, None]
+        # Rings hold every rated item: "because you liked X" only names an X the user
+        # rated at or above their mean. Tested where co-occurrence leads the able signals
+        # so far (factors can only beat it): where it would name another, it steps aside
+        # before the factors' turn, which may then be theirs.
+        if needed[2]:
+            b, k = np.nonzero(np.where(can, contrib, -np.inf).argmax(axis=0) == 2)
+            if len(b):
+                disliked = ~self._liked(u[b], because[b, k])
+                can[2, b[disliked], k[disliked]] = False
         if needed[0] or needed[5]:
             # The closest liked item, only for the users with an item where a factor
             # signal could beat every other able one (at most ties): its reason alone
             # names it, and factors rarely lead a blended list.
             best_other = np.where(can, contrib, -np.inf).max(axis=0)  # (0 and 5 not yet)
             could = use[0] & (contrib[0] >= best_other) | use[5] & (contrib[5] >= best_other)
-            rows = np.flatnonzero(could.any(axis=1))
+            rows = self._factor_reason_rows(could)
             if len(rows):
                 liked = np.full((n_users, width), -1, np.int64)
                 liked[rows] = self._closest_liked_users(u[rows], padded[rows])
                 can[[0, 5]] = (liked >= 0) & use[[0, 5], None, None]
         # The able signal with the largest contribution (ties: the first signal) wins.
         chosen = np.where(can, contrib, -np.inf).argmax(axis=0)  # (B, K)
-        # Rings hold every rated item: "because you liked X" only names an X the user
-        # rated at or above their mean; where co-occurrence would name another, the next
-        # able signal explains the item.
-        if needed[2]:
-            b, k = np.nonzero(chosen == 2)
-            if len(b):
-                disliked = ~self._liked(u[b], because[b, k])
-                if disliked.any():
-                    can[2, b[disliked], k[disliked]] = False
-                    chosen = np.where(can, contrib, -np.inf).argmax(axis=0)
         # A user with no ratings whose declared tags lifted an item it lists: the tags are
         # what set their list apart from the popular one, so they name it, not popularity
         # (popular items' lift over the catalog otherwise outweighs the tags' in every
@@ -1599,6 +1610,13 @@ class Recommender:
         )
         return _split(recs, lengths)
 
+    @staticmethod
+    def _factor_reason_rows(could: np.ndarray) -> np.ndarray:
+        """The users (rows of ``could``, ``(B, K)``) whose closest liked item is looked
+        up: those with an item a factor signal could explain (the others' reasons do
+        not depend on it; ``tests`` look it up for every user to check that)."""
+        return np.flatnonzero(could.any(axis=1))
+
     def _met_tags(self, u: np.ndarray, tags: np.ndarray) -> np.ndarray:
         """For users ``(B,)`` and tag rows ``(B, ...)``: whether the user met each tag,
         on an item among their last 50 ratings at or above their mean, or declared it.
@@ -1630,9 +1648,10 @@ class Recommender:
 
     def _recent_rated(self, u: np.ndarray, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Users ``u``'s last 50 rated item rows and their ratings, oldest first, as two
-        ``(B, H)`` arrays; past a shorter history, rows ``fill`` rated ``-inf``."""
-        recent, lengths = _joined(self.history, u, np.int32, last=50)
-        rated, _ = _joined(self.history_ratings, u, np.float32, last=50)
+        ``(B, H)`` arrays; past a shorter history, rows ``fill`` rated ``-inf``. A rating
+        the user replaced by rating the item again reads NaN: never at or above a mean."""
+        recent, lengths = _joined(self.history, u, np.int32, last=_RECENT)
+        rated, _ = _joined(self.history_ratings, u, np.float32, last=_RECENT)
         if len(u) == 1:  # one user (recommend): no padding
             return recent[None, :], rated[None, :]
         present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (B, H)

@@ -241,3 +241,80 @@ def test_a_malformed_batch_upsert_changes_nothing() -> None:
     with pytest.raises(ValueError, match="2 items need as many tag mappings"):
         rec.upsert_items(["a", "b"], [{"y": 1.0}])
     assert rec.is_deleted("b") and "b" not in [r.item for r in rec.popular(5)]
+
+
+def noisy_model(seed: int, signals: tuple[str, ...]) -> tuple[Recommender, list[str]]:
+    """A small model learned from random ratings (any user, any item, 1 to 5): likes,
+    dislikes and re-ratings mixed, some items deleted."""
+    rng = np.random.default_rng(seed)
+    config = RecommenderConfig(factors=FactorParams(n_factors=8), signals=signals, seed=seed)
+    rec = Recommender(config)
+    items = [f"i{j}" for j in range(100)]
+    rec.upsert_items(
+        items,
+        [{f"t{t}": 1.0 for t in rng.choice(8, rng.integers(0, 4), replace=False)} for _ in items],
+    )
+    users = [f"u{j}" for j in range(15)]
+    for n in range(50):
+        rec.learn_many(
+            [users[x] for x in rng.integers(0, 15, 10)],
+            [items[x] for x in rng.integers(0, 100, 10)],
+            rng.integers(1, 6, 10).astype(float).tolist(),
+            [10.0 * n + x for x in range(10)],
+        )
+    for x in rng.choice(100, 5, replace=False):
+        rec.delete_item(items[x])
+    return rec, users
+
+
+@pytest.mark.parametrize("signals", ["hybrid", "session"])
+def test_reasons_are_those_of_every_users_closest_like_looked_up(monkeypatch, signals) -> None:
+    """The closest liked item is looked up only for users where a factor signal could
+    explain an item: the reasons are the same as when it is looked up for every user.
+    (A co-occurrence reason withdrawn because it named a disliked item left the factors
+    out for users not looked up: "popular now" for items the factors led, with a like.)"""
+    from recsys_online.recommender import MODELS
+
+    for seed in range(15):
+        rec, users = noisy_model(seed, MODELS[signals])
+        lists = rec.recommend_many(users, 10)
+        with monkeypatch.context() as m:
+            m.setattr(Recommender, "_factor_reason_rows", staticmethod(lambda c: np.arange(len(c))))
+            assert rec.recommend_many(users, 10) == lists, seed
+
+
+def test_because_you_liked_never_names_an_item_rated_again_lower() -> None:
+    """A user who rated an item 5 and then 1 no longer likes it: no reason names it
+    (the earlier rating, still among their last 50, counted as a like)."""
+    rec = Recommender(RecommenderConfig(signals=("mf",), factors=FactorParams(n_factors=4)))
+    rec.upsert_items(["x", "y", "z"], [None] * 3)
+    rec.learn_many(["bob", "bob"], ["y", "z"], [5.0, 4.0], [0.0, 1.0])
+    rec.learn_rating("ann", "x", 5.0, timestamp=2.0)
+    assert [r.because for r in rec.recommend("ann", 2)] == ["x", "x"]
+    rec.learn_rating("ann", "x", 1.0, timestamp=3.0)
+    assert [r.because for r in rec.recommend("ann", 2)] == [None, None]
+    rec.learn_rating("ann", "x", 5.0, timestamp=4.0)  # liked again
+    assert [r.because for r in rec.recommend("ann", 2)] == ["x", "x"]
+
+
+def test_popular_now_explains_only_items_more_popular_than_most() -> None:
+    """An item nobody rated is never "popular now", even where it is the only one left
+    for popularity to rank."""
+    rec = Recommender(RecommenderConfig(factors=FactorParams(n_factors=4)))
+    rec.upsert_items(
+        ["a", "b", "c", "d"], [{"jazz": 1.0}, {"rock": 1.0}, {"folk": 1.0}, {"pop": 1.0}]
+    )
+    rec.learn_many(["ann", "bob", "bob"], ["a", "b", "c"], [1.0, 5.0, 5.0], [1.0, 2.0, 3.0])
+    reasons = {r.item: r.reason for r in rec.recommend("ann", 3)}
+    assert set(reasons) == {"b", "c", "d"}
+    assert reasons["d"] != "popular now"
+    assert reasons["b"] == reasons["c"] == "popular now"
+
+
+def test_popular_now_never_explains_a_blend_that_weighs_popularity_down() -> None:
+    """A blend whose popularity weight is negative lifts the least popular items: their
+    positive contribution is not popularity's to explain."""
+    rec, users = noisy_model(3, ("mf", "pop"))
+    rec.w_warm[3] = rec.w_cold[3] = -1.0
+    for recs in rec.recommend_many(users, 10):
+        assert recs and all(r.reason != "popular now" for r in recs)
