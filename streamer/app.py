@@ -36,7 +36,7 @@ from streamer.partitions import read_ranges, standalone_consumer
 from streamer.records import item_event, rating_event, user_event
 from streamer.settings import Settings, SettingsError
 from streamer.similar import Shard
-from streamer.sink import RedisSink, redis_refusal
+from streamer.sink import KEEP_TTL, RedisSink, redis_refusal
 from streamer.snapshot import SnapshotStore
 from streamer.web import MetricsServer
 
@@ -227,16 +227,22 @@ async def _wait_for_leaders(
         await asyncio.sleep(0.1)
 
 
-async def publish(engine: StreamEngine, sink: RedisSink, lists: Lists) -> float:
+async def publish(
+    engine: StreamEngine,
+    sink: RedisSink,
+    lists: Lists,
+    ttl: int | Mapping[str, int] | None = None,
+) -> float:
     """Write freshly ranked lists to Redis and time the whole refresh; returns when it landed.
 
     Called right after the ranking call that made ``lists``: its time is read before the
     write awaits, while another task's ranking (the refresh timer's, a batch's) cannot
-    have replaced it yet.
+    have replaced it yet. ``ttl``: as :meth:`RedisSink.publish_lists` takes it (None: the
+    users just rated or declared tags; :data:`KEEP_TTL`: they did not).
     """
     rank_s = engine.last_rank_s
     started = time.time()
-    done = await sink.publish_lists(lists, engine.version)
+    done = await sink.publish_lists(lists, engine.version, ttl=ttl)
     if lists:
         engine.record_refresh(rank_s + done - started)
     return done
@@ -407,8 +413,8 @@ class CatalogFollower:
                     for event in latest.values():
                         lists.update(self._apply_event(event))
                     latest.clear()
-                if lists:
-                    await publish(self.engine, self.sink, lists)
+                if lists:  # (lists showing a deleted item, or reached by a new one)
+                    await publish(self.engine, self.sink, lists, KEEP_TTL)
                 if caught_up and generation == self._generation:
                     self.ready.set()
         finally:
@@ -1471,7 +1477,7 @@ class RecsysWorker:
             if self.engine is not engine:  # rebuilt meanwhile: its own lists follow
                 return
             lists = engine.serve(due[lo : lo + self.REFRESH_SLICE])
-            await publish(engine, self.sink, lists)
+            await publish(engine, self.sink, lists, KEEP_TTL)
             await asyncio.sleep(0)
 
     SIMILAR_SLICE = 64  # "more like this" lists computed and written at once
@@ -2017,13 +2023,15 @@ class RecsysWorker:
             # partition counts from there too.
             self._next_offset.setdefault(partition, offset)
         # Lists are republished for the users active within a list's TTL of the log's
-        # latest event: older ones have expired, and renewing them at every restart would
-        # keep a list in Redis for every user the log ever saw.
+        # latest event, each for what is left of its TTL by then: older ones have expired,
+        # and renewing them at every restart would keep a list in Redis for every user
+        # the log ever saw (and, unfollowed after a later restart, showing deleted items).
         horizon = max(last_seen.values(), default=0.0) - s.recs_ttl_s
-        users_list = sorted(u for u, t in last_seen.items() if t >= horizon)
+        left = {u: max(1, math.ceil(t - horizon)) for u, t in last_seen.items() if t >= horizon}
+        users_list = sorted(left)
         for lo in range(0, len(users_list), 1000):
             lists = self.engine.serve(users_list[lo : lo + 1000])
-            await publish(self.engine, self.sink, lists)
+            await publish(self.engine, self.sink, lists, {u: left[u] for u in lists})
         for partition in sorted(until):
             log.info(
                 "replayed %d ratings of partition %d up to offset %d",

@@ -108,13 +108,23 @@ def list_documents(
 # SET each key to its value with the TTL, in one script call: atomic as a MULTI/EXEC of
 # the SETs, but one command to encode and one reply to parse instead of one per list
 # (300 lists: 3.9 ms against 7.7-8.4 ms for a transaction of SETs, Redis on this machine).
+# Each key (ARGV: its TTL in seconds, its document; ...): with that TTL, or, for a TTL of
+# 0, only where the key still exists and with the TTL it has (XX KEEPTTL, Redis >= 6).
 _SET_ALL = """
-local ttl = ARGV[1]
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+  local ttl = tonumber(ARGV[2 * i - 1])
+  if ttl > 0 then
+    redis.call('SET', key, ARGV[2 * i], 'EX', ttl)
+  else
+    redis.call('SET', key, ARGV[2 * i], 'XX', 'KEEPTTL')
+  end
 end
 return #KEYS
 """
+
+#: ``RedisSink.publish_lists``' ``ttl`` for lists rewritten without their users doing
+#: anything: only lists still in Redis, which keep their expiry.
+KEEP_TTL = 0
 
 # Replace a hash whole (ARGV: a TTL in seconds, 0 for none, then field, value, ...): one
 # key, so atomic on a cluster too, where a transaction cannot span the metrics keys.
@@ -338,8 +348,10 @@ class RedisSink:
     every command writes one key whole (a list's SET, a hash replaced by a script), so
     a reader still never sees a half-written list or hash.
 
-    Every per-user list carries a TTL (``recs_ttl_s``), so lists of users who went away
-    expire instead of growing without bound.
+    Every per-user list carries a TTL (``recs_ttl_s``) from its user's last rating or
+    declaration, so lists of users who went away expire instead of growing without
+    bound: a list rewritten for anything else (a deleted or new item, the refresh
+    timer) keeps its expiry, and one expired is not written again (:data:`KEEP_TTL`).
 
     A write Redis cannot take (connection refused or lost, a timeout, Redis loading its
     data) is tried again, waiting twice as long each time up to ``max_wait_s``, until it
@@ -423,10 +435,20 @@ class RedisSink:
         await self._until_written(what, write)
 
     async def publish_lists(
-        self, lists: Mapping[str, Sequence[Recommendation]], version: int, similar: bool = False
+        self,
+        lists: Mapping[str, Sequence[Recommendation]],
+        version: int,
+        similar: bool = False,
+        ttl: int | Mapping[str, int] | None = None,
     ) -> float:
         """Store each user's list (``similar``: each item's "more like this" list, under
-        ``similar:{item}``); returns the time the transaction completed."""
+        ``similar:{item}``); returns the time the transaction completed.
+
+        ``ttl``: each list's lifetime in seconds, ``recs_ttl_s`` when None (or for a
+        name a mapping leaves out); :data:`KEEP_TTL` rewrites only lists still in Redis
+        and keeps their expiry (a list rewritten for a deleted or new item, not for
+        anything its user did, must not outlive the user's last visit).
+        """
         if not lists:
             return time.time()
         now = time.time()
@@ -434,17 +456,24 @@ class RedisSink:
         kind, subject = ("similar", "item_id") if similar else ("recs", "user_id")
         keys = [key(kind, name) for name in lists]
         documents = list_documents(lists, version, now, subject)
-        ttl = self.settings.recs_ttl_s
+        full = self.settings.recs_ttl_s
+        if ttl is None or isinstance(ttl, int):
+            ttls = [full if ttl is None else max(0, ttl)] * len(keys)
+        else:
+            ttls = [max(0, int(ttl.get(name, full))) for name in lists]
         async with self._lists_written:
             if self.cluster:
 
                 def queue(pipe: Pipeline) -> None:
-                    for k, document in zip(keys, documents, strict=True):
-                        pipe.set(k, document, ex=ttl)
+                    for k, document, ex in zip(keys, documents, ttls, strict=True):
+                        if ex > 0:
+                            pipe.set(k, document, ex=ex)
+                        else:
+                            pipe.set(k, document, xx=True, keepttl=True)
 
                 await self._transaction("lists", queue)
             else:
-                args = [ttl, *documents]
+                args = [part for pair in zip(ttls, documents, strict=True) for part in pair]
                 await self._until_written("lists", lambda: self._set_all(keys=keys, args=args))
         return time.time()
 

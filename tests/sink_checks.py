@@ -137,3 +137,28 @@ async def check_similar_lists(sink: RedisSink, settings: Settings) -> None:
     with RecommendationClient(url, prefix, cluster=cluster) as client:
         got = client.similar("p1")  # no list of its own: popular, without itself
         assert got.served_from == "popular" and got.items == []
+
+
+async def check_list_lifetimes(sink: RedisSink, settings: Settings) -> None:
+    """A list's TTL runs from its user's last visit: a rewrite for anything else
+    (``KEEP_TTL``: a deleted or new item, the refresh timer) changes a list still in
+    Redis and keeps its expiry, and never writes one that expired back; a replay writes
+    each list with what is left of its TTL."""
+    from streamer.sink import KEEP_TTL
+
+    old = [Recommendation("a", 1.0, "popular now", "popular")]
+    new = [Recommendation("b", 1.0, "popular now", "popular")]
+    key = settings.key
+    await sink.publish_lists({"visited": old}, version=1, ttl=100)
+    await sink.publish_lists({"visited": new, "gone": new}, version=2, ttl=KEEP_TTL)
+    assert not await sink.redis.exists(key("recs", "gone"))  # expired (or never): stays so
+    doc = orjson.loads(await sink.redis.get(key("recs", "visited")))
+    assert [r["item_id"] for r in doc["items"]] == ["b"] and doc["model_version"] == 2
+    assert 0 < await sink.redis.ttl(key("recs", "visited")) <= 100  # (not renewed)
+    await sink.publish_lists({"x": old, "y": old, "z": old}, version=3, ttl={"x": 50, "y": 9})
+    ttls = [await sink.redis.ttl(key("recs", name)) for name in ("x", "y", "z")]
+    assert 40 <= ttls[0] <= 50 and 0 < ttls[1] <= 9
+    assert settings.recs_ttl_s - 60 <= ttls[2] <= settings.recs_ttl_s  # (left out: the full)
+    await sink.publish_lists({"visited": old}, version=4)  # its user rated again
+    assert await sink.redis.ttl(key("recs", "visited")) > settings.recs_ttl_s - 60
+    await sink.redis.delete(*(key("recs", n) for n in ("visited", "x", "y", "z")))

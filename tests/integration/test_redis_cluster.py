@@ -16,7 +16,7 @@ import pytest
 import redis
 from own_services import RedisCluster, own_redis_cluster
 from polling import wait_until
-from sink_checks import check_metrics_replaced_whole, check_similar_lists
+from sink_checks import check_list_lifetimes, check_metrics_replaced_whole, check_similar_lists
 from worker_process import cli, running_worker
 
 from recsys_online.recommender import Recommendation
@@ -96,6 +96,7 @@ async def test_the_metrics_hash_is_replaced_whole_and_item_metadata_written(
     try:
         await check_metrics_replaced_whole(sink, settings)
         await check_similar_lists(sink, settings)
+        await check_list_lifetimes(sink, settings)
         events = [
             ItemEvent(op="upsert", item_id=f"i{j}", title=f"T{j}", tags=["jazz"], timestamp=1.0)
             for j in range(40)

@@ -26,6 +26,7 @@ from streamer.deadletters import DeadLetter
 from streamer.engine import StreamEngine
 from streamer.item_changes import decode_item_changes
 from streamer.settings import Settings
+from streamer.sink import KEEP_TTL
 from streamer.snapshot import SnapshotStore
 
 
@@ -314,7 +315,7 @@ async def test_a_replay_cut_short_before_it_learned_loses_no_rating_on_its_retry
     async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
         return {}
 
-    async def published(engine, sink, lists) -> float:
+    async def published(engine, sink, lists, ttl=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
@@ -374,9 +375,10 @@ async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     monkeypatch.setattr(engine, "refresh_steps", counted_steps)
 
     class Sink:
-        async def publish_lists(self, lists, version) -> float:
+        async def publish_lists(self, lists, version, ttl=None) -> float:
             published.append(sorted(lists))
             assert all("new" in [r.item for r in recs] for recs in lists.values())
+            assert ttl == KEEP_TTL  # (a new item is no visit: the lists' expiry stays)
             return time.time()
 
     async def other_task() -> None:  # stands for a ratings batch
@@ -402,9 +404,9 @@ async def test_lists_a_catalog_change_puts_due_are_refreshed_a_slice_at_a_time(
     published.clear()
 
     class RebuildingSink(Sink):
-        async def publish_lists(self, lists, version) -> float:
+        async def publish_lists(self, lists, version, ttl=None) -> float:
             worker.engine = engine.successor()
-            return await super().publish_lists(lists, version)
+            return await super().publish_lists(lists, version, ttl)
 
     worker.sink = RebuildingSink()
     await worker._refresh_due_lists()
@@ -609,7 +611,7 @@ async def test_an_event_id_enters_the_model_only_with_its_rating(monkeypatch) ->
     assert event_id == "e-9" and not worker.engine.learned_id("e-9")  # held, not learned
     worker.ordering.add(partition, rating.timestamp, (rating, produced, partition, offset, "e-9"))
 
-    async def published(engine, sink, lists) -> float:
+    async def published(engine, sink, lists, ttl=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "publish", published)
@@ -1070,10 +1072,10 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
         worker.engine.model.upsert_user("fan", {"t": 1.0})
         return {"fan": 9.5 * day, "long-ago": 1.0}
 
-    published: list[str] = []
+    published: dict[str, int] = {}
 
-    async def publish(engine, sink, lists) -> float:
-        published.extend(lists)
+    async def publish(engine, sink, lists, ttl=None) -> float:
+        published.update({user: ttl[user] for user in lists})
         return time.time()
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
@@ -1083,6 +1085,9 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
     await worker._replay({0: 3})
     assert worker.engine.events == 3
     assert sorted(published) == ["fan", "latest", "recent"]
+    # Each for what is left of its TTL (renewed whole, a list outlived its user's last
+    # visit by a TTL per restart, and unfollowed after a later one kept deleted items).
+    assert published == {"fan": int(day / 2), "latest": int(day), "recent": 1}
 
 
 @pytest.mark.parametrize(
@@ -1234,7 +1239,7 @@ async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> N
     worker._replayed.add(0)
     served: list = []
 
-    async def publish(engine, sink, lists) -> None:
+    async def publish(engine, sink, lists, ttl=None) -> None:
         served.append(lists)
 
     declared = b'{"user_id":"fan","tags":["jazz"],"timestamp":1}'
@@ -1264,7 +1269,7 @@ async def test_declared_tags_read_before_the_model_is_ready_are_served_once_it_i
     worker.catalog.ready.clear()
     served: list = []
 
-    async def publish(engine, sink, lists) -> None:
+    async def publish(engine, sink, lists, ttl=None) -> None:
         served.append(lists)
 
     monkeypatch.setattr(app_module, "publish", publish)
@@ -1354,7 +1359,7 @@ async def test_a_stop_that_cuts_learning_short_takes_no_final_snapshot(monkeypat
     monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
     publishing = asyncio.Event()
 
-    async def stalled_publish(engine, sink, lists) -> float:
+    async def stalled_publish(engine, sink, lists, ttl=None) -> float:
         publishing.set()
         await asyncio.sleep(3600)
         return time.time()
@@ -1447,7 +1452,7 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
                 await asyncio.sleep(0.01)  # a fetch
                 yield [(p, log[p][offset])]
 
-    async def published(engine, sink, lists):
+    async def published(engine, sink, lists, ttl=None):
         return time.time()
 
     async def the_committed(self):
@@ -1537,7 +1542,7 @@ async def test_item_changes_are_sent_once_the_commit_covers_their_ratings(monkey
     monkeypatch.setattr(worker, "_assigned", lambda: assigned)
     monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
 
-    async def publish(engine, sink, lists) -> float:
+    async def publish(engine, sink, lists, ttl=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "publish", publish)
@@ -2293,7 +2298,7 @@ async def test_a_learning_call_cut_short_keeps_the_stop_from_snapshotting(
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
     publishing, stall = asyncio.Event(), [True]
 
-    async def published(engine, sink, lists):
+    async def published(engine, sink, lists, ttl=None):
         if stall[0]:
             publishing.set()
             await asyncio.sleep(3600)
@@ -2387,7 +2392,7 @@ async def test_the_catalog_read_again_into_a_restored_model_applies_each_items_l
     weight, rings = float(model.cooc.weight[x].sum()), int((model.cooc.recent == x).sum())
     assert weight > 0 and rings > 0
 
-    async def published(engine, sink, lists) -> float:
+    async def published(engine, sink, lists, ttl=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda s, **o: _ItemsLog(log))
@@ -2431,7 +2436,7 @@ async def test_the_catalog_read_outlasts_a_broker_that_cannot_give_its_end(
                 raise KafkaTimeoutError()
             return await super().end_offsets(partitions)
 
-    async def published(engine, sink, lists) -> float:
+    async def published(engine, sink, lists, ttl=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda s, **o: Away(log))
@@ -2531,7 +2536,7 @@ def test_a_refresh_is_timed_with_its_own_ranking_call() -> None:
     engine.last_rank_s = 0.001  # (this refresh's ranking)
 
     class SlowSink:
-        async def publish_lists(self, lists, version) -> float:
+        async def publish_lists(self, lists, version, ttl=None) -> float:
             await asyncio.sleep(0.01)
             return time.time()
 
@@ -2545,3 +2550,35 @@ def test_a_refresh_is_timed_with_its_own_ranking_call() -> None:
     asyncio.run(both())
     assert engine.refresh_hist.count == 1
     assert 0.001 < engine.refresh_hist.sum < 1.0
+
+
+async def test_lists_a_catalog_change_rewrites_keep_their_expiry(monkeypatch) -> None:
+    """A delete rewrites the lists that showed the item: its users did nothing, so the
+    lists keep their expiry (renewed, a delete brought back and kept for a TTL the list
+    of every user ever shown the item, long gone ones too)."""
+    from schemas import ItemEvent
+
+    settings = Settings(ratings_topic="r", items_topic="i", users_topic="u", n_factors=4, k=3)
+    engine = StreamEngine(settings)
+    for item in ("a", "x", "b", "c"):
+        engine.upsert_item(item, {"jazz": 1.0})
+    lists = engine.learn_ratings([Rating("u1", "a", 5.0, 1.0)])
+    assert "x" in [r.item for r in lists["u1"]]
+    value = ItemEvent(op="delete", item_id="x", tags=[], timestamp=1.7e9).to_bytes()
+    published: list[tuple[list[str], object]] = []
+
+    async def publish(engine, sink, lists, ttl=None) -> float:
+        published.append((sorted(lists), ttl))
+        return time.time()
+
+    monkeypatch.setattr(
+        app_module, "standalone_consumer", lambda s, **o: _ItemsLog([_item_record(value, b"x", 0)])
+    )
+    monkeypatch.setattr(app_module, "publish", publish)
+    follower = app_module.CatalogFollower(settings, engine, sink=None)
+    reading = asyncio.ensure_future(follower.run())
+    try:
+        await asyncio.wait_for(follower.ready.wait(), 5)
+    finally:
+        reading.cancel()
+    assert published == [(["u1"], KEEP_TTL)]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import redis
-from sink_checks import check_similar_lists, on_a_sink
+from sink_checks import check_list_lifetimes, check_similar_lists, on_a_sink
 
 from streamer.client import (
     AsyncRecommendationClient,
@@ -67,6 +67,13 @@ async def test_similar_lists_are_written_and_read_by_both_clients(
 ) -> None:
     settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
     await on_a_sink(settings, check_similar_lists)
+
+
+async def test_a_list_lives_for_its_ttl_from_its_users_last_visit(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    settings = Settings(redis_url=redis_url, key_prefix=redis_key_prefix)
+    await on_a_sink(settings, check_list_lifetimes)
 
 
 def test_unknown_user_gets_the_popular_list(redis_url: str, stored) -> None:
