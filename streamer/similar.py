@@ -27,6 +27,7 @@ import numpy as np
 from recsys_online.ids import grown, kept_rows, row_map
 
 NEVER = np.inf
+_EARLIEST = float(np.finfo(np.float64).min)  # the due time of a list never written
 CHUNK = 256  # changed items scored against the catalog at once (bounds memory)
 
 #: ``scores(rows, among)``: an upper bound of the score of each of items ``rows`` in the
@@ -208,7 +209,10 @@ class SimilarDue:
             among = np.flatnonzero(written if mine is None else written & mine)
             if len(chunk) and len(among):
                 self._due_now(among[scores(chunk, among) > self.floor[among]], now)
-        due_at = np.minimum(self.due_at[:n_items], self.written_at[:n_items] + self.max_age_s)
+        # (A list never written is due at once, but after every list showing a deleted
+        # item, which alone is due at -inf: argpartition leaves ties in any order.)
+        aged = np.maximum(self.written_at[:n_items] + self.max_age_s, _EARLIEST)
+        due_at = np.minimum(self.due_at[:n_items], aged)
         due_at[~live[:n_items]] = NEVER
         if mine is not None:
             due_at[~mine] = NEVER

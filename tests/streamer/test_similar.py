@@ -64,6 +64,21 @@ def test_lists_showing_a_deleted_item_go_before_lists_long_due() -> None:
     assert due.take(8, live, 100, now=50.0).tolist() == [0, 1, 2, 3, 4, 5]
 
 
+def test_lists_showing_a_deleted_item_go_before_lists_never_written() -> None:
+    """Lists never written (new items, lists gained in a rebalance, a restored snapshot)
+    are due at once, but after those showing a deleted item: a bulk import before a
+    delete held those back behind every new item's list."""
+    due = SimilarDue(max_age_s=3600.0)
+    written(due, list(range(8)), now=0.0, listed=[[7, 1]] + [[1, 2]] * 7)
+    n = 5000  # a bulk import: rows 8.. never written
+    live = np.ones(n, bool)
+    due.ensure(n)
+    due.deleted(7, now=5.0)
+    live[7] = False
+    assert due.take(n, live, 64, now=5.0).tolist()[0] == 0  # in the first slice
+    assert 0 not in due.take(n, live, 64, now=5.0).tolist()
+
+
 def test_lists_older_than_max_age_are_written_again_the_oldest_first() -> None:
     due = SimilarDue(max_age_s=100.0)
     written(due, [0, 1, 2, 3, 4, 5, 6, 7], now=0.0)
