@@ -145,6 +145,7 @@ class StreamEngine:
         # Every served user's list as item rows (by user row; -1: no item), past the LRU:
         # a delete re-ranks every list it is in, whoever the LRU still holds.
         self.shown = np.full((0, s.k), -1, np.int32)
+        self.shown_empty = np.zeros(0, bool)  # by user row: the list last written was empty
         self.version = 0
         # Per served user: the score of their list's last place, and the catalog version
         # the list was ranked at.
@@ -268,8 +269,8 @@ class StreamEngine:
                 return None
             rows = self.shown[row]
             rows = rows[rows >= 0]
-            if not len(rows):  # (never written, or empty: unknown here)
-                return None
+            if not len(rows):  # never written (unknown here), or written empty
+                return self.popular_served if self._written_empty(row) else None
             listed = self.model.items.ids_of(rows.tolist())
         return listed or self.popular_served
 
@@ -504,6 +505,7 @@ class StreamEngine:
                 state[name] = Histogram(bounds)
         old = "shown" not in state  # (pickled before it existed: from the LRU's lists)
         state.setdefault("shown", np.full((0, state["settings"].k), -1, np.int32))
+        state.setdefault("shown_empty", np.zeros(len(state["shown"]), bool))
         self.__dict__.update(state)
         if old and self.served:
             lists = list(self.served.values())
@@ -673,6 +675,9 @@ class StreamEngine:
             return []
         return self.model.users.ids_of(np.flatnonzero((self.shown == row).any(axis=1)).tolist())
 
+    def _written_empty(self, row: int) -> bool:
+        return row < len(self.shown_empty) and bool(self.shown_empty[row])
+
     def _note_shown(self, users: list[str], rows: np.ndarray) -> None:
         """Record each user's new list, as item ``rows`` (-1 past its end), in
         :attr:`shown`."""
@@ -691,6 +696,11 @@ class StreamEngine:
             self.shown = grown
         self.shown[at[have]] = -1
         self.shown[at[have], : rows.shape[1]] = rows[have]
+        if len(self.shown_empty) < len(self.shown):
+            self.shown_empty = np.concatenate(
+                (self.shown_empty, np.zeros(len(self.shown) - len(self.shown_empty), bool))
+            )
+        self.shown_empty[at[have]] = (rows[have] < 0).all(axis=1)
 
     def compact_if_due(self) -> int:
         """Free the rows of deleted items (:meth:`Recommender.compact`) once they exceed

@@ -639,3 +639,25 @@ def test_the_first_batch_after_a_start_counts_in_the_rate(restored: bool) -> Non
         engine = pickle.loads(pickle.dumps(engine))
     engine.learn_ratings([Rating(f"u{n}", "a", 5.0, 1.0) for n in range(200)])
     assert engine.metrics()["events_per_s"] > 0
+
+
+@pytest.mark.parametrize("tracked", [1, 100])
+def test_an_empty_list_counts_as_the_popular_one_past_the_tracked_users(tracked: int) -> None:
+    """A user whose list was written empty is shown the popular list: so it is ranked,
+    whether or not the user is still among the tracked users (past them, an empty list
+    looked like none written, and the rating was ranked in a fresh list instead)."""
+    engine = StreamEngine(
+        Settings(k=2, n_factors=4, fresh_eval_share=0.0, similar_every_s=0),
+        max_tracked_users=tracked,
+    )
+    for item in "ab":
+        engine.upsert_item(item, {"jazz": 1.0})
+    engine.learn_ratings([Rating("u1", "a", 3.0, 1.0), Rating("u2", "a", 5.0, 1.0)])
+    engine.learn_ratings([Rating("u1", "b", 3.0, 2.0)])  # u1 rated everything: []
+    engine.learn_ratings([Rating("u2", "b", 3.0, 3.0)])  # u2 served last
+    engine.upsert_item("c", {"jazz": 1.0})
+    engine.popular()
+    assert engine._as_served("u1") == engine.popular_served
+    assert engine._as_served("nobody") is None
+    restored = pickle.loads(pickle.dumps(engine))
+    assert restored._as_served("u1") == restored.popular_served
