@@ -1419,9 +1419,12 @@ class RecsysWorker:
     async def _publish_state(self) -> None:
         """The popular list and this worker's metrics. The holder of ratings partition 0
         writes the popular list; the others only where there is none yet (the holder in
-        a long replay: unknown users would get nothing)."""
-        await self.sink.publish_state(
-            self.engine.popular(),
+        a long replay: unknown users would get nothing). The list Redis holds then is the
+        popular list as served, which the worker's figures rank in (its own differs
+        where another worker writes it)."""
+        engine = self.engine
+        shown = await self.sink.publish_state(
+            engine.popular(),
             self._figures(),
             self.engine.version,
             self.worker_id,
@@ -1429,6 +1432,8 @@ class RecsysWorker:
             popular_owner=self._writes_popular(),
             partitions=self._assigned(),
         )
+        if shown is not None:
+            engine.popular_served = shown
 
     async def _compact_if_due(self, in_agent: bool = False) -> None:
         """Free deleted items' rows (:meth:`StreamEngine.compact_if_due`) where nothing

@@ -339,6 +339,14 @@ def _cluster_mismatch(client, where: str, cluster: bool) -> str | None:
     return None
 
 
+def _item_ids(document: bytes | None) -> list[str] | None:
+    """The item ids of a list document (None: no document, or not one)."""
+    try:
+        return [str(item["item_id"]) for item in orjson.loads(document)["items"]]
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 class RedisSink:
     """Writes lists, item metadata and metrics, each batch atomically (one script call or
     one MULTI/EXEC transaction).
@@ -486,7 +494,7 @@ class RedisSink:
         metrics_url: str = "",
         popular_owner: bool = True,
         partitions: Iterable[int] | None = None,
-    ) -> None:
+    ) -> list[str] | None:
         """The popularity list (``popular_owner``: written; else only where there is none
         yet) and the metrics: this worker's own ``metrics:worker:{id}`` (expiring if the
         worker dies), the shared ``metrics`` hash (every live worker's figures together,
@@ -495,7 +503,11 @@ class RedisSink:
         (newest first, capped at ``metrics_history`` entries) for the dashboard's charts.
         ``partitions``: the ratings partitions the worker holds, in its own hash: another
         worker's figures from before it handed one of them on are left out of the
-        fleet's (:func:`~streamer.registry.superseded`)."""
+        fleet's (:func:`~streamer.registry.superseded`).
+
+        Returns the item ids of the popular list Redis holds after the write, the one
+        apps show unknown users (None: none there, or not a list document).
+        """
         key = self.settings.key
         now = time.time()
         own_fields = {k: str(v) for k, v in metrics.items()}
@@ -529,17 +541,18 @@ class RedisSink:
             pipe.execute_command("EVAL", _REGISTER_WORKER, 1, workers, worker_id, ttl)
             pipe.lpush(history, snapshot)
             pipe.ltrim(history, 0, self.settings.metrics_history - 1)
+            pipe.get(key("popular"))  # (last: what the write left there)
 
-        async def write() -> None:
+        async def write() -> bytes | None:
             # (the other live workers' figures, as readers count them: this worker's own
             # replace any it held the partitions of before)
             others = await read_live_workers(self.redis, key, latest=(worker_id, held))
             fleet = fleet_metrics({**others, worker_id: own_fields}, self.settings.metrics_window)
             async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 queue(pipe, fleet)
-                await pipe.execute()
+                return (await pipe.execute())[-1]
 
-        await self._until_written("metrics", write)
+        return _item_ids(await self._until_written("metrics", write))
 
     async def withdraw(self, worker_id: str) -> None:
         """A worker stopping: its own metrics hash and its entry in the registry of live

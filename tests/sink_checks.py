@@ -23,15 +23,17 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
     another worker's only while there is none."""
     popular = [Recommendation("p1", 1.0, "popular now", "popular")]
     other = [Recommendation("p2", 1.0, "popular now", "popular")]
-    await sink.publish_state([], {"events": 0}, 1, "w3", popular_owner=False)  # (nothing yet)
+    # (Each publish returns the popular list Redis holds after it: the one served.)
+    nothing = await sink.publish_state([], {"events": 0}, 1, "w3", popular_owner=False)
     assert not await sink.redis.exists(settings.key("popular"))  # (an empty list: no list)
-    await sink.publish_state(other, {"events": 5}, 1, "w2", popular_owner=False)  # none yet
+    assert nothing is None
+    shown = await sink.publish_state(other, {"events": 5}, 1, "w2", popular_owner=False)
     listed = orjson.loads(await sink.redis.get(settings.key("popular")))
-    assert [r["item_id"] for r in listed["items"]] == ["p2"]
+    assert [r["item_id"] for r in listed["items"]] == ["p2"] == shown  # none yet: its own
     w1 = {"events": 10, "evaluated": 300, "rmse": 1.0, "freshness_ms_p99": 80.0}
-    await sink.publish_state(popular, w1 | {"snapshot_age_s": 3.0}, 1, "w1")
+    assert await sink.publish_state(popular, w1 | {"snapshot_age_s": 3.0}, 1, "w1") == ["p1"]
     w2 = {"events": 20, "evaluated": 100, "rmse": 0.5, "freshness_ms_p99": 120.0}
-    await sink.publish_state(other, w2, 2, "w2", popular_owner=False)
+    assert await sink.publish_state(other, w2, 2, "w2", popular_owner=False) == ["p1"]
     listed = orjson.loads(await sink.redis.get(settings.key("popular")))
     assert [r["item_id"] for r in listed["items"]] == ["p1"] and listed["model_version"] == 1
     shared = await sink.redis.hgetall(settings.key("metrics"))

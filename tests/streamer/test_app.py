@@ -1231,6 +1231,29 @@ async def test_only_the_holder_of_ratings_partition_0_writes_the_popular_list(
     assert published == [{0, 3}, {1, 2}, set(), {0, 3}, {0, 3}]
 
 
+async def test_the_popular_list_as_served_is_the_one_in_redis(monkeypatch) -> None:
+    """A worker that does not write the popular list ranks its figures (the "more like
+    this" baseline, users whose list is empty) in the one apps are shown, which another
+    worker wrote: not in the one its own model ranks."""
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u", k=2))
+    for item in ("a", "b"):
+        worker.engine.upsert_item(item, {"jazz": 1.0})
+    worker.engine.learn_ratings([Rating("u", "a", 5.0, 1.0)])
+    in_redis: list[list[str] | None] = [["b", "a"]]
+
+    async def publish_state(*args, **kwargs):
+        return in_redis[0]
+
+    worker.sink = types.SimpleNamespace(publish_state=publish_state)
+    monkeypatch.setattr(worker, "_figures", lambda: {"events": 0})
+    monkeypatch.setattr(worker, "_assigned", lambda: {1})
+    await worker._publish_state()
+    assert worker.engine.popular_served == ["b", "a"]
+    in_redis[0] = None  # none there, or unreadable: its own
+    await worker._publish_state()
+    assert worker.engine.popular_served == ["a", "b"]
+
+
 async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:
     """A user's declared tags give content lists before any rating; the tombstone of the
     user's key withdraws them, and the user is served popularity again."""
