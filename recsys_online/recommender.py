@@ -233,7 +233,9 @@ class Recommender:
         self.active = np.zeros(0, bool)
         self.deleted = np.zeros(0, bool)
         self.user_n = np.zeros(0, np.float32)
-        self.user_sum = np.zeros(0, np.float32)
+        # (float64: in float32, a sum of ratings near the scale's 1e6 bound lost units
+        # per addition, and the user's mean left the scale)
+        self.user_sum = np.zeros(0, np.float64)
         self.history: list[array] = []  # item rows each user rated, oldest first
         self.history_ratings: list[array] = []
         # Rated item rows that left a heavy user's history (past ``history_limit``): still
@@ -293,6 +295,7 @@ class Recommender:
             state["_own"] = None if base is None else OwnChanges(base)
         if "vectors" not in state:  # (pickled when the model kept them)
             state["vectors"] = ItemVectors(state["mf"])
+        state["user_sum"] = np.asarray(state["user_sum"], np.float64)  # (float32 before)
         self.__dict__.update(state)
 
     def _vectors(self) -> ItemVectors:

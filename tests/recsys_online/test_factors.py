@@ -69,7 +69,8 @@ def test_learn_of_one_event_equals_the_batch_step(adaptive: bool) -> None:
 
 def _reference_batch_step(m: FactorModel, users, items, ratings) -> None:
     """The batch step written the plain way: one gradient per entry, scattered with
-    ``np.add.at`` (AdaGrad's row-wise scale read after all squares were added)."""
+    ``np.add.at`` (AdaGrad's row-wise scale read after all squares were added; plain
+    SGD's gradients of a row met n times each weighing 1/n)."""
     p = m.params
     pred = m.raw(users, items)
     m.n_ratings += len(ratings)
@@ -101,6 +102,9 @@ def _reference_batch_step(m: FactorModel, users, items, ratings) -> None:
             np.add.at(acc, rows, sq)
             scale = 1.0 / np.sqrt(acc[rows] + 1e-8)
             grad = grad * (scale[:, None] if param.ndim == 2 else scale)
+        else:
+            share = 1.0 / np.bincount(rows, minlength=len(param))[rows]
+            grad = grad * (share[:, None] if param.ndim == 2 else share)
         np.add.at(param, rows, (lr * grad).astype(np.float32))
     m._count(len(ratings))
 
@@ -161,6 +165,19 @@ def test_plain_sgd_learns_a_planted_low_rank_matrix(seed: int) -> None:
     assert rmse < 0.3 * baseline
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_batch_meeting_a_row_many_times_stays_bounded(adaptive: bool) -> None:
+    """Plain SGD added up a row's gradients: an item rated 3,000 times in a batch moved
+    3,000 steps from one stale state, and the factors diverged (|V| 8e9 in 8 batches).
+    A row met n times moves by the mean of its gradients; AdaGrad's squares bound it."""
+    m = FactorModel(FactorParams(adaptive=adaptive))
+    m.ensure(n_users=3000, n_items=1)
+    for _ in range(8):
+        m.learn(np.arange(3000), np.zeros(3000, np.int64), np.full(3000, 3.0))
+    assert np.abs(m.V[0]).max() < 2.0 and np.abs(m.P).max() < 2.0
+    assert m.raw(np.arange(5), np.zeros(5, np.int64)) == pytest.approx(3.0, abs=0.3)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_adagrad_learns_a_planted_low_rank_matrix(seed: int) -> None:
     params = FactorParams(n_factors=8, seed=seed, adaptive=True, lr_bias=0.1, lr_factor=0.1)
@@ -195,8 +212,7 @@ def _two_camps(model_tags: ItemTags, params: FactorParams) -> FactorModel:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_new_item_is_scored_from_its_tags(seed: int, adaptive: bool) -> None:
     tags = ItemTags()
-    lr = 0.1 if adaptive else 0.02
-    params = FactorParams(n_factors=8, seed=seed, adaptive=adaptive, lr_bias=lr, lr_factor=lr)
+    params = FactorParams(n_factors=8, seed=seed, adaptive=adaptive, lr_bias=0.1, lr_factor=0.1)
     m = _two_camps(tags, params)
     n_before = m.n_ratings
     new = 20

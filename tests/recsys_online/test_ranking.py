@@ -318,3 +318,18 @@ def test_popular_now_never_explains_a_blend_that_weighs_popularity_down() -> Non
     rec.w_warm[3] = rec.w_cold[3] = -1.0
     for recs in rec.recommend_many(users, 10):
         assert recs and all(r.reason != "popular now" for r in recs)
+
+
+def test_a_users_mean_stays_on_a_scale_far_from_zero() -> None:
+    """Ratings near the scale's 1e6 bound: summed in float32, each addition lost units
+    and the user's mean (what a like is measured against) left the scale by 38."""
+    off = 999_995.0
+    rec = Recommender(
+        RecommenderConfig(scale=(1 + off, 5 + off), relevant=4 + off, learn_blend=False)
+    )
+    r = np.random.default_rng(0).choice([1.0, 2.0, 3.0], 3000)
+    for lo in range(0, 3000, 50):
+        items = [f"i{k}" for k in range(lo, lo + 50)]
+        rec.learn_many(["u"] * 50, items, list(r[lo : lo + 50] + off), [0.0] * 50)
+    mean = float(rec._user_means(np.array([rec.users.get("u")]))[0]) - off
+    assert mean == pytest.approx(r.mean(), abs=0.05)
