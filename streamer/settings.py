@@ -134,12 +134,13 @@ class Settings:
             ("REDIS_URL", "redis_url", "REDIS_URL"),
         ):
             mine = f"RECSYS_{ours.upper()}"
-            if env.get(plain) and env.get(mine) and env[plain] != env[mine]:
+            # (Set but empty is set: a `$UNSET` in a deploy script must not mean localhost.)
+            if plain in env and mine in env and env[plain] != env[mine]:
                 # (one left over in a shell would silently send a run elsewhere)
                 raise SettingsError(f"{plain} and {mine} are both set, to different values")
-            if env.get(plain):
+            if plain in env:
                 values[ours] = env[plain]
-            named[said] = plain if env.get(plain) and mine not in env else mine
+            named[said] = plain if plain in env and mine not in env else mine
         for f in fields(cls):
             name = f"RECSYS_{f.name.upper()}"
             if name not in env:

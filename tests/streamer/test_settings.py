@@ -81,6 +81,9 @@ def test_a_switch_reads_its_usual_spellings(raw: str, value: bool) -> None:
         # refused, not read as false (RECSYS_ADAPTIVE defaults to true):
         ({"KAFKA_BOOTSTRAP_SERVERS": "b:90922"}, "KAFKA_BOOTSTRAP_SERVERS: 'b:90922' is not"),
         ({"KAFKA_BOOTSTRAP_SERVERS": " "}, "KAFKA_BOOTSTRAP_SERVERS must not be empty"),
+        # Set but empty (a `$UNSET` in a script) is refused, not read as localhost:
+        ({"KAFKA_BOOTSTRAP_SERVERS": ""}, "KAFKA_BOOTSTRAP_SERVERS must not be empty"),
+        ({"REDIS_URL": ""}, "REDIS_URL: '' is not a Redis URL"),
         ({"RECSYS_REDIS_URL": "http://c:6379"}, "RECSYS_REDIS_URL: 'http://c:6379' is not a"),
         ({"RECSYS_ADAPTIVE": ""}, "RECSYS_ADAPTIVE: '' is not a valid bool"),
         ({"RECSYS_RATING_HIGH": "1e38"}, "RECSYS_RATING_HIGH must be within [+]-1e6"),
