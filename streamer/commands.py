@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -25,7 +26,7 @@ from streamer.client import (
     redacted_url,
 )
 from streamer.metrics import DEADLETTER_KIND_NAMES
-from streamer.producer import DeliveryError, event_producer, route, stream_events
+from streamer.producer import DeliveryError, core_record, event_producer, route, stream_events
 from streamer.settings import Settings
 
 KINDS = {"rating": RatingEvent, "item": ItemEvent, "user": UserEvent}
@@ -193,6 +194,8 @@ def parse_tags(specs: list[str]) -> dict[str, float]:
 
     >>> parse_tags(["scifi", "drama=0.5"])
     {'scifi': 1.0, 'drama': 0.5}
+    >>> parse_tags(["scifi=2", "scifi"])  # (named twice: the largest, as the schema merges)
+    {'scifi': 2.0}
     >>> parse_tags(["x=much"])
     Traceback (most recent call last):
     ...
@@ -202,9 +205,11 @@ def parse_tags(specs: list[str]) -> dict[str, float]:
     for spec in specs:
         name, _, weight = spec.partition("=")
         try:
-            tags[name.strip()] = float(weight) if weight else 1.0
+            value = float(weight) if weight else 1.0
         except ValueError:
             raise ValueError(f"--tag {spec}: the weight must be a number") from None
+        name = name.strip()
+        tags[name] = max(value, tags.get(name, value))
     return tags
 
 
@@ -221,7 +226,7 @@ def event_from_args(
             "rating": args.rating,
             "timestamp": now,
         }
-        if args.event_id:
+        if args.event_id is not None:  # ("": refused by the schema, not dropped)
             fields["event_id"] = args.event_id
         return settings.parse(json.dumps(fields).encode(), RatingEvent)
     if args.kind == "item":
@@ -277,11 +282,13 @@ def run_produce(args: argparse.Namespace) -> int:
             events = [event_from_args(args, settings)]
     except (EventError, ValueError, OSError) as exc:
         return fail(f"invalid event, nothing sent: {exc}", 2)
+    if not events:  # (as stream says: nothing sent, not a success)
+        return fail(f"no events in {'stdin' if args.file == '-' else args.file}", 2)
     try:
         sent = asyncio.run(send_all(settings, events))
     except DeliveryError as exc:
         return fail(str(exc))
-    topic = route(settings, events[0])[0] if events else "-"
+    topic = route(settings, events[0])[0]
     print(f"sent {sent:,} event{'s' * (sent != 1)} to {topic} at {settings.bootstrap_servers}")
     return 0
 
@@ -329,6 +336,23 @@ def run_stream(args: argparse.Namespace) -> int:
             "and RECSYS_RATING_HIGH to cover them (for the workers too); nothing sent",
             2,
         )
+    # Every record checked before the first is sent (a tag too long, an id, a title, a
+    # timestamp ahead): one found mid-stream left part of the file in Kafka, and
+    # streaming it again after the fix would send that part twice.
+    now = time.time()
+    try:
+        for event in ds.events():
+            core_record(settings, replace(event, timestamp=now) if args.stamp_now else event)
+    except EventError as exc:
+        return fail(f"invalid record, nothing sent: {exc}", 2)
+    if ds.untimed and not args.stamp_now:  # (as replay says; the workers read event time)
+        print(
+            f"recsys-online stream: no time column in {Path(args.ratings).name} (one of "
+            f"{', '.join(datasets.TIME_COLUMNS)}): sent in file order with timestamps 0, "
+            "1, 2, ... (1970 to the workers' popularity and learning windows); "
+            "--stamp-now sends each rating with the time it is sent",
+            file=sys.stderr,
+        )
     total = ds.n_ratings
     print(
         f"streaming {total:,} ratings ({ds.n_items:,} items, {ds.n_users:,} users) to "
@@ -364,7 +388,7 @@ def run_stream(args: argparse.Namespace) -> int:
     except DeliveryError as exc:
         print(file=sys.stderr)
         return fail(str(exc))
-    except EventError as exc:  # a record the worker would refuse: nothing after it is sent
+    except EventError as exc:  # (checked above: only a timestamp gone a day ahead since)
         print(file=sys.stderr)
         return fail(f"invalid record, stopped before it: {exc}", 2)
     except KeyboardInterrupt:
@@ -570,6 +594,9 @@ def run_deadletters(args: argparse.Namespace) -> int:
         "users": settings.users_topic,
     }
     select = matching(args.reason, topics.get(args.topic), args.kind)
+    if not args.redrive and (args.all or args.dry_run):  # (ignored, they said nothing)
+        flag = "--all" if args.all else "--dry-run"
+        return fail(f"{flag} goes with --redrive (listing takes --last N)", status=2)
     if args.redrive and not (args.reason or args.topic or args.kind or args.all):
         return fail(
             "--redrive sends events back to the worker: say which, with --reason TEXT, "

@@ -53,6 +53,57 @@ def checked(settings: Settings, event: WireEvent) -> tuple[str, str, bytes]:
     return (*route(settings, parsed), raw)
 
 
+def core_record(settings: Settings, event: Event) -> tuple[str, str, bytes]:
+    """The topic, key and bytes of one of the core's records (as read from a data
+    file), validated as the worker will, on the settings' rating scale: else
+    ``EventError``, naming the record and the field (a tag of more than 64 characters,
+    say)."""
+    s = settings
+    if isinstance(event, Rating):
+        kind, fields = (
+            RatingEvent,
+            {
+                "user_id": event.user,
+                "item_id": event.item,
+                "rating": event.rating,
+                "timestamp": event.timestamp,
+            },
+        )
+    elif isinstance(event, ItemUpsert):
+        kind, fields = (
+            ItemEvent,
+            {
+                "op": "upsert",
+                "item_id": event.item,
+                "title": event.title or None,
+                "tags": event.tags,
+                "timestamp": event.timestamp,
+            },
+        )
+    elif isinstance(event, ItemDelete):
+        kind, fields = (
+            ItemEvent,
+            {
+                "op": "delete",
+                "item_id": event.item,
+                "timestamp": event.timestamp,
+            },
+        )
+    else:
+        raise TypeError(f"not an event: {event!r}")
+    try:  # on the deployment's scale (half stars, 0-10...), as the worker validates
+        wire = validate_event(fields, kind, rating_scale=(s.rating_low, s.rating_high))
+        raw = wire.to_bytes()
+        if len(raw) > s.max_payload_bytes:
+            raise EventError(
+                f"payload too large: {len(raw)} bytes, more than {s.max_payload_bytes}",
+                code="oversized",
+            )
+    except EventError as reason:
+        raise EventError(f"{event!r:.120}: {reason}", reason.field, code=reason.code) from None
+    return (*route(s, wire), raw)
+
+
 def expected(event: object, kind: type | tuple[type, ...]) -> Any:
     """``event`` if it is a ``kind``, else a ``TypeError`` naming what came instead.
 
@@ -137,53 +188,9 @@ class EventProducer:
 
     async def send_core_event(self, event: Event) -> None:
         """Send one of the core's records (as read from a data file), validated as the
-        worker will, on the settings' rating scale: ``EventError`` names the record and
-        the field when it breaks a rule (a tag of more than 64 characters, say)."""
-        s = self.settings
-        if isinstance(event, Rating):
-            kind, fields = (
-                RatingEvent,
-                {
-                    "user_id": event.user,
-                    "item_id": event.item,
-                    "rating": event.rating,
-                    "timestamp": event.timestamp,
-                },
-            )
-        elif isinstance(event, ItemUpsert):
-            kind, fields = (
-                ItemEvent,
-                {
-                    "op": "upsert",
-                    "item_id": event.item,
-                    "title": event.title or None,
-                    "tags": event.tags,
-                    "timestamp": event.timestamp,
-                },
-            )
-        elif isinstance(event, ItemDelete):
-            kind, fields = (
-                ItemEvent,
-                {
-                    "op": "delete",
-                    "item_id": event.item,
-                    "timestamp": event.timestamp,
-                },
-            )
-        else:
-            raise TypeError(f"not an event: {event!r}")
-        try:  # on the deployment's scale (half stars, 0-10...), as the worker validates
-            wire = validate_event(fields, kind, rating_scale=(s.rating_low, s.rating_high))
-            raw = wire.to_bytes()
-            if len(raw) > s.max_payload_bytes:
-                raise EventError(
-                    f"payload too large: {len(raw)} bytes, more than {s.max_payload_bytes}",
-                    code="oversized",
-                )
-        except EventError as reason:
-            raise EventError(f"{event!r:.120}: {reason}", reason.field, code=reason.code) from None
-        topic, key = route(s, wire)
-        await self._send(topic, key, raw)
+        worker will, on the settings' rating scale (:func:`core_record`): ``EventError``
+        names the record and the field when it breaks a rule."""
+        await self._send(*core_record(self.settings, event))
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         try:

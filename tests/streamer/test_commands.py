@@ -1103,3 +1103,58 @@ def test_the_demo_names_the_command_where_the_path_would_not_find_it(tmp_path, m
     (spaced / "recsys-online").write_text("#!/bin/sh\n")
     monkeypatch.setattr(demo.sys, "executable", str(spaced / "python"))
     assert demo.command() == "'my venv/bin/recsys-online'"
+
+
+def test_stream_checks_every_record_before_sending_any(tmp_path, capsys, monkeypatch) -> None:
+    """A record the workers would refuse (here a tag past 64 characters, on the 3rd item)
+    was found mid-stream, after the records before it were sent: streaming the file
+    again after the fix sent those twice. Now one line, exit 2, before any connection
+    (the broker is a closed port)."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(f"u{n},i{n % 3},4.0,{100 + n}\n" for n in range(30))
+    )
+    items = tmp_path / "items.csv"
+    items.write_text(f"item_id,tags\ni0,jazz\ni1,rock\ni2,{'x' * 70}\n")
+    assert main(["stream", str(ratings), "--items", str(items), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid record, nothing sent" in err and "more than 64" in err
+
+
+def test_stream_of_a_file_with_no_time_column_says_so(tmp_path, capsys, monkeypatch) -> None:
+    """Without a time column the ratings go with timestamps 0, 1, 2, ...: 1970 to the
+    workers. ``replay`` said so; ``stream`` sent them without a word."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    untimed = tmp_path / "untimed.csv"
+    untimed.write_text("user_id,item_id,rating\nu1,i1,4.0\nu2,i1,5.0\n")
+    assert main(["stream", str(untimed), "--quiet"]) == 1  # (then: Kafka is not there)
+    err = capsys.readouterr().err
+    assert "no time column in untimed.csv" in err and "--stamp-now" in err
+    assert main(["stream", str(untimed), "--quiet", "--stamp-now"]) == 1
+    assert "no time column" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["produce", "rating", "u1", "i1", "4", "--event-id", ""], "event_id"),
+        (["deadletters", "--all"], "--all goes with --redrive"),
+        (["deadletters", "--dry-run"], "--dry-run goes with --redrive"),
+    ],
+)
+def test_a_flag_that_would_be_ignored_is_refused(args, expected, capsys, monkeypatch) -> None:
+    """An empty ``--event-id`` was dropped (no de-duplication, without a word); ``--all``
+    and ``--dry-run`` without ``--redrive`` were ignored (a listing of the last 20)."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    assert main(args) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_produce_of_no_events_is_not_a_success(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("\n")
+    assert main(["produce", "jsonl", "rating", str(empty)]) == 2
+    assert f"no events in {empty}" in capsys.readouterr().err
