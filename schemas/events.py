@@ -59,8 +59,11 @@ JSON Schemas
     event they accept, validation accepts too, but for what a pattern cannot say: a day
     that does not exist (a 30 February: the "date-time" format refuses it, where a
     validator checks formats), an id or tag of nothing but format characters from beyond
-    the Basic Multilingual Plane, and the consumer's rating scale and clock. Their
-    date-times start on 1970-01-02 (the first day, with an offset, can fall before 1970).
+    the Basic Multilingual Plane, a lone surrogate (a ``"\\ud800"`` escape: a pattern
+    excluding it would refuse every emoji where a validator reads patterns without
+    ECMA-262's ``u`` flag, one UTF-16 half at a time), and the consumer's rating scale
+    and clock. Their date-times start on 1970-01-02 (the first day, with an offset, can
+    fall before 1970).
     Validation is more lenient where it normalises: it strips ids and titles, collapses
     and lower-cases tags, and reads any ISO-8601 date-time with an offset.
 Payloads
