@@ -431,8 +431,10 @@ def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
         return "its source partition or offset is unknown"
     if deadletter_kind(d.reason) == "duplicate":  # (learned once: again, it would count twice)
         return "it repeats a rating already learned"
-    if deadletter_kind(d.reason) == "wrong_key":  # (its key is what was refused)
+    if deadletter_kind(d.reason) in ("wrong_key", "bad_tombstone"):  # (its key was refused)
         return "it would go back with the key it was refused for: its producer must send it anew"
+    if d.value is None and d.source_topic == settings.ratings_topic:
+        return "it is a tombstone on the ratings topic, which takes none: refused again"
     topics = (settings.ratings_topic, settings.items_topic, settings.users_topic)
     if d.source_topic not in topics:
         return f"its source {d.source_topic!r} is not one of this deployment's topics"

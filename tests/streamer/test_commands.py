@@ -929,11 +929,16 @@ def test_dead_letters_with_odd_headers_are_listed_and_duplicates_never_sent_back
     from streamer.deadletters import DeadLetter, _unsendable
     from streamer.settings import Settings
 
-    def letter(reason: str, headers: dict[str, bytes] | None = None) -> DeadLetter:
-        raw = [("recsys.reason", reason.encode()), ("recsys.source.topic", b"recsys.ratings")]
+    def letter(
+        reason: str,
+        headers: dict[str, bytes] | None = None,
+        topic: bytes = b"recsys.ratings",
+        value: bytes | None = b"{}",
+    ) -> DeadLetter:
+        raw = [("recsys.reason", reason.encode()), ("recsys.source.topic", topic)]
         raw += list((headers or {}).items())
         return DeadLetter.from_record(
-            ConsumerRecord("dlq", 0, 3, 0, 0, b"u1", b"{}", None, 0, 2, raw)
+            ConsumerRecord("dlq", 0, 3, 0, 0, b"u1", value, None, 0, 2, raw)
         )
 
     odd = letter(
@@ -954,6 +959,17 @@ def test_dead_letters_with_odd_headers_are_listed_and_duplicates_never_sent_back
         {"recsys.truncated.key_from": b"9", **placed},
     )
     assert cut.truncated_key_from == 9 and "key was cut" in _unsendable(settings, cut)
+    # Tombstones refused for their key, or on the ratings topic (which takes none): sent
+    # back as they are, each was refused again, a second letter for nothing.
+    tombstone = letter(
+        "tombstone: its key is not a valid item_id: ' i7 ' is not spelt as events spell ids",
+        placed,
+        topic=b"recsys.items",
+        value=None,
+    )
+    assert "key it was refused for" in _unsendable(settings, tombstone)
+    no_value = letter("no value: a tombstone", placed, value=None)
+    assert "tombstone on the ratings topic" in _unsendable(settings, no_value)
 
 
 def test_the_replays_lean_read_of_a_dead_letters_source_agrees_with_the_full_one() -> None:
