@@ -289,6 +289,8 @@ DEADLETTER_BYTES = 900_000  # most of a dead letter's original value kept (1 MB 
 DEADLETTER_KEY_BYTES = 16_384  # most of its key kept (the broker takes keys up to ~1 MB)
 DEADLETTER_HEADER_BYTES = 16_384  # most of its own headers kept (names and values)
 DEADLETTER_REASON_CHARS = 2_000  # most of its reason kept (a reason may quote the input)
+DEADLETTER_MARK_BYTES = 256  # most of a "recsys.redriven.from" mark kept
+HEADER_OVERHEAD_BYTES = 10  # what a header costs a record beside its name and value (at most)
 
 
 class CatalogFollower:
@@ -2177,12 +2179,20 @@ class RecsysWorker:
         ]
         # An event `recsys-online deadletters --redrive` sent back, refused again: said
         # so, so that it is not sent back a second time.
-        headers += [(n, v) for n, v in m.headers or () if n == "recsys.redriven.from"]
+        # (One, cut short: a producer may forge it, and a letter past the producer's
+        # request size would be tried again forever.)
+        headers += [
+            (n, bytes(v or b"")[:DEADLETTER_MARK_BYTES])
+            for n, v in m.headers or ()
+            if n == "recsys.redriven.from"
+        ][:1]
         # The record's own headers (tracing, content type, ...), for a redrive to send
-        # back as they were; past DEADLETTER_HEADER_BYTES, their size instead.
+        # back as they were; past DEADLETTER_HEADER_BYTES, their size instead. Each
+        # header costs its lengths' bytes in the record too: 50,000 empty ones are 0
+        # bytes of names and values, and about 150 KB of record.
         own = [(n, v) for n, v in m.headers or () if not n.startswith("recsys.")]
         size = sum(len(n.encode()) + len(v or b"") for n, v in own)
-        if size > DEADLETTER_HEADER_BYTES:
+        if size + HEADER_OVERHEAD_BYTES * len(own) > DEADLETTER_HEADER_BYTES:
             headers.append(("recsys.truncated.headers_from", str(size).encode()))
         else:
             headers += own

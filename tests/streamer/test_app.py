@@ -2605,3 +2605,36 @@ async def test_lists_a_catalog_change_rewrites_keep_their_expiry(monkeypatch) ->
     finally:
         reading.cancel()
     assert published == [(["u1"], KEEP_TTL)]
+
+
+async def test_a_dead_letter_fits_the_producers_request_whatever_its_headers() -> None:
+    """Headers the broker took can make a letter the producer refuses, tried again
+    forever (the batch stalled, at every restart): thousands of empty ones (0 bytes of
+    names and values, not of record) or a forged ``recsys.redriven.from`` of 120 KB on
+    a record of about 900 KB."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    sent: list[tuple] = []
+
+    class DeadLetters:
+        async def send(self, key, value, headers, force=False):
+            async def acknowledged() -> None:
+                sent.append((key, value, headers))
+
+            return acknowledged()
+
+    worker.deadletter = DeadLetters()
+    value = b"{" + b"x" * 899_000
+    empty = [("", b"")] * 50_000
+    forged = [("recsys.redriven.from", b"y" * 120_000), ("recsys.redriven.from", b"z")]
+    for n, headers in enumerate((empty, forged)):
+        record = ConsumerRecord("r", 0, n, 0, 0, b"u", value, None, 0, len(value), headers)
+        await worker._dead_letter(record, "malformed JSON")
+    for key, letter, headers in sent:
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, letter, headers)
+        assert size < 1_000_000 - 1024  # (Faust's producer: requests of 1,000,000 bytes)
+    (_, _, first), (_, _, second) = sent
+    assert dict(first)["recsys.truncated.headers_from"] == b"0"  # (their names and values)
+    marks = [v for n, v in second if n == "recsys.redriven.from"]
+    assert marks == [b"y" * 256]  # (one: still marked as sent back once)
