@@ -33,7 +33,7 @@ from streamer.logs import logging_config, quiet_kafka_client, quiet_long_ticks
 from streamer.metrics import exposition
 from streamer.ordering import EventTimeMerge
 from streamer.partitions import read_ranges, standalone_consumer
-from streamer.records import item_event, rating_event, user_event
+from streamer.records import item_event, partition_problem, rating_event, user_event
 from streamer.settings import Settings, SettingsError
 from streamer.similar import Shard
 from streamer.sink import KEEP_TTL, RedisSink, redis_refusal
@@ -1076,12 +1076,17 @@ class RecsysWorker:
         valid: list[tuple[int, int, Rating, float, str | None]] = []
         pending: list[tuple[ConsumerRecord, RatingEvent]] = []
         acks: list[Awaitable[None]] = []  # the batch's dead letters, sent, not yet confirmed
+        count = self.app.consumer.partition_count(self.settings.ratings_topic)
         try:
             for record in records:
                 try:
                     r = rating_event(self.settings, record.key, record.value, _seconds(record))
                 except EventError as exc:
                     await self._dead_letter(record, str(exc), acks)
+                    continue
+                problem = partition_problem(record.key, record.partition, count)
+                if problem is not None:
+                    await self._dead_letter(record, problem, acks)
                     continue
                 pending.append((record, r))
             if not all(self.engine.knows_item(r.item_id) for _, r in pending):
@@ -1167,6 +1172,11 @@ class RecsysWorker:
                 user = user_event(self.settings, message.key, message.value, message.timestamp)
             except EventError as exc:
                 await self._dead_letter(event.message, str(exc))
+                continue
+            count = self.app.consumer.partition_count(self.settings.users_topic)
+            problem = partition_problem(message.key, message.partition, count)
+            if problem is not None:  # (its user's ratings are on another worker's partition)
+                await self._dead_letter(message, problem)
                 continue
             tags = dict(user.tags)
             if self.catalog.ready.is_set() and message.partition in self._replayed:

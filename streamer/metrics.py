@@ -269,6 +269,7 @@ DEADLETTER_KINDS: tuple[tuple[str, str], ...] = (
     (r"no value(: a tombstone| and no key: )", "malformed"),
     (r"not a JSON object: got ", "not_object"),
     (r"key: .*, but .+ are keyed by their ", "wrong_key"),
+    (r"partition: key .* belongs in partition \d+ of \d+ ", "wrong_partition"),
     (r"tombstone: its key is not ", "bad_tombstone"),
     (r"item_id: unknown item ", "unknown_item"),
     (r"item_id: item .* was deleted", "deleted_item"),
@@ -292,6 +293,8 @@ def deadletter_kind(reason: str) -> str:
     'wrong_key'
     >>> deadletter_kind("key: Extra inputs are not permitted")  # a field named "key"
     'invalid'
+    >>> deadletter_kind("partition: key b'u1' belongs in partition 0 of 8 (Kafka's ...")
+    'wrong_partition'
     """
     for pattern, kind in _KIND_PATTERNS:
         if pattern.match(reason):
@@ -343,7 +346,7 @@ def exposition(
     >>> text = exposition({"evaluated": 7, "rmse": 0.9, "k": 10}, {"recsys_freshness_seconds":
     ...     (h, "Produce to Redis.")}, {"worker": "w1"})
     >>> text.count("recsys_deadletters_by_reason_total{")  # every kind, 0 until one comes
-    9
+    10
     >>> print("\\n".join(x for x in text.splitlines() if "deadletters" not in x))
     # HELP recsys_events_total Live ratings processed (evaluated, then learned) by this worker.
     # TYPE recsys_events_total counter

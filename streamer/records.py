@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import time
 
+from aiokafka.partitioner import murmur2
+
 from schemas import EventError, ItemEvent, RatingEvent, UserEvent, validate_event
 from streamer.settings import Settings
 
@@ -44,6 +46,31 @@ def key_problem(key: bytes | None, expected: str, what: str, by: str) -> str | N
     if key is not None and key.decode("utf-8", "replace").strip() == expected:
         problem += " (ids are stripped of the spaces around them: key by the stripped id)"
     return problem
+
+
+def partition_problem(key: bytes | None, partition: int, count: int | None) -> str | None:
+    """Why a keyed record is on another partition than Kafka's default partitioner puts
+    its key in (murmur2, as Java's and aiokafka's producers do), or None (also while the
+    topic's partition count is not known). A producer partitioning otherwise, as
+    librdkafka's clients do by default (CRC32), sends one user's events to partitions
+    two workers hold: their state split, without a word.
+
+    >>> partition_problem(b"u1", 0, 8) is None, partition_problem(None, 3, 8)
+    (True, None)
+    >>> print(partition_problem(b"u1", 6, 8))  # (where librdkafka's CRC32 puts it)
+    partition: key b'u1' belongs in partition 0 of 8 (Kafka's default partitioner, ...
+    """
+    if key is None or not count:
+        return None
+    expected = (murmur2(bytes(key)) & 0x7FFFFFFF) % count
+    if expected == partition:
+        return None
+    return (
+        f"partition: key {repr(bytes(key))[:_SHOWN_KEY]} belongs in partition {expected} of "
+        f"{count} (Kafka's default partitioner, murmur2), not {partition}: a producer "
+        "partitioning otherwise splits a user's events between workers; set its "
+        "partitioner to murmur2 (librdkafka's clients: partitioner=murmur2_random)"
+    )
 
 
 def rating_event(

@@ -565,6 +565,31 @@ async def test_a_rating_keyed_by_anything_but_its_user_is_dead_lettered() -> Non
     assert [worker._replayable(r) is not None for r in keyed] == [True, False, False]
 
 
+async def test_a_rating_on_another_partition_than_its_key_goes_to_is_dead_lettered(
+    monkeypatch,
+) -> None:
+    """A producer partitioning otherwise than Kafka's default (librdkafka's clients, by
+    CRC32) sends a user's ratings to partitions two workers hold, keyed right: their
+    state split without a word. Such a rating is dead-lettered, its reason saying where
+    its key belongs; a redrive sends it there."""
+    from aiokafka.partitioner import murmur2
+
+    from streamer.metrics import deadletter_kind
+
+    worker, dead = _worker_knowing_item_a()
+    monkeypatch.setattr(worker.app.consumer, "partition_count", lambda topic: 8)
+    raw = b'{"user_id":"u","item_id":"a","rating":5,"timestamp":100}'
+    home = (murmur2(b"u") & 0x7FFFFFFF) % 8
+    placed = [
+        ConsumerRecord("r", p, n, 0, 0, b"u", raw, None, 0, 0, [])
+        for n, p in enumerate((home, (home + 3) % 8))
+    ]
+    valid = await worker._valid_ratings(placed)
+    assert [partition for partition, *_ in valid] == [home]
+    assert len(dead) == 1 and f"belongs in partition {home} of 8" in dead[0]
+    assert deadletter_kind(dead[0]) == "wrong_partition"
+
+
 async def test_a_slow_replay_still_learns_in_event_time_order(monkeypatch) -> None:
     """Partitions come in runs during a replay, and learning each chunk takes time; a
     partition still short of its end holds the others back however long that takes."""

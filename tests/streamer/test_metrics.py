@@ -140,6 +140,9 @@ def test_dead_letters_are_counted_by_the_kind_of_their_reason() -> None:
         "not a JSON object: got list": "not_object",
         "payload too large: 70000 bytes, more than 65536": "oversized",
         "key: b'zz', but item events are keyed by their item_id 'zz-other'": "wrong_key",
+        "partition: key b'u1' belongs in partition 0 of 8 (Kafka's default partitioner, "
+        "murmur2), not 6: a producer partitioning otherwise ...": "wrong_partition",
+        "partition: Extra inputs are not permitted": "invalid",  # (a field "partition")
         "tombstone: its key is not UTF-8 (byte 0)": "bad_tombstone",
         "item_id: unknown item 'never'": "unknown_item",
         "item_id: item 'x0' was deleted": "deleted_item",
