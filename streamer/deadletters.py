@@ -433,6 +433,11 @@ def _unsendable(settings: Settings, d: DeadLetter) -> str | None:
         return "it repeats a rating already learned"
     if deadletter_kind(d.reason) in ("wrong_key", "bad_tombstone"):  # (its key was refused)
         return "it would go back with the key it was refused for: its producer must send it anew"
+    if deadletter_kind(d.reason) == "wrong_partition":  # (a copy goes to its partition)
+        return (
+            "it would go back to the partition it was refused on: its producer must send it "
+            "anew, partitioned by murmur2"
+        )
     if d.value is None and d.source_topic == settings.ratings_topic:
         return "it is a tombstone on the ratings topic, which takes none: refused again"
     topics = (settings.ratings_topic, settings.items_topic, settings.users_topic)

@@ -53,7 +53,8 @@ def partition_problem(key: bytes | None, partition: int, count: int | None) -> s
     its key in (murmur2, as Java's and aiokafka's producers do), or None (also while the
     topic's partition count is not known). A producer partitioning otherwise, as
     librdkafka's clients do by default (CRC32), sends one user's events to partitions
-    two workers hold: their state split, without a word.
+    two workers hold: their state split, without a word. (Not sent back by a redrive,
+    which sends a record to its partition: its producer sends it anew.)
 
     >>> partition_problem(b"u1", 0, 8) is None, partition_problem(None, 3, 8)
     (True, None)

@@ -571,7 +571,8 @@ async def test_a_rating_on_another_partition_than_its_key_goes_to_is_dead_letter
     """A producer partitioning otherwise than Kafka's default (librdkafka's clients, by
     CRC32) sends a user's ratings to partitions two workers hold, keyed right: their
     state split without a word. Such a rating is dead-lettered, its reason saying where
-    its key belongs; a redrive sends it there."""
+    its key belongs; a redrive, which sends a record back to its partition, leaves it to
+    its producer."""
     from aiokafka.partitioner import murmur2
 
     from streamer.metrics import deadletter_kind
@@ -588,6 +589,18 @@ async def test_a_rating_on_another_partition_than_its_key_goes_to_is_dead_letter
     assert [partition for partition, *_ in valid] == [home]
     assert len(dead) == 1 and f"belongs in partition {home} of 8" in dead[0]
     assert deadletter_kind(dead[0]) == "wrong_partition"
+    from streamer.deadletters import DeadLetter, _unsendable
+
+    headers = [
+        ("recsys.reason", dead[0].encode()),
+        ("recsys.source.topic", b"r"),
+        ("recsys.source.partition", str((home + 3) % 8).encode()),
+        ("recsys.source.offset", b"1"),
+    ]
+    letter = DeadLetter.from_record(
+        ConsumerRecord("dlq", 0, 0, 0, 0, b"u", raw, None, 0, 0, headers)
+    )
+    assert "partition it was refused on" in _unsendable(worker.settings, letter)
 
 
 async def test_a_slow_replay_still_learns_in_event_time_order(monkeypatch) -> None:
