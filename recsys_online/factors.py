@@ -21,10 +21,13 @@ class FactorParams:
     AdaGrad's step sizes, so the adaptive state costs 4 bytes per row instead of a second
     copy of every vector; without it, plain SGD, where a row met several times in a
     micro-batch moves by the mean of its gradients (their sum, from one stale state,
-    diverged once an item came a few hundred times in a batch). On the synthetic stream
-    (``recsys-online synth DIR --seed 0``, 100,000 ratings; ``recsys-online replay
-    DIR/ratings.csv --items DIR/items.csv --model mf``), prequential RMSE 0.737 with the
-    defaults, 0.751 with ``--sgd`` at the same rates, 0.832 with ``--sgd`` at 0.02.
+    diverged once an item came a few hundred times in a batch; the mean learns a tag
+    shared by many of a batch's items one rating's step at a time, about half as fast
+    as the sum on a small two-camp test at lr 0.02: raise the rates, or keep AdaGrad).
+    On the synthetic stream (``recsys-online synth DIR --seed 0``, 100,000 ratings;
+    ``recsys-online replay DIR/ratings.csv --items DIR/items.csv --model mf``),
+    prequential RMSE 0.737 with the defaults, 0.751 with ``--sgd`` at the same rates,
+    0.832 with ``--sgd`` at 0.02.
     """
 
     n_factors: int = 32
@@ -103,8 +106,8 @@ class FactorModel:
 
     The model works on dense rows; :class:`recsys_online.recommender.Recommender` maps ids
     to rows. ``learn`` takes a micro-batch: every prediction in the batch uses the state
-    from before the batch and the gradients of rows met twice add up (batch of one is exact
-    sequential SGD).
+    from before the batch and the gradients of rows met twice add up, AdaGrad scaling
+    their sum, or, with plain SGD, average (batch of one is exact sequential SGD).
 
     The model stores its parameters only: an item's vector ``q_i = v_i + S·E`` and bias
     are computed when asked for (:meth:`items`), from its few tags. Ranking the catalog
@@ -309,7 +312,8 @@ class FactorModel:
         g_bi = err - p.l2_bias * bi
         g_p = err[:, None] * qi - p.l2_factor * pu
         g_v = err[:, None] * pu - p.l2_factor * vi
-        # Step: the gradients of rows met more than once in the batch add up.
+        # Step: the gradients of rows met more than once in the batch add up (plain SGD:
+        # their mean, :meth:`_apply`).
         self._step(users, "user_bias", g_bu, "P", g_p)
         self._step(items, "item_bias", g_bi, "V", g_v)
         self._step_tags(tag_rows, of_rating, es, pu)
@@ -375,7 +379,8 @@ class FactorModel:
 
         Each entry's gradient is scattered (:meth:`_apply`): the gradients of a row met
         more than once add up, and row-wise AdaGrad's scale, one number per row read after
-        all of the row's squares were added, factors out of the row's sum.
+        all of the row's squares were added, factors out of the row's sum (plain SGD
+        takes their mean instead).
         """
         sq = None
         if self.params.adaptive:
@@ -440,10 +445,11 @@ class FactorModel:
         squared: tuple[np.ndarray, np.ndarray] | None,
     ) -> None:
         """Add gradients to ``rows`` (rows may repeat: a row's gradients add up, as with
-        ``np.add.at``). AdaGrad first adds every entry's squares (``squared``: of the bias
-        and the mean over the vector's coordinates) to its row's accumulator, then scales
-        each entry by its row's accumulator as it stands after all of them. The scatters
-        are one-dimensional (:func:`_scatter_rows` for the vectors), numpy's fast path."""
+        ``np.add.at``; with plain SGD, each weighs 1/n for a row met n times). AdaGrad
+        first adds every entry's squares (``squared``: of the bias and the mean over the
+        vector's coordinates) to its row's accumulator, then scales each entry by its
+        row's accumulator as it stands after all of them. The scatters are
+        one-dimensional (:func:`_scatter_rows` for the vectors), numpy's fast path."""
         p = self.params
         lr_b, lr_v = np.float32(p.lr_bias), np.float32(p.lr_factor)
         if not p.adaptive:

@@ -38,8 +38,14 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
     [[1, -1]]
     >>> top_k_rows(np.array([[0.1, 0.9], [3.0, 1.0]]), 1, block=1)[0].tolist()  # float64
     [[1], [0]]
+    >>> top_k_rows(np.array([[1e39, 1.0], [2.0, 1.0]]), 1, block=1)[0].tolist()
+    [[0], [0]]
     """
-    scores = np.asarray(scores, np.float32)  # (no copy when float32 already)
+    scores = np.asarray(scores)
+    if scores.dtype != np.float32:  # (finite past float32's range: its largest, not inf)
+        big = np.finfo(np.float32).max
+        scores = np.where(np.isfinite(scores), np.clip(scores, -big, big), scores)
+        scores = scores.astype(np.float32)
     n_rows, width = scores.shape
     pos_out = np.full((n_rows, k), -1, np.int64)
     val_out = np.full((n_rows, k), -np.inf, np.float32)

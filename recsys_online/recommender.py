@@ -721,10 +721,6 @@ class Recommender:
         limit = self.config.history_limit
         for uu, ii, rr in zip(u.tolist(), i.tolist(), r.tolist(), strict=True):
             hist, hr = self.history[uu], self.history_ratings[uu]
-            if ii in hist[-_RECENT:]:  # rated again: the new rating is what they think now
-                for p in range(max(0, len(hist) - _RECENT), len(hist)):
-                    if hist[p] == ii:
-                        hr[p] = math.nan  # (never a like, a reason's "because" or its tags)
             hist.append(ii)
             hr.append(rr)
             if len(hist) > limit:
@@ -1652,16 +1648,38 @@ class Recommender:
     def _recent_rated(self, u: np.ndarray, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Users ``u``'s last 50 rated item rows and their ratings, oldest first, as two
         ``(B, H)`` arrays; past a shorter history, rows ``fill`` rated ``-inf``. A rating
-        the user replaced by rating the item again reads NaN: never at or above a mean."""
+        the user replaced since by rating the item again reads NaN: never at or above a
+        mean (what they think now is the later one: "because you liked x" named an x
+        rated 5, then 1).
+
+        >>> rec = Recommender()
+        >>> rec.learn_many(["u"] * 3, ["x", "y", "x"], [5.0, 4.0, 1.0], [1.0, 2.0, 3.0])
+        >>> rec._recent_rated(rec.users.get_many(["u"]))[1].tolist()
+        [[nan, 4.0, 1.0]]
+        """
         recent, lengths = _joined(self.history, u, np.int32, last=_RECENT)
         rated, _ = _joined(self.history_ratings, u, np.float32, last=_RECENT)
         if len(u) == 1:  # one user (recommend): no padding
-            return recent[None, :], rated[None, :]
-        present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (B, H)
-        hist = np.full(present.shape, fill, np.int32)
-        hist[present] = recent
-        ratings = np.full(present.shape, -np.inf, np.float32)
-        ratings[present] = rated
+            hist, ratings = recent[None, :], rated[None, :].copy()
+            keyed = hist
+        else:
+            present = np.arange(lengths.max(initial=0)) < lengths[:, None]  # (B, H)
+            hist = np.full(present.shape, fill, np.int32)
+            hist[present] = recent
+            ratings = np.full(present.shape, -np.inf, np.float32)
+            ratings[present] = rated
+            # (padding as distinct negatives: it neither repeats nor matches an item)
+            keyed = np.where(present, hist, -1 - np.arange(present.shape[1], dtype=np.int32))
+        # An entry with a later one of the same item in its row: in the rows that repeat
+        # an item (few: found by a plain sort), a stable sort keeps equal items in row
+        # order, so the first of each equal neighbouring pair.
+        ordered = np.sort(keyed, axis=1)
+        again = np.flatnonzero((ordered[:, :-1] == ordered[:, 1:]).any(axis=1))
+        if len(again):
+            order = np.argsort(keyed[again], axis=1, kind="stable")
+            ordered = np.take_along_axis(keyed[again], order, axis=1)
+            b, j = np.nonzero(ordered[:, :-1] == ordered[:, 1:])
+            ratings[again[b], order[b, j]] = np.nan
         return hist, ratings
 
     def _liked(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -232,15 +232,17 @@ async def publish(
     sink: RedisSink,
     lists: Lists,
     ttl: int | Mapping[str, int] | None = None,
+    rank_s: float | None = None,
 ) -> float:
     """Write freshly ranked lists to Redis and time the whole refresh; returns when it landed.
 
     Called right after the ranking call that made ``lists``: its time is read before the
     write awaits, while another task's ranking (the refresh timer's, a batch's) cannot
-    have replaced it yet. ``ttl``: as :meth:`RedisSink.publish_lists` takes it (None: the
-    users just rated or declared tags; :data:`KEEP_TTL`: they did not).
+    have replaced it yet; ``rank_s``: the ranking time of lists that several calls made.
+    ``ttl``: as :meth:`RedisSink.publish_lists` takes it (None: the users just rated or
+    declared tags; :data:`KEEP_TTL`: they did not).
     """
-    rank_s = engine.last_rank_s
+    rank_s = engine.last_rank_s if rank_s is None else rank_s
     started = time.time()
     done = await sink.publish_lists(lists, engine.version, ttl=ttl)
     if lists:
@@ -398,6 +400,8 @@ class CatalogFollower:
                 if generation != self._generation:
                     continue  # (read for the engine before the restart)
                 lists: dict = {}
+                engine = self.engine
+                ranked = engine.rank_s_total  # (one write for several events' lists)
                 for records in batches.values():
                     for record in records:
                         if record.offset in refused.get(record.partition, ()):
@@ -410,13 +414,16 @@ class CatalogFollower:
                         else:  # (moved to the end: applied in the order last seen)
                             latest.pop(event.item_id, None)
                             latest[event.item_id] = event
+                rank_s = engine.rank_s_total - ranked
                 caught_up = not self.ready.is_set() and await self._read_to_end()
                 if caught_up and generation == self._generation:
+                    ranked = engine.rank_s_total
                     for event in latest.values():
                         lists.update(self._apply_event(event))
                     latest.clear()
+                    rank_s += engine.rank_s_total - ranked
                 if lists:  # (lists showing a deleted item, or reached by a new one)
-                    await publish(self.engine, self.sink, lists, KEEP_TTL)
+                    await publish(self.engine, self.sink, lists, KEEP_TTL, rank_s)
                 if caught_up and generation == self._generation:
                     self.ready.set()
         finally:
@@ -1180,7 +1187,12 @@ class RecsysWorker:
                 continue
             tags = dict(user.tags)
             if self.catalog.ready.is_set() and message.partition in self._replayed:
-                await publish(self.engine, self.sink, self.engine.upsert_user(user.user_id, tags))
+                lists = self.engine.upsert_user(user.user_id, tags)
+                # (A tombstone withdraws the tags, often of a user deleted upstream: no
+                # visit, so the list keeps its expiry, as the replay counts it.)
+                await publish(
+                    self.engine, self.sink, lists, KEEP_TTL if message.value is None else None
+                )
             elif self.engine.declare_user(user.user_id, tags):
                 self._declared_waiting[user.user_id] = message.partition
 
@@ -1435,8 +1447,10 @@ class RecsysWorker:
         popular list as served, which the worker's figures rank in (its own differs
         where another worker writes it)."""
         engine = self.engine
+        # (ranked aside: the list as served stays the one in Redis while the write waits)
+        popular = engine.model.popular(engine.settings.k)
         shown = await self.sink.publish_state(
-            engine.popular(),
+            popular,
             self._figures(),
             self.engine.version,
             self.worker_id,
@@ -1444,8 +1458,7 @@ class RecsysWorker:
             popular_owner=self._writes_popular(),
             partitions=self._assigned(),
         )
-        if shown is not None:
-            engine.popular_served = shown
+        engine.popular_served = shown if shown is not None else [r.item for r in popular]
 
     async def _compact_if_due(self, in_agent: bool = False) -> None:
         """Free deleted items' rows (:meth:`StreamEngine.compact_if_due`) where nothing
@@ -1991,6 +2004,7 @@ class RecsysWorker:
         await consumer.start()
         learned = dict.fromkeys(until, 0)
         last_seen: dict[str, float] = {}  # user -> event time of their latest event
+        produced: dict[str, float] = {}  # user -> record time of their latest event
         # Reading a rating notes its event id (the log's own duplicates are skipped), ahead
         # of learning it: a replay cut short before it learned anything forgets the ids it
         # noted, or its retry would take every rating read so far for a duplicate and
@@ -2001,13 +2015,17 @@ class RecsysWorker:
         try:
             refused = await self._refused(sorted(until), revocations, started)
             declared = refused.get(s.users_topic, {})
-            last_seen.update(await self._replay_users(consumer, sorted(until), declared))
+            last_seen.update(await self._replay_users(consumer, sorted(until), declared, produced))
             refused_ratings = refused.get(s.ratings_topic, {})
 
             def replayable(record: ConsumerRecord) -> Rating | None:
                 if record.offset in refused_ratings.get(record.partition, ()):
                     return None  # refused live (a copy sent back is learned instead)
-                return self._replayable(record, noted)
+                rating = self._replayable(record, noted)
+                made = _seconds(record)
+                if rating is not None and made is not None and made > 0:
+                    produced[rating.user] = max(produced.get(rating.user, made), made)
+                return rating
 
             start = {p: self._resume_from.get(p, 0) for p in until}
             async for ratings in read_merged(consumer, s.ratings_topic, start, until, replayable):
@@ -2039,12 +2057,20 @@ class RecsysWorker:
             # Live processing resumes at ``until``: from now on the lag of an idle
             # partition counts from there too.
             self._next_offset.setdefault(partition, offset)
-        # Lists are republished for the users active within a list's TTL of the log's
-        # latest event, each for what is left of its TTL by then: older ones have expired,
-        # and renewing them at every restart would keep a list in Redis for every user
-        # the log ever saw (and, unfollowed after a later restart, showing deleted items).
+        # Lists are republished for the users whose list is still alive, each for what is
+        # left of its TTL: live, it ran from the write just after the user's latest
+        # event, so from that record's time (where a record has none: from the event's
+        # time, against the log's latest event). Older ones have expired, and renewing
+        # them at every restart would keep a list in Redis for every user the log ever
+        # saw (and, unfollowed after a later restart, showing deleted items).
+        now = time.time()
         horizon = max(last_seen.values(), default=0.0) - s.recs_ttl_s
-        left = {u: max(1, math.ceil(t - horizon)) for u, t in last_seen.items() if t >= horizon}
+        left: dict[str, int] = {}
+        for u, t in last_seen.items():
+            made = produced.get(u)
+            ttl = s.recs_ttl_s - (now - made) if made is not None else t - horizon
+            if ttl >= 0:
+                left[u] = min(s.recs_ttl_s, max(1, math.ceil(ttl)))
         users_list = sorted(left)
         for lo in range(0, len(users_list), 1000):
             lists = self.engine.serve(users_list[lo : lo + 1000])
@@ -2064,7 +2090,11 @@ class RecsysWorker:
         )
 
     async def _replay_users(
-        self, consumer: AIOKafkaConsumer, partitions, refused: Mapping[int, set[int]]
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions,
+        refused: Mapping[int, set[int]],
+        produced: dict[str, float] | None = None,
     ) -> dict[str, float]:
         """Declared user tags of these partitions (the users topic is co-partitioned with
         the ratings), applied before their ratings are replayed, but for the offsets
@@ -2072,8 +2102,10 @@ class RecsysWorker:
         declaration wins), so each partition is read up to its current end; events the
         users agent has yet to process only get applied again. The partitions are read
         together: one assignment, not one per partition. Returns each declaring user's
-        latest declaration time."""
+        latest declaration time (and notes its record's time in ``produced``). An event
+        on another partition than its key's is skipped, as live (:func:`partition_problem`)."""
         topic = self.settings.users_topic
+        count = self.app.consumer.partition_count(topic)
         if not set(partitions) <= (consumer.partitions_for_topic(topic) or set()):
             await consumer._client.force_metadata_update()
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
@@ -2086,10 +2118,15 @@ class RecsysWorker:
                     event = user_event(self.settings, record.key, record.value, _seconds(record))
                 except EventError:
                     continue  # dead-lettered when it was live
+                if partition_problem(record.key, record.partition, count) is not None:
+                    continue  # (the same, or not yet processed live: it will be)
                 self.engine.model.upsert_user(event.user_id, dict(event.tags))
                 if record.value is not None:  # (a tombstone's time is the record's, not
                     # event time: it would move the horizon of the lists republished)
                     users[event.user_id] = max(users.get(event.user_id, 0.0), event.timestamp)
+                    made = _seconds(record)
+                    if produced is not None and made is not None and made > 0:
+                        produced[event.user_id] = max(produced.get(event.user_id, made), made)
         return users
 
     async def _refused(
@@ -2146,6 +2183,9 @@ class RecsysWorker:
             r = rating_event(self.settings, record.key, record.value, _seconds(record))
         except EventError:
             return None
+        count = self.app.consumer.partition_count(self.settings.ratings_topic)
+        if partition_problem(record.key, record.partition, count) is not None:
+            return None  # (refused live too; a count changed since is not supported)
         if not self.engine.knows_item(r.item_id):
             self.engine.bring_back_deleted(r.item_id)
             if not self.engine.knows_item(r.item_id):
@@ -2201,8 +2241,8 @@ class RecsysWorker:
         # header costs its lengths' bytes in the record too: 50,000 empty ones are 0
         # bytes of names and values, and about 150 KB of record.
         own = [(n, v) for n, v in m.headers or () if not n.startswith("recsys.")]
-        size = sum(len(n.encode()) + len(v or b"") for n, v in own)
-        if size + HEADER_OVERHEAD_BYTES * len(own) > DEADLETTER_HEADER_BYTES:
+        size = sum(len(n.encode()) + len(v or b"") + HEADER_OVERHEAD_BYTES for n, v in own)
+        if size > DEADLETTER_HEADER_BYTES:
             headers.append(("recsys.truncated.headers_from", str(size).encode()))
         else:
             headers += own

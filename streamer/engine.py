@@ -166,6 +166,7 @@ class StreamEngine:
         self.freshness_all = Quantiles()  # ms, since the start: a whole run's p50 and p99
         self.refresh_hist = Histogram(REFRESH_BUCKETS)  # seconds to rank + publish a batch
         self.last_rank_s = 0.0  # the last batched ranking call, for refresh_hist
+        self.rank_s_total = 0.0  # every ranking call's, summed (several calls, one write)
         # (time, events learned) after each batch, over the last RATE_WINDOW_S seconds
         self._rate: deque[tuple[float, int]] = deque(maxlen=10_000)  # trimmed when read, too
         # Event time: the latest rating learned. While ``live`` is False (a worker catching
@@ -490,6 +491,7 @@ class StreamEngine:
         state.setdefault("similar_ranking", RankingScore(window))
         state.setdefault("similar_popular", RankingScore(window))
         state.setdefault("popular_served", [])
+        state.setdefault("rank_s_total", 0.0)
         # (time.monotonic() samples of another process: its clock may be far ahead, and
         # events_per_s read 0 until 10,000 batches pushed them out)
         state["_rate"] = deque(maxlen=10_000)
@@ -971,6 +973,7 @@ class StreamEngine:
         ranked, rows = self.model.recommend_rows(users, self.settings.k)
         lists = dict(zip(users, ranked, strict=True))
         self.last_rank_s = time.perf_counter() - started
+        self.rank_s_total += self.last_rank_s
         k = self.settings.k
         self._note_shown(users, rows)
         for user, recs in lists.items():

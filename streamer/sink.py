@@ -465,10 +465,10 @@ class RedisSink:
         keys = [key(kind, name) for name in lists]
         documents = list_documents(lists, version, now, subject)
         full = self.settings.recs_ttl_s
-        if ttl is None or isinstance(ttl, int):
-            ttls = [full if ttl is None else max(0, ttl)] * len(keys)
+        if isinstance(ttl, Mapping):
+            ttls = [max(0, math.ceil(ttl.get(name, full))) for name in lists]
         else:
-            ttls = [max(0, int(ttl.get(name, full))) for name in lists]
+            ttls = [full if ttl is None else max(0, math.ceil(ttl))] * len(keys)
         async with self._lists_written:
             if self.cluster:
 

@@ -216,7 +216,7 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
 
         async def stop(self) -> None: ...
 
-    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
+    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
         return {}
 
     chunks = [[(0, Rating(f"u{n}", "a", 4.0, float(n)))] for n in range(4)]
@@ -254,7 +254,7 @@ async def test_a_replay_cut_short_by_an_error_rebuilds_rather_than_replays_on_to
 
         async def stop(self) -> None: ...
 
-    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
+    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
         return {}
 
     async def merged(*args, **kwargs):
@@ -312,10 +312,10 @@ async def test_a_replay_cut_short_before_it_learned_loses_no_rating_on_its_retry
     async def nothing_refused(self, partitions, revocations, started) -> dict:
         return {}
 
-    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
+    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
         return {}
 
-    async def published(engine, sink, lists, ttl=None) -> float:
+    async def published(engine, sink, lists, ttl=None, rank_s=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
@@ -601,6 +601,39 @@ async def test_a_rating_on_another_partition_than_its_key_goes_to_is_dead_letter
         ConsumerRecord("dlq", 0, 0, 0, 0, b"u", raw, None, 0, 0, headers)
     )
     assert "partition it was refused on" in _unsendable(worker.settings, letter)
+    # A replay judges it alike (not yet processed live, or its letter unread: skipped).
+    assert [worker._replayable(r) is not None for r in placed] == [True, False]
+
+
+async def test_a_user_event_on_another_partition_than_its_key_goes_to_is_dead_lettered(
+    monkeypatch,
+) -> None:
+    """The users topic is co-partitioned with the ratings: a declaration on another
+    partition than its key's would be applied by a worker that holds none of the user's
+    ratings."""
+    from aiokafka.partitioner import murmur2
+
+    worker, dead = _worker_knowing_item_a()
+    worker.engine.live = True
+    worker._replayed.update(range(8))
+    monkeypatch.setattr(worker.app.consumer, "partition_count", lambda topic: 8)
+    home = (murmur2(b"fan") & 0x7FFFFFFF) % 8
+    declared = b'{"user_id":"fan","tags":["jazz"],"timestamp":1}'
+    served: list = []
+
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> None:
+        served.append(sorted(lists))
+
+    monkeypatch.setattr(app_module, "publish", publish)
+    events = [
+        types.SimpleNamespace(
+            message=_message(ConsumerRecord("u", p, n, 0, 0, b"fan", declared, None, 0, 0, []))
+        )
+        for n, p in enumerate(((home + 1) % 8, home))
+    ]
+    await worker.learn_users(_stream(events))
+    assert len(dead) == 1 and f"belongs in partition {home} of 8" in dead[0]
+    assert served == [["fan"]]  # (the one on its key's partition)
 
 
 async def test_a_slow_replay_still_learns_in_event_time_order(monkeypatch) -> None:
@@ -649,7 +682,7 @@ async def test_an_event_id_enters_the_model_only_with_its_rating(monkeypatch) ->
     assert event_id == "e-9" and not worker.engine.learned_id("e-9")  # held, not learned
     worker.ordering.add(partition, rating.timestamp, (rating, produced, partition, offset, "e-9"))
 
-    async def published(engine, sink, lists, ttl=None) -> float:
+    async def published(engine, sink, lists, ttl=None, rank_s=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "publish", published)
@@ -885,7 +918,7 @@ async def test_a_record_with_neither_key_nor_value_and_a_redriven_one_are_dead_l
     assert "recsys.redriven.from" not in h1 and "recsys.source.key" not in h2
     assert h3["traceparent"] == b"00-ab-cd-01" and h3["empty"] is None
     assert h3["recsys.reason"] == b"malformed JSON"
-    assert "big" not in h4 and h4["recsys.truncated.headers_from"] == b"20003"
+    assert "big" not in h4 and h4["recsys.truncated.headers_from"] == b"20013"  # (+ its cost)
     letter = DeadLetter.from_record(
         ConsumerRecord("dlq", 0, 9, 0, 0, b"u", b"{", None, 0, 1, list(h3.items()))
     )
@@ -1010,7 +1043,7 @@ def _two_ratings_to_replay(monkeypatch, committed) -> RecsysWorker:
 
     async def nothing(self, *args, **kwargs) -> None: ...
 
-    async def no_users(self, consumer, partitions, refused) -> dict[str, float]:
+    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
         return {}
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
@@ -1085,6 +1118,55 @@ async def test_a_rebalance_begun_while_the_catalog_is_read_gives_the_batch_up_at
     assert worker.engine.events == 0
 
 
+async def test_a_replay_gives_each_list_what_is_left_of_its_ttl_by_its_records_time(
+    monkeypatch,
+) -> None:
+    """Live, a list's TTL ran from the write just after its user's latest event: the
+    replay counts it from that record's time (Kafka's), not from the log's latest event,
+    so a fleet idle for a week does not bring back lists that expired meanwhile; a user
+    tombstone is no visit."""
+    worker = RecsysWorker(
+        Settings(ratings_topic="r", items_topic="i", users_topic="u", recs_ttl_s=7 * 86_400)
+    )
+    worker.catalog.ready.set()
+    worker.engine.upsert_item("a", {"t": 1.0})
+    day, now = 86_400.0, time.time()
+
+    class Idle:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+    def record(user: str, offset: int, produced_s: float) -> ConsumerRecord:
+        value = json.dumps({"user_id": user, "item_id": "a", "rating": 4, "timestamp": 100})
+        raw = value.encode()
+        return ConsumerRecord(
+            "r", 0, offset, int(produced_s * 1000), 0, user.encode(), raw, None, 0, len(raw), []
+        )
+
+    async def merged(consumer, topic, start, until, parse, batch=5000):
+        records = [record("gone", 0, now - 8.5 * day), record("back", 1, now - 1.0 * day)]
+        yield [(0, r) for r in map(parse, records) if r is not None]
+
+    published: dict[str, int] = {}
+
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
+        published.update({user: ttl[user] for user in lists})
+        return time.time()
+
+    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
+        return {}
+
+    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(app_module, "publish", publish)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    await worker._replay({0: 2})
+    assert worker.engine.events == 2
+    assert list(published) == ["back"]  # ("gone": its list expired a day and a half ago)
+    assert 6 * day - 60 <= published["back"] <= 6 * day
+
+
 async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> None:
     """After a replay, lists are written again for users active within a list's TTL of
     the log's latest event: renewing every user's list at each restart would keep one in
@@ -1106,13 +1188,13 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
         yield [(0, Rating("old", "a", 4.0, 0.0)), (0, Rating("recent", "a", 4.0, 9 * day))]
         yield [(0, Rating("latest", "b", 4.0, 10 * day))]
 
-    async def declared(self, consumer, partitions, refused) -> dict[str, float]:
+    async def declared(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
         worker.engine.model.upsert_user("fan", {"t": 1.0})
         return {"fan": 9.5 * day, "long-ago": 1.0}
 
     published: dict[str, int] = {}
 
-    async def publish(engine, sink, lists, ttl=None) -> float:
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
         published.update({user: ttl[user] for user in lists})
         return time.time()
 
@@ -1278,8 +1360,10 @@ async def test_the_popular_list_as_served_is_the_one_in_redis(monkeypatch) -> No
         worker.engine.upsert_item(item, {"jazz": 1.0})
     worker.engine.learn_ratings([Rating("u", "a", 5.0, 1.0)])
     in_redis: list[list[str] | None] = [["b", "a"]]
+    during: list[list[str]] = []
 
     async def publish_state(*args, **kwargs):
+        during.append(list(worker.engine.popular_served))  # (what a batch meanwhile reads)
         return in_redis[0]
 
     worker.sink = types.SimpleNamespace(publish_state=publish_state)
@@ -1290,18 +1374,22 @@ async def test_the_popular_list_as_served_is_the_one_in_redis(monkeypatch) -> No
     in_redis[0] = None  # none there, or unreadable: its own
     await worker._publish_state()
     assert worker.engine.popular_served == ["a", "b"]
+    assert during[1] == ["b", "a"]  # (while the write waited: still the one served)
 
 
 async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> None:
     """A user's declared tags give content lists before any rating; the tombstone of the
-    user's key withdraws them, and the user is served popularity again."""
+    user's key withdraws them, and the user is served popularity again, in a list that
+    keeps its expiry (a tombstone, often of a user deleted upstream, is no visit)."""
     worker, dead = _worker_knowing_item_a()
     worker.engine.live = True  # (caught up: lists are served)
     worker._replayed.add(0)
     served: list = []
+    ttls: list = []
 
-    async def publish(engine, sink, lists, ttl=None) -> None:
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> None:
         served.append(lists)
+        ttls.append(ttl)
 
     declared = b'{"user_id":"fan","tags":["jazz"],"timestamp":1}'
     events = [
@@ -1316,6 +1404,7 @@ async def test_a_tombstone_on_the_users_topic_withdraws_the_declared_tags() -> N
         app_module.publish = original
     assert dead == []
     assert [[r.source for r in lists["fan"]] for lists in served] == [["content"], ["popular"]]
+    assert ttls == [None, KEEP_TTL]
 
 
 async def test_declared_tags_read_before_the_model_is_ready_are_served_once_it_is(
@@ -1330,7 +1419,7 @@ async def test_declared_tags_read_before_the_model_is_ready_are_served_once_it_i
     worker.catalog.ready.clear()
     served: list = []
 
-    async def publish(engine, sink, lists, ttl=None) -> None:
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> None:
         served.append(lists)
 
     monkeypatch.setattr(app_module, "publish", publish)
@@ -1420,7 +1509,7 @@ async def test_a_stop_that_cuts_learning_short_takes_no_final_snapshot(monkeypat
     monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
     publishing = asyncio.Event()
 
-    async def stalled_publish(engine, sink, lists, ttl=None) -> float:
+    async def stalled_publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
         publishing.set()
         await asyncio.sleep(3600)
         return time.time()
@@ -1513,13 +1602,13 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
                 await asyncio.sleep(0.01)  # a fetch
                 yield [(p, log[p][offset])]
 
-    async def published(engine, sink, lists, ttl=None):
+    async def published(engine, sink, lists, ttl=None, rank_s=None):
         return time.time()
 
     async def the_committed(self):
         return dict(committed)
 
-    async def no_users(self, consumer, partitions, refused):
+    async def no_users(self, consumer, partitions, refused, produced=None):
         return {}
 
     async def catalog_read_again() -> None:  # what the catalog follower does
@@ -1603,7 +1692,7 @@ async def test_item_changes_are_sent_once_the_commit_covers_their_ratings(monkey
     monkeypatch.setattr(worker, "_assigned", lambda: assigned)
     monkeypatch.setattr(worker, "_waiting_partitions", lambda: set())
 
-    async def publish(engine, sink, lists, ttl=None) -> float:
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "publish", publish)
@@ -2359,7 +2448,7 @@ async def test_a_learning_call_cut_short_keeps_the_stop_from_snapshotting(
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
     publishing, stall = asyncio.Event(), [True]
 
-    async def published(engine, sink, lists, ttl=None):
+    async def published(engine, sink, lists, ttl=None, rank_s=None):
         if stall[0]:
             publishing.set()
             await asyncio.sleep(3600)
@@ -2453,7 +2542,7 @@ async def test_the_catalog_read_again_into_a_restored_model_applies_each_items_l
     weight, rings = float(model.cooc.weight[x].sum()), int((model.cooc.recent == x).sum())
     assert weight > 0 and rings > 0
 
-    async def published(engine, sink, lists, ttl=None) -> float:
+    async def published(engine, sink, lists, ttl=None, rank_s=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda s, **o: _ItemsLog(log))
@@ -2497,7 +2586,7 @@ async def test_the_catalog_read_outlasts_a_broker_that_cannot_give_its_end(
                 raise KafkaTimeoutError()
             return await super().end_offsets(partitions)
 
-    async def published(engine, sink, lists, ttl=None) -> float:
+    async def published(engine, sink, lists, ttl=None, rank_s=None) -> float:
         return time.time()
 
     monkeypatch.setattr(app_module, "standalone_consumer", lambda s, **o: Away(log))
@@ -2628,9 +2717,12 @@ async def test_lists_a_catalog_change_rewrites_keep_their_expiry(monkeypatch) ->
     value = ItemEvent(op="delete", item_id="x", tags=[], timestamp=1.7e9).to_bytes()
     published: list[tuple[list[str], object]] = []
 
-    async def publish(engine, sink, lists, ttl=None) -> float:
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
         published.append((sorted(lists), ttl))
+        ranked.append(rank_s)
         return time.time()
+
+    ranked: list[float | None] = []
 
     monkeypatch.setattr(
         app_module, "standalone_consumer", lambda s, **o: _ItemsLog([_item_record(value, b"x", 0)])
@@ -2643,6 +2735,7 @@ async def test_lists_a_catalog_change_rewrites_keep_their_expiry(monkeypatch) ->
     finally:
         reading.cancel()
     assert published == [(["u1"], KEEP_TTL)]
+    assert ranked[0] is not None and ranked[0] > 0  # (the delete's ranking, passed on)
 
 
 async def test_a_dead_letter_fits_the_producers_request_whatever_its_headers() -> None:
@@ -2673,6 +2766,6 @@ async def test_a_dead_letter_fits_the_producers_request_whatever_its_headers() -
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, letter, headers)
         assert size < 1_000_000 - 1024  # (Faust's producer: requests of 1,000,000 bytes)
     (_, _, first), (_, _, second) = sent
-    assert dict(first)["recsys.truncated.headers_from"] == b"0"  # (their names and values)
+    assert dict(first)["recsys.truncated.headers_from"] == b"500000"  # (10 bytes each)
     marks = [v for n, v in second if n == "recsys.redriven.from"]
     assert marks == [b"y" * 256]  # (one: still marked as sent back once)
