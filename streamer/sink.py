@@ -255,7 +255,7 @@ def redis_refusal(redis_url: str, timeout_s: float = 5.0, cluster: bool = False)
         client = redis_client(redis_url, **options)
     try:
         client.ping()
-        return _cluster_mismatch(client, where, cluster)
+        return _too_old(client, where) or _cluster_mismatch(client, where, cluster)
     except redis.AuthenticationError as exc:
         return f"Redis at {where} refused the credentials: {exc}"
     except redis.ConnectionError as exc:
@@ -321,6 +321,29 @@ def _sentinel_master_address(
     if not answered and not_sentinels:
         return f"not a Redis Sentinel at {', '.join(not_sentinels)} (of {where})", None
     return None, master
+
+
+def _too_old(client, where: str) -> str | None:
+    """A Redis before 6.0 refuses ``SET ... KEEPTTL`` (lists rewritten for a new or
+    deleted item keep their expiry): the worker's writes would be tried forever.
+
+    >>> class Old:
+    ...     def info(self, section): return {"redis_version": "5.0.14"}
+    >>> _too_old(Old(), "redis://r:6379/0")
+    'Redis at redis://r:6379/0 is 5.0.14: the worker needs Redis 6.0 or later (SET ... KEEPTTL)'
+    """
+    import redis
+
+    try:
+        version = str(client.info("server").get("redis_version", ""))
+    except (redis.ResponseError, redis.TimeoutError):  # (not known: a managed Redis)
+        return None
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) < 6:
+        return (
+            f"Redis at {where} is {version}: the worker needs Redis 6.0 or later (SET ... KEEPTTL)"
+        )
+    return None
 
 
 def _cluster_mismatch(client, where: str, cluster: bool) -> str | None:
