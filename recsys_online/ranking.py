@@ -17,6 +17,21 @@ def padded_width(n_items: int, k: int) -> tuple[int, int]:
     return block, -(-n_items // block) * block
 
 
+def as_float32(scores: np.ndarray) -> np.ndarray:
+    """``scores`` as float32, a finite score past float32's range its largest, not inf
+    (which ranking takes for invalid); float32 scores as they are, not copied.
+
+    >>> scores = as_float32(np.array([1e39, -np.inf, 0.5]))
+    >>> bool(scores[0] > 3e38), scores.tolist()[1:]
+    (True, [-inf, 0.5])
+    """
+    scores = np.asarray(scores)
+    if scores.dtype == np.float32:
+        return scores
+    big = np.finfo(np.float32).max
+    return np.where(np.isfinite(scores), np.clip(scores, -big, big), scores).astype(np.float32)
+
+
 def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions and values of the ``k`` largest scores of each row, best first.
 
@@ -41,11 +56,7 @@ def top_k_rows(scores: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.n
     >>> top_k_rows(np.array([[1e39, 1.0], [2.0, 1.0]]), 1, block=1)[0].tolist()
     [[0], [0]]
     """
-    scores = np.asarray(scores)
-    if scores.dtype != np.float32:  # (finite past float32's range: its largest, not inf)
-        big = np.finfo(np.float32).max
-        scores = np.where(np.isfinite(scores), np.clip(scores, -big, big), scores)
-        scores = scores.astype(np.float32)
+    scores = as_float32(scores)
     n_rows, width = scores.shape
     pos_out = np.full((n_rows, k), -1, np.int64)
     val_out = np.full((n_rows, k), -np.inf, np.float32)

@@ -17,7 +17,7 @@ from recsys_online.events import MAX_SCALE
 from recsys_online.factors import FactorModel, FactorParams, ItemVectors, check_numbers
 from recsys_online.ids import IdIndex, grown, row_map
 from recsys_online.popularity import Popularity
-from recsys_online.ranking import padded_width, top_k_rows
+from recsys_online.ranking import as_float32, padded_width, top_k_rows
 from recsys_online.sharing import ItemChanges, OwnChanges
 from recsys_online.tags import ItemTags, check_weights
 
@@ -1936,6 +1936,6 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, np.int64)
     block, width = padded_width(n, k)
     padded = np.full((1, width), -np.inf, np.float32)
-    padded[0, :n] = scores
+    padded[0, :n] = as_float32(scores)
     top = top_k_rows(padded, k, block)[0][0]
     return top[top >= 0]

@@ -847,7 +847,10 @@ class RecsysWorker:
         self._ends: dict[int, int] = {}  # ratings partition -> its end, at the last tick
         # Ratings partitions whose whole history before the live position is in the model.
         self._replayed: set[int] = set()
-        self._declared_waiting: dict[str, int] = {}  # user -> partition, to serve once ready
+        # user -> partition, to serve once ready; and those whose latest was a tombstone
+        self._declared_waiting: dict[str, int] = {}
+        self._withdrawn_waiting: set[str] = set()
+        self._misplaced = 0  # events a replay skipped as on another partition than their key's
         # Item changes taken and not sent yet, each with the offsets past the ratings it
         # holds (by partition): sent once the group's commit covers them.
         self._to_share: list[tuple[dict[int, int], set[int], ItemChanges]] = []
@@ -1195,6 +1198,10 @@ class RecsysWorker:
                 )
             elif self.engine.declare_user(user.user_id, tags):
                 self._declared_waiting[user.user_id] = message.partition
+                if message.value is None:  # (served then, its list keeps its expiry)
+                    self._withdrawn_waiting.add(user.user_id)
+                else:
+                    self._withdrawn_waiting.discard(user.user_id)
 
     async def _serve_declared(self) -> None:
         """Lists for the users whose declarations came before the model was ready for
@@ -1204,10 +1211,17 @@ class RecsysWorker:
         if not waiting or not self.catalog.ready.is_set():
             return
         ready = [u for u, p in waiting.items() if p in self._replayed]
+        withdrawn = self._withdrawn_waiting
         for user in [u for u, p in waiting.items() if p not in assigned] + ready:
             waiting.pop(user, None)
-        if ready:
-            await publish(self.engine, self.sink, self.engine.serve(ready))
+        declared = [u for u in ready if u not in withdrawn]
+        gone = [u for u in ready if u in withdrawn]  # (a tombstone: no visit)
+        withdrawn.difference_update(ready)
+        withdrawn.intersection_update(waiting)
+        if declared:
+            await publish(self.engine, self.sink, self.engine.serve(declared))
+        if gone:
+            await publish(self.engine, self.sink, self.engine.serve(gone), KEEP_TTL)
 
     async def share_items(self) -> None:
         """Send what this worker's own learning changed on the item side
@@ -2082,6 +2096,15 @@ class RecsysWorker:
                 partition,
                 until[partition],
             )
+        if self._misplaced:
+            log.warning(
+                "the replay skipped %d ratings and user events found on another partition "
+                "than their key's (dead-lettered live as wrong_partition; all of them if the "
+                "topics' partition count changed since they were produced, which splits "
+                "users: create the topics with their partitions up front)",
+                self._misplaced,
+            )
+            self._misplaced = 0
         log.info(
             "replayed %d ratings of %d partitions in event-time order in %.1f s",
             sum(learned.values()),
@@ -2119,7 +2142,8 @@ class RecsysWorker:
                 except EventError:
                     continue  # dead-lettered when it was live
                 if partition_problem(record.key, record.partition, count) is not None:
-                    continue  # (the same, or not yet processed live: it will be)
+                    self._misplaced += 1  # (the same, or not yet processed live: it will be)
+                    continue
                 self.engine.model.upsert_user(event.user_id, dict(event.tags))
                 if record.value is not None:  # (a tombstone's time is the record's, not
                     # event time: it would move the horizon of the lists republished)
@@ -2185,7 +2209,8 @@ class RecsysWorker:
             return None
         count = self.app.consumer.partition_count(self.settings.ratings_topic)
         if partition_problem(record.key, record.partition, count) is not None:
-            return None  # (refused live too; a count changed since is not supported)
+            self._misplaced += 1  # (refused live too; a count changed since: said, below)
+            return None
         if not self.engine.knows_item(r.item_id):
             self.engine.bring_back_deleted(r.item_id)
             if not self.engine.knows_item(r.item_id):

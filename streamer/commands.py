@@ -340,7 +340,8 @@ def run_stream(args: argparse.Namespace) -> int:
     # timestamp ahead): one found mid-stream left part of the file in Kafka, and
     # streaming it again after the fix would send that part twice.
     if not args.quiet:  # (about 15 us a record: a 25M-rating file takes minutes)
-        print(f"checking {ds.n_ratings + ds.n_items:,} records before sending", file=sys.stderr)
+        n = ds.n_ratings + ds.n_items + len(ds.deletes)
+        print(f"checking {n:,} records before sending", file=sys.stderr)
     now = time.time()
     try:
         for event in ds.events():

@@ -333,3 +333,30 @@ def test_a_users_mean_stays_on_a_scale_far_from_zero() -> None:
         rec.learn_many(["u"] * 50, items, list(r[lo : lo + 50] + off), [0.0] * 50)
     mean = float(rec._user_means(np.array([rec.users.get("u")]))[0]) - off
     assert mean == pytest.approx(r.mean(), abs=0.05)
+
+
+def test_a_rating_replaced_since_is_set_aside_when_a_history_is_read() -> None:
+    """An earlier rating of an item the user rated again is never a like, whatever the
+    history holds (a model restored from a snapshot kept every rating as it came), in
+    one user's read and in a batch of histories of different lengths."""
+    from array import array
+
+    rec = Recommender()
+    rec.learn_many(["u", "u", "u", "v"], ["x", "y", "x", "y"], [5.0, 4.0, 1.0, 2.0], [1, 2, 3, 4])
+    u, v = rec.users.get("u"), rec.users.get("v")
+    rec.history_ratings[u] = array("f", [5.0, 4.0, 1.0])  # (as an older snapshot holds it)
+    hist, ratings = rec._recent_rated(np.array([u]))
+    assert np.isnan(ratings[0, 0]) and ratings[0, 1:].tolist() == [4.0, 1.0]
+    hist, ratings = rec._recent_rated(np.array([v, u]), fill=-1)
+    assert hist.tolist() == [[rec.items.get("y"), -1, -1], [rec.items.get(x) for x in "xyx"]]
+    assert ratings[0].tolist() == [2.0, -np.inf, -np.inf]
+    assert np.isnan(ratings[1, 0]) and ratings[1, 1:].tolist() == [4.0, 1.0]
+
+
+def test_one_rows_selection_agrees_with_the_batched_one_past_float32s_range() -> None:
+    """A finite float64 score past float32's range is the largest, in the one-row path
+    too (cast as it was copied in, it became +inf: invalid, dropped)."""
+    from recsys_online.recommender import _top_k
+
+    scores = np.array([1e39, 1.0, 2.0])
+    assert _top_k(scores, 2).tolist() == top_k_rows(scores[None, :], 2, 1)[0][0].tolist() == [0, 2]

@@ -953,8 +953,12 @@ async def test_a_rebuild_reads_users_tombstones_as_withdrawals_outside_event_tim
             return {tp: 3 for tp in tps}
 
     monkeypatch.setattr(app_module, "read_ranges", read_ranges)
-    seen = await worker._replay_users(Consumer(), [0], {})
+    produced: dict[str, float] = {}
+    seen = await worker._replay_users(Consumer(), [0], {}, produced)
     assert seen == {"fan": 1000.0, "kept": 1000.0}
+    # (each declaring user's latest record time, in seconds: their list's TTL ran from
+    # then; the tombstone's is no visit)
+    assert produced == {"fan": 5.0, "kept": 2.0}
     model = worker.engine.model
     assert "content" not in {r.source for r in model.recommend("fan")}  # withdrawn
     assert model.recommend("kept")[0].source == "content"
@@ -963,6 +967,32 @@ async def test_a_rebuild_reads_users_tombstones_as_withdrawals_outside_event_tim
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     worker.engine.model.upsert_item("a", {"jazz": 1.0})
     assert await worker._replay_users(Consumer(), [0], {0: {1, 2}}) == {"fan": 1000.0}
+    # An event on another partition than its key's is skipped, as live (not yet
+    # processed live, or its dead letter unread), and the replay says how many.
+    from aiokafka.partitioner import murmur2
+
+    worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
+    worker.engine.model.upsert_item("a", {"jazz": 1.0})
+    monkeypatch.setattr(worker.app.consumer, "partition_count", lambda topic: 8)
+    home = {key: (murmur2(key) & 0x7FFFFFFF) % 8 for key in (b"fan", b"kept")}
+    records[:] = [
+        ConsumerRecord("u", home[b"fan"], 0, 5_000, 0, b"fan", declared, None, 0, 0, []),
+        ConsumerRecord(
+            "u",
+            (home[b"kept"] + 1) % 8,
+            1,
+            2_000,
+            0,
+            b"kept",
+            declared.replace(b"fan", b"kept"),
+            None,
+            0,
+            0,
+            [],
+        ),
+    ]
+    assert await worker._replay_users(Consumer(), [0], {}) == {"fan": 1000.0}
+    assert worker._misplaced == 1
     model = worker.engine.model
     assert model.recommend("fan")[0].source == "content"  # not withdrawn
     assert model.users.get("kept") is None
@@ -1439,6 +1469,37 @@ async def test_declared_tags_read_before_the_model_is_ready_are_served_once_it_i
     assert [r.source for r in served[0]["fan"]] == ["content"]
     await worker._serve_declared()  # served once
     assert len(served) == 1 and dead == []
+
+
+async def test_a_tombstone_read_before_the_model_is_ready_keeps_the_lists_expiry(
+    monkeypatch,
+) -> None:
+    """A tombstone withdraws a user's tags, often of a user deleted upstream: no visit.
+    Read before the model is ready, its list waited and was then written for a whole
+    TTL (renewed, or brought back expired); it keeps its expiry as on the ready path."""
+    worker, dead = _worker_knowing_item_a()
+    worker.engine.live = True
+    worker.engine.model.upsert_user("fan", {"jazz": 1.0})
+    worker.engine.model.upsert_user("new", {"jazz": 1.0})
+    worker.catalog.ready.clear()
+    served: list = []
+
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> None:
+        served.append((sorted(lists), ttl))
+
+    monkeypatch.setattr(app_module, "publish", publish)
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    declared = b'{"user_id":"new","tags":["jazz"],"timestamp":1}'
+    events = [
+        types.SimpleNamespace(message=_message(_item_record(value, key, n)))
+        for n, (key, value) in enumerate(((b"fan", None), (b"new", declared)))
+    ]
+    await worker.learn_users(_stream(events))
+    worker.catalog.ready.set()
+    worker._replayed.add(0)
+    await worker._serve_declared()
+    assert sorted(served) == [(["fan"], KEEP_TTL), (["new"], None)]
+    assert dead == [] and not worker._withdrawn_waiting
 
 
 def _message(record: ConsumerRecord) -> types.SimpleNamespace:
