@@ -682,18 +682,23 @@ def run_snapshots(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     store = SnapshotStore(settings.snapshot_path)
     fingerprint = settings.model_fingerprint()
-    rows = [
-        {
-            "file": str(snap.path),
-            "created": snap.created,
-            "age_s": round(time.time() - snap.created, 1),
-            "bytes": snap.path.stat().st_size,
-            "partitions": sorted(snap.offsets),
-            "offsets": {str(p): o for p, o in sorted(snap.offsets.items())},
-            "same_settings": snap.fingerprint == fingerprint,
-        }
-        for snap in store.list()
-    ]
+    rows = []
+    for snap in store.list():
+        try:
+            size = snap.path.stat().st_size
+        except OSError:  # (a worker pruned it meanwhile)
+            continue
+        rows.append(
+            {
+                "file": str(snap.path),
+                "created": snap.created,
+                "age_s": round(time.time() - snap.created, 1),
+                "bytes": size,
+                "partitions": sorted(snap.offsets),
+                "offsets": {str(p): o for p, o in sorted(snap.offsets.items())},
+                "same_settings": snap.fingerprint == fingerprint,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

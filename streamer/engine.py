@@ -48,6 +48,29 @@ def similar_max_age(settings: Settings) -> float:
     return min(SIMILAR_MAX_AGE_S, 0.9 * settings.recs_ttl_s)
 
 
+def _without_secrets(settings: Settings) -> Settings:
+    """``settings`` with no password: none for Kafka, a Redis URL without credentials.
+
+    >>> s = _without_secrets(Settings(redis_url="redis://:pw@h:6379/0", kafka_sasl_password="x"))
+    >>> s.redis_url, s.kafka_sasl_password
+    ('redis://h:6379/0', '')
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(settings.redis_url)
+    host = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        q for q in parts.query.split("&") if q and q.partition("=")[0] not in _URL_SECRETS
+    )
+    url = urlunsplit(parts._replace(netloc=host, query=query))
+    if not host and "://" in settings.redis_url:  # (unix:///path: urlunsplit drops a slash pair)
+        url = url.replace(":", "://", 1)
+    return replace(settings, kafka_sasl_password="", redis_url=url)
+
+
+_URL_SECRETS = ("password", "sentinel_password")
+
+
 def event_time_steps(ratings: Sequence[Rating], window_s: float) -> list[list[Rating]]:
     """``ratings`` cut into learning steps in which no user appears twice and which
     follow event time: the ratings (sorted by time, ties kept in order) are cut into
@@ -473,6 +496,14 @@ class StreamEngine:
         self._live = value
         if value:
             self._release(math.inf)
+
+    def __getstate__(self) -> dict:
+        """The engine's state without the deployment's secrets: a snapshot file may sit
+        on a shared volume, and a restore works under the settings it is started with
+        (:meth:`adopt`). The Kafka password and Redis URL's credentials are left out."""
+        state = self.__dict__.copy()
+        state["settings"] = _without_secrets(self.settings)
+        return state
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("event_ids", OrderedDict())  # (pickled before it existed)

@@ -501,6 +501,14 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (("seed",), lambda v: v >= 0, "must be >= 0"),
     # (float32 in the scores: 1e39 turned inf, every "more like this" list NaN, empty)
     (("similar_content_weight",), lambda v: v <= 1e6, "must be at most 1e6"),
+    # (Another worker writing to the same directory deletes a set of snapshots nobody
+    # wrote for a day, snapshot.STALE_S: a set written less often than that went.)
+    (
+        ("snapshot_every_s",),
+        lambda v: v <= 43_200,
+        "must be at most 43200 (12 h: a day without a new snapshot, another worker "
+        "sharing its directory takes the set for one nobody owns and deletes it)",
+    ),
     (("lr_bias", "lr_factor"), lambda v: v >= 0, "must be >= 0 (0: frozen)"),
     (("l2_bias", "l2_factor"), lambda v: v >= 0, "must be >= 0"),
     # (as replay's --factors: 1,024 float32 per user and item is already 4 KB each)

@@ -111,7 +111,8 @@ class SnapshotStore:
         path = self.directory / f"snapshot-{_set_name(offsets)}_{time.time_ns()}.pkl"
         tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as f:
+            # (owner-only: a snapshot holds what the model learned of users)
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -122,6 +123,9 @@ class SnapshotStore:
             raise
         by_set = self._by_set()
         files = [file for _, file in sorted(by_set.pop(partitions, []))]  # oldest first
+        # (the one just written is the newest, whatever another machine's clock named
+        # the others: ahead of this one's, it would go at once)
+        files = [file for file in files if file != path] + [path]
         newest, older = files[-KEEP:], files[:-KEEP]
         if committed is not None:
 
@@ -188,14 +192,21 @@ class SnapshotStore:
         return Snapshot(path, offsets, fingerprint, created)
 
     def best(self, fingerprint: Mapping, assigned: set[int], committed) -> Snapshot | None:
-        """The usable snapshot covering the most partitions (the newest among those)."""
+        """The usable snapshot covering the most partitions (the furthest into the log
+        among those, then the newest)."""
         return next(iter(self.candidates(fingerprint, assigned, committed)), None)
 
     def candidates(self, fingerprint: Mapping, assigned: set[int], committed) -> list[Snapshot]:
         """Every usable snapshot, best first (:meth:`best`'s order): when one fails to
         load (its model part damaged), the next is tried."""
         usable = [s for s in self.list() if s.usable(fingerprint, assigned, committed)]
-        return sorted(usable, key=lambda s: (len(s.offsets), s.created), reverse=True)
+        # (the most of the log learned, then the newest: the log's offsets order one set's
+        # snapshots whatever the writers' clocks said)
+        return sorted(
+            usable,
+            key=lambda s: (len(s.offsets), sum(s.offsets.values()), s.created),
+            reverse=True,
+        )
 
     def unlike(self, fingerprint: Mapping) -> tuple[int, list[str]]:
         """How many snapshots on disk were made under other model settings, and which

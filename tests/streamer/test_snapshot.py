@@ -311,3 +311,38 @@ def test_a_snapshot_without_a_field_its_class_defaults_is_not_refused(tmp_path) 
     store.save(engine, {0: 100}, engine.settings.model_fingerprint())
     [snapshot] = store.list()
     assert store.load(snapshot, _fresh_engine).model.config.similar_content_weight >= 0
+
+
+def test_a_snapshot_holds_no_secret_and_only_its_owner_reads_it(tmp_path) -> None:
+    """The engine kept the whole settings: the Kafka password and the Redis URL's
+    credentials were in every snapshot, readable by any user (0644 under umask 022)."""
+    engine, _ = small_engine(200)
+    engine.settings = replace(
+        engine.settings, kafka_sasl_password="hunter2-SECRET", redis_url="redis://:redispw@h:6379/0"
+    )
+    store = SnapshotStore(tmp_path)
+    path = store.save(engine, {0: 10}, engine.settings.model_fingerprint())
+    data = path.read_bytes()
+    assert b"hunter2-SECRET" not in data and b"redispw" not in data
+    assert path.stat().st_mode & 0o077 == 0
+    loaded = store.load(store.list()[0])
+    assert loaded.settings.redis_url == "redis://h:6379/0" and loaded.events == engine.events
+
+
+def test_a_writer_whose_clock_is_behind_keeps_the_snapshot_it_wrote(tmp_path, monkeypatch) -> None:
+    """Files are named by the writer's clock: a machine behind another that shares the
+    directory named its new snapshot older than the others' and deleted it at once; a
+    restart then took the older one. The one just written stays, and the log's offsets
+    rank one set's snapshots, not the writers' clocks."""
+    engine, _ = small_engine(200)
+    fingerprint = engine.settings.model_fingerprint()
+    store = SnapshotStore(tmp_path)
+    ahead = time.time_ns() + 600 * 10**9
+    for n, offset in enumerate((5, 6)):
+        monkeypatch.setattr(snapshot_module.time, "time_ns", lambda n=n: ahead + n)
+        store.save(engine, {0: offset, 1: offset}, fingerprint)
+    monkeypatch.undo()
+    path = store.save(engine, {0: 100, 1: 100}, fingerprint)  # (this machine: 10 min behind)
+    assert path.exists()
+    best = store.best(fingerprint, {0, 1}, {0: 1000, 1: 1000})
+    assert best is not None and best.offsets == {0: 100, 1: 100}
