@@ -1190,6 +1190,9 @@ class RecsysWorker:
                 continue
             tags = dict(user.tags)
             if self.catalog.ready.is_set() and message.partition in self._replayed:
+                # (an earlier event of the user still waiting is superseded by this one)
+                self._declared_waiting.pop(user.user_id, None)
+                self._withdrawn_waiting.discard(user.user_id)
                 lists = self.engine.upsert_user(user.user_id, tags)
                 # (A tombstone withdraws the tags, often of a user deleted upstream: no
                 # visit, so the list keeps its expiry, as the replay counts it.)
@@ -2010,6 +2013,7 @@ class RecsysWorker:
         s = self.settings
         if revocations is None:
             revocations = self.app.consumer.revocations
+        self._misplaced = 0  # (this replay's: one cut short and tried again counts anew)
         await self._catalog_read(revocations)  # (a rating of an item not read yet: lost)
         started = time.monotonic()
         # (An offset below the log's start, gone with a retention set by hand: from the
@@ -2099,12 +2103,11 @@ class RecsysWorker:
         if self._misplaced:
             log.warning(
                 "the replay skipped %d ratings and user events found on another partition "
-                "than their key's (dead-lettered live as wrong_partition; all of them if the "
-                "topics' partition count changed since they were produced, which splits "
-                "users: create the topics with their partitions up front)",
+                "than their key's and not dead-lettered: learned live under another "
+                "partition count (a count changed since splits users: create the topics "
+                "with their partitions up front), or not processed live yet",
                 self._misplaced,
             )
-            self._misplaced = 0
         log.info(
             "replayed %d ratings of %d partitions in event-time order in %.1f s",
             sum(learned.values()),

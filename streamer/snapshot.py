@@ -4,8 +4,8 @@ A worker's model lives in memory and the ratings log is its durable state: witho
 snapshot, a restart relearns every rating of its partitions. A snapshot is the pickled
 :class:`~streamer.engine.StreamEngine` together with, for each ratings partition it
 covers, the offset below which every rating is in it. A worker restarting with the same
-partitions (or more) loads the newest usable one and replays each partition from that
-offset instead of from the start.
+partitions (or more) loads the usable one furthest into the log and replays each
+partition from that offset instead of from the start.
 
 A snapshot is usable when it was made with the same model settings, covers only
 partitions the worker now owns, and none of its offsets is past the group's committed
@@ -16,8 +16,9 @@ between a snapshot and the next commit still finds a usable one. Snapshots of a 
 partitions nobody has written for ``STALE_S`` (a set this worker, or another on the same
 machine, no longer owns) are deleted, and so are temporary files left by a failed write.
 
-The files are written by the worker itself (temporary file, then an atomic rename) and
-read only by workers of the same app: never point ``RECSYS_DATA_DIR`` at files from
+The files are written by the worker itself (temporary file, then an atomic rename),
+readable by their owner only (workers sharing a directory run as one user), and read
+only by workers of the same app: never point ``RECSYS_DATA_DIR`` at files from
 elsewhere, as loading a pickle runs code.
 """
 
@@ -122,9 +123,10 @@ class SnapshotStore:
             tmp.unlink(missing_ok=True)
             raise
         by_set = self._by_set()
-        files = [file for _, file in sorted(by_set.pop(partitions, []))]  # oldest first
-        # (the one just written is the newest, whatever another machine's clock named
-        # the others: ahead of this one's, it would go at once)
+        # Oldest first, by how far into the log each is, not by the clocks that named
+        # them (a machine's clock ahead of this one's kept its old file for good, and
+        # each new write deleted the one before); the one just written last.
+        files = self._in_log_order([file for _, file in by_set.pop(partitions, [])])
         files = [file for file in files if file != path] + [path]
         newest, older = files[-KEEP:], files[:-KEEP]
         if committed is not None:
@@ -157,12 +159,24 @@ class SnapshotStore:
         new was learned since it was written: another worker writing to the same
         directory would otherwise take a set a day without a new file for one nobody
         owns, and delete it."""
-        files = sorted(self._by_set().get(_set_key(partitions), []))
+        files = self._in_log_order([f for _, f in self._by_set().get(_set_key(partitions), [])])
         if files:
             try:
-                os.utime(files[-1][1])
+                os.utime(files[-1])
             except OSError as exc:  # (gone meanwhile, or not ours to touch)
-                log.warning("snapshot %s not marked current: %s", files[-1][1], exc)
+                log.warning("snapshot %s not marked current: %s", files[-1], exc)
+
+    def _in_log_order(self, files: list[Path]) -> list[Path]:
+        """One set's snapshot files, the least far into the log first (then the oldest;
+        unreadable ones first of all): :meth:`candidates`' order, reversed."""
+
+        def rank(path: Path) -> tuple[int, float, int]:
+            snapshot = self._read(path)
+            if snapshot is None:
+                return (-1, 0.0, 0)
+            return (sum(snapshot.offsets.values()), snapshot.created, 0)
+
+        return sorted(files, key=rank)
 
     def _by_set(self) -> dict[tuple[int, ...] | str, list[tuple[int, Path]]]:
         """The snapshot files here by their set of partitions (its key: :func:`_named`),
@@ -187,6 +201,9 @@ class SnapshotStore:
             offsets = {int(p): int(o) for p, o in header["offsets"].items()}
             fingerprint = dict(header["fingerprint"])
             created = float(header["created"])
+        except PermissionError as exc:  # (another user's: workers sharing run as one)
+            log.warning("snapshot %s not readable by this worker's user: %s", path, exc)
+            return None
         except Exception:  # unpickling damaged bytes can raise anything
             return None
         return Snapshot(path, offsets, fingerprint, created)

@@ -1502,6 +1502,33 @@ async def test_a_tombstone_read_before_the_model_is_ready_keeps_the_lists_expiry
     assert dead == [] and not worker._withdrawn_waiting
 
 
+async def test_a_users_event_read_once_ready_supersedes_one_still_waiting(
+    monkeypatch,
+) -> None:
+    """A declaration waiting for the model, then the user's tombstone read once it is
+    ready: the tombstone's list (keeping its expiry) is the last word, not a full-TTL
+    write of the declaration's at the next tick."""
+    worker, dead = _worker_knowing_item_a()
+    worker.engine.live = True
+    worker.catalog.ready.clear()
+    served: list = []
+
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> None:
+        served.append((sorted(lists), ttl))
+
+    monkeypatch.setattr(app_module, "publish", publish)
+    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    declared = b'{"user_id":"fan","tags":["jazz"],"timestamp":1}'
+    first = types.SimpleNamespace(message=_message(_item_record(declared, b"fan", 0)))
+    await worker.learn_users(_stream([first]))
+    worker.catalog.ready.set()
+    worker._replayed.add(0)
+    tombstone = types.SimpleNamespace(message=_message(_item_record(None, b"fan", 1)))
+    await worker.learn_users(_stream([tombstone]))
+    await worker._serve_declared()
+    assert served == [(["fan"], KEEP_TTL)] and dead == []
+
+
 def _message(record: ConsumerRecord) -> types.SimpleNamespace:
     """The parts of a Faust message the agents read (Faust's times are in seconds)."""
     return types.SimpleNamespace(
