@@ -1471,16 +1471,11 @@ async def test_declared_tags_read_before_the_model_is_ready_are_served_once_it_i
     assert len(served) == 1 and dead == []
 
 
-async def test_a_tombstone_read_before_the_model_is_ready_keeps_the_lists_expiry(
-    monkeypatch,
-) -> None:
-    """A tombstone withdraws a user's tags, often of a user deleted upstream: no visit.
-    Read before the model is ready, its list waited and was then written for a whole
-    TTL (renewed, or brought back expired); it keeps its expiry as on the ready path."""
+def _waiting_for_the_model(monkeypatch) -> tuple[RecsysWorker, list, list]:
+    """A worker holding partition 0, its catalog not read yet; what it publishes goes
+    to the list returned, as (users, ttl)."""
     worker, dead = _worker_knowing_item_a()
     worker.engine.live = True
-    worker.engine.model.upsert_user("fan", {"jazz": 1.0})
-    worker.engine.model.upsert_user("new", {"jazz": 1.0})
     worker.catalog.ready.clear()
     served: list = []
 
@@ -1489,6 +1484,18 @@ async def test_a_tombstone_read_before_the_model_is_ready_keeps_the_lists_expiry
 
     monkeypatch.setattr(app_module, "publish", publish)
     monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    return worker, dead, served
+
+
+async def test_a_tombstone_read_before_the_model_is_ready_keeps_the_lists_expiry(
+    monkeypatch,
+) -> None:
+    """A tombstone withdraws a user's tags, often of a user deleted upstream: no visit.
+    Read before the model is ready, its list waited and was then written for a whole
+    TTL (renewed, or brought back expired); it keeps its expiry as on the ready path."""
+    worker, dead, served = _waiting_for_the_model(monkeypatch)
+    worker.engine.model.upsert_user("fan", {"jazz": 1.0})
+    worker.engine.model.upsert_user("new", {"jazz": 1.0})
     declared = b'{"user_id":"new","tags":["jazz"],"timestamp":1}'
     events = [
         types.SimpleNamespace(message=_message(_item_record(value, key, n)))
@@ -1508,16 +1515,7 @@ async def test_a_users_event_read_once_ready_supersedes_one_still_waiting(
     """A declaration waiting for the model, then the user's tombstone read once it is
     ready: the tombstone's list (keeping its expiry) is the last word, not a full-TTL
     write of the declaration's at the next tick."""
-    worker, dead = _worker_knowing_item_a()
-    worker.engine.live = True
-    worker.catalog.ready.clear()
-    served: list = []
-
-    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> None:
-        served.append((sorted(lists), ttl))
-
-    monkeypatch.setattr(app_module, "publish", publish)
-    monkeypatch.setattr(worker, "_assigned", lambda: {0})
+    worker, dead, served = _waiting_for_the_model(monkeypatch)
     declared = b'{"user_id":"fan","tags":["jazz"],"timestamp":1}'
     first = types.SimpleNamespace(message=_message(_item_record(declared, b"fan", 0)))
     await worker.learn_users(_stream([first]))
