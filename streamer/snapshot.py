@@ -4,8 +4,8 @@ A worker's model lives in memory and the ratings log is its durable state: witho
 snapshot, a restart relearns every rating of its partitions. A snapshot is the pickled
 :class:`~streamer.engine.StreamEngine` together with, for each ratings partition it
 covers, the offset below which every rating is in it. A worker restarting with the same
-partitions (or more) loads the usable one furthest into the log and replays each
-partition from that offset instead of from the start.
+partitions (or more) loads the newest usable one and replays each partition from that
+offset instead of from the start.
 
 A snapshot is usable when it was made with the same model settings, covers only
 partitions the worker now owns, and none of its offsets is past the group's committed
@@ -123,10 +123,12 @@ class SnapshotStore:
             tmp.unlink(missing_ok=True)
             raise
         by_set = self._by_set()
-        # Oldest first, by how far into the log each is, not by the clocks that named
-        # them (a machine's clock ahead of this one's kept its old file for good, and
-        # each new write deleted the one before); the one just written last.
-        files = self._in_log_order([file for _, file in by_set.pop(partitions, [])])
+        # Oldest first, by the writers' clocks (their names: workers sharing a directory
+        # keep their clocks in step), the one just written last whatever they say (named
+        # by a clock behind another's, it went at once). (Not by how far into the log:
+        # a recreated topic's offsets start again, and its deleted log's snapshots
+        # would stay ahead of every new one, to be restored once the commits pass them.)
+        files = [file for _, file in sorted(by_set.pop(partitions, []))]
         files = [file for file in files if file != path] + [path]
         newest, older = files[-KEEP:], files[:-KEEP]
         if committed is not None:
@@ -159,24 +161,12 @@ class SnapshotStore:
         new was learned since it was written: another worker writing to the same
         directory would otherwise take a set a day without a new file for one nobody
         owns, and delete it."""
-        files = self._in_log_order([f for _, f in self._by_set().get(_set_key(partitions), [])])
+        files = sorted(self._by_set().get(_set_key(partitions), []))
         if files:
             try:
-                os.utime(files[-1])
+                os.utime(files[-1][1])
             except OSError as exc:  # (gone meanwhile, or not ours to touch)
-                log.warning("snapshot %s not marked current: %s", files[-1], exc)
-
-    def _in_log_order(self, files: list[Path]) -> list[Path]:
-        """One set's snapshot files, the least far into the log first (then the oldest;
-        unreadable ones first of all): :meth:`candidates`' order, reversed."""
-
-        def rank(path: Path) -> tuple[int, float, int]:
-            snapshot = self._read(path)
-            if snapshot is None:
-                return (-1, 0.0, 0)
-            return (sum(snapshot.offsets.values()), snapshot.created, 0)
-
-        return sorted(files, key=rank)
+                log.warning("snapshot %s not marked current: %s", files[-1][1], exc)
 
     def _by_set(self) -> dict[tuple[int, ...] | str, list[tuple[int, Path]]]:
         """The snapshot files here by their set of partitions (its key: :func:`_named`),
@@ -209,21 +199,14 @@ class SnapshotStore:
         return Snapshot(path, offsets, fingerprint, created)
 
     def best(self, fingerprint: Mapping, assigned: set[int], committed) -> Snapshot | None:
-        """The usable snapshot covering the most partitions (the furthest into the log
-        among those, then the newest)."""
+        """The usable snapshot covering the most partitions (the newest among those)."""
         return next(iter(self.candidates(fingerprint, assigned, committed)), None)
 
     def candidates(self, fingerprint: Mapping, assigned: set[int], committed) -> list[Snapshot]:
         """Every usable snapshot, best first (:meth:`best`'s order): when one fails to
         load (its model part damaged), the next is tried."""
         usable = [s for s in self.list() if s.usable(fingerprint, assigned, committed)]
-        # (the most of the log learned, then the newest: the log's offsets order one set's
-        # snapshots whatever the writers' clocks said)
-        return sorted(
-            usable,
-            key=lambda s: (len(s.offsets), sum(s.offsets.values()), s.created),
-            reverse=True,
-        )
+        return sorted(usable, key=lambda s: (len(s.offsets), s.created), reverse=True)
 
     def unlike(self, fingerprint: Mapping) -> tuple[int, list[str]]:
         """How many snapshots on disk were made under other model settings, and which
