@@ -502,6 +502,7 @@ METRIC_ROWS = (
     ("users", "users", "{:,.0f}"),
     ("model_version", "model version", "{:,.0f}"),
     ("partitions", "ratings partitions", "{:.0f}"),
+    ("metrics_url", "metrics at", None),  # (as written: where Prometheus scrapes it)
 )
 
 
@@ -532,6 +533,10 @@ def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -
     figure               h:1
     dead letters           3
       of them malformed    2
+    >>> print(format_metrics({"metrics_url": "http://b:9"}, {
+    ...     "a": {"metrics_url": "http://a:8"}, "b": {"metrics_url": "http://b:9"}}))
+    figure      all workers           a           b
+    metrics at            -  http://a:8  http://b:9
     """
     names = sorted(workers) or ["(shared)"]
     columns = [workers[n] for n in sorted(workers)] or [shared]
@@ -539,7 +544,7 @@ def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -
         names, columns = ["all workers", *names], [shared, *columns]
     rows = [("figure", *names)]
     kinds = sorted({k for c in columns for k in c if k.startswith("deadletters_")})
-    specs: list[tuple[str, str, str]] = []
+    specs: list[tuple[str, str, str | None]] = []
     for spec in METRIC_ROWS:  # (the dead letters' kinds under their count)
         specs.append(spec)
         if spec[0] == "deadletters":
@@ -549,6 +554,9 @@ def format_metrics(shared: dict[str, str], workers: dict[str, dict[str, str]]) -
             continue
         cells = []
         for c in columns:
+            if form is None:  # (text, each worker's own: the fleet's column has none)
+                cells.append(c.get(key, "-") if c is not shared or len(columns) == 1 else "-")
+                continue
             try:
                 cells.append(form.format(float(c[key])) if key in c else "-")
             except ValueError:
@@ -573,13 +581,13 @@ def run_metrics(args: argparse.Namespace) -> int:
                 shared, workers = client.metrics(), client.worker_metrics()
                 if args.json:
                     print(json.dumps({"metrics": shared, "workers": workers}, indent=2))
-                elif not shared:
+                elif not shared and not workers:
                     print(f"no metrics under {settings.key('metrics')} yet: is a worker running?")
-                else:
+                else:  # (the shared hash gone, live workers' own still there: theirs)
                     print(time.strftime("%H:%M:%S"), f"{len(workers)} live worker(s)")
                     print(format_metrics(shared, workers))
                 if args.watch <= 0:
-                    return 0 if shared else 1
+                    return 0 if shared or workers else 1
                 time.sleep(args.watch)
                 print()
     except RecommendationsUnavailable as exc:

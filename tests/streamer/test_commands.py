@@ -1174,3 +1174,28 @@ def test_produce_of_no_events_is_not_a_success(tmp_path, capsys, monkeypatch) ->
     empty.write_text("\n")
     assert main(["produce", "jsonl", "rating", str(empty)]) == 2
     assert f"no events in {empty}" in capsys.readouterr().err
+
+
+def test_metrics_shows_the_live_workers_when_the_shared_hash_is_gone(monkeypatch, capsys) -> None:
+    """The shared hash gone (expired, or deleted) while workers' own hashes live: their
+    figures, not "is a worker running?" and exit 1."""
+    from streamer import commands
+
+    class Client:
+        def __init__(self, *args, **kwargs) -> None: ...
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None: ...
+
+        def metrics(self) -> dict:
+            return {}
+
+        def worker_metrics(self) -> dict:
+            return {"h:1": {"events": "12", "metrics_url": "http://h:8"}}
+
+    monkeypatch.setattr(commands, "RecommendationClient", Client)
+    assert main(["metrics"]) == 0
+    out = capsys.readouterr().out
+    assert "1 live worker(s)" in out and "http://h:8" in out and "12" in out

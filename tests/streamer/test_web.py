@@ -103,3 +103,20 @@ async def test_the_dashboard_survives_damaged_history_and_serves_any_id(
         for key in r.scan_iter(redis_key_prefix + "*"):
             r.delete(key)
         r.close()
+
+
+def test_the_dashboard_never_refills_a_box_someone_is_typing_in() -> None:
+    """The page re-shows its user and item every second: the user box was refilled each
+    time, erasing what one typed (the item box already waited while focused)."""
+    import re
+    from pathlib import Path
+
+    import streamer
+
+    page = (Path(streamer.__file__).parent / "static" / "dashboard.html").read_text()
+    for box in ("user", "item"):
+        refills = re.findall(rf'el\("{box}"\)\.value = ', page)
+        guarded = re.findall(
+            rf'if \(document\.activeElement !== el\("{box}"\)\) el\("{box}"\)\.value = ', page
+        )
+        assert refills and len(guarded) == len(refills), box
