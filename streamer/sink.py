@@ -580,11 +580,16 @@ class RedisSink:
     async def withdraw(self, worker_id: str) -> None:
         """A worker stopping: its own metrics hash and its entry in the registry of live
         workers go at once, instead of lasting out their TTL (``recsys-online metrics``
-        counted a stopped worker as live meanwhile). One key a command (a cluster's
-        slots)."""
+        counted a stopped worker as live meanwhile), and the shared hash with the last
+        one. One key a command (a cluster's slots)."""
         key = self.settings.key
         await self.redis.zrem(key("metrics", "workers"), worker_id)
         await self.redis.delete(key("metrics", "worker", worker_id))
+        # The last one out takes the fleet's figures too: they lasted out their TTL, and
+        # readers showed "0 live workers" beside them. (A worker starting meanwhile
+        # writes them again at its next publish, within a second.)
+        if not await self.redis.zcard(key("metrics", "workers")):
+            await self.redis.delete(key("metrics"))
 
     async def publish_items(self, events: Sequence[ItemEvent]) -> None:
         """Item metadata for apps rendering lists (``item:{item_id}`` hashes), one

@@ -85,7 +85,11 @@ async def check_metrics_replaced_whole(sink: RedisSink, settings: Settings) -> N
         await sink.redis.delete(settings.key("metrics", "worker", "odd"))
         await sink.redis.zrem(settings.key("metrics", "workers"), "odd")
     for worker in ("w2", "w3", "killed", "restarted"):  # (the next checks start with none)
+        assert await sink.redis.exists(settings.key("metrics"))  # (while one is live)
         await sink.withdraw(worker)
+    # The last one out takes the fleet's figures with it (they lasted out their TTL,
+    # shown beside "0 live workers").
+    assert not await sink.redis.exists(settings.key("metrics"))
 
 
 async def on_a_sink(settings: Settings, check) -> None:
