@@ -16,7 +16,7 @@ import numpy as np
 from recsys_online.evaluate import ErrorScore, RankingScore, rank_in
 from recsys_online.events import Rating
 from recsys_online.factors import RATES, FactorParams
-from recsys_online.ids import IdIndex, row_map
+from recsys_online.ids import IdIndex, grown, row_map
 from recsys_online.recommender import Recommendation, Recommender, RecommenderConfig
 from streamer.metrics import (
     DEADLETTER_FIELD,
@@ -717,15 +717,12 @@ class StreamEngine:
             self.shown = wider
         need = int(at.max()) + 1
         if need > len(self.shown):  # (amortised growth, as the model's own arrays)
-            grown = np.full((max(need, 2 * len(self.shown)), self.shown.shape[1]), -1, np.int32)
-            grown[: len(self.shown)] = self.shown
-            self.shown = grown
+            bigger = np.full((max(need, 2 * len(self.shown)), self.shown.shape[1]), -1, np.int32)
+            bigger[: len(self.shown)] = self.shown
+            self.shown = bigger
         self.shown[at[have]] = -1
         self.shown[at[have], : rows.shape[1]] = rows[have]
-        if len(self.shown_empty) < len(self.shown):
-            self.shown_empty = np.concatenate(
-                (self.shown_empty, np.zeros(len(self.shown) - len(self.shown_empty), bool))
-            )
+        self.shown_empty = grown(self.shown_empty, len(self.shown))
         self.shown_empty[at[have]] = (rows[have] < 0).all(axis=1)
 
     def compact_if_due(self) -> int:
