@@ -255,6 +255,14 @@ def _seconds(record: ConsumerRecord) -> float | None:
     return None if record.timestamp is None else record.timestamp / 1000.0
 
 
+def _note_latest(produced: dict[str, float], user: str, record: ConsumerRecord) -> None:
+    """``produced[user]``: the latest record time (epoch seconds) of the user's events
+    (a record without one, Kafka's -1 or none, says nothing)."""
+    made = _seconds(record)
+    if made is not None and made > 0:
+        produced[user] = max(produced.get(user, made), made)
+
+
 async def read_merged(
     consumer: AIOKafkaConsumer,
     topic: str,
@@ -2040,9 +2048,8 @@ class RecsysWorker:
                 if record.offset in refused_ratings.get(record.partition, ()):
                     return None  # refused live (a copy sent back is learned instead)
                 rating = self._replayable(record, noted)
-                made = _seconds(record)
-                if rating is not None and made is not None and made > 0:
-                    produced[rating.user] = max(produced.get(rating.user, made), made)
+                if rating is not None:
+                    _note_latest(produced, rating.user, record)
                 return rating
 
             start = {p: self._resume_from.get(p, 0) for p in until}
@@ -2151,9 +2158,8 @@ class RecsysWorker:
                 if record.value is not None:  # (a tombstone's time is the record's, not
                     # event time: it would move the horizon of the lists republished)
                     users[event.user_id] = max(users.get(event.user_id, 0.0), event.timestamp)
-                    made = _seconds(record)
-                    if produced is not None and made is not None and made > 0:
-                        produced[event.user_id] = max(produced.get(event.user_id, made), made)
+                    if produced is not None:
+                        _note_latest(produced, event.user_id, record)
         return users
 
     async def _refused(
