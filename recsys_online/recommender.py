@@ -1689,11 +1689,9 @@ class Recommender:
         hist, ratings = self._recent_rated(rows, fill=-1)  # (U, H)
         if not hist.size:
             return np.zeros(len(users), bool)
-        match = hist[first] == items[:, None]  # (P, H), oldest first
-        last = match.shape[1] - 1 - np.argmax(match[:, ::-1], axis=1)
-        found = match.any(axis=1)
-        value = ratings[first, last]
-        return found & (value >= self._user_means(users))
+        # (Only the latest rating of an item is not NaN there: a match liked is it.)
+        liked = ratings >= self._user_means(rows)[:, None]  # (U, H)
+        return ((hist[first] == items[:, None]) & liked[first]).any(axis=1)
 
     def _closest_liked_users(self, u: np.ndarray, items: np.ndarray) -> np.ndarray:
         """For users ``(B,)`` and items ``(B, K)``: the user's recent like (of the last 50
