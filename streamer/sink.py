@@ -32,9 +32,11 @@ from recsys_online.recommender import Recommendation
 from schemas import ItemEvent
 from streamer.client import (
     REDIS_ERRORS,
+    RecommendationsUnavailable,
     SentinelURL,
     aclose_client,
     close_client,
+    parse_list,
     read_live_workers,
     redis_client,
 )
@@ -362,11 +364,14 @@ def _cluster_mismatch(client, where: str, cluster: bool) -> str | None:
     return None
 
 
-def _item_ids(document: bytes | None) -> list[str] | None:
-    """The item ids of a list document (None: no document, or not one)."""
+def _item_ids(document: bytes | None, k: int) -> list[str] | None:
+    """The item ids of a list document, read as the clients read it (None: no document,
+    or not one they would serve)."""
+    if document is None:
+        return None
     try:
-        return [str(item["item_id"]) for item in orjson.loads(document)["items"]]
-    except (TypeError, ValueError, KeyError):
+        return [r.item_id for r in parse_list("", None, document, k).items]
+    except RecommendationsUnavailable:
         return None
 
 
@@ -575,7 +580,7 @@ class RedisSink:
                 queue(pipe, fleet)
                 return (await pipe.execute())[-1]
 
-        return _item_ids(await self._until_written("metrics", write))
+        return _item_ids(await self._until_written("metrics", write), self.settings.k)
 
     async def withdraw(self, worker_id: str) -> None:
         """A worker stopping: its own metrics hash and its entry in the registry of live
