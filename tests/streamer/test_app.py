@@ -30,6 +30,39 @@ from streamer.sink import KEEP_TTL
 from streamer.snapshot import SnapshotStore
 
 
+class _IdleConsumer:
+    """A stand-in for a standalone consumer the test's other stand-ins read for."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def _no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
+    """``RecsysWorker._replay_users`` where the users topic holds nothing."""
+    return {}
+
+
+def _idle_consumer(settings, **options) -> _IdleConsumer:
+    return _IdleConsumer()
+
+
+def _replaying(monkeypatch, merged, replay_users) -> dict[str, int]:
+    """A replay reading the ratings ``merged`` gives and the users ``replay_users`` does;
+    the lists it publishes, by user, with their TTL (a dict filled as they come)."""
+    published: dict[str, int] = {}
+
+    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
+        published.update({user: ttl[user] for user in lists})
+        return time.time()
+
+    monkeypatch.setattr(app_module, "standalone_consumer", _idle_consumer)
+    monkeypatch.setattr(app_module, "read_merged", merged)
+    monkeypatch.setattr(app_module, "publish", publish)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", replay_users)
+    return published
+
+
 @pytest.fixture(autouse=True)
 def _no_dead_letters(monkeypatch) -> None:
     """Replays and catalog reads here read stand-in logs: no dead-letter topic to read,
@@ -211,14 +244,6 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
     for item in ("a", "b"):
         worker.engine.upsert_item(item, {"t": 1.0})
 
-    class Idle:
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
-
-    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
-        return {}
-
     chunks = [[(0, Rating(f"u{n}", "a", 4.0, float(n)))] for n in range(4)]
 
     async def merged(*args, **kwargs):
@@ -227,9 +252,9 @@ async def test_a_replay_stops_when_a_rebalance_begins_and_the_model_is_rebuilt(
                 consumer.revocations += 1
             yield chunk
 
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
+    monkeypatch.setattr(app_module, "standalone_consumer", _idle_consumer)
     monkeypatch.setattr(app_module, "read_merged", merged)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", _no_users)
     with pytest.raises(BatchAbandoned):
         await worker._replay({0: 4})
     assert worker.engine.events == 2  # the chunks read before the revocation began
@@ -249,25 +274,17 @@ async def test_a_replay_cut_short_by_an_error_rebuilds_rather_than_replays_on_to
     worker.engine.upsert_item("a", {"t": 1.0})
     options: list[dict] = []
 
-    class Idle:
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
-
-    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
-        return {}
-
     async def merged(*args, **kwargs):
         yield [(0, Rating("u0", "a", 4.0, 0.0))]
         raise KafkaConnectionError()
 
     def consumer(settings, **more):
         options.append(more)
-        return Idle()
+        return _IdleConsumer()
 
     monkeypatch.setattr(app_module, "standalone_consumer", consumer)
     monkeypatch.setattr(app_module, "read_merged", merged)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", _no_users)
     with pytest.raises(KafkaConnectionError):
         await worker._replay({0: 4})
     assert worker.engine.events == 1 and worker._replayed == set()
@@ -296,11 +313,6 @@ async def test_a_replay_cut_short_before_it_learned_loses_no_rating_on_its_retry
     log = {p: [record(p, o, 100 * p + o) for o in range(10)] for p in (0, 1)}
     attempts: list[int] = []
 
-    class Idle:
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
-
     async def ranges(consumer, wanted, batch=5000):
         attempts.append(len(attempts))
         if len(attempts) == 1:  # partition 0 read, 1 still behind: the merge holds 0's
@@ -312,17 +324,14 @@ async def test_a_replay_cut_short_before_it_learned_loses_no_rating_on_its_retry
     async def nothing_refused(self, partitions, revocations, started) -> dict:
         return {}
 
-    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
-        return {}
-
     async def published(engine, sink, lists, ttl=None, rank_s=None) -> float:
         return time.time()
 
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
+    monkeypatch.setattr(app_module, "standalone_consumer", _idle_consumer)
     monkeypatch.setattr(app_module, "read_ranges", ranges)
     monkeypatch.setattr(app_module, "publish", published)
     monkeypatch.setattr(RecsysWorker, "_refused", nothing_refused)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", _no_users)
     with pytest.raises(KafkaConnectionError):
         await worker._replay({0: 10, 1: 10})
     assert worker.engine.events == 0 and not worker._reset_pending  # the model kept
@@ -1063,24 +1072,16 @@ def _two_ratings_to_replay(monkeypatch, committed) -> RecsysWorker:
     worker = RecsysWorker(Settings(ratings_topic="r", items_topic="i", users_topic="u"))
     worker.engine.upsert_item("a", {"t": 1.0})
 
-    class Idle:
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
-
     async def merged(*args, **kwargs):
         yield [(0, Rating("u1", "a", 4.0, 1.0)), (0, Rating("u2", "a", 4.0, 2.0))]
 
     async def nothing(self, *args, **kwargs) -> None: ...
 
-    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
-        return {}
-
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
+    monkeypatch.setattr(app_module, "standalone_consumer", _idle_consumer)
     monkeypatch.setattr(app_module, "read_merged", merged)
     monkeypatch.setattr(RecsysWorker, "_committed", committed)
     monkeypatch.setattr(RecsysWorker, "_restore_once", nothing)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", _no_users)
     monkeypatch.setattr(RecsysWorker, "_assigned", lambda self: {0})
     return worker
 
@@ -1162,11 +1163,6 @@ async def test_a_replay_gives_each_list_what_is_left_of_its_ttl_by_its_records_t
     worker.engine.upsert_item("a", {"t": 1.0})
     day, now = 86_400.0, time.time()
 
-    class Idle:
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
-
     def record(user: str, offset: int, produced_s: float) -> ConsumerRecord:
         value = json.dumps({"user_id": user, "item_id": "a", "rating": 4, "timestamp": 100})
         raw = value.encode()
@@ -1178,19 +1174,7 @@ async def test_a_replay_gives_each_list_what_is_left_of_its_ttl_by_its_records_t
         records = [record("gone", 0, now - 8.5 * day), record("back", 1, now - 1.0 * day)]
         yield [(0, r) for r in map(parse, records) if r is not None]
 
-    published: dict[str, int] = {}
-
-    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
-        published.update({user: ttl[user] for user in lists})
-        return time.time()
-
-    async def no_users(self, consumer, partitions, refused, produced=None) -> dict[str, float]:
-        return {}
-
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
-    monkeypatch.setattr(app_module, "read_merged", merged)
-    monkeypatch.setattr(app_module, "publish", publish)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    published = _replaying(monkeypatch, merged, _no_users)
     await worker._replay({0: 2})
     assert worker.engine.events == 2
     assert list(published) == ["back"]  # ("gone": its list expired a day and a half ago)
@@ -1209,11 +1193,6 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
     worker.engine.upsert_item("b", {"t": 1.0})
     day = 86_400.0
 
-    class Idle:
-        async def start(self) -> None: ...
-
-        async def stop(self) -> None: ...
-
     async def merged(*args, **kwargs):
         yield [(0, Rating("old", "a", 4.0, 0.0)), (0, Rating("recent", "a", 4.0, 9 * day))]
         yield [(0, Rating("latest", "b", 4.0, 10 * day))]
@@ -1222,16 +1201,7 @@ async def test_a_replay_republishes_only_the_lists_still_alive(monkeypatch) -> N
         worker.engine.model.upsert_user("fan", {"t": 1.0})
         return {"fan": 9.5 * day, "long-ago": 1.0}
 
-    published: dict[str, int] = {}
-
-    async def publish(engine, sink, lists, ttl=None, rank_s=None) -> float:
-        published.update({user: ttl[user] for user in lists})
-        return time.time()
-
-    monkeypatch.setattr(app_module, "standalone_consumer", lambda settings, **options: Idle())
-    monkeypatch.setattr(app_module, "read_merged", merged)
-    monkeypatch.setattr(app_module, "publish", publish)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", declared)
+    published = _replaying(monkeypatch, merged, declared)
     await worker._replay({0: 3})
     assert worker.engine.events == 3
     assert sorted(published) == ["fan", "latest", "recent"]
@@ -1694,9 +1664,6 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
     async def the_committed(self):
         return dict(committed)
 
-    async def no_users(self, consumer, partitions, refused, produced=None):
-        return {}
-
     async def catalog_read_again() -> None:  # what the catalog follower does
         while True:
             await asyncio.sleep(0.005)
@@ -1708,7 +1675,7 @@ def _restoring_worker(monkeypatch, tmp_path, log: dict[int, list[Rating]], commi
     monkeypatch.setattr(app_module, "read_merged", merged)
     monkeypatch.setattr(app_module, "publish", published)
     monkeypatch.setattr(RecsysWorker, "_committed", the_committed)
-    monkeypatch.setattr(RecsysWorker, "_replay_users", no_users)
+    monkeypatch.setattr(RecsysWorker, "_replay_users", _no_users)
     follower = asyncio.ensure_future(catalog_read_again())
     return worker, starts, follower
 
